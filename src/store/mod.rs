@@ -1,0 +1,1 @@
+//! SQLite state: per-unit runtime rows, the event journal, settings.
