@@ -15,10 +15,10 @@ mod quote;
 mod resolve;
 mod timespan;
 
-pub use load::{load_dirs, LoadedUnits};
-pub use quote::split_command_line;
-pub use resolve::{parse_unit_file, parse_unit_str};
-pub use timespan::parse_timespan;
+// pub use load::{load_dirs, LoadedUnits};
+// pub use quote::split_command_line;
+// pub use resolve::{parse_unit_file, parse_unit_str};
+// pub use timespan::parse_timespan;
 
 /// Names a unit may have: a name becomes a path, a URL segment and an NGINX
 /// location, so nothing outside this alphabet is accepted.
