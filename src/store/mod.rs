@@ -14,6 +14,9 @@ mod ports;
 mod schema;
 mod units;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
