@@ -39,7 +39,11 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
             Ok(n) => {
                 splitter.feed(&buf[..n], &mut |l| lines.push(l.to_vec()));
                 if !lines.is_empty() {
-                    log.append(lines.iter().map(Vec::as_slice), config.max_file_bytes, config.ring_lines);
+                    log.append(
+                        lines.iter().map(Vec::as_slice),
+                        config.max_file_bytes,
+                        config.ring_lines,
+                    );
                     lines.clear();
                 }
             }
@@ -49,7 +53,11 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
                 splitter.finish(&mut |l| lines.push(l.to_vec()));
                 let msg = format!("{} reading output pipe failed: {e}", super::NOTE_PREFIX);
                 lines.push(msg.into_bytes());
-                log.append(lines.iter().map(Vec::as_slice), config.max_file_bytes, config.ring_lines);
+                log.append(
+                    lines.iter().map(Vec::as_slice),
+                    config.max_file_bytes,
+                    config.ring_lines,
+                );
                 tracing::warn!(error = %e, "reading unit output pipe");
                 return;
             }
@@ -57,6 +65,10 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
     }
     splitter.finish(&mut |l| lines.push(l.to_vec()));
     if !lines.is_empty() {
-        log.append(lines.iter().map(Vec::as_slice), config.max_file_bytes, config.ring_lines);
+        log.append(
+            lines.iter().map(Vec::as_slice),
+            config.max_file_bytes,
+            config.ring_lines,
+        );
     }
 }

@@ -85,7 +85,11 @@ impl LogHub {
     /// picked up: appended to, and read back by `tail`.
     pub fn new(dir: PathBuf, config: LogConfig) -> io::Result<Arc<LogHub>> {
         std::fs::create_dir_all(&dir)?;
-        Ok(Arc::new(LogHub { dir, config, units: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(LogHub {
+            dir,
+            config,
+            units: Mutex::new(HashMap::new()),
+        }))
     }
 
     pub fn dir(&self) -> &std::path::Path {
@@ -111,7 +115,11 @@ impl LogHub {
     fn unit(&self, unit: &str) -> io::Result<Arc<UnitLog>> {
         let path = self.log_path(unit)?;
         let mut units = self.units();
-        Ok(Arc::clone(units.entry(unit.to_owned()).or_insert_with(|| Arc::new(UnitLog::new(path)))))
+        Ok(Arc::clone(
+            units
+                .entry(unit.to_owned())
+                .or_insert_with(|| Arc::new(UnitLog::new(path))),
+        ))
     }
 
     /// Starts a run of `unit`. `fresh` (a start by a user or at boot) keeps
@@ -145,8 +153,17 @@ impl LogHub {
     pub fn note(&self, unit: &str, text: &str) {
         match self.unit(unit) {
             Ok(log) => {
-                let lines: Vec<String> = text.lines().map(|l| format!("{NOTE_PREFIX} {l}")).collect();
-                log.append(lines.iter().map(|l| l.as_bytes()), self.config.max_file_bytes, self.config.ring_lines);
+                let mut lines: Vec<String> =
+                    text.lines().map(|l| format!("{NOTE_PREFIX} {l}")).collect();
+                if lines.is_empty() {
+                    // Even an empty note marks the moment it was made.
+                    lines.push(NOTE_PREFIX.to_owned());
+                }
+                log.append(
+                    lines.iter().map(|l| l.as_bytes()),
+                    self.config.max_file_bytes,
+                    self.config.ring_lines,
+                );
             }
             Err(e) => tracing::warn!(unit, error = %e, "note for invalid unit name dropped"),
         }
@@ -154,7 +171,9 @@ impl LogHub {
 
     /// The last `n` lines of `unit`'s log, oldest first: from memory, topped
     /// up from `<unit>.log` and `.log.1` when the ring holds fewer (e.g. after
-    /// aikore restarted).
+    /// aikore restarted). That top-up reads only the files' ends, but it is
+    /// blocking file I/O under the unit's lock: callers asking for more than
+    /// the ring holds should bound `n`.
     pub fn tail(&self, unit: &str, n: usize) -> Vec<LogLine> {
         match self.unit(unit) {
             Ok(log) => log.tail(n, false).0,
@@ -209,7 +228,10 @@ impl LogHub {
         // Held throughout, so no capture can create `new` in between.
         let mut units = self.units();
         if units.contains_key(new) || new_path.exists() || unit::rotated_path(&new_path).exists() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("unit {new} already has a log")));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("unit {new} already has a log"),
+            ));
         }
         let log = match units.remove(old) {
             Some(log) => log,
@@ -234,7 +256,10 @@ impl LogHub {
 /// address a path outside the log directory.
 fn check_name(unit: &str) -> io::Result<()> {
     if unit.is_empty() || unit == "." || unit == ".." || unit.contains('/') || unit.contains('\0') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid unit name for a log: {unit:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid unit name for a log: {unit:?}"),
+        ));
     }
     Ok(())
 }

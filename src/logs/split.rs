@@ -90,7 +90,10 @@ fn utf8_cut(bytes: &[u8], max: usize) -> usize {
     const MAX_CONTINUATION_BYTES: usize = 3;
     let is_continuation = |b: u8| b & 0b1100_0000 == 0b1000_0000;
     let mut cut = max;
-    while cut > 0 && max - cut < MAX_CONTINUATION_BYTES && bytes.get(cut).is_some_and(|&b| is_continuation(b)) {
+    while cut > 0
+        && max - cut < MAX_CONTINUATION_BYTES
+        && bytes.get(cut).is_some_and(|&b| is_continuation(b))
+    {
         cut -= 1;
     }
     if cut == 0 || bytes.get(cut).is_some_and(|&b| is_continuation(b)) {
@@ -117,7 +120,10 @@ mod tests {
     #[test]
     fn partial_lines_across_chunks() {
         let out = split(&[b"hel", b"lo\nwor", b"ld\n", b"last"], 100);
-        assert_eq!(out, vec![b"hello".to_vec(), b"world".to_vec(), b"last".to_vec()]);
+        assert_eq!(
+            out,
+            vec![b"hello".to_vec(), b"world".to_vec(), b"last".to_vec()]
+        );
     }
 
     #[test]
@@ -135,7 +141,10 @@ mod tests {
     #[test]
     fn long_line_split_terminated_and_unterminated() {
         let out = split(&[b"abcdefghij\n"], 4);
-        assert_eq!(out, vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]);
+        assert_eq!(
+            out,
+            vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]
+        );
         // Arriving byte by byte must give the same pieces.
         let bytes = b"abcdefghij\n";
         let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
@@ -152,7 +161,10 @@ mod tests {
     fn split_respects_utf8_boundaries() {
         // "aé" is 3 bytes; a cut at 2 would halve 'é'.
         let out = split(&["aéb\n".as_bytes()], 2);
-        assert_eq!(out, vec![b"a".to_vec(), "é".as_bytes().to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            out,
+            vec![b"a".to_vec(), "é".as_bytes().to_vec(), b"b".to_vec()]
+        );
     }
 
     #[test]

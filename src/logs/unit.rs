@@ -92,7 +92,12 @@ impl UnitLog {
 
     /// Appends a batch of lines (from one read of one pipe) as a unit, so
     /// lines from concurrent sources are never interleaved mid-line.
-    pub(crate) fn append<'a>(&self, lines: impl IntoIterator<Item = &'a [u8]>, max_file_bytes: u64, ring_lines: usize) {
+    pub(crate) fn append<'a>(
+        &self,
+        lines: impl IntoIterator<Item = &'a [u8]>,
+        max_file_bytes: u64,
+        ring_lines: usize,
+    ) {
         let ts_ms = now_ms();
         let mut st = self.lock();
         if st.retired {
@@ -121,7 +126,11 @@ impl UnitLog {
             buf.push(b'\n');
             let seq = st.next_seq;
             st.next_seq += 1;
-            batch.push(LogLine { seq, ts_ms, text: String::from_utf8_lossy(raw).into_owned() });
+            batch.push(LogLine {
+                seq,
+                ts_ms,
+                text: String::from_utf8_lossy(raw).into_owned(),
+            });
         }
         let ok = st.write_out(&buf);
         mark(&mut st, &self.tx, &mut batch, ok, ring_lines);
@@ -130,11 +139,19 @@ impl UnitLog {
     /// The last `n` lines: the ring, topped up from the files when it holds
     /// fewer. Followers need the ring and the subscription taken together,
     /// hence the optional subscribe under the same lock.
-    pub(crate) fn tail(&self, n: usize, subscribe: bool) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
+    pub(crate) fn tail(
+        &self,
+        n: usize,
+        subscribe: bool,
+    ) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
         let st = self.lock();
         let rx = subscribe.then(|| self.tx.subscribe());
         let from_ring = n.min(st.ring.len());
-        let ring_part = st.ring.iter().skip(st.ring.len() - from_ring).map(|e| e.line.clone());
+        let ring_part = st
+            .ring
+            .iter()
+            .skip(st.ring.len() - from_ring)
+            .map(|e| e.line.clone());
         if from_ring == n {
             return (ring_part.collect(), rx);
         }
@@ -142,7 +159,8 @@ impl UnitLog {
         // (both are suffixes of everything written), so skip that many from
         // the file's end to find what precedes the ring.
         let in_file = st.ring.iter().filter(|e| e.in_file).count();
-        let want = n - from_ring + in_file;
+        // Saturating: a caller may ask for "everything" with usize::MAX.
+        let want = (n - from_ring).saturating_add(in_file);
         let rotated = rotated_path(&st.path);
         let mut older = match tailfile::last_lines(&[&rotated, &st.path], want) {
             Ok(lines) => lines,
@@ -187,7 +205,10 @@ impl UnitLog {
     /// appending to the same, now renamed, file.
     pub(crate) fn move_to(&self, new_path: PathBuf) -> io::Result<()> {
         let mut st = self.lock();
-        for (from, to) in [(rotated_path(&st.path), rotated_path(&new_path)), (st.path.clone(), new_path.clone())] {
+        for (from, to) in [
+            (rotated_path(&st.path), rotated_path(&new_path)),
+            (st.path.clone(), new_path.clone()),
+        ] {
             match std::fs::rename(&from, &to) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -201,13 +222,22 @@ impl UnitLog {
 
 /// Pushes a written batch to the ring and to followers, after the file write
 /// so a follower never sees a line the file (in order) doesn't have.
-fn mark(st: &mut State, tx: &broadcast::Sender<LogLine>, batch: &mut Vec<LogLine>, in_file: bool, ring_lines: usize) {
+fn mark(
+    st: &mut State,
+    tx: &broadcast::Sender<LogLine>,
+    batch: &mut Vec<LogLine>,
+    in_file: bool,
+    ring_lines: usize,
+) {
     for line in batch.drain(..) {
         if ring_lines > 0 {
             if st.ring.len() >= ring_lines {
                 st.ring.pop_front();
             }
-            st.ring.push_back(RingEntry { line: line.clone(), in_file });
+            st.ring.push_back(RingEntry {
+                line: line.clone(),
+                in_file,
+            });
         }
         // Err only means nobody is following right now.
         let _ = tx.send(line);
@@ -217,7 +247,10 @@ fn mark(st: &mut State, tx: &broadcast::Sender<LogLine>, batch: &mut Vec<LogLine
 impl State {
     fn open(&mut self) -> io::Result<()> {
         if self.file.is_none() {
-            let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.file_len = file.metadata()?.len();
             self.file = Some(file);
         }
