@@ -1,0 +1,393 @@
+//! End-to-end tests of log capture with real pipes and real child processes.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use tokio::sync::broadcast::error::TryRecvError;
+
+use super::*;
+
+fn hub(dir: &Path, config: LogConfig) -> Arc<LogHub> {
+    LogHub::new(dir.to_path_buf(), config).unwrap()
+}
+
+/// Runs `script` under sh with stdout and stderr on one pipe; returns the
+/// read end. EOF on the pipe, not the exit, is what the tests wait for; the
+/// child is reaped on the side, and an error there (a test elsewhere in the
+/// crate may reap with waitpid(-1)) doesn't matter.
+fn spawn_sh(script: &str) -> OwnedFd {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(w.try_clone().unwrap()))
+        .stderr(Stdio::from(w));
+    let mut child = cmd.spawn().unwrap();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    // The Command holds the parent's copies of the write end until dropped;
+    // only then can EOF arrive.
+    drop(cmd);
+    r
+}
+
+async fn capture(hub: &LogHub, unit: &str, script: &str) {
+    let task = hub.attach(unit, spawn_sh(script));
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+fn file_lines(path: &Path) -> Vec<String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            assert!(
+                bytes.is_empty() || bytes.ends_with(b"\n"),
+                "file must end in a newline"
+            );
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+fn texts(lines: &[LogLine]) -> Vec<String> {
+    lines.iter().map(|l| l.text.clone()).collect()
+}
+
+#[tokio::test]
+async fn order_kept_across_stdout_and_stderr() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(d.path(), LogConfig::default());
+    capture(
+        &h,
+        "web",
+        "for i in $(seq 1 2000); do echo line $i; echo err $i >&2; done",
+    )
+    .await;
+    let expected: Vec<String> = (1..=2000)
+        .flat_map(|i| [format!("line {i}"), format!("err {i}")])
+        .collect();
+    assert_eq!(file_lines(&d.path().join("web.log")), expected);
+    // The ring holds the last 1000; the rest comes from the file, in order.
+    let tail = h.tail("web", 4000);
+    assert_eq!(texts(&tail), expected);
+    assert_eq!(texts(&h.tail("web", 3)), expected[3997..]);
+    let bytes = std::fs::metadata(d.path().join("web.log")).unwrap().len();
+    assert_eq!(h.bytes_written("web"), bytes);
+    // Ring seqs are contiguous and file lines sit below them.
+    assert!(tail
+        .windows(2)
+        .all(|w| w[0].seq < w[1].seq || w[0].seq == 0));
+}
+
+#[tokio::test]
+async fn partial_lines_crlf_and_last_line_without_newline() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(d.path(), LogConfig::default());
+    capture(
+        &h,
+        "u",
+        "printf 'par'; sleep 0.1; printf 'tial\\r'; sleep 0.1; printf '\\nsecond\\n\\nlast'",
+    )
+    .await;
+    assert_eq!(texts(&h.tail("u", 10)), ["partial", "second", "", "last"]);
+    assert_eq!(
+        std::fs::read(d.path().join("u.log")).unwrap(),
+        b"partial\nsecond\n\nlast\n"
+    );
+}
+
+#[tokio::test]
+async fn long_line_is_split() {
+    let d = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        max_line_bytes: 100,
+        ..LogConfig::default()
+    };
+    let h = hub(d.path(), config);
+    capture(
+        &h,
+        "u",
+        "head -c 250 /dev/zero | tr '\\0' x; echo; echo short",
+    )
+    .await;
+    let x = |n| "x".repeat(n);
+    assert_eq!(
+        texts(&h.tail("u", 10)),
+        [x(100), x(100), x(50), "short".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn rotation_keeps_every_line() {
+    let d = tempfile::tempdir().unwrap();
+    // 1000 lines of 10 bytes: exactly one rotation.
+    let config = LogConfig {
+        max_file_bytes: 8000,
+        ..LogConfig::default()
+    };
+    let h = hub(d.path(), config);
+    capture(&h, "u", "for i in $(seq 1001 2000); do echo line $i; done").await;
+    let old = file_lines(&d.path().join("u.log.1"));
+    let new = file_lines(&d.path().join("u.log"));
+    assert!(!old.is_empty() && !new.is_empty());
+    assert!(std::fs::metadata(d.path().join("u.log.1")).unwrap().len() <= 8000);
+    let all: Vec<String> = old.into_iter().chain(new).collect();
+    let expected: Vec<String> = (1001..=2000).map(|i| format!("line {i}")).collect();
+    assert_eq!(all, expected);
+    assert_eq!(h.bytes_written("u"), 10_000);
+    // The ring and followers don't notice rotation.
+    assert_eq!(texts(&h.tail("u", 1000)), expected);
+}
+
+#[tokio::test]
+async fn begin_run_fresh_keeps_previous_as_dot_one() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(d.path(), LogConfig::default());
+    h.begin_run("u", true).unwrap();
+    h.note("u", "run one");
+    h.begin_run("u", false).unwrap();
+    h.note("u", "restart");
+    assert_eq!(
+        file_lines(&d.path().join("u.log")),
+        ["[aikore] run one", "[aikore] restart"]
+    );
+    h.begin_run("u", true).unwrap();
+    assert_eq!(
+        file_lines(&d.path().join("u.log.1")),
+        ["[aikore] run one", "[aikore] restart"]
+    );
+    assert_eq!(std::fs::read(d.path().join("u.log")).unwrap(), b"");
+    h.note("u", "run two");
+    h.begin_run("u", true).unwrap();
+    // The older .1 is replaced.
+    assert_eq!(file_lines(&d.path().join("u.log.1")), ["[aikore] run two"]);
+    // The ring is the live tail across runs.
+    assert_eq!(
+        texts(&h.tail("u", 10)),
+        ["[aikore] run one", "[aikore] restart", "[aikore] run two"]
+    );
+}
+
+#[tokio::test]
+async fn tail_reads_files_after_restart_without_duplicates() {
+    let d = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        max_file_bytes: 200,
+        ring_lines: 5,
+        ..LogConfig::default()
+    };
+    {
+        let h = hub(d.path(), config.clone());
+        for i in 0..30 {
+            h.note("u", &format!("{i:02}"));
+        }
+    }
+    // 30 lines of 12 bytes in 200-byte files: .log.1 has 16, .log has the rest.
+    let h = hub(d.path(), config);
+    let on_disk: Vec<String> = file_lines(&d.path().join("u.log.1"))
+        .into_iter()
+        .chain(file_lines(&d.path().join("u.log")))
+        .collect();
+    assert_eq!(texts(&h.tail("u", 1000)), on_disk);
+    assert_eq!(texts(&h.tail("u", usize::MAX)), on_disk);
+    assert_eq!(texts(&h.tail("u", 3)), on_disk[on_disk.len() - 3..]);
+    assert!(h.tail("u", 3).iter().all(|l| l.ts_ms == 0));
+    h.note("u", "new");
+    h.note("u", "newer");
+    let tail = h.tail("u", 4);
+    let n = on_disk.len();
+    assert_eq!(
+        texts(&tail),
+        [
+            on_disk[n - 2].as_str(),
+            on_disk[n - 1].as_str(),
+            "[aikore] new",
+            "[aikore] newer"
+        ]
+    );
+    assert!(tail.windows(2).all(|w| w[0].seq <= w[1].seq));
+    assert!(tail[3].ts_ms > 0);
+    assert!(h.tail("nothing", 10).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_has_no_gap_or_duplicate() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(d.path(), LogConfig::default());
+    const N: usize = 5000;
+    let writer = {
+        let h = Arc::clone(&h);
+        std::thread::spawn(move || {
+            for i in 0..N {
+                h.note("u", &format!("{i}"));
+                if i % 100 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let (snapshot, mut rx) = h.follow("u", 50);
+    let mut got = snapshot.clone();
+    while got.last().map(|l| l.text.as_str()) != Some(&format!("[aikore] {}", N - 1)) {
+        let line = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(line);
+    }
+    writer.join().unwrap();
+    assert!(
+        got.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "gap or duplicate"
+    );
+    let first: usize = got[0].text.trim_start_matches("[aikore] ").parse().unwrap();
+    for (k, line) in got.iter().enumerate() {
+        assert_eq!(line.text, format!("[aikore] {}", first + k));
+    }
+}
+
+#[tokio::test]
+async fn follow_sees_captured_lines_after_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(d.path(), LogConfig::default());
+    h.note("u", "before");
+    let (snapshot, mut rx) = h.follow("u", 10);
+    assert_eq!(texts(&snapshot), ["[aikore] before"]);
+    capture(&h, "u", "echo one; echo two >&2").await;
+    assert_eq!(rx.recv().await.unwrap().text, "one");
+    assert_eq!(rx.recv().await.unwrap().text, "two");
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+}
+
+#[tokio::test]
+async fn unread_follower_does_not_stall_the_writer() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(d.path(), LogConfig::default());
+    let (_, mut rx) = h.follow("u", 0);
+    capture(&h, "u", "seq 1 100000").await;
+    let lines = file_lines(&d.path().join("u.log"));
+    assert_eq!(lines.len(), 100_000);
+    assert_eq!(lines.last().map(String::as_str), Some("100000"));
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Lagged(_))));
+}
+
+#[tokio::test]
+async fn concurrent_attaches_write_whole_lines() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(d.path(), LogConfig::default());
+    let pad_a = "a".repeat(300);
+    let pad_b = "b".repeat(300);
+    let a = h.attach(
+        "u",
+        spawn_sh(&format!("for i in $(seq 1 3000); do echo {pad_a}$i; done")),
+    );
+    let b = h.attach(
+        "u",
+        spawn_sh(&format!("for i in $(seq 1 3000); do echo {pad_b}$i; done")),
+    );
+    a.await.unwrap();
+    b.await.unwrap();
+    let lines = file_lines(&d.path().join("u.log"));
+    assert_eq!(lines.len(), 6000);
+    let mut next = [1, 1];
+    for line in lines {
+        let (which, pad) = if line.starts_with('a') {
+            (0, &pad_a)
+        } else {
+            (1, &pad_b)
+        };
+        assert_eq!(
+            line,
+            format!("{pad}{}", next[which]),
+            "line torn or out of order"
+        );
+        next[which] += 1;
+    }
+}
+
+#[tokio::test]
+async fn non_utf8_does_not_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(
+        d.path(),
+        LogConfig {
+            max_line_bytes: 3,
+            ..LogConfig::default()
+        },
+    );
+    capture(&h, "u", "printf 'ok\\377\\376\\n\\303'").await;
+    let tail = h.tail("u", 10);
+    assert_eq!(tail.len(), 3);
+    assert!(tail.iter().any(|l| l.text.contains('\u{FFFD}')));
+    // The file keeps the original bytes.
+    assert_eq!(
+        std::fs::read(d.path().join("u.log")).unwrap(),
+        b"ok\xff\n\xfe\n\xc3\n"
+    );
+}
+
+#[tokio::test]
+async fn names_cannot_escape_the_dir() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(&d.path().join("logs"), LogConfig::default());
+    for bad in ["..", ".", "a/b", "", "/etc/passwd"] {
+        assert!(h.begin_run(bad, true).is_err(), "{bad:?}");
+        assert!(h.tail(bad, 10).is_empty());
+        h.note(bad, "x");
+        let (lines, mut rx) = h.follow(bad, 10);
+        assert!(lines.is_empty());
+        assert!(rx.try_recv().is_err());
+    }
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    h.attach("../x", r).await.unwrap();
+    drop(w);
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(d.path().join("logs")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn rename_and_remove_move_files_and_live_log() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(d.path(), LogConfig::default());
+    h.note("old", "one");
+    h.begin_run("old", true).unwrap();
+    h.note("old", "two");
+    h.note("other", "x");
+    assert!(h.rename("old", "other").is_err());
+    h.rename("old", "new").unwrap();
+    assert!(!d.path().join("old.log").exists());
+    assert_eq!(file_lines(&d.path().join("new.log.1")), ["[aikore] one"]);
+    h.note("new", "three");
+    assert_eq!(
+        file_lines(&d.path().join("new.log")),
+        ["[aikore] two", "[aikore] three"]
+    );
+    assert_eq!(
+        texts(&h.tail("new", 3)),
+        ["[aikore] one", "[aikore] two", "[aikore] three"]
+    );
+    assert!(h.tail("old", 3).is_empty());
+
+    h.remove("new").unwrap();
+    assert!(!d.path().join("new.log").exists());
+    assert!(!d.path().join("new.log.1").exists());
+    assert!(h.tail("new", 3).is_empty());
+    assert_eq!(h.bytes_written("new"), 0);
+    // Files left by an earlier aikore are removed too.
+    std::fs::write(d.path().join("stale.log"), "x\n").unwrap();
+    h.remove("stale").unwrap();
+    assert!(!d.path().join("stale.log").exists());
+}

@@ -1,0 +1,323 @@
+//! One unit's log: its file (with size rotation), the ring buffer of the live
+//! tail, and the broadcast channel to followers — all updated together under
+//! one lock so the three never disagree about order.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::broadcast;
+
+use super::{tailfile, LogLine};
+
+/// Followers' channel capacity. Roughly one ring's worth: a follower that falls
+/// further behind than the whole live tail gets `Lagged` and should re-sync
+/// with a fresh `follow`; holding more would only grow memory for a client that
+/// isn't keeping up anyway (each slot can hold a line of up to max_line_bytes).
+pub const FOLLOW_CAPACITY: usize = 1024;
+
+/// A line in the ring, with whether it reached the file: `tail` lines up the
+/// ring against the file's end, and a line lost to a write error isn't there.
+#[derive(Debug)]
+struct RingEntry {
+    line: LogLine,
+    in_file: bool,
+}
+
+#[derive(Debug)]
+struct State {
+    path: PathBuf,
+    file: Option<File>,
+    file_len: u64,
+    ring: VecDeque<RingEntry>,
+    next_seq: u64,
+    bytes_written: u64,
+    /// Set by `LogHub::remove`: later lines (from a task still draining a pipe)
+    /// must not recreate the file.
+    retired: bool,
+    /// Only the first write error of a streak is reported, so a full disk
+    /// doesn't turn every child line into a warning.
+    write_failing: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct UnitLog {
+    state: Mutex<State>,
+    tx: broadcast::Sender<LogLine>,
+}
+
+impl UnitLog {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        let (tx, _) = broadcast::channel(FOLLOW_CAPACITY);
+        Self {
+            state: Mutex::new(State {
+                path,
+                file: None,
+                file_len: 0,
+                ring: VecDeque::new(),
+                // 0 is left for lines read back from files with no known seq.
+                next_seq: 1,
+                bytes_written: 0,
+                retired: false,
+                write_failing: false,
+            }),
+            tx,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves at worst a half-written batch;
+        // the log is still usable, so don't propagate the poison.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a run: `fresh` keeps the previous log as `.1` and begins an empty
+    /// file; otherwise the current file continues.
+    pub(crate) fn begin_run(&self, fresh: bool) -> io::Result<()> {
+        let mut st = self.lock();
+        st.retired = false;
+        if fresh {
+            st.file = None;
+            match std::fs::rename(&st.path, rotated_path(&st.path)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        st.open()
+    }
+
+    /// Appends a batch of lines (from one read of one pipe) as a unit, so
+    /// lines from concurrent sources are never interleaved mid-line.
+    pub(crate) fn append<'a>(
+        &self,
+        lines: impl IntoIterator<Item = &'a [u8]>,
+        max_file_bytes: u64,
+        ring_lines: usize,
+    ) {
+        let ts_ms = now_ms();
+        let mut st = self.lock();
+        if st.retired {
+            return;
+        }
+        // The size check needs the length of a file left by an earlier run;
+        // an open error here resurfaces (and is reported) at the write.
+        let _ = st.open();
+        // One write per batch (or per rotation): a chatty child costs one
+        // syscall per pipe read, not one per line.
+        let mut buf: Vec<u8> = Vec::new();
+        let mut batch: Vec<LogLine> = Vec::new();
+        for raw in lines {
+            let add = raw.len() as u64 + 1;
+            // Rotate before the line that would cross the limit, so it goes
+            // whole into the new file. An empty file takes any line, so an
+            // oversized line can't rotate forever.
+            let pending = st.file_len + buf.len() as u64;
+            if pending > 0 && pending + add > max_file_bytes {
+                let ok = st.write_out(&buf);
+                mark(&mut st, &self.tx, &mut batch, ok, ring_lines);
+                buf.clear();
+                st.rotate();
+            }
+            buf.extend_from_slice(raw);
+            buf.push(b'\n');
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            batch.push(LogLine {
+                seq,
+                ts_ms,
+                text: String::from_utf8_lossy(raw).into_owned(),
+            });
+        }
+        let ok = st.write_out(&buf);
+        mark(&mut st, &self.tx, &mut batch, ok, ring_lines);
+    }
+
+    /// The last `n` lines: the ring, topped up from the files when it holds
+    /// fewer. Followers need the ring and the subscription taken together,
+    /// hence the optional subscribe under the same lock.
+    pub(crate) fn tail(
+        &self,
+        n: usize,
+        subscribe: bool,
+    ) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
+        let st = self.lock();
+        let rx = subscribe.then(|| self.tx.subscribe());
+        let from_ring = n.min(st.ring.len());
+        let ring_part = st
+            .ring
+            .iter()
+            .skip(st.ring.len() - from_ring)
+            .map(|e| e.line.clone());
+        if from_ring == n {
+            return (ring_part.collect(), rx);
+        }
+        // The ring's lines that reached the file are the file's last lines
+        // (both are suffixes of everything written), so skip that many from
+        // the file's end to find what precedes the ring.
+        let in_file = st.ring.iter().filter(|e| e.in_file).count();
+        // Saturating: a caller may ask for "everything" with usize::MAX.
+        let want = (n - from_ring).saturating_add(in_file);
+        let rotated = rotated_path(&st.path);
+        let mut older = match tailfile::last_lines(&[&rotated, &st.path], want) {
+            Ok(lines) => lines,
+            Err(e) => {
+                tracing::warn!(path = %st.path.display(), error = %e, "reading log tail from file");
+                Vec::new()
+            }
+        };
+        older.truncate(older.len().saturating_sub(in_file));
+        // File lines get seqs just below the ring's first, so a client sorting
+        // or de-duplicating by seq keeps them in order; 0 where that runs out.
+        let first_seq = st.ring.front().map_or(st.next_seq, |e| e.line.seq);
+        let count = older.len() as u64;
+        let mut out: Vec<LogLine> = older
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| LogLine {
+                seq: (first_seq + i as u64).saturating_sub(count),
+                ts_ms: 0,
+                text: String::from_utf8_lossy(&raw).into_owned(),
+            })
+            .collect();
+        out.extend(ring_part);
+        (out, rx)
+    }
+
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.lock().bytes_written
+    }
+
+    /// Stops writing and deletes the files.
+    pub(crate) fn retire(&self) -> io::Result<()> {
+        let mut st = self.lock();
+        st.retired = true;
+        st.file = None;
+        st.ring.clear();
+        remove_if_exists(&st.path)?;
+        remove_if_exists(&rotated_path(&st.path))
+    }
+
+    /// Moves the files to `new_path` (and its `.1`); an open handle keeps
+    /// appending to the same, now renamed, file.
+    pub(crate) fn move_to(&self, new_path: PathBuf) -> io::Result<()> {
+        let mut st = self.lock();
+        for (from, to) in [
+            (rotated_path(&st.path), rotated_path(&new_path)),
+            (st.path.clone(), new_path.clone()),
+        ] {
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        st.path = new_path;
+        Ok(())
+    }
+}
+
+/// Pushes a written batch to the ring and to followers, after the file write
+/// so a follower never sees a line the file (in order) doesn't have.
+fn mark(
+    st: &mut State,
+    tx: &broadcast::Sender<LogLine>,
+    batch: &mut Vec<LogLine>,
+    in_file: bool,
+    ring_lines: usize,
+) {
+    for line in batch.drain(..) {
+        if ring_lines > 0 {
+            if st.ring.len() >= ring_lines {
+                st.ring.pop_front();
+            }
+            st.ring.push_back(RingEntry {
+                line: line.clone(),
+                in_file,
+            });
+        }
+        // Err only means nobody is following right now.
+        let _ = tx.send(line);
+    }
+}
+
+impl State {
+    fn open(&mut self) -> io::Result<()> {
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.file_len = file.metadata()?.len();
+            self.file = Some(file);
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self, buf: &[u8]) -> bool {
+        if buf.is_empty() {
+            return true;
+        }
+        let result = self.open().and_then(|()| match self.file.as_mut() {
+            Some(f) => f.write_all(buf),
+            None => Err(io::Error::other("log file not open")),
+        });
+        match result {
+            Ok(()) => {
+                self.file_len += buf.len() as u64;
+                self.bytes_written += buf.len() as u64;
+                self.write_failing = false;
+                true
+            }
+            Err(e) => {
+                if !self.write_failing {
+                    tracing::warn!(path = %self.path.display(), error = %e, "writing unit log; lines kept in memory only");
+                }
+                self.write_failing = true;
+                // Reopen next time: the file may have been removed or the
+                // handle broken.
+                self.file = None;
+                false
+            }
+        }
+    }
+
+    fn rotate(&mut self) {
+        let renamed = match std::fs::rename(&self.path, rotated_path(&self.path)) {
+            // Deleted under us: nothing to keep, just start a new file.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        };
+        if let Err(e) = renamed {
+            // Keep appending to the same file rather than lose lines; counting
+            // from zero again means the next attempt comes a whole file later,
+            // not on every line.
+            tracing::warn!(path = %self.path.display(), error = %e, "rotating unit log");
+        } else {
+            self.file = None;
+        }
+        self.file_len = 0;
+    }
+}
+
+pub(crate) fn rotated_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".1");
+    PathBuf::from(s)
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
