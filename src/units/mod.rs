@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod graph;
 mod ini;
 mod keys;
 mod load;
@@ -15,10 +16,11 @@ mod quote;
 mod resolve;
 mod timespan;
 
-// pub use load::{load_dirs, LoadedUnits};
-// pub use quote::split_command_line;
-// pub use resolve::{parse_unit_file, parse_unit_str};
-// pub use timespan::parse_timespan;
+pub use graph::{check_graph, find_cycle, start_order};
+pub use load::{check_paths, load_dirs, LoadedUnits};
+pub use quote::split_command_line;
+pub use resolve::{parse_unit_file, parse_unit_str};
+pub use timespan::parse_timespan;
 
 /// Names a unit may have: a name becomes a path, a URL segment and an NGINX
 /// location, so nothing outside this alphabet is accepted.
