@@ -3,7 +3,9 @@
 //! Parsing happens in two stages (as ripgrep does with its config): `ini` reads
 //! the raw `[Section]` / `Key=Value` entries with their source lines and makes no
 //! system calls; `resolve` turns those entries into a typed [`Unit`], collecting
-//! every diagnostic instead of stopping at the first.
+//! every diagnostic instead of stopping at the first. `load` reads unit
+//! directories (a user dir overrides the stock one) and `graph` orders the
+//! loaded set and finds cycles and dangling Requires=/Wants=.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
