@@ -3,11 +3,14 @@
 //! Parsing happens in two stages (as ripgrep does with its config): `ini` reads
 //! the raw `[Section]` / `Key=Value` entries with their source lines and makes no
 //! system calls; `resolve` turns those entries into a typed [`Unit`], collecting
-//! every diagnostic instead of stopping at the first.
+//! every diagnostic instead of stopping at the first. `load` reads unit
+//! directories (a user dir overrides the stock one) and `graph` orders the
+//! loaded set and finds cycles and dangling Requires=/Wants=.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod graph;
 mod ini;
 mod keys;
 mod load;
@@ -15,10 +18,11 @@ mod quote;
 mod resolve;
 mod timespan;
 
-// pub use load::{load_dirs, LoadedUnits};
-// pub use quote::split_command_line;
-// pub use resolve::{parse_unit_file, parse_unit_str};
-// pub use timespan::parse_timespan;
+pub use graph::{check_graph, find_cycle, start_order};
+pub use load::{check_paths, load_dirs, LoadedUnits};
+pub use quote::split_command_line;
+pub use resolve::{parse_unit_file, parse_unit_str};
+pub use timespan::parse_timespan;
 
 /// Names a unit may have: a name becomes a path, a URL segment and an NGINX
 /// location, so nothing outside this alphabet is accepted.

@@ -1,0 +1,543 @@
+use super::*;
+use proptest::prelude::*;
+
+fn parse(name: &str, text: &str) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
+    parse_unit_str(Path::new(name), text)
+}
+
+fn ok(name: &str, text: &str) -> (Unit, Vec<Diagnostic>) {
+    match parse(name, text) {
+        Ok(r) => r,
+        Err(d) => panic!("unexpected errors: {d:#?}"),
+    }
+}
+
+/// The error lines and messages, as `line: message`.
+fn errors(name: &str, text: &str) -> Vec<String> {
+    match parse(name, text) {
+        Ok((_, w)) => panic!("expected errors, got a unit with warnings {w:?}"),
+        Err(d) => d
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| format!("{}: {}", d.line, d.message))
+            .collect(),
+    }
+}
+
+fn warnings(diags: &[Diagnostic]) -> Vec<String> {
+    diags
+        .iter()
+        .map(|d| format!("{}: {}", d.line, d.message))
+        .collect()
+}
+
+#[test]
+fn full_service() {
+    let text = "\
+[Unit]
+Description=Web front end
+Documentation=https://example.com man:nginx(8)
+After=network.target db.service
+After=cache
+Requires=db
+Wants=cache
+StartLimitBurst=3
+
+[Service]
+ExecStartPre=/bin/mkdir -p /run/x
+ExecStartPre=-/bin/rm /run/x/pid
+ExecStart=/usr/sbin/nginx -g \"daemon off;\"
+ExecReload=/bin/kill -HUP $MAINPID
+ExecStop=/usr/sbin/nginx -s quit
+Restart=on-failure
+RestartSec=2s
+TimeoutStartSec=infinity
+TimeoutStopSec=0
+KillSignal=SIGQUIT
+KillMode=mixed
+Environment=A=1 \"B=two words\"
+Environment=C=3
+EnvironmentFile=-/etc/default/nginx
+EnvironmentFile=/etc/nginx.env
+WorkingDirectory=/srv
+User=www-data
+Group=www-data
+UMask=0027
+Nice=-5
+ReadyCheck=http://127.0.0.1:8080/health
+StartLimitIntervalSec=1min
+";
+    let (u, w) = ok("/etc/aikore/nginx.service", text);
+    assert_eq!(
+        warnings(&w),
+        ["4: After=network.target: aikore has no .target units; the dependency is ignored"]
+    );
+    assert_eq!(u.name, "nginx");
+    assert_eq!(u.kind, UnitKind::Service);
+    assert_eq!(u.description, "Web front end");
+    assert_eq!(u.documentation, ["https://example.com", "man:nginx(8)"]);
+    assert_eq!(u.after, ["db", "cache"]);
+    assert_eq!(u.requires, ["db"]);
+    assert_eq!(u.wants, ["cache"]);
+    assert_eq!(u.start_limit_burst, 3);
+    assert_eq!(u.start_limit_interval, Duration::from_secs(60));
+    let s = &u.service;
+    assert_eq!(s.exec_start_pre.len(), 2);
+    assert!(s.exec_start_pre[1].ignore_failure);
+    let start = s.exec_start.as_ref().expect("ExecStart");
+    assert_eq!(start.argv, ["/usr/sbin/nginx", "-g", "daemon off;"]);
+    assert_eq!(s.exec_reload[0].argv, ["/bin/kill", "-HUP", "$MAINPID"]);
+    assert_eq!(s.exec_stop.len(), 1);
+    assert_eq!(s.restart, RestartPolicy::OnFailure);
+    assert_eq!(s.restart_sec, Duration::from_secs(2));
+    assert_eq!(s.timeout_start, None);
+    assert_eq!(s.timeout_stop, None);
+    assert_eq!(s.kill_signal, libc::SIGQUIT);
+    assert_eq!(s.kill_mode, KillMode::Mixed);
+    assert_eq!(
+        s.environment,
+        [
+            ("A".into(), "1".into()),
+            ("B".into(), "two words".into()),
+            ("C".into(), "3".into())
+        ]
+    );
+    assert_eq!(
+        s.environment_files,
+        [
+            EnvironmentFile {
+                path: "/etc/default/nginx".into(),
+                optional: true
+            },
+            EnvironmentFile {
+                path: "/etc/nginx.env".into(),
+                optional: false
+            },
+        ]
+    );
+    assert_eq!(s.working_directory, Some(PathBuf::from("/srv")));
+    assert_eq!(s.user.as_deref(), Some("www-data"));
+    assert_eq!(s.group.as_deref(), Some("www-data"));
+    assert_eq!(s.umask, Some(0o027));
+    assert_eq!(s.nice, Some(-5));
+    assert_eq!(
+        s.ready_check,
+        ReadyCheck::Http {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            path: "/health".into()
+        }
+    );
+    assert!(u.instance.is_none());
+}
+
+#[test]
+fn defaults() {
+    let (u, w) = ok("a.service", "[Service]\nExecStart=app\n");
+    assert!(w.is_empty());
+    assert_eq!(u.start_limit_interval, Duration::from_secs(10));
+    assert_eq!(u.start_limit_burst, 5);
+    assert_eq!(u.service.timeout_start, Some(Duration::from_secs(90)));
+    assert_eq!(u.service.restart_sec, Duration::from_millis(100));
+    assert_eq!(u.service.kill_signal, libc::SIGTERM);
+    assert_eq!(
+        u.service.exec_start.map(|c| c.argv),
+        Some(vec!["app".to_string()])
+    );
+}
+
+#[test]
+fn repeated_and_empty_assignments() {
+    let text = "\
+[Unit]
+After=x
+After=
+After=y
+Description=first
+Description=second
+[Service]
+Environment=A=1
+Environment=
+Environment=B=2
+ExecStartPre=/bin/a
+ExecStartPre=
+ExecStartPre=/bin/b
+ExecStart=/bin/old
+ExecStart=
+ExecStart=/bin/new
+User=root
+User=
+Restart=always
+Restart=no
+";
+    let (u, _) = ok("r.service", text);
+    assert_eq!(u.after, ["y"]);
+    assert_eq!(u.description, "second");
+    assert_eq!(u.service.environment, [("B".to_string(), "2".to_string())]);
+    assert_eq!(u.service.exec_start_pre.len(), 1);
+    assert_eq!(u.service.exec_start_pre[0].argv, ["/bin/b"]);
+    assert_eq!(
+        u.service.exec_start.map(|c| c.argv),
+        Some(vec!["/bin/new".to_string()])
+    );
+    assert_eq!(u.service.user, None);
+    assert_eq!(u.service.restart, RestartPolicy::No);
+}
+
+#[test]
+fn second_exec_start_without_reset_is_an_error() {
+    assert_eq!(
+        errors("d.service", "[Service]\nExecStart=/bin/a\nExecStart=/bin/b\n"),
+        ["3: ExecStart= is already set on line 2; a service runs one command (write an empty ExecStart= first to replace it)"]
+    );
+}
+
+#[test]
+fn continuation_in_exec_start() {
+    let (u, _) = ok(
+        "c.service",
+        "[Service]\nExecStart=/bin/echo \\\n  one \\\n  # note\n  two\n",
+    );
+    assert_eq!(
+        u.service.exec_start.map(|c| c.argv),
+        Some(vec!["/bin/echo".into(), "one".into(), "two".into()])
+    );
+}
+
+#[test]
+fn unknown_key_error_has_the_right_line() {
+    assert_eq!(
+        errors("t.service", "# header\n[Service]\n\nExecStrat=/bin/true\n"),
+        [
+            "2: a .service unit needs ExecStart=",
+            "4: unknown key ExecStrat= in [Service]; did you mean ExecStart=?",
+        ]
+    );
+}
+
+#[test]
+fn all_errors_are_collected() {
+    let text = "\
+[Unit]
+After=Bad!Name
+[Service]
+ExecStart=./relative
+Restart=on-watchdog
+RestartSec=infinity
+KillSignal=SIGNOPE
+KillMode=process
+UMask=0999
+Nice=20
+ReadyCheck=http://example.com:80/
+Environment=1BAD=x
+EnvironmentFile=relative.env
+WorkingDirectory=srv
+[Bogus]
+Key=v
+";
+    let errs = errors("many.service", text);
+    let lines: Vec<&str> = errs
+        .iter()
+        .map(|e| e.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        lines,
+        ["2", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15"],
+        "{errs:#?}"
+    );
+    assert!(errs[0].contains("After=Bad!Name"));
+    assert!(errs[2].contains("Restart=on-watchdog") && errs[2].contains("on-abnormal"));
+    assert!(errs[5].contains("KillMode=process") && errs[5].contains("not supported"));
+    assert!(errs[12].contains("unknown section [Bogus]"));
+}
+
+#[test]
+fn systemd_keys_warn() {
+    let text = "\
+[Unit]
+Description=x
+PartOf=y.service
+ConditionPathExists=/etc/x
+[Service]
+Type=simple
+ExecStart=/bin/true
+ProtectSystem=strict
+ExecStartPost=/bin/true
+X-Mine=1
+[Install]
+WantedBy=multi-user.target
+[X-Extra]
+Anything=goes
+";
+    let (_, w) = ok("s.service", text);
+    assert_eq!(
+        warnings(&w),
+        [
+            "3: PartOf= is not supported by aikore and is ignored",
+            "4: ConditionPathExists= is not supported by aikore and is ignored",
+            "6: Type= is not supported by aikore and is ignored",
+            "8: ProtectSystem= is not supported by aikore and is ignored",
+            "9: ExecStartPost= is not supported by aikore and is ignored",
+            "12: WantedBy= is not supported by aikore and is ignored",
+        ]
+    );
+    assert!(w.iter().all(|d| d.severity == Severity::Warning));
+}
+
+#[test]
+fn unknown_install_key_is_an_error() {
+    assert_eq!(
+        errors(
+            "i.service",
+            "[Service]\nExecStart=/bin/true\n[Install]\nWantedBi=x\n"
+        ),
+        ["4: unknown key WantedBi= in [Install]; did you mean WantedBy=?"]
+    );
+}
+
+#[test]
+fn instance_file() {
+    let text = "\
+[Unit]
+Description=SD on GPU 1
+After=nginx
+[Instance]
+Blueprint=stable-diffusion-webui
+GPUs=0, 1 GPU-8f3c2a10-aaaa-bbbb-cccc-0123456789ab
+Port=7861
+Autostart=yes
+ActiveSlot=comfyui
+PersistentMode=on
+StallAfterSec=5min
+OutputDir=/data/out
+[Service]
+Environment=HF_HOME=/data/hf
+";
+    let (u, w) = ok("sd-1.instance", text);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(u.kind, UnitKind::Instance);
+    assert!(u.service.exec_start.is_none());
+    let i = u.instance.expect("instance config");
+    assert_eq!(i.blueprint, "stable-diffusion-webui");
+    assert_eq!(
+        i.gpus,
+        ["0", "1", "GPU-8f3c2a10-aaaa-bbbb-cccc-0123456789ab"]
+    );
+    assert_eq!(i.port, PortSpec::Fixed(7861));
+    assert!(i.autostart);
+    assert_eq!(i.active_slot.as_deref(), Some("comfyui"));
+    assert!(i.persistent_mode);
+    assert_eq!(i.stall_after, Duration::from_secs(300));
+    assert_eq!(i.output_dir, Some(PathBuf::from("/data/out")));
+}
+
+#[test]
+fn instance_defaults_and_cpu() {
+    let (u, _) = ok(
+        "cpu.instance",
+        "[Instance]\nBlueprint=comfyui\nGPUs=\nPort=auto\nActiveSlot=\n",
+    );
+    let i = u.instance.expect("instance config");
+    assert!(i.gpus.is_empty());
+    assert_eq!(i.port, PortSpec::Auto);
+    assert!(!i.autostart);
+    assert_eq!(i.active_slot, None);
+}
+
+#[test]
+fn instance_errors() {
+    let text = "\
+[Instance]
+GPUs=0,gpu1
+Port=0
+Autostart=maybe
+ActiveSlot=a1111
+StallAfterSec=infinity
+OutputDir=out
+";
+    let errs = errors("bad.instance", text);
+    assert_eq!(errs.len(), 7, "{errs:#?}");
+    assert_eq!(
+        errs[0],
+        "1: an .instance unit needs Blueprint= in [Instance]"
+    );
+    assert!(errs[1].starts_with("2: invalid GPUs=0,gpu1"));
+    assert!(errs[2].starts_with("3: invalid Port=0"));
+}
+
+#[test]
+fn instance_section_in_service_is_an_error() {
+    assert_eq!(
+        errors(
+            "x.service",
+            "[Service]\nExecStart=/bin/true\n[Instance]\nBlueprint=a\n"
+        ),
+        ["3: [Instance] is only valid in *.instance files"]
+    );
+}
+
+#[test]
+fn service_without_exec_start() {
+    assert_eq!(
+        errors("n.service", "[Unit]\nDescription=x\n"),
+        ["0: a .service unit needs ExecStart="]
+    );
+}
+
+#[test]
+fn names_and_extensions() {
+    assert!(
+        errors("Bad_Name.service", "[Service]\nExecStart=/bin/true\n")[0]
+            .contains("invalid unit name 'Bad_Name'")
+    );
+    assert!(
+        errors("x.conf", "[Service]\nExecStart=/bin/true\n")[0].contains(".service or .instance")
+    );
+}
+
+#[test]
+fn values() {
+    assert_eq!(parse_signal("TERM"), Ok(libc::SIGTERM));
+    assert_eq!(parse_signal("SIGKILL"), Ok(libc::SIGKILL));
+    assert_eq!(parse_signal("9"), Ok(9));
+    assert!(parse_signal("0").is_err());
+    assert!(parse_signal("SIGFOO").is_err());
+    assert_eq!(parse_umask("0022"), Ok(0o022));
+    assert!(parse_umask("8").is_err());
+    assert_eq!(parse_nice("19"), Ok(19));
+    assert!(parse_nice("-21").is_err());
+    for (v, b) in [
+        ("yes", true),
+        ("True", true),
+        ("on", true),
+        ("1", true),
+        ("no", false),
+        ("off", false),
+        ("0", false),
+    ] {
+        assert_eq!(parse_bool(v), Ok(b));
+    }
+    assert!(parse_bool("2").is_err());
+    assert_eq!(parse_ready_check("none"), Ok(ReadyCheck::None));
+    assert_eq!(parse_ready_check("tcp:8188"), Ok(ReadyCheck::Tcp(8188)));
+    assert_eq!(
+        parse_ready_check("http://localhost:80"),
+        Ok(ReadyCheck::Http {
+            host: "localhost".into(),
+            port: 80,
+            path: "/".into()
+        })
+    );
+    assert_eq!(
+        parse_ready_check("http://[::1]:9000/x?y=1"),
+        Ok(ReadyCheck::Http {
+            host: "[::1]".into(),
+            port: 9000,
+            path: "/x?y=1".into()
+        })
+    );
+    for bad in [
+        "tcp:0",
+        "tcp:70000",
+        "http://127.0.0.1/",
+        "https://127.0.0.1:1/",
+        "http://10.0.0.1:80/",
+        "ping",
+    ] {
+        assert!(parse_ready_check(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        parse_gpus("MIG-GPU-abc/1/0,2"),
+        Ok(vec!["MIG-GPU-abc/1/0".into(), "2".into()])
+    );
+    assert!(parse_gpus("0,0").is_err());
+    assert!(parse_gpus("GPU-").is_err());
+    assert_eq!(parse_timeout("0"), Ok(None));
+    assert_eq!(parse_timeout("5s"), Ok(Some(Duration::from_secs(5))));
+}
+
+#[test]
+fn diagnostics_display() {
+    let errs =
+        parse("/u/t.service", "[Service]\nExecStart=/bin/true\nNice=99\n").expect_err("invalid");
+    assert_eq!(
+        errs[0].to_string(),
+        "/u/t.service:3: invalid Nice=99: expected a number from -20 to 19"
+    );
+}
+
+fn plausible_line() -> impl Strategy<Value = String> {
+    let keys = prop::sample::select(vec![
+        "Description",
+        "After",
+        "Before",
+        "Requires",
+        "Wants",
+        "Documentation",
+        "StartLimitIntervalSec",
+        "StartLimitBurst",
+        "ExecStart",
+        "ExecStartPre",
+        "ExecReload",
+        "ExecStop",
+        "Restart",
+        "RestartSec",
+        "TimeoutStartSec",
+        "TimeoutStopSec",
+        "KillSignal",
+        "KillMode",
+        "Environment",
+        "EnvironmentFile",
+        "WorkingDirectory",
+        "User",
+        "Group",
+        "UMask",
+        "Nice",
+        "ReadyCheck",
+        "Blueprint",
+        "GPUs",
+        "Port",
+        "Autostart",
+        "ActiveSlot",
+        "PersistentMode",
+        "StallAfterSec",
+        "OutputDir",
+        "ProtectSystem",
+        "WantedBy",
+        "ExecStrat",
+        "X-Foo",
+    ]);
+    let values = prop_oneof![
+        "[ -~]{0,30}",
+        "[\\\\\"' a-z0-9=$:/.-]{0,30}\\\\?",
+        Just("infinity".to_string()),
+        Just("http://127.0.0.1:".to_string()),
+        Just("-".to_string()),
+        "\\PC{0,20}",
+    ];
+    prop_oneof![
+        3 => (keys, values).prop_map(|(k, v)| format!("{k}={v}")),
+        1 => prop::sample::select(vec!["[Unit]", "[Service]", "[Instance]", "[Install]", "[X-A]", "[Bad", "", "# c", "\\"])
+            .prop_map(str::to_string),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn never_panics_on_arbitrary_text(text in "\\PC*") {
+        let _ = parse("x.service", &text);
+        let _ = parse("x.instance", &text);
+    }
+
+    #[test]
+    fn never_panics_on_plausible_files(lines in prop::collection::vec(plausible_line(), 0..25)) {
+        let text = lines.join("\n");
+        for name in ["x.service", "x.instance"] {
+            match parse(name, &text) {
+                Ok((_, w)) => prop_assert!(w.iter().all(|d| d.severity == Severity::Warning)),
+                Err(d) => prop_assert!(d.iter().any(|d| d.severity == Severity::Error)),
+            }
+        }
+    }
+}
