@@ -1,1 +1,53 @@
-//! (in progress)
+//! Resolved daemon settings: where data, units and the API live.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default API address: loopback only; NGINX (or an SSH tunnel) is the way in.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9001";
+/// DESIGN.md: the whole shutdown must fit in this unless AIKORE_SHUTDOWN_TIMEOUT says otherwise.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// Stock units first, then the user's `<data>/units`, which override by name.
+    pub units_dirs: Vec<PathBuf>,
+    pub listen: SocketAddr,
+    pub shutdown_timeout: Duration,
+}
+
+impl Settings {
+    pub fn user_units_dir(&self) -> PathBuf {
+        self.data_dir.join("units")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("aikore.db")
+    }
+}
+
+/// The stock units dir when none is given: the image's, else the repo's
+/// `units/` (a newcomer running from a checkout).
+pub fn default_stock_units_dir() -> PathBuf {
+    let image = PathBuf::from("/etc/aikore/units");
+    if image.is_dir() {
+        image
+    } else {
+        PathBuf::from("units")
+    }
+}
+
+pub fn parse_shutdown_timeout(value: Option<&str>) -> Result<Duration, String> {
+    match value {
+        None => Ok(DEFAULT_SHUTDOWN_TIMEOUT),
+        Some(text) => crate::units::parse_timespan(text)
+            .map_err(|e| format!("AIKORE_SHUTDOWN_TIMEOUT={text}: {e}"))?
+            .ok_or_else(|| format!("AIKORE_SHUTDOWN_TIMEOUT={text}: must be finite")),
+    }
+}

@@ -1,1 +1,260 @@
-//! (in progress)
+//! `aikore serve`: wires init, store, logs, supervisor and web together, and
+//! runs the ordered shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::config::Settings;
+use crate::init;
+use crate::logs::{LogConfig, LogHub};
+use crate::store::{StateUpdate, Store, StoreHandle};
+use crate::supervisor::cgroup::CgroupRoot;
+use crate::supervisor::{members, Engine, HostConfig, HostProcesses, SupervisorHandle, UnitEvent, EVENT_CAPACITY};
+use crate::units::{load_dirs, Diagnostic};
+
+/// Exit codes of `aikore serve`.
+pub mod exit_code {
+    /// Every unit stopped within its timeout.
+    pub const CLEAN: i32 = 0;
+    /// Startup failed (bad settings, unusable data dir, port taken).
+    pub const STARTUP: i32 = 1;
+    /// Some unit needed SIGKILL or the global deadline passed.
+    pub const UNCLEAN_SHUTDOWN: i32 = 2;
+}
+
+/// Re-reads unit files and hands them to the supervisor (`aikore reload`, SIGHUP).
+pub struct Reloader {
+    settings: Settings,
+    supervisor: SupervisorHandle,
+    store: StoreHandle,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ReloadReport {
+    pub units: usize,
+    pub diagnostics: Vec<String>,
+    pub archived: Vec<String>,
+}
+
+impl Reloader {
+    pub async fn reload(&self) -> anyhow::Result<ReloadReport> {
+        let dirs = self.settings.units_dirs.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_dirs(&dirs)).await?;
+        report_diagnostics(&loaded.diagnostics);
+        let names: Vec<(String, String)> =
+            loaded.units.iter().map(|u| (u.name.clone(), u.kind.as_str().to_string())).collect();
+        let report = self.store.call(move |s| s.reconcile_definitions(&names, now_ms())).await??;
+        let count = loaded.units.len();
+        self.supervisor.set_units(loaded.units).await?;
+        Ok(ReloadReport {
+            units: count,
+            diagnostics: loaded.diagnostics.iter().map(|d| d.to_string()).collect(),
+            archived: report,
+        })
+    }
+}
+
+fn report_diagnostics(diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        match d.severity {
+            crate::units::Severity::Error => tracing::error!("{d}"),
+            crate::units::Severity::Warning => tracing::warn!("{d}"),
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A short stable tag for the data dir, so two daemons on one machine (tests,
+/// a dev checkout beside the container) never share cgroups.
+fn data_dir_tag(data_dir: &std::path::Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut hasher);
+    format!("{:08x}", hasher.finish() as u32)
+}
+
+/// Processes left by a previous daemon on the same data dir would hold ports
+/// and GPUs: stop them (TERM, a grace, then KILL) before anything starts.
+fn stop_leftovers(data_dir: &str, cgroups: Option<&CgroupRoot>) {
+    if let Some(root) = cgroups {
+        for unit in root.clear_leftovers() {
+            tracing::warn!(unit = %unit, "stopped processes left by a previous run (cgroup)");
+        }
+    }
+    let pids = members::processes_of_data_dir(data_dir);
+    if pids.is_empty() {
+        return;
+    }
+    tracing::warn!(count = pids.len(), "stopping processes left by a previous run");
+    for pid in &pids {
+        // SAFETY: kill() on pids that carry our data dir marker.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    // A previous run's app gets a short grace to flush, not a full TimeoutStopSec: it is already orphaned.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline && !members::processes_of_data_dir(data_dir).is_empty() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in members::processes_of_data_dir(data_dir) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Mirrors every supervisor event into SQLite: state rows and the journal.
+async fn journal_events(mut events: broadcast::Receiver<UnitEvent>, store: StoreHandle) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "journal fell behind the supervisor");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let result = store
+            .call(move |s| -> crate::store::Result<()> {
+                if event.event == "state" {
+                    s.record_state(&StateUpdate {
+                        name: event.unit.clone(),
+                        kind: event.kind.as_str().to_string(),
+                        status: event.status.as_str().to_string(),
+                        status_detail: event.detail.clone(),
+                        pid: event.pid,
+                        pgid: event.pid,
+                        restarts: event.restarts,
+                        last_exit: event.last_exit.clone(),
+                        since_ms: event.since_ms,
+                        started_ms: event.started_ms,
+                    })?;
+                }
+                let detail = match &event.detail {
+                    Some(d) if event.event == "state" => format!("{}: {d}", event.status),
+                    Some(d) => d.clone(),
+                    None => event.status.to_string(),
+                };
+                s.append_event(event.ts_ms, Some(&event.unit), event.event, &detail)?;
+                Ok(())
+            })
+            .await;
+        if let Ok(Err(e)) | Err(e) = result.map_err(crate::store::StoreError::from) {
+            tracing::warn!(error = %e, "journal write failed");
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns the process exit code.
+pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&settings.data_dir)?;
+    let settings = Settings { data_dir: data_dir.clone(), ..settings };
+    std::fs::create_dir_all(settings.user_units_dir())?;
+
+    if init::is_pid1() {
+        tracing::info!("running as PID 1");
+    } else if let Err(e) = init::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child sub-reaper; orphans of units go to the real init");
+    }
+    let _ = init::reaper();
+
+    let cgroups = match CgroupRoot::probe(&data_dir_tag(&data_dir)) {
+        Ok(root) => {
+            tracing::info!(path = %root.path().display(), "process tracking: cgroup v2 per unit");
+            Some(root)
+        }
+        Err(why) => {
+            tracing::info!(reason = %why, "process tracking: process groups and AIKORE_UNIT markers (no writable cgroup v2)");
+            None
+        }
+    };
+    let marker = data_dir.display().to_string();
+    {
+        let cgroups = cgroups.clone();
+        tokio::task::spawn_blocking(move || stop_leftovers(&marker, cgroups.as_ref())).await?;
+    }
+
+    let store = Store::open(&settings.db_path()).with_context(|| format!("opening {}", settings.db_path().display()))?;
+    let store = StoreHandle::spawn(store);
+
+    let dirs = settings.units_dirs.clone();
+    let loaded = tokio::task::spawn_blocking(move || load_dirs(&dirs)).await?;
+    report_diagnostics(&loaded.diagnostics);
+    let names: Vec<(String, String)> =
+        loaded.units.iter().map(|u| (u.name.clone(), u.kind.as_str().to_string())).collect();
+    let reconciled = store.call(move |s| s.reconcile(&names, now_ms())).await??;
+    for name in &reconciled.archived {
+        tracing::info!(unit = %name, "unit file gone; its state row is archived");
+    }
+
+    let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
+    let (events_tx, _) = broadcast::channel(EVENT_CAPACITY);
+    let (commands_tx, commands_rx) = mpsc::channel(256);
+    let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+    let host = HostProcesses::new(
+        HostConfig { data_dir: data_dir.clone(), cgroups: cgroups.clone(), base_env: crate::supervisor::host::inherited_env() },
+        Arc::clone(&logs),
+        exits_tx,
+    );
+    let supervisor = SupervisorHandle::new(commands_tx, events_tx.clone());
+    let journal = tokio::spawn(journal_events(events_tx.subscribe(), store.clone()));
+    let engine = tokio::spawn(Engine::new(host, loaded.units, events_tx).run(commands_rx, exits_rx));
+
+    let reloader = Arc::new(Reloader { settings: settings.clone(), supervisor: supervisor.clone(), store: store.clone() });
+    let state = crate::web::AppState::new(supervisor.clone(), Arc::clone(&logs), store.clone(), Arc::clone(&reloader));
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    tracing::info!(listen = %settings.listen, data_dir = %data_dir.display(), "aikore is up");
+    let web_stop = tokio_util::sync::CancellationToken::new();
+    let web = tokio::spawn(crate::web::serve(listener, state, web_stop.clone()));
+
+    supervisor.start_all().await?;
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => match reloader.reload().await {
+                Ok(r) => tracing::info!(units = r.units, "reloaded unit files"),
+                Err(e) => tracing::error!(error = %e, "reload failed"),
+            },
+        }
+    }
+
+    tracing::info!(timeout = ?settings.shutdown_timeout, "shutting down: instances first, then services in reverse order");
+    let mut code = match tokio::time::timeout(settings.shutdown_timeout, supervisor.shutdown()).await {
+        Ok(Ok(report)) if report.clean => exit_code::CLEAN,
+        Ok(_) => exit_code::UNCLEAN_SHUTDOWN,
+        Err(_) => {
+            tracing::error!("shutdown deadline passed; killing what is left");
+            supervisor.kill_all().await;
+            exit_code::UNCLEAN_SHUTDOWN
+        }
+    };
+    // After a KillAll the engine still finishes once processes are gone; give it a moment.
+    if tokio::time::timeout(Duration::from_secs(5), engine).await.is_err() {
+        code = exit_code::UNCLEAN_SHUTDOWN;
+    }
+    web_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), web).await;
+    journal.abort();
+    if init::is_pid1() {
+        tokio::task::spawn_blocking(|| init::terminate_strays(Duration::from_secs(2))).await?;
+    }
+    if let Some(root) = cgroups {
+        root.remove();
+    }
+    tracing::info!(code, "aikore stopped");
+    Ok(code)
+}

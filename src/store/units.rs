@@ -30,6 +30,16 @@ fn unit_from_row(r: &Row<'_>) -> rusqlite::Result<UnitRow> {
 }
 
 impl Store {
+    /// `aikore reload`: rows follow the unit files (added, archived) while the
+    /// statuses of running units are left alone. Returns the archived names.
+    pub fn reconcile_definitions(&mut self, units: &[(String, String)], now_ms: i64) -> Result<Vec<String>> {
+        let tx = self.conn.transaction()?;
+        let mut report = ReconcileReport::default();
+        sync_definitions(&tx, units, now_ms, &mut report)?;
+        tx.commit()?;
+        Ok(report.archived)
+    }
+
     /// Makes the state rows match the unit files found on start: `units` is
     /// every defined unit as `(name, kind)`. Runs as one transaction, so a
     /// crash halfway leaves the previous state rather than a mix.
@@ -52,49 +62,7 @@ impl Store {
                 .collect::<rusqlite::Result<_>>()?;
         }
 
-        {
-            let mut existing = tx.prepare("SELECT 1 FROM units WHERE name = ?1")?;
-            let mut insert = tx.prepare(
-                "INSERT INTO units (name, kind, status, since_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?4)",
-            )?;
-            // The file may have changed kind (rare, but the file wins).
-            let mut refresh = tx.prepare(
-                "UPDATE units SET kind = ?2, archived = 0, updated_ms = ?3 WHERE name = ?1",
-            )?;
-            for (name, kind) in units {
-                let known = existing
-                    .query_row([name], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .is_some();
-                if known {
-                    refresh.execute(params![name, kind, now_ms])?;
-                } else {
-                    insert.execute(params![name, kind, STOPPED, now_ms])?;
-                    report.added.push(name.clone());
-                }
-            }
-        }
-
-        {
-            let defined: HashSet<&str> = units.iter().map(|(n, _)| n.as_str()).collect();
-            let live: Vec<String> = {
-                let mut stmt =
-                    tx.prepare("SELECT name FROM units WHERE archived = 0 ORDER BY name")?;
-                let names = stmt
-                    .query_map([], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                names
-            };
-            let mut archive =
-                tx.prepare("UPDATE units SET archived = 1, updated_ms = ?2 WHERE name = ?1")?;
-            for name in live {
-                if !defined.contains(name.as_str()) {
-                    archive.execute(params![name, now_ms])?;
-                    report.archived.push(name);
-                }
-            }
-        }
+        sync_definitions(&tx, units, now_ms, &mut report)?;
 
         // Processes of a previous container life do not exist any more, so
         // whatever the rows said about them is stale. Detail goes with the
@@ -186,4 +154,59 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Every defined unit gets a live row (added or un-archived); rows whose file
+/// is gone are archived. Shared by the start-up reconcile and `aikore reload`.
+fn sync_definitions(
+    tx: &rusqlite::Transaction<'_>,
+    units: &[(String, String)],
+    now_ms: i64,
+    report: &mut ReconcileReport,
+) -> Result<()> {
+    {
+        let mut existing = tx.prepare("SELECT 1 FROM units WHERE name = ?1")?;
+        let mut insert = tx.prepare(
+            "INSERT INTO units (name, kind, status, since_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+        )?;
+        // The file may have changed kind (rare, but the file wins).
+        let mut refresh = tx.prepare(
+            "UPDATE units SET kind = ?2, archived = 0, updated_ms = ?3 WHERE name = ?1",
+        )?;
+        for (name, kind) in units {
+            let known = existing
+                .query_row([name], |r| r.get::<_, i64>(0))
+                .optional()?
+                .is_some();
+            if known {
+                refresh.execute(params![name, kind, now_ms])?;
+            } else {
+                insert.execute(params![name, kind, STOPPED, now_ms])?;
+                report.added.push(name.clone());
+            }
+        }
+    }
+
+    {
+        let defined: HashSet<&str> = units.iter().map(|(n, _)| n.as_str()).collect();
+        let live: Vec<String> = {
+            let mut stmt =
+                tx.prepare("SELECT name FROM units WHERE archived = 0 ORDER BY name")?;
+            let names = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            names
+        };
+        let mut archive =
+            tx.prepare("UPDATE units SET archived = 1, updated_ms = ?2 WHERE name = ?1")?;
+        for name in live {
+            if !defined.contains(name.as_str()) {
+                archive.execute(params![name, now_ms])?;
+                report.archived.push(name);
+            }
+        }
+    }
+
+    Ok(())
 }

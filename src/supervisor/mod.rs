@@ -1,1 +1,197 @@
-//! (in progress)
+//! The supervisor: one task owns every unit's runtime state. Commands come in
+//! over an mpsc channel, exits come from the reaper, and every state change
+//! goes out on a broadcast channel to the store, logs and web.
+
+pub mod cgroup;
+mod engine;
+pub mod host;
+pub mod members;
+pub mod ready;
+pub mod spawn;
+pub mod state;
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use engine::Engine;
+pub use host::{HostConfig, HostProcesses};
+pub use state::Status;
+
+use crate::init::ExitStatus;
+use crate::units::{ExecCommand, Unit, UnitKind};
+
+/// Which of a unit's commands a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Main,
+    Pre,
+    Stop,
+    Reload,
+}
+
+/// Where readiness is probed, resolved at start (an instance's port may be leased then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyTarget {
+    Tcp { host: String, port: u16 },
+    Http { host: String, port: u16, path: String },
+}
+
+/// What the OS side decided when a run begins.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// None: ready as soon as the main process runs.
+    pub ready: Option<ReadyTarget>,
+    /// Extra environment for every process of this run (WEBUI_PORT, CUDA_VISIBLE_DEVICES, ...).
+    pub env: Vec<(String, String)>,
+}
+
+/// The OS boundary, so restart, backoff, escalation and ordering are tested
+/// with a recording fake instead of processes.
+pub trait ProcessControl: Send + 'static {
+    /// A run of `unit` begins: rotate logs when `fresh`, lease what it needs.
+    fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String>;
+    /// Starts one process; its exit is delivered later as (pid, status) on the exits channel.
+    fn spawn(&mut self, unit: &Unit, role: Role, command: &ExecCommand, env: &[(String, String)]) -> Result<i32, String>;
+    fn signal_process(&mut self, pid: i32, signal: i32);
+    fn signal_group(&mut self, pgid: i32, signal: i32);
+    /// Every process of the unit.
+    fn signal_unit(&mut self, unit: &str, signal: i32);
+    fn live_processes(&mut self, unit: &str) -> usize;
+    /// The unit has no process left: release its cgroup and leases.
+    fn end_run(&mut self, unit: &str);
+    /// A line from aikore itself into the unit's log.
+    fn note(&mut self, unit: &str, text: &str);
+}
+
+/// A state change or notable fact, for the journal, the events stream and followers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnitEvent {
+    pub ts_ms: i64,
+    pub unit: String,
+    pub kind: UnitKind,
+    /// `state` for transitions, `exit`, `config`, `info` or `error` otherwise.
+    pub event: &'static str,
+    pub status: Status,
+    pub detail: Option<String>,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub since_ms: i64,
+    pub started_ms: Option<i64>,
+    pub last_exit: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnitSnapshot {
+    pub name: String,
+    pub kind: UnitKind,
+    pub description: String,
+    pub status: Status,
+    pub detail: Option<String>,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub since_ms: i64,
+    pub started_ms: Option<i64>,
+    pub last_exit: Option<String>,
+    pub path: String,
+    #[serde(skip)]
+    pub unit: Arc<Unit>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("no unit named {0:?}")]
+    NoSuchUnit(String),
+    #[error("unit {unit} cannot {action}: {why}")]
+    Refused { unit: String, action: &'static str, why: String },
+    #[error("aikore is shutting down")]
+    ShuttingDown,
+    #[error("the supervisor is not running")]
+    Gone,
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+/// Result of a full shutdown: every unit down; `clean` when none needed SIGKILL.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownReport {
+    pub clean: bool,
+}
+
+pub enum Command {
+    Start { unit: String, reply: Reply<Status> },
+    Stop { unit: String, reply: Reply<Status> },
+    Restart { unit: String, reply: Reply<Status> },
+    /// Runs the unit's ExecReload= commands; replies when they finish.
+    Reload { unit: String, reply: Reply<()> },
+    /// New definitions (from `aikore reload` / SIGHUP): takes effect at each unit's next start.
+    SetUnits { units: Vec<Unit>, reply: Reply<()> },
+    /// Boot: services in dependency order, then Autostart instances.
+    StartAll { reply: Reply<()> },
+    Snapshot { reply: oneshot::Sender<Vec<UnitSnapshot>> },
+    Shutdown { reply: oneshot::Sender<ShutdownReport> },
+    /// The global deadline passed: SIGKILL whatever is left.
+    KillAll,
+}
+
+/// The cheap, cloneable way everything else talks to the supervisor.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<UnitEvent>,
+}
+
+/// Events are small; 4096 lets a burst (shutdown of 100 units) reach a
+/// momentarily slow subscriber without a Lagged.
+pub const EVENT_CAPACITY: usize = 4096;
+
+impl SupervisorHandle {
+    pub fn new(commands: mpsc::Sender<Command>, events: broadcast::Sender<UnitEvent>) -> Self {
+        SupervisorHandle { commands, events }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<UnitEvent> {
+        self.events.subscribe()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| CommandError::Gone)?;
+        rx.await.map_err(|_| CommandError::Gone)?
+    }
+
+    pub async fn start(&self, unit: &str) -> Result<Status, CommandError> {
+        self.ask(|reply| Command::Start { unit: unit.into(), reply }).await
+    }
+    pub async fn stop(&self, unit: &str) -> Result<Status, CommandError> {
+        self.ask(|reply| Command::Stop { unit: unit.into(), reply }).await
+    }
+    pub async fn restart(&self, unit: &str) -> Result<Status, CommandError> {
+        self.ask(|reply| Command::Restart { unit: unit.into(), reply }).await
+    }
+    pub async fn reload(&self, unit: &str) -> Result<(), CommandError> {
+        self.ask(|reply| Command::Reload { unit: unit.into(), reply }).await
+    }
+    pub async fn set_units(&self, units: Vec<Unit>) -> Result<(), CommandError> {
+        self.ask(|reply| Command::SetUnits { units, reply }).await
+    }
+    pub async fn start_all(&self) -> Result<(), CommandError> {
+        self.ask(|reply| Command::StartAll { reply }).await
+    }
+    pub async fn snapshot(&self) -> Result<Vec<UnitSnapshot>, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Snapshot { reply: tx }).await.map_err(|_| CommandError::Gone)?;
+        rx.await.map_err(|_| CommandError::Gone)
+    }
+    pub async fn shutdown(&self) -> Result<ShutdownReport, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Shutdown { reply: tx }).await.map_err(|_| CommandError::Gone)?;
+        rx.await.map_err(|_| CommandError::Gone)
+    }
+    pub async fn kill_all(&self) {
+        let _ = self.commands.send(Command::KillAll).await;
+    }
+}
+
+/// A unit's exit as the reaper saw it.
+pub type ExitReport = (i32, ExitStatus);

@@ -1,1 +1,42 @@
-//! (in progress)
+//! HTTP: axum on hyper. The JSON API under /api/v1, /healthz, and the SSE
+//! streams of events and logs.
+
+mod api;
+pub mod error;
+
+use std::sync::Arc;
+
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::Reloader;
+use crate::logs::LogHub;
+use crate::store::StoreHandle;
+use crate::supervisor::SupervisorHandle;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub supervisor: SupervisorHandle,
+    pub logs: Arc<LogHub>,
+    pub store: StoreHandle,
+    pub reloader: Arc<Reloader>,
+}
+
+impl AppState {
+    pub fn new(supervisor: SupervisorHandle, logs: Arc<LogHub>, store: StoreHandle, reloader: Arc<Reloader>) -> Self {
+        AppState { supervisor, logs, store, reloader }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    api::routes().with_state(state)
+}
+
+/// Serves until `stop` is cancelled; open SSE streams end with it.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, stop: CancellationToken) {
+    let app = router(state);
+    let shutdown = stop.clone();
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await {
+        tracing::error!(error = %e, "web server failed");
+    }
+}

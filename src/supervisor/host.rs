@@ -1,0 +1,307 @@
+//! The real [`ProcessControl`]: environments, users, cgroups or process
+//! groups, and log pipes for unit processes on this machine.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::cgroup::CgroupRoot;
+use super::members::Membership;
+use super::spawn::{spawn, ProcessSpec};
+use super::{ExitReport, Prepared, ProcessControl, ReadyTarget, Role};
+use crate::logs::LogHub;
+use crate::units::{ExecCommand, ReadyCheck, Unit};
+
+pub struct HostConfig {
+    /// Canonical data dir: the `AIKORE_DATA_DIR` marker value and the base of relative paths.
+    pub data_dir: PathBuf,
+    pub cgroups: Option<CgroupRoot>,
+    /// Environment every unit inherits (the container's, minus aikore's own secrets).
+    pub base_env: Vec<(String, String)>,
+}
+
+pub struct HostProcesses {
+    config: HostConfig,
+    logs: Arc<LogHub>,
+    exits: mpsc::UnboundedSender<ExitReport>,
+    /// How each unit with a current run finds its processes.
+    members: HashMap<String, Membership>,
+}
+
+/// The daemon's own environment minus variables that are aikore's business
+/// (passwords and tokens must never leak into third-party apps).
+pub fn inherited_env() -> Vec<(String, String)> {
+    std::env::vars().filter(|(k, _)| !k.starts_with("AIKORE_")).collect()
+}
+
+impl HostProcesses {
+    pub fn new(config: HostConfig, logs: Arc<LogHub>, exits: mpsc::UnboundedSender<ExitReport>) -> Self {
+        HostProcesses { config, logs, exits, members: HashMap::new() }
+    }
+
+    fn data_marker(&self) -> String {
+        self.config.data_dir.display().to_string()
+    }
+
+    fn environment(&self, unit: &Unit, extra: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
+        let mut env: Vec<(String, String)> = self.config.base_env.clone();
+        env.push(("AIKORE_UNIT".into(), unit.name.clone()));
+        env.push(("AIKORE_DATA_DIR".into(), self.data_marker()));
+        for file in &unit.service.environment_files {
+            match std::fs::read_to_string(&file.path) {
+                Ok(text) => env.extend(parse_env_file(&text)),
+                Err(_) if file.optional => {}
+                Err(e) => return Err(format!("EnvironmentFile {}: {e}", file.path.display())),
+            }
+        }
+        env.extend(unit.service.environment.iter().cloned());
+        env.extend(extra.iter().cloned());
+        // Later assignments win; keep one entry per name, in first-seen order.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out: Vec<(String, String)> = Vec::with_capacity(env.len());
+        for (k, v) in env {
+            match seen.get(&k) {
+                Some(&i) => out[i].1 = v,
+                None => {
+                    seen.insert(k.clone(), out.len());
+                    out.push((k, v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn membership(&mut self, unit: &Unit, main_pid: Option<i32>) -> Membership {
+        if let Some(existing) = self.members.get(&unit.name) {
+            if let (Membership::Marked { unit: u, data_dir, pgid: None }, Some(pid)) = (existing, main_pid) {
+                let updated = Membership::Marked { unit: u.clone(), data_dir: data_dir.clone(), pgid: Some(pid) };
+                self.members.insert(unit.name.clone(), updated.clone());
+                return updated;
+            }
+            return existing.clone();
+        }
+        let membership = match self.config.cgroups.as_ref().map(|root| root.unit(&unit.name)) {
+            Some(Ok(cg)) => Membership::Cgroup(cg),
+            Some(Err(e)) => {
+                tracing::warn!(unit = %unit.name, error = %e, "cannot create the unit's cgroup; tracking by process group");
+                self.marked(unit, main_pid)
+            }
+            None => self.marked(unit, main_pid),
+        };
+        self.members.insert(unit.name.clone(), membership.clone());
+        membership
+    }
+
+    fn marked(&self, unit: &Unit, pgid: Option<i32>) -> Membership {
+        Membership::Marked { unit: unit.name.clone(), data_dir: self.data_marker(), pgid }
+    }
+}
+
+/// `KEY=VALUE` lines, `#`/`;` comments, optional `export ` and quotes around the value.
+pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// systemd's `$NAME` / `${NAME}` substitution in command words; `$$` is a literal `$`.
+pub fn expand_vars(word: &str, env: &[(String, String)]) -> String {
+    let lookup = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("");
+    let mut out = String::with_capacity(word.len());
+    let mut rest = word;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(braced) = after.strip_prefix('{') {
+            match braced.find('}') {
+                Some(end) => {
+                    out.push_str(lookup(&braced[..end]));
+                    rest = &braced[end + 1..];
+                }
+                None => {
+                    out.push('$');
+                    rest = after;
+                }
+            }
+        } else {
+            let len = after.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+            if len == 0 {
+                out.push('$');
+            } else {
+                out.push_str(lookup(&after[..len]));
+            }
+            rest = &after[len..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn resolve_user(unit: &Unit) -> Result<(Option<u32>, Option<u32>, Vec<u32>, Vec<(String, String)>), String> {
+    use nix::unistd::{Group, User};
+    let mut env = Vec::new();
+    let mut uid = None;
+    let mut gid = None;
+    let mut groups = Vec::new();
+    if let Some(name) = &unit.service.user {
+        let user = match name.parse::<u32>() {
+            Ok(n) => User::from_uid(n.into()),
+            Err(_) => User::from_name(name),
+        }
+        .map_err(|e| format!("User={name}: {e}"))?
+        .ok_or_else(|| format!("User={name}: no such user"))?;
+        uid = Some(user.uid.as_raw());
+        gid = Some(user.gid.as_raw());
+        let cname = std::ffi::CString::new(user.name.clone()).map_err(|_| "User= contains NUL".to_string())?;
+        groups = nix::unistd::getgrouplist(&cname, user.gid)
+            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_else(|_| vec![user.gid.as_raw()]);
+        env.push(("USER".into(), user.name.clone()));
+        env.push(("LOGNAME".into(), user.name.clone()));
+        env.push(("HOME".into(), user.dir.display().to_string()));
+    }
+    if let Some(name) = &unit.service.group {
+        let group = match name.parse::<u32>() {
+            Ok(n) => Group::from_gid(n.into()),
+            Err(_) => Group::from_name(name),
+        }
+        .map_err(|e| format!("Group={name}: {e}"))?
+        .ok_or_else(|| format!("Group={name}: no such group"))?;
+        gid = Some(group.gid.as_raw());
+        if groups.is_empty() {
+            groups = vec![group.gid.as_raw()];
+        } else if !groups.contains(&group.gid.as_raw()) {
+            groups.push(group.gid.as_raw());
+        }
+    }
+    Ok((uid, gid, groups, env))
+}
+
+impl ProcessControl for HostProcesses {
+    fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String> {
+        self.logs.begin_run(&unit.name, fresh).map_err(|e| format!("log file: {e}"))?;
+        let ready = match &unit.service.ready_check {
+            ReadyCheck::Default | ReadyCheck::None => None,
+            ReadyCheck::Tcp(port) => Some(ReadyTarget::Tcp { host: "127.0.0.1".into(), port: *port }),
+            ReadyCheck::Http { host, port, path } => {
+                Some(ReadyTarget::Http { host: host.clone(), port: *port, path: path.clone() })
+            }
+        };
+        Ok(Prepared { ready, env: Vec::new() })
+    }
+
+    fn spawn(&mut self, unit: &Unit, role: Role, command: &ExecCommand, extra: &[(String, String)]) -> Result<i32, String> {
+        let (uid, gid, groups, user_env) = resolve_user(unit)?;
+        let mut env = self.environment(unit, &user_env)?;
+        env.extend(extra.iter().cloned());
+        let env = {
+            // Re-run dedup with the extras applied last.
+            let mut merged: Vec<(String, String)> = Vec::with_capacity(env.len());
+            for (k, v) in env {
+                match merged.iter_mut().find(|(mk, _)| *mk == k) {
+                    Some(slot) => slot.1 = v,
+                    None => merged.push((k, v)),
+                }
+            }
+            merged
+        };
+        let argv: Vec<String> = command.argv.iter().map(|w| expand_vars(w, &env)).collect();
+        let cwd = unit.service.working_directory.clone();
+        let spec = ProcessSpec {
+            argv,
+            env,
+            cwd,
+            umask: unit.service.umask,
+            nice: unit.service.nice,
+            uid,
+            gid,
+            groups,
+        };
+        let membership = self.membership(unit, None);
+        let procs_fd = match &membership {
+            Membership::Cgroup(cg) => Some(cg.open_procs().map_err(|e| format!("cgroup: {e}"))?),
+            Membership::Marked { .. } => None,
+        };
+        let exits = self.exits.clone();
+        let spawned = spawn(&spec, procs_fd.as_ref(), Box::new(move |pid, status| {
+            let _ = exits.send((pid, status));
+        }))
+        .map_err(|e| e.to_string())?;
+        if role == Role::Main {
+            self.membership(unit, Some(spawned.pid));
+        }
+        self.logs.attach(&unit.name, spawned.output);
+        Ok(spawned.pid)
+    }
+
+    fn signal_process(&mut self, pid: i32, signal: i32) {
+        // SAFETY: kill() on a pid we spawned and have not reaped yet.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    fn signal_group(&mut self, pgid: i32, signal: i32) {
+        // SAFETY: killpg() on a process group we created with setsid().
+        unsafe { libc::killpg(pgid, signal) };
+    }
+
+    fn signal_unit(&mut self, unit: &str, signal: i32) {
+        if let Some(m) = self.members.get(unit) {
+            m.signal_all(signal);
+        }
+    }
+
+    fn live_processes(&mut self, unit: &str) -> usize {
+        self.members.get(unit).map(|m| m.pids().len()).unwrap_or(0)
+    }
+
+    fn end_run(&mut self, unit: &str) {
+        if let Some(Membership::Cgroup(cg)) = self.members.remove(unit) {
+            cg.remove();
+        }
+    }
+
+    fn note(&mut self, unit: &str, text: &str) {
+        self.logs.note(unit, text.strip_prefix("[aikore] ").unwrap_or(text));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_like_systemd() {
+        let env = vec![("PORT".to_string(), "8188".to_string()), ("A".to_string(), "x".to_string())];
+        assert_eq!(expand_vars("--port=${PORT}", &env), "--port=8188");
+        assert_eq!(expand_vars("$PORT", &env), "8188");
+        assert_eq!(expand_vars("$A-$MISSING.", &env), "x-.");
+        assert_eq!(expand_vars("cost $$5", &env), "cost $5");
+        assert_eq!(expand_vars("${unterminated", &env), "${unterminated");
+    }
+
+    #[test]
+    fn env_files_take_comments_export_and_quotes() {
+        let parsed = parse_env_file("# c\nexport A=1\nB=\"two words\"\n;x\nC='3'\nbad line\n");
+        assert_eq!(
+            parsed,
+            vec![("A".into(), "1".into()), ("B".into(), "two words".into()), ("C".into(), "3".into())]
+        );
+    }
+}

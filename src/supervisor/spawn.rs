@@ -1,0 +1,267 @@
+//! Fork and exec of one unit process.
+//!
+//! Everything the child needs (paths, argv, envp, ids, open fds) is prepared
+//! in [`SpawnPlan`] before fork(): between fork and exec only async-signal-safe
+//! calls run, because the parent is multi-threaded and another thread may hold
+//! the allocator's lock at the moment of the fork.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::init::reaper::{reaper, Route};
+
+/// What a process should be: resolved, typed, ready for fork.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub umask: Option<u32>,
+    pub nice: Option<i32>,
+    /// Resolved ids; `None` keeps ours (root in the container).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub groups: Vec<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("empty command line")]
+    EmptyCommand,
+    #[error("{0}: command not found in PATH")]
+    NotFound(String),
+    #[error("argument contains a NUL byte")]
+    Nul,
+    #[error("{stage} failed: {source}")]
+    Child { stage: &'static str, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Spawned {
+    pub pid: i32,
+    /// The pipe carrying the child's stdout and stderr, for the log task.
+    pub output: OwnedFd,
+}
+
+/// Default search path when the unit's environment has none (systemd's).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Finds argv[0]: an absolute path is taken as is, a bare name is searched in
+/// the unit's PATH (systemd does the same since v239).
+pub fn resolve_executable(argv0: &str, env: &[(String, String)]) -> Result<PathBuf, SpawnError> {
+    if argv0.contains('/') {
+        return Ok(PathBuf::from(argv0));
+    }
+    let path_var = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(argv0);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(SpawnError::NotFound(argv0.to_string()))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|_| SpawnError::Nul)
+}
+
+/// The pre-built image of a child: raw pointers into owned CStrings, kept alive
+/// by this struct until after fork.
+struct SpawnPlan {
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    cwd: Option<CString>,
+    umask: Option<u32>,
+    nice: Option<i32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    groups: Vec<libc::gid_t>,
+}
+
+impl SpawnPlan {
+    fn new(spec: &ProcessSpec) -> Result<SpawnPlan, SpawnError> {
+        let argv0 = spec.argv.first().ok_or(SpawnError::EmptyCommand)?;
+        let exe = resolve_executable(argv0, &spec.env)?;
+        let path = cstring(exe.as_os_str().as_bytes())?;
+        let argv: Vec<CString> = spec.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = spec
+            .env
+            .iter()
+            .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+            .collect::<Result<_, _>>()?;
+        let argv_ptrs = argv.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let envp_ptrs = envp.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let cwd = spec.cwd.as_ref().map(|d| cstring(OsStr::as_bytes(d.as_os_str()))).transpose()?;
+        Ok(SpawnPlan {
+            path,
+            _argv: argv,
+            argv_ptrs,
+            _envp: envp,
+            envp_ptrs,
+            cwd,
+            umask: spec.umask,
+            nice: spec.nice,
+            uid: spec.uid,
+            gid: spec.gid,
+            groups: spec.groups.iter().map(|g| *g as libc::gid_t).collect(),
+        })
+    }
+}
+
+/// Stages the child reports back through the error pipe, so the parent can say
+/// which step failed.
+const STAGES: [&str; 9] =
+    ["cgroup join", "setsid", "stdio setup", "nice", "setgroups", "setgid", "setuid", "chdir", "exec"];
+
+fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two fds into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Forks and execs `spec` in a new session and process group, optionally inside
+/// the cgroup whose `cgroup.procs` is given, with stdout+stderr on one pipe and
+/// stdin on /dev/null. `route` receives the exit status from the reaper.
+pub fn spawn(spec: &ProcessSpec, cgroup_procs: Option<&OwnedFd>, route: Route) -> Result<Spawned, SpawnError> {
+    let plan = SpawnPlan::new(spec)?;
+    let (out_read, out_write) = pipe_cloexec()?;
+    let (err_read, err_write) = pipe_cloexec()?;
+    let devnull = std::fs::File::open("/dev/null")?;
+    let cgroup_fd = cgroup_procs.map(|fd| fd.as_raw_fd()).unwrap_or(-1);
+
+    let mut routes = reaper().lock();
+    // SAFETY: after fork the child only runs `child_after_fork`, which makes
+    // async-signal-safe system calls on data prepared above and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SpawnError::Io(std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: we are the child of a fork; see child_after_fork's contract.
+        unsafe {
+            child_after_fork(&plan, cgroup_fd, devnull.as_raw_fd(), out_write.as_raw_fd(), err_write.as_raw_fd())
+        }
+    }
+    routes.register(pid, route);
+    drop(routes);
+    drop(out_write);
+    drop(err_write);
+
+    // The error pipe closes on a successful exec (CLOEXEC); a failing child
+    // writes [stage, errno] first.
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    while got < report.len() {
+        // SAFETY: reading into our own buffer from an fd we own.
+        let n = unsafe {
+            libc::read(err_read.as_raw_fd(), report[got..].as_mut_ptr().cast(), report.len() - got)
+        };
+        if n > 0 {
+            got += n as usize;
+        } else if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    if got == report.len() {
+        let stage = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
+        let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+        return Err(SpawnError::Child {
+            stage: STAGES.get(stage).copied().unwrap_or("child setup"),
+            source: std::io::Error::from_raw_os_error(errno),
+        });
+    }
+    Ok(Spawned { pid, output: out_read })
+}
+
+/// Runs in the forked child. Never returns.
+///
+/// # Safety
+/// Must only be called in the child right after fork(); it touches no lock and
+/// allocates nothing.
+unsafe fn child_after_fork(plan: &SpawnPlan, cgroup_fd: RawFd, devnull: RawFd, out: RawFd, err_pipe: RawFd) -> ! {
+    let fail = |stage: u32| -> ! {
+        let errno = *libc::__errno_location();
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&stage.to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(err_pipe, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    };
+
+    // Signal state is inherited across exec: clear the mask and give back
+    // default dispositions (Rust ignores SIGPIPE, which must not leak into units).
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+
+    if cgroup_fd >= 0 {
+        // Writing "0" moves the writing process itself; done before exec so
+        // every descendant is born inside the cgroup.
+        if libc::write(cgroup_fd, b"0".as_ptr().cast(), 1) != 1 {
+            fail(0);
+        }
+    }
+    if libc::setsid() < 0 {
+        fail(1);
+    }
+    if libc::dup2(devnull, 0) < 0 || libc::dup2(out, 1) < 0 || libc::dup2(out, 2) < 0 {
+        fail(2);
+    }
+    if let Some(nice) = plan.nice {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0 {
+            fail(3);
+        }
+    }
+    if let Some(mask) = plan.umask {
+        libc::umask(mask as libc::mode_t);
+    }
+    if plan.gid.is_some() || plan.uid.is_some() {
+        // Supplementary groups go first, while we still have the right to set them.
+        if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) < 0 {
+            fail(4);
+        }
+    }
+    if let Some(gid) = plan.gid {
+        if libc::setgid(gid) < 0 {
+            fail(5);
+        }
+    }
+    if let Some(uid) = plan.uid {
+        if libc::setuid(uid) < 0 {
+            fail(6);
+        }
+    }
+    if let Some(cwd) = &plan.cwd {
+        if libc::chdir(cwd.as_ptr()) < 0 {
+            fail(7);
+        }
+    }
+    libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.envp_ptrs.as_ptr());
+    fail(8)
+}

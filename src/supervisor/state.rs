@@ -1,0 +1,217 @@
+//! The unit state machine's vocabulary and its pure rules: statuses with their
+//! guards, how an exit is judged, restart backoff and the start limit.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::init::ExitStatus;
+use crate::units::RestartPolicy;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Stopped,
+    /// Waiting for dependencies, running ExecStartPre, or waiting to be ready.
+    Starting,
+    /// An instance that has not answered within StallAfterSec; it may still get there.
+    Stalled,
+    Started,
+    Stopping,
+    /// Waiting out the restart backoff after an exit.
+    Restarting,
+    /// Exited abnormally and the policy does not restart it.
+    Error,
+    /// Gave up: start limit hit, a dependency failed, or the unit cannot run.
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Stopped => "stopped",
+            Status::Starting => "starting",
+            Status::Stalled => "stalled",
+            Status::Started => "started",
+            Status::Stopping => "stopping",
+            Status::Restarting => "restarting",
+            Status::Error => "error",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// No process of the unit runs and none is about to.
+    pub fn is_inactive(self) -> bool {
+        matches!(self, Status::Stopped | Status::Error | Status::Failed)
+    }
+
+    pub fn can_start(self) -> bool {
+        !matches!(self, Status::Starting | Status::Stalled | Status::Started)
+    }
+
+    pub fn can_stop(self) -> bool {
+        !self.is_inactive() && self != Status::Stopping
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a run of a unit ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Stopped on request (user, dependency, shutdown).
+    Requested,
+    Exited(ExitStatus),
+    StartTimeout,
+    PreFailed(ExitStatus),
+    SpawnFailed(String),
+}
+
+impl RunEnd {
+    /// systemd's notion of a clean exit: code 0, or one of the signals a
+    /// service is expected to die from when asked to stop.
+    pub fn is_clean(&self) -> bool {
+        match self {
+            RunEnd::Requested => true,
+            RunEnd::Exited(ExitStatus::Exited { code }) => *code == 0,
+            RunEnd::Exited(ExitStatus::Signaled { signal, .. }) => {
+                matches!(*signal, libc::SIGHUP | libc::SIGINT | libc::SIGTERM | libc::SIGPIPE)
+            }
+            _ => false,
+        }
+    }
+
+    /// Abnormal in systemd's sense: killed by an unclean signal or timed out,
+    /// as opposed to exiting with a code.
+    fn is_abnormal(&self) -> bool {
+        match self {
+            RunEnd::StartTimeout => true,
+            RunEnd::Exited(ExitStatus::Signaled { .. }) => !self.is_clean(),
+            _ => false,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            RunEnd::Requested => "stopped".into(),
+            RunEnd::Exited(status) => status.to_string(),
+            RunEnd::StartTimeout => "did not become ready within TimeoutStartSec".into(),
+            RunEnd::PreFailed(status) => format!("ExecStartPre {status}"),
+            RunEnd::SpawnFailed(why) => format!("could not start: {why}"),
+        }
+    }
+}
+
+pub fn should_restart(policy: RestartPolicy, end: &RunEnd) -> bool {
+    if *end == RunEnd::Requested {
+        return false;
+    }
+    match policy {
+        RestartPolicy::No => false,
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => !end.is_clean(),
+        RestartPolicy::OnAbnormal => end.is_abnormal(),
+    }
+}
+
+/// Backoff never waits longer than this: a GPU box owner fixing a broken
+/// model path should see the next attempt within a minute.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// A run that lasted this long was not part of a crash loop, so the next
+/// failure starts the backoff from RestartSec again.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+
+/// RestartSec doubled for each consecutive failed run, capped (but never below RestartSec itself).
+pub fn backoff_delay(restart_sec: Duration, consecutive_failures: u32) -> Duration {
+    let factor = 1u32.checked_shl(consecutive_failures.min(16)).unwrap_or(u32::MAX);
+    restart_sec.saturating_mul(factor).min(BACKOFF_CAP.max(restart_sec))
+}
+
+/// StartLimitBurst starts within StartLimitIntervalSec; one more is refused.
+#[derive(Debug, Default, Clone)]
+pub struct StartLimit {
+    starts: VecDeque<Instant>,
+}
+
+impl StartLimit {
+    /// Records a start at `now`; false when it exceeds the limit (the start must not happen).
+    pub fn try_start(&mut self, now: Instant, interval: Duration, burst: u32) -> bool {
+        if interval.is_zero() || burst == 0 {
+            // systemd: either set to 0 disables rate limiting.
+            return true;
+        }
+        while self.starts.front().is_some_and(|t| now.duration_since(*t) >= interval) {
+            self.starts.pop_front();
+        }
+        if self.starts.len() >= burst as usize {
+            return false;
+        }
+        self.starts.push_back(now);
+        true
+    }
+
+    pub fn reset(&mut self) {
+        self.starts.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        let base = Duration::from_millis(100);
+        let delays: Vec<_> = (0..4).map(|n| backoff_delay(base, n)).collect();
+        assert_eq!(delays, [100, 200, 400, 800].map(Duration::from_millis));
+        assert_eq!(backoff_delay(base, 30), BACKOFF_CAP);
+        // A RestartSec above the cap is honoured as is.
+        assert_eq!(backoff_delay(Duration::from_secs(120), 3), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn start_limit_refuses_the_burst_plus_one_start_and_forgets_old_ones() {
+        let mut limit = StartLimit::default();
+        let t0 = Instant::now();
+        let interval = Duration::from_secs(10);
+        for i in 0..5 {
+            assert!(limit.try_start(t0 + Duration::from_secs(i), interval, 5));
+        }
+        assert!(!limit.try_start(t0 + Duration::from_secs(5), interval, 5));
+        // Once the first start is older than the interval, there is room again.
+        assert!(limit.try_start(t0 + Duration::from_secs(10), interval, 5));
+        assert!(limit.try_start(t0, Duration::ZERO, 5), "interval 0 disables the limit");
+    }
+
+    #[test]
+    fn restart_policies_follow_systemd() {
+        let code1 = RunEnd::Exited(ExitStatus::Exited { code: 1 });
+        let code0 = RunEnd::Exited(ExitStatus::Exited { code: 0 });
+        let killed = RunEnd::Exited(ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false });
+        let termed = RunEnd::Exited(ExitStatus::Signaled { signal: libc::SIGTERM, core_dumped: false });
+        use RestartPolicy::*;
+        assert!(should_restart(OnFailure, &code1));
+        assert!(!should_restart(OnFailure, &code0));
+        assert!(should_restart(OnFailure, &killed));
+        assert!(!should_restart(OnFailure, &termed));
+        assert!(should_restart(OnAbnormal, &killed));
+        assert!(!should_restart(OnAbnormal, &code1));
+        assert!(should_restart(OnAbnormal, &RunEnd::StartTimeout));
+        assert!(should_restart(Always, &code0));
+        assert!(!should_restart(Always, &RunEnd::Requested));
+        assert!(!should_restart(No, &killed));
+    }
+
+    #[test]
+    fn guards() {
+        assert!(Status::Stopped.can_start() && Status::Error.can_start() && Status::Restarting.can_start());
+        assert!(!Status::Started.can_start() && !Status::Stalled.can_start());
+        assert!(Status::Restarting.can_stop() && !Status::Stopping.can_stop() && !Status::Failed.can_stop());
+    }
+}
