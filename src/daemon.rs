@@ -165,7 +165,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     }
     let _ = init::reaper();
 
-    let cgroups = match CgroupRoot::probe(&data_dir_tag(&data_dir)) {
+    // AIKORE_CGROUP=off forces the process-group fallback (tests of that path,
+    // or a host whose cgroup delegation misbehaves).
+    let cgroups_wanted = std::env::var("AIKORE_CGROUP").map(|v| v != "off").unwrap_or(true);
+    let probed = if cgroups_wanted { CgroupRoot::probe(&data_dir_tag(&data_dir)) } else { Err("disabled by AIKORE_CGROUP=off".into()) };
+    let tracking = match &probed {
+        Ok(_) => "cgroup".to_string(),
+        Err(_) => "process-group".to_string(),
+    };
+    let cgroups = match probed {
         Ok(root) => {
             tracing::info!(path = %root.path().display(), "process tracking: cgroup v2 per unit");
             Some(root)
@@ -208,7 +216,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let engine = tokio::spawn(Engine::new(host, loaded.units, events_tx).run(commands_rx, exits_rx));
 
     let reloader = Arc::new(Reloader { settings: settings.clone(), supervisor: supervisor.clone(), store: store.clone() });
-    let state = crate::web::AppState::new(supervisor.clone(), Arc::clone(&logs), store.clone(), Arc::clone(&reloader));
+    let state = crate::web::AppState::new(supervisor.clone(), Arc::clone(&logs), store.clone(), Arc::clone(&reloader), tracking);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;

@@ -118,9 +118,18 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// systemd's `$NAME` / `${NAME}` substitution in command words; `$$` is a literal `$`.
+/// systemd's `$NAME` / `${NAME}` substitution in command words; `$$` is a
+/// literal `$`. Unlike systemd, a name the unit's environment does not define
+/// is left as written rather than emptied: an inline `sh -c '... $i ...'`
+/// then means what it says, and unit files written for systemd (with `$$i`)
+/// still work.
 pub fn expand_vars(word: &str, env: &[(String, String)]) -> String {
-    let lookup = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("");
+    let lookup = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let is_name = |name: &str| {
+        let mut bytes = name.bytes();
+        bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
     let mut out = String::with_capacity(word.len());
     let mut rest = word;
     while let Some(at) = rest.find('$') {
@@ -129,26 +138,23 @@ pub fn expand_vars(word: &str, env: &[(String, String)]) -> String {
         if let Some(stripped) = after.strip_prefix('$') {
             out.push('$');
             rest = stripped;
-        } else if let Some(braced) = after.strip_prefix('{') {
-            match braced.find('}') {
-                Some(end) => {
-                    out.push_str(lookup(&braced[..end]));
-                    rest = &braced[end + 1..];
-                }
-                None => {
-                    out.push('$');
-                    rest = after;
-                }
-            }
-        } else {
-            let len = after.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
-            if len == 0 {
-                out.push('$');
-            } else {
-                out.push_str(lookup(&after[..len]));
-            }
-            rest = &after[len..];
+            continue;
         }
+        let (name, consumed) = match after.strip_prefix('{') {
+            Some(braced) => match braced.find('}') {
+                Some(end) => (&braced[..end], end + 2),
+                None => ("", 0),
+            },
+            None => {
+                let len = after.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+                (&after[..len], len)
+            }
+        };
+        match lookup(name).filter(|_| is_name(name)) {
+            Some(value) => out.push_str(value),
+            None => out.push_str(&rest[at..at + 1 + consumed]),
+        }
+        rest = &after[consumed..];
     }
     out.push_str(rest);
     out
@@ -291,7 +297,8 @@ mod tests {
         let env = vec![("PORT".to_string(), "8188".to_string()), ("A".to_string(), "x".to_string())];
         assert_eq!(expand_vars("--port=${PORT}", &env), "--port=8188");
         assert_eq!(expand_vars("$PORT", &env), "8188");
-        assert_eq!(expand_vars("$A-$MISSING.", &env), "x-.");
+        assert_eq!(expand_vars("$A-$MISSING.", &env), "x-$MISSING.");
+        assert_eq!(expand_vars("${A}${MISSING} $1 $(pwd)", &env), "x${MISSING} $1 $(pwd)");
         assert_eq!(expand_vars("cost $$5", &env), "cost $5");
         assert_eq!(expand_vars("${unterminated", &env), "${unterminated");
     }

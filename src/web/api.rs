@@ -49,8 +49,16 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Liveness plus the init facts worth checking from outside (tests, HEALTHCHECK).
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let reaper = crate::init::reaper();
+    Json(serde_json::json!({
+        "status": "ok",
+        "pid1": crate::init::is_pid1(),
+        "tracking": state.tracking,
+        "children_reaped": reaper.children_reaped(),
+        "orphans_reaped": reaper.orphans_reaped(),
+    }))
 }
 
 #[derive(serde::Serialize)]

@@ -20,11 +20,19 @@ pub struct AppState {
     pub logs: Arc<LogHub>,
     pub store: StoreHandle,
     pub reloader: Arc<Reloader>,
+    /// `cgroup` or `process-group`: how unit processes are tracked here.
+    pub tracking: String,
 }
 
 impl AppState {
-    pub fn new(supervisor: SupervisorHandle, logs: Arc<LogHub>, store: StoreHandle, reloader: Arc<Reloader>) -> Self {
-        AppState { supervisor, logs, store, reloader }
+    pub fn new(
+        supervisor: SupervisorHandle,
+        logs: Arc<LogHub>,
+        store: StoreHandle,
+        reloader: Arc<Reloader>,
+        tracking: String,
+    ) -> Self {
+        AppState { supervisor, logs, store, reloader, tracking }
     }
 }
 

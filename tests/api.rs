@@ -1,0 +1,85 @@
+//! The JSON API and the CLI around it: bad input gets a 4xx JSON error, never
+//! a 500; the CLI says clearly when the daemon or the unit is missing.
+
+use crate::harness::{free_port, Daemon, BIN};
+
+#[test]
+fn bad_requests_get_json_4xx() {
+    let d = Daemon::start(&[("one.service", "[Service]\nExecStart=/bin/sleep 1000\n")]);
+    for (method, path, want) in [
+        ("GET", "/api/v1/units/nope", 404),
+        ("GET", "/api/v1/units/..%2Fetc", 400),
+        ("GET", "/api/v1/units/Bad%20Name", 400),
+        ("POST", "/api/v1/units/one/explode", 404),
+        ("POST", "/api/v1/units/nope/start", 404),
+        ("GET", "/api/v1/units/one/logs?tail=lots", 400),
+        ("GET", "/api/v1/units/one/start", 405),
+        ("GET", "/api/v1/nothing-here", 404),
+        ("POST", "/api/v1/units/one/reload", 409),
+    ] {
+        let (code, body) = if method == "GET" { d.get(path) } else { d.post(path) };
+        assert_eq!(code, want, "{method} {path}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {body}");
+    }
+}
+
+#[test]
+fn units_list_has_the_documented_fields() {
+    let d = Daemon::start(&[("one.service", "[Unit]\nDescription=the one\n[Service]\nExecStart=/bin/sleep 1000\n")]);
+    d.wait_status("one", "started");
+    let (code, body) = d.get("/api/v1/units");
+    assert_eq!(code, 200);
+    let one = &body.as_array().unwrap()[0];
+    for field in ["name", "kind", "status", "pid", "restarts", "since"] {
+        assert!(!one[field].is_null(), "{field} missing: {one}");
+    }
+    assert_eq!(one["kind"], "service");
+    assert_eq!(one["description"], "the one");
+}
+
+#[test]
+fn cli_reports_a_missing_daemon_and_a_missing_unit() {
+    let out = std::process::Command::new(BIN)
+        .args(["status"])
+        .env("AIKORE_URL", format!("http://127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach aikore"));
+
+    let d = Daemon::start(&[("one.service", "[Service]\nExecStart=/bin/sleep 1000\n")]);
+    let out = d.cli(&["start", "ghost"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no unit named"), "{out:?}");
+    let out = d.cli(&["stop", "one"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("one:"));
+}
+
+#[test]
+fn reload_picks_up_added_changed_and_removed_unit_files() {
+    let d = Daemon::start(&[("keep.service", "[Service]\nExecStart=/bin/sleep 1000\n")]);
+    d.wait_status("keep", "started");
+    let user_units = d.data_dir.join("units");
+    std::fs::write(user_units.join("added.service"), "[Service]\nExecStart=/bin/sleep 1000\n").unwrap();
+    std::fs::write(user_units.join("broken.service"), "[Service]\nExecStart=/bin/true\nBogus=1\n").unwrap();
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.service:3:"), "{out:?}");
+    assert_eq!(d.unit("added")["status"], "stopped");
+    assert_eq!(d.get("/api/v1/units/broken").0, 404);
+
+    // A hand edit that removes a running unit stops it.
+    std::fs::remove_file(d.dir.path().join("stock/keep.service")).unwrap();
+    d.post("/api/v1/reload");
+    d.wait_until("keep to be gone", |d| d.get("/api/v1/units/keep").0 == 404);
+    assert!(d.marked_processes().is_empty());
+}
+
+#[test]
+fn sighup_rereads_unit_files() {
+    let d = Daemon::start(&[]);
+    std::fs::write(d.data_dir.join("units/late.service"), "[Service]\nExecStart=/bin/sleep 1000\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_until("late to appear", |d| d.get("/api/v1/units/late").0 == 200);
+}

@@ -1,0 +1,84 @@
+//! [Service] environment and process setup: Environment=, EnvironmentFile=,
+//! WorkingDirectory=, UMask=, Nice=, User=, ExecStartPre=, AIKORE_UNIT, and
+//! that aikore's own secrets never reach a unit.
+
+use crate::harness::{Daemon, Options};
+
+#[test]
+fn the_process_gets_its_configured_environment_and_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("extra.env");
+    std::fs::write(&env_file, "# comment\nFROM_FILE=file value\nOVERRIDDEN=file\n").unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let unit = format!(
+        "[Service]\n\
+         EnvironmentFile={}\nEnvironmentFile=-/nonexistent/optional.env\n\
+         Environment=\"GREETING=hello world\" OVERRIDDEN=unit\nEnvironment=PORT=8188\n\
+         WorkingDirectory={}\nUMask=0077\nNice=5\n\
+         ExecStartPre=/bin/sh -c 'echo pre ran > pre.txt'\n\
+         ExecStart=/bin/sh -c 'echo \"g=$GREETING f=$FROM_FILE o=$OVERRIDDEN u=$AIKORE_UNIT p=${{PORT}} arg=$1 pw=${{AIKORE_PASSWORD:-unset}} cwd=$(pwd) umask=$(umask) nice=$(nice)\"; cat pre.txt; exec sleep 1000' sh ${{PORT}}\n",
+        env_file.display(),
+        work.display()
+    );
+    let mut options = Options::default();
+    options.env.push(("AIKORE_PASSWORD".into(), "secret".into()));
+    let d = Daemon::start_with(&[("envy.service", &unit)], options);
+    d.wait_until("the line", |d| d.unit_log("envy").contains("pre ran"));
+    let log = d.unit_log("envy");
+    for want in [
+        "g=hello world",
+        "f=file value",
+        "o=unit",
+        "u=envy",
+        "p=8188",
+        "arg=8188",
+        "pw=unset",
+        &format!("cwd={}", work.display()),
+        "umask=0077",
+        "nice=5",
+    ] {
+        assert!(log.contains(want), "{want:?} missing in {log}");
+    }
+}
+
+#[test]
+fn user_and_group_drop_privileges() {
+    let d = Daemon::start(&[(
+        "nobody.service",
+        "[Service]\nUser=nobody\nGroup=nogroup\nExecStart=/bin/sh -c 'echo ids $(id -u):$(id -g) home=$HOME; exec sleep 1000'\n",
+    )]);
+    d.wait_until("the ids", |d| d.unit_log("nobody").contains("ids "));
+    let log = d.unit_log("nobody");
+    assert!(log.contains("ids 65534:65534"), "{log}");
+}
+
+#[test]
+fn a_missing_executable_is_an_error_that_says_so() {
+    let d = Daemon::start(&[("ghost.service", "[Service]\nExecStart=no-such-program-anywhere --flag\n")]);
+    let u = d.wait_status("ghost", "error");
+    assert!(u["detail"].as_str().unwrap().contains("not found"), "{u}");
+}
+
+#[test]
+fn a_failing_exec_start_pre_prevents_the_main_process() {
+    let d = Daemon::start(&[(
+        "guarded.service",
+        "[Service]\nExecStartPre=/bin/false\nExecStart=/bin/sh -c 'echo main ran; exec sleep 1000'\n",
+    )]);
+    let u = d.wait_status("guarded", "error");
+    assert!(u["detail"].as_str().unwrap().contains("ExecStartPre"), "{u}");
+    assert!(!d.unit_log("guarded").contains("main ran"));
+}
+
+#[test]
+fn exec_reload_runs_with_mainpid() {
+    let d = Daemon::start(&[(
+        "reloadable.service",
+        "[Service]\nExecStart=/bin/sh -c 'trap \"echo reloaded\" HUP; while :; do sleep 0.05; done'\nExecReload=/bin/kill -HUP $MAINPID\n",
+    )]);
+    d.wait_status("reloadable", "started");
+    let (code, body) = d.post("/api/v1/units/reloadable/reload");
+    assert_eq!(code, 200, "{body}");
+    d.wait_until("the HUP", |d| d.unit_log("reloadable").contains("reloaded"));
+}

@@ -1,0 +1,255 @@
+//! A running `aikore serve` for a test: temp data dir, unit files, a free port,
+//! a deadline that kills a hung daemon, and cleanup of every process it left.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_aikore");
+
+/// Generous: CI machines have 2 cores shared with the build.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    /// The canonical data dir (the marker units carry).
+    pub data_dir: PathBuf,
+    agent: ureq::Agent,
+}
+
+pub struct Options {
+    pub env: Vec<(String, String)>,
+    /// Wrap the daemon, e.g. `unshare --pid --fork --mount-proc`.
+    pub wrapper: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { env: vec![("AIKORE_SHUTDOWN_TIMEOUT".into(), "15s".into())], wrapper: Vec::new() }
+    }
+}
+
+pub fn write_units(dir: &Path, units: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).expect("units dir");
+    for (file, text) in units {
+        std::fs::write(dir.join(file), text).expect("unit file");
+    }
+}
+
+impl Daemon {
+    pub fn start(units: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(units, Options::default())
+    }
+
+    pub fn start_with(units: &[(&str, &str)], options: Options) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let data_dir = std::fs::canonicalize(&data_dir).expect("canonical");
+        write_units(&dir.path().join("stock"), units);
+        let mut daemon = Daemon {
+            child: None,
+            url: String::new(),
+            data_dir,
+            dir,
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .new_agent(),
+        };
+        daemon.spawn(options);
+        daemon
+    }
+
+    /// Starts (again) on the same data dir.
+    pub fn spawn(&mut self, options: Options) {
+        let port = free_port();
+        self.url = format!("http://127.0.0.1:{port}");
+        let mut argv: Vec<String> = options.wrapper.clone();
+        argv.push(BIN.into());
+        argv.extend(
+            [
+                "serve",
+                "--data-dir",
+                self.data_dir.to_str().unwrap(),
+                "--units-dir",
+                self.dir.path().join("stock").to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ]
+            .map(String::from),
+        );
+        let log = std::fs::File::create(self.dir.path().join(format!("daemon-{port}.log"))).expect("daemon log");
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("AIKORE_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn aikore"));
+        self.wait_until("the daemon answers /healthz", |d| d.get("/healthz").0 == 200);
+    }
+
+    pub fn daemon_log(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("daemon-") {
+                out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn request(&self, method: &str, path: &str) -> (u16, Value) {
+        let url = format!("{}{}", self.url, path);
+        let result = match method {
+            "POST" => self.agent.post(&url).send_empty(),
+            "DELETE" => self.agent.delete(&url).call(),
+            _ => self.agent.get(&url).call(),
+        };
+        match result {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let body = response.body_mut().read_to_string().unwrap_or_default();
+                (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.request("GET", path)
+    }
+
+    pub fn post(&self, path: &str) -> (u16, Value) {
+        self.request("POST", path)
+    }
+
+    pub fn unit(&self, name: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/units/{name}"));
+        assert_eq!(status, 200, "GET unit {name}: {body}");
+        body
+    }
+
+    /// Polls until `check` holds; panics with the daemon's log after PATIENCE.
+    pub fn wait_until(&self, what: &str, mut check: impl FnMut(&Daemon) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if check(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out waiting for {what}\n--- daemon log ---\n{}", self.daemon_log());
+    }
+
+    pub fn wait_status(&self, unit: &str, status: &str) -> Value {
+        let mut last = Value::Null;
+        self.wait_until(&format!("{unit} to be {status}"), |d| {
+            last = d.unit(unit);
+            last["status"] == status
+        });
+        last
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN).args(args).env("AIKORE_URL", &self.url).output().expect("run the CLI")
+    }
+
+    pub fn unit_log(&self, unit: &str) -> String {
+        std::fs::read_to_string(self.data_dir.join("logs").join(format!("{unit}.log"))).unwrap_or_default()
+    }
+
+    /// Every live process carrying this daemon's data-dir marker.
+    pub fn marked_processes(&self) -> Vec<i32> {
+        processes_with_env(&format!("AIKORE_DATA_DIR={}", self.data_dir.display()))
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(PATIENCE * 2)
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                panic!("daemon did not exit in {limit:?}\n{}", self.daemon_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// Live (non-zombie) pids whose environment contains `needle` exactly.
+pub fn processes_with_env(needle: &str) -> Vec<i32> {
+    let needle = needle.as_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| process_state(*pid).is_some_and(|s| s != 'Z'))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|v| v == needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Whatever a failed test left behind must not outlive it.
+        for pid in self.marked_processes() {
+            // SAFETY: killing processes that carry this test's unique data dir marker.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Logs: one pipe for stdout and stderr, the file, the tail, live follow.
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use crate::harness::Daemon;
+
+#[test]
+fn stdout_and_stderr_keep_their_order_in_the_file_and_the_tail() {
+    let d = Daemon::start(&[(
+        "chatty.service",
+        "[Service]\nExecStart=/bin/sh -c 'for i in 1 2 3 4 5; do echo out $i; echo err $i >&2; done; exec sleep 1000'\n",
+    )]);
+    d.wait_until("ten lines", |d| d.unit_log("chatty").contains("err 5"));
+    let log = d.unit_log("chatty");
+    let ours: Vec<&str> = log.lines().filter(|l| !l.starts_with("[aikore]")).collect();
+    let expected: Vec<String> = (1..=5).flat_map(|i| [format!("out {i}"), format!("err {i}")]).collect();
+    assert_eq!(ours, expected);
+
+    let (code, body) = d.get("/api/v1/units/chatty/logs?tail=4");
+    assert_eq!(code, 200);
+    let texts: Vec<&str> = body["lines"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["out 4", "err 4", "out 5", "err 5"]);
+
+    let out = d.cli(&["logs", "chatty", "-n", "2"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out 5\nerr 5\n");
+}
+
+#[test]
+fn follow_streams_new_lines_over_sse_and_the_cli() {
+    let d = Daemon::start(&[(
+        "ticker.service",
+        "[Service]\nExecStart=/bin/sh -c 'i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done'\n",
+    )]);
+    d.wait_status("ticker", "started");
+    // The CLI's -f: read lines as they come, then stop it.
+    let mut child = std::process::Command::new(crate::harness::BIN)
+        .args(["logs", "ticker", "-f", "-n", "1"])
+        .env("AIKORE_URL", &d.url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        seen.push(line.trim().to_string());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let numbers: Vec<u64> = seen.iter().filter_map(|l| l.strip_prefix("tick ")?.parse().ok()).collect();
+    assert!(numbers.len() >= 4, "{seen:?}");
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "consecutive, no gap: {seen:?}");
+}
+
+#[test]
+fn a_restart_keeps_the_previous_run_as_dot_1() {
+    let d = Daemon::start(&[("runs.service", "[Service]\nExecStart=/bin/sh -c 'echo run at $$; exec sleep 1000'\n")]);
+    d.wait_until("first run logged", |d| d.unit_log("runs").contains("run at"));
+    let first = d.unit_log("runs");
+    d.post("/api/v1/units/runs/restart");
+    d.wait_until("second run logged", |d| d.unit_log("runs").contains("run at") && d.unit_log("runs") != first);
+    let previous = std::fs::read_to_string(d.data_dir.join("logs/runs.log.1")).unwrap();
+    assert!(previous.contains(first.lines().find(|l| l.starts_with("run at")).unwrap()));
+    std::thread::sleep(Duration::from_millis(50));
+}

@@ -1,0 +1,66 @@
+//! SQLite state: rows and journal follow the supervisor; a new daemon on the
+//! same data dir reconciles and stops what a crashed one left running.
+
+use crate::harness::{Daemon, Options};
+
+fn db(d: &Daemon) -> rusqlite::Connection {
+    rusqlite::Connection::open(d.data_dir.join("aikore.db")).unwrap()
+}
+
+#[test]
+fn state_rows_and_journal_follow_the_units() {
+    let d = Daemon::start(&[("svc.service", "[Service]\nExecStart=/bin/sleep 1000\n")]);
+    let pid = d.wait_status("svc", "started")["pid"].as_i64().unwrap();
+    d.wait_until("the row to say started", |d| {
+        db(d)
+            .query_row("SELECT status, pid FROM units WHERE name='svc'", [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
+            .map(|(s, p)| s == "started" && p == Some(pid))
+            .unwrap_or(false)
+    });
+    let mode: String = db(&d).query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    let version: i64 = db(&d).query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert!(version >= 1);
+    let transitions: i64 =
+        db(&d).query_row("SELECT count(*) FROM events WHERE unit='svc' AND kind='state'", [], |r| r.get(0)).unwrap();
+    assert!(transitions >= 2, "starting and started are journaled");
+}
+
+#[test]
+fn a_restarted_daemon_stops_leftovers_resets_state_and_archives_gone_units() {
+    for tracking in ["cgroup", "off"] {
+        let mut options = Options::default();
+        if tracking == "off" {
+            options.env.push(("AIKORE_CGROUP".into(), "off".into()));
+        }
+        let mut d = Daemon::start_with(
+            &[
+                ("svc.service", "[Service]\nExecStart=/bin/sh -c '(setsid sleep 1001 &); exec sleep 1000'\n"),
+                ("gone.service", "[Service]\nExecStart=/bin/sleep 1000\n"),
+            ],
+            options,
+        );
+        let old_pid = d.wait_status("svc", "started")["pid"].as_i64().unwrap() as i32;
+        d.wait_until("the grandchild", |d| d.marked_processes().len() >= 3);
+        // A crash: the daemon dies, its units do not.
+        d.signal(libc::SIGKILL);
+        d.wait_exit(std::time::Duration::from_secs(5));
+        assert!(d.marked_processes().contains(&old_pid), "the orphaned unit survives the crash");
+        std::fs::remove_file(d.dir.path().join("stock/gone.service")).unwrap();
+
+        let mut options = Options::default();
+        if tracking == "off" {
+            options.env.push(("AIKORE_CGROUP".into(), "off".into()));
+        }
+        d.spawn(options);
+        let new_pid = d.wait_status("svc", "started")["pid"].as_i64().unwrap() as i32;
+        assert_ne!(new_pid, old_pid);
+        let live = d.marked_processes();
+        assert!(!live.contains(&old_pid), "[{tracking}] the previous run's process was stopped: {live:?}");
+        assert_eq!(live.len(), 2, "[{tracking}] only the new run's processes: {live:?}");
+        let archived: i64 = db(&d).query_row("SELECT archived FROM units WHERE name='gone'", [], |r| r.get(0)).unwrap();
+        assert_eq!(archived, 1);
+    }
+}

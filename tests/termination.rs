@@ -1,0 +1,126 @@
+//! Stopping: KillSignal, TimeoutStopSec escalation, ExecStop, and that no
+//! process of a unit survives, double-forked ones included, in both tracking modes.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Daemon, Options};
+
+/// A unit whose script leaves a double-forked, setsid'd grandchild behind.
+const DOUBLE_FORK: &str = "[Service]\nExecStart=/bin/sh -c '(setsid sleep 1001 &) ; (sleep 1002 &) ; exec sleep 1000'\n";
+
+fn stop_leaves_nothing(options: Options, mode: &str) {
+    let d = Daemon::start_with(&[("forky.service", DOUBLE_FORK)], options);
+    let (_, health) = d.get("/healthz");
+    assert_eq!(health["tracking"], mode);
+    d.wait_status("forky", "started");
+    d.wait_until("the three processes", |d| d.marked_processes().len() >= 3);
+    let (code, _) = d.post("/api/v1/units/forky/stop");
+    assert_eq!(code, 200);
+    d.wait_status("forky", "stopped");
+    assert_eq!(d.marked_processes(), Vec::<i32>::new(), "stop left processes of the unit");
+}
+
+#[test]
+fn stop_kills_double_forked_descendants_with_cgroups() {
+    stop_leaves_nothing(Options::default(), "cgroup");
+}
+
+#[test]
+fn stop_kills_double_forked_descendants_without_cgroups() {
+    let mut options = Options::default();
+    options.env.push(("AIKORE_CGROUP".into(), "off".into()));
+    stop_leaves_nothing(options, "process-group");
+}
+
+#[test]
+fn a_unit_ignoring_sigterm_is_sigkilled_after_timeout_stop_sec() {
+    let d = Daemon::start(&[(
+        "stubborn.service",
+        "[Service]\nExecStart=/bin/sh -c 'trap \"\" TERM; while :; do sleep 0.05; done'\nTimeoutStopSec=1s\n",
+    )]);
+    d.wait_status("stubborn", "started");
+    let began = Instant::now();
+    d.post("/api/v1/units/stubborn/stop");
+    d.wait_status("stubborn", "stopped");
+    let took = began.elapsed();
+    assert!(took >= Duration::from_millis(950), "SIGKILL came before TimeoutStopSec: {took:?}");
+    assert!(d.unit_log("stubborn").contains("sending SIGKILL"), "{}", d.unit_log("stubborn"));
+    assert!(d.marked_processes().is_empty());
+}
+
+#[test]
+fn exec_stop_runs_first_with_mainpid() {
+    let d = Daemon::start(&[(
+        "polite.service",
+        "[Service]\nExecStart=/bin/sh -c 'trap \"echo got TERM; exit 0\" TERM; while :; do sleep 0.05; done'\n\
+         ExecStop=/bin/sh -c 'echo stopping $MAINPID'\n",
+    )]);
+    let pid = d.wait_status("polite", "started")["pid"].as_i64().unwrap();
+    d.post("/api/v1/units/polite/stop");
+    d.wait_status("polite", "stopped");
+    // aikore's own lines quote the command; only the processes' output counts.
+    let log: String = d.unit_log("polite").lines().filter(|l| !l.starts_with("[aikore]")).collect::<Vec<_>>().join("\n");
+    let stop_line = log.find(&format!("stopping {pid}")).unwrap_or_else(|| panic!("no ExecStop line: {log}"));
+    let term_line = log.find("got TERM").unwrap_or_else(|| panic!("no TERM line: {log}"));
+    assert!(stop_line < term_line, "ExecStop must run before the kill signal: {log}");
+}
+
+#[test]
+fn kill_signal_is_honoured() {
+    let d = Daemon::start(&[(
+        "hup.service",
+        "[Service]\nExecStart=/bin/sh -c 'trap \"echo got HUP; exit 0\" HUP; while :; do sleep 0.05; done'\nKillSignal=SIGHUP\n",
+    )]);
+    d.wait_status("hup", "started");
+    d.post("/api/v1/units/hup/stop");
+    d.wait_status("hup", "stopped");
+    assert!(d.unit_log("hup").contains("got HUP"));
+}
+
+#[test]
+fn stopping_a_required_unit_stops_its_dependents_first() {
+    let d = Daemon::start(&[
+        ("base.service", "[Service]\nExecStart=/bin/sh -c 'trap \"echo base down; exit 0\" TERM; while :; do sleep 0.05; done'\n"),
+        (
+            "app.service",
+            "[Unit]\nRequires=base.service\nAfter=base.service\n\
+             [Service]\nExecStart=/bin/sh -c 'trap \"echo app down; exit 0\" TERM; while :; do sleep 0.05; done'\n",
+        ),
+    ]);
+    d.wait_status("app", "started");
+    d.post("/api/v1/units/base/stop");
+    d.wait_status("base", "stopped");
+    d.wait_status("app", "stopped");
+    let (_, journal) = d.get("/api/v1/journal?limit=500");
+    let stopped: Vec<String> = journal
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "state" && e["detail"].as_str().unwrap_or("").starts_with("stopped"))
+        .map(|e| e["unit"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stopped, ["app", "base"], "dependents go down first");
+}
+
+#[test]
+fn sigterm_to_the_daemon_stops_everything_in_reverse_order_and_exits_0() {
+    let mut d = Daemon::start(&[
+        ("first.service", "[Service]\nExecStart=/bin/sleep 1000\n"),
+        ("second.service", "[Unit]\nAfter=first.service\n[Service]\nExecStart=/bin/sleep 1000\n"),
+        ("inst.instance", "[Instance]\nBlueprint=test\nAutostart=yes\n[Service]\nExecStart=/bin/sleep 1000\n"),
+    ]);
+    d.wait_status("second", "started");
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "{}", d.daemon_log());
+    assert!(d.marked_processes().is_empty());
+    let log = d.daemon_log();
+    let order: Vec<&str> = ["unit=inst status=stopped", "unit=second status=stopped", "unit=first status=stopped"]
+        .into_iter()
+        .map(|needle| {
+            log.find(needle).unwrap_or_else(|| panic!("{needle} missing in {log}"));
+            needle
+        })
+        .collect();
+    let positions: Vec<usize> = order.iter().map(|n| log.find(n).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "instances, then services in reverse order: {log}");
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the real `aikore` binary with real child processes,
+//! grouped by area (as Horust groups by unit-file section).
+
+mod harness;
+
+mod api;
+mod check;
+mod environment;
+mod logs;
+mod pid1;
+mod restart;
+mod state;
+mod termination;
+mod units_parse;
