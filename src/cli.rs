@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// API and dashboard address.
     #[arg(long, env = "AIKORE_LISTEN", default_value = config::DEFAULT_LISTEN)]
     pub listen: std::net::SocketAddr,
+    /// NGINX's public port: the dashboard and every instance.
+    #[arg(long, env = "AIKORE_PORT", default_value_t = crate::proxy::DEFAULT_PORT)]
+    pub port: u16,
 }
 
 impl ServeArgs {
@@ -76,7 +79,13 @@ impl ServeArgs {
         let shutdown_timeout = config::parse_shutdown_timeout(std::env::var("AIKORE_SHUTDOWN_TIMEOUT").ok().as_deref())?;
         let stock = self.units_dir.unwrap_or_else(config::default_stock_units_dir);
         let user = self.data_dir.join("units");
-        Ok(Settings { units_dirs: vec![stock, user], data_dir: self.data_dir, listen: self.listen, shutdown_timeout })
+        Ok(Settings {
+            units_dirs: vec![stock, user],
+            data_dir: self.data_dir,
+            listen: self.listen,
+            proxy_port: self.port,
+            shutdown_timeout,
+        })
     }
 }
 

@@ -15,6 +15,8 @@ pub struct Settings {
     /// Stock units first, then the user's `<data>/units`, which override by name.
     pub units_dirs: Vec<PathBuf>,
     pub listen: SocketAddr,
+    /// NGINX's public port (AIKORE_PORT).
+    pub proxy_port: u16,
     pub shutdown_timeout: Duration,
 }
 

@@ -189,6 +189,17 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         tokio::task::spawn_blocking(move || stop_leftovers(&marker, cgroups.as_ref())).await?;
     }
 
+    let upstream = match settings.listen {
+        addr if addr.ip().is_unspecified() => std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        addr => addr,
+    };
+    let base = crate::proxy::BaseConfig {
+        listen_port: settings.proxy_port,
+        upstream,
+        worker_user: crate::proxy::owner_name(&data_dir),
+    };
+    crate::proxy::write_base_config(&data_dir, &base).context("writing the NGINX config")?;
+
     let store = Store::open(&settings.db_path()).with_context(|| format!("opening {}", settings.db_path().display()))?;
     let store = StoreHandle::spawn(store);
 

@@ -83,3 +83,29 @@ fn sighup_rereads_unit_files() {
     d.signal(libc::SIGHUP);
     d.wait_until("late to appear", |d| d.get("/api/v1/units/late").0 == 200);
 }
+
+#[test]
+fn the_stock_nginx_unit_serves_the_api_on_the_public_port() {
+    let port = crate::harness::free_port();
+    let mut options = crate::harness::Options::default();
+    options.env.push(("AIKORE_PORT".into(), port.to_string()));
+    let stock = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("units/nginx.service")).unwrap();
+    let d = Daemon::start_with(&[("nginx.service", &stock)], options);
+    let u = d.wait_status("nginx", "started");
+    assert!(u["detail"].is_null(), "NGINX must be installed for this test (.ci/run installs it): {u}");
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut answered = None;
+    d.wait_until("NGINX to proxy /healthz", |_| {
+        answered = agent
+            .get(&format!("http://127.0.0.1:{port}/healthz"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok());
+        answered.is_some()
+    });
+    assert!(answered.unwrap().contains("\"status\":\"ok\""));
+    // ExecReload goes to NGINX's master as SIGHUP and it keeps serving.
+    let (code, body) = d.post("/api/v1/units/nginx/reload");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(d.unit("nginx")["status"], "started");
+}

@@ -82,3 +82,14 @@ fn exec_reload_runs_with_mainpid() {
     assert_eq!(code, 200, "{body}");
     d.wait_until("the HUP", |d| d.unit_log("reloadable").contains("reloaded"));
 }
+
+#[test]
+fn an_unmet_condition_skips_the_start_without_failing() {
+    let d = Daemon::start(&[(
+        "conditional.service",
+        "[Unit]\nConditionPathExists=/nonexistent/aikore-test\n[Service]\nExecStart=/bin/sh -c 'echo ran; exec sleep 1000'\n",
+    )]);
+    let u = d.wait_status("conditional", "stopped");
+    assert!(u["detail"].as_str().unwrap().contains("skipped: ConditionPathExists"), "{u}");
+    assert!(!d.unit_log("conditional").contains("ran"));
+}

@@ -591,8 +591,16 @@ impl<C: ProcessControl> Engine<C> {
     /// One start attempt: start limit, log rotation, leases, then the first command.
     fn begin_start(&mut self, name: &str) {
         let now = Instant::now();
+        let unit = Arc::clone(&self.units[name].unit);
+        if let Some(why) = self.ctl.unmet_condition(&unit) {
+            if let Some(rt) = self.units.get_mut(name) {
+                rt.goal = Goal::Down;
+            }
+            self.set_phase(name, Phase::Idle);
+            self.set_status(name, Status::Stopped, Some(format!("skipped: {why}")));
+            return;
+        }
         let rt = self.units.get_mut(name).expect("caller checked");
-        let unit = Arc::clone(&rt.unit);
         if !rt.start_limit.try_start(now, unit.start_limit_interval, unit.start_limit_burst) {
             let why = format!(
                 "start limit hit: more than {} starts within {:?} (StartLimitBurst=, StartLimitIntervalSec=)",

@@ -62,6 +62,13 @@ pub trait ProcessControl: Send + 'static {
     fn end_run(&mut self, unit: &str);
     /// A line from aikore itself into the unit's log.
     fn note(&mut self, unit: &str, text: &str);
+    /// The first ConditionPathExists= that does not hold, if any: the start is
+    /// then skipped, not failed (systemd's semantics).
+    fn unmet_condition(&mut self, unit: &Unit) -> Option<String> {
+        unit.conditions.iter().find(|c| !c.holds()).map(|c| {
+            format!("ConditionPathExists={}{} not met", if c.negate { "!" } else { "" }, c.path.display())
+        })
+    }
 }
 
 /// A state change or notable fact, for the journal, the events stream and followers.

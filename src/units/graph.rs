@@ -174,6 +174,7 @@ mod tests {
             wants: Vec::new(),
             start_limit_interval: Duration::from_secs(10),
             start_limit_burst: 5,
+            conditions: Vec::new(),
             service: ServiceConfig::default(),
             instance: None,
         }

@@ -12,6 +12,7 @@ const UNIT_KEYS: &[&str] = &[
     "Documentation",
     "StartLimitIntervalSec",
     "StartLimitBurst",
+    "ConditionPathExists",
 ];
 
 const SERVICE_KEYS: &[&str] = &[
@@ -99,7 +100,6 @@ const SYSTEMD_UNIT_KEYS: &[&str] = &[
     "ConditionACPower",
     "ConditionNeedsUpdate",
     "ConditionFirstBoot",
-    "ConditionPathExists",
     "ConditionPathExistsGlob",
     "ConditionPathIsDirectory",
     "ConditionPathIsSymbolicLink",

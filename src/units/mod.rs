@@ -221,6 +221,19 @@ impl Default for InstanceConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathCondition {
+    pub path: PathBuf,
+    /// `!` prefix: the path must NOT exist.
+    pub negate: bool,
+}
+
+impl PathCondition {
+    pub fn holds(&self) -> bool {
+        self.path.exists() != self.negate
+    }
+}
+
 /// A parsed, validated unit definition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unit {
@@ -237,6 +250,9 @@ pub struct Unit {
     pub wants: Vec<String>,
     pub start_limit_interval: Duration,
     pub start_limit_burst: u32,
+    /// ConditionPathExists=: every one must hold or the start is skipped
+    /// (not failed), as in systemd. `!` prefix negates.
+    pub conditions: Vec<PathCondition>,
     pub service: ServiceConfig,
     /// Present for `*.instance` files.
     pub instance: Option<InstanceConfig>,

@@ -13,7 +13,7 @@ use super::quote::{parse_environment, parse_exec_command};
 use super::timespan::{parse_finite_timespan, parse_timespan};
 use super::{
     is_valid_unit_name, Diagnostic, EnvironmentFile, ExecCommand, InstanceConfig, KillMode,
-    PortSpec, ReadyCheck, RestartPolicy, ServiceConfig, Severity, Unit, UnitKind,
+    PathCondition, PortSpec, ReadyCheck, RestartPolicy, ServiceConfig, Severity, Unit, UnitKind,
 };
 
 /// Suffixes of systemd unit types aikore does not run; dependencies on them
@@ -83,6 +83,7 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
         // systemd's DefaultStartLimitIntervalSec= and DefaultStartLimitBurst=.
         start_limit_interval: Duration::from_secs(10),
         start_limit_burst: 5,
+        conditions: Vec::new(),
         service: ServiceConfig::default(),
         instance: (kind == UnitKind::Instance).then(InstanceConfig::default),
     };
@@ -271,11 +272,28 @@ impl<'a> Resolver<'a> {
             "Requires" => self.deps(&mut unit.requires, entry),
             "Wants" => self.deps(&mut unit.wants, entry),
             "StartLimitIntervalSec" | "StartLimitBurst" => self.start_limit(unit, entry),
+            "ConditionPathExists" => self.condition(unit, entry),
             _ => self.error(
                 entry.line,
                 format!("{}= is not handled in [Unit]", entry.key),
             ),
         }
+    }
+
+    fn condition(&mut self, unit: &mut Unit, entry: &Entry) {
+        if entry.value.is_empty() {
+            unit.conditions.clear();
+            return;
+        }
+        let (negate, path) = match entry.value.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, entry.value.as_str()),
+        };
+        if !path.starts_with('/') {
+            self.error(entry.line, format!("ConditionPathExists={} must be an absolute path", entry.value));
+            return;
+        }
+        unit.conditions.push(PathCondition { path: path.into(), negate });
     }
 
     fn start_limit(&mut self, unit: &mut Unit, entry: &Entry) {
