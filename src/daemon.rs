@@ -144,7 +144,7 @@ async fn journal_events(mut events: broadcast::Receiver<UnitEvent>, store: Store
                 Ok(())
             })
             .await;
-        if let Ok(Err(e)) | Err(e) = result.map_err(crate::store::StoreError::from) {
+        if let Ok(Err(e)) | Err(e) = result {
             tracing::warn!(error = %e, "journal write failed");
         }
     }

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use crate::harness::{process_state, Daemon, Options};
 
 fn in_pid_namespace() -> Options {
-    let mut options = Options::default();
-    options.wrapper = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM"].map(String::from).to_vec();
-    options
+    Options {
+        wrapper: ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM"].map(String::from).to_vec(),
+        ..Options::default()
+    }
 }
 
 /// The host pid of the namespace's PID 1: the only child of `unshare`.

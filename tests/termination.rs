@@ -114,13 +114,9 @@ fn sigterm_to_the_daemon_stops_everything_in_reverse_order_and_exits_0() {
     assert_eq!(status.code(), Some(0), "{}", d.daemon_log());
     assert!(d.marked_processes().is_empty());
     let log = d.daemon_log();
-    let order: Vec<&str> = ["unit=inst status=stopped", "unit=second status=stopped", "unit=first status=stopped"]
+    let positions: Vec<usize> = ["unit=inst status=stopped", "unit=second status=stopped", "unit=first status=stopped"]
         .into_iter()
-        .map(|needle| {
-            log.find(needle).unwrap_or_else(|| panic!("{needle} missing in {log}"));
-            needle
-        })
+        .map(|needle| log.find(needle).unwrap_or_else(|| panic!("{needle} missing in {log}")))
         .collect();
-    let positions: Vec<usize> = order.iter().map(|n| log.find(n).unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "instances, then services in reverse order: {log}");
 }

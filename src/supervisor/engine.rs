@@ -155,8 +155,8 @@ fn now_ms() -> i64 {
 
 /// `a` must be up before `b` starts, and `b` down before `a` stops.
 fn ordered_before(a: &Unit, b: &Unit) -> bool {
-    b.after.iter().any(|n| *n == a.name)
-        || a.before.iter().any(|n| *n == b.name)
+    b.after.contains(&a.name)
+        || a.before.contains(&b.name)
         // Instances run on the services (NGINX, ...), never the other way round.
         || (a.kind == UnitKind::Service && b.kind == UnitKind::Instance)
 }

@@ -160,7 +160,17 @@ pub fn expand_vars(word: &str, env: &[(String, String)]) -> String {
     out
 }
 
-fn resolve_user(unit: &Unit) -> Result<(Option<u32>, Option<u32>, Vec<u32>, Vec<(String, String)>), String> {
+/// Who a unit's processes run as, resolved before fork (NSS lookups allocate).
+#[derive(Default)]
+struct Identity {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    groups: Vec<u32>,
+    /// USER, LOGNAME and HOME for the target user.
+    env: Vec<(String, String)>,
+}
+
+fn resolve_user(unit: &Unit) -> Result<Identity, String> {
     use nix::unistd::{Group, User};
     let mut env = Vec::new();
     let mut uid = None;
@@ -197,7 +207,7 @@ fn resolve_user(unit: &Unit) -> Result<(Option<u32>, Option<u32>, Vec<u32>, Vec<
             groups.push(group.gid.as_raw());
         }
     }
-    Ok((uid, gid, groups, env))
+    Ok(Identity { uid, gid, groups, env })
 }
 
 impl ProcessControl for HostProcesses {
@@ -214,7 +224,7 @@ impl ProcessControl for HostProcesses {
     }
 
     fn spawn(&mut self, unit: &Unit, role: Role, command: &ExecCommand, extra: &[(String, String)]) -> Result<i32, String> {
-        let (uid, gid, groups, user_env) = resolve_user(unit)?;
+        let Identity { uid, gid, groups, env: user_env } = resolve_user(unit)?;
         let mut env = self.environment(unit, &user_env)?;
         env.extend(extra.iter().cloned());
         let env = {
