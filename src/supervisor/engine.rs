@@ -1032,3 +1032,7 @@ impl<C: ProcessControl> Engine<C> {
         });
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
