@@ -500,6 +500,10 @@ impl<C: ProcessControl> Engine<C> {
 
     fn begin_shutdown(&mut self) {
         self.shutting_down = true;
+        // `clean` is about this shutdown: a SIGKILL in an earlier, finished stop does not count.
+        for rt in self.units.values_mut().filter(|rt| rt.phase == Phase::Idle) {
+            rt.needed_sigkill = false;
+        }
         let names: Vec<String> = self.units.keys().cloned().collect();
         for name in names {
             let _ = self.request_stop(&name);

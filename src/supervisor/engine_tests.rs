@@ -495,6 +495,18 @@ async fn a_shutdown_that_needed_sigkill_is_not_clean() {
     assert_eq!(began.elapsed(), Duration::from_secs(7));
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_earlier_sigkill_does_not_make_a_later_shutdown_unclean() {
+    // needed_sigkill describes the stop it happened in; a unit killed an hour
+    // ago by a user's stop must not turn a tidy shutdown into an unclean exit.
+    let h = Harness::new(vec![service("stubborn", "TimeoutStopSec=5s\n")]);
+    h.handle.start("stubborn").await.unwrap();
+    h.wait_status("stubborn", Status::Started).await;
+    h.handle.stop("stubborn").await.unwrap();
+    h.wait_status("stubborn", Status::Stopped).await;
+    assert!(h.handle.shutdown().await.unwrap().clean);
+}
+
 // ---- restart policies ---------------------------------------------------
 
 #[tokio::test(start_paused = true)]
