@@ -319,7 +319,9 @@ impl<C: ProcessControl> Engine<C> {
         self.set_phase(name, Phase::WaitDeps);
         self.set_status(name, Status::Starting, Some("waiting for dependencies".into()));
         for dep in deps {
-            if self.units.get(&dep).is_some_and(|d| d.phase == Phase::Idle && d.invalid.is_none()) {
+            // A dependency on its way down comes back up once stopped (its goal becomes Restart).
+            let wanted = |d: &Runtime| d.phase == Phase::Idle || (d.is_stopping_job() && !d.removed);
+            if self.units.get(&dep).is_some_and(|d| wanted(d) && d.invalid.is_none()) {
                 let _ = self.request_start(&dep, true);
             }
         }
@@ -581,10 +583,12 @@ impl<C: ProcessControl> Engine<C> {
                 return true;
             }
         }
-        let blocked = self
-            .units
-            .values()
-            .any(|other| other.unit.name != name && ordered_before(&other.unit, &unit) && other.is_starting_job());
+        // As in systemd, a stop job of a unit ordered before this one also goes first.
+        let blocked = self.units.values().any(|other| {
+            other.unit.name != name
+                && ordered_before(&other.unit, &unit)
+                && (other.is_starting_job() || other.is_stopping_job())
+        });
         if blocked {
             return false;
         }

@@ -425,6 +425,31 @@ async fn stopping_a_unit_stops_its_dependents_first() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn starting_a_dependent_while_its_requirement_stops_waits_and_brings_it_back() {
+    let h = Harness::new(a_and_b_requiring_a());
+    h.handle.start("b").await.unwrap();
+    h.wait_status("b", Status::Started).await;
+    let (a, b) = (h.main_pid("a"), h.main_pid("b"));
+    h.handle.stop("a").await.unwrap();
+    h.settle().await;
+    h.exit(b, signaled(TERM));
+    h.wait_for("a's signal", |h| !h.unit_signals("a").is_empty()).await;
+
+    // a is still on its way down (it takes its time with SIGTERM) when b is asked for again.
+    h.handle.start("b").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.mains("b").len(), 1, "b started again while the unit it requires was stopping");
+
+    h.exit(a, signaled(TERM));
+    h.wait_status("b", Status::Started).await;
+    assert_eq!(h.snapshot("a").await.status, Status::Started, "a must come back up for b");
+    assert!(h.mains("a")[1].at <= h.mains("b")[1].at);
+    let a_again = h.position(|x| matches!(x, Action::Spawn { pid, .. } if *pid == h.main_pid("a"))).unwrap();
+    let b_again = h.position(|x| matches!(x, Action::Spawn { pid, .. } if *pid == h.main_pid("b"))).unwrap();
+    assert!(a_again < b_again);
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_stops_instances_before_services_and_reports_clean() {
     let inst = unit("comfy.instance", "[Instance]\nBlueprint=comfyui\n[Service]\nExecStart=/bin/comfy\n");
     // Named so that name order alone would stop the service first.
