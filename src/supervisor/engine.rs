@@ -391,7 +391,15 @@ impl<C: ProcessControl> Engine<C> {
                 self.request_start(name, true)
             }
             _ => {
+                let stopping_before: Vec<String> =
+                    self.units.values().filter(|rt| rt.is_stopping_job()).map(|rt| rt.unit.name.clone()).collect();
                 self.request_stop(name)?;
+                // The stop took down the units that require this one; as in systemd they come back too.
+                for rt in self.units.values_mut() {
+                    if rt.is_stopping_job() && rt.goal == Goal::Down && !stopping_before.contains(&rt.unit.name) {
+                        rt.goal = Goal::Restart;
+                    }
+                }
                 if let Some(rt) = self.units.get_mut(name) {
                     rt.goal = Goal::Restart;
                 }

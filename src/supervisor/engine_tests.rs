@@ -450,6 +450,28 @@ async fn starting_a_dependent_while_its_requirement_stops_waits_and_brings_it_ba
 }
 
 #[tokio::test(start_paused = true)]
+async fn restarting_a_unit_restarts_the_units_that_require_it() {
+    // systemd: when a Requires= target is explicitly restarted, its dependents are restarted too.
+    let h = Harness::new(a_and_b_requiring_a());
+    h.obey("a");
+    h.obey("b");
+    h.handle.start("b").await.unwrap();
+    h.wait_status("b", Status::Started).await;
+
+    h.handle.restart("a").await.unwrap();
+    h.wait_spawns("a", 2).await;
+    h.wait_status("a", Status::Started).await;
+    h.wait_status("b", Status::Started).await;
+    assert_eq!(h.mains("b").len(), 2);
+    // Down in reverse order, up in order.
+    let b_end = h.position(|x| matches!(x, Action::EndRun { unit } if unit == "b")).unwrap();
+    let a_end = h.position(|x| matches!(x, Action::EndRun { unit } if unit == "a")).unwrap();
+    let a_again = h.position(|x| matches!(x, Action::Spawn { pid, .. } if *pid == h.main_pid("a"))).unwrap();
+    let b_again = h.position(|x| matches!(x, Action::Spawn { pid, .. } if *pid == h.main_pid("b"))).unwrap();
+    assert!(b_end < a_end && a_end < a_again && a_again < b_again, "{:#?}", h.actions());
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_stops_instances_before_services_and_reports_clean() {
     let inst = unit("comfy.instance", "[Instance]\nBlueprint=comfyui\n[Service]\nExecStart=/bin/comfy\n");
     // Named so that name order alone would stop the service first.
