@@ -319,7 +319,9 @@ impl<C: ProcessControl> Engine<C> {
         self.set_phase(name, Phase::WaitDeps);
         self.set_status(name, Status::Starting, Some("waiting for dependencies".into()));
         for dep in deps {
-            if self.units.get(&dep).is_some_and(|d| d.phase == Phase::Idle && d.invalid.is_none()) {
+            // A dependency on its way down comes back up once stopped (its goal becomes Restart).
+            let wanted = |d: &Runtime| d.phase == Phase::Idle || (d.is_stopping_job() && !d.removed);
+            if self.units.get(&dep).is_some_and(|d| wanted(d) && d.invalid.is_none()) {
                 let _ = self.request_start(&dep, true);
             }
         }
@@ -389,7 +391,15 @@ impl<C: ProcessControl> Engine<C> {
                 self.request_start(name, true)
             }
             _ => {
+                let stopping_before: Vec<String> =
+                    self.units.values().filter(|rt| rt.is_stopping_job()).map(|rt| rt.unit.name.clone()).collect();
                 self.request_stop(name)?;
+                // The stop took down the units that require this one; as in systemd they come back too.
+                for rt in self.units.values_mut() {
+                    if rt.is_stopping_job() && rt.goal == Goal::Down && !stopping_before.contains(&rt.unit.name) {
+                        rt.goal = Goal::Restart;
+                    }
+                }
                 if let Some(rt) = self.units.get_mut(name) {
                     rt.goal = Goal::Restart;
                 }
@@ -500,6 +510,10 @@ impl<C: ProcessControl> Engine<C> {
 
     fn begin_shutdown(&mut self) {
         self.shutting_down = true;
+        // `clean` is about this shutdown: a SIGKILL in an earlier, finished stop does not count.
+        for rt in self.units.values_mut().filter(|rt| rt.phase == Phase::Idle) {
+            rt.needed_sigkill = false;
+        }
         let names: Vec<String> = self.units.keys().cloned().collect();
         for name in names {
             let _ = self.request_stop(&name);
@@ -577,10 +591,12 @@ impl<C: ProcessControl> Engine<C> {
                 return true;
             }
         }
-        let blocked = self
-            .units
-            .values()
-            .any(|other| other.unit.name != name && ordered_before(&other.unit, &unit) && other.is_starting_job());
+        // As in systemd, a stop job of a unit ordered before this one also goes first.
+        let blocked = self.units.values().any(|other| {
+            other.unit.name != name
+                && ordered_before(&other.unit, &unit)
+                && (other.is_starting_job() || other.is_stopping_job())
+        });
         if blocked {
             return false;
         }
@@ -1040,3 +1056,7 @@ impl<C: ProcessControl> Engine<C> {
         });
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
