@@ -192,14 +192,17 @@ impl<C: ProcessControl> Engine<C> {
 
     /// Runs until a shutdown completed (or every command sender is gone).
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut exits: mpsc::UnboundedReceiver<ExitReport>) {
+        // Once every sender is gone during a shutdown, stop polling the closed
+        // channel (it would answer None at once, forever) and finish the stops.
+        let mut commands_open = true;
         loop {
             tokio::select! {
                 biased;
                 Some((pid, status)) = exits.recv() => self.on_exit(pid, status),
                 Some(tick) = self.ticks_rx.recv() => self.on_tick(tick),
-                command = commands.recv() => match command {
+                command = commands.recv(), if commands_open => match command {
                     Some(command) => self.on_command(command),
-                    None if self.shutting_down => {}
+                    None if self.shutting_down => commands_open = false,
                     None => return,
                 },
             }
@@ -774,7 +777,16 @@ impl<C: ProcessControl> Engine<C> {
             return;
         }
         let busy_pids = self.pids.values().any(|(u, role)| u == name && *role != Role::Reload);
-        if busy_pids || self.ctl.live_processes(name) > 0 {
+        let live = self.ctl.live_processes(name);
+        let main_gone = !busy_pids && rt.main_pid.is_none();
+        if main_gone && live > 0 && rt.unit.service.kill_mode == KillMode::Mixed && rt.phase == (Phase::Draining { sigkill_sent: false }) {
+            // KillMode=mixed: once the main process is gone, the rest get SIGKILL at once (systemd).
+            self.ctl.signal_unit(name, libc::SIGKILL);
+            if let Some(rt) = self.units.get_mut(name) {
+                rt.phase = Phase::Draining { sigkill_sent: true };
+            }
+        }
+        if busy_pids || live > 0 {
             self.arm(name, TimerKind::DrainPoll, DRAIN_POLL);
             return;
         }
@@ -848,6 +860,8 @@ impl<C: ProcessControl> Engine<C> {
         let rt = &self.units[name];
         if self.ctl.live_processes(name) > 0 {
             let signal = rt.unit.service.kill_signal;
+            // Say so while the leftovers are killed: the unit is no longer serving.
+            self.set_status(name, Status::Stopping, Some("main process exited; stopping what it left".into()));
             self.ctl.signal_unit(name, signal);
             self.ctl.signal_unit(name, libc::SIGCONT);
             self.set_phase(name, Phase::Draining { sigkill_sent: false });

@@ -596,7 +596,7 @@ mod tests {
             KeyClass::Ignored(Some(_))
         ));
         assert!(matches!(
-            classify_key(Section::Unit, "ConditionPathExists"),
+            classify_key(Section::Unit, "ConditionPathIsDirectory"),
             KeyClass::Ignored(Some(_))
         ));
         assert_eq!(

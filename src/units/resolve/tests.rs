@@ -274,7 +274,6 @@ Anything=goes
         warnings(&w),
         [
             "3: PartOf= is not supported by aikore and is ignored",
-            "4: ConditionPathExists= is not supported by aikore and is ignored",
             "6: Type= is not supported by aikore and is ignored",
             "8: ProtectSystem= is not supported by aikore and is ignored",
             "9: ExecStartPost= is not supported by aikore and is ignored",
