@@ -72,12 +72,22 @@ pub struct ServeArgs {
     /// NGINX's public port: the dashboard and every instance.
     #[arg(long, env = "AIKORE_PORT", default_value_t = crate::proxy::DEFAULT_PORT)]
     pub port: u16,
+    /// Stock blueprints dir (default: /opt/aikore/blueprints in the image, ./blueprints in a checkout).
+    #[arg(long, env = "AIKORE_BLUEPRINTS_DIR")]
+    pub blueprints_dir: Option<PathBuf>,
+    /// The pool of ports `Port=auto` instances lease from.
+    #[arg(long, env = "AIKORE_PORT_RANGE", default_value = "19001-19999")]
+    pub port_range: String,
 }
 
 impl ServeArgs {
     pub fn settings(self) -> Result<Settings, String> {
         let shutdown_timeout = config::parse_shutdown_timeout(std::env::var("AIKORE_SHUTDOWN_TIMEOUT").ok().as_deref())?;
         let stock = self.units_dir.unwrap_or_else(config::default_stock_units_dir);
+        let port_range = crate::instances::runtime::parse_port_range(&self.port_range)?;
+        let blueprints_dir = self.blueprints_dir.unwrap_or_else(config::default_blueprints_dir);
+        // Instances get this path to source functions.sh, from their own dir.
+        let blueprints_dir = std::fs::canonicalize(&blueprints_dir).unwrap_or(blueprints_dir);
         let user = self.data_dir.join("units");
         Ok(Settings {
             units_dirs: vec![stock, user],
@@ -85,6 +95,8 @@ impl ServeArgs {
             listen: self.listen,
             proxy_port: self.port,
             shutdown_timeout,
+            blueprints_dir,
+            port_range,
         })
     }
 }

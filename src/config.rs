@@ -18,6 +18,10 @@ pub struct Settings {
     /// NGINX's public port (AIKORE_PORT).
     pub proxy_port: u16,
     pub shutdown_timeout: Duration,
+    /// Stock blueprints (custom ones live in `<data>/blueprints`).
+    pub blueprints_dir: PathBuf,
+    /// The pool `Port=auto` leases from (AIKORE_PORT_RANGE).
+    pub port_range: std::ops::RangeInclusive<u16>,
 }
 
 impl Settings {
@@ -42,6 +46,16 @@ pub fn default_stock_units_dir() -> PathBuf {
         image
     } else {
         PathBuf::from("units")
+    }
+}
+
+/// The stock blueprints dir when none is given: the image's, else the repo's.
+pub fn default_blueprints_dir() -> PathBuf {
+    let image = PathBuf::from("/opt/aikore/blueprints");
+    if image.is_dir() {
+        image
+    } else {
+        PathBuf::from("blueprints")
     }
 }
 

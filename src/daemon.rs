@@ -214,11 +214,22 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     }
 
     let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
+    let instance_ctx = crate::instances::InstanceContext {
+        data_dir: data_dir.clone(),
+        blueprints_dir: settings.blueprints_dir.clone(),
+        port_range: settings.port_range.clone(),
+        store: store.clone(),
+    };
     let (events_tx, _) = broadcast::channel(EVENT_CAPACITY);
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let host = HostProcesses::new(
-        HostConfig { data_dir: data_dir.clone(), cgroups: cgroups.clone(), base_env: crate::supervisor::host::inherited_env() },
+        HostConfig {
+            data_dir: data_dir.clone(),
+            cgroups: cgroups.clone(),
+            base_env: crate::supervisor::host::inherited_env(),
+            instances: Some(instance_ctx.clone()),
+        },
         Arc::clone(&logs),
         exits_tx,
     );
@@ -227,7 +238,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let engine = tokio::spawn(Engine::new(host, loaded.units, events_tx).run(commands_rx, exits_rx));
 
     let reloader = Arc::new(Reloader { settings: settings.clone(), supervisor: supervisor.clone(), store: store.clone() });
-    let state = crate::web::AppState::new(supervisor.clone(), Arc::clone(&logs), store.clone(), Arc::clone(&reloader), tracking);
+    let instances = Arc::new(crate::instances::InstanceManager::new(
+        instance_ctx,
+        settings.blueprints_dir.clone(),
+        supervisor.clone(),
+        Arc::clone(&reloader),
+    ));
+    let state = crate::web::AppState::new(supervisor.clone(), Arc::clone(&logs), store.clone(), Arc::clone(&reloader), tracking, instances);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;

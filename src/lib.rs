@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod init;
+pub mod instances;
 pub mod logs;
 pub mod proxy;
 pub mod store;

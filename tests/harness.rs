@@ -17,6 +17,13 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// 20 ports starting at a free one: parallel daemons rarely overlap, and a
+/// taken port is skipped by the lease anyway.
+fn port_slice() -> String {
+    let first = free_port().clamp(1024, 65_000);
+    format!("{first}-{}", first + 19)
+}
+
 pub struct Daemon {
     pub child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -26,6 +33,7 @@ pub struct Daemon {
     agent: ureq::Agent,
 }
 
+#[derive(Clone)]
 pub struct Options {
     pub env: Vec<(String, String)>,
     /// Wrap the daemon, e.g. `unshare --pid --fork --mount-proc`.
@@ -34,7 +42,16 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { env: vec![("AIKORE_SHUTDOWN_TIMEOUT".into(), "15s".into())], wrapper: Vec::new() }
+        let blueprints = Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints");
+        Options {
+            env: vec![
+                ("AIKORE_SHUTDOWN_TIMEOUT".into(), "15s".into()),
+                ("AIKORE_BLUEPRINTS_DIR".into(), blueprints.display().to_string()),
+                // Tests run in parallel: give each daemon its own slice of ports.
+                ("AIKORE_PORT_RANGE".into(), port_slice()),
+            ],
+            wrapper: Vec::new(),
+        }
     }
 }
 
@@ -116,10 +133,18 @@ impl Daemon {
     }
 
     fn request(&self, method: &str, path: &str) -> (u16, Value) {
+        self.request_body(method, path, None)
+    }
+
+    fn request_body(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let url = format!("{}{}", self.url, path);
-        let result = match method {
-            "POST" => self.agent.post(&url).send_empty(),
-            "DELETE" => self.agent.delete(&url).call(),
+        let text = body.map(|b| b.to_string());
+        let result = match (method, text) {
+            ("POST", None) => self.agent.post(&url).send_empty(),
+            ("POST", Some(t)) => self.agent.post(&url).content_type("application/json").send(t),
+            ("PATCH", Some(t)) => self.agent.patch(&url).content_type("application/json").send(t),
+            ("PUT", Some(t)) => self.agent.put(&url).content_type("application/json").send(t),
+            ("DELETE", _) => self.agent.delete(&url).call(),
             _ => self.agent.get(&url).call(),
         };
         match result {
@@ -138,6 +163,22 @@ impl Daemon {
 
     pub fn post(&self, path: &str) -> (u16, Value) {
         self.request("POST", path)
+    }
+
+    pub fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request_body("POST", path, Some(&body))
+    }
+
+    pub fn patch_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request_body("PATCH", path, Some(&body))
+    }
+
+    pub fn put_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request_body("PUT", path, Some(&body))
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        self.request("DELETE", path)
     }
 
     pub fn unit(&self, name: &str) -> Value {

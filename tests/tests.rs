@@ -6,6 +6,7 @@ mod harness;
 mod api;
 mod check;
 mod environment;
+mod instances;
 mod logs;
 mod pid1;
 mod restart;

@@ -538,6 +538,7 @@ impl<C: ProcessControl> Engine<C> {
                 started_ms: rt.started_ms,
                 last_exit: rt.last_exit.clone(),
                 path: rt.unit.path.display().to_string(),
+                port: rt.prepared.port,
                 unit: Arc::clone(&rt.unit),
             })
             .collect()
@@ -659,7 +660,8 @@ impl<C: ProcessControl> Engine<C> {
             }
             return;
         }
-        let Some(command) = unit.service.exec_start.clone() else {
+        let default = self.units[name].prepared.default_exec_start.clone();
+        let Some(command) = unit.service.exec_start.clone().or(default) else {
             self.run_ended(name, RunEnd::SpawnFailed("no ExecStart= and no default for this unit".into()));
             return;
         };

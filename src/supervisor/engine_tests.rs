@@ -94,7 +94,7 @@ impl ProcessControl for FakeOs {
     fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String> {
         self.record(Action::BeginRun { unit: unit.name.clone(), fresh });
         let ready = self.kernel.lock().unwrap().ready.get(&unit.name).cloned();
-        Ok(Prepared { ready, env: vec![("RUN_ENV".into(), unit.name.clone())] })
+        Ok(Prepared { ready, env: vec![("RUN_ENV".into(), unit.name.clone())], ..Prepared::default() })
     }
 
     fn spawn(

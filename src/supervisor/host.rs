@@ -20,6 +20,8 @@ pub struct HostConfig {
     pub cgroups: Option<CgroupRoot>,
     /// Environment every unit inherits (the container's, minus aikore's own secrets).
     pub base_env: Vec<(String, String)>,
+    /// Ports, dirs and leases for instances; None in setups without instances.
+    pub instances: Option<crate::instances::InstanceContext>,
 }
 
 pub struct HostProcesses {
@@ -213,6 +215,10 @@ fn resolve_user(unit: &Unit) -> Result<Identity, String> {
 impl ProcessControl for HostProcesses {
     fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String> {
         self.logs.begin_run(&unit.name, fresh).map_err(|e| format!("log file: {e}"))?;
+        if unit.instance.is_some() {
+            let ctx = self.config.instances.as_ref().ok_or("instances are not configured")?;
+            return crate::instances::runtime::prepare(unit, ctx);
+        }
         let ready = match &unit.service.ready_check {
             ReadyCheck::Default | ReadyCheck::None => None,
             ReadyCheck::Tcp(port) => Some(ReadyTarget::Tcp { host: "127.0.0.1".into(), port: *port }),
@@ -220,7 +226,7 @@ impl ProcessControl for HostProcesses {
                 Some(ReadyTarget::Http { host: host.clone(), port: *port, path: path.clone() })
             }
         };
-        Ok(Prepared { ready, env: Vec::new() })
+        Ok(Prepared { ready, ..Prepared::default() })
     }
 
     fn spawn(&mut self, unit: &Unit, role: Role, command: &ExecCommand, extra: &[(String, String)]) -> Result<i32, String> {
@@ -239,7 +245,11 @@ impl ProcessControl for HostProcesses {
             merged
         };
         let argv: Vec<String> = command.argv.iter().map(|w| expand_vars(w, &env)).collect();
-        let cwd = unit.service.working_directory.clone();
+        // An instance works in its own dir unless told otherwise.
+        let cwd = unit.service.working_directory.clone().or_else(|| {
+            let ctx = self.config.instances.as_ref()?;
+            unit.instance.as_ref().map(|_| ctx.instance_dir(&unit.name))
+        });
         let spec = ProcessSpec {
             argv,
             env,

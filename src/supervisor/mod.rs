@@ -44,6 +44,10 @@ pub struct Prepared {
     pub ready: Option<ReadyTarget>,
     /// Extra environment for every process of this run (WEBUI_PORT, CUDA_VISIBLE_DEVICES, ...).
     pub env: Vec<(String, String)>,
+    /// The main command when the unit gives none (an instance's launch.sh).
+    pub default_exec_start: Option<ExecCommand>,
+    /// The port this run serves on (an instance's leased or fixed port).
+    pub port: Option<u16>,
 }
 
 /// The OS boundary, so restart, backoff, escalation and ordering are tested
@@ -101,6 +105,8 @@ pub struct UnitSnapshot {
     pub started_ms: Option<i64>,
     pub last_exit: Option<String>,
     pub path: String,
+    /// The port of the current (or last) run, for URLs.
+    pub port: Option<u16>,
     #[serde(skip)]
     pub unit: Arc<Unit>,
 }

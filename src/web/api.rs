@@ -37,15 +37,13 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/events", get(events_stream))
         .route("/api/v1/journal", get(journal))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
 }
 
-async fn not_found() -> ApiError {
+pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
-async fn method_not_allowed() -> ApiError {
+pub async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
 }
 
@@ -95,7 +93,7 @@ impl From<UnitSnapshot> for UnitView {
     }
 }
 
-fn checked_name(name: &str) -> ApiResult<&str> {
+pub fn checked_name(name: &str) -> ApiResult<&str> {
     if is_valid_unit_name(name) {
         Ok(name)
     } else {

@@ -58,3 +58,28 @@ impl From<anyhow::Error> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<crate::instances::InstanceError> for ApiError {
+    fn from(e: crate::instances::InstanceError) -> ApiError {
+        use crate::instances::InstanceError::*;
+        match e {
+            Invalid(m) => ApiError::bad_request(m),
+            NotFound(m) => ApiError::not_found(m),
+            Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> ApiError {
+        // Malformed JSON, a wrong type or an unknown field: the client's to fix.
+        ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> ApiError {
+        ApiError::bad_request(format!("bad query: {}", e.body_text()))
+    }
+}

@@ -2,6 +2,8 @@
 //! streams of events and logs.
 
 mod api;
+mod instances;
+pub mod openapi;
 pub mod error;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ pub struct AppState {
     pub reloader: Arc<Reloader>,
     /// `cgroup` or `process-group`: how unit processes are tracked here.
     pub tracking: String,
+    pub instances: Arc<crate::instances::InstanceManager>,
 }
 
 impl AppState {
@@ -31,13 +34,19 @@ impl AppState {
         store: StoreHandle,
         reloader: Arc<Reloader>,
         tracking: String,
+        instances: Arc<crate::instances::InstanceManager>,
     ) -> Self {
-        AppState { supervisor, logs, store, reloader, tracking }
+        AppState { supervisor, logs, store, reloader, tracking, instances }
     }
 }
 
 pub fn router(state: AppState) -> Router {
-    api::routes().with_state(state)
+    api::routes()
+        .merge(instances::routes())
+        .route("/api/v1/openapi.json", axum::routing::get(openapi::document))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .with_state(state)
 }
 
 /// Serves until `stop` is cancelled; open SSE streams end with it.

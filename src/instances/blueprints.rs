@@ -1,0 +1,127 @@
+//! Blueprints: the scripts instances are created from, and the metadata block
+//! at the top of each (`### AIKORE-METADATA-START ###` ... `# aikore.key = value`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const START: &str = "### AIKORE-METADATA-START ###";
+const END: &str = "### AIKORE-METADATA-END ###";
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Blueprint {
+    /// The file stem: `comfyui` for `comfyui.sh`.
+    pub id: String,
+    pub name: String,
+    pub category: String,
+    pub description: String,
+    pub venv_type: String,
+    pub venv_path: String,
+    /// `subpath` (served under /app/<name>/) or `port` (reached on its own port).
+    pub proxy: String,
+    pub persistent_mode: bool,
+    /// From `<data>/blueprints` rather than the stock set.
+    pub custom: bool,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `# aikore.key = value` lines between the markers; anything else is ignored.
+pub fn parse_metadata(text: &str) -> BTreeMap<String, String> {
+    let mut inside = false;
+    let mut meta = BTreeMap::new();
+    for line in text.lines().take(200) {
+        let line = line.trim();
+        if line == START {
+            inside = true;
+        } else if line == END {
+            break;
+        } else if inside {
+            if let Some((key, value)) = line.strip_prefix('#').map(str::trim).and_then(|l| l.strip_prefix("aikore.")).and_then(|l| l.split_once('=')) {
+                meta.insert(key.trim().to_string(), value.trim().to_string());
+            }
+        }
+    }
+    meta
+}
+
+fn read_blueprint(path: &Path, custom: bool) -> Option<Blueprint> {
+    let id = path.file_stem()?.to_str()?.to_string();
+    if !crate::units::is_valid_unit_name(&id) || id == "functions" {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let meta = parse_metadata(&text);
+    let get = |k: &str, default: &str| meta.get(k).cloned().unwrap_or_else(|| default.to_string());
+    Some(Blueprint {
+        name: get("name", &id),
+        category: get("category", "Other"),
+        description: get("description", ""),
+        venv_type: get("venv_type", "none"),
+        venv_path: get("venv_path", ""),
+        proxy: match meta.get("proxy").map(String::as_str) {
+            Some("port") => "port".into(),
+            _ => "subpath".into(),
+        },
+        persistent_mode: matches!(meta.get("persistent_mode").map(String::as_str), Some("true" | "yes" | "1")),
+        custom,
+        path: path.to_path_buf(),
+        id,
+    })
+}
+
+/// Stock and custom blueprints by id; a custom one with a stock id wins.
+pub fn list(stock: &Path, custom: &Path) -> Vec<Blueprint> {
+    let mut by_id: BTreeMap<String, Blueprint> = BTreeMap::new();
+    for (dir, is_custom) in [(stock, false), (custom, true)] {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("sh") {
+                continue;
+            }
+            if let Some(bp) = read_blueprint(&path, is_custom) {
+                by_id.insert(bp.id.clone(), bp);
+            }
+        }
+    }
+    by_id.into_values().collect()
+}
+
+pub fn find(stock: &Path, custom: &Path, id: &str) -> Option<Blueprint> {
+    if !crate::units::is_valid_unit_name(id) {
+        return None;
+    }
+    [custom, stock]
+        .iter()
+        .zip([true, false])
+        .find_map(|(dir, is_custom)| read_blueprint(&dir.join(format!("{id}.sh")), is_custom))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_between_markers_only() {
+        let text = "#!/bin/bash\n# aikore.name = Outside\n### AIKORE-METADATA-START ###\n# aikore.name = ComfyUI\n# aikore.venv_path = ./env\n#aikore.proxy=port\n### AIKORE-METADATA-END ###\n# aikore.category = Late\n";
+        let meta = parse_metadata(text);
+        assert_eq!(meta.get("name").map(String::as_str), Some("ComfyUI"));
+        assert_eq!(meta.get("venv_path").map(String::as_str), Some("./env"));
+        assert_eq!(meta.get("proxy").map(String::as_str), Some("port"));
+        assert!(!meta.contains_key("category"));
+    }
+
+    #[test]
+    fn custom_overrides_stock_and_functions_is_not_a_blueprint() {
+        let stock = tempfile::tempdir().unwrap();
+        let custom = tempfile::tempdir().unwrap();
+        std::fs::write(stock.path().join("a.sh"), "### AIKORE-METADATA-START ###\n# aikore.name = Stock A\n### AIKORE-METADATA-END ###\n").unwrap();
+        std::fs::write(stock.path().join("functions.sh"), "").unwrap();
+        std::fs::write(custom.path().join("a.sh"), "### AIKORE-METADATA-START ###\n# aikore.name = Mine\n### AIKORE-METADATA-END ###\n").unwrap();
+        let all = list(stock.path(), custom.path());
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].name, "Mine");
+        assert!(all[0].custom);
+        assert!(find(stock.path(), custom.path(), "../a").is_none());
+    }
+}

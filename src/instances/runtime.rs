@@ -1,0 +1,104 @@
+//! What a run of an instance needs from the machine: its port (leased or
+//! claimed, and free), its environment (GPU pinning included), its default
+//! launch command and its readiness probe.
+
+use std::net::TcpListener;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use crate::store::{StoreError, StoreHandle};
+use crate::supervisor::{Prepared, ReadyTarget};
+use crate::units::{ExecCommand, PortSpec, ReadyCheck, Unit};
+
+/// DESIGN.md's pool for `Port=auto` (AIKORE_PORT_RANGE).
+pub const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 19001..=19999;
+
+#[derive(Clone)]
+pub struct InstanceContext {
+    pub data_dir: PathBuf,
+    /// Where `functions.sh` lives, for blueprints to source.
+    pub blueprints_dir: PathBuf,
+    pub port_range: RangeInclusive<u16>,
+    pub store: StoreHandle,
+}
+
+impl InstanceContext {
+    pub fn instance_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("instances").join(name)
+    }
+}
+
+/// Whether nothing listens on `port` on loopback right now.
+pub fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let (a, b) = text.split_once('-').ok_or_else(|| format!("AIKORE_PORT_RANGE={text}: expected FIRST-LAST"))?;
+    let a: u16 = a.trim().parse().map_err(|_| format!("AIKORE_PORT_RANGE={text}: bad first port"))?;
+    let b: u16 = b.trim().parse().map_err(|_| format!("AIKORE_PORT_RANGE={text}: bad last port"))?;
+    if a == 0 || a > b {
+        return Err(format!("AIKORE_PORT_RANGE={text}: empty range"));
+    }
+    Ok(a..=b)
+}
+
+/// The port an instance serves on: its stable lease for `auto`, or its
+/// claimed fixed port. Called from the supervisor task, so it blocks on the
+/// store thread briefly (one indexed SQLite statement).
+pub fn port_for(unit: &Unit, ctx: &InstanceContext) -> Result<u16, String> {
+    let instance = unit.instance.as_ref().ok_or("not an instance")?;
+    let name = unit.name.clone();
+    let result = match instance.port {
+        PortSpec::Auto => {
+            let range = ctx.port_range.clone();
+            ctx.store.call_blocking(move |s| s.lease_port(&name, range, port_is_free, crate::daemon::now_ms()))
+        }
+        PortSpec::Fixed(port) => ctx.store.call_blocking(move |s| s.claim_port(&name, port).map(|_| port)),
+    };
+    match result {
+        Ok(Ok(port)) => Ok(port),
+        Ok(Err(StoreError::PortTaken { port, holder })) => Err(format!("port {port} is held by instance {holder}")),
+        Ok(Err(e)) | Err(e) => Err(format!("port lease: {e}")),
+    }
+}
+
+pub fn output_dir(unit: &Unit, ctx: &InstanceContext) -> PathBuf {
+    unit.instance
+        .as_ref()
+        .and_then(|i| i.output_dir.clone())
+        .unwrap_or_else(|| ctx.instance_dir(&unit.name).join("outputs"))
+}
+
+/// Everything a run of this instance is given, per DESIGN.md's "Instances".
+pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
+    let instance = unit.instance.as_ref().ok_or("not an instance")?;
+    let port = port_for(unit, ctx)?;
+    if !port_is_free(port) {
+        return Err(format!("port {port} is already in use by another process"));
+    }
+    let dir = ctx.instance_dir(&unit.name);
+    let outputs = output_dir(unit, ctx);
+    std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?;
+    let env = vec![
+        ("INSTANCE_NAME".to_string(), unit.name.clone()),
+        ("INSTANCE_CONF_DIR".to_string(), dir.display().to_string()),
+        ("INSTANCE_OUTPUT_DIR".to_string(), outputs.display().to_string()),
+        ("WEBUI_PORT".to_string(), port.to_string()),
+        ("BLUEPRINT_ID".to_string(), instance.blueprint.clone()),
+        // Empty means CPU only: no GPU is visible to CUDA.
+        ("CUDA_VISIBLE_DEVICES".to_string(), instance.gpus.join(",")),
+        // CUDA's default order is fastest-first; PCI order matches NVML and nvidia-smi indices.
+        ("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()),
+        ("AIKORE_BLUEPRINTS_DIR".to_string(), ctx.blueprints_dir.display().to_string()),
+    ];
+    let launch = dir.join("launch.sh");
+    let default_exec_start = Some(ExecCommand { argv: vec!["/bin/bash".into(), launch.display().to_string()], ignore_failure: false });
+    let ready = match &unit.service.ready_check {
+        ReadyCheck::Default => Some(ReadyTarget::Http { host: "127.0.0.1".into(), port, path: "/".into() }),
+        ReadyCheck::None => None,
+        ReadyCheck::Tcp(p) => Some(ReadyTarget::Tcp { host: "127.0.0.1".into(), port: *p }),
+        ReadyCheck::Http { host, port, path } => Some(ReadyTarget::Http { host: host.clone(), port: *port, path: path.clone() }),
+    };
+    Ok(Prepared { ready, env, default_exec_start, port: Some(port) })
+}

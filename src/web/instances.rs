@@ -1,0 +1,312 @@
+//! /api/v1/instances, /api/v1/blueprints and /api/v1/trashcan.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Deserializer};
+
+use super::api::checked_name;
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+use crate::instances::{url_of, InstanceChanges, InstanceSpec};
+use crate::supervisor::UnitSnapshot;
+use crate::units::PortSpec;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/instances", get(list).post(create))
+        .route("/api/v1/instances/{name}", get(show).patch(update).delete(delete))
+        .route("/api/v1/instances/{name}/script", get(script).put(set_script))
+        .route("/api/v1/instances/{name}/{action}", post(action))
+        .route("/api/v1/blueprints", get(blueprints).post(save_blueprint))
+        .route("/api/v1/trashcan", get(trash))
+        .route("/api/v1/trashcan/{id}/restore", post(restore))
+        .route("/api/v1/trashcan/{id}", axum::routing::delete(purge))
+}
+
+/// `Some(None)` for an explicit `null` (clear the field), `None` when absent.
+fn explicit<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum GpuId {
+    Index(u32),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum GpusInput {
+    Text(String),
+    List(Vec<GpuId>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PortInput {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceInput {
+    name: Option<String>,
+    description: Option<String>,
+    blueprint: Option<String>,
+    gpus: Option<GpusInput>,
+    port: Option<PortInput>,
+    autostart: Option<bool>,
+    #[serde(default, deserialize_with = "explicit")]
+    active_slot: Option<Option<String>>,
+    persistent_mode: Option<bool>,
+    stall_after_sec: Option<u64>,
+    #[serde(default, deserialize_with = "explicit")]
+    output_dir: Option<Option<String>>,
+    environment: Option<BTreeMap<String, String>>,
+    /// Create only: start it right away.
+    start: Option<bool>,
+}
+
+impl InstanceInput {
+    fn changes(self) -> ApiResult<(InstanceChanges, bool)> {
+        let gpus = match self.gpus {
+            None => None,
+            Some(GpusInput::Text(text)) => {
+                Some(text.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+            }
+            Some(GpusInput::List(ids)) => Some(
+                ids.into_iter()
+                    .map(|g| match g {
+                        GpuId::Index(n) => n.to_string(),
+                        GpuId::Text(t) => t,
+                    })
+                    .collect(),
+            ),
+        };
+        let port = match self.port {
+            None => None,
+            Some(PortInput::Text(t)) if t == "auto" => Some(PortSpec::Auto),
+            Some(PortInput::Number(n)) if (1..=65535).contains(&n) => Some(PortSpec::Fixed(n as u16)),
+            Some(PortInput::Text(t)) => match t.parse::<u16>() {
+                Ok(n) if n > 0 => Some(PortSpec::Fixed(n)),
+                _ => return Err(ApiError::bad_request(format!("port {t:?} is not 1-65535 or \"auto\""))),
+            },
+            Some(PortInput::Number(n)) => return Err(ApiError::bad_request(format!("port {n} is out of range 1-65535"))),
+        };
+        let changes = InstanceChanges {
+            name: self.name,
+            description: self.description,
+            blueprint: self.blueprint,
+            gpus,
+            port,
+            autostart: self.autostart,
+            active_slot: self.active_slot,
+            persistent_mode: self.persistent_mode,
+            stall_after_sec: self.stall_after_sec,
+            output_dir: self.output_dir.map(|o| o.map(Into::into)),
+            environment: self.environment,
+        };
+        Ok((changes, self.start.unwrap_or(false)))
+    }
+}
+
+#[derive(serde::Serialize)]
+pub struct InstanceView {
+    name: String,
+    kind: &'static str,
+    description: String,
+    blueprint: String,
+    gpus: String,
+    port: serde_json::Value,
+    /// The port the current or last run used (an `auto` lease once started).
+    current_port: Option<u16>,
+    autostart: bool,
+    active_slot: Option<String>,
+    persistent_mode: bool,
+    stall_after_sec: u64,
+    output_dir: Option<String>,
+    environment: BTreeMap<String, String>,
+    status: &'static str,
+    detail: Option<String>,
+    pid: Option<i32>,
+    restarts: u32,
+    since: i64,
+    url: String,
+}
+
+pub fn view(unit: &UnitSnapshot) -> Option<InstanceView> {
+    let spec = InstanceSpec::from_unit(&unit.unit)?;
+    Some(InstanceView {
+        name: spec.name,
+        kind: "instance",
+        description: spec.description,
+        blueprint: spec.blueprint,
+        gpus: spec.gpus.join(","),
+        port: match spec.port {
+            PortSpec::Auto => serde_json::json!("auto"),
+            PortSpec::Fixed(p) => serde_json::json!(p),
+        },
+        current_port: unit.port,
+        autostart: spec.autostart,
+        active_slot: spec.active_slot,
+        persistent_mode: spec.persistent_mode,
+        stall_after_sec: spec.stall_after_sec,
+        output_dir: spec.output_dir.map(|d| d.display().to_string()),
+        environment: spec.environment,
+        status: unit.status.as_str(),
+        detail: unit.detail.clone(),
+        pid: unit.pid,
+        restarts: unit.restarts,
+        since: unit.since_ms,
+        url: url_of(unit),
+    })
+}
+
+fn one(unit: &UnitSnapshot) -> ApiResult<Json<InstanceView>> {
+    view(unit).map(Json).ok_or_else(|| ApiError::not_found(format!("{} is not an instance", unit.name)))
+}
+
+async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<InstanceView>>> {
+    Ok(Json(state.instances.instances().await?.iter().filter_map(view).collect()))
+}
+
+async fn show(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<InstanceView>> {
+    let name = checked_name(&name)?;
+    one(&state.instances.instance(name).await?)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    body: Result<Json<InstanceInput>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<InstanceView>)> {
+    let (changes, start) = body?.0.changes()?;
+    let unit = state.instances.create(changes, start).await?;
+    Ok((StatusCode::CREATED, one(&unit)?))
+}
+
+#[derive(Deserialize)]
+struct RestartQuery {
+    restart: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ForceQuery {
+    force: Option<bool>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<RestartQuery>, QueryRejection>,
+    body: Result<Json<InstanceInput>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let name = checked_name(&name)?;
+    let restart = query?.restart.unwrap_or(false);
+    let (changes, _) = body?.0.changes()?;
+    let outcome = state.instances.update(name, changes, restart, &state.logs).await?;
+    let unit = state.instances.instance(&outcome.name).await?;
+    Ok(Json(serde_json::json!({
+        "instance": view(&unit),
+        "restarted": outcome.restarted,
+        "restart_pending": outcome.restart_pending,
+    })))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<ForceQuery>, QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let name = checked_name(&name)?;
+    let force = query?.force.unwrap_or(false);
+    let entry = state.instances.delete(name, force).await?;
+    Ok(Json(serde_json::json!({ "trashed": entry })))
+}
+
+async fn action(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let name = checked_name(&name)?;
+    state.instances.instance(name).await?;
+    let sup = &state.supervisor;
+    let status = match action.as_str() {
+        "start" => sup.start(name).await?,
+        "stop" => sup.stop(name).await?,
+        "restart" => sup.restart(name).await?,
+        "rebuild" => state.instances.rebuild(name).await?,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown action {other:?}: use start, stop, restart or rebuild"
+            )))
+        }
+    };
+    Ok(Json(serde_json::json!({ "instance": name, "action": action, "status": status })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptInput {
+    content: String,
+}
+
+async fn script(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let name = checked_name(&name)?;
+    let content = state.instances.script(name).await?;
+    Ok(Json(serde_json::json!({ "instance": name, "content": content })))
+}
+
+async fn set_script(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<RestartQuery>, QueryRejection>,
+    body: Result<Json<ScriptInput>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let name = checked_name(&name)?;
+    let restart = query?.restart.unwrap_or(false);
+    let content = body?.0.content;
+    let pending = state.instances.set_script(name, &content, restart).await?;
+    Ok(Json(serde_json::json!({ "instance": name, "saved": true, "restart_pending": pending })))
+}
+
+async fn blueprints(State(state): State<AppState>) -> Json<Vec<crate::instances::blueprints::Blueprint>> {
+    Json(state.instances.blueprints())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SaveBlueprint {
+    /// The instance whose launch.sh becomes the blueprint.
+    instance: String,
+    id: String,
+}
+
+async fn save_blueprint(
+    State(state): State<AppState>,
+    body: Result<Json<SaveBlueprint>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<crate::instances::blueprints::Blueprint>)> {
+    let input = body?.0;
+    checked_name(&input.instance)?;
+    let blueprint = state.instances.save_blueprint(&input.instance, &input.id).await?;
+    Ok((StatusCode::CREATED, Json(blueprint)))
+}
+
+async fn trash(State(state): State<AppState>) -> Json<Vec<crate::instances::TrashEntry>> {
+    Json(state.instances.trash())
+}
+
+async fn restore(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<InstanceView>> {
+    one(&state.instances.restore(&id).await?)
+}
+
+async fn purge(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    state.instances.purge(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
