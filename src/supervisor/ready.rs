@@ -11,8 +11,13 @@ use tokio::net::TcpStream;
 
 use super::ReadyTarget;
 
-/// First retry interval: an app that opens its port is noticed within ~20 ms.
+/// Retry interval while an app is most likely to come up: an app that opens
+/// its port is noticed within ~20 ms. A refused loopback connect costs
+/// microseconds, so 50 a second is nothing.
 const FIRST_INTERVAL: Duration = Duration::from_millis(20);
+/// How long to keep the fast interval: most web UIs without model loading
+/// (and every test app) open their port within this.
+const FAST_PHASE: Duration = Duration::from_secs(5);
 /// Slowest retry interval, reached after about 10 s of waiting.
 const MAX_INTERVAL: Duration = Duration::from_millis(500);
 /// One attempt may not hang on a half-open app.
@@ -20,13 +25,16 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Resolves once the target answers; never gives up (the caller's timers decide that).
 pub async fn wait_ready(target: &ReadyTarget) {
+    let began = tokio::time::Instant::now();
     let mut interval = FIRST_INTERVAL;
     loop {
         if matches!(tokio::time::timeout(ATTEMPT_TIMEOUT, probe_once(target)).await, Ok(true)) {
             return;
         }
         tokio::time::sleep(interval).await;
-        interval = (interval * 3 / 2).min(MAX_INTERVAL);
+        if began.elapsed() >= FAST_PHASE {
+            interval = (interval * 3 / 2).min(MAX_INTERVAL);
+        }
     }
 }
 
