@@ -104,6 +104,7 @@ for k in aikore supervisord s6; do
     printf '%-12s %10s %9s %13s %10s %12s\n' "$k" "${CPU[$k]}" "${RESTARTS[$k]}" "$per" \
         "$(ratio "${CPU[$k]}" "${CPU[aikore]}")" "$(ratio "${RESTARTS[$k]}" "${RESTARTS[aikore]}")"
 done
+echo "(CPU comes in clock ticks of 10 ms: 0.00 means under 10 ms in the window, and ratios against it read n/a)"
 echo "aikore ${EXTRA[aikore]} (whole run, including the ${WARMUP}s warm-up)"
 echo "(aikore backs off: RestartSec doubles per failed run, capped at 60 s; supervisord restarts at once;"
 echo " s6-supervise waits 1 s after a run that lived < 1 s. CPU s for s6 = s6-svscan + s6-supervise.)"

@@ -43,6 +43,7 @@ ns_init() { pgrep -P "$1" | head -1; }
 # line plus " zombies_after=N" from the outside check.
 run_once() {
     local kind=$1 children=$2 per=$3 hold=$4 dir=$5 result="$5/result"
+    [[ ! -e $dir ]] || die "$dir exists: a stale result would be read"
     mkdir -p "$dir"
     case $kind in
     aikore)
@@ -92,7 +93,7 @@ for shape in $SHAPES; do
     for kind in aikore tini; do
         totals=(); prods=(); zs=0
         for r in $(seq 1 "$REPS"); do
-            line=$(run_once "$kind" "$children" "$per" "$hold" "$BENCH_TMP/$kind-$children-$per-$r")
+            line=$(run_once "$kind" "$children" "$per" "$hold" "$BENCH_TMP/$kind-$children-$per${hold:+-hold}-$r")
             log "$kind ${children}x$per${hold:+-hold} run $r: $line"
             [[ $(field "$line" left) == 0 ]] || log "WARNING: $kind left $(field "$line" left) pids unreaped after 60 s"
             totals+=("$(field "$line" total_s)"); prods+=("$(field "$line" produce_s)")
