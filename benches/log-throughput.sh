@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Log capture throughput: one unit writes SIZE_MB of ~100-byte lines to
+# stdout; how long until the supervisor's log has the last line?
+# Peers on the same data, same run: `cat file > out` (no capture at all),
+# `cat file | cat > out` (a pipe, like any capture), supervisord's
+# stdout_logfile, s6-log. Time runs from the producer's start (it writes
+# `date +%s.%N` just before exec'ing cat) to the marker line showing up in
+# the log file (polled every 5 ms), so it includes the supervisor's spawn.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+SIZE_MB="${SIZE_MB:-200}"
+TIMEOUT="${TIMEOUT:-60}"   # per peer
+REPS="${REPS:-3}"          # runs per peer; the median is reported
+MARKER="BENCH-END"
+
+bench_init logs
+need supervisord s6-svscan s6-log curl
+
+DATA="$BENCH_TMP/data.txt"
+START="$BENCH_TMP/start"
+# 100-byte lines "<12-digit seq> xxx...\n", then the marker line last.
+python3 - "$DATA" "$SIZE_MB" "$MARKER" <<'EOP'
+import sys
+path, mb, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+n = mb * 1_000_000 // 100
+pad = "x" * 86
+with open(path, "w") as f:
+    for base in range(0, n, 10000):
+        f.write("".join(f"{i:012d} {pad}\n" for i in range(base, min(n, base + 10000))))
+    f.write(f"{marker} lines={n}\n")
+EOP
+DATA_BYTES=$(stat -c %s "$DATA")
+DATA_LINES=$(wc -l < "$DATA")
+cat "$DATA" > /dev/null   # warm the page cache: we time capture, not disk reads
+log "data: $DATA_BYTES bytes, $DATA_LINES lines"
+
+# The producer every supervisor runs: stamp the start, then cat the data once.
+# (s6-supervise restarts a run script that exits: the `done` file makes
+# later runs sleep instead of writing the data again.)
+PRODUCE="$BENCH_TMP/produce.sh"
+cat > "$PRODUCE" <<EOS
+#!/bin/sh
+if [ -e "$BENCH_TMP/done.\$1" ]; then exec sleep infinity; fi
+touch "$BENCH_TMP/done.\$1"
+date +%s.%N > "$START.tmp" && mv "$START.tmp" "$START"
+exec cat "$DATA"
+EOS
+chmod +x "$PRODUCE"
+
+# record NAME SECONDS NOTE: keep every run's time; the table shows the median.
+declare -A SECS NOTE
+record() { SECS[$1]="${SECS[$1]:-} $2"; NOTE[$1]=${3:-}; log "$1: $2 s ${3:-}"; }
+median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# now: epoch seconds with ns.
+now() { date +%s.%N; }
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2])-float(sys.argv[1]):.3f}')" "$1" "$2"; }
+
+bench_cat() {
+    local t0 t1 out="$BENCH_TMP/cat.out"
+    t0=$(now); cat "$DATA" > "$out"; t1=$(now)
+    [[ $(stat -c %s "$out") == "$DATA_BYTES" ]] || die "cat: short output"
+    record "cat > file" "$(elapsed "$t0" "$t1")" "(no capture: the floor)"
+    rm -f "$out"
+    t0=$(now); cat "$DATA" | cat > "$out"; t1=$(now)
+    [[ $(stat -c %s "$out") == "$DATA_BYTES" ]] || die "cat|cat: short output"
+    record "cat | cat > file" "$(elapsed "$t0" "$t1")" "(a pipe, no line handling)"
+    rm -f "$out"
+}
+
+bench_aikore() {
+    local units="$BENCH_TMP/aikore-units" data="$BENCH_TMP/aikore-data" port secs
+    rm -rf "$units" "$data" "$START" "$BENCH_TMP"/done.*; mkdir -p "$units"
+    write_unit "$units" flood <<EOU
+[Service]
+ExecStart=/bin/sh $PRODUCE aikore
+Restart=no
+EOU
+    port=$(free_port)
+    start_aikore "$data" "$units" "$port"
+    secs=$(python3 "$BENCH_DIR/logwait.py" "$START" "$TIMEOUT" "$MARKER" \
+        "$data/logs/flood.log" "$data/logs/flood.log.1") || die "aikore: no marker within ${TIMEOUT}s"
+    # aikore rotates the log at 10 MiB keeping one old file, so the bytes can't
+    # all be on disk: check the line count instead. Line seq 1 is aikore's
+    # "started" note, so the marker must carry seq DATA_LINES + 1.
+    local seq
+    seq=$(curl -fsS "http://127.0.0.1:$port/api/v1/units/flood/logs?tail=50" | python3 -c '
+import json, sys
+m = [l["seq"] for l in json.load(sys.stdin)["lines"] if l["text"].startswith(sys.argv[1])]
+print(m[-1] if m else "none")' "$MARKER")
+    local ok="lines OK"
+    [[ $seq == $(( DATA_LINES + 1 )) ]] || ok="LINES LOST? marker seq $seq, want $(( DATA_LINES + 1 ))"
+    local kept; kept=$(cat "$data/logs/flood.log"* | wc -c)
+    record aikore "$secs" "($ok; rotates at 10 MiB: $kept bytes left on disk)"
+    stop_tracked "$AIKORE_PID"
+}
+
+bench_supervisord() {
+    local dir="$BENCH_TMP/supd" secs out
+    rm -rf "$dir" "$START" "$BENCH_TMP"/done.*; mkdir -p "$dir"
+    out="$dir/flood.log"
+    {
+        supervisord_conf "$dir"
+        # maxbytes=0: no rotation, so the whole output can be checked.
+        printf '\n[program:flood]\ncommand=/bin/sh %s supd\nautorestart=false\nstartsecs=0\nredirect_stderr=true\nstdout_logfile=%s\nstdout_logfile_maxbytes=0\n' "$PRODUCE" "$out"
+    } > "$dir/supervisord.conf"
+    start_supervisord "$dir/supervisord.conf"
+    secs=$(python3 "$BENCH_DIR/logwait.py" "$START" "$TIMEOUT" "$MARKER" "$out") \
+        || die "supervisord: no marker within ${TIMEOUT}s"
+    local size; size=$(stat -c %s "$out")
+    local ok="bytes OK"
+    [[ $size == "$DATA_BYTES" ]] || ok="size $size, want $DATA_BYTES"
+    record supervisord "$secs" "($ok)"
+    stop_tracked "$SUPD_PID"
+}
+
+bench_s6() {
+    local scan="$BENCH_TMP/s6scan" secs logdir="$BENCH_TMP/s6log"
+    rm -rf "$scan" "$logdir" "$START" "$BENCH_TMP"/done.*; mkdir -p "$scan/flood/log"
+    printf '#!/bin/sh\nexec /bin/sh %s s6 2>&1\n' "$PRODUCE" > "$scan/flood/run"
+    # s6-log's largest file is 256 MiB: with SIZE_MB <= 256 nothing rotates.
+    printf '#!/bin/sh\nexec s6-log -b n2 s268435455 %s\n' "$logdir" > "$scan/flood/log/run"
+    chmod +x "$scan/flood/run" "$scan/flood/log/run"
+    start_s6 "$scan"
+    secs=$(python3 "$BENCH_DIR/logwait.py" "$START" "$TIMEOUT" "$MARKER" "$logdir/current") \
+        || die "s6-log: no marker within ${TIMEOUT}s"
+    local size; size=$(stat -c %s "$logdir/current")
+    local ok="bytes OK"
+    [[ $size == "$DATA_BYTES" ]] || ok="size $size, want $DATA_BYTES"
+    record s6-log "$secs" "($ok)"
+    stop_tracked "$S6_PID"
+}
+
+# Interleaved rounds, so a noisy moment hits every peer alike.
+for r in $(seq 1 "$REPS"); do
+    log "round $r of $REPS"
+    bench_cat
+    bench_aikore
+    bench_supervisord
+    bench_s6
+done
+
+mb=$(python3 -c "print($DATA_BYTES/1e6)")
+echo
+echo "== log-throughput: $mb MB in $DATA_LINES lines, producer start -> last line in the log (median of $REPS) =="
+for k in "cat > file" "cat | cat > file" aikore supervisord s6-log; do SECS[$k]=$(median "${SECS[$k]}"); done
+printf '%-18s %8s %9s %10s  %s\n' capture seconds "MB/s" "x cat" note
+for k in "cat > file" "cat | cat > file" aikore supervisord s6-log; do
+    rate=$(python3 -c "print(f'{$mb/max($(printf %s "${SECS[$k]}"),1e-3):.0f}')")
+    printf '%-18s %8s %9s %10s  %s\n' "$k" "${SECS[$k]}" "$rate" "$(ratio "${SECS["cat > file"]}" "${SECS[$k]}")" "${NOTE[$k]}"
+done
+echo "(x cat = throughput relative to a plain 'cat file > out'; 1.00 = as fast, 0.10 = ten times slower)"
