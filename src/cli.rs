@@ -88,6 +88,7 @@ impl ServeArgs {
         let blueprints_dir = self.blueprints_dir.unwrap_or_else(config::default_blueprints_dir);
         // Instances get this path to source functions.sh, from their own dir.
         let blueprints_dir = std::fs::canonicalize(&blueprints_dir).unwrap_or(blueprints_dir);
+        let owner = config::owner_from_env(std::env::var("PUID").ok().as_deref(), std::env::var("PGID").ok().as_deref())?;
         let user = self.data_dir.join("units");
         Ok(Settings {
             units_dirs: vec![stock, user],
@@ -97,6 +98,7 @@ impl ServeArgs {
             shutdown_timeout,
             blueprints_dir,
             port_range,
+            owner,
         })
     }
 }

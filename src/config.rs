@@ -22,6 +22,9 @@ pub struct Settings {
     pub blueprints_dir: PathBuf,
     /// The pool `Port=auto` leases from (AIKORE_PORT_RANGE).
     pub port_range: std::ops::RangeInclusive<u16>,
+    /// The host user (PUID/PGID, linuxserver.io style): units without User=
+    /// run as it and files aikore creates in the data dir belong to it.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Settings {
@@ -65,5 +68,44 @@ pub fn parse_shutdown_timeout(value: Option<&str>) -> Result<Duration, String> {
         Some(text) => crate::units::parse_timespan(text)
             .map_err(|e| format!("AIKORE_SHUTDOWN_TIMEOUT={text}: {e}"))?
             .ok_or_else(|| format!("AIKORE_SHUTDOWN_TIMEOUT={text}: must be finite")),
+    }
+}
+
+/// PUID/PGID when both are set and we run as root (only root can hand files
+/// and processes to another user).
+pub fn owner_from_env(puid: Option<&str>, pgid: Option<&str>) -> Result<Option<(u32, u32)>, String> {
+    let (Some(puid), Some(pgid)) = (puid, pgid) else { return Ok(None) };
+    let uid: u32 = puid.trim().parse().map_err(|_| format!("PUID={puid}: not a number"))?;
+    let gid: u32 = pgid.trim().parse().map_err(|_| format!("PGID={pgid}: not a number"))?;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    Ok(Some((uid, gid)))
+}
+
+/// Gives `path` to the owner; best effort (a read-only bind mount is not fatal).
+pub fn give(path: &std::path::Path, owner: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = owner {
+        if let Err(e) = std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
+            tracing::debug!(path = %path.display(), error = %e, "chown to PUID/PGID failed");
+        }
+    }
+}
+
+/// Gives `path` and everything below it to the owner (new instance dirs: a handful of files).
+pub fn give_tree(path: &std::path::Path, owner: Option<(u32, u32)>) {
+    if owner.is_none() {
+        return;
+    }
+    give(path, owner);
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir {
+                give_tree(&entry.path(), owner);
+            } else {
+                give(&entry.path(), owner);
+            }
+        }
     }
 }

@@ -157,6 +157,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let data_dir = std::fs::canonicalize(&settings.data_dir)?;
     let settings = Settings { data_dir: data_dir.clone(), ..settings };
     std::fs::create_dir_all(settings.user_units_dir())?;
+    // The data dir is the host user's: its top level (not the models below,
+    // which can be terabytes) is handed over at every start.
+    crate::config::give(&data_dir, settings.owner);
+    if let Ok(entries) = std::fs::read_dir(&data_dir) {
+        for entry in entries.flatten() {
+            crate::config::give(&entry.path(), settings.owner);
+        }
+    }
 
     if init::is_pid1() {
         tracing::info!("running as PID 1");
@@ -199,9 +207,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         worker_user: crate::proxy::owner_name(&data_dir),
     };
     crate::proxy::write_base_config(&data_dir, &base).context("writing the NGINX config")?;
+    crate::config::give_tree(&data_dir.join("nginx"), settings.owner);
 
     let store = Store::open(&settings.db_path()).with_context(|| format!("opening {}", settings.db_path().display()))?;
     let store = StoreHandle::spawn(store);
+    for suffix in ["", "-wal", "-shm"] {
+        crate::config::give(&data_dir.join(format!("aikore.db{suffix}")), settings.owner);
+    }
 
     let dirs = settings.units_dirs.clone();
     let loaded = tokio::task::spawn_blocking(move || load_dirs(&dirs)).await?;
@@ -213,12 +225,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         tracing::info!(unit = %name, "unit file gone; its state row is archived");
     }
 
-    let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
+    let logs = LogHub::new(settings.logs_dir(), LogConfig { owner: settings.owner, ..LogConfig::default() })?;
+    crate::config::give(&settings.logs_dir(), settings.owner);
     let instance_ctx = crate::instances::InstanceContext {
         data_dir: data_dir.clone(),
         blueprints_dir: settings.blueprints_dir.clone(),
         port_range: settings.port_range.clone(),
         store: store.clone(),
+        owner: settings.owner,
     };
     let (events_tx, _) = broadcast::channel(EVENT_CAPACITY);
     let (commands_tx, commands_rx) = mpsc::channel(256);
@@ -229,6 +243,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
             cgroups: cgroups.clone(),
             base_env: crate::supervisor::host::inherited_env(),
             instances: Some(instance_ctx.clone()),
+            default_identity: settings.owner,
         },
         Arc::clone(&logs),
         exits_tx,

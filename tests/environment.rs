@@ -93,3 +93,37 @@ fn an_unmet_condition_skips_the_start_without_failing() {
     assert!(u["detail"].as_str().unwrap().contains("skipped: ConditionPathExists"), "{u}");
     assert!(!d.unit_log("conditional").contains("ran"));
 }
+
+#[test]
+fn puid_pgid_own_the_data_dir_and_run_units_without_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut options = Options::default();
+    options.env.push(("PUID".into(), "65534".into()));
+    options.env.push(("PGID".into(), "65534".into()));
+    let d = Daemon::start_with(
+        &[
+            ("plain.service", "[Service]\nExecStart=/bin/sh -c 'echo ids $(id -u):$(id -g) home=$HOME; exec sleep 1000'\n"),
+            ("rooted.service", "[Service]\nUser=root\nExecStart=/bin/sh -c 'echo ids $(id -u); exec sleep 1000'\n"),
+        ],
+        options,
+    );
+    // The temp dir above the data dir is root's 0700; the container's /config has no such parent.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.wait_until("the ids", |d| d.unit_log("plain").contains("ids ") && d.unit_log("rooted").contains("ids "));
+    assert!(d.unit_log("plain").contains("ids 65534:65534"), "{}", d.unit_log("plain"));
+    assert!(d.unit_log("rooted").contains("ids 0"), "User= still wins");
+    for path in ["", "units", "logs", "logs/plain.log", "aikore.db", "nginx/nginx.conf"] {
+        let meta = std::fs::metadata(d.data_dir.join(path)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{path} belongs to PUID/PGID");
+    }
+    let (code, body) = d.post_json(
+        "/api/v1/instances",
+        serde_json::json!({ "name": "owned", "blueprint": "test-http", "start": true }),
+    );
+    assert_eq!(code, 201, "{body}");
+    d.wait_status("owned", "started");
+    for path in ["instances/owned", "instances/owned/launch.sh", "instances/owned/outputs", "units/owned.instance"] {
+        let meta = std::fs::metadata(d.data_dir.join(path)).unwrap();
+        assert_eq!(meta.uid(), 65534, "{path} belongs to PUID");
+    }
+}

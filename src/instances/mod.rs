@@ -289,6 +289,7 @@ impl InstanceManager {
         }
         std::fs::create_dir_all(self.units_dir())?;
         crate::proxy::write_atomically(&path, text.as_bytes())?;
+        crate::config::give(&path, self.ctx.owner);
         Ok(())
     }
 
@@ -335,6 +336,8 @@ impl InstanceManager {
             std::fs::copy(&blueprint.path, &launch)?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&launch, std::fs::Permissions::from_mode(0o755))?;
+            crate::config::give(&self.ctx.data_dir.join("instances"), self.ctx.owner);
+            crate::config::give_tree(&dir, self.ctx.owner);
             if let PortSpec::Fixed(p) = spec.port {
                 let n = name.clone();
                 self.ctx.store.call(move |s| s.claim_port(&n, p)).await.map_err(|e| InstanceError::Internal(e.to_string()))?.map_err(
@@ -471,6 +474,9 @@ impl InstanceManager {
         }
         let meta = serde_json::json!({ "name": name, "deleted_ms": deleted_ms });
         std::fs::write(entry.join("trash.json"), meta.to_string())?;
+        crate::config::give(&self.trash_dir(), self.ctx.owner);
+        crate::config::give(&entry, self.ctx.owner);
+        crate::config::give(&entry.join("trash.json"), self.ctx.owner);
         self.reload().await?;
         Ok(TrashEntry { id, name: name.to_string(), deleted_ms })
     }
@@ -569,13 +575,17 @@ impl InstanceManager {
         std::fs::create_dir_all(self.custom_blueprints())?;
         let script = std::fs::read_to_string(self.ctx.instance_dir(instance).join("launch.sh"))?;
         crate::proxy::write_atomically(&target, script.as_bytes())?;
+        crate::config::give(&self.custom_blueprints(), self.ctx.owner);
+        crate::config::give(&target, self.ctx.owner);
         self.blueprint(id).ok_or_else(|| InstanceError::Internal("saved blueprint cannot be read back".into()))
     }
 
     /// Sets the `.rebuild-env` trigger the blueprints' functions.sh honours, then restarts.
     pub async fn rebuild(&self, name: &str) -> Result<Status> {
         self.instance(name).await?;
-        std::fs::write(self.ctx.instance_dir(name).join(".rebuild-env"), b"")?;
+        let trigger = self.ctx.instance_dir(name).join(".rebuild-env");
+        std::fs::write(&trigger, b"")?;
+        crate::config::give(&trigger, self.ctx.owner);
         Ok(self.supervisor.restart(name).await?)
     }
 

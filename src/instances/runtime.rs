@@ -20,6 +20,8 @@ pub struct InstanceContext {
     pub blueprints_dir: PathBuf,
     pub port_range: RangeInclusive<u16>,
     pub store: StoreHandle,
+    /// PUID/PGID: what this module creates on disk is given to them.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl InstanceContext {

@@ -40,6 +40,9 @@ pub struct LogConfig {
     pub ring_lines: usize,
     /// A longer line is split, so one runaway line can't eat memory.
     pub max_line_bytes: usize,
+    /// (uid, gid) new log files are given: the host user's (PUID/PGID), so
+    /// the data dir stays theirs although aikore writes as root.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Default for LogConfig {
@@ -54,6 +57,7 @@ impl Default for LogConfig {
             // Far beyond any human-readable line (stack traces, JSON blobs),
             // while 1000 ring lines stay bounded at ~16 MiB in the worst case.
             max_line_bytes: 16 * 1024,
+            owner: None,
         }
     }
 }
@@ -118,7 +122,7 @@ impl LogHub {
         Ok(Arc::clone(
             units
                 .entry(unit.to_owned())
-                .or_insert_with(|| Arc::new(UnitLog::new(path))),
+                .or_insert_with(|| Arc::new(UnitLog::new(path, self.config.owner))),
         ))
     }
 
@@ -212,7 +216,7 @@ impl LogHub {
             None => {
                 // Files of a unit this hub never touched (left by an earlier
                 // run of aikore).
-                UnitLog::new(path).retire()
+                UnitLog::new(path, self.config.owner).retire()
             }
         }
     }
@@ -235,7 +239,7 @@ impl LogHub {
         }
         let log = match units.remove(old) {
             Some(log) => log,
-            None => Arc::new(UnitLog::new(old_path)),
+            None => Arc::new(UnitLog::new(old_path, self.config.owner)),
         };
         match log.move_to(new_path) {
             Ok(()) => {

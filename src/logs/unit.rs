@@ -41,6 +41,8 @@ struct State {
     /// Only the first write error of a streak is reported, so a full disk
     /// doesn't turn every child line into a warning.
     write_failing: bool,
+    /// Given to files this module creates (LogConfig::owner).
+    owner: Option<(u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -50,7 +52,7 @@ pub(crate) struct UnitLog {
 }
 
 impl UnitLog {
-    pub(crate) fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf, owner: Option<(u32, u32)>) -> Self {
         let (tx, _) = broadcast::channel(FOLLOW_CAPACITY);
         Self {
             state: Mutex::new(State {
@@ -63,6 +65,7 @@ impl UnitLog {
                 bytes_written: 0,
                 retired: false,
                 write_failing: false,
+                owner,
             }),
             tx,
         }
@@ -252,6 +255,10 @@ impl State {
                 .append(true)
                 .open(&self.path)?;
             self.file_len = file.metadata()?.len();
+            if let (Some((uid, gid)), 0) = (self.owner, self.file_len) {
+                // Best effort: a failed chown must not cost the log.
+                let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
+            }
             self.file = Some(file);
         }
         Ok(())

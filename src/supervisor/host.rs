@@ -22,6 +22,8 @@ pub struct HostConfig {
     pub base_env: Vec<(String, String)>,
     /// Ports, dirs and leases for instances; None in setups without instances.
     pub instances: Option<crate::instances::InstanceContext>,
+    /// (uid, gid) for units without User=/Group=: the host user (PUID/PGID).
+    pub default_identity: Option<(u32, u32)>,
 }
 
 pub struct HostProcesses {
@@ -172,6 +174,20 @@ struct Identity {
     env: Vec<(String, String)>,
 }
 
+/// The host user as a unit's identity; HOME is its passwd home, or the data
+/// dir when the uid has no passwd entry (the container's /config, as
+/// linuxserver.io images do), so apps never try to write /root.
+fn default_identity(uid: u32, gid: u32, data_dir: &std::path::Path) -> Identity {
+    let user = nix::unistd::User::from_uid(uid.into()).ok().flatten();
+    let home = user.as_ref().map(|u| u.dir.display().to_string()).unwrap_or_else(|| data_dir.display().to_string());
+    let mut env = vec![("HOME".to_string(), home)];
+    if let Some(u) = &user {
+        env.push(("USER".into(), u.name.clone()));
+        env.push(("LOGNAME".into(), u.name.clone()));
+    }
+    Identity { uid: Some(uid), gid: Some(gid), groups: vec![gid], env }
+}
+
 fn resolve_user(unit: &Unit) -> Result<Identity, String> {
     use nix::unistd::{Group, User};
     let mut env = Vec::new();
@@ -230,7 +246,10 @@ impl ProcessControl for HostProcesses {
     }
 
     fn spawn(&mut self, unit: &Unit, role: Role, command: &ExecCommand, extra: &[(String, String)]) -> Result<i32, String> {
-        let Identity { uid, gid, groups, env: user_env } = resolve_user(unit)?;
+        let Identity { uid, gid, groups, env: user_env } = match (resolve_user(unit)?, self.config.default_identity) {
+            (id, Some((uid, gid))) if id.uid.is_none() && id.gid.is_none() => default_identity(uid, gid, &self.config.data_dir),
+            (id, _) => id,
+        };
         let mut env = self.environment(unit, &user_env)?;
         env.extend(extra.iter().cloned());
         let env = {
