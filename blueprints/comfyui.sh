@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+### AIKORE-METADATA-START ###
+# aikore.name = ComfyUI
+# aikore.category = Image generation
+# aikore.description = Node-based Stable Diffusion / Flux / video UI.
+# aikore.venv_type = venv
+# aikore.venv_path = ./env
+# aikore.proxy = subpath
+### AIKORE-METADATA-END ###
+#
+# Proxy: ComfyUI's front end builds every API and WebSocket URL from the
+# page's own path, so it works under /app/<name>/ with no flag (NGINX strips
+# the prefix). Custom nodes that hard-code absolute paths need the "comfyui"
+# active slot instead (see DESIGN.md, Proxy).
+set -euo pipefail
+
+if [[ -z "${AIKORE_BLUEPRINTS_DIR:-}" || ! -r "${AIKORE_BLUEPRINTS_DIR:-}/functions.sh" ]]; then
+    echo "launch.sh: AIKORE_BLUEPRINTS_DIR must name the dir holding functions.sh (aikore sets it)" >&2
+    exit 1
+fi
+# shellcheck source=functions.sh
+source "$AIKORE_BLUEPRINTS_DIR/functions.sh"
+require_instance_env
+
+# The pinned ComfyUI release. Starting an instance never updates it; to
+# upgrade, change this (or set COMFYUI_REF in the unit's Environment=) and
+# restart: the checkout moves to the new tag, local edits are stashed.
+COMFYUI_REF=${COMFYUI_REF:-v0.3.43}
+COMFYUI_REPO=${COMFYUI_REPO:-https://github.com/comfyanonymous/ComfyUI.git}
+APP_DIR=./ComfyUI
+
+clone_or_update "$COMFYUI_REPO" "$APP_DIR" "$COMFYUI_REF"
+ensure_venv ./env "$(pick_python 3.12 3.11 3.10)"
+ensure_torch "https://download.pytorch.org/whl/cu124"
+pip_install_requirements "$APP_DIR/requirements.txt"
+
+link_shared_models "$APP_DIR/models" \
+    checkpoints loras vae controlnet clip unet upscale_models embeddings
+
+args=(--listen 127.0.0.1 --port "$WEBUI_PORT" --output-directory "$INSTANCE_OUTPUT_DIR")
+if [[ -z "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+    log "no GPU assigned (CUDA_VISIBLE_DEVICES empty): running on the CPU"
+    args+=(--cpu)
+fi
+extra=()
+read_extra_args extra
+log "starting ComfyUI $COMFYUI_REF on 127.0.0.1:$WEBUI_PORT"
+cd "$APP_DIR"
+exec python main.py "${args[@]}" "${extra[@]}"
