@@ -33,18 +33,28 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
     let mut splitter = LineSplitter::new(config.max_line_bytes);
     let mut buf = vec![0u8; READ_BYTES];
     let mut lines: Vec<Vec<u8>> = Vec::new();
+    // One read's lines, back to back in one reused buffer: no allocation per
+    // line on the hot path (a chatty app writes hundreds per read).
+    let mut arena: Vec<u8> = Vec::with_capacity(READ_BYTES);
+    let mut ends: Vec<usize> = Vec::new();
     loop {
         match rx.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => {
-                splitter.feed(&buf[..n], &mut |l| lines.push(l.to_vec()));
-                if !lines.is_empty() {
-                    log.append(
-                        lines.iter().map(Vec::as_slice),
-                        config.max_file_bytes,
-                        config.ring_lines,
-                    );
-                    lines.clear();
+                splitter.feed(&buf[..n], &mut |l| {
+                    arena.extend_from_slice(l);
+                    ends.push(arena.len());
+                });
+                if !ends.is_empty() {
+                    let mut start = 0;
+                    let slices = ends.iter().map(|&end| {
+                        let line = &arena[start..end];
+                        start = end;
+                        line
+                    });
+                    log.append(slices, config.max_file_bytes, config.ring_lines);
+                    arena.clear();
+                    ends.clear();
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

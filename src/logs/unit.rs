@@ -113,7 +113,12 @@ impl UnitLog {
         // syscall per pipe read, not one per line.
         let mut buf: Vec<u8> = Vec::new();
         let mut batch: Vec<LogLine> = Vec::new();
-        for raw in lines {
+        let lines: Vec<&[u8]> = lines.into_iter().collect();
+        // Lines that the ring would drop again within this batch, with nobody
+        // following, need no String: only their bytes go to the file.
+        let followed = self.tx.receiver_count() > 0;
+        let ring_from = lines.len().saturating_sub(ring_lines);
+        for (index, raw) in lines.into_iter().enumerate() {
             let add = raw.len() as u64 + 1;
             // Rotate before the line that would cross the limit, so it goes
             // whole into the new file. An empty file takes any line, so an
@@ -129,11 +134,13 @@ impl UnitLog {
             buf.push(b'\n');
             let seq = st.next_seq;
             st.next_seq += 1;
-            batch.push(LogLine {
-                seq,
-                ts_ms,
-                text: String::from_utf8_lossy(raw).into_owned(),
-            });
+            if followed || index >= ring_from {
+                batch.push(LogLine {
+                    seq,
+                    ts_ms,
+                    text: String::from_utf8_lossy(raw).into_owned(),
+                });
+            }
         }
         let ok = st.write_out(&buf);
         mark(&mut st, &self.tx, &mut batch, ok, ring_lines);
@@ -232,18 +239,18 @@ fn mark(
     in_file: bool,
     ring_lines: usize,
 ) {
+    let followed = tx.receiver_count() > 0;
     for line in batch.drain(..) {
+        if followed {
+            // Err only means the last follower left meanwhile.
+            let _ = tx.send(line.clone());
+        }
         if ring_lines > 0 {
             if st.ring.len() >= ring_lines {
                 st.ring.pop_front();
             }
-            st.ring.push_back(RingEntry {
-                line: line.clone(),
-                in_file,
-            });
+            st.ring.push_back(RingEntry { line, in_file });
         }
-        // Err only means nobody is following right now.
-        let _ = tx.send(line);
     }
 }
 
