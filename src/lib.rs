@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod init;
 pub mod logs;
+pub mod metrics;
 pub mod proxy;
 pub mod store;
 pub mod supervisor;

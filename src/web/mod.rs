@@ -22,6 +22,8 @@ pub struct AppState {
     pub reloader: Arc<Reloader>,
     /// `cgroup` or `process-group`: how unit processes are tracked here.
     pub tracking: String,
+    /// /metrics and /api/v1/system; None answers them with 503 (routers built without it).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl AppState {
@@ -32,7 +34,11 @@ impl AppState {
         reloader: Arc<Reloader>,
         tracking: String,
     ) -> Self {
-        AppState { supervisor, logs, store, reloader, tracking }
+        AppState { supervisor, logs, store, reloader, tracking, metrics: None }
+    }
+
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        AppState { metrics: Some(metrics), ..self }
     }
 }
 
