@@ -7,6 +7,7 @@ mod api;
 mod check;
 mod environment;
 mod logs;
+mod metrics;
 mod pid1;
 mod restart;
 mod state;
