@@ -56,6 +56,21 @@ fn tool(name: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("{name} is not installed: .ci/run must install Debian's `prometheus` package"))
 }
 
+/// `promtool check metrics` must have nothing to say about `text`.
+fn promtool_check(text: &str) {
+    let mut promtool = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let findings = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && findings.trim().is_empty(), "promtool check metrics:\n{findings}\n--- scrape ---\n{text}");
+}
+
 fn check_scrape(d: &Daemon) {
     d.wait_status("tree", "started");
     d.wait_status("single", "started");
@@ -84,17 +99,7 @@ fn check_scrape(d: &Daemon) {
         assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing:\n{text}");
     }
 
-    let mut promtool = Command::new(tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let findings = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && findings.trim().is_empty(), "promtool check metrics:\n{findings}\n--- scrape ---\n{text}");
+    promtool_check(&text);
 }
 
 #[test]
@@ -276,4 +281,43 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         }
     }
     assert!(failures.is_empty(), "dashboard queries failed:\n{}\n--- scrape ---\n{}", failures.join("\n"), fetch(&format!("{}/metrics", d.url)).2);
+}
+
+/// GPUs nvidia-smi sees: (index, uuid). None when there is no driver.
+fn nvidia_smi_gpus() -> Option<Vec<(String, String)>> {
+    let out = Command::new("nvidia-smi").args(["--query-gpu=index,uuid", "--format=csv,noheader"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let gpus: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(", ").map(|(i, u)| (i.trim().to_string(), u.trim().to_string())))
+        .collect();
+    (!gpus.is_empty()).then_some(gpus)
+}
+
+/// Real NVML on a GPU machine (the `device` tool); CI has no GPU, so this one
+/// skips there, saying so.
+#[test]
+fn gpu_series_match_nvidia_smi() {
+    let Some(gpus) = nvidia_smi_gpus() else {
+        eprintln!("SKIPPED gpu_series_match_nvidia_smi: no NVIDIA GPU (nvidia-smi missing or lists none)");
+        return;
+    };
+    let d = Daemon::start(&[("single.service", SINGLE)]);
+    d.wait_status("single", "started");
+    let (code, _, text) = fetch(&format!("{}/metrics", d.url));
+    assert_eq!(code, 200);
+    for (index, uuid) in &gpus {
+        let labels = [format!("gpu=\"{index}\""), format!("uuid=\"{uuid}\"")];
+        let want: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let total = series_value(&text, "aikore_gpu_memory_total_bytes", &want);
+        assert!(total.is_some_and(|t| t > 0.0), "GPU {index} total memory:\n{text}");
+        assert!(series_value(&text, "aikore_gpu_memory_used_bytes", &want).is_some(), "{text}");
+        assert!(series_value(&text, "aikore_gpu_unattributed_memory_bytes", &[&labels[0]]).is_some(), "{text}");
+    }
+    let (_, system) = d.get("/api/v1/system");
+    assert_eq!(system["gpus"].as_array().map(|g| g.len()), Some(gpus.len()), "{system}");
+    assert!(system["gpu_note"].is_null(), "{system}");
+    promtool_check(&text);
 }

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc};
 
+use prometheus::proto::MetricFamily;
+use prometheus::{Encoder, TextEncoder};
+
 use super::*;
 use crate::logs::LogConfig;
 use crate::units::parse_unit_str;
@@ -132,4 +135,57 @@ fn a_running_unit_reports_its_processes_and_memory() {
     assert!(value("aikore_unit_processes") >= 1.0);
     assert!(value("aikore_unit_memory_bytes") > 1e6);
     assert!(value("aikore_unit_cpu_seconds_total") >= 0.0);
+}
+
+fn fake_gpu(index: u32, processes: &[(u32, u64)]) -> GpuSample {
+    GpuSample {
+        index,
+        uuid: format!("GPU-{index}"),
+        name: "Test GPU".into(),
+        utilization_ratio: Some(0.5),
+        memory_utilization_ratio: Some(0.25),
+        memory_used_bytes: Some(10 << 30),
+        memory_total_bytes: Some(80 << 30),
+        temperature_celsius: Some(60.0),
+        power_draw_watts: Some(250.0),
+        power_limit_watts: Some(700.0),
+        sm_clock_hertz: Some(1.98e9),
+        // A board without fans or ECC reports none: those series are simply absent.
+        fans: Vec::new(),
+        ecc_corrected_total: None,
+        ecc_uncorrected_total: Some(0),
+        processes: processes.iter().copied().collect(),
+    }
+}
+
+fn encode(families: &[MetricFamily]) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(families, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn gpu_memory_is_attributed_to_the_units_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = metrics(dir.path());
+    let me = std::process::id();
+    // Our process uses 3 GiB on GPU 1; pid 1 (not a unit's) uses 2 GiB there.
+    let gpus = [fake_gpu(0, &[]), fake_gpu(1, &[(me, 3 << 30), (1, 2 << 30)])];
+    let units = [snapshot("me", "me.service", Status::Started, Some(me as i32))];
+    let mut families = Vec::new();
+    let mut sampler = UnitSampler::new(None);
+    m.unit_families(&mut sampler, &units, &gpus, &mut families);
+    gpu_families(&gpus, &mut families);
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let text = encode(&families);
+    assert!(text.contains(&format!("aikore_unit_gpu_memory_bytes{{unit=\"me\",kind=\"service\",gpu=\"1\"}} {}", 3u64 << 30)), "{text}");
+    assert!(!text.contains("aikore_unit_gpu_memory_bytes{unit=\"me\",kind=\"service\",gpu=\"0\"}"), "{text}");
+    assert!(text.contains(&format!("aikore_gpu_unattributed_memory_bytes{{gpu=\"1\"}} {}", (10u64 << 30) - (3 << 30))), "{text}");
+    assert!(text.contains(&format!("aikore_gpu_unattributed_memory_bytes{{gpu=\"0\"}} {}", 10u64 << 30)), "{text}");
+    assert!(text.contains("aikore_gpu_power_draw_watts{gpu=\"0\",uuid=\"GPU-0\",name=\"Test GPU\"} 250"), "{text}");
+    assert!(text.contains("aikore_gpu_sm_clock_hertz{gpu=\"1\",uuid=\"GPU-1\",name=\"Test GPU\"} 1980000000"), "{text}");
+    assert!(!text.contains("aikore_gpu_fan_speed_ratio") && !text.contains("aikore_gpu_ecc_corrected"), "{text}");
+    for (name, kind) in types(&text) {
+        assert_eq!(kind == "counter", name.ends_with("_total"), "{name} is a {kind}");
+    }
 }
