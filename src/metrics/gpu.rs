@@ -62,9 +62,10 @@ impl Gpus {
                 Err(e) => (None, Some(format!("no GPU metrics: NVML cannot count GPUs ({e})"))),
             },
         };
-        match &note {
-            Some(note) => tracing::info!("{note}"),
-            None => tracing::info!("GPU metrics through NVML"),
+        match (&nvml, &note) {
+            (_, Some(note)) => tracing::info!(gpu_note = %note, "GPU metrics off"),
+            (Some(nvml), None) => tracing::info!(gpus = nvml.device_count().unwrap_or(0), "GPU metrics through NVML"),
+            (None, None) => {}
         }
         Gpus { nvml, note }
     }
