@@ -5,6 +5,8 @@
 #
 # Usage: benches/scrape.sh [SCRAPES]   (default 200 per target)
 #   AIKORE_BIN=path/to/aikore   default: the newest target/{release,debug}/aikore
+#   (with a target dir shared between worktrees, copy your build aside and
+#   point AIKORE_BIN at the copy: target/*/aikore is whoever built last)
 # Needs curl, python3 (free ports) and prometheus-node-exporter (Debian).
 # Bounded: the whole run is killed after BENCH_TIMEOUT seconds (default 300),
 # and every process it started is stopped on exit.
