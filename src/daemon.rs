@@ -259,7 +259,26 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         supervisor.clone(),
         Arc::clone(&reloader),
     ));
-    let state = crate::web::AppState::new(supervisor.clone(), Arc::clone(&logs), store.clone(), Arc::clone(&reloader), tracking, instances);
+    // Subscribed before start_all so the first starts are counted. AIKORE_NVML=off skips loading the driver.
+    let metrics = crate::metrics::Metrics::new(
+        supervisor.clone(),
+        Arc::clone(&logs),
+        crate::metrics::MetricsConfig {
+            cgroup_root: cgroups.as_ref().map(|root| root.path().to_path_buf()),
+            data_dir: data_dir.clone(),
+            nvml: std::env::var("AIKORE_NVML").map(|v| v != "off").unwrap_or(true),
+        },
+    )?;
+    let metrics_events = metrics.track_events(supervisor.subscribe());
+    let state = crate::web::AppState::new(
+        supervisor.clone(),
+        Arc::clone(&logs),
+        store.clone(),
+        Arc::clone(&reloader),
+        tracking,
+        instances,
+    )
+    .with_metrics(metrics);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
@@ -300,6 +319,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     web_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), web).await;
     journal.abort();
+    metrics_events.abort();
     if init::is_pid1() {
         tokio::task::spawn_blocking(|| init::terminate_strays(Duration::from_secs(2))).await?;
     }

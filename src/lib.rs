@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod init;
 pub mod instances;
 pub mod logs;
+pub mod metrics;
 pub mod proxy;
 pub mod store;
 pub mod supervisor;

@@ -8,6 +8,7 @@ mod check;
 mod environment;
 mod instances;
 mod logs;
+mod metrics;
 mod pid1;
 mod restart;
 mod state;

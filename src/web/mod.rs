@@ -25,6 +25,8 @@ pub struct AppState {
     /// `cgroup` or `process-group`: how unit processes are tracked here.
     pub tracking: String,
     pub instances: Arc<crate::instances::InstanceManager>,
+    /// /metrics and /api/v1/system; None answers them with 503 (routers built without it).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl AppState {
@@ -36,7 +38,11 @@ impl AppState {
         tracking: String,
         instances: Arc<crate::instances::InstanceManager>,
     ) -> Self {
-        AppState { supervisor, logs, store, reloader, tracking, instances }
+        AppState { supervisor, logs, store, reloader, tracking, instances, metrics: None }
+    }
+
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        AppState { metrics: Some(metrics), ..self }
     }
 }
 

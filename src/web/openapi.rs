@@ -30,6 +30,8 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ("post", "/api/v1/trashcan/{id}/restore", "Restore a deleted instance"),
     ("delete", "/api/v1/trashcan/{id}", "Delete a trashed instance for good"),
     ("get", "/api/v1/openapi.json", "This document"),
+    ("get", "/metrics", "Prometheus text format: supervisor, units, host, GPUs"),
+    ("get", "/api/v1/system", "CPU, memory, disk and GPUs as JSON"),
 ];
 
 fn parameters(path: &str) -> Vec<Value> {

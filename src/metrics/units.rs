@@ -1,0 +1,292 @@
+//! What each unit's processes use right now: processes, CPU time, memory.
+//!
+//! With a cgroup the kernel keeps the books (`cgroup.procs`, `cpu.stat`,
+//! `memory.current`). Without one, a unit's processes are its main pid and
+//! every descendant, found through `/proc/<pid>/task/*/children`: the cost of
+//! a scrape grows with the unit's own processes, never with every process on
+//! the machine. (Daemonised grandchildren re-parented to aikore are missed by
+//! that walk; the supervisor's full-/proc marker scan finds them for stopping,
+//! but is too costly to run on every scrape.)
+//!
+//! CPU time is exported as a counter, so it must never go down, though a new
+//! run starts a new cgroup at zero and exited processes leave the per-process
+//! sum. [`CpuAccount`] turns those readings into a monotonic total.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// One unit's usage at scrape time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UnitUsage {
+    /// Live (non-zombie) processes; also what GPU memory is matched against.
+    pub pids: Vec<i32>,
+    /// Monotonic CPU seconds over every run this daemon has seen.
+    pub cpu_seconds: f64,
+    /// `memory.current` where the memory controller is delegated, else the
+    /// sum of the processes' RSS (shared pages counted once per process).
+    pub memory_bytes: u64,
+}
+
+/// One process as read from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcStat {
+    pub pid: i32,
+    /// Clock ticks since boot when it started: tells a reused pid from the old one.
+    pub start_ticks: u64,
+    pub cpu_ticks: u64,
+    pub rss_pages: u64,
+    pub zombie: bool,
+}
+
+/// Parses `/proc/<pid>/stat`. The comm field may hold spaces and
+/// parentheses, so fields are counted from the last `)`.
+pub fn parse_stat(pid: i32, text: &str) -> Option<ProcStat> {
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // proc(5) numbers fields from 1 with comm as 2; `fields[0]` is field 3 (state).
+    let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+    Some(ProcStat {
+        pid,
+        zombie: *fields.first()? == "Z",
+        cpu_ticks: field(14)? + field(15)?, // utime + stime
+        start_ticks: field(22)?,
+        rss_pages: field(24)?,
+    })
+}
+
+fn read_stat(pid: i32) -> Option<ProcStat> {
+    parse_stat(pid, &fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `root` and all its live descendants, through every thread's `children`
+/// file (a child belongs to the thread that forked it).
+pub fn descendants(root: i32) -> Vec<ProcStat> {
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        let Some(stat) = read_stat(pid) else { continue };
+        if stat.zombie {
+            continue;
+        }
+        found.push(stat);
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.flatten() {
+            if let Ok(children) = fs::read_to_string(task.path().join("children")) {
+                queue.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+            }
+        }
+    }
+    found
+}
+
+/// Turns CPU readings that can restart from zero into a total that only grows.
+#[derive(Debug, Default)]
+pub struct CpuAccount {
+    total_ticks: u64,
+    /// Cgroup mode: the last `usage_usec` of the current cgroup.
+    cgroup_last_usec: Option<u64>,
+    total_usec: u64,
+    /// Process mode: pid -> (start time, CPU ticks last seen).
+    processes: HashMap<i32, (u64, u64)>,
+}
+
+impl CpuAccount {
+    /// A cgroup's usage only grows while it lives; a smaller reading means a
+    /// new cgroup (a new run), which counts from zero.
+    pub fn observe_cgroup(&mut self, usage_usec: u64) {
+        let delta = match self.cgroup_last_usec {
+            Some(last) if usage_usec >= last => usage_usec - last,
+            _ => usage_usec,
+        };
+        self.total_usec += delta;
+        self.cgroup_last_usec = Some(usage_usec);
+    }
+
+    /// Adds each live process's growth since the last scrape; a process seen
+    /// for the first time counts whole. A process that exited keeps what was
+    /// counted (its last interval before exit is lost: at most one scrape
+    /// interval of its CPU).
+    pub fn observe_processes(&mut self, stats: &[ProcStat]) {
+        let mut next = HashMap::with_capacity(stats.len());
+        for s in stats {
+            let delta = match self.processes.get(&s.pid) {
+                Some(&(start, last)) if start == s.start_ticks => s.cpu_ticks.saturating_sub(last),
+                _ => s.cpu_ticks,
+            };
+            self.total_ticks += delta;
+            next.insert(s.pid, (s.start_ticks, s.cpu_ticks.max(self.last_ticks(s))));
+        }
+        self.processes = next;
+        self.cgroup_last_usec = None;
+    }
+
+    fn last_ticks(&self, s: &ProcStat) -> u64 {
+        match self.processes.get(&s.pid) {
+            Some(&(start, last)) if start == s.start_ticks => last,
+            _ => 0,
+        }
+    }
+
+    /// Nothing runs: the next cgroup or process starts from zero.
+    pub fn idle(&mut self) {
+        self.cgroup_last_usec = None;
+        self.processes.clear();
+    }
+
+    pub fn seconds(&self, ticks_per_second: f64) -> f64 {
+        self.total_usec as f64 / 1e6 + self.total_ticks as f64 / ticks_per_second
+    }
+}
+
+/// Samples units each scrape and keeps their CPU accounts between scrapes.
+pub struct UnitSampler {
+    /// aikore's cgroup subtree, where cgroups are in use: a unit's cgroup is `<root>/<unit>`.
+    cgroup_root: Option<PathBuf>,
+    ticks_per_second: f64,
+    page_size: u64,
+    accounts: HashMap<String, CpuAccount>,
+}
+
+fn sysconf_or(name: libc::c_int, fallback: u64) -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let value = unsafe { libc::sysconf(name) };
+    if value > 0 {
+        value as u64
+    } else {
+        fallback
+    }
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn cgroup_usage_usec(dir: &Path) -> Option<u64> {
+    let stat = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    stat.lines().find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
+}
+
+impl UnitSampler {
+    pub fn new(cgroup_root: Option<PathBuf>) -> UnitSampler {
+        UnitSampler {
+            cgroup_root,
+            // 100 Hz and 4 KiB are Linux's defaults on every architecture we run on.
+            ticks_per_second: sysconf_or(libc::_SC_CLK_TCK, 100) as f64,
+            page_size: sysconf_or(libc::_SC_PAGESIZE, 4096),
+            accounts: HashMap::new(),
+        }
+    }
+
+    /// Forgets units no longer defined, so a reload does not leak accounts.
+    pub fn retain(&mut self, names: &HashSet<&str>) {
+        self.accounts.retain(|name, _| names.contains(name.as_str()));
+    }
+
+    /// Reads one unit: its cgroup when it has one, else its main pid's tree.
+    pub fn sample(&mut self, unit: &str, main_pid: Option<i32>) -> UnitUsage {
+        let account = self.accounts.entry(unit.to_string()).or_default();
+        let cgroup = self.cgroup_root.as_ref().map(|root| root.join(unit));
+        let procs = cgroup.as_ref().and_then(|dir| fs::read_to_string(dir.join("cgroup.procs")).ok());
+        if let (Some(dir), Some(procs)) = (cgroup, procs) {
+            let stats: Vec<ProcStat> = procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .filter_map(read_stat)
+                .filter(|s| !s.zombie)
+                .collect();
+            match cgroup_usage_usec(&dir) {
+                Some(usec) => account.observe_cgroup(usec),
+                // No cpu controller file: fall back to the processes' own times.
+                None => account.observe_processes(&stats),
+            }
+            let rss = stats.iter().map(|s| s.rss_pages).sum::<u64>() * self.page_size;
+            return UnitUsage {
+                pids: stats.iter().map(|s| s.pid).collect(),
+                cpu_seconds: account.seconds(self.ticks_per_second),
+                memory_bytes: read_u64(&dir.join("memory.current")).unwrap_or(rss),
+            };
+        }
+        let stats = main_pid.map(descendants).unwrap_or_default();
+        if stats.is_empty() {
+            account.idle();
+        } else {
+            account.observe_processes(&stats);
+        }
+        UnitUsage {
+            pids: stats.iter().map(|s| s.pid).collect(),
+            cpu_seconds: account.seconds(self.ticks_per_second),
+            memory_bytes: stats.iter().map(|s| s.rss_pages).sum::<u64>() * self.page_size,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(pid: i32, start: u64, cpu: u64) -> ProcStat {
+        ProcStat { pid, start_ticks: start, cpu_ticks: cpu, rss_pages: 1, zombie: false }
+    }
+
+    #[test]
+    fn parses_stat_with_a_hostile_comm() {
+        let text = "42 (a) b (c) S 1 42 42 0 -1 4194304 100 0 0 0 7 3 0 0 20 0 1 0 5000 1000000 250 18446744073709551615";
+        let s = parse_stat(42, text).unwrap();
+        assert_eq!((s.cpu_ticks, s.start_ticks, s.rss_pages, s.zombie), (10, 5000, 250, false));
+        assert!(parse_stat(1, "garbage").is_none());
+    }
+
+    #[test]
+    fn cgroup_cpu_survives_a_new_run() {
+        let mut a = CpuAccount::default();
+        a.observe_cgroup(2_000_000);
+        a.observe_cgroup(3_000_000);
+        a.idle();
+        // The next run's cgroup starts from zero: its usage adds on top.
+        a.observe_cgroup(500_000);
+        assert_eq!(a.seconds(100.0), 3.5);
+    }
+
+    #[test]
+    fn process_cpu_never_goes_down_when_a_process_exits() {
+        let mut a = CpuAccount::default();
+        a.observe_processes(&[stat(10, 1, 100), stat(11, 2, 50)]);
+        assert_eq!(a.seconds(100.0), 1.5);
+        // 11 exited: what it used stays counted; 10 grew by 20 ticks.
+        a.observe_processes(&[stat(10, 1, 120)]);
+        assert_eq!(a.seconds(100.0), 1.7);
+        // pid 10 reused by a new process (different start): counted whole.
+        a.observe_processes(&[stat(10, 9, 5)]);
+        assert!((a.seconds(100.0) - 1.75).abs() < 1e-9);
+    }
+
+    #[test]
+    fn walks_our_own_process_tree() {
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30 & sleep 30; true"]).spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = Vec::new();
+        while std::time::Instant::now() < deadline {
+            found = descendants(pid);
+            if found.len() == 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let sleepers: Vec<i32> = found.iter().map(|s| s.pid).filter(|p| *p != pid).collect();
+        for p in &sleepers {
+            // SAFETY: killing the sleeps this test started.
+            unsafe { libc::kill(*p, libc::SIGKILL) };
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found.len(), 3, "sh and its two sleeps: {found:?}");
+        let mut sampler = UnitSampler::new(None);
+        assert_eq!(sampler.sample("gone", Some(pid)), UnitUsage::default());
+    }
+}
