@@ -79,6 +79,14 @@ impl Gpus {
         self.note.as_deref()
     }
 
+    /// (index, UUID) of every GPU NVML reports: what an instance's GPUs= may name.
+    pub fn ids(&self) -> Vec<(u32, String)> {
+        let Some(nvml) = &self.nvml else { return Vec::new() };
+        (0..nvml.device_count().unwrap_or(0))
+            .filter_map(|i| Some((i, nvml.device_by_index(i).ok()?.uuid().ok()?)))
+            .collect()
+    }
+
     /// Reads every GPU; a GPU that cannot even be opened is skipped.
     pub fn sample(&self) -> Vec<GpuSample> {
         let Some(nvml) = &self.nvml else { return Vec::new() };

@@ -148,6 +148,11 @@ impl Metrics {
         tokio::spawn(self.events.clone().run(events))
     }
 
+    /// (index, UUID) of the GPUs NVML reports; empty without NVML.
+    pub fn gpu_ids(&self) -> Vec<(u32, String)> {
+        self.collectors.lock().unwrap_or_else(|p| p.into_inner()).gpus.ids()
+    }
+
     pub fn gpu_note(&self) -> Option<&str> {
         self.gpu_note.as_deref()
     }

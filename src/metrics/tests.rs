@@ -32,6 +32,7 @@ fn snapshot(name: &str, file: &str, status: Status, pid: Option<i32>) -> UnitSna
         started_ms: Some(1_700_000_000_000),
         last_exit: None,
         path: file.into(),
+        port: None,
         unit: Arc::new(unit),
     }
 }

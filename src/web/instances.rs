@@ -139,11 +139,31 @@ pub struct InstanceView {
     restarts: u32,
     since: i64,
     url: String,
+    /// Things the user should know but that do not stop the instance
+    /// (a GPU id NVML does not report).
+    warnings: Vec<String>,
 }
 
-pub fn view(unit: &UnitSnapshot) -> Option<InstanceView> {
+/// GPUs= entries that name no GPU NVML reports. Only a warning: the driver
+/// may be missing in a dev box, and MIG or renumbering may explain it.
+pub fn gpu_warnings(gpus: &[String], known: &[(u32, String)]) -> Vec<String> {
+    if known.is_empty() {
+        return Vec::new();
+    }
+    gpus.iter()
+        .filter(|id| !known.iter().any(|(index, uuid)| index.to_string() == **id || uuid == *id))
+        .map(|id| {
+            let listed: Vec<String> = known.iter().map(|(i, _)| i.to_string()).collect();
+            format!("GPU {id} is not among the GPUs NVML reports ({})", listed.join(", "))
+        })
+        .collect()
+}
+
+pub fn view(unit: &UnitSnapshot, known_gpus: &[(u32, String)]) -> Option<InstanceView> {
     let spec = InstanceSpec::from_unit(&unit.unit)?;
+    let warnings = gpu_warnings(&spec.gpus, known_gpus);
     Some(InstanceView {
+        warnings,
         name: spec.name,
         kind: "instance",
         description: spec.description,
@@ -169,17 +189,22 @@ pub fn view(unit: &UnitSnapshot) -> Option<InstanceView> {
     })
 }
 
-fn one(unit: &UnitSnapshot) -> ApiResult<Json<InstanceView>> {
-    view(unit).map(Json).ok_or_else(|| ApiError::not_found(format!("{} is not an instance", unit.name)))
+fn known_gpus(state: &AppState) -> Vec<(u32, String)> {
+    state.metrics.as_ref().map(|m| m.gpu_ids()).unwrap_or_default()
+}
+
+fn one(state: &AppState, unit: &UnitSnapshot) -> ApiResult<Json<InstanceView>> {
+    view(unit, &known_gpus(state)).map(Json).ok_or_else(|| ApiError::not_found(format!("{} is not an instance", unit.name)))
 }
 
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<InstanceView>>> {
-    Ok(Json(state.instances.instances().await?.iter().filter_map(view).collect()))
+    let known = known_gpus(&state);
+    Ok(Json(state.instances.instances().await?.iter().filter_map(|u| view(u, &known)).collect()))
 }
 
 async fn show(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<InstanceView>> {
     let name = checked_name(&name)?;
-    one(&state.instances.instance(name).await?)
+    one(&state, &state.instances.instance(name).await?)
 }
 
 async fn create(
@@ -188,7 +213,7 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<InstanceView>)> {
     let (changes, start) = body?.0.changes()?;
     let unit = state.instances.create(changes, start).await?;
-    Ok((StatusCode::CREATED, one(&unit)?))
+    Ok((StatusCode::CREATED, one(&state, &unit)?))
 }
 
 #[derive(Deserialize)]
@@ -213,7 +238,7 @@ async fn update(
     let outcome = state.instances.update(name, changes, restart, &state.logs).await?;
     let unit = state.instances.instance(&outcome.name).await?;
     Ok(Json(serde_json::json!({
-        "instance": view(&unit),
+        "instance": view(&unit, &known_gpus(&state)),
         "restarted": outcome.restarted,
         "restart_pending": outcome.restart_pending,
     })))
@@ -303,10 +328,24 @@ async fn trash(State(state): State<AppState>) -> Json<Vec<crate::instances::Tras
 }
 
 async fn restore(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<InstanceView>> {
-    one(&state.instances.restore(&id).await?)
+    one(&state, &state.instances.restore(&id).await?)
 }
 
 async fn purge(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     state.instances.purge(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gpu_warnings;
+
+    #[test]
+    fn unknown_gpu_ids_warn_only_when_nvml_reports_gpus() {
+        let known = vec![(0, "GPU-aaa".to_string()), (1, "GPU-bbb".to_string())];
+        assert!(gpu_warnings(&["0".into(), "GPU-bbb".into()], &known).is_empty());
+        let w = gpu_warnings(&["3".into()], &known);
+        assert_eq!(w, ["GPU 3 is not among the GPUs NVML reports (0, 1)"]);
+        assert!(gpu_warnings(&["3".into()], &[]).is_empty(), "no NVML: nothing to check against");
+    }
 }
