@@ -109,44 +109,58 @@ fn stop_leftovers(data_dir: &str, cgroups: Option<&CgroupRoot>) {
 }
 
 /// Mirrors every supervisor event into SQLite: state rows and the journal.
-async fn journal_events(mut events: broadcast::Receiver<UnitEvent>, store: StoreHandle) {
+/// On `stop` it writes what the supervisor already sent (the final
+/// `stopped` transitions of a shutdown), then returns.
+async fn journal_events(mut events: broadcast::Receiver<UnitEvent>, store: StoreHandle, stop: tokio_util::sync::CancellationToken) {
     loop {
-        let event = match events.recv().await {
-            Ok(event) => event,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "journal fell behind the supervisor");
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
+        let received = tokio::select! {
+            biased;
+            received = events.recv() => received,
+            _ = stop.cancelled() => break,
         };
-        let result = store
-            .call(move |s| -> crate::store::Result<()> {
-                if event.event == "state" {
-                    s.record_state(&StateUpdate {
-                        name: event.unit.clone(),
-                        kind: event.kind.as_str().to_string(),
-                        status: event.status.as_str().to_string(),
-                        status_detail: event.detail.clone(),
-                        pid: event.pid,
-                        pgid: event.pid,
-                        restarts: event.restarts,
-                        last_exit: event.last_exit.clone(),
-                        since_ms: event.since_ms,
-                        started_ms: event.started_ms,
-                    })?;
-                }
-                let detail = match &event.detail {
-                    Some(d) if event.event == "state" => format!("{}: {d}", event.status),
-                    Some(d) => d.clone(),
-                    None => event.status.to_string(),
-                };
-                s.append_event(event.ts_ms, Some(&event.unit), event.event, &detail)?;
-                Ok(())
-            })
-            .await;
-        if let Ok(Err(e)) | Err(e) = result {
-            tracing::warn!(error = %e, "journal write failed");
+        match received {
+            Ok(event) => record_event(&store, event).await,
+            Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "journal fell behind the supervisor"),
+            Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+    loop {
+        match events.try_recv() {
+            Ok(event) => record_event(&store, event).await,
+            Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+async fn record_event(store: &StoreHandle, event: UnitEvent) {
+    let result = store
+        .call(move |s| -> crate::store::Result<()> {
+            if event.event == "state" {
+                s.record_state(&StateUpdate {
+                    name: event.unit.clone(),
+                    kind: event.kind.as_str().to_string(),
+                    status: event.status.as_str().to_string(),
+                    status_detail: event.detail.clone(),
+                    pid: event.pid,
+                    pgid: event.pid,
+                    restarts: event.restarts,
+                    last_exit: event.last_exit.clone(),
+                    since_ms: event.since_ms,
+                    started_ms: event.started_ms,
+                })?;
+            }
+            let detail = match &event.detail {
+                Some(d) if event.event == "state" => format!("{}: {d}", event.status),
+                Some(d) => d.clone(),
+                None => event.status.to_string(),
+            };
+            s.append_event(event.ts_ms, Some(&event.unit), event.event, &detail)?;
+            Ok(())
+        })
+        .await;
+    if let Ok(Err(e)) | Err(e) = result {
+        tracing::warn!(error = %e, "journal write failed");
     }
 }
 
@@ -249,7 +263,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         exits_tx,
     );
     let supervisor = SupervisorHandle::new(commands_tx, events_tx.clone());
-    let journal = tokio::spawn(journal_events(events_tx.subscribe(), store.clone()));
+    let journal_stop = tokio_util::sync::CancellationToken::new();
+    let journal = tokio::spawn(journal_events(events_tx.subscribe(), store.clone(), journal_stop.clone()));
     let engine = tokio::spawn(Engine::new(host, loaded.units, events_tx).run(commands_rx, exits_rx));
 
     let reloader = Arc::new(Reloader { settings: settings.clone(), supervisor: supervisor.clone(), store: store.clone() });
@@ -318,7 +333,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     }
     web_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), web).await;
-    journal.abort();
+    journal_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), journal).await;
     metrics_events.abort();
     if init::is_pid1() {
         tokio::task::spawn_blocking(|| init::terminate_strays(Duration::from_secs(2))).await?;

@@ -64,3 +64,16 @@ fn a_restarted_daemon_stops_leftovers_resets_state_and_archives_gone_units() {
         assert_eq!(archived, 1);
     }
 }
+
+#[test]
+fn the_journal_records_the_final_stops_of_a_shutdown() {
+    let mut d = Daemon::start(&[("svc.service", "[Service]\nExecStart=/bin/sleep 1000\n")]);
+    d.wait_status("svc", "started");
+    assert_eq!(d.terminate().code(), Some(0));
+    let last: String = db(&d)
+        .query_row("SELECT detail FROM events WHERE unit='svc' AND kind='state' ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    assert!(last.starts_with("stopped"), "{last}");
+    let status: String = db(&d).query_row("SELECT status FROM units WHERE name='svc'", [], |r| r.get(0)).unwrap();
+    assert_eq!(status, "stopped");
+}
