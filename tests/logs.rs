@@ -37,6 +37,7 @@ fn follow_streams_new_lines_over_sse_and_the_cli() {
     let mut child = std::process::Command::new(crate::harness::BIN)
         .args(["logs", "ticker", "-f", "-n", "1"])
         .env("AIKORE_URL", &d.url)
+        .env("AIKORE_API_TOKEN", &d.token)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
