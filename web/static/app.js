@@ -250,7 +250,14 @@
   function connectEvents() {
     if (!rowsBody) return;
     const es = new EventSource("/api/v1/events");
-    es.onopen = () => { live.textContent = "live"; live.className = "live on"; refreshRows(); };
+    let reconnect = false;
+    es.onopen = () => {
+      live.textContent = "live";
+      live.className = "live on";
+      // After a gap, events were missed: re-read the rows once.
+      if (reconnect) refreshRows();
+      reconnect = true;
+    };
     es.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
     es.addEventListener("state", (msg) => {
       const ev = JSON.parse(msg.data);
