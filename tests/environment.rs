@@ -24,7 +24,7 @@ fn the_process_gets_its_configured_environment_and_setup() {
     let mut options = Options::default();
     options.env.push(("AIKORE_PASSWORD".into(), "secret".into()));
     let d = Daemon::start_with(&[("envy.service", &unit)], options);
-    d.wait_until("the line", |d| d.unit_log("envy").contains("pre ran"));
+    d.wait_until("the line", |d| d.unit_log("envy").contains("\npre ran"));
     let log = d.unit_log("envy");
     for want in [
         "g=hello world",
@@ -48,7 +48,8 @@ fn user_and_group_drop_privileges() {
         "nobody.service",
         "[Service]\nUser=nobody\nGroup=nogroup\nExecStart=/bin/sh -c 'echo ids $(id -u):$(id -g) home=$HOME; exec sleep 1000'\n",
     )]);
-    d.wait_until("the ids", |d| d.unit_log("nobody").contains("ids "));
+    // aikore's own "[aikore] started ..." line quotes the command: wait for the output.
+    d.wait_until("the ids", |d| d.unit_log("nobody").contains("\nids "));
     let log = d.unit_log("nobody");
     assert!(log.contains("ids 65534:65534"), "{log}");
 }
@@ -68,7 +69,7 @@ fn a_failing_exec_start_pre_prevents_the_main_process() {
     )]);
     let u = d.wait_status("guarded", "error");
     assert!(u["detail"].as_str().unwrap().contains("ExecStartPre"), "{u}");
-    assert!(!d.unit_log("guarded").contains("main ran"));
+    assert!(!d.unit_output("guarded").contains("main ran"));
 }
 
 #[test]
@@ -80,7 +81,7 @@ fn exec_reload_runs_with_mainpid() {
     d.wait_status("reloadable", "started");
     let (code, body) = d.post("/api/v1/units/reloadable/reload");
     assert_eq!(code, 200, "{body}");
-    d.wait_until("the HUP", |d| d.unit_log("reloadable").contains("reloaded"));
+    d.wait_until("the HUP", |d| d.unit_log("reloadable").contains("\nreloaded"));
 }
 
 #[test]
@@ -91,7 +92,7 @@ fn an_unmet_condition_skips_the_start_without_failing() {
     )]);
     let u = d.wait_status("conditional", "stopped");
     assert!(u["detail"].as_str().unwrap().contains("skipped: ConditionPathExists"), "{u}");
-    assert!(!d.unit_log("conditional").contains("ran"));
+    assert!(!d.unit_output("conditional").contains("ran"));
 }
 
 #[test]
@@ -109,7 +110,7 @@ fn puid_pgid_own_the_data_dir_and_run_units_without_user() {
     );
     // The temp dir above the data dir is root's 0700; the container's /config has no such parent.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    d.wait_until("the ids", |d| d.unit_log("plain").contains("ids ") && d.unit_log("rooted").contains("ids "));
+    d.wait_until("the ids", |d| d.unit_log("plain").contains("\nids ") && d.unit_log("rooted").contains("\nids "));
     assert!(d.unit_log("plain").contains("ids 65534:65534"), "{}", d.unit_log("plain"));
     assert!(d.unit_log("rooted").contains("ids 0"), "User= still wins");
     for path in ["", "units", "logs", "logs/plain.log", "aikore.db", "nginx/nginx.conf"] {

@@ -30,7 +30,19 @@ pub struct Daemon {
     pub url: String,
     /// The canonical data dir (the marker units carry).
     pub data_dir: PathBuf,
+    /// The daemon's AIKORE_API_TOKEN: every request and CLI call sends it,
+    /// as a bearer, so tests talk to the API past the login gate.
+    pub token: String,
     agent: ureq::Agent,
+}
+
+/// A token unique to one daemon (no randomness needed: uniqueness is enough
+/// for a test on loopback).
+fn test_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("test-{}-{}-{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 #[derive(Clone)]
@@ -78,6 +90,7 @@ impl Daemon {
             url: String::new(),
             data_dir,
             dir,
+            token: test_token(),
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(Duration::from_secs(30)))
@@ -107,8 +120,14 @@ impl Daemon {
             .map(String::from),
         );
         let log = std::fs::File::create(self.dir.path().join(format!("daemon-{port}.log"))).expect("daemon log");
+        if let Some((_, token)) = options.env.iter().find(|(k, _)| k == "AIKORE_API_TOKEN") {
+            self.token = token.clone();
+        }
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
+            .env("AIKORE_API_TOKEN", &self.token)
+            .env_remove("AIKORE_PASSWORD")
+            .env_remove("AIKORE_METRICS_AUTH")
             .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("AIKORE_LOG", "debug")
             .stdin(Stdio::null())
@@ -139,13 +158,20 @@ impl Daemon {
     fn request_body(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let url = format!("{}{}", self.url, path);
         let text = body.map(|b| b.to_string());
+        let bearer = format!("Bearer {}", self.token);
         let result = match (method, text) {
-            ("POST", None) => self.agent.post(&url).send_empty(),
-            ("POST", Some(t)) => self.agent.post(&url).content_type("application/json").send(t),
-            ("PATCH", Some(t)) => self.agent.patch(&url).content_type("application/json").send(t),
-            ("PUT", Some(t)) => self.agent.put(&url).content_type("application/json").send(t),
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            _ => self.agent.get(&url).call(),
+            ("POST", None) => self.agent.post(&url).header("Authorization", &bearer).send_empty(),
+            ("POST", Some(t)) => {
+                self.agent.post(&url).header("Authorization", &bearer).content_type("application/json").send(t)
+            }
+            ("PATCH", Some(t)) => {
+                self.agent.patch(&url).header("Authorization", &bearer).content_type("application/json").send(t)
+            }
+            ("PUT", Some(t)) => {
+                self.agent.put(&url).header("Authorization", &bearer).content_type("application/json").send(t)
+            }
+            ("DELETE", _) => self.agent.delete(&url).header("Authorization", &bearer).call(),
+            _ => self.agent.get(&url).header("Authorization", &bearer).call(),
         };
         match result {
             Ok(mut response) => {
@@ -209,11 +235,22 @@ impl Daemon {
     }
 
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN).args(args).env("AIKORE_URL", &self.url).output().expect("run the CLI")
+        Command::new(BIN)
+            .args(args)
+            .env("AIKORE_URL", &self.url)
+            .env("AIKORE_API_TOKEN", &self.token)
+            .output()
+            .expect("run the CLI")
     }
 
     pub fn unit_log(&self, unit: &str) -> String {
         std::fs::read_to_string(self.data_dir.join("logs").join(format!("{unit}.log"))).unwrap_or_default()
+    }
+
+    /// What the unit's processes printed: its log without aikore's own
+    /// `[aikore] ...` lines (which quote the command line).
+    pub fn unit_output(&self, unit: &str) -> String {
+        self.unit_log(unit).lines().filter(|l| !l.starts_with("[aikore]")).map(|l| format!("{l}\n")).collect()
     }
 
     /// Every live process carrying this daemon's data-dir marker.

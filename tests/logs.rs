@@ -37,6 +37,7 @@ fn follow_streams_new_lines_over_sse_and_the_cli() {
     let mut child = std::process::Command::new(crate::harness::BIN)
         .args(["logs", "ticker", "-f", "-n", "1"])
         .env("AIKORE_URL", &d.url)
+        .env("AIKORE_API_TOKEN", &d.token)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -56,12 +57,16 @@ fn follow_streams_new_lines_over_sse_and_the_cli() {
 
 #[test]
 fn a_restart_keeps_the_previous_run_as_dot_1() {
-    let d = Daemon::start(&[("runs.service", "[Service]\nExecStart=/bin/sh -c 'echo run at $$; exec sleep 1000'\n")]);
-    d.wait_until("first run logged", |d| d.unit_log("runs").contains("run at"));
-    let first = d.unit_log("runs");
+    let d = Daemon::start(&[("runs.service", "[Service]\nExecStart=/bin/sh -c 'echo run at $$$$; exec sleep 1000'\n")]);
+    d.wait_until("first run logged", |d| d.unit_output("runs").contains("run at"));
+    let first_line = d.unit_output("runs").lines().find(|l| l.starts_with("run at")).unwrap().to_string();
     d.post("/api/v1/units/runs/restart");
-    d.wait_until("second run logged", |d| d.unit_log("runs").contains("run at") && d.unit_log("runs") != first);
-    let previous = std::fs::read_to_string(d.data_dir.join("logs/runs.log.1")).unwrap();
-    assert!(previous.contains(first.lines().find(|l| l.starts_with("run at")).unwrap()));
+    let rotated = d.data_dir.join("logs/runs.log.1");
+    d.wait_until("the second run's line in a fresh log", |d| {
+        rotated.exists() && d.unit_output("runs").lines().any(|l| l.starts_with("run at") && l != first_line)
+    });
+    let previous = std::fs::read_to_string(&rotated).unwrap();
+    assert!(previous.contains(&first_line), "{previous}");
+    assert!(!d.unit_log("runs").contains(&first_line), "the new log starts fresh");
     std::thread::sleep(Duration::from_millis(50));
 }

@@ -48,7 +48,7 @@ fn as_pid1_a_unit_orphaning_1000_grandchildren_leaves_zero_zombies() {
     );
     let (_, health) = d.get("/healthz");
     assert_eq!(health["pid1"], true, "aikore must be PID 1 in the namespace: {health}");
-    d.wait_until("the orphans to be produced", |d| d.unit_log("orphaner").contains("spawned"));
+    d.wait_until("the orphans to be produced", |d| d.unit_log("orphaner").contains("\nspawned"));
     d.wait_until("1000 orphans reaped", |d| d.get("/healthz").1["orphans_reaped"].as_u64().unwrap_or(0) >= 1000);
     let init = namespace_init(&d);
     // Give any straggler a moment to die, then count zombies parented to PID 1.

@@ -57,6 +57,9 @@ fn a_restarted_daemon_stops_leftovers_resets_state_and_archives_gone_units() {
         d.spawn(options);
         let new_pid = d.wait_status("svc", "started")["pid"].as_i64().unwrap() as i32;
         assert_ne!(new_pid, old_pid);
+        // The new run's grandchild appears a moment after its main process.
+        d.wait_until("the new run's two processes", |d| d.marked_processes().len() >= 2);
+        std::thread::sleep(std::time::Duration::from_millis(100));
         let live = d.marked_processes();
         assert!(!live.contains(&old_pid), "[{tracking}] the previous run's process was stopped: {live:?}");
         assert_eq!(live.len(), 2, "[{tracking}] only the new run's processes: {live:?}");

@@ -74,7 +74,7 @@ fn kill_signal_is_honoured() {
     d.wait_status("hup", "started");
     d.post("/api/v1/units/hup/stop");
     d.wait_status("hup", "stopped");
-    assert!(d.unit_log("hup").contains("got HUP"));
+    assert!(d.unit_output("hup").contains("got HUP"), "{}", d.unit_log("hup"));
 }
 
 #[test]

@@ -14,3 +14,4 @@ mod restart;
 mod state;
 mod termination;
 mod units_parse;
+mod web;

@@ -72,9 +72,30 @@ pub fn output_dir(unit: &Unit, ctx: &InstanceContext) -> PathBuf {
         .unwrap_or_else(|| ctx.instance_dir(&unit.name).join("outputs"))
 }
 
+/// The variables a run of this instance gets (DESIGN.md's "Instances"), also
+/// given to its terminal; `port` is `None` when no run has leased one yet.
+pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Vec<(String, String)> {
+    let Some(instance) = unit.instance.as_ref() else { return Vec::new() };
+    let dir = ctx.instance_dir(&unit.name);
+    let outputs = output_dir(unit, ctx);
+    let port = port.map(|p| p.to_string()).unwrap_or_default();
+    vec![
+        ("INSTANCE_NAME".to_string(), unit.name.clone()),
+        ("INSTANCE_CONF_DIR".to_string(), dir.display().to_string()),
+        ("INSTANCE_OUTPUT_DIR".to_string(), outputs.display().to_string()),
+        ("WEBUI_PORT".to_string(), port),
+        ("BLUEPRINT_ID".to_string(), instance.blueprint.clone()),
+        // Empty means CPU only: no GPU is visible to CUDA.
+        ("CUDA_VISIBLE_DEVICES".to_string(), instance.gpus.join(",")),
+        // CUDA's default order is fastest-first; PCI order matches NVML and nvidia-smi indices.
+        ("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()),
+        ("AIKORE_BLUEPRINTS_DIR".to_string(), ctx.blueprints_dir.display().to_string()),
+    ]
+}
+
 /// Everything a run of this instance is given, per DESIGN.md's "Instances".
 pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
-    let instance = unit.instance.as_ref().ok_or("not an instance")?;
+    unit.instance.as_ref().ok_or("not an instance")?;
     let port = port_for(unit, ctx)?;
     if !port_is_free(port) {
         return Err(format!("port {port} is already in use by another process"));
@@ -82,18 +103,7 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
     let dir = ctx.instance_dir(&unit.name);
     let outputs = output_dir(unit, ctx);
     std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?;
-    let env = vec![
-        ("INSTANCE_NAME".to_string(), unit.name.clone()),
-        ("INSTANCE_CONF_DIR".to_string(), dir.display().to_string()),
-        ("INSTANCE_OUTPUT_DIR".to_string(), outputs.display().to_string()),
-        ("WEBUI_PORT".to_string(), port.to_string()),
-        ("BLUEPRINT_ID".to_string(), instance.blueprint.clone()),
-        // Empty means CPU only: no GPU is visible to CUDA.
-        ("CUDA_VISIBLE_DEVICES".to_string(), instance.gpus.join(",")),
-        // CUDA's default order is fastest-first; PCI order matches NVML and nvidia-smi indices.
-        ("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()),
-        ("AIKORE_BLUEPRINTS_DIR".to_string(), ctx.blueprints_dir.display().to_string()),
-    ];
+    let env = instance_env(unit, ctx, Some(port));
     let launch = dir.join("launch.sh");
     let default_exec_start = Some(ExecCommand { argv: vec!["/bin/bash".into(), launch.display().to_string()], ignore_failure: false });
     let ready = match &unit.service.ready_check {

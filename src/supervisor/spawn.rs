@@ -8,6 +8,7 @@
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::init::reaper::{reaper, Route};
@@ -160,14 +161,78 @@ pub fn spawn(spec: &ProcessSpec, cgroup_procs: Option<&OwnedFd>, route: Route) -
     if pid == 0 {
         // SAFETY: we are the child of a fork; see child_after_fork's contract.
         unsafe {
-            child_after_fork(&plan, cgroup_fd, devnull.as_raw_fd(), out_write.as_raw_fd(), err_write.as_raw_fd())
+            child_after_fork(
+                &plan,
+                cgroup_fd,
+                ChildIo::Pipe { devnull: devnull.as_raw_fd(), out: out_write.as_raw_fd() },
+                err_write.as_raw_fd(),
+            )
         }
     }
     routes.register(pid, route);
     drop(routes);
     drop(out_write);
     drop(err_write);
+    read_child_report(&err_read)?;
+    Ok(Spawned { pid, output: out_read })
+}
 
+/// Like [`spawn`], but the child's stdin, stdout and stderr are a new
+/// pseudo-terminal that becomes its controlling terminal (setsid +
+/// TIOCSCTTY), for interactive shells; `output` is the PTY's master side.
+/// No cgroup: the shell belongs to no unit.
+pub fn spawn_pty(spec: &ProcessSpec, size: (u16, u16), route: Route) -> Result<Spawned, SpawnError> {
+    use nix::fcntl::OFlag;
+    let plan = SpawnPlan::new(spec)?;
+    // O_CLOEXEC from the start: a unit forked by another thread meanwhile
+    // must not inherit the terminal (it would keep it open after the shell).
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(std::io::Error::from)?;
+    nix::pty::grantpt(&master).map_err(std::io::Error::from)?;
+    nix::pty::unlockpt(&master).map_err(std::io::Error::from)?;
+    let slave_path = nix::pty::ptsname_r(&master).map_err(std::io::Error::from)?;
+    let slave: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&slave_path)?
+        .into();
+    set_window_size(master.as_raw_fd(), size.0, size.1)?;
+    let (err_read, err_write) = pipe_cloexec()?;
+
+    let mut routes = reaper().lock();
+    // SAFETY: as in `spawn`: the child only runs `child_after_fork`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SpawnError::Io(std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: we are the child of a fork.
+        unsafe { child_after_fork(&plan, -1, ChildIo::Tty(slave.as_raw_fd()), err_write.as_raw_fd()) }
+    }
+    routes.register(pid, route);
+    drop(routes);
+    drop(slave);
+    drop(err_write);
+    read_child_report(&err_read)?;
+    // SAFETY: the master fd is ours; into_raw_fd hands over its ownership.
+    let master = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) };
+    Ok(Spawned { pid, output: master })
+}
+
+/// TIOCSWINSZ on a PTY: the kernel tells the foreground process group with SIGWINCH.
+pub fn set_window_size(fd: RawFd, cols: u16, rows: u16) -> std::io::Result<()> {
+    let size = libc::winsize { ws_row: rows.max(1), ws_col: cols.max(1), ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize struct that we own.
+    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits for exec: the error pipe closes on success (CLOEXEC); a failing
+/// child writes [stage, errno] first.
+fn read_child_report(err_read: &OwnedFd) -> Result<(), SpawnError> {
     // The error pipe closes on a successful exec (CLOEXEC); a failing child
     // writes [stage, errno] first.
     let mut report = [0u8; 8];
@@ -191,7 +256,16 @@ pub fn spawn(spec: &ProcessSpec, cgroup_procs: Option<&OwnedFd>, route: Route) -
             source: std::io::Error::from_raw_os_error(errno),
         });
     }
-    Ok(Spawned { pid, output: out_read })
+    Ok(())
+}
+
+/// Where the child's stdio goes.
+#[derive(Clone, Copy)]
+enum ChildIo {
+    /// stdin from /dev/null, stdout and stderr on the log pipe.
+    Pipe { devnull: RawFd, out: RawFd },
+    /// All three on this PTY slave, which becomes the controlling terminal.
+    Tty(RawFd),
 }
 
 /// Runs in the forked child. Never returns.
@@ -199,7 +273,7 @@ pub fn spawn(spec: &ProcessSpec, cgroup_procs: Option<&OwnedFd>, route: Route) -
 /// # Safety
 /// Must only be called in the child right after fork(); it touches no lock and
 /// allocates nothing.
-unsafe fn child_after_fork(plan: &SpawnPlan, cgroup_fd: RawFd, devnull: RawFd, out: RawFd, err_pipe: RawFd) -> ! {
+unsafe fn child_after_fork(plan: &SpawnPlan, cgroup_fd: RawFd, io: ChildIo, err_pipe: RawFd) -> ! {
     let fail = |stage: u32| -> ! {
         let errno = *libc::__errno_location();
         let mut msg = [0u8; 8];
@@ -230,8 +304,23 @@ unsafe fn child_after_fork(plan: &SpawnPlan, cgroup_fd: RawFd, devnull: RawFd, o
     if libc::setsid() < 0 {
         fail(1);
     }
-    if libc::dup2(devnull, 0) < 0 || libc::dup2(out, 1) < 0 || libc::dup2(out, 2) < 0 {
-        fail(2);
+    match io {
+        ChildIo::Pipe { devnull, out } => {
+            if libc::dup2(devnull, 0) < 0 || libc::dup2(out, 1) < 0 || libc::dup2(out, 2) < 0 {
+                fail(2);
+            }
+        }
+        ChildIo::Tty(tty) => {
+            // A session leader's first terminal opened... is not automatic
+            // with O_NOCTTY: claim it explicitly.
+            if libc::ioctl(tty, libc::TIOCSCTTY, 0) < 0
+                || libc::dup2(tty, 0) < 0
+                || libc::dup2(tty, 1) < 0
+                || libc::dup2(tty, 2) < 0
+            {
+                fail(2);
+            }
+        }
     }
     if let Some(nice) = plan.nice {
         if libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0 {

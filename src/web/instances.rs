@@ -75,7 +75,7 @@ pub struct InstanceInput {
 }
 
 impl InstanceInput {
-    fn changes(self) -> ApiResult<(InstanceChanges, bool)> {
+    pub(crate) fn changes(self) -> ApiResult<(InstanceChanges, bool)> {
         let gpus = match self.gpus {
             None => None,
             Some(GpusInput::Text(text)) => {
@@ -119,29 +119,29 @@ impl InstanceInput {
 
 #[derive(serde::Serialize)]
 pub struct InstanceView {
-    name: String,
-    kind: &'static str,
-    description: String,
-    blueprint: String,
-    gpus: String,
-    port: serde_json::Value,
+    pub(crate) name: String,
+    pub(crate) kind: &'static str,
+    pub(crate) description: String,
+    pub(crate) blueprint: String,
+    pub(crate) gpus: String,
+    pub(crate) port: serde_json::Value,
     /// The port the current or last run used (an `auto` lease once started).
-    current_port: Option<u16>,
-    autostart: bool,
-    active_slot: Option<String>,
-    persistent_mode: bool,
-    stall_after_sec: u64,
-    output_dir: Option<String>,
-    environment: BTreeMap<String, String>,
-    status: &'static str,
-    detail: Option<String>,
-    pid: Option<i32>,
-    restarts: u32,
-    since: i64,
-    url: String,
+    pub(crate) current_port: Option<u16>,
+    pub(crate) autostart: bool,
+    pub(crate) active_slot: Option<String>,
+    pub(crate) persistent_mode: bool,
+    pub(crate) stall_after_sec: u64,
+    pub(crate) output_dir: Option<String>,
+    pub(crate) environment: BTreeMap<String, String>,
+    pub(crate) status: &'static str,
+    pub(crate) detail: Option<String>,
+    pub(crate) pid: Option<i32>,
+    pub(crate) restarts: u32,
+    pub(crate) since: i64,
+    pub(crate) url: String,
     /// Things the user should know but that do not stop the instance
     /// (a GPU id NVML does not report).
-    warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// GPUs= entries that name no GPU NVML reports. Only a warning: the driver
@@ -189,7 +189,7 @@ pub fn view(unit: &UnitSnapshot, known_gpus: &[(u32, String)]) -> Option<Instanc
     })
 }
 
-fn known_gpus(state: &AppState) -> Vec<(u32, String)> {
+pub(crate) fn known_gpus(state: &AppState) -> Vec<(u32, String)> {
     state.metrics.as_ref().map(|m| m.gpu_ids()).unwrap_or_default()
 }
 

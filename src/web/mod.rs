@@ -1,8 +1,12 @@
-//! HTTP: axum on hyper. The JSON API under /api/v1, /healthz, and the SSE
-//! streams of events and logs.
+//! HTTP: axum on hyper. The JSON API under /api/v1, /healthz, the SSE
+//! streams of events and logs, the dashboard's pages and its terminal; all
+//! behind one authentication gate (auth.rs).
 
 mod api;
+pub mod auth;
 mod instances;
+mod pages;
+mod terminal;
 pub mod openapi;
 pub mod error;
 
@@ -27,6 +31,10 @@ pub struct AppState {
     pub instances: Arc<crate::instances::InstanceManager>,
     /// /metrics and /api/v1/system; None answers them with 503 (routers built without it).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Passwords, sessions and API tokens (from the environment by default).
+    pub auth: Arc<auth::Auth>,
+    /// web/: hand-written static files and the npm-installed libraries.
+    pub web_dir: std::path::PathBuf,
 }
 
 impl AppState {
@@ -38,20 +46,40 @@ impl AppState {
         tracking: String,
         instances: Arc<crate::instances::InstanceManager>,
     ) -> Self {
-        AppState { supervisor, logs, store, reloader, tracking, instances, metrics: None }
+        AppState {
+            supervisor,
+            logs,
+            store,
+            reloader,
+            tracking,
+            instances,
+            metrics: None,
+            auth: Arc::new(auth::Auth::from_env()),
+            web_dir: pages::resolve_web_dir(),
+        }
     }
 
     pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         AppState { metrics: Some(metrics), ..self }
+    }
+
+    /// Replaces the environment's credentials (tests).
+    pub fn with_auth(self, auth: auth::Auth) -> Self {
+        AppState { auth: Arc::new(auth), ..self }
     }
 }
 
 pub fn router(state: AppState) -> Router {
     api::routes()
         .merge(instances::routes())
+        .merge(auth::routes())
+        .merge(terminal::routes())
+        .merge(pages::routes())
         .route("/api/v1/openapi.json", axum::routing::get(openapi::document))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_auth))
+        .layer(axum::middleware::map_response(pages::security_headers))
         .with_state(state)
 }
 

@@ -1,0 +1,592 @@
+//! The dashboard's HTML: pages rendered with maud (escaping by default), the
+//! plain-form endpoints behind them (POST, then a redirect back), and the
+//! static files they load. The JavaScript in web/static only makes these
+//! pages live; every basic action works without it.
+//!
+//! Page routes stay out of /api/ and out of the OpenAPI document.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::{html, Markup, DOCTYPE};
+use serde::Deserialize;
+
+use super::auth::{self, CSRF_FIELD};
+use super::instances::{view, InstanceInput, InstanceView};
+use super::AppState;
+
+/// The only files served from node_modules: (URL name, path inside it).
+const VENDOR: &[(&str, &str)] = &[
+    ("xterm.js", "@xterm/xterm/lib/xterm.js"),
+    ("xterm.css", "@xterm/xterm/css/xterm.css"),
+    ("addon-fit.js", "@xterm/addon-fit/lib/addon-fit.js"),
+];
+/// Shortest password the setup page accepts.
+const MIN_PASSWORD: usize = 8;
+/// Slows password guessing from one client without a lockout to manage.
+const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_millis(400);
+/// The states a badge can show, in the order the legend lists them.
+pub const STATES: [&str; 8] = ["stopped", "starting", "stalled", "started", "stopping", "restarting", "error", "failed"];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/login", get(login_page).post(login))
+        .route("/setup", get(setup_page).post(setup))
+        .route("/logout", post(logout))
+        .route("/instances", post(create))
+        .route("/instances/{name}/{action}", post(action))
+        .route("/trashcan/{id}/restore", post(restore))
+        .route("/partials/instances", get(partial_instances))
+        .route("/partials/trash", get(partial_trash))
+        .route("/static/{file}", get(static_file))
+        .route("/vendor/{file}", get(vendor_file))
+}
+
+/// Where web/ is: AIKORE_WEB_DIR, else `./web` (a checkout), else the
+/// image's /opt/aikore/web, else next to the binary's target dir.
+pub fn resolve_web_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AIKORE_WEB_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let candidates = [
+        Some(PathBuf::from("web")),
+        Some(PathBuf::from("/opt/aikore/web")),
+        std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join("web"))),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|d| d.join("static").is_dir())
+        .unwrap_or_else(|| PathBuf::from("web"))
+}
+
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit('.').next() {
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn send_file(path: PathBuf, name: &str) -> Response {
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => (
+            [(header::CONTENT_TYPE, content_type(name)), (header::CACHE_CONTROL, "no-cache")],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::NOT_FOUND, format!("{name} not found under {}", path.display())).into_response(),
+    }
+}
+
+async fn static_file(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+    let plain = file.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !file.starts_with('.');
+    if !plain {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    send_file(state.web_dir.join("static").join(&file), &file).await
+}
+
+async fn vendor_file(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+    match VENDOR.iter().find(|(name, _)| *name == file) {
+        Some((name, rel)) => send_file(state.web_dir.join("node_modules").join(rel), name).await,
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+fn page(title: &str, csrf: Option<&str>, head_extra: Markup, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(token) = csrf { meta name="csrf-token" content=(token); }
+                title { (title) " · AiKore" }
+                link rel="icon" href="/static/favicon.svg";
+                link rel="stylesheet" href="/static/app.css";
+                (head_extra)
+            }
+            body { (body) }
+        }
+    }
+}
+
+fn brand() -> Markup {
+    html! { span.brand { span.logo { "Ai" } "Kore" } }
+}
+
+// ----- login and setup ---------------------------------------------------
+
+#[derive(Deserialize)]
+struct LoginForm {
+    password: String,
+}
+
+fn login_markup(error: Option<&str>) -> Markup {
+    page("Log in", None, html! {}, html! {
+        main.auth-card {
+            (brand())
+            h1 { "Log in" }
+            @if let Some(e) = error { p.flash.error role="alert" { (e) } }
+            form method="post" action="/login" {
+                label { "Password" input type="password" name="password" autocomplete="current-password" autofocus required; }
+                button.btn.primary type="submit" { "Log in" }
+            }
+        }
+    })
+}
+
+async fn login_page(State(state): State<AppState>) -> Response {
+    if !state.auth.password_configured(&state.store).await {
+        return Redirect::to("/setup").into_response();
+    }
+    login_markup(None).into_response()
+}
+
+fn start_session(state: &AppState) -> Response {
+    let (id, _csrf) = state.auth.login();
+    ([(header::SET_COOKIE, auth::session_cookie(&id))], Redirect::to("/")).into_response()
+}
+
+async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+    if state.auth.verify_password(&state.store, form.password).await {
+        return start_session(&state);
+    }
+    tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+    (StatusCode::UNAUTHORIZED, login_markup(Some("Wrong password."))).into_response()
+}
+
+#[derive(Deserialize)]
+struct SetupForm {
+    password: String,
+    confirm: String,
+}
+
+fn setup_markup(error: Option<&str>) -> Markup {
+    page("Set a password", None, html! {}, html! {
+        main.auth-card {
+            (brand())
+            h1 { "Welcome" }
+            p.muted { "No password is set yet. Choose the one that will protect this dashboard and the apps behind it." }
+            @if let Some(e) = error { p.flash.error role="alert" { (e) } }
+            form method="post" action="/setup" {
+                label { "Password" input type="password" name="password" autocomplete="new-password" minlength=(MIN_PASSWORD) autofocus required; }
+                label { "Again" input type="password" name="confirm" autocomplete="new-password" required; }
+                button.btn.primary type="submit" { "Set password" }
+            }
+        }
+    })
+}
+
+async fn setup_page(State(state): State<AppState>) -> Response {
+    if state.auth.password_configured(&state.store).await {
+        return Redirect::to("/login").into_response();
+    }
+    setup_markup(None).into_response()
+}
+
+async fn setup(State(state): State<AppState>, Form(form): Form<SetupForm>) -> Response {
+    if form.password.chars().count() < MIN_PASSWORD {
+        let msg = format!("Use at least {MIN_PASSWORD} characters.");
+        return (StatusCode::BAD_REQUEST, setup_markup(Some(&msg))).into_response();
+    }
+    if form.password != form.confirm {
+        return (StatusCode::BAD_REQUEST, setup_markup(Some("The two passwords differ."))).into_response();
+    }
+    match state.auth.set_initial_password(&state.store, form.password).await {
+        Ok(()) => start_session(&state),
+        Err(e) => (StatusCode::CONFLICT, setup_markup(Some(&e))).into_response(),
+    }
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    state.auth.logout(&headers);
+    ([(header::SET_COOKIE, auth::expired_cookie())], Redirect::to("/login")).into_response()
+}
+
+// ----- the dashboard -------------------------------------------------------
+
+struct Listing {
+    instances: Vec<InstanceView>,
+    public: HashMap<String, bool>,
+}
+
+async fn listing(state: &AppState) -> Result<Listing, String> {
+    let units = state.instances.instances().await.map_err(|e| e.to_string())?;
+    let known = super::instances::known_gpus(state);
+    let instances: Vec<InstanceView> = units.iter().filter_map(|u| view(u, &known)).collect();
+    let keys: Vec<String> = instances.iter().map(|v| v.name.clone()).collect();
+    let public = state
+        .store
+        .call(move |s| {
+            keys.into_iter()
+                .map(|name| {
+                    let public = s.setting(&auth::public_setting(&name)).ok().flatten().is_some_and(|v| v == "yes");
+                    (name, public)
+                })
+                .collect::<HashMap<_, _>>()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Listing { instances, public })
+}
+
+fn csrf_field(csrf: &str) -> Markup {
+    html! { input type="hidden" name=(CSRF_FIELD) value=(csrf); }
+}
+
+fn badge(status: &str) -> Markup {
+    html! { span class={ "badge st-" (status) } data-role="badge" { (status) } }
+}
+
+fn port_text(v: &InstanceView) -> String {
+    match &v.port {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn row(v: &InstanceView, public: bool, csrf: &str) -> Markup {
+    let name = &v.name;
+    let act = format!("act-{name}");
+    let edit = format!("edit-{name}");
+    let base = format!("/instances/{name}");
+    let running = !matches!(v.status, "stopped" | "error" | "failed");
+    html! {
+        tr data-name=(name) data-status=(v.status) data-url=(v.url) {
+            td.name {
+                strong { (name) }
+                @if !v.description.is_empty() { span.desc title=(v.description) { (v.description) } }
+                form id=(act) method="post" action={ (base) "/start" } { (csrf_field(csrf)) }
+                form id=(edit) method="post" action={ (base) "/edit" } { (csrf_field(csrf)) }
+            }
+            td.blueprint { code { (v.blueprint) } }
+            td.gpus {
+                input.gpus-text type="text" name="gpus" form=(edit) value=(v.gpus) placeholder="none (CPU)"
+                    aria-label={ "GPUs of " (name) } size="8";
+            }
+            td.port {
+                input type="text" name="port" form=(edit) value=(port_text(v)) aria-label={ "Port of " (name) } size="5";
+                @if let Some(p) = v.current_port { span.current title="port of the current run" { ":" (p) } }
+            }
+            td.autostart {
+                input type="checkbox" name="autostart" value="yes" form=(edit) checked[v.autostart] aria-label={ "Autostart " (name) };
+            }
+            td.slot {
+                select name="active_slot" form=(edit) aria-label={ "Active slot of " (name) } {
+                    option value="" selected[v.active_slot.is_none()] { "—" }
+                    option value="comfyui" selected[v.active_slot.as_deref() == Some("comfyui")] { "comfyui" }
+                }
+            }
+            td.status {
+                (badge(v.status))
+                span.figures data-role="figures" {
+                    @if let Some(pid) = v.pid { "pid " (pid) }
+                    @if v.restarts > 0 { " · " (v.restarts) " restarts" }
+                }
+                @if let Some(d) = &v.detail { span.detail data-role="detail" title=(d) { (d) } }
+                @else { span.detail data-role="detail" {} }
+            }
+            td.actions {
+                input type="hidden" name="edit_marker" value="1" form=(edit);
+                span.unsaved hidden title="unsaved changes" { "●" }
+                button.btn.save form=(edit) type="submit" data-act="save" title="Save changes" { "Save" }
+                button.btn.start form=(act) type="submit" formaction={ (base) "/start" } data-act="start" disabled[running] { "Start" }
+                button.btn.stop form=(act) type="submit" formaction={ (base) "/stop" } data-act="stop" disabled[!running] { "Stop" }
+                button.btn form=(act) type="submit" formaction={ (base) "/restart" } data-act="restart" { "Restart" }
+                a.btn href=(v.url) target="_blank" rel="noopener" data-act="open" { "Open" }
+                button.btn type="button" data-act="view" { "View" }
+                details.menu {
+                    summary.btn aria-label={ "Tools for " (name) } { "⋯" }
+                    div.menu-items {
+                        button type="button" data-act="logs" { "Logs" }
+                        button type="button" data-act="terminal" { "Terminal" }
+                        button type="button" data-act="script" { "Edit script" }
+                        button type="button" data-act="blueprint" { "Save as blueprint" }
+                        label.menu-check {
+                            input type="checkbox" name="public" value="yes" form=(edit) checked[public];
+                            " Public (no login)"
+                        }
+                        button.danger form=(act) type="submit" formaction={ (base) "/delete" } data-act="delete" { "Delete to trash" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn rows(listing: &Listing, csrf: &str) -> Markup {
+    html! {
+        @for v in &listing.instances {
+            (row(v, listing.public.get(&v.name).copied().unwrap_or(false), csrf))
+        }
+        @if listing.instances.is_empty() {
+            tr.empty { td colspan="8" { "No instances yet: add one below." } }
+        }
+    }
+}
+
+fn trash_list(state: &AppState, csrf: &str) -> Markup {
+    let entries = state.instances.trash();
+    html! {
+        @if entries.is_empty() { p.muted { "The trash can is empty." } }
+        ul.trash-list {
+            @for e in &entries {
+                li data-id=(e.id) {
+                    span { strong { (e.name) } " " span.muted.when data-ms=(e.deleted_ms) { "deleted " (e.deleted_ms) } }
+                    form method="post" action={ "/trashcan/" (e.id) "/restore" } {
+                        (csrf_field(csrf))
+                        button.btn type="submit" data-act="restore" { "Restore" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Flash {
+    error: Option<String>,
+    notice: Option<String>,
+}
+
+async fn dashboard(State(state): State<AppState>, headers: HeaderMap, Query(flash): Query<Flash>) -> Response {
+    let csrf = state.auth.session_csrf(&headers).unwrap_or_default();
+    let listing = match listing(&state).await {
+        Ok(l) => l,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    };
+    let blueprints = state.instances.blueprints();
+    let head = html! {
+        link rel="stylesheet" href="/vendor/xterm.css";
+        script src="/vendor/xterm.js" defer {}
+        script src="/vendor/addon-fit.js" defer {}
+        script src="/static/ansi.js" defer {}
+        script src="/static/app.js" defer {}
+    };
+    let body = html! {
+        header.topbar {
+            (brand())
+            span #live.live title="live updates" { "connecting…" }
+            span.spacer {}
+            form method="post" action="/logout" {
+                (csrf_field(&csrf))
+                button.btn.ghost type="submit" { "Log out" }
+            }
+        }
+        div #layout.layout {
+            main #main {
+                section #instances-panel.panel data-pane="top" {
+                    div.panel-head {
+                        h2 { "Instances" }
+                        span.muted #count { (listing.instances.len()) }
+                        span.spacer {}
+                        span.legend { @for s in STATES { (badge(s)) } }
+                    }
+                    @if let Some(e) = &flash.error { p.flash.error role="alert" { (e) } }
+                    @if let Some(n) = &flash.notice { p.flash.notice { (n) } }
+                    p #js-error.flash.error hidden role="alert" {}
+                    div.table-wrap {
+                        table #instances {
+                            thead { tr {
+                                th { "Name" } th { "Blueprint" } th { "GPUs" } th { "Port" }
+                                th { "Autostart" } th { "Slot" } th { "Status" } th { "Actions" }
+                            } }
+                            tbody #instance-rows { (rows(&listing, &csrf)) }
+                            tfoot { tr.add-row {
+                                td {
+                                    form #create-form method="post" action="/instances" { (csrf_field(&csrf)) }
+                                    input type="text" name="name" form="create-form" placeholder="new-instance" required
+                                        pattern="[a-z0-9][a-z0-9_\\-]{0,62}" title="lowercase letters, digits, - and _" aria-label="New instance name";
+                                }
+                                td {
+                                    select name="blueprint" form="create-form" aria-label="Blueprint" required {
+                                        @for b in &blueprints {
+                                            option value=(b.id) { (b.name) @if b.custom { " (custom)" } }
+                                        }
+                                    }
+                                }
+                                td.gpus { input.gpus-text type="text" name="gpus" form="create-form" placeholder="none (CPU)" aria-label="GPUs" size="8"; }
+                                td { input type="text" name="port" form="create-form" value="auto" aria-label="Port" size="5"; }
+                                td { input type="checkbox" name="autostart" value="yes" form="create-form" aria-label="Autostart"; }
+                                td { }
+                                td { label.inline { input type="checkbox" name="start" value="yes" form="create-form"; " start now" } }
+                                td { button.btn.primary type="submit" form="create-form" { "Add instance" } }
+                            } }
+                        }
+                    }
+                    details #trash.trash {
+                        summary { "Trash can" }
+                        div #trash-body { (trash_list(&state, &csrf)) }
+                    }
+                }
+                div.splitter.horizontal data-split="workspace" role="separator" aria-orientation="horizontal" {}
+                section #workspace.panel {
+                    div.tabs role="tablist" {
+                        button.tab.active type="button" data-tab="logs" { "Logs" }
+                        button.tab type="button" data-tab="terminal" { "Terminal" }
+                        button.tab type="button" data-tab="script" { "Script" }
+                        button.tab type="button" data-tab="view" { "View" }
+                        span.spacer {}
+                        span.muted { "instance: " strong #selected { "none — pick one in the table" } }
+                    }
+                    div.tab-body #tab-logs {
+                        div.toolbar {
+                            span #log-state.muted { "" }
+                            span.spacer {}
+                            button.btn #log-bottom type="button" hidden { "↓ Follow" }
+                            button.btn #log-clear type="button" { "Clear" }
+                        }
+                        div #log.log role="log" aria-live="off" {}
+                    }
+                    div.tab-body #tab-terminal hidden {
+                        div #term-msg.muted {}
+                        div #term.term {}
+                    }
+                    div.tab-body #tab-script hidden {
+                        div.toolbar {
+                            span.muted { "launch.sh" }
+                            span #script-state.muted {}
+                            span.spacer {}
+                            button.btn #script-save type="button" { "Save" }
+                            button.btn #script-save-restart type="button" { "Save & restart" }
+                            button.btn #script-blueprint type="button" { "Save as blueprint" }
+                        }
+                        textarea #script.editor spellcheck="false" aria-label="launch.sh" {}
+                    }
+                    div.tab-body #tab-view hidden {
+                        iframe #view.view title="instance view" {}
+                    }
+                }
+            }
+            div.splitter.vertical data-split="side" role="separator" aria-orientation="vertical" {}
+            aside #system.panel {
+                div.panel-head { h2 { "System" } }
+                div #system-body { p.muted { "loading…" } }
+            }
+        }
+        noscript { p.flash.notice { "JavaScript is off: the forms work, live status, logs and the terminal need it." } }
+    };
+    page("Dashboard", Some(&csrf), head, body).into_response()
+}
+
+async fn partial_instances(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let csrf = state.auth.session_csrf(&headers).unwrap_or_default();
+    match listing(&state).await {
+        Ok(l) => rows(&l, &csrf).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+async fn partial_trash(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let csrf = state.auth.session_csrf(&headers).unwrap_or_default();
+    trash_list(&state, &csrf).into_response()
+}
+
+// ----- plain-form actions ----------------------------------------------------
+
+fn back(result: Result<String, String>) -> Response {
+    let query = match result {
+        Ok(notice) if notice.is_empty() => String::new(),
+        Ok(notice) => format!("?{}", serde_urlencoded::to_string([("notice", notice)]).unwrap_or_default()),
+        Err(error) => format!("?{}", serde_urlencoded::to_string([("error", error)]).unwrap_or_default()),
+    };
+    Redirect::to(&format!("/{query}")).into_response()
+}
+
+/// Form fields as the JSON API's instance input, so both share validation.
+fn input_from_form(form: &BTreeMap<String, String>, create: bool) -> Result<InstanceInput, String> {
+    let mut body = serde_json::Map::new();
+    for key in ["name", "blueprint", "gpus", "port"] {
+        if let Some(v) = form.get(key) {
+            if !(create && v.is_empty() && key != "gpus") {
+                body.insert(key.into(), serde_json::Value::String(v.trim().to_string()));
+            }
+        }
+    }
+    body.insert("autostart".into(), serde_json::Value::Bool(form.get("autostart").is_some()));
+    if create {
+        body.insert("start".into(), serde_json::Value::Bool(form.get("start").is_some()));
+    } else if let Some(slot) = form.get("active_slot") {
+        let slot = if slot.is_empty() { serde_json::Value::Null } else { serde_json::Value::String(slot.clone()) };
+        body.insert("active_slot".into(), slot);
+    }
+    serde_json::from_value(serde_json::Value::Object(body)).map_err(|e| e.to_string())
+}
+
+async fn create(State(state): State<AppState>, Form(form): Form<BTreeMap<String, String>>) -> Response {
+    let result = async {
+        let (changes, start) = input_from_form(&form, true)?.changes().map_err(|e| e.message)?;
+        let unit = state.instances.create(changes, start).await.map_err(|e| e.to_string())?;
+        Ok(format!("Created {}.", unit.name))
+    }
+    .await;
+    back(result)
+}
+
+async fn action(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    let result = async {
+        let name = super::api::checked_name(&name).map_err(|e| e.message)?.to_string();
+        state.instances.instance(&name).await.map_err(|e| e.to_string())?;
+        let sup = &state.supervisor;
+        match action.as_str() {
+            "start" => sup.start(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
+            "stop" => sup.stop(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
+            "restart" => sup.restart(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
+            "delete" => {
+                state.instances.delete(&name, true).await.map_err(|e| e.to_string())?;
+                Ok(format!("Moved {name} to the trash can."))
+            }
+            "edit" => {
+                let (changes, _) = input_from_form(&form, false)?.changes().map_err(|e| e.message)?;
+                let outcome = state.instances.update(&name, changes, false, &state.logs).await.map_err(|e| e.to_string())?;
+                let key = auth::public_setting(&outcome.name);
+                let public = if form.contains_key("public") { "yes" } else { "no" };
+                state
+                    .store
+                    .call(move |s| s.set_setting(&key, public))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                Ok(if outcome.restart_pending { format!("Saved {name}; restart it to apply.") } else { format!("Saved {name}.") })
+            }
+            other => Err(format!("unknown action {other:?}")),
+        }
+    }
+    .await;
+    back(result)
+}
+
+async fn restore(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    back(state.instances.restore(&id).await.map(|u| format!("Restored {}.", u.name)).map_err(|e| e.to_string()))
+}
+
+/// Security headers on every response: scripts only from our own files.
+pub async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    // xterm.js injects <style> elements, hence 'unsafe-inline' for styles only.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+             connect-src 'self'; frame-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'; object-src 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("same-origin"));
+    response
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Browser end-to-end tests of the dashboard: headless Chromium (Debian's
+# `chromium` package) driven by playwright-core against a debug build.
+# Screenshots go to target/screenshots/ (or $AIKORE_SCREENSHOTS).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v chromium >/dev/null || { echo "e2e: chromium is not installed (apt-get install -y chromium)" >&2; exit 1; }
+cargo build --quiet
+npm ci --prefix web --no-audit --no-fund --silent
+export AIKORE_BIN="${AIKORE_BIN:-${CARGO_TARGET_DIR:-target}/debug/aikore}"
+cd web
+node --test --test-reporter=spec tests/

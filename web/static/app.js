@@ -1,0 +1,643 @@
+// The dashboard's live layer. The server renders everything and plain forms
+// work alone; this script turns them into fetch calls, applies state pushed
+// over SSE (/api/v1/events), and runs the logs, terminal, script and view
+// panes. No polling loop for status: the only timer refreshes system figures
+// while no SSE exists for them.
+(function () {
+  "use strict";
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+  const csrf = ($('meta[name="csrf-token"]') || {}).content || "";
+  const store = {
+    get(key, fallback) { try { const v = localStorage.getItem("aikore." + key); return v === null ? fallback : v; } catch (_) { return fallback; } },
+    set(key, value) { try { localStorage.setItem("aikore." + key, value); } catch (_) { /* private mode */ } },
+  };
+  const RUNNING = new Set(["starting", "stalled", "started", "stopping", "restarting"]);
+  const MAX_LOG_LINES = 5000; // a pane holds this much; older lines drop off the top
+  const SYSTEM_REFRESH_MS = 3000; // figures only, and only while no SSE carries them
+  const SPARK_POINTS = 60; // three minutes of history at 3 s
+
+  // ----- errors and API -----------------------------------------------------
+  const errorBox = $("#js-error");
+  function showError(message) {
+    if (!errorBox) return;
+    errorBox.textContent = message;
+    errorBox.hidden = !message;
+  }
+
+  async function api(method, url, body) {
+    const opts = { method, headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const res = await fetch(url, opts);
+    let data = null;
+    const text = await res.text();
+    try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+    if (!res.ok) {
+      const msg = (data && data.error) || `${method} ${url}: ${res.status}`;
+      throw new Error(msg);
+    }
+    return data;
+  }
+
+  async function guarded(fn) {
+    try { showError(""); return await fn(); } catch (e) { showError(e.message); return undefined; }
+  }
+
+  // ----- instances table ----------------------------------------------------
+  const rowsBody = $("#instance-rows");
+  const rowOf = (name) => rowsBody && $$("tr[data-name]", rowsBody).find((tr) => tr.dataset.name === name);
+
+  function setStatus(tr, ev) {
+    const status = ev.status;
+    tr.dataset.status = status;
+    const badge = $('[data-role="badge"]', tr);
+    badge.className = "badge st-" + status;
+    badge.textContent = status;
+    const figures = $('[data-role="figures"]', tr);
+    const parts = [];
+    if (ev.pid) parts.push("pid " + ev.pid);
+    if (ev.restarts > 0) parts.push(ev.restarts + " restarts");
+    figures.textContent = parts.join(" · ");
+    const detail = $('[data-role="detail"]', tr);
+    detail.textContent = ev.detail || "";
+    detail.title = ev.detail || "";
+    const running = RUNNING.has(status);
+    $('[data-act="start"]', tr).disabled = running;
+    $('[data-act="stop"]', tr).disabled = !running;
+  }
+
+  function snapshotInputs(tr) {
+    $$("input, select", tr).forEach((el) => {
+      if (el.type === "hidden") return;
+      el.dataset.initial = el.type === "checkbox" ? String(el.checked) : el.value;
+    });
+    markDirty(tr);
+  }
+
+  function markDirty(tr) {
+    const dirty = $$("input, select", tr).some((el) => el.dataset.initial !== undefined &&
+      el.dataset.initial !== (el.type === "checkbox" ? String(el.checked) : el.value));
+    tr.classList.toggle("dirty", dirty);
+    const marker = $(".unsaved", tr);
+    if (marker) marker.hidden = !dirty;
+  }
+
+  function bindRows() {
+    if (!rowsBody) return;
+    $$("tr[data-name]", rowsBody).forEach((tr) => {
+      snapshotInputs(tr);
+      upgradeGpuInputs(tr);
+      tr.classList.toggle("selected", tr.dataset.name === selected);
+    });
+    $("#count").textContent = $$("tr[data-name]", rowsBody).length;
+  }
+
+  let refreshing = null;
+  async function refreshRows() {
+    if (refreshing) return refreshing;
+    refreshing = (async () => {
+      const res = await fetch("/partials/instances", { credentials: "same-origin" });
+      if (res.ok) {
+        // Server-rendered by maud (escaped); keep rows the user is editing.
+        const dirty = new Map($$("tr.dirty", rowsBody).map((tr) => [tr.dataset.name, tr]));
+        const tpl = document.createElement("template");
+        tpl.innerHTML = await res.text();
+        for (const tr of $$("tr[data-name]", tpl.content)) {
+          const keep = dirty.get(tr.dataset.name);
+          if (keep) tr.replaceWith(keep);
+        }
+        rowsBody.replaceChildren(tpl.content);
+        bindRows();
+      }
+    })().finally(() => { refreshing = null; });
+    return refreshing;
+  }
+
+  async function refreshTrash() {
+    const res = await fetch("/partials/trash", { credentials: "same-origin" });
+    if (res.ok) {
+      const tpl = document.createElement("template");
+      tpl.innerHTML = await res.text();
+      $("#trash-body").replaceChildren(tpl.content);
+      formatTimes();
+    }
+  }
+
+  function formValues(tr) {
+    const get = (n) => $(`[name="${n}"]`, tr);
+    const body = {
+      gpus: get("gpus").value.trim(),
+      port: get("port").value.trim(),
+      autostart: get("autostart").checked,
+      active_slot: get("active_slot").value || null,
+    };
+    return { body, public: get("public").checked, publicChanged: get("public").dataset.initial !== String(get("public").checked) };
+  }
+
+  async function rowAction(tr, act) {
+    const name = tr.dataset.name;
+    const base = "/api/v1/instances/" + encodeURIComponent(name);
+    switch (act) {
+      case "start": case "stop": case "restart":
+        await guarded(() => api("POST", `${base}/${act}`));
+        break;
+      case "save":
+        await guarded(async () => {
+          const v = formValues(tr);
+          if (v.publicChanged) await api("PUT", `${base}/public`, { public: v.public });
+          const out = await api("PATCH", base, v.body);
+          snapshotInputs(tr);
+          if (out && out.restart_pending) showError(`Saved ${name}: restart it to apply the change.`);
+        });
+        break;
+      case "delete":
+        if (!confirm(`Move ${name} to the trash can? A running instance is stopped first.`)) return;
+        await guarded(async () => {
+          await api("DELETE", `${base}?force=true`);
+          if (selected === name) select(null);
+          await refreshRows();
+          await refreshTrash();
+        });
+        break;
+      case "logs": case "terminal": case "script": case "view":
+        select(name);
+        showTab(act);
+        break;
+      case "blueprint": {
+        const id = prompt(`Save ${name}'s launch.sh as a custom blueprint named:`, name + "-custom");
+        if (!id) return;
+        await guarded(async () => { await api("POST", "/api/v1/blueprints", { instance: name, id }); showError(`Saved blueprint ${id}.`); });
+        break;
+      }
+    }
+    const menu = tr.querySelector("details.menu[open]");
+    if (menu) menu.open = false;
+  }
+
+  if (rowsBody) {
+    rowsBody.addEventListener("click", (e) => {
+      const btn = e.target.closest("[data-act]");
+      const tr = e.target.closest("tr[data-name]");
+      if (!tr) return;
+      if (!btn) {
+        if (!e.target.closest("input, select, button, a, details, label")) select(tr.dataset.name);
+        return;
+      }
+      if (btn.dataset.act === "open") return; // a plain link
+      e.preventDefault();
+      rowAction(tr, btn.dataset.act);
+    });
+    const onEdit = (e) => { const tr = e.target.closest("tr[data-name]"); if (tr) markDirty(tr); };
+    rowsBody.addEventListener("input", onEdit);
+    rowsBody.addEventListener("change", onEdit);
+    // Enter in a field saves through the API, not the plain form.
+    rowsBody.addEventListener("keydown", (e) => {
+      if (e.key !== "Enter" || !e.target.matches("input[type=text]")) return;
+      const tr = e.target.closest("tr[data-name]");
+      if (tr) { e.preventDefault(); rowAction(tr, "save"); }
+    });
+  }
+
+  const createForm = $("#create-form");
+  if (createForm) {
+    createForm.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const field = (n) => document.querySelector(`[form="create-form"][name="${n}"]`);
+      const body = {
+        name: field("name").value.trim(),
+        blueprint: field("blueprint").value,
+        gpus: field("gpus").value.trim(),
+        autostart: field("autostart").checked,
+        start: field("start").checked,
+      };
+      const port = field("port").value.trim();
+      if (port) body.port = port;
+      await guarded(async () => {
+        const created = await api("POST", "/api/v1/instances", body);
+        field("name").value = "";
+        await refreshRows();
+        if (created && created.name) select(created.name);
+      });
+    });
+  }
+
+  const trashBody = $("#trash-body");
+  if (trashBody) {
+    trashBody.addEventListener("submit", async (e) => {
+      const li = e.target.closest("li[data-id]");
+      if (!li) return;
+      e.preventDefault();
+      await guarded(async () => {
+        await api("POST", `/api/v1/trashcan/${encodeURIComponent(li.dataset.id)}/restore`);
+        await refreshRows();
+        await refreshTrash();
+      });
+    });
+  }
+
+  function formatTimes() {
+    $$(".when[data-ms]").forEach((el) => {
+      el.textContent = "deleted " + new Date(Number(el.dataset.ms)).toLocaleString();
+    });
+  }
+
+  // ----- live state over SSE ------------------------------------------------
+  const live = $("#live");
+  function connectEvents() {
+    if (!rowsBody) return;
+    const es = new EventSource("/api/v1/events");
+    let reconnect = false;
+    es.onopen = () => {
+      live.textContent = "live";
+      live.className = "live on";
+      // After a gap, events were missed: re-read the rows once.
+      if (reconnect) refreshRows();
+      reconnect = true;
+    };
+    es.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
+    es.addEventListener("state", (msg) => {
+      const ev = JSON.parse(msg.data);
+      const tr = rowOf(ev.unit);
+      if (tr) setStatus(tr, ev);
+      else if (ev.kind === "instance") refreshRows();
+    });
+    // Unit files changed (create, rename, delete, reload): re-read the rows.
+    es.addEventListener("config", () => refreshRows());
+    es.addEventListener("lagged", () => refreshRows());
+  }
+
+  // ----- selection and tabs ---------------------------------------------------
+  let selected = store.get("selected", null);
+  let activeTab = store.get("tab", "logs");
+
+  function select(name) {
+    if (name && !rowOf(name)) name = null;
+    const changed = name !== selected;
+    selected = name;
+    store.set("selected", name || "");
+    $("#selected").textContent = name || "none — pick one in the table";
+    $$("tr[data-name]", rowsBody).forEach((tr) => tr.classList.toggle("selected", tr.dataset.name === name));
+    if (changed) {
+      closeTerminal();
+      stopLogs();
+      $("#view").removeAttribute("src");
+      loadedScript = null;
+    }
+    activate(activeTab);
+  }
+
+  function showTab(tab) {
+    activeTab = tab;
+    store.set("tab", tab);
+    $$(".tab").forEach((b) => b.classList.toggle("active", b.dataset.tab === tab));
+    $$(".tab-body").forEach((p) => { p.hidden = p.id !== "tab-" + tab; });
+    activate(tab);
+  }
+
+  function activate(tab) {
+    if (tab === "logs") startLogs();
+    if (tab === "terminal") openTerminal();
+    if (tab === "script") loadScript();
+    if (tab === "view") showView();
+  }
+
+  $$(".tab").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
+
+  // ----- logs -------------------------------------------------------------
+  const logBox = $("#log");
+  const logState = $("#log-state");
+  const followBtn = $("#log-bottom");
+  let logStream = null;
+  let logUnit = null;
+  let follow = true;
+
+  function atBottom() { return logBox.scrollHeight - logBox.scrollTop - logBox.clientHeight < 24; }
+
+  if (logBox) {
+    logBox.addEventListener("scroll", () => {
+      follow = atBottom();
+      followBtn.hidden = follow;
+    });
+    followBtn.addEventListener("click", () => { follow = true; followBtn.hidden = true; logBox.scrollTop = logBox.scrollHeight; });
+    $("#log-clear").addEventListener("click", () => logBox.replaceChildren());
+  }
+
+  function appendLine(line) {
+    const div = document.createElement("div");
+    div.className = "line";
+    if (line.ts_ms) {
+      const ts = document.createElement("span");
+      ts.className = "ts";
+      ts.textContent = new Date(line.ts_ms).toLocaleTimeString();
+      div.appendChild(ts);
+    }
+    div.appendChild(window.AnsiLine ? window.AnsiLine.render(line.text) : document.createTextNode(line.text));
+    logBox.appendChild(div);
+    while (logBox.childElementCount > MAX_LOG_LINES) logBox.firstElementChild.remove();
+  }
+
+  function stopLogs() {
+    if (logStream) logStream.close();
+    logStream = null;
+    logUnit = null;
+  }
+
+  function startLogs() {
+    if (!logBox || !selected || logUnit === selected) return;
+    stopLogs();
+    logBox.replaceChildren();
+    follow = true;
+    followBtn.hidden = true;
+    logUnit = selected;
+    logState.textContent = "connecting…";
+    const es = new EventSource(`/api/v1/units/${encodeURIComponent(selected)}/logs/stream?tail=500`);
+    logStream = es;
+    es.onopen = () => { logState.textContent = "following " + logUnit; };
+    es.onerror = () => { logState.textContent = "reconnecting…"; };
+    es.addEventListener("line", (msg) => {
+      appendLine(JSON.parse(msg.data));
+      if (follow) logBox.scrollTop = logBox.scrollHeight;
+    });
+    es.addEventListener("lagged", (msg) => appendLine({ text: `… ${msg.data} lines skipped (the pane fell behind)` }));
+  }
+
+  // ----- terminal -----------------------------------------------------------
+  const termBox = $("#term");
+  const termMsg = $("#term-msg");
+  let term = null, fit = null, socket = null, termUnit = null, resizeObs = null;
+
+  function closeTerminal() {
+    if (socket) socket.close();
+    socket = null;
+    termUnit = null;
+    if (resizeObs) resizeObs.disconnect();
+    resizeObs = null;
+    if (term) term.dispose();
+    term = null;
+    window.__aikoreTerm = null;
+  }
+
+  function sendSize() {
+    if (socket && socket.readyState === WebSocket.OPEN && term) {
+      socket.send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
+    }
+  }
+
+  function openTerminal() {
+    if (!termBox || !selected) return;
+    if (termUnit === selected && socket && socket.readyState <= WebSocket.OPEN) { if (term) term.focus(); return; }
+    closeTerminal();
+    if (typeof window.Terminal !== "function") {
+      termMsg.textContent = "The terminal needs xterm.js, which is not installed: run `npm ci --prefix web` on the server and reload.";
+      termMsg.className = "flash error";
+      return;
+    }
+    termMsg.textContent = "";
+    termMsg.className = "muted";
+    termUnit = selected;
+    term = new window.Terminal({
+      cursorBlink: true, fontSize: 13, scrollback: 5000,
+      fontFamily: "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace",
+      theme: { background: "#0b0e14", foreground: "#d7dae0" },
+    });
+    if (window.FitAddon) { fit = new window.FitAddon.FitAddon(); term.loadAddon(fit); }
+    term.open(termBox);
+    if (fit) fit.fit();
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    socket = new WebSocket(`${proto}//${location.host}/api/v1/instances/${encodeURIComponent(termUnit)}/terminal?cols=${term.cols}&rows=${term.rows}`);
+    socket.binaryType = "arraybuffer";
+    const encoder = new TextEncoder();
+    socket.onopen = () => { sendSize(); term.focus(); };
+    socket.onmessage = (m) => { if (term) term.write(typeof m.data === "string" ? m.data : new Uint8Array(m.data)); };
+    socket.onclose = () => { if (term) term.write("\r\n\x1b[2m[session closed — switch tabs to open a new one]\x1b[0m\r\n"); };
+    term.onData((d) => { if (socket && socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(d)); });
+    term.onResize(() => sendSize());
+    resizeObs = new ResizeObserver(() => { if (fit && !termBox.closest("[hidden]")) fit.fit(); });
+    resizeObs.observe(termBox);
+    // Tests drive the terminal through this handle.
+    window.__aikoreTerm = term;
+  }
+
+  // ----- script editor ------------------------------------------------------
+  const scriptBox = $("#script");
+  const scriptState = $("#script-state");
+  let loadedScript = null;
+
+  async function loadScript() {
+    if (!scriptBox || !selected || loadedScript === selected) return;
+    const name = selected;
+    await guarded(async () => {
+      const out = await api("GET", `/api/v1/instances/${encodeURIComponent(name)}/script`);
+      scriptBox.value = out.content;
+      scriptBox.dataset.initial = out.content;
+      loadedScript = name;
+      scriptState.textContent = "";
+    });
+  }
+
+  async function saveScript(restart) {
+    if (!selected) return;
+    const name = selected;
+    await guarded(async () => {
+      const out = await api("PUT", `/api/v1/instances/${encodeURIComponent(name)}/script${restart ? "?restart=true" : ""}`, { content: scriptBox.value });
+      scriptBox.dataset.initial = scriptBox.value;
+      scriptState.textContent = out.restart_pending ? "saved · restart to apply" : (restart ? "saved · restarting" : "saved");
+    });
+  }
+
+  if (scriptBox) {
+    scriptBox.addEventListener("input", () => {
+      scriptState.textContent = scriptBox.value !== scriptBox.dataset.initial ? "● unsaved" : "";
+    });
+    scriptBox.addEventListener("keydown", (e) => {
+      if (e.key === "Tab" && !e.shiftKey) {
+        e.preventDefault();
+        scriptBox.setRangeText("  ", scriptBox.selectionStart, scriptBox.selectionEnd, "end");
+        scriptBox.dispatchEvent(new Event("input"));
+      } else if (e.key === "s" && (e.ctrlKey || e.metaKey)) {
+        e.preventDefault();
+        saveScript(false);
+      }
+    });
+    $("#script-save").addEventListener("click", () => saveScript(false));
+    $("#script-save-restart").addEventListener("click", () => saveScript(true));
+    $("#script-blueprint").addEventListener("click", async () => {
+      if (!selected) return;
+      await saveScript(false);
+      const tr = rowOf(selected);
+      if (tr) rowAction(tr, "blueprint");
+    });
+  }
+
+  // ----- view ---------------------------------------------------------------
+  function showView() {
+    const tr = selected && rowOf(selected);
+    const frame = $("#view");
+    if (tr && frame.getAttribute("src") !== tr.dataset.url) frame.setAttribute("src", tr.dataset.url);
+  }
+
+  // ----- resizable panes ----------------------------------------------------
+  function makeSplitter(el) {
+    const key = "split." + el.dataset.split;
+    const vertical = el.classList.contains("vertical");
+    const target = vertical ? $("#system") : $("#instances-panel");
+    const saved = Number(store.get(key, 0));
+    if (saved > 0) target.style[vertical ? "width" : "height"] = saved + "px";
+    el.addEventListener("pointerdown", (down) => {
+      down.preventDefault();
+      el.setPointerCapture(down.pointerId);
+      const start = vertical ? down.clientX : down.clientY;
+      const rect = target.getBoundingClientRect();
+      const size0 = vertical ? rect.width : rect.height;
+      document.body.classList.add("dragging");
+      const move = (e) => {
+        const delta = (vertical ? e.clientX : e.clientY) - start;
+        // The system pane sits right of its splitter: dragging left widens it.
+        const size = Math.max(120, vertical ? size0 - delta : size0 + delta);
+        target.style[vertical ? "width" : "height"] = size + "px";
+      };
+      const up = () => {
+        el.removeEventListener("pointermove", move);
+        document.body.classList.remove("dragging");
+        store.set(key, Math.round(parseFloat(target.style[vertical ? "width" : "height"]) || 0));
+        if (fit && term) fit.fit();
+      };
+      el.addEventListener("pointermove", move);
+      el.addEventListener("pointerup", up, { once: true });
+    });
+  }
+  $$(".splitter").forEach(makeSplitter);
+
+  // ----- system pane --------------------------------------------------------
+  const sysBody = $("#system-body");
+  const history = new Map();
+  let gpus = null;
+
+  function push(key, value) {
+    if (typeof value !== "number" || !isFinite(value)) return [];
+    const h = history.get(key) || [];
+    h.push(value);
+    if (h.length > SPARK_POINTS) h.shift();
+    history.set(key, h);
+    return h;
+  }
+
+  function sparkline(points, max) {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", `0 0 ${SPARK_POINTS - 1} 20`);
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.setAttribute("class", "spark");
+    const top = max || Math.max(1, ...points);
+    const pts = points.map((v, i) => `${i + (SPARK_POINTS - points.length)},${(20 - (Math.min(v, top) / top) * 19).toFixed(1)}`);
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", pts.join(" "));
+    svg.appendChild(line);
+    return svg;
+  }
+
+  function metric(label, valueText, key, value, max) {
+    const row = document.createElement("div");
+    row.className = "metric";
+    const l = document.createElement("span"); l.className = "label"; l.textContent = label;
+    const v = document.createElement("span"); v.className = "value"; v.textContent = valueText;
+    row.append(l, v, sparkline(push(key, value), max));
+    return row;
+  }
+
+  const gib = (b) => (b / 1073741824).toFixed(1) + " GiB";
+  const num = (x) => (typeof x === "number" ? x : null);
+
+  function renderSystem(s) {
+    const out = document.createDocumentFragment();
+    const cpu = num(s.cpu && (s.cpu.usage ?? s.cpu.usage_percent));
+    if (cpu !== null) out.appendChild(metric("CPU", cpu.toFixed(0) + " %", "cpu", cpu, 100));
+    const mem = s.memory || {};
+    if (num(mem.total)) {
+      const used = mem.total - (mem.available ?? mem.free ?? 0);
+      out.appendChild(metric("RAM", `${gib(used)} / ${gib(mem.total)}`, "ram", (100 * used) / mem.total, 100));
+    }
+    const disks = Array.isArray(s.disk) ? s.disk : s.disk ? [s.disk] : [];
+    disks.forEach((d, i) => {
+      if (!num(d.total)) return;
+      const used = d.total - (d.available ?? d.free ?? 0);
+      out.appendChild(metric("Disk " + (d.mount || d.path || ""), `${gib(used)} / ${gib(d.total)}`, "disk" + i, (100 * used) / d.total, 100));
+    });
+    (s.gpus || []).forEach((g) => {
+      const box = document.createElement("div");
+      box.className = "gpu";
+      const h = document.createElement("div"); h.className = "gpu-name"; h.textContent = `GPU ${g.index} · ${g.name || ""}`;
+      box.appendChild(h);
+      const k = "gpu" + g.index + ".";
+      if (num(g.utilization) !== null) box.appendChild(metric("Util", g.utilization + " %", k + "u", g.utilization, 100));
+      const vt = num(g.memory_total ?? g.vram_total), vu = num(g.memory_used ?? g.vram_used);
+      if (vt) box.appendChild(metric("VRAM", `${gib(vu || 0)} / ${gib(vt)}`, k + "m", (100 * (vu || 0)) / vt, 100));
+      const t = num(g.temperature ?? g.temperature_c);
+      if (t !== null) box.appendChild(metric("Temp", t + " °C", k + "t", t, 100));
+      const p = num(g.power ?? g.power_w ?? g.power_watts);
+      if (p !== null) box.appendChild(metric("Power", p.toFixed(0) + " W", k + "p", p, num(g.power_limit ?? g.power_limit_w) || undefined));
+      out.appendChild(box);
+    });
+    if (!out.childNodes.length) { const p = document.createElement("p"); p.className = "muted"; p.textContent = "No figures reported."; out.appendChild(p); }
+    sysBody.replaceChildren(out);
+  }
+
+  async function pollSystem() {
+    if (!sysBody) return;
+    let res;
+    try { res = await fetch("/api/v1/system", { credentials: "same-origin" }); } catch (_) { res = null; }
+    if (!res || !res.ok) {
+      const p = document.createElement("p");
+      p.className = "muted";
+      p.textContent = res && res.status === 404 ? "System figures are not available in this build." : "System figures are not available right now.";
+      sysBody.replaceChildren(p);
+      if (res && res.status === 404) return; // no endpoint: nothing to refresh
+    } else {
+      const s = await res.json();
+      if (Array.isArray(s.gpus) && gpus === null) { gpus = s.gpus; $$("tr[data-name], tr.add-row").forEach(upgradeGpuInputs); }
+      renderSystem(s);
+    }
+    setTimeout(pollSystem, SYSTEM_REFRESH_MS);
+  }
+
+  // With detected GPUs, the free-text field becomes one checkbox per GPU
+  // (the text field stays, hidden, as what forms and saves read).
+  function upgradeGpuInputs(tr) {
+    if (!gpus || !gpus.length) return;
+    const text = $(".gpus-text", tr);
+    if (!text || text.dataset.upgraded) return;
+    text.dataset.upgraded = "1";
+    text.hidden = true;
+    const chosen = new Set(text.value.split(/[ ,]+/).filter(Boolean));
+    const box = document.createElement("span");
+    box.className = "gpu-checks";
+    gpus.forEach((g) => {
+      const label = document.createElement("label");
+      label.title = `${g.name || "GPU"} ${g.uuid || ""}`;
+      const cb = document.createElement("input");
+      cb.type = "checkbox";
+      cb.value = String(g.index);
+      cb.checked = chosen.has(String(g.index)) || (g.uuid && chosen.has(g.uuid));
+      cb.addEventListener("change", () => {
+        text.value = $$("input", box).filter((c) => c.checked).map((c) => c.value).join(",");
+        text.dispatchEvent(new Event("input", { bubbles: true }));
+      });
+      label.append(cb, document.createTextNode(String(g.index)));
+      box.appendChild(label);
+    });
+    text.after(box);
+  }
+
+  // ----- start ----------------------------------------------------------------
+  bindRows();
+  formatTimes();
+  connectEvents();
+  pollSystem();
+  if (selected && rowOf(selected)) select(selected); else select(null);
+  showTab(activeTab);
+  window.addEventListener("resize", () => { if (fit && term) fit.fit(); });
+})();
