@@ -552,36 +552,39 @@
   const gib = (b) => (b / 1073741824).toFixed(1) + " GiB";
   const num = (x) => (typeof x === "number" ? x : null);
 
+  // Shape of GET /api/v1/system (src/metrics/mod.rs SystemView): ratios are 0..1, sizes in bytes.
   function renderSystem(s) {
     const out = document.createDocumentFragment();
-    const cpu = num(s.cpu && (s.cpu.usage ?? s.cpu.usage_percent));
-    if (cpu !== null) out.appendChild(metric("CPU", cpu.toFixed(0) + " %", "cpu", cpu, 100));
+    const pct = (r) => 100 * r;
+    const cpu = num(s.cpu && s.cpu.usage_ratio);
+    if (cpu !== null) out.appendChild(metric("CPU", pct(cpu).toFixed(0) + " %", "cpu", pct(cpu), 100));
     const mem = s.memory || {};
-    if (num(mem.total)) {
-      const used = mem.total - (mem.available ?? mem.free ?? 0);
-      out.appendChild(metric("RAM", `${gib(used)} / ${gib(mem.total)}`, "ram", (100 * used) / mem.total, 100));
+    if (num(mem.total_bytes)) {
+      const used = mem.total_bytes - (mem.available_bytes || 0);
+      out.appendChild(metric("RAM", `${gib(used)} / ${gib(mem.total_bytes)}`, "ram", (100 * used) / mem.total_bytes, 100));
     }
-    const disks = Array.isArray(s.disk) ? s.disk : s.disk ? [s.disk] : [];
-    disks.forEach((d, i) => {
-      if (!num(d.total)) return;
-      const used = d.total - (d.available ?? d.free ?? 0);
-      out.appendChild(metric("Disk " + (d.mount || d.path || ""), `${gib(used)} / ${gib(d.total)}`, "disk" + i, (100 * used) / d.total, 100));
-    });
+    const d = s.disk;
+    if (d && num(d.total_bytes)) {
+      const used = d.total_bytes - (d.available_bytes || 0);
+      out.appendChild(metric("Disk", `${gib(used)} / ${gib(d.total_bytes)}`, "disk", (100 * used) / d.total_bytes, 100));
+    }
     (s.gpus || []).forEach((g) => {
       const box = document.createElement("div");
       box.className = "gpu";
       const h = document.createElement("div"); h.className = "gpu-name"; h.textContent = `GPU ${g.index} · ${g.name || ""}`;
       box.appendChild(h);
       const k = "gpu" + g.index + ".";
-      if (num(g.utilization) !== null) box.appendChild(metric("Util", g.utilization + " %", k + "u", g.utilization, 100));
-      const vt = num(g.memory_total ?? g.vram_total), vu = num(g.memory_used ?? g.vram_used);
+      const u = num(g.utilization_ratio);
+      if (u !== null) box.appendChild(metric("Util", pct(u).toFixed(0) + " %", k + "u", pct(u), 100));
+      const vt = num(g.memory_total_bytes), vu = num(g.memory_used_bytes);
       if (vt) box.appendChild(metric("VRAM", `${gib(vu || 0)} / ${gib(vt)}`, k + "m", (100 * (vu || 0)) / vt, 100));
-      const t = num(g.temperature ?? g.temperature_c);
-      if (t !== null) box.appendChild(metric("Temp", t + " °C", k + "t", t, 100));
-      const p = num(g.power ?? g.power_w ?? g.power_watts);
-      if (p !== null) box.appendChild(metric("Power", p.toFixed(0) + " W", k + "p", p, num(g.power_limit ?? g.power_limit_w) || undefined));
+      const t = num(g.temperature_celsius);
+      if (t !== null) box.appendChild(metric("Temp", t.toFixed(0) + " °C", k + "t", t, 100));
+      const p = num(g.power_draw_watts);
+      if (p !== null) box.appendChild(metric("Power", p.toFixed(0) + " W", k + "p", p, num(g.power_limit_watts) || undefined));
       out.appendChild(box);
     });
+    if (s.gpu_note) { const n = document.createElement("p"); n.className = "muted"; n.textContent = s.gpu_note; out.appendChild(n); }
     if (!out.childNodes.length) { const p = document.createElement("p"); p.className = "muted"; p.textContent = "No figures reported."; out.appendChild(p); }
     sysBody.replaceChildren(out);
   }
