@@ -1,0 +1,177 @@
+//! Putting a rendered `routes/aikore.conf` live without ever breaking NGINX:
+//! stage it beside copies of the other live snippets, test the FULL config
+//! (the live nginx.conf with its include pointed at the staging dir) with
+//! `nginx -t`, and only then rename the tested file over the live one. On a
+//! failed test the live files are untouched.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The generated snippet's name inside `routes/`.
+pub const ROUTES_FILE: &str = "aikore.conf";
+/// The include line the base config carries (nginx/nginx.conf).
+pub const LIVE_INCLUDE: &str = "include routes/*.conf;";
+const STAGING_DIR: &str = "routes.staging";
+const CANDIDATE_CONF: &str = "nginx.candidate.conf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error("nginx -t rejected the candidate config: {0}")]
+    Rejected(String),
+    #[error("the live nginx.conf has no `{LIVE_INCLUDE}` line to point at the candidate routes")]
+    NoInclude,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The OS boundary: whether a config is valid. The real one runs `nginx -t`;
+/// unit tests use a fake.
+pub trait ConfigTester: Send + Sync {
+    /// Tests `<prefix>/<conf>`; Err carries NGINX's message.
+    fn test(&self, prefix: &Path, conf: &str) -> Result<(), String>;
+    /// Whether a test happened (false: NGINX is not installed, the snippet went live untested).
+    fn available(&self) -> bool {
+        true
+    }
+}
+
+/// `nginx -t` with the unit's own binary.
+pub struct NginxTester {
+    pub binary: Option<PathBuf>,
+}
+
+impl NginxTester {
+    /// AIKORE_NGINX_BIN, else the path units/nginx.service runs.
+    pub fn from_env() -> NginxTester {
+        let binary = std::env::var_os("AIKORE_NGINX_BIN")
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")))
+            .filter(|p| p.is_file());
+        NginxTester { binary }
+    }
+}
+
+impl ConfigTester for NginxTester {
+    fn test(&self, prefix: &Path, conf: &str) -> Result<(), String> {
+        let Some(binary) = &self.binary else { return Ok(()) };
+        let mut prefix_arg = prefix.as_os_str().to_owned();
+        prefix_arg.push("/");
+        let out = Command::new(binary)
+            .args(["-t", "-q", "-e", "stderr", "-p"])
+            .arg(&prefix_arg)
+            .args(["-c", conf])
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let text = String::from_utf8_lossy(&out.stderr);
+            // Keep NGINX's own lines (they name the file and line), drop the banner.
+            let lines: Vec<&str> = text.lines().filter(|l| !l.contains("configuration file") || l.contains("emerg")).collect();
+            Err(lines.join("\n").trim().to_string())
+        }
+    }
+
+    fn available(&self) -> bool {
+        self.binary.is_some()
+    }
+}
+
+/// Writes `routes_text` as the live `routes/aikore.conf` if the full config
+/// with it passes `tester`. `prefix` is NGINX's prefix (`<data>/nginx`).
+pub fn stage_and_swap(prefix: &Path, routes_text: &str, tester: &dyn ConfigTester) -> Result<(), SwapError> {
+    let live_routes = prefix.join("routes");
+    let staging = prefix.join(STAGING_DIR);
+    std::fs::create_dir_all(&live_routes)?;
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    // Hand-written snippets are part of the full config NGINX will load.
+    for entry in std::fs::read_dir(&live_routes)?.flatten() {
+        let name = entry.file_name();
+        let is_conf = name.to_str().is_some_and(|n| n.ends_with(".conf") && n != ROUTES_FILE);
+        if is_conf && entry.path().is_file() {
+            std::fs::copy(entry.path(), staging.join(&name))?;
+        }
+    }
+    let candidate_routes = staging.join(ROUTES_FILE);
+    super::write_atomically(&candidate_routes, routes_text.as_bytes())?;
+
+    let live_conf = std::fs::read_to_string(prefix.join("nginx.conf"))?;
+    if !live_conf.contains(LIVE_INCLUDE) {
+        return Err(SwapError::NoInclude);
+    }
+    let candidate = live_conf.replace(LIVE_INCLUDE, &format!("include {STAGING_DIR}/*.conf;"));
+    super::write_atomically(&prefix.join(CANDIDATE_CONF), candidate.as_bytes())?;
+    tester.test(prefix, CANDIDATE_CONF).map_err(SwapError::Rejected)?;
+
+    // The exact bytes that passed go live: rename within one filesystem is atomic.
+    std::fs::rename(&candidate_routes, live_routes.join(ROUTES_FILE))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records what it was asked to test and answers from a rule.
+    struct FakeTester {
+        seen: Mutex<Vec<String>>,
+        reject_if_contains: &'static str,
+    }
+
+    impl ConfigTester for FakeTester {
+        fn test(&self, prefix: &Path, conf: &str) -> Result<(), String> {
+            let text = std::fs::read_to_string(prefix.join(conf)).unwrap();
+            let routes = std::fs::read_to_string(prefix.join(STAGING_DIR).join(ROUTES_FILE)).unwrap();
+            self.seen.lock().unwrap().push(text.clone());
+            if routes.contains(self.reject_if_contains) {
+                Err(format!("unknown directive \"{}\"", self.reject_if_contains))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn prefix_with_base() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("routes")).unwrap();
+        std::fs::write(dir.path().join("nginx.conf"), "http { server { include routes/*.conf; } }").unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_valid_candidate_goes_live_and_the_full_config_was_tested() {
+        let dir = prefix_with_base();
+        std::fs::write(dir.path().join("routes/mine.conf"), "location /mine {}").unwrap();
+        let tester = FakeTester { seen: Mutex::new(Vec::new()), reject_if_contains: "bogus" };
+        stage_and_swap(dir.path(), "location /app/a/ {}", &tester).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("routes/aikore.conf")).unwrap(), "location /app/a/ {}");
+        let seen = tester.seen.lock().unwrap();
+        assert!(seen[0].contains("include routes.staging/*.conf;"), "{}", seen[0]);
+        // The user's snippet was part of what was tested.
+        assert!(dir.path().join("routes.staging/mine.conf").is_file());
+        assert!(dir.path().join("routes/mine.conf").is_file());
+    }
+
+    #[test]
+    fn a_rejected_candidate_leaves_the_live_routes_untouched() {
+        let dir = prefix_with_base();
+        let tester = FakeTester { seen: Mutex::new(Vec::new()), reject_if_contains: "bogus" };
+        stage_and_swap(dir.path(), "location /app/a/ {}", &tester).unwrap();
+        let err = stage_and_swap(dir.path(), "bogus;", &tester).unwrap_err();
+        assert!(matches!(err, SwapError::Rejected(ref m) if m.contains("bogus")), "{err}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("routes/aikore.conf")).unwrap(), "location /app/a/ {}");
+    }
+
+    #[test]
+    fn a_base_config_without_the_include_is_an_error_not_a_silent_skip() {
+        let dir = prefix_with_base();
+        std::fs::write(dir.path().join("nginx.conf"), "http { }").unwrap();
+        let tester = FakeTester { seen: Mutex::new(Vec::new()), reject_if_contains: "bogus" };
+        assert!(matches!(stage_and_swap(dir.path(), "", &tester), Err(SwapError::NoInclude)));
+        assert!(!dir.path().join("routes/aikore.conf").exists());
+    }
+}
