@@ -244,7 +244,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         supervisor.clone(),
         Arc::clone(&reloader),
     ));
-    let state = crate::web::AppState::new(supervisor.clone(), Arc::clone(&logs), store.clone(), Arc::clone(&reloader), tracking, instances);
+    let proxy_stop = tokio_util::sync::CancellationToken::new();
+    let (proxy, proxy_task) = crate::proxy::RouteSync {
+        supervisor: supervisor.clone(),
+        instances: Arc::clone(&instances),
+        store: store.clone(),
+        prefix: data_dir.join("nginx"),
+        options: crate::proxy::render_options_from_env(),
+        tester: Arc::new(crate::proxy::swap::NginxTester::from_env()),
+        extra_file: std::env::var_os("AIKORE_PROXY_EXTRA_FILE").map(Into::into),
+    }
+    .spawn(proxy_stop.clone());
+    let state = crate::web::AppState::new(supervisor.clone(), Arc::clone(&logs), store.clone(), Arc::clone(&reloader), tracking, instances, proxy);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
@@ -283,6 +294,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         code = exit_code::UNCLEAN_SHUTDOWN;
     }
     web_stop.cancel();
+    proxy_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), proxy_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), web).await;
     journal.abort();
     if init::is_pid1() {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use super::api::checked_name;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::instances::{url_of, InstanceChanges, InstanceSpec};
+use crate::instances::{direct_port_of, url_of, InstanceChanges, InstanceManager, InstanceSpec};
 use crate::supervisor::UnitSnapshot;
 use crate::units::PortSpec;
 
@@ -138,11 +138,17 @@ pub struct InstanceView {
     pid: Option<i32>,
     restarts: u32,
     since: i64,
+    /// Where a browser opens it, relative to the public origin (docs/proxy.md).
     url: String,
+    /// `subpath` (behind NGINX) or `port` (its own port; `url` redirects there).
+    proxy: crate::proxy::ProxyMode,
+    /// For `port` instances: the port to open on the same host.
+    direct_port: Option<u16>,
 }
 
-pub fn view(unit: &UnitSnapshot) -> Option<InstanceView> {
+pub fn view(unit: &UnitSnapshot, manager: &InstanceManager) -> Option<InstanceView> {
     let spec = InstanceSpec::from_unit(&unit.unit)?;
+    let proxy = manager.proxy_mode(&unit.name, &spec.blueprint);
     Some(InstanceView {
         name: spec.name,
         kind: "instance",
@@ -166,20 +172,22 @@ pub fn view(unit: &UnitSnapshot) -> Option<InstanceView> {
         restarts: unit.restarts,
         since: unit.since_ms,
         url: url_of(unit),
+        proxy,
+        direct_port: direct_port_of(unit, proxy),
     })
 }
 
-fn one(unit: &UnitSnapshot) -> ApiResult<Json<InstanceView>> {
-    view(unit).map(Json).ok_or_else(|| ApiError::not_found(format!("{} is not an instance", unit.name)))
+fn one(unit: &UnitSnapshot, manager: &InstanceManager) -> ApiResult<Json<InstanceView>> {
+    view(unit, manager).map(Json).ok_or_else(|| ApiError::not_found(format!("{} is not an instance", unit.name)))
 }
 
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<InstanceView>>> {
-    Ok(Json(state.instances.instances().await?.iter().filter_map(view).collect()))
+    Ok(Json(state.instances.instances().await?.iter().filter_map(|u| view(u, &state.instances)).collect()))
 }
 
 async fn show(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<InstanceView>> {
     let name = checked_name(&name)?;
-    one(&state.instances.instance(name).await?)
+    one(&state.instances.instance(name).await?, &state.instances)
 }
 
 async fn create(
@@ -188,7 +196,7 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<InstanceView>)> {
     let (changes, start) = body?.0.changes()?;
     let unit = state.instances.create(changes, start).await?;
-    Ok((StatusCode::CREATED, one(&unit)?))
+    Ok((StatusCode::CREATED, one(&unit, &state.instances)?))
 }
 
 #[derive(Deserialize)]
@@ -213,7 +221,7 @@ async fn update(
     let outcome = state.instances.update(name, changes, restart, &state.logs).await?;
     let unit = state.instances.instance(&outcome.name).await?;
     Ok(Json(serde_json::json!({
-        "instance": view(&unit),
+        "instance": view(&unit, &state.instances),
         "restarted": outcome.restarted,
         "restart_pending": outcome.restart_pending,
     })))
@@ -303,7 +311,7 @@ async fn trash(State(state): State<AppState>) -> Json<Vec<crate::instances::Tras
 }
 
 async fn restore(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<InstanceView>> {
-    one(&state.instances.restore(&id).await?)
+    one(&state.instances.restore(&id).await?, &state.instances)
 }
 
 async fn purge(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {

@@ -3,6 +3,7 @@
 
 mod api;
 mod instances;
+mod proxy;
 pub mod openapi;
 pub mod error;
 
@@ -25,6 +26,8 @@ pub struct AppState {
     /// `cgroup` or `process-group`: how unit processes are tracked here.
     pub tracking: String,
     pub instances: Arc<crate::instances::InstanceManager>,
+    /// The NGINX route sync: its status and a way to force a render.
+    pub proxy: crate::proxy::ProxyHandle,
 }
 
 impl AppState {
@@ -35,14 +38,16 @@ impl AppState {
         reloader: Arc<Reloader>,
         tracking: String,
         instances: Arc<crate::instances::InstanceManager>,
+        proxy: crate::proxy::ProxyHandle,
     ) -> Self {
-        AppState { supervisor, logs, store, reloader, tracking, instances }
+        AppState { supervisor, logs, store, reloader, tracking, instances, proxy }
     }
 }
 
 pub fn router(state: AppState) -> Router {
     api::routes()
         .merge(instances::routes())
+        .merge(proxy::routes())
         .route("/api/v1/openapi.json", axum::routing::get(openapi::document))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

@@ -29,6 +29,8 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ("get", "/api/v1/trashcan", "Deleted instances"),
     ("post", "/api/v1/trashcan/{id}/restore", "Restore a deleted instance"),
     ("delete", "/api/v1/trashcan/{id}", "Delete a trashed instance for good"),
+    ("get", "/api/v1/proxy", "NGINX routes: the live ones, whether the last render passed nginx -t, its error"),
+    ("post", "/api/v1/proxy/render", "Render, test and swap the NGINX routes now"),
     ("get", "/api/v1/openapi.json", "This document"),
 ];
 
