@@ -141,8 +141,9 @@ fn proxy_settings(out: &mut String, port: u16, prefix: &str, options: &RenderOpt
 
 fn html_page(title: &str, text: &str) -> String {
     // Only fixed text and validated names reach here: nothing to escape, and no
-    // double quote or backslash that would end NGINX's string.
-    format!("<!doctype html><html><head><meta charset=utf-8><title>{title}</title></head><body><h1>{title}</h1><p>{text}</p><p><a href=/>AiKore dashboard</a></p></body></html>")
+    // double quote or backslash that would end NGINX's string. The page
+    // reloads itself: these are passing states (starting, stopped, no slot).
+    format!("<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5><title>{title}</title></head><body><h1>{title}</h1><p>{text}</p><p><a href=/>AiKore dashboard</a></p></body></html>")
 }
 
 fn static_page(out: &mut String, code: u16, title: &str, text: &str) {

@@ -27,6 +27,12 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// The unit whose ExecReload makes NGINX re-read its config.
 pub const NGINX_UNIT: &str = "nginx";
 
+/// `pid nginx.pid;` in nginx/nginx.conf, relative to the prefix.
+const NGINX_PID_FILE: &str = "nginx.pid";
+/// NGINX writes its pid file within milliseconds of starting; 3 s covers a
+/// loaded CI machine, after which a reload is sent anyway.
+const NGINX_READY_WAIT: Duration = Duration::from_secs(3);
+
 /// What the proxy looks like now, for `GET /api/v1/proxy`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ProxyStatus {
@@ -252,8 +258,29 @@ impl Loop {
         }
     }
 
+    /// Waits (bounded) until NGINX's master can take a SIGHUP. The unit is
+    /// "started" as soon as it is exec'd, and a HUP before NGINX installs its
+    /// handlers kills it; NGINX writes its pid file after installing them, so
+    /// a pid file naming the unit's main pid means a HUP is safe.
+    async fn nginx_ready(&self) {
+        let pid_file = self.sync.prefix.join(NGINX_PID_FILE);
+        let deadline = Instant::now() + NGINX_READY_WAIT;
+        while Instant::now() < deadline {
+            let Ok(snapshot) = self.sync.supervisor.snapshot().await else { return };
+            let Some(nginx) = snapshot.into_iter().find(|u| u.name == NGINX_UNIT) else { return };
+            let Some(pid) = nginx.pid.filter(|_| nginx.status == Status::Started) else { return };
+            let written = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<i32>().ok());
+            if written == Some(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(pid_file = %pid_file.display(), "NGINX's pid file does not name its master; reloading anyway");
+    }
+
     /// NGINX re-reads its config through its unit's ExecReload.
     async fn reload(&mut self) -> bool {
+        self.nginx_ready().await;
         match self.sync.supervisor.reload(NGINX_UNIT).await {
             Ok(()) => {
                 self.set(|s| s.reloads += 1);
