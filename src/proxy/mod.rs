@@ -66,7 +66,7 @@ pub fn owner_name(dir: &Path) -> Option<String> {
 /// dirs NGINX expects under its prefix.
 pub fn write_base_config(data_dir: &Path, config: &BaseConfig) -> std::io::Result<PathBuf> {
     let prefix = data_dir.join("nginx");
-    for dir in ["routes", "tmp"] {
+    for dir in ["routes", "upstreams", "tmp"] {
         std::fs::create_dir_all(prefix.join(dir))?;
     }
     let path = prefix.join("nginx.conf");
@@ -119,11 +119,11 @@ mod tests {
         ];
         let prefix = data.path().join("nginx");
         let rendered = routes::render(&entries, &routes::RenderOptions::default());
-        swap::stage_and_swap(&prefix, &rendered.text, &tester).unwrap();
+        swap::stage_and_swap(&prefix, &rendered.upstreams, &rendered.text, &tester).unwrap();
         let empty = routes::render(&entries[1..], &routes::RenderOptions::default());
-        swap::stage_and_swap(&prefix, &empty.text, &tester).unwrap();
+        swap::stage_and_swap(&prefix, &empty.upstreams, &empty.text, &tester).unwrap();
         let broken = format!("{}\nproxy_pass_bogus on;\n", rendered.text);
-        let err = swap::stage_and_swap(&prefix, &broken, &tester).unwrap_err();
+        let err = swap::stage_and_swap(&prefix, &rendered.upstreams, &broken, &tester).unwrap_err();
         assert!(err.to_string().contains("proxy_pass_bogus"), "{err}");
         assert_eq!(std::fs::read_to_string(prefix.join("routes/aikore.conf")).unwrap(), empty.text);
     }

@@ -7,19 +7,27 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The generated snippet's name inside `routes/`.
+/// The generated snippet's name inside each include dir.
 pub const ROUTES_FILE: &str = "aikore.conf";
-/// The include line the base config carries (nginx/nginx.conf).
-pub const LIVE_INCLUDE: &str = "include routes/*.conf;";
-const STAGING_DIR: &str = "routes.staging";
+/// The include dirs the base config carries (nginx/nginx.conf), in the order
+/// their files go live: upstream groups before the locations that name them.
+pub const INCLUDE_DIRS: [&str; 2] = ["upstreams", "routes"];
 const CANDIDATE_CONF: &str = "nginx.candidate.conf";
+
+fn include_line(dir: &str) -> String {
+    format!("include {dir}/*.conf;")
+}
+
+fn staging_dir(dir: &str) -> String {
+    format!("{dir}.staging")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
     #[error("nginx -t rejected the candidate config: {0}")]
     Rejected(String),
-    #[error("the live nginx.conf has no `{LIVE_INCLUDE}` line to point at the candidate routes")]
-    NoInclude,
+    #[error("the live nginx.conf has no `include {0}/*.conf;` line to point at the candidate")]
+    NoInclude(&'static str),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -77,38 +85,48 @@ impl ConfigTester for NginxTester {
     }
 }
 
-/// Writes `routes_text` as the live `routes/aikore.conf` if the full config
-/// with it passes `tester`. `prefix` is NGINX's prefix (`<data>/nginx`).
-pub fn stage_and_swap(prefix: &Path, routes_text: &str, tester: &dyn ConfigTester) -> Result<(), SwapError> {
-    let live_routes = prefix.join("routes");
-    let staging = prefix.join(STAGING_DIR);
-    std::fs::create_dir_all(&live_routes)?;
+/// Puts `upstreams` and `routes` live as `upstreams/aikore.conf` and
+/// `routes/aikore.conf` if the full config with both passes `tester`.
+/// `prefix` is NGINX's prefix (`<data>/nginx`).
+pub fn stage_and_swap(prefix: &Path, upstreams: &str, routes: &str, tester: &dyn ConfigTester) -> Result<(), SwapError> {
+    let live_conf = std::fs::read_to_string(prefix.join("nginx.conf"))?;
+    let mut candidate = live_conf.clone();
+    for (dir, text) in INCLUDE_DIRS.iter().zip([upstreams, routes]) {
+        stage(prefix, dir, text)?;
+        if !live_conf.contains(&include_line(dir)) {
+            return Err(SwapError::NoInclude(dir));
+        }
+        candidate = candidate.replace(&include_line(dir), &include_line(&staging_dir(dir)));
+    }
+    super::write_atomically(&prefix.join(CANDIDATE_CONF), candidate.as_bytes())?;
+    tester.test(prefix, CANDIDATE_CONF).map_err(SwapError::Rejected)?;
+
+    // The exact bytes that passed go live; each rename is atomic, and NGINX
+    // reads neither until the reload that follows both.
+    for dir in INCLUDE_DIRS {
+        std::fs::rename(prefix.join(staging_dir(dir)).join(ROUTES_FILE), prefix.join(dir).join(ROUTES_FILE))?;
+    }
+    Ok(())
+}
+
+/// `<dir>.staging/`: copies of the hand-written snippets of `<dir>/` (they
+/// are part of the full config NGINX will load) plus the candidate.
+fn stage(prefix: &Path, dir: &str, text: &str) -> std::io::Result<()> {
+    let live = prefix.join(dir);
+    let staging = prefix.join(staging_dir(dir));
+    std::fs::create_dir_all(&live)?;
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
     std::fs::create_dir_all(&staging)?;
-    // Hand-written snippets are part of the full config NGINX will load.
-    for entry in std::fs::read_dir(&live_routes)?.flatten() {
+    for entry in std::fs::read_dir(&live)?.flatten() {
         let name = entry.file_name();
         let is_conf = name.to_str().is_some_and(|n| n.ends_with(".conf") && n != ROUTES_FILE);
         if is_conf && entry.path().is_file() {
             std::fs::copy(entry.path(), staging.join(&name))?;
         }
     }
-    let candidate_routes = staging.join(ROUTES_FILE);
-    super::write_atomically(&candidate_routes, routes_text.as_bytes())?;
-
-    let live_conf = std::fs::read_to_string(prefix.join("nginx.conf"))?;
-    if !live_conf.contains(LIVE_INCLUDE) {
-        return Err(SwapError::NoInclude);
-    }
-    let candidate = live_conf.replace(LIVE_INCLUDE, &format!("include {STAGING_DIR}/*.conf;"));
-    super::write_atomically(&prefix.join(CANDIDATE_CONF), candidate.as_bytes())?;
-    tester.test(prefix, CANDIDATE_CONF).map_err(SwapError::Rejected)?;
-
-    // The exact bytes that passed go live: rename within one filesystem is atomic.
-    std::fs::rename(&candidate_routes, live_routes.join(ROUTES_FILE))?;
-    Ok(())
+    super::write_atomically(&staging.join(ROUTES_FILE), text.as_bytes())
 }
 
 #[cfg(test)]
@@ -125,7 +143,7 @@ mod tests {
     impl ConfigTester for FakeTester {
         fn test(&self, prefix: &Path, conf: &str) -> Result<(), String> {
             let text = std::fs::read_to_string(prefix.join(conf)).unwrap();
-            let routes = std::fs::read_to_string(prefix.join(STAGING_DIR).join(ROUTES_FILE)).unwrap();
+            let routes = std::fs::read_to_string(prefix.join("routes.staging").join(ROUTES_FILE)).unwrap();
             self.seen.lock().unwrap().push(text.clone());
             if routes.contains(self.reject_if_contains) {
                 Err(format!("unknown directive \"{}\"", self.reject_if_contains))
@@ -138,7 +156,7 @@ mod tests {
     fn prefix_with_base() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("routes")).unwrap();
-        std::fs::write(dir.path().join("nginx.conf"), "http { server { include routes/*.conf; } }").unwrap();
+        std::fs::write(dir.path().join("nginx.conf"), "http { include upstreams/*.conf; server { include routes/*.conf; } }").unwrap();
         dir
     }
 
@@ -147,10 +165,12 @@ mod tests {
         let dir = prefix_with_base();
         std::fs::write(dir.path().join("routes/mine.conf"), "location /mine {}").unwrap();
         let tester = FakeTester { seen: Mutex::new(Vec::new()), reject_if_contains: "bogus" };
-        stage_and_swap(dir.path(), "location /app/a/ {}", &tester).unwrap();
+        stage_and_swap(dir.path(), "upstream u {}", "location /app/a/ {}", &tester).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("upstreams/aikore.conf")).unwrap(), "upstream u {}");
         assert_eq!(std::fs::read_to_string(dir.path().join("routes/aikore.conf")).unwrap(), "location /app/a/ {}");
         let seen = tester.seen.lock().unwrap();
         assert!(seen[0].contains("include routes.staging/*.conf;"), "{}", seen[0]);
+        assert!(seen[0].contains("include upstreams.staging/*.conf;"), "{}", seen[0]);
         // The user's snippet was part of what was tested.
         assert!(dir.path().join("routes.staging/mine.conf").is_file());
         assert!(dir.path().join("routes/mine.conf").is_file());
@@ -160,18 +180,19 @@ mod tests {
     fn a_rejected_candidate_leaves_the_live_routes_untouched() {
         let dir = prefix_with_base();
         let tester = FakeTester { seen: Mutex::new(Vec::new()), reject_if_contains: "bogus" };
-        stage_and_swap(dir.path(), "location /app/a/ {}", &tester).unwrap();
-        let err = stage_and_swap(dir.path(), "bogus;", &tester).unwrap_err();
+        stage_and_swap(dir.path(), "", "location /app/a/ {}", &tester).unwrap();
+        let err = stage_and_swap(dir.path(), "upstream new {}", "bogus;", &tester).unwrap_err();
         assert!(matches!(err, SwapError::Rejected(ref m) if m.contains("bogus")), "{err}");
         assert_eq!(std::fs::read_to_string(dir.path().join("routes/aikore.conf")).unwrap(), "location /app/a/ {}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("upstreams/aikore.conf")).unwrap(), "");
     }
 
     #[test]
     fn a_base_config_without_the_include_is_an_error_not_a_silent_skip() {
         let dir = prefix_with_base();
-        std::fs::write(dir.path().join("nginx.conf"), "http { }").unwrap();
+        std::fs::write(dir.path().join("nginx.conf"), "http { include upstreams/*.conf; }").unwrap();
         let tester = FakeTester { seen: Mutex::new(Vec::new()), reject_if_contains: "bogus" };
-        assert!(matches!(stage_and_swap(dir.path(), "", &tester), Err(SwapError::NoInclude)));
+        assert!(matches!(stage_and_swap(dir.path(), "", "", &tester), Err(SwapError::NoInclude("routes"))));
         assert!(!dir.path().join("routes/aikore.conf").exists());
     }
 }

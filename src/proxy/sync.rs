@@ -212,20 +212,22 @@ impl Loop {
             text.push('\n');
         }
         let refused = (!rendered.refused.is_empty()).then(|| rendered.refused.join("; "));
-        if !force && self.live.as_deref() == Some(text.as_str()) {
+        // Compared as one text: either file changing means a swap.
+        let both = format!("{}\n{text}", rendered.upstreams);
+        if !force && self.live.as_deref() == Some(both.as_str()) {
             return false;
         }
         let prefix = self.sync.prefix.clone();
         let tester = Arc::clone(&self.sync.tester);
-        let candidate = text.clone();
-        let swapped = tokio::task::spawn_blocking(move || stage_and_swap(&prefix, &candidate, tester.as_ref()))
+        let upstreams = rendered.upstreams;
+        let swapped = tokio::task::spawn_blocking(move || stage_and_swap(&prefix, &upstreams, &text, tester.as_ref()))
             .await
             .unwrap_or_else(|e| Err(super::swap::SwapError::Io(std::io::Error::other(e.to_string()))));
         let elapsed = started.elapsed().as_millis() as u64;
         let tested = self.sync.tester.available();
         match swapped {
             Ok(()) => {
-                self.live = Some(text);
+                self.live = Some(both);
                 let routes = rendered.routes;
                 tracing::info!(routes = routes.len(), ms = elapsed, tested, "proxy: routes updated");
                 self.set(|s| {
