@@ -255,19 +255,25 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         extra_file: std::env::var_os("AIKORE_PROXY_EXTRA_FILE").map(Into::into),
     }
     .spawn(proxy_stop.clone());
-    let state = crate::web::AppState::new(supervisor.clone(), Arc::clone(&logs), store.clone(), Arc::clone(&reloader), tracking, instances, proxy);
+    // The routes exist before NGINX first starts (and before the API answers, so
+    // a client never sees the units waiting for it): ComfyUI's paths answer the
+    // "no slot holder" page, never the dashboard, from the first request.
+    proxy.render_now().await;
+    let state = crate::web::AppState::new(supervisor.clone(), Arc::clone(&logs), store.clone(), Arc::clone(&reloader), tracking, instances, proxy.clone());
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
     tracing::info!(listen = %settings.listen, data_dir = %data_dir.display(), "aikore is up");
+    // Handlers before the API answers: a client that saw /healthz may signal
+    // at once, and an early SIGHUP must reload, not be lost or kill us.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let web_stop = tokio_util::sync::CancellationToken::new();
     let web = tokio::spawn(crate::web::serve(listener, state, web_stop.clone()));
 
     supervisor.start_all().await?;
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,

@@ -35,6 +35,8 @@ fn start(extra_env: &[(&str, &str)]) -> Proxied {
     }
     let p = Proxied { d, port };
     p.d.wait_until("NGINX to serve the dashboard", |_| p.try_get("/healthz").is_some_and(|r| r.status == 200));
+    // The generated routes are live from NGINX's first start.
+    assert!(p.get("/app/nobody/").text().contains("No such instance"));
     p
 }
 

@@ -104,7 +104,7 @@ mod tests {
     /// against the real base config (skipped where NGINX is not installed).
     #[test]
     fn every_rendered_route_passes_the_real_nginx_test() {
-        let tester = swap::NginxTester::from_env();
+        let tester = swap::NginxTester { via_reaper: false, ..swap::NginxTester::from_env() };
         if !swap::ConfigTester::available(&tester) {
             eprintln!("NGINX not installed; skipped");
             return;

@@ -1,11 +1,37 @@
-//! Putting a rendered `routes/aikore.conf` live without ever breaking NGINX:
-//! stage it beside copies of the other live snippets, test the FULL config
-//! (the live nginx.conf with its include pointed at the staging dir) with
-//! `nginx -t`, and only then rename the tested file over the live one. On a
-//! failed test the live files are untouched.
+//! Putting rendered `upstreams/aikore.conf` and `routes/aikore.conf` live
+//! without ever breaking NGINX: stage them beside copies of the other live
+//! snippets, test the FULL config (the live nginx.conf with its includes
+//! pointed at the staging dirs) with `nginx -t`, and only then rename the
+//! tested files over the live ones. On a failed test the live files are untouched.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+
+use crate::init::reaper;
+
+/// Runs `command` to the end and returns its status and stderr. aikore's
+/// reaper owns every exit status (a `Child::wait` would race its
+/// `waitpid(-1)` and get ECHILD), so the pid is registered with the reaper
+/// under its lock across the fork, and the status comes back from there.
+fn run_reaped(mut command: Command) -> std::io::Result<(bool, Vec<u8>)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let mut child = {
+        let mut routes = reaper().lock();
+        let child = command.spawn()?;
+        routes.register(child.id() as i32, Box::new(move |_, status| {
+            let _ = tx.try_send(status);
+        }));
+        child
+    };
+    let mut stderr = Vec::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        // NGINX's messages are a few lines; the pipe closes when it exits.
+        pipe.read_to_end(&mut stderr)?;
+    }
+    let status = rx.recv().map_err(|_| std::io::Error::other("the reaper dropped the exit status"))?;
+    Ok((status.success(), stderr))
+}
 
 /// The generated snippet's name inside each include dir.
 pub const ROUTES_FILE: &str = "aikore.conf";
@@ -46,6 +72,10 @@ pub trait ConfigTester: Send + Sync {
 /// `nginx -t` with the unit's own binary.
 pub struct NginxTester {
     pub binary: Option<PathBuf>,
+    /// Inside the daemon aikore's reaper owns every exit status, so the test
+    /// run's status must come from it. Elsewhere (unit tests) starting the
+    /// reaper would steal other children's statuses: plain `output()` then.
+    pub via_reaper: bool,
 }
 
 impl NginxTester {
@@ -55,7 +85,7 @@ impl NginxTester {
             .map(PathBuf::from)
             .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")))
             .filter(|p| p.is_file());
-        NginxTester { binary }
+        NginxTester { binary, via_reaper: true }
     }
 }
 
@@ -64,19 +94,28 @@ impl ConfigTester for NginxTester {
         let Some(binary) = &self.binary else { return Ok(()) };
         let mut prefix_arg = prefix.as_os_str().to_owned();
         prefix_arg.push("/");
-        let out = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["-t", "-q", "-e", "stderr", "-p"])
             .arg(&prefix_arg)
             .args(["-c", conf])
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
-        if out.status.success() {
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let ran = if self.via_reaper {
+            run_reaped(command)
+        } else {
+            command.output().map(|o| (o.status.success(), o.stderr))
+        };
+        let (success, stderr) = ran.map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+        if success {
             Ok(())
         } else {
-            let text = String::from_utf8_lossy(&out.stderr);
-            // Keep NGINX's own lines (they name the file and line), drop the banner.
+            let text = String::from_utf8_lossy(&stderr);
+            // Keep NGINX's own lines (they name the file and line), drop the "test failed" banner.
             let lines: Vec<&str> = text.lines().filter(|l| !l.contains("configuration file") || l.contains("emerg")).collect();
-            Err(lines.join("\n").trim().to_string())
+            let message = lines.join("\n").trim().to_string();
+            Err(if message.is_empty() { "nginx -t failed without a message".to_string() } else { message })
         }
     }
 

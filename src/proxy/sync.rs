@@ -121,8 +121,8 @@ fn relevant(event: &UnitEvent) -> bool {
 
 impl Loop {
     async fn run(mut self, mut events: broadcast::Receiver<UnitEvent>, mut requests: mpsc::Receiver<RenderReply>, stop: CancellationToken) {
-        // Boot: the routes for whatever runs (nothing yet, usually) before NGINX starts.
-        let mut due: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+        // The first render comes from the daemon's render_now() before it starts units.
+        let mut due: Option<tokio::time::Instant> = None;
         let mut reload_anyway = false;
         let mut requests_open = true;
         loop {
