@@ -285,6 +285,21 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         },
     )?;
     let metrics_events = metrics.track_events(supervisor.subscribe());
+    let proxy_stop = tokio_util::sync::CancellationToken::new();
+    let (proxy, proxy_task) = crate::proxy::RouteSync {
+        supervisor: supervisor.clone(),
+        instances: Arc::clone(&instances),
+        store: store.clone(),
+        prefix: data_dir.join("nginx"),
+        options: crate::proxy::render_options_from_env(),
+        tester: Arc::new(crate::proxy::swap::NginxTester::from_env()),
+        extra_file: std::env::var_os("AIKORE_PROXY_EXTRA_FILE").map(Into::into),
+    }
+    .spawn(proxy_stop.clone());
+    // The routes exist before NGINX first starts (and before the API answers, so
+    // a client never sees the units waiting for it): ComfyUI's paths answer the
+    // "no slot holder" page, never the dashboard, from the first request.
+    proxy.render_now().await;
     let state = crate::web::AppState::new(
         supervisor.clone(),
         Arc::clone(&logs),
@@ -292,20 +307,23 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         Arc::clone(&reloader),
         tracking,
         instances,
+        proxy.clone(),
     )
     .with_metrics(metrics);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
     tracing::info!(listen = %settings.listen, data_dir = %data_dir.display(), "aikore is up");
+    // Handlers before the API answers: a client that saw /healthz may signal
+    // at once, and an early SIGHUP must reload, not be lost or kill us.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let web_stop = tokio_util::sync::CancellationToken::new();
     let web = tokio::spawn(crate::web::serve(listener, state, web_stop.clone()));
 
     supervisor.start_all().await?;
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -332,6 +350,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         code = exit_code::UNCLEAN_SHUTDOWN;
     }
     web_stop.cancel();
+    proxy_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), proxy_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), web).await;
     journal_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), journal).await;

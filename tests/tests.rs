@@ -10,6 +10,7 @@ mod instances;
 mod logs;
 mod metrics;
 mod pid1;
+mod proxy;
 mod restart;
 mod state;
 mod termination;

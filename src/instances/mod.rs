@@ -592,12 +592,40 @@ impl InstanceManager {
     pub fn instance_dir(&self, name: &str) -> PathBuf {
         self.ctx.instance_dir(name)
     }
+
+    /// How the instance is reached: `# aikore.proxy` in its own launch.sh
+    /// (what actually runs, possibly edited), else in its blueprint, else subpath.
+    pub fn proxy_mode(&self, name: &str, blueprint: &str) -> crate::proxy::ProxyMode {
+        let own = std::fs::read_to_string(self.ctx.instance_dir(name).join("launch.sh"))
+            .ok()
+            .and_then(|text| blueprints::parse_metadata(&text).remove("proxy"));
+        let mode = own.or_else(|| self.blueprint(blueprint).map(|b| b.proxy));
+        mode.map(|m| crate::proxy::ProxyMode::parse(&m)).unwrap_or(crate::proxy::ProxyMode::Subpath)
+    }
 }
 
-/// `/app/<name>/`: where NGINX serves an instance (the slot holder also at /comfyui/).
+/// Where a browser reaches the instance, relative to aikore's public origin:
+/// `/comfyui/` for the slot holder, else `/app/<name>/`. For a `port`
+/// instance `/app/<name>/` redirects to `http://<the same host>:<port>/`
+/// (only NGINX knows the host the client used), so the URL is always a
+/// working link; `direct_port` in the API gives the port itself.
 pub fn url_of(unit: &UnitSnapshot) -> String {
     match unit.unit.instance.as_ref().and_then(|i| i.active_slot.as_deref()) {
         Some(SLOT_COMFYUI) => "/comfyui/".into(),
         _ => format!("/app/{}/", unit.name),
+    }
+}
+
+/// The port a `port` instance is reached on directly: its current run's,
+/// else its fixed port (an `auto` lease is only known once it runs).
+pub fn direct_port_of(unit: &UnitSnapshot, mode: crate::proxy::ProxyMode) -> Option<u16> {
+    if mode != crate::proxy::ProxyMode::Port {
+        return None;
+    }
+    let running = !unit.status.is_inactive();
+    match unit.unit.instance.as_ref()?.port {
+        _ if running && unit.port.is_some() => unit.port,
+        PortSpec::Fixed(p) => Some(p),
+        PortSpec::Auto => unit.port,
     }
 }

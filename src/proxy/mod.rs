@@ -1,5 +1,14 @@
 //! NGINX in front of everything: its base config, rendered into the data dir
-//! so NGINX runs with `<data>/nginx/` as its prefix.
+//! so NGINX runs with `<data>/nginx/` as its prefix, and the instance routes
+//! kept in step with the supervisor (`routes` renders, `swap` tests and puts
+//! live, `sync` decides when). docs/proxy.md is the user-facing story.
+
+pub mod routes;
+pub mod swap;
+pub mod sync;
+
+pub use routes::ProxyMode;
+pub use sync::{ProxyHandle, ProxyStatus, RouteSync};
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -34,6 +43,19 @@ impl BaseConfig {
     }
 }
 
+/// AIKORE_MAX_BODY: `client_max_body_size` of instance routes (NGINX syntax:
+/// digits and an optional k/m/g). An invalid value falls back to the default, loudly.
+pub fn render_options_from_env() -> routes::RenderOptions {
+    match std::env::var("AIKORE_MAX_BODY") {
+        Ok(v) if routes::is_valid_size(v.trim()) => routes::RenderOptions { max_body: v.trim().to_string() },
+        Ok(v) => {
+            tracing::error!(value = %v, default = routes::DEFAULT_MAX_BODY, "AIKORE_MAX_BODY is not a size like 50g or 512m; using the default");
+            routes::RenderOptions::default()
+        }
+        Err(_) => routes::RenderOptions::default(),
+    }
+}
+
 /// The user owning `dir`, by name (NGINX's `user` takes names).
 pub fn owner_name(dir: &Path) -> Option<String> {
     let uid = std::fs::metadata(dir).ok()?.uid();
@@ -44,7 +66,7 @@ pub fn owner_name(dir: &Path) -> Option<String> {
 /// dirs NGINX expects under its prefix.
 pub fn write_base_config(data_dir: &Path, config: &BaseConfig) -> std::io::Result<PathBuf> {
     let prefix = data_dir.join("nginx");
-    for dir in ["routes", "tmp"] {
+    for dir in ["routes", "upstreams", "tmp"] {
         std::fs::create_dir_all(prefix.join(dir))?;
     }
     let path = prefix.join("nginx.conf");
@@ -76,5 +98,33 @@ mod tests {
         assert!(text.contains("listen 9123;"));
         assert!(text.contains("proxy_pass http://127.0.0.1:9001;"));
         assert!(text.contains("user abc;"));
+    }
+
+    /// Every kind of route the renderer makes, through the real `nginx -t`
+    /// against the real base config (skipped where NGINX is not installed).
+    #[test]
+    fn every_rendered_route_passes_the_real_nginx_test() {
+        let tester = swap::NginxTester { via_reaper: false, ..swap::NginxTester::from_env() };
+        if !swap::ConfigTester::available(&tester) {
+            eprintln!("NGINX not installed; skipped");
+            return;
+        }
+        let data = tempfile::tempdir().unwrap();
+        let config = BaseConfig { listen_port: 9123, upstream: "127.0.0.1:9001".parse().unwrap(), worker_user: None };
+        write_base_config(data.path(), &config).unwrap();
+        let entries = [
+            routes::RouteEntry { name: "a".into(), mode: ProxyMode::Subpath, port: Some(19001), slot: true },
+            routes::RouteEntry { name: "b-2_x".into(), mode: ProxyMode::Port, port: Some(19002), slot: false },
+            routes::RouteEntry { name: "c".into(), mode: ProxyMode::Subpath, port: None, slot: false },
+        ];
+        let prefix = data.path().join("nginx");
+        let rendered = routes::render(&entries, &routes::RenderOptions::default());
+        swap::stage_and_swap(&prefix, &rendered.upstreams, &rendered.text, &tester).unwrap();
+        let empty = routes::render(&entries[1..], &routes::RenderOptions::default());
+        swap::stage_and_swap(&prefix, &empty.upstreams, &empty.text, &tester).unwrap();
+        let broken = format!("{}\nproxy_pass_bogus on;\n", rendered.text);
+        let err = swap::stage_and_swap(&prefix, &rendered.upstreams, &broken, &tester).unwrap_err();
+        assert!(err.to_string().contains("proxy_pass_bogus"), "{err}");
+        assert_eq!(std::fs::read_to_string(prefix.join("routes/aikore.conf")).unwrap(), empty.text);
     }
 }

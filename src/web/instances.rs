@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use super::api::checked_name;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::instances::{url_of, InstanceChanges, InstanceSpec};
+use crate::instances::{direct_port_of, url_of, InstanceChanges, InstanceManager, InstanceSpec};
 use crate::supervisor::UnitSnapshot;
 use crate::units::PortSpec;
 
@@ -138,7 +138,12 @@ pub struct InstanceView {
     pub(crate) pid: Option<i32>,
     pub(crate) restarts: u32,
     pub(crate) since: i64,
+    /// Where a browser opens it, relative to the public origin (docs/proxy.md).
     pub(crate) url: String,
+    /// `subpath` (behind NGINX) or `port` (its own port; `url` redirects there).
+    pub(crate) proxy: crate::proxy::ProxyMode,
+    /// For `port` instances: the port to open on the same host.
+    pub(crate) direct_port: Option<u16>,
     /// Things the user should know but that do not stop the instance
     /// (a GPU id NVML does not report).
     pub(crate) warnings: Vec<String>,
@@ -159,9 +164,10 @@ pub fn gpu_warnings(gpus: &[String], known: &[(u32, String)]) -> Vec<String> {
         .collect()
 }
 
-pub fn view(unit: &UnitSnapshot, known_gpus: &[(u32, String)]) -> Option<InstanceView> {
+pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, String)]) -> Option<InstanceView> {
     let spec = InstanceSpec::from_unit(&unit.unit)?;
     let warnings = gpu_warnings(&spec.gpus, known_gpus);
+    let proxy = manager.proxy_mode(&unit.name, &spec.blueprint);
     Some(InstanceView {
         warnings,
         name: spec.name,
@@ -186,6 +192,8 @@ pub fn view(unit: &UnitSnapshot, known_gpus: &[(u32, String)]) -> Option<Instanc
         restarts: unit.restarts,
         since: unit.since_ms,
         url: url_of(unit),
+        proxy,
+        direct_port: direct_port_of(unit, proxy),
     })
 }
 
@@ -194,12 +202,14 @@ pub(crate) fn known_gpus(state: &AppState) -> Vec<(u32, String)> {
 }
 
 fn one(state: &AppState, unit: &UnitSnapshot) -> ApiResult<Json<InstanceView>> {
-    view(unit, &known_gpus(state)).map(Json).ok_or_else(|| ApiError::not_found(format!("{} is not an instance", unit.name)))
+    view(unit, &state.instances, &known_gpus(state))
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("{} is not an instance", unit.name)))
 }
 
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<InstanceView>>> {
     let known = known_gpus(&state);
-    Ok(Json(state.instances.instances().await?.iter().filter_map(|u| view(u, &known)).collect()))
+    Ok(Json(state.instances.instances().await?.iter().filter_map(|u| view(u, &state.instances, &known)).collect()))
 }
 
 async fn show(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<InstanceView>> {
@@ -238,7 +248,7 @@ async fn update(
     let outcome = state.instances.update(name, changes, restart, &state.logs).await?;
     let unit = state.instances.instance(&outcome.name).await?;
     Ok(Json(serde_json::json!({
-        "instance": view(&unit, &known_gpus(&state)),
+        "instance": view(&unit, &state.instances, &known_gpus(&state)),
         "restarted": outcome.restarted,
         "restart_pending": outcome.restart_pending,
     })))

@@ -6,6 +6,7 @@ mod api;
 pub mod auth;
 mod instances;
 mod pages;
+mod proxy;
 mod terminal;
 pub mod openapi;
 pub mod error;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// web/: hand-written static files and the npm-installed libraries.
     pub web_dir: std::path::PathBuf,
+    /// The NGINX route sync: its status and a way to force a render.
+    pub proxy: crate::proxy::ProxyHandle,
 }
 
 impl AppState {
@@ -45,6 +48,7 @@ impl AppState {
         reloader: Arc<Reloader>,
         tracking: String,
         instances: Arc<crate::instances::InstanceManager>,
+        proxy: crate::proxy::ProxyHandle,
     ) -> Self {
         AppState {
             supervisor,
@@ -53,6 +57,7 @@ impl AppState {
             reloader,
             tracking,
             instances,
+            proxy,
             metrics: None,
             auth: Arc::new(auth::Auth::from_env()),
             web_dir: pages::resolve_web_dir(),
@@ -75,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::routes())
         .merge(terminal::routes())
         .merge(pages::routes())
+        .merge(proxy::routes())
         .route("/api/v1/openapi.json", axum::routing::get(openapi::document))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

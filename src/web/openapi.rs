@@ -33,6 +33,8 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ("get", "/api/v1/instances/{name}/public", "Whether the instance's app is reachable without login"),
     ("put", "/api/v1/instances/{name}/public", "Share the instance's app without login, or stop sharing ({\"public\": bool})"),
     ("get", "/api/v1/auth/check", "NGINX auth_request: 204 with a valid session or bearer (or a public instance's URI in X-Original-URI), else 401"),
+    ("get", "/api/v1/proxy", "NGINX routes: the live ones, whether the last render passed nginx -t, its error"),
+    ("post", "/api/v1/proxy/render", "Render, test and swap the NGINX routes now"),
     ("get", "/api/v1/openapi.json", "This document"),
     ("get", "/metrics", "Prometheus text format: supervisor, units, host, GPUs"),
     ("get", "/api/v1/system", "CPU, memory, disk and GPUs as JSON"),

@@ -223,7 +223,7 @@ struct Listing {
 async fn listing(state: &AppState) -> Result<Listing, String> {
     let units = state.instances.instances().await.map_err(|e| e.to_string())?;
     let known = super::instances::known_gpus(state);
-    let instances: Vec<InstanceView> = units.iter().filter_map(|u| view(u, &known)).collect();
+    let instances: Vec<InstanceView> = units.iter().filter_map(|u| view(u, &state.instances, &known)).collect();
     let keys: Vec<String> = instances.iter().map(|v| v.name.clone()).collect();
     let public = state
         .store

@@ -1,0 +1,380 @@
+//! The route table NGINX serves instances from, and its rendering into the
+//! `routes/aikore.conf` snippet (included inside the base config's server
+//! block). Pure: no files, no processes, so every rule is unit-tested.
+//!
+//! Precedence is designed, not hoped for: every generated location is an
+//! exact (`=`) or `^~` prefix location, so no regex location (ours or a
+//! hand-written snippet's) can take an instance's or the slot's paths.
+//!
+//! Prefixes are stripped from the RAW request target: `$aikore_app_rest` and
+//! `$aikore_comfyui_rest` are maps over `$request_uri` in the base config, so
+//! `%2F` reaches the app still encoded (a `proxy_pass` with a URI part or a
+//! rewrite would forward the decoded, normalised `$uri` instead).
+
+use std::fmt::Write as _;
+
+/// How an instance is reached, from its blueprint's `# aikore.proxy = ...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    /// Behind NGINX at `/app/<name>/` (the default).
+    Subpath,
+    /// On its own pool port; `/app/<name>/` redirects there.
+    Port,
+}
+
+impl ProxyMode {
+    pub fn parse(text: &str) -> ProxyMode {
+        match text.trim() {
+            "port" => ProxyMode::Port,
+            _ => ProxyMode::Subpath,
+        }
+    }
+}
+
+/// One instance as the proxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub name: String,
+    pub mode: ProxyMode,
+    /// The port it serves on while its process runs; None when it does not run.
+    pub port: Option<u16>,
+    /// Holds the ComfyUI slot (`/comfyui/` and ComfyUI's absolute paths).
+    pub slot: bool,
+}
+
+/// What the renderer produced for one instance, for `GET /api/v1/proxy`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RouteInfo {
+    pub name: String,
+    pub path: String,
+    /// `proxy` (to 127.0.0.1:port), `redirect` (to the direct port) or `down` (503 page).
+    pub action: &'static str,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// `routes/aikore.conf`: locations, inside the server block.
+    pub text: String,
+    /// `upstreams/aikore.conf`: one upstream group per running instance, in
+    /// the http block, so NGINX keeps idle connections to each app (a group
+    /// is the only way to get upstream keepalive with a variable proxy_pass).
+    pub upstreams: String,
+    pub routes: Vec<RouteInfo>,
+    /// Entries refused (unsafe names, two slot holders): reported, never rendered.
+    pub refused: Vec<String>,
+}
+
+/// ComfyUI's absolute paths (its server.py routes, the `/api`-prefixed copies
+/// of them, the user manager, internal routes, static extensions and
+/// templates). Exact paths first, then `^~` prefixes. Checked against
+/// comfyanonymous/ComfyUI server.py; see docs/proxy.md.
+pub const COMFYUI_EXACT: &[&str] = &[
+    "/ws", "/prompt", "/queue", "/history", "/interrupt", "/free", "/embeddings", "/extensions",
+    "/system_stats", "/object_info", "/view", "/features", "/models", "/userdata", "/users",
+    "/settings", "/workflow_templates",
+];
+pub const COMFYUI_PREFIX: &[&str] = &[
+    "/api/", "/internal/", "/history/", "/object_info/", "/models/", "/view_metadata/", "/upload/",
+    "/userdata/", "/v2/userdata", "/settings/", "/extensions/", "/templates/", "/i18n", "/docs/",
+    "/experiment/",
+];
+
+/// A name is rendered only if it matches `[a-z0-9][a-z0-9_-]{0,62}` — checked
+/// again here, whatever validated it before: it goes into config text.
+pub fn is_safe_name(name: &str) -> bool {
+    crate::units::is_valid_unit_name(name)
+}
+
+/// `client_max_body_size` values NGINX accepts: digits and an optional k/m/g.
+pub fn is_valid_size(text: &str) -> bool {
+    let digits = text.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G']);
+    !digits.is_empty() && digits.len() + 1 >= text.len() && digits.bytes().all(|b| b.is_ascii_digit()) && digits.len() <= 12
+}
+
+/// Rendering settings.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    /// `client_max_body_size` for instance routes (AIKORE_MAX_BODY).
+    pub max_body: String,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        // Model uploads (checkpoints are 2-25 GB) go through instance UIs.
+        RenderOptions { max_body: DEFAULT_MAX_BODY.into() }
+    }
+}
+
+pub const DEFAULT_MAX_BODY: &str = "50g";
+
+/// Upgraded (WebSocket) and long-polling streams are idle for long stretches
+/// (a ComfyUI tab open overnight): one day before NGINX cuts them.
+const STREAM_TIMEOUT: &str = "24h";
+
+fn proxy_settings(out: &mut String, port: u16, prefix: &str, options: &RenderOptions) {
+    let _ = write!(
+        out,
+        "        proxy_http_version 1.1;
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Forwarded-Host $http_host;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Real-IP $remote_addr;
+"
+    );
+    // The same login as the dashboard: NGINX asks aikore (nginx/nginx.conf).
+    out.push_str("        auth_request /_aikore/auth;\n        error_page 401 = @aikore_login;\n");
+    if !prefix.is_empty() {
+        let _ = writeln!(out, "        proxy_set_header X-Forwarded-Prefix {prefix};");
+        // An app that redirects to its own absolute address stays under the prefix.
+        let _ = writeln!(out, "        proxy_redirect http://127.0.0.1:{port}/ {prefix}/;");
+    }
+    let _ = write!(
+        out,
+        "        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $connection_upgrade;
+        proxy_buffering off;
+        proxy_request_buffering off;
+        proxy_read_timeout {STREAM_TIMEOUT};
+        proxy_send_timeout {STREAM_TIMEOUT};
+        client_max_body_size {};
+        error_page 502 504 =503 @aikore_unreachable;
+",
+        options.max_body
+    );
+}
+
+fn html_page(title: &str, text: &str) -> String {
+    // Only fixed text and validated names reach here: nothing to escape, and no
+    // double quote or backslash that would end NGINX's string. The page
+    // reloads itself: these are passing states (starting, stopped, no slot).
+    format!("<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5><title>{title}</title></head><body><h1>{title}</h1><p>{text}</p><p><a href=/>AiKore dashboard</a></p></body></html>")
+}
+
+fn static_page(out: &mut String, code: u16, title: &str, text: &str) {
+    let _ = write!(
+        out,
+        "        default_type text/html;
+        add_header Cache-Control no-store always;
+        add_header Retry-After 5 always;
+        return {code} \"{}\";
+",
+        html_page(title, text)
+    );
+}
+
+/// Renders the snippet. Entries with unsafe names are skipped and reported.
+pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
+    let mut out = String::new();
+    let mut routes = Vec::new();
+    let mut refused = Vec::new();
+    let mut upstreams = String::from("# Generated by aikore with routes/aikore.conf; rewritten on every change. Do not edit.\n\n");
+    out.push_str("# Generated by aikore from the instances; rewritten on every change. Do not edit:\n# add hand-written locations in another routes/*.conf file.\n\n");
+
+    // NGINX errors (the app not listening yet, or gone) as a clear page.
+    out.push_str("location @aikore_unreachable {\n");
+    static_page(&mut out, 503, "Instance not answering", "The instance is not answering on its port yet: it may still be starting. This page retries in a few seconds.");
+    out.push_str("}\n\n");
+
+    let mut entries: Vec<&RouteEntry> = entries.iter().collect();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut slot_holder: Option<&RouteEntry> = None;
+    for entry in entries {
+        if !is_safe_name(&entry.name) {
+            refused.push(format!("instance name {:?} is not safe to render; its route is skipped", entry.name));
+            continue;
+        }
+        if entry.slot {
+            match slot_holder {
+                // Only one holder is possible through the API; a hand edit can give two.
+                Some(first) => refused.push(format!(
+                    "instances {} and {} both hold the comfyui slot; {} gets it",
+                    first.name, entry.name, first.name
+                )),
+                None => slot_holder = Some(entry),
+            }
+        }
+        let name = &entry.name;
+        let prefix = format!("/app/{name}");
+        match (entry.port, entry.mode) {
+            (Some(port), ProxyMode::Subpath) => {
+                let _ = writeln!(out, "location = {prefix} {{\n        return 301 {prefix}/$is_args$args;\n}}");
+                let _ = writeln!(out, "location ^~ {prefix}/ {{");
+                // The raw target did not start with the decoded prefix (an encoded name): refuse, do not guess.
+                out.push_str("        if ($aikore_app_rest = \"\") { return 400; }\n");
+                let _ = writeln!(out, "        proxy_pass http://{}$aikore_app_rest;", upstream_name(name));
+                upstream(&mut upstreams, name, port);
+                proxy_settings(&mut out, port, &prefix, options);
+                out.push_str("}\n\n");
+                routes.push(RouteInfo { name: name.clone(), path: format!("{prefix}/"), action: "proxy", port: Some(port) });
+            }
+            (Some(port), ProxyMode::Port) => {
+                // The client's own host name: only NGINX knows it, the API does not.
+                let _ = writeln!(out, "location = {prefix} {{\n        return 302 $scheme://$host:{port}/$is_args$args;\n}}");
+                let _ = writeln!(out, "location ^~ {prefix}/ {{\n        return 302 $scheme://$host:{port}$aikore_app_rest;\n}}\n");
+                routes.push(RouteInfo { name: name.clone(), path: format!("{prefix}/"), action: "redirect", port: Some(port) });
+            }
+            (None, _) => {
+                let _ = writeln!(out, "location = {prefix} {{\n        return 301 {prefix}/$is_args$args;\n}}");
+                let _ = writeln!(out, "location ^~ {prefix}/ {{");
+                static_page(&mut out, 503, "Instance not running", &format!("Instance {name} is not running. Start it from the dashboard."));
+                out.push_str("}\n\n");
+                routes.push(RouteInfo { name: name.clone(), path: format!("{prefix}/"), action: "down", port: None });
+            }
+        }
+    }
+
+    // Any other /app/ path: no such instance (a fixed page, never the dashboard).
+    out.push_str("location ^~ /app/ {\n");
+    static_page(&mut out, 404, "No such instance", "No instance is served at this address.");
+    out.push_str("}\n\n");
+
+    out.push_str("# The ComfyUI slot: /comfyui/ and ComfyUI's absolute paths.\n");
+    let holder_port = slot_holder.and_then(|h| h.port);
+    // The holder's group exists when it runs in subpath mode; a port-mode holder gets one here.
+    let holder_group = slot_holder.filter(|h| h.port.is_some()).map(|h| upstream_name(&h.name));
+    if let Some(h) = slot_holder.filter(|h| h.port.is_some() && h.mode == ProxyMode::Port) {
+        upstream(&mut upstreams, &h.name, h.port.expect("filtered"));
+    }
+    let slot_location = |out: &mut String, modifier: &str, path: &str, rest: &str, prefix: &str| {
+        let _ = writeln!(out, "location {modifier} {path} {{");
+        match holder_port {
+            Some(port) => {
+                if !rest.is_empty() {
+                    let _ = writeln!(out, "        if ({rest} = \"\") {{ return 400; }}");
+                }
+                let _ = writeln!(out, "        proxy_pass http://{}{rest};", holder_group.as_deref().expect("a holder with a port"));
+                proxy_settings(out, port, prefix, options);
+            }
+            None => {
+                let text = match slot_holder {
+                    Some(h) => format!("Instance {} holds the ComfyUI slot but is not running. Start it from the dashboard.", h.name),
+                    None => "No instance holds the ComfyUI slot. Give it to a ComfyUI instance from the dashboard.".to_string(),
+                };
+                static_page(out, 503, "ComfyUI slot empty", &text);
+            }
+        }
+        out.push_str("}\n");
+    };
+    let _ = writeln!(out, "location = /comfyui {{\n        return 301 /comfyui/$is_args$args;\n}}");
+    slot_location(&mut out, "^~", "/comfyui/", "$aikore_comfyui_rest", "/comfyui");
+    // Absolute paths: no URI part in proxy_pass, so the raw target passes as sent.
+    for path in COMFYUI_EXACT {
+        slot_location(&mut out, "=", path, "", "");
+    }
+    for path in COMFYUI_PREFIX {
+        slot_location(&mut out, "^~", path, "", "");
+    }
+    if let Some(h) = slot_holder {
+        routes.push(RouteInfo {
+            name: h.name.clone(),
+            path: "/comfyui/".into(),
+            action: if holder_port.is_some() { "proxy" } else { "down" },
+            port: holder_port,
+        });
+    }
+    Rendered { text: out, upstreams, routes, refused }
+}
+
+fn upstream_name(name: &str) -> String {
+    format!("aikore_app_{name}")
+}
+
+fn upstream(out: &mut String, name: &str, port: u16) {
+    // max_fails=0: a refused connect (the app still starting) must not mark
+    // the only server down for fail_timeout after the app is up.
+    // keepalive 32: idle connections kept per worker; a UI page load fans out
+    // to a few dozen asset requests, which then skip the TCP handshake.
+    let _ = writeln!(
+        out,
+        "upstream {} {{\n    server 127.0.0.1:{port} max_fails=0;\n    keepalive 32;\n    keepalive_timeout 60s;\n}}",
+        upstream_name(name)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, port: Option<u16>, slot: bool) -> RouteEntry {
+        RouteEntry { name: name.into(), mode: ProxyMode::Subpath, port, slot }
+    }
+
+    #[test]
+    fn a_running_instance_is_proxied_from_the_raw_target() {
+        let r = render(&[entry("a", Some(19001), false)], &RenderOptions::default());
+        assert!(r.text.contains("location ^~ /app/a/ {"), "{}", r.text);
+        assert!(r.text.contains("proxy_pass http://aikore_app_a$aikore_app_rest;"));
+        assert!(r.upstreams.contains("upstream aikore_app_a {\n    server 127.0.0.1:19001 max_fails=0;"), "{}", r.upstreams);
+        assert!(r.text.contains("return 301 /app/a/$is_args$args;"));
+        assert!(r.text.contains("X-Forwarded-Prefix /app/a;"));
+        assert!(r.text.contains("client_max_body_size 50g;"));
+        assert_eq!(r.routes, vec![RouteInfo { name: "a".into(), path: "/app/a/".into(), action: "proxy", port: Some(19001) }]);
+    }
+
+    #[test]
+    fn a_stopped_instance_gets_a_503_page_not_a_stale_route() {
+        let r = render(&[entry("a", None, false)], &RenderOptions::default());
+        assert!(!r.text.contains("proxy_pass"), "{}", r.text);
+        assert!(!r.upstreams.contains("upstream"), "{}", r.upstreams);
+        assert!(r.text.contains("return 503 \"<!doctype html>"));
+        assert_eq!(r.routes[0].action, "down");
+    }
+
+    #[test]
+    fn unsafe_names_are_refused_and_never_rendered() {
+        let evil = "x; } location / { return 200 pwned; #";
+        let r = render(&[entry(evil, Some(1), false), entry("UPPER", Some(2), false), entry("ok", Some(3), false)], &RenderOptions::default());
+        assert!(!r.text.contains("pwned") && !r.text.contains("UPPER"));
+        assert_eq!(r.refused.len(), 2);
+        assert_eq!(r.routes.len(), 1);
+    }
+
+    #[test]
+    fn the_slot_holder_gets_comfyui_and_its_absolute_paths() {
+        let r = render(&[entry("c", Some(19005), true)], &RenderOptions::default());
+        assert!(r.text.contains("        proxy_pass http://aikore_app_c$aikore_comfyui_rest;"), "{}", r.text);
+        assert!(r.text.contains("location = /prompt {\n        proxy_pass http://aikore_app_c;"));
+        assert!(r.text.contains("location ^~ /api/ {\n        proxy_pass http://aikore_app_c;"));
+        assert!(r.text.contains("location = /ws {"));
+        // Still at /app/c/ too.
+        assert!(r.text.contains("location ^~ /app/c/ {"));
+        assert_eq!(r.routes.iter().filter(|x| x.name == "c").count(), 2);
+        // No regex location anywhere: precedence cannot be stolen by order.
+        assert!(!r.text.lines().any(|l| l.trim_start().starts_with("location ~")));
+    }
+
+    #[test]
+    fn without_a_slot_holder_comfyui_paths_answer_503() {
+        let r = render(&[entry("a", Some(19001), false)], &RenderOptions::default());
+        let prompt = r.text.split("location = /prompt {").nth(1).unwrap();
+        let block = &prompt[..prompt.find("}\n").unwrap()];
+        assert!(block.contains("return 503") && block.contains("No instance holds the ComfyUI slot"), "{block}");
+    }
+
+    #[test]
+    fn two_slot_holders_first_by_name_wins_and_is_reported() {
+        let r = render(&[entry("b", Some(2), true), entry("a", Some(1), true)], &RenderOptions::default());
+        assert!(r.text.contains("location = /prompt {\n        proxy_pass http://aikore_app_a;"));
+        assert_eq!(r.refused.len(), 1);
+    }
+
+    #[test]
+    fn port_mode_redirects_to_the_direct_port() {
+        let r = render(&[RouteEntry { name: "p".into(), mode: ProxyMode::Port, port: Some(19009), slot: false }], &RenderOptions::default());
+        assert!(r.text.contains("return 302 $scheme://$host:19009$aikore_app_rest;"), "{}", r.text);
+        assert_eq!(r.routes[0].action, "redirect");
+    }
+
+    #[test]
+    fn sizes() {
+        for ok in ["50g", "1024", "10M", "0"] {
+            assert!(is_valid_size(ok), "{ok}");
+        }
+        for bad in ["", "g", "5gg", "1;", "1 g", "-1"] {
+            assert!(!is_valid_size(bad), "{bad}");
+        }
+    }
+}
