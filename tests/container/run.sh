@@ -109,9 +109,11 @@ RUNC=$(command -v runc || echo /usr/sbin/runc)
 # by) images and containers of the machine's own store, and cleanup is rm -rf.
 PM=(podman --root "$STORE/root" --runroot "$STORE/run" --runtime "$RUNC")
 pm() { "${PM[@]}" "$@"; }
-# podman stop tries to remove a systemd healthcheck timer and, with no
-# systemd (CI), logs an error about it: drop just that line.
-pm_stop() { pm stop -t 40 "$1" >/dev/null 2> >(grep -v 'unable to get systemd connection' >&2); }
+# podman start/stop add and remove a systemd timer for HEALTHCHECK and, with
+# no systemd (CI), log an error about it: drop just those lines.
+no_systemd_noise() { grep -v 'unable to get systemd connection' >&2; }
+pm_start() { pm start "$1" >/dev/null 2> >(no_systemd_noise); }
+pm_stop() { pm stop -t 40 "$1" >/dev/null 2> >(no_systemd_noise); }
 # podman's default RLIMIT_NOFILE/NPROC (1048576) are above what some hosts
 # allow: without CAP_SYS_RESOURCE (CI's VMs: nofile hard limit 20000) runc
 # fails "error setting rlimits". Ask for at most the hard limit we have;
@@ -301,7 +303,7 @@ wait_healthz() {
 api() { curl -sS --max-time 10 -o "$TMP/body" -w '%{http_code}' "$@"; }
 
 t=$(date +%s%N)
-pm start "$CTR" >/dev/null
+pm_start "$CTR"
 if wait_healthz "$BASE_URL" 60; then
   COLD_MS=$(ms_since "$t"); pass "cold start: /healthz through NGINX on :$PORT after $COLD_MS ms"
 else
@@ -427,7 +429,7 @@ EOF
 
 # ---- restart: units come back with their data -----------------------------------
 t=$(date +%s%N)
-pm start "$CTR" >/dev/null
+pm_start "$CTR"
 if wait_healthz "$BASE_URL" 60; then
   WARM_MS=$(ms_since "$t"); pass "restart: /healthz through NGINX after $WARM_MS ms"
 else
@@ -461,7 +463,7 @@ if [ "$CHECK_PUID" = 1 ]; then
   CONTAINERS+=("$CTR2")
   pm run -d --name "$CTR2" --network=host "${LIMITS[@]}" --health-interval=disable \
     -e AIKORE_PORT="$PORT2" -e AIKORE_LISTEN="127.0.0.1:$(free_port)" -e PUID=1234 -e PGID=2345 \
-    -v "$CONFIG2:/config" "$IMAGE" >/dev/null
+    -v "$CONFIG2:/config" "$IMAGE" >/dev/null 2> >(no_systemd_noise)
   if wait_healthz "http://127.0.0.1:$PORT2" 60; then
     BASE_URL="http://127.0.0.1:$PORT2" wait_status probe started 30 || true
     check "PUID: /config and what aikore made in it belong to 1234:2345" sh -c \
@@ -483,7 +485,7 @@ BCTR="aikore-ct-baseline-$ID"
 CONTAINERS+=("$BCTR")
 pm create --name "$BCTR" --network=host "${LIMITS[@]}" -e PORT="$BPORT" "$BASELINE_IMAGE" >/dev/null
 t=$(date +%s%N)
-pm start "$BCTR" >/dev/null
+pm_start "$BCTR"
 if wait_healthz "http://127.0.0.1:$BPORT" 60; then
   BASELINE_COLD_MS=$(ms_since "$t"); pass "baseline cold start: /healthz after $BASELINE_COLD_MS ms"
 else
