@@ -1,0 +1,90 @@
+# AiKore container image: `aikore serve` is PID 1 (no shell, no tini, no s6).
+#
+# Two ways to get the binary (see docs/container.md):
+#   docker build -t aikore .                        # compiles it in a Rust stage
+#   cargo build --release --locked && \
+#   docker build --build-arg PREBUILT=1 -t aikore . # copies target/release/aikore
+# AIKORE_BINARY names another prebuilt path inside the context
+# (e.g. when CARGO_TARGET_DIR points elsewhere and the binary was copied in).
+# RUST_IMAGE / DEBIAN_IMAGE let an offline builder use locally built bases.
+
+ARG PREBUILT=0
+ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
+ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
+
+# ---- binary, compiled from source (PREBUILT=0) -----------------------------
+FROM ${RUST_IMAGE} AS build-0
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked \
+ && install -D -m 0755 target/release/aikore /out/aikore \
+ && mkdir -p blueprints
+
+# ---- binary, built beforehand on a glibc >= 2.36 host (PREBUILT=1) ---------
+FROM ${DEBIAN_IMAGE} AS build-1
+ARG AIKORE_BINARY=target/release/aikore
+WORKDIR /src
+COPY . .
+RUN test -x "${AIKORE_BINARY}" \
+      || { echo "PREBUILT=1 needs ${AIKORE_BINARY} in the build context (cargo build --release --locked)" >&2; exit 1; } \
+ && install -D -m 0755 "${AIKORE_BINARY}" /out/aikore \
+ && mkdir -p blueprints
+
+# One name for whichever stage was chosen; the other is never built.
+FROM build-${PREBUILT} AS build
+
+# ---- runtime ----------------------------------------------------------------
+FROM ${DEBIAN_IMAGE}
+
+# The user that owns /config and runs instances. PUID/PGID at run time say
+# which host user that is; the image's defaults match the usual first user.
+ARG PUID=1000
+ARG PGID=1000
+
+# What blueprints need to install and run web UIs: git, python3 + venv,
+# curl, ca-certificates; procps for ps/pkill in scripts; tzdata for TZ.
+# policy-rc.d keeps Debian's nginx postinst from starting a daemon.
+RUN set -eux; \
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        nginx bash git python3 python3-venv ca-certificates curl procps tzdata; \
+    apt-get clean; \
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log \
+           /usr/sbin/policy-rc.d /etc/nginx/sites-enabled/default; \
+    groupadd --gid "${PGID}" aikore; \
+    useradd --uid "${PUID}" --gid "${PGID}" --home-dir /home/aikore --create-home \
+            --shell /bin/bash aikore; \
+    mkdir -p /config /etc/aikore /opt/aikore
+
+COPY --from=build /out/aikore /usr/local/bin/aikore
+COPY --from=build /src/units/ /etc/aikore/units/
+COPY --from=build /src/nginx/ /etc/aikore/nginx/
+# blueprints/ may be absent from the context: the build stages create it.
+COPY --from=build /src/blueprints/ /opt/aikore/blueprints/
+
+ENV AIKORE_DATA_DIR=/config \
+    AIKORE_UNITS_DIR=/etc/aikore/units \
+    AIKORE_BLUEPRINTS_DIR=/opt/aikore/blueprints \
+    AIKORE_PORT=9000 \
+    PUID=${PUID} \
+    PGID=${PGID} \
+    TZ=Etc/UTC
+
+# 9000: NGINX (dashboard, API, /app/<name>/). 19001-19999: instance ports
+# (AIKORE_PORT_RANGE), published only for direct access to an instance.
+EXPOSE 9000 19001-19999
+VOLUME /config
+WORKDIR /config
+
+# Through NGINX, so an unhealthy container means the user cannot reach it.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD curl -fsS --max-time 4 "http://127.0.0.1:${AIKORE_PORT:-9000}/healthz" || exit 1
+
+# aikore's ordered shutdown (AIKORE_SHUTDOWN_TIMEOUT, 30s by default) starts
+# on SIGTERM; give `docker stop` more than that (-t 40, stop_grace_period).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/aikore", "serve"]
+
+LABEL org.opencontainers.image.title="AiKore" \
+      org.opencontainers.image.description="AI web-UI supervisor: one Rust binary as PID 1, NGINX in front"
