@@ -80,3 +80,35 @@ fn the_journal_records_the_final_stops_of_a_shutdown() {
     let status: String = db(&d).query_row("SELECT status FROM units WHERE name='svc'", [], |r| r.get(0)).unwrap();
     assert_eq!(status, "stopped");
 }
+
+#[test]
+fn a_parent_that_exported_the_data_dir_is_not_taken_for_a_leftover() {
+    // `AIKORE_DATA_DIR=... aikore serve` from a wrapper: the wrapper carries
+    // the marker too, and must survive the daemon's leftover sweep.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let data = std::fs::canonicalize(&data).unwrap();
+    let port = crate::harness::free_port();
+    let mut wrapper = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} serve --units-dir /nonexistent --listen 127.0.0.1:{port} & wait", crate::harness::BIN))
+        .env("AIKORE_DATA_DIR", &data)
+        .env("AIKORE_PORT", crate::harness::free_port().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    while std::time::Instant::now() < deadline && ureq::get(&url).call().is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ureq::get(&url).call().is_ok(), "the daemon came up");
+    assert!(wrapper.try_wait().unwrap().is_none(), "the wrapper shell is alive");
+    for pid in crate::harness::processes_with_env(&format!("AIKORE_DATA_DIR={}", data.display())) {
+        // SAFETY: the daemon and the wrapper of this test.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let _ = wrapper.wait();
+}

@@ -59,19 +59,46 @@ pub fn marked_processes(unit: &str, data_dir: &str, pgid: Option<i32>) -> Vec<i3
         .collect()
 }
 
-/// Every process in /proc that carries `AIKORE_DATA_DIR=<data_dir>`: leftovers
-/// of a previous run of the daemon using the same data dir.
+/// Our own pid and every ancestor's: a shell that exported AIKORE_DATA_DIR and
+/// then ran `aikore serve` carries the marker but is not a leftover unit.
+fn self_and_ancestors() -> Vec<i32> {
+    let mut chain = vec![std::process::id() as i32];
+    let mut pid = chain[0];
+    while pid > 1 && chain.len() < 64 {
+        let Some(parent) = parent_of(pid) else { break };
+        chain.push(parent);
+        pid = parent;
+    }
+    chain
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every process in /proc that carries both `AIKORE_DATA_DIR=<data_dir>` and
+/// an `AIKORE_UNIT=` marker: leftovers of a previous run of the daemon using
+/// the same data dir. Never us or whoever started us.
 pub fn processes_of_data_dir(data_dir: &str) -> Vec<i32> {
     let marker = format!("AIKORE_DATA_DIR={data_dir}").into_bytes();
-    let me = std::process::id() as i32;
+    let spared = self_and_ancestors();
     let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != me && process_group_of(*pid).is_some())
+        .filter(|pid| !spared.contains(pid) && process_group_of(*pid).is_some())
         .filter(|pid| {
             fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|v| v == marker.as_slice()))
+                .map(|env| {
+                    let mut vars = env.split(|b| *b == 0);
+                    let (mut data, mut unit) = (false, false);
+                    for var in &mut vars {
+                        data |= var == marker.as_slice();
+                        unit |= var.starts_with(b"AIKORE_UNIT=");
+                    }
+                    data && unit
+                })
                 .unwrap_or(false)
         })
         .collect()

@@ -16,9 +16,9 @@
 #   INSTANCES_API=auto|1|0  how the "a unit runs" check starts something:
 #       1    through POST /api/v1/instances (fails when the API is missing)
 #       0    a unit file in /config/units, /api/v1/reload, /units/<n>/start
-#       auto (default) the API when it exists, else the unit file, saying so
-#   CHECK_PUID=0|1  TODO(lead): flip to 1 (and make it the default) once
-#       aikore applies PUID/PGID at start (docs/container.md, "PUID/PGID").
+#       auto the API when it exists, else the unit file, saying so (default 1)
+#   CHECK_PUID=0|1  checks PUID/PGID handling (default 1): /config belongs
+#       to PUID/PGID and units without User= run as that user.
 #   FROM_SOURCE=1   also build the image the default way (PREBUILT=0: cargo
 #       inside the Rust stage), from a Rust image made of the host's toolchain
 #       (tests/container/rust-builder.Dockerfile) and crates from the host's
@@ -37,8 +37,8 @@ fi
 
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
-INSTANCES_API=${INSTANCES_API:-auto}
-CHECK_PUID=${CHECK_PUID:-0}
+INSTANCES_API=${INSTANCES_API:-1}
+CHECK_PUID=${CHECK_PUID:-1}
 FROM_SOURCE=${FROM_SOURCE:-0}
 KEEP=${KEEP:-0}
 
@@ -288,7 +288,7 @@ CONTAINERS+=("$CTR")
 # --health-interval=disable: podman runs HEALTHCHECK from systemd timers,
 # and CI has no systemd; `podman healthcheck run` below runs it by hand.
 pm create --name "$CTR" --network=host "${LIMITS[@]}" --health-interval=disable \
-  -e AIKORE_PORT="$PORT" -e AIKORE_LISTEN="127.0.0.1:$API_PORT" -e TZ=Asia/Tokyo \
+  -e AIKORE_PORT="$PORT" -e AIKORE_LISTEN="127.0.0.1:$API_PORT" -e TZ=Asia/Tokyo -e AIKORE_API_TOKEN="$TOKEN" \
   -v "$CONFIG:/config" "$IMAGE" >/dev/null
 
 # wait_healthz URL TIMEOUT_S: 0 once /healthz answers 200.
@@ -300,7 +300,10 @@ wait_healthz() {
   done
   return 1
 }
-api() { curl -sS --max-time 10 -o "$TMP/body" -w '%{http_code}' "$@"; }
+# Every API and app request carries the container's API token (the API and
+# the apps behind NGINX sit behind aikore's login).
+TOKEN=ct-token-$$
+api() { curl -sS --max-time 10 -H "Authorization: Bearer $TOKEN" -o "$TMP/body" -w '%{http_code}' "$@"; }
 
 t=$(date +%s%N)
 pm_start "$CTR"
@@ -337,7 +340,7 @@ EOF
 wait_status() {
   local deadline=$(( $(date +%s) + $3 )) s=""
   while [ "$(date +%s)" -lt "$deadline" ]; do
-    s=$(curl -fsS --max-time 2 "$BASE_URL/api/v1/units/$1" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])' 2>/dev/null || true)
+    s=$(curl -fsS --max-time 2 -H "Authorization: Bearer $TOKEN" "$BASE_URL/api/v1/units/$1" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])' 2>/dev/null || true)
     [ "$s" = "$2" ] && return 0
     sleep 0.1
   done
@@ -345,10 +348,9 @@ wait_status() {
   return 1
 }
 
-# TODO(lead): the instances API. With INSTANCES_API=1 (or auto once
-# POST /api/v1/instances exists) the check creates an instance from a custom
-# blueprint in /config/blueprints and reaches it through NGINX at /app/<name>/.
-# Adjust the request body / blueprint header here to the final API.
+# The instances API: an instance from a custom blueprint in /config/blueprints,
+# reached through NGINX at /app/<name>/ (with the API token: apps sit behind
+# aikore's login).
 instance_check() {
   mkdir -p "$CONFIG/blueprints"
   cat >"$CONFIG/blueprints/ct-http.sh" <<'EOF'
@@ -365,12 +367,12 @@ EOF
   chmod +x "$CONFIG/blueprints/ct-http.sh"
   local code
   code=$(api -X POST -H 'Content-Type: application/json' \
-    -d '{"name":"ctprobe","blueprint":"ct-http.sh","port":"auto","gpus":"","autostart":true}' \
+    -d '{"name":"ctprobe","blueprint":"ct-http","port":"auto","gpus":"","autostart":true,"start":true}' \
     "$BASE_URL/api/v1/instances")
   check "POST /api/v1/instances creates ctprobe (HTTP $code)" test "${code:0:1}" = 2
   check "instance ctprobe reaches 'started'" wait_status ctprobe started 60
   check "instance ctprobe answers through NGINX at /app/ctprobe/" \
-    curl -fsS --max-time 5 -o /dev/null "$BASE_URL/app/ctprobe/"
+    curl -fsS --max-time 5 -H "Authorization: Bearer $TOKEN" -o /dev/null "$BASE_URL/app/ctprobe/"
 }
 
 use_api=0
@@ -449,34 +451,30 @@ pm_stop "$CTR"
 check "second stop also exits 0" test "$(pm inspect --format '{{.State.ExitCode}}' "$CTR")" = 0
 
 # ---- PUID/PGID -------------------------------------------------------------------
-# TODO(lead): enable (CHECK_PUID=1, then make 1 the default) once aikore applies
-# PUID/PGID at start as docs/container.md "PUID/PGID" says. Today units run as
-# root and /config files are root's, so these assertions would fail.
+# aikore gives what it creates in /config to PUID:PGID and runs units without
+# User= as that user.
 if [ "$CHECK_PUID" = 1 ]; then
   CONFIG2=$TMP/config-puid
   mkdir -p "$CONFIG2/units"
-  # User=aikore: services keep root by default; the name must now mean PUID.
-  sed -e "s/$PROBE_PORT/$(free_port)/g" -e 's/^\[Service\]$/[Service]\nUser=aikore/' \
-    "$CONFIG/units/probe.service" >"$CONFIG2/units/probe.service"
+  # No User=: with PUID/PGID set, units run as the host user.
+  sed -e "s/$PROBE_PORT/$(free_port)/g" "$CONFIG/units/probe.service" >"$CONFIG2/units/probe.service"
   PORT2=$(free_port)
   CTR2="aikore-ct-puid-$ID"
   CONTAINERS+=("$CTR2")
   pm run -d --name "$CTR2" --network=host "${LIMITS[@]}" --health-interval=disable \
-    -e AIKORE_PORT="$PORT2" -e AIKORE_LISTEN="127.0.0.1:$(free_port)" -e PUID=1234 -e PGID=2345 \
+    -e AIKORE_PORT="$PORT2" -e AIKORE_LISTEN="127.0.0.1:$(free_port)" -e PUID=1234 -e PGID=2345 -e AIKORE_API_TOKEN="$TOKEN" \
     -v "$CONFIG2:/config" "$IMAGE" >/dev/null 2> >(no_systemd_noise)
   if wait_healthz "http://127.0.0.1:$PORT2" 60; then
     BASE_URL="http://127.0.0.1:$PORT2" wait_status probe started 30 || true
     check "PUID: /config and what aikore made in it belong to 1234:2345" sh -c \
       "test -z \"\$(find '$CONFIG2' -not -path '*/nginx/tmp/*' -not -name nginx.pid \\( -not -uid 1234 -o -not -gid 2345 \\) -print -quit)\""
-    check "PUID: User=aikore runs as uid 1234 (probe recorded uid=1234)" grep -q 'uid=1234$' "$CONFIG2/probe/runs"
-    check "PUID: the image's aikore user was moved to 1234:2345" \
-      test "$(pm exec "$CTR2" sh -c 'id -u aikore; id -g aikore' | tr '\n' :)" = "1234:2345:"
+    check "PUID: a unit without User= runs as uid 1234 (probe recorded uid=1234)" grep -q 'uid=1234$' "$CONFIG2/probe/runs"
   else
     fail "PUID: container with PUID=1234 did not come up"
   fi
   pm_stop "$CTR2"
 else
-  say "skipped: PUID/PGID checks (TODO(lead): CHECK_PUID=1 once aikore applies PUID/PGID at start)"
+  say "PUID/PGID checks off (CHECK_PUID=0)"
 fi
 
 # ---- baseline: bookworm-slim + NGINX ----------------------------------------------
