@@ -11,6 +11,7 @@
 ARG PREBUILT=0
 ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
 ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
+ARG NODE_IMAGE=docker.io/library/node:20-bookworm-slim
 
 # ---- binary, compiled from source (PREBUILT=0) -----------------------------
 FROM ${RUST_IMAGE} AS build-0
@@ -32,6 +33,21 @@ RUN test -x "${AIKORE_BINARY}" \
 
 # One name for whichever stage was chosen; the other is never built.
 FROM build-${PREBUILT} AS build
+
+# ---- dashboard assets: hand-written static files + xterm.js from npm --------
+# PREBUILT=0 installs the lockfile's runtime packages; PREBUILT=1 takes
+# web/node_modules from the context (`npm ci --prefix web` beforehand).
+FROM ${NODE_IMAGE} AS web-0
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund
+COPY web/static ./static
+
+FROM ${DEBIAN_IMAGE} AS web-1
+COPY web/ /web/
+RUN rm -rf /web/tests /web/bench
+
+FROM web-${PREBUILT} AS web
 
 # ---- runtime ----------------------------------------------------------------
 FROM ${DEBIAN_IMAGE}
@@ -62,10 +78,12 @@ COPY --from=build /src/units/ /etc/aikore/units/
 COPY --from=build /src/nginx/ /etc/aikore/nginx/
 # blueprints/ may be absent from the context: the build stages create it.
 COPY --from=build /src/blueprints/ /opt/aikore/blueprints/
+COPY --from=web /web/ /opt/aikore/web/
 
 ENV AIKORE_DATA_DIR=/config \
     AIKORE_UNITS_DIR=/etc/aikore/units \
     AIKORE_BLUEPRINTS_DIR=/opt/aikore/blueprints \
+    AIKORE_WEB_DIR=/opt/aikore/web \
     AIKORE_PORT=9000 \
     PUID=${PUID} \
     PGID=${PGID} \

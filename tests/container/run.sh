@@ -160,6 +160,11 @@ else
   BIN=$(realpath "${CARGO_TARGET_DIR:-target}/release/aikore")
 fi
 [ -x "$BIN" ] || die "no aikore binary at $BIN"
+# The image takes the dashboard's npm libraries from the context (PREBUILT=1).
+if [ ! -d web/node_modules/@xterm/xterm ]; then
+  say "npm ci --prefix web (xterm.js for the image)"
+  npm ci --prefix web --no-audit --no-fund --silent || die "npm ci failed"
+fi
 if [ "$BIN" = "$(realpath -m target/release/aikore)" ]; then
   CONTEXT_BINARY=target/release/aikore
 else
@@ -318,8 +323,10 @@ check "healthz: status ok and pid1 true" python3 -c '
 import json, sys; h = json.loads(sys.argv[1]); sys.exit(0 if h["status"] == "ok" and h["pid1"] is True else 1)' "$health"
 check "PID 1 in the container is 'aikore serve'" \
   test "$(pm exec "$CTR" cat /proc/1/cmdline | tr '\0' ' ')" = "/usr/local/bin/aikore serve "
-check "NGINX runs as a child of PID 1, workers as the /config owner (aikore)" pm exec "$CTR" sh -c \
-  'ps -o ppid=,user=,args= -C nginx | grep -q "^ *1 root .*nginx: master" && ps -o user=,args= -C nginx | grep -q "^aikore .*nginx: worker"'
+check "NGINX runs as a child of PID 1, as the /config owner (PUID: aikore)" pm exec "$CTR" sh -c \
+  'ps -o ppid=,user=,args= -C nginx | grep -q "^ *1 aikore .*nginx: master" && ps -o user=,args= -C nginx | grep -q "^aikore .*nginx: worker"'
+check "the dashboard's scripts and xterm.js are served through NGINX" sh -c \
+  "curl -fsS --max-time 5 -o /dev/null '$BASE_URL/static/app.js' && curl -fsS --max-time 5 -o /dev/null '$BASE_URL/vendor/xterm.js'"
 check "podman healthcheck run: healthy" pm healthcheck run "$CTR"
 
 # ---- something runs under aikore ----------------------------------------------
