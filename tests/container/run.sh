@@ -38,6 +38,9 @@ fi
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
 INSTANCES_API=${INSTANCES_API:-1}
+# Every API and app request carries the container's API token (the API and
+# the apps behind NGINX sit behind aikore's login).
+TOKEN=ct-token-$$
 CHECK_PUID=${CHECK_PUID:-1}
 FROM_SOURCE=${FROM_SOURCE:-0}
 KEEP=${KEEP:-0}
@@ -305,9 +308,6 @@ wait_healthz() {
   done
   return 1
 }
-# Every API and app request carries the container's API token (the API and
-# the apps behind NGINX sit behind aikore's login).
-TOKEN=ct-token-$$
 api() { curl -sS --max-time 10 -H "Authorization: Bearer $TOKEN" -o "$TMP/body" -w '%{http_code}' "$@"; }
 
 t=$(date +%s%N)
