@@ -535,7 +535,7 @@ impl InstanceManager {
         // The lease is kept while trashed (a restore gets its port back); purge frees it.
         if !self.name_taken(&entry.name).await? {
             let n = entry.name.clone();
-            let _ = self.ctx.store.call(move |s| s.release_port(&n)).await;
+            let _ = self.ctx.store.call(move |s| s.release_port(&n).and_then(|()| s.forget_display(&n))).await;
         }
         Ok(())
     }
