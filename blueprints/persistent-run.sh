@@ -129,6 +129,8 @@ app_answers() {
 write_prefs() {
     # Rewritten each start: a kiosk that never asks anything, never phones
     # home, and comes back on its page after a crash without safe-mode prompts.
+    # One content process and no optional helper processes: it shows one
+    # local page, and each helper costs tens of MB (benches/persistent.sh).
     cat >"$1/user.js" <<'PREFS'
 user_pref("browser.shell.checkDefaultBrowser", false);
 user_pref("browser.aboutwelcome.enabled", false);
@@ -155,6 +157,13 @@ user_pref("browser.translations.automaticallyPopup", false);
 user_pref("fission.autostart", false);
 user_pref("dom.ipc.processCount", 1);
 user_pref("dom.ipc.processPrelaunch.enabled", false);
+user_pref("dom.ipc.forkserver.enable", false);
+user_pref("browser.tabs.remote.separatePrivilegedContentProcess", false);
+user_pref("browser.tabs.remote.separatePrivilegedMozillaWebContentProcess", false);
+user_pref("extensions.webextensions.remote", false);
+user_pref("network.process.enabled", false);
+user_pref("media.rdd-process.enabled", false);
+user_pref("media.utility-process.enabled", false);
 PREFS
 }
 
