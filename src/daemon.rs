@@ -235,6 +235,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let names: Vec<(String, String)> =
         loaded.units.iter().map(|u| (u.name.clone(), u.kind.as_str().to_string())).collect();
     let reconciled = store.call(move |s| s.reconcile(&names, now_ms())).await??;
+    // No run exists yet: display leases from a previous life are only preferences now.
+    store.call(|s| s.release_all_displays(now_ms())).await??;
     for name in &reconciled.archived {
         tracing::info!(unit = %name, "unit file gone; its state row is archived");
     }

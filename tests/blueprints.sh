@@ -42,7 +42,8 @@ fi
 
 # ---------------------------------------------------------------- metadata
 for f in "$BP"/*.sh; do
-    [[ "$(basename "$f")" == functions.sh ]] && continue
+    # Helpers, not blueprints: the shared functions and persistent mode's wrapper.
+    [[ "$(basename "$f")" == functions.sh || "$(basename "$f")" == persistent-run.sh ]] && continue
     name=$(basename "$f")
     meta=$(sed -n '/^### AIKORE-METADATA-START ###$/,/^### AIKORE-METADATA-END ###$/p' "$f")
     check "$name starts with #!/usr/bin/env bash" test "$(head -n1 "$f")" = "#!/usr/bin/env bash"

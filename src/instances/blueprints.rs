@@ -46,7 +46,8 @@ pub fn parse_metadata(text: &str) -> BTreeMap<String, String> {
 
 fn read_blueprint(path: &Path, custom: bool) -> Option<Blueprint> {
     let id = path.file_stem()?.to_str()?.to_string();
-    if !crate::units::is_valid_unit_name(&id) || id == "functions" {
+    // functions.sh and persistent-run.sh are helpers, not blueprints.
+    if !crate::units::is_valid_unit_name(&id) || id == "functions" || id == "persistent-run" {
         return None;
     }
     let text = std::fs::read_to_string(path).ok()?;
@@ -117,11 +118,13 @@ mod tests {
         let custom = tempfile::tempdir().unwrap();
         std::fs::write(stock.path().join("a.sh"), "### AIKORE-METADATA-START ###\n# aikore.name = Stock A\n### AIKORE-METADATA-END ###\n").unwrap();
         std::fs::write(stock.path().join("functions.sh"), "").unwrap();
+        std::fs::write(stock.path().join("persistent-run.sh"), "").unwrap();
         std::fs::write(custom.path().join("a.sh"), "### AIKORE-METADATA-START ###\n# aikore.name = Mine\n### AIKORE-METADATA-END ###\n").unwrap();
         let all = list(stock.path(), custom.path());
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].name, "Mine");
         assert!(all[0].custom);
         assert!(find(stock.path(), custom.path(), "../a").is_none());
+        assert!(find(stock.path(), custom.path(), "persistent-run").is_none());
     }
 }

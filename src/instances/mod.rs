@@ -5,6 +5,7 @@
 //! Running them is the supervisor's job, like any unit.
 
 pub mod blueprints;
+pub mod persistent;
 pub mod runtime;
 pub mod unitfile;
 
@@ -535,7 +536,7 @@ impl InstanceManager {
         // The lease is kept while trashed (a restore gets its port back); purge frees it.
         if !self.name_taken(&entry.name).await? {
             let n = entry.name.clone();
-            let _ = self.ctx.store.call(move |s| s.release_port(&n)).await;
+            let _ = self.ctx.store.call(move |s| s.release_port(&n).and_then(|()| s.forget_display(&n))).await;
         }
         Ok(())
     }
@@ -609,7 +610,23 @@ impl InstanceManager {
 /// instance `/app/<name>/` redirects to `http://<the same host>:<port>/`
 /// (only NGINX knows the host the client used), so the URL is always a
 /// working link; `direct_port` in the API gives the port itself.
+///
+/// A persistent instance is viewed through its display (`vnc_url_of`): that
+/// is what keeps its state across closed tabs, so View and Open go there,
+/// always (stopped or starting, NGINX's page there says so and retries);
+/// `app_url_of` still gives the app itself.
 pub fn url_of(unit: &UnitSnapshot) -> String {
+    vnc_url_of(unit).unwrap_or_else(|| app_url_of(unit))
+}
+
+/// noVNC on a persistent instance's display (`/vnc/<name>/vnc.html?...`).
+pub fn vnc_url_of(unit: &UnitSnapshot) -> Option<String> {
+    let instance = unit.unit.instance.as_ref()?;
+    instance.persistent_mode.then(|| persistent::vnc_url(&unit.name))
+}
+
+/// The app's own address behind NGINX.
+pub fn app_url_of(unit: &UnitSnapshot) -> String {
     match unit.unit.instance.as_ref().and_then(|i| i.active_slot.as_deref()) {
         Some(SLOT_COMFYUI) => "/comfyui/".into(),
         _ => format!("/app/{}/", unit.name),

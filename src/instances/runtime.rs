@@ -103,14 +103,35 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
     let dir = ctx.instance_dir(&unit.name);
     let outputs = output_dir(unit, ctx);
     std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?;
-    let env = instance_env(unit, ctx, Some(port));
+    let mut env = instance_env(unit, ctx, Some(port));
     let launch = dir.join("launch.sh");
     let default_exec_start = Some(ExecCommand { argv: vec!["/bin/bash".into(), launch.display().to_string()], ignore_failure: false });
+    // Persistent mode: leased last, so nothing after it can fail and leave
+    // a lease no run holds (end_run releases it only for runs that began).
+    let persistent = if unit.instance.as_ref().is_some_and(|i| i.persistent_mode) {
+        let wrapper = ctx.blueprints_dir.join(super::persistent::WRAPPER);
+        if !wrapper.is_file() {
+            return Err(format!("persistent mode needs {}", wrapper.display()));
+        }
+        let run = super::persistent::begin(unit, ctx)?;
+        env.extend(run.env());
+        Some((run, wrapper))
+    } else {
+        None
+    };
     let ready = match &unit.service.ready_check {
+        // A GUI app serves no page: it is up when its display can be viewed.
+        ReadyCheck::Default if persistent.as_ref().is_some_and(|(run, _)| !run.browser) => {
+            persistent.as_ref().map(|(run, _)| ReadyTarget::Tcp { host: "127.0.0.1".into(), port: run.lease.ws_port })
+        }
         ReadyCheck::Default => Some(ReadyTarget::Http { host: "127.0.0.1".into(), port, path: "/".into() }),
         ReadyCheck::None => None,
         ReadyCheck::Tcp(p) => Some(ReadyTarget::Tcp { host: "127.0.0.1".into(), port: *p }),
         ReadyCheck::Http { host, port, path } => Some(ReadyTarget::Http { host: host.clone(), port: *port, path: path.clone() }),
     };
-    Ok(Prepared { ready, env, default_exec_start, port: Some(port) })
+    let (main_wrapper, vnc_port) = match persistent {
+        Some((run, wrapper)) => (vec!["/bin/bash".to_string(), wrapper.display().to_string()], Some(run.lease.ws_port)),
+        None => (Vec::new(), None),
+    };
+    Ok(Prepared { ready, env, default_exec_start, port: Some(port), main_wrapper, vnc_port })
 }

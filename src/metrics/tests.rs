@@ -33,6 +33,7 @@ fn snapshot(name: &str, file: &str, status: Status, pid: Option<i32>) -> UnitSna
         last_exit: None,
         path: file.into(),
         port: None,
+        vnc_port: None,
         unit: Arc::new(unit),
     }
 }

@@ -41,6 +41,10 @@ pub struct RouteEntry {
     pub port: Option<u16>,
     /// Holds the ComfyUI slot (`/comfyui/` and ComfyUI's absolute paths).
     pub slot: bool,
+    /// Persistent mode: its display is viewed at `/vnc/<name>/` (noVNC).
+    pub persistent: bool,
+    /// Its websockify port while its process runs.
+    pub vnc_port: Option<u16>,
 }
 
 /// What the renderer produced for one instance, for `GET /api/v1/proxy`.
@@ -181,6 +185,7 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
     let mut entries: Vec<&RouteEntry> = entries.iter().collect();
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     let mut slot_holder: Option<&RouteEntry> = None;
+    let mut vnc_entries: Vec<&RouteEntry> = Vec::new();
     for entry in entries {
         if !is_safe_name(&entry.name) {
             refused.push(format!("instance name {:?} is not safe to render; its route is skipped", entry.name));
@@ -195,6 +200,9 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
                 )),
                 None => slot_holder = Some(entry),
             }
+        }
+        if entry.persistent {
+            vnc_entries.push(entry);
         }
         let name = &entry.name;
         let prefix = format!("/app/{name}");
@@ -225,6 +233,31 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
             }
         }
     }
+
+    // Persistent instances' displays: noVNC (websockify's files and its
+    // WebSocket) behind the same login. websockify is not path-sensitive, so
+    // the prefix is simply replaced by `/` (the decoded URI is fine there).
+    for entry in &vnc_entries {
+        let name = &entry.name;
+        let prefix = format!("/vnc/{name}");
+        let _ = writeln!(out, "location = {prefix} {{\n        return 301 {prefix}/$is_args$args;\n}}");
+        let _ = writeln!(out, "location ^~ {prefix}/ {{");
+        match entry.vnc_port {
+            Some(port) => {
+                let _ = writeln!(out, "        proxy_pass http://127.0.0.1:{port}/;");
+                proxy_settings(&mut out, port, "", options);
+                routes.push(RouteInfo { name: name.clone(), path: format!("{prefix}/"), action: "proxy", port: Some(port) });
+            }
+            None => {
+                static_page(&mut out, 503, "Instance not running", &format!("Instance {name} is not running. Start it from the dashboard."));
+                routes.push(RouteInfo { name: name.clone(), path: format!("{prefix}/"), action: "down", port: None });
+            }
+        }
+        out.push_str("}\n\n");
+    }
+    out.push_str("location ^~ /vnc/ {\n");
+    static_page(&mut out, 404, "No such instance", "No persistent instance is served at this address.");
+    out.push_str("}\n\n");
 
     // Any other /app/ path: no such instance (a fixed page, never the dashboard).
     out.push_str("location ^~ /app/ {\n");
@@ -299,7 +332,7 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, port: Option<u16>, slot: bool) -> RouteEntry {
-        RouteEntry { name: name.into(), mode: ProxyMode::Subpath, port, slot }
+        RouteEntry { name: name.into(), mode: ProxyMode::Subpath, port, slot, persistent: false, vnc_port: None }
     }
 
     #[test]
@@ -363,9 +396,31 @@ mod tests {
 
     #[test]
     fn port_mode_redirects_to_the_direct_port() {
-        let r = render(&[RouteEntry { name: "p".into(), mode: ProxyMode::Port, port: Some(19009), slot: false }], &RenderOptions::default());
+        let r = render(&[RouteEntry { name: "p".into(), mode: ProxyMode::Port, port: Some(19009), slot: false, persistent: false, vnc_port: None }], &RenderOptions::default());
         assert!(r.text.contains("return 302 $scheme://$host:19009$aikore_app_rest;"), "{}", r.text);
         assert_eq!(r.routes[0].action, "redirect");
+    }
+
+    #[test]
+    fn a_persistent_instance_gets_its_display_behind_the_login() {
+        let running = RouteEntry { persistent: true, vnc_port: Some(19999), ..entry("v", Some(19001), false) };
+        let r = render(&[running, entry("plain", Some(19002), false)], &RenderOptions::default());
+        let block = r.text.split("location ^~ /vnc/v/ {").nth(1).expect("a /vnc/v/ location");
+        let block = &block[..block.find("}\n").unwrap()];
+        assert!(block.contains("proxy_pass http://127.0.0.1:19999/;"), "{block}");
+        assert!(block.contains("auth_request /_aikore/auth;"), "{block}");
+        assert!(block.contains("proxy_set_header Upgrade $http_upgrade;"), "{block}");
+        assert!(r.text.contains("return 301 /vnc/v/$is_args$args;"));
+        assert!(!r.text.contains("/vnc/plain/"), "only persistent instances: {}", r.text);
+        assert!(r.text.contains("location ^~ /vnc/ {"));
+        assert!(r.routes.contains(&RouteInfo { name: "v".into(), path: "/vnc/v/".into(), action: "proxy", port: Some(19999) }));
+        // The app itself keeps its /app/ route.
+        assert!(r.text.contains("location ^~ /app/v/ {"));
+
+        let stopped = RouteEntry { persistent: true, vnc_port: None, ..entry("v", None, false) };
+        let r = render(&[stopped], &RenderOptions::default());
+        let block = r.text.split("location ^~ /vnc/v/ {").nth(1).unwrap();
+        assert!(block[..block.find("}\n").unwrap()].contains("return 503"), "{}", r.text);
     }
 
     #[test]

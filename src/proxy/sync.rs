@@ -187,6 +187,8 @@ impl Loop {
                 mode: self.sync.instances.proxy_mode(&unit.name, &instance.blueprint),
                 port: unit.port.filter(|_| running),
                 slot: instance.active_slot.as_deref() == Some(SLOT_COMFYUI),
+                persistent: instance.persistent_mode,
+                vnc_port: unit.vnc_port.filter(|_| running),
                 name: unit.name,
             });
         }

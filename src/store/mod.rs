@@ -8,6 +8,7 @@
 //! code access to it through a dedicated thread, so SQLite never blocks a tokio
 //! worker and the `!Sync` connection never needs a lock.
 
+mod displays;
 mod events;
 mod handle;
 mod ports;
@@ -23,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
+pub use displays::DisplayLease;
 pub use handle::StoreHandle;
 
 /// How long a statement waits on a lock held by another connection (the CLI
@@ -46,6 +48,8 @@ pub enum StoreError {
     PortTaken { port: u16, holder: String },
     #[error("no free port left in {start}-{end}")]
     PortPoolExhausted { start: u16, end: u16 },
+    #[error("no free X display left in :{start}-:{end}")]
+    DisplayPoolExhausted { start: u16, end: u16 },
     #[error("the store thread has stopped")]
     Closed,
     #[error("store i/o: {0}")]

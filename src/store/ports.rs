@@ -39,8 +39,11 @@ impl Store {
         }
 
         let taken: HashSet<u16> = {
-            let mut stmt =
-                tx.prepare("SELECT port FROM port_leases WHERE port BETWEEN ?1 AND ?2")?;
+            // Websockify ports of running persistent instances count as taken.
+            let mut stmt = tx.prepare(
+                "SELECT port FROM port_leases WHERE port BETWEEN ?1 AND ?2
+                 UNION SELECT ws_port FROM display_leases WHERE released_ms IS NULL",
+            )?;
             let ports = stmt
                 .query_map(params![range.start(), range.end()], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;

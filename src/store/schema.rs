@@ -41,6 +41,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
+    // v2: persistent mode's X displays. A unit keeps its row while stopped
+    // (released_ms set) so its next start gets the same display back if no
+    // running instance took it meanwhile; `ws_port` is its websockify port.
+    "CREATE TABLE display_leases (
+        display INTEGER PRIMARY KEY,
+        unit TEXT NOT NULL UNIQUE,
+        ws_port INTEGER NOT NULL,
+        leased_ms INTEGER NOT NULL,
+        released_ms INTEGER
+    );",
 ];
 
 /// The schema version this build writes.

@@ -34,7 +34,7 @@ fn migrates_fresh_file_and_reopens() {
     let path = db_path(&dir);
     {
         let store = Store::open(&path).unwrap();
-        assert_eq!(schema::user_version(&store.conn).unwrap(), 1);
+        assert_eq!(schema::user_version(&store.conn).unwrap(), 2);
         let mode: String = store
             .conn
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
@@ -47,7 +47,7 @@ fn migrates_fresh_file_and_reopens() {
         assert_eq!(fk, 1);
     }
     let mut store = Store::open(&path).unwrap();
-    assert_eq!(schema::user_version(&store.conn).unwrap(), 1);
+    assert_eq!(schema::user_version(&store.conn).unwrap(), 2);
     // Reopening must not re-run migrations (they would fail on existing tables).
     store.set_setting("k", "v").unwrap();
     drop(store);
@@ -69,12 +69,12 @@ fn too_new_schema_is_refused() {
         err,
         StoreError::SchemaTooNew {
             found: 7,
-            supported: 1
+            supported: 2
         }
     ));
     assert_eq!(
         err.to_string(),
-        "database schema version 7 is newer than this aikore supports (1)"
+        "database schema version 7 is newer than this aikore supports (2)"
     );
 }
 

@@ -151,6 +151,8 @@ impl Store {
             "UPDATE port_leases SET unit = ?2 WHERE unit = ?1",
             [old, new],
         )?;
+        tx.execute("DELETE FROM display_leases WHERE unit = ?1", [new])?;
+        tx.execute("UPDATE display_leases SET unit = ?2 WHERE unit = ?1", [old, new])?;
         tx.commit()?;
         Ok(())
     }

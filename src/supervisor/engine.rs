@@ -539,6 +539,7 @@ impl<C: ProcessControl> Engine<C> {
                 last_exit: rt.last_exit.clone(),
                 path: rt.unit.path.display().to_string(),
                 port: rt.prepared.port,
+                vnc_port: rt.prepared.vnc_port,
                 unit: Arc::clone(&rt.unit),
             })
             .collect()
@@ -661,10 +662,14 @@ impl<C: ProcessControl> Engine<C> {
             return;
         }
         let default = self.units[name].prepared.default_exec_start.clone();
-        let Some(command) = unit.service.exec_start.clone().or(default) else {
+        let Some(mut command) = unit.service.exec_start.clone().or(default) else {
             self.run_ended(name, RunEnd::SpawnFailed("no ExecStart= and no default for this unit".into()));
             return;
         };
+        let wrapper = &self.units[name].prepared.main_wrapper;
+        if !wrapper.is_empty() {
+            command.argv.splice(0..0, wrapper.iter().cloned());
+        }
         match self.ctl.spawn(&unit, Role::Main, &command, &env) {
             Ok(pid) => {
                 self.pids.insert(pid, (name.to_string(), Role::Main));

@@ -32,6 +32,8 @@ pub struct HostProcesses {
     exits: mpsc::UnboundedSender<ExitReport>,
     /// How each unit with a current run finds its processes.
     members: HashMap<String, Membership>,
+    /// Units whose current run holds a display lease (persistent mode).
+    displays: std::collections::HashSet<String>,
 }
 
 /// The daemon's own environment minus variables that are aikore's business
@@ -42,7 +44,7 @@ pub fn inherited_env() -> Vec<(String, String)> {
 
 impl HostProcesses {
     pub fn new(config: HostConfig, logs: Arc<LogHub>, exits: mpsc::UnboundedSender<ExitReport>) -> Self {
-        HostProcesses { config, logs, exits, members: HashMap::new() }
+        HostProcesses { config, logs, exits, members: HashMap::new(), displays: Default::default() }
     }
 
     fn data_marker(&self) -> String {
@@ -233,7 +235,11 @@ impl ProcessControl for HostProcesses {
         self.logs.begin_run(&unit.name, fresh).map_err(|e| format!("log file: {e}"))?;
         if unit.instance.is_some() {
             let ctx = self.config.instances.as_ref().ok_or("instances are not configured")?;
-            return crate::instances::runtime::prepare(unit, ctx);
+            let prepared = crate::instances::runtime::prepare(unit, ctx)?;
+            if prepared.vnc_port.is_some() {
+                self.displays.insert(unit.name.clone());
+            }
+            return Ok(prepared);
         }
         let ready = match &unit.service.ready_check {
             ReadyCheck::Default | ReadyCheck::None => None,
@@ -319,6 +325,11 @@ impl ProcessControl for HostProcesses {
     fn end_run(&mut self, unit: &str) {
         if let Some(Membership::Cgroup(cg)) = self.members.remove(unit) {
             cg.remove();
+        }
+        if self.displays.remove(unit) {
+            if let Some(ctx) = self.config.instances.as_ref() {
+                crate::instances::persistent::end(unit, ctx);
+            }
         }
     }
 

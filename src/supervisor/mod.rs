@@ -48,6 +48,11 @@ pub struct Prepared {
     pub default_exec_start: Option<ExecCommand>,
     /// The port this run serves on (an instance's leased or fixed port).
     pub port: Option<u16>,
+    /// Put before the main command's argv (persistent mode's wrapper script,
+    /// which runs the display and browser around the app).
+    pub main_wrapper: Vec<String>,
+    /// A persistent instance's websockify port (noVNC behind `/vnc/<name>/`).
+    pub vnc_port: Option<u16>,
 }
 
 /// The OS boundary, so restart, backoff, escalation and ordering are tested
@@ -107,6 +112,8 @@ pub struct UnitSnapshot {
     pub path: String,
     /// The port of the current (or last) run, for URLs.
     pub port: Option<u16>,
+    /// A persistent instance's websockify port, current (or last) run.
+    pub vnc_port: Option<u16>,
     #[serde(skip)]
     pub unit: Arc<Unit>,
 }

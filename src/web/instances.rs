@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use super::api::checked_name;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::instances::{direct_port_of, url_of, InstanceChanges, InstanceManager, InstanceSpec};
+use crate::instances::{app_url_of, direct_port_of, url_of, vnc_url_of, InstanceChanges, InstanceManager, InstanceSpec};
 use crate::supervisor::UnitSnapshot;
 use crate::units::PortSpec;
 
@@ -138,8 +138,13 @@ pub struct InstanceView {
     pub(crate) pid: Option<i32>,
     pub(crate) restarts: u32,
     pub(crate) since: i64,
-    /// Where a browser opens it, relative to the public origin (docs/proxy.md).
+    /// Where a browser opens it, relative to the public origin (docs/proxy.md):
+    /// `vnc_url` for a persistent instance, else `app_url`.
     pub(crate) url: String,
+    /// The app itself behind NGINX (`/app/<name>/` or `/comfyui/`).
+    pub(crate) app_url: String,
+    /// Persistent mode: noVNC on its display (remote resize, autoconnect).
+    pub(crate) vnc_url: Option<String>,
     /// `subpath` (behind NGINX) or `port` (its own port; `url` redirects there).
     pub(crate) proxy: crate::proxy::ProxyMode,
     /// For `port` instances: the port to open on the same host.
@@ -192,6 +197,8 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
         restarts: unit.restarts,
         since: unit.since_ms,
         url: url_of(unit),
+        app_url: app_url_of(unit),
+        vnc_url: vnc_url_of(unit),
         proxy,
         direct_port: direct_port_of(unit, proxy),
     })
