@@ -59,12 +59,14 @@ ARG PGID=1000
 
 # What blueprints need to install and run web UIs: git, python3 + venv,
 # curl, ca-certificates; procps for ps/pkill in scripts; tzdata for TZ.
+# Persistent mode: Xvnc, websockify + noVNC, Firefox ESR, a window manager.
 # policy-rc.d keeps Debian's nginx postinst from starting a daemon.
 RUN set -eux; \
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        nginx bash git python3 python3-venv ca-certificates curl procps tzdata; \
+        nginx bash git python3 python3-venv ca-certificates curl procps tzdata \
+        tigervnc-standalone-server websockify novnc firefox-esr matchbox-window-manager; \
     apt-get clean; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log \
            /usr/sbin/policy-rc.d /etc/nginx/sites-enabled/default; \

@@ -273,8 +273,8 @@ for kv in AIKORE_DATA_DIR=/config AIKORE_UNITS_DIR=/etc/aikore/units AIKORE_PORT
 done
 inside() { pm run --rm --network=none "${LIMITS[@]}" --no-healthcheck --entrypoint /bin/sh "$IMAGE" -c "$1"; }
 check "user aikore is 1000:1000 in the image" test "$(inside 'id -u aikore; id -g aikore' | tr '\n' :)" = "1000:1000:"
-check "runtime tools present (nginx git python3 venv curl ps bash, ca-certs)" inside \
-  'for c in /usr/sbin/nginx git python3 curl ps bash; do command -v $c >/dev/null || exit 1; done;
+check "runtime tools present (nginx git python3 venv curl ps bash, ca-certs, persistent mode)" inside \
+  'for c in /usr/sbin/nginx git python3 curl ps bash Xvnc websockify firefox-esr matchbox-window-manager; do command -v $c >/dev/null || exit 1; done; test -f /usr/share/novnc/vnc.html;
    python3 -m venv /tmp/v && /tmp/v/bin/python -c "import sys" && test -s /etc/ssl/certs/ca-certificates.crt'
 check "apt lists cleaned, no recommends-only extras" inside \
   'test -z "$(ls /var/lib/apt/lists | grep -v -e ^lock -e ^partial)" && ! dpkg -s build-essential >/dev/null 2>&1'
