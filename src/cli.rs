@@ -82,13 +82,15 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn settings(self) -> Result<Settings, String> {
-        let shutdown_timeout = config::parse_shutdown_timeout(std::env::var("AIKORE_SHUTDOWN_TIMEOUT").ok().as_deref())?;
+        let shutdown_timeout =
+            config::parse_shutdown_timeout(std::env::var("AIKORE_SHUTDOWN_TIMEOUT").ok().as_deref())?;
         let stock = self.units_dir.unwrap_or_else(config::default_stock_units_dir);
         let port_range = crate::instances::runtime::parse_port_range(&self.port_range)?;
         let blueprints_dir = self.blueprints_dir.unwrap_or_else(config::default_blueprints_dir);
         // Instances get this path to source functions.sh, from their own dir.
         let blueprints_dir = std::fs::canonicalize(&blueprints_dir).unwrap_or(blueprints_dir);
-        let owner = config::owner_from_env(std::env::var("PUID").ok().as_deref(), std::env::var("PGID").ok().as_deref())?;
+        let owner =
+            config::owner_from_env(std::env::var("PUID").ok().as_deref(), std::env::var("PGID").ok().as_deref())?;
         let user = self.data_dir.join("units");
         Ok(Settings {
             units_dirs: vec![stock, user],
@@ -175,7 +177,8 @@ impl Client {
 
     fn json(&self, method: &str, path: &str) -> Result<serde_json::Value, Failure> {
         let mut response = self.send(method, path)?;
-        let body = response.body_mut().read_to_string().map_err(|e| Failure::Api { status: 0, message: e.to_string() })?;
+        let body =
+            response.body_mut().read_to_string().map_err(|e| Failure::Api { status: 0, message: e.to_string() })?;
         serde_json::from_str(&body).map_err(|e| Failure::Api { status: 0, message: format!("bad response: {e}") })
     }
 }
@@ -234,7 +237,12 @@ fn print_unit_table(units: &[serde_json::Value]) {
 
 fn print_unit(u: &serde_json::Value) {
     let description = u.get("description").and_then(|d| d.as_str()).unwrap_or("");
-    println!("{} ({}){}", text(u, "name"), text(u, "kind"), if description.is_empty() { String::new() } else { format!(" - {description}") });
+    println!(
+        "{} ({}){}",
+        text(u, "name"),
+        text(u, "kind"),
+        if description.is_empty() { String::new() } else { format!(" - {description}") }
+    );
     let since = u.get("since").and_then(|s| s.as_i64()).map(ago).unwrap_or_default();
     println!("  status:    {} (since {since})", text(u, "status"));
     if let Some(detail) = u.get("detail").and_then(|d| d.as_str()) {

@@ -111,7 +111,11 @@ fn stop_leftovers(data_dir: &str, cgroups: Option<&CgroupRoot>) {
 /// Mirrors every supervisor event into SQLite: state rows and the journal.
 /// On `stop` it writes what the supervisor already sent (the final
 /// `stopped` transitions of a shutdown), then returns.
-async fn journal_events(mut events: broadcast::Receiver<UnitEvent>, store: StoreHandle, stop: tokio_util::sync::CancellationToken) {
+async fn journal_events(
+    mut events: broadcast::Receiver<UnitEvent>,
+    store: StoreHandle,
+    stop: tokio_util::sync::CancellationToken,
+) {
     loop {
         let received = tokio::select! {
             biased;
@@ -120,7 +124,9 @@ async fn journal_events(mut events: broadcast::Receiver<UnitEvent>, store: Store
         };
         match received {
             Ok(event) => record_event(&store, event).await,
-            Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "journal fell behind the supervisor"),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "journal fell behind the supervisor")
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
@@ -190,7 +196,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     // AIKORE_CGROUP=off forces the process-group fallback (tests of that path,
     // or a host whose cgroup delegation misbehaves).
     let cgroups_wanted = std::env::var("AIKORE_CGROUP").map(|v| v != "off").unwrap_or(true);
-    let probed = if cgroups_wanted { CgroupRoot::probe(&data_dir_tag(&data_dir)) } else { Err("disabled by AIKORE_CGROUP=off".into()) };
+    let probed = if cgroups_wanted {
+        CgroupRoot::probe(&data_dir_tag(&data_dir))
+    } else {
+        Err("disabled by AIKORE_CGROUP=off".into())
+    };
     let tracking = match &probed {
         Ok(_) => "cgroup".to_string(),
         Err(_) => "process-group".to_string(),
@@ -223,7 +233,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     crate::proxy::write_base_config(&data_dir, &base).context("writing the NGINX config")?;
     crate::config::give_tree(&data_dir.join("nginx"), settings.owner);
 
-    let store = Store::open(&settings.db_path()).with_context(|| format!("opening {}", settings.db_path().display()))?;
+    let store =
+        Store::open(&settings.db_path()).with_context(|| format!("opening {}", settings.db_path().display()))?;
     let store = StoreHandle::spawn(store);
     for suffix in ["", "-wal", "-shm"] {
         crate::config::give(&data_dir.join(format!("aikore.db{suffix}")), settings.owner);
@@ -269,7 +280,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let journal = tokio::spawn(journal_events(events_tx.subscribe(), store.clone(), journal_stop.clone()));
     let engine = tokio::spawn(Engine::new(host, loaded.units, events_tx).run(commands_rx, exits_rx));
 
-    let reloader = Arc::new(Reloader { settings: settings.clone(), supervisor: supervisor.clone(), store: store.clone() });
+    let reloader =
+        Arc::new(Reloader { settings: settings.clone(), supervisor: supervisor.clone(), store: store.clone() });
     let instances = Arc::new(crate::instances::InstanceManager::new(
         instance_ctx,
         settings.blueprints_dir.clone(),

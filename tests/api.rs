@@ -89,7 +89,8 @@ fn the_stock_nginx_unit_serves_the_api_on_the_public_port() {
     let port = crate::harness::free_port();
     let mut options = crate::harness::Options::default();
     options.env.push(("AIKORE_PORT".into(), port.to_string()));
-    let stock = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("units/nginx.service")).unwrap();
+    let stock =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("units/nginx.service")).unwrap();
     let d = Daemon::start_with(&[("nginx.service", &stock)], options);
     let u = d.wait_status("nginx", "started");
     assert!(u["detail"].is_null(), "NGINX must be installed for this test (.ci/run installs it): {u}");

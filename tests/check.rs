@@ -20,8 +20,11 @@ fn unknown_key_is_reported_with_file_and_line_and_exit_1() {
 fn ignored_systemd_key_is_a_warning_and_exit_0() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("brought.service");
-    std::fs::write(&path, "[Service]\nExecStart=/bin/true\nProtectSystem=strict\n\n[Install]\nWantedBy=multi-user.target\n")
-        .unwrap();
+    std::fs::write(
+        &path,
+        "[Service]\nExecStart=/bin/true\nProtectSystem=strict\n\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
     let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");

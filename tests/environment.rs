@@ -103,7 +103,10 @@ fn puid_pgid_own_the_data_dir_and_run_units_without_user() {
     options.env.push(("PGID".into(), "65534".into()));
     let d = Daemon::start_with(
         &[
-            ("plain.service", "[Service]\nExecStart=/bin/sh -c 'echo ids $(id -u):$(id -g) home=$HOME; exec sleep 1000'\n"),
+            (
+                "plain.service",
+                "[Service]\nExecStart=/bin/sh -c 'echo ids $(id -u):$(id -g) home=$HOME; exec sleep 1000'\n",
+            ),
             ("rooted.service", "[Service]\nUser=root\nExecStart=/bin/sh -c 'echo ids $(id -u); exec sleep 1000'\n"),
         ],
         options,

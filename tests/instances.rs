@@ -45,7 +45,10 @@ fn an_instance_goes_from_creation_to_started_when_its_port_answers() {
 #[test]
 fn a_silent_instance_stalls_then_still_becomes_started() {
     let d = Daemon::start(&[]);
-    create(&d, json!({ "name": "slow", "blueprint": "test-http", "stall_after_sec": 1, "environment": { "TEST_DELAY_SEC": "2" } }));
+    create(
+        &d,
+        json!({ "name": "slow", "blueprint": "test-http", "stall_after_sec": 1, "environment": { "TEST_DELAY_SEC": "2" } }),
+    );
     d.post("/api/v1/instances/slow/start");
     d.wait_status("slow", "stalled");
     d.wait_status("slow", "started");
@@ -124,7 +127,10 @@ fn bad_input_is_refused_and_changes_nothing() {
         (json!({ "name": "badgpu", "blueprint": "test-http", "gpus": "zero" }), 400),
         (json!({ "name": "badgpu2", "blueprint": "test-http", "gpus": { "a": 1 } }), 400),
         (json!({ "name": "badenv", "blueprint": "test-http", "environment": { "A B": "x" } }), 400),
-        (json!({ "name": "inject", "blueprint": "test-http", "environment": { "A": "x\n[Service]\nExecStart=/bin/evil" } }), 400),
+        (
+            json!({ "name": "inject", "blueprint": "test-http", "environment": { "A": "x\n[Service]\nExecStart=/bin/evil" } }),
+            400,
+        ),
         (json!({ "name": "badslot", "blueprint": "test-http", "active_slot": "forge" }), 400),
         (json!({ "name": "extra", "blueprint": "test-http", "colour": "red" }), 400),
         (json!({ "blueprint": "test-http" }), 400),
@@ -133,7 +139,8 @@ fn bad_input_is_refused_and_changes_nothing() {
         assert_eq!(code, want, "{body} -> {reply}");
         assert!(reply["error"].as_str().is_some(), "{reply}");
     }
-    let (code, reply) = d.post_json("/api/v1/instances", json!({ "name": "heldport", "blueprint": "test-http", "port": 40123 }));
+    let (code, reply) =
+        d.post_json("/api/v1/instances", json!({ "name": "heldport", "blueprint": "test-http", "port": 40123 }));
     assert!(reply["error"].as_str().unwrap().contains("taken"), "names the holder: {code} {reply}");
     assert_eq!(std::fs::read_dir(d.data_dir.join("units")).unwrap().count(), units_before);
     assert_eq!(std::fs::read_dir(d.data_dir.join("instances")).unwrap().count(), instances_before);
@@ -200,7 +207,10 @@ fn script_edit_custom_blueprint_and_rebuild() {
     create(&d, json!({ "name": "scripted", "blueprint": "test-http" }));
     let (code, script) = d.get("/api/v1/instances/scripted/script");
     assert_eq!(code, 200);
-    let content = script["content"].as_str().unwrap().replace("#!/usr/bin/env bash\n", "#!/usr/bin/env bash\necho edited-by-test\n");
+    let content = script["content"]
+        .as_str()
+        .unwrap()
+        .replace("#!/usr/bin/env bash\n", "#!/usr/bin/env bash\necho edited-by-test\n");
     let (code, _) = d.put_json("/api/v1/instances/scripted/script", json!({ "content": content }));
     assert_eq!(code, 200);
     d.post("/api/v1/instances/scripted/start");

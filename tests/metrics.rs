@@ -68,7 +68,10 @@ fn promtool_check(text: &str) {
     std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
     let out = promtool.wait_with_output().unwrap();
     let findings = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && findings.trim().is_empty(), "promtool check metrics:\n{findings}\n--- scrape ---\n{text}");
+    assert!(
+        out.status.success() && findings.trim().is_empty(),
+        "promtool check metrics:\n{findings}\n--- scrape ---\n{text}"
+    );
 }
 
 fn check_scrape(d: &Daemon) {
@@ -95,7 +98,12 @@ fn check_scrape(d: &Daemon) {
         assert_eq!(series_value(&text, "aikore_unit_starts_total", &[&u]), Some(1.0), "{text}");
     }
     assert!(!text.contains("instance=\""), "the unit label must not be Prometheus's reserved `instance`");
-    for name in ["aikore_build_info", "process_resident_memory_bytes", "aikore_reaped_orphans_total", "aikore_host_cpu_usage_ratio"] {
+    for name in [
+        "aikore_build_info",
+        "process_resident_memory_bytes",
+        "aikore_reaped_orphans_total",
+        "aikore_host_cpu_usage_ratio",
+    ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing:\n{text}");
     }
 
@@ -163,7 +171,9 @@ impl Prometheus {
     fn query(&self, expr: &str) -> Value {
         let url = format!("{}/api/v1/query", self.url);
         match agent().get(&url).query("query", expr).call() {
-            Ok(mut r) => serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or(Value::Null),
+            Ok(mut r) => {
+                serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or(Value::Null)
+            }
             Err(_) => Value::Null,
         }
     }
@@ -280,7 +290,12 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             failures.push(format!("{title}: {query}: no data"));
         }
     }
-    assert!(failures.is_empty(), "dashboard queries failed:\n{}\n--- scrape ---\n{}", failures.join("\n"), fetch(&format!("{}/metrics", d.url)).2);
+    assert!(
+        failures.is_empty(),
+        "dashboard queries failed:\n{}\n--- scrape ---\n{}",
+        failures.join("\n"),
+        fetch(&format!("{}/metrics", d.url)).2
+    );
 }
 
 /// GPUs nvidia-smi sees: (index, uuid). None when there is no driver.

@@ -33,7 +33,10 @@ fn need_tools() {
         ("matchbox-window-manager", "matchbox-window-manager"),
     ] {
         let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success());
-        assert!(found.unwrap_or(false), "{tool} must be installed for this test (Debian package {package}; .ci/run installs it)");
+        assert!(
+            found.unwrap_or(false),
+            "{tool} must be installed for this test (Debian package {package}; .ci/run installs it)"
+        );
     }
     assert!(Path::new("/usr/share/novnc/vnc.html").exists(), "noVNC must be installed (Debian package novnc)");
 }
@@ -77,7 +80,11 @@ fn get(port: u16, target: &str, headers: &[(&str, &str)]) -> std::io::Result<(u1
 fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();
@@ -125,7 +132,9 @@ fn vnc_greeting(p: &Proxied, name: &str) -> Result<String, String> {
 }
 
 fn cmdline(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default()
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
 }
 
 fn environ_has(pid: i32, entry: &str) -> bool {
@@ -165,16 +174,28 @@ fn find(procs: &[(i32, String)], prog: &str) -> Option<i32> {
 /// The display number the unit's Xvnc serves.
 fn display_of(procs: &[(i32, String)]) -> u16 {
     let xvnc = procs.iter().find(|(_, c)| program(c) == "Xvnc").expect("an Xvnc process").1.clone();
-    xvnc.split(' ').nth(1).and_then(|a| a.strip_prefix(':')).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("display in {xvnc:?}"))
+    xvnc.split(' ')
+        .nth(1)
+        .and_then(|a| a.strip_prefix(':'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("display in {xvnc:?}"))
 }
 
 /// Window names on the display that contain `needle`.
 fn windows_named(display: u16, needle: &str) -> Vec<String> {
-    let out = Command::new("xdotool").args(["search", "--name", needle]).env("DISPLAY", format!(":{display}")).output().expect("xdotool");
+    let out = Command::new("xdotool")
+        .args(["search", "--name", needle])
+        .env("DISPLAY", format!(":{display}"))
+        .output()
+        .expect("xdotool");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|id| {
-            let o = Command::new("xdotool").args(["getwindowname", id.trim()]).env("DISPLAY", format!(":{display}")).output().ok()?;
+            let o = Command::new("xdotool")
+                .args(["getwindowname", id.trim()])
+                .env("DISPLAY", format!(":{display}"))
+                .output()
+                .ok()?;
             Some(String::from_utf8_lossy(&o.stdout).trim().to_string())
         })
         .filter(|n| n.contains(needle))
@@ -188,7 +209,11 @@ fn wait_for<T>(d: &Daemon, what: &str, limit: Duration, mut check: impl FnMut() 
             return v;
         }
         if Instant::now() > deadline {
-            panic!("timed out waiting for {what}\n--- unit log ---\n{}\n--- daemon log ---\n{}", d.unit_log("pv"), d.daemon_log());
+            panic!(
+                "timed out waiting for {what}\n--- unit log ---\n{}\n--- daemon log ---\n{}",
+                d.unit_log("pv"),
+                d.daemon_log()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -203,22 +228,34 @@ fn a_persistent_instance_runs_display_vnc_and_browser_in_its_unit() {
     let _one = DISPLAYS.lock().unwrap_or_else(|e| e.into_inner());
     let p = start();
     let d = &p.d;
-    let (code, body) = d.post_json("/api/v1/instances", json!({ "name": "pv", "blueprint": "test-http", "persistent_mode": true }));
+    let (code, body) =
+        d.post_json("/api/v1/instances", json!({ "name": "pv", "blueprint": "test-http", "persistent_mode": true }));
     assert_eq!(code, 201, "{body}");
     let dir = d.data_dir.join("instances/pv");
-    std::fs::write(dir.join("index.html"), format!("<!doctype html><html><head><title>{TITLE}</title></head><body><h1>{TITLE}</h1></body></html>")).unwrap();
+    std::fs::write(
+        dir.join("index.html"),
+        format!("<!doctype html><html><head><title>{TITLE}</title></head><body><h1>{TITLE}</h1></body></html>"),
+    )
+    .unwrap();
     assert!(std::fs::read_to_string(d.data_dir.join("units/pv.instance")).unwrap().contains("PersistentMode=yes"));
 
     // The API points View/Open at noVNC on the display.
     let (_, view) = d.get("/api/v1/instances/pv");
     let vnc_url = view["vnc_url"].as_str().expect("vnc_url").to_string();
     assert_eq!(view["url"], vnc_url, "{view}");
-    assert!(vnc_url.starts_with("/vnc/pv/vnc.html?") && vnc_url.contains("path=vnc/pv/websockify") && vnc_url.contains("resize=remote"), "{vnc_url}");
+    assert!(
+        vnc_url.starts_with("/vnc/pv/vnc.html?")
+            && vnc_url.contains("path=vnc/pv/websockify")
+            && vnc_url.contains("resize=remote"),
+        "{vnc_url}"
+    );
     assert_eq!(view["app_url"], "/app/pv/");
 
     // Stopped: the viewer's address answers a "not running" page.
     wait_for(d, "the /vnc/pv/ route", Duration::from_secs(20), || {
-        get(p.port, "/vnc/pv/vnc.html", &[("Authorization", &format!("Bearer {}", d.token))]).ok().filter(|r| r.0 == 503)
+        get(p.port, "/vnc/pv/vnc.html", &[("Authorization", &format!("Bearer {}", d.token))])
+            .ok()
+            .filter(|r| r.0 == 503)
     });
 
     let (code, body) = d.post("/api/v1/instances/pv/start");
@@ -274,7 +311,8 @@ fn a_persistent_instance_runs_display_vnc_and_browser_in_its_unit() {
 
     // Viewers come and go; Firefox stays, on the same page.
     for _ in 0..2 {
-        let greeting = vnc_greeting(&p, "pv").unwrap_or_else(|e| panic!("VNC through NGINX: {e}\n{}", d.unit_log("pv")));
+        let greeting =
+            vnc_greeting(&p, "pv").unwrap_or_else(|e| panic!("VNC through NGINX: {e}\n{}", d.unit_log("pv")));
         assert!(greeting.starts_with("RFB 003."), "{greeting:?}");
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -339,7 +377,11 @@ fn a_gui_blueprint_draws_on_the_display_without_a_browser() {
     assert!(d.unit_output("gui").contains(&format!("gui on :{display}")), "{}", d.unit_output("gui"));
     assert!(find(&procs, "firefox-esr").is_none(), "no browser for a GUI app: {procs:?}");
     wait_for(&d, "the GUI window", Duration::from_secs(20), || {
-        let out = Command::new("xdotool").args(["search", "--classname", "aikore-gui-test"]).env("DISPLAY", format!(":{display}")).output().ok()?;
+        let out = Command::new("xdotool")
+            .args(["search", "--classname", "aikore-gui-test"])
+            .env("DISPLAY", format!(":{display}"))
+            .output()
+            .ok()?;
         (!out.stdout.is_empty()).then_some(())
     });
     let (code, _) = d.post("/api/v1/instances/gui/stop");
@@ -355,7 +397,10 @@ fn two_persistent_instances_get_distinct_displays_and_a_plain_one_none() {
     need_tools();
     let d = Daemon::start(&[]);
     for (name, persistent) in [("a", true), ("b", true), ("plain", false)] {
-        let (code, body) = d.post_json("/api/v1/instances", json!({ "name": name, "blueprint": "test-http", "persistent_mode": persistent }));
+        let (code, body) = d.post_json(
+            "/api/v1/instances",
+            json!({ "name": name, "blueprint": "test-http", "persistent_mode": persistent }),
+        );
         assert_eq!(code, 201, "{body}");
     }
     for name in ["a", "b", "plain"] {

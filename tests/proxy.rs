@@ -78,7 +78,11 @@ fn connect(port: u16) -> std::io::Result<TcpStream> {
 fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();
@@ -98,7 +102,10 @@ fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, St
 /// normalises it), `Connection: close`, the whole reply read to EOF.
 fn raw(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
     let mut s = connect(port)?;
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -196,7 +203,14 @@ fn an_instance_under_its_subpath_passes_get_upload_websocket_sse_and_raw_paths()
     p.wait_served("/app/e1/");
 
     // GET: prefix stripped, query kept, Host and Origin unchanged, X-Forwarded-* added.
-    let r = raw(p.port, "GET", "/app/e1/some/page?q=1&r=%2F", &[("Origin", "http://example.test:1234"), ("Authorization", &p.bearer())], b"").unwrap();
+    let r = raw(
+        p.port,
+        "GET",
+        "/app/e1/some/page?q=1&r=%2F",
+        &[("Origin", "http://example.test:1234"), ("Authorization", &p.bearer())],
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let echo = r.json();
     assert_eq!(echo["target"], "/some/page?q=1&r=%2F");
@@ -241,7 +255,10 @@ fn an_instance_under_its_subpath_passes_get_upload_websocket_sse_and_raw_paths()
     let mut reader = BufReader::new(s);
     let (status, headers) = read_head(&mut reader).unwrap();
     assert_eq!(status, 200);
-    assert!(headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.starts_with("text/event-stream")), "{headers:?}");
+    assert!(
+        headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.starts_with("text/event-stream")),
+        "{headers:?}"
+    );
     let mut seen = Vec::new();
     let mut line = String::new();
     while seen.len() < 3 {
@@ -253,7 +270,10 @@ fn an_instance_under_its_subpath_passes_get_upload_websocket_sse_and_raw_paths()
             seen.push((line[i..].trim().to_string(), began.elapsed()));
         }
     }
-    assert_eq!(seen.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["data: event 0", "data: event 1", "data: event 2"]);
+    assert_eq!(
+        seen.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+        ["data: event 0", "data: event 1", "data: event 2"]
+    );
     // The app spaces them 0.5 s apart; buffered, all three would land together at the end.
     assert!(seen[2].1 - seen[0].1 >= Duration::from_millis(700), "{seen:?}");
 
@@ -310,7 +330,8 @@ fn the_comfyui_slot_takes_comfyuis_absolute_paths_and_keeps_the_dashboard() {
     // (NGINX's "not answering" page may show for the moment between the exit and the new routes.)
     p.d.post("/api/v1/instances/comfy/stop");
     p.d.wait_until("/prompt to say the holder is not running", |_| {
-        p.try_get("/prompt").is_some_and(|r| r.status == 503 && r.text().contains("comfy holds the ComfyUI slot but is not running"))
+        p.try_get("/prompt")
+            .is_some_and(|r| r.status == 503 && r.text().contains("comfy holds the ComfyUI slot but is not running"))
     });
 }
 
@@ -363,7 +384,11 @@ fn a_rejected_render_keeps_the_live_config_serving_and_reports_why() {
     assert_eq!(p.get("/app/keep/").status, 200);
     let (_, journal) = p.d.get("/api/v1/journal?unit=nginx&limit=100");
     assert!(
-        journal.as_array().unwrap().iter().any(|e| e["kind"] == "error" && e["detail"].as_str().unwrap().contains("bogus_directive")),
+        journal
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "error" && e["detail"].as_str().unwrap().contains("bogus_directive")),
         "{journal}"
     );
 

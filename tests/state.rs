@@ -74,7 +74,9 @@ fn the_journal_records_the_final_stops_of_a_shutdown() {
     d.wait_status("svc", "started");
     assert_eq!(d.terminate().code(), Some(0));
     let last: String = db(&d)
-        .query_row("SELECT detail FROM events WHERE unit='svc' AND kind='state' ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+        .query_row("SELECT detail FROM events WHERE unit='svc' AND kind='state' ORDER BY id DESC LIMIT 1", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert!(last.starts_with("stopped"), "{last}");
     let status: String = db(&d).query_row("SELECT status FROM units WHERE name='svc'", [], |r| r.get(0)).unwrap();

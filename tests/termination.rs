@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use crate::harness::{Daemon, Options};
 
 /// A unit whose script leaves a double-forked, setsid'd grandchild behind.
-const DOUBLE_FORK: &str = "[Service]\nExecStart=/bin/sh -c '(setsid sleep 1001 &) ; (sleep 1002 &) ; exec sleep 1000'\n";
+const DOUBLE_FORK: &str =
+    "[Service]\nExecStart=/bin/sh -c '(setsid sleep 1001 &) ; (sleep 1002 &) ; exec sleep 1000'\n";
 
 fn stop_leaves_nothing(options: Options, mode: &str) {
     let d = Daemon::start_with(&[("forky.service", DOUBLE_FORK)], options);
@@ -64,7 +65,11 @@ fn exec_stop_runs_first_with_mainpid() {
     d.post("/api/v1/units/polite/stop");
     d.wait_status("polite", "stopped");
     let order = std::fs::read_to_string(&record).unwrap();
-    assert_eq!(order, format!("stopping {pid}\ngot TERM\n"), "ExecStop runs first, with $MAINPID, then the kill signal");
+    assert_eq!(
+        order,
+        format!("stopping {pid}\ngot TERM\n"),
+        "ExecStop runs first, with $MAINPID, then the kill signal"
+    );
 }
 
 #[test]
@@ -82,7 +87,10 @@ fn kill_signal_is_honoured() {
 #[test]
 fn stopping_a_required_unit_stops_its_dependents_first() {
     let d = Daemon::start(&[
-        ("base.service", "[Service]\nExecStart=/bin/sh -c 'trap \"echo base down; exit 0\" TERM; while :; do sleep 0.05; done'\n"),
+        (
+            "base.service",
+            "[Service]\nExecStart=/bin/sh -c 'trap \"echo base down; exit 0\" TERM; while :; do sleep 0.05; done'\n",
+        ),
         (
             "app.service",
             "[Unit]\nRequires=base.service\nAfter=base.service\n\

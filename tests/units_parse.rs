@@ -5,38 +5,21 @@ use std::path::{Path, PathBuf};
 use aikore::units::{check_paths, load_dirs, parse_unit_file, start_order, Severity, UnitKind};
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/units")
-        .join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/units").join(rel)
 }
 
 #[test]
 fn distro_unit_loads_with_warnings() {
     let (unit, warnings) = parse_unit_file(&fixture("stock/nginx.service")).expect("loads");
     assert_eq!(unit.name, "nginx");
-    assert!(
-        unit.after.is_empty(),
-        "targets are dropped: {:?}",
-        unit.after
-    );
+    assert!(unit.after.is_empty(), "targets are dropped: {:?}", unit.after);
     let exec = unit.service.exec_start.expect("ExecStart");
-    assert_eq!(
-        exec.argv,
-        ["/usr/sbin/nginx", "-g", "daemon on; master_process on;"]
-    );
+    assert_eq!(exec.argv, ["/usr/sbin/nginx", "-g", "daemon on; master_process on;"]);
     assert!(unit.service.exec_stop[0].ignore_failure);
     let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
     assert!(warnings.iter().all(|w| w.severity == Severity::Warning));
-    for key in [
-        "Type=",
-        "PIDFile=",
-        "ConditionFileIsExecutable=",
-        "WantedBy=",
-    ] {
-        assert!(
-            text.iter().any(|t| t.contains(key)),
-            "no warning for {key}: {text:#?}"
-        );
+    for key in ["Type=", "PIDFile=", "ConditionFileIsExecutable=", "WantedBy="] {
+        assert!(text.iter().any(|t| t.contains(key)), "no warning for {key}: {text:#?}");
     }
 }
 
@@ -45,38 +28,25 @@ fn broken_file_reports_every_error_with_lines() {
     let errs = parse_unit_file(&fixture("broken.service")).expect_err("invalid");
     let text: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
     assert!(
-        text.iter().any(|t| t.ends_with(
-            "broken.service:6: unknown key ExecStrat= in [Service]; did you mean ExecStart=?"
-        )),
-        "{text:#?}"
-    );
-    assert!(
         text.iter()
-            .any(|t| t.contains("broken.service:7: invalid Restart=sometimes")),
+            .any(|t| t.ends_with("broken.service:6: unknown key ExecStrat= in [Service]; did you mean ExecStart=?")),
         "{text:#?}"
     );
+    assert!(text.iter().any(|t| t.contains("broken.service:7: invalid Restart=sometimes")), "{text:#?}");
 }
 
 #[test]
 fn user_dir_overrides_stock_and_orders_start() {
     let loaded = load_dirs(&[fixture("stock"), fixture("user"), fixture("missing")]);
-    let errors: Vec<String> = loaded
-        .diagnostics
-        .iter()
-        .filter(|d| d.severity == Severity::Error)
-        .map(|d| d.to_string())
-        .collect();
+    let errors: Vec<String> =
+        loaded.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect();
     assert!(errors.is_empty(), "{errors:#?}");
     let names: Vec<&str> = loaded.units.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["filebrowser", "nginx", "sd-gpu0"]);
     assert_eq!(loaded.units[1].description, "nginx (user override)");
     assert_eq!(loaded.units[2].kind, UnitKind::Instance);
     assert_eq!(
-        loaded.units[0]
-            .service
-            .exec_start
-            .as_ref()
-            .map(|c| c.argv.clone()),
+        loaded.units[0].service.exec_start.as_ref().map(|c| c.argv.clone()),
         Some(vec![
             "/usr/local/bin/filebrowser".into(),
             "--address".into(),
@@ -85,23 +55,13 @@ fn user_dir_overrides_stock_and_orders_start() {
             "8081".into()
         ])
     );
-    assert_eq!(
-        start_order(&loaded.units),
-        Ok(vec!["nginx".into(), "filebrowser".into(), "sd-gpu0".into()])
-    );
+    assert_eq!(start_order(&loaded.units), Ok(vec!["nginx".into(), "filebrowser".into(), "sd-gpu0".into()]));
 }
 
 #[test]
 fn check_flags_missing_requirements() {
     let diags = check_paths(&[fixture("stock/filebrowser.service")]);
     let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-    assert_eq!(
-        diags
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count(),
-        1,
-        "{text:#?}"
-    );
+    assert_eq!(diags.iter().filter(|d| d.severity == Severity::Error).count(), 1, "{text:#?}");
     assert!(text[0].contains("Requires=nginx"), "{text:#?}");
 }

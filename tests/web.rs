@@ -29,7 +29,13 @@ fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply
     let mut r = result.expect("request");
     let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let (location, set_cookie, csp) = (header("location"), header("set-cookie"), header("content-security-policy"));
-    Reply { status: r.status().as_u16(), location, set_cookie, csp, body: r.body_mut().read_to_string().unwrap_or_default() }
+    Reply {
+        status: r.status().as_u16(),
+        location,
+        set_cookie,
+        csp,
+        body: r.body_mut().read_to_string().unwrap_or_default(),
+    }
 }
 
 fn with_password() -> Options {
@@ -108,7 +114,9 @@ fn state_changes_with_a_session_need_the_csrf_token() {
     assert_eq!(d.unit("one")["status"], "started");
     // A plain form without the hidden field is refused; with it, it goes through.
     let form = format!("{}/instances/one/stop", d.url);
-    let r = reply(agent.post(&form).header("Cookie", &cookie).content_type("application/x-www-form-urlencoded").send("x=1"));
+    let r = reply(
+        agent.post(&form).header("Cookie", &cookie).content_type("application/x-www-form-urlencoded").send("x=1"),
+    );
     assert_eq!(r.status, 403);
     let r = reply(agent.post(&stop).header("Cookie", &cookie).header("X-CSRF-Token", &csrf).send_empty());
     assert_eq!(r.status, 200, "{}", r.body);
@@ -133,19 +141,32 @@ fn first_run_asks_for_a_password_once() {
     let r = reply(agent.get(&format!("{}/", d.url)).call());
     assert_eq!((r.status, r.location.as_str()), (303, "/setup"));
     let setup = format!("{}/setup", d.url);
-    let r = reply(agent.post(&setup).content_type("application/x-www-form-urlencoded").send("password=short&confirm=short"));
+    let r = reply(
+        agent.post(&setup).content_type("application/x-www-form-urlencoded").send("password=short&confirm=short"),
+    );
     assert_eq!(r.status, 400);
     let r = reply(
-        agent.post(&setup).content_type("application/x-www-form-urlencoded").send("password=first-password&confirm=first-password"),
+        agent
+            .post(&setup)
+            .content_type("application/x-www-form-urlencoded")
+            .send("password=first-password&confirm=first-password"),
     );
     assert_eq!(r.status, 303, "{}", r.body);
     assert!(r.set_cookie.starts_with("aikore_session="));
     // Now the setup page is closed and the stored (argon2) password logs in.
     let r = reply(
-        agent.post(&setup).content_type("application/x-www-form-urlencoded").send("password=second-password&confirm=second-password"),
+        agent
+            .post(&setup)
+            .content_type("application/x-www-form-urlencoded")
+            .send("password=second-password&confirm=second-password"),
     );
     assert_eq!(r.status, 409);
-    let r = reply(agent.post(&format!("{}/login", d.url)).content_type("application/x-www-form-urlencoded").send("password=first-password"));
+    let r = reply(
+        agent
+            .post(&format!("{}/login", d.url))
+            .content_type("application/x-www-form-urlencoded")
+            .send("password=first-password"),
+    );
     assert_eq!(r.status, 303);
 }
 

@@ -36,7 +36,12 @@ pub fn parse_metadata(text: &str) -> BTreeMap<String, String> {
         } else if line == END {
             break;
         } else if inside {
-            if let Some((key, value)) = line.strip_prefix('#').map(str::trim).and_then(|l| l.strip_prefix("aikore.")).and_then(|l| l.split_once('=')) {
+            if let Some((key, value)) = line
+                .strip_prefix('#')
+                .map(str::trim)
+                .and_then(|l| l.strip_prefix("aikore."))
+                .and_then(|l| l.split_once('='))
+            {
                 meta.insert(key.trim().to_string(), value.trim().to_string());
             }
         }
@@ -116,10 +121,18 @@ mod tests {
     fn custom_overrides_stock_and_functions_is_not_a_blueprint() {
         let stock = tempfile::tempdir().unwrap();
         let custom = tempfile::tempdir().unwrap();
-        std::fs::write(stock.path().join("a.sh"), "### AIKORE-METADATA-START ###\n# aikore.name = Stock A\n### AIKORE-METADATA-END ###\n").unwrap();
+        std::fs::write(
+            stock.path().join("a.sh"),
+            "### AIKORE-METADATA-START ###\n# aikore.name = Stock A\n### AIKORE-METADATA-END ###\n",
+        )
+        .unwrap();
         std::fs::write(stock.path().join("functions.sh"), "").unwrap();
         std::fs::write(stock.path().join("persistent-run.sh"), "").unwrap();
-        std::fs::write(custom.path().join("a.sh"), "### AIKORE-METADATA-START ###\n# aikore.name = Mine\n### AIKORE-METADATA-END ###\n").unwrap();
+        std::fs::write(
+            custom.path().join("a.sh"),
+            "### AIKORE-METADATA-START ###\n# aikore.name = Mine\n### AIKORE-METADATA-END ###\n",
+        )
+        .unwrap();
         let all = list(stock.path(), custom.path());
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].name, "Mine");

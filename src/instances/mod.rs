@@ -205,7 +205,12 @@ pub struct UpdateOutcome {
 }
 
 impl InstanceManager {
-    pub fn new(ctx: InstanceContext, stock_blueprints: PathBuf, supervisor: SupervisorHandle, reloader: Arc<Reloader>) -> Self {
+    pub fn new(
+        ctx: InstanceContext,
+        stock_blueprints: PathBuf,
+        supervisor: SupervisorHandle,
+        reloader: Arc<Reloader>,
+    ) -> Self {
         InstanceManager { ctx, stock_blueprints, supervisor, reloader, lock: tokio::sync::Mutex::new(()) }
     }
 
@@ -252,7 +257,12 @@ impl InstanceManager {
     /// The port is free for `name`: not held by another instance.
     async fn check_port(&self, name: &str, port: PortSpec) -> Result<()> {
         if let PortSpec::Fixed(p) = port {
-            let holder = self.ctx.store.call(move |s| s.port_holder(p)).await.map_err(|e| InstanceError::Internal(e.to_string()))?;
+            let holder = self
+                .ctx
+                .store
+                .call(move |s| s.port_holder(p))
+                .await
+                .map_err(|e| InstanceError::Internal(e.to_string()))?;
             match holder {
                 Ok(Some(holder)) if holder != name => {
                     return Err(InstanceError::Conflict(format!("port {p} is held by instance {holder}")));
@@ -303,7 +313,8 @@ impl InstanceManager {
     pub async fn create(&self, changes: InstanceChanges, start: bool) -> Result<UnitSnapshot> {
         let _guard = self.lock.lock().await;
         let name = changes.name.clone().ok_or_else(|| InstanceError::Invalid("name is required".into()))?;
-        let blueprint_id = changes.blueprint.clone().ok_or_else(|| InstanceError::Invalid("blueprint is required".into()))?;
+        let blueprint_id =
+            changes.blueprint.clone().ok_or_else(|| InstanceError::Invalid("blueprint is required".into()))?;
         let mut spec = InstanceSpec {
             name: name.clone(),
             description: String::new(),
@@ -341,14 +352,17 @@ impl InstanceManager {
             crate::config::give_tree(&dir, self.ctx.owner);
             if let PortSpec::Fixed(p) = spec.port {
                 let n = name.clone();
-                self.ctx.store.call(move |s| s.claim_port(&n, p)).await.map_err(|e| InstanceError::Internal(e.to_string()))?.map_err(
-                    |e| match e {
+                self.ctx
+                    .store
+                    .call(move |s| s.claim_port(&n, p))
+                    .await
+                    .map_err(|e| InstanceError::Internal(e.to_string()))?
+                    .map_err(|e| match e {
                         crate::store::StoreError::PortTaken { port, holder } => {
                             InstanceError::Conflict(format!("port {port} is held by instance {holder}"))
                         }
                         e => InstanceError::Internal(e.to_string()),
-                    },
-                )?;
+                    })?;
             }
             if let Some(slot) = &spec.active_slot {
                 self.release_slot(slot, &name).await?;
@@ -371,7 +385,13 @@ impl InstanceManager {
     }
 
     /// Applies changes; renames move the dir, unit file, logs and lease together.
-    pub async fn update(&self, name: &str, changes: InstanceChanges, restart: bool, logs: &crate::logs::LogHub) -> Result<UpdateOutcome> {
+    pub async fn update(
+        &self,
+        name: &str,
+        changes: InstanceChanges,
+        restart: bool,
+        logs: &crate::logs::LogHub,
+    ) -> Result<UpdateOutcome> {
         let _guard = self.lock.lock().await;
         let current = self.instance(name).await?;
         let mut spec = InstanceSpec::from_unit(&current.unit)
@@ -408,7 +428,12 @@ impl InstanceManager {
         if let PortSpec::Fixed(p) = spec.port {
             if before.port != spec.port {
                 let n = before.name.clone();
-                self.ctx.store.call(move |s| s.claim_port(&n, p)).await.map_err(|e| InstanceError::Internal(e.to_string()))?.map_err(|e| InstanceError::Conflict(e.to_string()))?;
+                self.ctx
+                    .store
+                    .call(move |s| s.claim_port(&n, p))
+                    .await
+                    .map_err(|e| InstanceError::Internal(e.to_string()))?
+                    .map_err(|e| InstanceError::Conflict(e.to_string()))?;
             }
         } else if before.port != spec.port {
             let n = before.name.clone();
@@ -419,7 +444,12 @@ impl InstanceManager {
             std::fs::rename(self.unit_path(name), self.unit_path(&spec.name))?;
             let _ = logs.rename(name, &spec.name);
             let (old, new) = (name.to_string(), spec.name.clone());
-            self.ctx.store.call(move |s| s.rename_unit(&old, &new)).await.map_err(|e| InstanceError::Internal(e.to_string()))?.map_err(|e| InstanceError::Internal(e.to_string()))?;
+            self.ctx
+                .store
+                .call(move |s| s.rename_unit(&old, &new))
+                .await
+                .map_err(|e| InstanceError::Internal(e.to_string()))?
+                .map_err(|e| InstanceError::Internal(e.to_string()))?;
         }
         self.write_unit(&spec).await?;
         self.reload().await?;
@@ -461,7 +491,10 @@ impl InstanceManager {
         let current = self.instance(name).await?;
         if !current.status.is_inactive() {
             if !force {
-                return Err(InstanceError::Conflict(format!("instance {name} is {}: stop it first or pass force=true", current.status)));
+                return Err(InstanceError::Conflict(format!(
+                    "instance {name} is {}: stop it first or pass force=true",
+                    current.status
+                )));
             }
             self.stop_and_wait(name).await?;
         }
@@ -487,7 +520,8 @@ impl InstanceManager {
         let mut out: Vec<TrashEntry> = entries
             .flatten()
             .filter_map(|e| {
-                let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path().join("trash.json")).ok()?).ok()?;
+                let meta: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(e.path().join("trash.json")).ok()?).ok()?;
                 Some(TrashEntry {
                     id: e.file_name().to_str()?.to_string(),
                     name: meta["name"].as_str()?.to_string(),
@@ -516,7 +550,10 @@ impl InstanceManager {
         let _guard = self.lock.lock().await;
         let (entry, path) = self.trash_entry(id)?;
         if self.name_taken(&entry.name).await? {
-            return Err(InstanceError::Conflict(format!("the name {:?} is in use again; rename that one first", entry.name)));
+            return Err(InstanceError::Conflict(format!(
+                "the name {:?} is in use again; rename that one first",
+                entry.name
+            )));
         }
         std::fs::create_dir_all(self.units_dir())?;
         if path.join("instance").exists() {
@@ -554,7 +591,10 @@ impl InstanceManager {
         }
         crate::proxy::write_atomically(&self.ctx.instance_dir(name).join("launch.sh"), content.as_bytes())?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(self.ctx.instance_dir(name).join("launch.sh"), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(
+            self.ctx.instance_dir(name).join("launch.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )?;
         let running = !current.status.is_inactive();
         if running && restart {
             self.supervisor.restart(name).await?;

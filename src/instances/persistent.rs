@@ -161,7 +161,9 @@ pub fn begin(unit: &Unit, ctx: &InstanceContext) -> Result<PersistentRun, String
     }
     let lease = ctx
         .store
-        .call_blocking(move |s| s.lease_display(&name, DISPLAYS, ports, display_free, port_is_free, crate::daemon::now_ms()))
+        .call_blocking(move |s| {
+            s.lease_display(&name, DISPLAYS, ports, display_free, port_is_free, crate::daemon::now_ms())
+        })
         .map_err(|e| format!("display lease: {e}"))?
         .map_err(|e| format!("display lease: {e}"))?;
     for path in clean_stale(lease.display) {

@@ -105,7 +105,8 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
     std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?;
     let mut env = instance_env(unit, ctx, Some(port));
     let launch = dir.join("launch.sh");
-    let default_exec_start = Some(ExecCommand { argv: vec!["/bin/bash".into(), launch.display().to_string()], ignore_failure: false });
+    let default_exec_start =
+        Some(ExecCommand { argv: vec!["/bin/bash".into(), launch.display().to_string()], ignore_failure: false });
     // Persistent mode: leased last, so nothing after it can fail and leave
     // a lease no run holds (end_run releases it only for runs that began).
     let persistent = if unit.instance.as_ref().is_some_and(|i| i.persistent_mode) {
@@ -127,7 +128,9 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
         ReadyCheck::Default => Some(ReadyTarget::Http { host: "127.0.0.1".into(), port, path: "/".into() }),
         ReadyCheck::None => None,
         ReadyCheck::Tcp(p) => Some(ReadyTarget::Tcp { host: "127.0.0.1".into(), port: *p }),
-        ReadyCheck::Http { host, port, path } => Some(ReadyTarget::Http { host: host.clone(), port: *port, path: path.clone() }),
+        ReadyCheck::Http { host, port, path } => {
+            Some(ReadyTarget::Http { host: host.clone(), port: *port, path: path.clone() })
+        }
     };
     let (main_wrapper, vnc_port) = match persistent {
         Some((run, wrapper)) => (vec!["/bin/bash".to_string(), wrapper.display().to_string()], Some(run.lease.ws_port)),

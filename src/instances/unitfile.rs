@@ -109,7 +109,8 @@ impl InstanceSpec {
         }
         out += "\n";
         out += &self.instance_section();
-        let env: Vec<String> = self.environment.iter().map(|(k, v)| format!("Environment={}\n", quote_assignment(k, v))).collect();
+        let env: Vec<String> =
+            self.environment.iter().map(|(k, v)| format!("Environment={}\n", quote_assignment(k, v))).collect();
         if !service_lines.is_empty() || !env.is_empty() {
             out += "\n[Service]\n";
             for line in &service_lines {
@@ -180,7 +181,9 @@ mod tests {
         let existing = "# mine\n[Unit]\nDescription=old\nAfter=nginx.service\n[Instance]\nBlueprint=old\n[Service]\nRestart=on-failure\nEnvironment=OLD=1\n[Install]\nWantedBy=x\n";
         let text = spec().render(Some(existing));
         assert!(text.starts_with("# mine\n"));
-        assert!(text.contains("After=nginx.service") && text.contains("Restart=on-failure") && text.contains("WantedBy=x"));
+        assert!(
+            text.contains("After=nginx.service") && text.contains("Restart=on-failure") && text.contains("WantedBy=x")
+        );
         assert!(!text.contains("OLD=1") && !text.contains("Blueprint=old") && !text.contains("Description=old"));
         let (unit, _) = crate::units::parse_unit_str(Path::new("/d/comfy-a.instance"), &text).expect(&text);
         assert_eq!(unit.after, ["nginx"]);

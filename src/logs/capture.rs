@@ -63,11 +63,7 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
                 splitter.finish(&mut |l| lines.push(l.to_vec()));
                 let msg = format!("{} reading output pipe failed: {e}", super::NOTE_PREFIX);
                 lines.push(msg.into_bytes());
-                log.append(
-                    lines.iter().map(Vec::as_slice),
-                    config.max_file_bytes,
-                    config.ring_lines,
-                );
+                log.append(lines.iter().map(Vec::as_slice), config.max_file_bytes, config.ring_lines);
                 tracing::warn!(error = %e, "reading unit output pipe");
                 return;
             }
@@ -75,10 +71,6 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
     }
     splitter.finish(&mut |l| lines.push(l.to_vec()));
     if !lines.is_empty() {
-        log.append(
-            lines.iter().map(Vec::as_slice),
-            config.max_file_bytes,
-            config.ring_lines,
-        );
+        log.append(lines.iter().map(Vec::as_slice), config.max_file_bytes, config.ring_lines);
     }
 }

@@ -89,11 +89,7 @@ impl LogHub {
     /// picked up: appended to, and read back by `tail`.
     pub fn new(dir: PathBuf, config: LogConfig) -> io::Result<Arc<LogHub>> {
         std::fs::create_dir_all(&dir)?;
-        Ok(Arc::new(LogHub {
-            dir,
-            config,
-            units: Mutex::new(HashMap::new()),
-        }))
+        Ok(Arc::new(LogHub { dir, config, units: Mutex::new(HashMap::new()) }))
     }
 
     pub fn dir(&self) -> &std::path::Path {
@@ -119,11 +115,7 @@ impl LogHub {
     fn unit(&self, unit: &str) -> io::Result<Arc<UnitLog>> {
         let path = self.log_path(unit)?;
         let mut units = self.units();
-        Ok(Arc::clone(
-            units
-                .entry(unit.to_owned())
-                .or_insert_with(|| Arc::new(UnitLog::new(path, self.config.owner))),
-        ))
+        Ok(Arc::clone(units.entry(unit.to_owned()).or_insert_with(|| Arc::new(UnitLog::new(path, self.config.owner)))))
     }
 
     /// Starts a run of `unit`. `fresh` (a start by a user or at boot) keeps
@@ -157,17 +149,12 @@ impl LogHub {
     pub fn note(&self, unit: &str, text: &str) {
         match self.unit(unit) {
             Ok(log) => {
-                let mut lines: Vec<String> =
-                    text.lines().map(|l| format!("{NOTE_PREFIX} {l}")).collect();
+                let mut lines: Vec<String> = text.lines().map(|l| format!("{NOTE_PREFIX} {l}")).collect();
                 if lines.is_empty() {
                     // Even an empty note marks the moment it was made.
                     lines.push(NOTE_PREFIX.to_owned());
                 }
-                log.append(
-                    lines.iter().map(|l| l.as_bytes()),
-                    self.config.max_file_bytes,
-                    self.config.ring_lines,
-                );
+                log.append(lines.iter().map(|l| l.as_bytes()), self.config.max_file_bytes, self.config.ring_lines);
             }
             Err(e) => tracing::warn!(unit, error = %e, "note for invalid unit name dropped"),
         }
@@ -232,10 +219,7 @@ impl LogHub {
         // Held throughout, so no capture can create `new` in between.
         let mut units = self.units();
         if units.contains_key(new) || new_path.exists() || unit::rotated_path(&new_path).exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("unit {new} already has a log"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("unit {new} already has a log")));
         }
         let log = match units.remove(old) {
             Some(log) => log,
@@ -260,10 +244,7 @@ impl LogHub {
 /// address a path outside the log directory.
 fn check_name(unit: &str) -> io::Result<()> {
     if unit.is_empty() || unit == "." || unit == ".." || unit.contains('/') || unit.contains('\0') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("invalid unit name for a log: {unit:?}"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid unit name for a log: {unit:?}")));
     }
     Ok(())
 }

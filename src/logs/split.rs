@@ -72,9 +72,7 @@ impl LineSplitter {
         let max = self.max_line_bytes;
         // `max + 1` bytes ending in CR may be a max-length CRLF line whose LF
         // has not arrived yet; hold it so it isn't split into "line" + "".
-        while self.pending.len() > max
-            && !(self.pending.len() == max + 1 && self.pending.last() == Some(&b'\r'))
-        {
+        while self.pending.len() > max && !(self.pending.len() == max + 1 && self.pending.last() == Some(&b'\r')) {
             let cut = utf8_cut(&self.pending, max);
             emit(&self.pending[..cut]);
             self.pending.drain(..cut);
@@ -90,10 +88,7 @@ fn utf8_cut(bytes: &[u8], max: usize) -> usize {
     const MAX_CONTINUATION_BYTES: usize = 3;
     let is_continuation = |b: u8| b & 0b1100_0000 == 0b1000_0000;
     let mut cut = max;
-    while cut > 0
-        && max - cut < MAX_CONTINUATION_BYTES
-        && bytes.get(cut).is_some_and(|&b| is_continuation(b))
-    {
+    while cut > 0 && max - cut < MAX_CONTINUATION_BYTES && bytes.get(cut).is_some_and(|&b| is_continuation(b)) {
         cut -= 1;
     }
     if cut == 0 || bytes.get(cut).is_some_and(|&b| is_continuation(b)) {
@@ -120,10 +115,7 @@ mod tests {
     #[test]
     fn partial_lines_across_chunks() {
         let out = split(&[b"hel", b"lo\nwor", b"ld\n", b"last"], 100);
-        assert_eq!(
-            out,
-            vec![b"hello".to_vec(), b"world".to_vec(), b"last".to_vec()]
-        );
+        assert_eq!(out, vec![b"hello".to_vec(), b"world".to_vec(), b"last".to_vec()]);
     }
 
     #[test]
@@ -141,10 +133,7 @@ mod tests {
     #[test]
     fn long_line_split_terminated_and_unterminated() {
         let out = split(&[b"abcdefghij\n"], 4);
-        assert_eq!(
-            out,
-            vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]
-        );
+        assert_eq!(out, vec![b"abcd".to_vec(), b"efgh".to_vec(), b"ij".to_vec()]);
         // Arriving byte by byte must give the same pieces.
         let bytes = b"abcdefghij\n";
         let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
@@ -161,10 +150,7 @@ mod tests {
     fn split_respects_utf8_boundaries() {
         // "aé" is 3 bytes; a cut at 2 would halve 'é'.
         let out = split(&["aéb\n".as_bytes()], 2);
-        assert_eq!(
-            out,
-            vec![b"a".to_vec(), "é".as_bytes().to_vec(), b"b".to_vec()]
-        );
+        assert_eq!(out, vec![b"a".to_vec(), "é".as_bytes().to_vec(), b"b".to_vec()]);
     }
 
     #[test]

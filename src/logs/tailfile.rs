@@ -61,11 +61,7 @@ fn last_lines_of_file(path: &Path, n: usize) -> io::Result<Vec<Vec<u8>>> {
         }
         newlines += block.iter().filter(|&&b| b == b'\n').count();
         blocks.push(block);
-        let needed = if ends_with_newline == Some(true) {
-            n.saturating_add(1)
-        } else {
-            n
-        };
+        let needed = if ends_with_newline == Some(true) { n.saturating_add(1) } else { n };
         if newlines >= needed {
             break;
         }
@@ -80,10 +76,7 @@ fn last_lines_of_file(path: &Path, n: usize) -> io::Result<Vec<Vec<u8>>> {
     if data.is_empty() && len == 0 {
         return Ok(Vec::new());
     }
-    let mut pieces: Vec<&[u8]> = data
-        .rsplit(|&b| b == b'\n')
-        .take(n.saturating_add(1))
-        .collect();
+    let mut pieces: Vec<&[u8]> = data.rsplit(|&b| b == b'\n').take(n.saturating_add(1)).collect();
     // The oldest piece is partial (cut mid-line by the block boundary) unless
     // the read reached the start of the file.
     if start > 0 && pieces.len() > n {
@@ -105,10 +98,7 @@ mod tests {
     }
 
     fn s(lines: &[Vec<u8>]) -> Vec<String> {
-        lines
-            .iter()
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-            .collect()
+        lines.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect()
     }
 
     #[test]

@@ -22,11 +22,7 @@ fn hub(dir: &Path, config: LogConfig) -> Arc<LogHub> {
 fn spawn_sh(script: &str) -> OwnedFd {
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
     let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(w.try_clone().unwrap()))
-        .stderr(Stdio::from(w));
+    cmd.arg("-c").arg(script).stdin(Stdio::null()).stdout(Stdio::from(w.try_clone().unwrap())).stderr(Stdio::from(w));
     let mut child = cmd.spawn().unwrap();
     std::thread::spawn(move || {
         let _ = child.wait();
@@ -39,23 +35,14 @@ fn spawn_sh(script: &str) -> OwnedFd {
 
 async fn capture(hub: &LogHub, unit: &str, script: &str) {
     let task = hub.attach(unit, spawn_sh(script));
-    tokio::time::timeout(Duration::from_secs(60), task)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), task).await.unwrap().unwrap();
 }
 
 fn file_lines(path: &Path) -> Vec<String> {
     match std::fs::read(path) {
         Ok(bytes) => {
-            assert!(
-                bytes.is_empty() || bytes.ends_with(b"\n"),
-                "file must end in a newline"
-            );
-            String::from_utf8_lossy(&bytes)
-                .lines()
-                .map(str::to_owned)
-                .collect()
+            assert!(bytes.is_empty() || bytes.ends_with(b"\n"), "file must end in a newline");
+            String::from_utf8_lossy(&bytes).lines().map(str::to_owned).collect()
         }
         Err(_) => Vec::new(),
     }
@@ -69,15 +56,8 @@ fn texts(lines: &[LogLine]) -> Vec<String> {
 async fn order_kept_across_stdout_and_stderr() {
     let d = tempfile::tempdir().unwrap();
     let h = hub(d.path(), LogConfig::default());
-    capture(
-        &h,
-        "web",
-        "for i in $(seq 1 2000); do echo line $i; echo err $i >&2; done",
-    )
-    .await;
-    let expected: Vec<String> = (1..=2000)
-        .flat_map(|i| [format!("line {i}"), format!("err {i}")])
-        .collect();
+    capture(&h, "web", "for i in $(seq 1 2000); do echo line $i; echo err $i >&2; done").await;
+    let expected: Vec<String> = (1..=2000).flat_map(|i| [format!("line {i}"), format!("err {i}")]).collect();
     assert_eq!(file_lines(&d.path().join("web.log")), expected);
     // The ring holds the last 1000; the rest comes from the file, in order.
     let tail = h.tail("web", 4000);
@@ -86,57 +66,33 @@ async fn order_kept_across_stdout_and_stderr() {
     let bytes = std::fs::metadata(d.path().join("web.log")).unwrap().len();
     assert_eq!(h.bytes_written("web"), bytes);
     // Ring seqs are contiguous and file lines sit below them.
-    assert!(tail
-        .windows(2)
-        .all(|w| w[0].seq < w[1].seq || w[0].seq == 0));
+    assert!(tail.windows(2).all(|w| w[0].seq < w[1].seq || w[0].seq == 0));
 }
 
 #[tokio::test]
 async fn partial_lines_crlf_and_last_line_without_newline() {
     let d = tempfile::tempdir().unwrap();
     let h = hub(d.path(), LogConfig::default());
-    capture(
-        &h,
-        "u",
-        "printf 'par'; sleep 0.1; printf 'tial\\r'; sleep 0.1; printf '\\nsecond\\n\\nlast'",
-    )
-    .await;
+    capture(&h, "u", "printf 'par'; sleep 0.1; printf 'tial\\r'; sleep 0.1; printf '\\nsecond\\n\\nlast'").await;
     assert_eq!(texts(&h.tail("u", 10)), ["partial", "second", "", "last"]);
-    assert_eq!(
-        std::fs::read(d.path().join("u.log")).unwrap(),
-        b"partial\nsecond\n\nlast\n"
-    );
+    assert_eq!(std::fs::read(d.path().join("u.log")).unwrap(), b"partial\nsecond\n\nlast\n");
 }
 
 #[tokio::test]
 async fn long_line_is_split() {
     let d = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        max_line_bytes: 100,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { max_line_bytes: 100, ..LogConfig::default() };
     let h = hub(d.path(), config);
-    capture(
-        &h,
-        "u",
-        "head -c 250 /dev/zero | tr '\\0' x; echo; echo short",
-    )
-    .await;
+    capture(&h, "u", "head -c 250 /dev/zero | tr '\\0' x; echo; echo short").await;
     let x = |n| "x".repeat(n);
-    assert_eq!(
-        texts(&h.tail("u", 10)),
-        [x(100), x(100), x(50), "short".to_owned()]
-    );
+    assert_eq!(texts(&h.tail("u", 10)), [x(100), x(100), x(50), "short".to_owned()]);
 }
 
 #[tokio::test]
 async fn rotation_keeps_every_line() {
     let d = tempfile::tempdir().unwrap();
     // 1000 lines of 10 bytes: exactly one rotation.
-    let config = LogConfig {
-        max_file_bytes: 8000,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { max_file_bytes: 8000, ..LogConfig::default() };
     let h = hub(d.path(), config);
     capture(&h, "u", "for i in $(seq 1001 2000); do echo line $i; done").await;
     let old = file_lines(&d.path().join("u.log.1"));
@@ -159,35 +115,22 @@ async fn begin_run_fresh_keeps_previous_as_dot_one() {
     h.note("u", "run one");
     h.begin_run("u", false).unwrap();
     h.note("u", "restart");
-    assert_eq!(
-        file_lines(&d.path().join("u.log")),
-        ["[aikore] run one", "[aikore] restart"]
-    );
+    assert_eq!(file_lines(&d.path().join("u.log")), ["[aikore] run one", "[aikore] restart"]);
     h.begin_run("u", true).unwrap();
-    assert_eq!(
-        file_lines(&d.path().join("u.log.1")),
-        ["[aikore] run one", "[aikore] restart"]
-    );
+    assert_eq!(file_lines(&d.path().join("u.log.1")), ["[aikore] run one", "[aikore] restart"]);
     assert_eq!(std::fs::read(d.path().join("u.log")).unwrap(), b"");
     h.note("u", "run two");
     h.begin_run("u", true).unwrap();
     // The older .1 is replaced.
     assert_eq!(file_lines(&d.path().join("u.log.1")), ["[aikore] run two"]);
     // The ring is the live tail across runs.
-    assert_eq!(
-        texts(&h.tail("u", 10)),
-        ["[aikore] run one", "[aikore] restart", "[aikore] run two"]
-    );
+    assert_eq!(texts(&h.tail("u", 10)), ["[aikore] run one", "[aikore] restart", "[aikore] run two"]);
 }
 
 #[tokio::test]
 async fn tail_reads_files_after_restart_without_duplicates() {
     let d = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        max_file_bytes: 200,
-        ring_lines: 5,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { max_file_bytes: 200, ring_lines: 5, ..LogConfig::default() };
     {
         let h = hub(d.path(), config.clone());
         for i in 0..30 {
@@ -196,10 +139,8 @@ async fn tail_reads_files_after_restart_without_duplicates() {
     }
     // 30 lines of 12 bytes in 200-byte files: .log.1 has 16, .log has the rest.
     let h = hub(d.path(), config);
-    let on_disk: Vec<String> = file_lines(&d.path().join("u.log.1"))
-        .into_iter()
-        .chain(file_lines(&d.path().join("u.log")))
-        .collect();
+    let on_disk: Vec<String> =
+        file_lines(&d.path().join("u.log.1")).into_iter().chain(file_lines(&d.path().join("u.log"))).collect();
     assert_eq!(texts(&h.tail("u", 1000)), on_disk);
     assert_eq!(texts(&h.tail("u", usize::MAX)), on_disk);
     assert_eq!(texts(&h.tail("u", 3)), on_disk[on_disk.len() - 3..]);
@@ -208,15 +149,7 @@ async fn tail_reads_files_after_restart_without_duplicates() {
     h.note("u", "newer");
     let tail = h.tail("u", 4);
     let n = on_disk.len();
-    assert_eq!(
-        texts(&tail),
-        [
-            on_disk[n - 2].as_str(),
-            on_disk[n - 1].as_str(),
-            "[aikore] new",
-            "[aikore] newer"
-        ]
-    );
+    assert_eq!(texts(&tail), [on_disk[n - 2].as_str(), on_disk[n - 1].as_str(), "[aikore] new", "[aikore] newer"]);
     assert!(tail.windows(2).all(|w| w[0].seq <= w[1].seq));
     assert!(tail[3].ts_ms > 0);
     assert!(h.tail("nothing", 10).is_empty());
@@ -242,17 +175,11 @@ async fn follow_has_no_gap_or_duplicate() {
     let (snapshot, mut rx) = h.follow("u", 50);
     let mut got = snapshot.clone();
     while got.last().map(|l| l.text.as_str()) != Some(&format!("[aikore] {}", N - 1)) {
-        let line = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
         got.push(line);
     }
     writer.join().unwrap();
-    assert!(
-        got.windows(2).all(|w| w[1].seq == w[0].seq + 1),
-        "gap or duplicate"
-    );
+    assert!(got.windows(2).all(|w| w[1].seq == w[0].seq + 1), "gap or duplicate");
     let first: usize = got[0].text.trim_start_matches("[aikore] ").parse().unwrap();
     for (k, line) in got.iter().enumerate() {
         assert_eq!(line.text, format!("[aikore] {}", first + k));
@@ -290,30 +217,16 @@ async fn concurrent_attaches_write_whole_lines() {
     let h = hub(d.path(), LogConfig::default());
     let pad_a = "a".repeat(300);
     let pad_b = "b".repeat(300);
-    let a = h.attach(
-        "u",
-        spawn_sh(&format!("for i in $(seq 1 3000); do echo {pad_a}$i; done")),
-    );
-    let b = h.attach(
-        "u",
-        spawn_sh(&format!("for i in $(seq 1 3000); do echo {pad_b}$i; done")),
-    );
+    let a = h.attach("u", spawn_sh(&format!("for i in $(seq 1 3000); do echo {pad_a}$i; done")));
+    let b = h.attach("u", spawn_sh(&format!("for i in $(seq 1 3000); do echo {pad_b}$i; done")));
     a.await.unwrap();
     b.await.unwrap();
     let lines = file_lines(&d.path().join("u.log"));
     assert_eq!(lines.len(), 6000);
     let mut next = [1, 1];
     for line in lines {
-        let (which, pad) = if line.starts_with('a') {
-            (0, &pad_a)
-        } else {
-            (1, &pad_b)
-        };
-        assert_eq!(
-            line,
-            format!("{pad}{}", next[which]),
-            "line torn or out of order"
-        );
+        let (which, pad) = if line.starts_with('a') { (0, &pad_a) } else { (1, &pad_b) };
+        assert_eq!(line, format!("{pad}{}", next[which]), "line torn or out of order");
         next[which] += 1;
     }
 }
@@ -321,22 +234,13 @@ async fn concurrent_attaches_write_whole_lines() {
 #[tokio::test]
 async fn non_utf8_does_not_panic() {
     let d = tempfile::tempdir().unwrap();
-    let h = hub(
-        d.path(),
-        LogConfig {
-            max_line_bytes: 3,
-            ..LogConfig::default()
-        },
-    );
+    let h = hub(d.path(), LogConfig { max_line_bytes: 3, ..LogConfig::default() });
     capture(&h, "u", "printf 'ok\\377\\376\\n\\303'").await;
     let tail = h.tail("u", 10);
     assert_eq!(tail.len(), 3);
     assert!(tail.iter().any(|l| l.text.contains('\u{FFFD}')));
     // The file keeps the original bytes.
-    assert_eq!(
-        std::fs::read(d.path().join("u.log")).unwrap(),
-        b"ok\xff\n\xfe\n\xc3\n"
-    );
+    assert_eq!(std::fs::read(d.path().join("u.log")).unwrap(), b"ok\xff\n\xfe\n\xc3\n");
 }
 
 #[tokio::test]
@@ -371,14 +275,8 @@ async fn rename_and_remove_move_files_and_live_log() {
     assert!(!d.path().join("old.log").exists());
     assert_eq!(file_lines(&d.path().join("new.log.1")), ["[aikore] one"]);
     h.note("new", "three");
-    assert_eq!(
-        file_lines(&d.path().join("new.log")),
-        ["[aikore] two", "[aikore] three"]
-    );
-    assert_eq!(
-        texts(&h.tail("new", 3)),
-        ["[aikore] one", "[aikore] two", "[aikore] three"]
-    );
+    assert_eq!(file_lines(&d.path().join("new.log")), ["[aikore] two", "[aikore] three"]);
+    assert_eq!(texts(&h.tail("new", 3)), ["[aikore] one", "[aikore] two", "[aikore] three"]);
     assert!(h.tail("old", 3).is_empty());
 
     h.remove("new").unwrap();

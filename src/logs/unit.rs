@@ -95,12 +95,7 @@ impl UnitLog {
 
     /// Appends a batch of lines (from one read of one pipe) as a unit, so
     /// lines from concurrent sources are never interleaved mid-line.
-    pub(crate) fn append<'a>(
-        &self,
-        lines: impl IntoIterator<Item = &'a [u8]>,
-        max_file_bytes: u64,
-        ring_lines: usize,
-    ) {
+    pub(crate) fn append<'a>(&self, lines: impl IntoIterator<Item = &'a [u8]>, max_file_bytes: u64, ring_lines: usize) {
         let ts_ms = now_ms();
         let mut st = self.lock();
         if st.retired {
@@ -135,11 +130,7 @@ impl UnitLog {
             let seq = st.next_seq;
             st.next_seq += 1;
             if followed || index >= ring_from {
-                batch.push(LogLine {
-                    seq,
-                    ts_ms,
-                    text: String::from_utf8_lossy(raw).into_owned(),
-                });
+                batch.push(LogLine { seq, ts_ms, text: String::from_utf8_lossy(raw).into_owned() });
             }
         }
         let ok = st.write_out(&buf);
@@ -149,19 +140,11 @@ impl UnitLog {
     /// The last `n` lines: the ring, topped up from the files when it holds
     /// fewer. Followers need the ring and the subscription taken together,
     /// hence the optional subscribe under the same lock.
-    pub(crate) fn tail(
-        &self,
-        n: usize,
-        subscribe: bool,
-    ) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
+    pub(crate) fn tail(&self, n: usize, subscribe: bool) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
         let st = self.lock();
         let rx = subscribe.then(|| self.tx.subscribe());
         let from_ring = n.min(st.ring.len());
-        let ring_part = st
-            .ring
-            .iter()
-            .skip(st.ring.len() - from_ring)
-            .map(|e| e.line.clone());
+        let ring_part = st.ring.iter().skip(st.ring.len() - from_ring).map(|e| e.line.clone());
         if from_ring == n {
             return (ring_part.collect(), rx);
         }
@@ -215,10 +198,7 @@ impl UnitLog {
     /// appending to the same, now renamed, file.
     pub(crate) fn move_to(&self, new_path: PathBuf) -> io::Result<()> {
         let mut st = self.lock();
-        for (from, to) in [
-            (rotated_path(&st.path), rotated_path(&new_path)),
-            (st.path.clone(), new_path.clone()),
-        ] {
+        for (from, to) in [(rotated_path(&st.path), rotated_path(&new_path)), (st.path.clone(), new_path.clone())] {
             match std::fs::rename(&from, &to) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -232,13 +212,7 @@ impl UnitLog {
 
 /// Pushes a written batch to the ring and to followers, after the file write
 /// so a follower never sees a line the file (in order) doesn't have.
-fn mark(
-    st: &mut State,
-    tx: &broadcast::Sender<LogLine>,
-    batch: &mut Vec<LogLine>,
-    in_file: bool,
-    ring_lines: usize,
-) {
+fn mark(st: &mut State, tx: &broadcast::Sender<LogLine>, batch: &mut Vec<LogLine>, in_file: bool, ring_lines: usize) {
     let followed = tx.receiver_count() > 0;
     for line in batch.drain(..) {
         if followed {
@@ -257,10 +231,7 @@ fn mark(
 impl State {
     fn open(&mut self) -> io::Result<()> {
         if self.file.is_none() {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
+            let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
             self.file_len = file.metadata()?.len();
             if let (Some((uid, gid)), 0) = (self.owner, self.file_len) {
                 // Best effort: a failed chown must not cost the log.
@@ -331,7 +302,5 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

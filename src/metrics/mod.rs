@@ -121,7 +121,11 @@ pub struct SwapView {
 
 impl Metrics {
     /// Builds the registry and loads NVML (once: it dlopens the driver).
-    pub fn new(supervisor: SupervisorHandle, logs: Arc<LogHub>, config: MetricsConfig) -> prometheus::Result<Arc<Metrics>> {
+    pub fn new(
+        supervisor: SupervisorHandle,
+        logs: Arc<LogHub>,
+        config: MetricsConfig,
+    ) -> prometheus::Result<Arc<Metrics>> {
         let registry = Registry::new();
         let build = prometheus::Gauge::with_opts(
             Opts::new("aikore_build_info", "Always 1; the version label says which aikore runs.")
@@ -134,11 +138,8 @@ impl Metrics {
         let events = EventMetrics::new(&registry)?;
         let gpus = if config.nvml { Gpus::init() } else { Gpus::disabled("no GPU metrics: NVML disabled") };
         let gpu_note = gpus.note().map(String::from);
-        let collectors = Collectors {
-            host: HostCollector::new(config.data_dir),
-            units: UnitSampler::new(config.cgroup_root),
-            gpus,
-        };
+        let collectors =
+            Collectors { host: HostCollector::new(config.data_dir), units: UnitSampler::new(config.cgroup_root), gpus };
         Ok(Arc::new(Metrics { supervisor, logs, registry, events, collectors: Mutex::new(collectors), gpu_note }))
     }
 
@@ -197,8 +198,10 @@ impl Metrics {
             "When the unit's current or last run started (Unix time).",
         );
         let mut cpu = Family::counter("aikore_unit_cpu_seconds_total", "CPU time used by the unit's processes.");
-        let mut memory =
-            Family::gauge("aikore_unit_memory_bytes", "Memory of the unit: cgroup memory.current, else the sum of RSS.");
+        let mut memory = Family::gauge(
+            "aikore_unit_memory_bytes",
+            "Memory of the unit: cgroup memory.current, else the sum of RSS.",
+        );
         let mut processes = Family::gauge("aikore_unit_processes", "Live processes of the unit.");
         let mut log_bytes = Family::counter("aikore_unit_log_bytes_total", "Bytes the unit wrote to its log.");
         let mut gpu_memory =
@@ -245,9 +248,9 @@ impl Metrics {
         );
         for gpu in gpus {
             let index = gpu.index.to_string();
-            let used = gpu.memory_used_bytes.map(|used| {
-                used.saturating_sub(attributed.get(&gpu.index).copied().unwrap_or(0)) as f64
-            });
+            let used = gpu
+                .memory_used_bytes
+                .map(|used| used.saturating_sub(attributed.get(&gpu.index).copied().unwrap_or(0)) as f64);
             unattributed.add_some(&[("gpu", &index)], used);
         }
         unattributed.finish_into(out);
@@ -301,14 +304,25 @@ fn host_families(host: &HostSample, out: &mut Vec<MetricFamily>) {
         f.add(&[], value);
         f.finish_into(out);
     };
-    single("aikore_host_cpu_usage_ratio", "Busy share of all CPUs since the previous scrape (0..1).", host.cpu_usage_ratio, out);
-    let mut per_core = Family::gauge("aikore_host_cpu_core_usage_ratio", "Busy share of each CPU since the previous scrape (0..1).");
+    single(
+        "aikore_host_cpu_usage_ratio",
+        "Busy share of all CPUs since the previous scrape (0..1).",
+        host.cpu_usage_ratio,
+        out,
+    );
+    let mut per_core =
+        Family::gauge("aikore_host_cpu_core_usage_ratio", "Busy share of each CPU since the previous scrape (0..1).");
     for (core, ratio) in host.cpu_per_core_ratio.iter().enumerate() {
         per_core.add(&[("cpu", &core.to_string())], *ratio);
     }
     per_core.finish_into(out);
     single("aikore_host_memory_total_bytes", "Physical memory.", host.memory_total_bytes as f64, out);
-    single("aikore_host_memory_available_bytes", "Memory available to new work without swapping.", host.memory_available_bytes as f64, out);
+    single(
+        "aikore_host_memory_available_bytes",
+        "Memory available to new work without swapping.",
+        host.memory_available_bytes as f64,
+        out,
+    );
     single("aikore_host_swap_total_bytes", "Swap space.", host.swap_total_bytes as f64, out);
     single("aikore_host_swap_free_bytes", "Unused swap space.", host.swap_free_bytes as f64, out);
     single("aikore_host_load1", "Load average over 1 minute.", host.load1, out);
@@ -353,7 +367,8 @@ fn gpu_families(gpus: &[GpuSample], out: &mut Vec<MetricFamily>) {
         }
         f.finish_into(out);
     }
-    let mut uncorrected = Family::counter("aikore_gpu_ecc_uncorrected_errors_total", "Uncorrected ECC memory errors (lifetime).");
+    let mut uncorrected =
+        Family::counter("aikore_gpu_ecc_uncorrected_errors_total", "Uncorrected ECC memory errors (lifetime).");
     let mut fans = Family::gauge("aikore_gpu_fan_speed_ratio", "Fan speed as a share of its maximum (0..1).");
     for g in gpus {
         let index = g.index.to_string();

@@ -113,14 +113,21 @@ fn unit_state_is_one_hot_and_labels_are_unit_and_kind() {
     assert_eq!(states.len(), STATUSES.len(), "{states:?}");
     let ones: Vec<&&str> = states.iter().filter(|l| l.ends_with(" 1")).collect();
     assert_eq!(ones.len(), 1, "{states:?}");
-    assert!(ones[0].contains("state=\"stalled\"") && ones[0].contains("unit=\"sd\"") && ones[0].contains("kind=\"instance\""));
+    assert!(
+        ones[0].contains("state=\"stalled\"")
+            && ones[0].contains("unit=\"sd\"")
+            && ones[0].contains("kind=\"instance\"")
+    );
     for line in text.lines().filter(|l| l.starts_with("aikore_unit_")) {
         assert!(!line.contains("instance=\""), "reserved label: {line}");
         assert!(line.contains("unit=\"sd\""), "{line}");
     }
     assert!(text.contains("aikore_unit_restarts_total{unit=\"sd\",kind=\"instance\"} 2"), "{text}");
     assert!(text.contains("aikore_unit_processes{unit=\"sd\",kind=\"instance\"} 0"), "{text}");
-    assert!(text.contains("aikore_unit_last_start_timestamp_seconds{unit=\"sd\",kind=\"instance\"} 1700000000"), "{text}");
+    assert!(
+        text.contains("aikore_unit_last_start_timestamp_seconds{unit=\"sd\",kind=\"instance\"} 1700000000"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -131,7 +138,10 @@ fn a_running_unit_reports_its_processes_and_memory() {
     let units = [snapshot("me", "me.service", Status::Started, Some(std::process::id() as i32))];
     let text = m.render_blocking(&units).unwrap();
     let value = |name: &str| -> f64 {
-        let line = text.lines().find(|l| l.starts_with(&format!("{name}{{unit=\"me\""))).unwrap_or_else(|| panic!("{name}: {text}"));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{unit=\"me\"")))
+            .unwrap_or_else(|| panic!("{name}: {text}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     assert!(value("aikore_unit_processes") >= 1.0);
@@ -180,12 +190,24 @@ fn gpu_memory_is_attributed_to_the_units_processes() {
     gpu_families(&gpus, &mut families);
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let text = encode(&families);
-    assert!(text.contains(&format!("aikore_unit_gpu_memory_bytes{{unit=\"me\",kind=\"service\",gpu=\"1\"}} {}", 3u64 << 30)), "{text}");
+    assert!(
+        text.contains(&format!(
+            "aikore_unit_gpu_memory_bytes{{unit=\"me\",kind=\"service\",gpu=\"1\"}} {}",
+            3u64 << 30
+        )),
+        "{text}"
+    );
     assert!(!text.contains("aikore_unit_gpu_memory_bytes{unit=\"me\",kind=\"service\",gpu=\"0\"}"), "{text}");
-    assert!(text.contains(&format!("aikore_gpu_unattributed_memory_bytes{{gpu=\"1\"}} {}", (10u64 << 30) - (3 << 30))), "{text}");
+    assert!(
+        text.contains(&format!("aikore_gpu_unattributed_memory_bytes{{gpu=\"1\"}} {}", (10u64 << 30) - (3 << 30))),
+        "{text}"
+    );
     assert!(text.contains(&format!("aikore_gpu_unattributed_memory_bytes{{gpu=\"0\"}} {}", 10u64 << 30)), "{text}");
     assert!(text.contains("aikore_gpu_power_draw_watts{gpu=\"0\",uuid=\"GPU-0\",name=\"Test GPU\"} 250"), "{text}");
-    assert!(text.contains("aikore_gpu_sm_clock_hertz{gpu=\"1\",uuid=\"GPU-1\",name=\"Test GPU\"} 1980000000"), "{text}");
+    assert!(
+        text.contains("aikore_gpu_sm_clock_hertz{gpu=\"1\",uuid=\"GPU-1\",name=\"Test GPU\"} 1980000000"),
+        "{text}"
+    );
     assert!(!text.contains("aikore_gpu_fan_speed_ratio") && !text.contains("aikore_gpu_ecc_corrected"), "{text}");
     for (name, kind) in types(&text) {
         assert_eq!(kind == "counter", name.ends_with("_total"), "{name} is a {kind}");

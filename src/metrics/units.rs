@@ -235,7 +235,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_a_hostile_comm() {
-        let text = "42 (a) b (c) S 1 42 42 0 -1 4194304 100 0 0 0 7 3 0 0 20 0 1 0 5000 1000000 250 18446744073709551615";
+        let text =
+            "42 (a) b (c) S 1 42 42 0 -1 4194304 100 0 0 0 7 3 0 0 20 0 1 0 5000 1000000 250 18446744073709551615";
         let s = parse_stat(42, text).unwrap();
         assert_eq!((s.cpu_ticks, s.start_ticks, s.rss_pages, s.zombie), (10, 5000, 250, false));
         assert!(parse_stat(1, "garbage").is_none());

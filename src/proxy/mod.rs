@@ -112,9 +112,30 @@ mod tests {
         let config = BaseConfig { listen_port: 9123, upstream: "127.0.0.1:9001".parse().unwrap(), worker_user: None };
         write_base_config(data.path(), &config).unwrap();
         let entries = [
-            routes::RouteEntry { name: "a".into(), mode: ProxyMode::Subpath, port: Some(19001), slot: true, persistent: true, vnc_port: Some(19999) },
-            routes::RouteEntry { name: "b-2_x".into(), mode: ProxyMode::Port, port: Some(19002), slot: false, persistent: false, vnc_port: None },
-            routes::RouteEntry { name: "c".into(), mode: ProxyMode::Subpath, port: None, slot: false, persistent: true, vnc_port: None },
+            routes::RouteEntry {
+                name: "a".into(),
+                mode: ProxyMode::Subpath,
+                port: Some(19001),
+                slot: true,
+                persistent: true,
+                vnc_port: Some(19999),
+            },
+            routes::RouteEntry {
+                name: "b-2_x".into(),
+                mode: ProxyMode::Port,
+                port: Some(19002),
+                slot: false,
+                persistent: false,
+                vnc_port: None,
+            },
+            routes::RouteEntry {
+                name: "c".into(),
+                mode: ProxyMode::Subpath,
+                port: None,
+                slot: false,
+                persistent: true,
+                vnc_port: None,
+            },
         ];
         let prefix = data.path().join("nginx");
         let rendered = routes::render(&entries, &routes::RenderOptions::default());

@@ -19,9 +19,12 @@ fn run_reaped(mut command: Command) -> std::io::Result<(bool, Vec<u8>)> {
     let mut child = {
         let mut routes = reaper().lock();
         let child = command.spawn()?;
-        routes.register(child.id() as i32, Box::new(move |_, status| {
-            let _ = tx.try_send(status);
-        }));
+        routes.register(
+            child.id() as i32,
+            Box::new(move |_, status| {
+                let _ = tx.try_send(status);
+            }),
+        );
         child
     };
     let mut stderr = Vec::new();
@@ -113,7 +116,8 @@ impl ConfigTester for NginxTester {
         } else {
             let text = String::from_utf8_lossy(&stderr);
             // Keep NGINX's own lines (they name the file and line), drop the "test failed" banner.
-            let lines: Vec<&str> = text.lines().filter(|l| !l.contains("configuration file") || l.contains("emerg")).collect();
+            let lines: Vec<&str> =
+                text.lines().filter(|l| !l.contains("configuration file") || l.contains("emerg")).collect();
             let message = lines.join("\n").trim().to_string();
             Err(if message.is_empty() { "nginx -t failed without a message".to_string() } else { message })
         }
@@ -127,7 +131,12 @@ impl ConfigTester for NginxTester {
 /// Puts `upstreams` and `routes` live as `upstreams/aikore.conf` and
 /// `routes/aikore.conf` if the full config with both passes `tester`.
 /// `prefix` is NGINX's prefix (`<data>/nginx`).
-pub fn stage_and_swap(prefix: &Path, upstreams: &str, routes: &str, tester: &dyn ConfigTester) -> Result<(), SwapError> {
+pub fn stage_and_swap(
+    prefix: &Path,
+    upstreams: &str,
+    routes: &str,
+    tester: &dyn ConfigTester,
+) -> Result<(), SwapError> {
     let live_conf = std::fs::read_to_string(prefix.join("nginx.conf"))?;
     let mut candidate = live_conf.clone();
     for (dir, text) in INCLUDE_DIRS.iter().zip([upstreams, routes]) {
@@ -195,7 +204,11 @@ mod tests {
     fn prefix_with_base() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("routes")).unwrap();
-        std::fs::write(dir.path().join("nginx.conf"), "http { include upstreams/*.conf; server { include routes/*.conf; } }").unwrap();
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            "http { include upstreams/*.conf; server { include routes/*.conf; } }",
+        )
+        .unwrap();
         dir
     }
 

@@ -120,7 +120,12 @@ fn relevant(event: &UnitEvent) -> bool {
 }
 
 impl Loop {
-    async fn run(mut self, mut events: broadcast::Receiver<UnitEvent>, mut requests: mpsc::Receiver<RenderReply>, stop: CancellationToken) {
+    async fn run(
+        mut self,
+        mut events: broadcast::Receiver<UnitEvent>,
+        mut requests: mpsc::Receiver<RenderReply>,
+        stop: CancellationToken,
+    ) {
         // The first render comes from the daemon's render_now() before it starts units.
         let mut due: Option<tokio::time::Instant> = None;
         let mut reload_anyway = false;
@@ -229,8 +234,8 @@ impl Loop {
             crate::config::give_tree(&prefix, owner);
             result
         })
-            .await
-            .unwrap_or_else(|e| Err(super::swap::SwapError::Io(std::io::Error::other(e.to_string()))));
+        .await
+        .unwrap_or_else(|e| Err(super::swap::SwapError::Io(std::io::Error::other(e.to_string()))));
         let elapsed = started.elapsed().as_millis() as u64;
         let tested = self.sync.tester.available();
         match swapped {
@@ -317,7 +322,11 @@ impl Loop {
         }
         self.journaled = Some(why.clone());
         let detail = format!("proxy: {why}");
-        let result = self.sync.store.call(move |s| s.append_event(crate::daemon::now_ms(), Some(NGINX_UNIT), "error", &detail)).await;
+        let result = self
+            .sync
+            .store
+            .call(move |s| s.append_event(crate::daemon::now_ms(), Some(NGINX_UNIT), "error", &detail))
+            .await;
         if let Ok(Err(e)) = result {
             tracing::warn!(error = %e, "journal write failed");
         }

@@ -64,7 +64,10 @@ impl Store {
                             .map(|r| r.display)
                             .filter(|d| display_free(*d))
                             .min()
-                            .ok_or(StoreError::DisplayPoolExhausted { start: *displays.start(), end: *displays.end() })?;
+                            .ok_or(StoreError::DisplayPoolExhausted {
+                                start: *displays.start(),
+                                end: *displays.end(),
+                            })?;
                         tx.execute("DELETE FROM display_leases WHERE display = ?1", [remembered])?;
                         remembered
                     }

@@ -11,25 +11,13 @@ use super::{sql_limit, EventRow, Result, Store};
 const PRUNE_EVERY: u32 = 1000;
 
 fn event_from_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
-    Ok(EventRow {
-        id: r.get(0)?,
-        ts_ms: r.get(1)?,
-        unit: r.get(2)?,
-        kind: r.get(3)?,
-        detail: r.get(4)?,
-    })
+    Ok(EventRow { id: r.get(0)?, ts_ms: r.get(1)?, unit: r.get(2)?, kind: r.get(3)?, detail: r.get(4)? })
 }
 
 impl Store {
     /// Appends an event and returns its id (ids only grow, even across
     /// pruning). `unit` is None for events about aikore itself.
-    pub fn append_event(
-        &mut self,
-        ts_ms: i64,
-        unit: Option<&str>,
-        kind: &str,
-        detail: &str,
-    ) -> Result<i64> {
+    pub fn append_event(&mut self, ts_ms: i64, unit: Option<&str>, kind: &str, detail: &str) -> Result<i64> {
         self.conn.execute(
             "INSERT INTO events (ts_ms, unit, kind, detail) VALUES (?1, ?2, ?3, ?4)",
             params![ts_ms, unit, kind, detail],
@@ -51,29 +39,19 @@ impl Store {
     /// With `after_id` this pages forward: the first `limit` events newer than
     /// that id (how a follower catches up). Without it, the newest `limit`
     /// events (how a view opens).
-    pub fn events(
-        &self,
-        unit: Option<&str>,
-        after_id: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<EventRow>> {
+    pub fn events(&self, unit: Option<&str>, after_id: Option<i64>, limit: usize) -> Result<Vec<EventRow>> {
         let limit = sql_limit(limit);
         // Separate statements per filter rather than `?1 IS NULL OR unit = ?1`,
         // which would keep SQLite from using the (unit, id) index.
-        let unit_filter = if unit.is_some() {
-            "unit = ?1"
-        } else {
-            "?1 IS NULL"
-        };
+        let unit_filter = if unit.is_some() { "unit = ?1" } else { "?1 IS NULL" };
         let mut rows: Vec<EventRow> = match after_id {
             Some(after) => {
                 let mut stmt = self.conn.prepare_cached(&format!(
                     "SELECT id, ts_ms, unit, kind, detail FROM events
                      WHERE {unit_filter} AND id > ?2 ORDER BY id ASC LIMIT ?3"
                 ))?;
-                let rows = stmt
-                    .query_map(params![unit, after, limit], event_from_row)?
-                    .collect::<rusqlite::Result<_>>()?;
+                let rows =
+                    stmt.query_map(params![unit, after, limit], event_from_row)?.collect::<rusqlite::Result<_>>()?;
                 rows
             }
             None => {
@@ -81,9 +59,7 @@ impl Store {
                     "SELECT id, ts_ms, unit, kind, detail FROM events
                      WHERE {unit_filter} ORDER BY id DESC LIMIT ?2"
                 ))?;
-                let rows = stmt
-                    .query_map(params![unit, limit], event_from_row)?
-                    .collect::<rusqlite::Result<_>>()?;
+                let rows = stmt.query_map(params![unit, limit], event_from_row)?.collect::<rusqlite::Result<_>>()?;
                 rows
             }
         };

@@ -34,26 +34,21 @@ impl StoreHandle {
 
     pub fn try_spawn(mut store: Store) -> Result<StoreHandle> {
         let (jobs, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("aikore-store".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    // A panicking closure must not take the database away from
-                    // every other caller. Its open transaction, if any, rolled
-                    // back when it unwound; its caller sees Closed.
-                    if catch_unwind(AssertUnwindSafe(|| job(&mut store))).is_err() {
-                        tracing::error!("a store call panicked");
-                    }
+        std::thread::Builder::new().name("aikore-store".into()).spawn(move || {
+            while let Ok(job) = rx.recv() {
+                // A panicking closure must not take the database away from
+                // every other caller. Its open transaction, if any, rolled
+                // back when it unwound; its caller sees Closed.
+                if catch_unwind(AssertUnwindSafe(|| job(&mut store))).is_err() {
+                    tracing::error!("a store call panicked");
                 }
-            })?;
+            }
+        })?;
         Ok(StoreHandle { jobs })
     }
 
     /// Runs `f` on the store thread and awaits its result.
-    pub async fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Store) -> R + Send + 'static,
-    ) -> Result<R> {
+    pub async fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut Store) -> R + Send + 'static) -> Result<R> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Box::new(move |store: &mut Store| {
@@ -66,10 +61,7 @@ impl StoreHandle {
 
     /// Runs `f` on the store thread and blocks until it is done. For threads
     /// outside the runtime; inside async code use `call`.
-    pub fn call_blocking<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Store) -> R + Send + 'static,
-    ) -> Result<R> {
+    pub fn call_blocking<R: Send + 'static>(&self, f: impl FnOnce(&mut Store) -> R + Send + 'static) -> Result<R> {
         // A std channel rather than a oneshot's blocking_recv, which panics
         // when called from within a runtime.
         let (tx, rx) = mpsc::sync_channel(1);

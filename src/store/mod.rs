@@ -129,8 +129,7 @@ impl Store {
         // WAL lets readers (the CLI, a backup) proceed while the supervisor
         // writes; a filesystem without shared memory support falls back to
         // another mode, which is slower but still correct.
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "sqlite refused WAL journal mode");
         }
@@ -150,11 +149,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         schema::migrate(&mut conn)?;
-        Ok(Store {
-            conn,
-            appends_since_prune: 0,
-            event_retention: DEFAULT_EVENT_RETENTION,
-        })
+        Ok(Store { conn, appends_since_prune: 0, event_retention: DEFAULT_EVENT_RETENTION })
     }
 
     /// How many events the automatic pruning keeps.
@@ -163,12 +158,7 @@ impl Store {
     }
 
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        Ok(self.conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
     pub fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
@@ -184,10 +174,7 @@ impl Store {
 /// Wall-clock milliseconds, for bookkeeping columns the callers do not supply.
 /// A clock before 1970 is a broken clock; 0 keeps the row writable.
 fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 /// SQLite takes limits as i64; anything past i64::MAX means "no limit" anyway.

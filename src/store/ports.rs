@@ -24,13 +24,8 @@ impl Store {
         now_ms: i64,
     ) -> Result<u16> {
         let tx = self.conn.transaction()?;
-        let current: Option<u16> = tx
-            .query_row(
-                "SELECT port FROM port_leases WHERE unit = ?1",
-                [unit],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let current: Option<u16> =
+            tx.query_row("SELECT port FROM port_leases WHERE unit = ?1", [unit], |r| r.get(0)).optional()?;
         if let Some(port) = current {
             if range.contains(&port) {
                 return Ok(port);
@@ -44,22 +39,15 @@ impl Store {
                 "SELECT port FROM port_leases WHERE port BETWEEN ?1 AND ?2
                  UNION SELECT ws_port FROM display_leases WHERE released_ms IS NULL",
             )?;
-            let ports = stmt
-                .query_map(params![range.start(), range.end()], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+            let ports =
+                stmt.query_map(params![range.start(), range.end()], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
             ports
         };
         let port = range
             .clone()
             .find(|p| !taken.contains(p) && is_free(*p))
-            .ok_or(StoreError::PortPoolExhausted {
-                start: *range.start(),
-                end: *range.end(),
-            })?;
-        tx.execute(
-            "INSERT INTO port_leases (port, unit, leased_ms) VALUES (?1, ?2, ?3)",
-            params![port, unit, now_ms],
-        )?;
+            .ok_or(StoreError::PortPoolExhausted { start: *range.start(), end: *range.end() })?;
+        tx.execute("INSERT INTO port_leases (port, unit, leased_ms) VALUES (?1, ?2, ?3)", params![port, unit, now_ms])?;
         tx.commit()?;
         Ok(port)
     }
@@ -86,8 +74,7 @@ impl Store {
 
     /// Gives up the unit's lease (the unit was deleted); a no-op without one.
     pub fn release_port(&mut self, unit: &str) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM port_leases WHERE unit = ?1", [unit])?;
+        self.conn.execute("DELETE FROM port_leases WHERE unit = ?1", [unit])?;
         Ok(())
     }
 
@@ -97,23 +84,10 @@ impl Store {
 
     /// The unit's current lease, if any.
     pub fn leased_port(&self, unit: &str) -> Result<Option<u16>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT port FROM port_leases WHERE unit = ?1",
-                [unit],
-                |r| r.get(0),
-            )
-            .optional()?)
+        Ok(self.conn.query_row("SELECT port FROM port_leases WHERE unit = ?1", [unit], |r| r.get(0)).optional()?)
     }
 }
 
 fn port_holder_in(conn: &rusqlite::Connection, port: u16) -> Result<Option<String>> {
-    Ok(conn
-        .query_row(
-            "SELECT unit FROM port_leases WHERE port = ?1",
-            [port],
-            |r| r.get(0),
-        )
-        .optional()?)
+    Ok(conn.query_row("SELECT unit FROM port_leases WHERE port = ?1", [port], |r| r.get(0)).optional()?)
 }

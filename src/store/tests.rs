@@ -8,9 +8,7 @@ fn db_path(dir: &tempfile::TempDir) -> PathBuf {
 }
 
 fn defs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(n, k)| (n.to_string(), k.to_string()))
-        .collect()
+    list.iter().map(|(n, k)| (n.to_string(), k.to_string())).collect()
 }
 
 fn running(name: &str, pid: i32) -> StateUpdate {
@@ -35,15 +33,9 @@ fn migrates_fresh_file_and_reopens() {
     {
         let store = Store::open(&path).unwrap();
         assert_eq!(schema::user_version(&store.conn).unwrap(), 2);
-        let mode: String = store
-            .conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
+        let mode: String = store.conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
-        let fk: i64 = store
-            .conn
-            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
-            .unwrap();
+        let fk: i64 = store.conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).unwrap();
         assert_eq!(fk, 1);
     }
     let mut store = Store::open(&path).unwrap();
@@ -65,17 +57,8 @@ fn too_new_schema_is_refused() {
         conn.pragma_update(None, "user_version", 7).unwrap();
     }
     let err = Store::open(&path).err().unwrap();
-    assert!(matches!(
-        err,
-        StoreError::SchemaTooNew {
-            found: 7,
-            supported: 2
-        }
-    ));
-    assert_eq!(
-        err.to_string(),
-        "database schema version 7 is newer than this aikore supports (2)"
-    );
+    assert!(matches!(err, StoreError::SchemaTooNew { found: 7, supported: 2 }));
+    assert_eq!(err.to_string(), "database schema version 7 is newer than this aikore supports (2)");
 }
 
 #[test]
@@ -90,9 +73,7 @@ fn settings_roundtrip_and_overwrite() {
 #[test]
 fn reconcile_inserts_archives_unarchives_and_resets() {
     let mut store = Store::open_in_memory().unwrap();
-    let first = store
-        .reconcile(&defs(&[("nginx", "service"), ("comfy", "instance")]), 100)
-        .unwrap();
+    let first = store.reconcile(&defs(&[("nginx", "service"), ("comfy", "instance")]), 100).unwrap();
     assert_eq!(first.added, vec!["nginx", "comfy"]);
     assert!(first.archived.is_empty());
     assert!(first.leftovers.is_empty());
@@ -103,49 +84,29 @@ fn reconcile_inserts_archives_unarchives_and_resets() {
 
     // A previous life left comfy running; then its file disappears.
     store.record_state(&running("comfy", 4242)).unwrap();
-    let second = store
-        .reconcile(&defs(&[("nginx", "service")]), 200)
-        .unwrap();
+    let second = store.reconcile(&defs(&[("nginx", "service")]), 200).unwrap();
     assert!(second.added.is_empty());
     assert_eq!(second.archived, vec!["comfy"]);
     assert_eq!(second.leftovers.len(), 1);
     let left = &second.leftovers[0];
-    assert_eq!(
-        (left.name.as_str(), left.pid, left.status.as_str()),
-        ("comfy", Some(4242), "running")
-    );
+    assert_eq!((left.name.as_str(), left.pid, left.status.as_str()), ("comfy", Some(4242), "running"));
 
     let comfy = store.unit("comfy").unwrap().unwrap();
     assert!(comfy.archived);
     assert_eq!(comfy.status, "stopped");
-    assert_eq!(
-        (comfy.pid, comfy.pgid, comfy.status_detail.clone()),
-        (None, None, None)
-    );
+    assert_eq!((comfy.pid, comfy.pgid, comfy.status_detail.clone()), (None, None, None));
     assert_eq!(comfy.since_ms, Some(200));
     // History survives the reset.
     assert_eq!(comfy.restarts, 2);
     assert_eq!(comfy.last_exit.as_deref(), Some("exit 1"));
 
-    let live: Vec<_> = store
-        .units(false)
-        .unwrap()
-        .into_iter()
-        .map(|u| u.name)
-        .collect();
+    let live: Vec<_> = store.units(false).unwrap().into_iter().map(|u| u.name).collect();
     assert_eq!(live, vec!["nginx"]);
-    let all: Vec<_> = store
-        .units(true)
-        .unwrap()
-        .into_iter()
-        .map(|u| u.name)
-        .collect();
+    let all: Vec<_> = store.units(true).unwrap().into_iter().map(|u| u.name).collect();
     assert_eq!(all, vec!["comfy", "nginx"]);
 
     // The file comes back: un-archived, not "added", nothing left over.
-    let third = store
-        .reconcile(&defs(&[("nginx", "service"), ("comfy", "instance")]), 300)
-        .unwrap();
+    let third = store.reconcile(&defs(&[("nginx", "service"), ("comfy", "instance")]), 300).unwrap();
     assert!(third.added.is_empty());
     assert!(third.archived.is_empty());
     assert!(third.leftovers.is_empty());
@@ -174,45 +135,21 @@ fn events_list_in_order_filter_and_page() {
     let mut ids = Vec::new();
     for i in 0..6 {
         let unit = if i % 2 == 0 { Some("a") } else { Some("b") };
-        ids.push(
-            store
-                .append_event(i, unit, "state", &format!("e{i}"))
-                .unwrap(),
-        );
+        ids.push(store.append_event(i, unit, "state", &format!("e{i}")).unwrap());
     }
     ids.push(store.append_event(6, None, "boot", "aikore").unwrap());
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
 
-    let newest: Vec<_> = store
-        .events(None, None, 3)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.ts_ms)
-        .collect();
+    let newest: Vec<_> = store.events(None, None, 3).unwrap().into_iter().map(|e| e.ts_ms).collect();
     assert_eq!(newest, vec![4, 5, 6], "newest N, oldest first");
 
-    let a: Vec<_> = store
-        .events(Some("a"), None, 10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.detail)
-        .collect();
+    let a: Vec<_> = store.events(Some("a"), None, 10).unwrap().into_iter().map(|e| e.detail).collect();
     assert_eq!(a, vec!["e0", "e2", "e4"]);
 
-    let after: Vec<_> = store
-        .events(None, Some(ids[1]), 2)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let after: Vec<_> = store.events(None, Some(ids[1]), 2).unwrap().into_iter().map(|e| e.id).collect();
     assert_eq!(after, vec![ids[2], ids[3]], "first N after the cursor");
 
-    let b_after: Vec<_> = store
-        .events(Some("b"), Some(ids[1]), 10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.detail)
-        .collect();
+    let b_after: Vec<_> = store.events(Some("b"), Some(ids[1]), 10).unwrap().into_iter().map(|e| e.detail).collect();
     assert_eq!(b_after, vec!["e3", "e5"]);
     let boot = store.events(None, Some(ids[5]), 10).unwrap();
     assert_eq!(boot.len(), 1);
@@ -226,12 +163,7 @@ fn prune_keeps_newest_and_ids_keep_growing() {
         store.append_event(i, Some("u"), "k", "d").unwrap();
     }
     assert_eq!(store.prune_events(4).unwrap(), 6);
-    let left: Vec<_> = store
-        .events(None, None, 100)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.ts_ms)
-        .collect();
+    let left: Vec<_> = store.events(None, None, 100).unwrap().into_iter().map(|e| e.ts_ms).collect();
     assert_eq!(left, vec![6, 7, 8, 9]);
     assert_eq!(store.prune_events(4).unwrap(), 0);
     assert_eq!(store.prune_events(100).unwrap(), 0);
@@ -263,9 +195,7 @@ fn port_leases_are_stable_and_skip_busy_and_taken() {
     {
         let mut store = Store::open(&path).unwrap();
         // 8000 is in use by something outside aikore.
-        let a = store
-            .lease_port("a", range.clone(), |p| p != 8000, 1)
-            .unwrap();
+        let a = store.lease_port("a", range.clone(), |p| p != 8000, 1).unwrap();
         assert_eq!(a, 8001);
         let b = store.lease_port("b", range.clone(), |_| true, 1).unwrap();
         assert_eq!(b, 8000, "lowest port the callback accepts");
@@ -274,19 +204,13 @@ fn port_leases_are_stable_and_skip_busy_and_taken() {
     }
     let mut store = Store::open(&path).unwrap();
     // Stable across reopen even when the probe says busy (its own old process).
-    assert_eq!(
-        store.lease_port("a", range.clone(), |_| false, 2).unwrap(),
-        8001
-    );
+    assert_eq!(store.lease_port("a", range.clone(), |_| false, 2).unwrap(), 8001);
     assert_eq!(store.port_holder(8002).unwrap().as_deref(), Some("c"));
     assert_eq!(store.port_holder(8009).unwrap(), None);
 
     store.release_port("b").unwrap();
     assert_eq!(store.port_holder(8000).unwrap(), None);
-    assert_eq!(
-        store.lease_port("d", range.clone(), |_| true, 3).unwrap(),
-        8000
-    );
+    assert_eq!(store.lease_port("d", range.clone(), |_| true, 3).unwrap(), 8000);
 
     // A lease outside the pool is exchanged for a pool port.
     store.claim_port("e", 9999).unwrap();
@@ -315,16 +239,8 @@ fn claim_port_conflict_names_holder() {
 fn pool_exhaustion_is_an_error() {
     let mut store = Store::open_in_memory().unwrap();
     store.lease_port("a", 9000..=9001, |_| true, 0).unwrap();
-    let err = store
-        .lease_port("b", 9000..=9001, |p| p != 9001, 0)
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        StoreError::PortPoolExhausted {
-            start: 9000,
-            end: 9001
-        }
-    ));
+    let err = store.lease_port("b", 9000..=9001, |p| p != 9001, 0).unwrap_err();
+    assert!(matches!(err, StoreError::PortPoolExhausted { start: 9000, end: 9001 }));
     // The failed attempt left nothing behind.
     assert_eq!(store.leased_port("b").unwrap(), None);
 }
@@ -332,13 +248,9 @@ fn pool_exhaustion_is_an_error() {
 #[test]
 fn rename_moves_row_and_lease_not_history() {
     let mut store = Store::open_in_memory().unwrap();
-    store
-        .reconcile(&defs(&[("old", "instance"), ("other", "instance")]), 1)
-        .unwrap();
+    store.reconcile(&defs(&[("old", "instance"), ("other", "instance")]), 1).unwrap();
     store.lease_port("old", 8000..=8010, |_| true, 1).unwrap();
-    store
-        .append_event(1, Some("old"), "state", "started")
-        .unwrap();
+    store.append_event(1, Some("old"), "state", "started").unwrap();
 
     store.rename_unit("old", "new").unwrap();
     assert_eq!(store.unit("old").unwrap(), None);
@@ -357,30 +269,20 @@ fn rename_moves_row_and_lease_not_history() {
 async fn handle_runs_calls_on_store_thread() {
     let handle = StoreHandle::spawn(Store::open_in_memory().unwrap());
     let h2 = handle.clone();
-    let id = h2
-        .call(|s| s.append_event(1, Some("u"), "k", "d"))
-        .await
-        .unwrap()
-        .unwrap();
+    let id = h2.call(|s| s.append_event(1, Some("u"), "k", "d")).await.unwrap().unwrap();
     assert_eq!(id, 1);
-    let n = handle
-        .call(|s| s.events(None, None, 10).map(|e| e.len()))
-        .await
-        .unwrap()
-        .unwrap();
+    let n = handle.call(|s| s.events(None, None, 10).map(|e| e.len())).await.unwrap().unwrap();
     assert_eq!(n, 1);
 
     // A panicking call reports Closed to its caller but the store lives on.
     let err = handle.call(|_| -> () { panic!("boom") }).await.unwrap_err();
     assert!(matches!(err, StoreError::Closed));
     let blocking = handle.clone();
-    let got = tokio::task::spawn_blocking(move || {
-        blocking.call_blocking(|s| s.setting("x").map(|v| v.is_none()))
-    })
-    .await
-    .unwrap()
-    .unwrap()
-    .unwrap();
+    let got = tokio::task::spawn_blocking(move || blocking.call_blocking(|s| s.setting("x").map(|v| v.is_none())))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(got);
 }
 
@@ -405,9 +307,7 @@ fn thread_exits_when_handles_drop() {
     let (tx, rx) = mpsc::channel();
     let handle = StoreHandle::spawn(Store::open_in_memory().unwrap());
     let clone = handle.clone();
-    handle
-        .call_blocking(move |_| GUARD.with(|g| *g.borrow_mut() = Some(Guard(tx))))
-        .unwrap();
+    handle.call_blocking(move |_| GUARD.with(|g| *g.borrow_mut() = Some(Guard(tx)))).unwrap();
     drop(handle);
     // One handle is still alive: the thread must keep running.
     assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());

@@ -43,23 +43,16 @@ impl Store {
     /// Makes the state rows match the unit files found on start: `units` is
     /// every defined unit as `(name, kind)`. Runs as one transaction, so a
     /// crash halfway leaves the previous state rather than a mix.
-    pub fn reconcile(
-        &mut self,
-        units: &[(String, String)],
-        now_ms: i64,
-    ) -> Result<ReconcileReport> {
+    pub fn reconcile(&mut self, units: &[(String, String)], now_ms: i64) -> Result<ReconcileReport> {
         let tx = self.conn.transaction()?;
         let mut report = ReconcileReport::default();
 
         // Read before the reset below wipes the pids: these are the only trace
         // of processes a previous aikore may have left running.
         {
-            let mut stmt = tx.prepare(&format!(
-                "SELECT {UNIT_COLUMNS} FROM units WHERE pid IS NOT NULL ORDER BY name"
-            ))?;
-            report.leftovers = stmt
-                .query_map([], unit_from_row)?
-                .collect::<rusqlite::Result<_>>()?;
+            let mut stmt =
+                tx.prepare(&format!("SELECT {UNIT_COLUMNS} FROM units WHERE pid IS NOT NULL ORDER BY name"))?;
+            report.leftovers = stmt.query_map([], unit_from_row)?.collect::<rusqlite::Result<_>>()?;
         }
 
         sync_definitions(&tx, units, now_ms, &mut report)?;
@@ -110,22 +103,15 @@ impl Store {
     pub fn unit(&self, name: &str) -> Result<Option<UnitRow>> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {UNIT_COLUMNS} FROM units WHERE name = ?1"),
-                [name],
-                unit_from_row,
-            )
+            .query_row(&format!("SELECT {UNIT_COLUMNS} FROM units WHERE name = ?1"), [name], unit_from_row)
             .optional()?)
     }
 
     /// All units by name; archived ones only when asked (history views).
     pub fn units(&self, include_archived: bool) -> Result<Vec<UnitRow>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {UNIT_COLUMNS} FROM units WHERE archived = 0 OR ?1 ORDER BY name"
-        ))?;
-        let rows = stmt
-            .query_map([include_archived], unit_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut stmt =
+            self.conn.prepare(&format!("SELECT {UNIT_COLUMNS} FROM units WHERE archived = 0 OR ?1 ORDER BY name"))?;
+        let rows = stmt.query_map([include_archived], unit_from_row)?.collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
@@ -141,16 +127,10 @@ impl Store {
         }
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM units WHERE name = ?1 AND archived = 1", [new])?;
-        tx.execute(
-            "UPDATE units SET name = ?2, updated_ms = ?3 WHERE name = ?1",
-            params![old, new, wall_ms()],
-        )?;
+        tx.execute("UPDATE units SET name = ?2, updated_ms = ?3 WHERE name = ?1", params![old, new, wall_ms()])?;
         // Any lease under the new name belonged to the replaced row.
         tx.execute("DELETE FROM port_leases WHERE unit = ?1", [new])?;
-        tx.execute(
-            "UPDATE port_leases SET unit = ?2 WHERE unit = ?1",
-            [old, new],
-        )?;
+        tx.execute("UPDATE port_leases SET unit = ?2 WHERE unit = ?1", [old, new])?;
         tx.execute("DELETE FROM display_leases WHERE unit = ?1", [new])?;
         tx.execute("UPDATE display_leases SET unit = ?2 WHERE unit = ?1", [old, new])?;
         tx.commit()?;
@@ -173,14 +153,9 @@ fn sync_definitions(
              VALUES (?1, ?2, ?3, ?4, ?4)",
         )?;
         // The file may have changed kind (rare, but the file wins).
-        let mut refresh = tx.prepare(
-            "UPDATE units SET kind = ?2, archived = 0, updated_ms = ?3 WHERE name = ?1",
-        )?;
+        let mut refresh = tx.prepare("UPDATE units SET kind = ?2, archived = 0, updated_ms = ?3 WHERE name = ?1")?;
         for (name, kind) in units {
-            let known = existing
-                .query_row([name], |r| r.get::<_, i64>(0))
-                .optional()?
-                .is_some();
+            let known = existing.query_row([name], |r| r.get::<_, i64>(0)).optional()?.is_some();
             if known {
                 refresh.execute(params![name, kind, now_ms])?;
             } else {
@@ -193,15 +168,11 @@ fn sync_definitions(
     {
         let defined: HashSet<&str> = units.iter().map(|(n, _)| n.as_str()).collect();
         let live: Vec<String> = {
-            let mut stmt =
-                tx.prepare("SELECT name FROM units WHERE archived = 0 ORDER BY name")?;
-            let names = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+            let mut stmt = tx.prepare("SELECT name FROM units WHERE archived = 0 ORDER BY name")?;
+            let names = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
             names
         };
-        let mut archive =
-            tx.prepare("UPDATE units SET archived = 1, updated_ms = ?2 WHERE name = ?1")?;
+        let mut archive = tx.prepare("UPDATE units SET archived = 1, updated_ms = ?2 WHERE name = ?1")?;
         for name in live {
             if !defined.contains(name.as_str()) {
                 archive.execute(params![name, now_ms])?;

@@ -15,8 +15,7 @@ use tokio::time::Instant;
 use super::ready;
 use super::state::{backoff_delay, should_restart, RunEnd, StartLimit, Status, BACKOFF_RESET_AFTER};
 use super::{
-    Command, CommandError, ExitReport, Prepared, ProcessControl, Reply, Role, ShutdownReport, UnitEvent,
-    UnitSnapshot,
+    Command, CommandError, ExitReport, Prepared, ProcessControl, Reply, Role, ShutdownReport, UnitEvent, UnitSnapshot,
 };
 use crate::init::ExitStatus;
 use crate::units::{KillMode, Unit, UnitKind};
@@ -51,14 +50,24 @@ enum Phase {
     Idle,
     /// A start job queued behind ordering (After=/Before=, services before instances).
     WaitDeps,
-    Pre { index: usize, pid: i32 },
-    Running { pid: i32 },
+    Pre {
+        index: usize,
+        pid: i32,
+    },
+    Running {
+        pid: i32,
+    },
     Backoff,
     /// A stop job queued until the units ordered after this one are down.
     StopWaitOrder,
-    StopCmd { index: usize, pid: i32 },
+    StopCmd {
+        index: usize,
+        pid: i32,
+    },
     /// Signals sent; waiting for every process to be gone.
-    Draining { sigkill_sent: bool },
+    Draining {
+        sigkill_sent: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -457,7 +466,8 @@ impl<C: ProcessControl> Engine<C> {
                 let message = format!("ExecReload could not start: {why}");
                 self.emit(name, "error", Some(message.clone()));
                 if let Some(reply) = reply {
-                    let _ = reply.send(Err(CommandError::Refused { unit: name.into(), action: "reload", why: message }));
+                    let _ =
+                        reply.send(Err(CommandError::Refused { unit: name.into(), action: "reload", why: message }));
                 }
             }
         }
@@ -474,7 +484,11 @@ impl<C: ProcessControl> Engine<C> {
                     if *rt.unit != *unit {
                         rt.unit = unit;
                         rt.removed = false;
-                        let note = if rt.phase == Phase::Idle { "definition changed" } else { "definition changed; restart to apply" };
+                        let note = if rt.phase == Phase::Idle {
+                            "definition changed"
+                        } else {
+                            "definition changed; restart to apply"
+                        };
                         self.emit(&name, "config", Some(note.into()));
                     }
                 }
@@ -565,10 +579,9 @@ impl<C: ProcessControl> Engine<C> {
                 .collect();
             for name in waiting_stop {
                 let unit = Arc::clone(&self.units[&name].unit);
-                let blocked = self
-                    .units
-                    .values()
-                    .any(|other| other.unit.name != name && ordered_before(&unit, &other.unit) && other.is_stopping_job());
+                let blocked = self.units.values().any(|other| {
+                    other.unit.name != name && ordered_before(&unit, &other.unit) && other.is_stopping_job()
+                });
                 if !blocked {
                     self.begin_stop(&name);
                     moved = true;
@@ -586,7 +599,9 @@ impl<C: ProcessControl> Engine<C> {
         for dep in &unit.requires {
             let why = match self.units.get(dep) {
                 None => Some(format!("requires {dep}, which does not exist")),
-                Some(d) if matches!(d.status, Status::Error | Status::Failed) => Some(format!("dependency {dep} failed")),
+                Some(d) if matches!(d.status, Status::Error | Status::Failed) => {
+                    Some(format!("dependency {dep} failed"))
+                }
                 Some(d) if d.phase == Phase::Idle => Some(format!("required unit {dep} is not running")),
                 _ => None,
             };
@@ -651,7 +666,11 @@ impl<C: ProcessControl> Engine<C> {
         let unit = Arc::clone(&self.units[name].unit);
         let env = self.units[name].prepared.env.clone();
         if let Some(command) = unit.service.exec_start_pre.get(index) {
-            self.set_status(name, Status::Starting, Some(format!("ExecStartPre {}/{}", index + 1, unit.service.exec_start_pre.len())));
+            self.set_status(
+                name,
+                Status::Starting,
+                Some(format!("ExecStartPre {}/{}", index + 1, unit.service.exec_start_pre.len())),
+            );
             match self.ctl.spawn(&unit, Role::Pre, command, &env) {
                 Ok(pid) => {
                     self.pids.insert(pid, (name.to_string(), Role::Pre));
@@ -786,7 +805,11 @@ impl<C: ProcessControl> Engine<C> {
         let busy_pids = self.pids.values().any(|(u, role)| u == name && *role != Role::Reload);
         let live = self.ctl.live_processes(name);
         let main_gone = !busy_pids && rt.main_pid.is_none();
-        if main_gone && live > 0 && rt.unit.service.kill_mode == KillMode::Mixed && rt.phase == (Phase::Draining { sigkill_sent: false }) {
+        if main_gone
+            && live > 0
+            && rt.unit.service.kill_mode == KillMode::Mixed
+            && rt.phase == (Phase::Draining { sigkill_sent: false })
+        {
             // KillMode=mixed: once the main process is gone, the rest get SIGKILL at once (systemd).
             self.ctl.signal_unit(name, libc::SIGKILL);
             if let Some(rt) = self.units.get_mut(name) {
@@ -942,7 +965,8 @@ impl<C: ProcessControl> Engine<C> {
                     return;
                 }
                 let Some(job) = self.units.get_mut(&name).and_then(|rt| rt.reload.take()) else { return };
-                let ignore = self.units[&name].unit.service.exec_reload.get(job.index).is_some_and(|c| c.ignore_failure);
+                let ignore =
+                    self.units[&name].unit.service.exec_reload.get(job.index).is_some_and(|c| c.ignore_failure);
                 if status.success() || ignore {
                     self.run_reload_command(&name, job.index + 1, job.reply);
                 } else {

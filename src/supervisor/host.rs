@@ -251,9 +251,17 @@ impl ProcessControl for HostProcesses {
         Ok(Prepared { ready, ..Prepared::default() })
     }
 
-    fn spawn(&mut self, unit: &Unit, role: Role, command: &ExecCommand, extra: &[(String, String)]) -> Result<i32, String> {
+    fn spawn(
+        &mut self,
+        unit: &Unit,
+        role: Role,
+        command: &ExecCommand,
+        extra: &[(String, String)],
+    ) -> Result<i32, String> {
         let Identity { uid, gid, groups, env: user_env } = match (resolve_user(unit)?, self.config.default_identity) {
-            (id, Some((uid, gid))) if id.uid.is_none() && id.gid.is_none() => default_identity(uid, gid, &self.config.data_dir),
+            (id, Some((uid, gid))) if id.uid.is_none() && id.gid.is_none() => {
+                default_identity(uid, gid, &self.config.data_dir)
+            }
             (id, _) => id,
         };
         let mut env = self.environment(unit, &user_env)?;
@@ -275,25 +283,20 @@ impl ProcessControl for HostProcesses {
             let ctx = self.config.instances.as_ref()?;
             unit.instance.as_ref().map(|_| ctx.instance_dir(&unit.name))
         });
-        let spec = ProcessSpec {
-            argv,
-            env,
-            cwd,
-            umask: unit.service.umask,
-            nice: unit.service.nice,
-            uid,
-            gid,
-            groups,
-        };
+        let spec = ProcessSpec { argv, env, cwd, umask: unit.service.umask, nice: unit.service.nice, uid, gid, groups };
         let membership = self.membership(unit, None);
         let procs_fd = match &membership {
             Membership::Cgroup(cg) => Some(cg.open_procs().map_err(|e| format!("cgroup: {e}"))?),
             Membership::Marked { .. } => None,
         };
         let exits = self.exits.clone();
-        let spawned = spawn(&spec, procs_fd.as_ref(), Box::new(move |pid, status| {
-            let _ = exits.send((pid, status));
-        }))
+        let spawned = spawn(
+            &spec,
+            procs_fd.as_ref(),
+            Box::new(move |pid, status| {
+                let _ = exits.send((pid, status));
+            }),
+        )
         .map_err(|e| e.to_string())?;
         if role == Role::Main {
             self.membership(unit, Some(spawned.pid));
@@ -356,9 +359,6 @@ mod tests {
     #[test]
     fn env_files_take_comments_export_and_quotes() {
         let parsed = parse_env_file("# c\nexport A=1\nB=\"two words\"\n;x\nC='3'\nbad line\n");
-        assert_eq!(
-            parsed,
-            vec![("A".into(), "1".into()), ("B".into(), "two words".into()), ("C".into(), "3".into())]
-        );
+        assert_eq!(parsed, vec![("A".into(), "1".into()), ("B".into(), "two words".into()), ("C".into(), "3".into())]);
     }
 }

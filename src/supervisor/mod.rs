@@ -61,7 +61,13 @@ pub trait ProcessControl: Send + 'static {
     /// A run of `unit` begins: rotate logs when `fresh`, lease what it needs.
     fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String>;
     /// Starts one process; its exit is delivered later as (pid, status) on the exits channel.
-    fn spawn(&mut self, unit: &Unit, role: Role, command: &ExecCommand, env: &[(String, String)]) -> Result<i32, String>;
+    fn spawn(
+        &mut self,
+        unit: &Unit,
+        role: Role,
+        command: &ExecCommand,
+        env: &[(String, String)],
+    ) -> Result<i32, String>;
     fn signal_process(&mut self, pid: i32, signal: i32);
     fn signal_group(&mut self, pgid: i32, signal: i32);
     /// Every process of the unit.
@@ -74,9 +80,10 @@ pub trait ProcessControl: Send + 'static {
     /// The first ConditionPathExists= that does not hold, if any: the start is
     /// then skipped, not failed (systemd's semantics).
     fn unmet_condition(&mut self, unit: &Unit) -> Option<String> {
-        unit.conditions.iter().find(|c| !c.holds()).map(|c| {
-            format!("ConditionPathExists={}{} not met", if c.negate { "!" } else { "" }, c.path.display())
-        })
+        unit.conditions
+            .iter()
+            .find(|c| !c.holds())
+            .map(|c| format!("ConditionPathExists={}{} not met", if c.negate { "!" } else { "" }, c.path.display()))
     }
 }
 
@@ -139,17 +146,38 @@ pub struct ShutdownReport {
 }
 
 pub enum Command {
-    Start { unit: String, reply: Reply<Status> },
-    Stop { unit: String, reply: Reply<Status> },
-    Restart { unit: String, reply: Reply<Status> },
+    Start {
+        unit: String,
+        reply: Reply<Status>,
+    },
+    Stop {
+        unit: String,
+        reply: Reply<Status>,
+    },
+    Restart {
+        unit: String,
+        reply: Reply<Status>,
+    },
     /// Runs the unit's ExecReload= commands; replies when they finish.
-    Reload { unit: String, reply: Reply<()> },
+    Reload {
+        unit: String,
+        reply: Reply<()>,
+    },
     /// New definitions (from `aikore reload` / SIGHUP): takes effect at each unit's next start.
-    SetUnits { units: Vec<Unit>, reply: Reply<()> },
+    SetUnits {
+        units: Vec<Unit>,
+        reply: Reply<()>,
+    },
     /// Boot: services in dependency order, then Autostart instances.
-    StartAll { reply: Reply<()> },
-    Snapshot { reply: oneshot::Sender<Vec<UnitSnapshot>> },
-    Shutdown { reply: oneshot::Sender<ShutdownReport> },
+    StartAll {
+        reply: Reply<()>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Vec<UnitSnapshot>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<ShutdownReport>,
+    },
     /// The global deadline passed: SIGKILL whatever is left.
     KillAll,
 }

@@ -56,12 +56,7 @@ pub fn resolve_executable(argv0: &str, env: &[(String, String)]) -> Result<PathB
     if argv0.contains('/') {
         return Ok(PathBuf::from(argv0));
     }
-    let path_var = env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or(DEFAULT_PATH);
+    let path_var = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(DEFAULT_PATH);
     for dir in path_var.split(':').filter(|d| !d.is_empty()) {
         let candidate = Path::new(dir).join(argv0);
         if is_executable(&candidate) {
@@ -102,11 +97,8 @@ impl SpawnPlan {
         let exe = resolve_executable(argv0, &spec.env)?;
         let path = cstring(exe.as_os_str().as_bytes())?;
         let argv: Vec<CString> = spec.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
-        let envp: Vec<CString> = spec
-            .env
-            .iter()
-            .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
-            .collect::<Result<_, _>>()?;
+        let envp: Vec<CString> =
+            spec.env.iter().map(|(k, v)| cstring(format!("{k}={v}").as_bytes())).collect::<Result<_, _>>()?;
         let argv_ptrs = argv.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
         let envp_ptrs = envp.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
         let cwd = spec.cwd.as_ref().map(|d| cstring(OsStr::as_bytes(d.as_os_str()))).transpose()?;
@@ -186,8 +178,8 @@ pub fn spawn_pty(spec: &ProcessSpec, size: (u16, u16), route: Route) -> Result<S
     let plan = SpawnPlan::new(spec)?;
     // O_CLOEXEC from the start: a unit forked by another thread meanwhile
     // must not inherit the terminal (it would keep it open after the shell).
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .map_err(std::io::Error::from)?;
+    let master =
+        nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     nix::pty::grantpt(&master).map_err(std::io::Error::from)?;
     nix::pty::unlockpt(&master).map_err(std::io::Error::from)?;
     let slave_path = nix::pty::ptsname_r(&master).map_err(std::io::Error::from)?;
@@ -239,9 +231,7 @@ fn read_child_report(err_read: &OwnedFd) -> Result<(), SpawnError> {
     let mut got = 0;
     while got < report.len() {
         // SAFETY: reading into our own buffer from an fd we own.
-        let n = unsafe {
-            libc::read(err_read.as_raw_fd(), report[got..].as_mut_ptr().cast(), report.len() - got)
-        };
+        let n = unsafe { libc::read(err_read.as_raw_fd(), report[got..].as_mut_ptr().cast(), report.len() - got) };
         if n > 0 {
             got += n as usize;
         } else if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {

@@ -9,23 +9,14 @@ use super::{Diagnostic, Severity, Unit};
 /// set are skipped (a missing unit imposes no order). BTree keeps every walk
 /// in name order, which makes the results deterministic.
 fn ordering_edges(units: &[Unit]) -> BTreeMap<&str, BTreeSet<&str>> {
-    let mut edges: BTreeMap<&str, BTreeSet<&str>> = units
-        .iter()
-        .map(|u| (u.name.as_str(), BTreeSet::new()))
-        .collect();
+    let mut edges: BTreeMap<&str, BTreeSet<&str>> = units.iter().map(|u| (u.name.as_str(), BTreeSet::new())).collect();
     let known: BTreeSet<&str> = edges.keys().copied().collect();
     for unit in units {
         for dep in unit.after.iter().filter(|d| known.contains(d.as_str())) {
-            edges
-                .entry(dep.as_str())
-                .or_default()
-                .insert(unit.name.as_str());
+            edges.entry(dep.as_str()).or_default().insert(unit.name.as_str());
         }
         for dep in unit.before.iter().filter(|d| known.contains(d.as_str())) {
-            edges
-                .entry(unit.name.as_str())
-                .or_default()
-                .insert(dep.as_str());
+            edges.entry(unit.name.as_str()).or_default().insert(dep.as_str());
         }
     }
     edges
@@ -57,13 +48,8 @@ pub fn find_cycle(units: &[Unit]) -> Option<Vec<String>> {
                     }
                     1 => {
                         let start = path.iter().position(|n| *n == next).unwrap_or(0);
-                        let mut cycle: Vec<String> =
-                            path[start..].iter().map(|s| s.to_string()).collect();
-                        let min = cycle
-                            .iter()
-                            .enumerate()
-                            .min_by_key(|(_, n)| n.as_str())
-                            .map_or(0, |(i, _)| i);
+                        let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
+                        let min = cycle.iter().enumerate().min_by_key(|(_, n)| n.as_str()).map_or(0, |(i, _)| i);
                         cycle.rotate_left(min);
                         return Some(cycle);
                     }
@@ -91,11 +77,7 @@ pub fn start_order(units: &[Unit]) -> Result<Vec<String>, Vec<String>> {
             *indegree.entry(t).or_default() += 1;
         }
     }
-    let mut ready: BTreeSet<&str> = indegree
-        .iter()
-        .filter(|(_, d)| **d == 0)
-        .map(|(n, _)| *n)
-        .collect();
+    let mut ready: BTreeSet<&str> = indegree.iter().filter(|(_, d)| **d == 0).map(|(n, _)| *n).collect();
     let mut order = Vec::with_capacity(indegree.len());
     while let Some(next) = ready.pop_first() {
         order.push(next.to_string());
@@ -136,19 +118,14 @@ pub fn check_graph(units: &[Unit]) -> Vec<Diagnostic> {
         diags.extend(missing(&unit.wants, "Wants", Severity::Warning));
     }
     if let Some(cycle) = find_cycle(units) {
-        let first = cycle
-            .first()
-            .and_then(|n| units.iter().find(|u| &u.name == n));
+        let first = cycle.first().and_then(|n| units.iter().find(|u| &u.name == n));
         let mut shown = cycle.clone();
         shown.extend(cycle.first().cloned());
         diags.push(Diagnostic {
             path: first.map(|u| u.path.clone()).unwrap_or_default(),
             line: 0,
             severity: Severity::Error,
-            message: format!(
-                "ordering cycle: {} (each must start before the next)",
-                shown.join(" -> ")
-            ),
+            message: format!("ordering cycle: {} (each must start before the next)", shown.join(" -> ")),
         });
     }
     diags
@@ -182,50 +159,28 @@ mod tests {
 
     #[test]
     fn order_follows_after_and_before() {
-        let units = [
-            unit("web", &["db"], &[]),
-            unit("db", &[], &[]),
-            unit("cache", &[], &["web"]),
-            unit("a", &[], &[]),
-        ];
-        assert_eq!(
-            start_order(&units),
-            Ok(vec!["a".into(), "cache".into(), "db".into(), "web".into()])
-        );
+        let units =
+            [unit("web", &["db"], &[]), unit("db", &[], &[]), unit("cache", &[], &["web"]), unit("a", &[], &[])];
+        assert_eq!(start_order(&units), Ok(vec!["a".into(), "cache".into(), "db".into(), "web".into()]));
         assert_eq!(find_cycle(&units), None);
     }
 
     #[test]
     fn ties_broken_by_name_and_missing_ignored() {
-        let units = [
-            unit("z", &["ghost"], &[]),
-            unit("m", &[], &[]),
-            unit("b", &["z"], &[]),
-        ];
-        assert_eq!(
-            start_order(&units),
-            Ok(vec!["m".into(), "z".into(), "b".into()])
-        );
+        let units = [unit("z", &["ghost"], &[]), unit("m", &[], &[]), unit("b", &["z"], &[])];
+        assert_eq!(start_order(&units), Ok(vec!["m".into(), "z".into(), "b".into()]));
     }
 
     #[test]
     fn cycles() {
-        let units = [
-            unit("c", &["b"], &[]),
-            unit("b", &["a"], &[]),
-            unit("a", &["c"], &[]),
-            unit("d", &["a"], &[]),
-        ];
+        let units = [unit("c", &["b"], &[]), unit("b", &["a"], &[]), unit("a", &["c"], &[]), unit("d", &["a"], &[])];
         let cycle = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         assert_eq!(find_cycle(&units), Some(cycle.clone()));
         assert_eq!(start_order(&units), Err(cycle));
 
         // Before= makes the same cycle from the other side.
         let units = [unit("x", &[], &["y"]), unit("y", &["x"], &["x"])];
-        assert_eq!(
-            find_cycle(&units),
-            Some(vec!["x".to_string(), "y".to_string()])
-        );
+        assert_eq!(find_cycle(&units), Some(vec!["x".to_string(), "y".to_string()]));
 
         let units = [unit("self", &["self"], &[])];
         assert_eq!(find_cycle(&units), Some(vec!["self".to_string()]));
@@ -251,13 +206,7 @@ mod tests {
         let units: Vec<Unit> = names
             .iter()
             .enumerate()
-            .map(|(i, n)| {
-                if i == 0 {
-                    unit(n, &[], &[])
-                } else {
-                    unit(n, &[names[i - 1].as_str()], &[])
-                }
-            })
+            .map(|(i, n)| if i == 0 { unit(n, &[], &[]) } else { unit(n, &[names[i - 1].as_str()], &[]) })
             .collect();
         assert_eq!(find_cycle(&units), None);
         assert_eq!(start_order(&units).map(|o| o.len()), Ok(20_000));

@@ -41,10 +41,7 @@ pub fn parse(path: &Path, text: &str) -> (Document, Vec<Diagnostic>) {
         if line.starts_with('[') {
             match parse_header(line) {
                 Ok(name) => {
-                    doc.sections.push(SectionHeader {
-                        name: name.to_string(),
-                        line: start_line,
-                    });
+                    doc.sections.push(SectionHeader { name: name.to_string(), line: start_line });
                     section = Some(name.to_string());
                 }
                 Err(msg) => {
@@ -52,29 +49,18 @@ pub fn parse(path: &Path, text: &str) -> (Document, Vec<Diagnostic>) {
                     // Keys after a broken header would each be blamed on the wrong
                     // section; one error for the header is enough.
                     section = None;
-                    doc.sections.push(SectionHeader {
-                        name: String::new(),
-                        line: start_line,
-                    });
+                    doc.sections.push(SectionHeader { name: String::new(), line: start_line });
                 }
             }
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            diags.push(error(
-                path,
-                start_line,
-                format!("expected Key=Value, found '{line}'"),
-            ));
+            diags.push(error(path, start_line, format!("expected Key=Value, found '{line}'")));
             continue;
         };
         let key = key.trim();
         if key.is_empty() {
-            diags.push(error(
-                path,
-                start_line,
-                format!("missing key name before '=' in '{line}'"),
-            ));
+            diags.push(error(path, start_line, format!("missing key name before '=' in '{line}'")));
             continue;
         }
         match &section {
@@ -84,11 +70,9 @@ pub fn parse(path: &Path, text: &str) -> (Document, Vec<Diagnostic>) {
                 value: value.trim().to_string(),
                 line: start_line,
             }),
-            None if doc.sections.is_empty() => diags.push(error(
-                path,
-                start_line,
-                format!("{key}= appears before any [Section] header"),
-            )),
+            None if doc.sections.is_empty() => {
+                diags.push(error(path, start_line, format!("{key}= appears before any [Section] header")))
+            }
             // Inside a malformed section: already reported at its header.
             None => {}
         }
@@ -109,11 +93,7 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
             continue;
         }
         let continues = ends_with_unescaped_backslash(line);
-        let body = if continues {
-            &line[..line.len() - 1]
-        } else {
-            line
-        };
+        let body = if continues { &line[..line.len() - 1] } else { line };
         let (start, mut joined) = match pending.take() {
             Some(p) => p,
             None if line.is_empty() => continue,
@@ -150,12 +130,7 @@ fn parse_header(line: &str) -> Result<&str, String> {
 }
 
 fn error(path: &Path, line: usize, message: String) -> Diagnostic {
-    Diagnostic {
-        path: path.to_path_buf(),
-        line,
-        severity: Severity::Error,
-        message,
-    }
+    Diagnostic { path: path.to_path_buf(), line, severity: Severity::Error, message }
 }
 
 #[cfg(test)]
@@ -170,57 +145,34 @@ mod tests {
     }
 
     fn entry(section: &str, key: &str, value: &str, line: usize) -> Entry {
-        Entry {
-            section: section.into(),
-            key: key.into(),
-            value: value.into(),
-            line,
-        }
+        Entry { section: section.into(), key: key.into(), value: value.into(), line }
     }
 
     #[test]
     fn sections_keys_and_lines() {
-        let doc = parse_ok("# comment\n[Unit]\nDescription = Hello world \n\n; other\n[Service]\nExecStart=/bin/true\n");
+        let doc =
+            parse_ok("# comment\n[Unit]\nDescription = Hello world \n\n; other\n[Service]\nExecStart=/bin/true\n");
         assert_eq!(
             doc.entries,
-            [
-                entry("Unit", "Description", "Hello world", 3),
-                entry("Service", "ExecStart", "/bin/true", 7)
-            ]
+            [entry("Unit", "Description", "Hello world", 3), entry("Service", "ExecStart", "/bin/true", 7)]
         );
         assert_eq!(doc.sections.len(), 2);
-        assert_eq!(
-            doc.sections[1],
-            SectionHeader {
-                name: "Service".into(),
-                line: 6
-            }
-        );
+        assert_eq!(doc.sections[1], SectionHeader { name: "Service".into(), line: 6 });
     }
 
     #[test]
     fn continuation_joins_with_space() {
-        let doc =
-            parse_ok("[Service]\nExecStart=/bin/echo a \\\n   b \\\n# skipped\n  c\nUser=x\n");
+        let doc = parse_ok("[Service]\nExecStart=/bin/echo a \\\n   b \\\n# skipped\n  c\nUser=x\n");
         assert_eq!(
             doc.entries,
-            [
-                entry("Service", "ExecStart", "/bin/echo a  b  c", 2),
-                entry("Service", "User", "x", 6)
-            ]
+            [entry("Service", "ExecStart", "/bin/echo a  b  c", 2), entry("Service", "User", "x", 6)]
         );
     }
 
     #[test]
     fn continuation_at_eof_and_escaped_backslash() {
         let doc = parse_ok("[Service]\nA=x\\\\\nB=y \\");
-        assert_eq!(
-            doc.entries,
-            [
-                entry("Service", "A", "x\\\\", 2),
-                entry("Service", "B", "y", 3)
-            ]
-        );
+        assert_eq!(doc.entries, [entry("Service", "A", "x\\\\", 2), entry("Service", "B", "y", 3)]);
     }
 
     #[test]
@@ -238,10 +190,8 @@ mod tests {
 
     #[test]
     fn errors_carry_lines() {
-        let (doc, diags) = parse(
-            Path::new("t.service"),
-            "Stray=1\n[Unit]\nno equals here\n=x\n[Broken\nKey=v\n[]\n[Service]\nA=1\n",
-        );
+        let (doc, diags) =
+            parse(Path::new("t.service"), "Stray=1\n[Unit]\nno equals here\n=x\n[Broken\nKey=v\n[]\n[Service]\nA=1\n");
         let lines: Vec<usize> = diags.iter().map(|d| d.line).collect();
         assert_eq!(lines, [1, 3, 4, 5, 7]);
         assert!(diags.iter().all(|d| d.severity == Severity::Error));

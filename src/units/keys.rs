@@ -39,16 +39,8 @@ const SERVICE_KEYS: &[&str] = &[
     "StartLimitBurst",
 ];
 
-const INSTANCE_KEYS: &[&str] = &[
-    "Blueprint",
-    "GPUs",
-    "Port",
-    "Autostart",
-    "ActiveSlot",
-    "PersistentMode",
-    "StallAfterSec",
-    "OutputDir",
-];
+const INSTANCE_KEYS: &[&str] =
+    &["Blueprint", "GPUs", "Port", "Autostart", "ActiveSlot", "PersistentMode", "StallAfterSec", "OutputDir"];
 
 /// Real systemd [Unit] keys aikore does not implement: accepted with a warning
 /// so existing unit files load.
@@ -377,28 +369,12 @@ const SYSTEMD_SERVICE_KEYS: &[&str] = &[
     "BlockIOWeight",
 ];
 
-const SYSTEMD_INSTALL_KEYS: &[&str] = &[
-    "Alias",
-    "WantedBy",
-    "RequiredBy",
-    "UpheldBy",
-    "Also",
-    "DefaultInstance",
-];
+const SYSTEMD_INSTALL_KEYS: &[&str] = &["Alias", "WantedBy", "RequiredBy", "UpheldBy", "Also", "DefaultInstance"];
 
 /// Real systemd section names that make no sense in a *.service file; they
 /// are errors, but the message says why instead of guessing a typo.
-const OTHER_SYSTEMD_SECTIONS: &[&str] = &[
-    "Socket",
-    "Timer",
-    "Path",
-    "Mount",
-    "Automount",
-    "Swap",
-    "Slice",
-    "Scope",
-    "Target",
-];
+const OTHER_SYSTEMD_SECTIONS: &[&str] =
+    &["Socket", "Timer", "Path", "Mount", "Automount", "Swap", "Slice", "Scope", "Target"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Section {
@@ -436,12 +412,7 @@ impl Section {
         }
     }
 
-    const ALL: [Section; 4] = [
-        Section::Unit,
-        Section::Service,
-        Section::Instance,
-        Section::Install,
-    ];
+    const ALL: [Section; 4] = [Section::Unit, Section::Service, Section::Instance, Section::Install];
 }
 
 /// What a `[Name]` header means for a unit of `kind`.
@@ -459,9 +430,7 @@ pub fn classify_section(name: &str, kind: UnitKind) -> SectionClass {
     }
     if let Some(section) = Section::ALL.iter().copied().find(|s| s.name() == name) {
         if section == Section::Instance && kind != UnitKind::Instance {
-            return SectionClass::Invalid(
-                "[Instance] is only valid in *.instance files".to_string(),
-            );
+            return SectionClass::Invalid("[Instance] is only valid in *.instance files".to_string());
         }
         return SectionClass::Known(section);
     }
@@ -497,30 +466,15 @@ pub fn classify_key(section: Section, key: &str) -> KeyClass {
         return KeyClass::Ignored(None);
     }
     if section.systemd_only().contains(&key) {
-        return KeyClass::Ignored(Some(format!(
-            "{key}= is not supported by aikore and is ignored"
-        )));
+        return KeyClass::Ignored(Some(format!("{key}= is not supported by aikore and is ignored")));
     }
-    if let Some(home) = Section::ALL
-        .iter()
-        .find(|s| s.implemented().contains(&key) || s.systemd_only().contains(&key))
+    if let Some(home) = Section::ALL.iter().find(|s| s.implemented().contains(&key) || s.systemd_only().contains(&key))
     {
-        return KeyClass::Unknown(format!(
-            "{key}= belongs in [{}], not [{}]",
-            home.name(),
-            section.name()
-        ));
+        return KeyClass::Unknown(format!("{key}= belongs in [{}], not [{}]", home.name(), section.name()));
     }
-    let candidates = section
-        .implemented()
-        .iter()
-        .chain(section.systemd_only())
-        .copied();
+    let candidates = section.implemented().iter().chain(section.systemd_only()).copied();
     let message = match closest(key, candidates) {
-        Some(k) => format!(
-            "unknown key {key}= in [{}]; did you mean {k}=?",
-            section.name()
-        ),
+        Some(k) => format!("unknown key {key}= in [{}]; did you mean {k}=?", section.name()),
         None => format!("unknown key {key}= in [{}]", section.name()),
     };
     KeyClass::Unknown(message)
@@ -532,11 +486,7 @@ fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str> + Clone) ->
     if let Some(c) = candidates.clone().find(|c| c.eq_ignore_ascii_case(word)) {
         return Some(c);
     }
-    candidates
-        .map(|c| (edit_distance(word, c), c))
-        .filter(|(d, _)| *d <= 2)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+    candidates.map(|c| (edit_distance(word, c), c)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, c)| c)
 }
 
 /// Optimal string alignment distance: Levenshtein plus adjacent swaps, so
@@ -555,9 +505,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[(i - 1) * width + j] + 1)
-                .min(d[i * width + j - 1] + 1)
-                .min(d[(i - 1) * width + j - 1] + cost);
+            let mut best =
+                (d[(i - 1) * width + j] + 1).min(d[i * width + j - 1] + 1).min(d[(i - 1) * width + j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(d[(i - 2) * width + j - 2] + 1);
             }
@@ -573,51 +522,27 @@ mod tests {
 
     #[test]
     fn implemented_and_ignored() {
-        assert_eq!(
-            classify_key(Section::Service, "ExecStart"),
-            KeyClass::Implemented
-        );
-        assert_eq!(
-            classify_key(Section::Service, "StartLimitBurst"),
-            KeyClass::Implemented
-        );
-        assert_eq!(
-            classify_key(Section::Instance, "GPUs"),
-            KeyClass::Implemented
-        );
+        assert_eq!(classify_key(Section::Service, "ExecStart"), KeyClass::Implemented);
+        assert_eq!(classify_key(Section::Service, "StartLimitBurst"), KeyClass::Implemented);
+        assert_eq!(classify_key(Section::Instance, "GPUs"), KeyClass::Implemented);
         assert_eq!(
             classify_key(Section::Service, "ProtectSystem"),
-            KeyClass::Ignored(Some(
-                "ProtectSystem= is not supported by aikore and is ignored".into()
-            ))
+            KeyClass::Ignored(Some("ProtectSystem= is not supported by aikore and is ignored".into()))
         );
-        assert!(matches!(
-            classify_key(Section::Install, "WantedBy"),
-            KeyClass::Ignored(Some(_))
-        ));
-        assert!(matches!(
-            classify_key(Section::Unit, "ConditionPathIsDirectory"),
-            KeyClass::Ignored(Some(_))
-        ));
-        assert_eq!(
-            classify_key(Section::Service, "X-Custom"),
-            KeyClass::Ignored(None)
-        );
+        assert!(matches!(classify_key(Section::Install, "WantedBy"), KeyClass::Ignored(Some(_))));
+        assert!(matches!(classify_key(Section::Unit, "ConditionPathIsDirectory"), KeyClass::Ignored(Some(_))));
+        assert_eq!(classify_key(Section::Service, "X-Custom"), KeyClass::Ignored(None));
     }
 
     #[test]
     fn typos_get_suggestions() {
         assert_eq!(
             classify_key(Section::Service, "ExecStrat"),
-            KeyClass::Unknown(
-                "unknown key ExecStrat= in [Service]; did you mean ExecStart=?".into()
-            )
+            KeyClass::Unknown("unknown key ExecStrat= in [Service]; did you mean ExecStart=?".into())
         );
         assert_eq!(
             classify_key(Section::Service, "execstart"),
-            KeyClass::Unknown(
-                "unknown key execstart= in [Service]; did you mean ExecStart=?".into()
-            )
+            KeyClass::Unknown("unknown key execstart= in [Service]; did you mean ExecStart=?".into())
         );
         assert_eq!(
             classify_key(Section::Unit, "Frobnicate"),
@@ -631,52 +556,28 @@ mod tests {
             classify_key(Section::Service, "After"),
             KeyClass::Unknown("After= belongs in [Unit], not [Service]".into())
         );
-        assert!(matches!(
-            classify_key(Section::Install, "ExecStart"),
-            KeyClass::Unknown(_)
-        ));
+        assert!(matches!(classify_key(Section::Install, "ExecStart"), KeyClass::Unknown(_)));
     }
 
     #[test]
     fn sections() {
-        assert_eq!(
-            classify_section("Service", UnitKind::Service),
-            SectionClass::Known(Section::Service)
-        );
-        assert_eq!(
-            classify_section("Install", UnitKind::Service),
-            SectionClass::Known(Section::Install)
-        );
-        assert_eq!(
-            classify_section("Instance", UnitKind::Instance),
-            SectionClass::Known(Section::Instance)
-        );
-        assert!(matches!(
-            classify_section("Instance", UnitKind::Service),
-            SectionClass::Invalid(_)
-        ));
-        assert_eq!(
-            classify_section("X-Mine", UnitKind::Service),
-            SectionClass::Extension
-        );
+        assert_eq!(classify_section("Service", UnitKind::Service), SectionClass::Known(Section::Service));
+        assert_eq!(classify_section("Install", UnitKind::Service), SectionClass::Known(Section::Install));
+        assert_eq!(classify_section("Instance", UnitKind::Instance), SectionClass::Known(Section::Instance));
+        assert!(matches!(classify_section("Instance", UnitKind::Service), SectionClass::Invalid(_)));
+        assert_eq!(classify_section("X-Mine", UnitKind::Service), SectionClass::Extension);
         assert_eq!(
             classify_section("Servce", UnitKind::Service),
             SectionClass::Invalid("unknown section [Servce]; did you mean [Service]?".into())
         );
-        assert!(matches!(
-            classify_section("Timer", UnitKind::Service),
-            SectionClass::Invalid(_)
-        ));
+        assert!(matches!(classify_section("Timer", UnitKind::Service), SectionClass::Invalid(_)));
     }
 
     #[test]
     fn tables_have_no_duplicates_across_kinds() {
         for s in Section::ALL {
             for k in s.implemented() {
-                assert!(
-                    !s.systemd_only().contains(k),
-                    "{k} is both implemented and ignored"
-                );
+                assert!(!s.systemd_only().contains(k), "{k} is both implemented and ignored");
             }
         }
     }

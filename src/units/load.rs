@@ -33,18 +33,11 @@ pub fn load_dirs(dirs: &[PathBuf]) -> LoadedUnits {
         };
         let mut seen_here: BTreeMap<String, PathBuf> = BTreeMap::new();
         for path in files {
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("")
-                .to_string();
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
             if let Some(other) = seen_here.get(&name) {
                 diagnostics.push(error(
                     &path,
-                    format!(
-                        "unit name '{name}' is already used by {}; this file is ignored",
-                        other.display()
-                    ),
+                    format!("unit name '{name}' is already used by {}; this file is ignored", other.display()),
                 ));
                 continue;
             }
@@ -63,10 +56,7 @@ pub fn load_dirs(dirs: &[PathBuf]) -> LoadedUnits {
                             path: old.path.clone(),
                             line: 0,
                             severity: Severity::Warning,
-                            message: format!(
-                                "not loaded: its override {} has errors",
-                                path.display()
-                            ),
+                            message: format!("not loaded: its override {} has errors", path.display()),
                         });
                     }
                 }
@@ -92,9 +82,7 @@ fn unit_files(dir: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
             Ok(entry) => {
                 let path = entry.path();
                 // metadata() follows symlinks, so linked unit files count.
-                let is_file = std::fs::metadata(&path)
-                    .map(|m| m.is_file())
-                    .unwrap_or(false);
+                let is_file = std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false);
                 if is_file && UnitKind::from_path(&path).is_some() {
                     files.push(path);
                 }
@@ -142,12 +130,7 @@ pub fn check_paths(paths: &[PathBuf]) -> Vec<Diagnostic> {
 }
 
 fn error(path: &Path, message: String) -> Diagnostic {
-    Diagnostic {
-        path: path.to_path_buf(),
-        line: 0,
-        severity: Severity::Error,
-        message,
-    }
+    Diagnostic { path: path.to_path_buf(), line: 0, severity: Severity::Error, message }
 }
 
 #[cfg(test)]
@@ -165,25 +148,13 @@ mod tests {
     fn later_dir_overrides_and_sorted() {
         let stock = tempfile::tempdir().expect("tempdir");
         let user = tempfile::tempdir().expect("tempdir");
-        write(
-            stock.path(),
-            "nginx.service",
-            "[Unit]\nDescription=stock\n[Service]\nExecStart=/bin/true\n",
-        );
+        write(stock.path(), "nginx.service", "[Unit]\nDescription=stock\n[Service]\nExecStart=/bin/true\n");
         write(stock.path(), "api.service", SVC);
         write(stock.path(), "README.md", "not a unit");
-        write(
-            user.path(),
-            "nginx.service",
-            "[Unit]\nDescription=user\n[Service]\nExecStart=/bin/true\n",
-        );
+        write(user.path(), "nginx.service", "[Unit]\nDescription=user\n[Service]\nExecStart=/bin/true\n");
         write(user.path(), "sd.instance", "[Instance]\nBlueprint=sd\n");
         let missing = stock.path().join("nope");
-        let loaded = load_dirs(&[
-            stock.path().to_path_buf(),
-            missing,
-            user.path().to_path_buf(),
-        ]);
+        let loaded = load_dirs(&[stock.path().to_path_buf(), missing, user.path().to_path_buf()]);
         let names: Vec<&str> = loaded.units.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["api", "nginx", "sd"]);
         assert_eq!(loaded.units[1].description, "user");
@@ -195,76 +166,38 @@ mod tests {
         let stock = tempfile::tempdir().expect("tempdir");
         let user = tempfile::tempdir().expect("tempdir");
         write(stock.path(), "good.service", SVC);
-        write(
-            stock.path(),
-            "bad.service",
-            "[Service]\nExecStrat=/bin/true\n",
-        );
+        write(stock.path(), "bad.service", "[Service]\nExecStrat=/bin/true\n");
         write(stock.path(), "over.service", SVC);
-        write(
-            user.path(),
-            "over.service",
-            "[Service]\nRestart=sometimes\nExecStart=/bin/true\n",
-        );
+        write(user.path(), "over.service", "[Service]\nRestart=sometimes\nExecStart=/bin/true\n");
         let loaded = load_dirs(&[stock.path().to_path_buf(), user.path().to_path_buf()]);
         let names: Vec<&str> = loaded.units.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["good"]);
-        let errors: Vec<String> = loaded
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .map(|d| d.to_string())
-            .collect();
+        let errors: Vec<String> =
+            loaded.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect();
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].ends_with("bad.service:1: a .service unit needs ExecStart="));
-        assert!(errors[1].ends_with(
-            "bad.service:2: unknown key ExecStrat= in [Service]; did you mean ExecStart=?"
-        ));
+        assert!(errors[1].ends_with("bad.service:2: unknown key ExecStrat= in [Service]; did you mean ExecStart=?"));
         assert!(errors[2].contains("over.service:2: invalid Restart=sometimes"));
         // The stock unit the broken override meant to replace is not run either.
-        assert!(loaded
-            .diagnostics
-            .iter()
-            .any(|d| d.severity == Severity::Warning && d.message.contains("override")));
+        assert!(loaded.diagnostics.iter().any(|d| d.severity == Severity::Warning && d.message.contains("override")));
     }
 
     #[test]
     fn check_reports_graph_problems() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "a.service", "[Unit]\nAfter=b\nRequires=b ghost\nWants=maybe network.target\n[Service]\nExecStart=/bin/true\n");
         write(
             dir.path(),
-            "b.service",
-            "[Unit]\nAfter=a.service\n[Service]\nExecStart=/bin/true\n",
+            "a.service",
+            "[Unit]\nAfter=b\nRequires=b ghost\nWants=maybe network.target\n[Service]\nExecStart=/bin/true\n",
         );
-        let diags = check_paths(&[
-            dir.path().join("a.service"),
-            dir.path().join("b.service"),
-            dir.path().join("c.service"),
-        ]);
+        write(dir.path(), "b.service", "[Unit]\nAfter=a.service\n[Service]\nExecStart=/bin/true\n");
+        let diags =
+            check_paths(&[dir.path().join("a.service"), dir.path().join("b.service"), dir.path().join("c.service")]);
         let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-        assert!(
-            text.iter().any(|t| t.contains("network.target")),
-            "{text:?}"
-        );
-        assert!(
-            text.iter()
-                .any(|t| t.contains("c.service:0: cannot read unit file")),
-            "{text:?}"
-        );
-        assert!(
-            text.iter()
-                .any(|t| t.contains("Requires=ghost") && !t.contains("warning")),
-            "{text:?}"
-        );
-        assert!(
-            text.iter().any(|t| t.contains("warning: Wants=maybe")),
-            "{text:?}"
-        );
-        assert!(
-            text.iter()
-                .any(|t| t.contains("ordering cycle: a -> b -> a")),
-            "{text:?}"
-        );
+        assert!(text.iter().any(|t| t.contains("network.target")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("c.service:0: cannot read unit file")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("Requires=ghost") && !t.contains("warning")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("warning: Wants=maybe")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("ordering cycle: a -> b -> a")), "{text:?}");
     }
 }

@@ -96,26 +96,20 @@ pub fn parse_exec_command(value: &str) -> Result<(ExecCommand, Vec<String>), Str
         return Err("empty command".to_string());
     }
     let first = words.remove(0);
-    let prefix_len = first
-        .find(|c: char| !matches!(c, '-' | '@' | '+' | '!' | ':' | '|'))
-        .unwrap_or(first.len());
+    let prefix_len = first.find(|c: char| !matches!(c, '-' | '@' | '+' | '!' | ':' | '|')).unwrap_or(first.len());
     let (prefix, exe) = first.split_at(prefix_len);
     let mut warnings = Vec::new();
     let mut ignore_failure = false;
     let mut rest = prefix;
     while !rest.is_empty() {
-        let token = if rest.starts_with("!!") {
-            "!!"
-        } else {
-            &rest[..1]
-        };
+        let token = if rest.starts_with("!!") { "!!" } else { &rest[..1] };
         rest = &rest[token.len()..];
         match token {
             "-" if !ignore_failure => ignore_failure = true,
             "-" => return Err("the '-' prefix is given twice".to_string()),
-            "+" | "!" | "!!" | ":" | "|" => warnings.push(format!(
-                "the '{token}' command prefix is not supported by aikore and is ignored"
-            )),
+            "+" | "!" | "!!" | ":" | "|" => {
+                warnings.push(format!("the '{token}' command prefix is not supported by aikore and is ignored"))
+            }
             _ => {}
         }
     }
@@ -126,28 +120,18 @@ pub fn parse_exec_command(value: &str) -> Result<(ExecCommand, Vec<String>), Str
             return Err("the '@' prefix needs an argv[0] word after the executable".to_string());
         }
         let argv0 = words.remove(0);
-        warnings.push(format!(
-            "the '@' command prefix is not supported by aikore; argv[0] '{argv0}' is ignored"
-        ));
+        warnings.push(format!("the '@' command prefix is not supported by aikore; argv[0] '{argv0}' is ignored"));
     }
     if exe.is_empty() {
         return Err("no executable after the command prefix".to_string());
     }
     if !exe.starts_with('/') && exe.contains('/') {
-        return Err(format!(
-            "executable '{exe}' must be an absolute path or a bare command name looked up in PATH"
-        ));
+        return Err(format!("executable '{exe}' must be an absolute path or a bare command name looked up in PATH"));
     }
     let mut argv = Vec::with_capacity(words.len() + 1);
     argv.push(exe.to_string());
     argv.extend(words);
-    Ok((
-        ExecCommand {
-            argv,
-            ignore_failure,
-        },
-        warnings,
-    ))
+    Ok((ExecCommand { argv, ignore_failure }, warnings))
 }
 
 /// Environment variable names aikore accepts: the portable shell alphabet.
@@ -163,9 +147,7 @@ pub fn parse_environment(value: &str) -> Result<Vec<(String, String)>, String> {
     split_command_line(value)?
         .into_iter()
         .map(|word| {
-            let (name, val) = word
-                .split_once('=')
-                .ok_or_else(|| format!("'{word}' is not a NAME=value assignment"))?;
+            let (name, val) = word.split_once('=').ok_or_else(|| format!("'{word}' is not a NAME=value assignment"))?;
             if !is_valid_env_name(name) {
                 return Err(format!("'{name}' is not a valid environment variable name"));
             }
@@ -185,10 +167,7 @@ mod tests {
 
     #[test]
     fn plain_words() {
-        assert_eq!(
-            split("  /bin/echo  hello   world "),
-            ["/bin/echo", "hello", "world"]
-        );
+        assert_eq!(split("  /bin/echo  hello   world "), ["/bin/echo", "hello", "world"]);
         assert!(split("").is_empty());
         assert!(split("   ").is_empty());
     }
@@ -223,19 +202,8 @@ mod tests {
 
     #[test]
     fn errors() {
-        for bad in [
-            r#""open"#,
-            "'open",
-            r"trailing\",
-            r"\x4",
-            r"\xZZ",
-            r"\x00",
-            r"\xff",
-        ] {
-            assert!(
-                split_command_line(bad).is_err(),
-                "{bad:?} should be rejected"
-            );
+        for bad in [r#""open"#, "'open", r"trailing\", r"\x4", r"\xZZ", r"\x00", r"\xff"] {
+            assert!(split_command_line(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 
@@ -262,19 +230,8 @@ mod tests {
 
     #[test]
     fn exec_errors() {
-        for bad in [
-            "",
-            "-",
-            "./run.sh",
-            "bin/run",
-            "@/bin/sh",
-            "--/bin/true",
-            "\"/bin/x",
-        ] {
-            assert!(
-                parse_exec_command(bad).is_err(),
-                "{bad:?} should be rejected"
-            );
+        for bad in ["", "-", "./run.sh", "bin/run", "@/bin/sh", "--/bin/true", "\"/bin/x"] {
+            assert!(parse_exec_command(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 
@@ -290,10 +247,7 @@ mod tests {
             ]
         );
         for bad in ["NOEQUALS", "1A=x", "A-B=x", "=x", "\"A=unterminated"] {
-            assert!(
-                parse_environment(bad).is_err(),
-                "{bad:?} should be rejected"
-            );
+            assert!(parse_environment(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 

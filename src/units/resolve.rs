@@ -12,24 +12,14 @@ use super::keys::{self, KeyClass, Section, SectionClass};
 use super::quote::{parse_environment, parse_exec_command};
 use super::timespan::{parse_finite_timespan, parse_timespan};
 use super::{
-    is_valid_unit_name, Diagnostic, EnvironmentFile, ExecCommand, InstanceConfig, KillMode,
-    PathCondition, PortSpec, ReadyCheck, RestartPolicy, ServiceConfig, Severity, Unit, UnitKind,
+    is_valid_unit_name, Diagnostic, EnvironmentFile, ExecCommand, InstanceConfig, KillMode, PathCondition, PortSpec,
+    ReadyCheck, RestartPolicy, ServiceConfig, Severity, Unit, UnitKind,
 };
 
 /// Suffixes of systemd unit types aikore does not run; dependencies on them
 /// (`After=network.target`) are common in real files and are skipped.
-const IGNORED_DEP_SUFFIXES: &[&str] = &[
-    ".target",
-    ".socket",
-    ".mount",
-    ".automount",
-    ".swap",
-    ".path",
-    ".timer",
-    ".slice",
-    ".scope",
-    ".device",
-];
+const IGNORED_DEP_SUFFIXES: &[&str] =
+    &[".target", ".socket", ".mount", ".automount", ".swap", ".path", ".timer", ".slice", ".scope", ".device"];
 
 /// Reads and parses one unit file. An unreadable file is one diagnostic at line 0.
 pub fn parse_unit_file(path: &Path) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
@@ -49,21 +39,14 @@ pub fn parse_unit_file(path: &Path) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagn
 /// carries every diagnostic, at least one of them an error.
 pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut cx = Resolver::new(path);
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("")
-        .to_string();
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
     if !is_valid_unit_name(&name) {
         cx.error(0, format!(
             "invalid unit name '{name}': use 1-63 characters from a-z, 0-9, '_' and '-', starting with a letter or digit"
         ));
     }
     let kind = UnitKind::from_path(path).unwrap_or_else(|| {
-        cx.error(
-            0,
-            "unit files must end in .service or .instance".to_string(),
-        );
+        cx.error(0, "unit files must end in .service or .instance".to_string());
         UnitKind::Service
     });
 
@@ -127,9 +110,9 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
                     cx.error(
                         entry.line,
                         format!(
-                        "ExecStart= is already set on line {first}; a service runs one command \
+                            "ExecStart= is already set on line {first}; a service runs one command \
                          (write an empty ExecStart= first to replace it)"
-                    ),
+                        ),
                     );
                 } else {
                     exec_start_line = Some(entry.line);
@@ -159,19 +142,13 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
     }
     if kind == UnitKind::Instance && !blueprint_seen {
         let line = section_line(&doc.sections, "Instance");
-        cx.error(
-            line,
-            "an .instance unit needs Blueprint= in [Instance]".to_string(),
-        );
+        cx.error(line, "an .instance unit needs Blueprint= in [Instance]".to_string());
     }
     cx.finish(unit)
 }
 
 fn section_line(sections: &[ini::SectionHeader], name: &str) -> usize {
-    sections
-        .iter()
-        .find(|s| s.name == name)
-        .map_or(0, |s| s.line)
+    sections.iter().find(|s| s.name == name).map_or(0, |s| s.line)
 }
 
 /// Collects diagnostics while values are converted.
@@ -182,19 +159,11 @@ struct Resolver<'a> {
 
 impl<'a> Resolver<'a> {
     fn new(path: &'a Path) -> Self {
-        Resolver {
-            path,
-            diags: Vec::new(),
-        }
+        Resolver { path, diags: Vec::new() }
     }
 
     fn push(&mut self, line: usize, severity: Severity, message: String) {
-        self.diags.push(Diagnostic {
-            path: self.path.to_path_buf(),
-            line,
-            severity,
-            message,
-        });
+        self.diags.push(Diagnostic { path: self.path.to_path_buf(), line, severity, message });
     }
 
     fn error(&mut self, line: usize, message: String) {
@@ -216,18 +185,11 @@ impl<'a> Resolver<'a> {
 
     /// Runs `parse` on the entry's value; a failure becomes an error naming
     /// the key and the value.
-    fn value<T>(
-        &mut self,
-        entry: &Entry,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Option<T> {
+    fn value<T>(&mut self, entry: &Entry, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
         match parse(&entry.value) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.error(
-                    entry.line,
-                    format!("invalid {}={}: {e}", entry.key, entry.value),
-                );
+                self.error(entry.line, format!("invalid {}={}: {e}", entry.key, entry.value));
                 None
             }
         }
@@ -261,9 +223,12 @@ impl<'a> Resolver<'a> {
                     if is_documentation_uri(uri) {
                         unit.documentation.push(uri.to_string());
                     } else {
-                        self.warn(entry.line, format!(
-                            "Documentation={uri} is not an http(s)://, file:, info: or man: URI and is ignored"
-                        ));
+                        self.warn(
+                            entry.line,
+                            format!(
+                                "Documentation={uri} is not an http(s)://, file:, info: or man: URI and is ignored"
+                            ),
+                        );
                     }
                 }
             }
@@ -273,10 +238,7 @@ impl<'a> Resolver<'a> {
             "Wants" => self.deps(&mut unit.wants, entry),
             "StartLimitIntervalSec" | "StartLimitBurst" => self.start_limit(unit, entry),
             "ConditionPathExists" => self.condition(unit, entry),
-            _ => self.error(
-                entry.line,
-                format!("{}= is not handled in [Unit]", entry.key),
-            ),
+            _ => self.error(entry.line, format!("{}= is not handled in [Unit]", entry.key)),
         }
     }
 
@@ -315,25 +277,13 @@ impl<'a> Resolver<'a> {
             if let Some(suffix) = IGNORED_DEP_SUFFIXES.iter().find(|s| word.ends_with(*s)) {
                 self.warn(
                     entry.line,
-                    format!(
-                        "{}={word}: aikore has no {suffix} units; the dependency is ignored",
-                        entry.key
-                    ),
+                    format!("{}={word}: aikore has no {suffix} units; the dependency is ignored", entry.key),
                 );
                 continue;
             }
-            let name = word
-                .strip_suffix(".service")
-                .or_else(|| word.strip_suffix(".instance"))
-                .unwrap_or(word);
+            let name = word.strip_suffix(".service").or_else(|| word.strip_suffix(".instance")).unwrap_or(word);
             if !is_valid_unit_name(name) {
-                self.error(
-                    entry.line,
-                    format!(
-                        "invalid {}={word}: '{name}' is not a valid unit name",
-                        entry.key
-                    ),
-                );
+                self.error(entry.line, format!("invalid {}={word}: '{name}' is not a valid unit name", entry.key));
             } else if !list.iter().any(|n| n == name) {
                 list.push(name.to_string());
             }
@@ -415,10 +365,7 @@ impl<'a> Resolver<'a> {
                 }
             }
             "StartLimitIntervalSec" | "StartLimitBurst" => self.start_limit(unit, entry),
-            _ => self.error(
-                entry.line,
-                format!("{}= is not handled in [Service]", entry.key),
-            ),
+            _ => self.error(entry.line, format!("{}= is not handled in [Service]", entry.key)),
         }
     }
 
@@ -426,8 +373,7 @@ impl<'a> Resolver<'a> {
         self.value(entry, |v| {
             if v.is_empty() {
                 Err("a blueprint name is required".to_string())
-            } else if v.contains('/') || v.chars().any(char::is_whitespace) || v == "." || v == ".."
-            {
+            } else if v.contains('/') || v.chars().any(char::is_whitespace) || v == "." || v == ".." {
                 Err("a blueprint name cannot contain '/' or spaces".to_string())
             } else {
                 Ok(v.to_string())
@@ -474,10 +420,7 @@ impl<'a> Resolver<'a> {
                     inst.output_dir = Some(p);
                 }
             }
-            _ => self.error(
-                entry.line,
-                format!("{}= is not handled in [Instance]", entry.key),
-            ),
+            _ => self.error(entry.line, format!("{}= is not handled in [Instance]", entry.key)),
         }
     }
 }
@@ -487,9 +430,7 @@ fn non_empty(v: &str) -> Option<String> {
 }
 
 fn is_documentation_uri(uri: &str) -> bool {
-    ["http://", "https://", "file:", "info:", "man:"]
-        .iter()
-        .any(|p| uri.starts_with(p))
+    ["http://", "https://", "file:", "info:", "man:"].iter().any(|p| uri.starts_with(p))
 }
 
 fn absolute_path(v: &str) -> Result<PathBuf, String> {
@@ -506,10 +447,9 @@ fn parse_restart(v: &str) -> Result<RestartPolicy, String> {
         "on-failure" => Ok(RestartPolicy::OnFailure),
         "on-abnormal" => Ok(RestartPolicy::OnAbnormal),
         "always" => Ok(RestartPolicy::Always),
-        "on-success" | "on-abort" | "on-watchdog" => Err(
-            "not supported by aikore; valid values: no, on-failure, on-abnormal, always"
-                .to_string(),
-        ),
+        "on-success" | "on-abort" | "on-watchdog" => {
+            Err("not supported by aikore; valid values: no, on-failure, on-abnormal, always".to_string())
+        }
         _ => Err("valid values: no, on-failure, on-abnormal, always".to_string()),
     }
 }
@@ -524,11 +464,9 @@ fn parse_kill_mode(v: &str) -> Result<KillMode, String> {
         "control-group" => Ok(KillMode::ControlGroup),
         "process-group" => Ok(KillMode::ProcessGroup),
         "mixed" => Ok(KillMode::Mixed),
-        "process" | "none" => Err(
-            "not supported: aikore always stops the whole unit so no process outlives it; \
+        "process" | "none" => Err("not supported: aikore always stops the whole unit so no process outlives it; \
              valid values: control-group, process-group, mixed"
-                .to_string(),
-        ),
+            .to_string()),
         _ => Err("valid values: control-group, process-group, mixed".to_string()),
     }
 }
@@ -543,19 +481,12 @@ fn parse_signal(v: &str) -> Result<i32, String> {
             Err(format!("{n} is not a signal number"))
         };
     }
-    let full = if v.starts_with("SIG") {
-        v.to_string()
-    } else {
-        format!("SIG{v}")
-    };
-    Signal::from_str(&full)
-        .map(|s| s as i32)
-        .map_err(|_| "unknown signal name".to_string())
+    let full = if v.starts_with("SIG") { v.to_string() } else { format!("SIG{v}") };
+    Signal::from_str(&full).map(|s| s as i32).map_err(|_| "unknown signal name".to_string())
 }
 
 fn parse_umask(v: &str) -> Result<u32, String> {
-    let m =
-        u32::from_str_radix(v, 8).map_err(|_| "expected an octal mode such as 0022".to_string())?;
+    let m = u32::from_str_radix(v, 8).map_err(|_| "expected an octal mode such as 0022".to_string())?;
     if m > 0o777 {
         return Err("a umask is at most 0777".to_string());
     }
@@ -592,22 +523,14 @@ fn parse_ready_check(v: &str) -> Result<ReadyCheck, String> {
         Some(i) => rest.split_at(i),
         None => (rest, "/"),
     };
-    let (host, port) = authority
-        .rsplit_once(':')
-        .ok_or_else(|| "the URL needs an explicit port".to_string())?;
+    let (host, port) = authority.rsplit_once(':').ok_or_else(|| "the URL needs an explicit port".to_string())?;
     if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-        return Err(format!(
-            "host '{host}' is not loopback (127.0.0.1, localhost or [::1])"
-        ));
+        return Err(format!("host '{host}' is not loopback (127.0.0.1, localhost or [::1])"));
     }
     if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("the URL path cannot contain spaces".to_string());
     }
-    Ok(ReadyCheck::Http {
-        host: host.to_string(),
-        port: parse_port_number(port)?,
-        path: path.to_string(),
-    })
+    Ok(ReadyCheck::Http { host: host.to_string(), port: parse_port_number(port)?, path: path.to_string() })
 }
 
 fn parse_environment_file(v: &str) -> Result<EnvironmentFile, String> {
@@ -615,10 +538,7 @@ fn parse_environment_file(v: &str) -> Result<EnvironmentFile, String> {
         Some(rest) => (true, rest),
         None => (false, v),
     };
-    Ok(EnvironmentFile {
-        path: absolute_path(path)?,
-        optional,
-    })
+    Ok(EnvironmentFile { path: absolute_path(path)?, optional })
 }
 
 /// systemd's boolean spellings.
@@ -632,23 +552,15 @@ pub(crate) fn parse_bool(v: &str) -> Result<bool, String> {
 
 fn parse_gpus(v: &str) -> Result<Vec<String>, String> {
     let mut gpus: Vec<String> = Vec::new();
-    for id in v
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-    {
+    for id in v.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
         let is_index = id.bytes().all(|b| b.is_ascii_digit()) && id.len() <= 4;
         let is_uuid = ["GPU-", "MIG-"].iter().any(|p| {
             id.strip_prefix(p).is_some_and(|rest| {
-                !rest.is_empty()
-                    && rest
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'/')
+                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'/')
             })
         });
         if !is_index && !is_uuid {
-            return Err(format!(
-                "'{id}' is neither a GPU index nor a GPU-/MIG- UUID"
-            ));
+            return Err(format!("'{id}' is neither a GPU index nor a GPU-/MIG- UUID"));
         }
         if gpus.iter().any(|g| g == id) {
             return Err(format!("GPU '{id}' is listed twice"));
@@ -662,9 +574,7 @@ fn parse_port(v: &str) -> Result<PortSpec, String> {
     if v == "auto" {
         Ok(PortSpec::Auto)
     } else {
-        parse_port_number(v)
-            .map(PortSpec::Fixed)
-            .map_err(|e| format!("{e}; or 'auto'"))
+        parse_port_number(v).map(PortSpec::Fixed).map_err(|e| format!("{e}; or 'auto'"))
     }
 }
 

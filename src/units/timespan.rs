@@ -53,15 +53,11 @@ pub fn parse_timespan(s: &str) -> Result<Option<Duration>, String> {
     let mut rest = s;
     let mut total: u128 = 0;
     while !rest.is_empty() {
-        let (nanos, after) =
-            parse_component(rest).map_err(|e| format!("invalid time span '{s}': {e}"))?;
-        total = total
-            .checked_add(nanos)
-            .ok_or_else(|| format!("time span '{s}' is too large"))?;
+        let (nanos, after) = parse_component(rest).map_err(|e| format!("invalid time span '{s}': {e}"))?;
+        total = total.checked_add(nanos).ok_or_else(|| format!("time span '{s}' is too large"))?;
         rest = after.trim_start();
     }
-    let secs =
-        u64::try_from(total / NSEC_PER_SEC).map_err(|_| format!("time span '{s}' is too large"))?;
+    let secs = u64::try_from(total / NSEC_PER_SEC).map_err(|_| format!("time span '{s}' is too large"))?;
     // The remainder is below 10^9, so it always fits.
     let sub = (total % NSEC_PER_SEC) as u32;
     Ok(Some(Duration::new(secs, sub)))
@@ -88,43 +84,26 @@ fn parse_component(s: &str) -> Result<(u128, &str), String> {
     }
     // systemd allows a space between the number and its unit: `5 min`.
     let after_ws = after_num.trim_start();
-    let unit_len = after_ws
-        .chars()
-        .take_while(|c| c.is_alphabetic())
-        .map(char::len_utf8)
-        .sum::<usize>();
+    let unit_len = after_ws.chars().take_while(|c| c.is_alphabetic()).map(char::len_utf8).sum::<usize>();
     let (unit, rest) = after_ws.split_at(unit_len);
     let multiplier = if unit.is_empty() {
         NSEC_PER_SEC
     } else {
-        UNITS
-            .iter()
-            .find(|(name, _)| *name == unit)
-            .map(|(_, m)| *m)
-            .ok_or_else(|| format!("unknown unit '{unit}'"))?
+        UNITS.iter().find(|(name, _)| *name == unit).map(|(_, m)| *m).ok_or_else(|| format!("unknown unit '{unit}'"))?
     };
     // A number without a unit must be the whole remainder, as in systemd:
     // otherwise `1..5s` would quietly read as `1s .5s`.
     if unit.is_empty() && !after_num.trim().is_empty() {
         return Err(format!("unexpected '{}'", after_num.trim()));
     }
-    let int_value: u128 = if int_part.is_empty() {
-        0
-    } else {
-        int_part
-            .parse()
-            .map_err(|_| "number is too large".to_string())?
-    };
-    let mut nanos = int_value
-        .checked_mul(multiplier)
-        .ok_or("number is too large")?;
+    let int_value: u128 =
+        if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| "number is too large".to_string())? };
+    let mut nanos = int_value.checked_mul(multiplier).ok_or("number is too large")?;
     // Fractions are computed digit by digit so `1.5s` is exact, not float-rounded.
     let mut scale = multiplier;
     for digit in frac_part.bytes().take(30) {
         scale /= 10;
-        nanos = nanos
-            .checked_add(u128::from(digit - b'0') * scale)
-            .ok_or("number is too large")?;
+        nanos = nanos.checked_add(u128::from(digit - b'0') * scale).ok_or("number is too large")?;
     }
     Ok((nanos, rest))
 }
@@ -186,17 +165,7 @@ mod tests {
 
     #[test]
     fn errors() {
-        for bad in [
-            "",
-            "abc",
-            "5x",
-            "-5s",
-            "5s-",
-            "1..5s",
-            "s",
-            "5 5x",
-            "99999999999999999999999999999999999999999y",
-        ] {
+        for bad in ["", "abc", "5x", "-5s", "5s-", "1..5s", "s", "5 5x", "99999999999999999999999999999999999999999y"] {
             assert!(parse_timespan(bad).is_err(), "{bad:?} should be rejected");
         }
     }

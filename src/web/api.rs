@@ -139,9 +139,7 @@ async fn unit_action(
             find_unit(&state, name).await?.status
         }
         other => {
-            return Err(ApiError::not_found(format!(
-                "unknown action {other:?}: use start, stop, restart or reload"
-            )))
+            return Err(ApiError::not_found(format!("unknown action {other:?}: use start, stop, restart or reload")))
         }
     };
     Ok(Json(serde_json::json!({ "unit": name, "action": action, "status": status })))

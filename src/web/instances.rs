@@ -12,7 +12,9 @@ use serde::{Deserialize, Deserializer};
 use super::api::checked_name;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::instances::{app_url_of, direct_port_of, url_of, vnc_url_of, InstanceChanges, InstanceManager, InstanceSpec};
+use crate::instances::{
+    app_url_of, direct_port_of, url_of, vnc_url_of, InstanceChanges, InstanceManager, InstanceSpec,
+};
 use crate::supervisor::UnitSnapshot;
 use crate::units::PortSpec;
 
@@ -98,7 +100,9 @@ impl InstanceInput {
                 Ok(n) if n > 0 => Some(PortSpec::Fixed(n)),
                 _ => return Err(ApiError::bad_request(format!("port {t:?} is not 1-65535 or \"auto\""))),
             },
-            Some(PortInput::Number(n)) => return Err(ApiError::bad_request(format!("port {n} is out of range 1-65535"))),
+            Some(PortInput::Number(n)) => {
+                return Err(ApiError::bad_request(format!("port {n} is out of range 1-65535")))
+            }
         };
         let changes = InstanceChanges {
             name: self.name,
@@ -285,9 +289,7 @@ async fn action(
         "restart" => sup.restart(name).await?,
         "rebuild" => state.instances.rebuild(name).await?,
         other => {
-            return Err(ApiError::not_found(format!(
-                "unknown action {other:?}: use start, stop, restart or rebuild"
-            )))
+            return Err(ApiError::not_found(format!("unknown action {other:?}: use start, stop, restart or rebuild")))
         }
     };
     Ok(Json(serde_json::json!({ "instance": name, "action": action, "status": status })))

@@ -4,12 +4,12 @@
 
 mod api;
 pub mod auth;
+pub mod error;
 mod instances;
+pub mod openapi;
 mod pages;
 mod proxy;
 mod terminal;
-pub mod openapi;
-pub mod error;
 
 use std::sync::Arc;
 

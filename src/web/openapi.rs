@@ -127,7 +127,8 @@ mod tests {
     fn path_parameters_are_declared() {
         let doc = build();
         let op = &doc["paths"]["/api/v1/instances/{name}/{action}"]["post"];
-        let names: Vec<&str> = op["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            op["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["name", "action"]);
     }
 }

@@ -31,7 +31,8 @@ const MIN_PASSWORD: usize = 8;
 /// Slows password guessing from one client without a lockout to manage.
 const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_millis(400);
 /// The states a badge can show, in the order the legend lists them.
-pub const STATES: [&str; 8] = ["stopped", "starting", "stalled", "started", "stopping", "restarting", "error", "failed"];
+pub const STATES: [&str; 8] =
+    ["stopped", "starting", "stalled", "started", "stopping", "restarting", "error", "failed"];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -59,11 +60,7 @@ pub fn resolve_web_dir() -> PathBuf {
         Some(PathBuf::from("/opt/aikore/web")),
         std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join("web"))),
     ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|d| d.join("static").is_dir())
-        .unwrap_or_else(|| PathBuf::from("web"))
+    candidates.into_iter().flatten().find(|d| d.join("static").is_dir()).unwrap_or_else(|| PathBuf::from("web"))
 }
 
 fn content_type(name: &str) -> &'static str {
@@ -78,17 +75,16 @@ fn content_type(name: &str) -> &'static str {
 
 async fn send_file(path: PathBuf, name: &str) -> Response {
     match tokio::fs::read(&path).await {
-        Ok(bytes) => (
-            [(header::CONTENT_TYPE, content_type(name)), (header::CACHE_CONTROL, "no-cache")],
-            bytes,
-        )
-            .into_response(),
+        Ok(bytes) => {
+            ([(header::CONTENT_TYPE, content_type(name)), (header::CACHE_CONTROL, "no-cache")], bytes).into_response()
+        }
         Err(_) => (StatusCode::NOT_FOUND, format!("{name} not found under {}", path.display())).into_response(),
     }
 }
 
 async fn static_file(State(state): State<AppState>, Path(file): Path<String>) -> Response {
-    let plain = file.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !file.starts_with('.');
+    let plain =
+        file.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !file.starts_with('.');
     if !plain {
         return StatusCode::NOT_FOUND.into_response();
     }
@@ -132,17 +128,22 @@ struct LoginForm {
 }
 
 fn login_markup(error: Option<&str>) -> Markup {
-    page("Log in", None, html! {}, html! {
-        main.auth-card {
-            (brand())
-            h1 { "Log in" }
-            @if let Some(e) = error { p.flash.error role="alert" { (e) } }
-            form method="post" action="/login" {
-                label { "Password" input type="password" name="password" autocomplete="current-password" autofocus required; }
-                button.btn.primary type="submit" { "Log in" }
+    page(
+        "Log in",
+        None,
+        html! {},
+        html! {
+            main.auth-card {
+                (brand())
+                h1 { "Log in" }
+                @if let Some(e) = error { p.flash.error role="alert" { (e) } }
+                form method="post" action="/login" {
+                    label { "Password" input type="password" name="password" autocomplete="current-password" autofocus required; }
+                    button.btn.primary type="submit" { "Log in" }
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 async fn login_page(State(state): State<AppState>) -> Response {
@@ -172,19 +173,24 @@ struct SetupForm {
 }
 
 fn setup_markup(error: Option<&str>) -> Markup {
-    page("Set a password", None, html! {}, html! {
-        main.auth-card {
-            (brand())
-            h1 { "Welcome" }
-            p.muted { "No password is set yet. Choose the one that will protect this dashboard and the apps behind it." }
-            @if let Some(e) = error { p.flash.error role="alert" { (e) } }
-            form method="post" action="/setup" {
-                label { "Password" input type="password" name="password" autocomplete="new-password" minlength=(MIN_PASSWORD) autofocus required; }
-                label { "Again" input type="password" name="confirm" autocomplete="new-password" required; }
-                button.btn.primary type="submit" { "Set password" }
+    page(
+        "Set a password",
+        None,
+        html! {},
+        html! {
+            main.auth-card {
+                (brand())
+                h1 { "Welcome" }
+                p.muted { "No password is set yet. Choose the one that will protect this dashboard and the apps behind it." }
+                @if let Some(e) = error { p.flash.error role="alert" { (e) } }
+                form method="post" action="/setup" {
+                    label { "Password" input type="password" name="password" autocomplete="new-password" minlength=(MIN_PASSWORD) autofocus required; }
+                    label { "Again" input type="password" name="confirm" autocomplete="new-password" required; }
+                    button.btn.primary type="submit" { "Set password" }
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 async fn setup_page(State(state): State<AppState>) -> Response {
@@ -553,7 +559,8 @@ async fn action(
             }
             "edit" => {
                 let (changes, _) = input_from_form(&form, false)?.changes().map_err(|e| e.message)?;
-                let outcome = state.instances.update(&name, changes, false, &state.logs).await.map_err(|e| e.to_string())?;
+                let outcome =
+                    state.instances.update(&name, changes, false, &state.logs).await.map_err(|e| e.to_string())?;
                 let key = auth::public_setting(&outcome.name);
                 let public = if form.contains_key("public") { "yes" } else { "no" };
                 state
@@ -562,7 +569,11 @@ async fn action(
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
-                Ok(if outcome.restart_pending { format!("Saved {name}; restart it to apply.") } else { format!("Saved {name}.") })
+                Ok(if outcome.restart_pending {
+                    format!("Saved {name}; restart it to apply.")
+                } else {
+                    format!("Saved {name}.")
+                })
             }
             other => Err(format!("unknown action {other:?}")),
         }

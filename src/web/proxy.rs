@@ -9,9 +9,7 @@ use super::AppState;
 use crate::proxy::ProxyStatus;
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/proxy", get(status))
-        .route("/api/v1/proxy/render", post(render))
+    Router::new().route("/api/v1/proxy", get(status)).route("/api/v1/proxy/render", post(render))
 }
 
 async fn status(State(state): State<AppState>) -> Json<ProxyStatus> {

@@ -9,8 +9,8 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::get;
@@ -251,7 +251,10 @@ mod tests {
             serde_json::from_str::<Control>(r#"{"type":"resize","cols":120,"rows":40}"#),
             Ok(Control::Resize { cols: 120, rows: 40 })
         ));
-        assert!(matches!(serde_json::from_str::<Control>(r#"{"type":"input","data":"ls\r"}"#), Ok(Control::Input { .. })));
+        assert!(matches!(
+            serde_json::from_str::<Control>(r#"{"type":"input","data":"ls\r"}"#),
+            Ok(Control::Input { .. })
+        ));
     }
 
     #[test]

@@ -16,19 +16,14 @@ fn ok(name: &str, text: &str) -> (Unit, Vec<Diagnostic>) {
 fn errors(name: &str, text: &str) -> Vec<String> {
     match parse(name, text) {
         Ok((_, w)) => panic!("expected errors, got a unit with warnings {w:?}"),
-        Err(d) => d
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .map(|d| format!("{}: {}", d.line, d.message))
-            .collect(),
+        Err(d) => {
+            d.iter().filter(|d| d.severity == Severity::Error).map(|d| format!("{}: {}", d.line, d.message)).collect()
+        }
     }
 }
 
 fn warnings(diags: &[Diagnostic]) -> Vec<String> {
-    diags
-        .iter()
-        .map(|d| format!("{}: {}", d.line, d.message))
-        .collect()
+    diags.iter().map(|d| format!("{}: {}", d.line, d.message)).collect()
 }
 
 #[test]
@@ -68,10 +63,7 @@ ReadyCheck=http://127.0.0.1:8080/health
 StartLimitIntervalSec=1min
 ";
     let (u, w) = ok("/etc/aikore/nginx.service", text);
-    assert_eq!(
-        warnings(&w),
-        ["4: After=network.target: aikore has no .target units; the dependency is ignored"]
-    );
+    assert_eq!(warnings(&w), ["4: After=network.target: aikore has no .target units; the dependency is ignored"]);
     assert_eq!(u.name, "nginx");
     assert_eq!(u.kind, UnitKind::Service);
     assert_eq!(u.description, "Web front end");
@@ -94,25 +86,12 @@ StartLimitIntervalSec=1min
     assert_eq!(s.timeout_stop, None);
     assert_eq!(s.kill_signal, libc::SIGQUIT);
     assert_eq!(s.kill_mode, KillMode::Mixed);
-    assert_eq!(
-        s.environment,
-        [
-            ("A".into(), "1".into()),
-            ("B".into(), "two words".into()),
-            ("C".into(), "3".into())
-        ]
-    );
+    assert_eq!(s.environment, [("A".into(), "1".into()), ("B".into(), "two words".into()), ("C".into(), "3".into())]);
     assert_eq!(
         s.environment_files,
         [
-            EnvironmentFile {
-                path: "/etc/default/nginx".into(),
-                optional: true
-            },
-            EnvironmentFile {
-                path: "/etc/nginx.env".into(),
-                optional: false
-            },
+            EnvironmentFile { path: "/etc/default/nginx".into(), optional: true },
+            EnvironmentFile { path: "/etc/nginx.env".into(), optional: false },
         ]
     );
     assert_eq!(s.working_directory, Some(PathBuf::from("/srv")));
@@ -120,14 +99,7 @@ StartLimitIntervalSec=1min
     assert_eq!(s.group.as_deref(), Some("www-data"));
     assert_eq!(s.umask, Some(0o027));
     assert_eq!(s.nice, Some(-5));
-    assert_eq!(
-        s.ready_check,
-        ReadyCheck::Http {
-            host: "127.0.0.1".into(),
-            port: 8080,
-            path: "/health".into()
-        }
-    );
+    assert_eq!(s.ready_check, ReadyCheck::Http { host: "127.0.0.1".into(), port: 8080, path: "/health".into() });
     assert!(u.instance.is_none());
 }
 
@@ -140,10 +112,7 @@ fn defaults() {
     assert_eq!(u.service.timeout_start, Some(Duration::from_secs(90)));
     assert_eq!(u.service.restart_sec, Duration::from_millis(100));
     assert_eq!(u.service.kill_signal, libc::SIGTERM);
-    assert_eq!(
-        u.service.exec_start.map(|c| c.argv),
-        Some(vec!["app".to_string()])
-    );
+    assert_eq!(u.service.exec_start.map(|c| c.argv), Some(vec!["app".to_string()]));
 }
 
 #[test]
@@ -176,10 +145,7 @@ Restart=no
     assert_eq!(u.service.environment, [("B".to_string(), "2".to_string())]);
     assert_eq!(u.service.exec_start_pre.len(), 1);
     assert_eq!(u.service.exec_start_pre[0].argv, ["/bin/b"]);
-    assert_eq!(
-        u.service.exec_start.map(|c| c.argv),
-        Some(vec!["/bin/new".to_string()])
-    );
+    assert_eq!(u.service.exec_start.map(|c| c.argv), Some(vec!["/bin/new".to_string()]));
     assert_eq!(u.service.user, None);
     assert_eq!(u.service.restart, RestartPolicy::No);
 }
@@ -194,24 +160,15 @@ fn second_exec_start_without_reset_is_an_error() {
 
 #[test]
 fn continuation_in_exec_start() {
-    let (u, _) = ok(
-        "c.service",
-        "[Service]\nExecStart=/bin/echo \\\n  one \\\n  # note\n  two\n",
-    );
-    assert_eq!(
-        u.service.exec_start.map(|c| c.argv),
-        Some(vec!["/bin/echo".into(), "one".into(), "two".into()])
-    );
+    let (u, _) = ok("c.service", "[Service]\nExecStart=/bin/echo \\\n  one \\\n  # note\n  two\n");
+    assert_eq!(u.service.exec_start.map(|c| c.argv), Some(vec!["/bin/echo".into(), "one".into(), "two".into()]));
 }
 
 #[test]
 fn unknown_key_error_has_the_right_line() {
     assert_eq!(
         errors("t.service", "# header\n[Service]\n\nExecStrat=/bin/true\n"),
-        [
-            "2: a .service unit needs ExecStart=",
-            "4: unknown key ExecStrat= in [Service]; did you mean ExecStart=?",
-        ]
+        ["2: a .service unit needs ExecStart=", "4: unknown key ExecStrat= in [Service]; did you mean ExecStart=?",]
     );
 }
 
@@ -236,15 +193,8 @@ WorkingDirectory=srv
 Key=v
 ";
     let errs = errors("many.service", text);
-    let lines: Vec<&str> = errs
-        .iter()
-        .map(|e| e.split(':').next().unwrap_or(""))
-        .collect();
-    assert_eq!(
-        lines,
-        ["2", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15"],
-        "{errs:#?}"
-    );
+    let lines: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap_or("")).collect();
+    assert_eq!(lines, ["2", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15"], "{errs:#?}");
     assert!(errs[0].contains("After=Bad!Name"));
     assert!(errs[2].contains("Restart=on-watchdog") && errs[2].contains("on-abnormal"));
     assert!(errs[5].contains("KillMode=process") && errs[5].contains("not supported"));
@@ -286,10 +236,7 @@ Anything=goes
 #[test]
 fn unknown_install_key_is_an_error() {
     assert_eq!(
-        errors(
-            "i.service",
-            "[Service]\nExecStart=/bin/true\n[Install]\nWantedBi=x\n"
-        ),
+        errors("i.service", "[Service]\nExecStart=/bin/true\n[Install]\nWantedBi=x\n"),
         ["4: unknown key WantedBi= in [Install]; did you mean WantedBy=?"]
     );
 }
@@ -318,10 +265,7 @@ Environment=HF_HOME=/data/hf
     assert!(u.service.exec_start.is_none());
     let i = u.instance.expect("instance config");
     assert_eq!(i.blueprint, "stable-diffusion-webui");
-    assert_eq!(
-        i.gpus,
-        ["0", "1", "GPU-8f3c2a10-aaaa-bbbb-cccc-0123456789ab"]
-    );
+    assert_eq!(i.gpus, ["0", "1", "GPU-8f3c2a10-aaaa-bbbb-cccc-0123456789ab"]);
     assert_eq!(i.port, PortSpec::Fixed(7861));
     assert!(i.autostart);
     assert_eq!(i.active_slot.as_deref(), Some("comfyui"));
@@ -332,10 +276,7 @@ Environment=HF_HOME=/data/hf
 
 #[test]
 fn instance_defaults_and_cpu() {
-    let (u, _) = ok(
-        "cpu.instance",
-        "[Instance]\nBlueprint=comfyui\nGPUs=\nPort=auto\nActiveSlot=\n",
-    );
+    let (u, _) = ok("cpu.instance", "[Instance]\nBlueprint=comfyui\nGPUs=\nPort=auto\nActiveSlot=\n");
     let i = u.instance.expect("instance config");
     assert!(i.gpus.is_empty());
     assert_eq!(i.port, PortSpec::Auto);
@@ -356,10 +297,7 @@ OutputDir=out
 ";
     let errs = errors("bad.instance", text);
     assert_eq!(errs.len(), 7, "{errs:#?}");
-    assert_eq!(
-        errs[0],
-        "1: an .instance unit needs Blueprint= in [Instance]"
-    );
+    assert_eq!(errs[0], "1: an .instance unit needs Blueprint= in [Instance]");
     assert!(errs[1].starts_with("2: invalid GPUs=0,gpu1"));
     assert!(errs[2].starts_with("3: invalid Port=0"));
 }
@@ -367,31 +305,20 @@ OutputDir=out
 #[test]
 fn instance_section_in_service_is_an_error() {
     assert_eq!(
-        errors(
-            "x.service",
-            "[Service]\nExecStart=/bin/true\n[Instance]\nBlueprint=a\n"
-        ),
+        errors("x.service", "[Service]\nExecStart=/bin/true\n[Instance]\nBlueprint=a\n"),
         ["3: [Instance] is only valid in *.instance files"]
     );
 }
 
 #[test]
 fn service_without_exec_start() {
-    assert_eq!(
-        errors("n.service", "[Unit]\nDescription=x\n"),
-        ["0: a .service unit needs ExecStart="]
-    );
+    assert_eq!(errors("n.service", "[Unit]\nDescription=x\n"), ["0: a .service unit needs ExecStart="]);
 }
 
 #[test]
 fn names_and_extensions() {
-    assert!(
-        errors("Bad_Name.service", "[Service]\nExecStart=/bin/true\n")[0]
-            .contains("invalid unit name 'Bad_Name'")
-    );
-    assert!(
-        errors("x.conf", "[Service]\nExecStart=/bin/true\n")[0].contains(".service or .instance")
-    );
+    assert!(errors("Bad_Name.service", "[Service]\nExecStart=/bin/true\n")[0].contains("invalid unit name 'Bad_Name'"));
+    assert!(errors("x.conf", "[Service]\nExecStart=/bin/true\n")[0].contains(".service or .instance"));
 }
 
 #[test]
@@ -405,15 +332,9 @@ fn values() {
     assert!(parse_umask("8").is_err());
     assert_eq!(parse_nice("19"), Ok(19));
     assert!(parse_nice("-21").is_err());
-    for (v, b) in [
-        ("yes", true),
-        ("True", true),
-        ("on", true),
-        ("1", true),
-        ("no", false),
-        ("off", false),
-        ("0", false),
-    ] {
+    for (v, b) in
+        [("yes", true), ("True", true), ("on", true), ("1", true), ("no", false), ("off", false), ("0", false)]
+    {
         assert_eq!(parse_bool(v), Ok(b));
     }
     assert!(parse_bool("2").is_err());
@@ -421,34 +342,16 @@ fn values() {
     assert_eq!(parse_ready_check("tcp:8188"), Ok(ReadyCheck::Tcp(8188)));
     assert_eq!(
         parse_ready_check("http://localhost:80"),
-        Ok(ReadyCheck::Http {
-            host: "localhost".into(),
-            port: 80,
-            path: "/".into()
-        })
+        Ok(ReadyCheck::Http { host: "localhost".into(), port: 80, path: "/".into() })
     );
     assert_eq!(
         parse_ready_check("http://[::1]:9000/x?y=1"),
-        Ok(ReadyCheck::Http {
-            host: "[::1]".into(),
-            port: 9000,
-            path: "/x?y=1".into()
-        })
+        Ok(ReadyCheck::Http { host: "[::1]".into(), port: 9000, path: "/x?y=1".into() })
     );
-    for bad in [
-        "tcp:0",
-        "tcp:70000",
-        "http://127.0.0.1/",
-        "https://127.0.0.1:1/",
-        "http://10.0.0.1:80/",
-        "ping",
-    ] {
+    for bad in ["tcp:0", "tcp:70000", "http://127.0.0.1/", "https://127.0.0.1:1/", "http://10.0.0.1:80/", "ping"] {
         assert!(parse_ready_check(bad).is_err(), "{bad}");
     }
-    assert_eq!(
-        parse_gpus("MIG-GPU-abc/1/0,2"),
-        Ok(vec!["MIG-GPU-abc/1/0".into(), "2".into()])
-    );
+    assert_eq!(parse_gpus("MIG-GPU-abc/1/0,2"), Ok(vec!["MIG-GPU-abc/1/0".into(), "2".into()]));
     assert!(parse_gpus("0,0").is_err());
     assert!(parse_gpus("GPU-").is_err());
     assert_eq!(parse_timeout("0"), Ok(None));
@@ -457,12 +360,8 @@ fn values() {
 
 #[test]
 fn diagnostics_display() {
-    let errs =
-        parse("/u/t.service", "[Service]\nExecStart=/bin/true\nNice=99\n").expect_err("invalid");
-    assert_eq!(
-        errs[0].to_string(),
-        "/u/t.service:3: invalid Nice=99: expected a number from -20 to 19"
-    );
+    let errs = parse("/u/t.service", "[Service]\nExecStart=/bin/true\nNice=99\n").expect_err("invalid");
+    assert_eq!(errs[0].to_string(), "/u/t.service:3: invalid Nice=99: expected a number from -20 to 19");
 }
 
 fn plausible_line() -> impl Strategy<Value = String> {
