@@ -331,3 +331,27 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// The status and headers of a raw HTTP/1.1 response (tests that speak HTTP by hand).
+pub fn read_head(reader: &mut impl std::io::BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
+    let mut line = String::new();
+    std::io::BufRead::read_line(reader, &mut line)?;
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        std::io::BufRead::read_line(reader, &mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    Ok((status, headers))
+}

@@ -4,7 +4,7 @@
 //! The app is the `test-http` blueprint serving an index.html with a known
 //! title from the instance dir.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{free_port, processes_with_env, Daemon, Options};
+use crate::harness::{free_port, processes_with_env, read_head, Daemon, Options};
 
 /// Display numbers are leased per daemon: two test daemons starting X
 /// servers at the same moment could pick the same free number.
@@ -75,29 +75,6 @@ fn get(port: u16, target: &str, headers: &[(&str, &str)]) -> std::io::Result<(u1
     let mut body = Vec::new();
     reader.read_to_end(&mut body)?;
     Ok((status, headers, String::from_utf8_lossy(&body).into()))
-}
-
-fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h)?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    Ok((status, headers))
 }
 
 /// A viewer: opens noVNC's WebSocket through NGINX, reads the VNC server's
