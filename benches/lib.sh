@@ -18,6 +18,11 @@ bench_init() {
     trap bench_cleanup EXIT
     trap 'exit 130' INT TERM
     [[ -x "$AIKORE" ]] || die "no aikore binary at $AIKORE (run benches/run-all.sh, or cargo build --release)"
+    # The API sits behind aikore's login: every daemon started here accepts
+    # this bearer token, and curl sends it on every request (its .curlrc).
+    export AIKORE_API_TOKEN="bench-$$"
+    export CURL_HOME="$BENCH_TMP"
+    printf 'header = "Authorization: Bearer %s"\n' "$AIKORE_API_TOKEN" >"$CURL_HOME/.curlrc"
 }
 
 die() { echo "error: $*" >&2; exit 1; }

@@ -57,7 +57,12 @@ cat >"$work/data/blueprints/echo.sh" <<EOF
 exec python3 $repo/tests/fixtures/echo_app.py --port "\$WEBUI_PORT"
 EOF
 
-AIKORE_PORT=$public_port AIKORE_PORT_RANGE="$first-$((first + 9))" AIKORE_BLUEPRINTS_DIR="$repo/blueprints" \
+# The API and the apps sit behind aikore's login: a bearer token on every request
+# (through NGINX that costs one auth subrequest per request, as in real use).
+TOKEN="bench-$$"
+export CURL_HOME="$work"
+printf 'header = "Authorization: Bearer %s"\n' "$TOKEN" >"$CURL_HOME/.curlrc"
+AIKORE_API_TOKEN=$TOKEN AIKORE_PORT=$public_port AIKORE_PORT_RANGE="$first-$((first + 9))" AIKORE_BLUEPRINTS_DIR="$repo/blueprints" \
     "$bin" serve --data-dir "$work/data" --units-dir "$work/stock" --listen "127.0.0.1:$api_port" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
 api="http://127.0.0.1:$api_port"
@@ -80,7 +85,7 @@ proxied="http://127.0.0.1:$public_port/app/bench/ping"
 # Prints "requests_per_s p99_ms".
 load_wrk() {
     local out
-    out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" --latency "$1")
+    out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" "$1")
     python3 - "$out" <<'EOF'
 import re, sys
 out = sys.argv[1]
@@ -92,16 +97,17 @@ EOF
 }
 
 load_python() {
-    python3 - "$1" "$CONNECTIONS" "$DURATION" <<'EOF'
+    python3 - "$1" "$CONNECTIONS" "$DURATION" "$TOKEN" <<'EOF'
 import http.client, sys, threading, time, urllib.parse
 url, conns, duration = urllib.parse.urlsplit(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+auth = {"Authorization": "Bearer " + sys.argv[4]}
 lat, lock = [], threading.Lock()
 end = time.monotonic() + duration
 def worker():
     c, mine = http.client.HTTPConnection(url.hostname, url.port, timeout=10), []
     while time.monotonic() < end:
         t = time.perf_counter()
-        c.request("GET", url.path)
+        c.request("GET", url.path, headers=auth)
         c.getresponse().read()
         mine.append(time.perf_counter() - t)
     with lock:

@@ -54,10 +54,15 @@ def free_port():
     return port
 
 
+# The API sits behind aikore's login: the daemon accepts this bearer token.
+TOKEN = f"bench-{os.getpid()}"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 def api(port, method, path, body=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     data = json.dumps(body) if body is not None else None
-    conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **AUTH})
     resp = conn.getresponse()
     text = resp.read()
     conn.close()
@@ -73,7 +78,7 @@ def main():
     with open(os.path.join(data, "blueprints", "bench-ready.sh"), "w") as f:
         f.write(BLUEPRINT)
     api_port = free_port()
-    env = dict(os.environ, AIKORE_LOG="warn", AIKORE_PORT=str(free_port()))
+    env = dict(os.environ, AIKORE_LOG="warn", AIKORE_PORT=str(free_port()), AIKORE_API_TOKEN=TOKEN)
     daemon = subprocess.Popen(
         [BIN, "serve", "--data-dir", data, "--units-dir", os.path.join(tmp, "none"),
          "--listen", f"127.0.0.1:{api_port}"],
@@ -93,7 +98,7 @@ def main():
 
         def follow():
             conn = http.client.HTTPConnection("127.0.0.1", api_port)
-            conn.request("GET", "/api/v1/events")
+            conn.request("GET", "/api/v1/events", headers=AUTH)
             resp = conn.getresponse()
             event = None
             while True:
