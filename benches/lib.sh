@@ -4,9 +4,16 @@
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
-# The shared target dir of this project; override with CARGO_TARGET_DIR.
-: "${CARGO_TARGET_DIR:=/work/main/target}"
-AIKORE="${AIKORE:-$CARGO_TARGET_DIR/release/aikore}"
+# The binary under test: AIKORE (or AIKORE_BIN), else this checkout's release
+# build, else its debug build (CARGO_TARGET_DIR is honoured).
+find_aikore() {
+    local target="${CARGO_TARGET_DIR:-$REPO_DIR/target}" candidate
+    for candidate in "$target/release/aikore" "$target/debug/aikore"; do
+        [[ -x $candidate ]] && { echo "$candidate"; return 0; }
+    done
+    echo "$target/release/aikore"
+}
+AIKORE="${AIKORE:-${AIKORE_BIN:-$(find_aikore)}}"
 PROCPY="$BENCH_DIR/proc.py"
 
 # Pids to stop on exit (process-group leaders are killed as groups too).

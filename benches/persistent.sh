@@ -23,12 +23,9 @@ WINDOW=${WINDOW:-20}
 [[ $SETTLE =~ ^[0-9]+$ && $SETTLE -le 300 ]] || { echo "SETTLE must be 0-300 seconds" >&2; exit 2; }
 [[ $WINDOW =~ ^[0-9]+$ && $WINDOW -ge 1 && $WINDOW -le 300 ]] || { echo "WINDOW must be 1-300 seconds" >&2; exit 2; }
 
-bin=${AIKORE_BIN:-}
-if [[ -z $bin ]]; then
-    for candidate in "${CARGO_TARGET_DIR:-$repo/target}/release/aikore" "${CARGO_TARGET_DIR:-$repo/target}/debug/aikore"; do
-        [[ -x $candidate ]] && { bin=$candidate; break; }
-    done
-fi
+# shellcheck source=lib.sh
+source "$repo/benches/lib.sh"
+bin=$AIKORE
 [[ -x ${bin:-} ]] || { echo "no aikore binary: cargo build --release, or set AIKORE_BIN" >&2; exit 2; }
 for tool in Xvnc websockify firefox-esr xdotool python3; do
     command -v "$tool" >/dev/null || { echo "$tool is not installed" >&2; exit 2; }

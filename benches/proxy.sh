@@ -20,12 +20,9 @@ THREADS=${THREADS:-2}
 # Every run is bounded: wrk and the Python generator stop after DURATION.
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 120 ]] || { echo "DURATION must be 1-120 seconds" >&2; exit 2; }
 
-bin=${AIKORE_BIN:-}
-if [[ -z $bin ]]; then
-    for candidate in "${CARGO_TARGET_DIR:-$repo/target}/release/aikore" "${CARGO_TARGET_DIR:-$repo/target}/debug/aikore"; do
-        [[ -x $candidate ]] && { bin=$candidate; break; }
-    done
-fi
+# shellcheck source=lib.sh
+source "$repo/benches/lib.sh"
+bin=$AIKORE
 [[ -x ${bin:-} ]] || { echo "no aikore binary: cargo build --release, or set AIKORE_BIN" >&2; exit 2; }
 [[ -x /usr/sbin/nginx ]] || { echo "NGINX is not installed (/usr/sbin/nginx)" >&2; exit 2; }
 

@@ -5,7 +5,7 @@
 # Usage: benches/run-all.sh [script-name...]   (default: all four)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${CARGO_TARGET_DIR:=/work/main/target}"
+: "${CARGO_TARGET_DIR:=$PWD/target}"
 export CARGO_TARGET_DIR
 
 install_peers() {
