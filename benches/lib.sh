@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the AiKore benchmarks. Source it; don't run it.
 # Every script: set -euo pipefail, a private temp dir, and a trap that kills
 # every process it started (by pid, never by name) even when a step fails.
@@ -51,8 +52,7 @@ bench_cleanup() {
         for d in $(python3 "$PROCPY" descendants "$pid" 2>/dev/null); do all+=("$d"); done
     done
     for pid in "${BENCH_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    local i
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
         local alive=0
         for pid in "${all[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
         [[ $alive == 0 ]] && break
@@ -67,11 +67,11 @@ bench_cleanup() {
 
 # Stop one tracked supervisor now (between phases) and forget it.
 stop_tracked() {
-    local pid=$1 d i
+    local pid=$1 d
     local -a all=("$pid")
     for d in $(python3 "$PROCPY" descendants "$pid" 2>/dev/null); do all+=("$d"); done
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     for d in "${all[@]}"; do kill -KILL "$d" 2>/dev/null || true; done
     wait "$pid" 2>/dev/null || true
     local -a keep=()
