@@ -19,14 +19,45 @@ pub mod exit_code {
     pub const NO_SUCH_UNIT: i32 = 4;
 }
 
+/// Told by `--help`: how the client authenticates.
+const CLIENT_HELP: &str = "\
+Client commands talk to the daemon's API at --url. Next to a local daemon they
+need no setup: `aikore serve` writes a fresh token to <data-dir>/cli.token
+(mode 0600) at every start, and the client reads it from the same data dir
+(--data-dir / AIKORE_DATA_DIR, default `data`, as for serve). So run the
+client as the daemon's user, from the same directory or with the same
+AIKORE_DATA_DIR. For a remote daemon, set AIKORE_API_TOKEN (sent as a bearer;
+it wins over the file) and AIKORE_URL.";
+
 #[derive(Parser, Debug)]
-#[command(name = "aikore", version, about = "Supervisor, proxy and dashboard for AI web UIs on a GPU box")]
+#[command(
+    name = "aikore",
+    version,
+    about = "Supervisor, proxy and dashboard for AI web UIs on a GPU box",
+    after_help = CLIENT_HELP
+)]
 pub struct Cli {
     /// Where the daemon's API listens (client commands).
     #[arg(long, env = "AIKORE_URL", default_value = "http://127.0.0.1:9001", global = true)]
     pub url: String,
+    /// Data dir: SQLite database, logs, user units, instances; the client
+    /// reads the daemon's local token (cli.token) from it.
+    #[arg(long, env = "AIKORE_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--wait` for start, stop and restart.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct WaitArgs {
+    /// Wait until the unit is started (start, restart) or stopped (stop);
+    /// exit 1 with the reason if it ends in error or failed instead.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up (exit 1) after this many seconds; 0 waits forever.
+    #[arg(long, default_value_t = 0, requires = "wait")]
+    pub timeout: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -36,11 +67,23 @@ pub enum Command {
     /// Show every unit, or one in detail.
     Status { name: Option<String> },
     /// Start a unit (and what it requires).
-    Start { name: String },
+    Start {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Stop a unit (and what requires it).
-    Stop { name: String },
+    Stop {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Stop then start a unit.
-    Restart { name: String },
+    Restart {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Show a unit's log; -f follows it.
     Logs {
         name: String,
@@ -60,9 +103,6 @@ pub enum Command {
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Data dir: SQLite database, logs, user units, instances.
-    #[arg(long, env = "AIKORE_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
     /// Stock units dir (default: /etc/aikore/units in the image, ./units in a checkout).
     #[arg(long, env = "AIKORE_UNITS_DIR")]
     pub units_dir: Option<PathBuf>,
@@ -72,6 +112,10 @@ pub struct ServeArgs {
     /// NGINX's public port: the dashboard and every instance.
     #[arg(long, env = "AIKORE_PORT", default_value_t = crate::proxy::DEFAULT_PORT)]
     pub port: u16,
+    /// The address NGINX listens on: loopback by default (this machine only);
+    /// the container image sets 0.0.0.0.
+    #[arg(long, env = "AIKORE_BIND", default_value_t = crate::proxy::DEFAULT_BIND)]
+    pub bind: std::net::IpAddr,
     /// Stock blueprints dir (default: /opt/aikore/blueprints in the image, ./blueprints in a checkout).
     #[arg(long, env = "AIKORE_BLUEPRINTS_DIR")]
     pub blueprints_dir: Option<PathBuf>,
@@ -81,7 +125,7 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn settings(self) -> Result<Settings, String> {
+    pub fn settings(self, data_dir: PathBuf) -> Result<Settings, String> {
         let shutdown_timeout =
             config::parse_shutdown_timeout(std::env::var("AIKORE_SHUTDOWN_TIMEOUT").ok().as_deref())?;
         let stock = self.units_dir.unwrap_or_else(config::default_stock_units_dir);
@@ -91,12 +135,13 @@ impl ServeArgs {
         let blueprints_dir = std::fs::canonicalize(&blueprints_dir).unwrap_or(blueprints_dir);
         let owner =
             config::owner_from_env(std::env::var("PUID").ok().as_deref(), std::env::var("PGID").ok().as_deref())?;
-        let user = self.data_dir.join("units");
+        let user = data_dir.join("units");
         Ok(Settings {
             units_dirs: vec![stock, user],
-            data_dir: self.data_dir,
+            data_dir,
             listen: self.listen,
             proxy_port: self.port,
+            proxy_bind: self.bind,
             shutdown_timeout,
             blueprints_dir,
             port_range,
@@ -127,6 +172,15 @@ struct Client {
     base: String,
     agent: ureq::Agent,
     token: Option<String>,
+    /// Where the token came from (or was looked for), for the hint on a 401.
+    token_source: TokenSource,
+}
+
+enum TokenSource {
+    Env,
+    File(PathBuf),
+    /// No AIKORE_API_TOKEN and the file could not be read (why).
+    Missing(PathBuf, String),
 }
 
 enum Failure {
@@ -134,11 +188,45 @@ enum Failure {
     Api { status: u16, message: String },
 }
 
+/// The bearer the client sends: AIKORE_API_TOKEN (remote use) if set, else
+/// the local daemon's `<data_dir>/cli.token`.
+fn find_token(data_dir: &std::path::Path) -> (Option<String>, TokenSource) {
+    if let Some(token) = std::env::var("AIKORE_API_TOKEN").ok().filter(|t| !t.is_empty()) {
+        return (Some(token), TokenSource::Env);
+    }
+    let path = config::cli_token_path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => (Some(text.trim().to_string()), TokenSource::File(path)),
+        Ok(_) => (None, TokenSource::Missing(path, "empty".into())),
+        Err(e) => (None, TokenSource::Missing(path, e.to_string())),
+    }
+}
+
 impl Client {
-    fn new(base: &str) -> Client {
+    fn new(base: &str, data_dir: &std::path::Path) -> Client {
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        let token = std::env::var("AIKORE_API_TOKEN").ok().filter(|t| !t.is_empty());
-        Client { base: base.trim_end_matches('/').to_string(), agent, token }
+        let (token, token_source) = find_token(data_dir);
+        Client { base: base.trim_end_matches('/').to_string(), agent, token, token_source }
+    }
+
+    /// What to do about a 401, given where the token came from.
+    fn unauthorized_hint(&self) -> String {
+        match &self.token_source {
+            TokenSource::Env => "AIKORE_API_TOKEN is not accepted by this daemon (it must equal the daemon's \
+                                 AIKORE_API_TOKEN); unset it to use the local token file"
+                .to_string(),
+            TokenSource::File(path) => format!(
+                "the token in {} is not this daemon's: is the daemon at {} using that data dir? \
+                 (set --data-dir/AIKORE_DATA_DIR as for `aikore serve`, or AIKORE_API_TOKEN)",
+                path.display(),
+                self.base
+            ),
+            TokenSource::Missing(path, why) => format!(
+                "no credential: cannot read {} ({why}). Run the client as the daemon's user with the \
+                 daemon's data dir (--data-dir/AIKORE_DATA_DIR, default `data`), or set AIKORE_API_TOKEN",
+                path.display()
+            ),
+        }
     }
 
     fn send(&self, method: &str, path: &str) -> Result<ureq::http::Response<ureq::Body>, Failure> {
@@ -170,6 +258,8 @@ impl Client {
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
                 .unwrap_or(body);
+            let message =
+                if status == 401 { format!("{message}\nhint: {}", self.unauthorized_hint()) } else { message };
             return Err(Failure::Api { status, message });
         }
         Ok(response)
@@ -278,8 +368,8 @@ fn follow_stream(client: &Client, path: &str) -> Result<(), Failure> {
 }
 
 /// Runs a client command against the daemon; returns the exit code.
-pub fn run_client(url: &str, command: Command) -> i32 {
-    let client = Client::new(url);
+pub fn run_client(url: &str, data_dir: &std::path::Path, command: Command) -> i32 {
+    let client = Client::new(url, data_dir);
     let result = match command {
         Command::Status { name: None } => client.json("GET", "/api/v1/units").map(|v| {
             print_unit_table(v.as_array().map(Vec::as_slice).unwrap_or_default());
@@ -287,9 +377,9 @@ pub fn run_client(url: &str, command: Command) -> i32 {
         Command::Status { name: Some(name) } => {
             client.json("GET", &format!("/api/v1/units/{}", encode(&name))).map(|v| print_unit(&v))
         }
-        Command::Start { name } => action(&client, &name, "start"),
-        Command::Stop { name } => action(&client, &name, "stop"),
-        Command::Restart { name } => action(&client, &name, "restart"),
+        Command::Start { name, wait } => action(&client, &name, "start", wait),
+        Command::Stop { name, wait } => action(&client, &name, "stop", wait),
+        Command::Restart { name, wait } => action(&client, &name, "restart", wait),
         Command::Logs { name, lines, follow: false } => {
             client.json("GET", &format!("/api/v1/units/{}/logs?tail={lines}", encode(&name))).map(|v| {
                 for line in v.get("lines").and_then(|l| l.as_array()).into_iter().flatten() {
@@ -314,10 +404,74 @@ pub fn run_client(url: &str, command: Command) -> i32 {
     }
 }
 
-fn action(client: &Client, name: &str, verb: &str) -> Result<(), Failure> {
+/// How often `--wait` looks at the unit: a person waits on it, and one GET
+/// a few times a second costs the daemon nothing.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+fn action(client: &Client, name: &str, verb: &str, wait: WaitArgs) -> Result<(), Failure> {
     let v = client.json("POST", &format!("/api/v1/units/{}/{verb}", encode(name)))?;
-    println!("{name}: {}", text(&v, "status"));
+    if wait.wait {
+        return wait_for(client, name, verb, wait.timeout);
+    }
+    // The status right after the request: a restart is "stopping" at that
+    // moment, which reads like the opposite of what was asked.
+    match verb {
+        "restart" => println!("{name}: restarting"),
+        _ => println!("{name}: {}", text(&v, "status")),
+    }
     Ok(())
+}
+
+/// What `--wait` makes of a status: keep waiting, done, or failed.
+#[derive(Debug, PartialEq, Eq)]
+enum WaitOutcome {
+    Pending,
+    Done,
+    Failed,
+}
+
+fn wait_outcome(verb: &str, status: &str) -> WaitOutcome {
+    match (verb, status) {
+        (_, "error" | "failed") => WaitOutcome::Failed,
+        ("stop", "stopped") => WaitOutcome::Done,
+        ("start" | "restart", "started") => WaitOutcome::Done,
+        // Asked to start and it ended by itself with no error: not running.
+        ("start" | "restart", "stopped") => WaitOutcome::Failed,
+        _ => WaitOutcome::Pending,
+    }
+}
+
+/// Polls the unit until `--wait`'s goal (the request was already accepted:
+/// the status it had before the request is gone by the first poll, as the
+/// daemon answers after changing it).
+fn wait_for(client: &Client, name: &str, verb: &str, timeout_secs: u64) -> Result<(), Failure> {
+    let deadline = (timeout_secs > 0).then(|| std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs));
+    loop {
+        let u = client.json("GET", &format!("/api/v1/units/{}", encode(name)))?;
+        let status = text(&u, "status");
+        match wait_outcome(verb, &status) {
+            WaitOutcome::Done => {
+                println!("{name}: {status}");
+                return Ok(());
+            }
+            WaitOutcome::Failed => {
+                let why = u
+                    .get("detail")
+                    .and_then(|d| d.as_str())
+                    .or_else(|| u.get("last_exit").and_then(|d| d.as_str()))
+                    .unwrap_or("no reason given");
+                return Err(Failure::Api { status: 0, message: format!("{name}: {status}: {why}") });
+            }
+            WaitOutcome::Pending => {}
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(Failure::Api {
+                status: 0,
+                message: format!("{name}: still {status} after {timeout_secs}s; giving up waiting"),
+            });
+        }
+        std::thread::sleep(WAIT_POLL);
+    }
 }
 
 /// Unit names are validated by the daemon; this only keeps a hostile argument
@@ -330,4 +484,40 @@ fn encode(segment: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_ends_on_the_goal_or_a_failure() {
+        assert_eq!(wait_outcome("start", "starting"), WaitOutcome::Pending);
+        assert_eq!(wait_outcome("start", "restarting"), WaitOutcome::Pending);
+        assert_eq!(wait_outcome("start", "started"), WaitOutcome::Done);
+        assert_eq!(wait_outcome("start", "error"), WaitOutcome::Failed);
+        assert_eq!(wait_outcome("restart", "stopping"), WaitOutcome::Pending);
+        assert_eq!(wait_outcome("restart", "failed"), WaitOutcome::Failed);
+        assert_eq!(wait_outcome("stop", "stopping"), WaitOutcome::Pending);
+        assert_eq!(wait_outcome("stop", "stopped"), WaitOutcome::Done);
+        assert_eq!(wait_outcome("stop", "error"), WaitOutcome::Failed);
+    }
+
+    #[test]
+    fn the_client_finds_the_local_token_in_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        // Only when AIKORE_API_TOKEN is unset (the test process does not set it).
+        if std::env::var_os("AIKORE_API_TOKEN").is_some() {
+            return;
+        }
+        let (token, source) = find_token(dir.path());
+        assert!(token.is_none() && matches!(source, TokenSource::Missing(..)));
+        config::write_secret(&config::cli_token_path(dir.path()), "abc").unwrap();
+        let (token, source) = find_token(dir.path());
+        assert_eq!(token.as_deref(), Some("abc"));
+        assert!(matches!(source, TokenSource::File(_)));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(config::cli_token_path(dir.path())).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }

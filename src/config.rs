@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Default API address: loopback only; NGINX (or an SSH tunnel) is the way in.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9001";
-/// DESIGN.md: the whole shutdown must fit in this unless AIKORE_SHUTDOWN_TIMEOUT says otherwise.
+/// The whole shutdown must fit in this unless AIKORE_SHUTDOWN_TIMEOUT says otherwise.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
@@ -17,6 +17,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// NGINX's public port (AIKORE_PORT).
     pub proxy_port: u16,
+    /// The address NGINX listens on (AIKORE_BIND).
+    pub proxy_bind: std::net::IpAddr,
     pub shutdown_timeout: Duration,
     /// Stock blueprints (custom ones live in `<data>/blueprints`).
     pub blueprints_dir: PathBuf,
@@ -39,6 +41,35 @@ impl Settings {
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("aikore.db")
     }
+
+    pub fn cli_token_path(&self) -> PathBuf {
+        cli_token_path(&self.data_dir)
+    }
+}
+
+/// The local operator's credential: `aikore serve` writes a fresh random
+/// token here (mode 0600, the daemon's user) at every start, and the CLI with
+/// no AIKORE_API_TOKEN reads it, so whoever may read the data dir's secrets
+/// may drive the daemon, and nobody else.
+pub const CLI_TOKEN_FILE: &str = "cli.token";
+
+pub fn cli_token_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join(CLI_TOKEN_FILE)
+}
+
+/// Writes `token` to `path` with mode 0600 from the first byte (a temp file
+/// created 0600, then renamed over the old one): never readable by others,
+/// not even for a moment, and a leftover from an earlier start is replaced.
+pub fn write_secret(path: &std::path::Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    file.write_all(token.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The stock units dir when none is given: the image's, else the repo's

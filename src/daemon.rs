@@ -226,6 +226,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         addr => addr,
     };
     let base = crate::proxy::BaseConfig {
+        listen_addr: settings.proxy_bind,
         listen_port: settings.proxy_port,
         upstream,
         worker_user: crate::proxy::owner_name(&data_dir),
@@ -314,6 +315,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     // a client never sees the units waiting for it): ComfyUI's paths answer the
     // "no slot holder" page, never the dashboard, from the first request.
     proxy.render_now().await;
+    // After the data dir's top level was handed to PUID above: this file stays the daemon's.
+    let cli_token = crate::web::auth::random_token();
+    crate::config::write_secret(&settings.cli_token_path(), &cli_token)
+        .with_context(|| format!("writing {}", settings.cli_token_path().display()))?;
     let state = crate::web::AppState::new(
         supervisor.clone(),
         Arc::clone(&logs),
@@ -324,6 +329,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         proxy.clone(),
     )
     .with_metrics(metrics);
+    // The environment's credentials plus the local CLI's token.
+    let state = state.with_auth(crate::web::auth::Auth::from_env().with_api_token(cli_token));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;

@@ -5,20 +5,20 @@ use aikore::cli::{self, Cli, Command};
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, cli.data_dir),
         Command::Check { files } => cli::check(&files),
-        other => cli::run_client(&cli.url, other),
+        other => cli::run_client(&cli.url, &cli.data_dir, other),
     };
     std::process::exit(code);
 }
 
-fn serve(args: cli::ServeArgs) -> i32 {
+fn serve(args: cli::ServeArgs, data_dir: std::path::PathBuf) -> i32 {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AIKORE_LOG").unwrap_or_else(|_| "info".into()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let settings = match args.settings() {
+    let settings = match args.settings(data_dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("aikore: {e}");

@@ -21,7 +21,13 @@ const BASE_TEMPLATE: &str = include_str!("../../nginx/nginx.conf");
 /// Default public port (AIKORE_PORT).
 pub const DEFAULT_PORT: u16 = 9000;
 
+/// Default address NGINX listens on (AIKORE_BIND): loopback, so a checkout run
+/// is reachable from this machine only; the container image sets 0.0.0.0.
+pub const DEFAULT_BIND: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 pub struct BaseConfig {
+    /// The address NGINX listens on (AIKORE_BIND).
+    pub listen_addr: std::net::IpAddr,
     pub listen_port: u16,
     /// Where aikore's own API listens (NGINX's upstream for `/`).
     pub upstream: SocketAddr,
@@ -38,7 +44,7 @@ impl BaseConfig {
         };
         BASE_TEMPLATE
             .replace("{{USER_DIRECTIVE}}", &user)
-            .replace("{{LISTEN}}", &self.listen_port.to_string())
+            .replace("{{LISTEN}}", &std::net::SocketAddr::new(self.listen_addr, self.listen_port).to_string())
             .replace("{{UPSTREAM}}", &self.upstream.to_string())
     }
 }
@@ -87,15 +93,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn listens_where_aikore_bind_says() {
+        let config = |addr: &str| BaseConfig {
+            listen_addr: addr.parse().unwrap(),
+            listen_port: 9000,
+            upstream: "127.0.0.1:9001".parse().unwrap(),
+            worker_user: None,
+        };
+        assert!(config("0.0.0.0").render().contains("listen 0.0.0.0:9000;"));
+        assert!(config("::").render().contains("listen [::]:9000;"));
+        let text = config("127.0.0.1").render();
+        // One listen line, never a bare port (which means every interface).
+        let listens: Vec<&str> = text.lines().map(str::trim).filter(|l| l.starts_with("listen ")).collect();
+        assert_eq!(listens, ["listen 127.0.0.1:9000;"]);
+    }
+
+    #[test]
     fn renders_every_placeholder() {
         let config = BaseConfig {
+            listen_addr: DEFAULT_BIND,
             listen_port: 9123,
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: Some("abc".into()),
         };
         let text = config.render();
         assert!(!text.contains("{{"), "{text}");
-        assert!(text.contains("listen 9123;"));
+        assert!(text.contains("listen 127.0.0.1:9123;"), "{text}");
         assert!(text.contains("proxy_pass http://127.0.0.1:9001;"));
         assert!(text.contains("user abc;"));
     }
@@ -109,7 +132,12 @@ mod tests {
         let tester = swap::NginxTester::from_env();
         assert!(swap::ConfigTester::available(&tester), "NGINX is needed for this test: apt-get install nginx");
         let data = tempfile::tempdir().unwrap();
-        let config = BaseConfig { listen_port: 9123, upstream: "127.0.0.1:9001".parse().unwrap(), worker_user: None };
+        let config = BaseConfig {
+            listen_addr: "0.0.0.0".parse().unwrap(),
+            listen_port: 9123,
+            upstream: "127.0.0.1:9001".parse().unwrap(),
+            worker_user: None,
+        };
         write_base_config(data.path(), &config).unwrap();
         let entries = [
             routes::RouteEntry {

@@ -109,6 +109,8 @@ pub const COMFYUI_PREFIX: &[&str] = &[
     "/i18n",
     "/docs/",
     "/experiment/",
+    // The front end swaps the tab icon for a progress one while a prompt runs.
+    "/assets/images/favicon_progress_16x16/",
 ];
 
 /// A name is rendered only if it matches `[a-z0-9][a-z0-9_-]{0,62}` — checked
@@ -152,7 +154,7 @@ fn proxy_settings(out: &mut String, port: u16, prefix: &str, options: &RenderOpt
         "        proxy_http_version 1.1;
         proxy_set_header Host $http_host;
         proxy_set_header X-Forwarded-Host $http_host;
-        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-Proto $aikore_forwarded_proto;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Real-IP $remote_addr;
 "
@@ -177,6 +179,14 @@ fn proxy_settings(out: &mut String, port: u16, prefix: &str, options: &RenderOpt
 ",
         options.max_body
     );
+}
+
+/// NGINX matched the location on the decoded `$uri`: `/app/comf%79/` and
+/// `/app/a%2Fb/x` (decoded `/app/a/b/x`) land in `comfy`'s and `a`'s
+/// locations. The name as written in the raw target must be this one exactly;
+/// anything else (an escape, a dot segment reaching another name) is refused.
+fn raw_name_check(out: &mut String, name: &str) {
+    let _ = writeln!(out, "        if ($aikore_raw_name != \"{name}\") {{ return 400; }}");
 }
 
 fn html_page(title: &str, text: &str) -> String {
@@ -247,6 +257,7 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
                 let _ = writeln!(out, "location ^~ {prefix}/ {{");
                 // The raw target did not start with the decoded prefix (an encoded name): refuse, do not guess.
                 out.push_str("        if ($aikore_app_rest = \"\") { return 400; }\n");
+                raw_name_check(&mut out, name);
                 let _ = writeln!(out, "        proxy_pass http://{}$aikore_app_rest;", upstream_name(name));
                 upstream(&mut upstreams, name, port);
                 proxy_settings(&mut out, port, &prefix, options);
@@ -264,10 +275,9 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
                     out,
                     "location = {prefix} {{\n        return 302 $scheme://$host:{port}/$is_args$args;\n}}"
                 );
-                let _ = writeln!(
-                    out,
-                    "location ^~ {prefix}/ {{\n        return 302 $scheme://$host:{port}$aikore_app_rest;\n}}\n"
-                );
+                let _ = writeln!(out, "location ^~ {prefix}/ {{");
+                raw_name_check(&mut out, name);
+                let _ = writeln!(out, "        return 302 $scheme://$host:{port}$aikore_app_rest;\n}}\n");
                 routes.push(RouteInfo {
                     name: name.clone(),
                     path: format!("{prefix}/"),
@@ -298,6 +308,7 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
         let prefix = format!("/vnc/{name}");
         let _ = writeln!(out, "location = {prefix} {{\n        return 301 {prefix}/$is_args$args;\n}}");
         let _ = writeln!(out, "location ^~ {prefix}/ {{");
+        raw_name_check(&mut out, name);
         match entry.vnc_port {
             Some(port) => {
                 let _ = writeln!(out, "        proxy_pass http://127.0.0.1:{port}/;");
@@ -520,6 +531,26 @@ mod tests {
         let r = render(&[stopped], &RenderOptions::default());
         let block = r.text.split("location ^~ /vnc/v/ {").nth(1).unwrap();
         assert!(block[..block.find("}\n").unwrap()].contains("return 503"), "{}", r.text);
+    }
+
+    #[test]
+    fn instance_locations_refuse_an_encoded_name() {
+        let port = RouteEntry { mode: ProxyMode::Port, ..entry("p", Some(19009), false) };
+        let vnc = RouteEntry { persistent: true, vnc_port: Some(19999), ..entry("v", Some(19001), false) };
+        let r = render(&[entry("comfy", Some(19001), false), port, vnc], &RenderOptions::default());
+        for (location, name) in [("/app/comfy/", "comfy"), ("/app/p/", "p"), ("/vnc/v/", "v")] {
+            let block = r.text.split(&format!("location ^~ {location} {{")).nth(1).expect(location);
+            let block = &block[..block.find("\n}\n").unwrap()];
+            assert!(block.contains(&format!("if ($aikore_raw_name != \"{name}\") {{ return 400; }}")), "{block}");
+        }
+    }
+
+    #[test]
+    fn the_slot_serves_comfyuis_progress_favicon() {
+        let r = render(&[entry("c", Some(19005), true)], &RenderOptions::default());
+        assert!(r
+            .text
+            .contains("location ^~ /assets/images/favicon_progress_16x16/ {\n        proxy_pass http://aikore_app_c;"));
     }
 
     #[test]

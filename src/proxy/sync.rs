@@ -114,9 +114,31 @@ impl RouteSync {
     }
 }
 
-/// Whether an event can change the routes or needs them re-read.
-fn relevant(event: &UnitEvent) -> bool {
-    event.kind == UnitKind::Instance || (event.unit == NGINX_UNIT && event.status == Status::Started)
+/// What an event means to the routes.
+#[derive(Debug, PartialEq, Eq)]
+enum Relevance {
+    None,
+    /// An instance changed: render (a reload only if the text changed).
+    Render,
+    /// NGINX itself came up: it read whatever was live then, so reload even
+    /// when the routes are unchanged (a swap may have raced its start).
+    NginxUp,
+}
+
+/// Whether an event can change the routes or needs them re-read. For NGINX
+/// only a `state` transition into `started` counts: the `info` "reloaded"
+/// event our own reload causes also carries status `started`, and treating it
+/// as a restart made every reload schedule the next one (issue 11: ~9
+/// reloads a second, forever). `was_started` is NGINX's status before this
+/// event, so a detail-only `state` event while started is no transition.
+fn relevance(kind: UnitKind, unit: &str, event: &str, status: Status, was_started: bool) -> Relevance {
+    if kind == UnitKind::Instance {
+        Relevance::Render
+    } else if unit == NGINX_UNIT && event == "state" && status == Status::Started && !was_started {
+        Relevance::NginxUp
+    } else {
+        Relevance::None
+    }
 }
 
 impl Loop {
@@ -130,6 +152,8 @@ impl Loop {
         let mut due: Option<tokio::time::Instant> = None;
         let mut reload_anyway = false;
         let mut requests_open = true;
+        // NGINX's status as last seen, so only a transition into `started` counts.
+        let mut nginx_started = false;
         loop {
             let sleep = async {
                 match due {
@@ -140,15 +164,23 @@ impl Loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 event = events.recv() => match event {
-                    Ok(event) if relevant(&event) => {
-                        // NGINX (re)started: it read whatever was live then; a
-                        // swap that raced its start must reach it.
-                        if event.unit == NGINX_UNIT {
-                            reload_anyway = true;
+                    Ok(event) => {
+                        let relevance =
+                            relevance(event.kind, &event.unit, event.event, event.status, nginx_started);
+                        if event.unit == NGINX_UNIT && event.event == "state" {
+                            nginx_started = event.status == Status::Started;
                         }
-                        due.get_or_insert_with(|| tokio::time::Instant::now() + DEBOUNCE);
+                        match relevance {
+                            Relevance::None => {}
+                            Relevance::Render => {
+                                due.get_or_insert_with(|| tokio::time::Instant::now() + DEBOUNCE);
+                            }
+                            Relevance::NginxUp => {
+                                reload_anyway = true;
+                                due.get_or_insert_with(|| tokio::time::Instant::now() + DEBOUNCE);
+                            }
+                        }
                     }
-                    Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         due.get_or_insert_with(|| tokio::time::Instant::now() + DEBOUNCE);
                     }
@@ -329,6 +361,37 @@ impl Loop {
             .await;
         if let Ok(Err(e)) = result {
             tracing::warn!(error = %e, "journal write failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 11): the "reloaded" info event our reload causes
+    /// carries status `started`; it must not count as NGINX (re)starting.
+    #[test]
+    fn nginx_reloaded_event_is_not_a_restart() {
+        let r = relevance(UnitKind::Service, NGINX_UNIT, "info", Status::Started, true);
+        assert_eq!(r, Relevance::None);
+        // Even if we somehow missed the transition, an info event is never one.
+        assert_eq!(relevance(UnitKind::Service, NGINX_UNIT, "info", Status::Started, false), Relevance::None);
+    }
+
+    #[test]
+    fn only_a_transition_of_nginx_into_started_reloads() {
+        assert_eq!(relevance(UnitKind::Service, NGINX_UNIT, "state", Status::Started, false), Relevance::NginxUp);
+        // A detail change while already started is no restart.
+        assert_eq!(relevance(UnitKind::Service, NGINX_UNIT, "state", Status::Started, true), Relevance::None);
+        assert_eq!(relevance(UnitKind::Service, NGINX_UNIT, "state", Status::Starting, false), Relevance::None);
+        assert_eq!(relevance(UnitKind::Service, "other", "state", Status::Started, false), Relevance::None);
+    }
+
+    #[test]
+    fn every_instance_event_renders() {
+        for event in ["state", "exit", "config", "info"] {
+            assert_eq!(relevance(UnitKind::Instance, "a", event, Status::Started, false), Relevance::Render);
         }
     }
 }

@@ -103,6 +103,12 @@ impl Auth {
         Auth { api_tokens, env_password, sessions: Mutex::new(HashMap::new()), metrics_auth }
     }
 
+    /// Also accepts `token` as a bearer: the local CLI's, from `<data>/cli.token`.
+    pub fn with_api_token(mut self, token: String) -> Auth {
+        self.api_tokens.push(token);
+        self
+    }
+
     pub fn bearer_ok(&self, headers: &HeaderMap) -> Option<bool> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
