@@ -922,7 +922,14 @@ impl<C: ProcessControl> Engine<C> {
                 match phase {
                     Phase::Running { .. } => self.run_ended(&name, RunEnd::Exited(status)),
                     Phase::StopCmd { .. } | Phase::StopWaitOrder | Phase::Draining { .. } => {
-                        let described = status.to_string();
+                        let sent = self.signals_sent(&name, &phase);
+                        let mut described = crate::supervisor::state::describe_stop_exit(status, &sent);
+                        if phase == (Phase::Draining { sigkill_sent: true })
+                            && status == (ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false })
+                        {
+                            // Normal, but worth knowing: it did not stop within TimeoutStopSec.
+                            described.push_str(" after TimeoutStopSec");
+                        }
                         if let Some(rt) = self.units.get_mut(&name) {
                             rt.last_exit = Some(described.clone());
                         }
@@ -1042,6 +1049,27 @@ impl<C: ProcessControl> Engine<C> {
     }
 
     // ---- helpers ---------------------------------------------------------
+
+    /// The signals a stop in `phase` has sent the unit: KillSignal once
+    /// draining, SIGKILL after escalation, and while ExecStop runs whatever a
+    /// stop command conventionally sends (it may send any of them).
+    fn signals_sent(&self, name: &str, phase: &Phase) -> Vec<i32> {
+        let Some(rt) = self.units.get(name) else { return Vec::new() };
+        let kill_signal = rt.unit.service.kill_signal;
+        match phase {
+            Phase::Draining { sigkill_sent } => {
+                let mut sent = vec![kill_signal];
+                if *sigkill_sent {
+                    sent.push(libc::SIGKILL);
+                }
+                sent
+            }
+            Phase::StopCmd { .. } => {
+                vec![kill_signal, libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGKILL]
+            }
+            _ => Vec::new(),
+        }
+    }
 
     /// Environment for ExecStop=/ExecReload=: the run's plus $MAINPID, as systemd gives.
     fn command_env(&self, name: &str) -> Vec<(String, String)> {

@@ -526,7 +526,7 @@ async fn a_process_ignoring_sigterm_gets_sigkill_after_timeout_stop_sec() {
     assert_eq!(signals[1].0 - signals[0].0, Duration::from_secs(5));
     let snap = h.snapshot("stubborn").await;
     assert_eq!(snap.pid, None);
-    assert_eq!(snap.last_exit.as_deref(), Some("killed by SIGKILL"));
+    assert_eq!(snap.last_exit.as_deref(), Some("stopped (SIGKILL) after TimeoutStopSec"));
 }
 
 #[tokio::test(start_paused = true)]

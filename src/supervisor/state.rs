@@ -107,6 +107,22 @@ impl RunEnd {
     }
 }
 
+/// How the main process's end reads when we asked it to stop: a signal we
+/// sent is a normal stop ("stopped (SIGTERM)"), not a crash; a signal we did
+/// not send keeps the crash wording ("killed by SIGSEGV"), and an exit code
+/// is reported as it is.
+pub fn describe_stop_exit(status: ExitStatus, sent: &[i32]) -> String {
+    match status {
+        ExitStatus::Signaled { signal, core_dumped: false } if sent.contains(&signal) => {
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {signal}"));
+            format!("stopped ({name})")
+        }
+        other => other.to_string(),
+    }
+}
+
 pub fn should_restart(policy: RestartPolicy, end: &RunEnd) -> bool {
     if *end == RunEnd::Requested {
         return false;
@@ -164,6 +180,19 @@ impl StartLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signal_we_sent_is_a_stop_not_a_crash() {
+        let term = ExitStatus::Signaled { signal: libc::SIGTERM, core_dumped: false };
+        assert_eq!(describe_stop_exit(term, &[libc::SIGTERM]), "stopped (SIGTERM)");
+        let quit = ExitStatus::Signaled { signal: libc::SIGQUIT, core_dumped: false };
+        assert_eq!(describe_stop_exit(quit, &[libc::SIGQUIT]), "stopped (SIGQUIT)");
+        // Not ours: the crash wording stays.
+        let segv = ExitStatus::Signaled { signal: libc::SIGSEGV, core_dumped: true };
+        assert_eq!(describe_stop_exit(segv, &[libc::SIGTERM]), "killed by SIGSEGV (core dumped)");
+        assert_eq!(describe_stop_exit(term, &[]), "killed by SIGTERM");
+        assert_eq!(describe_stop_exit(ExitStatus::Exited { code: 0 }, &[libc::SIGTERM]), "exited with code 0");
+    }
 
     #[test]
     fn backoff_doubles_then_caps() {
