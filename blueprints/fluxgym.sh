@@ -6,6 +6,7 @@
 # aikore.venv_type = venv
 # aikore.venv_path = ./env
 # aikore.proxy = subpath
+# aikore.framework = gradio
 ### AIKORE-METADATA-END ###
 #
 # Proxy: FluxGym is a Gradio app that calls demo.launch() without a root

@@ -6,6 +6,7 @@
 # aikore.venv_type = venv
 # aikore.venv_path = ./env
 # aikore.proxy = subpath
+# aikore.framework = gradio
 ### AIKORE-METADATA-END ###
 #
 # Proxy: Forge (like A1111) has --subpath, passed to Gradio as its root path

@@ -6,6 +6,7 @@
 # aikore.venv_type = venv
 # aikore.venv_path = ./env
 # aikore.proxy = subpath
+# aikore.framework = gradio
 ### AIKORE-METADATA-END ###
 #
 # Proxy: kohya_gui.py takes --root_path and hands it to Gradio's launch();

@@ -53,6 +53,7 @@ for f in "$BP"/*.sh; do
     done
     check "$name has a valid venv_type" grep -qE '^# aikore\.venv_type = (venv|conda|none)$' <<<"$meta"
     check "$name has a valid proxy" grep -qE '^# aikore\.proxy = (subpath|port)$' <<<"$meta"
+    check "$name has no or a known framework" bash -c '! grep -q "^# aikore\.framework" <<<"$1" || grep -qE "^# aikore\.framework = gradio$" <<<"$1"' _ "$meta"
     check "$name ends by exec-ing the app" grep -qE '^exec ' "$f"
     check "$name is executable" test -x "$f"
 done

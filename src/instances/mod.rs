@@ -463,7 +463,7 @@ impl InstanceManager {
                 }
                 outcome.restarted = true;
             } else {
-                outcome.restart_pending = true;
+                outcome.restart_pending = needs_restart(&before, &spec);
             }
         }
         Ok(outcome)
@@ -643,6 +643,18 @@ impl InstanceManager {
         let mode = own.or_else(|| self.blueprint(blueprint).map(|b| b.proxy));
         mode.map(|m| crate::proxy::ProxyMode::parse(&m)).unwrap_or(crate::proxy::ProxyMode::Subpath)
     }
+}
+
+/// Whether a running instance must restart for a change to apply. The
+/// description and autostart are not part of a run, and the ComfyUI slot is
+/// NGINX's routing (re-rendered on the reload that follows the change): those
+/// go live without a restart.
+fn needs_restart(before: &InstanceSpec, after: &InstanceSpec) -> bool {
+    let mut run_fields = after.clone();
+    run_fields.description.clone_from(&before.description);
+    run_fields.autostart = before.autostart;
+    run_fields.active_slot.clone_from(&before.active_slot);
+    run_fields != *before
 }
 
 /// Where a browser reaches the instance, relative to aikore's public origin:

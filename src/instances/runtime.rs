@@ -10,7 +10,7 @@ use crate::store::{StoreError, StoreHandle};
 use crate::supervisor::{Prepared, ReadyTarget};
 use crate::units::{ExecCommand, PortSpec, ReadyCheck, Unit};
 
-/// DESIGN.md's pool for `Port=auto` (AIKORE_PORT_RANGE).
+/// The default pool for `Port=auto` (AIKORE_PORT_RANGE).
 pub const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 19001..=19999;
 
 #[derive(Clone)]
@@ -72,14 +72,14 @@ pub fn output_dir(unit: &Unit, ctx: &InstanceContext) -> PathBuf {
         .unwrap_or_else(|| ctx.instance_dir(&unit.name).join("outputs"))
 }
 
-/// The variables a run of this instance gets (DESIGN.md's "Instances"), also
+/// The variables a run of this instance gets (README.md, "Instances"), also
 /// given to its terminal; `port` is `None` when no run has leased one yet.
 pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Vec<(String, String)> {
     let Some(instance) = unit.instance.as_ref() else { return Vec::new() };
     let dir = ctx.instance_dir(&unit.name);
     let outputs = output_dir(unit, ctx);
     let port = port.map(|p| p.to_string()).unwrap_or_default();
-    vec![
+    let mut env = vec![
         ("INSTANCE_NAME".to_string(), unit.name.clone()),
         ("INSTANCE_CONF_DIR".to_string(), dir.display().to_string()),
         ("INSTANCE_OUTPUT_DIR".to_string(), outputs.display().to_string()),
@@ -90,10 +90,43 @@ pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Ve
         // CUDA's default order is fastest-first; PCI order matches NVML and nvidia-smi indices.
         ("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()),
         ("AIKORE_BLUEPRINTS_DIR".to_string(), ctx.blueprints_dir.display().to_string()),
-    ]
+        // Where NGINX serves it, with the prefix stripped: an app that must
+        // know its public root (Gradio's root_path, --subpath flags) reads it here.
+        ("INSTANCE_URL_PATH".to_string(), url_path(&unit.name)),
+    ];
+    if is_gradio(unit, ctx) {
+        // Gradio reads its root path from here when launch() is given none.
+        env.push(("GRADIO_ROOT_PATH".to_string(), url_path(&unit.name)));
+    }
+    env
 }
 
-/// Everything a run of this instance is given, per DESIGN.md's "Instances".
+/// `/app/<name>`: the instance's public path (no trailing slash, as Gradio's root_path wants).
+pub fn url_path(name: &str) -> String {
+    format!("/app/{name}")
+}
+
+/// `# aikore.framework = gradio` in the instance's own launch.sh (what runs;
+/// a copy of the blueprint's block), else in its blueprint (custom, then stock).
+fn is_gradio(unit: &Unit, ctx: &InstanceContext) -> bool {
+    let Some(instance) = unit.instance.as_ref() else { return false };
+    if !crate::units::is_valid_unit_name(&instance.blueprint) {
+        return false;
+    }
+    let file = format!("{}.sh", instance.blueprint);
+    let candidates = [
+        ctx.instance_dir(&unit.name).join("launch.sh"),
+        ctx.data_dir.join("blueprints").join(&file),
+        ctx.blueprints_dir.join(&file),
+    ];
+    let framework = candidates
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .find_map(|text| super::blueprints::parse_metadata(&text).remove("framework"));
+    framework.is_some_and(|f| f.eq_ignore_ascii_case("gradio"))
+}
+
+/// Everything a run of this instance is given (README.md, "Instances").
 pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
     unit.instance.as_ref().ok_or("not an instance")?;
     let port = port_for(unit, ctx)?;

@@ -42,7 +42,23 @@ pub struct GpuSample {
 /// NVML, or the reason there is none.
 pub struct Gpus {
     nvml: Option<Nvml>,
+    /// For people (dashboard, API): "no NVIDIA driver found", not a loader error.
     note: Option<String>,
+    /// The raw error behind the note (logs, the API's `gpu_detail`).
+    detail: Option<String>,
+}
+
+/// What the dashboard says when NVML cannot be loaded (CPU box, CI, a
+/// container started without the NVIDIA runtime).
+pub const NO_DRIVER: &str = "no NVIDIA driver found";
+
+/// The note for an NVML init error: the common cases in plain words.
+fn init_note(e: &nvml_wrapper::error::NvmlError) -> String {
+    use nvml_wrapper::error::NvmlError;
+    match e {
+        NvmlError::LibloadingError(_) | NvmlError::LibraryNotFound | NvmlError::DriverNotLoaded => NO_DRIVER.into(),
+        other => format!("no GPU metrics: NVML is not available ({other})"),
+    }
 }
 
 /// NVML reports milliwatts, utilisation in percent and clocks in MHz; the
@@ -54,25 +70,31 @@ const MEGA: f64 = 1e6;
 impl Gpus {
     /// Loads NVML once; logs one info line when there is nothing to watch.
     pub fn init() -> Gpus {
-        let (nvml, note) = match Nvml::init() {
-            Err(e) => (None, Some(format!("no GPU metrics: NVML is not available ({e})"))),
+        let (nvml, note, detail) = match Nvml::init() {
+            Err(e) => (None, Some(init_note(&e)), Some(format!("NVML: {e}"))),
             Ok(nvml) => match nvml.device_count() {
-                Ok(0) => (None, Some("no GPU metrics: NVML found no GPU".to_string())),
-                Ok(_) => (Some(nvml), None),
-                Err(e) => (None, Some(format!("no GPU metrics: NVML cannot count GPUs ({e})"))),
+                Ok(0) => (None, Some("no GPU metrics: NVML found no GPU".to_string()), None),
+                Ok(_) => (Some(nvml), None, None),
+                Err(e) => (None, Some(format!("no GPU metrics: NVML cannot count GPUs ({e})")), Some(e.to_string())),
             },
         };
         match (&nvml, &note) {
-            (_, Some(note)) => tracing::info!(gpu_note = %note, "GPU metrics off"),
+            (_, Some(note)) => {
+                tracing::info!(gpu_note = %note, detail = detail.as_deref().unwrap_or(""), "GPU metrics off")
+            }
             (Some(nvml), None) => tracing::info!(gpus = nvml.device_count().unwrap_or(0), "GPU metrics through NVML"),
             (None, None) => {}
         }
-        Gpus { nvml, note }
+        Gpus { nvml, note, detail }
     }
 
     /// No NVML, for tests and for AIKORE_NVML=off.
     pub fn disabled(note: &str) -> Gpus {
-        Gpus { nvml: None, note: Some(note.to_string()) }
+        Gpus { nvml: None, note: Some(note.to_string()), detail: None }
+    }
+
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
     }
 
     pub fn note(&self) -> Option<&str> {
@@ -137,4 +159,17 @@ fn sample_device(nvml: &Nvml, index: u32) -> Option<GpuSample> {
         ecc_uncorrected_total: device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Aggregate).ok(),
         processes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvml_wrapper::error::NvmlError;
+
+    #[test]
+    fn a_missing_driver_reads_plainly() {
+        assert_eq!(init_note(&NvmlError::LibraryNotFound), NO_DRIVER);
+        assert_eq!(init_note(&NvmlError::DriverNotLoaded), NO_DRIVER);
+        assert!(init_note(&NvmlError::NoPermission).contains("NVML is not available"));
+    }
 }

@@ -86,6 +86,7 @@ pub struct Metrics {
     events: EventMetrics,
     collectors: Mutex<Collectors>,
     gpu_note: Option<String>,
+    gpu_detail: Option<String>,
 }
 
 /// `/api/v1/system`: the host and its GPUs for the dashboard.
@@ -98,7 +99,10 @@ pub struct SystemView {
     pub disk: Option<host::DiskSample>,
     pub uptime_seconds: u64,
     pub gpus: Vec<GpuSample>,
+    /// Why there are no GPUs, in plain words ("no NVIDIA driver found").
     pub gpu_note: Option<String>,
+    /// The raw error behind `gpu_note` (NVML's loader message), for diagnosis.
+    pub gpu_detail: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -138,9 +142,18 @@ impl Metrics {
         let events = EventMetrics::new(&registry)?;
         let gpus = if config.nvml { Gpus::init() } else { Gpus::disabled("no GPU metrics: NVML disabled") };
         let gpu_note = gpus.note().map(String::from);
+        let gpu_detail = gpus.detail().map(String::from);
         let collectors =
             Collectors { host: HostCollector::new(config.data_dir), units: UnitSampler::new(config.cgroup_root), gpus };
-        Ok(Arc::new(Metrics { supervisor, logs, registry, events, collectors: Mutex::new(collectors), gpu_note }))
+        Ok(Arc::new(Metrics {
+            supervisor,
+            logs,
+            registry,
+            events,
+            collectors: Mutex::new(collectors),
+            gpu_note,
+            gpu_detail,
+        }))
     }
 
     /// Feeds the event-derived counters; subscribe before units start so the
@@ -275,6 +288,7 @@ impl Metrics {
                 uptime_seconds: host.uptime_seconds,
                 gpus,
                 gpu_note: this.gpu_note.clone(),
+                gpu_detail: this.gpu_detail.clone(),
             }
         })
         .await
