@@ -87,6 +87,7 @@ ENV AIKORE_DATA_DIR=/config \
     AIKORE_BLUEPRINTS_DIR=/opt/aikore/blueprints \
     AIKORE_WEB_DIR=/opt/aikore/web \
     AIKORE_PORT=9000 \
+    AIKORE_BIND=0.0.0.0 \
     PUID=${PUID} \
     PGID=${PGID} \
     TZ=Etc/UTC

@@ -22,6 +22,7 @@ echo "BLUEPRINT_ID=${BLUEPRINT_ID:-}"
 echo "INSTANCE_CONF_DIR=${INSTANCE_CONF_DIR:-}"
 echo "INSTANCE_OUTPUT_DIR=${INSTANCE_OUTPUT_DIR:-}"
 echo "AIKORE_UNIT=${AIKORE_UNIT:-}"
+echo "INSTANCE_URL_PATH=${INSTANCE_URL_PATH:-}"
 
 if [[ -z "${WEBUI_PORT:-}" ]]; then
     echo "test-http: WEBUI_PORT is not set" >&2

@@ -1,10 +1,12 @@
 //! Integration tests: the real `aikore` binary with real child processes,
-//! grouped by area (as Horust groups by unit-file section).
+//! grouped by area (as Horust groups by unit-file section); `deployed` drives
+//! the whole product through NGINX the way a user meets it.
 
 mod harness;
 
 mod api;
 mod check;
+mod deployed;
 mod environment;
 mod instances;
 mod logs;

@@ -45,10 +45,10 @@ pub async fn probe_once(target: &ReadyTarget) -> bool {
     }
 }
 
-/// The most of a response read before closing: the status line and headers
-/// of any app fit, and the rest of the body is drained (see below) so the
-/// close is clean.
-const MAX_DRAIN: usize = 64 * 1024;
+/// The most of a response drained before closing anyway: a directory listing
+/// or a web UI's index page is well below it, and probing stops once ready,
+/// so reading it on loopback costs nothing worth counting.
+const MAX_DRAIN: usize = 4 * 1024 * 1024;
 /// After the status line, how long one read of the rest may wait: a reply
 /// on loopback arrives in microseconds; an app that ignores
 /// `Connection: close` is not waited on.
