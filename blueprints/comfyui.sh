@@ -11,7 +11,7 @@
 # Proxy: ComfyUI's front end builds every API and WebSocket URL from the
 # page's own path, so it works under /app/<name>/ with no flag (NGINX strips
 # the prefix). Custom nodes that hard-code absolute paths need the "comfyui"
-# active slot instead (see DESIGN.md, Proxy).
+# active slot instead (see docs/proxy.md, "The ComfyUI slot").
 set -euo pipefail
 
 if [[ -z "${AIKORE_BLUEPRINTS_DIR:-}" || ! -r "${AIKORE_BLUEPRINTS_DIR:-}/functions.sh" ]]; then

@@ -329,6 +329,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         proxy.clone(),
     )
     .with_metrics(metrics);
+    // xterm.js comes from npm (web/package-lock.json); without it the
+    // dashboard works but its terminal cannot: say so once, with the fix.
+    let xterm = state.web_dir.join("node_modules/@xterm/xterm/lib/xterm.js");
+    if !xterm.is_file() {
+        tracing::warn!(
+            missing = %xterm.display(),
+            "the dashboard's terminal needs xterm.js: run `npm ci --prefix web` in the checkout (the image has it)"
+        );
+    }
     // The environment's credentials plus the local CLI's token.
     let state = state.with_auth(crate::web::auth::Auth::from_env().with_api_token(cli_token));
     let listener = tokio::net::TcpListener::bind(settings.listen)

@@ -531,7 +531,7 @@ fn idle_soak_no_reloads_little_cpu_few_rows_then_one_reload_per_change() {
     // Settled: the reload count holds still for 2 s (the boot's renders are done).
     let mut last = reloads(&d);
     let mut still_since = Instant::now();
-    d.wait_until("the reload count to settle", |d| {
+    d.wait_until("the reload count to settle (a reload loop never does)", |d| {
         let now = reloads(d);
         if now != last {
             last = now;

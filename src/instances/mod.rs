@@ -53,7 +53,7 @@ impl From<crate::supervisor::CommandError> for InstanceError {
 
 pub type Result<T> = std::result::Result<T, InstanceError>;
 
-/// The only slot DESIGN.md defines: the instance behind /comfyui/.
+/// The only slot there is (docs/proxy.md, "The ComfyUI slot"): the instance behind /comfyui/.
 pub const SLOT_COMFYUI: &str = "comfyui";
 
 /// A stop requested by delete/rename waits at most this long for the unit to

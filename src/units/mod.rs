@@ -216,7 +216,7 @@ impl Default for InstanceConfig {
             autostart: false,
             active_slot: None,
             persistent_mode: false,
-            // DESIGN.md: stalled after 180 s without an answer on the port.
+            // Stalled after 180 s without an answer on the port: long enough for a model load.
             stall_after: Duration::from_secs(180),
             output_dir: None,
         }
