@@ -511,7 +511,7 @@ mod tests {
         let running = RouteEntry { persistent: true, vnc_port: Some(19999), ..entry("v", Some(19001), false) };
         let r = render(&[running, entry("plain", Some(19002), false)], &RenderOptions::default());
         let block = r.text.split("location ^~ /vnc/v/ {").nth(1).expect("a /vnc/v/ location");
-        let block = &block[..block.find("}\n").unwrap()];
+        let block = &block[..block.find("\n}\n").unwrap()];
         assert!(block.contains("proxy_pass http://127.0.0.1:19999/;"), "{block}");
         assert!(block.contains("auth_request /_aikore/auth;"), "{block}");
         assert!(block.contains("proxy_set_header Upgrade $http_upgrade;"), "{block}");
@@ -530,7 +530,7 @@ mod tests {
         let stopped = RouteEntry { persistent: true, vnc_port: None, ..entry("v", None, false) };
         let r = render(&[stopped], &RenderOptions::default());
         let block = r.text.split("location ^~ /vnc/v/ {").nth(1).unwrap();
-        assert!(block[..block.find("}\n").unwrap()].contains("return 503"), "{}", r.text);
+        assert!(block[..block.find("\n}\n").unwrap()].contains("return 503"), "{}", r.text);
     }
 
     #[test]
