@@ -35,14 +35,11 @@ fn with_nginx(extra_env: &[(&str, &str)]) -> (Daemon, u16) {
     (d, port)
 }
 
+/// Status, headers and body text of a reply.
+type Reply = (u16, Vec<(String, String)>, String);
+
 /// One HTTP/1.1 request with the target exactly as given; the reply read to EOF.
-fn raw(
-    port: u16,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+fn raw(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!(
