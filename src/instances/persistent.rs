@@ -65,8 +65,7 @@ pub fn vnc_url(name: &str) -> String {
 /// Whether the instance's own script (else its blueprint) declares itself a
 /// GUI app: `# aikore.persistent_mode = true` in the metadata block.
 pub fn is_gui_app(unit: &Unit, ctx: &InstanceContext) -> bool {
-    let launch = ctx.instance_dir(&unit.name).join("launch.sh");
-    let text = std::fs::read_to_string(&launch).ok().or_else(|| {
+    let text = ctx.read_launch_script(&unit.name).ok().or_else(|| {
         let id = &unit.instance.as_ref()?.blueprint;
         let bp = super::blueprints::find(&ctx.blueprints_dir, &ctx.data_dir.join("blueprints"), id)?;
         std::fs::read_to_string(bp.path).ok()
