@@ -251,11 +251,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         addr if addr.ip().is_unspecified() => std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())),
         addr => addr,
     };
-    let base = crate::proxy::BaseConfig {
-        listen_port: settings.proxy_port,
-        upstream,
-        worker_user: nginx_worker.clone(),
-    };
+    let base =
+        crate::proxy::BaseConfig { listen_port: settings.proxy_port, upstream, worker_user: nginx_worker.clone() };
     crate::proxy::write_base_config(&data_dir, &base).context("writing the NGINX config")?;
     if let Some(w) = &nginx_worker {
         // Only the workers' temp dirs are theirs; the config stays the daemon's.

@@ -111,7 +111,8 @@ pub fn secure_data_dir(data_dir: &Path, nginx_worker: Option<(u32, u32)>) -> io:
     let trash = data_dir.join("trashcan");
     let nginx_tmp = data_dir.join(NGINX_TMP);
     // An instance dir in the trash stays its user's, as it was before delete.
-    let skip = |p: &Path| p == nginx_tmp || (p.parent().and_then(Path::parent) == Some(&trash) && p.ends_with("instance"));
+    let skip =
+        |p: &Path| p == nginx_tmp || (p.parent().and_then(Path::parent) == Some(&trash) && p.ends_with("instance"));
     for name in STATE_DIRS {
         let path = data_dir.join(name);
         match fs::symlink_metadata(&path) {

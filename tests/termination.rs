@@ -119,7 +119,8 @@ fn sigterm_to_the_daemon_stops_everything_in_reverse_order_and_exits_0() {
         ("second.service", "[Unit]\nAfter=first.service\n[Service]\nExecStart=/bin/sleep 1000\n"),
     ]);
     d.wait_status("second", "started");
-    let (code, body) = d.post_json("/api/v1/instances", serde_json::json!({ "name": "inst", "blueprint": "test-http", "start": true }));
+    let (code, body) = d
+        .post_json("/api/v1/instances", serde_json::json!({ "name": "inst", "blueprint": "test-http", "start": true }));
     assert_eq!(code, 201, "{body}");
     d.wait_status("inst", "started");
     let status = d.terminate();

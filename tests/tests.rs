@@ -4,6 +4,8 @@
 mod harness;
 
 mod api;
+#[path = "attacks/mod.rs"]
+mod attacks;
 mod check;
 mod environment;
 mod instances;

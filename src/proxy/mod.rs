@@ -48,12 +48,21 @@ impl WorkerUser {
     }
 }
 
-/// Who NGINX's workers run as when the daemon is root: `www-data` where the
-/// system has it, else `nobody`. Not the instance user (PUID), so instance code
-/// cannot signal or ptrace the processes that hold the dashboard's sessions.
+/// Who NGINX's workers run as when the daemon is root: AIKORE_NGINX_USER when
+/// set, else `www-data` where the system has it, else `nobody`. Not the
+/// instance user (PUID) where avoidable, so instance code cannot signal or
+/// ptrace the processes that carry the dashboard's traffic.
 pub fn worker_user() -> Option<WorkerUser> {
     if !nix::unistd::geteuid().is_root() {
         return None;
+    }
+    if let Ok(name) = std::env::var("AIKORE_NGINX_USER") {
+        match WorkerUser::lookup(name.trim()) {
+            Some(user) => return Some(user),
+            None => {
+                tracing::error!(user = %name, "AIKORE_NGINX_USER: no such user (or its group has no name); using the default")
+            }
+        }
     }
     ["www-data", "nobody"].iter().find_map(|name| WorkerUser::lookup(name))
 }

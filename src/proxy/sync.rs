@@ -229,8 +229,8 @@ impl Loop {
         let upstreams = rendered.upstreams;
         // The files stay the daemon's: the instance user must not edit NGINX's config.
         let swapped = tokio::task::spawn_blocking(move || stage_and_swap(&prefix, &upstreams, &text, tester.as_ref()))
-        .await
-        .unwrap_or_else(|e| Err(super::swap::SwapError::Io(std::io::Error::other(e.to_string()))));
+            .await
+            .unwrap_or_else(|e| Err(super::swap::SwapError::Io(std::io::Error::other(e.to_string()))));
         let elapsed = started.elapsed().as_millis() as u64;
         let tested = self.sync.tester.available();
         match swapped {

@@ -95,11 +95,14 @@ impl ProcessControl for FakeOs {
         self.record(Action::BeginRun { unit: unit.name.clone(), fresh });
         let ready = self.kernel.lock().unwrap().ready.get(&unit.name).cloned();
         // An instance runs its launch.sh, as the real host prepares it.
-        let default_exec_start = unit
-            .instance
-            .as_ref()
-            .map(|_| ExecCommand { argv: vec!["/bin/launch.sh".into()], ignore_failure: false });
-        Ok(Prepared { ready, env: vec![("RUN_ENV".into(), unit.name.clone())], default_exec_start, ..Prepared::default() })
+        let default_exec_start =
+            unit.instance.as_ref().map(|_| ExecCommand { argv: vec!["/bin/launch.sh".into()], ignore_failure: false });
+        Ok(Prepared {
+            ready,
+            env: vec![("RUN_ENV".into(), unit.name.clone())],
+            default_exec_start,
+            ..Prepared::default()
+        })
     }
 
     fn spawn(

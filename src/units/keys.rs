@@ -47,8 +47,16 @@ const INSTANCE_KEYS: &[&str] =
 /// Never who it runs as (User=, Group=: an instance always runs as the
 /// instance user), what runs (Exec*=: its launch.sh does), files read as root
 /// (EnvironmentFile=, ConditionPathExists=) or a raised priority (Nice=).
-const INSTANCE_UNIT_KEYS: &[&str] =
-    &["Description", "After", "Before", "Requires", "Wants", "Documentation", "StartLimitIntervalSec", "StartLimitBurst"];
+const INSTANCE_UNIT_KEYS: &[&str] = &[
+    "Description",
+    "After",
+    "Before",
+    "Requires",
+    "Wants",
+    "Documentation",
+    "StartLimitIntervalSec",
+    "StartLimitBurst",
+];
 const INSTANCE_SERVICE_KEYS: &[&str] = &[
     "Restart",
     "RestartSec",
