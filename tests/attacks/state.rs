@@ -56,6 +56,8 @@ fn an_instance_cannot_make_itself_root() {
     let diagnostics = report["diagnostics"].to_string();
     assert!(diagnostics.contains("t2.instance:") && diagnostics.contains("User= is not allowed"), "{report}");
     assert!(diagnostics.contains("ExecStartPre= is not allowed"), "{report}");
+    // The refused definition replaces nothing: the running instance is stopped and dropped.
+    t.d.wait_until("t2 to be dropped", |d| d.get("/api/v1/units/t2").0 == 404);
     let (code, _) = t.d.post("/api/v1/instances/t2/restart");
     assert_eq!(code, 404, "a refused definition is not run");
     std::thread::sleep(std::time::Duration::from_millis(300));
