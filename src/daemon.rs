@@ -199,7 +199,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     // versions gave the whole top level to PUID): fixed before anything in it
     // is read or written, so no planted symlink is ever followed.
     let nginx_worker = crate::proxy::worker_user();
-    match crate::ownership::secure_data_dir(&data_dir, nginx_worker.as_ref().map(|w| (w.uid, w.gid))) {
+    match crate::ownership::secure_data_dir(&data_dir) {
         Ok(secured) if secured.fixed > 0 || !secured.quarantined.is_empty() => tracing::warn!(
             fixed = secured.fixed,
             quarantined = secured.quarantined.len(),
@@ -256,8 +256,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     crate::proxy::write_base_config(&data_dir, &base).context("writing the NGINX config")?;
     if let Some(w) = &nginx_worker {
         // Only the workers' temp dirs are theirs; the config stays the daemon's.
-        std::os::unix::fs::lchown(data_dir.join(crate::ownership::NGINX_TMP), Some(w.uid), Some(w.gid))
-            .context("giving nginx/tmp to NGINX's worker user")?;
+        for dir in crate::proxy::NGINX_TEMP_DIRS {
+            let path = data_dir.join(crate::ownership::NGINX_TMP).join(dir);
+            std::os::unix::fs::lchown(&path, Some(w.uid), Some(w.gid))
+                .with_context(|| format!("giving {} to NGINX's worker user", path.display()))?;
+        }
     }
 
     let store =

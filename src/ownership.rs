@@ -15,7 +15,8 @@ pub const STATE_FILES: &[&str] = &["aikore.db", "aikore.db-wal", "aikore.db-shm"
 /// Where symlinks and other things found in aikore's own dirs are moved
 /// (root 0700): never followed, never deleted, there for the operator to inspect.
 pub const QUARANTINE: &str = "quarantine";
-/// NGINX's temp dirs: the only part of `nginx/` its workers write.
+/// The parent of NGINX's temp dirs (the daemon's); the dirs in it are the
+/// only part of `nginx/` its workers write.
 pub const NGINX_TMP: &str = "nginx/tmp";
 
 /// What `secure_data_dir` changed, for the log.
@@ -100,8 +101,9 @@ fn secure_tree(data_dir: &Path, path: &Path, skip: &dyn Fn(&Path) -> bool, out: 
 
 /// Puts aikore's own state in the data dir back into the daemon's hands
 /// (a no-op unless we run as root: only root has another user to fear here).
-/// `nginx_worker`: the (uid, gid) NGINX's workers run as, given `nginx/tmp`.
-pub fn secure_data_dir(data_dir: &Path, nginx_worker: Option<(u32, u32)>) -> io::Result<Secured> {
+/// NGINX's temp dirs in `nginx/tmp/` are left to its workers (the daemon
+/// gives them out after writing the config).
+pub fn secure_data_dir(data_dir: &Path) -> io::Result<Secured> {
     let mut out = Secured::default();
     if !nix::unistd::geteuid().is_root() {
         return Ok(out);
@@ -110,9 +112,11 @@ pub fn secure_data_dir(data_dir: &Path, nginx_worker: Option<(u32, u32)>) -> io:
     own(data_dir, &meta, Some(0o755), &mut out)?;
     let trash = data_dir.join("trashcan");
     let nginx_tmp = data_dir.join(NGINX_TMP);
-    // An instance dir in the trash stays its user's, as it was before delete.
-    let skip =
-        |p: &Path| p == nginx_tmp || (p.parent().and_then(Path::parent) == Some(&trash) && p.ends_with("instance"));
+    // An instance dir in the trash stays its user's, as it was before delete;
+    // NGINX's temp dirs are its workers'.
+    let skip = |p: &Path| {
+        p.parent() == Some(&nginx_tmp) || (p.parent().and_then(Path::parent) == Some(&trash) && p.ends_with("instance"))
+    };
     for name in STATE_DIRS {
         let path = data_dir.join(name);
         match fs::symlink_metadata(&path) {
@@ -146,15 +150,6 @@ pub fn secure_data_dir(data_dir: &Path, nginx_worker: Option<(u32, u32)>) -> io:
         Ok(_) => quarantine(data_dir, &instances, &mut out)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
-    }
-    if let Some((uid, gid)) = nginx_worker {
-        if let Ok(m) = fs::symlink_metadata(&nginx_tmp) {
-            if m.is_dir() {
-                std::os::unix::fs::lchown(&nginx_tmp, Some(uid), Some(gid))?;
-            } else {
-                quarantine(data_dir, &nginx_tmp, &mut out)?;
-            }
-        }
     }
     Ok(out)
 }
@@ -191,7 +186,8 @@ mod tests {
         let data = d.path();
         fs::create_dir_all(data.join("units")).unwrap();
         fs::create_dir_all(data.join("instances/a")).unwrap();
-        fs::create_dir_all(data.join("nginx/tmp")).unwrap();
+        fs::create_dir_all(data.join("nginx/tmp/proxy")).unwrap();
+        std::os::unix::fs::symlink("/etc", data.join("nginx/tmp/client_body")).unwrap();
         fs::write(data.join("outside"), "x").unwrap();
         fs::write(data.join("units/a.instance"), "[Instance]\n").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", data.join("units/evil.service")).unwrap();
@@ -201,8 +197,10 @@ mod tests {
             std::os::unix::fs::lchown(data.join(p), Some(65534), Some(65534)).unwrap();
         }
         fs::set_permissions(data.join("units"), fs::Permissions::from_mode(0o777)).unwrap();
-        let secured = secure_data_dir(data, Some((33, 33))).unwrap();
-        assert_eq!(secured.quarantined.len(), 3, "{secured:?}");
+        std::os::unix::fs::lchown(data.join("nginx/tmp/proxy"), Some(33), Some(33)).unwrap();
+        let secured = secure_data_dir(data).unwrap();
+        assert_eq!(secured.quarantined.len(), 4, "{secured:?}");
+        assert!(fs::symlink_metadata(data.join("nginx/tmp/client_body")).is_err(), "a link NGINX would chown through");
         assert!(fs::symlink_metadata(data.join("units/evil.service")).is_err());
         assert!(fs::symlink_metadata(data.join("logs")).is_err());
         assert!(fs::symlink_metadata(data.join("units/linked.service")).is_err());
@@ -212,7 +210,8 @@ mod tests {
             assert_eq!(m.mode() & 0o022, 0, "{p}");
         }
         assert_eq!(fs::metadata(data.join("instances/a")).unwrap().uid(), 65534, "instance dirs stay PUID's");
-        assert_eq!(fs::metadata(data.join("nginx/tmp")).unwrap().uid(), 33);
+        assert_eq!(fs::metadata(data.join("nginx/tmp")).unwrap().uid(), 0);
+        assert_eq!(fs::metadata(data.join("nginx/tmp/proxy")).unwrap().uid(), 33, "the workers' own");
         assert_eq!(fs::metadata(data.join(QUARANTINE)).unwrap().mode() & 0o777, 0o700);
     }
 }

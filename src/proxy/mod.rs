@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 /// The template, compiled in so a bare binary has it (the repo's `nginx/nginx.conf`).
 const BASE_TEMPLATE: &str = include_str!("../../nginx/nginx.conf");
 
+/// NGINX's temp paths under `<prefix>/tmp/` (nginx/nginx.conf's `*_temp_path`).
+pub const NGINX_TEMP_DIRS: [&str; 5] = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"];
+
 /// Default public port (AIKORE_PORT).
 pub const DEFAULT_PORT: u16 = 9000;
 
@@ -99,6 +102,12 @@ pub fn write_base_config(data_dir: &Path, config: &BaseConfig) -> std::io::Resul
     let prefix = data_dir.join("nginx");
     for dir in ["routes", "upstreams", "tmp"] {
         std::fs::create_dir_all(prefix.join(dir))?;
+    }
+    // Each temp path exists before NGINX starts: its master (root) chowns them
+    // to the worker user, and `tmp/` itself stays the daemon's, so the worker
+    // user can never swap one for a symlink that chown would follow.
+    for dir in NGINX_TEMP_DIRS {
+        std::fs::create_dir_all(prefix.join("tmp").join(dir))?;
     }
     let path = prefix.join("nginx.conf");
     write_atomically(&path, config.render().as_bytes())?;

@@ -140,11 +140,15 @@ pub fn evil_count(script: &str) -> usize {
 }
 
 /// Every entry of aikore's own state (the data dir minus `instances/*`, NGINX's
-/// worker temp dir and the quarantine) that is a symlink, owned by 65534,
+/// worker temp dirs and the quarantine) that is a symlink, owned by 65534,
 /// or writable by it (owner, group 65534, or others).
 pub fn writable_state(data_dir: &Path) -> Vec<String> {
     let mut bad = Vec::new();
-    let skip = [data_dir.join("nginx/tmp"), data_dir.join("quarantine")];
+    let skip: Vec<PathBuf> = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+        .iter()
+        .map(|d| data_dir.join("nginx/tmp").join(d))
+        .chain([data_dir.join("quarantine")])
+        .collect();
     let mut stack = vec![data_dir.to_path_buf()];
     while let Some(path) = stack.pop() {
         let m = std::fs::symlink_metadata(&path).unwrap();
@@ -170,18 +174,6 @@ pub fn writable_state(data_dir: &Path) -> Vec<String> {
         }
     }
     bad
-}
-
-/// Waits (bounded) until `check` holds.
-pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// (uid, gid) of a live process.
