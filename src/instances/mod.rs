@@ -40,6 +40,22 @@ impl From<std::io::Error> for InstanceError {
     }
 }
 
+/// An error from a file operation in an instance dir (the instance user's):
+/// a planted symlink, FIFO or directory is the caller's problem to look at
+/// (409 with what was refused), not ours (500).
+fn instance_file_error(e: std::io::Error, what: &str) -> InstanceError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => InstanceError::NotFound(format!("{what}: not found")),
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::IsADirectory | std::io::ErrorKind::NotADirectory => {
+            InstanceError::Conflict(format!("{what}: refused: {e}"))
+        }
+        _ if e.raw_os_error() == Some(libc::ELOOP) => {
+            InstanceError::Conflict(format!("{what} is a symlink: refused (never followed)"))
+        }
+        _ => InstanceError::Internal(format!("{what}: {e}")),
+    }
+}
+
 impl From<crate::supervisor::CommandError> for InstanceError {
     fn from(e: crate::supervisor::CommandError) -> Self {
         use crate::supervisor::CommandError::*;
@@ -594,7 +610,7 @@ impl InstanceManager {
 
     pub async fn script(&self, name: &str) -> Result<String> {
         self.instance(name).await?;
-        Ok(self.ctx.read_launch_script(name)?)
+        self.ctx.read_launch_script(name).map_err(|e| instance_file_error(e, "launch.sh"))
     }
 
     pub async fn set_script(&self, name: &str, content: &str, restart: bool) -> Result<bool> {
@@ -604,8 +620,10 @@ impl InstanceManager {
             return Err(InstanceError::Invalid("the script contains a NUL byte".into()));
         }
         // The instance dir is the instance user's: no symlink or planted temp name is followed.
-        let dir = crate::safefs::open_dir(&self.ctx.instance_dir(name))?;
-        crate::safefs::write_at(&dir, "launch.sh", content.as_bytes(), 0o755, self.ctx.owner)?;
+        let dir = crate::safefs::open_dir(&self.ctx.instance_dir(name))
+            .map_err(|e| instance_file_error(e, "the instance dir"))?;
+        crate::safefs::write_at(&dir, "launch.sh", content.as_bytes(), 0o755, self.ctx.owner)
+            .map_err(|e| instance_file_error(e, "launch.sh"))?;
         let running = !current.status.is_inactive();
         if running && restart {
             self.supervisor.restart(name).await?;
@@ -625,7 +643,7 @@ impl InstanceManager {
             return Err(InstanceError::Conflict(format!("a blueprint {id:?} already exists")));
         }
         crate::ownership::state_dir(&self.custom_blueprints())?;
-        let script = self.ctx.read_launch_script(instance)?;
+        let script = self.ctx.read_launch_script(instance).map_err(|e| instance_file_error(e, "launch.sh"))?;
         // Custom blueprints are the daemon's: an instance must not edit what others are created from.
         crate::proxy::write_atomically(&target, script.as_bytes())?;
         self.blueprint(id).ok_or_else(|| InstanceError::Internal("saved blueprint cannot be read back".into()))
@@ -634,8 +652,10 @@ impl InstanceManager {
     /// Sets the `.rebuild-env` trigger the blueprints' functions.sh honours, then restarts.
     pub async fn rebuild(&self, name: &str) -> Result<Status> {
         self.instance(name).await?;
-        let dir = crate::safefs::open_dir(&self.ctx.instance_dir(name))?;
-        crate::safefs::write_at(&dir, ".rebuild-env", b"", 0o644, self.ctx.owner)?;
+        let dir = crate::safefs::open_dir(&self.ctx.instance_dir(name))
+            .map_err(|e| instance_file_error(e, "the instance dir"))?;
+        crate::safefs::write_at(&dir, ".rebuild-env", b"", 0o644, self.ctx.owner)
+            .map_err(|e| instance_file_error(e, ".rebuild-env"))?;
         Ok(self.supervisor.restart(name).await?)
     }
 
