@@ -40,6 +40,36 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens the directory `name` in `dir`, refusing a symlink.
+pub fn open_dir_at(dir: &impl AsFd, name: &str) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: a valid dir fd and NUL-terminated name; the fd is owned below.
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_fd().as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: openat() just returned this fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes `base/rel` a directory, creating missing parts for `owner`, without
+/// following a symlink anywhere below `base` (which must be trustworthy).
+pub fn ensure_dirs_beneath(base: &Path, rel: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    let mut dir = open_dir(base)?;
+    for part in rel.components() {
+        let std::path::Component::Normal(name) = part else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a plain path", rel.display())));
+        };
+        let name = name.to_str().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "non-UTF-8 path"))?;
+        ensure_dir_at(&dir, name, owner)?;
+        dir = open_dir_at(&dir, name)?;
+    }
+    Ok(())
+}
+
 /// Opens `name` in `dir` for reading: a regular file only (a symlink, FIFO or
 /// device is refused, so a planted FIFO cannot block the daemon).
 pub fn open_regular_at(dir: &impl AsFd, name: &str) -> io::Result<File> {
@@ -194,6 +224,21 @@ mod tests {
         assert_eq!(read_text_at(&dir, "secret", 100).unwrap(), "x");
         assert!(read_text_at(&dir, "../secret", 100).is_err());
         assert!(open_dir(&d.path().join("link")).is_err());
+    }
+
+    #[test]
+    fn ensure_dirs_beneath_never_follows_a_symlink_on_the_way() {
+        let d = tempfile::tempdir().unwrap();
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let base = d.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, base.join("link")).unwrap();
+        assert!(ensure_dirs_beneath(&base, Path::new("link/out"), None).is_err());
+        assert!(!elsewhere.join("out").exists());
+        ensure_dirs_beneath(&base, Path::new("a/b/c"), None).unwrap();
+        assert!(base.join("a/b/c").is_dir());
+        assert!(ensure_dirs_beneath(&base, Path::new("../x"), None).is_err());
     }
 
     #[test]

@@ -112,13 +112,14 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
     }
     let dir = ctx.instance_dir(&unit.name);
     let outputs = output_dir(unit, ctx);
-    if outputs == dir.join("outputs") {
-        // In the instance user's dir: made there without following a planted symlink.
-        crate::safefs::open_dir(&dir)
-            .and_then(|fd| crate::safefs::ensure_dir_at(&fd, "outputs", ctx.owner))
-            .map_err(|e| format!("{}: {e}", outputs.display()))?;
-    } else {
-        std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?;
+    let instances = ctx.data_dir.join("instances");
+    match outputs.strip_prefix(&instances) {
+        // In an instance user's dir: made there without following a planted
+        // symlink anywhere on the way, and given to the instance user.
+        Ok(rel) => crate::safefs::ensure_dirs_beneath(&instances, rel, ctx.owner)
+            .map_err(|e| format!("{}: {e}", outputs.display()))?,
+        // The operator's own path (OutputDir= elsewhere): theirs to lay out.
+        Err(_) => std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?,
     }
     let mut env = instance_env(unit, ctx, Some(port));
     let launch = dir.join("launch.sh");
