@@ -70,6 +70,14 @@ pub fn ensure_dirs_beneath(base: &Path, rel: &Path, owner: Option<(u32, u32)>) -
     Ok(())
 }
 
+/// Removes the entry `name` (not a directory) from `dir`.
+pub fn unlink_at(dir: &impl AsFd, name: &str) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: a valid dir fd and NUL-terminated name.
+    check(unsafe { libc::unlinkat(dir.as_fd().as_raw_fd(), c.as_ptr(), 0) })?;
+    Ok(())
+}
+
 /// Opens `name` in `dir` for reading: a regular file only (a symlink, FIFO or
 /// device is refused, so a planted FIFO cannot block the daemon).
 pub fn open_regular_at(dir: &impl AsFd, name: &str) -> io::Result<File> {

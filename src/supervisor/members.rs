@@ -282,3 +282,40 @@ pub fn process_trees(roots: &[Tracked]) -> Vec<i32> {
     found.retain(|p| *p != me && *p > 1 && !spared.contains(p));
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recorded pid is found again with its descendants, and not once its
+    /// start time no longer matches (a reused pid is someone else).
+    #[test]
+    fn recorded_pids_find_their_trees_by_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child =
+            std::process::Command::new("/bin/sh").args(["-c", "sleep 100 & sleep 100 & wait"]).spawn().unwrap();
+        let pid = child.id() as i32;
+        let mut record = PidRecord::new(dir.path());
+        record.add("app", pid);
+        let leftovers = PidRecord::leftovers(dir.path());
+        assert_eq!(leftovers.len(), 1);
+        assert_eq!(leftovers[0].0, "app");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut tree = Vec::new();
+        while std::time::Instant::now() < deadline && tree.len() < 3 {
+            tree = process_trees(&[leftovers[0].1]);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(tree.len(), 3, "the shell and its two sleeps: {tree:?}");
+        let stale = Tracked { pid, start: leftovers[0].1.start + 1 };
+        assert!(!stale.alive());
+        assert!(process_trees(&[stale]).is_empty());
+        for p in tree {
+            // SAFETY: our own test children.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        let _ = child.wait();
+        record.end("app");
+        assert!(PidRecord::leftovers(dir.path()).is_empty());
+    }
+}
