@@ -54,7 +54,7 @@ fn quarantine(data_dir: &Path, path: &Path, out: &mut Secured) -> io::Result<()>
     let dir = data_dir.join(QUARANTINE);
     fs::create_dir_all(&dir)?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-    let stamp = crate::daemon::now_ms();
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     let label = path.strip_prefix(data_dir).unwrap_or(path).display().to_string().replace('/', "_");
     let target = dir.join(format!("{label}-{stamp}"));
     // rename() moves the link itself, never what it points at.
