@@ -24,8 +24,9 @@ pub struct Settings {
     pub blueprints_dir: PathBuf,
     /// The pool `Port=auto` leases from (AIKORE_PORT_RANGE).
     pub port_range: std::ops::RangeInclusive<u16>,
-    /// The host user (PUID/PGID, linuxserver.io style): units without User=
-    /// run as it and files aikore creates in the data dir belong to it.
+    /// The host user (PUID/PGID, linuxserver.io style): instances always run
+    /// as it and their work dirs belong to it; aikore's own state does not
+    /// (docs/security.md, "Privilege separation").
     pub owner: Option<(u32, u32)>,
 }
 
@@ -114,29 +115,12 @@ pub fn owner_from_env(puid: Option<&str>, pgid: Option<&str>) -> Result<Option<(
     Ok(Some((uid, gid)))
 }
 
-/// Gives `path` to the owner; best effort (a read-only bind mount is not fatal).
+/// Gives `path` (an instance's work dir, never aikore's own state) to the
+/// instance user; best effort (a read-only bind mount is not fatal).
 pub fn give(path: &std::path::Path, owner: Option<(u32, u32)>) {
     if let Some((uid, gid)) = owner {
         if let Err(e) = std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
             tracing::debug!(path = %path.display(), error = %e, "chown to PUID/PGID failed");
-        }
-    }
-}
-
-/// Gives `path` and everything below it to the owner (new instance dirs: a handful of files).
-pub fn give_tree(path: &std::path::Path, owner: Option<(u32, u32)>) {
-    if owner.is_none() {
-        return;
-    }
-    give(path, owner);
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for entry in entries.flatten() {
-            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if is_dir {
-                give_tree(&entry.path(), owner);
-            } else {
-                give(&entry.path(), owner);
-            }
         }
     }
 }

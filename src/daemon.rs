@@ -82,27 +82,46 @@ fn data_dir_tag(data_dir: &std::path::Path) -> String {
 
 /// Processes left by a previous daemon on the same data dir would hold ports
 /// and GPUs: stop them (TERM, a grace, then KILL) before anything starts.
-fn stop_leftovers(data_dir: &str, cgroups: Option<&CgroupRoot>) {
+/// Found by the pids (and start times) it recorded, with their process groups
+/// and descendants, and by the environment markers (a double-forked process
+/// the record cannot reach).
+fn stop_leftovers(data_dir: &std::path::Path, cgroups: Option<&CgroupRoot>) {
     if let Some(root) = cgroups {
         for unit in root.clear_leftovers() {
             tracing::warn!(unit = %unit, "stopped processes left by a previous run (cgroup)");
         }
     }
-    let pids = members::processes_of_data_dir(data_dir);
+    let marker = data_dir.display().to_string();
+    let recorded = members::PidRecord::leftovers(data_dir);
+    for (unit, t) in &recorded {
+        tracing::warn!(unit = %unit, pid = t.pid, "a process of the previous run is still alive");
+    }
+    let roots: Vec<members::Tracked> = recorded.iter().map(|(_, t)| *t).collect();
+    let find = || {
+        let mut pids = members::process_trees(&roots);
+        for pid in members::processes_of_data_dir(&marker) {
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        pids
+    };
+    let pids = find();
     if pids.is_empty() {
         return;
     }
     tracing::warn!(count = pids.len(), "stopping processes left by a previous run");
     for pid in &pids {
-        // SAFETY: kill() on pids that carry our data dir marker.
+        // SAFETY: kill() on pids recorded with their start time, their
+        // descendants, or carrying our data dir marker.
         unsafe { libc::kill(*pid, libc::SIGTERM) };
     }
     // A previous run's app gets a short grace to flush, not a full TimeoutStopSec: it is already orphaned.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < deadline && !members::processes_of_data_dir(data_dir).is_empty() {
+    while std::time::Instant::now() < deadline && !find().is_empty() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    for pid in members::processes_of_data_dir(data_dir) {
+    for pid in find() {
         // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
@@ -176,15 +195,23 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&settings.data_dir)?;
     let settings = Settings { data_dir: data_dir.clone(), ..settings };
-    std::fs::create_dir_all(settings.user_units_dir())?;
-    // The data dir is the host user's: its top level (not the models below,
-    // which can be terabytes) is handed over at every start.
-    crate::config::give(&data_dir, settings.owner);
-    if let Ok(entries) = std::fs::read_dir(&data_dir) {
-        for entry in entries.flatten() {
-            crate::config::give(&entry.path(), settings.owner);
+    // aikore's own state is the daemon's, never the instance user's (older
+    // versions gave the whole top level to PUID): fixed before anything in it
+    // is read or written, so no planted symlink is ever followed.
+    let nginx_worker = crate::proxy::worker_user();
+    match crate::ownership::secure_data_dir(&data_dir) {
+        Ok(secured) if secured.fixed > 0 || !secured.quarantined.is_empty() => tracing::warn!(
+            fixed = secured.fixed,
+            quarantined = secured.quarantined.len(),
+            "gave aikore's own state in the data dir back to the daemon"
+        ),
+        Ok(_) => {}
+        Err(e) if settings.owner.is_some() => {
+            return Err(anyhow::anyhow!(e).context("securing aikore's state in the data dir from the instance user"))
         }
+        Err(e) => tracing::warn!(error = %e, "cannot secure aikore's state in the data dir"),
     }
+    crate::ownership::state_dir(&settings.user_units_dir())?;
 
     if init::is_pid1() {
         tracing::info!("running as PID 1");
@@ -215,10 +242,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
             None
         }
     };
-    let marker = data_dir.display().to_string();
     {
-        let cgroups = cgroups.clone();
-        tokio::task::spawn_blocking(move || stop_leftovers(&marker, cgroups.as_ref())).await?;
+        let (cgroups, data_dir) = (cgroups.clone(), data_dir.clone());
+        tokio::task::spawn_blocking(move || stop_leftovers(&data_dir, cgroups.as_ref())).await?;
     }
 
     let upstream = match settings.listen {
@@ -229,16 +255,23 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         listen_addr: settings.proxy_bind,
         listen_port: settings.proxy_port,
         upstream,
-        worker_user: crate::proxy::owner_name(&data_dir),
+        worker_user: nginx_worker.clone(),
     };
     crate::proxy::write_base_config(&data_dir, &base).context("writing the NGINX config")?;
-    crate::config::give_tree(&data_dir.join("nginx"), settings.owner);
+    if let Some(w) = &nginx_worker {
+        // Only the workers' temp dirs are theirs; the config stays the daemon's.
+        for dir in crate::proxy::NGINX_TEMP_DIRS {
+            let path = data_dir.join(crate::ownership::NGINX_TMP).join(dir);
+            std::os::unix::fs::lchown(&path, Some(w.uid), Some(w.gid))
+                .with_context(|| format!("giving {} to NGINX's worker user", path.display()))?;
+        }
+    }
 
     let store =
         Store::open(&settings.db_path()).with_context(|| format!("opening {}", settings.db_path().display()))?;
     let store = StoreHandle::spawn(store);
     for suffix in ["", "-wal", "-shm"] {
-        crate::config::give(&data_dir.join(format!("aikore.db{suffix}")), settings.owner);
+        crate::ownership::private_file(&data_dir.join(format!("aikore.db{suffix}")));
     }
 
     let dirs = settings.units_dirs.clone();
@@ -253,8 +286,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         tracing::info!(unit = %name, "unit file gone; its state row is archived");
     }
 
-    let logs = LogHub::new(settings.logs_dir(), LogConfig { owner: settings.owner, ..LogConfig::default() })?;
-    crate::config::give(&settings.logs_dir(), settings.owner);
+    // Logs are the daemon's: rotation renames in a dir the instance user cannot write.
+    let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
     let instance_ctx = crate::instances::InstanceContext {
         data_dir: data_dir.clone(),
         blueprints_dir: settings.blueprints_dir.clone(),

@@ -96,7 +96,7 @@ fn an_unmet_condition_skips_the_start_without_failing() {
 }
 
 #[test]
-fn puid_pgid_own_the_data_dir_and_run_units_without_user() {
+fn puid_pgid_run_instances_and_own_only_their_dirs() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut options = Options::default();
     options.env.push(("PUID".into(), "65534".into()));
@@ -107,27 +107,33 @@ fn puid_pgid_own_the_data_dir_and_run_units_without_user() {
                 "plain.service",
                 "[Service]\nExecStart=/bin/sh -c 'echo ids $(id -u):$(id -g) home=$HOME; exec sleep 1000'\n",
             ),
-            ("rooted.service", "[Service]\nUser=root\nExecStart=/bin/sh -c 'echo ids $(id -u); exec sleep 1000'\n"),
+            ("nobodys.service", "[Service]\nUser=nobody\nExecStart=/bin/sh -c 'echo ids $(id -u); exec sleep 1000'\n"),
         ],
         options,
     );
     // The temp dir above the data dir is root's 0700; the container's /config has no such parent.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    d.wait_until("the ids", |d| d.unit_log("plain").contains("\nids ") && d.unit_log("rooted").contains("\nids "));
-    assert!(d.unit_log("plain").contains("ids 65534:65534"), "{}", d.unit_log("plain"));
-    assert!(d.unit_log("rooted").contains("ids 0"), "User= still wins");
-    for path in ["", "units", "logs", "logs/plain.log", "aikore.db", "nginx/nginx.conf"] {
-        let meta = std::fs::metadata(d.data_dir.join(path)).unwrap();
-        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{path} belongs to PUID/PGID");
-    }
+    d.wait_until("the ids", |d| d.unit_log("plain").contains("\nids ") && d.unit_log("nobodys").contains("\nids "));
+    // A service without User= runs as root, as under systemd; User= still wins.
+    assert!(d.unit_log("plain").contains("ids 0:0"), "{}", d.unit_log("plain"));
+    assert!(d.unit_log("nobodys").contains("ids 65534"), "User= still wins");
     let (code, body) = d.post_json(
         "/api/v1/instances",
         serde_json::json!({ "name": "owned", "blueprint": "test-http", "start": true }),
     );
     assert_eq!(code, 201, "{body}");
-    d.wait_status("owned", "started");
-    for path in ["instances/owned", "instances/owned/launch.sh", "instances/owned/outputs", "units/owned.instance"] {
+    let u = d.wait_status("owned", "started");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", u["pid"])).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")), "instances run as PUID: {status}");
+    // aikore's own state is root's (docs/security.md); the instance dir is PUID's.
+    for path in
+        ["", "units", "logs", "logs/plain.log", "aikore.db", "nginx/nginx.conf", "units/owned.instance", "instances"]
+    {
         let meta = std::fs::metadata(d.data_dir.join(path)).unwrap();
-        assert_eq!(meta.uid(), 65534, "{path} belongs to PUID");
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{path} belongs to the daemon");
+    }
+    for path in ["instances/owned", "instances/owned/launch.sh", "instances/owned/outputs"] {
+        let meta = std::fs::metadata(d.data_dir.join(path)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{path} belongs to PUID/PGID");
     }
 }

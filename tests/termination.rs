@@ -117,9 +117,12 @@ fn sigterm_to_the_daemon_stops_everything_in_reverse_order_and_exits_0() {
     let mut d = Daemon::start(&[
         ("first.service", "[Service]\nExecStart=/bin/sleep 1000\n"),
         ("second.service", "[Unit]\nAfter=first.service\n[Service]\nExecStart=/bin/sleep 1000\n"),
-        ("inst.instance", "[Instance]\nBlueprint=test\nAutostart=yes\n[Service]\nExecStart=/bin/sleep 1000\n"),
     ]);
     d.wait_status("second", "started");
+    let (code, body) = d
+        .post_json("/api/v1/instances", serde_json::json!({ "name": "inst", "blueprint": "test-http", "start": true }));
+    assert_eq!(code, 201, "{body}");
+    d.wait_status("inst", "started");
     let status = d.terminate();
     assert_eq!(status.code(), Some(0), "{}", d.daemon_log());
     assert!(d.marked_processes().is_empty());

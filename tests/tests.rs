@@ -5,6 +5,8 @@
 mod harness;
 
 mod api;
+#[path = "attacks/mod.rs"]
+mod attacks;
 mod check;
 mod deployed;
 mod environment;

@@ -40,6 +40,22 @@ impl From<std::io::Error> for InstanceError {
     }
 }
 
+/// An error from a file operation in an instance dir (the instance user's):
+/// a planted symlink, FIFO or directory is the caller's problem to look at
+/// (409 with what was refused), not ours (500).
+fn instance_file_error(e: std::io::Error, what: &str) -> InstanceError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => InstanceError::NotFound(format!("{what}: not found")),
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::IsADirectory | std::io::ErrorKind::NotADirectory => {
+            InstanceError::Conflict(format!("{what}: refused: {e}"))
+        }
+        _ if e.raw_os_error() == Some(libc::ELOOP) => {
+            InstanceError::Conflict(format!("{what} is a symlink: refused (never followed)"))
+        }
+        _ => InstanceError::Internal(format!("{what}: {e}")),
+    }
+}
+
 impl From<crate::supervisor::CommandError> for InstanceError {
     fn from(e: crate::supervisor::CommandError) -> Self {
         use crate::supervisor::CommandError::*;
@@ -298,9 +314,9 @@ impl InstanceManager {
             let why: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
             return Err(InstanceError::Internal(format!("rendered unit does not parse: {}", why.join("; "))));
         }
-        std::fs::create_dir_all(self.units_dir())?;
+        crate::ownership::state_dir(&self.units_dir())?;
+        // The units dir is the daemon's (docs/security.md): the file stays root's.
         crate::proxy::write_atomically(&path, text.as_bytes())?;
-        crate::config::give(&path, self.ctx.owner);
         Ok(())
     }
 
@@ -343,13 +359,14 @@ impl InstanceManager {
 
         let dir = self.ctx.instance_dir(&name);
         let created = async {
-            std::fs::create_dir_all(dir.join("outputs"))?;
-            let launch = dir.join("launch.sh");
-            std::fs::copy(&blueprint.path, &launch)?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&launch, std::fs::Permissions::from_mode(0o755))?;
-            crate::config::give(&self.ctx.data_dir.join("instances"), self.ctx.owner);
-            crate::config::give_tree(&dir, self.ctx.owner);
+            // instances/ is the daemon's; the instance dir in it is the instance user's.
+            crate::ownership::state_dir(&self.ctx.data_dir.join("instances"))?;
+            std::fs::create_dir(&dir)?;
+            crate::config::give(&dir, self.ctx.owner);
+            let fd = crate::safefs::open_dir(&dir)?;
+            crate::safefs::ensure_dir_at(&fd, "outputs", self.ctx.owner)?;
+            let script = std::fs::read(&blueprint.path)?;
+            crate::safefs::write_at(&fd, "launch.sh", &script, 0o755, self.ctx.owner)?;
             if let PortSpec::Fixed(p) = spec.port {
                 let n = name.clone();
                 self.ctx
@@ -501,16 +518,15 @@ impl InstanceManager {
         let deleted_ms = now_ms();
         let id = format!("{name}-{deleted_ms}");
         let entry = self.trash_dir().join(&id);
-        std::fs::create_dir_all(&entry)?;
+        crate::ownership::state_dir(&self.trash_dir())?;
+        std::fs::create_dir(&entry)?;
         std::fs::rename(self.unit_path(name), entry.join(format!("{name}.instance")))?;
         if self.ctx.instance_dir(name).exists() {
             std::fs::rename(self.ctx.instance_dir(name), entry.join("instance"))?;
         }
         let meta = serde_json::json!({ "name": name, "deleted_ms": deleted_ms });
+        // The trash can is the daemon's: the instance user can neither edit this nor plant another.
         std::fs::write(entry.join("trash.json"), meta.to_string())?;
-        crate::config::give(&self.trash_dir(), self.ctx.owner);
-        crate::config::give(&entry, self.ctx.owner);
-        crate::config::give(&entry.join("trash.json"), self.ctx.owner);
         self.reload().await?;
         Ok(TrashEntry { id, name: name.to_string(), deleted_ms })
     }
@@ -522,11 +538,17 @@ impl InstanceManager {
             .filter_map(|e| {
                 let meta: serde_json::Value =
                     serde_json::from_slice(&std::fs::read(e.path().join("trash.json")).ok()?).ok()?;
-                Some(TrashEntry {
+                let entry = TrashEntry {
                     id: e.file_name().to_str()?.to_string(),
                     name: meta["name"].as_str()?.to_string(),
                     deleted_ms: meta["deleted_ms"].as_i64()?,
-                })
+                };
+                // The name becomes a path on restore: only what delete itself writes is trusted.
+                if !is_valid_unit_name(&entry.name) || entry.id != format!("{}-{}", entry.name, entry.deleted_ms) {
+                    tracing::warn!(entry = %entry.id, name = ?entry.name, "trash entry with an invalid name ignored");
+                    return None;
+                }
+                Some(entry)
             })
             .collect();
         out.sort_by_key(|e| std::cmp::Reverse(e.deleted_ms));
@@ -555,12 +577,20 @@ impl InstanceManager {
                 entry.name
             )));
         }
-        std::fs::create_dir_all(self.units_dir())?;
-        if path.join("instance").exists() {
-            std::fs::create_dir_all(self.ctx.data_dir.join("instances"))?;
-            std::fs::rename(path.join("instance"), self.ctx.instance_dir(&entry.name))?;
+        crate::ownership::state_dir(&self.units_dir())?;
+        let unit_file = path.join(format!("{}.instance", entry.name));
+        if !std::fs::symlink_metadata(&unit_file).is_ok_and(|m| m.is_file()) {
+            return Err(InstanceError::Invalid(format!("trash entry {id:?} has no unit file to restore")));
         }
-        std::fs::rename(path.join(format!("{}.instance", entry.name)), self.unit_path(&entry.name))?;
+        match std::fs::symlink_metadata(path.join("instance")) {
+            Ok(m) if m.is_dir() => {
+                crate::ownership::state_dir(&self.ctx.data_dir.join("instances"))?;
+                std::fs::rename(path.join("instance"), self.ctx.instance_dir(&entry.name))?;
+            }
+            Ok(_) => return Err(InstanceError::Invalid(format!("trash entry {id:?}: its instance dir is not a dir"))),
+            Err(_) => {}
+        }
+        std::fs::rename(unit_file, self.unit_path(&entry.name))?;
         std::fs::remove_dir_all(&path)?;
         self.reload().await?;
         self.instance(&entry.name).await
@@ -580,7 +610,7 @@ impl InstanceManager {
 
     pub async fn script(&self, name: &str) -> Result<String> {
         self.instance(name).await?;
-        Ok(std::fs::read_to_string(self.ctx.instance_dir(name).join("launch.sh"))?)
+        self.ctx.read_launch_script(name).map_err(|e| instance_file_error(e, "launch.sh"))
     }
 
     pub async fn set_script(&self, name: &str, content: &str, restart: bool) -> Result<bool> {
@@ -589,12 +619,11 @@ impl InstanceManager {
         if content.contains('\0') {
             return Err(InstanceError::Invalid("the script contains a NUL byte".into()));
         }
-        crate::proxy::write_atomically(&self.ctx.instance_dir(name).join("launch.sh"), content.as_bytes())?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            self.ctx.instance_dir(name).join("launch.sh"),
-            std::fs::Permissions::from_mode(0o755),
-        )?;
+        // The instance dir is the instance user's: no symlink or planted temp name is followed.
+        let dir = crate::safefs::open_dir(&self.ctx.instance_dir(name))
+            .map_err(|e| instance_file_error(e, "the instance dir"))?;
+        crate::safefs::write_at(&dir, "launch.sh", content.as_bytes(), 0o755, self.ctx.owner)
+            .map_err(|e| instance_file_error(e, "launch.sh"))?;
         let running = !current.status.is_inactive();
         if running && restart {
             self.supervisor.restart(name).await?;
@@ -613,20 +642,20 @@ impl InstanceManager {
         if target.exists() || self.stock_blueprints.join(format!("{id}.sh")).exists() {
             return Err(InstanceError::Conflict(format!("a blueprint {id:?} already exists")));
         }
-        std::fs::create_dir_all(self.custom_blueprints())?;
-        let script = std::fs::read_to_string(self.ctx.instance_dir(instance).join("launch.sh"))?;
+        crate::ownership::state_dir(&self.custom_blueprints())?;
+        let script = self.ctx.read_launch_script(instance).map_err(|e| instance_file_error(e, "launch.sh"))?;
+        // Custom blueprints are the daemon's: an instance must not edit what others are created from.
         crate::proxy::write_atomically(&target, script.as_bytes())?;
-        crate::config::give(&self.custom_blueprints(), self.ctx.owner);
-        crate::config::give(&target, self.ctx.owner);
         self.blueprint(id).ok_or_else(|| InstanceError::Internal("saved blueprint cannot be read back".into()))
     }
 
     /// Sets the `.rebuild-env` trigger the blueprints' functions.sh honours, then restarts.
     pub async fn rebuild(&self, name: &str) -> Result<Status> {
         self.instance(name).await?;
-        let trigger = self.ctx.instance_dir(name).join(".rebuild-env");
-        std::fs::write(&trigger, b"")?;
-        crate::config::give(&trigger, self.ctx.owner);
+        let dir = crate::safefs::open_dir(&self.ctx.instance_dir(name))
+            .map_err(|e| instance_file_error(e, "the instance dir"))?;
+        crate::safefs::write_at(&dir, ".rebuild-env", b"", 0o644, self.ctx.owner)
+            .map_err(|e| instance_file_error(e, ".rebuild-env"))?;
         Ok(self.supervisor.restart(name).await?)
     }
 
@@ -637,9 +666,8 @@ impl InstanceManager {
     /// How the instance is reached: `# aikore.proxy` in its own launch.sh
     /// (what actually runs, possibly edited), else in its blueprint, else subpath.
     pub fn proxy_mode(&self, name: &str, blueprint: &str) -> crate::proxy::ProxyMode {
-        let own = std::fs::read_to_string(self.ctx.instance_dir(name).join("launch.sh"))
-            .ok()
-            .and_then(|text| blueprints::parse_metadata(&text).remove("proxy"));
+        let own =
+            self.ctx.read_launch_script(name).ok().and_then(|text| blueprints::parse_metadata(&text).remove("proxy"));
         let mode = own.or_else(|| self.blueprint(blueprint).map(|b| b.proxy));
         mode.map(|m| crate::proxy::ProxyMode::parse(&m)).unwrap_or(crate::proxy::ProxyMode::Subpath)
     }

@@ -65,8 +65,7 @@ pub fn vnc_url(name: &str) -> String {
 /// Whether the instance's own script (else its blueprint) declares itself a
 /// GUI app: `# aikore.persistent_mode = true` in the metadata block.
 pub fn is_gui_app(unit: &Unit, ctx: &InstanceContext) -> bool {
-    let launch = ctx.instance_dir(&unit.name).join("launch.sh");
-    let text = std::fs::read_to_string(&launch).ok().or_else(|| {
+    let text = ctx.read_launch_script(&unit.name).ok().or_else(|| {
         let id = &unit.instance.as_ref()?.blueprint;
         let bp = super::blueprints::find(&ctx.blueprints_dir, &ctx.data_dir.join("blueprints"), id)?;
         std::fs::read_to_string(bp.path).ok()
@@ -92,7 +91,9 @@ fn pid_alive(pid: i32) -> bool {
 
 /// The pid in an X lock file (`%10d\n`); None without a readable one.
 fn lock_owner(display: u16) -> Option<Option<i32>> {
-    let text = std::fs::read_to_string(lock_path(display)).ok()?;
+    // /tmp is everyone's: never through a symlink, and a planted FIFO must not block us.
+    let tmp = crate::safefs::open_dir(std::path::Path::new("/tmp")).ok()?;
+    let text = crate::safefs::read_text_at(&tmp, &format!(".X{display}-lock"), 64).ok()?;
     Some(text.trim().parse().ok())
 }
 
@@ -134,10 +135,13 @@ pub fn clean_stale(display: u16) -> Vec<PathBuf> {
         removed.push(lock);
     }
     let socket = socket_path(display);
+    // Relative to the socket dir opened without following a symlink: a
+    // `/tmp/.X11-unix` planted as a link elsewhere is left alone.
+    let socket_dir = crate::safefs::open_dir(std::path::Path::new(X_SOCKET_DIR));
     if !lock_live
         && std::fs::symlink_metadata(&socket).is_ok()
         && !socket_in_use(display, &proc_net_unix())
-        && std::fs::remove_file(&socket).is_ok()
+        && socket_dir.is_ok_and(|dir| crate::safefs::unlink_at(&dir, &format!("X{display}")).is_ok())
     {
         removed.push(socket);
     }

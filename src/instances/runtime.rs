@@ -28,7 +28,17 @@ impl InstanceContext {
     pub fn instance_dir(&self, name: &str) -> PathBuf {
         self.data_dir.join("instances").join(name)
     }
+
+    /// The instance's launch.sh, read without following a symlink (the dir is
+    /// the instance user's; a link to /etc/shadow must not be read as root).
+    pub fn read_launch_script(&self, name: &str) -> std::io::Result<String> {
+        let dir = crate::safefs::open_dir(&self.instance_dir(name))?;
+        crate::safefs::read_text_at(&dir, "launch.sh", MAX_SCRIPT_BYTES)
+    }
 }
+
+/// launch.sh is read up to this size (a script, not a model: 16 MiB is generous).
+pub const MAX_SCRIPT_BYTES: u64 = 16 << 20;
 
 /// Whether nothing listens on `port` on loopback right now.
 pub fn port_is_free(port: u16) -> bool {
@@ -135,7 +145,15 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
     }
     let dir = ctx.instance_dir(&unit.name);
     let outputs = output_dir(unit, ctx);
-    std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?;
+    let instances = ctx.data_dir.join("instances");
+    match outputs.strip_prefix(&instances) {
+        // In an instance user's dir: made there without following a planted
+        // symlink anywhere on the way, and given to the instance user.
+        Ok(rel) => crate::safefs::ensure_dirs_beneath(&instances, rel, ctx.owner)
+            .map_err(|e| format!("{}: {e}", outputs.display()))?,
+        // The operator's own path (OutputDir= elsewhere): theirs to lay out.
+        Err(_) => std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?,
+    }
     let mut env = instance_env(unit, ctx, Some(port));
     let launch = dir.join("launch.sh");
     let default_exec_start =

@@ -40,8 +40,8 @@ pub struct LogConfig {
     pub ring_lines: usize,
     /// A longer line is split, so one runaway line can't eat memory.
     pub max_line_bytes: usize,
-    /// (uid, gid) new log files are given: the host user's (PUID/PGID), so
-    /// the data dir stays theirs although aikore writes as root.
+    /// (uid, gid) new log files are given, if any. The daemon gives none:
+    /// logs are aikore's own state, root's (docs/security.md).
     pub owner: Option<(u32, u32)>,
 }
 

@@ -231,7 +231,11 @@ fn mark(st: &mut State, tx: &broadcast::Sender<LogLine>, batch: &mut Vec<LogLine
 impl State {
     fn open(&mut self) -> io::Result<()> {
         if self.file.is_none() {
-            let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            // Never through a symlink, should one ever get into the logs dir.
+            let file = {
+                use std::os::unix::fs::OpenOptionsExt;
+                OpenOptions::new().create(true).append(true).custom_flags(libc::O_NOFOLLOW).open(&self.path)?
+            };
             self.file_len = file.metadata()?.len();
             if let (Some((uid, gid)), 0) = (self.owner, self.file_len) {
                 // Best effort: a failed chown must not cost the log.

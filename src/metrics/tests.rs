@@ -15,7 +15,7 @@ use crate::units::parse_unit_str;
 
 fn snapshot(name: &str, file: &str, status: Status, pid: Option<i32>) -> UnitSnapshot {
     let text = if file.ends_with(".instance") {
-        "[Instance]\nBlueprint=test\n[Service]\nExecStart=/bin/sleep 1000\n"
+        "[Instance]\nBlueprint=test\n"
     } else {
         "[Service]\nExecStart=/bin/sleep 1000\n"
     };

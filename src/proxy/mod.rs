@@ -12,11 +12,13 @@ pub use sync::{ProxyHandle, ProxyStatus, RouteSync};
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The template, compiled in so a bare binary has it (the repo's `nginx/nginx.conf`).
 const BASE_TEMPLATE: &str = include_str!("../../nginx/nginx.conf");
+
+/// NGINX's temp paths under `<prefix>/tmp/` (nginx/nginx.conf's `*_temp_path`).
+pub const NGINX_TEMP_DIRS: [&str; 5] = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"];
 
 /// Default public port (AIKORE_PORT).
 pub const DEFAULT_PORT: u16 = 9000;
@@ -31,15 +33,53 @@ pub struct BaseConfig {
     pub listen_port: u16,
     /// Where aikore's own API listens (NGINX's upstream for `/`).
     pub upstream: SocketAddr,
-    /// Workers run as this user: the data dir's owner, so files NGINX
-    /// writes (temp bodies) belong to the same host user as the rest.
-    pub worker_user: Option<String>,
+    /// Workers run as this user and group (`user NAME GROUP;`), never the
+    /// instance user: see `worker_user`. None when the daemon is not root.
+    pub worker_user: Option<WorkerUser>,
+}
+
+/// NGINX's worker identity, by name (the `user` directive takes names) and by id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerUser {
+    pub user: String,
+    /// The real name of the user's primary group: `nobody`'s is `nogroup` on
+    /// Debian, and `user nobody;` alone would look up a group `nobody`.
+    pub group: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl WorkerUser {
+    pub fn lookup(name: &str) -> Option<WorkerUser> {
+        let user = nix::unistd::User::from_name(name).ok()??;
+        let group = nix::unistd::Group::from_gid(user.gid).ok()??;
+        Some(WorkerUser { user: user.name, group: group.name, uid: user.uid.as_raw(), gid: user.gid.as_raw() })
+    }
+}
+
+/// Who NGINX's workers run as when the daemon is root: AIKORE_NGINX_USER when
+/// set, else `www-data` where the system has it, else `nobody`. Not the
+/// instance user (PUID) where avoidable, so instance code cannot signal or
+/// ptrace the processes that carry the dashboard's traffic.
+pub fn worker_user() -> Option<WorkerUser> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    if let Ok(name) = std::env::var("AIKORE_NGINX_USER") {
+        match WorkerUser::lookup(name.trim()) {
+            Some(user) => return Some(user),
+            None => {
+                tracing::error!(user = %name, "AIKORE_NGINX_USER: no such user (or its group has no name); using the default")
+            }
+        }
+    }
+    ["www-data", "nobody"].iter().find_map(|name| WorkerUser::lookup(name))
 }
 
 impl BaseConfig {
     pub fn render(&self) -> String {
         let user = match &self.worker_user {
-            Some(name) => format!("user {name};"),
+            Some(w) => format!("user {} {};", w.user, w.group),
             None => String::new(),
         };
         BASE_TEMPLATE
@@ -62,18 +102,18 @@ pub fn render_options_from_env() -> routes::RenderOptions {
     }
 }
 
-/// The user owning `dir`, by name (NGINX's `user` takes names).
-pub fn owner_name(dir: &Path) -> Option<String> {
-    let uid = std::fs::metadata(dir).ok()?.uid();
-    nix::unistd::User::from_uid(uid.into()).ok()?.map(|u| u.name)
-}
-
 /// Writes `<data>/nginx/nginx.conf` (atomically: temp, fsync, rename) and the
 /// dirs NGINX expects under its prefix.
 pub fn write_base_config(data_dir: &Path, config: &BaseConfig) -> std::io::Result<PathBuf> {
     let prefix = data_dir.join("nginx");
     for dir in ["routes", "upstreams", "tmp"] {
         std::fs::create_dir_all(prefix.join(dir))?;
+    }
+    // Each temp path exists before NGINX starts: its master (root) chowns them
+    // to the worker user, and `tmp/` itself stays the daemon's, so the worker
+    // user can never swap one for a symlink that chown would follow.
+    for dir in NGINX_TEMP_DIRS {
+        std::fs::create_dir_all(prefix.join("tmp").join(dir))?;
     }
     let path = prefix.join("nginx.conf");
     write_atomically(&path, config.render().as_bytes())?;
@@ -114,13 +154,27 @@ mod tests {
             listen_addr: DEFAULT_BIND,
             listen_port: 9123,
             upstream: "127.0.0.1:9001".parse().unwrap(),
-            worker_user: Some("abc".into()),
+            worker_user: Some(WorkerUser { user: "abc".into(), group: "def".into(), uid: 1, gid: 2 }),
         };
         let text = config.render();
         assert!(!text.contains("{{"), "{text}");
         assert!(text.contains("listen 127.0.0.1:9123;"), "{text}");
         assert!(text.contains("proxy_pass http://127.0.0.1:9001;"));
-        assert!(text.contains("user abc;"));
+        assert!(text.contains("user abc def;"));
+    }
+
+    /// Issue 12 item 8: `nobody`'s group is `nogroup` on Debian; the directive names it.
+    #[test]
+    fn worker_user_names_the_real_group() {
+        let nobody = WorkerUser::lookup("nobody").expect("the system has a nobody user");
+        let group = nix::unistd::Group::from_gid(nobody.gid.into()).unwrap().unwrap().name;
+        assert_eq!(nobody.group, group);
+        let config = BaseConfig {
+            listen_port: 1,
+            upstream: "127.0.0.1:9001".parse().unwrap(),
+            worker_user: Some(nobody.clone()),
+        };
+        assert!(config.render().contains(&format!("user nobody {group};")));
     }
 
     /// Every kind of route the renderer makes, through the real `nginx -t`

@@ -259,15 +259,10 @@ impl Loop {
         let prefix = self.sync.prefix.clone();
         let tester = Arc::clone(&self.sync.tester);
         let upstreams = rendered.upstreams;
-        let owner = self.sync.instances.ctx.owner;
-        let swapped = tokio::task::spawn_blocking(move || {
-            let result = stage_and_swap(&prefix, &upstreams, &text, tester.as_ref());
-            // Files written into the data dir belong to the host user (PUID/PGID).
-            crate::config::give_tree(&prefix, owner);
-            result
-        })
-        .await
-        .unwrap_or_else(|e| Err(super::swap::SwapError::Io(std::io::Error::other(e.to_string()))));
+        // The files stay the daemon's: the instance user must not edit NGINX's config.
+        let swapped = tokio::task::spawn_blocking(move || stage_and_swap(&prefix, &upstreams, &text, tester.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(super::swap::SwapError::Io(std::io::Error::other(e.to_string()))));
         let elapsed = started.elapsed().as_millis() as u64;
         let tested = self.sync.tester.available();
         match swapped {

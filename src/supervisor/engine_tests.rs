@@ -94,7 +94,15 @@ impl ProcessControl for FakeOs {
     fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String> {
         self.record(Action::BeginRun { unit: unit.name.clone(), fresh });
         let ready = self.kernel.lock().unwrap().ready.get(&unit.name).cloned();
-        Ok(Prepared { ready, env: vec![("RUN_ENV".into(), unit.name.clone())], ..Prepared::default() })
+        // An instance runs its launch.sh, as the real host prepares it.
+        let default_exec_start =
+            unit.instance.as_ref().map(|_| ExecCommand { argv: vec!["/bin/launch.sh".into()], ignore_failure: false });
+        Ok(Prepared {
+            ready,
+            env: vec![("RUN_ENV".into(), unit.name.clone())],
+            default_exec_start,
+            ..Prepared::default()
+        })
     }
 
     fn spawn(
@@ -473,7 +481,7 @@ async fn restarting_a_unit_restarts_the_units_that_require_it() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_stops_instances_before_services_and_reports_clean() {
-    let inst = unit("comfy.instance", "[Instance]\nBlueprint=comfyui\n[Service]\nExecStart=/bin/comfy\n");
+    let inst = unit("comfy.instance", "[Instance]\nBlueprint=comfyui\n");
     // Named so that name order alone would stop the service first.
     let h = Harness::new(vec![inst, service("aaa-nginx", "")]);
     h.obey("comfy");

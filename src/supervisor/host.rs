@@ -22,7 +22,8 @@ pub struct HostConfig {
     pub base_env: Vec<(String, String)>,
     /// Ports, dirs and leases for instances; None in setups without instances.
     pub instances: Option<crate::instances::InstanceContext>,
-    /// (uid, gid) for units without User=/Group=: the host user (PUID/PGID).
+    /// (uid, gid) every instance runs as: the instance user (PUID/PGID).
+    /// Services are not given it: they run as their User=, else root.
     pub default_identity: Option<(u32, u32)>,
 }
 
@@ -34,6 +35,9 @@ pub struct HostProcesses {
     members: HashMap<String, Membership>,
     /// Units whose current run holds a display lease (persistent mode).
     displays: std::collections::HashSet<String>,
+    /// Every spawned pid with its start time, on disk: a daemon restarted
+    /// after a kill -9 stops what this one left (issue 12 item 7).
+    pids: super::members::PidRecord,
 }
 
 /// The daemon's own environment minus variables that are aikore's business
@@ -44,7 +48,8 @@ pub fn inherited_env() -> Vec<(String, String)> {
 
 impl HostProcesses {
     pub fn new(config: HostConfig, logs: Arc<LogHub>, exits: mpsc::UnboundedSender<ExitReport>) -> Self {
-        HostProcesses { config, logs, exits, members: HashMap::new(), displays: Default::default() }
+        let pids = super::members::PidRecord::new(&config.data_dir);
+        HostProcesses { config, logs, exits, members: HashMap::new(), displays: Default::default(), pids }
     }
 
     fn data_marker(&self) -> String {
@@ -168,20 +173,25 @@ pub fn expand_vars(word: &str, env: &[(String, String)]) -> String {
 
 /// Who a unit's processes run as, resolved before fork (NSS lookups allocate).
 #[derive(Default)]
-struct Identity {
-    uid: Option<u32>,
-    gid: Option<u32>,
-    groups: Vec<u32>,
+pub struct Identity {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub groups: Vec<u32>,
     /// USER, LOGNAME and HOME for the target user.
-    env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
 }
 
-/// The host user as a unit's identity; HOME is its passwd home, or the data
-/// dir when the uid has no passwd entry (the container's /config, as
-/// linuxserver.io images do), so apps never try to write /root.
-fn default_identity(uid: u32, gid: u32, data_dir: &std::path::Path) -> Identity {
+/// The instance user (PUID/PGID) as a process's identity. HOME is its passwd
+/// home when that is a dir it owns, else `fallback_home` (the instance's own
+/// dir): never the data dir, which is the daemon's.
+pub fn instance_identity(uid: u32, gid: u32, fallback_home: &std::path::Path) -> Identity {
+    use std::os::unix::fs::MetadataExt;
     let user = nix::unistd::User::from_uid(uid.into()).ok().flatten();
-    let home = user.as_ref().map(|u| u.dir.display().to_string()).unwrap_or_else(|| data_dir.display().to_string());
+    let home = user
+        .as_ref()
+        .filter(|u| std::fs::metadata(&u.dir).is_ok_and(|m| m.is_dir() && m.uid() == uid))
+        .map(|u| u.dir.display().to_string())
+        .unwrap_or_else(|| fallback_home.display().to_string());
     let mut env = vec![("HOME".to_string(), home)];
     if let Some(u) = &user {
         env.push(("USER".into(), u.name.clone()));
@@ -258,11 +268,14 @@ impl ProcessControl for HostProcesses {
         command: &ExecCommand,
         extra: &[(String, String)],
     ) -> Result<i32, String> {
-        let Identity { uid, gid, groups, env: user_env } = match (resolve_user(unit)?, self.config.default_identity) {
-            (id, Some((uid, gid))) if id.uid.is_none() && id.gid.is_none() => {
-                default_identity(uid, gid, &self.config.data_dir)
-            }
-            (id, _) => id,
+        // An instance always runs as the instance user (its file cannot say
+        // otherwise: the .instance allow-list); a service runs as its User=,
+        // else as root, systemd's default (docs/security.md).
+        let instance_dir =
+            unit.instance.as_ref().and_then(|_| Some(self.config.instances.as_ref()?.instance_dir(&unit.name)));
+        let Identity { uid, gid, groups, env: user_env } = match (&instance_dir, self.config.default_identity) {
+            (Some(dir), Some((uid, gid))) => instance_identity(uid, gid, dir),
+            _ => resolve_user(unit)?,
         };
         let mut env = self.environment(unit, &user_env)?;
         env.extend(extra.iter().cloned());
@@ -301,6 +314,7 @@ impl ProcessControl for HostProcesses {
         if role == Role::Main {
             self.membership(unit, Some(spawned.pid));
         }
+        self.pids.add(&unit.name, spawned.pid);
         self.logs.attach(&unit.name, spawned.output);
         Ok(spawned.pid)
     }
@@ -326,6 +340,7 @@ impl ProcessControl for HostProcesses {
     }
 
     fn end_run(&mut self, unit: &str) {
+        self.pids.end(unit);
         if let Some(Membership::Cgroup(cg)) = self.members.remove(unit) {
             cg.remove();
         }

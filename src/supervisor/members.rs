@@ -4,6 +4,11 @@
 //! group plus every process carrying the unit's `AIKORE_UNIT` and
 //! `AIKORE_DATA_DIR` markers in its environment: setsid() and double forks
 //! leave the process group, but not the environment they were born with.
+//!
+//! Markers can be lost (NGINX's setproctitle overwrites its environment; an
+//! app may set AIKORE_DATA_DIR itself), so every spawned pid is also recorded
+//! with its start time in `<data>/aikore.pids` (`PidRecord`): a daemon started
+//! after a kill -9 stops those, their process groups and their descendants.
 
 use std::fs;
 
@@ -132,5 +137,185 @@ impl Membership {
     pub fn signal_group(&self, pgid: i32, signal: i32) {
         // SAFETY: killpg on the unit's own process group.
         unsafe { libc::killpg(pgid, signal) };
+    }
+}
+
+/// The daemon's record of the pids it spawned, by unit, in the data dir.
+pub const PID_FILE: &str = "aikore.pids";
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks
+/// since boot. With the pid it names one process; a reused pid has another.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the comm: state is field 3, so starttime is the 20th from there.
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(19)?.parse().ok()
+}
+
+/// One spawned process: still the same one when its start time matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    pub pid: i32,
+    pub start: u64,
+}
+
+impl Tracked {
+    pub fn of(pid: i32) -> Option<Tracked> {
+        Some(Tracked { pid, start: start_time(pid)? })
+    }
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start)
+    }
+}
+
+/// `unit pid starttime` lines: written by the running daemon (root-owned,
+/// 0600: the instance user can neither add a pid for us to kill nor hide one).
+pub struct PidRecord {
+    path: std::path::PathBuf,
+    units: std::collections::BTreeMap<String, Vec<Tracked>>,
+}
+
+impl PidRecord {
+    pub fn new(data_dir: &std::path::Path) -> PidRecord {
+        PidRecord { path: data_dir.join(PID_FILE), units: Default::default() }
+    }
+
+    /// What a previous daemon recorded, still alive (same pid, same start time).
+    pub fn leftovers(data_dir: &std::path::Path) -> Vec<(String, Tracked)> {
+        let Ok(text) = fs::read_to_string(data_dir.join(PID_FILE)) else { return Vec::new() };
+        text.lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let unit = words.next()?.to_string();
+                let t = Tracked { pid: words.next()?.parse().ok()?, start: words.next()?.parse().ok()? };
+                (t.pid > 1 && t.alive()).then_some((unit, t))
+            })
+            .collect()
+    }
+
+    pub fn add(&mut self, unit: &str, pid: i32) {
+        if let Some(t) = Tracked::of(pid) {
+            self.units.entry(unit.to_string()).or_default().push(t);
+            self.save();
+        }
+    }
+
+    pub fn end(&mut self, unit: &str) {
+        if self.units.remove(unit).is_some() {
+            self.save();
+        }
+    }
+
+    fn save(&mut self) {
+        for list in self.units.values_mut() {
+            list.retain(Tracked::alive);
+        }
+        self.units.retain(|_, list| !list.is_empty());
+        let mut text = String::new();
+        for (unit, list) in &self.units {
+            for t in list {
+                text.push_str(&format!("{unit} {} {}\n", t.pid, t.start));
+            }
+        }
+        if let Err(e) = write_private(&self.path, text.as_bytes()) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot record unit pids");
+        }
+    }
+}
+
+/// Atomic 0600 write in a dir only the daemon writes.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("pids-tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut file =
+        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&tmp)?;
+    file.write_all(bytes)?;
+    fs::rename(&tmp, path)
+}
+
+/// Every live process that is one of `roots`, in the process group one of
+/// them leads, or descends from one of them: what a unit left behind.
+pub fn process_trees(roots: &[Tracked]) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    // (pid, ppid, pgrp, start) of every live process.
+    let table: Vec<(i32, i32, i32, u64)> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let mut f = stat[stat.rfind(')')? + 1..].split_whitespace();
+            if f.next()? == "Z" {
+                return None;
+            }
+            let ppid = f.next()?.parse().ok()?;
+            let pgrp = f.next()?.parse().ok()?;
+            let start = f.nth(16)?.parse().ok()?;
+            Some((pid, ppid, pgrp, start))
+        })
+        .collect();
+    let live_roots: Vec<&Tracked> =
+        roots.iter().filter(|r| table.iter().any(|(pid, _, _, s)| *pid == r.pid && *s == r.start)).collect();
+    let mut found: Vec<i32> = live_roots.iter().map(|r| r.pid).collect();
+    // A process group outlives its leader only as long as a member does, and
+    // its id is not reused meanwhile; members born after the leader are ours.
+    for r in &live_roots {
+        for (pid, _, pgrp, start) in &table {
+            if *pgrp == r.pid && *start >= r.start && !found.contains(pid) {
+                found.push(*pid);
+            }
+        }
+    }
+    loop {
+        let before = found.len();
+        for (pid, ppid, _, _) in &table {
+            if found.contains(ppid) && !found.contains(pid) {
+                found.push(*pid);
+            }
+        }
+        if found.len() == before {
+            break;
+        }
+    }
+    let spared = self_and_ancestors();
+    found.retain(|p| *p != me && *p > 1 && !spared.contains(p));
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recorded pid is found again with its descendants, and not once its
+    /// start time no longer matches (a reused pid is someone else).
+    #[test]
+    fn recorded_pids_find_their_trees_by_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child =
+            std::process::Command::new("/bin/sh").args(["-c", "sleep 100 & sleep 100 & wait"]).spawn().unwrap();
+        let pid = child.id() as i32;
+        let mut record = PidRecord::new(dir.path());
+        record.add("app", pid);
+        let leftovers = PidRecord::leftovers(dir.path());
+        assert_eq!(leftovers.len(), 1);
+        assert_eq!(leftovers[0].0, "app");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut tree = Vec::new();
+        while std::time::Instant::now() < deadline && tree.len() < 3 {
+            tree = process_trees(&[leftovers[0].1]);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(tree.len(), 3, "the shell and its two sleeps: {tree:?}");
+        let stale = Tracked { pid, start: leftovers[0].1.start + 1 };
+        assert!(!stale.alive());
+        assert!(process_trees(&[stale]).is_empty());
+        for p in tree {
+            // SAFETY: our own test children.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        let _ = child.wait();
+        record.end("app");
+        assert!(PidRecord::leftovers(dir.path()).is_empty());
     }
 }

@@ -42,6 +42,52 @@ const SERVICE_KEYS: &[&str] = &[
 const INSTANCE_KEYS: &[&str] =
     &["Blueprint", "GPUs", "Port", "Autostart", "ActiveSlot", "PersistentMode", "StallAfterSec", "OutputDir"];
 
+/// What an `.instance` file may set outside [Instance] (an allow-list, issue
+/// 12): its own restart, stop and readiness behaviour and its environment.
+/// Never who it runs as (User=, Group=: an instance always runs as the
+/// instance user), what runs (Exec*=: its launch.sh does), files read as root
+/// (EnvironmentFile=, ConditionPathExists=) or a raised priority (Nice=).
+const INSTANCE_UNIT_KEYS: &[&str] = &[
+    "Description",
+    "After",
+    "Before",
+    "Requires",
+    "Wants",
+    "Documentation",
+    "StartLimitIntervalSec",
+    "StartLimitBurst",
+];
+const INSTANCE_SERVICE_KEYS: &[&str] = &[
+    "Restart",
+    "RestartSec",
+    "TimeoutStartSec",
+    "TimeoutStopSec",
+    "KillSignal",
+    "KillMode",
+    "Environment",
+    "UMask",
+    "ReadyCheck",
+    "StartLimitIntervalSec",
+    "StartLimitBurst",
+];
+
+/// Whether an `.instance` file may set `key` (one aikore implements) in
+/// `section`; the error text says why not.
+pub fn instance_may_set(section: Section, key: &str) -> Result<(), String> {
+    let allowed = match section {
+        Section::Unit => INSTANCE_UNIT_KEYS.contains(&key),
+        Section::Service => INSTANCE_SERVICE_KEYS.contains(&key),
+        Section::Instance | Section::Install => true,
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(format!(
+        "{key}= is not allowed in an .instance file: an instance runs its launch.sh as the instance user \
+         (PUID); write a .service unit for anything else"
+    ))
+}
+
 /// Real systemd [Unit] keys aikore does not implement: accepted with a warning
 /// so existing unit files load.
 const SYSTEMD_UNIT_KEYS: &[&str] = &[

@@ -90,6 +90,12 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
             SectionClass::Extension | SectionClass::Invalid(_) => continue,
         };
         match keys::classify_key(section, &entry.key) {
+            KeyClass::Implemented if kind == UnitKind::Instance => {
+                if let Err(msg) = keys::instance_may_set(section, &entry.key) {
+                    cx.error(entry.line, msg);
+                    continue;
+                }
+            }
             KeyClass::Implemented => {}
             KeyClass::Ignored(Some(msg)) => {
                 cx.warn(entry.line, msg);

@@ -48,6 +48,12 @@ enum Control {
     Input { data: String },
 }
 
+/// AIKORE_TERMINAL_ROOT=1: the operator's explicit choice of a root shell
+/// even with PUID set (docs/security.md).
+fn root_terminal_enabled() -> bool {
+    std::env::var("AIKORE_TERMINAL_ROOT").is_ok_and(|v| v == "1")
+}
+
 /// Later assignments win; one entry per name.
 fn dedup_env(env: Vec<(String, String)>) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(env.len());
@@ -86,15 +92,25 @@ async fn terminal(
     env.push(("COLORTERM".into(), "truecolor".into()));
     let shell = if std::path::Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
     let dir = ctx.instance_dir(&name);
+    // The instance's user, like the instance itself: a shell here is as
+    // hostile as the instance's code. Root only when the operator says so.
+    let (uid, gid, groups) = match ctx.owner {
+        Some((uid, gid)) if !root_terminal_enabled() => {
+            let identity = crate::supervisor::host::instance_identity(uid, gid, &dir);
+            env.extend(identity.env);
+            (identity.uid, identity.gid, identity.groups)
+        }
+        _ => (None, None, Vec::new()),
+    };
     let spec = ProcessSpec {
         argv: vec![shell.to_string()],
         env: dedup_env(env),
         cwd: dir.is_dir().then_some(dir),
         umask: None,
         nice: None,
-        uid: None,
-        gid: None,
-        groups: Vec::new(),
+        uid,
+        gid,
+        groups,
     };
     let size = (size.cols.unwrap_or(DEFAULT_SIZE.0), size.rows.unwrap_or(DEFAULT_SIZE.1));
     Ok(ws.on_upgrade(move |socket| session(socket, spec, size, name)))

@@ -323,8 +323,8 @@ check "healthz: status ok and pid1 true" python3 -c '
 import json, sys; h = json.loads(sys.argv[1]); sys.exit(0 if h["status"] == "ok" and h["pid1"] is True else 1)' "$health"
 check "PID 1 in the container is 'aikore serve'" \
   test "$(pm exec "$CTR" cat /proc/1/cmdline | tr '\0' ' ')" = "/usr/local/bin/aikore serve "
-check "NGINX runs as a child of PID 1, as the /config owner (PUID: aikore)" pm exec "$CTR" sh -c \
-  'ps -o ppid=,user=,args= -C nginx | grep -q "^ *1 aikore .*nginx: master" && ps -o user=,args= -C nginx | grep -q "^aikore .*nginx: worker"'
+check "NGINX runs as a child of PID 1: master root, workers www-data (not the instance user)" pm exec "$CTR" sh -c \
+  'ps -o ppid=,user=,args= -C nginx | grep -q "^ *1 root .*nginx: master" && ps -o user=,args= -C nginx | grep -q "^www-data .*nginx: worker"'
 check "the dashboard's scripts and xterm.js are served through NGINX" sh -c \
   "curl -fsS --max-time 5 -o /dev/null '$BASE_URL/static/app.js' && curl -fsS --max-time 5 -o /dev/null '$BASE_URL/vendor/xterm.js'"
 check "podman healthcheck run: healthy" pm healthcheck run "$CTR"
@@ -458,12 +458,12 @@ pm_stop "$CTR"
 check "second stop also exits 0" test "$(pm inspect --format '{{.State.ExitCode}}' "$CTR")" = 0
 
 # ---- PUID/PGID -------------------------------------------------------------------
-# aikore gives what it creates in /config to PUID:PGID and runs units without
-# User= as that user.
+# aikore's own state in /config stays root's (docs/security.md); instances run
+# as PUID:PGID, services without User= as root.
 if [ "$CHECK_PUID" = 1 ]; then
   CONFIG2=$TMP/config-puid
   mkdir -p "$CONFIG2/units"
-  # No User=: with PUID/PGID set, units run as the host user.
+  # No User=: a service runs as root, as under systemd.
   sed -e "s/$PROBE_PORT/$(free_port)/g" "$CONFIG/units/probe.service" >"$CONFIG2/units/probe.service"
   PORT2=$(free_port)
   CTR2="aikore-ct-puid-$ID"
@@ -473,9 +473,9 @@ if [ "$CHECK_PUID" = 1 ]; then
     -v "$CONFIG2:/config" "$IMAGE" >/dev/null 2> >(no_systemd_noise)
   if wait_healthz "http://127.0.0.1:$PORT2" 60; then
     BASE_URL="http://127.0.0.1:$PORT2" wait_status probe started 30 || true
-    check "PUID: /config and what aikore made in it belong to 1234:2345" sh -c \
-      "stray=\$(find '$CONFIG2' -not -path '*/nginx/tmp/*' -not -name nginx.pid -not -path '$CONFIG2/units/probe.service' \\( -not -uid 1234 -o -not -gid 2345 \\) -printf '%p %u:%g\\n'); echo \"\$stray\" | head -5; test -z \"\$stray\""
-    check "PUID: a unit without User= runs as uid 1234 (probe recorded uid=1234)" grep -q 'uid=1234$' "$CONFIG2/probe/runs"
+    check "PUID: nothing of aikore's state in /config belongs to 1234 or is writable by others" sh -c \
+      "stray=\$(find '$CONFIG2' -not -path '$CONFIG2/instances/*' -not -path '*/nginx/tmp*' \\( -uid 1234 -o -gid 2345 -o -perm -o+w \\) -printf '%p %u:%g\\n'); echo \"\$stray\" | head -5; test -z \"\$stray\""
+    check "PUID: a service without User= runs as root (probe recorded uid=0)" grep -q 'uid=0$' "$CONFIG2/probe/runs"
   else
     fail "PUID: container with PUID=1234 did not come up"
   fi

@@ -439,3 +439,21 @@ proptest! {
         }
     }
 }
+
+/// Issue 12: an .instance file is an allow-list; who it runs as and what runs are not its to say.
+#[test]
+fn instance_files_cannot_set_identity_or_commands() {
+    let text = "[Instance]\nBlueprint=a\n[Service]\nUser=root\nExecStartPre=/bin/x\nEnvironmentFile=/etc/shadow\nRestart=always\n[Unit]\nConditionPathExists=/root\nAfter=x\n";
+    let errs = errors("x.instance", text);
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    for (line, key) in [(4, "User"), (5, "ExecStartPre"), (6, "EnvironmentFile"), (9, "ConditionPathExists")] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(&format!("{line}: {key}= is not allowed in an .instance file"))),
+            "{errs:?}"
+        );
+    }
+    let (unit, _) = ok("x.instance", "[Instance]\nBlueprint=a\n[Service]\nRestart=always\nEnvironment=A=1\n");
+    assert_eq!(unit.service.environment, [("A".to_string(), "1".to_string())]);
+    // Operator-written .service files keep full power.
+    ok("x.service", "[Service]\nUser=root\nExecStartPre=/bin/x\nExecStart=/bin/y\n");
+}
