@@ -404,7 +404,11 @@ fn proxy_refuses_encoded_names_keeps_forwarded_proto_and_serves_the_favicon() {
         headers.extend_from_slice(extra);
         raw(port, "GET", target, &headers, b"").unwrap()
     };
-    d.wait_until("NGINX to serve /app/comfy/", |_| get("/app/comfy/", &[]).0 == 200);
+    // A reload is a signal: old workers answer from the old config for a
+    // moment after it, so wait until both routes are served.
+    d.wait_until("NGINX to serve /app/comfy/ and /app/a/", |_| {
+        get("/app/comfy/", &[]).0 == 200 && get("/app/a/", &[]).0 == 200
+    });
 
     // Encoded names are refused, never proxied to the decoded name.
     for target in ["/app/comf%79/", "/app/comf%79/x", "/app/a%2Fb/x", "/app/a%2fb/x", "/app/%61/"] {
