@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// NGINX's public port: the dashboard and every instance.
     #[arg(long, env = "AIKORE_PORT", default_value_t = crate::proxy::DEFAULT_PORT)]
     pub port: u16,
+    /// NGINX's apps port: every instance, on another origin than the dashboard.
+    #[arg(long, env = "AIKORE_APPS_PORT", default_value_t = crate::proxy::DEFAULT_APPS_PORT)]
+    pub apps_port: u16,
     /// Stock blueprints dir (default: /opt/aikore/blueprints in the image, ./blueprints in a checkout).
     #[arg(long, env = "AIKORE_BLUEPRINTS_DIR")]
     pub blueprints_dir: Option<PathBuf>,
@@ -97,6 +100,7 @@ impl ServeArgs {
             data_dir: self.data_dir,
             listen: self.listen,
             proxy_port: self.port,
+            apps_port: self.apps_port,
             shutdown_timeout,
             blueprints_dir,
             port_range,

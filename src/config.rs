@@ -17,6 +17,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// NGINX's public port (AIKORE_PORT).
     pub proxy_port: u16,
+    /// NGINX's apps origin port (AIKORE_APPS_PORT).
+    pub apps_port: u16,
     pub shutdown_timeout: Duration,
     /// Stock blueprints (custom ones live in `<data>/blueprints`).
     pub blueprints_dir: PathBuf,

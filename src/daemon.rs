@@ -227,6 +227,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     };
     let base = crate::proxy::BaseConfig {
         listen_port: settings.proxy_port,
+        apps_port: settings.apps_port,
         upstream,
         worker_user: crate::proxy::owner_name(&data_dir),
     };
@@ -323,7 +324,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         instances,
         proxy.clone(),
     )
-    .with_metrics(metrics);
+    .with_metrics(metrics)
+    .with_origins(crate::web::origin::Origins::from_env(settings.proxy_port, settings.apps_port));
+    state.auth.prepare_setup(&data_dir, &state.store).await;
+    crate::web::auth::migrate_public_settings(&state).await;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;

@@ -18,11 +18,16 @@ use std::path::{Path, PathBuf};
 /// The template, compiled in so a bare binary has it (the repo's `nginx/nginx.conf`).
 const BASE_TEMPLATE: &str = include_str!("../../nginx/nginx.conf");
 
-/// Default public port (AIKORE_PORT).
+/// Default public port of the dashboard and API (AIKORE_PORT).
 pub const DEFAULT_PORT: u16 = 9000;
+/// Default port of the apps origin (AIKORE_APPS_PORT): instances, the ComfyUI
+/// slot and noVNC, on another origin than the dashboard (docs/security.md).
+pub const DEFAULT_APPS_PORT: u16 = 9100;
 
 pub struct BaseConfig {
     pub listen_port: u16,
+    /// The apps origin's port (AIKORE_APPS_PORT).
+    pub apps_port: u16,
     /// Where aikore's own API listens (NGINX's upstream for `/`).
     pub upstream: SocketAddr,
     /// Workers run as this user: the data dir's owner, so files NGINX
@@ -39,6 +44,7 @@ impl BaseConfig {
         BASE_TEMPLATE
             .replace("{{USER_DIRECTIVE}}", &user)
             .replace("{{LISTEN}}", &self.listen_port.to_string())
+            .replace("{{APPS_LISTEN}}", &self.apps_port.to_string())
             .replace("{{UPSTREAM}}", &self.upstream.to_string())
     }
 }
@@ -90,12 +96,14 @@ mod tests {
     fn renders_every_placeholder() {
         let config = BaseConfig {
             listen_port: 9123,
+            apps_port: 9124,
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: Some("abc".into()),
         };
         let text = config.render();
         assert!(!text.contains("{{"), "{text}");
         assert!(text.contains("listen 9123;"));
+        assert!(text.contains("listen 9124;"));
         assert!(text.contains("proxy_pass http://127.0.0.1:9001;"));
         assert!(text.contains("user abc;"));
     }
@@ -109,7 +117,7 @@ mod tests {
         let tester = swap::NginxTester::from_env();
         assert!(swap::ConfigTester::available(&tester), "NGINX is needed for this test: apt-get install nginx");
         let data = tempfile::tempdir().unwrap();
-        let config = BaseConfig { listen_port: 9123, upstream: "127.0.0.1:9001".parse().unwrap(), worker_user: None };
+        let config = BaseConfig { listen_port: 9123, apps_port: 9124, upstream: "127.0.0.1:9001".parse().unwrap(), worker_user: None };
         write_base_config(data.path(), &config).unwrap();
         let entries = [
             routes::RouteEntry {

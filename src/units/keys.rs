@@ -40,7 +40,7 @@ const SERVICE_KEYS: &[&str] = &[
 ];
 
 const INSTANCE_KEYS: &[&str] =
-    &["Blueprint", "GPUs", "Port", "Autostart", "ActiveSlot", "PersistentMode", "StallAfterSec", "OutputDir"];
+    &["Blueprint", "GPUs", "Port", "Autostart", "ActiveSlot", "PersistentMode", "Public", "StallAfterSec", "OutputDir"];
 
 /// Real systemd [Unit] keys aikore does not implement: accepted with a warning
 /// so existing unit files load.
