@@ -117,7 +117,12 @@ mod tests {
         let tester = swap::NginxTester::from_env();
         assert!(swap::ConfigTester::available(&tester), "NGINX is needed for this test: apt-get install nginx");
         let data = tempfile::tempdir().unwrap();
-        let config = BaseConfig { listen_port: 9123, apps_port: 9124, upstream: "127.0.0.1:9001".parse().unwrap(), worker_user: None };
+        let config = BaseConfig {
+            listen_port: 9123,
+            apps_port: 9124,
+            upstream: "127.0.0.1:9001".parse().unwrap(),
+            worker_user: None,
+        };
         write_base_config(data.path(), &config).unwrap();
         let entries = [
             routes::RouteEntry {

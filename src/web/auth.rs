@@ -171,11 +171,8 @@ impl Auth {
             Some("0" | "no" | "off" | "false") => MetricsAuth::Open,
             Some(_) => MetricsAuth::Always,
         };
-        let mut auth = Auth::new(
-            non_empty("AIKORE_API_TOKEN").into_iter().collect(),
-            non_empty("AIKORE_PASSWORD"),
-            metrics_auth,
-        );
+        let mut auth =
+            Auth::new(non_empty("AIKORE_API_TOKEN").into_iter().collect(), non_empty("AIKORE_PASSWORD"), metrics_auth);
         let metrics_tokens = non_empty("AIKORE_METRICS_TOKEN")
             .into_iter()
             .chain(non_empty("AIKORE_METRICS_TOKEN_FILE").and_then(|p| read_token_file(&p)));
@@ -244,9 +241,8 @@ impl Auth {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         cookie_values(headers, APP_COOKIE).iter().any(|id| {
-            apps.get(id).is_some_and(|a| {
-                a.expires > now && sessions.get(&a.parent).is_some_and(|parent| parent.expires > now)
-            })
+            apps.get(id)
+                .is_some_and(|a| a.expires > now && sessions.get(&a.parent).is_some_and(|parent| parent.expires > now))
         })
     }
 
@@ -481,10 +477,8 @@ pub fn app_cookie(id: &str, headers: &HeaderMap) -> String {
 }
 
 fn is_open(auth: &Auth, path: &str, client: Client) -> bool {
-    matches!(
-        path,
-        "/healthz" | "/login" | "/setup" | "/api/v1/auth/check" | "/_aikore/handshake" | "/_aikore/denied"
-    ) || path.starts_with("/static/")
+    matches!(path, "/healthz" | "/login" | "/setup" | "/api/v1/auth/check" | "/_aikore/handshake" | "/_aikore/denied")
+        || path.starts_with("/static/")
         || path.starts_with("/vendor/")
         || super::pages::is_app_path(path)
         || (path == "/metrics"
@@ -746,7 +740,10 @@ async fn handshake(State(state): State<AppState>, headers: HeaderMap, Query(q): 
 async fn denied(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let html = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
     if !html {
-        return refused(StatusCode::UNAUTHORIZED, "login required: open the app from the dashboard, or send a bearer token");
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            "login required: open the app from the dashboard, or send a bearer token",
+        );
     }
     let uri = headers.get("x-original-uri").and_then(|v| v.to_str().ok()).and_then(safe_next).unwrap_or("/");
     let query = serde_urlencoded::to_string([("next", uri)]).unwrap_or_default();
@@ -784,24 +781,79 @@ mod tests {
 
     #[test]
     fn bearer_tokens_are_checked_exactly() {
-        let auth = Auth::new(vec!["s3cret".into()], None, false);
+        let auth = Auth::new(vec!["s3cret".into()], None, MetricsAuth::Loopback);
         let mut h = HeaderMap::new();
         assert_eq!(auth.bearer_ok(&h), None);
         h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
         assert_eq!(auth.bearer_ok(&h), Some(true));
-        h.insert(header::AUTHORIZATION, "Bearer s3cre".parse().unwrap());
-        assert_eq!(auth.bearer_ok(&h), Some(false));
+        for wrong in ["Bearer s3cre", "Bearer s3cret2", "Bearer ", "Bearer S3CRET"] {
+            h.insert(header::AUTHORIZATION, wrong.parse().unwrap());
+            assert_eq!(auth.bearer_ok(&h), Some(false), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_compared_as_fixed_length_digests() {
+        let expected = digest(b"correct horse");
+        assert!(secret_eq(&expected, b"correct horse"));
+        assert!(!secret_eq(&expected, b"correct hors"));
+        assert!(!secret_eq(&expected, b""));
+        assert!(!secret_eq(&expected, &[b'x'; 10_000]));
     }
 
     #[test]
     fn sessions_are_found_by_cookie_and_end_at_logout() {
-        let auth = Auth::new(vec![], None, false);
+        let auth = Auth::new(vec![], None, MetricsAuth::Loopback);
         let (id, csrf) = auth.login();
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, format!("theme=dark; {SESSION_COOKIE}={id}").parse().unwrap());
+        // A planted cookie of the same name first (cookie tossing) does not hide the real one.
+        h.insert(header::COOKIE, format!("aikore_session=planted; theme=dark; {SESSION_COOKIE}={id}").parse().unwrap());
         assert_eq!(auth.session_csrf(&h), Some(csrf));
         auth.logout(&h);
         assert_eq!(auth.session_csrf(&h), None);
+    }
+
+    #[test]
+    fn the_app_cookie_is_not_a_dashboard_login_and_dies_with_its_session() {
+        let auth = Auth::new(vec![], None, MetricsAuth::Loopback);
+        let (id, _) = auth.login();
+        let mut dash = HeaderMap::new();
+        dash.insert(header::COOKIE, format!("{SESSION_COOKIE}={id}").parse().unwrap());
+        let code = auth.handshake_code(&dash).unwrap();
+        let app_id = auth.redeem_code(&code).unwrap();
+        assert!(auth.redeem_code(&code).is_none(), "a code is spent once");
+        let mut app = HeaderMap::new();
+        app.insert(header::COOKIE, format!("{APP_COOKIE}={app_id}").parse().unwrap());
+        assert!(auth.app_session_ok(&app));
+        assert!(!auth.is_authenticated(&app));
+        // The app cookie's value under the dashboard cookie's name is no login either.
+        let mut forged = HeaderMap::new();
+        forged.insert(header::COOKIE, format!("{SESSION_COOKIE}={app_id}").parse().unwrap());
+        assert!(!auth.is_authenticated(&forged));
+        // The dashboard cookie is no apps-origin login.
+        assert!(!auth.app_session_ok(&dash));
+        auth.logout(&dash);
+        assert!(!auth.app_session_ok(&app), "logging out of the dashboard ends the app session");
+        assert!(auth.handshake_code(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn apps_see_every_cookie_but_aikores() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "a=1; aikore_session=s; b=2".parse().unwrap());
+        h.append(header::COOKIE, "aikore_app=x;c=3; aikore_session=again".parse().unwrap());
+        assert_eq!(app_visible_cookies(&h), "a=1; b=2; c=3");
+        assert_eq!(app_visible_cookies(&HeaderMap::new()), "");
+    }
+
+    #[test]
+    fn cookies_are_secure_behind_https() {
+        let mut h = HeaderMap::new();
+        assert!(!session_cookie("x", &h).contains("Secure"));
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        assert!(session_cookie("x", &h).ends_with("; Secure"));
+        assert!(app_cookie("x", &h).ends_with("; Secure"));
+        assert!(expired_cookie(&h).ends_with("; Secure"));
     }
 
     #[test]
@@ -820,13 +872,12 @@ mod tests {
     }
 
     #[test]
-    fn websocket_origin_must_match_host() {
+    fn the_claimed_origin_comes_from_origin_or_referer() {
         let mut h = HeaderMap::new();
-        h.insert(header::HOST, "127.0.0.1:9001".parse().unwrap());
-        assert!(same_origin(&h));
-        h.insert(header::ORIGIN, "http://127.0.0.1:9001".parse().unwrap());
-        assert!(same_origin(&h));
-        h.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
-        assert!(!same_origin(&h));
+        assert_eq!(claimed_origin(&h), None);
+        h.insert(header::REFERER, "http://gpu.lan:9100/app/x/evil.html?q".parse().unwrap());
+        assert_eq!(claimed_origin(&h).as_deref(), Some("http://gpu.lan:9100"));
+        h.insert(header::ORIGIN, "null".parse().unwrap());
+        assert_eq!(claimed_origin(&h).as_deref(), Some("null"));
     }
 }

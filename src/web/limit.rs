@@ -48,7 +48,11 @@ pub struct Limiter {
 
 impl Default for Limiter {
     fn default() -> Self {
-        Limiter { state: Mutex::default(), argon2: tokio::sync::Semaphore::new(ARGON2_PERMITS), queued: AtomicUsize::new(0) }
+        Limiter {
+            state: Mutex::default(),
+            argon2: tokio::sync::Semaphore::new(ARGON2_PERMITS),
+            queued: AtomicUsize::new(0),
+        }
     }
 }
 

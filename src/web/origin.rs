@@ -163,10 +163,7 @@ mod tests {
     fn apps_origin_follows_the_host_and_scheme() {
         let o = origins();
         assert_eq!(o.apps(&headers(&[("host", "gpu.lan:9000")])), "http://gpu.lan:9100");
-        assert_eq!(
-            o.apps(&headers(&[("host", "gpu.lan"), ("x-forwarded-proto", "https")])),
-            "https://gpu.lan:9100"
-        );
+        assert_eq!(o.apps(&headers(&[("host", "gpu.lan"), ("x-forwarded-proto", "https")])), "https://gpu.lan:9100");
         assert_eq!(o.apps(&headers(&[("host", "[::1]:9000")])), "http://[::1]:9100");
         assert_eq!(o.apps(&headers(&[("host", "evil\"<x>:1")])), "http://localhost:9100");
         let fixed = Origins { apps_url: origin_of("https://apps.example.com/"), ..origins() };
