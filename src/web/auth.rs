@@ -311,8 +311,9 @@ impl Auth {
         let Ok(Ok(Some(stored))) = store.call(|s| s.setting(PASSWORD_SETTING)).await else {
             return false;
         };
-        // argon2 is deliberately slow: keep it off the async workers.
-        tokio::task::spawn_blocking(move || {
+        // argon2 is deliberately slow: keep it off the async workers, on the
+        // bounded hashing threads (the caller holds an argon2 permit).
+        super::limit::run_hash(move || {
             PasswordHash::new(&stored)
                 .map(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
                 .unwrap_or(false)
@@ -374,14 +375,14 @@ impl Auth {
         if self.password_configured(store).await {
             return Err("a password is already set".into());
         }
-        let hash = tokio::task::spawn_blocking(move || {
+        let hash = super::limit::run_hash(move || {
             let mut raw = [0u8; 16];
             os_random(&mut raw);
             let salt = SaltString::encode_b64(&raw)?;
             Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
         })
         .await
-        .map_err(|e| e.to_string())?
+        .ok_or("the password hashing threads are gone")?
         .map_err(|e| e.to_string())?;
         store
             .call(move |s| s.set_setting(PASSWORD_SETTING, &hash))

@@ -127,6 +127,47 @@ impl Limiter {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `work` (an argon2 hash) on one of [`ARGON2_PERMITS`] dedicated
+/// threads. Not tokio's blocking pool: that one grows threads on demand and
+/// each keeps its own malloc arena, so freed 19 MiB hash buffers would stay
+/// resident once per thread; two long-lived threads keep at most two.
+pub async fn run_hash<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    static POOL: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for i in 0..ARGON2_PERMITS {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new().name(format!("aikore-argon2-{i}")).spawn(move || loop {
+                let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                };
+                job();
+                // The hash's 19 MiB buffer is freed but glibc keeps it in this
+                // thread's arena; hand it back so idle RSS stays where it was.
+                #[cfg(target_env = "gnu")]
+                // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
+        Mutex::new(tx)
+    });
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = done.send(work());
+    });
+    pool.lock().unwrap_or_else(|p| p.into_inner()).send(job).ok()?;
+    result.await.ok()
+}
+
 /// The wait after a client's `failures`-th failure.
 pub fn delay_after(failures: u32) -> Duration {
     let over = failures.saturating_sub(FREE_FAILURES + 1).min(16);
