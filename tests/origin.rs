@@ -149,7 +149,7 @@ fn apps_live_on_their_own_origin_and_never_see_aikores_credentials() {
     let r = raw(port, "GET", "/", &[("Cookie", &session)], b"").unwrap();
     let csp = r.header("content-security-policy").unwrap_or("").to_string();
     assert!(csp.contains("frame-ancestors 'self'"), "{csp}");
-    assert!(csp.contains(&format!("frame-src {from_apps}")), "{csp}");
+    assert!(csp.contains(&format!("frame-src 'self' {from_apps}")), "{csp}");
     assert_eq!(r.header("x-frame-options"), Some("SAMEORIGIN"));
     assert!(r.text().contains("sandbox=\"allow-scripts allow-forms allow-same-origin"), "the View iframe is sandboxed");
 }

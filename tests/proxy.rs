@@ -430,7 +430,7 @@ fn apps_sit_behind_the_login_unless_shared() {
     let r = raw(p.apps, "GET", "/app/guarded/x", &[], b"").unwrap();
     assert_eq!(r.status, 401);
     let r = raw(p.apps, "GET", "/app/guarded/x", &[("Accept", "text/html")], b"").unwrap();
-    assert_eq!(r.status, 302);
+    assert_eq!(r.status, 303);
     assert_eq!(
         r.header("location"),
         Some(format!("http://127.0.0.1:{}/app-login?next=%2Fapp%2Fguarded%2Fx", p.port).as_str())

@@ -658,7 +658,7 @@ pub async fn security_headers(State(state): State<AppState>, request: Request, n
     // xterm.js injects <style> elements, hence 'unsafe-inline' for styles only.
     let csp = format!(
         "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
-         connect-src 'self'; frame-src {apps}; frame-ancestors 'self'; base-uri 'none'; form-action 'self' {apps}; object-src 'none'"
+         connect-src 'self'; frame-src 'self' {apps}; frame-ancestors 'self'; base-uri 'none'; form-action 'self' {apps}; object-src 'none'"
     );
     if let Ok(v) = header::HeaderValue::from_str(&csp) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
