@@ -563,7 +563,7 @@ pub async fn require_auth(State(state): State<AppState>, mut request: Request, n
         return next.run(request).await;
     }
     if Auth::bearer_token(request.headers()).is_some() {
-        if let Err(wait) = auth.limiter.check(client.ip) {
+        if let Err(wait) = auth.limiter.check(client.ip, !client.direct_loopback) {
             auth.limiter.refused(client.ip, wait);
             return too_many(wait);
         }
@@ -667,7 +667,7 @@ async fn check(State(state): State<AppState>, Extension(client): Extension<Clien
     let bearer = auth.bearer_ok(&headers);
     let mut allowed = auth.app_session_ok(&headers);
     if !allowed && bearer.is_some() {
-        if auth.limiter.check(client.ip).is_err() {
+        if auth.limiter.check(client.ip, true).is_err() {
             return StatusCode::UNAUTHORIZED.into_response();
         }
         match bearer {

@@ -63,13 +63,15 @@ pub struct Argon2Permit<'a> {
 
 impl Limiter {
     /// `Err(wait)` when this client (or everyone) must wait before another try.
-    pub fn check(&self, client: Option<IpAddr>) -> Result<(), Duration> {
+    /// `global`: whether the all-clients cap applies (not to a direct loopback
+    /// caller, the CLI: a flood from outside must not lock the operator out).
+    pub fn check(&self, client: Option<IpAddr>, global: bool) -> Result<(), Duration> {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         while state.global.front().is_some_and(|t| now.duration_since(*t) > GLOBAL_WINDOW) {
             state.global.pop_front();
         }
-        if state.global.len() >= GLOBAL_MAX {
+        if global && state.global.len() >= GLOBAL_MAX {
             let oldest = state.global.front().copied().unwrap_or(now);
             return Err(GLOBAL_WINDOW.saturating_sub(now.duration_since(oldest)).max(Duration::from_secs(1)));
         }
@@ -184,16 +186,16 @@ mod tests {
         let a: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
         let b: Option<IpAddr> = Some("10.0.0.2".parse().unwrap());
         for _ in 0..FREE_FAILURES {
-            assert!(l.check(a).is_ok());
+            assert!(l.check(a, true).is_ok());
             l.failure(a, "password");
         }
-        assert!(l.check(a).is_ok(), "the free failures do not block");
+        assert!(l.check(a, true).is_ok(), "the free failures do not block");
         l.failure(a, "password");
-        let wait = l.check(a).unwrap_err();
+        let wait = l.check(a, true).unwrap_err();
         assert!(wait <= BASE_DELAY && wait > Duration::ZERO, "{wait:?}");
-        assert!(l.check(b).is_ok(), "another client is not blocked");
+        assert!(l.check(b, true).is_ok(), "another client is not blocked");
         l.success(a);
-        assert!(l.check(a).is_ok());
+        assert!(l.check(a, true).is_ok());
         assert_eq!(delay_after(FREE_FAILURES + 2), BASE_DELAY * 2);
         assert_eq!(delay_after(1000), MAX_DELAY);
     }
@@ -205,7 +207,8 @@ mod tests {
             let ip: IpAddr = format!("10.1.{}.{}", i / 250, i % 250).parse().unwrap();
             l.failure(Some(ip), "bearer");
         }
-        assert!(l.check(Some("10.9.9.9".parse().unwrap())).is_err());
+        assert!(l.check(Some("10.9.9.9".parse().unwrap()), true).is_err());
+        assert!(l.check(Some("127.0.0.1".parse().unwrap()), false).is_ok(), "the loopback operator is not locked out");
     }
 
     #[tokio::test]

@@ -207,7 +207,7 @@ async fn login(
 ) -> Response {
     let next = form.next.as_deref().and_then(safe_next);
     let limiter = &state.auth.limiter;
-    if let Err(wait) = limiter.check(client.ip) {
+    if let Err(wait) = limiter.check(client.ip, !client.direct_loopback) {
         limiter.refused(client.ip, wait);
         let msg = format!("Too many failed attempts: wait {} s.", wait.as_secs().max(1));
         return wait_page(login_markup(Some(&msg), next), wait);
@@ -270,7 +270,7 @@ async fn setup(
     Form(form): Form<SetupForm>,
 ) -> Response {
     let limiter = &state.auth.limiter;
-    if let Err(wait) = limiter.check(client.ip) {
+    if let Err(wait) = limiter.check(client.ip, !client.direct_loopback) {
         limiter.refused(client.ip, wait);
         return wait_page(setup_markup(Some("Too many wrong setup codes: wait and try again.")), wait);
     }
