@@ -73,6 +73,20 @@ fn apps_live_on_their_own_origin_and_never_see_aikores_credentials() {
     // The API gives full URLs on the apps origin.
     let r = raw(port, "GET", "/api/v1/instances/e", &[("Authorization", &p.bearer())], b"").unwrap();
     assert_eq!(r.json()["url"], format!("http://127.0.0.1:{apps}/app/e/"));
+    // Behind a TLS proxy (X-Forwarded-Proto: https through NGINX): https links, Secure cookies.
+    let tls = [("Authorization", p.bearer()), ("X-Forwarded-Proto", "https".to_string())];
+    let tls: Vec<(&str, &str)> = tls.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = raw(port, "GET", "/api/v1/instances/e", &tls, b"").unwrap();
+    assert_eq!(r.json()["url"], format!("https://127.0.0.1:{apps}/app/e/"));
+    let r = raw(
+        port,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("X-Forwarded-Proto", "https")],
+        form(PASSWORD).as_bytes(),
+    )
+    .unwrap();
+    assert!(set_cookie(&r, "aikore_session").unwrap().ends_with("; Secure"));
 
     // A browser opening the app: apps origin -> dashboard login -> handshake -> app.
     let r = raw(apps, "GET", "/app/e/x", &[("Accept", "text/html")], b"").unwrap();

@@ -650,7 +650,9 @@ async fn restore(State(state): State<AppState>, Path(id): Path<String>) -> Respo
 
 /// Security headers on every response: scripts only from our own files,
 /// frames only from the apps origin (the View tab), and no page of another
-/// origin (an app's included) may frame the dashboard.
+/// origin (an app's included) may frame the dashboard. `form-action` names
+/// the apps origin too: the login form's redirects end there (the
+/// handshake), and browsers hold redirects after a form post to it.
 pub async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let apps = state.origins.apps(request.headers());
     let mut response = next.run(request).await;
