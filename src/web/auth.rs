@@ -62,7 +62,13 @@ struct Session {
 struct AppSession {
     parent: String,
     expires: Instant,
+    created: Instant,
 }
+
+/// Apps-origin sessions one dashboard session may hold (one per browser tab
+/// or frame that went through the handshake); beyond it the oldest goes, so
+/// a page looping through the handshake cannot grow memory.
+const APP_SESSIONS_PER_SESSION: usize = 32;
 
 /// Who may scrape `/metrics` (AIKORE_METRICS_AUTH).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,7 +297,15 @@ impl Auth {
         let id = random_token();
         let mut apps = self.app_sessions.lock().unwrap_or_else(|p| p.into_inner());
         apps.retain(|_, a| a.expires > now);
-        apps.insert(id.clone(), AppSession { parent, expires: parent_expires });
+        let mut siblings: Vec<(Instant, String)> =
+            apps.iter().filter(|(_, a)| a.parent == parent).map(|(k, a)| (a.created, k.clone())).collect();
+        if siblings.len() >= APP_SESSIONS_PER_SESSION {
+            siblings.sort();
+            for (_, old) in &siblings[..=siblings.len() - APP_SESSIONS_PER_SESSION] {
+                apps.remove(old);
+            }
+        }
+        apps.insert(id.clone(), AppSession { parent, expires: parent_expires, created: now });
         Some(id)
     }
 
@@ -835,6 +849,14 @@ mod tests {
         assert!(!auth.app_session_ok(&dash));
         auth.logout(&dash);
         assert!(!auth.app_session_ok(&app), "logging out of the dashboard ends the app session");
+        // A page looping through the handshake keeps a bounded number of sessions.
+        let (id, _) = auth.login();
+        dash.insert(header::COOKIE, format!("{SESSION_COOKIE}={id}").parse().unwrap());
+        for _ in 0..(3 * APP_SESSIONS_PER_SESSION) {
+            let code = auth.handshake_code(&dash).unwrap();
+            auth.redeem_code(&code).unwrap();
+        }
+        assert_eq!(auth.app_sessions.lock().unwrap().len(), APP_SESSIONS_PER_SESSION);
         assert!(auth.handshake_code(&HeaderMap::new()).is_none());
     }
 
