@@ -125,7 +125,7 @@ pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .last();
+        .next_back();
     match forwarded {
         Some(text) => text.parse().ok(),
         None => Some(peer),
