@@ -279,7 +279,7 @@ fn a_persistent_instance_runs_display_vnc_and_browser_in_its_unit() {
     let (code, headers, _) = get(p.apps, "/vnc/pv/vnc.html", &[]).unwrap();
     assert_eq!(code, 401, "no credentials");
     let (code, headers2, _) = get(p.apps, "/vnc/pv/vnc.html", &[("Accept", "text/html")]).unwrap();
-    assert_eq!(code, 302, "a browser without a session goes to the login page: {headers:?}");
+    assert_eq!(code, 303, "a browser without a session goes through the dashboard's login: {headers:?}");
     assert!(
         headers2.iter().any(|(k, v)| k.eq_ignore_ascii_case("location") && v.contains("/app-login?next=")),
         "{headers2:?}"
