@@ -88,13 +88,16 @@ ENV AIKORE_DATA_DIR=/config \
     AIKORE_WEB_DIR=/opt/aikore/web \
     AIKORE_PORT=9000 \
     AIKORE_BIND=0.0.0.0 \
+    AIKORE_APPS_PORT=9100 \
     PUID=${PUID} \
     PGID=${PGID} \
     TZ=Etc/UTC
 
-# 9000: NGINX (dashboard, API, /app/<name>/). 19001-19999: instance ports
+# 9000: NGINX, the dashboard and API. 9100: NGINX, the apps origin
+# (/app/<name>/, /comfyui/, /vnc/<name>/), another origin so an app's pages
+# cannot act on the dashboard (docs/security.md). 19001-19999: instance ports
 # (AIKORE_PORT_RANGE), published only for direct access to an instance.
-EXPOSE 9000 19001-19999
+EXPOSE 9000 9100 19001-19999
 VOLUME /config
 WORKDIR /config
 

@@ -42,6 +42,8 @@ trap cleanup EXIT INT TERM
 
 api_port=$(free_port)
 public_port=$(free_port)
+# The apps origin: instances are served there, not on the dashboard's port.
+apps_port=$(free_port)
 first=$(free_port)
 mkdir -p "$work/stock" "$work/data/blueprints"
 cp "$repo/units/nginx.service" "$work/stock/"
@@ -59,7 +61,7 @@ EOF
 TOKEN="bench-$$"
 export CURL_HOME="$work"
 printf 'header = "Authorization: Bearer %s"\n' "$TOKEN" >"$CURL_HOME/.curlrc"
-AIKORE_API_TOKEN=$TOKEN AIKORE_PORT=$public_port AIKORE_PORT_RANGE="$first-$((first + 9))" AIKORE_BLUEPRINTS_DIR="$repo/blueprints" \
+AIKORE_API_TOKEN=$TOKEN AIKORE_PORT=$public_port AIKORE_APPS_PORT=$apps_port AIKORE_PORT_RANGE="$first-$((first + 9))" AIKORE_BLUEPRINTS_DIR="$repo/blueprints" \
     "$bin" serve --data-dir "$work/data" --units-dir "$work/stock" --listen "127.0.0.1:$api_port" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
 api="http://127.0.0.1:$api_port"
@@ -74,10 +76,10 @@ curl -fsS -X POST -H 'Content-Type: application/json' \
     -d '{"name":"bench","blueprint":"echo","start":true}' "$api/api/v1/instances" >/dev/null
 wait_for "the instance" sh -c "curl -fsS $api/api/v1/instances/bench | grep -q '\"status\":\"started\"'"
 app_port=$(curl -fsS "$api/api/v1/instances/bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["current_port"])')
-wait_for "the NGINX route" curl -fsS "http://127.0.0.1:$public_port/app/bench/ping"
+wait_for "the NGINX route" curl -fsS "http://127.0.0.1:$apps_port/app/bench/ping"
 
 direct="http://127.0.0.1:$app_port/ping"
-proxied="http://127.0.0.1:$public_port/app/bench/ping"
+proxied="http://127.0.0.1:$apps_port/app/bench/ping"
 
 # Prints "requests_per_s p99_ms".
 load_wrk() {

@@ -116,6 +116,9 @@ pub struct ServeArgs {
     /// the container image sets 0.0.0.0.
     #[arg(long, env = "AIKORE_BIND", default_value_t = crate::proxy::DEFAULT_BIND)]
     pub bind: std::net::IpAddr,
+    /// NGINX's apps port: every instance, on another origin than the dashboard.
+    #[arg(long, env = "AIKORE_APPS_PORT", default_value_t = crate::proxy::DEFAULT_APPS_PORT)]
+    pub apps_port: u16,
     /// Stock blueprints dir (default: /opt/aikore/blueprints in the image, ./blueprints in a checkout).
     #[arg(long, env = "AIKORE_BLUEPRINTS_DIR")]
     pub blueprints_dir: Option<PathBuf>,
@@ -142,6 +145,7 @@ impl ServeArgs {
             listen: self.listen,
             proxy_port: self.port,
             proxy_bind: self.bind,
+            apps_port: self.apps_port,
             shutdown_timeout,
             blueprints_dir,
             port_range,

@@ -19,6 +19,8 @@ pub struct Settings {
     pub proxy_port: u16,
     /// The address NGINX listens on (AIKORE_BIND).
     pub proxy_bind: std::net::IpAddr,
+    /// NGINX's apps origin port (AIKORE_APPS_PORT).
+    pub apps_port: u16,
     pub shutdown_timeout: Duration,
     /// Stock blueprints (custom ones live in `<data>/blueprints`).
     pub blueprints_dir: PathBuf,

@@ -254,6 +254,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let base = crate::proxy::BaseConfig {
         listen_addr: settings.proxy_bind,
         listen_port: settings.proxy_port,
+        apps_port: settings.apps_port,
         upstream,
         worker_user: nginx_worker.clone(),
     };
@@ -361,7 +362,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         instances,
         proxy.clone(),
     )
-    .with_metrics(metrics);
+    .with_metrics(metrics)
+    .with_origins(crate::web::origin::Origins::from_env(settings.proxy_port, settings.apps_port));
     // xterm.js comes from npm (web/package-lock.json); without it the
     // dashboard works but its terminal cannot: say so once, with the fix.
     let xterm = state.web_dir.join("node_modules/@xterm/xterm/lib/xterm.js");
@@ -373,6 +375,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     }
     // The environment's credentials plus the local CLI's token.
     let state = state.with_auth(crate::web::auth::Auth::from_env().with_api_token(cli_token));
+    state.auth.prepare_setup(&data_dir, &state.store).await;
+    crate::web::auth::migrate_public_settings(&state).await;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;

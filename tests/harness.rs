@@ -33,6 +33,9 @@ pub struct Daemon {
     /// The daemon's AIKORE_API_TOKEN: every request and CLI call sends it,
     /// as a bearer, so tests talk to the API past the login gate.
     pub token: String,
+    /// NGINX's apps origin port (AIKORE_APPS_PORT): a free one per daemon
+    /// unless the test's options give one.
+    pub apps_port: u16,
     agent: ureq::Agent,
 }
 
@@ -91,6 +94,7 @@ impl Daemon {
             data_dir,
             dir,
             token: test_token(),
+            apps_port: 0,
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(Duration::from_secs(30)))
@@ -123,11 +127,19 @@ impl Daemon {
         if let Some((_, token)) = options.env.iter().find(|(k, _)| k == "AIKORE_API_TOKEN") {
             self.token = token.clone();
         }
+        self.apps_port = match options.env.iter().find(|(k, _)| k == "AIKORE_APPS_PORT") {
+            Some((_, port)) => port.parse().expect("AIKORE_APPS_PORT"),
+            None if self.apps_port != 0 => self.apps_port,
+            None => free_port(),
+        };
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .env("AIKORE_API_TOKEN", &self.token)
             .env_remove("AIKORE_PASSWORD")
             .env_remove("AIKORE_METRICS_AUTH")
+            .env_remove("AIKORE_APPS_URL")
+            .env_remove("AIKORE_PUBLIC_URL")
+            .env("AIKORE_APPS_PORT", self.apps_port.to_string())
             .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("AIKORE_LOG", "debug")
             .stdin(Stdio::null())
@@ -135,6 +147,11 @@ impl Daemon {
             .stderr(log);
         self.child = Some(cmd.spawn().expect("spawn aikore"));
         self.wait_until("the daemon answers /healthz", |d| d.get("/healthz").0 == 200);
+    }
+
+    /// The apps origin as the API reports it to a client of `self.url`.
+    pub fn apps_origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.apps_port)
     }
 
     pub fn daemon_log(&self) -> String {

@@ -19,7 +19,7 @@ fn an_instance_goes_from_creation_to_started_when_its_port_answers() {
     let d = Daemon::start(&[]);
     let created = create(&d, json!({ "name": "comfy-a", "blueprint": "test-http", "gpus": "0" }));
     assert_eq!(created["status"], "stopped");
-    assert_eq!(created["url"], "/app/comfy-a/");
+    assert_eq!(created["url"], format!("{}/app/comfy-a/", d.apps_origin()));
     assert_eq!(created["port"], "auto");
     let dir = d.data_dir.join("instances/comfy-a");
     assert!(dir.join("launch.sh").is_file() && dir.join("outputs").is_dir());
@@ -235,13 +235,13 @@ fn script_edit_custom_blueprint_and_rebuild() {
 fn the_comfyui_slot_has_one_holder() {
     let d = Daemon::start(&[]);
     create(&d, json!({ "name": "first", "blueprint": "test-http", "active_slot": "comfyui" }));
-    assert_eq!(d.get("/api/v1/instances/first").1["url"], "/comfyui/");
+    assert_eq!(d.get("/api/v1/instances/first").1["url"], format!("{}/comfyui/", d.apps_origin()));
     create(&d, json!({ "name": "second", "blueprint": "test-http", "active_slot": "comfyui" }));
     assert_eq!(d.get("/api/v1/instances/second").1["active_slot"], "comfyui");
     assert!(d.get("/api/v1/instances/first").1["active_slot"].is_null(), "taken from the first");
     d.patch_json("/api/v1/instances/first", json!({ "active_slot": "comfyui" }));
     assert!(d.get("/api/v1/instances/second").1["active_slot"].is_null());
-    assert_eq!(d.get("/api/v1/instances/first").1["url"], "/comfyui/");
+    assert_eq!(d.get("/api/v1/instances/first").1["url"], format!("{}/comfyui/", d.apps_origin()));
 }
 
 #[test]

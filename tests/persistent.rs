@@ -44,6 +44,8 @@ fn need_tools() {
 struct Proxied {
     d: Daemon,
     port: u16,
+    /// The apps origin's port: /vnc/ is served there.
+    apps: u16,
 }
 
 fn start() -> Proxied {
@@ -55,7 +57,8 @@ fn start() -> Proxied {
     let d = Daemon::start_with(&[("nginx.service", &stock)], options);
     let u = d.wait_status("nginx", "started");
     assert!(u["detail"].is_null(), "NGINX must be installed for this test: {u}");
-    let p = Proxied { d, port };
+    let apps = d.apps_port;
+    let p = Proxied { d, port, apps };
     p.d.wait_until("NGINX to serve the dashboard", |_| get(p.port, "/healthz", &[]).is_ok_and(|r| r.0 == 200));
     p
 }
@@ -80,11 +83,11 @@ fn get(port: u16, target: &str, headers: &[(&str, &str)]) -> std::io::Result<(u1
 /// A viewer: opens noVNC's WebSocket through NGINX, reads the VNC server's
 /// greeting (the RFB version, in websockify's first binary frame), closes.
 fn vnc_greeting(p: &Proxied, name: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", p.port)).map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect(("127.0.0.1", p.apps)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let req = format!(
         "GET /vnc/{name}/websockify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\nOrigin: http://127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n",
-        port = p.port,
+        port = p.apps,
         token = p.d.token
     );
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
@@ -218,19 +221,21 @@ fn a_persistent_instance_runs_display_vnc_and_browser_in_its_unit() {
 
     // The API points View/Open at noVNC on the display.
     let (_, view) = d.get("/api/v1/instances/pv");
-    let vnc_url = view["vnc_url"].as_str().expect("vnc_url").to_string();
-    assert_eq!(view["url"], vnc_url, "{view}");
+    let vnc_full = view["vnc_url"].as_str().expect("vnc_url").to_string();
+    assert_eq!(view["url"], vnc_full, "{view}");
+    // A full URL on the apps origin; the path is what NGINX serves there.
+    let vnc_url = vnc_full.strip_prefix(&d.apps_origin()).expect("on the apps origin").to_string();
     assert!(
         vnc_url.starts_with("/vnc/pv/vnc.html?")
             && vnc_url.contains("path=vnc/pv/websockify")
             && vnc_url.contains("resize=remote"),
         "{vnc_url}"
     );
-    assert_eq!(view["app_url"], "/app/pv/");
+    assert_eq!(view["app_url"], format!("{}/app/pv/", d.apps_origin()));
 
     // Stopped: the viewer's address answers a "not running" page.
     wait_for(d, "the /vnc/pv/ route", Duration::from_secs(20), || {
-        get(p.port, "/vnc/pv/vnc.html", &[("Authorization", &format!("Bearer {}", d.token))])
+        get(p.apps, "/vnc/pv/vnc.html", &[("Authorization", &format!("Bearer {}", d.token))])
             .ok()
             .filter(|r| r.0 == 503)
     });
@@ -271,19 +276,22 @@ fn a_persistent_instance_runs_display_vnc_and_browser_in_its_unit() {
     });
 
     // noVNC through NGINX, behind the login.
-    let (code, headers, _) = get(p.port, "/vnc/pv/vnc.html", &[]).unwrap();
+    let (code, headers, _) = get(p.apps, "/vnc/pv/vnc.html", &[]).unwrap();
     assert_eq!(code, 401, "no credentials");
-    let (code, headers2, _) = get(p.port, "/vnc/pv/vnc.html", &[("Accept", "text/html")]).unwrap();
-    assert_eq!(code, 302, "a browser without a session goes to the login page: {headers:?}");
-    assert!(headers2.iter().any(|(k, v)| k.eq_ignore_ascii_case("location") && v.ends_with("/login")), "{headers2:?}");
+    let (code, headers2, _) = get(p.apps, "/vnc/pv/vnc.html", &[("Accept", "text/html")]).unwrap();
+    assert_eq!(code, 303, "a browser without a session goes through the dashboard's login: {headers:?}");
+    assert!(
+        headers2.iter().any(|(k, v)| k.eq_ignore_ascii_case("location") && v.contains("/app-login?next=")),
+        "{headers2:?}"
+    );
     let bearer = format!("Bearer {}", d.token);
-    let (code, _, page) = get(p.port, &vnc_url, &[("Authorization", &bearer)]).unwrap();
+    let (code, _, page) = get(p.apps, &vnc_url, &[("Authorization", &bearer)]).unwrap();
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("noVNC"), "{page}");
-    let (code, _, _) = get(p.port, "/vnc/pv/app/ui.js", &[("Authorization", &bearer)]).unwrap();
+    let (code, _, _) = get(p.apps, "/vnc/pv/app/ui.js", &[("Authorization", &bearer)]).unwrap();
     assert_eq!(code, 200, "noVNC's scripts load relative to the page");
     // A wrong token is refused like none.
-    let (code, _, _) = get(p.port, "/vnc/pv/vnc.html", &[("Authorization", "Bearer wrong")]).unwrap();
+    let (code, _, _) = get(p.apps, "/vnc/pv/vnc.html", &[("Authorization", "Bearer wrong")]).unwrap();
     assert_eq!(code, 401);
 
     // Viewers come and go; Firefox stays, on the same page.
@@ -391,7 +399,7 @@ fn two_persistent_instances_get_distinct_displays_and_a_plain_one_none() {
     assert_ne!(da, db);
     assert!(unit_processes(&d, "plain").iter().all(|(_, c)| program(c) != "Xvnc"));
     let (_, plain) = d.get("/api/v1/instances/plain");
-    assert!(plain["vnc_url"].is_null() && plain["url"] == "/app/plain/", "{plain}");
+    assert!(plain["vnc_url"].is_null() && plain["url"] == format!("{}/app/plain/", d.apps_origin()), "{plain}");
     for name in ["a", "b"] {
         assert_eq!(d.post(&format!("/api/v1/instances/{name}/stop")).0, 200);
         d.wait_status(name, "stopped");

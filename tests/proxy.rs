@@ -13,13 +13,15 @@ use serde_json::{json, Value};
 
 use crate::harness::{free_port, read_head, Daemon, Options};
 
-/// A daemon running the stock nginx unit on its own public port.
-struct Proxied {
-    d: Daemon,
-    port: u16,
+/// A daemon running the stock nginx unit on its own public ports: the
+/// dashboard's (`port`) and the apps origin's (`apps`).
+pub(crate) struct Proxied {
+    pub(crate) d: Daemon,
+    pub(crate) port: u16,
+    pub(crate) apps: u16,
 }
 
-fn start(extra_env: &[(&str, &str)]) -> Proxied {
+pub(crate) fn start(extra_env: &[(&str, &str)]) -> Proxied {
     let port = free_port();
     let mut options = Options::default();
     options.env.push(("AIKORE_PORT".into(), port.to_string()));
@@ -33,7 +35,8 @@ fn start(extra_env: &[(&str, &str)]) -> Proxied {
     for (id, mode) in [("echo", "subpath"), ("echo-port", "port")] {
         write_echo_blueprint(&d, id, mode);
     }
-    let p = Proxied { d, port };
+    let apps = d.apps_port;
+    let p = Proxied { d, port, apps };
     p.d.wait_until("NGINX to serve the dashboard", |_| p.try_get("/healthz").is_some_and(|r| r.status == 200));
     // The generated routes are live from NGINX's first start.
     assert!(p.get("/app/nobody/").text().contains("No such instance"));
@@ -51,20 +54,20 @@ fn write_echo_blueprint(d: &Daemon, id: &str, mode: &str) {
     std::fs::write(dir.join(format!("{id}.sh")), script).unwrap();
 }
 
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into()))
     }
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into()
     }
 }
@@ -77,7 +80,13 @@ fn connect(port: u16) -> std::io::Result<TcpStream> {
 
 /// One HTTP/1.1 request, the target written byte for byte as given (no client
 /// normalises it), `Connection: close`, the whole reply read to EOF.
-fn raw(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+pub(crate) fn raw(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut s = connect(port)?;
     let mut head = format!(
         "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -101,23 +110,36 @@ fn raw(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[
 
 impl Proxied {
     /// Apps sit behind aikore's login (NGINX auth_request): API clients pass with the bearer.
-    fn bearer(&self) -> String {
+    pub(crate) fn bearer(&self) -> String {
         format!("Bearer {}", self.d.token)
     }
-    fn try_get(&self, target: &str) -> Option<Response> {
-        raw(self.port, "GET", target, &[("Authorization", &self.bearer())], b"").ok()
+    /// The dashboard's paths go to its port, everything else (apps, the
+    /// ComfyUI slot's absolute paths) to the apps origin.
+    fn port_for(&self, target: &str) -> u16 {
+        let dashboard = target == "/"
+            || ["/healthz", "/api/v1/", "/metrics", "/login", "/setup", "/app-login", "/static/"]
+                .iter()
+                .any(|p| target.starts_with(p));
+        if dashboard {
+            self.port
+        } else {
+            self.apps
+        }
     }
-    fn get(&self, target: &str) -> Response {
-        raw(self.port, "GET", target, &[("Authorization", &self.bearer())], b"")
+    pub(crate) fn try_get(&self, target: &str) -> Option<Response> {
+        raw(self.port_for(target), "GET", target, &[("Authorization", &self.bearer())], b"").ok()
+    }
+    pub(crate) fn get(&self, target: &str) -> Response {
+        raw(self.port_for(target), "GET", target, &[("Authorization", &self.bearer())], b"")
             .unwrap_or_else(|e| panic!("GET {target}: {e}\n{}", self.d.daemon_log()))
     }
     fn post(&self, target: &str, body: &[u8]) -> Response {
-        raw(self.port, "POST", target, &[("Authorization", &self.bearer())], body)
+        raw(self.port_for(target), "POST", target, &[("Authorization", &self.bearer())], body)
             .unwrap_or_else(|e| panic!("POST {target}: {e}"))
     }
 
     /// Creates an instance from an echo blueprint, starts it and waits until NGINX serves `path`.
-    fn echo_instance(&self, name: &str, blueprint: &str, extra: Value) -> Value {
+    pub(crate) fn echo_instance(&self, name: &str, blueprint: &str, extra: Value) -> Value {
         let mut body = json!({ "name": name, "blueprint": blueprint, "start": true });
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let (code, created) = self.d.post_json("/api/v1/instances", body);
@@ -126,7 +148,7 @@ impl Proxied {
         created
     }
 
-    fn wait_served(&self, target: &str) {
+    pub(crate) fn wait_served(&self, target: &str) {
         let mut last = None;
         self.d.wait_until(&format!("NGINX to serve {target}"), |_| {
             last = self.try_get(target).map(|r| (r.status, r.text()));
@@ -137,7 +159,7 @@ impl Proxied {
 
 /// RFC 6455 from a bare socket: handshake, one masked text frame, the echo.
 fn websocket_echo(p: &Proxied, target: &str, text: &str) -> Result<String, String> {
-    let port = p.port;
+    let port = p.apps;
     let mut s = connect(port).map_err(|e| e.to_string())?;
     let bearer = p.bearer();
     let request = format!(
@@ -175,13 +197,13 @@ fn websocket_echo(p: &Proxied, target: &str, text: &str) -> Result<String, Strin
 fn an_instance_under_its_subpath_passes_get_upload_websocket_sse_and_raw_paths() {
     let p = start(&[]);
     let created = p.echo_instance("e1", "echo", json!({}));
-    assert_eq!(created["url"], "/app/e1/");
+    assert_eq!(created["url"], format!("{}/app/e1/", p.d.apps_origin()));
     assert_eq!(created["proxy"], "subpath");
     p.wait_served("/app/e1/");
 
     // GET: prefix stripped, query kept, Host and Origin unchanged, X-Forwarded-* added.
     let r = raw(
-        p.port,
+        p.apps,
         "GET",
         "/app/e1/some/page?q=1&r=%2F",
         &[("Origin", "http://example.test:1234"), ("Authorization", &p.bearer())],
@@ -191,10 +213,10 @@ fn an_instance_under_its_subpath_passes_get_upload_websocket_sse_and_raw_paths()
     assert_eq!(r.status, 200, "{}", r.text());
     let echo = r.json();
     assert_eq!(echo["target"], "/some/page?q=1&r=%2F");
-    assert_eq!(echo["headers"]["host"], format!("127.0.0.1:{}", p.port));
+    assert_eq!(echo["headers"]["host"], format!("127.0.0.1:{}", p.apps));
     assert_eq!(echo["headers"]["origin"], "http://example.test:1234");
     assert_eq!(echo["headers"]["x-forwarded-prefix"], "/app/e1");
-    assert_eq!(echo["headers"]["x-forwarded-host"], format!("127.0.0.1:{}", p.port));
+    assert_eq!(echo["headers"]["x-forwarded-host"], format!("127.0.0.1:{}", p.apps));
     assert_eq!(echo["headers"]["x-forwarded-proto"], "http");
     // No upgrade asked, none passed on.
     assert!(echo["headers"]["upgrade"].is_null(), "{echo}");
@@ -218,11 +240,11 @@ fn an_instance_under_its_subpath_passes_get_upload_websocket_sse_and_raw_paths()
     assert_eq!(websocket_echo(&p, "/app/e1/ws?clientId=1", "hello aikore").unwrap(), "hello aikore");
 
     // SSE: the first event arrives while the app is still sending (no buffering).
-    let mut s = connect(p.port).unwrap();
+    let mut s = connect(p.apps).unwrap();
     s.write_all(
         format!(
             "GET /app/e1/events/sse HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAccept: text/event-stream\r\nAuthorization: {}\r\n\r\n",
-            p.port,
+            p.apps,
             p.bearer()
         )
         .as_bytes(),
@@ -277,7 +299,7 @@ fn the_comfyui_slot_takes_comfyuis_absolute_paths_and_keeps_the_dashboard() {
     assert_eq!(p.get("/comfyui/").status, 503);
 
     let created = p.echo_instance("comfy", "echo", json!({ "active_slot": "comfyui" }));
-    assert_eq!(created["url"], "/comfyui/");
+    assert_eq!(created["url"], format!("{}/comfyui/", p.d.apps_origin()));
     p.wait_served("/comfyui/");
 
     for (target, want) in [
@@ -301,7 +323,7 @@ fn the_comfyui_slot_takes_comfyuis_absolute_paths_and_keeps_the_dashboard() {
     assert!(p.get("/healthz").text().contains("\"status\":\"ok\""));
     let r = p.get("/api/v1/instances/comfy");
     assert_eq!(r.status, 200);
-    assert_eq!(r.json()["url"], "/comfyui/");
+    assert_eq!(r.json()["url"], format!("{}/comfyui/", p.d.apps_origin()));
 
     // The slot holder stops: the slot paths answer 503 again, naming it.
     // (NGINX's "not answering" page may show for the moment between the exit and the new routes.)
@@ -384,7 +406,7 @@ fn a_port_instance_is_reached_on_its_own_port() {
     assert_eq!(view["proxy"], "port");
     let port = view["current_port"].as_u64().unwrap();
     assert_eq!(view["direct_port"], port);
-    assert_eq!(view["url"], "/app/direct/");
+    assert_eq!(view["url"], format!("{}/app/direct/", p.d.apps_origin()));
     // Straight to the app.
     let r = raw(port as u16, "GET", "/x%2Fy", &[], b"").unwrap();
     assert_eq!(r.json()["target"], "/x%2Fy");
@@ -403,18 +425,22 @@ fn apps_sit_behind_the_login_unless_shared() {
     let p = start(&[]);
     p.echo_instance("guarded", "echo", json!({}));
     p.wait_served("/app/guarded/");
-    // No credentials: an API client gets 401, a browser is sent to the login page.
-    let r = raw(p.port, "GET", "/app/guarded/x", &[], b"").unwrap();
+    // No credentials: an API client gets 401, a browser is sent through the
+    // dashboard's login (the handshake back to the apps origin).
+    let r = raw(p.apps, "GET", "/app/guarded/x", &[], b"").unwrap();
     assert_eq!(r.status, 401);
-    let r = raw(p.port, "GET", "/app/guarded/x", &[("Accept", "text/html")], b"").unwrap();
-    assert_eq!(r.status, 302);
-    assert!(r.header("location").is_some_and(|l| l.starts_with("/login")), "{:?}", r.header("location"));
-    let r = raw(p.port, "GET", "/app/guarded/x", &[("Authorization", "Bearer wrong")], b"").unwrap();
+    let r = raw(p.apps, "GET", "/app/guarded/x", &[("Accept", "text/html")], b"").unwrap();
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://127.0.0.1:{}/app-login?next=%2Fapp%2Fguarded%2Fx", p.port).as_str())
+    );
+    let r = raw(p.apps, "GET", "/app/guarded/x", &[("Authorization", "Bearer wrong")], b"").unwrap();
     assert_eq!(r.status, 401);
     assert_eq!(p.get("/app/guarded/x").status, 200);
     // A deliberate share opens it without login.
     let (code, body) = p.d.put_json("/api/v1/instances/guarded/public", json!({ "public": true }));
     assert_eq!(code, 200, "{body}");
-    let r = raw(p.port, "GET", "/app/guarded/x", &[], b"").unwrap();
+    let r = raw(p.apps, "GET", "/app/guarded/x", &[], b"").unwrap();
     assert_eq!(r.status, 200);
 }

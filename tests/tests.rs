@@ -13,6 +13,7 @@ mod environment;
 mod instances;
 mod logs;
 mod metrics;
+mod origin;
 mod persistent;
 mod pid1;
 mod proxy;

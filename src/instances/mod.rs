@@ -87,6 +87,7 @@ pub struct InstanceChanges {
     pub autostart: Option<bool>,
     pub active_slot: Option<Option<String>>,
     pub persistent_mode: Option<bool>,
+    pub public: Option<bool>,
     pub stall_after_sec: Option<u64>,
     pub output_dir: Option<Option<PathBuf>>,
     pub environment: Option<BTreeMap<String, String>>,
@@ -198,6 +199,9 @@ impl InstanceChanges {
         }
         if let Some(v) = self.persistent_mode {
             spec.persistent_mode = v;
+        }
+        if let Some(v) = self.public {
+            spec.public = v;
         }
         if let Some(v) = self.stall_after_sec {
             spec.stall_after_sec = v;
@@ -340,6 +344,7 @@ impl InstanceManager {
             autostart: false,
             active_slot: None,
             persistent_mode: false,
+            public: false,
             stall_after_sec: 180,
             output_dir: None,
             environment: BTreeMap::new(),
@@ -471,7 +476,9 @@ impl InstanceManager {
         self.write_unit(&spec).await?;
         self.reload().await?;
         let mut outcome = UpdateOutcome { name: spec.name.clone(), restarted: false, restart_pending: false };
-        if running {
+        // The public flag is read by the auth check on each request: no restart for it.
+        let only_public = InstanceSpec { public: spec.public, ..before.clone() } == spec;
+        if running && !only_public {
             if restart {
                 if renaming {
                     self.supervisor.start(&spec.name).await?;

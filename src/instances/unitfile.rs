@@ -16,6 +16,8 @@ pub struct InstanceSpec {
     pub autostart: bool,
     pub active_slot: Option<String>,
     pub persistent_mode: bool,
+    /// Served without login (`Public=`).
+    pub public: bool,
     pub stall_after_sec: u64,
     pub output_dir: Option<PathBuf>,
     pub environment: BTreeMap<String, String>,
@@ -33,6 +35,7 @@ impl InstanceSpec {
             autostart: instance.autostart,
             active_slot: instance.active_slot.clone(),
             persistent_mode: instance.persistent_mode,
+            public: instance.public,
             stall_after_sec: instance.stall_after.as_secs(),
             output_dir: instance.output_dir.clone(),
             environment: unit.service.environment.iter().cloned().collect(),
@@ -51,6 +54,9 @@ impl InstanceSpec {
         out += &format!("Autostart={}\n", yes_no(self.autostart));
         out += &format!("ActiveSlot={}\n", self.active_slot.as_deref().unwrap_or(""));
         out += &format!("PersistentMode={}\n", yes_no(self.persistent_mode));
+        if self.public {
+            out += "Public=yes\n";
+        }
         out += &format!("StallAfterSec={}s\n", self.stall_after_sec);
         if let Some(dir) = &self.output_dir {
             out += &format!("OutputDir={}\n", dir.display());
@@ -162,6 +168,7 @@ mod tests {
             autostart: true,
             active_slot: Some("comfyui".into()),
             persistent_mode: false,
+            public: false,
             stall_after_sec: 240,
             output_dir: None,
             environment: [("ARGS".to_string(), "--lowvram \"x\" \\ y".to_string())].into_iter().collect(),

@@ -7,6 +7,7 @@
 //! sysinfo and NVML, and built as families by hand ([`family`]), so a unit
 //! or GPU that is gone has no stale series.
 
+pub mod auth;
 mod events;
 mod family;
 pub mod gpu;
@@ -187,6 +188,7 @@ impl Metrics {
             let gpus = collectors.gpus.sample();
             let host = collectors.host.sample();
             supervisor_families(&mut families);
+            auth::families(&mut families);
             self.unit_families(&mut collectors.units, units, &gpus, &mut families);
             host_families(&host, &mut families);
             gpu_families(&gpus, &mut families);

@@ -20,8 +20,11 @@ const BASE_TEMPLATE: &str = include_str!("../../nginx/nginx.conf");
 /// NGINX's temp paths under `<prefix>/tmp/` (nginx/nginx.conf's `*_temp_path`).
 pub const NGINX_TEMP_DIRS: [&str; 5] = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"];
 
-/// Default public port (AIKORE_PORT).
+/// Default public port of the dashboard and API (AIKORE_PORT).
 pub const DEFAULT_PORT: u16 = 9000;
+/// Default port of the apps origin (AIKORE_APPS_PORT): instances, the ComfyUI
+/// slot and noVNC, on another origin than the dashboard (docs/security.md).
+pub const DEFAULT_APPS_PORT: u16 = 9100;
 
 /// Default address NGINX listens on (AIKORE_BIND): loopback, so a checkout run
 /// is reachable from this machine only; the container image sets 0.0.0.0.
@@ -31,6 +34,8 @@ pub struct BaseConfig {
     /// The address NGINX listens on (AIKORE_BIND).
     pub listen_addr: std::net::IpAddr,
     pub listen_port: u16,
+    /// The apps origin's port (AIKORE_APPS_PORT).
+    pub apps_port: u16,
     /// Where aikore's own API listens (NGINX's upstream for `/`).
     pub upstream: SocketAddr,
     /// Workers run as this user and group (`user NAME GROUP;`), never the
@@ -85,6 +90,7 @@ impl BaseConfig {
         BASE_TEMPLATE
             .replace("{{USER_DIRECTIVE}}", &user)
             .replace("{{LISTEN}}", &std::net::SocketAddr::new(self.listen_addr, self.listen_port).to_string())
+            .replace("{{APPS_LISTEN}}", &std::net::SocketAddr::new(self.listen_addr, self.apps_port).to_string())
             .replace("{{UPSTREAM}}", &self.upstream.to_string())
     }
 }
@@ -137,15 +143,17 @@ mod tests {
         let config = |addr: &str| BaseConfig {
             listen_addr: addr.parse().unwrap(),
             listen_port: 9000,
+            apps_port: 9100,
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: None,
         };
         assert!(config("0.0.0.0").render().contains("listen 0.0.0.0:9000;"));
+        assert!(config("0.0.0.0").render().contains("listen 0.0.0.0:9100;"));
         assert!(config("::").render().contains("listen [::]:9000;"));
         let text = config("127.0.0.1").render();
-        // One listen line, never a bare port (which means every interface).
+        // One listen line per origin, never a bare port (which means every interface).
         let listens: Vec<&str> = text.lines().map(str::trim).filter(|l| l.starts_with("listen ")).collect();
-        assert_eq!(listens, ["listen 127.0.0.1:9000;"]);
+        assert_eq!(listens, ["listen 127.0.0.1:9000;", "listen 127.0.0.1:9100;"]);
     }
 
     #[test]
@@ -153,12 +161,14 @@ mod tests {
         let config = BaseConfig {
             listen_addr: DEFAULT_BIND,
             listen_port: 9123,
+            apps_port: 9124,
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: Some(WorkerUser { user: "abc".into(), group: "def".into(), uid: 1, gid: 2 }),
         };
         let text = config.render();
         assert!(!text.contains("{{"), "{text}");
         assert!(text.contains("listen 127.0.0.1:9123;"), "{text}");
+        assert!(text.contains("listen 127.0.0.1:9124;"), "{text}");
         assert!(text.contains("proxy_pass http://127.0.0.1:9001;"));
         assert!(text.contains("user abc def;"));
     }
@@ -170,7 +180,9 @@ mod tests {
         let group = nix::unistd::Group::from_gid(nobody.gid.into()).unwrap().unwrap().name;
         assert_eq!(nobody.group, group);
         let config = BaseConfig {
+            listen_addr: DEFAULT_BIND,
             listen_port: 1,
+            apps_port: 2,
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: Some(nobody.clone()),
         };
@@ -189,6 +201,7 @@ mod tests {
         let config = BaseConfig {
             listen_addr: "0.0.0.0".parse().unwrap(),
             listen_port: 9123,
+            apps_port: 9124,
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: None,
         };

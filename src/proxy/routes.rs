@@ -154,13 +154,18 @@ fn proxy_settings(out: &mut String, port: u16, prefix: &str, options: &RenderOpt
         "        proxy_http_version 1.1;
         proxy_set_header Host $http_host;
         proxy_set_header X-Forwarded-Host $http_host;
-        proxy_set_header X-Forwarded-Proto $aikore_forwarded_proto;
+        proxy_set_header X-Forwarded-Proto $aikore_proto;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Real-IP $remote_addr;
 "
     );
     // The same login as the dashboard: NGINX asks aikore (nginx/nginx.conf).
     out.push_str("        auth_request /_aikore/auth;\n        error_page 401 = @aikore_login;\n");
+    // aikore's cookies and bearer never reach an app: the auth check answers
+    // with the Cookie and Authorization headers stripped of them.
+    out.push_str(
+        "        auth_request_set $aikore_cookie $upstream_http_x_aikore_cookie;\n        auth_request_set $aikore_authorization $upstream_http_x_aikore_authorization;\n        proxy_set_header Cookie $aikore_cookie;\n        proxy_set_header Authorization $aikore_authorization;\n",
+    );
     if !prefix.is_empty() {
         let _ = writeln!(out, "        proxy_set_header X-Forwarded-Prefix {prefix};");
         // An app that redirects to its own absolute address stays under the prefix.
@@ -514,6 +519,7 @@ mod tests {
         let block = &block[..block.find("\n}\n").unwrap()];
         assert!(block.contains("proxy_pass http://127.0.0.1:19999/;"), "{block}");
         assert!(block.contains("auth_request /_aikore/auth;"), "{block}");
+        assert!(block.contains("proxy_set_header Cookie $aikore_cookie;"), "{block}");
         assert!(block.contains("proxy_set_header Upgrade $http_upgrade;"), "{block}");
         assert!(r.text.contains("return 301 /vnc/v/$is_args$args;"));
         assert!(!r.text.contains("/vnc/plain/"), "only persistent instances: {}", r.text);

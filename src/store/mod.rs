@@ -169,6 +169,19 @@ impl Store {
         )?;
         Ok(())
     }
+
+    pub fn delete_setting(&mut self, key: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM settings WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
+    /// Every (key, value) whose key starts with `prefix` (a literal, not a pattern).
+    pub fn settings_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let mut stmt =
+            self.conn.prepare("SELECT key, value FROM settings WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key")?;
+        let rows = stmt.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
 }
 
 /// Wall-clock milliseconds, for bookkeeping columns the callers do not supply.

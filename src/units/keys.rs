@@ -40,7 +40,7 @@ const SERVICE_KEYS: &[&str] = &[
 ];
 
 const INSTANCE_KEYS: &[&str] =
-    &["Blueprint", "GPUs", "Port", "Autostart", "ActiveSlot", "PersistentMode", "StallAfterSec", "OutputDir"];
+    &["Blueprint", "GPUs", "Port", "Autostart", "ActiveSlot", "PersistentMode", "Public", "StallAfterSec", "OutputDir"];
 
 /// What an `.instance` file may set outside [Instance] (an allow-list, issue
 /// 12): its own restart, stop and readiness behaviour and its environment.

@@ -203,6 +203,9 @@ pub struct InstanceConfig {
     /// `comfyui` or none.
     pub active_slot: Option<String>,
     pub persistent_mode: bool,
+    /// `Public=yes`: its app is served without login (shared deliberately);
+    /// part of the definition, so it moves with a rename and dies with it.
+    pub public: bool,
     pub stall_after: Duration,
     pub output_dir: Option<PathBuf>,
 }
@@ -216,6 +219,7 @@ impl Default for InstanceConfig {
             autostart: false,
             active_slot: None,
             persistent_mode: false,
+            public: false,
             // Stalled after 180 s without an answer on the port: long enough for a model load.
             stall_after: Duration::from_secs(180),
             output_dir: None,

@@ -409,6 +409,11 @@ impl<'a> Resolver<'a> {
                     inst.persistent_mode = b;
                 }
             }
+            "Public" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    inst.public = b;
+                }
+            }
             "ActiveSlot" => {
                 if let Some(s) = self.value(entry, parse_active_slot) {
                     inst.active_slot = s;

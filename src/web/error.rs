@@ -73,6 +73,10 @@ impl From<crate::instances::InstanceError> for ApiError {
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(e: axum::extract::rejection::JsonRejection) -> ApiError {
+        // Over the body limit: 413, as HTTP says.
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body too large: {}", e.body_text()));
+        }
         // Malformed JSON, a wrong type or an unknown field: the client's to fix.
         ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {}", e.body_text()))
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Deserializer};
@@ -68,6 +68,8 @@ pub struct InstanceInput {
     #[serde(default, deserialize_with = "explicit")]
     active_slot: Option<Option<String>>,
     persistent_mode: Option<bool>,
+    /// Served without login (shared deliberately).
+    public: Option<bool>,
     stall_after_sec: Option<u64>,
     #[serde(default, deserialize_with = "explicit")]
     output_dir: Option<Option<String>>,
@@ -113,6 +115,7 @@ impl InstanceInput {
             autostart: self.autostart,
             active_slot: self.active_slot,
             persistent_mode: self.persistent_mode,
+            public: self.public,
             stall_after_sec: self.stall_after_sec,
             output_dir: self.output_dir.map(|o| o.map(Into::into)),
             environment: self.environment,
@@ -134,6 +137,8 @@ pub struct InstanceView {
     pub(crate) autostart: bool,
     pub(crate) active_slot: Option<String>,
     pub(crate) persistent_mode: bool,
+    /// Served without login (part of the definition: `Public=`).
+    pub(crate) public: bool,
     pub(crate) stall_after_sec: u64,
     pub(crate) output_dir: Option<String>,
     pub(crate) environment: BTreeMap<String, String>,
@@ -142,10 +147,10 @@ pub struct InstanceView {
     pub(crate) pid: Option<i32>,
     pub(crate) restarts: u32,
     pub(crate) since: i64,
-    /// Where a browser opens it, relative to the public origin (docs/proxy.md):
+    /// Where a browser opens it, a full URL on the apps origin (docs/security.md):
     /// `vnc_url` for a persistent instance, else `app_url`.
     pub(crate) url: String,
-    /// The app itself behind NGINX (`/app/<name>/` or `/comfyui/`).
+    /// The app itself behind NGINX (`<apps origin>/app/<name>/` or `/comfyui/`).
     pub(crate) app_url: String,
     /// Persistent mode: noVNC on its display (remote resize, autoconnect).
     pub(crate) vnc_url: Option<String>,
@@ -173,6 +178,22 @@ pub fn gpu_warnings(gpus: &[String], known: &[(u32, String)]) -> Vec<String> {
         .collect()
 }
 
+impl InstanceView {
+    /// The URL fields made absolute on the apps origin.
+    pub(crate) fn on_origin(mut self, apps: &str) -> InstanceView {
+        self.url = format!("{apps}{}", self.url);
+        self.app_url = format!("{apps}{}", self.app_url);
+        self.vnc_url = self.vnc_url.map(|u| format!("{apps}{u}"));
+        self
+    }
+}
+
+/// An instance as the API shows it to the client that sent `headers`.
+pub(crate) fn view_for(state: &AppState, headers: &HeaderMap, unit: &UnitSnapshot) -> Option<InstanceView> {
+    let apps = state.origins.apps(headers);
+    view(unit, &state.instances, &known_gpus(state)).map(|v| v.on_origin(&apps))
+}
+
 pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, String)]) -> Option<InstanceView> {
     let spec = InstanceSpec::from_unit(&unit.unit)?;
     let warnings = gpu_warnings(&spec.gpus, known_gpus);
@@ -192,6 +213,7 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
         autostart: spec.autostart,
         active_slot: spec.active_slot,
         persistent_mode: spec.persistent_mode,
+        public: spec.public,
         stall_after_sec: spec.stall_after_sec,
         output_dir: spec.output_dir.map(|d| d.display().to_string()),
         environment: spec.environment,
@@ -212,29 +234,33 @@ pub(crate) fn known_gpus(state: &AppState) -> Vec<(u32, String)> {
     state.metrics.as_ref().map(|m| m.gpu_ids()).unwrap_or_default()
 }
 
-fn one(state: &AppState, unit: &UnitSnapshot) -> ApiResult<Json<InstanceView>> {
-    view(unit, &state.instances, &known_gpus(state))
+fn one(state: &AppState, headers: &HeaderMap, unit: &UnitSnapshot) -> ApiResult<Json<InstanceView>> {
+    view_for(state, headers, unit)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("{} is not an instance", unit.name)))
 }
 
-async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<InstanceView>>> {
-    let known = known_gpus(&state);
-    Ok(Json(state.instances.instances().await?.iter().filter_map(|u| view(u, &state.instances, &known)).collect()))
+async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<InstanceView>>> {
+    Ok(Json(state.instances.instances().await?.iter().filter_map(|u| view_for(&state, &headers, u)).collect()))
 }
 
-async fn show(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<InstanceView>> {
+async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<InstanceView>> {
     let name = checked_name(&name)?;
-    one(&state, &state.instances.instance(name).await?)
+    one(&state, &headers, &state.instances.instance(name).await?)
 }
 
 async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<InstanceInput>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<InstanceView>)> {
     let (changes, start) = body?.0.changes()?;
     let unit = state.instances.create(changes, start).await?;
-    Ok((StatusCode::CREATED, one(&state, &unit)?))
+    Ok((StatusCode::CREATED, one(&state, &headers, &unit)?))
 }
 
 #[derive(Deserialize)]
@@ -249,6 +275,7 @@ struct ForceQuery {
 
 async fn update(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     query: Result<Query<RestartQuery>, QueryRejection>,
     body: Result<Json<InstanceInput>, JsonRejection>,
@@ -259,7 +286,7 @@ async fn update(
     let outcome = state.instances.update(name, changes, restart, &state.logs).await?;
     let unit = state.instances.instance(&outcome.name).await?;
     Ok(Json(serde_json::json!({
-        "instance": view(&unit, &state.instances, &known_gpus(&state)),
+        "instance": view_for(&state, &headers, &unit),
         "restarted": outcome.restarted,
         "restart_pending": outcome.restart_pending,
     })))
@@ -346,8 +373,12 @@ async fn trash(State(state): State<AppState>) -> Json<Vec<crate::instances::Tras
     Json(state.instances.trash())
 }
 
-async fn restore(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<InstanceView>> {
-    one(&state, &state.instances.restore(&id).await?)
+async fn restore(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<InstanceView>> {
+    one(&state, &headers, &state.instances.restore(&id).await?)
 }
 
 async fn purge(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {

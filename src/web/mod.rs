@@ -6,7 +6,9 @@ mod api;
 pub mod auth;
 pub mod error;
 mod instances;
+pub mod limit;
 pub mod openapi;
+pub mod origin;
 mod pages;
 mod proxy;
 mod terminal;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub web_dir: std::path::PathBuf,
     /// The NGINX route sync: its status and a way to force a render.
     pub proxy: crate::proxy::ProxyHandle,
+    /// The dashboard's and the apps' origins.
+    pub origins: Arc<origin::Origins>,
 }
 
 impl AppState {
@@ -61,11 +65,16 @@ impl AppState {
             metrics: None,
             auth: Arc::new(auth::Auth::from_env()),
             web_dir: pages::resolve_web_dir(),
+            origins: Arc::new(origin::Origins::default()),
         }
     }
 
     pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         AppState { metrics: Some(metrics), ..self }
+    }
+
+    pub fn with_origins(self, origins: origin::Origins) -> Self {
+        AppState { origins: Arc::new(origins), ..self }
     }
 
     /// Replaces the environment's credentials (tests).
@@ -85,7 +94,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_auth))
-        .layer(axum::middleware::map_response(pages::security_headers))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), pages::security_headers))
         .with_state(state)
 }
 
@@ -93,6 +102,8 @@ pub fn router(state: AppState) -> Router {
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState, stop: CancellationToken) {
     let app = router(state);
     let shutdown = stop.clone();
+    // The peer address: the rate limits key on it (and on NGINX's X-Forwarded-For behind loopback).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await {
         tracing::error!(error = %e, "web server failed");
     }

@@ -32,6 +32,8 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ("get", "/api/v1/instances/{name}/terminal", "WebSocket: a shell on a PTY in the instance's dir with its environment"),
     ("get", "/api/v1/instances/{name}/public", "Whether the instance's app is reachable without login"),
     ("put", "/api/v1/instances/{name}/public", "Share the instance's app without login, or stop sharing ({\"public\": bool})"),
+    ("get", "/app-login", "Apps-origin login handshake: a logged-in browser gets a one-time code and goes to the apps origin (?next=PATH)"),
+    ("get", "/_aikore/handshake", "On the apps origin: spends a one-time code, sets the apps origin's cookie, redirects to ?next"),
     ("get", "/api/v1/auth/check", "NGINX auth_request: 204 with a valid session or bearer (or a public instance's URI in X-Original-URI), else 401"),
     ("get", "/api/v1/proxy", "NGINX routes: the live ones, whether the last render passed nginx -t, its error"),
     ("post", "/api/v1/proxy/render", "Render, test and swap the NGINX routes now"),
@@ -39,6 +41,89 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ("get", "/metrics", "Prometheus text format: supervisor, units, host, GPUs"),
     ("get", "/api/v1/system", "CPU, memory, disk and GPUs as JSON"),
 ];
+
+/// JSON request bodies: (method, path, schema name in components).
+pub const BODIES: &[(&str, &str, &str)] = &[
+    ("post", "/api/v1/instances", "InstanceCreate"),
+    ("patch", "/api/v1/instances/{name}", "InstanceChange"),
+    ("put", "/api/v1/instances/{name}/script", "Script"),
+    ("put", "/api/v1/instances/{name}/public", "Public"),
+    ("post", "/api/v1/blueprints", "SaveBlueprint"),
+];
+
+/// The instance fields a create or change may set (src/web/instances.rs InstanceInput).
+fn instance_properties(create: bool) -> Value {
+    let mut props = json!({
+        "name": { "type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$", "description": "A change renames the instance" },
+        "description": { "type": "string" },
+        "blueprint": { "type": "string", "description": "A blueprint id from GET /api/v1/blueprints" },
+        "gpus": {
+            "oneOf": [
+                { "type": "string", "description": "Comma-separated GPU indices or UUIDs; empty for CPU only" },
+                { "type": "array", "items": { "oneOf": [{ "type": "integer", "minimum": 0 }, { "type": "string" }] } }
+            ]
+        },
+        "port": {
+            "oneOf": [
+                { "type": "integer", "minimum": 1, "maximum": 65535 },
+                { "type": "string", "description": "\"auto\" (leased from AIKORE_PORT_RANGE) or a number" }
+            ]
+        },
+        "autostart": { "type": "boolean" },
+        "active_slot": { "type": "string", "nullable": true, "enum": ["comfyui", null] },
+        "persistent_mode": { "type": "boolean" },
+        "public": { "type": "boolean", "description": "Served on the apps origin without login" },
+        "stall_after_sec": { "type": "integer", "minimum": 0 },
+        "output_dir": { "type": "string", "nullable": true, "description": "An absolute path" },
+        "environment": { "type": "object", "additionalProperties": { "type": "string" } }
+    });
+    if create {
+        props["start"] = json!({ "type": "boolean", "description": "Start it right away" });
+    }
+    props
+}
+
+fn schemas() -> Value {
+    json!({
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": { "error": { "type": "string" } }
+        },
+        "InstanceCreate": {
+            "type": "object",
+            "required": ["name", "blueprint"],
+            "additionalProperties": false,
+            "properties": instance_properties(true)
+        },
+        "InstanceChange": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": instance_properties(false)
+        },
+        "Script": {
+            "type": "object",
+            "required": ["content"],
+            "additionalProperties": false,
+            "properties": { "content": { "type": "string", "description": "The whole launch.sh" } }
+        },
+        "Public": {
+            "type": "object",
+            "required": ["public"],
+            "additionalProperties": false,
+            "properties": { "public": { "type": "boolean" } }
+        },
+        "SaveBlueprint": {
+            "type": "object",
+            "required": ["instance", "id"],
+            "additionalProperties": false,
+            "properties": {
+                "instance": { "type": "string", "description": "The instance whose launch.sh becomes the blueprint" },
+                "id": { "type": "string", "description": "The new blueprint's id" }
+            }
+        }
+    })
+}
 
 fn parameters(path: &str) -> Vec<Value> {
     path.split('/')
@@ -62,20 +147,19 @@ pub fn build() -> Value {
                 }
             }
         });
+        if let Some((_, _, schema)) = BODIES.iter().find(|(m, p, _)| m == method && p == path) {
+            entry[*method]["requestBody"] = json!({
+                "required": true,
+                "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
+            });
+            entry[*method]["responses"]["413"] = json!({ "description": "The body is over the size limit" });
+        }
     }
     json!({
         "openapi": "3.0.3",
         "info": { "title": "AiKore API", "version": env!("CARGO_PKG_VERSION") },
         "paths": paths,
-        "components": {
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": { "error": { "type": "string" } }
-                }
-            }
-        }
+        "components": { "schemas": schemas() }
     })
 }
 
@@ -121,6 +205,31 @@ mod tests {
             OPERATIONS.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
         documented.sort();
         assert_eq!(documented, routes_in_source());
+    }
+
+    #[test]
+    fn json_bodies_are_documented_with_their_schemas() {
+        let doc = build();
+        for (method, path, schema) in BODIES {
+            let op = &doc["paths"][*path][*method];
+            assert!(op.is_object(), "{method} {path} is not an operation");
+            let r = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str().unwrap();
+            assert_eq!(r, format!("#/components/schemas/{schema}"));
+            assert!(doc["components"]["schemas"][*schema].is_object(), "{schema}");
+        }
+        // Every handler taking Json<...> has its body documented.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/web");
+        let mut takers = 0;
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            if entry.file_name() == "openapi.rs" {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            takers += text.matches("body: Result<Json<").count();
+        }
+        assert_eq!(takers, BODIES.len(), "a handler reads a JSON body that BODIES does not list");
+        let fields = doc["components"]["schemas"]["InstanceChange"]["properties"].as_object().unwrap();
+        assert!(fields.contains_key("public") && fields.contains_key("gpus"));
     }
 
     #[test]

@@ -5,19 +5,21 @@
 //!
 //! Page routes stay out of /api/ and out of the OpenAPI document.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::routing::{any, get, post};
+use axum::{Extension, Router};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
-use super::auth::{self, CSRF_FIELD};
-use super::instances::{view, InstanceInput, InstanceView};
+use super::auth::{self, Client, SetupRefusal, CSRF_FIELD};
+use super::instances::{view_for, InstanceInput, InstanceView};
+use super::origin::safe_next;
 use super::AppState;
 
 /// The only files served from node_modules: (URL name, path inside it).
@@ -28,8 +30,6 @@ const VENDOR: &[(&str, &str)] = &[
 ];
 /// Shortest password the setup page accepts.
 const MIN_PASSWORD: usize = 8;
-/// Slows password guessing from one client without a lockout to manage.
-const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_millis(400);
 /// The states a badge can show, in the order the legend lists them.
 pub const STATES: [&str; 8] =
     ["stopped", "starting", "stalled", "started", "stopping", "restarting", "error", "failed"];
@@ -47,6 +47,26 @@ pub fn routes() -> Router<AppState> {
         .route("/partials/trash", get(partial_trash))
         .route("/static/{file}", get(static_file))
         .route("/vendor/{file}", get(vendor_file))
+        // Apps live on the apps origin: their paths here send the browser there.
+        .route("/app", any(to_apps))
+        .route("/app/", any(to_apps))
+        .route("/app/{*rest}", any(to_apps))
+        .route("/vnc/", any(to_apps))
+        .route("/vnc/{*rest}", any(to_apps))
+        .route("/comfyui", any(to_apps))
+        .route("/comfyui/", any(to_apps))
+        .route("/comfyui/{*rest}", any(to_apps))
+}
+
+/// Paths that belong to the apps origin (answered here by [`to_apps`]).
+pub fn is_app_path(path: &str) -> bool {
+    ["/app", "/vnc", "/comfyui"].iter().any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+/// An app path asked of the dashboard's origin: the same path on the apps origin.
+async fn to_apps(State(state): State<AppState>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Redirect::to(&format!("{}{target}", state.origins.apps(&headers))).into_response()
 }
 
 /// Where web/ is: AIKORE_WEB_DIR, else `./web` (a checkout), else the
@@ -78,7 +98,11 @@ async fn send_file(path: PathBuf, name: &str) -> Response {
         Ok(bytes) => {
             ([(header::CONTENT_TYPE, content_type(name)), (header::CACHE_CONTROL, "no-cache")], bytes).into_response()
         }
-        Err(_) => (StatusCode::NOT_FOUND, format!("{name} not found under {}", path.display())).into_response(),
+        Err(e) => {
+            // The log may say where; a client is not told the server's paths.
+            tracing::debug!(path = %path.display(), error = %e, "static file missing");
+            (StatusCode::NOT_FOUND, format!("{name} not found")).into_response()
+        }
     }
 }
 
@@ -125,9 +149,15 @@ fn brand() -> Markup {
 #[derive(Deserialize)]
 struct LoginForm {
     password: String,
+    next: Option<String>,
 }
 
-fn login_markup(error: Option<&str>) -> Markup {
+#[derive(Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+fn login_markup(error: Option<&str>, next: Option<&str>) -> Markup {
     page(
         "Log in",
         None,
@@ -138,6 +168,7 @@ fn login_markup(error: Option<&str>) -> Markup {
                 h1 { "Log in" }
                 @if let Some(e) = error { p.flash.error role="alert" { (e) } }
                 form method="post" action="/login" {
+                    @if let Some(next) = next { input type="hidden" name="next" value=(next); }
                     label { "Password" input type="password" name="password" autocomplete="current-password" autofocus required; }
                     button.btn.primary type="submit" { "Log in" }
                 }
@@ -146,30 +177,60 @@ fn login_markup(error: Option<&str>) -> Markup {
     )
 }
 
-async fn login_page(State(state): State<AppState>) -> Response {
+async fn login_page(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Response {
     if !state.auth.password_configured(&state.store).await {
         return Redirect::to("/setup").into_response();
     }
-    login_markup(None).into_response()
+    login_markup(None, q.next.as_deref().and_then(safe_next)).into_response()
 }
 
-fn start_session(state: &AppState) -> Response {
+/// A new session, then `next` (a path on this origin, checked) or the dashboard.
+fn start_session(state: &AppState, headers: &HeaderMap, next: Option<&str>) -> Response {
     let (id, _csrf) = state.auth.login();
-    ([(header::SET_COOKIE, auth::session_cookie(&id))], Redirect::to("/")).into_response()
+    let to = next.and_then(safe_next).unwrap_or("/");
+    ([(header::SET_COOKIE, auth::session_cookie(&id, headers))], Redirect::to(to)).into_response()
 }
 
-async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
-    if state.auth.verify_password(&state.store, form.password).await {
-        return start_session(&state);
+fn wait_page(markup: Markup, wait: std::time::Duration) -> Response {
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, markup).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
     }
-    tokio::time::sleep(FAILED_LOGIN_DELAY).await;
-    (StatusCode::UNAUTHORIZED, login_markup(Some("Wrong password."))).into_response()
+    response
+}
+
+async fn login(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let next = form.next.as_deref().and_then(safe_next);
+    let limiter = &state.auth.limiter;
+    if let Err(wait) = limiter.check(client.ip, !client.direct_loopback) {
+        limiter.refused(client.ip, wait);
+        let msg = format!("Too many failed attempts: wait {} s.", wait.as_secs().max(1));
+        return wait_page(login_markup(Some(&msg), next), wait);
+    }
+    // At most a few argon2 runs at once; a flood beyond the short queue is refused.
+    let Some(_permit) = limiter.argon2().await else {
+        limiter.refused(client.ip, std::time::Duration::from_secs(1));
+        return wait_page(login_markup(Some("Busy: try again in a moment."), next), std::time::Duration::from_secs(1));
+    };
+    if state.auth.verify_password(&state.store, form.password).await {
+        limiter.success(client.ip);
+        return start_session(&state, &headers, next);
+    }
+    limiter.failure(client.ip, "password");
+    (StatusCode::UNAUTHORIZED, login_markup(Some("Wrong password."), next)).into_response()
 }
 
 #[derive(Deserialize)]
 struct SetupForm {
     password: String,
     confirm: String,
+    /// The one-time code from the daemon's log (not needed from loopback).
+    code: Option<String>,
 }
 
 fn setup_markup(error: Option<&str>) -> Markup {
@@ -184,6 +245,8 @@ fn setup_markup(error: Option<&str>) -> Markup {
                 p.muted { "No password is set yet. Choose the one that will protect this dashboard and the apps behind it." }
                 @if let Some(e) = error { p.flash.error role="alert" { (e) } }
                 form method="post" action="/setup" {
+                    label { "Setup code" input type="text" name="code" autocomplete="off" spellcheck="false"
+                        placeholder="from aikore's log or <data>/setup.code"; }
                     label { "Password" input type="password" name="password" autocomplete="new-password" minlength=(MIN_PASSWORD) autofocus required; }
                     label { "Again" input type="password" name="confirm" autocomplete="new-password" required; }
                     button.btn.primary type="submit" { "Set password" }
@@ -200,7 +263,17 @@ async fn setup_page(State(state): State<AppState>) -> Response {
     setup_markup(None).into_response()
 }
 
-async fn setup(State(state): State<AppState>, Form(form): Form<SetupForm>) -> Response {
+async fn setup(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    headers: HeaderMap,
+    Form(form): Form<SetupForm>,
+) -> Response {
+    let limiter = &state.auth.limiter;
+    if let Err(wait) = limiter.check(client.ip, !client.direct_loopback) {
+        limiter.refused(client.ip, wait);
+        return wait_page(setup_markup(Some("Too many wrong setup codes: wait and try again.")), wait);
+    }
     if form.password.chars().count() < MIN_PASSWORD {
         let msg = format!("Use at least {MIN_PASSWORD} characters.");
         return (StatusCode::BAD_REQUEST, setup_markup(Some(&msg))).into_response();
@@ -208,42 +281,32 @@ async fn setup(State(state): State<AppState>, Form(form): Form<SetupForm>) -> Re
     if form.password != form.confirm {
         return (StatusCode::BAD_REQUEST, setup_markup(Some("The two passwords differ."))).into_response();
     }
-    match state.auth.set_initial_password(&state.store, form.password).await {
-        Ok(()) => start_session(&state),
-        Err(e) => (StatusCode::CONFLICT, setup_markup(Some(&e))).into_response(),
+    match state.auth.claim_setup(&state.store, form.password, form.code.as_deref(), client).await {
+        Ok(()) => start_session(&state, &headers, None),
+        Err(SetupRefusal::Code) => {
+            limiter.failure(client.ip, "setup_code");
+            let msg = "Wrong or missing setup code: it is in aikore's log and in <data>/setup.code.";
+            (StatusCode::FORBIDDEN, setup_markup(Some(msg))).into_response()
+        }
+        Err(SetupRefusal::Taken(e)) => (StatusCode::CONFLICT, setup_markup(Some(&e))).into_response(),
     }
 }
 
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     state.auth.logout(&headers);
-    ([(header::SET_COOKIE, auth::expired_cookie())], Redirect::to("/login")).into_response()
+    ([(header::SET_COOKIE, auth::expired_cookie(&headers))], Redirect::to("/login")).into_response()
 }
 
 // ----- the dashboard -------------------------------------------------------
 
 struct Listing {
     instances: Vec<InstanceView>,
-    public: HashMap<String, bool>,
 }
 
-async fn listing(state: &AppState) -> Result<Listing, String> {
+async fn listing(state: &AppState, headers: &HeaderMap) -> Result<Listing, String> {
     let units = state.instances.instances().await.map_err(|e| e.to_string())?;
-    let known = super::instances::known_gpus(state);
-    let instances: Vec<InstanceView> = units.iter().filter_map(|u| view(u, &state.instances, &known)).collect();
-    let keys: Vec<String> = instances.iter().map(|v| v.name.clone()).collect();
-    let public = state
-        .store
-        .call(move |s| {
-            keys.into_iter()
-                .map(|name| {
-                    let public = s.setting(&auth::public_setting(&name)).ok().flatten().is_some_and(|v| v == "yes");
-                    (name, public)
-                })
-                .collect::<HashMap<_, _>>()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Listing { instances, public })
+    let instances: Vec<InstanceView> = units.iter().filter_map(|u| view_for(state, headers, u)).collect();
+    Ok(Listing { instances })
 }
 
 fn csrf_field(csrf: &str) -> Markup {
@@ -262,7 +325,8 @@ fn port_text(v: &InstanceView) -> String {
     }
 }
 
-fn row(v: &InstanceView, public: bool, csrf: &str) -> Markup {
+fn row(v: &InstanceView, csrf: &str) -> Markup {
+    let public = v.public;
     let name = &v.name;
     let act = format!("act-{name}");
     let edit = format!("edit-{name}");
@@ -334,7 +398,7 @@ fn row(v: &InstanceView, public: bool, csrf: &str) -> Markup {
 fn rows(listing: &Listing, csrf: &str) -> Markup {
     html! {
         @for v in &listing.instances {
-            (row(v, listing.public.get(&v.name).copied().unwrap_or(false), csrf))
+            (row(v, csrf))
         }
         @if listing.instances.is_empty() {
             tr.empty { td colspan="8" { "No instances yet: add one below." } }
@@ -368,7 +432,7 @@ struct Flash {
 
 async fn dashboard(State(state): State<AppState>, headers: HeaderMap, Query(flash): Query<Flash>) -> Response {
     let csrf = state.auth.session_csrf(&headers).unwrap_or_default();
-    let listing = match listing(&state).await {
+    let listing = match listing(&state, &headers).await {
         Ok(l) => l,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     };
@@ -471,7 +535,10 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap, Query(flas
                         textarea #script.editor spellcheck="false" aria-label="launch.sh" {}
                     }
                     div.tab-body #tab-view hidden {
-                        iframe #view.view title="instance view" {}
+                        // Another origin (the apps'), and sandboxed to what web UIs need:
+                        // no top navigation, so an app cannot replace the dashboard.
+                        iframe #view.view title="instance view"
+                            sandbox="allow-scripts allow-forms allow-same-origin allow-popups allow-popups-to-escape-sandbox allow-downloads allow-modals allow-pointer-lock" {}
                     }
                 }
             }
@@ -488,7 +555,7 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap, Query(flas
 
 async fn partial_instances(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let csrf = state.auth.session_csrf(&headers).unwrap_or_default();
-    match listing(&state).await {
+    match listing(&state, &headers).await {
         Ok(l) => rows(&l, &csrf).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     }
@@ -523,9 +590,12 @@ fn input_from_form(form: &BTreeMap<String, String>, create: bool) -> Result<Inst
     body.insert("autostart".into(), serde_json::Value::Bool(form.get("autostart").is_some()));
     if create {
         body.insert("start".into(), serde_json::Value::Bool(form.get("start").is_some()));
-    } else if let Some(slot) = form.get("active_slot") {
-        let slot = if slot.is_empty() { serde_json::Value::Null } else { serde_json::Value::String(slot.clone()) };
-        body.insert("active_slot".into(), slot);
+    } else {
+        if let Some(slot) = form.get("active_slot") {
+            let slot = if slot.is_empty() { serde_json::Value::Null } else { serde_json::Value::String(slot.clone()) };
+            body.insert("active_slot".into(), slot);
+        }
+        body.insert("public".into(), serde_json::Value::Bool(form.contains_key("public")));
     }
     serde_json::from_value(serde_json::Value::Object(body)).map_err(|e| e.to_string())
 }
@@ -561,14 +631,6 @@ async fn action(
                 let (changes, _) = input_from_form(&form, false)?.changes().map_err(|e| e.message)?;
                 let outcome =
                     state.instances.update(&name, changes, false, &state.logs).await.map_err(|e| e.to_string())?;
-                let key = auth::public_setting(&outcome.name);
-                let public = if form.contains_key("public") { "yes" } else { "no" };
-                state
-                    .store
-                    .call(move |s| s.set_setting(&key, public))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
                 Ok(if outcome.restart_pending {
                     format!("Saved {name}; restart it to apply.")
                 } else {
@@ -586,17 +648,24 @@ async fn restore(State(state): State<AppState>, Path(id): Path<String>) -> Respo
     back(state.instances.restore(&id).await.map(|u| format!("Restored {}.", u.name)).map_err(|e| e.to_string()))
 }
 
-/// Security headers on every response: scripts only from our own files.
-pub async fn security_headers(mut response: Response) -> Response {
+/// Security headers on every response: scripts only from our own files,
+/// frames only from the apps origin (the View tab), and no page of another
+/// origin (an app's included) may frame the dashboard. `form-action` names
+/// the apps origin too: the login form's redirects end there (the
+/// handshake), and browsers hold redirects after a form post to it.
+pub async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let apps = state.origins.apps(request.headers());
+    let mut response = next.run(request).await;
     let h = response.headers_mut();
     // xterm.js injects <style> elements, hence 'unsafe-inline' for styles only.
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
-             connect-src 'self'; frame-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'; object-src 'none'",
-        ),
+    let csp = format!(
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+         connect-src 'self'; frame-src 'self' {apps}; frame-ancestors 'self'; base-uri 'none'; form-action 'self' {apps}; object-src 'none'"
     );
+    if let Ok(v) = header::HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("SAMEORIGIN"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("same-origin"));
     response

@@ -142,11 +142,14 @@ check "compose: aikore reserves every NVIDIA GPU" compose_has \
   "c['services']['aikore']['deploy']['resources']['reservations']['devices'][0]=={'driver':'nvidia','count':'all','capabilities':['gpu']}"
 check "compose: stop_grace_period 40s, /config volume, PUID/PGID/TZ" compose_has \
   "c['services']['aikore']['stop_grace_period']=='40s' and any((isinstance(v,str) and v.split(':')[1] == '/config') or (isinstance(v,dict) and v.get('target')=='/config') for v in c['services']['aikore']['volumes']) and all(k in c['services']['aikore']['environment'] for k in ('PUID','PGID','TZ','AIKORE_PASSWORD'))"
-check "monitoring/prometheus.yml scrapes aikore:9000/metrics" python3 -c '
+check "monitoring/prometheus.yml scrapes aikore:9000/metrics with the scrape token" python3 -c '
 import sys, yaml
 c = yaml.safe_load(open("monitoring/prometheus.yml"))
 job = [j for j in c["scrape_configs"] if j["job_name"] == "aikore"][0]
-sys.exit(0 if job.get("metrics_path", "/metrics") == "/metrics" and "aikore:9000" in job["static_configs"][0]["targets"] else 1)'
+auth = job.get("authorization", {})
+sys.exit(0 if job.get("metrics_path", "/metrics") == "/metrics" and "aikore:9000" in job["static_configs"][0]["targets"] and auth.get("credentials_file") == "/etc/prometheus/secrets/metrics.token" else 1)'
+check "compose: aikore publishes the dashboard (9000) and the apps origin (9100)" compose_has \
+  "{str(p.get('target')) for p in c['services']['aikore']['ports']} >= {'9000', '9100'}"
 for d in grafana/provisioning grafana/dashboards; do
   [ -d "$d" ] || say "note: $d (mounted by the grafana service) is not in this checkout yet"
 done
@@ -260,15 +263,15 @@ check "STOPSIGNAL SIGTERM" test "$(cfg '{{.Config.StopSignal}}')" = SIGTERM
 check "HEALTHCHECK curls /healthz" grep -q healthz <<<"$(cfg '{{json .Config.Healthcheck}}')"
 check "VOLUME /config" grep -q '"/config"' <<<"$(cfg '{{json .Config.Volumes}}')"
 ports=$(cfg '{{json .Config.ExposedPorts}}')
-check "EXPOSE 9000 and 19001-19999" python3 -c '
+check "EXPOSE 9000, 9100 and 19001-19999" python3 -c '
 import json, sys
 p = json.loads(sys.argv[1])
 # Docker expands a range into one key per port; buildah keeps "19001-19999/tcp".
-want = {"9000/tcp"} | {"%d/tcp" % n for n in range(19001, 20000)}
-ok = want <= set(p) or {"9000/tcp", "19001-19999/tcp"} <= set(p)
+want = {"9000/tcp", "9100/tcp"} | {"%d/tcp" % n for n in range(19001, 20000)}
+ok = want <= set(p) or {"9000/tcp", "9100/tcp", "19001-19999/tcp"} <= set(p)
 print("  ExposedPorts:", sorted(p)[:3], "...", len(p), "keys"); sys.exit(0 if ok else 1)' "$ports"
 envs=$(cfg '{{json .Config.Env}}')
-for kv in AIKORE_DATA_DIR=/config AIKORE_UNITS_DIR=/etc/aikore/units AIKORE_PORT=9000 PUID=1000 PGID=1000 TZ=Etc/UTC; do
+for kv in AIKORE_DATA_DIR=/config AIKORE_UNITS_DIR=/etc/aikore/units AIKORE_PORT=9000 AIKORE_APPS_PORT=9100 PUID=1000 PGID=1000 TZ=Etc/UTC; do
   check "ENV $kv" grep -q "\"$kv\"" <<<"$envs"
 done
 inside() { pm run --rm --network=none "${LIMITS[@]}" --no-healthcheck --entrypoint /bin/sh "$IMAGE" -c "$1"; }
@@ -288,15 +291,17 @@ mkdir -p "$CONFIG/units"
 # The host user of a typical install: the image's default PUID:PGID.
 chown -R 1000:1000 "$CONFIG"
 PORT=$(free_port)
+APPS_PORT=$(free_port)
 API_PORT=$(free_port)
 PROBE_PORT=$(free_port)
 CTR="aikore-ct-$ID"
 BASE_URL="http://127.0.0.1:$PORT"
+APPS_URL="http://127.0.0.1:$APPS_PORT"
 CONTAINERS+=("$CTR")
 # --health-interval=disable: podman runs HEALTHCHECK from systemd timers,
 # and CI has no systemd; `podman healthcheck run` below runs it by hand.
 pm create --name "$CTR" --network=host "${LIMITS[@]}" --health-interval=disable \
-  -e AIKORE_PORT="$PORT" -e AIKORE_LISTEN="127.0.0.1:$API_PORT" -e TZ=Asia/Tokyo -e AIKORE_API_TOKEN="$TOKEN" \
+  -e AIKORE_PORT="$PORT" -e AIKORE_APPS_PORT="$APPS_PORT" -e AIKORE_LISTEN="127.0.0.1:$API_PORT" -e TZ=Asia/Tokyo -e AIKORE_API_TOKEN="$TOKEN" \
   -v "$CONFIG:/config" "$IMAGE" >/dev/null
 
 # wait_healthz URL TIMEOUT_S: 0 once /healthz answers 200.
@@ -378,8 +383,8 @@ EOF
     "$BASE_URL/api/v1/instances")
   check "POST /api/v1/instances creates ctprobe (HTTP $code)" test "${code:0:1}" = 2
   check "instance ctprobe reaches 'started'" wait_status ctprobe started 60
-  check "instance ctprobe answers through NGINX at /app/ctprobe/" \
-    curl -fsS --max-time 5 -H "Authorization: Bearer $TOKEN" -o /dev/null "$BASE_URL/app/ctprobe/"
+  check "instance ctprobe answers through NGINX on the apps origin at /app/ctprobe/" \
+    curl -fsS --max-time 5 -H "Authorization: Bearer $TOKEN" -o /dev/null "$APPS_URL/app/ctprobe/"
 }
 
 use_api=0
@@ -469,7 +474,7 @@ if [ "$CHECK_PUID" = 1 ]; then
   CTR2="aikore-ct-puid-$ID"
   CONTAINERS+=("$CTR2")
   pm run -d --name "$CTR2" --network=host "${LIMITS[@]}" --health-interval=disable \
-    -e AIKORE_PORT="$PORT2" -e AIKORE_LISTEN="127.0.0.1:$(free_port)" -e PUID=1234 -e PGID=2345 -e AIKORE_API_TOKEN="$TOKEN" \
+    -e AIKORE_PORT="$PORT2" -e AIKORE_APPS_PORT="$(free_port)" -e AIKORE_LISTEN="127.0.0.1:$(free_port)" -e PUID=1234 -e PGID=2345 -e AIKORE_API_TOKEN="$TOKEN" \
     -v "$CONFIG2:/config" "$IMAGE" >/dev/null 2> >(no_systemd_noise)
   if wait_healthz "http://127.0.0.1:$PORT2" 60; then
     BASE_URL="http://127.0.0.1:$PORT2" wait_status probe started 30 || true

@@ -1,7 +1,7 @@
 // Shared by the browser tests and the benchmark: start a real aikore on a
 // temp data dir, and launch Debian's headless Chromium through playwright-core.
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, existsSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, existsSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -31,9 +31,16 @@ function findBinary() {
   return bin;
 }
 
-export async function startAikore({ password = "correct horse battery", env = {} } = {}) {
+// `units`: stock unit files to run (name -> text); `files`: files to put in
+// the data dir before the start (relative path -> text), e.g. blueprints.
+export async function startAikore({ password = "correct horse battery", env = {}, units = {}, files = {} } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "aikore-e2e-"));
   mkdirSync(join(dir, "units"));
+  for (const [name, text] of Object.entries(units)) writeFileSync(join(dir, "units", name), text);
+  for (const [rel, text] of Object.entries(files)) {
+    mkdirSync(dirname(join(dir, "data", rel)), { recursive: true });
+    writeFileSync(join(dir, "data", rel), text, { mode: 0o755 });
+  }
   const port = await freePort();
   const rangeStart = (await freePort()) % 40000 + 20000;
   const token = randomBytes(16).toString("hex");

@@ -1,0 +1,556 @@
+//! Issue 12's web-facing isolation against the real daemon (and the real
+//! NGINX where the origins matter): apps on their own origin with their own
+//! cookie, aikore's cookies and bearer stripped before any app, cross-origin
+//! writes and WebSockets refused, the first-run code, the brute-force
+//! brakes, the public flag in the definition, /metrics behind credentials,
+//! 413s and 404s that hide paths.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{Daemon, Options};
+use crate::proxy::{raw, start, Proxied, Response};
+
+const PASSWORD: &str = "a long test password";
+
+fn api_port(d: &Daemon) -> u16 {
+    d.url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+fn set_cookie(r: &Response, name: &str) -> Option<String> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.clone())
+        .find(|v| v.starts_with(&format!("{name}=")))
+}
+
+fn form(password: &str) -> String {
+    serde_urlencoded::to_string([("password", password)]).unwrap()
+}
+
+/// Logs in on `port` (the dashboard's, through NGINX or straight to the API):
+/// (the Cookie pair, the CSRF token of the dashboard page).
+fn login(port: u16, extra: &[(&str, &str)]) -> (String, String) {
+    let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    headers.extend_from_slice(extra);
+    let r = raw(port, "POST", "/login", &headers, form(PASSWORD).as_bytes()).unwrap();
+    assert_eq!(r.status, 303, "{}", r.text());
+    let cookie = set_cookie(&r, "aikore_session").expect("a session cookie");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let page = raw(port, "GET", "/", &[("Cookie", &pair)], b"").unwrap();
+    assert_eq!(page.status, 200, "{}", page.text());
+    let text = page.text();
+    let csrf = text.split("name=\"csrf-token\" content=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    (pair, csrf)
+}
+
+fn location(r: &Response) -> String {
+    r.header("location").unwrap_or("").to_string()
+}
+
+#[test]
+fn apps_live_on_their_own_origin_and_never_see_aikores_credentials() {
+    let p: Proxied = start(&[("AIKORE_PASSWORD", PASSWORD)]);
+    let (port, apps) = (p.port, p.apps);
+    p.echo_instance("e", "echo", json!({}));
+    p.wait_served("/app/e/");
+
+    // The dashboard's port serves no app: it sends the browser to the apps origin.
+    let r = raw(port, "GET", "/app/e/x?y=1", &[], b"").unwrap();
+    assert_eq!((r.status, location(&r)), (303, format!("http://127.0.0.1:{apps}/app/e/x?y=1")));
+    let r = raw(port, "GET", "/comfyui/", &[], b"").unwrap();
+    assert_eq!(location(&r), format!("http://127.0.0.1:{apps}/comfyui/"));
+    assert_eq!(raw(port, "GET", "/_aikore/handshake?code=x", &[], b"").unwrap().status, 404);
+    // The apps origin serves no dashboard.
+    assert_eq!(raw(apps, "GET", "/", &[], b"").unwrap().status, 404);
+    assert_eq!(raw(apps, "GET", "/healthz", &[("Authorization", &p.bearer())], b"").unwrap().status, 404);
+    // (/api/ there is the ComfyUI slot's: nobody holds it, so a 503 page, never aikore's API.)
+    let r = raw(apps, "GET", "/api/v1/units", &[("Authorization", &p.bearer())], b"").unwrap();
+    assert!(r.status == 503 && r.text().contains("ComfyUI slot"), "{} {}", r.status, r.text());
+    // The API gives full URLs on the apps origin.
+    let r = raw(port, "GET", "/api/v1/instances/e", &[("Authorization", &p.bearer())], b"").unwrap();
+    assert_eq!(r.json()["url"], format!("http://127.0.0.1:{apps}/app/e/"));
+    // Behind a TLS proxy (X-Forwarded-Proto: https through NGINX): https links, Secure cookies.
+    let tls = [("Authorization", p.bearer()), ("X-Forwarded-Proto", "https".to_string())];
+    let tls: Vec<(&str, &str)> = tls.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = raw(port, "GET", "/api/v1/instances/e", &tls, b"").unwrap();
+    assert_eq!(r.json()["url"], format!("https://127.0.0.1:{apps}/app/e/"));
+    let r = raw(
+        port,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("X-Forwarded-Proto", "https")],
+        form(PASSWORD).as_bytes(),
+    )
+    .unwrap();
+    assert!(set_cookie(&r, "aikore_session").unwrap().ends_with("; Secure"));
+
+    // A browser opening the app: apps origin -> dashboard login -> handshake -> app.
+    let r = raw(apps, "GET", "/app/e/x", &[("Accept", "text/html")], b"").unwrap();
+    assert_eq!(location(&r), format!("http://127.0.0.1:{port}/app-login?next=%2Fapp%2Fe%2Fx"));
+    let r = raw(port, "GET", "/app-login?next=%2Fapp%2Fe%2Fx", &[("Accept", "text/html")], b"").unwrap();
+    assert_eq!(location(&r), "/login?next=%2Fapp-login%3Fnext%3D%252Fapp%252Fe%252Fx");
+    // The login form carries `next` and returns there.
+    let body = format!("{}&next=%2Fapp-login%3Fnext%3D%252Fapp%252Fe%252Fx", form(PASSWORD));
+    let r =
+        raw(port, "POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded")], body.as_bytes()).unwrap();
+    assert_eq!((r.status, location(&r)), (303, "/app-login?next=%2Fapp%2Fe%2Fx".to_string()));
+    let session = set_cookie(&r, "aikore_session").unwrap().split(';').next().unwrap().to_string();
+    let r = raw(port, "GET", "/app-login?next=%2Fapp%2Fe%2Fx", &[("Cookie", &session)], b"").unwrap();
+    let handshake = location(&r);
+    let prefix = format!("http://127.0.0.1:{apps}/_aikore/handshake?code=");
+    assert!(handshake.starts_with(&prefix), "{handshake}");
+    let target = handshake.strip_prefix(&format!("http://127.0.0.1:{apps}")).unwrap().to_string();
+    let r = raw(apps, "GET", &target, &[], b"").unwrap();
+    assert_eq!((r.status, location(&r)), (303, "/app/e/x".to_string()), "{}", r.text());
+    let app_cookie = set_cookie(&r, "aikore_app").expect("the apps origin's cookie");
+    assert!(app_cookie.contains("HttpOnly") && app_cookie.contains("SameSite=Lax"), "{app_cookie}");
+    let app = app_cookie.split(';').next().unwrap().to_string();
+    // The code is single use.
+    assert_eq!(raw(apps, "GET", &target, &[], b"").unwrap().status, 403);
+    // An open redirect is not on offer.
+    let r = raw(port, "GET", "/app-login?next=%2F%2Fevil.example%2F", &[("Cookie", &session)], b"").unwrap();
+    assert!(location(&r).ends_with("&next=%2F"), "{}", location(&r));
+
+    // The app gets its own cookies only: neither aikore's cookies nor its bearer.
+    let cookies = format!("theme=dark; {session}; {app}; lang=en");
+    let r = raw(apps, "GET", "/app/e/x", &[("Cookie", &cookies)], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(echo["headers"]["cookie"], "theme=dark; lang=en", "{echo}");
+    let r = raw(apps, "GET", "/app/e/x", &[("Cookie", &app), ("Authorization", &p.bearer())], b"").unwrap();
+    assert!(r.json()["headers"]["authorization"].is_null(), "{}", r.text());
+    assert!(r.json()["headers"]["cookie"].is_null(), "{}", r.text());
+    // The dashboard's cookie is no login on the apps origin, the app's none on the dashboard.
+    assert_eq!(raw(apps, "GET", "/app/e/x", &[("Cookie", &session)], b"").unwrap().status, 401);
+    let app_value = app.split_once('=').unwrap().1;
+    for cookie in [app.clone(), format!("aikore_session={app_value}")] {
+        let r = raw(port, "GET", "/api/v1/instances", &[("Cookie", &cookie)], b"").unwrap();
+        assert_eq!(r.status, 401, "{cookie}");
+    }
+
+    // Cross-origin writes are refused even with the session and its CSRF token.
+    let (session, csrf) = login(port, &[]);
+    let from_apps = format!("http://127.0.0.1:{apps}");
+    let evil_referer = format!("{from_apps}/app/e/evil.html");
+    for origin in [("Origin", from_apps.as_str()), ("Referer", evil_referer.as_str()), ("Origin", "null")] {
+        let r =
+            raw(port, "POST", "/api/v1/reload", &[("Cookie", &session), ("X-CSRF-Token", &csrf), origin], b"").unwrap();
+        assert_eq!(r.status, 403, "{origin:?}: {}", r.text());
+        assert!(r.text().contains("cross-origin"), "{}", r.text());
+    }
+    let own = format!("http://127.0.0.1:{port}");
+    let r =
+        raw(port, "POST", "/api/v1/reload", &[("Cookie", &session), ("X-CSRF-Token", &csrf), ("Origin", &own)], b"")
+            .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The terminal's WebSocket from the apps origin: refused (SameSite ignores ports).
+    let ws = [
+        ("Cookie", session.as_str()),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+        ("Origin", from_apps.as_str()),
+    ];
+    let r = raw(port, "GET", "/api/v1/instances/e/terminal", &ws, b"").unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // The dashboard cannot be framed by an app; its View frame is sandboxed and may show the apps origin.
+    let r = raw(port, "GET", "/", &[("Cookie", &session)], b"").unwrap();
+    let csp = r.header("content-security-policy").unwrap_or("").to_string();
+    assert!(csp.contains("frame-ancestors 'self'"), "{csp}");
+    assert!(csp.contains(&format!("frame-src 'self' {from_apps}")), "{csp}");
+    assert_eq!(r.header("x-frame-options"), Some("SAMEORIGIN"));
+    assert!(r.text().contains("sandbox=\"allow-scripts allow-forms allow-same-origin"), "the View iframe is sandboxed");
+}
+
+#[test]
+fn logging_out_ends_the_apps_origin_session_too() {
+    let p: Proxied = start(&[("AIKORE_PASSWORD", PASSWORD)]);
+    let (port, apps) = (p.port, p.apps);
+    p.echo_instance("e", "echo", json!({}));
+    p.wait_served("/app/e/");
+    let (session, csrf) = login(port, &[]);
+    let r = raw(port, "GET", "/app-login?next=%2Fapp%2Fe%2F", &[("Cookie", &session)], b"").unwrap();
+    let target = location(&r).strip_prefix(&format!("http://127.0.0.1:{apps}")).unwrap().to_string();
+    let r = raw(apps, "GET", &target, &[], b"").unwrap();
+    let app = set_cookie(&r, "aikore_app").unwrap().split(';').next().unwrap().to_string();
+    assert_eq!(raw(apps, "GET", "/app/e/", &[("Cookie", &app)], b"").unwrap().status, 200);
+    let own = format!("http://127.0.0.1:{port}");
+    let r =
+        raw(port, "POST", "/logout", &[("Cookie", &session), ("X-CSRF-Token", &csrf), ("Origin", &own)], b"").unwrap();
+    assert_eq!(r.status, 303);
+    assert_eq!(raw(apps, "GET", "/app/e/", &[("Cookie", &app)], b"").unwrap().status, 401);
+}
+
+#[test]
+fn metrics_need_credentials_through_nginx_but_not_on_the_loopback_api_port() {
+    let p: Proxied = start(&[("AIKORE_METRICS_TOKEN", "scrape-only-token")]);
+    let (port, apps) = (p.port, p.apps);
+    let r = raw(port, "GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(!r.text().contains(&p.d.data_dir.display().to_string()));
+    let r = raw(port, "GET", "/metrics", &[("Authorization", "Bearer scrape-only-token")], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("aikore_auth_failures_total{kind=\"password\"}"), "{}", r.text());
+    assert_eq!(raw(port, "GET", "/metrics", &[("Authorization", &p.bearer())], b"").unwrap().status, 200);
+    // The scrape token opens /metrics and nothing else.
+    let r = raw(port, "GET", "/api/v1/units", &[("Authorization", "Bearer scrape-only-token")], b"").unwrap();
+    assert_eq!(r.status, 401);
+    // Straight to the API port on loopback (a local Prometheus): open.
+    let r = raw(api_port(&p.d), "GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    // Not on the apps origin at all.
+    assert_eq!(raw(apps, "GET", "/metrics", &[], b"").unwrap().status, 404);
+}
+
+fn remote(ip: &str) -> (&'static str, String) {
+    ("X-Forwarded-For", ip.to_string())
+}
+
+#[test]
+fn the_first_run_needs_the_setup_code_off_loopback_and_exactly_one_claim_wins() {
+    let d = Daemon::start(&[]);
+    let port = api_port(&d);
+    let file = d.data_dir.join("setup.code");
+    let code = std::fs::read_to_string(&file).expect("setup.code").trim().to_string();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(d.daemon_log().contains(&code), "the code is in the log");
+
+    // A client off loopback (NGINX's last X-Forwarded-For hop) needs the code.
+    let (k, v) = remote("203.0.113.5");
+    let post = |body: String, ip: &str| {
+        raw(port, "POST", "/setup", &[("Content-Type", "application/x-www-form-urlencoded"), (k, ip)], body.as_bytes())
+            .unwrap()
+    };
+    let body = |pw: &str, code: &str| {
+        serde_urlencoded::to_string([("password", pw), ("confirm", pw), ("code", code)]).unwrap()
+    };
+    assert_eq!(post(body("remote-password-1", ""), &v).status, 403);
+    assert_eq!(post(body("remote-password-1", "0000"), &v).status, 403);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), code);
+
+    // Eight claims at once, all with the right code: exactly one wins.
+    let results: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let b = body(&format!("claim-password-{i}"), &code);
+                let ip = format!("203.0.113.{}", 10 + i);
+                let post = &post;
+                s.spawn(move || {
+                    let r = post(b, &ip);
+                    (r.status, format!("claim-password-{i}"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<_> = results.iter().filter(|(s, _)| *s == 303).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(results.iter().all(|(s, _)| *s == 303 || *s == 409), "{results:?}");
+    assert!(!file.exists(), "the code is spent");
+    let r = raw(
+        port,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form(&winners[0].1).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 303, "the winner's password logs in");
+}
+
+fn scrape_value(port: u16, kind: &str) -> f64 {
+    let text = raw(port, "GET", "/metrics", &[], b"").unwrap().text();
+    let key = format!("aikore_auth_failures_total{{kind=\"{kind}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok()).unwrap_or(-1.0)
+}
+
+#[test]
+fn failed_logins_and_bad_bearers_are_limited_logged_and_counted() {
+    let mut options = Options::default();
+    options.env.push(("AIKORE_PASSWORD".into(), PASSWORD.into()));
+    let d = Daemon::start_with(&[], options);
+    let port = api_port(&d);
+    let login_from = |ip: &str, password: &str| {
+        raw(
+            port,
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded"), ("X-Forwarded-For", ip)],
+            form(password).as_bytes(),
+        )
+        .unwrap()
+    };
+    // Five free failures, the sixth starts the wait.
+    for i in 0..6 {
+        assert_eq!(login_from("198.51.100.7", "wrong").status, 401, "attempt {i}");
+    }
+    let r = login_from("198.51.100.7", "wrong");
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    // Waiting means waiting: even the right password is not tried.
+    assert_eq!(login_from("198.51.100.7", PASSWORD).status, 429);
+    // Another client is not blocked.
+    assert_eq!(login_from("198.51.100.8", PASSWORD).status, 303);
+    assert!(scrape_value(port, "password") >= 6.0);
+    assert!(scrape_value(port, "rate_limited") >= 2.0);
+    let log = d.daemon_log();
+    assert!(
+        log.contains("authentication failed") && log.contains("198.51.100.7"),
+        "failures are logged with the client"
+    );
+
+    // Bearer guesses: the same brakes.
+    let bearer_from = |token: &str| {
+        raw(
+            port,
+            "GET",
+            "/api/v1/units",
+            &[("Authorization", &format!("Bearer {token}")), ("X-Forwarded-For", "198.51.100.9")],
+            b"",
+        )
+        .unwrap()
+        .status
+    };
+    for _ in 0..6 {
+        assert_eq!(bearer_from("guess"), 401);
+    }
+    assert_eq!(bearer_from("guess"), 429);
+    assert_eq!(bearer_from(&d.token), 429, "a blocked client waits whatever it sends");
+    assert!(scrape_value(port, "bearer") >= 6.0);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The figures of issue 12 (printed; run with --nocapture to see them):
+/// attempts per second one client gets before the limiter bites, RSS during
+/// 64 concurrent wrong logins against an argon2 hash, and a normal API call's
+/// latency meanwhile. Asserted: the limiter bites, memory stays bounded, the
+/// API answers during the flood.
+#[test]
+fn a_login_flood_is_bounded_in_memory_and_the_api_keeps_answering() {
+    let d = Daemon::start(&[]);
+    let port = api_port(&d);
+    // An argon2 hash in the store (set up from loopback: no code needed).
+    let body = serde_urlencoded::to_string([("password", PASSWORD), ("confirm", PASSWORD)]).unwrap();
+    let r =
+        raw(port, "POST", "/setup", &[("Content-Type", "application/x-www-form-urlencoded")], body.as_bytes()).unwrap();
+    assert_eq!(r.status, 303, "{}", r.text());
+
+    // One client, one attempt after another, until the first refusal.
+    let began = Instant::now();
+    let mut accepted = 0;
+    loop {
+        let r = raw(
+            port,
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded"), ("X-Forwarded-For", "192.0.2.200")],
+            form("wrong").as_bytes(),
+        )
+        .unwrap();
+        if r.status == 429 {
+            break;
+        }
+        assert_eq!(r.status, 401);
+        accepted += 1;
+        assert!(accepted < 100, "the limiter never bit");
+    }
+    let burst = began.elapsed();
+    println!(
+        "FIGURE login attempts accepted from one client before the limiter bites: {accepted} in {:.2} s ({:.1}/s); then one more per doubling wait (1 s, 2 s, 4 s ... 300 s)",
+        burst.as_secs_f64(),
+        accepted as f64 / burst.as_secs_f64()
+    );
+    assert_eq!(accepted, 6);
+
+    // 64 concurrent wrong logins from 64 clients, while the API is called.
+    let pid = d.pid();
+    let before = rss_kib(pid);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (statuses, peak, latencies) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        });
+        let caller = s.spawn(|| {
+            let mut latencies = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = raw(port, "GET", "/api/v1/units", &[("Authorization", &format!("Bearer {}", d.token))], b"")
+                    .unwrap();
+                assert_eq!(r.status, 200);
+                latencies.push(t.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            latencies
+        });
+        let logins: Vec<_> = (0..64)
+            .map(|i| {
+                s.spawn(move || {
+                    raw(
+                        port,
+                        "POST",
+                        "/login",
+                        &[
+                            ("Content-Type", "application/x-www-form-urlencoded"),
+                            ("X-Forwarded-For", &format!("10.64.0.{i}")),
+                        ],
+                        form("wrong").as_bytes(),
+                    )
+                    .unwrap()
+                    .status
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = logins.into_iter().map(|h| h.join().unwrap()).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (statuses, sampler.join().unwrap(), caller.join().unwrap())
+    });
+    let hashed = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    let mut sorted = latencies.clone();
+    sorted.sort();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+    let max = sorted.last().copied().unwrap_or_default();
+    println!(
+        "FIGURE 64 concurrent wrong logins: {hashed} hashed, {refused} refused at once (argon2 queue full); RSS {} MiB before, peak {} MiB during",
+        before / 1024,
+        peak / 1024
+    );
+    println!(
+        "FIGURE GET /api/v1/units during the flood: {} calls, median {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        median.as_secs_f64() * 1000.0,
+        max.as_secs_f64() * 1000.0
+    );
+    assert_eq!(hashed + refused, 64, "{statuses:?}");
+    assert!(refused > 0, "the argon2 queue is bounded: {statuses:?}");
+    assert!(!latencies.is_empty(), "the API answered during the flood");
+    // Two argon2 runs at ~19 MiB each at a time, plus the queue's small futures.
+    assert!(peak < before + 100 * 1024, "RSS grew from {before} KiB to {peak} KiB");
+}
+
+fn auth_check(port: u16, uri: &str) -> u16 {
+    raw(port, "GET", "/api/v1/auth/check", &[("X-Original-URI", uri)], b"").unwrap().status
+}
+
+#[test]
+fn the_public_flag_lives_in_the_instance_definition() {
+    let d = Daemon::start(&[]);
+    let port = api_port(&d);
+    let (code, body) = d.post_json("/api/v1/instances", json!({ "name": "shared", "blueprint": "test-http" }));
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["public"], false);
+    assert_eq!(auth_check(port, "/app/shared/"), 401);
+    let (code, body) = d.put_json("/api/v1/instances/shared/public", json!({ "public": true }));
+    assert_eq!(code, 200, "{body}");
+    assert!(std::fs::read_to_string(d.data_dir.join("units/shared.instance")).unwrap().contains("Public=yes"));
+    assert_eq!(auth_check(port, "/app/shared/x"), 204);
+    assert_eq!(d.get("/api/v1/instances/shared").1["public"], true);
+
+    // A rename takes the flag along; the old name is not public.
+    let (code, body) = d.patch_json("/api/v1/instances/shared", json!({ "name": "moved" }));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(auth_check(port, "/app/moved/"), 204);
+    assert_eq!(auth_check(port, "/app/shared/"), 401);
+    // Deleted: a new instance with the same name is not public.
+    let (code, trashed) = d.delete("/api/v1/instances/moved");
+    assert_eq!(code, 200, "{trashed}");
+    assert_eq!(auth_check(port, "/app/moved/"), 401);
+    let (code, _) = d.post_json("/api/v1/instances", json!({ "name": "moved", "blueprint": "test-http" }));
+    assert_eq!(code, 201);
+    assert_eq!(auth_check(port, "/app/moved/"), 401);
+    let id = trashed["trashed"]["id"].as_str().unwrap().to_string();
+    assert_eq!(d.delete(&format!("/api/v1/trashcan/{id}")).0, 204);
+    assert_eq!(auth_check(port, "/app/moved/"), 401);
+}
+
+#[test]
+fn old_public_settings_move_into_the_definition_once() {
+    let mut d = Daemon::start(&[]);
+    for name in ["legacy", "closed"] {
+        let (code, body) = d.post_json("/api/v1/instances", json!({ "name": name, "blueprint": "test-http" }));
+        assert_eq!(code, 201, "{body}");
+    }
+    d.terminate();
+    {
+        let db = rusqlite::Connection::open(d.data_dir.join("aikore.db")).unwrap();
+        for (k, v) in [("public:legacy", "yes"), ("public:closed", "no"), ("public:ghost", "yes")] {
+            db.execute("INSERT INTO settings (key, value) VALUES (?1, ?2)", [k, v]).unwrap();
+        }
+    }
+    d.spawn(Options::default());
+    let port = api_port(&d);
+    assert_eq!(auth_check(port, "/app/legacy/"), 204);
+    assert_eq!(auth_check(port, "/app/closed/"), 401);
+    assert_eq!(auth_check(port, "/app/ghost/"), 401);
+    assert!(std::fs::read_to_string(d.data_dir.join("units/legacy.instance")).unwrap().contains("Public=yes"));
+    let db = rusqlite::Connection::open(d.data_dir.join("aikore.db")).unwrap();
+    let left: i64 = db.query_row("SELECT count(*) FROM settings WHERE key LIKE 'public:%'", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0, "the old settings are gone");
+    // A later instance named ghost is not public.
+    let (code, _) = d.post_json("/api/v1/instances", json!({ "name": "ghost", "blueprint": "test-http" }));
+    assert_eq!(code, 201);
+    assert_eq!(auth_check(port, "/app/ghost/"), 401);
+}
+
+#[test]
+fn oversize_bodies_get_413_missing_files_hide_paths_and_https_cookies_are_secure() {
+    let mut options = Options::default();
+    options.env.push(("AIKORE_PASSWORD".into(), PASSWORD.into()));
+    let d = Daemon::start_with(&[], options);
+    let port = api_port(&d);
+    let big = format!("{{\"name\":\"x\",\"blueprint\":\"{}\"}}", "b".repeat(3 * 1024 * 1024));
+    let r = raw(
+        port,
+        "POST",
+        "/api/v1/instances",
+        &[("Authorization", &format!("Bearer {}", d.token)), ("Content-Type", "application/json")],
+        big.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.json()["error"].is_string());
+
+    let r = raw(port, "GET", "/static/no-such-file.js", &[], b"").unwrap();
+    assert_eq!(r.status, 404);
+    let web_dir = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("web")).unwrap();
+    assert!(!r.text().contains(&web_dir.display().to_string()) && !r.text().contains("/web/"), "{}", r.text());
+
+    let behind_tls = [("X-Forwarded-Proto", "https"), ("Content-Type", "application/x-www-form-urlencoded")];
+    let r = raw(port, "POST", "/login", &behind_tls, form(PASSWORD).as_bytes()).unwrap();
+    let cookie = set_cookie(&r, "aikore_session").unwrap();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    let r = raw(
+        port,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form(PASSWORD).as_bytes(),
+    )
+    .unwrap();
+    assert!(!set_cookie(&r, "aikore_session").unwrap().contains("Secure"));
+    // And the OpenAPI document describes request bodies.
+    let (_, doc) = d.get("/api/v1/openapi.json");
+    let schema: &Value =
+        &doc["paths"]["/api/v1/instances"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(schema["$ref"], "#/components/schemas/InstanceCreate");
+}
