@@ -9,14 +9,18 @@ use serde_json::json;
 use super::{ids_of, options, terminal, tree_of, writable_state, Target, EVIL};
 use crate::harness::{free_port, process_state, read_head};
 
-/// GET through NGINX with the daemon's bearer; (status, body).
+/// GET through NGINX's apps origin with the daemon's bearer; (status, body).
 fn through_nginx(t: &Target, path: &str) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", t.port)) else { return (0, String::new()) };
+    get_via(t.d.apps_port, &t.d.token, path)
+}
+
+/// GET on NGINX's `port` with a bearer; (status, body), (0, "") when nothing answers.
+fn get_via(port: u16, token: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        t.port, t.d.token
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut reader = BufReader::new(s);
@@ -151,6 +155,6 @@ fn leftovers_of_a_killed_daemon_are_found_by_pid_and_start_time() {
     let gone = |p: &i32| process_state(*p).is_none_or(|s| s == 'Z');
     t.d.wait_until("the old processes to be gone", |_| old.iter().all(gone));
     // The new NGINX binds the port: it serves.
-    t.d.wait_until("NGINX to answer", |_| through_nginx(&t, "/healthz").0 == 200);
+    t.d.wait_until("NGINX to answer", |_| get_via(t.port, &t.d.token, "/healthz").0 == 200);
     assert!(t.d.daemon_log().contains("a process of the previous run is still alive"));
 }
