@@ -55,6 +55,12 @@ impl Gpus {
     /// Loads NVML once; logs one info line when there is nothing to watch.
     pub fn init() -> Gpus {
         let (nvml, note) = match Nvml::init() {
+            // The usual case on a box without the driver: say that, not the loader's words
+            // (the log line below keeps the error for whoever needs it).
+            Err(nvml_wrapper::error::NvmlError::LibloadingError(e)) => {
+                tracing::debug!(error = %e, "loading libnvidia-ml");
+                (None, Some("no NVIDIA driver found (libnvidia-ml.so.1 is not installed): no GPU figures".to_string()))
+            }
             Err(e) => (None, Some(format!("no GPU metrics: NVML is not available ({e})"))),
             Ok(nvml) => match nvml.device_count() {
                 Ok(0) => (None, Some("no GPU metrics: NVML found no GPU".to_string())),

@@ -280,7 +280,7 @@ fn row(v: &InstanceView, public: bool, csrf: &str) -> Markup {
         tr data-name=(name) data-status=(v.status) data-url=(v.url) data-seq=(v.seq)
             data-port=(v.current_port.map(|p| p.to_string()).unwrap_or_default()) {
             td.name {
-                strong { (name) }
+                strong title=(name) { (name) }
                 @if !v.description.is_empty() { span.desc title=(v.description) { (v.description) } }
                 form id=(act) method="post" action={ (base) "/start" } { (csrf_field(csrf)) }
                 form id=(edit) method="post" action={ (base) "/edit" } { (csrf_field(csrf)) }
@@ -331,7 +331,7 @@ fn row(v: &InstanceView, public: bool, csrf: &str) -> Markup {
                         button type="button" data-act="logs" { "Logs" }
                         button type="button" data-act="terminal" { "Terminal" }
                         button type="button" data-act="script" { "Edit script" }
-                        button type="button" data-act="settings" { "Settings: environment, name, mode…" }
+                        button type="button" data-act="settings" { "Settings: env, name, mode…" }
                         button type="button" data-act="blueprint" { "Save as blueprint" }
                         label.menu-check {
                             input type="checkbox" name="public" value="yes" form=(edit) checked[public];
@@ -442,7 +442,7 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap, Query(flas
                                     }
                                 }
                                 td.gpus { input.gpus-text type="text" name="gpus" form="create-form" placeholder="CPU" aria-label="GPUs" size="6"; }
-                                td { input type="text" name="port" form="create-form" value="auto" aria-label="Port" size="5"; }
+                                td.port { input type="text" name="port" form="create-form" value="auto" aria-label="Port" size="5"; }
                                 td { input type="checkbox" name="autostart" value="yes" form="create-form" aria-label="Autostart"; }
                                 td { }
                                 td { label.inline { input type="checkbox" name="start" value="yes" form="create-form"; " start now" } }
