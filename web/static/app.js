@@ -251,9 +251,19 @@
     if (!e.target.closest("details.menu")) closeMenus();
   });
   document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeMenus(); });
-  window.addEventListener("resize", () => closeMenus());
+  window.addEventListener("resize", () => $$("details.menu[open]").forEach(placeMenu));
   const tableWrap = $(".table-wrap");
-  if (tableWrap) tableWrap.addEventListener("scroll", () => closeMenus(), { passive: true });
+  // The table scrolled: the menu follows its button, and closes once the button is scrolled away.
+  if (tableWrap) {
+    tableWrap.addEventListener("scroll", () => {
+      const view = tableWrap.getBoundingClientRect();
+      $$("details.menu[open]", tableWrap).forEach((d) => {
+        const r = $("summary", d).getBoundingClientRect();
+        if (r.bottom <= view.top || r.top >= view.bottom || r.right <= view.left || r.left >= view.right) d.open = false;
+        else placeMenu(d);
+      });
+    }, { passive: true });
+  }
 
   if (rowsBody) {
     rowsBody.addEventListener("click", (e) => {
