@@ -129,7 +129,11 @@ impl SystemPoint {
             } else {
                 0.0
             },
-            disk_ratio: host.disk.as_ref().filter(|d| d.total_bytes > 0).map(|d| used(d.total_bytes, d.available_bytes)),
+            disk_ratio: host
+                .disk
+                .as_ref()
+                .filter(|d| d.total_bytes > 0)
+                .map(|d| used(d.total_bytes, d.available_bytes)),
             gpus: gpus
                 .iter()
                 .map(|g| GpuPoint {
