@@ -133,6 +133,21 @@ test("a dirty row's Save button is reachable too", async () => {
   assert.ok(await page.isHidden("#js-error"));
 });
 
+test("starting shows the run's port from the live events alone", async () => {
+  const tr = 'tr[data-name="web4"]';
+  assert.equal(await page.textContent(`${tr} [data-role="port"]`), "", "web4 never ran: no current port");
+  let fetches = 0;
+  const count = (req) => { if (req.url().includes("/partials/instances")) fetches += 1; };
+  page.on("request", count);
+  await page.click(`${tr} [data-act="start"]`);
+  await page.waitForSelector(`${tr} .badge.st-started`, { timeout: 20000 });
+  await page.waitForFunction((sel) => document.querySelector(sel).textContent === ":65001", `${tr} [data-role="port"]`);
+  page.off("request", count);
+  assert.equal(fetches, 0, "the port came with the state events, not a re-read of the rows");
+  await page.click(`${tr} [data-act="stop"]`);
+  await page.waitForSelector(`${tr} .badge.st-stopped`, { timeout: 20000 });
+});
+
 test("with nothing selected the panes explain themselves; a stopped instance's View says why it is empty", async () => {
   for (const tab of ["logs", "terminal", "script", "view"]) {
     await page.click(`.tab[data-tab="${tab}"]`);
