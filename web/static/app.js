@@ -432,9 +432,12 @@
     es.onopen = () => {
       live.textContent = "live";
       live.className = "live on";
-      // After a gap, events were missed: re-read the rows once. The daemon
-      // may have restarted (its seq counter with it): forget what was seen.
-      if (reconnect) { latest.clear(); $$("tr[data-name]", rowsBody).forEach((tr) => { tr.dataset.seq = "0"; }); refreshRows(); }
+      // Events from before this subscription were missed (between the page's
+      // render and now, or during a gap): re-read the rows once; seq keeps
+      // whichever is newer. After a gap the daemon may have restarted, its
+      // seq counter with it: forget what was seen.
+      if (reconnect) { latest.clear(); $$("tr[data-name]", rowsBody).forEach((tr) => { tr.dataset.seq = "0"; }); }
+      refreshRows();
       reconnect = true;
     };
     es.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
