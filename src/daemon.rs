@@ -334,6 +334,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         },
     )?;
     let metrics_events = metrics.track_events(supervisor.subscribe());
+    let history_stop = tokio_util::sync::CancellationToken::new();
+    let metrics_history = metrics.run_history(history_stop.clone());
     let proxy_stop = tokio_util::sync::CancellationToken::new();
     let (proxy, proxy_task) = crate::proxy::RouteSync {
         supervisor: supervisor.clone(),
@@ -423,6 +425,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     journal_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), journal).await;
     metrics_events.abort();
+    history_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), metrics_history).await;
     if init::is_pid1() {
         tokio::task::spawn_blocking(|| init::terminate_strays(Duration::from_secs(2))).await?;
     }

@@ -394,7 +394,7 @@ fn nginx_listens_on_loopback_unless_aikore_bind_says_otherwise() {
 
 #[test]
 fn proxy_refuses_encoded_names_keeps_forwarded_proto_and_serves_the_favicon() {
-    let (d, port) = with_nginx(&[]);
+    let (d, _) = with_nginx(&[]);
     // Apps live on the apps origin (AIKORE_APPS_PORT), not the dashboard's port.
     let port = d.apps_port;
     echo_blueprint(&d, "echo", "");
@@ -437,7 +437,7 @@ fn proxy_refuses_encoded_names_keeps_forwarded_proto_and_serves_the_favicon() {
 
 #[test]
 fn moving_the_slot_needs_no_restart_but_an_environment_change_does() {
-    let (d, port) = with_nginx(&[]);
+    let (d, _) = with_nginx(&[]);
     // Apps live on the apps origin (AIKORE_APPS_PORT), not the dashboard's port.
     let port = d.apps_port;
     echo_blueprint(&d, "echo", "");
@@ -522,7 +522,7 @@ fn reloads(d: &Daemon) -> u64 {
 #[test]
 fn idle_soak_no_reloads_little_cpu_few_rows_then_one_reload_per_change() {
     const IDLE: Duration = Duration::from_secs(60);
-    let (d, port) = with_nginx(&[]);
+    let (d, _) = with_nginx(&[]);
     // Apps live on the apps origin (AIKORE_APPS_PORT), not the dashboard's port.
     let port = d.apps_port;
     for name in ["soak-a", "soak-b"] {

@@ -196,3 +196,28 @@ fn user_text_is_escaped_in_the_dashboard() {
     let script_src = page.csp.split(';').find(|d| d.trim().starts_with("script-src")).unwrap();
     assert_eq!(script_src.trim(), "script-src 'self'");
 }
+
+#[test]
+fn the_trash_cans_plain_form_purges_for_good() {
+    let d = Daemon::start_with(&[], with_password());
+    let (code, body) =
+        d.post_json("/api/v1/instances", serde_json::json!({ "name": "gone", "blueprint": "test-http" }));
+    assert_eq!(code, 201, "{body}");
+    let (code, trashed) = d.delete("/api/v1/instances/gone");
+    assert_eq!(code, 200, "{trashed}");
+    let id = trashed["trashed"]["id"].as_str().expect("trash id").to_string();
+    let (cookie, csrf) = login(&d);
+    // The dashboard lists it with both buttons.
+    let page = reply(browser().get(&format!("{}/partials/trash", d.url)).header("Cookie", &cookie).call());
+    assert!(page.body.contains(&format!("/trashcan/{id}/purge")), "{}", page.body);
+    let r = reply(
+        browser()
+            .post(&format!("{}/trashcan/{id}/purge", d.url))
+            .header("Cookie", &cookie)
+            .content_type("application/x-www-form-urlencoded")
+            .send(format!("_csrf={csrf}")),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(r.location.contains("notice="), "{}", r.location);
+    assert_eq!(d.get("/api/v1/trashcan").1.as_array().map(Vec::len), Some(0));
+}

@@ -144,6 +144,8 @@ mod tests {
             since_ms: ts_ms,
             started_ms: None,
             last_exit: None,
+            seq: 0,
+            port: None,
         }
     }
 

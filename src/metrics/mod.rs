@@ -15,7 +15,7 @@ pub mod host;
 pub mod http;
 pub mod units;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -88,6 +88,69 @@ pub struct Metrics {
     collectors: Mutex<Collectors>,
     gpu_note: Option<String>,
     gpu_detail: Option<String>,
+    /// The last few minutes of host and GPU figures, so a dashboard opened
+    /// now draws its sparklines at once instead of after minutes of polling.
+    history: Mutex<VecDeque<SystemPoint>>,
+}
+
+/// How often [`Metrics::run_history`] samples: a sparkline point per 5 s
+/// shows a minute-scale trend, and one host + NVML read per 5 s is far
+/// below 1 % of a core even on an idle box.
+pub const HISTORY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// 60 points at 5 s: the last five minutes.
+pub const HISTORY_POINTS: usize = 60;
+
+/// One sample of the history ring: only what the sparklines draw.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SystemPoint {
+    pub ts_ms: i64,
+    pub cpu_ratio: f64,
+    /// Used (total - available) over total, 0..1.
+    pub memory_ratio: f64,
+    pub disk_ratio: Option<f64>,
+    pub gpus: Vec<GpuPoint>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GpuPoint {
+    pub index: u32,
+    pub utilization_ratio: Option<f64>,
+    pub memory_ratio: Option<f64>,
+    pub temperature_celsius: Option<f64>,
+    pub power_draw_watts: Option<f64>,
+}
+
+impl SystemPoint {
+    fn of(ts_ms: i64, host: &HostSample, gpus: &[GpuSample]) -> SystemPoint {
+        let used = |total: u64, available: u64| total.saturating_sub(available) as f64 / total as f64;
+        SystemPoint {
+            ts_ms,
+            cpu_ratio: host.cpu_usage_ratio,
+            memory_ratio: if host.memory_total_bytes > 0 {
+                used(host.memory_total_bytes, host.memory_available_bytes)
+            } else {
+                0.0
+            },
+            disk_ratio: host
+                .disk
+                .as_ref()
+                .filter(|d| d.total_bytes > 0)
+                .map(|d| used(d.total_bytes, d.available_bytes)),
+            gpus: gpus
+                .iter()
+                .map(|g| GpuPoint {
+                    index: g.index,
+                    utilization_ratio: g.utilization_ratio,
+                    memory_ratio: match (g.memory_used_bytes, g.memory_total_bytes) {
+                        (Some(u), Some(t)) if t > 0 => Some(u as f64 / t as f64),
+                        _ => None,
+                    },
+                    temperature_celsius: g.temperature_celsius,
+                    power_draw_watts: g.power_draw_watts,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `/api/v1/system`: the host and its GPUs for the dashboard.
@@ -104,6 +167,9 @@ pub struct SystemView {
     pub gpu_note: Option<String>,
     /// The raw error behind `gpu_note` (NVML's loader message), for diagnosis.
     pub gpu_detail: Option<String>,
+    /// Earlier samples, oldest first, one per [`HISTORY_INTERVAL`] (empty
+    /// until the history task has run).
+    pub history: Vec<SystemPoint>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -154,6 +220,7 @@ impl Metrics {
             collectors: Mutex::new(collectors),
             gpu_note,
             gpu_detail,
+            history: Mutex::new(VecDeque::with_capacity(HISTORY_POINTS)),
         }))
     }
 
@@ -166,6 +233,42 @@ impl Metrics {
     /// (index, UUID) of the GPUs NVML reports; empty without NVML.
     pub fn gpu_ids(&self) -> Vec<(u32, String)> {
         self.collectors.lock().unwrap_or_else(|p| p.into_inner()).gpus.ids()
+    }
+
+    /// Samples the host and GPUs every [`HISTORY_INTERVAL`] into the
+    /// history ring until `stop` is cancelled.
+    pub fn run_history(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HISTORY_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let sampler = Arc::clone(&this);
+                if tokio::task::spawn_blocking(move || sampler.record_point()).await.is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// Takes one sample into the history ring (the history task's step; tests call it directly).
+    pub fn record_point(&self) {
+        let point = {
+            let mut collectors = self.collectors.lock().unwrap_or_else(|p| p.into_inner());
+            let host = collectors.host.sample();
+            let gpus = collectors.gpus.sample();
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64);
+            SystemPoint::of(now.unwrap_or(0), &host, &gpus)
+        };
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if history.len() == HISTORY_POINTS {
+            history.pop_front();
+        }
+        history.push_back(point);
     }
 
     pub fn gpu_note(&self) -> Option<&str> {
@@ -291,6 +394,7 @@ impl Metrics {
                 gpus,
                 gpu_note: this.gpu_note.clone(),
                 gpu_detail: this.gpu_detail.clone(),
+                history: this.history.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect(),
             }
         })
         .await

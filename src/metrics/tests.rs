@@ -34,6 +34,7 @@ fn snapshot(name: &str, file: &str, status: Status, pid: Option<i32>) -> UnitSna
         path: file.into(),
         port: None,
         vnc_port: None,
+        seq: 0,
         unit: Arc::new(unit),
     }
 }
@@ -212,4 +213,20 @@ fn gpu_memory_is_attributed_to_the_units_processes() {
     for (name, kind) in types(&text) {
         assert_eq!(kind == "counter", name.ends_with("_total"), "{name} is a {kind}");
     }
+}
+
+#[tokio::test]
+async fn system_view_carries_a_bounded_history_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = metrics(dir.path());
+    assert!(m.system().await.unwrap().history.is_empty(), "no samples before the history task runs");
+    for _ in 0..super::HISTORY_POINTS + 5 {
+        m.record_point();
+    }
+    let view = m.system().await.unwrap();
+    assert_eq!(view.history.len(), super::HISTORY_POINTS, "the ring keeps the last HISTORY_POINTS samples");
+    assert!(view.history.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms), "oldest first");
+    let p = &view.history[0];
+    assert!((0.0..=1.0).contains(&p.cpu_ratio) && p.memory_ratio > 0.0 && p.memory_ratio <= 1.0);
+    assert!(p.disk_ratio.is_some_and(|d| (0.0..=1.0).contains(&d)));
 }

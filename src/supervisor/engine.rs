@@ -113,6 +113,9 @@ struct Runtime {
     needed_sigkill: bool,
     reload: Option<ReloadJob>,
     probe: Option<tokio::task::AbortHandle>,
+    /// The `seq` of the last event emitted for this unit (0: none yet), so a
+    /// snapshot tells a reader which events it already reflects.
+    seq: u64,
 }
 
 impl Runtime {
@@ -140,6 +143,7 @@ impl Runtime {
             needed_sigkill: false,
             reload: None,
             probe: None,
+            seq: 0,
         }
     }
 
@@ -180,6 +184,9 @@ pub struct Engine<C: ProcessControl> {
     ticks_rx: mpsc::UnboundedReceiver<Tick>,
     shutdown: Option<oneshot::Sender<ShutdownReport>>,
     shutting_down: bool,
+    /// The last `seq` handed out. One counter for all units, so a unit removed
+    /// and re-added under the same name never repeats a number a page has seen.
+    last_seq: u64,
 }
 
 impl<C: ProcessControl> Engine<C> {
@@ -194,6 +201,7 @@ impl<C: ProcessControl> Engine<C> {
             ticks_rx,
             shutdown: None,
             shutting_down: false,
+            last_seq: 0,
         };
         engine.apply_units(units);
         engine
@@ -554,6 +562,7 @@ impl<C: ProcessControl> Engine<C> {
                 path: rt.unit.path.display().to_string(),
                 port: rt.prepared.port,
                 vnc_port: rt.prepared.vnc_port,
+                seq: rt.seq,
                 unit: Arc::clone(&rt.unit),
             })
             .collect()
@@ -1112,9 +1121,13 @@ impl<C: ProcessControl> Engine<C> {
         }
     }
 
-    fn emit(&self, name: &str, event: &'static str, detail: Option<String>) {
-        let Some(rt) = self.units.get(name) else { return };
+    fn emit(&mut self, name: &str, event: &'static str, detail: Option<String>) {
+        let Some(rt) = self.units.get_mut(name) else { return };
+        self.last_seq += 1;
+        rt.seq = self.last_seq;
         let _ = self.events.send(UnitEvent {
+            seq: rt.seq,
+            port: rt.prepared.port,
             ts_ms: now_ms(),
             unit: name.to_string(),
             kind: rt.unit.kind,

@@ -97,10 +97,13 @@ impl ProcessControl for FakeOs {
         // An instance runs its launch.sh, as the real host prepares it.
         let default_exec_start =
             unit.instance.as_ref().map(|_| ExecCommand { argv: vec!["/bin/launch.sh".into()], ignore_failure: false });
+        // A port per run, as an instance's lease would give, so events can be checked to carry it.
+        let port = Some(FAKE_PORT);
         Ok(Prepared {
             ready,
             env: vec![("RUN_ENV".into(), unit.name.clone())],
             default_exec_start,
+            port,
             ..Prepared::default()
         })
     }
@@ -201,6 +204,9 @@ fn unit(file: &str, text: &str) -> Unit {
         Err(errors) => panic!("{file}: {errors:?}"),
     }
 }
+
+/// The port every fake run is given.
+const FAKE_PORT: u16 = 4242;
 
 fn service(name: &str, extra: &str) -> Unit {
     unit(&format!("{name}.service"), &format!("[Service]\nExecStart=/bin/{name}\n{extra}"))
@@ -899,4 +905,31 @@ async fn set_units_stops_removed_units_and_adds_new_ones_stopped() {
     }
     assert_eq!(h.names().await, ["kept", "new"]);
     assert_eq!(h.handle.start("old").await, Err(CommandError::NoSuchUnit("old".into())));
+}
+
+// ---- live state ordering -------------------------------------------------
+
+/// Regression (issue 11): a page fetched a snapshot while an exit was being
+/// handled and showed `starting` after the `error` event. Every event and
+/// snapshot carries a seq so a reader can tell which state is newer.
+#[tokio::test(start_paused = true)]
+async fn every_event_has_a_higher_seq_and_a_snapshot_carries_the_latest() {
+    let mut h = Harness::new(vec![service("quick", "Restart=no\n"), service("other", "")]);
+    let added = h.snapshot("quick").await.seq;
+    assert!(added > 0, "the `unit added` event has a seq");
+    h.handle.start("quick").await.unwrap();
+    h.handle.start("other").await.unwrap();
+    h.wait_status("quick", Status::Started).await;
+    h.exit(h.main_pid("quick"), code(1));
+    let snap = h.wait_status("quick", Status::Error).await;
+    let events: Vec<UnitEvent> = h.events().into_iter().filter(|e| e.unit == "quick").collect();
+    assert!(events.len() >= 4, "added, starting, started, exit, error: {events:#?}");
+    assert_eq!(events[0].seq, added);
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq), "seq rises with every event: {events:#?}");
+    let last = events.last().expect("events");
+    assert!(events.iter().filter(|e| e.status == Status::Started).all(|e| e.port == Some(FAKE_PORT)), "{events:#?}");
+    assert_eq!(snap.seq, last.seq, "the snapshot reflects the latest event");
+    assert_eq!(last.status, Status::Error);
+    let older: Vec<&UnitEvent> = events.iter().filter(|e| e.status == Status::Starting).collect();
+    assert!(older.iter().all(|e| e.seq < snap.seq), "a stale `starting` is recognisably older");
 }

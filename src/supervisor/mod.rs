@@ -102,6 +102,12 @@ pub struct UnitEvent {
     pub since_ms: i64,
     pub started_ms: Option<i64>,
     pub last_exit: Option<String>,
+    /// Orders the unit's states: higher is newer. Increases with every event
+    /// of the unit (the counter is shared by all units), so a reader holding
+    /// a newer state can drop an older one that arrives late.
+    pub seq: u64,
+    /// The port of the current (or last) run, so live updates refresh it.
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -121,6 +127,8 @@ pub struct UnitSnapshot {
     pub port: Option<u16>,
     /// A persistent instance's websockify port, current (or last) run.
     pub vnc_port: Option<u16>,
+    /// The `seq` of the unit's latest event (0: none yet).
+    pub seq: u64,
     #[serde(skip)]
     pub unit: Arc<Unit>,
 }

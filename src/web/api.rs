@@ -75,6 +75,10 @@ struct UnitView {
     started: Option<i64>,
     last_exit: Option<String>,
     path: String,
+    /// The seq of the unit's latest event: a reader drops any state with a seq <= the one it shows.
+    seq: u64,
+    /// The port of the current (or last) run.
+    port: Option<u16>,
 }
 
 impl From<UnitSnapshot> for UnitView {
@@ -91,6 +95,8 @@ impl From<UnitSnapshot> for UnitView {
             started: s.started_ms,
             last_exit: s.last_exit,
             path: s.path,
+            seq: s.seq,
+            port: s.port,
         }
     }
 }

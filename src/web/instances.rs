@@ -147,6 +147,9 @@ pub struct InstanceView {
     pub(crate) pid: Option<i32>,
     pub(crate) restarts: u32,
     pub(crate) since: i64,
+    /// The seq of the unit's latest event (see `UnitEvent::seq`): the
+    /// dashboard drops any live state with a seq <= the one it shows.
+    pub(crate) seq: u64,
     /// Where a browser opens it, a full URL on the apps origin (docs/security.md):
     /// `vnc_url` for a persistent instance, else `app_url`.
     pub(crate) url: String,
@@ -222,6 +225,7 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
         pid: unit.pid,
         restarts: unit.restarts,
         since: unit.since_ms,
+        seq: unit.seq,
         url: url_of(unit),
         app_url: app_url_of(unit),
         vnc_url: vnc_url_of(unit),

@@ -43,6 +43,7 @@ pub fn routes() -> Router<AppState> {
         .route("/instances", post(create))
         .route("/instances/{name}/{action}", post(action))
         .route("/trashcan/{id}/restore", post(restore))
+        .route("/trashcan/{id}/purge", post(purge))
         .route("/partials/instances", get(partial_instances))
         .route("/partials/trash", get(partial_trash))
         .route("/static/{file}", get(static_file))
@@ -247,8 +248,10 @@ fn setup_markup(error: Option<&str>) -> Markup {
                 form method="post" action="/setup" {
                     label { "Setup code" input type="text" name="code" autocomplete="off" spellcheck="false"
                         placeholder="from aikore's log or <data>/setup.code"; }
-                    label { "Password" input type="password" name="password" autocomplete="new-password" minlength=(MIN_PASSWORD) autofocus required; }
-                    label { "Again" input type="password" name="confirm" autocomplete="new-password" required; }
+                    label { "Password" input type="password" name="password" autocomplete="new-password" minlength=(MIN_PASSWORD)
+                        placeholder={ "at least " (MIN_PASSWORD) " characters" } autofocus required; }
+                    label { "Again" input type="password" name="confirm" autocomplete="new-password"
+                        placeholder="the same password" required; }
                     button.btn.primary type="submit" { "Set password" }
                 }
             }
@@ -325,6 +328,11 @@ fn port_text(v: &InstanceView) -> String {
     }
 }
 
+/// What the Slot column means, as its header's tooltip.
+const SLOT_HELP: &str = "Slot: ComfyUI's fixed address. The instance holding the comfyui slot also answers at \
+                         /comfyui/ (one instance at a time), for tools and links that expect ComfyUI there. \
+                         — leaves it at its own address only.";
+
 fn row(v: &InstanceView, csrf: &str) -> Markup {
     let public = v.public;
     let name = &v.name;
@@ -333,27 +341,30 @@ fn row(v: &InstanceView, csrf: &str) -> Markup {
     let base = format!("/instances/{name}");
     let running = !matches!(v.status, "stopped" | "error" | "failed");
     html! {
-        tr data-name=(name) data-status=(v.status) data-url=(v.url) {
+        tr data-name=(name) data-status=(v.status) data-url=(v.url) data-seq=(v.seq)
+            data-port=(v.current_port.map(|p| p.to_string()).unwrap_or_default()) {
             td.name {
-                strong { (name) }
+                strong title=(name) { (name) }
                 @if !v.description.is_empty() { span.desc title=(v.description) { (v.description) } }
                 form id=(act) method="post" action={ (base) "/start" } { (csrf_field(csrf)) }
                 form id=(edit) method="post" action={ (base) "/edit" } { (csrf_field(csrf)) }
             }
             td.blueprint { code { (v.blueprint) } }
             td.gpus {
-                input.gpus-text type="text" name="gpus" form=(edit) value=(v.gpus) placeholder="none (CPU)"
-                    aria-label={ "GPUs of " (name) } size="8";
+                input.gpus-text type="text" name="gpus" form=(edit) value=(v.gpus) placeholder="CPU"
+                    aria-label={ "GPUs of " (name) } size="6";
             }
             td.port {
                 input type="text" name="port" form=(edit) value=(port_text(v)) aria-label={ "Port of " (name) } size="5";
-                @if let Some(p) = v.current_port { span.current title="port of the current run" { ":" (p) } }
+                span.current data-role="port" title="port of the current run" {
+                    @if let Some(p) = v.current_port { ":" (p) }
+                }
             }
             td.autostart {
                 input type="checkbox" name="autostart" value="yes" form=(edit) checked[v.autostart] aria-label={ "Autostart " (name) };
             }
             td.slot {
-                select name="active_slot" form=(edit) aria-label={ "Active slot of " (name) } {
+                select name="active_slot" form=(edit) aria-label={ "Active slot of " (name) } title=(SLOT_HELP) {
                     option value="" selected[v.active_slot.is_none()] { "—" }
                     option value="comfyui" selected[v.active_slot.as_deref() == Some("comfyui")] { "comfyui" }
                 }
@@ -371,17 +382,20 @@ fn row(v: &InstanceView, csrf: &str) -> Markup {
                 input type="hidden" name="edit_marker" value="1" form=(edit);
                 span.unsaved hidden title="unsaved changes" { "●" }
                 button.btn.save form=(edit) type="submit" data-act="save" title="Save changes" { "Save" }
-                button.btn.start form=(act) type="submit" formaction={ (base) "/start" } data-act="start" disabled[running] { "Start" }
-                button.btn.stop form=(act) type="submit" formaction={ (base) "/stop" } data-act="stop" disabled[!running] { "Stop" }
-                button.btn form=(act) type="submit" formaction={ (base) "/restart" } data-act="restart" { "Restart" }
-                a.btn href=(v.url) target="_blank" rel="noopener" data-act="open" { "Open" }
-                button.btn type="button" data-act="view" { "View" }
+                button.btn.start form=(act) type="submit" formaction={ (base) "/start" } data-act="start"
+                    disabled[running] hidden[running] { "Start" }
+                button.btn.stop form=(act) type="submit" formaction={ (base) "/stop" } data-act="stop"
+                    disabled[!running] hidden[!running] { "Stop" }
+                button.btn form=(act) type="submit" formaction={ (base) "/restart" } data-act="restart" title="Restart" { "Restart" }
+                a.btn href=(v.url) target="_blank" rel="noopener" data-act="open" title="Open the app in a new tab" { "Open" }
+                button.btn type="button" data-act="view" title="Show the app below" { "View" }
                 details.menu {
-                    summary.btn aria-label={ "Tools for " (name) } { "⋯" }
-                    div.menu-items {
+                    summary.btn aria-label={ "Tools for " (name) } title="More" { "⋯" }
+                    div.menu-items role="menu" {
                         button type="button" data-act="logs" { "Logs" }
                         button type="button" data-act="terminal" { "Terminal" }
                         button type="button" data-act="script" { "Edit script" }
+                        button type="button" data-act="settings" { "Settings: env, name, mode…" }
                         button type="button" data-act="blueprint" { "Save as blueprint" }
                         label.menu-check {
                             input type="checkbox" name="public" value="yes" form=(edit) checked[public];
@@ -417,6 +431,8 @@ fn trash_list(state: &AppState, csrf: &str) -> Markup {
                     form method="post" action={ "/trashcan/" (e.id) "/restore" } {
                         (csrf_field(csrf))
                         button.btn type="submit" data-act="restore" { "Restore" }
+                        button.btn.danger type="submit" formaction={ "/trashcan/" (e.id) "/purge" } data-act="purge"
+                            title="Delete its files for good" { "Delete forever" }
                     }
                 }
             }
@@ -466,11 +482,14 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap, Query(flas
                     @if let Some(e) = &flash.error { p.flash.error role="alert" { (e) } }
                     @if let Some(n) = &flash.notice { p.flash.notice { (n) } }
                     p #js-error.flash.error hidden role="alert" {}
+                    p #js-notice.flash.notice hidden role="status" {}
                     div.table-wrap {
                         table #instances {
                             thead { tr {
                                 th { "Name" } th { "Blueprint" } th { "GPUs" } th { "Port" }
-                                th { "Autostart" } th { "Slot" } th { "Status" } th { "Actions" }
+                                th title="Autostart: start it when AiKore starts" { "Auto" }
+                                th title=(SLOT_HELP) { span.help { "Slot" } }
+                                th { "Status" } th.actions { "Actions" }
                             } }
                             tbody #instance-rows { (rows(&listing, &csrf)) }
                             tfoot { tr.add-row {
@@ -486,12 +505,12 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap, Query(flas
                                         }
                                     }
                                 }
-                                td.gpus { input.gpus-text type="text" name="gpus" form="create-form" placeholder="none (CPU)" aria-label="GPUs" size="8"; }
-                                td { input type="text" name="port" form="create-form" value="auto" aria-label="Port" size="5"; }
+                                td.gpus { input.gpus-text type="text" name="gpus" form="create-form" placeholder="CPU" aria-label="GPUs" size="6"; }
+                                td.port { input type="text" name="port" form="create-form" value="auto" aria-label="Port" size="5"; }
                                 td { input type="checkbox" name="autostart" value="yes" form="create-form" aria-label="Autostart"; }
                                 td { }
                                 td { label.inline { input type="checkbox" name="start" value="yes" form="create-form"; " start now" } }
-                                td { button.btn.primary type="submit" form="create-form" { "Add instance" } }
+                                td.actions { button.btn.primary type="submit" form="create-form" { "Add instance" } }
                             } }
                         }
                     }
@@ -511,6 +530,7 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap, Query(flas
                         span.muted { "instance: " strong #selected { "none — pick one in the table" } }
                     }
                     div.tab-body #tab-logs {
+                        (empty_pane("Pick an instance in the table (click its row) to follow its log here."))
                         div.toolbar {
                             span #log-state.muted { "" }
                             span.spacer {}
@@ -520,10 +540,12 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap, Query(flas
                         div #log.log role="log" aria-live="off" {}
                     }
                     div.tab-body #tab-terminal hidden {
+                        (empty_pane("Pick an instance in the table to open a shell in its directory, with its environment."))
                         div #term-msg.muted {}
                         div #term.term {}
                     }
                     div.tab-body #tab-script hidden {
+                        (empty_pane("Pick an instance in the table to edit its launch.sh."))
                         div.toolbar {
                             span.muted { "launch.sh" }
                             span #script-state.muted {}
@@ -535,6 +557,8 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap, Query(flas
                         textarea #script.editor spellcheck="false" aria-label="launch.sh" {}
                     }
                     div.tab-body #tab-view hidden {
+                        (empty_pane("Pick an instance in the table to show its app here (it must be running)."))
+                        p #view-msg.empty-note hidden {}
                         // Another origin (the apps'), and sandboxed to what web UIs need:
                         // no top navigation, so an app cannot replace the dashboard.
                         iframe #view.view title="instance view"
@@ -549,8 +573,71 @@ async fn dashboard(State(state): State<AppState>, headers: HeaderMap, Query(flas
             }
         }
         noscript { p.flash.notice { "JavaScript is off: the forms work, live status, logs and the terminal need it." } }
+        (settings_dialog())
     };
     page("Dashboard", Some(&csrf), head, body).into_response()
+}
+
+/// Variables the stock blueprints read (blueprints/*.sh), offered as the
+/// environment editor's suggestions.
+const ENV_SUGGESTIONS: &[&str] = &[
+    "EXTRA_ARGS",
+    "COMFYUI_REF",
+    "COMFYUI_REPO",
+    "FORGE_REF",
+    "FLUXGYM_REF",
+    "KOHYA_REF",
+    "SD_SCRIPTS_REF",
+    "TORCH_INDEX_URL",
+    "TORCH_PACKAGES",
+    "PERSISTENT_GEOMETRY",
+    "TEST_DELAY_SEC",
+    "TEST_EXIT_CODE",
+];
+
+/// What a workspace tab shows while no instance is selected.
+fn empty_pane(text: &str) -> Markup {
+    html! { div.empty-pane { p { (text) } } }
+}
+
+/// The per-instance settings the table has no room for: name, description,
+/// mode and environment. app.js fills it from GET /api/v1/instances/{name}
+/// and saves with one PATCH.
+fn settings_dialog() -> Markup {
+    html! {
+        dialog #settings aria-labelledby="settings-title" {
+            form #settings-form method="dialog" {
+                h2 #settings-title { "Settings of " span #settings-of {} }
+                label.field { span { "Name" }
+                    input type="text" name="name" required pattern="[a-z0-9][a-z0-9_\\-]{0,62}"
+                        title="lowercase letters, digits, - and _" autocomplete="off";
+                    small.muted { "Renaming moves its directory and log; a running instance restarts." }
+                }
+                label.field { span { "Description" } input type="text" name="description" autocomplete="off"; }
+                label.check {
+                    input type="checkbox" name="persistent_mode";
+                    span { strong { "Persistent mode" } " — the app runs inside a virtual desktop with a browser, reached through noVNC (Open shows the desktop), so a long job keeps its page open when you close yours." }
+                }
+                fieldset.env {
+                    legend { "Environment" }
+                    p.muted { "Variables for launch.sh, e.g. " code { "EXTRA_ARGS" } " (extra arguments for the app) or "
+                        code { "COMFYUI_REF" } " (the ComfyUI version to check out). Applied at the next start." }
+                    div #env-rows {}
+                    button.btn #env-add type="button" { "+ Add variable" }
+                }
+                datalist #env-keys {
+                    @for key in ENV_SUGGESTIONS { option value=(key) {} }
+                }
+                p #settings-error.flash.error hidden role="alert" {}
+                div.dialog-buttons {
+                    button.btn type="button" #settings-cancel { "Cancel" }
+                    span.spacer {}
+                    button.btn type="submit" value="save" { "Save" }
+                    button.btn.primary type="submit" value="restart" { "Save & restart" }
+                }
+            }
+        }
+    }
 }
 
 async fn partial_instances(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -646,6 +733,10 @@ async fn action(
 
 async fn restore(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     back(state.instances.restore(&id).await.map(|u| format!("Restored {}.", u.name)).map_err(|e| e.to_string()))
+}
+
+async fn purge(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    back(state.instances.purge(&id).await.map(|()| "Deleted for good.".to_string()).map_err(|e| e.to_string()))
 }
 
 /// Security headers on every response: scripts only from our own files,

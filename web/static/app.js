@@ -16,14 +16,22 @@
   const RUNNING = new Set(["starting", "stalled", "started", "stopping", "restarting"]);
   const MAX_LOG_LINES = 5000; // a pane holds this much; older lines drop off the top
   const SYSTEM_REFRESH_MS = 3000; // figures only, and only while no SSE carries them
-  const SPARK_POINTS = 60; // three minutes of history at 3 s
+  const SPARK_POINTS = 61; // the daemon's 60 samples (5 minutes at 5 s) and the current value
 
   // ----- errors and API -----------------------------------------------------
   const errorBox = $("#js-error");
+  const noticeBox = $("#js-notice");
   function showError(message) {
+    if (message) showNotice("");
     if (!errorBox) return;
     errorBox.textContent = message;
     errorBox.hidden = !message;
+  }
+  // Success and hints: the green box, never the red one.
+  function showNotice(message) {
+    if (!noticeBox) return;
+    noticeBox.textContent = message;
+    noticeBox.hidden = !message;
   }
 
   async function api(method, url, body) {
@@ -44,14 +52,22 @@
   }
 
   async function guarded(fn) {
-    try { showError(""); return await fn(); } catch (e) { showError(e.message); return undefined; }
+    try { showError(""); showNotice(""); return await fn(); } catch (e) { showError(e.message); return undefined; }
   }
 
   // ----- instances table ----------------------------------------------------
   const rowsBody = $("#instance-rows");
   const rowOf = (name) => rowsBody && $$("tr[data-name]", rowsBody).find((tr) => tr.dataset.name === name);
 
+  // The newest state seen per unit (SSE), so a row rendered from an older
+  // snapshot (a fetch that was in flight when the event came) is corrected.
+  const latest = new Map();
+
+  // Applies a live state unless the row already shows a newer one: every
+  // event and snapshot carries the unit's `seq`, which only grows.
   function setStatus(tr, ev) {
+    if (typeof ev.seq === "number" && ev.seq <= Number(tr.dataset.seq || 0)) return;
+    if (typeof ev.seq === "number") tr.dataset.seq = String(ev.seq);
     const status = ev.status;
     tr.dataset.status = status;
     const badge = $('[data-role="badge"]', tr);
@@ -65,9 +81,22 @@
     const detail = $('[data-role="detail"]', tr);
     detail.textContent = ev.detail || "";
     detail.title = ev.detail || "";
-    const running = RUNNING.has(status);
-    $('[data-act="start"]', tr).disabled = running;
-    $('[data-act="stop"]', tr).disabled = !running;
+    syncButtons(tr);
+    if (ev.port !== undefined) {
+      const port = ev.port ? String(ev.port) : "";
+      tr.dataset.port = port;
+      const shown = $('[data-role="port"]', tr);
+      if (shown && port) shown.textContent = ":" + port;
+    }
+    if (tr.dataset.name === selected && activeTab === "view") showView();
+  }
+
+  // One of Start and Stop at a time, as the status allows.
+  function syncButtons(tr) {
+    const running = RUNNING.has(tr.dataset.status);
+    const start = $('[data-act="start"]', tr), stop = $('[data-act="stop"]', tr);
+    start.disabled = start.hidden = running;
+    stop.disabled = stop.hidden = !running;
   }
 
   function snapshotInputs(tr) {
@@ -89,6 +118,8 @@
   function bindRows() {
     if (!rowsBody) return;
     $$("tr[data-name]", rowsBody).forEach((tr) => {
+      const newer = latest.get(tr.dataset.name);
+      if (newer) setStatus(tr, newer);
       snapshotInputs(tr);
       upgradeGpuInputs(tr);
       tr.classList.toggle("selected", tr.dataset.name === selected);
@@ -108,7 +139,14 @@
         tpl.innerHTML = await res.text();
         for (const tr of $$("tr[data-name]", tpl.content)) {
           const keep = dirty.get(tr.dataset.name);
-          if (keep) tr.replaceWith(keep);
+          if (!keep) continue;
+          // The edited fields stay; a newer status from the server still shows.
+          if (Number(tr.dataset.seq) > Number(keep.dataset.seq || 0)) {
+            $("td.status", keep).replaceWith($("td.status", tr));
+            Object.assign(keep.dataset, { seq: tr.dataset.seq, status: tr.dataset.status, port: tr.dataset.port });
+            syncButtons(keep);
+          }
+          tr.replaceWith(keep);
         }
         rowsBody.replaceChildren(tpl.content);
         bindRows();
@@ -151,7 +189,7 @@
           if (v.publicChanged) await api("PUT", `${base}/public`, { public: v.public });
           const out = await api("PATCH", base, v.body);
           snapshotInputs(tr);
-          if (out && out.restart_pending) showError(`Saved ${name}: restart it to apply the change.`);
+          showNotice(out && out.restart_pending ? `Saved ${name}: restart it to apply the change.` : `Saved ${name}.`);
         });
         break;
       case "delete":
@@ -167,15 +205,64 @@
         select(name);
         showTab(act);
         break;
+      case "settings":
+        closeMenus();
+        await openSettings(name);
+        break;
       case "blueprint": {
         const id = prompt(`Save ${name}'s launch.sh as a custom blueprint named:`, name + "-custom");
         if (!id) return;
-        await guarded(async () => { await api("POST", "/api/v1/blueprints", { instance: name, id }); showError(`Saved blueprint ${id}.`); });
+        await guarded(async () => { await api("POST", "/api/v1/blueprints", { instance: name, id }); showNotice(`Saved blueprint ${id}: new instances can use it.`); });
         break;
       }
     }
-    const menu = tr.querySelector("details.menu[open]");
-    if (menu) menu.open = false;
+    closeMenus();
+  }
+
+  // ----- the ⋯ menu -----------------------------------------------------------
+  // Fixed to the viewport, not absolute inside the scrolling table: the table
+  // would clip it. Placed under its button, or above when there is no room,
+  // and always inside the window.
+  const MENU_MARGIN = 6;
+  function closeMenus(except) {
+    $$("details.menu[open]").forEach((d) => { if (d !== except) d.open = false; });
+  }
+  function placeMenu(details) {
+    const items = $(".menu-items", details);
+    const anchor = $("summary", details).getBoundingClientRect();
+    const w = items.offsetWidth, h = items.offsetHeight;
+    const vw = document.documentElement.clientWidth, vh = document.documentElement.clientHeight;
+    let left = Math.min(anchor.right - w, vw - w - MENU_MARGIN);
+    left = Math.max(MENU_MARGIN, left);
+    let top = anchor.bottom + 4;
+    if (top + h > vh - MENU_MARGIN) top = anchor.top - 4 - h;
+    top = Math.max(MENU_MARGIN, Math.min(top, vh - h - MENU_MARGIN));
+    items.style.left = left + "px";
+    items.style.top = top + "px";
+  }
+  document.addEventListener("toggle", (e) => {
+    const d = e.target;
+    if (!(d instanceof HTMLDetailsElement) || !d.classList.contains("menu")) return;
+    const tr = d.closest("tr");
+    if (tr) tr.classList.toggle("menu-open", d.open);
+    if (d.open) { closeMenus(d); placeMenu(d); }
+  }, true);
+  document.addEventListener("click", (e) => {
+    if (!e.target.closest("details.menu")) closeMenus();
+  });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeMenus(); });
+  window.addEventListener("resize", () => $$("details.menu[open]").forEach(placeMenu));
+  const tableWrap = $(".table-wrap");
+  // The table scrolled: the menu follows its button, and closes once the button is scrolled away.
+  if (tableWrap) {
+    tableWrap.addEventListener("scroll", () => {
+      const view = tableWrap.getBoundingClientRect();
+      $$("details.menu[open]", tableWrap).forEach((d) => {
+        const r = $("summary", d).getBoundingClientRect();
+        if (r.bottom <= view.top || r.top >= view.bottom || r.right <= view.left || r.left >= view.right) d.open = false;
+        else placeMenu(d);
+      });
+    }, { passive: true });
   }
 
   if (rowsBody) {
@@ -231,11 +318,102 @@
       const li = e.target.closest("li[data-id]");
       if (!li) return;
       e.preventDefault();
+      const id = encodeURIComponent(li.dataset.id);
+      const name = $("strong", li).textContent;
+      if (e.submitter && e.submitter.dataset.act === "purge") {
+        if (!confirm(`Delete ${name} for good? Its directory, models and outputs inside it are removed.`)) return;
+        await guarded(async () => {
+          await api("DELETE", `/api/v1/trashcan/${id}`);
+          await refreshTrash();
+          showNotice(`Deleted ${name} for good.`);
+        });
+        return;
+      }
       await guarded(async () => {
-        await api("POST", `/api/v1/trashcan/${encodeURIComponent(li.dataset.id)}/restore`);
+        await api("POST", `/api/v1/trashcan/${id}/restore`);
         await refreshRows();
         await refreshTrash();
+        showNotice(`Restored ${name}.`);
       });
+    });
+  }
+
+  // ----- settings dialog ------------------------------------------------------
+  const dialog = $("#settings");
+  let settingsFor = null;
+
+  function envRow(key, value) {
+    const row = document.createElement("div");
+    row.className = "env-row";
+    const k = document.createElement("input");
+    Object.assign(k, { type: "text", placeholder: "NAME", value: key || "", spellcheck: false });
+    k.className = "env-key";
+    k.setAttribute("list", "env-keys");
+    k.setAttribute("aria-label", "Variable name");
+    k.pattern = "[A-Za-z_][A-Za-z0-9_]*";
+    const v = document.createElement("input");
+    Object.assign(v, { type: "text", placeholder: "value", value: value || "", spellcheck: false });
+    v.className = "env-value";
+    v.setAttribute("aria-label", "Value");
+    const del = document.createElement("button");
+    Object.assign(del, { type: "button", textContent: "✕", title: "Remove" });
+    del.className = "btn ghost";
+    del.addEventListener("click", () => row.remove());
+    row.append(k, v, del);
+    $("#env-rows").appendChild(row);
+    return row;
+  }
+
+  async function openSettings(name) {
+    if (!dialog) return;
+    await guarded(async () => {
+      const inst = await api("GET", "/api/v1/instances/" + encodeURIComponent(name));
+      settingsFor = name;
+      const f = $("#settings-form");
+      $("#settings-of").textContent = name;
+      f.elements.name.value = inst.name;
+      f.elements.description.value = inst.description || "";
+      f.elements.persistent_mode.checked = !!inst.persistent_mode;
+      $("#env-rows").replaceChildren();
+      Object.entries(inst.environment || {}).forEach(([k, v]) => envRow(k, v));
+      if (!Object.keys(inst.environment || {}).length) envRow("", "");
+      $("#settings-error").hidden = true;
+      dialog.showModal();
+    });
+  }
+
+  if (dialog) {
+    $("#env-add").addEventListener("click", () => $(".env-key", envRow("", "")).focus());
+    $("#settings-cancel").addEventListener("click", () => dialog.close());
+    $("#settings-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const f = e.target;
+      const restart = e.submitter && e.submitter.value === "restart";
+      const environment = {};
+      for (const row of $$(".env-row", f)) {
+        const k = $(".env-key", row).value.trim(), v = $(".env-value", row).value;
+        if (k) environment[k] = v;
+      }
+      const body = {
+        description: f.elements.description.value.trim(),
+        persistent_mode: f.elements.persistent_mode.checked,
+        environment,
+      };
+      const newName = f.elements.name.value.trim();
+      if (newName !== settingsFor) body.name = newName;
+      const old = settingsFor;
+      const err = $("#settings-error");
+      try {
+        const out = await api("PATCH", `/api/v1/instances/${encodeURIComponent(old)}${restart ? "?restart=true" : ""}`, body);
+        dialog.close();
+        const now = (out && out.instance && out.instance.name) || newName;
+        await refreshRows();
+        if (selected === old) select(now);
+        showNotice(out && out.restart_pending ? `Saved ${now}: restart it to apply.` : (out && out.restarted ? `Saved ${now} and restarted it.` : `Saved ${now}.`));
+      } catch (ex) {
+        err.textContent = ex.message;
+        err.hidden = false;
+      }
     });
   }
 
@@ -254,13 +432,19 @@
     es.onopen = () => {
       live.textContent = "live";
       live.className = "live on";
-      // After a gap, events were missed: re-read the rows once.
-      if (reconnect) refreshRows();
+      // Events from before this subscription were missed (between the page's
+      // render and now, or during a gap): re-read the rows once; seq keeps
+      // whichever is newer. After a gap the daemon may have restarted, its
+      // seq counter with it: forget what was seen.
+      if (reconnect) { latest.clear(); $$("tr[data-name]", rowsBody).forEach((tr) => { tr.dataset.seq = "0"; }); }
+      refreshRows();
       reconnect = true;
     };
     es.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
     es.addEventListener("state", (msg) => {
       const ev = JSON.parse(msg.data);
+      const seen = latest.get(ev.unit);
+      if (!seen || !(ev.seq <= seen.seq)) latest.set(ev.unit, ev);
       const tr = rowOf(ev.unit);
       if (tr) setStatus(tr, ev);
       else if (ev.kind === "instance") refreshRows();
@@ -278,6 +462,8 @@
     if (name && !rowOf(name)) name = null;
     const changed = name !== selected;
     selected = name;
+    const ws = $("#workspace");
+    if (ws) ws.classList.toggle("none", !name);
     store.set("selected", name || "");
     $("#selected").textContent = name || "none — pick one in the table";
     $$("tr[data-name]", rowsBody).forEach((tr) => tr.classList.toggle("selected", tr.dataset.name === name));
@@ -474,10 +660,24 @@
   }
 
   // ----- view ---------------------------------------------------------------
+  // The app in a frame, once it runs; until then a line saying why not.
   function showView() {
     const tr = selected && rowOf(selected);
-    const frame = $("#view");
-    if (tr && frame.getAttribute("src") !== tr.dataset.url) frame.setAttribute("src", tr.dataset.url);
+    const frame = $("#view"), msg = $("#view-msg");
+    if (!frame || !tr) return;
+    const status = tr.dataset.status;
+    if (status === "started" || status === "stalled") {
+      msg.hidden = true;
+      frame.hidden = false;
+      if (frame.getAttribute("src") !== tr.dataset.url) frame.setAttribute("src", tr.dataset.url);
+    } else {
+      frame.hidden = true;
+      frame.removeAttribute("src");
+      msg.hidden = false;
+      msg.textContent = RUNNING.has(status)
+        ? `${tr.dataset.name} is ${status}: its app shows here once it is started.`
+        : `${tr.dataset.name} is ${status}: start it to view its app here.`;
+    }
   }
 
   // ----- resizable panes ----------------------------------------------------
@@ -517,8 +717,16 @@
   const history = new Map();
   let gpus = null;
 
-  function push(key, value) {
+  // Points of one figure: the daemon's history ring (one sample per 5 s,
+  // so a fresh page has minutes of trend at once) plus the current value.
+  // Without a ring (an older daemon), what this page has polled so far.
+  let serverHistory = [];
+  function series(key, value, pick) {
     if (typeof value !== "number" || !isFinite(value)) return [];
+    if (serverHistory.length) {
+      const past = serverHistory.map(pick).filter((v) => typeof v === "number" && isFinite(v));
+      return past.concat([value]).slice(-SPARK_POINTS);
+    }
     const h = history.get(key) || [];
     h.push(value);
     if (h.length > SPARK_POINTS) h.shift();
@@ -540,33 +748,37 @@
     return svg;
   }
 
-  function metric(label, valueText, key, value, max) {
+  function metric(label, valueText, points, max) {
     const row = document.createElement("div");
     row.className = "metric";
     const l = document.createElement("span"); l.className = "label"; l.textContent = label;
     const v = document.createElement("span"); v.className = "value"; v.textContent = valueText;
-    row.append(l, v, sparkline(push(key, value), max));
+    row.append(l, v, sparkline(points, max));
     return row;
   }
 
   const gib = (b) => (b / 1073741824).toFixed(1) + " GiB";
   const num = (x) => (typeof x === "number" ? x : null);
+  const pct = (r) => (typeof r === "number" ? 100 * r : null);
+  const gpuOf = (p, index) => (p.gpus || []).find((g) => g.index === index) || {};
 
   // Shape of GET /api/v1/system (src/metrics/mod.rs SystemView): ratios are 0..1, sizes in bytes.
   function renderSystem(s) {
+    serverHistory = Array.isArray(s.history) ? s.history : [];
     const out = document.createDocumentFragment();
-    const pct = (r) => 100 * r;
     const cpu = num(s.cpu && s.cpu.usage_ratio);
-    if (cpu !== null) out.appendChild(metric("CPU", pct(cpu).toFixed(0) + " %", "cpu", pct(cpu), 100));
+    if (cpu !== null) out.appendChild(metric("CPU", pct(cpu).toFixed(0) + " %", series("cpu", pct(cpu), (p) => pct(p.cpu_ratio)), 100));
     const mem = s.memory || {};
     if (num(mem.total_bytes)) {
       const used = mem.total_bytes - (mem.available_bytes || 0);
-      out.appendChild(metric("RAM", `${gib(used)} / ${gib(mem.total_bytes)}`, "ram", (100 * used) / mem.total_bytes, 100));
+      out.appendChild(metric("RAM", `${gib(used)} / ${gib(mem.total_bytes)}`,
+        series("ram", (100 * used) / mem.total_bytes, (p) => pct(p.memory_ratio)), 100));
     }
     const d = s.disk;
     if (d && num(d.total_bytes)) {
       const used = d.total_bytes - (d.available_bytes || 0);
-      out.appendChild(metric("Disk", `${gib(used)} / ${gib(d.total_bytes)}`, "disk", (100 * used) / d.total_bytes, 100));
+      out.appendChild(metric("Disk", `${gib(used)} / ${gib(d.total_bytes)}`,
+        series("disk", (100 * used) / d.total_bytes, (p) => pct(p.disk_ratio)), 100));
     }
     (s.gpus || []).forEach((g) => {
       const box = document.createElement("div");
@@ -575,13 +787,13 @@
       box.appendChild(h);
       const k = "gpu" + g.index + ".";
       const u = num(g.utilization_ratio);
-      if (u !== null) box.appendChild(metric("Util", pct(u).toFixed(0) + " %", k + "u", pct(u), 100));
+      if (u !== null) box.appendChild(metric("Util", pct(u).toFixed(0) + " %", series(k + "u", pct(u), (p) => pct(gpuOf(p, g.index).utilization_ratio)), 100));
       const vt = num(g.memory_total_bytes), vu = num(g.memory_used_bytes);
-      if (vt) box.appendChild(metric("VRAM", `${gib(vu || 0)} / ${gib(vt)}`, k + "m", (100 * (vu || 0)) / vt, 100));
+      if (vt) box.appendChild(metric("VRAM", `${gib(vu || 0)} / ${gib(vt)}`, series(k + "m", (100 * (vu || 0)) / vt, (p) => pct(gpuOf(p, g.index).memory_ratio)), 100));
       const t = num(g.temperature_celsius);
-      if (t !== null) box.appendChild(metric("Temp", t.toFixed(0) + " °C", k + "t", t, 100));
-      const p = num(g.power_draw_watts);
-      if (p !== null) box.appendChild(metric("Power", p.toFixed(0) + " W", k + "p", p, num(g.power_limit_watts) || undefined));
+      if (t !== null) box.appendChild(metric("Temp", t.toFixed(0) + " °C", series(k + "t", t, (p) => gpuOf(p, g.index).temperature_celsius), 100));
+      const pw = num(g.power_draw_watts);
+      if (pw !== null) box.appendChild(metric("Power", pw.toFixed(0) + " W", series(k + "p", pw, (p) => gpuOf(p, g.index).power_draw_watts), num(g.power_limit_watts) || undefined));
       out.appendChild(box);
     });
     if (s.gpu_note) { const n = document.createElement("p"); n.className = "muted"; n.textContent = s.gpu_note; out.appendChild(n); }

@@ -1,7 +1,7 @@
 // Shared by the browser tests and the benchmark: start a real aikore on a
 // temp data dir, and launch Debian's headless Chromium through playwright-core.
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, existsSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, existsSync, rmSync, copyFileSync, writeFileSync, chmodSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -31,9 +31,14 @@ function findBinary() {
   return bin;
 }
 
-// `units`: stock unit files to run (name -> text); `files`: files to put in
-// the data dir before the start (relative path -> text), e.g. blueprints.
-export async function startAikore({ password = "correct horse battery", env = {}, units = {}, files = {} } = {}) {
+// `units`: unit files to run (name -> text); `files`: files to put in the
+// data dir before the start (relative path -> text). With `nginx: true` the
+// stock units/nginx.service runs too (Debian's /usr/sbin/nginx; the test
+// fails when it is missing) and `publicUrl` is NGINX's port, the one a user
+// opens. `blueprints` ({ id: script }) are written as custom blueprints.
+export async function startAikore({
+  password = "correct horse battery", env = {}, units = {}, files = {}, nginx = false, blueprints = {},
+} = {}) {
   const dir = mkdtempSync(join(tmpdir(), "aikore-e2e-"));
   mkdirSync(join(dir, "units"));
   for (const [name, text] of Object.entries(units)) writeFileSync(join(dir, "units", name), text);
@@ -41,7 +46,20 @@ export async function startAikore({ password = "correct horse battery", env = {}
     mkdirSync(dirname(join(dir, "data", rel)), { recursive: true });
     writeFileSync(join(dir, "data", rel), text, { mode: 0o755 });
   }
+  if (nginx) {
+    if (!existsSync("/usr/sbin/nginx")) throw new Error("this test needs NGINX: apt-get install -y nginx");
+    copyFileSync(join(REPO, "units/nginx.service"), join(dir, "units/nginx.service"));
+  }
+  if (Object.keys(blueprints).length) {
+    mkdirSync(join(dir, "data/blueprints"), { recursive: true });
+    for (const [id, script] of Object.entries(blueprints)) {
+      writeFileSync(join(dir, "data/blueprints", id + ".sh"), script);
+      chmodSync(join(dir, "data/blueprints", id + ".sh"), 0o755);
+    }
+  }
   const port = await freePort();
+  const publicPort = await freePort();
+  const appsPort = await freePort();
   const rangeStart = (await freePort()) % 40000 + 20000;
   const token = randomBytes(16).toString("hex");
   const url = `http://127.0.0.1:${port}`;
@@ -55,6 +73,9 @@ export async function startAikore({ password = "correct horse battery", env = {}
       AIKORE_PORT_RANGE: `${rangeStart}-${rangeStart + 200}`,
       AIKORE_SHUTDOWN_TIMEOUT: "10s",
       AIKORE_LOG: "info",
+      // NGINX's ports (used when nginx.service is among the units).
+      AIKORE_PORT: String(publicPort),
+      AIKORE_APPS_PORT: String(appsPort),
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
@@ -68,20 +89,35 @@ export async function startAikore({ password = "correct horse battery", env = {}
     if (child.exitCode !== null || Date.now() > deadline) throw new Error("aikore did not come up:\n" + log);
     await new Promise((r) => setTimeout(r, 100));
   }
+  const api = async (method, path, body) => {
+    const res = await fetch(url + path, {
+      method,
+      headers: { Authorization: `Bearer ${token}`, ...(body ? { "Content-Type": "application/json" } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const text = await res.text();
+    let json = null;
+    try { json = JSON.parse(text); } catch (_) { json = text; }
+    return { status: res.status, body: json };
+  };
+  const publicUrl = `http://127.0.0.1:${publicPort}`;
+  if (nginx) {
+    // NGINX started (not skipped by its ConditionPathExists) and proxying.
+    for (;;) {
+      const u = await api("GET", "/api/v1/units/nginx");
+      let through = false;
+      try { through = (await fetch(publicUrl + "/healthz")).ok; } catch (_) { /* not listening yet */ }
+      if (u.status === 200 && u.body.status === "started" && through) break;
+      if (child.exitCode !== null || Date.now() > deadline) {
+        throw new Error(`NGINX did not come up (unit: ${JSON.stringify(u.body)}):\n` + log);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
   return {
-    url, token, password, dir,
+    url, token, password, dir, publicUrl, dataDir: join(dir, "data"),
     log: () => log,
-    api: async (method, path, body) => {
-      const res = await fetch(url + path, {
-        method,
-        headers: { Authorization: `Bearer ${token}`, ...(body ? { "Content-Type": "application/json" } : {}) },
-        body: body ? JSON.stringify(body) : undefined,
-      });
-      const text = await res.text();
-      let json = null;
-      try { json = JSON.parse(text); } catch (_) { json = text; }
-      return { status: res.status, body: json };
-    },
+    api,
     async stop() {
       child.kill("SIGTERM");
       await new Promise((r) => { if (child.exitCode !== null) r(); else { child.on("exit", r); setTimeout(() => { child.kill("SIGKILL"); r(); }, 15000); } });
@@ -109,9 +145,10 @@ export async function launchBrowser({ viewport = { width: 1440, height: 900 } } 
   return context;
 }
 
-export async function login(page, aikore) {
-  await page.goto(aikore.url + "/");
+// Logs in through `base` (the API port by default, NGINX's with publicUrl).
+export async function login(page, aikore, base = aikore.url) {
+  await page.goto(base + "/");
   await page.waitForURL(/\/login$/);
   await page.fill('input[name="password"]', aikore.password);
-  await Promise.all([page.waitForURL(aikore.url + "/"), page.click('button[type="submit"]')]);
+  await Promise.all([page.waitForURL(base + "/"), page.click('button[type="submit"]')]);
 }
