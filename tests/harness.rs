@@ -17,10 +17,18 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-/// 20 ports starting at a free one: parallel daemons rarely overlap, and a
-/// taken port is skipped by the lease anyway.
+/// 20 ports of our own per daemon, below the kernel's ephemeral range
+/// (32768 and up, where `free_port` and every client socket land), handed
+/// out in order: parallel daemons in this test process never share a port
+/// with each other or with a `free_port`. A slice from the ephemeral range
+/// once let another test's listener take an instance's leased port between
+/// the lease and the app's bind (its route then reached the wrong app).
 fn port_slice() -> String {
-    let first = free_port().clamp(1024, 65_000);
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SLICES: u16 = 600;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let first = FIRST + (NEXT.fetch_add(1, Ordering::Relaxed) % SLICES) * 20;
     format!("{first}-{}", first + 19)
 }
 
