@@ -796,6 +796,93 @@ async fn leftovers_ignoring_sigterm_are_killed_after_timeout_stop_sec() {
     assert_eq!(signals[1].0 - signals[0].0, Duration::from_secs(3));
 }
 
+/// Stops a unit whose main process leaves a descendant (9001) that ignores
+/// SIGTERM; returns once the main process is gone and the unit drains.
+async fn stop_leaving_a_descendant(h: &Harness) {
+    h.handle.start("forker").await.unwrap();
+    h.wait_status("forker", Status::Started).await;
+    h.add_leftover("forker", 9001);
+    h.handle.stop("forker").await.unwrap();
+    h.settle().await;
+    assert_eq!(h.unit_signals("forker").iter().map(|s| s.1).collect::<Vec<_>>(), [TERM]);
+    h.exit(h.main_pid("forker"), signaled(TERM));
+    h.settle().await;
+    assert_eq!(h.snapshot("forker").await.status, Status::Stopping);
+}
+
+fn end_runs(h: &Harness) -> Vec<Instant> {
+    h.actions().into_iter().filter(|(_, a)| matches!(a, Action::EndRun { .. })).map(|(at, _)| at).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_ends_when_the_cgroup_says_it_emptied() {
+    let h = Harness::with_hints(
+        vec![service(
+            "forker",
+            "TimeoutStopSec=60s
+",
+        )],
+        Hints::Cgroup,
+    );
+    stop_leaving_a_descendant(&h).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.snapshot("forker").await.status, Status::Stopping, "ended with a process left");
+
+    let gone = Instant::now();
+    h.remove_leftover("forker", 9001);
+    h.wait_status("forker", Status::Stopped).await;
+    assert_eq!(end_runs(&h), [gone], "not ended at the moment the cgroup emptied");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_without_cgroups_ends_when_the_reaper_reaps_the_last_orphan() {
+    let h = Harness::with_hints(
+        vec![service(
+            "forker",
+            "TimeoutStopSec=60s
+",
+        )],
+        Hints::Reaper,
+    );
+    stop_leaving_a_descendant(&h).await;
+    // Without watch_drain the fake (like the real reaper) would stay silent.
+    assert!(h.kernel.lock().unwrap().watched.contains("forker"), "the engine did not ask to be woken");
+
+    // An orphan of something else is reaped: the unit is checked, and stays.
+    h.add_leftover("other", 7001);
+    h.remove_leftover("other", 7001);
+    h.settle().await;
+    assert_eq!(h.snapshot("forker").await.status, Status::Stopping, "ended with a process left");
+
+    let gone = Instant::now();
+    h.remove_leftover("forker", 9001);
+    h.wait_status("forker", Status::Stopped).await;
+    assert_eq!(end_runs(&h), [gone], "not ended when its last orphan was reaped");
+    assert!(!h.kernel.lock().unwrap().watched.contains("forker"), "still watched after end_run");
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_runs_on_a_timer_while_a_unit_drains() {
+    let h = Harness::new(vec![service(
+        "forker",
+        "TimeoutStopSec=10s
+",
+    )]);
+    let began = Instant::now();
+    stop_leaving_a_descendant(&h).await;
+    let checks = h.live_checks();
+    // Nine virtual seconds of waiting: no check, no signal, no note.
+    let actions = h.actions().len();
+    tokio::time::sleep_until(began + Duration::from_secs(9)).await;
+    assert_eq!(h.live_checks(), checks, "membership was polled while draining");
+    assert_eq!(h.actions().len(), actions, "something ran during the wait: {:#?}", &h.actions()[actions..]);
+    // The one timer: TimeoutStopSec, then SIGKILL ends it.
+    h.wait_status("forker", Status::Stopped).await;
+    let signals = h.unit_signals("forker");
+    assert_eq!(signals.iter().map(|s| s.1).collect::<Vec<_>>(), [TERM, KILL]);
+    assert_eq!(signals[1].0 - signals[0].0, Duration::from_secs(10));
+}
+
 #[tokio::test(start_paused = true)]
 async fn restart_command_stops_then_starts_afresh() {
     let mut h = Harness::new(vec![service("web", "")]);
