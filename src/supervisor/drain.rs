@@ -230,4 +230,29 @@ mod tests {
         finish(marked);
         finish(other_dir);
     }
+
+    #[tokio::test]
+    async fn a_cgroup_that_empties_becomes_a_hint_naming_its_unit() {
+        let tag = format!("test-watch-{}", std::process::id());
+        let root = crate::supervisor::cgroup::CgroupRoot::probe(&tag)
+            .expect("a writable cgroup v2 (the integration tests of cgroup tracking need one too)");
+        let cg = root.unit("web").expect("creating the unit cgroup");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let watcher = CgroupWatcher::start(tx).expect("starting the watcher");
+        watcher.watch("web", cg.path()).expect("watching cgroup.events");
+        assert!(cgroup_is_empty(cg.path()));
+
+        let child = sleeper(&[]);
+        fs::write(cg.path().join("cgroup.procs"), child.id().to_string()).expect("moving sleep into the cgroup");
+        assert!(!cgroup_is_empty(cg.path()));
+        // Becoming populated is no hint; only emptying is.
+        assert!(rx.try_recv().is_err());
+        finish(child);
+        // A cap for a broken watcher, not a measurement.
+        let hint = tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv()).await;
+        assert_eq!(hint.expect("no hint after the cgroup emptied"), Some(DrainHint::Unit("web".into())));
+        assert!(cgroup_is_empty(cg.path()));
+        cg.remove();
+        root.remove();
+    }
 }
