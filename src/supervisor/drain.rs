@@ -3,27 +3,28 @@
 //! With a cgroup the kernel says so: the unit's `cgroup.events` changes to
 //! `populated 0`, which inotify reports to a thread that sleeps until then.
 //!
-//! Without one, there is no such event, so the process side keeps what it
-//! knows and lets the reaper wake it. A unit's processes live in process
-//! groups: each command aikore spawns leads its own (setsid), and a /proc
-//! sweep, taken when the unit is signalled, adds the groups of setsid'd
-//! descendants carrying the unit's marker. `kill(-pgid, 0)` says whether a
-//! group still has a member in one system call, so "is anything left" costs
-//! one call per group instead of a /proc scan. When the last member of a unit
-//! dies, its parent is aikore (it was spawned by aikore, or orphaned and
-//! re-parented to aikore as PID 1 or sub-reaper), so the reaper sees it:
-//! routed exits reach the engine as they always did, and every orphan reaped
-//! while a unit drains becomes a [`DrainHint::Any`]. Only when the groups are
-//! empty does one more sweep confirm that no descendant the last sweep missed
-//! (one that called setsid after it) is left: one sweep per drain, not one per
+//! Without one there is no such event, so the process side keeps what it
+//! knows and lets the reaper wake it. A unit's processes are its main
+//! process's group plus every process carrying its marker; "is anything
+//! left" is one `kill(-pgid, 0)` for the group and a pidfd per marked process
+//! outside it (found by a /proc sweep when the unit is signalled), instead of
+//! a /proc scan. When the last of them dies its parent is aikore (it spawned
+//! it, or the process was orphaned and re-parented to aikore as PID 1 or
+//! sub-reaper), so the reaper sees it: routed exits reach the engine as they
+//! always did, and every orphan reaped while such a unit drains becomes a
+//! [`DrainHint::Any`]. Only when nothing known is left does one more sweep
+//! confirm that no marked descendant the last sweep missed (one that called
+//! setsid after it) remains: one sweep at the end of a drain, not one per
 //! 25 ms. A sweep is shared by every unit handled in the same engine batch
 //! (a shutdown of 100 units signals all of them from one sweep).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fs;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::sync::mpsc;
 
@@ -155,28 +156,67 @@ pub fn group_alive(pgid: i32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// The process groups each unit without a cgroup is known to have.
-#[derive(Debug, Default)]
-pub struct UnitGroups {
-    groups: HashMap<String, BTreeSet<i32>>,
+/// A pidfd: names one process for good, so a pid reused by a stranger is
+/// never taken for the unit's process. None when the process is already gone.
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory involved.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative return is a fresh fd that nobody else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-impl UnitGroups {
-    pub fn add(&mut self, unit: &str, pgid: i32) {
-        self.groups.entry(unit.to_string()).or_default().insert(pgid);
+/// A pidfd turns readable once its process has exited (zombie or reaped).
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+}
+
+/// What is known of one unit's processes without a cgroup: its main
+/// process's group (killpg reaches every member, marked or not) and the
+/// processes carrying its marker outside that group ("escapees": setsid'd or
+/// left over by a pre-start command), each held by a pidfd.
+#[derive(Debug, Default)]
+struct Known {
+    main_group: Option<i32>,
+    escapees: HashMap<i32, OwnedFd>,
+}
+
+/// [`Known`] per unit without a cgroup.
+#[derive(Debug, Default)]
+pub struct UnitProcesses {
+    units: HashMap<String, Known>,
+}
+
+impl UnitProcesses {
+    pub fn set_main_group(&mut self, unit: &str, pgid: i32) {
+        self.units.entry(unit.to_string()).or_default().main_group = Some(pgid);
     }
 
-    /// How many of the unit's known groups still have a member. Empty groups
-    /// are forgotten, so a group id reused later by an unrelated session is
-    /// never taken for the unit's.
+    /// A process of the unit found by a sweep (members of the main group need no pidfd).
+    pub fn add(&mut self, unit: &str, pid: i32, pgid: i32) {
+        let known = self.units.entry(unit.to_string()).or_default();
+        if Some(pgid) == known.main_group || known.escapees.contains_key(&pid) {
+            return;
+        }
+        if let Some(fd) = pidfd_open(pid) {
+            known.escapees.insert(pid, fd);
+        }
+    }
+
+    /// Nonzero while the main group has a member or an escapee has not
+    /// exited. What is seen gone is forgotten: a group id, once empty, may be
+    /// reused by an unrelated session.
     pub fn alive(&mut self, unit: &str) -> usize {
-        let Some(groups) = self.groups.get_mut(unit) else { return 0 };
-        groups.retain(|g| group_alive(*g));
-        groups.len()
+        let Some(known) = self.units.get_mut(unit) else { return 0 };
+        if known.main_group.is_some_and(|g| !group_alive(g)) {
+            known.main_group = None;
+        }
+        known.escapees.retain(|_, fd| !exited(fd));
+        usize::from(known.main_group.is_some()) + known.escapees.len()
     }
 
     pub fn forget(&mut self, unit: &str) {
-        self.groups.remove(unit);
+        self.units.remove(unit);
     }
 }
 
@@ -204,15 +244,36 @@ mod tests {
     }
 
     #[test]
-    fn a_group_is_alive_until_its_last_member_is_reaped() {
-        let child = sleeper(&[]);
-        let pgid = child.id() as i32;
-        let mut groups = UnitGroups::default();
-        groups.add("u", pgid);
-        assert_eq!(groups.alive("u"), 1);
-        finish(child);
-        assert_eq!(groups.alive("u"), 0);
-        assert_eq!(groups.alive("never-seen"), 0);
+    fn a_unit_is_alive_while_its_main_group_or_an_escapee_is() {
+        let main = sleeper(&[]);
+        let escapee = sleeper(&[]);
+        let (m, e) = (main.id() as i32, escapee.id() as i32);
+        let mut known = UnitProcesses::default();
+        known.set_main_group("u", m);
+        known.add("u", e, e);
+        // A member of the main group needs no pidfd of its own.
+        known.add("u", m, m);
+        assert_eq!(known.alive("u"), 2);
+        finish(escapee);
+        assert_eq!(known.alive("u"), 1);
+        finish(main);
+        assert_eq!(known.alive("u"), 0);
+        assert_eq!(known.alive("never-seen"), 0);
+    }
+
+    #[test]
+    fn an_escapee_that_exited_counts_as_gone_before_it_is_reaped() {
+        let mut escapee = sleeper(&[]);
+        let e = escapee.id() as i32;
+        let mut known = UnitProcesses::default();
+        known.add("u", e, e);
+        assert_eq!(known.alive("u"), 1);
+        escapee.kill().expect("kill");
+        // The pidfd is readable from the exit on, zombie or not.
+        let mut fds = [PollFd::new(known.units["u"].escapees[&e].as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::from(60_000u16)).expect("poll"), 1);
+        assert_eq!(known.alive("u"), 0);
+        let _ = escapee.wait();
     }
 
     #[test]

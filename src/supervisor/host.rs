@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::cgroup::CgroupRoot;
-use super::drain::{CgroupWatcher, ProcSweep, UnitGroups};
+use super::drain::{CgroupWatcher, ProcSweep, UnitProcesses};
 use super::members::Membership;
 use super::spawn::{spawn, ProcessSpec};
 use super::{DrainHint, ExitReport, Prepared, ProcessControl, ReadyTarget, Role};
@@ -40,8 +40,8 @@ pub struct HostProcesses {
     hints: mpsc::UnboundedSender<DrainHint>,
     /// Turns a unit cgroup's `populated 0` into a hint; started with the first unit cgroup.
     watcher: Option<CgroupWatcher>,
-    /// The process groups of units without a cgroup (see `drain`).
-    groups: UnitGroups,
+    /// What is known of the processes of units without a cgroup (see `drain`).
+    known: UnitProcesses,
     /// Units without a cgroup the engine waits on: while there is one, the
     /// reaper's orphans become hints (`armed`, read on the reaper thread).
     draining: HashSet<String>,
@@ -81,7 +81,7 @@ impl HostProcesses {
             displays: Default::default(),
             hints,
             watcher: None,
-            groups: UnitGroups::default(),
+            known: UnitProcesses::default(),
             draining: HashSet::new(),
             armed,
             sweep: None,
@@ -94,11 +94,11 @@ impl HostProcesses {
         self.sweep.get_or_insert_with(|| ProcSweep::take(&data_dir))
     }
 
-    /// The unit's processes (pid, pgid) by this batch's sweep; their groups are remembered.
+    /// The unit's processes (pid, pgid) by this batch's sweep; they are remembered.
     fn swept_members(&mut self, unit: &str, pgid: Option<i32>) -> Vec<(i32, i32)> {
         let found: Vec<(i32, i32)> = self.sweep().members(unit, pgid).collect();
-        for (_, group) in &found {
-            self.groups.add(unit, *group);
+        for (pid, group) in &found {
+            self.known.add(unit, *pid, *group);
         }
         found
     }
@@ -376,9 +376,9 @@ impl ProcessControl for HostProcesses {
         if role == Role::Main {
             self.membership(unit, Some(spawned.pid));
         }
-        if let Membership::Marked { .. } = membership {
-            // Every process aikore spawns leads its own group (setsid).
-            self.groups.add(&unit.name, spawned.pid);
+        if let (Membership::Marked { .. }, Role::Main) = (&membership, role) {
+            // The main process leads its own group (setsid): the unit's processes by the pgid rule.
+            self.known.set_main_group(&unit.name, spawned.pid);
         }
         self.logs.attach(&unit.name, spawned.output);
         Ok(spawned.pid)
@@ -416,12 +416,12 @@ impl ProcessControl for HostProcesses {
         match self.members.get(unit) {
             Some(Membership::Marked { pgid, .. }) => {
                 let pgid = *pgid;
-                let alive = self.groups.alive(unit);
+                let alive = self.known.alive(unit);
                 if alive > 0 {
                     return alive;
                 }
-                // None of the groups we know of is left: one sweep confirms
-                // that no descendant setsid'd away since the last one.
+                // Nothing we know of is left: one sweep confirms that no
+                // marked descendant setsid'd away since the last one.
                 self.swept_members(unit, pgid).len()
             }
             Some(m) => m.pids().len(),
@@ -441,7 +441,7 @@ impl ProcessControl for HostProcesses {
     }
 
     fn end_run(&mut self, unit: &str) {
-        self.groups.forget(unit);
+        self.known.forget(unit);
         if self.draining.remove(unit) && self.draining.is_empty() {
             self.armed.store(false, Ordering::SeqCst);
         }
