@@ -5,7 +5,7 @@
 #    The supervisor is told to stop them all (aikore: SIGTERM to the daemon,
 #    which stops every unit; s6: s6-svc -d on every service, with the same
 #    timeout-kill), then its utime+stime (/proc/PID/stat, all threads) is read
-#    at 0.5 s and at TIMEOUT-0.5 s: the CPU it spends waiting for the
+#    at 0.5 s and at TIMEOUT-1 s: the CPU it spends waiting for the
 #    deadline, as % of one core. aikore with cgroups and with
 #    AIKORE_CGROUP=off, s6 (s6-svscan + every s6-supervise) in the same run.
 # 2. Stop time: UNITS services that exit on SIGTERM; SIGTERM to aikore, then
@@ -81,23 +81,23 @@ start_mode() {
         || die "$mode: aikore tracks by $tracking"
 }
 
-# measure_wait NAME PID...: CPU of PIDs over [0.5, TIMEOUT-0.5] s after now.
+# measure_wait NAME PID...: CPU of PIDs over [0.5, TIMEOUT-1] s after now
+# (the last second is left out: the processes must still be there at its end).
 measure_wait() {
     local name=$1; shift
-    local c0 c1 c2 t0 window
+    local c0 c1 c2 t0 window left
     t0=$(date +%s.%N)
     c0=$(cpu_of "$@")
     sleep 0.5
     c1=$(cpu_of "$@")
-    window=$(python3 -c "print($TIMEOUT - 1)")
-    python3 -c "import time; time.sleep(max(0, $t0 + $TIMEOUT - 0.5 - time.time()))"
+    window=$(python3 -c "print($TIMEOUT - 1.5)")
+    python3 -c "import time; time.sleep(max(0, $t0 + $TIMEOUT - 1 - time.time()))"
     c2=$(cpu_of "$@")
     # Still waiting at the end of the window, or the measurement is of something else.
-    local left
     left=$(python3 "$PROCPY" children "$1" sleep | wc -w)
-    [[ $left -ge $UNITS ]] || die "$name: only $left of $UNITS processes left at $((TIMEOUT - 1)).5 s (they ignore SIGTERM)"
+    [[ $left -ge $UNITS ]] || die "$name: only $left of $UNITS processes left at $((TIMEOUT - 1)) s (they ignore SIGTERM)"
     WAIT_CPU[$name]=$(pct "$c1" "$c2" "$window")
-    WHOLE_CPU[$name]=$(pct "$c0" "$c2" "$(python3 -c "print($TIMEOUT - 0.5)")")
+    WHOLE_CPU[$name]=$(pct "$c0" "$c2" "$((TIMEOUT - 1))")
     log "$name: ${WAIT_CPU[$name]} % of a core while waiting, ${WHOLE_CPU[$name]} % from the stop on"
 }
 
@@ -147,7 +147,7 @@ def gone(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
 
 t0 = time.monotonic()
@@ -181,8 +181,8 @@ printf '%-14s %16s %18s %12s\n' supervisor "% core (wait)" "% core (from stop)" 
 for k in aikore-cgroup aikore-off s6; do
     printf '%-14s %16s %18s %12s\n' "$k" "${WAIT_CPU[$k]}" "${WHOLE_CPU[$k]}" "$(ratio "${WAIT_CPU[$k]}" "${WAIT_CPU[s6]}")"
 done
-echo "(wait = from 0.5 s to $((TIMEOUT - 1)).5 s after the stop; from stop = 0 to $((TIMEOUT - 1)).5 s, signalling included;"
-echo " CPU comes in 10 ms clock ticks: $(python3 -c "print(f'{1 / ($TIMEOUT - 1):.2f}')") % of a core is one tick in the wait window; x s6 is n/a when s6 used no tick)"
+echo "(wait = from 0.5 s to $((TIMEOUT - 1)) s after the stop; from stop = 0 to $((TIMEOUT - 1)) s, signalling included;"
+echo " CPU comes in 10 ms clock ticks: $(python3 -c "print(f'{1 / ($TIMEOUT - 1.5):.2f}')") % of a core is one tick in the wait window; x s6 is n/a when s6 used no tick)"
 echo
 echo "== stop-drain: $UNITS units that exit on SIGTERM, SIGTERM to aikore =="
 printf '%-14s %18s %18s\n' tracking "all gone (s)" "daemon exited (s)"

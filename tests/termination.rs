@@ -66,6 +66,37 @@ fn a_stop_ends_when_the_last_orphan_exits_without_cgroups() {
     a_slow_escapee_ends_the_stop_when_it_exits(options, "process-group");
 }
 
+/// Many units ending at once reach the engine in batches that share one
+/// /proc sweep; no unit's end may be lost in one (it would then wait for
+/// TimeoutStopSec, far beyond the daemon's shutdown deadline, and the exit
+/// would be unclean).
+fn a_shutdown_sees_every_one_of_many_units_gone(options: Options) {
+    let files: Vec<(String, String)> = (0..60)
+        .map(|i| (format!("s{i}.service"), "[Service]\nExecStart=/bin/sleep 1000\nTimeoutStopSec=300s\n".to_string()))
+        .collect();
+    let units: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let mut d = Daemon::start_with(&units, options);
+    d.wait_until("60 started units", |d| {
+        let (_, list) = d.get("/api/v1/units");
+        list.as_array().is_some_and(|l| l.iter().filter(|u| u["status"] == "started").count() == 60)
+    });
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "{}", d.daemon_log());
+    assert!(d.marked_processes().is_empty());
+}
+
+#[test]
+fn a_shutdown_sees_every_one_of_many_units_gone_with_cgroups() {
+    a_shutdown_sees_every_one_of_many_units_gone(Options::default());
+}
+
+#[test]
+fn a_shutdown_sees_every_one_of_many_units_gone_without_cgroups() {
+    let mut options = Options::default();
+    options.env.push(("AIKORE_CGROUP".into(), "off".into()));
+    a_shutdown_sees_every_one_of_many_units_gone(options);
+}
+
 #[test]
 fn a_unit_ignoring_sigterm_is_sigkilled_after_timeout_stop_sec() {
     let d = Daemon::start(&[(

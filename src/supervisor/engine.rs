@@ -39,6 +39,13 @@ enum TimerKind {
     Ready,
 }
 
+/// One input of the run loop besides exits and hints (which are batched).
+enum Input {
+    Tick(Tick),
+    Timers,
+    Command(Command),
+}
+
 #[derive(Debug)]
 struct Tick {
     unit: String,
@@ -217,30 +224,53 @@ impl<C: ProcessControl> Engine<C> {
         // Once every sender is gone during a shutdown, stop polling the closed
         // channel (it would answer None at once, forever) and finish the stops.
         let mut commands_open = true;
+        let mut batch_exits: Vec<ExitReport> = Vec::new();
         let mut pending_hints: Vec<DrainHint> = Vec::new();
         loop {
             let next_timer = self.timers.keys().next().map(|(at, _)| *at);
-            tokio::select! {
+            // Only received here; handled below, after the exits.
+            let input = tokio::select! {
                 biased;
-                Some((pid, status)) = exits.recv() => self.on_exit(pid, status),
-                Some(hint) = hints.recv() => pending_hints.push(hint),
-                Some(tick) = self.ticks_rx.recv() => self.on_tick(tick),
+                Some(exit) = exits.recv() => {
+                    batch_exits.push(exit);
+                    None
+                }
+                Some(hint) = hints.recv() => {
+                    pending_hints.push(hint);
+                    None
+                }
+                Some(tick) = self.ticks_rx.recv() => Some(Input::Tick(tick)),
                 _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
-                    self.fire_due_timers();
+                    Some(Input::Timers)
                 }
                 command = commands.recv(), if commands_open => match command {
-                    Some(command) => self.on_command(command),
-                    None if self.shutting_down => commands_open = false,
+                    Some(command) => Some(Input::Command(command)),
+                    None if self.shutting_down => {
+                        commands_open = false;
+                        None
+                    }
                     None => return,
                 },
-            }
-            // What already arrived joins this batch: 100 units ending together
-            // cost one check each and share one /proc sweep.
-            while let Ok((pid, status)) = exits.try_recv() {
-                self.on_exit(pid, status);
+            };
+            // What already arrived joins this batch (100 units ending together
+            // cost one check each and share one /proc sweep), and every exit
+            // goes first: a sweep taken while handling the batch is then newer
+            // than every exit in it, so it never shows a process whose end was
+            // already handled (that end would wake nobody again).
+            while let Ok(exit) = exits.try_recv() {
+                batch_exits.push(exit);
             }
             while let Ok(hint) = hints.try_recv() {
                 pending_hints.push(hint);
+            }
+            for (pid, status) in std::mem::take(&mut batch_exits) {
+                self.on_exit(pid, status);
+            }
+            match input {
+                Some(Input::Tick(tick)) => self.on_tick(tick),
+                Some(Input::Timers) => self.fire_due_timers(),
+                Some(Input::Command(command)) => self.on_command(command),
+                None => {}
             }
             self.on_hints(std::mem::take(&mut pending_hints));
             self.advance();
