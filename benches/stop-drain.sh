@@ -21,7 +21,7 @@ TIMEOUT="${TIMEOUT:-10}"   # TimeoutStopSec / timeout-kill, seconds
 bench_init drain
 need s6-svscan s6-svc curl
 
-declare -A WAIT_CPU WHOLE_CPU GONE EXITED
+declare -A WAIT_CPU WAIT_MS WHOLE_CPU GONE EXITED
 
 # cpu_of PID...: summed utime+stime in seconds.
 # One python for all pids: s6 has a supervisor per service, and the reading must not take seconds.
@@ -97,6 +97,7 @@ measure_wait() {
     left=$(python3 "$PROCPY" children "$1" sleep | wc -w)
     [[ $left -ge $UNITS ]] || die "$name: only $left of $UNITS processes left at $((TIMEOUT - 1)) s (they ignore SIGTERM)"
     WAIT_CPU[$name]=$(pct "$c1" "$c2" "$window")
+    WAIT_MS[$name]=$(python3 -c "print(round(($c2 - $c1) * 1000))")
     WHOLE_CPU[$name]=$(pct "$c0" "$c2" "$((TIMEOUT - 1))")
     log "$name: ${WAIT_CPU[$name]} % of a core while waiting, ${WHOLE_CPU[$name]} % from the stop on"
 }
@@ -177,9 +178,10 @@ stop_time off
 
 echo
 echo "== stop-drain: $UNITS units ignoring SIGTERM, ${TIMEOUT}s stop timeout: supervisor CPU while waiting =="
-printf '%-14s %16s %18s %12s\n' supervisor "% core (wait)" "% core (from stop)" "x s6"
+printf '%-14s %14s %16s %18s %10s\n' supervisor "CPU ms (wait)" "% core (wait)" "% core (from stop)" "x s6"
 for k in aikore-cgroup aikore-off s6; do
-    printf '%-14s %16s %18s %12s\n' "$k" "${WAIT_CPU[$k]}" "${WHOLE_CPU[$k]}" "$(ratio "${WAIT_CPU[$k]}" "${WAIT_CPU[s6]}")"
+    printf '%-14s %14s %16s %18s %10s\n' "$k" "${WAIT_MS[$k]}" "${WAIT_CPU[$k]}" "${WHOLE_CPU[$k]}" \
+        "$(ratio "${WAIT_CPU[$k]}" "${WAIT_CPU[s6]}")"
 done
 echo "(wait = from 0.5 s to $((TIMEOUT - 1)) s after the stop; from stop = 0 to $((TIMEOUT - 1)) s, signalling included;"
 echo " CPU comes in 10 ms clock ticks: $(python3 -c "print(f'{1 / ($TIMEOUT - 1.5):.2f}')") % of a core is one tick in the wait window; x s6 is n/a when s6 used no tick)"

@@ -2,11 +2,12 @@
 //!
 //! A single thread waits for SIGCHLD and runs `waitpid(-1, WNOHANG)` until no
 //! child is left to reap. Each status goes to whoever registered the pid; pids
-//! nobody registered are orphans (double-forked grandchildren re-parented to us):
-//! they are counted, and orphan listeners hear of them (a unit without a
-//! cgroup may have just lost its last process). Registration happens under the same lock the reaper
-//! takes to look a pid up, and the spawner holds that lock across fork(), so a
-//! child that exits at once is never reaped before its route exists.
+//! nobody registered are orphans (double-forked grandchildren re-parented to
+//! us): they are counted, and orphan listeners hear of them (a unit without a
+//! cgroup may have just lost its last process). Registration happens under the
+//! same lock the reaper takes to look a pid up, and the spawner holds that lock
+//! across fork(), so a child that exits at once is never reaped before its
+//! route exists.
 //!
 //! This is why units are never spawned with `std::process::Child` or
 //! `tokio::process`: their waits would race this reaper for the same statuses.
