@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every AiKore benchmark: installs the peers if missing (apt: tini, s6,
 # supervisor; nothing else from the network), builds aikore in release mode,
-# then runs each script in turn. Whole suite: about 4-5 minutes on 2 cores.
-# Usage: benches/run-all.sh [script-name...]   (default: all four)
+# then runs each script in turn. Whole suite: about 6 minutes on 2 cores.
+# Usage: benches/run-all.sh [script-name...]   (default: the five below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CARGO_TARGET_DIR:=$PWD/target}"
@@ -29,7 +29,7 @@ echo "building aikore (release) into $CARGO_TARGET_DIR"
 cargo build --release --quiet
 
 scripts=("$@")
-((${#scripts[@]})) || scripts=(idle-rss reap-orphans log-throughput crashloop-cpu)
+((${#scripts[@]})) || scripts=(idle-rss reap-orphans log-throughput crashloop-cpu stop-drain)
 failed=()
 for s in "${scripts[@]}"; do
     echo

@@ -299,6 +299,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let (events_tx, _) = broadcast::channel(EVENT_CAPACITY);
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+    let (hints_tx, hints_rx) = mpsc::unbounded_channel();
     let host = HostProcesses::new(
         HostConfig {
             data_dir: data_dir.clone(),
@@ -309,11 +310,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         },
         Arc::clone(&logs),
         exits_tx,
+        hints_tx,
     );
     let supervisor = SupervisorHandle::new(commands_tx, events_tx.clone());
     let journal_stop = tokio_util::sync::CancellationToken::new();
     let journal = tokio::spawn(journal_events(events_tx.subscribe(), store.clone(), journal_stop.clone()));
-    let engine = tokio::spawn(Engine::new(host, loaded.units, events_tx).run(commands_rx, exits_rx));
+    let engine = tokio::spawn(Engine::new(host, loaded.units, events_tx).run(commands_rx, exits_rx, hints_rx));
 
     let reloader =
         Arc::new(Reloader { settings: settings.clone(), supervisor: supervisor.clone(), store: store.clone() });

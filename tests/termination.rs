@@ -33,6 +33,70 @@ fn stop_kills_double_forked_descendants_without_cgroups() {
     stop_leaves_nothing(options, "process-group");
 }
 
+/// A setsid'd descendant that takes a moment to exit after SIGTERM, so it is
+/// the last process of the unit, and its parent is long gone (it is an orphan
+/// of aikore). TimeoutStopSec is far beyond the test's patience: the stop
+/// must end when that orphan is reaped (cgroup: when the cgroup empties),
+/// not on a timer.
+const SLOW_ESCAPEE: &str = "[Service]\nExecStart=/bin/sh -c '(setsid sh -c \"f() { sleep 0.5; exit 0; }; trap f TERM; \
+     while :; do sleep 0.1; done\" &) ; exec sleep 1000'\nTimeoutStopSec=300s\n";
+
+fn a_slow_escapee_ends_the_stop_when_it_exits(options: Options, mode: &str) {
+    let d = Daemon::start_with(&[("slow.service", SLOW_ESCAPEE)], options);
+    let (_, health) = d.get("/healthz");
+    assert_eq!(health["tracking"], mode);
+    d.wait_status("slow", "started");
+    d.wait_until("the escapee", |d| d.marked_processes().len() >= 2);
+    let (code, _) = d.post("/api/v1/units/slow/stop");
+    assert_eq!(code, 200);
+    d.wait_status("slow", "stopped");
+    assert_eq!(d.marked_processes(), Vec::<i32>::new(), "stop left processes of the unit");
+    assert!(!d.unit_log("slow").contains("SIGKILL"), "{}", d.unit_log("slow"));
+}
+
+#[test]
+fn a_stop_ends_when_the_last_orphan_exits_with_cgroups() {
+    a_slow_escapee_ends_the_stop_when_it_exits(Options::default(), "cgroup");
+}
+
+#[test]
+fn a_stop_ends_when_the_last_orphan_exits_without_cgroups() {
+    let mut options = Options::default();
+    options.env.push(("AIKORE_CGROUP".into(), "off".into()));
+    a_slow_escapee_ends_the_stop_when_it_exits(options, "process-group");
+}
+
+/// Many units ending at once reach the engine in batches that share one
+/// /proc sweep; no unit's end may be lost in one (it would then wait for
+/// TimeoutStopSec, far beyond the daemon's shutdown deadline, and the exit
+/// would be unclean).
+fn a_shutdown_sees_every_one_of_many_units_gone(options: Options) {
+    let files: Vec<(String, String)> = (0..60)
+        .map(|i| (format!("s{i}.service"), "[Service]\nExecStart=/bin/sleep 1000\nTimeoutStopSec=300s\n".to_string()))
+        .collect();
+    let units: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let mut d = Daemon::start_with(&units, options);
+    d.wait_until("60 started units", |d| {
+        let (_, list) = d.get("/api/v1/units");
+        list.as_array().is_some_and(|l| l.iter().filter(|u| u["status"] == "started").count() == 60)
+    });
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "{}", d.daemon_log());
+    assert!(d.marked_processes().is_empty());
+}
+
+#[test]
+fn a_shutdown_sees_every_one_of_many_units_gone_with_cgroups() {
+    a_shutdown_sees_every_one_of_many_units_gone(Options::default());
+}
+
+#[test]
+fn a_shutdown_sees_every_one_of_many_units_gone_without_cgroups() {
+    let mut options = Options::default();
+    options.env.push(("AIKORE_CGROUP".into(), "off".into()));
+    a_shutdown_sees_every_one_of_many_units_gone(options);
+}
+
 #[test]
 fn a_unit_ignoring_sigterm_is_sigkilled_after_timeout_stop_sec() {
     let d = Daemon::start(&[(

@@ -2,10 +2,12 @@
 //!
 //! A single thread waits for SIGCHLD and runs `waitpid(-1, WNOHANG)` until no
 //! child is left to reap. Each status goes to whoever registered the pid; pids
-//! nobody registered are orphans (double-forked grandchildren re-parented to us)
-//! and are only counted. Registration happens under the same lock the reaper
-//! takes to look a pid up, and the spawner holds that lock across fork(), so a
-//! child that exits at once is never reaped before its route exists.
+//! nobody registered are orphans (double-forked grandchildren re-parented to
+//! us): they are counted, and orphan listeners hear of them (a unit without a
+//! cgroup may have just lost its last process). Registration happens under the
+//! same lock the reaper takes to look a pid up, and the spawner holds that lock
+//! across fork(), so a child that exits at once is never reaped before its
+//! route exists.
 //!
 //! This is why units are never spawned with `std::process::Child` or
 //! `tokio::process`: their waits would race this reaper for the same statuses.
@@ -49,8 +51,16 @@ impl std::fmt::Display for ExitStatus {
 /// only hand the status on (e.g. an unbounded channel send), never block.
 pub type Route = Box<dyn FnOnce(i32, ExitStatus) + Send>;
 
+/// Told of every orphan reaped, after it is gone from the process table, on
+/// the reaper thread (so, like a [`Route`], it must not block). Returns false
+/// once it wants no more calls (its receiver is gone).
+pub type OrphanListener = Box<dyn FnMut(i32) -> bool + Send>;
+
 pub struct Reaper {
     routes: Mutex<HashMap<i32, Route>>,
+    /// Who must know that a descendant of a unit ended without its parent
+    /// reaping it: the supervisor, draining a unit without a cgroup.
+    orphan_listeners: Mutex<Vec<OrphanListener>>,
     orphans_reaped: AtomicU64,
     children_reaped: AtomicU64,
 }
@@ -62,6 +72,7 @@ pub fn reaper() -> &'static Arc<Reaper> {
     REAPER.get_or_init(|| {
         let reaper = Arc::new(Reaper {
             routes: Mutex::new(HashMap::new()),
+            orphan_listeners: Mutex::new(Vec::new()),
             orphans_reaped: AtomicU64::new(0),
             children_reaped: AtomicU64::new(0),
         });
@@ -87,6 +98,10 @@ impl Reaper {
     /// dropping the guard.
     pub fn lock(&self) -> RouteGuard<'_> {
         RouteGuard { routes: self.routes.lock().unwrap_or_else(|p| p.into_inner()) }
+    }
+
+    pub fn on_orphan(&self, listener: OrphanListener) {
+        self.orphan_listeners.lock().unwrap_or_else(|p| p.into_inner()).push(listener);
     }
 
     pub fn orphans_reaped(&self) -> u64 {
@@ -117,6 +132,8 @@ impl Reaper {
                 Some(route) => route(pid.as_raw(), status),
                 None => {
                     self.orphans_reaped.fetch_add(1, Ordering::Relaxed);
+                    let mut listeners = self.orphan_listeners.lock().unwrap_or_else(|p| p.into_inner());
+                    listeners.retain_mut(|listener| listener(pid.as_raw()));
                 }
             }
         }

@@ -117,6 +117,10 @@ pub struct UnitCgroup {
 }
 
 impl UnitCgroup {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn open_procs(&self) -> std::io::Result<OwnedFd> {
         let file = fs::OpenOptions::new().write(true).open(self.dir.join("cgroup.procs"))?;
         Ok(file.into())

@@ -4,6 +4,11 @@
 //! for (dependencies, a pre-start command, the main process, a stop command,
 //! processes to die). Timers and readiness probes carry the phase `epoch` they
 //! were armed in, so one that fires after the phase moved on is ignored.
+//!
+//! Timers are entries in one queue the run loop sleeps on, not tasks. Nothing
+//! is polled: a draining unit is checked when one of its processes exits or
+//! the OS side sends a [`DrainHint`] (its cgroup emptied, an orphan was
+//! reaped), and TimeoutStopSec is its one timer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,14 +20,11 @@ use tokio::time::Instant;
 use super::ready;
 use super::state::{backoff_delay, should_restart, RunEnd, StartLimit, Status, BACKOFF_RESET_AFTER};
 use super::{
-    Command, CommandError, ExitReport, Prepared, ProcessControl, Reply, Role, ShutdownReport, UnitEvent, UnitSnapshot,
+    Command, CommandError, DrainHint, ExitReport, Prepared, ProcessControl, Reply, Role, ShutdownReport, UnitEvent,
+    UnitSnapshot,
 };
 use crate::init::ExitStatus;
 use crate::units::{KillMode, Unit, UnitKind};
-
-/// How often a unit whose processes were signalled is checked for emptiness:
-/// fast enough that a stop completes promptly, rare enough to cost nothing.
-const DRAIN_POLL: Duration = Duration::from_millis(25);
 
 /// After SIGKILL, how long to wait for processes to vanish before giving up on
 /// them (a process in uninterruptible sleep cannot die until its I/O returns).
@@ -34,8 +36,14 @@ enum TimerKind {
     StartTimeout,
     Stall,
     StopTimeout,
-    DrainPoll,
     Ready,
+}
+
+/// One input of the run loop besides exits and hints (which are batched).
+enum Input {
+    Tick(Tick),
+    Timers,
+    Command(Command),
 }
 
 #[derive(Debug)]
@@ -180,8 +188,12 @@ pub struct Engine<C: ProcessControl> {
     /// Which unit and command each live pid of ours belongs to.
     pids: HashMap<i32, (String, Role)>,
     events: broadcast::Sender<UnitEvent>,
+    /// Readiness probes (tasks) report here.
     ticks_tx: mpsc::UnboundedSender<Tick>,
     ticks_rx: mpsc::UnboundedReceiver<Tick>,
+    /// Armed timers by deadline; the sequence number keeps equal deadlines in arming order.
+    timers: BTreeMap<(Instant, u64), Tick>,
+    timer_seq: u64,
     shutdown: Option<oneshot::Sender<ShutdownReport>>,
     shutting_down: bool,
     /// The last `seq` handed out. One counter for all units, so a unit removed
@@ -199,6 +211,8 @@ impl<C: ProcessControl> Engine<C> {
             events,
             ticks_tx,
             ticks_rx,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
             shutdown: None,
             shutting_down: false,
             last_seq: 0,
@@ -208,22 +222,67 @@ impl<C: ProcessControl> Engine<C> {
     }
 
     /// Runs until a shutdown completed (or every command sender is gone).
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut exits: mpsc::UnboundedReceiver<ExitReport>) {
+    /// `hints` comes from the [`ProcessControl`]'s side (see [`DrainHint`]).
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut exits: mpsc::UnboundedReceiver<ExitReport>,
+        mut hints: mpsc::UnboundedReceiver<DrainHint>,
+    ) {
         // Once every sender is gone during a shutdown, stop polling the closed
         // channel (it would answer None at once, forever) and finish the stops.
         let mut commands_open = true;
+        let mut batch_exits: Vec<ExitReport> = Vec::new();
+        let mut pending_hints: Vec<DrainHint> = Vec::new();
         loop {
-            tokio::select! {
+            let next_timer = self.timers.keys().next().map(|(at, _)| *at);
+            // Only received here; handled below, after the exits.
+            let input = tokio::select! {
                 biased;
-                Some((pid, status)) = exits.recv() => self.on_exit(pid, status),
-                Some(tick) = self.ticks_rx.recv() => self.on_tick(tick),
+                Some(exit) = exits.recv() => {
+                    batch_exits.push(exit);
+                    None
+                }
+                Some(hint) = hints.recv() => {
+                    pending_hints.push(hint);
+                    None
+                }
+                Some(tick) = self.ticks_rx.recv() => Some(Input::Tick(tick)),
+                _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
+                    Some(Input::Timers)
+                }
                 command = commands.recv(), if commands_open => match command {
-                    Some(command) => self.on_command(command),
-                    None if self.shutting_down => commands_open = false,
+                    Some(command) => Some(Input::Command(command)),
+                    None if self.shutting_down => {
+                        commands_open = false;
+                        None
+                    }
                     None => return,
                 },
+            };
+            // What already arrived joins this batch (100 units ending together
+            // cost one check each and share one /proc sweep), and every exit
+            // goes first: a sweep taken while handling the batch is then newer
+            // than every exit in it, so it never shows a process whose end was
+            // already handled (that end would wake nobody again).
+            while let Ok(exit) = exits.try_recv() {
+                batch_exits.push(exit);
             }
+            while let Ok(hint) = hints.try_recv() {
+                pending_hints.push(hint);
+            }
+            for (pid, status) in std::mem::take(&mut batch_exits) {
+                self.on_exit(pid, status);
+            }
+            match input {
+                Some(Input::Tick(tick)) => self.on_tick(tick),
+                Some(Input::Timers) => self.fire_due_timers(),
+                Some(Input::Command(command)) => self.on_command(command),
+                None => {}
+            }
+            self.on_hints(std::mem::take(&mut pending_hints));
             self.advance();
+            self.ctl.batch_done();
             if self.shutting_down && self.units.values().all(|rt| rt.phase == Phase::Idle) {
                 if let Some(reply) = self.shutdown.take() {
                     let clean = self.units.values().all(|rt| !rt.needed_sigkill);
@@ -231,6 +290,41 @@ impl<C: ProcessControl> Engine<C> {
                     return;
                 }
             }
+        }
+    }
+
+    fn fire_due_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let tick = entry.remove();
+            self.on_tick(tick);
+        }
+    }
+
+    /// A hint names a unit whose cgroup emptied, or (`Any`) says an orphan
+    /// was reaped: then every draining unit is checked once.
+    fn on_hints(&mut self, hints: Vec<DrainHint>) {
+        if hints.is_empty() {
+            return;
+        }
+        let names: Vec<String> = if hints.contains(&DrainHint::Any) {
+            self.units
+                .values()
+                .filter(|rt| matches!(rt.phase, Phase::Draining { .. }))
+                .map(|rt| rt.unit.name.clone())
+                .collect()
+        } else {
+            let mut names: Vec<String> =
+                hints.into_iter().filter_map(|h| if let DrainHint::Unit(n) = h { Some(n) } else { None }).collect();
+            names.sort();
+            names.dedup();
+            names
+        };
+        for name in names {
+            self.check_drained(&name);
         }
     }
 
@@ -812,6 +906,8 @@ impl<C: ProcessControl> Engine<C> {
             return;
         }
         let busy_pids = self.pids.values().any(|(u, role)| u == name && *role != Role::Reload);
+        // Asked before looking, so an end between the look and the wait still wakes us.
+        self.ctl.watch_drain(name);
         let live = self.ctl.live_processes(name);
         let main_gone = !busy_pids && rt.main_pid.is_none();
         if main_gone
@@ -826,7 +922,7 @@ impl<C: ProcessControl> Engine<C> {
             }
         }
         if busy_pids || live > 0 {
-            self.arm(name, TimerKind::DrainPoll, DRAIN_POLL);
+            // The next exit of ours or DrainHint checks again; TimeoutStopSec bounds the wait.
             return;
         }
         self.finish_run(name);
@@ -1043,7 +1139,6 @@ impl<C: ProcessControl> Engine<C> {
                 }
                 _ => {}
             },
-            TimerKind::DrainPoll => self.check_drained(&name),
             _ => {}
         }
     }
@@ -1097,14 +1192,13 @@ impl<C: ProcessControl> Engine<C> {
         }
     }
 
-    fn arm(&self, name: &str, kind: TimerKind, after: Duration) {
+    fn arm(&mut self, name: &str, kind: TimerKind, after: Duration) {
         let epoch = self.units[name].epoch;
-        let ticks = self.ticks_tx.clone();
-        let unit = name.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = ticks.send(Tick { unit, epoch, kind });
-        });
+        // Timers of a phase that moved on can never fire usefully: drop them here, so the queue stays as
+        // small as the number of live timers.
+        self.timers.retain(|_, tick| tick.unit != name || tick.epoch == epoch);
+        self.timer_seq += 1;
+        self.timers.insert((Instant::now() + after, self.timer_seq), Tick { unit: name.to_string(), epoch, kind });
     }
 
     fn set_status(&mut self, name: &str, status: Status, detail: Option<String>) {

@@ -9,6 +9,11 @@
 //! any other signal is just recorded, so a process "ignores" SIGTERM unless the
 //! test ends it. Every test runs on paused tokio time, so RestartSec, backoff
 //! and TimeoutStopSec are checked to the millisecond without waiting.
+//!
+//! The fake also tells the engine what the kernel would when a process the
+//! engine did not spawn ends ([`DrainHint`]): by default as a cgroup does
+//! (`populated 0` once a unit's last process is gone), or as the reaper does
+//! without cgroups (an orphan was reaped), see [`Hints`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -22,8 +27,8 @@ use tokio::time::Instant;
 use super::Engine;
 use crate::init::ExitStatus;
 use crate::supervisor::{
-    CommandError, ExitReport, Prepared, ProcessControl, ReadyTarget, Role, Status, SupervisorHandle, UnitEvent,
-    UnitSnapshot, EVENT_CAPACITY,
+    CommandError, DrainHint, ExitReport, Prepared, ProcessControl, ReadyTarget, Role, Status, SupervisorHandle,
+    UnitEvent, UnitSnapshot, EVENT_CAPACITY,
 };
 use crate::units::{parse_unit_str, ExecCommand, Unit};
 
@@ -59,6 +64,25 @@ struct Kernel {
     ready: HashMap<String, ReadyTarget>,
     /// Units whose processes die of any terminating signal sent to them.
     obeying: HashSet<String>,
+    /// Pids the engine spawned (the rest are descendants the test added).
+    spawned: HashSet<i32>,
+    hints: Hints,
+    hints_tx: Option<mpsc::UnboundedSender<DrainHint>>,
+    /// Units the engine said it waits on (`watch_drain`), until their `end_run`.
+    watched: HashSet<String>,
+    /// How often the engine asked `live_processes`.
+    live_checks: usize,
+}
+
+/// How the fake kernel tells the engine about processes it did not spawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Hints {
+    /// As a unit cgroup: `Unit(name)` whenever the unit's last process is gone.
+    #[default]
+    Cgroup,
+    /// As the reaper without cgroups: `Any` when a process the engine did not
+    /// spawn ends while some unit is watched, nothing otherwise.
+    Reaper,
 }
 
 impl Kernel {
@@ -71,6 +95,19 @@ impl Kernel {
         let Some(unit) = self.owner(pid) else { return };
         self.live.get_mut(&unit).expect("owner has a set").remove(&pid);
         let _ = exits.send((pid, ExitStatus::Signaled { signal, core_dumped: false }));
+        self.ended(&unit, pid);
+    }
+
+    /// `pid` of `unit` is gone: the hint the kernel side would give.
+    fn ended(&mut self, unit: &str, pid: i32) {
+        let hint = match self.hints {
+            Hints::Cgroup if self.live.get(unit).is_none_or(BTreeSet::is_empty) => DrainHint::Unit(unit.into()),
+            Hints::Reaper if !self.spawned.contains(&pid) && !self.watched.is_empty() => DrainHint::Any,
+            _ => return,
+        };
+        if let Some(tx) = &self.hints_tx {
+            let _ = tx.send(hint);
+        }
     }
 
     fn fatal(&self, unit: &str, signal: i32) -> bool {
@@ -121,6 +158,7 @@ impl ProcessControl for FakeOs {
             // Start above 100 so a pid is never mistaken for a count or a signal in a failure message.
             let pid = 100 + kernel.next_pid;
             kernel.live.entry(unit.name.clone()).or_default().insert(pid);
+            kernel.spawned.insert(pid);
             pid
         };
         self.record(Action::Spawn {
@@ -162,10 +200,17 @@ impl ProcessControl for FakeOs {
     }
 
     fn live_processes(&mut self, unit: &str) -> usize {
-        self.kernel.lock().unwrap().live.get(unit).map_or(0, BTreeSet::len)
+        let mut kernel = self.kernel.lock().unwrap();
+        kernel.live_checks += 1;
+        kernel.live.get(unit).map_or(0, BTreeSet::len)
+    }
+
+    fn watch_drain(&mut self, unit: &str) {
+        self.kernel.lock().unwrap().watched.insert(unit.into());
     }
 
     fn end_run(&mut self, unit: &str) {
+        self.kernel.lock().unwrap().watched.remove(unit);
         self.record(Action::EndRun { unit: unit.into() });
     }
 
@@ -222,14 +267,19 @@ fn code(code: i32) -> ExitStatus {
 
 impl Harness {
     fn new(units: Vec<Unit>) -> Harness {
+        Harness::with_hints(units, Hints::Cgroup)
+    }
+
+    fn with_hints(units: Vec<Unit>, hints: Hints) -> Harness {
         let actions = ActionLog::default();
-        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let (hints_tx, hints_rx) = mpsc::unbounded_channel();
+        let kernel = Arc::new(Mutex::new(Kernel { hints, hints_tx: Some(hints_tx), ..Kernel::default() }));
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let (events_tx, events) = broadcast::channel(EVENT_CAPACITY);
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let fake = FakeOs { actions: Arc::clone(&actions), kernel: Arc::clone(&kernel), exits: exits_tx.clone() };
         let handle = SupervisorHandle::new(commands_tx, events_tx.clone());
-        let engine = tokio::spawn(Engine::new(fake, units, events_tx).run(commands_rx, exits_rx));
+        let engine = tokio::spawn(Engine::new(fake, units, events_tx).run(commands_rx, exits_rx, hints_rx));
         Harness { handle, actions, kernel, exits: exits_tx, events, engine }
     }
 
@@ -240,9 +290,10 @@ impl Harness {
     /// The process ends: gone from its unit, and its status on the way to the engine.
     fn exit(&self, pid: i32, status: ExitStatus) {
         let mut kernel = self.kernel.lock().unwrap();
-        let removed = kernel.live.values_mut().any(|pids| pids.remove(&pid));
-        assert!(removed, "pid {pid} was not live");
+        let unit = kernel.owner(pid).unwrap_or_else(|| panic!("pid {pid} was not live"));
+        kernel.live.get_mut(&unit).expect("owner has a set").remove(&pid);
         self.exits.send((pid, status)).expect("engine is running");
+        kernel.ended(&unit, pid);
     }
 
     /// A process of `unit` that the engine did not spawn (a child of its main process).
@@ -250,9 +301,16 @@ impl Harness {
         self.kernel.lock().unwrap().live.entry(unit.into()).or_default().insert(pid);
     }
 
-    /// The leftover dies; nobody reports it (it is not one of the engine's pids).
+    /// The leftover dies; no exit status reaches the engine (it is not one of
+    /// its pids), only the kernel side's hint.
     fn remove_leftover(&self, unit: &str, pid: i32) {
-        assert!(self.kernel.lock().unwrap().live.get_mut(unit).is_some_and(|p| p.remove(&pid)));
+        let mut kernel = self.kernel.lock().unwrap();
+        assert!(kernel.live.get_mut(unit).is_some_and(|p| p.remove(&pid)));
+        kernel.ended(unit, pid);
+    }
+
+    fn live_checks(&self) -> usize {
+        self.kernel.lock().unwrap().live_checks
     }
 
     fn actions(&self) -> Vec<(Instant, Action)> {
@@ -732,8 +790,8 @@ async fn leftover_processes_are_killed_before_a_restart() {
     h.remove_leftover("forker", 9001);
     h.wait_spawns("forker", 2).await;
     let end = h.actions().into_iter().find(|(_, a)| matches!(a, Action::EndRun { .. })).unwrap().0;
-    // Noticed within one drain poll, then the normal backoff.
-    assert!(end - gone <= super::DRAIN_POLL, "{:?}", end - gone);
+    // Noticed at once (the cgroup emptied), then the normal backoff.
+    assert_eq!(end, gone);
     assert_eq!(h.mains("forker")[1].at - end, Duration::from_millis(100));
     assert_eq!(h.snapshot("forker").await.last_exit.as_deref(), Some("exited with code 1"));
 }
@@ -750,6 +808,93 @@ async fn leftovers_ignoring_sigterm_are_killed_after_timeout_stop_sec() {
     let signals = h.unit_signals("forker");
     assert_eq!(signals.iter().map(|s| s.1).collect::<Vec<_>>(), [TERM, KILL]);
     assert_eq!(signals[1].0 - signals[0].0, Duration::from_secs(3));
+}
+
+/// Stops a unit whose main process leaves a descendant (9001) that ignores
+/// SIGTERM; returns once the main process is gone and the unit drains.
+async fn stop_leaving_a_descendant(h: &Harness) {
+    h.handle.start("forker").await.unwrap();
+    h.wait_status("forker", Status::Started).await;
+    h.add_leftover("forker", 9001);
+    h.handle.stop("forker").await.unwrap();
+    h.settle().await;
+    assert_eq!(h.unit_signals("forker").iter().map(|s| s.1).collect::<Vec<_>>(), [TERM]);
+    h.exit(h.main_pid("forker"), signaled(TERM));
+    h.settle().await;
+    assert_eq!(h.snapshot("forker").await.status, Status::Stopping);
+}
+
+fn end_runs(h: &Harness) -> Vec<Instant> {
+    h.actions().into_iter().filter(|(_, a)| matches!(a, Action::EndRun { .. })).map(|(at, _)| at).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_ends_when_the_cgroup_says_it_emptied() {
+    let h = Harness::with_hints(
+        vec![service(
+            "forker",
+            "TimeoutStopSec=60s
+",
+        )],
+        Hints::Cgroup,
+    );
+    stop_leaving_a_descendant(&h).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.snapshot("forker").await.status, Status::Stopping, "ended with a process left");
+
+    let gone = Instant::now();
+    h.remove_leftover("forker", 9001);
+    h.wait_status("forker", Status::Stopped).await;
+    assert_eq!(end_runs(&h), [gone], "not ended at the moment the cgroup emptied");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_without_cgroups_ends_when_the_reaper_reaps_the_last_orphan() {
+    let h = Harness::with_hints(
+        vec![service(
+            "forker",
+            "TimeoutStopSec=60s
+",
+        )],
+        Hints::Reaper,
+    );
+    stop_leaving_a_descendant(&h).await;
+    // Without watch_drain the fake (like the real reaper) would stay silent.
+    assert!(h.kernel.lock().unwrap().watched.contains("forker"), "the engine did not ask to be woken");
+
+    // An orphan of something else is reaped: the unit is checked, and stays.
+    h.add_leftover("other", 7001);
+    h.remove_leftover("other", 7001);
+    h.settle().await;
+    assert_eq!(h.snapshot("forker").await.status, Status::Stopping, "ended with a process left");
+
+    let gone = Instant::now();
+    h.remove_leftover("forker", 9001);
+    h.wait_status("forker", Status::Stopped).await;
+    assert_eq!(end_runs(&h), [gone], "not ended when its last orphan was reaped");
+    assert!(!h.kernel.lock().unwrap().watched.contains("forker"), "still watched after end_run");
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_runs_on_a_timer_while_a_unit_drains() {
+    let h = Harness::new(vec![service(
+        "forker",
+        "TimeoutStopSec=10s
+",
+    )]);
+    let began = Instant::now();
+    stop_leaving_a_descendant(&h).await;
+    let checks = h.live_checks();
+    // Nine virtual seconds of waiting: no check, no signal, no note.
+    let actions = h.actions().len();
+    tokio::time::sleep_until(began + Duration::from_secs(9)).await;
+    assert_eq!(h.live_checks(), checks, "membership was polled while draining");
+    assert_eq!(h.actions().len(), actions, "something ran during the wait: {:#?}", &h.actions()[actions..]);
+    // The one timer: TimeoutStopSec, then SIGKILL ends it.
+    h.wait_status("forker", Status::Stopped).await;
+    let signals = h.unit_signals("forker");
+    assert_eq!(signals.iter().map(|s| s.1).collect::<Vec<_>>(), [TERM, KILL]);
+    assert_eq!(signals[1].0 - signals[0].0, Duration::from_secs(10));
 }
 
 #[tokio::test(start_paused = true)]

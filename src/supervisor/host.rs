@@ -1,16 +1,18 @@
 //! The real [`ProcessControl`]: environments, users, cgroups or process
 //! groups, and log pipes for unit processes on this machine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use super::cgroup::CgroupRoot;
+use super::drain::{CgroupWatcher, ProcSweep, UnitProcesses};
 use super::members::Membership;
 use super::spawn::{spawn, ProcessSpec};
-use super::{ExitReport, Prepared, ProcessControl, ReadyTarget, Role};
+use super::{DrainHint, ExitReport, Prepared, ProcessControl, ReadyTarget, Role};
 use crate::logs::LogHub;
 use crate::units::{ExecCommand, ReadyCheck, Unit};
 
@@ -38,6 +40,18 @@ pub struct HostProcesses {
     /// Every spawned pid with its start time, on disk: a daemon restarted
     /// after a kill -9 stops what this one left (issue 12 item 7).
     pids: super::members::PidRecord,
+    /// Where "the unit may be empty" goes: to the engine.
+    hints: mpsc::UnboundedSender<DrainHint>,
+    /// Turns a unit cgroup's `populated 0` into a hint; started with the first unit cgroup.
+    watcher: Option<CgroupWatcher>,
+    /// What is known of the processes of units without a cgroup (see `drain`).
+    known: UnitProcesses,
+    /// Units without a cgroup the engine waits on: while there is one, the
+    /// reaper's orphans become hints (`armed`, read on the reaper thread).
+    draining: HashSet<String>,
+    armed: Arc<AtomicBool>,
+    /// The /proc sweep of the current engine batch, shared by every unit it signals or checks.
+    sweep: Option<ProcSweep>,
 }
 
 /// The daemon's own environment minus variables that are aikore's business
@@ -47,9 +61,67 @@ pub fn inherited_env() -> Vec<(String, String)> {
 }
 
 impl HostProcesses {
-    pub fn new(config: HostConfig, logs: Arc<LogHub>, exits: mpsc::UnboundedSender<ExitReport>) -> Self {
+    /// `hints` carries [`DrainHint`]s to the engine (`Engine::run`'s third channel).
+    pub fn new(
+        config: HostConfig,
+        logs: Arc<LogHub>,
+        exits: mpsc::UnboundedSender<ExitReport>,
+        hints: mpsc::UnboundedSender<DrainHint>,
+    ) -> Self {
+        let armed = Arc::new(AtomicBool::new(false));
+        let (orphans, listening) = (hints.clone(), Arc::clone(&armed));
+        crate::init::reaper().on_orphan(Box::new(move |_pid| {
+            if listening.load(Ordering::SeqCst) {
+                orphans.send(DrainHint::Any).is_ok()
+            } else {
+                !orphans.is_closed()
+            }
+        }));
         let pids = super::members::PidRecord::new(&config.data_dir);
-        HostProcesses { config, logs, exits, members: HashMap::new(), displays: Default::default(), pids }
+        HostProcesses {
+            config,
+            logs,
+            exits,
+            members: HashMap::new(),
+            displays: Default::default(),
+            pids,
+            hints,
+            watcher: None,
+            known: UnitProcesses::default(),
+            draining: HashSet::new(),
+            armed,
+            sweep: None,
+        }
+    }
+
+    /// This batch's /proc sweep, taken on first use.
+    fn sweep(&mut self) -> &ProcSweep {
+        let data_dir = self.data_marker();
+        self.sweep.get_or_insert_with(|| ProcSweep::take(&data_dir))
+    }
+
+    /// The unit's processes (pid, pgid) by this batch's sweep; they are remembered.
+    fn swept_members(&mut self, unit: &str, pgid: Option<i32>) -> Vec<(i32, i32)> {
+        let found: Vec<(i32, i32)> = self.sweep().members(unit, pgid).collect();
+        for (pid, group) in &found {
+            self.known.add(unit, *pid, *group);
+        }
+        found
+    }
+
+    fn watch_cgroup(&mut self, unit: &str, cg: &super::cgroup::UnitCgroup) {
+        if self.watcher.is_none() {
+            match CgroupWatcher::start(self.hints.clone()) {
+                Ok(watcher) => self.watcher = Some(watcher),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch cgroup events; stops wait for TimeoutStopSec");
+                    return;
+                }
+            }
+        }
+        if let Some(Err(e)) = self.watcher.as_ref().map(|w| w.watch(unit, cg.path())) {
+            tracing::warn!(unit = %unit, error = %e, "cannot watch the unit's cgroup.events");
+        }
     }
 
     fn data_marker(&self) -> String {
@@ -94,7 +166,11 @@ impl HostProcesses {
             return existing.clone();
         }
         let membership = match self.config.cgroups.as_ref().map(|root| root.unit(&unit.name)) {
-            Some(Ok(cg)) => Membership::Cgroup(cg),
+            Some(Ok(cg)) => {
+                // Watched from its creation, before any process is in it, so no emptying is missed.
+                self.watch_cgroup(&unit.name, &cg);
+                Membership::Cgroup(cg)
+            }
             Some(Err(e)) => {
                 tracing::warn!(unit = %unit.name, error = %e, "cannot create the unit's cgroup; tracking by process group");
                 self.marked(unit, main_pid)
@@ -315,6 +391,10 @@ impl ProcessControl for HostProcesses {
             self.membership(unit, Some(spawned.pid));
         }
         self.pids.add(&unit.name, spawned.pid);
+        if let (Membership::Marked { .. }, Role::Main) = (&membership, role) {
+            // The main process leads its own group (setsid): the unit's processes by the pgid rule.
+            self.known.set_main_group(&unit.name, spawned.pid);
+        }
         self.logs.attach(&unit.name, spawned.output);
         Ok(spawned.pid)
     }
@@ -330,17 +410,57 @@ impl ProcessControl for HostProcesses {
     }
 
     fn signal_unit(&mut self, unit: &str, signal: i32) {
-        if let Some(m) = self.members.get(unit) {
-            m.signal_all(signal);
+        match self.members.get(unit) {
+            Some(Membership::Marked { pgid, .. }) => {
+                let pgid = *pgid;
+                if let Some(pgid) = pgid {
+                    // SAFETY: killpg on the group our main process created through setsid; no memory involved.
+                    unsafe { libc::killpg(pgid, signal) };
+                }
+                for (pid, _) in self.swept_members(unit, pgid) {
+                    // SAFETY: as above, for a pid this batch's /proc sweep found carrying the unit's marker.
+                    unsafe { libc::kill(pid, signal) };
+                }
+            }
+            Some(m) => m.signal_all(signal),
+            None => {}
         }
     }
 
     fn live_processes(&mut self, unit: &str) -> usize {
-        self.members.get(unit).map(|m| m.pids().len()).unwrap_or(0)
+        match self.members.get(unit) {
+            Some(Membership::Marked { pgid, .. }) => {
+                let pgid = *pgid;
+                let alive = self.known.alive(unit);
+                if alive > 0 {
+                    return alive;
+                }
+                // Nothing we know of is left: one sweep confirms that no
+                // marked descendant setsid'd away since the last one.
+                self.swept_members(unit, pgid).len()
+            }
+            Some(m) => m.pids().len(),
+            None => 0,
+        }
+    }
+
+    fn watch_drain(&mut self, unit: &str) {
+        if let Some(Membership::Marked { .. }) = self.members.get(unit) {
+            self.draining.insert(unit.to_string());
+            self.armed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn batch_done(&mut self) {
+        self.sweep = None;
     }
 
     fn end_run(&mut self, unit: &str) {
         self.pids.end(unit);
+        self.known.forget(unit);
+        if self.draining.remove(unit) && self.draining.is_empty() {
+            self.armed.store(false, Ordering::SeqCst);
+        }
         if let Some(Membership::Cgroup(cg)) = self.members.remove(unit) {
             cg.remove();
         }

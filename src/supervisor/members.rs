@@ -23,7 +23,7 @@ pub enum Membership {
 
 /// Reads field 5 (pgrp) of /proc/PID/stat; the comm field may contain spaces
 /// and parentheses, so parse from the last ')'.
-fn process_group_of(pid: i32) -> Option<i32> {
+pub(super) fn process_group_of(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();

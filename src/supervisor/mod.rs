@@ -3,6 +3,7 @@
 //! goes out on a broadcast channel to the store, logs and web.
 
 pub mod cgroup;
+pub mod drain;
 mod engine;
 pub mod host;
 pub mod members;
@@ -72,7 +73,18 @@ pub trait ProcessControl: Send + 'static {
     fn signal_group(&mut self, pgid: i32, signal: i32);
     /// Every process of the unit.
     fn signal_unit(&mut self, unit: &str, signal: i32);
+    /// Nonzero while any process of the unit is left. Called on every exit
+    /// and [`DrainHint`] of a draining unit, never on a timer, so it must be
+    /// cheap in the common case.
     fn live_processes(&mut self, unit: &str) -> usize;
+    /// The engine now waits for every process of `unit` to end. From before
+    /// this returns until `end_run`, whenever that may have become true
+    /// without an exit the engine sees (a descendant it did not spawn ended),
+    /// a [`DrainHint`] must follow. Called again on every check; must be idempotent.
+    fn watch_drain(&mut self, _unit: &str) {}
+    /// The engine handled one batch of inputs: facts gathered for it (a /proc
+    /// sweep shared by the units it signalled) are stale from here on.
+    fn batch_done(&mut self) {}
     /// The unit has no process left: release its cgroup and leases.
     fn end_run(&mut self, unit: &str);
     /// A line from aikore itself into the unit's log.
@@ -251,3 +263,15 @@ impl SupervisorHandle {
 
 /// A unit's exit as the reaper saw it.
 pub type ExitReport = (i32, ExitStatus);
+
+/// The OS side's word that a draining unit may have no process left. The
+/// engine answers with one `live_processes` check, so a spurious hint costs
+/// little, and a missing one stalls the drain until TimeoutStopSec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainHint {
+    /// This unit's processes are all gone (its cgroup's `cgroup.events` says `populated 0`).
+    Unit(String),
+    /// The reaper reaped a process nobody spawned (an orphan of some unit):
+    /// any unit without a cgroup may be done.
+    Any,
+}
