@@ -110,14 +110,14 @@ pub struct ServeArgs {
     #[arg(long, env = "AIKORE_LISTEN", default_value = config::DEFAULT_LISTEN)]
     pub listen: std::net::SocketAddr,
     /// NGINX's public port: the dashboard and every instance.
-    #[arg(long, env = "AIKORE_PORT", default_value_t = crate::proxy::DEFAULT_PORT)]
+    #[arg(long, env = "AIKORE_PORT", default_value_t = crate::config::DEFAULT_PORT)]
     pub port: u16,
     /// The address NGINX listens on: loopback by default (this machine only);
     /// the container image sets 0.0.0.0.
-    #[arg(long, env = "AIKORE_BIND", default_value_t = crate::proxy::DEFAULT_BIND)]
+    #[arg(long, env = "AIKORE_BIND", default_value_t = crate::config::DEFAULT_BIND)]
     pub bind: std::net::IpAddr,
     /// NGINX's apps port: every instance, on another origin than the dashboard.
-    #[arg(long, env = "AIKORE_APPS_PORT", default_value_t = crate::proxy::DEFAULT_APPS_PORT)]
+    #[arg(long, env = "AIKORE_APPS_PORT", default_value_t = crate::config::DEFAULT_APPS_PORT)]
     pub apps_port: u16,
     /// Stock blueprints dir (default: /opt/aikore/blueprints in the image, ./blueprints in a checkout).
     #[arg(long, env = "AIKORE_BLUEPRINTS_DIR")]
@@ -132,7 +132,7 @@ impl ServeArgs {
         let shutdown_timeout =
             config::parse_shutdown_timeout(std::env::var("AIKORE_SHUTDOWN_TIMEOUT").ok().as_deref())?;
         let stock = self.units_dir.unwrap_or_else(config::default_stock_units_dir);
-        let port_range = crate::instances::runtime::parse_port_range(&self.port_range)?;
+        let port_range = crate::config::parse_port_range(&self.port_range)?;
         let blueprints_dir = self.blueprints_dir.unwrap_or_else(config::default_blueprints_dir);
         // Instances get this path to source functions.sh, from their own dir.
         let blueprints_dir = std::fs::canonicalize(&blueprints_dir).unwrap_or(blueprints_dir);
@@ -295,7 +295,7 @@ fn report(failure: Failure) -> i32 {
 }
 
 fn ago(ms: i64) -> String {
-    let now = crate::daemon::now_ms();
+    let now = crate::clock::now_ms();
     let secs = ((now - ms).max(0) / 1000) as u64;
     match secs {
         0..=59 => format!("{secs}s ago"),

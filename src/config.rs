@@ -126,3 +126,27 @@ pub fn give(path: &std::path::Path, owner: Option<(u32, u32)>) {
         }
     }
 }
+
+/// Default public port of the dashboard and API (AIKORE_PORT).
+pub const DEFAULT_PORT: u16 = 9000;
+/// Default port of the apps origin (AIKORE_APPS_PORT): instances, the ComfyUI
+/// slot and noVNC, on another origin than the dashboard (docs/security.md).
+pub const DEFAULT_APPS_PORT: u16 = 9100;
+
+/// Default address NGINX listens on (AIKORE_BIND): loopback, so a checkout run
+/// is reachable from this machine only; the container image sets 0.0.0.0.
+pub const DEFAULT_BIND: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// The default pool for `Port=auto` (AIKORE_PORT_RANGE).
+pub const DEFAULT_PORT_RANGE: std::ops::RangeInclusive<u16> = 19001..=19999;
+
+/// `FIRST-LAST` (AIKORE_PORT_RANGE) into the pool `Port=auto` leases from.
+pub fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (a, b) = text.split_once('-').ok_or_else(|| format!("AIKORE_PORT_RANGE={text}: expected FIRST-LAST"))?;
+    let a: u16 = a.trim().parse().map_err(|_| format!("AIKORE_PORT_RANGE={text}: bad first port"))?;
+    let b: u16 = b.trim().parse().map_err(|_| format!("AIKORE_PORT_RANGE={text}: bad last port"))?;
+    if a == 0 || a > b {
+        return Err(format!("AIKORE_PORT_RANGE={text}: empty range"));
+    }
+    Ok(a..=b)
+}

@@ -2,19 +2,21 @@
 //! runs the ordered shutdown.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::init;
 use crate::logs::{LogConfig, LogHub};
 use crate::store::{StateUpdate, Store, StoreHandle};
 use crate::supervisor::cgroup::CgroupRoot;
+use crate::supervisor::reload::{report_diagnostics, Reloader};
 use crate::supervisor::{members, Engine, HostConfig, HostProcesses, SupervisorHandle, UnitEvent, EVENT_CAPACITY};
-use crate::units::{load_dirs, Diagnostic};
+use crate::units::load_dirs;
 
 /// Exit codes of `aikore serve`.
 pub mod exit_code {
@@ -24,51 +26,6 @@ pub mod exit_code {
     pub const STARTUP: i32 = 1;
     /// Some unit needed SIGKILL or the global deadline passed.
     pub const UNCLEAN_SHUTDOWN: i32 = 2;
-}
-
-/// Re-reads unit files and hands them to the supervisor (`aikore reload`, SIGHUP).
-pub struct Reloader {
-    settings: Settings,
-    supervisor: SupervisorHandle,
-    store: StoreHandle,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct ReloadReport {
-    pub units: usize,
-    pub diagnostics: Vec<String>,
-    pub archived: Vec<String>,
-}
-
-impl Reloader {
-    pub async fn reload(&self) -> anyhow::Result<ReloadReport> {
-        let dirs = self.settings.units_dirs.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_dirs(&dirs)).await?;
-        report_diagnostics(&loaded.diagnostics);
-        let names: Vec<(String, String)> =
-            loaded.units.iter().map(|u| (u.name.clone(), u.kind.as_str().to_string())).collect();
-        let report = self.store.call(move |s| s.reconcile_definitions(&names, now_ms())).await??;
-        let count = loaded.units.len();
-        self.supervisor.set_units(loaded.units).await?;
-        Ok(ReloadReport {
-            units: count,
-            diagnostics: loaded.diagnostics.iter().map(|d| d.to_string()).collect(),
-            archived: report,
-        })
-    }
-}
-
-fn report_diagnostics(diagnostics: &[Diagnostic]) {
-    for d in diagnostics {
-        match d.severity {
-            crate::units::Severity::Error => tracing::error!("{d}"),
-            crate::units::Severity::Warning => tracing::warn!("{d}"),
-        }
-    }
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A short stable tag for the data dir, so two daemons on one machine (tests,
@@ -305,7 +262,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
             data_dir: data_dir.clone(),
             cgroups: cgroups.clone(),
             base_env: crate::supervisor::host::inherited_env(),
-            instances: Some(instance_ctx.clone()),
+            hooks: Some(Arc::new(instance_ctx.clone())),
             default_identity: settings.owner,
         },
         Arc::clone(&logs),
@@ -317,8 +274,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let journal = tokio::spawn(journal_events(events_tx.subscribe(), store.clone(), journal_stop.clone()));
     let engine = tokio::spawn(Engine::new(host, loaded.units, events_tx).run(commands_rx, exits_rx, hints_rx));
 
-    let reloader =
-        Arc::new(Reloader { settings: settings.clone(), supervisor: supervisor.clone(), store: store.clone() });
+    let reloader = Arc::new(Reloader::new(settings.units_dirs.clone(), supervisor.clone(), store.clone()));
     let instances = Arc::new(crate::instances::InstanceManager::new(
         instance_ctx,
         settings.blueprints_dir.clone(),

@@ -6,6 +6,7 @@
 //! {store, logs, web}. Only the supervisor task changes a unit's state.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod init;
@@ -18,4 +19,5 @@ pub mod safefs;
 pub mod store;
 pub mod supervisor;
 pub mod units;
+pub mod urls;
 pub mod web;

@@ -198,6 +198,16 @@ pub fn ensure_dir_at(dir: &impl AsFd, name: &str, owner: Option<(u32, u32)>) -> 
     Ok(())
 }
 
+/// Replaces `path` whole or not at all (a reader sees the old or the new
+/// bytes, never half): written beside it, synced, then renamed over it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,8 @@ use std::time::Duration;
 pub use runtime::{InstanceContext, DEFAULT_PORT_RANGE};
 pub use unitfile::InstanceSpec;
 
-use crate::daemon::{now_ms, Reloader};
+use crate::clock::now_ms;
+use crate::supervisor::reload::Reloader;
 use crate::supervisor::{Status, SupervisorHandle, UnitSnapshot};
 use crate::units::{is_valid_unit_name, PortSpec, UnitKind};
 
@@ -69,8 +70,7 @@ impl From<crate::supervisor::CommandError> for InstanceError {
 
 pub type Result<T> = std::result::Result<T, InstanceError>;
 
-/// The only slot there is (docs/proxy.md, "The ComfyUI slot"): the instance behind /comfyui/.
-pub const SLOT_COMFYUI: &str = "comfyui";
+pub use crate::urls::SLOT_COMFYUI;
 
 /// A stop requested by delete/rename waits at most this long for the unit to
 /// go down (its own TimeoutStopSec escalates to SIGKILL well before).
@@ -320,7 +320,7 @@ impl InstanceManager {
         }
         crate::ownership::state_dir(&self.units_dir())?;
         // The units dir is the daemon's (docs/security.md): the file stays root's.
-        crate::proxy::write_atomically(&path, text.as_bytes())?;
+        crate::safefs::write_atomically(&path, text.as_bytes())?;
         Ok(())
     }
 
@@ -652,7 +652,7 @@ impl InstanceManager {
         crate::ownership::state_dir(&self.custom_blueprints())?;
         let script = self.ctx.read_launch_script(instance).map_err(|e| instance_file_error(e, "launch.sh"))?;
         // Custom blueprints are the daemon's: an instance must not edit what others are created from.
-        crate::proxy::write_atomically(&target, script.as_bytes())?;
+        crate::safefs::write_atomically(&target, script.as_bytes())?;
         self.blueprint(id).ok_or_else(|| InstanceError::Internal("saved blueprint cannot be read back".into()))
     }
 
@@ -672,11 +672,11 @@ impl InstanceManager {
 
     /// How the instance is reached: `# aikore.proxy` in its own launch.sh
     /// (what actually runs, possibly edited), else in its blueprint, else subpath.
-    pub fn proxy_mode(&self, name: &str, blueprint: &str) -> crate::proxy::ProxyMode {
+    pub fn proxy_mode(&self, name: &str, blueprint: &str) -> crate::urls::ProxyMode {
         let own =
             self.ctx.read_launch_script(name).ok().and_then(|text| blueprints::parse_metadata(&text).remove("proxy"));
         let mode = own.or_else(|| self.blueprint(blueprint).map(|b| b.proxy));
-        mode.map(|m| crate::proxy::ProxyMode::parse(&m)).unwrap_or(crate::proxy::ProxyMode::Subpath)
+        mode.map(|m| crate::urls::ProxyMode::parse(&m)).unwrap_or(crate::urls::ProxyMode::Subpath)
     }
 }
 
@@ -715,15 +715,15 @@ pub fn vnc_url_of(unit: &UnitSnapshot) -> Option<String> {
 /// The app's own address behind NGINX.
 pub fn app_url_of(unit: &UnitSnapshot) -> String {
     match unit.unit.instance.as_ref().and_then(|i| i.active_slot.as_deref()) {
-        Some(SLOT_COMFYUI) => "/comfyui/".into(),
-        _ => format!("/app/{}/", unit.name),
+        Some(SLOT_COMFYUI) => crate::urls::COMFYUI_PATH.into(),
+        _ => crate::urls::app_path(&unit.name),
     }
 }
 
 /// The port a `port` instance is reached on directly: its current run's,
 /// else its fixed port (an `auto` lease is only known once it runs).
-pub fn direct_port_of(unit: &UnitSnapshot, mode: crate::proxy::ProxyMode) -> Option<u16> {
-    if mode != crate::proxy::ProxyMode::Port {
+pub fn direct_port_of(unit: &UnitSnapshot, mode: crate::urls::ProxyMode) -> Option<u16> {
+    if mode != crate::urls::ProxyMode::Port {
         return None;
     }
     let running = !unit.status.is_inactive();

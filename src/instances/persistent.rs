@@ -59,7 +59,7 @@ impl PersistentRun {
 /// prefix (websockify answers the upgrade on any path) and remote resize, so
 /// the display takes the size of the viewer's window.
 pub fn vnc_url(name: &str) -> String {
-    format!("/vnc/{name}/vnc.html?path=vnc/{name}/websockify&resize=remote&autoconnect=true&reconnect=true")
+    crate::urls::vnc_view(name)
 }
 
 /// Whether the instance's own script (else its blueprint) declares itself a
@@ -166,7 +166,7 @@ pub fn begin(unit: &Unit, ctx: &InstanceContext) -> Result<PersistentRun, String
     let lease = ctx
         .store
         .call_blocking(move |s| {
-            s.lease_display(&name, DISPLAYS, ports, display_free, port_is_free, crate::daemon::now_ms())
+            s.lease_display(&name, DISPLAYS, ports, display_free, port_is_free, crate::clock::now_ms())
         })
         .map_err(|e| format!("display lease: {e}"))?
         .map_err(|e| format!("display lease: {e}"))?;
@@ -185,7 +185,7 @@ pub fn end(unit: &str, ctx: &InstanceContext) {
         clean_stale(lease.display);
     }
     let n = unit.to_string();
-    if let Ok(Err(e)) | Err(e) = ctx.store.call_blocking(move |s| s.release_display(&n, crate::daemon::now_ms())) {
+    if let Ok(Err(e)) | Err(e) = ctx.store.call_blocking(move |s| s.release_display(&n, crate::clock::now_ms())) {
         tracing::warn!(unit, error = %e, "releasing the display lease failed");
     }
 }

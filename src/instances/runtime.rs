@@ -7,11 +7,10 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use crate::store::{StoreError, StoreHandle};
-use crate::supervisor::{Prepared, ReadyTarget};
+use crate::supervisor::{Prepared, ReadyTarget, RunHooks};
 use crate::units::{ExecCommand, PortSpec, ReadyCheck, Unit};
 
-/// The default pool for `Port=auto` (AIKORE_PORT_RANGE).
-pub const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 19001..=19999;
+pub use crate::config::{parse_port_range, DEFAULT_PORT_RANGE};
 
 #[derive(Clone)]
 pub struct InstanceContext {
@@ -37,22 +36,27 @@ impl InstanceContext {
     }
 }
 
+/// The supervisor's way into an instance's run (handed to it at boot).
+impl RunHooks for InstanceContext {
+    fn prepare(&self, unit: &Unit) -> Result<Prepared, String> {
+        prepare(unit, self)
+    }
+
+    fn work_dir(&self, unit: &str) -> PathBuf {
+        self.instance_dir(unit)
+    }
+
+    fn end(&self, unit: &str) {
+        super::persistent::end(unit, self);
+    }
+}
+
 /// launch.sh is read up to this size (a script, not a model: 16 MiB is generous).
 pub const MAX_SCRIPT_BYTES: u64 = 16 << 20;
 
 /// Whether nothing listens on `port` on loopback right now.
 pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
-pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
-    let (a, b) = text.split_once('-').ok_or_else(|| format!("AIKORE_PORT_RANGE={text}: expected FIRST-LAST"))?;
-    let a: u16 = a.trim().parse().map_err(|_| format!("AIKORE_PORT_RANGE={text}: bad first port"))?;
-    let b: u16 = b.trim().parse().map_err(|_| format!("AIKORE_PORT_RANGE={text}: bad last port"))?;
-    if a == 0 || a > b {
-        return Err(format!("AIKORE_PORT_RANGE={text}: empty range"));
-    }
-    Ok(a..=b)
 }
 
 /// The port an instance serves on: its stable lease for `auto`, or its
@@ -64,7 +68,7 @@ pub fn port_for(unit: &Unit, ctx: &InstanceContext) -> Result<u16, String> {
     let result = match instance.port {
         PortSpec::Auto => {
             let range = ctx.port_range.clone();
-            ctx.store.call_blocking(move |s| s.lease_port(&name, range, port_is_free, crate::daemon::now_ms()))
+            ctx.store.call_blocking(move |s| s.lease_port(&name, range, port_is_free, crate::clock::now_ms()))
         }
         PortSpec::Fixed(port) => ctx.store.call_blocking(move |s| s.claim_port(&name, port).map(|_| port)),
     };
@@ -113,7 +117,7 @@ pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Ve
 
 /// `/app/<name>`: the instance's public path (no trailing slash, as Gradio's root_path wants).
 pub fn url_path(name: &str) -> String {
-    format!("/app/{name}")
+    crate::urls::app_base(name)
 }
 
 /// `# aikore.framework = gradio` in the instance's own launch.sh (what runs;

@@ -12,7 +12,6 @@ mod events;
 mod family;
 pub mod gpu;
 pub mod host;
-pub mod http;
 pub mod units;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -10,7 +10,6 @@ pub mod sync;
 pub use routes::ProxyMode;
 pub use sync::{ProxyHandle, ProxyStatus, RouteSync};
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -20,15 +19,7 @@ const BASE_TEMPLATE: &str = include_str!("../../nginx/nginx.conf");
 /// NGINX's temp paths under `<prefix>/tmp/` (nginx/nginx.conf's `*_temp_path`).
 pub const NGINX_TEMP_DIRS: [&str; 5] = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"];
 
-/// Default public port of the dashboard and API (AIKORE_PORT).
-pub const DEFAULT_PORT: u16 = 9000;
-/// Default port of the apps origin (AIKORE_APPS_PORT): instances, the ComfyUI
-/// slot and noVNC, on another origin than the dashboard (docs/security.md).
-pub const DEFAULT_APPS_PORT: u16 = 9100;
-
-/// Default address NGINX listens on (AIKORE_BIND): loopback, so a checkout run
-/// is reachable from this machine only; the container image sets 0.0.0.0.
-pub const DEFAULT_BIND: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+pub use crate::config::{DEFAULT_APPS_PORT, DEFAULT_BIND, DEFAULT_PORT};
 
 pub struct BaseConfig {
     /// The address NGINX listens on (AIKORE_BIND).
@@ -126,13 +117,7 @@ pub fn write_base_config(data_dir: &Path, config: &BaseConfig) -> std::io::Resul
     Ok(path)
 }
 
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+pub use crate::safefs::write_atomically;
 
 #[cfg(test)]
 mod tests {

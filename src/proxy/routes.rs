@@ -13,24 +13,7 @@
 
 use std::fmt::Write as _;
 
-/// How an instance is reached, from its blueprint's `# aikore.proxy = ...`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProxyMode {
-    /// Behind NGINX at `/app/<name>/` (the default).
-    Subpath,
-    /// On its own pool port; `/app/<name>/` redirects there.
-    Port,
-}
-
-impl ProxyMode {
-    pub fn parse(text: &str) -> ProxyMode {
-        match text.trim() {
-            "port" => ProxyMode::Port,
-            _ => ProxyMode::Subpath,
-        }
-    }
-}
+pub use crate::urls::ProxyMode;
 
 /// One instance as the proxy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -273,7 +273,7 @@ impl Loop {
                 self.set(|s| {
                     s.routes = routes;
                     s.rendered_ms = Some(elapsed);
-                    s.updated_ms = Some(crate::daemon::now_ms());
+                    s.updated_ms = Some(crate::clock::now_ms());
                     s.tested = tested;
                     s.ok = refused.is_none();
                     s.error = refused.clone();
@@ -352,7 +352,7 @@ impl Loop {
         let result = self
             .sync
             .store
-            .call(move |s| s.append_event(crate::daemon::now_ms(), Some(NGINX_UNIT), "error", &detail))
+            .call(move |s| s.append_event(crate::clock::now_ms(), Some(NGINX_UNIT), "error", &detail))
             .await;
         if let Ok(Err(e)) = result {
             tracing::warn!(error = %e, "journal write failed");

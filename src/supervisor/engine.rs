@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
@@ -23,6 +23,7 @@ use super::{
     Command, CommandError, DrainHint, ExitReport, Prepared, ProcessControl, Reply, Role, ShutdownReport, UnitEvent,
     UnitSnapshot,
 };
+use crate::clock::now_ms;
 use crate::init::ExitStatus;
 use crate::units::{KillMode, Unit, UnitKind};
 
@@ -168,10 +169,6 @@ impl Runtime {
         matches!(self.phase, Phase::StopWaitOrder | Phase::StopCmd { .. })
             || (matches!(self.phase, Phase::Draining { .. }) && self.goal != Goal::Up)
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// `a` must be up before `b` starts, and `b` down before `a` stops.

@@ -12,7 +12,7 @@ use super::cgroup::CgroupRoot;
 use super::drain::{CgroupWatcher, ProcSweep, UnitProcesses};
 use super::members::Membership;
 use super::spawn::{spawn, ProcessSpec};
-use super::{DrainHint, ExitReport, Prepared, ProcessControl, ReadyTarget, Role};
+use super::{DrainHint, ExitReport, Prepared, ProcessControl, ReadyTarget, Role, RunHooks};
 use crate::logs::LogHub;
 use crate::units::{ExecCommand, ReadyCheck, Unit};
 
@@ -22,8 +22,10 @@ pub struct HostConfig {
     pub cgroups: Option<CgroupRoot>,
     /// Environment every unit inherits (the container's, minus aikore's own secrets).
     pub base_env: Vec<(String, String)>,
-    /// Ports, dirs and leases for instances; None in setups without instances.
-    pub instances: Option<crate::instances::InstanceContext>,
+    /// What the layer above adds to a run of an instance (port lease, env,
+    /// display); None in setups without instances. Handed in at boot, so the
+    /// supervisor never imports `instances`.
+    pub hooks: Option<Arc<dyn RunHooks>>,
     /// (uid, gid) every instance runs as: the instance user (PUID/PGID).
     /// Services are not given it: they run as their User=, else root.
     pub default_identity: Option<(u32, u32)>,
@@ -320,8 +322,8 @@ impl ProcessControl for HostProcesses {
     fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String> {
         self.logs.begin_run(&unit.name, fresh).map_err(|e| format!("log file: {e}"))?;
         if unit.instance.is_some() {
-            let ctx = self.config.instances.as_ref().ok_or("instances are not configured")?;
-            let prepared = crate::instances::runtime::prepare(unit, ctx)?;
+            let hooks = self.config.hooks.as_ref().ok_or("instances are not configured")?;
+            let prepared = hooks.prepare(unit)?;
             if prepared.vnc_port.is_some() {
                 self.displays.insert(unit.name.clone());
             }
@@ -348,7 +350,7 @@ impl ProcessControl for HostProcesses {
         // otherwise: the .instance allow-list); a service runs as its User=,
         // else as root, systemd's default (docs/security.md).
         let instance_dir =
-            unit.instance.as_ref().and_then(|_| Some(self.config.instances.as_ref()?.instance_dir(&unit.name)));
+            unit.instance.as_ref().and_then(|_| Some(self.config.hooks.as_ref()?.work_dir(&unit.name)));
         let Identity { uid, gid, groups, env: user_env } = match (&instance_dir, self.config.default_identity) {
             (Some(dir), Some((uid, gid))) => instance_identity(uid, gid, dir),
             _ => resolve_user(unit)?,
@@ -369,8 +371,8 @@ impl ProcessControl for HostProcesses {
         let argv: Vec<String> = command.argv.iter().map(|w| expand_vars(w, &env)).collect();
         // An instance works in its own dir unless told otherwise.
         let cwd = unit.service.working_directory.clone().or_else(|| {
-            let ctx = self.config.instances.as_ref()?;
-            unit.instance.as_ref().map(|_| ctx.instance_dir(&unit.name))
+            let hooks = self.config.hooks.as_ref()?;
+            unit.instance.as_ref().map(|_| hooks.work_dir(&unit.name))
         });
         let spec = ProcessSpec { argv, env, cwd, umask: unit.service.umask, nice: unit.service.nice, uid, gid, groups };
         let membership = self.membership(unit, None);
@@ -465,8 +467,8 @@ impl ProcessControl for HostProcesses {
             cg.remove();
         }
         if self.displays.remove(unit) {
-            if let Some(ctx) = self.config.instances.as_ref() {
-                crate::instances::persistent::end(unit, ctx);
+            if let Some(hooks) = self.config.hooks.as_ref() {
+                hooks.end(unit);
             }
         }
     }

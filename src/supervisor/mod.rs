@@ -8,6 +8,7 @@ mod engine;
 pub mod host;
 pub mod members;
 pub mod ready;
+pub mod reload;
 pub mod spawn;
 pub mod state;
 
@@ -54,6 +55,20 @@ pub struct Prepared {
     pub main_wrapper: Vec<String>,
     /// A persistent instance's websockify port (noVNC behind `/vnc/<name>/`).
     pub vnc_port: Option<u16>,
+}
+
+/// What a higher layer adds to the runs of its units (today `instances`:
+/// port lease, GPU env, launch.sh, persistent display). The daemon hands an
+/// implementation to [`HostConfig`] at boot; the supervisor calls it and
+/// never imports the layer that implements it.
+pub trait RunHooks: Send + Sync {
+    /// Before the fork of a run of a unit with an `[Instance]` section.
+    fn prepare(&self, unit: &Unit) -> Result<Prepared, String>;
+    /// The dir such a unit's processes work in (and the instance user's HOME).
+    fn work_dir(&self, unit: &str) -> std::path::PathBuf;
+    /// Every process of a run that held a display (`Prepared::vnc_port`) is
+    /// gone: release what `prepare` leased for it.
+    fn end(&self, unit: &str);
 }
 
 /// The OS boundary, so restart, backoff, escalation and ordering are tested

@@ -37,8 +37,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/events", get(events_stream))
         .route("/api/v1/journal", get(journal))
-        .route("/metrics", get(crate::metrics::http::scrape))
-        .route("/api/v1/system", get(crate::metrics::http::system))
+        .route("/metrics", get(super::metrics::scrape))
+        .route("/api/v1/system", get(super::metrics::system))
 }
 
 pub async fn not_found() -> ApiError {

@@ -722,11 +722,10 @@ async fn check(State(state): State<AppState>, Extension(client): Extension<Clien
 /// dot segments and percent-escapes could make NGINX route elsewhere than
 /// the name read here, so such URIs are never public.
 fn public_candidate(uri: &str) -> Option<String> {
-    let rest = uri.strip_prefix("/app/")?;
+    let name = crate::urls::app_name_in(uri)?;
     if uri.contains("..") || uri.contains('%') || uri.contains('\\') || uri.contains("//") {
         return None;
     }
-    let name = rest.split(['/', '?']).next()?;
     crate::units::is_valid_unit_name(name).then(|| name.to_string())
 }
 

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 mod instances;
 pub mod limit;
+mod metrics;
 pub mod openapi;
 pub mod origin;
 mod pages;
@@ -18,9 +19,9 @@ use std::sync::Arc;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Reloader;
 use crate::logs::LogHub;
 use crate::store::StoreHandle;
+use crate::supervisor::reload::Reloader;
 use crate::supervisor::SupervisorHandle;
 
 #[derive(Clone)]

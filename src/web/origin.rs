@@ -23,7 +23,7 @@ pub struct Origins {
 
 impl Default for Origins {
     fn default() -> Self {
-        Origins::from_env(crate::proxy::DEFAULT_PORT, crate::proxy::DEFAULT_APPS_PORT)
+        Origins::from_env(crate::config::DEFAULT_PORT, crate::config::DEFAULT_APPS_PORT)
     }
 }
 

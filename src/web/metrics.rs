@@ -1,4 +1,5 @@
-//! The HTTP face of the metrics: `GET /metrics` and `GET /api/v1/system`.
+//! The HTTP face of the metrics: `GET /metrics` and `GET /api/v1/system`
+//! (here, not in `metrics`, so the registry never imports the web layer).
 
 use std::sync::Arc;
 
@@ -8,9 +9,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{Metrics, MetricsError, SystemView};
-use crate::web::error::{ApiError, ApiResult};
-use crate::web::AppState;
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+use crate::metrics::{Metrics, MetricsError, SystemView};
 
 impl From<MetricsError> for ApiError {
     fn from(e: MetricsError) -> ApiError {
@@ -31,7 +32,7 @@ fn metrics_of(state: &AppState) -> ApiResult<&Arc<Metrics>> {
 /// Prometheus text exposition, collected now.
 pub async fn scrape(State(state): State<AppState>) -> ApiResult<Response> {
     let text = metrics_of(&state)?.render().await?;
-    Ok(([(CONTENT_TYPE, super::CONTENT_TYPE)], text).into_response())
+    Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// Host and GPUs for the dashboard.
