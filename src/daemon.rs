@@ -26,6 +26,10 @@ pub mod exit_code {
     pub const STARTUP: i32 = 1;
     /// Some unit needed SIGKILL or the global deadline passed.
     pub const UNCLEAN_SHUTDOWN: i32 = 2;
+    /// The supervisor engine panicked or returned outside a shutdown: every
+    /// unit process was killed and the daemon exited at once (a container
+    /// runtime restarts it).
+    pub const ENGINE_DIED: i32 = 3;
 }
 
 /// A short stable tag for the data dir, so two daemons on one machine (tests,
@@ -38,11 +42,12 @@ fn data_dir_tag(data_dir: &std::path::Path) -> String {
 }
 
 /// Processes left by a previous daemon on the same data dir would hold ports
-/// and GPUs: stop them (TERM, a grace, then KILL) before anything starts.
+/// and GPUs: stop them (TERM, `grace`, then KILL) before anything starts.
 /// Found by the pids (and start times) it recorded, with their process groups
 /// and descendants, and by the environment markers (a double-forked process
-/// the record cannot reach).
-fn stop_leftovers(data_dir: &std::path::Path, cgroups: Option<&CgroupRoot>) {
+/// the record cannot reach). Also how a daemon whose engine died kills the
+/// units it can no longer supervise (`grace` zero: KILL at once).
+fn stop_leftovers(data_dir: &std::path::Path, cgroups: Option<&CgroupRoot>, grace: Duration) {
     if let Some(root) = cgroups {
         for unit in root.clear_leftovers() {
             tracing::warn!(unit = %unit, "stopped processes left by a previous run (cgroup)");
@@ -68,13 +73,13 @@ fn stop_leftovers(data_dir: &std::path::Path, cgroups: Option<&CgroupRoot>) {
         return;
     }
     tracing::warn!(count = pids.len(), "stopping processes left by a previous run");
+    let first = if grace.is_zero() { libc::SIGKILL } else { libc::SIGTERM };
     for pid in &pids {
         // SAFETY: kill() on pids recorded with their start time, their
         // descendants, or carrying our data dir marker.
-        unsafe { libc::kill(*pid, libc::SIGTERM) };
+        unsafe { libc::kill(*pid, first) };
     }
-    // A previous run's app gets a short grace to flush, not a full TimeoutStopSec: it is already orphaned.
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let deadline = std::time::Instant::now() + grace.max(Duration::from_millis(500));
     while std::time::Instant::now() < deadline && !find().is_empty() {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -82,6 +87,22 @@ fn stop_leftovers(data_dir: &std::path::Path, cgroups: Option<&CgroupRoot>) {
         // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+}
+
+/// Debug builds only: resolves once the file named by
+/// `AIKORE_TEST_PANIC_ENGINE` exists, and the engine task then panics, so a
+/// test can see the daemon notice a dead engine. Pending forever otherwise,
+/// and always in a release build (a user cannot trigger it).
+async fn test_engine_panic() {
+    #[cfg(debug_assertions)]
+    if let Some(trigger) = std::env::var_os("AIKORE_TEST_PANIC_ENGINE") {
+        let trigger = std::path::PathBuf::from(trigger);
+        while !trigger.exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        return;
+    }
+    std::future::pending::<()>().await
 }
 
 /// Mirrors every supervisor event into SQLite: state rows and the journal.
@@ -201,7 +222,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     };
     {
         let (cgroups, data_dir) = (cgroups.clone(), data_dir.clone());
-        tokio::task::spawn_blocking(move || stop_leftovers(&data_dir, cgroups.as_ref())).await?;
+        // A previous run's app gets a short grace to flush, not a full TimeoutStopSec: it is already orphaned.
+        tokio::task::spawn_blocking(move || stop_leftovers(&data_dir, cgroups.as_ref(), Duration::from_secs(3)))
+            .await?;
     }
 
     let upstream = match settings.listen {
@@ -270,9 +293,19 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         hints_tx,
     );
     let supervisor = SupervisorHandle::new(commands_tx, events_tx.clone());
-    let journal_stop = tokio_util::sync::CancellationToken::new();
+    // One shutdown tree: each task gets a child of `shutdown`, cancelled in
+    // the order below; the root is cancelled last, so nothing outlives serve.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let journal_stop = shutdown.child_token();
     let journal = tokio::spawn(journal_events(events_tx.subscribe(), store.clone(), journal_stop.clone()));
-    let engine = tokio::spawn(Engine::new(host, loaded.units, events_tx).run(commands_rx, exits_rx, hints_rx));
+    let engine_run = Engine::new(host, loaded.units, events_tx).run(commands_rx, exits_rx, hints_rx);
+    // Watched below: a panic or an early return makes the daemon exit non-zero.
+    let mut engine = tokio::spawn(async move {
+        tokio::select! {
+            () = engine_run => {}
+            () = test_engine_panic() => panic!("AIKORE_TEST_PANIC_ENGINE: the engine task panics on purpose"),
+        }
+    });
 
     let reloader = Arc::new(Reloader::new(settings.units_dirs.clone(), supervisor.clone(), store.clone()));
     let instances = Arc::new(crate::instances::InstanceManager::new(
@@ -292,9 +325,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         },
     )?;
     let metrics_events = metrics.track_events(supervisor.subscribe());
-    let history_stop = tokio_util::sync::CancellationToken::new();
+    let history_stop = shutdown.child_token();
     let metrics_history = metrics.run_history(history_stop.clone());
-    let proxy_stop = tokio_util::sync::CancellationToken::new();
+    let proxy_stop = shutdown.child_token();
     let (proxy, proxy_task) = crate::proxy::RouteSync {
         supervisor: supervisor.clone(),
         instances: Arc::clone(&instances),
@@ -346,36 +379,58 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let web_stop = tokio_util::sync::CancellationToken::new();
+    let web_stop = shutdown.child_token();
     let web = tokio::spawn(crate::web::serve(listener, state, web_stop.clone()));
 
-    supervisor.start_all().await?;
+    // Only a dead engine refuses this, and the loop below sees that at once.
+    if let Err(e) = supervisor.start_all().await {
+        tracing::error!(error = %e, "starting the units failed");
+    }
 
-    loop {
+    let engine_ended = loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break None,
+            _ = sigint.recv() => break None,
             _ = sighup.recv() => match reloader.reload().await {
                 Ok(r) => tracing::info!(units = r.units, "reloaded unit files"),
                 Err(e) => tracing::error!(error = %e, "reload failed"),
             },
-        }
-    }
-
-    tracing::info!(timeout = ?settings.shutdown_timeout, "shutting down: instances first, then services in reverse order");
-    let mut code = match tokio::time::timeout(settings.shutdown_timeout, supervisor.shutdown()).await {
-        Ok(Ok(report)) if report.clean => exit_code::CLEAN,
-        Ok(_) => exit_code::UNCLEAN_SHUTDOWN,
-        Err(_) => {
-            tracing::error!("shutdown deadline passed; killing what is left");
-            supervisor.kill_all().await;
-            exit_code::UNCLEAN_SHUTDOWN
+            ended = &mut engine => break Some(ended),
         }
     };
-    // After a KillAll the engine still finishes once processes are gone; give it a moment.
-    if tokio::time::timeout(Duration::from_secs(5), engine).await.is_err() {
-        code = exit_code::UNCLEAN_SHUTDOWN;
-    }
+
+    let code = if let Some(ended) = engine_ended {
+        // Nothing supervises the units any more: PID 1 must not keep
+        // answering 503 with them orphaned. Kill them and exit non-zero.
+        match ended {
+            Err(e) if e.is_panic() => {
+                tracing::error!(error = %e, "the supervisor engine panicked; killing every unit and exiting")
+            }
+            other => tracing::error!(
+                ?other,
+                "the supervisor engine ended outside a shutdown; killing every unit and exiting"
+            ),
+        }
+        let (cgroups, data_dir) = (cgroups.clone(), data_dir.clone());
+        tokio::task::spawn_blocking(move || stop_leftovers(&data_dir, cgroups.as_ref(), Duration::ZERO)).await?;
+        exit_code::ENGINE_DIED
+    } else {
+        tracing::info!(timeout = ?settings.shutdown_timeout, "shutting down: instances first, then services in reverse order");
+        let mut code = match tokio::time::timeout(settings.shutdown_timeout, supervisor.shutdown()).await {
+            Ok(Ok(report)) if report.clean => exit_code::CLEAN,
+            Ok(_) => exit_code::UNCLEAN_SHUTDOWN,
+            Err(_) => {
+                tracing::error!("shutdown deadline passed; killing what is left");
+                supervisor.kill_all().await;
+                exit_code::UNCLEAN_SHUTDOWN
+            }
+        };
+        // After a KillAll the engine still finishes once processes are gone; give it a moment.
+        if tokio::time::timeout(Duration::from_secs(5), engine).await.is_err() {
+            code = exit_code::UNCLEAN_SHUTDOWN;
+        }
+        code
+    };
     web_stop.cancel();
     proxy_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), proxy_task).await;
@@ -385,6 +440,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     metrics_events.abort();
     history_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), metrics_history).await;
+    shutdown.cancel();
     if init::is_pid1() {
         tokio::task::spawn_blocking(|| init::terminate_strays(Duration::from_secs(2))).await?;
     }

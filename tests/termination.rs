@@ -197,3 +197,42 @@ fn sigterm_to_the_daemon_stops_everything_in_reverse_order_and_exits_0() {
         .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "instances, then services in reverse order: {log}");
 }
+
+/// The supervisor engine dying outside a shutdown (here a debug build's
+/// test-only panic, `AIKORE_TEST_PANIC_ENGINE`) must not leave PID 1 up
+/// with its units orphaned: the daemon kills them and exits with 3.
+fn a_dead_engine_ends_the_daemon(mut options: Options, mode: &str) {
+    let trigger_dir = tempfile::tempdir().unwrap();
+    let trigger = trigger_dir.path().join("panic-now");
+    options.env.push(("AIKORE_TEST_PANIC_ENGINE".into(), trigger.display().to_string()));
+    let mut d = Daemon::start_with(&[("sleeper.service", "[Service]\nExecStart=/bin/sleep 1000\n")], options);
+    let (_, health) = d.get("/healthz");
+    assert_eq!(health["tracking"], mode);
+    d.wait_status("sleeper", "started");
+    d.wait_until("the unit's process", |d| !d.marked_processes().is_empty());
+    std::fs::write(&trigger, "").unwrap();
+    // A generous cap for a busy CI box; the daemon itself does not wait on anything.
+    let pulled = Instant::now();
+    let status = d.wait_exit(Duration::from_secs(20));
+    eprintln!("daemon exited {:?} after the trigger", pulled.elapsed());
+    let log = d.daemon_log();
+    assert_eq!(status.code(), Some(3), "exit status {status:?}\n{log}");
+    assert!(log.contains("the supervisor engine panicked"), "{log}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.marked_processes().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.marked_processes(), Vec::<i32>::new(), "the units' processes outlived the daemon\n{log}");
+}
+
+#[test]
+fn a_panicked_engine_makes_the_daemon_exit_non_zero_with_cgroups() {
+    a_dead_engine_ends_the_daemon(Options::default(), "cgroup");
+}
+
+#[test]
+fn a_panicked_engine_makes_the_daemon_exit_non_zero_without_cgroups() {
+    let mut options = Options::default();
+    options.env.push(("AIKORE_CGROUP".into(), "off".into()));
+    a_dead_engine_ends_the_daemon(options, "process-group");
+}

@@ -11,6 +11,7 @@ mod check;
 mod deployed;
 mod environment;
 mod instances;
+mod layers;
 mod logs;
 mod metrics;
 mod origin;

@@ -349,8 +349,7 @@ impl ProcessControl for HostProcesses {
         // An instance always runs as the instance user (its file cannot say
         // otherwise: the .instance allow-list); a service runs as its User=,
         // else as root, systemd's default (docs/security.md).
-        let instance_dir =
-            unit.instance.as_ref().and_then(|_| Some(self.config.hooks.as_ref()?.work_dir(&unit.name)));
+        let instance_dir = unit.instance.as_ref().and_then(|_| Some(self.config.hooks.as_ref()?.work_dir(&unit.name)));
         let Identity { uid, gid, groups, env: user_env } = match (&instance_dir, self.config.default_identity) {
             (Some(dir), Some((uid, gid))) => instance_identity(uid, gid, dir),
             _ => resolve_user(unit)?,
