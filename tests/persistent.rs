@@ -63,8 +63,11 @@ fn start() -> Proxied {
     p
 }
 
+/// (status, headers, body) of one response.
+type Reply = (u16, Vec<(String, String)>, String);
+
 /// (status, headers, body) of one GET through NGINX.
-fn get(port: u16, target: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+fn get(port: u16, target: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");

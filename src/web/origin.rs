@@ -124,8 +124,7 @@ pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .next_back();
+        .rfind(|s| !s.is_empty());
     match forwarded {
         Some(text) => text.parse().ok(),
         None => Some(peer),
