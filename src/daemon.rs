@@ -16,7 +16,7 @@ use crate::store::{StateUpdate, Store, StoreHandle};
 use crate::supervisor::cgroup::CgroupRoot;
 use crate::supervisor::reload::{report_diagnostics, Reloader};
 use crate::supervisor::{members, Engine, HostConfig, HostProcesses, SupervisorHandle, UnitEvent, EVENT_CAPACITY};
-use crate::units::load_dirs;
+use crate::units::{load_dirs, LoadedUnits};
 
 /// Exit codes of `aikore serve`.
 pub mod exit_code {
@@ -167,6 +167,118 @@ async fn record_event(store: &StoreHandle, event: UnitEvent) {
     }
 }
 
+/// cgroup v2 per unit where a writable subtree exists, else process groups
+/// and markers; the second value is what `/healthz` reports.
+fn process_tracking(data_dir: &std::path::Path) -> (Option<CgroupRoot>, &'static str) {
+    // AIKORE_CGROUP=off forces the process-group fallback (tests of that path,
+    // or a host whose cgroup delegation misbehaves).
+    let cgroups_wanted = std::env::var("AIKORE_CGROUP").map(|v| v != "off").unwrap_or(true);
+    let probed = if cgroups_wanted {
+        CgroupRoot::probe(&data_dir_tag(data_dir))
+    } else {
+        Err("disabled by AIKORE_CGROUP=off".into())
+    };
+    match probed {
+        Ok(root) => {
+            tracing::info!(path = %root.path().display(), "process tracking: cgroup v2 per unit");
+            (Some(root), "cgroup")
+        }
+        Err(why) => {
+            tracing::info!(reason = %why, "process tracking: process groups and AIKORE_UNIT markers (no writable cgroup v2)");
+            (None, "process-group")
+        }
+    }
+}
+
+/// NGINX's base config for these settings, and its workers' temp dirs given to them.
+fn write_nginx_base(settings: &Settings, nginx_worker: Option<&crate::proxy::WorkerUser>) -> anyhow::Result<()> {
+    let upstream = match settings.listen {
+        addr if addr.ip().is_unspecified() => std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        addr => addr,
+    };
+    let base = crate::proxy::BaseConfig {
+        listen_addr: settings.proxy_bind,
+        listen_port: settings.proxy_port,
+        apps_port: settings.apps_port,
+        upstream,
+        worker_user: nginx_worker.cloned(),
+    };
+    crate::proxy::write_base_config(&settings.data_dir, &base).context("writing the NGINX config")?;
+    if let Some(w) = nginx_worker {
+        // Only the workers' temp dirs are theirs; the config stays the daemon's.
+        for dir in crate::proxy::NGINX_TEMP_DIRS {
+            let path = settings.data_dir.join(crate::ownership::NGINX_TMP).join(dir);
+            std::os::unix::fs::lchown(&path, Some(w.uid), Some(w.gid))
+                .with_context(|| format!("giving {} to NGINX's worker user", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The store opened and the unit files loaded, their state rows reconciled.
+async fn open_state(settings: &Settings) -> anyhow::Result<(StoreHandle, LoadedUnits)> {
+    let store =
+        Store::open(&settings.db_path()).with_context(|| format!("opening {}", settings.db_path().display()))?;
+    let store = StoreHandle::spawn(store);
+    for suffix in ["", "-wal", "-shm"] {
+        crate::ownership::private_file(&settings.data_dir.join(format!("aikore.db{suffix}")));
+    }
+
+    let dirs = settings.units_dirs.clone();
+    let loaded = tokio::task::spawn_blocking(move || load_dirs(&dirs)).await?;
+    report_diagnostics(&loaded.diagnostics);
+    let names: Vec<(String, String)> =
+        loaded.units.iter().map(|u| (u.name.clone(), u.kind.as_str().to_string())).collect();
+    let reconciled = store.call(move |s| s.reconcile(&names, now_ms())).await??;
+    // No run exists yet: display leases from a previous life are only preferences now.
+    store.call(|s| s.release_all_displays(now_ms())).await??;
+    for name in &reconciled.archived {
+        tracing::info!(unit = %name, "unit file gone; its state row is archived");
+    }
+    Ok((store, loaded))
+}
+
+/// The engine died outside a shutdown: nothing supervises the units any
+/// more, and PID 1 must not keep answering 503 with them orphaned. Kill
+/// them and tell the caller to exit non-zero.
+async fn kill_orphaned_units(
+    ended: Result<(), tokio::task::JoinError>,
+    data_dir: &std::path::Path,
+    cgroups: Option<CgroupRoot>,
+) -> anyhow::Result<i32> {
+    match ended {
+        Err(e) if e.is_panic() => {
+            tracing::error!(error = %e, "the supervisor engine panicked; killing every unit and exiting")
+        }
+        other => {
+            tracing::error!(?other, "the supervisor engine ended outside a shutdown; killing every unit and exiting")
+        }
+    }
+    let data_dir = data_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || stop_leftovers(&data_dir, cgroups.as_ref(), Duration::ZERO)).await?;
+    Ok(exit_code::ENGINE_DIED)
+}
+
+/// The ordered shutdown (instances, then services in reverse order) within
+/// `timeout`, then KILL for what is left; the exit code says which.
+async fn stop_units(supervisor: &SupervisorHandle, engine: tokio::task::JoinHandle<()>, timeout: Duration) -> i32 {
+    tracing::info!(timeout = ?timeout, "shutting down: instances first, then services in reverse order");
+    let mut code = match tokio::time::timeout(timeout, supervisor.shutdown()).await {
+        Ok(Ok(report)) if report.clean => exit_code::CLEAN,
+        Ok(_) => exit_code::UNCLEAN_SHUTDOWN,
+        Err(_) => {
+            tracing::error!("shutdown deadline passed; killing what is left");
+            supervisor.kill_all().await;
+            exit_code::UNCLEAN_SHUTDOWN
+        }
+    };
+    // After a KillAll the engine still finishes once processes are gone; give it a moment.
+    if tokio::time::timeout(Duration::from_secs(5), engine).await.is_err() {
+        code = exit_code::UNCLEAN_SHUTDOWN;
+    }
+    code
+}
+
 /// Runs the daemon until SIGTERM/SIGINT; returns the process exit code.
 pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&settings.data_dir)
@@ -198,28 +310,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     }
     let _ = init::reaper();
 
-    // AIKORE_CGROUP=off forces the process-group fallback (tests of that path,
-    // or a host whose cgroup delegation misbehaves).
-    let cgroups_wanted = std::env::var("AIKORE_CGROUP").map(|v| v != "off").unwrap_or(true);
-    let probed = if cgroups_wanted {
-        CgroupRoot::probe(&data_dir_tag(&data_dir))
-    } else {
-        Err("disabled by AIKORE_CGROUP=off".into())
-    };
-    let tracking = match &probed {
-        Ok(_) => "cgroup".to_string(),
-        Err(_) => "process-group".to_string(),
-    };
-    let cgroups = match probed {
-        Ok(root) => {
-            tracing::info!(path = %root.path().display(), "process tracking: cgroup v2 per unit");
-            Some(root)
-        }
-        Err(why) => {
-            tracing::info!(reason = %why, "process tracking: process groups and AIKORE_UNIT markers (no writable cgroup v2)");
-            None
-        }
-    };
+    let (cgroups, tracking) = process_tracking(&data_dir);
     {
         let (cgroups, data_dir) = (cgroups.clone(), data_dir.clone());
         // A previous run's app gets a short grace to flush, not a full TimeoutStopSec: it is already orphaned.
@@ -227,45 +318,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
             .await?;
     }
 
-    let upstream = match settings.listen {
-        addr if addr.ip().is_unspecified() => std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())),
-        addr => addr,
-    };
-    let base = crate::proxy::BaseConfig {
-        listen_addr: settings.proxy_bind,
-        listen_port: settings.proxy_port,
-        apps_port: settings.apps_port,
-        upstream,
-        worker_user: nginx_worker.clone(),
-    };
-    crate::proxy::write_base_config(&data_dir, &base).context("writing the NGINX config")?;
-    if let Some(w) = &nginx_worker {
-        // Only the workers' temp dirs are theirs; the config stays the daemon's.
-        for dir in crate::proxy::NGINX_TEMP_DIRS {
-            let path = data_dir.join(crate::ownership::NGINX_TMP).join(dir);
-            std::os::unix::fs::lchown(&path, Some(w.uid), Some(w.gid))
-                .with_context(|| format!("giving {} to NGINX's worker user", path.display()))?;
-        }
-    }
+    write_nginx_base(&settings, nginx_worker.as_ref())?;
 
-    let store =
-        Store::open(&settings.db_path()).with_context(|| format!("opening {}", settings.db_path().display()))?;
-    let store = StoreHandle::spawn(store);
-    for suffix in ["", "-wal", "-shm"] {
-        crate::ownership::private_file(&data_dir.join(format!("aikore.db{suffix}")));
-    }
-
-    let dirs = settings.units_dirs.clone();
-    let loaded = tokio::task::spawn_blocking(move || load_dirs(&dirs)).await?;
-    report_diagnostics(&loaded.diagnostics);
-    let names: Vec<(String, String)> =
-        loaded.units.iter().map(|u| (u.name.clone(), u.kind.as_str().to_string())).collect();
-    let reconciled = store.call(move |s| s.reconcile(&names, now_ms())).await??;
-    // No run exists yet: display leases from a previous life are only preferences now.
-    store.call(|s| s.release_all_displays(now_ms())).await??;
-    for name in &reconciled.archived {
-        tracing::info!(unit = %name, "unit file gone; its state row is archived");
-    }
+    let (store, loaded) = open_state(&settings).await?;
 
     // Logs are the daemon's: rotation renames in a dir the instance user cannot write.
     let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
@@ -351,7 +406,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         Arc::clone(&logs),
         store.clone(),
         Arc::clone(&reloader),
-        tracking,
+        tracking.to_string(),
         instances,
         proxy.clone(),
     )
@@ -399,37 +454,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         }
     };
 
-    let code = if let Some(ended) = engine_ended {
-        // Nothing supervises the units any more: PID 1 must not keep
-        // answering 503 with them orphaned. Kill them and exit non-zero.
-        match ended {
-            Err(e) if e.is_panic() => {
-                tracing::error!(error = %e, "the supervisor engine panicked; killing every unit and exiting")
-            }
-            other => tracing::error!(
-                ?other,
-                "the supervisor engine ended outside a shutdown; killing every unit and exiting"
-            ),
-        }
-        let (cgroups, data_dir) = (cgroups.clone(), data_dir.clone());
-        tokio::task::spawn_blocking(move || stop_leftovers(&data_dir, cgroups.as_ref(), Duration::ZERO)).await?;
-        exit_code::ENGINE_DIED
-    } else {
-        tracing::info!(timeout = ?settings.shutdown_timeout, "shutting down: instances first, then services in reverse order");
-        let mut code = match tokio::time::timeout(settings.shutdown_timeout, supervisor.shutdown()).await {
-            Ok(Ok(report)) if report.clean => exit_code::CLEAN,
-            Ok(_) => exit_code::UNCLEAN_SHUTDOWN,
-            Err(_) => {
-                tracing::error!("shutdown deadline passed; killing what is left");
-                supervisor.kill_all().await;
-                exit_code::UNCLEAN_SHUTDOWN
-            }
-        };
-        // After a KillAll the engine still finishes once processes are gone; give it a moment.
-        if tokio::time::timeout(Duration::from_secs(5), engine).await.is_err() {
-            code = exit_code::UNCLEAN_SHUTDOWN;
-        }
-        code
+    let code = match engine_ended {
+        Some(ended) => kill_orphaned_units(ended, &data_dir, cgroups.clone()).await?,
+        None => stop_units(&supervisor, engine, settings.shutdown_timeout).await,
     };
     web_stop.cancel();
     proxy_stop.cancel();
