@@ -48,7 +48,7 @@ fn write_echo_blueprint(d: &Daemon, id: &str, mode: &str) {
     let dir = d.data_dir.join("blueprints");
     std::fs::create_dir_all(&dir).unwrap();
     let script = format!(
-        "#!/usr/bin/env bash\n### AIKORE-METADATA-START ###\n# aikore.name = Echo ({mode})\n# aikore.category = Testing\n# aikore.proxy = {mode}\n### AIKORE-METADATA-END ###\nexec python3 {} --port \"$WEBUI_PORT\"\n",
+        "#!/usr/bin/env bash\n### AIKORE-METADATA-START ###\n# aikore.name = Echo ({mode})\n# aikore.category = Testing\n# aikore.proxy = {mode}\n### AIKORE-METADATA-END ###\nexec python3 {} --host \"$WEBUI_HOST\" --port \"$WEBUI_PORT\"\n",
         app.display()
     );
     std::fs::write(dir.join(format!("{id}.sh")), script).unwrap();
@@ -159,7 +159,11 @@ impl Proxied {
 
 /// RFC 6455 from a bare socket: handshake, one masked text frame, the echo.
 fn websocket_echo(p: &Proxied, target: &str, text: &str) -> Result<String, String> {
-    let port = p.apps;
+    websocket_echo_on(p, p.apps, target, text)
+}
+
+/// The same on another of NGINX's ports (a `port` instance's own).
+pub(crate) fn websocket_echo_on(p: &Proxied, port: u16, target: &str, text: &str) -> Result<String, String> {
     let mut s = connect(port).map_err(|e| e.to_string())?;
     let bearer = p.bearer();
     let request = format!(
@@ -399,25 +403,29 @@ fn a_rejected_render_keeps_the_live_config_serving_and_reports_why() {
 }
 
 #[test]
-fn a_port_instance_is_reached_on_its_own_port() {
+fn a_port_instance_is_fronted_by_nginx_on_its_own_port() {
     let p = start(&[]);
     p.echo_instance("direct", "echo-port", json!({}));
     let (_, view) = p.d.get("/api/v1/instances/direct");
     assert_eq!(view["proxy"], "port");
-    let port = view["current_port"].as_u64().unwrap();
+    let port = view["current_port"].as_u64().unwrap() as u16;
     assert_eq!(view["direct_port"], port);
-    assert_eq!(view["url"], format!("{}/app/direct/", p.d.apps_origin()));
-    // Straight to the app.
-    let r = raw(port as u16, "GET", "/x%2Fy", &[], b"").unwrap();
-    assert_eq!(r.json()["target"], "/x%2Fy");
-    // Through NGINX: a redirect to the same host on the instance's port.
-    let mut r = p.get("/app/direct/");
-    p.d.wait_until("the redirect route", |_| {
-        r = p.get("/app/direct/");
-        r.status == 302
+    // The API points at the instance's own port, on the host the client used.
+    assert_eq!(view["url"], format!("http://127.0.0.1:{port}/"));
+    assert_eq!(view["app_url"], format!("http://127.0.0.1:{port}/"));
+    // NGINX's server there passes the raw target to the app, with the bearer.
+    let bearer = p.bearer();
+    let mut r = None;
+    p.d.wait_until("NGINX to serve the instance's port", |_| {
+        r = raw(port, "GET", "/x%2Fy", &[("Authorization", &bearer)], b"").ok();
+        r.as_ref().is_some_and(|r| r.status == 200)
     });
-    assert_eq!(r.header("location"), Some(format!("http://127.0.0.1:{port}/").as_str()));
-    assert_eq!(p.get("/app/direct/a?b=1").header("location"), Some(format!("http://127.0.0.1:{port}/a?b=1").as_str()));
+    assert_eq!(r.unwrap().json()["target"], "/x%2Fy");
+    // The apps origin's /app/<name>/ redirects there.
+    let r = p.get("/app/direct/a?b=1");
+    assert_eq!((r.status, r.header("location")), (302, Some(format!("http://127.0.0.1:{port}/a?b=1").as_str())));
+    // WebSocket upgrades pass.
+    assert_eq!(websocket_echo_on(&p, port, "/ws", "hello").as_deref(), Ok("hello"));
 }
 
 #[test]

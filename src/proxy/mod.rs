@@ -99,7 +99,9 @@ impl BaseConfig {
 /// digits and an optional k/m/g). An invalid value falls back to the default, loudly.
 pub fn render_options_from_env() -> routes::RenderOptions {
     match std::env::var("AIKORE_MAX_BODY") {
-        Ok(v) if routes::is_valid_size(v.trim()) => routes::RenderOptions { max_body: v.trim().to_string() },
+        Ok(v) if routes::is_valid_size(v.trim()) => {
+            routes::RenderOptions { max_body: v.trim().to_string(), ..Default::default() }
+        }
         Ok(v) => {
             tracing::error!(value = %v, default = routes::DEFAULT_MAX_BODY, "AIKORE_MAX_BODY is not a size like 50g or 512m; using the default");
             routes::RenderOptions::default()
@@ -211,6 +213,7 @@ mod tests {
                 name: "a".into(),
                 mode: ProxyMode::Subpath,
                 port: Some(19001),
+                public_port: None,
                 slot: true,
                 persistent: true,
                 vnc_port: Some(19999),
@@ -218,7 +221,18 @@ mod tests {
             routes::RouteEntry {
                 name: "b-2_x".into(),
                 mode: ProxyMode::Port,
-                port: Some(19002),
+                port: Some(41002),
+                public_port: Some(19002),
+                slot: false,
+                persistent: false,
+                vnc_port: None,
+            },
+            // A stopped `port` instance keeps its server (a "not running" page).
+            routes::RouteEntry {
+                name: "d".into(),
+                mode: ProxyMode::Port,
+                port: None,
+                public_port: Some(19003),
                 slot: false,
                 persistent: false,
                 vnc_port: None,
@@ -227,6 +241,7 @@ mod tests {
                 name: "c".into(),
                 mode: ProxyMode::Subpath,
                 port: None,
+                public_port: None,
                 slot: false,
                 persistent: true,
                 vnc_port: None,

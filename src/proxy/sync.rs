@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::routes::{self, RenderOptions, RouteEntry, RouteInfo};
+use super::routes::{self, ProxyMode, RenderOptions, RouteEntry, RouteInfo};
 use super::swap::{stage_and_swap, ConfigTester};
 use crate::instances::{InstanceManager, SLOT_COMFYUI};
 use crate::store::StoreHandle;
@@ -220,9 +220,18 @@ impl Loop {
             // (NGINX shows "not answering" until then), and the start -> started
             // step needs no reload.
             let running = matches!(unit.status, Status::Starting | Status::Stalled | Status::Started);
+            let mode = self.sync.instances.proxy_mode(&unit.name, &instance.blueprint);
+            // A `port` instance: NGINX holds its public port (the fixed one, or
+            // its lease) whether or not it runs; the app is on `app_port`.
+            let public_port = crate::instances::direct_port_of(&unit, mode);
+            let port = match mode {
+                ProxyMode::Port => unit.app_port.filter(|_| public_port.is_some()),
+                ProxyMode::Subpath => unit.port,
+            };
             out.push(RouteEntry {
-                mode: self.sync.instances.proxy_mode(&unit.name, &instance.blueprint),
-                port: unit.port.filter(|_| running),
+                mode,
+                port: port.filter(|_| running),
+                public_port,
                 slot: instance.active_slot.as_deref() == Some(SLOT_COMFYUI),
                 persistent: instance.persistent_mode,
                 vnc_port: unit.vnc_port.filter(|_| running),
