@@ -337,6 +337,11 @@ fn the_first_run_needs_the_setup_code_off_loopback_and_exactly_one_claim_wins() 
     let body = |pw: &str, code: &str| {
         serde_urlencoded::to_string([("password", pw), ("confirm", pw), ("code", code)]).unwrap()
     };
+    // The page asks for the code only where it is needed.
+    let page = raw(port, "GET", "/setup", &[(k, &v)], b"").unwrap();
+    assert!(page.text().contains("name=\"code\""), "{}", page.text());
+    let page = raw(port, "GET", "/setup", &[], b"").unwrap();
+    assert!(page.status == 200 && !page.text().contains("name=\"code\""), "{}", page.text());
     assert_eq!(post(body("remote-password-1", ""), &v).status, 403);
     assert_eq!(post(body("remote-password-1", "0000"), &v).status, 403);
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), code);
