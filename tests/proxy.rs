@@ -48,7 +48,7 @@ fn write_echo_blueprint(d: &Daemon, id: &str, mode: &str) {
     let dir = d.data_dir.join("blueprints");
     std::fs::create_dir_all(&dir).unwrap();
     let script = format!(
-        "#!/usr/bin/env bash\n### AIKORE-METADATA-START ###\n# aikore.name = Echo ({mode})\n# aikore.category = Testing\n# aikore.proxy = {mode}\n### AIKORE-METADATA-END ###\nexec python3 {} --host \"$WEBUI_HOST\" --port \"$WEBUI_PORT\"\n",
+        "#!/usr/bin/env bash\n### AIKORE-METADATA-START ###\n# aikore.name = Echo ({mode})\n# aikore.category = Testing\n# aikore.proxy = {mode}\n### AIKORE-METADATA-END ###\necho \"env: WEBUI_HOST=$WEBUI_HOST INSTANCE_URL_PATH=[${{INSTANCE_URL_PATH-unset}}]\"\nexec python3 {} --host \"$WEBUI_HOST\" --port \"$WEBUI_PORT\"\n",
         app.display()
     );
     std::fs::write(dir.join(format!("{id}.sh")), script).unwrap();
@@ -426,6 +426,9 @@ fn a_port_instance_is_fronted_by_nginx_on_its_own_port() {
     assert_eq!((r.status, r.header("location")), (302, Some(format!("http://127.0.0.1:{port}/a?b=1").as_str())));
     // WebSocket upgrades pass.
     assert_eq!(websocket_echo_on(&p, port, "/ws", "hello").as_deref(), Ok("hello"));
+    // Told to listen on loopback, served at the root of its port (no /app/<name> prefix).
+    let log = p.d.unit_log("direct");
+    assert!(log.contains("env: WEBUI_HOST=127.0.0.1 INSTANCE_URL_PATH=[]"), "{log}");
 }
 
 #[test]
