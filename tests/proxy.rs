@@ -431,6 +431,45 @@ fn a_port_instance_is_fronted_by_nginx_on_its_own_port() {
     assert!(log.contains("env: WEBUI_HOST=127.0.0.1 INSTANCE_URL_PATH=[]"), "{log}");
 }
 
+/// A `port` instance whose public port another process holds gets no server
+/// there (NGINX's reload would fail, and every later route change with it):
+/// the status says so, a start says why, and NGINX goes on taking changes.
+#[test]
+fn a_port_another_process_holds_gets_no_server_and_nginx_keeps_reloading() {
+    let p = start(&[]);
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let (code, body) =
+        p.d.post_json("/api/v1/instances", json!({ "name": "squatted", "blueprint": "echo-port", "port": taken }));
+    assert_eq!(code, 201, "{body}");
+    let why = format!("port {taken} of instance squatted is in use by another process");
+    let mut status = Value::Null;
+    p.d.wait_until("the proxy to report the taken port", |d| {
+        status = d.get("/api/v1/proxy").1;
+        status["error"].as_str().is_some_and(|e| e.contains(&why))
+    });
+    assert_eq!(status["ok"], false, "{status}");
+    let (code, _) = p.d.post("/api/v1/instances/squatted/start");
+    assert!(code < 500, "{code}");
+    let mut unit = Value::Null;
+    p.d.wait_until("the start to be refused", |d| {
+        unit = d.unit("squatted");
+        unit["status"] == "failed" || unit["status"] == "error"
+    });
+    let detail = unit["detail"].as_str().unwrap_or("");
+    assert!(detail.contains(&format!("port {taken} is already in use by another process")), "{unit}");
+    // NGINX still takes route changes.
+    p.echo_instance("after", "echo", json!({}));
+    p.wait_served("/app/after/");
+    // The port freed, the next render gives it its server (the "not running" page).
+    drop(squatter);
+    let (_, status) = p.d.post("/api/v1/proxy/render");
+    assert_eq!(status["ok"], true, "{status}");
+    p.d.wait_until("NGINX on the freed port", |_| {
+        raw(taken, "GET", "/", &[], b"").is_ok_and(|r| r.status == 503 && r.text().contains("not running"))
+    });
+}
+
 #[test]
 fn apps_sit_behind_the_login_unless_shared() {
     let p = start(&[]);

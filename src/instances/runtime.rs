@@ -183,7 +183,12 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
     // A `port` instance's public port is NGINX's (the same login as the apps
     // origin in front); the app itself gets a loopback port behind it.
     let app_port = match proxy_mode(ctx, &unit.name, &instance.blueprint) {
-        crate::proxy::ProxyMode::Port => internal_port(ctx)?,
+        crate::proxy::ProxyMode::Port => {
+            if !port_is_free(port) && !crate::proxy::serves_port(&ctx.data_dir, port) {
+                return Err(format!("port {port} is already in use by another process"));
+            }
+            internal_port(ctx)?
+        }
         crate::proxy::ProxyMode::Subpath => {
             if !port_is_free(port) {
                 return Err(format!("port {port} is already in use by another process"));

@@ -128,6 +128,21 @@ pub fn write_base_config(data_dir: &Path, config: &BaseConfig) -> std::io::Resul
     Ok(path)
 }
 
+/// Whether the live generated config gives a `port` instance a server on
+/// `port`: NGINX holds it (or takes it at its next reload), so a start must
+/// not count it as taken by another process.
+pub fn serves_port(data_dir: &Path, port: u16) -> bool {
+    let file = data_dir.join("nginx").join("upstreams").join(swap::ROUTES_FILE);
+    let Ok(text) = std::fs::read_to_string(file) else { return false };
+    let suffix = format!(":{port};");
+    text.lines().map(str::trim).any(|l| l.starts_with("listen ") && l.ends_with(&suffix))
+}
+
+/// Whether NGINX could listen on `addr:port` now (nobody else does).
+pub fn port_free_on(addr: std::net::IpAddr, port: u16) -> bool {
+    std::net::TcpListener::bind((addr, port)).is_ok()
+}
+
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;

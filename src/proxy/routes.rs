@@ -405,6 +405,11 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
                 });
             }
             _ => {
+                // A running `port` instance without a server of its own (its
+                // port refused) keeps its group: the ComfyUI slot may name it.
+                if let Some(app) = entry.port {
+                    upstream(&mut upstreams, name, app);
+                }
                 let _ = writeln!(out, "location = {prefix} {{\n        return 301 {prefix}/$is_args$args;\n}}");
                 let _ = writeln!(out, "location ^~ {prefix}/ {{");
                 static_page(
