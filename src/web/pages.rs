@@ -748,9 +748,18 @@ async fn purge(State(state): State<AppState>, Path(id): Path<String>) -> Respons
 /// frames only from the apps origin (the View tab), and no page of another
 /// origin (an app's included) may frame the dashboard. `form-action` names
 /// the apps origin too: the login form's redirects end there (the
-/// handshake), and browsers hold redirects after a form post to it.
+/// handshake), and browsers hold redirects after a form post to it. Both
+/// also name the own origins of the running `port` instances (this host on
+/// each one's public port, where NGINX serves it): their View, and the
+/// handshake that lands there.
 pub async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let apps = state.origins.apps(request.headers());
+    let mut apps = state.origins.apps(request.headers());
+    let (scheme, host) = (super::origin::scheme(request.headers()), super::origin::hostname(request.headers()));
+    for route in state.proxy.status().routes.iter().filter(|r| r.action == "redirect") {
+        if let Some(port) = route.port {
+            apps.push_str(&format!(" {scheme}://{host}:{port}"));
+        }
+    }
     let mut response = next.run(request).await;
     let h = response.headers_mut();
     // xterm.js injects <style> elements, hence 'unsafe-inline' for styles only.
