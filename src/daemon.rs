@@ -344,7 +344,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         instances: Arc::clone(&instances),
         store: store.clone(),
         prefix: data_dir.join("nginx"),
-        options: crate::proxy::render_options_from_env(),
+        options: crate::proxy::routes::RenderOptions {
+            bind: settings.proxy_bind,
+            api: upstream,
+            reserved_ports: vec![settings.proxy_port, settings.apps_port],
+            ..crate::proxy::render_options_from_env()
+        },
         tester: Arc::new(crate::proxy::swap::NginxTester::from_env()),
         extra_file: std::env::var_os("AIKORE_PROXY_EXTRA_FILE").map(Into::into),
     }

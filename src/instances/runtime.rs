@@ -45,6 +45,39 @@ pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
+/// How the instance is reached: `# aikore.proxy` in its own launch.sh (what
+/// actually runs, possibly edited), else in its blueprint (custom, then
+/// stock), else subpath.
+pub fn proxy_mode(ctx: &InstanceContext, name: &str, blueprint: &str) -> crate::proxy::ProxyMode {
+    let own =
+        ctx.read_launch_script(name).ok().and_then(|text| super::blueprints::parse_metadata(&text).remove("proxy"));
+    let mode = own.or_else(|| {
+        super::blueprints::find(&ctx.blueprints_dir, &ctx.data_dir.join("blueprints"), blueprint).map(|b| b.proxy)
+    });
+    mode.map(|m| crate::proxy::ProxyMode::parse(&m)).unwrap_or(crate::proxy::ProxyMode::Subpath)
+}
+
+/// A loopback port for a `port` instance's app, behind NGINX's server on the
+/// public (pool) port: one the kernel hands out now, outside the pool and
+/// nobody's lease. Not leased itself: nothing but NGINX's upstream, rewritten
+/// at every start, ever names it.
+pub fn internal_port(ctx: &InstanceContext) -> Result<u16, String> {
+    for _ in 0..32 {
+        let port = TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no loopback port for the app: {e}"))?;
+        if ctx.port_range.contains(&port) {
+            continue;
+        }
+        let leased = ctx.store.call_blocking(move |s| s.port_holder(port));
+        if matches!(leased, Ok(Ok(None))) {
+            return Ok(port);
+        }
+    }
+    Err("no loopback port for the app outside the instance pool".into())
+}
+
 pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
     let (a, b) = text.split_once('-').ok_or_else(|| format!("AIKORE_PORT_RANGE={text}: expected FIRST-LAST"))?;
     let a: u16 = a.trim().parse().map_err(|_| format!("AIKORE_PORT_RANGE={text}: bad first port"))?;
@@ -86,6 +119,11 @@ pub fn output_dir(unit: &Unit, ctx: &InstanceContext) -> PathBuf {
 /// given to its terminal; `port` is `None` when no run has leased one yet.
 pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Vec<(String, String)> {
     let Some(instance) = unit.instance.as_ref() else { return Vec::new() };
+    // A `port` instance is served at the root of its own port, not under /app/<name>.
+    let root = match proxy_mode(ctx, &unit.name, &instance.blueprint) {
+        crate::proxy::ProxyMode::Port => String::new(),
+        crate::proxy::ProxyMode::Subpath => url_path(&unit.name),
+    };
     let dir = ctx.instance_dir(&unit.name);
     let outputs = output_dir(unit, ctx);
     let port = port.map(|p| p.to_string()).unwrap_or_default();
@@ -94,6 +132,8 @@ pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Ve
         ("INSTANCE_CONF_DIR".to_string(), dir.display().to_string()),
         ("INSTANCE_OUTPUT_DIR".to_string(), outputs.display().to_string()),
         ("WEBUI_PORT".to_string(), port),
+        // Where the app listens: loopback only, NGINX is the way in.
+        ("WEBUI_HOST".to_string(), "127.0.0.1".to_string()),
         ("BLUEPRINT_ID".to_string(), instance.blueprint.clone()),
         // Empty means CPU only: no GPU is visible to CUDA.
         ("CUDA_VISIBLE_DEVICES".to_string(), instance.gpus.join(",")),
@@ -102,11 +142,11 @@ pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Ve
         ("AIKORE_BLUEPRINTS_DIR".to_string(), ctx.blueprints_dir.display().to_string()),
         // Where NGINX serves it, with the prefix stripped: an app that must
         // know its public root (Gradio's root_path, --subpath flags) reads it here.
-        ("INSTANCE_URL_PATH".to_string(), url_path(&unit.name)),
+        ("INSTANCE_URL_PATH".to_string(), root.clone()),
     ];
     if is_gradio(unit, ctx) {
         // Gradio reads its root path from here when launch() is given none.
-        env.push(("GRADIO_ROOT_PATH".to_string(), url_path(&unit.name)));
+        env.push(("GRADIO_ROOT_PATH".to_string(), root));
     }
     env
 }
@@ -138,11 +178,24 @@ fn is_gradio(unit: &Unit, ctx: &InstanceContext) -> bool {
 
 /// Everything a run of this instance is given (README.md, "Instances").
 pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
-    unit.instance.as_ref().ok_or("not an instance")?;
+    let instance = unit.instance.as_ref().ok_or("not an instance")?;
     let port = port_for(unit, ctx)?;
-    if !port_is_free(port) {
-        return Err(format!("port {port} is already in use by another process"));
-    }
+    // A `port` instance's public port is NGINX's (the same login as the apps
+    // origin in front); the app itself gets a loopback port behind it.
+    let app_port = match proxy_mode(ctx, &unit.name, &instance.blueprint) {
+        crate::proxy::ProxyMode::Port => {
+            if !port_is_free(port) && !crate::proxy::serves_port(&ctx.data_dir, port) {
+                return Err(format!("port {port} is already in use by another process"));
+            }
+            internal_port(ctx)?
+        }
+        crate::proxy::ProxyMode::Subpath => {
+            if !port_is_free(port) {
+                return Err(format!("port {port} is already in use by another process"));
+            }
+            port
+        }
+    };
     let dir = ctx.instance_dir(&unit.name);
     let outputs = output_dir(unit, ctx);
     let instances = ctx.data_dir.join("instances");
@@ -154,7 +207,7 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
         // The operator's own path (OutputDir= elsewhere): theirs to lay out.
         Err(_) => std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?,
     }
-    let mut env = instance_env(unit, ctx, Some(port));
+    let mut env = instance_env(unit, ctx, Some(app_port));
     let launch = dir.join("launch.sh");
     let default_exec_start =
         Some(ExecCommand { argv: vec!["/bin/bash".into(), launch.display().to_string()], ignore_failure: false });
@@ -176,7 +229,7 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
         ReadyCheck::Default if persistent.as_ref().is_some_and(|(run, _)| !run.browser) => {
             persistent.as_ref().map(|(run, _)| ReadyTarget::Tcp { host: "127.0.0.1".into(), port: run.lease.ws_port })
         }
-        ReadyCheck::Default => Some(ReadyTarget::Http { host: "127.0.0.1".into(), port, path: "/".into() }),
+        ReadyCheck::Default => Some(ReadyTarget::Http { host: "127.0.0.1".into(), port: app_port, path: "/".into() }),
         ReadyCheck::None => None,
         ReadyCheck::Tcp(p) => Some(ReadyTarget::Tcp { host: "127.0.0.1".into(), port: *p }),
         ReadyCheck::Http { host, port, path } => {
@@ -187,5 +240,5 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
         Some((run, wrapper)) => (vec!["/bin/bash".to_string(), wrapper.display().to_string()], Some(run.lease.ws_port)),
         None => (Vec::new(), None),
     };
-    Ok(Prepared { ready, env, default_exec_start, port: Some(port), main_wrapper, vnc_port })
+    Ok(Prepared { ready, env, default_exec_start, port: Some(port), app_port: Some(app_port), main_wrapper, vnc_port })
 }
