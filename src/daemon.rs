@@ -190,17 +190,21 @@ fn process_tracking(data_dir: &std::path::Path) -> (Option<CgroupRoot>, &'static
     }
 }
 
-/// NGINX's base config for these settings, and its workers' temp dirs given to them.
-fn write_nginx_base(settings: &Settings, nginx_worker: Option<&crate::proxy::WorkerUser>) -> anyhow::Result<()> {
-    let upstream = match settings.listen {
+/// Where NGINX reaches the API: its listen address, loopback for a wildcard.
+fn api_upstream(settings: &Settings) -> std::net::SocketAddr {
+    match settings.listen {
         addr if addr.ip().is_unspecified() => std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())),
         addr => addr,
-    };
+    }
+}
+
+/// NGINX's base config for these settings, and its workers' temp dirs given to them.
+fn write_nginx_base(settings: &Settings, nginx_worker: Option<&crate::proxy::WorkerUser>) -> anyhow::Result<()> {
     let base = crate::proxy::BaseConfig {
         listen_addr: settings.proxy_bind,
         listen_port: settings.proxy_port,
         apps_port: settings.apps_port,
-        upstream,
+        upstream: api_upstream(settings),
         worker_user: nginx_worker.cloned(),
     };
     crate::proxy::write_base_config(&settings.data_dir, &base).context("writing the NGINX config")?;
@@ -330,6 +334,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         port_range: settings.port_range.clone(),
         store: store.clone(),
         owner: settings.owner,
+        proxy_serves: crate::proxy::serves_port,
     };
     let (events_tx, _) = broadcast::channel(EVENT_CAPACITY);
     let (commands_tx, commands_rx) = mpsc::channel(256);
@@ -388,7 +393,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         instances: Arc::clone(&instances),
         store: store.clone(),
         prefix: data_dir.join("nginx"),
-        options: crate::proxy::render_options_from_env(),
+        options: crate::proxy::routes::RenderOptions {
+            bind: settings.proxy_bind,
+            api: api_upstream(&settings),
+            reserved_ports: vec![settings.proxy_port, settings.apps_port],
+            ..crate::proxy::render_options_from_env()
+        },
         tester: Arc::new(crate::proxy::swap::NginxTester::from_env()),
         extra_file: std::env::var_os("AIKORE_PROXY_EXTRA_FILE").map(Into::into),
     }

@@ -19,7 +19,9 @@ pub const COMFYUI_PATH: &str = "/comfyui/";
 pub enum ProxyMode {
     /// Behind NGINX at `/app/<name>/` (the default).
     Subpath,
-    /// On its own pool port; `/app/<name>/` redirects there.
+    /// On its own pool port, where NGINX listens with the apps origin's
+    /// login in front (the app itself on a loopback port behind it);
+    /// `/app/<name>/` redirects there.
     Port,
 }
 

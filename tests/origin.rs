@@ -168,6 +168,112 @@ fn apps_live_on_their_own_origin_and_never_see_aikores_credentials() {
     assert!(r.text().contains("sandbox=\"allow-scripts allow-forms allow-same-origin"), "the View iframe is sandboxed");
 }
 
+/// The loopback port NGINX proxies instance `name` to (its upstream group).
+fn upstream_port(d: &Daemon, name: &str) -> u16 {
+    let text = std::fs::read_to_string(d.data_dir.join("nginx/upstreams/aikore.conf")).unwrap();
+    let group = text.split(&format!("upstream aikore_app_{name} {{")).nth(1).expect("the instance's upstream group");
+    group.split("server 127.0.0.1:").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+}
+
+/// Listening TCP sockets on `port` from /proc/net/tcp{,6}: their local addresses (hex, as the kernel writes them).
+fn listeners(port: u16) -> Vec<String> {
+    let suffix = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(3) == Some(&"0A") && fields[1].ends_with(&suffix)).then(|| fields[1].to_string())
+        })
+        .collect()
+}
+
+/// Issue 12: a `port` instance's public port is NGINX's, with the apps
+/// origin's gate; the app itself listens on loopback only, on another port.
+#[test]
+fn a_port_instance_is_behind_the_same_login_on_its_own_port() {
+    let p: Proxied = start(&[("AIKORE_PASSWORD", PASSWORD)]);
+    let (port, apps) = (p.port, p.apps);
+    p.echo_instance("own", "echo-port", json!({}));
+    let (_, view) = p.d.get("/api/v1/instances/own");
+    let public = view["current_port"].as_u64().unwrap() as u16;
+    assert_eq!(view["url"], format!("http://127.0.0.1:{public}/"));
+    let bearer = p.bearer();
+    p.d.wait_until("NGINX on the instance's port", |_| {
+        raw(public, "GET", "/", &[("Authorization", &bearer)], b"").is_ok_and(|r| r.status == 200)
+    });
+
+    // The app: another port, listening on loopback only, unreachable from another address.
+    let internal = upstream_port(&p.d, "own");
+    assert_ne!(internal, public);
+    let listening = listeners(internal);
+    assert_eq!(listening, vec![format!("0100007F:{internal:04X}")], "the app listens on 127.0.0.1 only");
+    assert!(listeners(public).iter().all(|a| a.starts_with("0100007F:")), "NGINX on AIKORE_BIND (loopback)");
+    // This machine's address towards the outside, if it has one (a UDP
+    // "connect" only picks the route; nothing is sent).
+    let outside: Vec<std::net::IpAddr> = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").and_then(|_| s.local_addr()))
+        .map(|a| a.ip())
+        .into_iter()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .collect();
+    for ip in &outside {
+        let reached = std::net::TcpStream::connect_timeout(&(*ip, internal).into(), Duration::from_secs(2));
+        assert!(reached.is_err(), "the app answered on {ip}:{internal}");
+    }
+
+    // No credentials: 401 for an API client, the login for a browser, back to this port.
+    assert_eq!(raw(public, "GET", "/x", &[], b"").unwrap().status, 401);
+    assert_eq!(raw(public, "GET", "/x", &[("Authorization", "Bearer wrong")], b"").unwrap().status, 401);
+    let r = raw(public, "GET", "/x?a=1", &[("Accept", "text/html")], b"").unwrap();
+    let next = serde_urlencoded::to_string([("next", format!("http://127.0.0.1:{public}/x?a=1"))]).unwrap();
+    assert_eq!((r.status, location(&r)), (303, format!("http://127.0.0.1:{port}/app-login?{next}")));
+    // Logged in on the dashboard, the handshake lands on the instance's port.
+    let (session, _) = login(port, &[]);
+    let r = raw(port, "GET", &format!("/app-login?{next}"), &[("Cookie", &session)], b"").unwrap();
+    let handshake = location(&r);
+    let origin = format!("http://127.0.0.1:{public}");
+    assert!(handshake.starts_with(&format!("{origin}/_aikore/handshake?code=")), "{handshake}");
+    let target = handshake.strip_prefix(&origin).unwrap().to_string();
+    let r = raw(public, "GET", &target, &[], b"").unwrap();
+    assert_eq!((r.status, location(&r)), (303, "/x?a=1".to_string()), "{}", r.text());
+    let app = set_cookie(&r, "aikore_app").expect("the apps cookie").split(';').next().unwrap().to_string();
+    // With it the app answers, and sees none of aikore's cookies nor its bearer.
+    let cookies = format!("theme=dark; {session}; {app}; lang=en");
+    let r = raw(public, "GET", "/x", &[("Cookie", &cookies)], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["headers"]["cookie"], "theme=dark; lang=en", "{}", r.text());
+    let r = raw(public, "GET", "/x", &[("Authorization", &bearer)], b"").unwrap();
+    assert!(r.json()["headers"]["authorization"].is_null(), "{}", r.text());
+    // The cookie the apps origin gives works here too (cookies ignore ports), the dashboard's does not.
+    assert_eq!(raw(public, "GET", "/x", &[("Cookie", &session)], b"").unwrap().status, 401);
+    // Codes go only to a port-mode instance's port on this host: anything else lands on the apps origin.
+    for foreign in
+        [format!("http://evil.example:{public}/"), format!("http://127.0.0.1:{port}/"), "http://127.0.0.1:1/".into()]
+    {
+        let q = serde_urlencoded::to_string([("next", foreign.as_str())]).unwrap();
+        let r = raw(port, "GET", &format!("/app-login?{q}"), &[("Cookie", &session)], b"").unwrap();
+        let to = location(&r);
+        assert!(
+            to.starts_with(&format!("http://127.0.0.1:{apps}/_aikore/handshake?")) && to.ends_with("&next=%2F"),
+            "{foreign}: {to}"
+        );
+    }
+    // A share opens the port without login too.
+    let (code, body) = p.d.put_json("/api/v1/instances/own/public", json!({ "public": true }));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(raw(public, "GET", "/x", &[], b"").unwrap().status, 200);
+
+    // Stopped: NGINX keeps the port with a "not running" page; started again, the app is back.
+    let (code, _) = p.d.post("/api/v1/units/own/stop");
+    assert_eq!(code, 200);
+    p.d.wait_status("own", "stopped");
+    p.d.wait_until("the not-running page", |_| {
+        raw(public, "GET", "/", &[], b"").is_ok_and(|r| r.status == 503 && r.text().contains("not running"))
+    });
+}
+
 #[test]
 fn logging_out_ends_the_apps_origin_session_too() {
     let p: Proxied = start(&[("AIKORE_PASSWORD", PASSWORD)]);
@@ -231,6 +337,11 @@ fn the_first_run_needs_the_setup_code_off_loopback_and_exactly_one_claim_wins() 
     let body = |pw: &str, code: &str| {
         serde_urlencoded::to_string([("password", pw), ("confirm", pw), ("code", code)]).unwrap()
     };
+    // The page asks for the code only where it is needed.
+    let page = raw(port, "GET", "/setup", &[(k, &v)], b"").unwrap();
+    assert!(page.text().contains("name=\"code\""), "{}", page.text());
+    let page = raw(port, "GET", "/setup", &[], b"").unwrap();
+    assert!(page.status == 200 && !page.text().contains("name=\"code\""), "{}", page.text());
     assert_eq!(post(body("remote-password-1", ""), &v).status, 403);
     assert_eq!(post(body("remote-password-1", "0000"), &v).status, 403);
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), code);

@@ -48,7 +48,7 @@ fn write_echo_blueprint(d: &Daemon, id: &str, mode: &str) {
     let dir = d.data_dir.join("blueprints");
     std::fs::create_dir_all(&dir).unwrap();
     let script = format!(
-        "#!/usr/bin/env bash\n### AIKORE-METADATA-START ###\n# aikore.name = Echo ({mode})\n# aikore.category = Testing\n# aikore.proxy = {mode}\n### AIKORE-METADATA-END ###\nexec python3 {} --port \"$WEBUI_PORT\"\n",
+        "#!/usr/bin/env bash\n### AIKORE-METADATA-START ###\n# aikore.name = Echo ({mode})\n# aikore.category = Testing\n# aikore.proxy = {mode}\n### AIKORE-METADATA-END ###\necho \"env: WEBUI_HOST=$WEBUI_HOST INSTANCE_URL_PATH=[${{INSTANCE_URL_PATH-unset}}]\"\nexec python3 {} --host \"$WEBUI_HOST\" --port \"$WEBUI_PORT\"\n",
         app.display()
     );
     std::fs::write(dir.join(format!("{id}.sh")), script).unwrap();
@@ -159,7 +159,11 @@ impl Proxied {
 
 /// RFC 6455 from a bare socket: handshake, one masked text frame, the echo.
 fn websocket_echo(p: &Proxied, target: &str, text: &str) -> Result<String, String> {
-    let port = p.apps;
+    websocket_echo_on(p, p.apps, target, text)
+}
+
+/// The same on another of NGINX's ports (a `port` instance's own).
+pub(crate) fn websocket_echo_on(p: &Proxied, port: u16, target: &str, text: &str) -> Result<String, String> {
     let mut s = connect(port).map_err(|e| e.to_string())?;
     let bearer = p.bearer();
     let request = format!(
@@ -399,25 +403,77 @@ fn a_rejected_render_keeps_the_live_config_serving_and_reports_why() {
 }
 
 #[test]
-fn a_port_instance_is_reached_on_its_own_port() {
+fn a_port_instance_is_fronted_by_nginx_on_its_own_port() {
     let p = start(&[]);
     p.echo_instance("direct", "echo-port", json!({}));
     let (_, view) = p.d.get("/api/v1/instances/direct");
     assert_eq!(view["proxy"], "port");
-    let port = view["current_port"].as_u64().unwrap();
+    let port = view["current_port"].as_u64().unwrap() as u16;
     assert_eq!(view["direct_port"], port);
-    assert_eq!(view["url"], format!("{}/app/direct/", p.d.apps_origin()));
-    // Straight to the app.
-    let r = raw(port as u16, "GET", "/x%2Fy", &[], b"").unwrap();
-    assert_eq!(r.json()["target"], "/x%2Fy");
-    // Through NGINX: a redirect to the same host on the instance's port.
-    let mut r = p.get("/app/direct/");
+    // The API points at the instance's own port, on the host the client used.
+    assert_eq!(view["url"], format!("http://127.0.0.1:{port}/"));
+    assert_eq!(view["app_url"], format!("http://127.0.0.1:{port}/"));
+    // NGINX's server there passes the raw target to the app, with the bearer.
+    let bearer = p.bearer();
+    let mut r = None;
+    p.d.wait_until("NGINX to serve the instance's port", |_| {
+        r = raw(port, "GET", "/x%2Fy", &[("Authorization", &bearer)], b"").ok();
+        r.as_ref().is_some_and(|r| r.status == 200)
+    });
+    assert_eq!(r.unwrap().json()["target"], "/x%2Fy");
+    // The apps origin's /app/<name>/ redirects there. (Its new server above
+    // is only served by the new workers; on the apps port, workers of the
+    // config before the reload may still answer for a moment under load.)
+    let mut r = p.get("/app/direct/a?b=1");
     p.d.wait_until("the redirect route", |_| {
-        r = p.get("/app/direct/");
+        r = p.get("/app/direct/a?b=1");
         r.status == 302
     });
-    assert_eq!(r.header("location"), Some(format!("http://127.0.0.1:{port}/").as_str()));
-    assert_eq!(p.get("/app/direct/a?b=1").header("location"), Some(format!("http://127.0.0.1:{port}/a?b=1").as_str()));
+    assert_eq!(r.header("location"), Some(format!("http://127.0.0.1:{port}/a?b=1").as_str()));
+    // WebSocket upgrades pass.
+    assert_eq!(websocket_echo_on(&p, port, "/ws", "hello").as_deref(), Ok("hello"));
+    // Told to listen on loopback, served at the root of its port (no /app/<name> prefix).
+    let log = p.d.unit_log("direct");
+    assert!(log.contains("env: WEBUI_HOST=127.0.0.1 INSTANCE_URL_PATH=[]"), "{log}");
+}
+
+/// A `port` instance whose public port another process holds gets no server
+/// there (NGINX's reload would fail, and every later route change with it):
+/// the status says so, a start says why, and NGINX goes on taking changes.
+#[test]
+fn a_port_another_process_holds_gets_no_server_and_nginx_keeps_reloading() {
+    let p = start(&[]);
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let (code, body) =
+        p.d.post_json("/api/v1/instances", json!({ "name": "squatted", "blueprint": "echo-port", "port": taken }));
+    assert_eq!(code, 201, "{body}");
+    let why = format!("port {taken} of instance squatted is in use by another process");
+    let mut status = Value::Null;
+    p.d.wait_until("the proxy to report the taken port", |d| {
+        status = d.get("/api/v1/proxy").1;
+        status["error"].as_str().is_some_and(|e| e.contains(&why))
+    });
+    assert_eq!(status["ok"], false, "{status}");
+    let (code, _) = p.d.post("/api/v1/instances/squatted/start");
+    assert!(code < 500, "{code}");
+    let mut unit = Value::Null;
+    p.d.wait_until("the start to be refused", |d| {
+        unit = d.unit("squatted");
+        unit["status"] == "failed" || unit["status"] == "error"
+    });
+    let detail = unit["detail"].as_str().unwrap_or("");
+    assert!(detail.contains(&format!("port {taken} is already in use by another process")), "{unit}");
+    // NGINX still takes route changes.
+    p.echo_instance("after", "echo", json!({}));
+    p.wait_served("/app/after/");
+    // The port freed, the next render gives it its server (the "not running" page).
+    drop(squatter);
+    let (_, status) = p.d.post("/api/v1/proxy/render");
+    assert_eq!(status["ok"], true, "{status}");
+    p.d.wait_until("NGINX on the freed port", |_| {
+        raw(taken, "GET", "/", &[], b"").is_ok_and(|r| r.status == 503 && r.text().contains("not running"))
+    });
 }
 
 #[test]

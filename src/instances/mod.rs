@@ -673,10 +673,7 @@ impl InstanceManager {
     /// How the instance is reached: `# aikore.proxy` in its own launch.sh
     /// (what actually runs, possibly edited), else in its blueprint, else subpath.
     pub fn proxy_mode(&self, name: &str, blueprint: &str) -> crate::urls::ProxyMode {
-        let own =
-            self.ctx.read_launch_script(name).ok().and_then(|text| blueprints::parse_metadata(&text).remove("proxy"));
-        let mode = own.or_else(|| self.blueprint(blueprint).map(|b| b.proxy));
-        mode.map(|m| crate::urls::ProxyMode::parse(&m)).unwrap_or(crate::urls::ProxyMode::Subpath)
+        runtime::proxy_mode(&self.ctx, name, blueprint)
     }
 }
 

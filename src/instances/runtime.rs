@@ -21,6 +21,10 @@ pub struct InstanceContext {
     pub store: StoreHandle,
     /// PUID/PGID: what this module creates on disk is given to them.
     pub owner: Option<(u32, u32)>,
+    /// Whether NGINX's live config already serves `port` under this data dir
+    /// (`proxy::serves_port`): handed in by the daemon, so `instances` never
+    /// imports `proxy` (the proxy renders from the instances, not back).
+    pub proxy_serves: fn(&std::path::Path, u16) -> bool,
 }
 
 impl InstanceContext {
@@ -59,6 +63,39 @@ pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
+/// How the instance is reached: `# aikore.proxy` in its own launch.sh (what
+/// actually runs, possibly edited), else in its blueprint (custom, then
+/// stock), else subpath.
+pub fn proxy_mode(ctx: &InstanceContext, name: &str, blueprint: &str) -> crate::urls::ProxyMode {
+    let own =
+        ctx.read_launch_script(name).ok().and_then(|text| super::blueprints::parse_metadata(&text).remove("proxy"));
+    let mode = own.or_else(|| {
+        super::blueprints::find(&ctx.blueprints_dir, &ctx.data_dir.join("blueprints"), blueprint).map(|b| b.proxy)
+    });
+    mode.map(|m| crate::urls::ProxyMode::parse(&m)).unwrap_or(crate::urls::ProxyMode::Subpath)
+}
+
+/// A loopback port for a `port` instance's app, behind NGINX's server on the
+/// public (pool) port: one the kernel hands out now, outside the pool and
+/// nobody's lease. Not leased itself: nothing but NGINX's upstream, rewritten
+/// at every start, ever names it.
+pub fn internal_port(ctx: &InstanceContext) -> Result<u16, String> {
+    for _ in 0..32 {
+        let port = TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no loopback port for the app: {e}"))?;
+        if ctx.port_range.contains(&port) {
+            continue;
+        }
+        let leased = ctx.store.call_blocking(move |s| s.port_holder(port));
+        if matches!(leased, Ok(Ok(None))) {
+            return Ok(port);
+        }
+    }
+    Err("no loopback port for the app outside the instance pool".into())
+}
+
 /// The port an instance serves on: its stable lease for `auto`, or its
 /// claimed fixed port. Called from the supervisor task, so it blocks on the
 /// store thread briefly (one indexed SQLite statement).
@@ -90,6 +127,11 @@ pub fn output_dir(unit: &Unit, ctx: &InstanceContext) -> PathBuf {
 /// given to its terminal; `port` is `None` when no run has leased one yet.
 pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Vec<(String, String)> {
     let Some(instance) = unit.instance.as_ref() else { return Vec::new() };
+    // A `port` instance is served at the root of its own port, not under /app/<name>.
+    let root = match proxy_mode(ctx, &unit.name, &instance.blueprint) {
+        crate::urls::ProxyMode::Port => String::new(),
+        crate::urls::ProxyMode::Subpath => url_path(&unit.name),
+    };
     let dir = ctx.instance_dir(&unit.name);
     let outputs = output_dir(unit, ctx);
     let port = port.map(|p| p.to_string()).unwrap_or_default();
@@ -98,6 +140,8 @@ pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Ve
         ("INSTANCE_CONF_DIR".to_string(), dir.display().to_string()),
         ("INSTANCE_OUTPUT_DIR".to_string(), outputs.display().to_string()),
         ("WEBUI_PORT".to_string(), port),
+        // Where the app listens: loopback only, NGINX is the way in.
+        ("WEBUI_HOST".to_string(), "127.0.0.1".to_string()),
         ("BLUEPRINT_ID".to_string(), instance.blueprint.clone()),
         // Empty means CPU only: no GPU is visible to CUDA.
         ("CUDA_VISIBLE_DEVICES".to_string(), instance.gpus.join(",")),
@@ -106,11 +150,11 @@ pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Ve
         ("AIKORE_BLUEPRINTS_DIR".to_string(), ctx.blueprints_dir.display().to_string()),
         // Where NGINX serves it, with the prefix stripped: an app that must
         // know its public root (Gradio's root_path, --subpath flags) reads it here.
-        ("INSTANCE_URL_PATH".to_string(), url_path(&unit.name)),
+        ("INSTANCE_URL_PATH".to_string(), root.clone()),
     ];
     if is_gradio(unit, ctx) {
         // Gradio reads its root path from here when launch() is given none.
-        env.push(("GRADIO_ROOT_PATH".to_string(), url_path(&unit.name)));
+        env.push(("GRADIO_ROOT_PATH".to_string(), root));
     }
     env
 }
@@ -142,11 +186,24 @@ fn is_gradio(unit: &Unit, ctx: &InstanceContext) -> bool {
 
 /// Everything a run of this instance is given (README.md, "Instances").
 pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
-    unit.instance.as_ref().ok_or("not an instance")?;
+    let instance = unit.instance.as_ref().ok_or("not an instance")?;
     let port = port_for(unit, ctx)?;
-    if !port_is_free(port) {
-        return Err(format!("port {port} is already in use by another process"));
-    }
+    // A `port` instance's public port is NGINX's (the same login as the apps
+    // origin in front); the app itself gets a loopback port behind it.
+    let app_port = match proxy_mode(ctx, &unit.name, &instance.blueprint) {
+        crate::urls::ProxyMode::Port => {
+            if !port_is_free(port) && !(ctx.proxy_serves)(&ctx.data_dir, port) {
+                return Err(format!("port {port} is already in use by another process"));
+            }
+            internal_port(ctx)?
+        }
+        crate::urls::ProxyMode::Subpath => {
+            if !port_is_free(port) {
+                return Err(format!("port {port} is already in use by another process"));
+            }
+            port
+        }
+    };
     let dir = ctx.instance_dir(&unit.name);
     let outputs = output_dir(unit, ctx);
     let instances = ctx.data_dir.join("instances");
@@ -158,7 +215,7 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
         // The operator's own path (OutputDir= elsewhere): theirs to lay out.
         Err(_) => std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?,
     }
-    let mut env = instance_env(unit, ctx, Some(port));
+    let mut env = instance_env(unit, ctx, Some(app_port));
     let launch = dir.join("launch.sh");
     let default_exec_start =
         Some(ExecCommand { argv: vec!["/bin/bash".into(), launch.display().to_string()], ignore_failure: false });
@@ -180,7 +237,7 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
         ReadyCheck::Default if persistent.as_ref().is_some_and(|(run, _)| !run.browser) => {
             persistent.as_ref().map(|(run, _)| ReadyTarget::Tcp { host: "127.0.0.1".into(), port: run.lease.ws_port })
         }
-        ReadyCheck::Default => Some(ReadyTarget::Http { host: "127.0.0.1".into(), port, path: "/".into() }),
+        ReadyCheck::Default => Some(ReadyTarget::Http { host: "127.0.0.1".into(), port: app_port, path: "/".into() }),
         ReadyCheck::None => None,
         ReadyCheck::Tcp(p) => Some(ReadyTarget::Tcp { host: "127.0.0.1".into(), port: *p }),
         ReadyCheck::Http { host, port, path } => {
@@ -191,5 +248,5 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
         Some((run, wrapper)) => (vec!["/bin/bash".to_string(), wrapper.display().to_string()], Some(run.lease.ws_port)),
         None => (Vec::new(), None),
     };
-    Ok(Prepared { ready, env, default_exec_start, port: Some(port), main_wrapper, vnc_port })
+    Ok(Prepared { ready, env, default_exec_start, port: Some(port), app_port: Some(app_port), main_wrapper, vnc_port })
 }

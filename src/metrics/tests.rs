@@ -33,6 +33,7 @@ fn snapshot(name: &str, file: &str, status: Status, pid: Option<i32>) -> UnitSna
         last_exit: None,
         path: file.into(),
         port: None,
+        app_port: None,
         vnc_port: None,
         seq: 0,
         unit: Arc::new(unit),

@@ -90,7 +90,9 @@ impl BaseConfig {
 /// digits and an optional k/m/g). An invalid value falls back to the default, loudly.
 pub fn render_options_from_env() -> routes::RenderOptions {
     match std::env::var("AIKORE_MAX_BODY") {
-        Ok(v) if routes::is_valid_size(v.trim()) => routes::RenderOptions { max_body: v.trim().to_string() },
+        Ok(v) if routes::is_valid_size(v.trim()) => {
+            routes::RenderOptions { max_body: v.trim().to_string(), ..Default::default() }
+        }
         Ok(v) => {
             tracing::error!(value = %v, default = routes::DEFAULT_MAX_BODY, "AIKORE_MAX_BODY is not a size like 50g or 512m; using the default");
             routes::RenderOptions::default()
@@ -115,6 +117,21 @@ pub fn write_base_config(data_dir: &Path, config: &BaseConfig) -> std::io::Resul
     let path = prefix.join("nginx.conf");
     write_atomically(&path, config.render().as_bytes())?;
     Ok(path)
+}
+
+/// Whether the live generated config gives a `port` instance a server on
+/// `port`: NGINX holds it (or takes it at its next reload), so a start must
+/// not count it as taken by another process.
+pub fn serves_port(data_dir: &Path, port: u16) -> bool {
+    let file = data_dir.join("nginx").join("upstreams").join(swap::ROUTES_FILE);
+    let Ok(text) = std::fs::read_to_string(file) else { return false };
+    let suffix = format!(":{port};");
+    text.lines().map(str::trim).any(|l| l.starts_with("listen ") && l.ends_with(&suffix))
+}
+
+/// Whether NGINX could listen on `addr:port` now (nobody else does).
+pub fn port_free_on(addr: std::net::IpAddr, port: u16) -> bool {
+    std::net::TcpListener::bind((addr, port)).is_ok()
 }
 
 pub use crate::safefs::write_atomically;
@@ -196,6 +213,7 @@ mod tests {
                 name: "a".into(),
                 mode: ProxyMode::Subpath,
                 port: Some(19001),
+                public_port: None,
                 slot: true,
                 persistent: true,
                 vnc_port: Some(19999),
@@ -203,7 +221,18 @@ mod tests {
             routes::RouteEntry {
                 name: "b-2_x".into(),
                 mode: ProxyMode::Port,
-                port: Some(19002),
+                port: Some(41002),
+                public_port: Some(19002),
+                slot: false,
+                persistent: false,
+                vnc_port: None,
+            },
+            // A stopped `port` instance keeps its server (a "not running" page).
+            routes::RouteEntry {
+                name: "d".into(),
+                mode: ProxyMode::Port,
+                port: None,
+                public_port: Some(19003),
                 slot: false,
                 persistent: false,
                 vnc_port: None,
@@ -212,6 +241,7 @@ mod tests {
                 name: "c".into(),
                 mode: ProxyMode::Subpath,
                 port: None,
+                public_port: None,
                 slot: false,
                 persistent: true,
                 vnc_port: None,

@@ -20,8 +20,11 @@ pub use crate::urls::ProxyMode;
 pub struct RouteEntry {
     pub name: String,
     pub mode: ProxyMode,
-    /// The port it serves on while its process runs; None when it does not run.
+    /// The port the app listens on while its process runs; None when it does not run.
     pub port: Option<u16>,
+    /// `port` mode: the public port NGINX listens on for it (known while
+    /// stopped too, so the port answers "not running" rather than nothing).
+    pub public_port: Option<u16>,
     /// Holds the ComfyUI slot (`/comfyui/` and ComfyUI's absolute paths).
     pub slot: bool,
     /// Persistent mode: its display is viewed at `/vnc/<name>/` (noVNC).
@@ -116,12 +119,23 @@ pub fn is_valid_size(text: &str) -> bool {
 pub struct RenderOptions {
     /// `client_max_body_size` for instance routes (AIKORE_MAX_BODY).
     pub max_body: String,
+    /// The address NGINX listens on (AIKORE_BIND): `port` instances' servers too.
+    pub bind: std::net::IpAddr,
+    /// aikore's API, which answers the login gate of `port` instances' servers.
+    pub api: std::net::SocketAddr,
+    /// NGINX's own ports (the dashboard's, the apps origin's): never an instance's server.
+    pub reserved_ports: Vec<u16>,
 }
 
 impl Default for RenderOptions {
     fn default() -> Self {
         // Model uploads (checkpoints are 2-25 GB) go through instance UIs.
-        RenderOptions { max_body: DEFAULT_MAX_BODY.into() }
+        RenderOptions {
+            max_body: DEFAULT_MAX_BODY.into(),
+            bind: super::DEFAULT_BIND,
+            api: std::net::SocketAddr::from(([127, 0, 0, 1], 9001)),
+            reserved_ports: vec![super::DEFAULT_PORT, super::DEFAULT_APPS_PORT],
+        }
     }
 }
 
@@ -196,6 +210,88 @@ fn static_page(out: &mut String, code: u16, title: &str, text: &str) {
     );
 }
 
+/// The login gate of a `port` instance's server: the apps origin's, from
+/// nginx/nginx.conf, for a server of its own. The public flag is asked about
+/// `/app/<name>/...` (the instance's path on the apps origin), and a refused
+/// browser is sent through the dashboard's login and back to this port
+/// (`X-Aikore-Port`; the handshake lands here and sets the apps cookie,
+/// which the browser sends to every port of the host).
+fn port_gate(out: &mut String, name: &str, public: u16, api: std::net::SocketAddr) {
+    let _ = write!(
+        out,
+        "    location = /_aikore/auth {{
+        internal;
+        proxy_pass http://{api}/api/v1/auth/check;
+        proxy_pass_request_body off;
+        proxy_set_header Content-Length \"\";
+        client_max_body_size 0;
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Original-URI /app/{name}$request_uri;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $aikore_proto;
+    }}
+    location @aikore_login {{
+        rewrite ^ /_aikore/denied last;
+    }}
+    location = /_aikore/denied {{
+        internal;
+        proxy_pass http://{api}/_aikore/denied;
+        proxy_pass_request_body off;
+        proxy_set_header Content-Length \"\";
+        client_max_body_size 0;
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Original-URI $request_uri;
+        proxy_set_header X-Aikore-Port {public};
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $aikore_proto;
+    }}
+    location = /_aikore/handshake {{
+        proxy_pass http://{api};
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $aikore_proto;
+    }}
+"
+    );
+}
+
+/// A `port` instance's own server on its public port (http context): the
+/// app (on a loopback port) behind the apps origin's gate while it runs,
+/// a "not running" page otherwise.
+fn port_server(out: &mut String, name: &str, public: u16, app: Option<u16>, options: &RenderOptions) {
+    let listen = std::net::SocketAddr::new(options.bind, public);
+    let _ = writeln!(out, "\n# Instance {name} (`port`): NGINX on its public port, the app behind it.");
+    let _ = writeln!(out, "server {{\n    listen {listen};\n    absolute_redirect off;");
+    out.push_str("    location @aikore_unreachable {\n");
+    static_page(
+        out,
+        503,
+        "Instance not answering",
+        "The instance is not answering on its port yet: it may still be starting. This page retries in a few seconds.",
+    );
+    out.push_str("    }\n");
+    match app {
+        Some(app) => {
+            port_gate(out, name, public, options.api);
+            // No URI part: the raw request target goes to the app as sent.
+            let _ = writeln!(out, "    location / {{\n        proxy_pass http://{};", upstream_name(name));
+            proxy_settings(out, app, "", options);
+            out.push_str("    }\n");
+        }
+        None => {
+            out.push_str("    location / {\n");
+            static_page(
+                out,
+                503,
+                "Instance not running",
+                &format!("Instance {name} is not running. Start it from the dashboard."),
+            );
+            out.push_str("    }\n");
+        }
+    }
+    out.push_str("}\n");
+}
+
 /// Renders the snippet. Entries with unsafe names are skipped and reported.
 pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
     let mut out = String::new();
@@ -219,6 +315,9 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     let mut slot_holder: Option<&RouteEntry> = None;
     let mut vnc_entries: Vec<&RouteEntry> = Vec::new();
+    // `port` instances' servers go with the upstreams (http context).
+    let mut servers = String::new();
+    let mut port_servers: Vec<u16> = Vec::new();
     for entry in entries {
         if !is_safe_name(&entry.name) {
             refused.push(format!("instance name {:?} is not safe to render; its route is skipped", entry.name));
@@ -236,6 +335,17 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
         }
         if entry.persistent {
             vnc_entries.push(entry);
+        }
+        if let (ProxyMode::Port, Some(public)) = (entry.mode, entry.public_port) {
+            if options.reserved_ports.contains(&public) || port_servers.contains(&public) {
+                refused.push(format!(
+                    "instance {} asks for port {public}, which NGINX already serves; it gets no server there",
+                    entry.name
+                ));
+            } else {
+                port_server(&mut servers, &entry.name, public, entry.port, options);
+                port_servers.push(public);
+            }
         }
         let name = &entry.name;
         let prefix = format!("/app/{name}");
@@ -257,23 +367,30 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
                     port: Some(port),
                 });
             }
-            (Some(port), ProxyMode::Port) => {
+            (Some(app), ProxyMode::Port) if entry.public_port.is_some() => {
+                let public = entry.public_port.expect("matched");
                 // The client's own host name: only NGINX knows it, the API does not.
                 let _ = writeln!(
                     out,
-                    "location = {prefix} {{\n        return 302 $scheme://$host:{port}/$is_args$args;\n}}"
+                    "location = {prefix} {{\n        return 302 $scheme://$host:{public}/$is_args$args;\n}}"
                 );
                 let _ = writeln!(out, "location ^~ {prefix}/ {{");
                 raw_name_check(&mut out, name);
-                let _ = writeln!(out, "        return 302 $scheme://$host:{port}$aikore_app_rest;\n}}\n");
+                let _ = writeln!(out, "        return 302 $scheme://$host:{public}$aikore_app_rest;\n}}\n");
+                upstream(&mut upstreams, name, app);
                 routes.push(RouteInfo {
                     name: name.clone(),
                     path: format!("{prefix}/"),
                     action: "redirect",
-                    port: Some(port),
+                    port: Some(public),
                 });
             }
-            (None, _) => {
+            _ => {
+                // A running `port` instance without a server of its own (its
+                // port refused) keeps its group: the ComfyUI slot may name it.
+                if let Some(app) = entry.port {
+                    upstream(&mut upstreams, name, app);
+                }
                 let _ = writeln!(out, "location = {prefix} {{\n        return 301 {prefix}/$is_args$args;\n}}");
                 let _ = writeln!(out, "location ^~ {prefix}/ {{");
                 static_page(
@@ -331,11 +448,8 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
 
     out.push_str("# The ComfyUI slot: /comfyui/ and ComfyUI's absolute paths.\n");
     let holder_port = slot_holder.and_then(|h| h.port);
-    // The holder's group exists when it runs in subpath mode; a port-mode holder gets one here.
+    // Every running instance has its group (a `port` one's is its loopback app port).
     let holder_group = slot_holder.filter(|h| h.port.is_some()).map(|h| upstream_name(&h.name));
-    if let Some(h) = slot_holder.filter(|h| h.port.is_some() && h.mode == ProxyMode::Port) {
-        upstream(&mut upstreams, &h.name, h.port.expect("filtered"));
-    }
     let slot_location = |out: &mut String, modifier: &str, path: &str, rest: &str, prefix: &str| {
         let _ = writeln!(out, "location {modifier} {path} {{");
         match holder_port {
@@ -381,6 +495,7 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
             port: holder_port,
         });
     }
+    upstreams.push_str(&servers);
     Rendered { text: out, upstreams, routes, refused }
 }
 
@@ -405,7 +520,15 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, port: Option<u16>, slot: bool) -> RouteEntry {
-        RouteEntry { name: name.into(), mode: ProxyMode::Subpath, port, slot, persistent: false, vnc_port: None }
+        RouteEntry {
+            name: name.into(),
+            mode: ProxyMode::Subpath,
+            port,
+            public_port: None,
+            slot,
+            persistent: false,
+            vnc_port: None,
+        }
     }
 
     #[test]
@@ -477,21 +600,58 @@ mod tests {
         assert_eq!(r.refused.len(), 1);
     }
 
+    fn port_entry(name: &str, app: Option<u16>, public: u16) -> RouteEntry {
+        RouteEntry { mode: ProxyMode::Port, public_port: Some(public), ..entry(name, app, false) }
+    }
+
     #[test]
-    fn port_mode_redirects_to_the_direct_port() {
-        let r = render(
-            &[RouteEntry {
-                name: "p".into(),
-                mode: ProxyMode::Port,
-                port: Some(19009),
-                slot: false,
-                persistent: false,
-                vnc_port: None,
-            }],
-            &RenderOptions::default(),
-        );
+    fn port_mode_redirects_to_the_public_port_where_nginx_fronts_the_app() {
+        let r = render(&[port_entry("p", Some(41009), 19009)], &RenderOptions::default());
         assert!(r.text.contains("return 302 $scheme://$host:19009$aikore_app_rest;"), "{}", r.text);
         assert_eq!(r.routes[0].action, "redirect");
+        assert_eq!(r.routes[0].port, Some(19009));
+        // NGINX's own server on the public port (http context, with the
+        // upstreams), the app on its loopback port behind the same gate.
+        assert!(r.upstreams.contains("upstream aikore_app_p {\n    server 127.0.0.1:41009 max_fails=0;"));
+        let server =
+            r.upstreams.split("server {\n    listen 127.0.0.1:19009;").nth(1).expect("a server on the public port");
+        for line in [
+            "proxy_pass http://127.0.0.1:9001/api/v1/auth/check;",
+            "proxy_set_header X-Original-URI /app/p$request_uri;",
+            "proxy_set_header X-Aikore-Port 19009;",
+            "location = /_aikore/handshake {",
+            "location / {\n        proxy_pass http://aikore_app_p;",
+            "auth_request /_aikore/auth;",
+            "error_page 401 = @aikore_login;",
+            "proxy_set_header Cookie $aikore_cookie;",
+            "proxy_set_header Authorization $aikore_authorization;",
+            "proxy_set_header Upgrade $http_upgrade;",
+            "location @aikore_unreachable {",
+        ] {
+            assert!(server.contains(line), "{line}\n{server}");
+        }
+        assert!(!r.text.contains("listen"), "no server inside the apps origin's: {}", r.text);
+    }
+
+    #[test]
+    fn a_stopped_port_instance_keeps_its_port_with_a_not_running_page() {
+        let r = render(&[port_entry("p", None, 19009)], &RenderOptions::default());
+        let server = r.upstreams.split("listen 127.0.0.1:19009;").nth(1).expect("a server on the public port");
+        assert!(server.contains("return 503") && server.contains("Instance p is not running"), "{server}");
+        assert!(!server.contains("proxy_pass"), "{server}");
+        assert!(!r.upstreams.contains("upstream aikore_app_p"), "{}", r.upstreams);
+        assert_eq!(r.routes[0].action, "down");
+    }
+
+    #[test]
+    fn nginxs_own_ports_and_a_taken_port_get_no_second_server() {
+        let r = render(
+            &[port_entry("a", Some(41001), 9100), port_entry("b", Some(41002), 19002), port_entry("c", None, 19002)],
+            &RenderOptions::default(),
+        );
+        assert!(!r.upstreams.contains(":9100;"), "{}", r.upstreams);
+        assert_eq!(r.upstreams.matches("listen 127.0.0.1:19002;").count(), 1, "{}", r.upstreams);
+        assert_eq!(r.refused.len(), 2, "{:?}", r.refused);
     }
 
     #[test]
@@ -524,7 +684,7 @@ mod tests {
 
     #[test]
     fn instance_locations_refuse_an_encoded_name() {
-        let port = RouteEntry { mode: ProxyMode::Port, ..entry("p", Some(19009), false) };
+        let port = port_entry("p", Some(41009), 19009);
         let vnc = RouteEntry { persistent: true, vnc_port: Some(19999), ..entry("v", Some(19001), false) };
         let r = render(&[entry("comfy", Some(19001), false), port, vnc], &RenderOptions::default());
         for (location, name) in [("/app/comfy/", "comfy"), ("/app/p/", "p"), ("/vnc/v/", "v")] {

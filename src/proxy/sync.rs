@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::routes::{self, RenderOptions, RouteEntry, RouteInfo};
+use super::routes::{self, ProxyMode, RenderOptions, RouteEntry, RouteInfo};
 use super::swap::{stage_and_swap, ConfigTester};
 use crate::instances::{InstanceManager, SLOT_COMFYUI};
 use crate::store::StoreHandle;
@@ -101,6 +101,8 @@ struct Loop {
     live: Option<String>,
     /// The last error written to the journal, so a persisting one is journaled once.
     journaled: Option<String>,
+    /// Public ports of the `port` instances' servers now live (NGINX holds them).
+    live_ports: Vec<u16>,
 }
 
 impl RouteSync {
@@ -108,7 +110,7 @@ impl RouteSync {
         let status = Arc::new(Mutex::new(ProxyStatus::default()));
         let (requests_tx, requests) = mpsc::channel(8);
         let events = self.supervisor.subscribe();
-        let lp = Loop { sync: self, status: Arc::clone(&status), live: None, journaled: None };
+        let lp = Loop { sync: self, status: Arc::clone(&status), live: None, journaled: None, live_ports: Vec::new() };
         let task = tokio::spawn(lp.run(events, requests, stop));
         (ProxyHandle { status, requests: requests_tx }, task)
     }
@@ -220,9 +222,18 @@ impl Loop {
             // (NGINX shows "not answering" until then), and the start -> started
             // step needs no reload.
             let running = matches!(unit.status, Status::Starting | Status::Stalled | Status::Started);
+            let mode = self.sync.instances.proxy_mode(&unit.name, &instance.blueprint);
+            // A `port` instance: NGINX holds its public port (the fixed one, or
+            // its lease) whether or not it runs; the app is on `app_port`.
+            let public_port = crate::instances::direct_port_of(&unit, mode);
+            let port = match mode {
+                ProxyMode::Port => unit.app_port.filter(|_| public_port.is_some()),
+                ProxyMode::Subpath => unit.port,
+            };
             out.push(RouteEntry {
-                mode: self.sync.instances.proxy_mode(&unit.name, &instance.blueprint),
-                port: unit.port.filter(|_| running),
+                mode,
+                port: port.filter(|_| running),
+                public_port,
                 slot: instance.active_slot.as_deref() == Some(SLOT_COMFYUI),
                 persistent: instance.persistent_mode,
                 vnc_port: unit.vnc_port.filter(|_| running),
@@ -236,14 +247,31 @@ impl Loop {
     /// reloads. Returns whether NGINX was reloaded.
     async fn render(&mut self, force: bool) -> bool {
         let started = Instant::now();
-        let entries = match self.entries().await {
+        let mut entries = match self.entries().await {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::debug!(error = %e, "proxy: no snapshot (shutting down?)");
                 return false;
             }
         };
-        let rendered = routes::render(&entries, &self.sync.options);
+        // A new server on a port another process listens on would make
+        // NGINX's reload fail (and every later route change with it): such a
+        // port gets no server, and the status says why.
+        let mut taken = Vec::new();
+        for entry in entries.iter_mut().filter(|e| e.mode == ProxyMode::Port) {
+            let Some(port) = entry.public_port else { continue };
+            if !self.live_ports.contains(&port) && !super::port_free_on(self.sync.options.bind, port) {
+                taken.push(format!(
+                    "port {port} of instance {} is in use by another process: NGINX does not serve it there",
+                    entry.name
+                ));
+                entry.public_port = None;
+            }
+        }
+        let new_ports: Vec<u16> =
+            entries.iter().filter(|e| e.mode == ProxyMode::Port).filter_map(|e| e.public_port).collect();
+        let mut rendered = routes::render(&entries, &self.sync.options);
+        rendered.refused.extend(taken);
         let mut text = rendered.text;
         if let Some(extra) = self.sync.extra_file.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
             text.push_str("\n# AIKORE_PROXY_EXTRA_FILE\n");
@@ -268,6 +296,7 @@ impl Loop {
         match swapped {
             Ok(()) => {
                 self.live = Some(both);
+                self.live_ports = new_ports;
                 let routes = rendered.routes;
                 tracing::info!(routes = routes.len(), ms = elapsed, tested, "proxy: routes updated");
                 self.set(|s| {

@@ -652,6 +652,7 @@ impl<C: ProcessControl> Engine<C> {
                 last_exit: rt.last_exit.clone(),
                 path: rt.unit.path.display().to_string(),
                 port: rt.prepared.port,
+                app_port: rt.prepared.app_port,
                 vnc_port: rt.prepared.vnc_port,
                 seq: rt.seq,
                 unit: Arc::clone(&rt.unit),

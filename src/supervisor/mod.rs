@@ -50,6 +50,9 @@ pub struct Prepared {
     pub default_exec_start: Option<ExecCommand>,
     /// The port this run serves on (an instance's leased or fixed port).
     pub port: Option<u16>,
+    /// The port the app itself listens on: `port`, or for an instance NGINX
+    /// fronts on `port` (`# aikore.proxy = port`), a loopback port behind it.
+    pub app_port: Option<u16>,
     /// Put before the main command's argv (persistent mode's wrapper script,
     /// which runs the display and browser around the app).
     pub main_wrapper: Vec<String>,
@@ -152,6 +155,9 @@ pub struct UnitSnapshot {
     pub path: String,
     /// The port of the current (or last) run, for URLs.
     pub port: Option<u16>,
+    /// Where the app of the current (or last) run listens (`Prepared::app_port`).
+    #[serde(skip)]
+    pub app_port: Option<u16>,
     /// A persistent instance's websockify port, current (or last) run.
     pub vnc_port: Option<u16>,
     /// The `seq` of the unit's latest event (0: none yet).

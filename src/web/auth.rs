@@ -736,14 +736,67 @@ struct NextQuery {
 }
 
 /// Dashboard side of the handshake: a logged-in browser gets a one-time code
-/// and goes to the apps origin with it (then on to `next` there).
+/// and goes to the apps origin with it (then on to `next` there). A `next`
+/// that is a `port` instance's own origin (`http://<host>:<its public
+/// port>/path`) takes the handshake there instead: NGINX on that port fronts
+/// the app with the same gate. Any other absolute `next` is ignored, so a
+/// code never travels to a host or port aikore does not serve.
 async fn app_login(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<NextQuery>) -> Response {
-    let next = q.next.as_deref().and_then(safe_next).unwrap_or("/");
+    let port_target = match q.next.as_deref() {
+        Some(next) if next.contains("://") => port_origin_target(&state, &headers, next).await,
+        _ => None,
+    };
+    let (origin, next) = match port_target {
+        Some(target) => target,
+        None => (state.origins.apps(&headers), q.next.as_deref().and_then(safe_next).unwrap_or("/").to_string()),
+    };
     let Some(code) = state.auth.handshake_code(&headers) else {
         return Redirect::to("/login").into_response();
     };
-    let query = serde_urlencoded::to_string([("code", code.as_str()), ("next", next)]).unwrap_or_default();
-    Redirect::to(&format!("{}/_aikore/handshake?{query}", state.origins.apps(&headers))).into_response()
+    let query = serde_urlencoded::to_string([("code", code.as_str()), ("next", next.as_str())]).unwrap_or_default();
+    Redirect::to(&format!("{origin}/_aikore/handshake?{query}")).into_response()
+}
+
+/// `http(s)://<host>:<port>/path` split into its origin and path when the
+/// host is one the dashboard is reached by (the request's, or the host of
+/// AIKORE_PUBLIC_URL / AIKORE_APPS_URL) and the port is a `port` instance's
+/// public port (where NGINX serves it behind the login).
+async fn port_origin_target(state: &AppState, headers: &HeaderMap, url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !matches!(scheme, "http" | "https") {
+        return None;
+    }
+    let (authority, path) = match rest.find(['/', '?', '#']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    safe_next(&path)?;
+    let (host, port) = authority.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host_of = |origin: &Option<String>| {
+        origin.as_deref().and_then(|o| o.split_once("://")).map(|(_, a)| {
+            if a.starts_with('[') {
+                a.split_inclusive(']').next().unwrap_or("").to_ascii_lowercase()
+            } else {
+                a.split(':').next().unwrap_or("").to_ascii_lowercase()
+            }
+        })
+    };
+    let host = host.to_ascii_lowercase();
+    let known = host == super::origin::hostname(headers)
+        || host_of(&state.origins.dashboard_url).as_deref() == Some(host.as_str())
+        || host_of(&state.origins.apps_url).as_deref() == Some(host.as_str());
+    if !known {
+        return None;
+    }
+    let instances = state.instances.instances().await.ok()?;
+    let served = instances.iter().any(|unit| {
+        let Some(instance) = unit.unit.instance.as_ref() else { return false };
+        let mode = state.instances.proxy_mode(&unit.name, &instance.blueprint);
+        mode == crate::proxy::ProxyMode::Port && crate::instances::direct_port_of(unit, mode) == Some(port)
+    });
+    served.then(|| (format!("{scheme}://{host}:{port}"), path))
 }
 
 /// Apps side of the handshake: the code becomes this origin's own cookie.
@@ -766,7 +819,15 @@ async fn denied(State(state): State<AppState>, headers: HeaderMap) -> Response {
         );
     }
     let uri = headers.get("x-original-uri").and_then(|v| v.to_str().ok()).and_then(safe_next).unwrap_or("/");
-    let query = serde_urlencoded::to_string([("next", uri)]).unwrap_or_default();
+    // A `port` instance's server says its public port: back there after the login.
+    let port = headers.get("x-aikore-port").and_then(|v| v.to_str().ok()).and_then(|p| p.parse::<u16>().ok());
+    let next = match port {
+        Some(port) => {
+            format!("{}://{}:{port}{uri}", super::origin::scheme(&headers), super::origin::hostname(&headers))
+        }
+        None => uri.to_string(),
+    };
+    let query = serde_urlencoded::to_string([("next", next.as_str())]).unwrap_or_default();
     Redirect::to(&format!("{}/app-login?{query}", state.origins.dashboard(&headers))).into_response()
 }
 

@@ -15,6 +15,7 @@ use super::AppState;
 use crate::instances::{
     app_url_of, direct_port_of, url_of, vnc_url_of, InstanceChanges, InstanceManager, InstanceSpec,
 };
+use crate::proxy::ProxyMode;
 use crate::supervisor::UnitSnapshot;
 use crate::units::PortSpec;
 
@@ -153,11 +154,13 @@ pub struct InstanceView {
     /// Where a browser opens it, a full URL on the apps origin (docs/security.md):
     /// `vnc_url` for a persistent instance, else `app_url`.
     pub(crate) url: String,
-    /// The app itself behind NGINX (`<apps origin>/app/<name>/` or `/comfyui/`).
+    /// The app itself behind NGINX (`<apps origin>/app/<name>/` or `/comfyui/`;
+    /// `http(s)://<host>:<direct_port>/` for a `port` instance).
     pub(crate) app_url: String,
     /// Persistent mode: noVNC on its display (remote resize, autoconnect).
     pub(crate) vnc_url: Option<String>,
-    /// `subpath` (behind NGINX) or `port` (its own port; `url` redirects there).
+    /// `subpath` (behind NGINX at `/app/<name>/`) or `port` (NGINX on its
+    /// own port, behind the same login; `url` and `app_url` point there).
     pub(crate) proxy: crate::proxy::ProxyMode,
     /// For `port` instances: the port to open on the same host.
     pub(crate) direct_port: Option<u16>,
@@ -182,11 +185,19 @@ pub fn gpu_warnings(gpus: &[String], known: &[(u32, String)]) -> Vec<String> {
 }
 
 impl InstanceView {
-    /// The URL fields made absolute on the apps origin.
-    pub(crate) fn on_origin(mut self, apps: &str) -> InstanceView {
-        self.url = format!("{apps}{}", self.url);
-        self.app_url = format!("{apps}{}", self.app_url);
+    /// The URL fields made absolute: on the apps origin, and for a `port`
+    /// instance (not the ComfyUI slot's holder) its own port on the host
+    /// the client used, where NGINX serves it behind the login.
+    pub(crate) fn on_origin(mut self, apps: &str, port_origin: impl Fn(u16) -> String) -> InstanceView {
+        let own_port =
+            self.direct_port.filter(|_| self.proxy == ProxyMode::Port && !self.app_url.starts_with("/comfyui"));
+        self.app_url = match own_port {
+            Some(port) => format!("{}/", port_origin(port)),
+            None => format!("{apps}{}", self.app_url),
+        };
         self.vnc_url = self.vnc_url.map(|u| format!("{apps}{u}"));
+        // A persistent instance opens on its display.
+        self.url = self.vnc_url.clone().unwrap_or_else(|| self.app_url.clone());
         self
     }
 }
@@ -194,7 +205,9 @@ impl InstanceView {
 /// An instance as the API shows it to the client that sent `headers`.
 pub(crate) fn view_for(state: &AppState, headers: &HeaderMap, unit: &UnitSnapshot) -> Option<InstanceView> {
     let apps = state.origins.apps(headers);
-    view(unit, &state.instances, &known_gpus(state)).map(|v| v.on_origin(&apps))
+    let port_origin =
+        |port: u16| format!("{}://{}:{port}", super::origin::scheme(headers), super::origin::hostname(headers));
+    view(unit, &state.instances, &known_gpus(state)).map(|v| v.on_origin(&apps, port_origin))
 }
 
 pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, String)]) -> Option<InstanceView> {

@@ -234,7 +234,9 @@ struct SetupForm {
     code: Option<String>,
 }
 
-fn setup_markup(error: Option<&str>) -> Markup {
+/// `ask_code`: the client is not on loopback, so the setup code is needed
+/// (from this machine, or through `ssh -L`, it is not, and not asked for).
+fn setup_markup(error: Option<&str>, ask_code: bool) -> Markup {
     page(
         "Set a password",
         None,
@@ -246,8 +248,10 @@ fn setup_markup(error: Option<&str>) -> Markup {
                 p.muted { "No password is set yet. Choose the one that will protect this dashboard and the apps behind it." }
                 @if let Some(e) = error { p.flash.error role="alert" { (e) } }
                 form method="post" action="/setup" {
-                    label { "Setup code" input type="text" name="code" autocomplete="off" spellcheck="false"
-                        placeholder="from aikore's log or <data>/setup.code"; }
+                    @if ask_code {
+                        label { "Setup code" input type="text" name="code" autocomplete="off" spellcheck="false"
+                            placeholder="from aikore's log or <data>/setup.code"; }
+                    }
                     label { "Password" input type="password" name="password" autocomplete="new-password" minlength=(MIN_PASSWORD)
                         placeholder={ "at least " (MIN_PASSWORD) " characters" } autofocus required; }
                     label { "Again" input type="password" name="confirm" autocomplete="new-password"
@@ -259,11 +263,11 @@ fn setup_markup(error: Option<&str>) -> Markup {
     )
 }
 
-async fn setup_page(State(state): State<AppState>) -> Response {
+async fn setup_page(State(state): State<AppState>, Extension(client): Extension<Client>) -> Response {
     if state.auth.password_configured(&state.store).await {
         return Redirect::to("/login").into_response();
     }
-    setup_markup(None).into_response()
+    setup_markup(None, !client.is_loopback()).into_response()
 }
 
 async fn setup(
@@ -273,25 +277,26 @@ async fn setup(
     Form(form): Form<SetupForm>,
 ) -> Response {
     let limiter = &state.auth.limiter;
+    let ask_code = !client.is_loopback();
     if let Err(wait) = limiter.check(client.ip, !client.direct_loopback) {
         limiter.refused(client.ip, wait);
-        return wait_page(setup_markup(Some("Too many wrong setup codes: wait and try again.")), wait);
+        return wait_page(setup_markup(Some("Too many wrong setup codes: wait and try again."), ask_code), wait);
     }
     if form.password.chars().count() < MIN_PASSWORD {
         let msg = format!("Use at least {MIN_PASSWORD} characters.");
-        return (StatusCode::BAD_REQUEST, setup_markup(Some(&msg))).into_response();
+        return (StatusCode::BAD_REQUEST, setup_markup(Some(&msg), ask_code)).into_response();
     }
     if form.password != form.confirm {
-        return (StatusCode::BAD_REQUEST, setup_markup(Some("The two passwords differ."))).into_response();
+        return (StatusCode::BAD_REQUEST, setup_markup(Some("The two passwords differ."), ask_code)).into_response();
     }
     match state.auth.claim_setup(&state.store, form.password, form.code.as_deref(), client).await {
         Ok(()) => start_session(&state, &headers, None),
         Err(SetupRefusal::Code) => {
             limiter.failure(client.ip, "setup_code");
             let msg = "Wrong or missing setup code: it is in aikore's log and in <data>/setup.code.";
-            (StatusCode::FORBIDDEN, setup_markup(Some(msg))).into_response()
+            (StatusCode::FORBIDDEN, setup_markup(Some(msg), ask_code)).into_response()
         }
-        Err(SetupRefusal::Taken(e)) => (StatusCode::CONFLICT, setup_markup(Some(&e))).into_response(),
+        Err(SetupRefusal::Taken(e)) => (StatusCode::CONFLICT, setup_markup(Some(&e), ask_code)).into_response(),
     }
 }
 
@@ -743,9 +748,18 @@ async fn purge(State(state): State<AppState>, Path(id): Path<String>) -> Respons
 /// frames only from the apps origin (the View tab), and no page of another
 /// origin (an app's included) may frame the dashboard. `form-action` names
 /// the apps origin too: the login form's redirects end there (the
-/// handshake), and browsers hold redirects after a form post to it.
+/// handshake), and browsers hold redirects after a form post to it. Both
+/// also name the own origins of the running `port` instances (this host on
+/// each one's public port, where NGINX serves it): their View, and the
+/// handshake that lands there.
 pub async fn security_headers(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let apps = state.origins.apps(request.headers());
+    let mut apps = state.origins.apps(request.headers());
+    let (scheme, host) = (super::origin::scheme(request.headers()), super::origin::hostname(request.headers()));
+    for route in state.proxy.status().routes.iter().filter(|r| r.action == "redirect") {
+        if let Some(port) = route.port {
+            apps.push_str(&format!(" {scheme}://{host}:{port}"));
+        }
+    }
     let mut response = next.run(request).await;
     let h = response.headers_mut();
     // xterm.js injects <style> elements, hence 'unsafe-inline' for styles only.

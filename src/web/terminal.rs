@@ -77,7 +77,8 @@ async fn terminal(
     let snapshot = state.instances.instance(&name).await?;
     let ctx = &state.instances.ctx;
     let unit = &snapshot.unit;
-    let port = snapshot.port.or(match unit.instance.as_ref().map(|i| &i.port) {
+    // The app's own port (behind NGINX for a `port` instance), as its run got it.
+    let port = snapshot.app_port.or(snapshot.port).or(match unit.instance.as_ref().map(|i| &i.port) {
         Some(PortSpec::Fixed(p)) => Some(*p),
         _ => None,
     });

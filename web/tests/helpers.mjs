@@ -36,10 +36,16 @@ function findBinary() {
 // stock units/nginx.service runs too (Debian's /usr/sbin/nginx; the test
 // fails when it is missing) and `publicUrl` is NGINX's port, the one a user
 // opens. `blueprints` ({ id: script }) are written as custom blueprints.
+// `env.PUID`/`env.PGID` run the instances as that user (the container's way).
 export async function startAikore({
   password = "correct horse battery", env = {}, units = {}, files = {}, nginx = false, blueprints = {},
 } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "aikore-e2e-"));
+  // With PUID the instance user must reach its dir under <dir>/data: mkdtemp
+  // makes <dir> root's 0700 (a container's /config has no such parent). And
+  // a PATH through /root (pyenv, cargo) is unreachable for that user.
+  const puidEnv = env.PUID ? { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" } : {};
+  if (env.PUID) chmodSync(dir, 0o755);
   mkdirSync(join(dir, "units"));
   for (const [name, text] of Object.entries(units)) writeFileSync(join(dir, "units", name), text);
   for (const [rel, text] of Object.entries(files)) {
@@ -76,6 +82,7 @@ export async function startAikore({
       // NGINX's ports (used when nginx.service is among the units).
       AIKORE_PORT: String(publicPort),
       AIKORE_APPS_PORT: String(appsPort),
+      ...puidEnv,
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
