@@ -348,7 +348,7 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
             }
         }
         let name = &entry.name;
-        let prefix = format!("/app/{name}");
+        let prefix = crate::urls::app_base(name);
         match (entry.port, entry.mode) {
             (Some(port), ProxyMode::Subpath) => {
                 let _ = writeln!(out, "location = {prefix} {{\n        return 301 {prefix}/$is_args$args;\n}}");
@@ -410,7 +410,7 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
     // the prefix is simply replaced by `/` (the decoded URI is fine there).
     for entry in &vnc_entries {
         let name = &entry.name;
-        let prefix = format!("/vnc/{name}");
+        let prefix = crate::urls::vnc_base(name);
         let _ = writeln!(out, "location = {prefix} {{\n        return 301 {prefix}/$is_args$args;\n}}");
         let _ = writeln!(out, "location ^~ {prefix}/ {{");
         raw_name_check(&mut out, name);
@@ -490,7 +490,7 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
     if let Some(h) = slot_holder {
         routes.push(RouteInfo {
             name: h.name.clone(),
-            path: "/comfyui/".into(),
+            path: crate::urls::COMFYUI_PATH.into(),
             action: if holder_port.is_some() { "proxy" } else { "down" },
             port: holder_port,
         });
