@@ -251,12 +251,19 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         addr if addr.ip().is_unspecified() => std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())),
         addr => addr,
     };
+    let auth_cache = crate::proxy::make_auth_cache_dir(
+        &data_dir,
+        nginx_worker.as_ref().map(|w| (w.uid, w.gid)),
+        &crate::web::auth::random_token()[..16],
+    )
+    .context("making the login gate's cache dir")?;
     let base = crate::proxy::BaseConfig {
         listen_addr: settings.proxy_bind,
         listen_port: settings.proxy_port,
         apps_port: settings.apps_port,
         upstream,
         worker_user: nginx_worker.clone(),
+        auth_cache,
     };
     crate::proxy::write_base_config(&data_dir, &base).context("writing the NGINX config")?;
     if let Some(w) = &nginx_worker {

@@ -320,3 +320,21 @@ async fn ring_of_raw_batches_keeps_exactly_the_last_lines() {
     let bytes: u64 = all.iter().map(|l| l.len() as u64 + 1).sum();
     assert_eq!(h.bytes_written("u"), bytes);
 }
+
+#[tokio::test]
+async fn a_flood_keeps_every_line_and_its_number() {
+    let d = tempfile::tempdir().unwrap();
+    // 2.7 MB in files of 1.5 MB: one rotation, somewhere inside a read.
+    let h = hub(d.path(), LogConfig { max_file_bytes: 1_500_000, ..LogConfig::default() });
+    // Far more than a pipe holds: the busy path (bigger pipe and reads) runs.
+    capture(&h, "u", "seq 1 400000").await;
+    let lines: Vec<String> =
+        file_lines(&d.path().join("u.log.1")).into_iter().chain(file_lines(&d.path().join("u.log"))).collect();
+    assert_eq!(lines.len(), 400_000);
+    assert!(lines.iter().enumerate().all(|(i, l)| *l == (i + 1).to_string()));
+    let tail = h.tail("u", 1000);
+    assert_eq!(tail.len(), 1000);
+    for (k, line) in tail.iter().enumerate() {
+        assert_eq!((line.seq, line.text.as_str()), (399_001 + k as u64, (399_001 + k).to_string().as_str()));
+    }
+}
