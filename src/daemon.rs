@@ -263,7 +263,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         apps_port: settings.apps_port,
         upstream,
         worker_user: nginx_worker.clone(),
-        auth_cache,
+        auth_cache: auth_cache.clone(),
     };
     crate::proxy::write_base_config(&data_dir, &base).context("writing the NGINX config")?;
     if let Some(w) = &nginx_worker {
@@ -437,6 +437,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     if init::is_pid1() {
         tokio::task::spawn_blocking(|| init::terminate_strays(Duration::from_secs(2))).await?;
     }
+    // NGINX is gone with the units: its cached credentials go too.
+    let _ = std::fs::remove_dir_all(&auth_cache);
     if let Some(root) = cgroups {
         root.remove();
     }

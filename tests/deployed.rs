@@ -499,7 +499,10 @@ fn nginx_pids(master: i32) -> Vec<i32> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         let Some(close) = stat.rfind(')') else { continue };
         let ppid = stat[close + 2..].split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok());
-        if ppid == Some(master) {
+        // NGINX's cache loader (of the login gate's cache) runs once, a
+        // minute after start, and exits: not a reload, not a respawn.
+        let loader = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"nginx: cache loader"));
+        if ppid == Some(master) && !loader {
             pids.push(pid);
         }
     }
