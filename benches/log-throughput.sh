@@ -69,7 +69,10 @@ bench_cat() {
     rm -f "$out"
 }
 
+# bench_aikore [LABEL BINARY]: the binary under test, or another build of it
+# (AIKORE_BASE: e.g. main's, for a before/after in one run).
 bench_aikore() {
+    local label=${1:-aikore} AIKORE=${2:-$AIKORE}
     local units="$BENCH_TMP/aikore-units" data="$BENCH_TMP/aikore-data" port secs
     rm -rf "$units" "$data" "$START" "$BENCH_TMP"/done.*; mkdir -p "$units"
     write_unit "$units" flood <<EOU
@@ -82,17 +85,34 @@ EOU
     secs=$(python3 "$BENCH_DIR/logwait.py" "$START" "$TIMEOUT" "$MARKER" \
         "$data/logs/flood.log" "$data/logs/flood.log.1") || die "aikore: no marker within ${TIMEOUT}s"
     # aikore rotates the log at 10 MiB keeping one old file, so the bytes can't
-    # all be on disk: check the line count instead. Line seq 1 is aikore's
-    # "started" note, so the marker must carry seq DATA_LINES + 1.
+    # all be on disk. Every line gets the next seq when it is read, so a lost
+    # line would pull the marker's below DATA_LINES + 1 (aikore's "started"
+    # note is one line too; a note or two more is timing); and the data
+    # lines left on disk must run without a gap up to the marker.
     local seq
     seq=$(curl -fsS "http://127.0.0.1:$port/api/v1/units/flood/logs?tail=50" | python3 -c '
 import json, sys
 m = [l["seq"] for l in json.load(sys.stdin)["lines"] if l["text"].startswith(sys.argv[1])]
 print(m[-1] if m else "none")' "$MARKER")
-    local ok="lines OK"
-    [[ $seq == $(( DATA_LINES + 1 )) ]] || ok="LINES LOST? marker seq $seq, want $(( DATA_LINES + 1 ))"
+    local ok
+    ok=$(python3 - "$seq" "$DATA_LINES" "$data/logs/flood.log.1" "$data/logs/flood.log" <<'EOP'
+import os, sys
+seq, want = sys.argv[1], int(sys.argv[2])
+nums = []
+for path in filter(os.path.exists, sys.argv[3:]):
+    with open(path, "rb") as f:
+        for line in f:
+            if line[:12].isdigit():
+                nums.append(int(line[:12]))
+gap = any(b != a + 1 for a, b in zip(nums, nums[1:]))
+if seq == "none" or int(seq) < want + 1 or gap or not nums or nums[-1] != want - 2:
+    print(f"LINES LOST? marker seq {seq}, want >= {want + 1}; gap on disk: {gap}")
+else:
+    print(f"lines OK, {len(nums)} on disk without a gap")
+EOP
+)
     local kept; kept=$(cat "$data/logs/flood.log"* | wc -c)
-    record aikore "$secs" "($ok; rotates at 10 MiB: $kept bytes left on disk)"
+    record "$label" "$secs" "($ok; rotates at 10 MiB: $kept bytes left on disk)"
     stop_tracked "$AIKORE_PID"
 }
 
@@ -137,6 +157,7 @@ for r in $(seq 1 "$REPS"); do
     log "round $r of $REPS"
     bench_cat
     bench_aikore
+    [[ -n ${AIKORE_BASE:-} ]] && bench_aikore "aikore (base)" "$AIKORE_BASE"
     bench_supervisord
     bench_s6
 done
@@ -144,9 +165,12 @@ done
 mb=$(python3 -c "print($DATA_BYTES/1e6)")
 echo
 echo "== log-throughput: $mb MB in $DATA_LINES lines, producer start -> last line in the log (median of $REPS) =="
-for k in "cat > file" "cat | cat > file" aikore supervisord s6-log; do SECS[$k]=$(median "${SECS[$k]}"); done
+peers=("cat > file" "cat | cat > file" aikore)
+[[ -n ${AIKORE_BASE:-} ]] && peers+=("aikore (base)")
+peers+=(supervisord s6-log)
+for k in "${peers[@]}"; do SECS[$k]=$(median "${SECS[$k]}"); done
 printf '%-18s %8s %9s %10s  %s\n' capture seconds "MB/s" "x cat" note
-for k in "cat > file" "cat | cat > file" aikore supervisord s6-log; do
+for k in "${peers[@]}"; do
     rate=$(python3 -c "print(f'{$mb/max($(printf %s "${SECS[$k]}"),1e-3):.0f}')")
     printf '%-18s %8s %9s %10s  %s\n' "$k" "${SECS[$k]}" "$rate" "$(ratio "${SECS["cat > file"]}" "${SECS[$k]}")" "${NOTE[$k]}"
 done

@@ -78,8 +78,24 @@ wait_for "the instance" sh -c "curl -fsS $api/api/v1/instances/bench | grep -q '
 app_port=$(curl -fsS "$api/api/v1/instances/bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["current_port"])')
 wait_for "the NGINX route" curl -fsS "http://127.0.0.1:$apps_port/app/bench/ping"
 
+# The peer the gate is judged against: the same NGINX route without the login
+# gate (a hand-written snippet: the generated location minus its auth lines,
+# at /nogate/bench/), loaded after NGINX picks it up on a reload.
+python3 - "$work/data/nginx/routes" <<'EOP'
+import re, sys
+routes = sys.argv[1]
+text = open(f"{routes}/aikore.conf").read()
+block = re.search(r"location \^~ /app/bench/ \{\n(.*?)\n\}", text, re.S).group(1).splitlines()
+drop = re.compile(r"auth_request|error_page 401|aikore_cookie|aikore_authorization|^\s*if |proxy_pass ")
+lines = ["        proxy_pass http://aikore_app_bench/;"] + [l for l in block if not drop.search(l)]
+open(f"{routes}/zz-bench-nogate.conf", "w").write("location ^~ /nogate/bench/ {\n" + "\n".join(lines) + "\n}\n")
+EOP
+kill -HUP "$(cat "$work/data/nginx/nginx.pid")"
+wait_for "the route without the gate" curl -fsS "http://127.0.0.1:$apps_port/nogate/bench/ping"
+
 direct="http://127.0.0.1:$app_port/ping"
 proxied="http://127.0.0.1:$apps_port/app/bench/ping"
+nogate="http://127.0.0.1:$apps_port/nogate/bench/ping"
 
 # Prints "requests_per_s p99_ms".
 load_wrk() {
@@ -121,8 +137,12 @@ EOF
 
 if command -v wrk >/dev/null; then gen=wrk; load=load_wrk; else gen="python (wrk not installed)"; load=load_python; fi
 read -r d_rps d_p99 < <($load "$direct")
+read -r n_rps n_p99 < <($load "$nogate")
 read -r p_rps p_p99 < <($load "$proxied")
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('n/a' if b==0 else f'{a/b:.2f}')" "$1" "$2"; }
 echo "load: $gen, ${DURATION}s, $CONNECTIONS connections, GET /ping on echo_app.py (one asyncio process)"
-printf '%-28s %12s %10s\n' "path" "requests/s" "p99 ms"
-printf '%-28s %12s %10s\n' "direct 127.0.0.1:$app_port" "$d_rps" "$d_p99"
-printf '%-28s %12s %10s\n' "nginx /app/bench/" "$p_rps" "$p_p99"
+printf '%-30s %12s %10s %10s %10s\n' "path" "requests/s" "p99 ms" "x direct" "x no-gate"
+printf '%-30s %12s %10s %10s %10s\n' "direct 127.0.0.1:$app_port" "$d_rps" "$d_p99" 1.00 ""
+printf '%-30s %12s %10s %10s %10s\n' "nginx, no gate /nogate/bench/" "$n_rps" "$n_p99" "$(ratio "$n_rps" "$d_rps")" 1.00
+printf '%-30s %12s %10s %10s %10s\n' "nginx + gate /app/bench/" "$p_rps" "$p_p99" "$(ratio "$p_rps" "$d_rps")" "$(ratio "$p_rps" "$n_rps")"
+echo "gate p99 / no-gate p99: $(ratio "$p_p99" "$n_p99") (goal: rate >= 0.90x no-gate, p99 <= 1.10x)"

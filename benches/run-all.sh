@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every AiKore benchmark: installs the peers if missing (apt: tini, s6,
-# supervisor; nothing else from the network), builds aikore in release mode,
-# then runs each script in turn. Whole suite: about 6 minutes on 2 cores.
-# Usage: benches/run-all.sh [script-name...]   (default: the five below)
+# supervisor, wrk, nginx; nothing else from the network), builds aikore in release mode,
+# then runs each script in turn. Whole suite: about 7 minutes on 2 cores.
+# Usage: benches/run-all.sh [script-name...]   (default: the six below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CARGO_TARGET_DIR:=$PWD/target}"
@@ -16,6 +16,9 @@ install_peers() {
     command -v gcc >/dev/null || missing+=(gcc)
     command -v curl >/dev/null || missing+=(curl)
     command -v nsenter >/dev/null || missing+=(util-linux)
+    # proxy.sh: the login gate against the same NGINX route without it.
+    command -v wrk >/dev/null || missing+=(wrk)
+    [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
     if ((${#missing[@]})); then
         echo "installing: ${missing[*]}"
         # Debian's supervisor package may try to start its service; we don't
@@ -29,7 +32,7 @@ echo "building aikore (release) into $CARGO_TARGET_DIR"
 cargo build --release --quiet
 
 scripts=("$@")
-((${#scripts[@]})) || scripts=(idle-rss reap-orphans log-throughput crashloop-cpu stop-drain)
+((${#scripts[@]})) || scripts=(idle-rss reap-orphans log-throughput crashloop-cpu stop-drain proxy)
 failed=()
 for s in "${scripts[@]}"; do
     echo

@@ -199,13 +199,25 @@ fn api_upstream(settings: &Settings) -> std::net::SocketAddr {
 }
 
 /// NGINX's base config for these settings, and its workers' temp dirs given to them.
-fn write_nginx_base(settings: &Settings, nginx_worker: Option<&crate::proxy::WorkerUser>) -> anyhow::Result<()> {
+/// NGINX's base config and the dirs its workers write; returns the login
+/// gate's cache dir (removed at shutdown).
+fn write_nginx_base(
+    settings: &Settings,
+    nginx_worker: Option<&crate::proxy::WorkerUser>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let auth_cache = crate::proxy::make_auth_cache_dir(
+        &settings.data_dir,
+        nginx_worker.map(|w| (w.uid, w.gid)),
+        &crate::web::auth::random_token()[..16],
+    )
+    .context("making the login gate's cache dir")?;
     let base = crate::proxy::BaseConfig {
         listen_addr: settings.proxy_bind,
         listen_port: settings.proxy_port,
         apps_port: settings.apps_port,
         upstream: api_upstream(settings),
         worker_user: nginx_worker.cloned(),
+        auth_cache: auth_cache.clone(),
     };
     crate::proxy::write_base_config(&settings.data_dir, &base).context("writing the NGINX config")?;
     if let Some(w) = nginx_worker {
@@ -216,7 +228,7 @@ fn write_nginx_base(settings: &Settings, nginx_worker: Option<&crate::proxy::Wor
                 .with_context(|| format!("giving {} to NGINX's worker user", path.display()))?;
         }
     }
-    Ok(())
+    Ok(auth_cache)
 }
 
 /// The store opened and the unit files loaded, their state rows reconciled.
@@ -322,7 +334,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
             .await?;
     }
 
-    write_nginx_base(&settings, nginx_worker.as_ref())?;
+    let auth_cache = write_nginx_base(&settings, nginx_worker.as_ref())?;
 
     let (store, loaded) = open_state(&settings).await?;
 
@@ -481,6 +493,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     if init::is_pid1() {
         tokio::task::spawn_blocking(|| init::terminate_strays(Duration::from_secs(2))).await?;
     }
+    // NGINX is gone with the units: its cached credentials go too.
+    let _ = std::fs::remove_dir_all(&auth_cache);
     if let Some(root) = cgroups {
         root.remove();
     }

@@ -8,8 +8,15 @@ cd "$(dirname "$0")/.."
 command -v chromium >/dev/null || { echo "e2e: chromium is not installed (apt-get install -y chromium)" >&2; exit 1; }
 # The deployed-path suite drives the stock nginx.service.
 [ -x /usr/sbin/nginx ] || { echo "e2e: nginx is not installed (apt-get install -y nginx)" >&2; exit 1; }
-cargo build --quiet
+# A binary given in AIKORE_BIN (.ci/run passes the one `cargo test` built) is
+# used as is; otherwise this checkout's debug build, brought up to date.
+if [ -z "${AIKORE_BIN:-}" ]; then
+  cargo build --quiet
+  AIKORE_BIN="${CARGO_TARGET_DIR:-target}/debug/aikore"
+fi
+[ -x "$AIKORE_BIN" ] || { echo "e2e: no aikore binary at $AIKORE_BIN" >&2; exit 1; }
+AIKORE_BIN=$(realpath "$AIKORE_BIN")
+export AIKORE_BIN
 npm ci --prefix web --no-audit --no-fund --silent
-export AIKORE_BIN="${AIKORE_BIN:-${CARGO_TARGET_DIR:-target}/debug/aikore}"
 cd web
 node --test --test-reporter=spec tests/

@@ -290,7 +290,67 @@ fn logging_out_ends_the_apps_origin_session_too() {
     let r =
         raw(port, "POST", "/logout", &[("Cookie", &session), ("X-CSRF-Token", &csrf), ("Origin", &own)], b"").unwrap();
     assert_eq!(r.status, 303);
+    // NGINX keeps the gate's last allowance for 2 s (docs/security.md): the
+    // app session ends within that window, for good.
+    p.d.wait_until("the app session to end", |_| {
+        raw(apps, "GET", "/app/e/", &[("Cookie", &app)], b"").unwrap().status == 401
+    });
     assert_eq!(raw(apps, "GET", "/app/e/", &[("Cookie", &app)], b"").unwrap().status, 401);
+}
+
+/// NGINX caches the gate's allowances (keyed by the credentials and the
+/// public scope): each request still gets exactly its own answer.
+#[test]
+fn the_gates_cached_answers_are_per_request() {
+    let p: Proxied = start(&[("AIKORE_PASSWORD", PASSWORD)]);
+    let (port, apps) = (p.port, p.apps);
+    p.echo_instance("e", "echo", json!({ "active_slot": "comfyui" }));
+    p.wait_served("/app/e/");
+    let (session, _) = login(port, &[]);
+    let r = raw(port, "GET", "/app-login?next=%2Fapp%2Fe%2F", &[("Cookie", &session)], b"").unwrap();
+    let target = location(&r).strip_prefix(&format!("http://127.0.0.1:{apps}")).unwrap().to_string();
+    let app = set_cookie(&raw(apps, "GET", &target, &[], b"").unwrap(), "aikore_app").unwrap();
+    let app = app.split(';').next().unwrap().to_string();
+    let seen = |cookie: &str, authorization: &str| {
+        let mut headers = vec![("Cookie", cookie)];
+        if !authorization.is_empty() {
+            headers.push(("Authorization", authorization));
+        }
+        let r = raw(apps, "GET", "/app/e/x", &headers, b"").unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let h = &r.json()["headers"];
+        (h["cookie"].as_str().unwrap_or("").to_string(), h["authorization"].as_str().unwrap_or("").to_string())
+    };
+    // The same login with other app cookies or the app's own Authorization,
+    // back and forth: the app sees this request's, never a cached one's.
+    for _ in 0..2 {
+        for (cookie, authorization, want) in [
+            (format!("a=1; {app}"), "", ("a=1", "")),
+            (format!("a=2; {app}"), "", ("a=2", "")),
+            (format!("{app}; a=1"), "Basic dTpw", ("a=1", "Basic dTpw")),
+            (format!("{app}; a=1"), "Basic eDp5", ("a=1", "Basic eDp5")),
+            ("a=3".to_string(), p.bearer().as_str(), ("a=3", "")),
+        ] {
+            let (c, a) = seen(&cookie, authorization);
+            assert_eq!((c.as_str(), a.as_str()), want, "{cookie} / {authorization}");
+        }
+    }
+    // Shared: the app without login, but that allowance opens nothing else —
+    // not the same app through the ComfyUI slot, not an escaped target.
+    let (code, body) = p.d.put_json("/api/v1/instances/e/public", json!({ "public": true }));
+    assert_eq!(code, 200, "{body}");
+    for _ in 0..2 {
+        assert_eq!(raw(apps, "GET", "/app/e/x", &[], b"").unwrap().status, 200);
+        assert_eq!(raw(apps, "GET", "/comfyui/x", &[], b"").unwrap().status, 401);
+        assert_eq!(raw(apps, "GET", "/app/e/%78", &[], b"").unwrap().status, 401);
+        assert_eq!(raw(apps, "GET", "/app/e/x", &[("Cookie", "aikore_app=forged")], b"").unwrap().status, 200);
+        assert_eq!(raw(apps, "GET", "/comfyui/x", &[("Cookie", "aikore_app=forged")], b"").unwrap().status, 401);
+    }
+    // Unshared: closed again within the cache's 2 s.
+    let (code, body) = p.d.put_json("/api/v1/instances/e/public", json!({ "public": false }));
+    assert_eq!(code, 200, "{body}");
+    p.d.wait_until("the share to end", |_| raw(apps, "GET", "/app/e/x", &[], b"").unwrap().status == 401);
+    assert_eq!(raw(apps, "GET", "/app/e/x", &[("Authorization", "Bearer wrong")], b"").unwrap().status, 401);
 }
 
 #[test]

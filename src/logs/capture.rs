@@ -14,6 +14,13 @@ use super::LogConfig;
 /// Bytes per read: a pipe holds 64 KiB by default on Linux, so one read can
 /// empty a full pipe and the child's next write doesn't block on us.
 const READ_BYTES: usize = 64 * 1024;
+/// A child that fills the pipe (a read comes back full) gets a pipe of this
+/// size and reads of [`BUSY_READ_BYTES`]: a flood then costs a wake-up per
+/// 256 KiB, not per 64 KiB, on both sides. Only busy pipes grow, because a
+/// non-root user's pipes all count against one per-user budget
+/// (`/proc/sys/fs/pipe-user-pages-soft`).
+const BUSY_PIPE_BYTES: libc::c_int = 1024 * 1024;
+const BUSY_READ_BYTES: usize = 256 * 1024;
 
 /// Reads `read_end` to EOF, appending every line to `log`. Never awaits
 /// anything but the pipe, so followers can't slow the child down.
@@ -30,11 +37,13 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
             return;
         }
     };
+    let mut grown = false;
     let mut splitter = LineSplitter::new(config.max_line_bytes);
     let mut buf = vec![0u8; READ_BYTES];
     let mut lines: Vec<Vec<u8>> = Vec::new();
-    // One read's lines, back to back in one reused buffer: no allocation per
-    // line on the hot path (a chatty app writes hundreds per read).
+    // One read's lines, each with its newline, back to back in one reused
+    // buffer: exactly the bytes the file gets, and no allocation per line on
+    // the hot path (a chatty app writes hundreds per read).
     let mut arena: Vec<u8> = Vec::with_capacity(READ_BYTES);
     let mut ends: Vec<usize> = Vec::new();
     loop {
@@ -44,17 +53,17 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
                 splitter.feed(&buf[..n], &mut |l| {
                     arena.extend_from_slice(l);
                     ends.push(arena.len());
+                    arena.push(b'\n');
                 });
                 if !ends.is_empty() {
-                    let mut start = 0;
-                    let slices = ends.iter().map(|&end| {
-                        let line = &arena[start..end];
-                        start = end;
-                        line
-                    });
-                    log.append(slices, config.max_file_bytes, config.ring_lines);
+                    log.append_joined(&arena, &ends, config.max_file_bytes, config.ring_lines);
                     arena.clear();
                     ends.clear();
+                }
+                if n == buf.len() && !grown {
+                    grown = true;
+                    grow_pipe(&rx);
+                    buf.resize(BUSY_READ_BYTES, 0);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -73,4 +82,13 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
     if !lines.is_empty() {
         log.append(lines.iter().map(Vec::as_slice), config.max_file_bytes, config.ring_lines);
     }
+}
+
+/// Asks for a bigger pipe; a refusal (the per-user budget is spent) keeps the
+/// default one, which works, just with more wake-ups.
+fn grow_pipe(rx: &pipe::Receiver) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours; the fd
+    // is the receiver's, open for as long as `rx` is borrowed.
+    let _ = unsafe { libc::fcntl(rx.as_raw_fd(), libc::F_SETPIPE_SZ, BUSY_PIPE_BYTES) };
 }

@@ -27,7 +27,7 @@ impl LineSplitter {
     /// last newline are kept for the next call.
     pub(crate) fn feed(&mut self, chunk: &[u8], emit: &mut impl FnMut(&[u8])) {
         let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             let (line, tail) = rest.split_at(pos);
             rest = &tail[1..];
             if self.pending.is_empty() {

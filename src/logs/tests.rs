@@ -289,3 +289,52 @@ async fn rename_and_remove_move_files_and_live_log() {
     h.remove("stale").unwrap();
     assert!(!d.path().join("stale.log").exists());
 }
+
+#[tokio::test]
+async fn ring_of_raw_batches_keeps_exactly_the_last_lines() {
+    let d = tempfile::tempdir().unwrap();
+    // Batches of 1..=9 lines against a ring of 7 and files of 100 bytes: the
+    // ring drops whole batches and parts of one, and batches cross rotations.
+    let config = LogConfig { ring_lines: 7, max_file_bytes: 100, ..LogConfig::default() };
+    let h = hub(d.path(), config);
+    let mut all = Vec::new();
+    for batch in 1..=9 {
+        let lines: Vec<String> = (0..batch).map(|i| format!("b{batch}l{i}")).collect();
+        h.note("u", &lines.join("\n"));
+        all.extend(lines.iter().map(|l| format!("[aikore] {l}")));
+        for n in [0, 1, 3, 7] {
+            let want = &all[all.len().saturating_sub(n)..];
+            let tail = h.tail("u", n);
+            assert_eq!(texts(&tail), want, "batch {batch}, tail {n}");
+            assert!(tail.iter().all(|l| l.ts_ms > 0), "from the ring");
+            assert!(tail.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+            assert_eq!(tail.last().map(|l| l.seq), (n > 0).then_some(all.len() as u64));
+        }
+    }
+    // What the files still hold, topped up behind the ring, in order.
+    let on_disk: Vec<String> =
+        file_lines(&d.path().join("u.log.1")).into_iter().chain(file_lines(&d.path().join("u.log"))).collect();
+    assert!(on_disk.len() > 7 && on_disk.len() < all.len());
+    assert_eq!(on_disk[..], all[all.len() - on_disk.len()..]);
+    assert_eq!(texts(&h.tail("u", 1000)), on_disk);
+    let bytes: u64 = all.iter().map(|l| l.len() as u64 + 1).sum();
+    assert_eq!(h.bytes_written("u"), bytes);
+}
+
+#[tokio::test]
+async fn a_flood_keeps_every_line_and_its_number() {
+    let d = tempfile::tempdir().unwrap();
+    // 2.7 MB in files of 1.5 MB: one rotation, somewhere inside a read.
+    let h = hub(d.path(), LogConfig { max_file_bytes: 1_500_000, ..LogConfig::default() });
+    // Far more than a pipe holds: the busy path (bigger pipe and reads) runs.
+    capture(&h, "u", "seq 1 400000").await;
+    let lines: Vec<String> =
+        file_lines(&d.path().join("u.log.1")).into_iter().chain(file_lines(&d.path().join("u.log"))).collect();
+    assert_eq!(lines.len(), 400_000);
+    assert!(lines.iter().enumerate().all(|(i, l)| *l == (i + 1).to_string()));
+    let tail = h.tail("u", 1000);
+    assert_eq!(tail.len(), 1000);
+    for (k, line) in tail.iter().enumerate() {
+        assert_eq!((line.seq, line.text.as_str()), (399_001 + k as u64, (399_001 + k).to_string().as_str()));
+    }
+}

@@ -19,12 +19,109 @@ use super::{tailfile, LogLine};
 /// isn't keeping up anyway (each slot can hold a line of up to max_line_bytes).
 pub const FOLLOW_CAPACITY: usize = 1024;
 
-/// A line in the ring, with whether it reached the file: `tail` lines up the
-/// ring against the file's end, and a line lost to a write error isn't there.
+/// One append's lines (one pipe read, or a note) as raw bytes: exactly what
+/// went to the file, each line followed by its `\n`. Lines become text
+/// (UTF-8, lossy) only when someone reads them, so the capture path does no
+/// per-line allocation or decoding.
 #[derive(Debug)]
-struct RingEntry {
-    line: LogLine,
+struct Block {
+    bytes: Vec<u8>,
+    /// Where each line's `\n` sits in `bytes`.
+    ends: Vec<usize>,
+    first_seq: u64,
+    /// When aikore read the lines: one clock read per append, not per line.
+    ts_ms: i64,
+    /// Whether the lines reached the file: `tail` lines up the ring against
+    /// the file's end, and lines lost to a write error aren't there.
     in_file: bool,
+}
+
+impl Block {
+    fn line(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    fn log_line(&self, i: usize) -> LogLine {
+        LogLine {
+            seq: self.first_seq + i as u64,
+            ts_ms: self.ts_ms,
+            text: String::from_utf8_lossy(self.line(i)).into_owned(),
+        }
+    }
+}
+
+/// The live tail: the last `ring_lines` lines, kept as the blocks they came
+/// in. The first `skip` lines of the front block have already left it.
+#[derive(Debug, Default)]
+struct Ring {
+    blocks: VecDeque<Block>,
+    skip: usize,
+    len: usize,
+}
+
+impl Ring {
+    fn push(&mut self, block: Block, cap: usize) {
+        if cap == 0 || block.ends.is_empty() {
+            return;
+        }
+        self.len += block.ends.len();
+        self.blocks.push_back(block);
+        while self.len > cap {
+            let Some(front) = self.blocks.front() else { break };
+            let live = front.ends.len() - self.skip;
+            let excess = self.len - cap;
+            if excess >= live {
+                self.blocks.pop_front();
+                self.skip = 0;
+                self.len -= live;
+            } else {
+                self.skip += excess;
+                self.len -= excess;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Ring::default();
+    }
+
+    fn first_seq(&self) -> Option<u64> {
+        self.blocks.front().map(|b| b.first_seq + self.skip as u64)
+    }
+
+    /// Lines of the ring that reached the file.
+    fn in_file(&self) -> usize {
+        let mut skip = self.skip;
+        let mut count = 0;
+        for b in &self.blocks {
+            if b.in_file {
+                count += b.ends.len() - skip;
+            }
+            skip = 0;
+        }
+        count
+    }
+
+    /// The last `n` lines (at most the ring's), oldest first, decoded.
+    fn last(&self, n: usize) -> Vec<LogLine> {
+        let mut want = n.min(self.len);
+        let mut parts: Vec<(&Block, usize)> = Vec::new();
+        for (index, b) in self.blocks.iter().enumerate().rev() {
+            if want == 0 {
+                break;
+            }
+            let live = b.ends.len() - if index == 0 { self.skip } else { 0 };
+            let take = want.min(live);
+            parts.push((b, b.ends.len() - take));
+            want -= take;
+        }
+        let mut out = Vec::with_capacity(n.min(self.len));
+        for (b, from) in parts.into_iter().rev() {
+            out.extend((from..b.ends.len()).map(|i| b.log_line(i)));
+        }
+        out
+    }
 }
 
 #[derive(Debug)]
@@ -32,7 +129,7 @@ struct State {
     path: PathBuf,
     file: Option<File>,
     file_len: u64,
-    ring: VecDeque<RingEntry>,
+    ring: Ring,
     next_seq: u64,
     bytes_written: u64,
     /// Set by `LogHub::remove`: later lines (from a task still draining a pipe)
@@ -59,7 +156,7 @@ impl UnitLog {
                 path,
                 file: None,
                 file_len: 0,
-                ring: VecDeque::new(),
+                ring: Ring::default(),
                 // 0 is left for lines read back from files with no known seq.
                 next_seq: 1,
                 bytes_written: 0,
@@ -96,6 +193,24 @@ impl UnitLog {
     /// Appends a batch of lines (from one read of one pipe) as a unit, so
     /// lines from concurrent sources are never interleaved mid-line.
     pub(crate) fn append<'a>(&self, lines: impl IntoIterator<Item = &'a [u8]>, max_file_bytes: u64, ring_lines: usize) {
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for line in lines {
+            bytes.extend_from_slice(line);
+            ends.push(bytes.len());
+            bytes.push(b'\n');
+        }
+        self.append_joined(&bytes, &ends, max_file_bytes, ring_lines);
+    }
+
+    /// [`append`](Self::append) for lines already joined: `bytes` holds each
+    /// line followed by `\n`, `ends` where each `\n` sits. One write per
+    /// batch (or per rotation) and one ring entry per batch: a chatty child
+    /// costs a syscall and a copy per pipe read, no allocation per line.
+    pub(crate) fn append_joined(&self, bytes: &[u8], ends: &[usize], max_file_bytes: u64, ring_lines: usize) {
+        if ends.is_empty() {
+            return;
+        }
         let ts_ms = now_ms();
         let mut st = self.lock();
         if st.retired {
@@ -104,37 +219,54 @@ impl UnitLog {
         // The size check needs the length of a file left by an earlier run;
         // an open error here resurfaces (and is reported) at the write.
         let _ = st.open();
-        // One write per batch (or per rotation): a chatty child costs one
-        // syscall per pipe read, not one per line.
-        let mut buf: Vec<u8> = Vec::new();
-        let mut batch: Vec<LogLine> = Vec::new();
-        let lines: Vec<&[u8]> = lines.into_iter().collect();
-        // Lines that the ring would drop again within this batch, with nobody
-        // following, need no String: only their bytes go to the file.
-        let followed = self.tx.receiver_count() > 0;
-        let ring_from = lines.len().saturating_sub(ring_lines);
-        for (index, raw) in lines.into_iter().enumerate() {
-            let add = raw.len() as u64 + 1;
+        let mut first = 0;
+        let mut start = 0;
+        while first < ends.len() {
             // Rotate before the line that would cross the limit, so it goes
             // whole into the new file. An empty file takes any line, so an
             // oversized line can't rotate forever.
-            let pending = st.file_len + buf.len() as u64;
-            if pending > 0 && pending + add > max_file_bytes {
-                let ok = st.write_out(&buf);
-                mark(&mut st, &self.tx, &mut batch, ok, ring_lines);
-                buf.clear();
+            let room = max_file_bytes.saturating_sub(st.file_len);
+            let mut last = first + ends[first..].partition_point(|&e| (e + 1 - start) as u64 <= room);
+            if last == first {
+                if st.file_len > 0 {
+                    st.rotate();
+                    continue;
+                }
+                last = first + 1;
+            }
+            let end = ends[last - 1] + 1;
+            let ok = st.write_out(&bytes[start..end]);
+            // Lines the ring would drop again at once, with nobody following,
+            // are not even copied: only the file gets them.
+            let keep = if self.tx.receiver_count() > 0 { first } else { first.max(last.saturating_sub(ring_lines)) };
+            let from = if keep == 0 { 0 } else { ends[keep - 1] + 1 }.max(start);
+            let block = Block {
+                bytes: bytes[from..end].to_vec(),
+                ends: ends[keep..last].iter().map(|&e| e - from).collect(),
+                first_seq: st.next_seq + (keep - first) as u64,
+                ts_ms,
+                in_file: ok,
+            };
+            st.next_seq += (last - first) as u64;
+            self.publish(&mut st, block, ring_lines);
+            if last < ends.len() {
                 st.rotate();
             }
-            buf.extend_from_slice(raw);
-            buf.push(b'\n');
-            let seq = st.next_seq;
-            st.next_seq += 1;
-            if followed || index >= ring_from {
-                batch.push(LogLine { seq, ts_ms, text: String::from_utf8_lossy(raw).into_owned() });
+            first = last;
+            start = end;
+        }
+    }
+
+    /// Hands a written block to followers and the ring, after the file write
+    /// so a follower never sees a line the file (in order) doesn't have.
+    fn publish(&self, st: &mut State, block: Block, ring_lines: usize) {
+        if self.tx.receiver_count() > 0 {
+            for i in 0..block.ends.len() {
+                // Err only means the last follower left meanwhile.
+                let _ = self.tx.send(block.log_line(i));
             }
         }
-        let ok = st.write_out(&buf);
-        mark(&mut st, &self.tx, &mut batch, ok, ring_lines);
+        st.ring.push(block, ring_lines);
     }
 
     /// The last `n` lines: the ring, topped up from the files when it holds
@@ -143,15 +275,15 @@ impl UnitLog {
     pub(crate) fn tail(&self, n: usize, subscribe: bool) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
         let st = self.lock();
         let rx = subscribe.then(|| self.tx.subscribe());
-        let from_ring = n.min(st.ring.len());
-        let ring_part = st.ring.iter().skip(st.ring.len() - from_ring).map(|e| e.line.clone());
+        let ring_part = st.ring.last(n);
+        let from_ring = ring_part.len();
         if from_ring == n {
-            return (ring_part.collect(), rx);
+            return (ring_part, rx);
         }
         // The ring's lines that reached the file are the file's last lines
         // (both are suffixes of everything written), so skip that many from
         // the file's end to find what precedes the ring.
-        let in_file = st.ring.iter().filter(|e| e.in_file).count();
+        let in_file = st.ring.in_file();
         // Saturating: a caller may ask for "everything" with usize::MAX.
         let want = (n - from_ring).saturating_add(in_file);
         let rotated = rotated_path(&st.path);
@@ -165,7 +297,7 @@ impl UnitLog {
         older.truncate(older.len().saturating_sub(in_file));
         // File lines get seqs just below the ring's first, so a client sorting
         // or de-duplicating by seq keeps them in order; 0 where that runs out.
-        let first_seq = st.ring.front().map_or(st.next_seq, |e| e.line.seq);
+        let first_seq = st.ring.first_seq().unwrap_or(st.next_seq);
         let count = older.len() as u64;
         let mut out: Vec<LogLine> = older
             .into_iter()
@@ -207,24 +339,6 @@ impl UnitLog {
         }
         st.path = new_path;
         Ok(())
-    }
-}
-
-/// Pushes a written batch to the ring and to followers, after the file write
-/// so a follower never sees a line the file (in order) doesn't have.
-fn mark(st: &mut State, tx: &broadcast::Sender<LogLine>, batch: &mut Vec<LogLine>, in_file: bool, ring_lines: usize) {
-    let followed = tx.receiver_count() > 0;
-    for line in batch.drain(..) {
-        if followed {
-            // Err only means the last follower left meanwhile.
-            let _ = tx.send(line.clone());
-        }
-        if ring_lines > 0 {
-            if st.ring.len() >= ring_lines {
-                st.ring.pop_front();
-            }
-            st.ring.push_back(RingEntry { line, in_file });
-        }
     }
 }
 

@@ -32,6 +32,8 @@ pub struct BaseConfig {
     /// Workers run as this user and group (`user NAME GROUP;`), never the
     /// instance user: see `worker_user`. None when the daemon is not root.
     pub worker_user: Option<WorkerUser>,
+    /// The login gate's answer cache (`proxy_cache_path`): see [`make_auth_cache_dir`].
+    pub auth_cache: PathBuf,
 }
 
 /// NGINX's worker identity, by name (the `user` directive takes names) and by id.
@@ -83,6 +85,7 @@ impl BaseConfig {
             .replace("{{LISTEN}}", &std::net::SocketAddr::new(self.listen_addr, self.listen_port).to_string())
             .replace("{{APPS_LISTEN}}", &std::net::SocketAddr::new(self.listen_addr, self.apps_port).to_string())
             .replace("{{UPSTREAM}}", &self.upstream.to_string())
+            .replace("{{AUTH_CACHE}}", &self.auth_cache.display().to_string())
     }
 }
 
@@ -129,6 +132,44 @@ pub fn serves_port(data_dir: &Path, port: u16) -> bool {
     text.lines().map(str::trim).any(|l| l.starts_with("listen ") && l.ends_with(&suffix))
 }
 
+/// Where the previous run's gate cache dir is written down, to be removed.
+const AUTH_CACHE_RECORD: &str = "nginx/auth_cache.path";
+const AUTH_CACHE_PREFIX: &str = "aikore-auth-";
+
+/// A fresh dir for the login gate's answer cache: `<temp dir>/aikore-auth-<name>`,
+/// 0700, given to `owner` (NGINX's workers). Not in the data dir: the workers
+/// must reach it, and a data dir may sit inside a private (0700) parent; and
+/// its keys hold credentials, which belong in a temp dir that a reboot
+/// clears, not in persistent state. The previous run's dir goes first.
+pub fn make_auth_cache_dir(data_dir: &Path, owner: Option<(u32, u32)>, name: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let record = data_dir.join(AUTH_CACHE_RECORD);
+    // The path goes into the config: a TMPDIR with anything but plain path
+    // characters is not used.
+    let temp = Some(std::env::temp_dir())
+        .filter(|t| t.to_str().is_some_and(|t| t.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    if let Ok(old) = std::fs::read_to_string(&record) {
+        let old = PathBuf::from(old.trim());
+        // Only ever a dir this function made: the record could be stale or edited.
+        let ours = old.parent() == Some(temp.as_path())
+            && old.file_name().is_some_and(|n| n.to_string_lossy().starts_with(AUTH_CACHE_PREFIX));
+        if ours {
+            // Does not follow symlinks, at the top or inside.
+            let _ = std::fs::remove_dir_all(&old);
+        }
+    }
+    let dir = temp.join(format!("{AUTH_CACHE_PREFIX}{name}"));
+    // Fails if the name exists: never a dir or link someone else made.
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))?;
+    }
+    std::fs::create_dir_all(data_dir.join("nginx"))?;
+    crate::safefs::write_atomically(&record, dir.display().to_string().as_bytes())?;
+    Ok(dir)
+}
+
 /// Whether NGINX could listen on `addr:port` now (nobody else does).
 pub fn port_free_on(addr: std::net::IpAddr, port: u16) -> bool {
     std::net::TcpListener::bind((addr, port)).is_ok()
@@ -148,6 +189,7 @@ mod tests {
             apps_port: 9100,
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: None,
+            auth_cache: "/tmp/aikore-auth-test".into(),
         };
         assert!(config("0.0.0.0").render().contains("listen 0.0.0.0:9000;"));
         assert!(config("0.0.0.0").render().contains("listen 0.0.0.0:9100;"));
@@ -166,6 +208,7 @@ mod tests {
             apps_port: 9124,
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: Some(WorkerUser { user: "abc".into(), group: "def".into(), uid: 1, gid: 2 }),
+            auth_cache: "/tmp/aikore-auth-test".into(),
         };
         let text = config.render();
         assert!(!text.contains("{{"), "{text}");
@@ -187,6 +230,7 @@ mod tests {
             apps_port: 2,
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: Some(nobody.clone()),
+            auth_cache: "/tmp/aikore-auth-test".into(),
         };
         assert!(config.render().contains(&format!("user nobody {group};")));
     }
@@ -206,6 +250,7 @@ mod tests {
             apps_port: 9124,
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: None,
+            auth_cache: make_auth_cache_dir(data.path(), None, &format!("test-{}", std::process::id())).unwrap(),
         };
         write_base_config(data.path(), &config).unwrap();
         let entries = [
@@ -256,5 +301,34 @@ mod tests {
         let err = swap::stage_and_swap(&prefix, &rendered.upstreams, &broken, &tester).unwrap_err();
         assert!(err.to_string().contains("proxy_pass_bogus"), "{err}");
         assert_eq!(std::fs::read_to_string(prefix.join("routes/aikore.conf")).unwrap(), empty.text);
+        std::fs::remove_dir_all(&config.auth_cache).unwrap();
+    }
+
+    #[test]
+    fn the_gate_cache_dir_is_private_fresh_and_replaces_the_last_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let data = tempfile::tempdir().unwrap();
+        let tag = format!("t{}", std::process::id());
+        let first = make_auth_cache_dir(data.path(), None, &format!("{tag}-a")).unwrap();
+        assert_eq!(first.parent(), Some(std::env::temp_dir().as_path()));
+        assert_eq!(std::fs::metadata(&first).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::write(first.join("entry"), "x").unwrap();
+        // A dir of that name made by someone else is refused, never reused;
+        // the previous run's (recorded) is removed either way.
+        let foreign = std::env::temp_dir().join(format!("{AUTH_CACHE_PREFIX}{tag}-x"));
+        std::fs::create_dir(&foreign).unwrap();
+        assert!(make_auth_cache_dir(data.path(), None, &format!("{tag}-x")).is_err());
+        assert!(foreign.exists());
+        assert!(!first.exists(), "the previous run's cache is removed");
+        let second = make_auth_cache_dir(data.path(), None, &format!("{tag}-b")).unwrap();
+        // A record naming anything but one of these dirs removes nothing.
+        let outside = data.path().join("keep");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(data.path().join(AUTH_CACHE_RECORD), outside.display().to_string()).unwrap();
+        let third = make_auth_cache_dir(data.path(), None, &format!("{tag}-c")).unwrap();
+        assert!(outside.exists() && second.exists());
+        for dir in [foreign, second, third] {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
     }
 }
