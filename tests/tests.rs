@@ -14,7 +14,6 @@ mod instances;
 mod layers;
 mod logs;
 mod metrics;
-mod origin;
 mod persistent;
 mod pid1;
 mod proxy;

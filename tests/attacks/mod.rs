@@ -1,13 +1,18 @@
-//! Issue 12: the instance user gains nothing on the host side. Each test
-//! replays one attack found against an older release, as uid 65534 (the
-//! daemon runs with PUID=PGID=65534, as root), against the real daemon and,
-//! where it matters, the real NGINX; and asserts it fails and that nothing
-//! outside the instance dir changed. Attacker steps run through `setpriv`
-//! (util-linux), exactly the rights code inside an instance has.
+//! Issue 12: one test per attack vector found against an older release.
+//! `state`, `symlinks`, `processes`: the instance user gains nothing on the
+//! host side. Each replays the attack as uid 65534 (the daemon runs with
+//! PUID=PGID=65534, as root), against the real daemon and, where it matters,
+//! the real NGINX; and asserts it fails and that nothing outside the
+//! instance dir changed. Attacker steps run through `setpriv` (util-linux),
+//! exactly the rights code inside an instance has. `web`: what reaches the
+//! ports gains nothing: apps on their own origin, the first-run claim, login
+//! floods, the public flag, /metrics, oversize bodies (the hostile app page
+//! in a browser is web/tests/origin.test.mjs).
 
 mod processes;
 mod state;
 mod symlinks;
+mod web;
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Write};
