@@ -163,7 +163,34 @@ impl UnitCgroup {
         fs::read_to_string(self.dir.join("memory.current")).ok()?.trim().parse().ok()
     }
 
+    /// `oom_kill` of `memory.events`: processes in this cgroup (or below)
+    /// the kernel's OOM killer killed. None without the memory controller.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let events = fs::read_to_string(self.dir.join("memory.events")).ok()?;
+        events.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+    }
+
+    /// MemoryMax=: `memory.max`, and `memory.swap.max` 0 where swap
+    /// accounting exists (a limit that swap can dodge only slows the box
+    /// down). Fails where the memory controller is not delegated to us.
+    pub fn set_memory_max(&self, bytes: u64) -> std::io::Result<()> {
+        fs::write(self.dir.join("memory.max"), bytes.to_string())?;
+        let swap = self.dir.join("memory.swap.max");
+        if swap.exists() {
+            fs::write(swap, "0")?;
+        }
+        Ok(())
+    }
+
     pub fn remove(&self) {
         let _ = fs::remove_dir(&self.dir);
     }
+}
+
+/// The host's OOM kills since boot (`/proc/vmstat` `oom_kill`, Linux 4.13+).
+pub fn host_oom_kills() -> u64 {
+    fs::read_to_string("/proc/vmstat")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()))
+        .unwrap_or(0)
 }
