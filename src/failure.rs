@@ -157,6 +157,8 @@ const BUILTIN: &[(FailureClass, &str)] = &[
     (FailureClass::NoGpu, "found no nvidia driver"),
     (FailureClass::MissingModule, "modulenotfounderror: no module named"),
     (FailureClass::PortInUse, "address already in use"),
+    // aikore's own check before it starts an instance on its port.
+    (FailureClass::PortInUse, "already in use by another process"),
     (FailureClass::DiskFull, "no space left on device"),
     (FailureClass::Network, "could not resolve host"),
     (FailureClass::Network, "temporary failure in name resolution"),
@@ -196,7 +198,8 @@ pub fn classify(ev: &Evidence, extra: &[Pattern]) -> Failure {
         })
     });
     if let Some((class, line)) = found {
-        return Failure { class, hint: Some(hint(class, line, ev.port)), line: Some(line.trim().to_string()) };
+        let port = port_in(line).or(ev.port);
+        return Failure { class, hint: Some(hint(class, line, port)), line: Some(line.trim().to_string()) };
     }
     match ev.signal {
         Some(signal) => Failure {
@@ -229,6 +232,19 @@ fn hint(class: FailureClass, line: &str, port: Option<u16>) -> String {
         FailureClass::Killed => "a signal from outside aikore ended it".into(),
         FailureClass::Unknown => String::new(),
     }
+}
+
+/// The port a bind error names: aikore's own "port N ..." or uvicorn's
+/// "address ('0.0.0.0', N)".
+fn port_in(line: &str) -> Option<u16> {
+    let digits = |s: &str| s.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok();
+    if let Some(i) = line.find("port ") {
+        if let Some(p) = digits(&line[i + 5..]) {
+            return Some(p);
+        }
+    }
+    let i = line.find("', ")?;
+    digits(&line[i + 3..])
 }
 
 /// `x` of `No module named 'x.y'` — the top-level package is what pip installs.
@@ -320,6 +336,9 @@ torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 TiB. GPU 0 ha
         let mut e = ev(Some(1), None, "OSError: [Errno 98] Address already in use");
         e.port = Some(8188);
         assert!(classify(&e, &[]).hint.unwrap().starts_with("port 8188 is held by"));
+        let uvicorn =
+            "ERROR:    [Errno 98] error while attempting to bind on address ('0.0.0.0', 7860): address already in use";
+        assert!(classify(&ev(Some(1), None, uvicorn), &[]).hint.unwrap().starts_with("port 7860 is held by"));
         assert!(FailureClass::MissingModule.restart_cannot_fix());
         assert!(FailureClass::PortInUse.restart_cannot_fix() && FailureClass::NoGpu.restart_cannot_fix());
         assert!(!FailureClass::CudaOom.restart_cannot_fix() && !FailureClass::HostOom.restart_cannot_fix());

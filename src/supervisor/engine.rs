@@ -762,7 +762,17 @@ impl<C: ProcessControl> Engine<C> {
             Ok(prepared) => self.units.get_mut(name).expect("exists").prepared = prepared,
             Err(why) => {
                 self.set_phase(name, Phase::Idle);
-                self.set_status(name, Status::Failed, Some(why));
+                // aikore's own reason may tell a class (an instance's port found taken).
+                let evidence = crate::failure::Evidence { lines: vec![why.clone()], ..Default::default() };
+                let failure = classify(&evidence, &[]);
+                let detail = if failure.class == FailureClass::Unknown {
+                    why
+                } else {
+                    let detail = format!("{why} ({})", failure.summary());
+                    self.record_failure(name, failure);
+                    detail
+                };
+                self.set_status(name, Status::Failed, Some(detail));
                 return;
             }
         }
@@ -938,19 +948,30 @@ impl<C: ProcessControl> Engine<C> {
     fn classify_end(&mut self, name: &str) -> Option<Failure> {
         let rt = &self.units[name];
         let ending = rt.ending.as_ref()?;
-        let status = match ending {
-            RunEnd::Exited(status) | RunEnd::PreFailed(status) if !ending.is_clean() => *status,
+        let mut evidence = match ending {
+            RunEnd::Exited(status) | RunEnd::PreFailed(status) if !ending.is_clean() => {
+                let status = *status;
+                let mut evidence = self.ctl.failure_evidence(name);
+                (evidence.code, evidence.signal) = match status {
+                    ExitStatus::Exited { code } => (Some(code), None),
+                    ExitStatus::Signaled { signal, .. } => (None, Some(signal)),
+                };
+                evidence
+            }
+            // aikore's own reason tells (an instance's port found taken before the fork).
+            RunEnd::SpawnFailed(why) => crate::failure::Evidence { lines: vec![why.clone()], ..Default::default() },
             _ => return None,
-        };
-        let mut evidence = self.ctl.failure_evidence(name);
-        (evidence.code, evidence.signal) = match status {
-            ExitStatus::Exited { code } => (Some(code), None),
-            ExitStatus::Signaled { signal, .. } => (None, Some(signal)),
         };
         let rt = &self.units[name];
         // The port the app itself binds (behind NGINX in port mode) is the one it found taken.
         evidence.port = rt.prepared.app_port.or(rt.prepared.port);
         let failure = classify(&evidence, &rt.prepared.failure_patterns);
+        self.record_failure(name, failure.clone());
+        Some(failure)
+    }
+
+    /// Keeps `failure` as the unit's last, and says it in the log and the journal.
+    fn record_failure(&mut self, name: &str, failure: Failure) {
         let mut said = format!("failure class: {}", failure.class);
         if let Some(line) = &failure.line {
             said.push_str(&format!(" ({line})"));
@@ -966,7 +987,6 @@ impl<C: ProcessControl> Engine<C> {
             (None, None) => failure.class.to_string(),
         };
         self.emit(name, "failure", Some(detail));
-        Some(failure)
     }
 
     fn finish_run(&mut self, name: &str) {
