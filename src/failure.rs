@@ -130,6 +130,9 @@ pub struct Failure {
     pub line: Option<String>,
     /// What a user can do about it, in a sentence.
     pub hint: Option<String>,
+    /// For `port-in-use`: the port found taken (from the line, else the run's).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub port: Option<u16>,
 }
 
 impl Failure {
@@ -184,6 +187,7 @@ pub fn classify(ev: &Evidence, extra: &[Pattern]) -> Failure {
         return Failure {
             class: FailureClass::HostOom,
             line: None,
+            port: None,
             hint: Some(format!(
                 "the kernel killed it for memory ({scope} ran out): raise MemoryMax= or stop other apps"
             )),
@@ -198,16 +202,17 @@ pub fn classify(ev: &Evidence, extra: &[Pattern]) -> Failure {
         })
     });
     if let Some((class, line)) = found {
-        let port = port_in(line).or(ev.port);
-        return Failure { class, hint: Some(hint(class, line, port)), line: Some(line.trim().to_string()) };
+        let port = if class == FailureClass::PortInUse { port_in(line).or(ev.port) } else { None };
+        return Failure { class, hint: Some(hint(class, line, port)), line: Some(line.trim().to_string()), port };
     }
     match ev.signal {
         Some(signal) => Failure {
             class: FailureClass::Killed,
             line: None,
+            port: None,
             hint: Some(format!("signal {signal} from outside aikore (another process, or the container runtime)")),
         },
-        None => Failure { class: FailureClass::Unknown, line: None, hint: None },
+        None => Failure { class: FailureClass::Unknown, line: None, hint: None, port: None },
     }
 }
 
@@ -222,15 +227,21 @@ fn hint(class: FailureClass, line: &str, port: Option<u16>) -> String {
             Some(module) => format!("pip install {module} into the instance's venv"),
             None => "install the missing Python module into the instance's venv".into(),
         },
-        FailureClass::PortInUse => match port {
-            Some(port) => format!("port {port} is held by another process; stop it or give this unit another port"),
-            None => "its port is held by another process; stop it or give this unit another port".into(),
-        },
+        FailureClass::PortInUse => port_hint(port, None),
         FailureClass::DiskFull => "the disk is full: free space in the data volume".into(),
         FailureClass::NoGpu => "no GPU visible: check GPUs= / the NVIDIA runtime (docker run --gpus)".into(),
         FailureClass::Network => "no network: check DNS and the proxy settings, or install offline".into(),
         FailureClass::Killed => "a signal from outside aikore ended it".into(),
         FailureClass::Unknown => String::new(),
+    }
+}
+
+/// The `port-in-use` hint, naming the holder when the OS side found it.
+pub fn port_hint(port: Option<u16>, holder: Option<&str>) -> String {
+    let holder = holder.unwrap_or("another process");
+    match port {
+        Some(port) => format!("port {port} is held by {holder}; stop it or give this unit another port"),
+        None => format!("its port is held by {holder}; stop it or give this unit another port"),
     }
 }
 

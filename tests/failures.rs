@@ -129,13 +129,17 @@ fn an_app_binding_a_taken_port_is_port_in_use_and_is_not_restarted() {
     let d = Daemon::start(&[(
         "clash.service",
         &format!(
-            "[Service]\nExecStart=python3 -m http.server {port} --bind 127.0.0.1\nRestart=always\nRestartSec=100ms\n"
+            "[Service]\nExecStart=python3 -m http.server {port} --bind 127.0.0.1\nReadyCheck=tcp:{port}\n\
+             Restart=always\nRestartSec=100ms\n"
         ),
     )]);
     let u = d.wait_status("clash", "failed");
     assert_eq!(u["failure"]["class"], "port-in-use", "{u}");
     assert_eq!(u["failure"]["line"], "OSError: [Errno 98] Address already in use", "{u}");
-    assert!(u["failure"]["hint"].as_str().unwrap().contains("held by another process"), "{u}");
+    // The holder is named: this test process, which bound the port first.
+    let hint = u["failure"]["hint"].as_str().unwrap();
+    assert!(hint.starts_with(&format!("port {port} is held by ")), "{hint}");
+    assert!(hint.contains(&format!("(pid {})", std::process::id())), "{hint}");
     assert_eq!(u["restarts"], 0, "{u}");
     std::thread::sleep(std::time::Duration::from_millis(400));
     assert_eq!(d.unit("clash")["restarts"], 0);
@@ -155,14 +159,27 @@ fn an_instance_whose_fixed_port_is_taken_fails_as_port_in_use_naming_the_port() 
     d.wait_status("clash", "failed");
     let (_, inst) = d.get("/api/v1/instances/clash");
     assert_eq!(inst["failure"]["class"], "port-in-use", "{inst}");
-    assert_eq!(
-        inst["failure"]["hint"],
-        format!("port {port} is held by another process; stop it or give this unit another port"),
-        "{inst}"
-    );
+    let hint = inst["failure"]["hint"].as_str().unwrap();
+    assert!(hint.starts_with(&format!("port {port} is held by ")), "{hint}");
+    assert!(hint.contains(&format!("(pid {}); stop it", std::process::id())), "{hint}");
     assert_eq!(inst["restarts"], 0, "{inst}");
     assert_eq!(metric(&d, "clash", "port-in-use"), 1.0);
     drop(taken);
+}
+
+#[test]
+fn no_visible_gpu_fails_at_once_with_a_hint() {
+    let d = Daemon::start(&[(
+        "nogpu.service",
+        "[Service]\nExecStart=/bin/sh -c 'echo \"RuntimeError: Found no NVIDIA driver on your system.\" >&2; exit 1'\n\
+         Restart=on-failure\nRestartSec=100ms\n",
+    )]);
+    let u = d.wait_status("nogpu", "failed");
+    assert_eq!(u["failure"]["class"], "no-gpu", "{u}");
+    assert_eq!(u["failure"]["line"], "RuntimeError: Found no NVIDIA driver on your system.", "{u}");
+    assert!(u["failure"]["hint"].as_str().unwrap().contains("check GPUs="), "{u}");
+    assert_eq!(u["restarts"], 0, "{u}");
+    assert_eq!(metric(&d, "nogpu", "no-gpu"), 1.0);
 }
 
 #[test]

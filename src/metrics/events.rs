@@ -200,6 +200,7 @@ mod tests {
             class: crate::failure::FailureClass::CudaOom,
             line: Some("torch.OutOfMemoryError".into()),
             hint: None,
+            port: None,
         });
         m.observe(&mut t, &e);
         m.observe(&mut t, &e);

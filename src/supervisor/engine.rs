@@ -768,9 +768,8 @@ impl<C: ProcessControl> Engine<C> {
                 let detail = if failure.class == FailureClass::Unknown {
                     why
                 } else {
-                    let detail = format!("{why} ({})", failure.summary());
-                    self.record_failure(name, failure);
-                    detail
+                    let failure = self.record_failure(name, failure);
+                    format!("{why} ({})", failure.summary())
                 };
                 self.set_status(name, Status::Failed, Some(detail));
                 return;
@@ -963,15 +962,23 @@ impl<C: ProcessControl> Engine<C> {
             _ => return None,
         };
         let rt = &self.units[name];
-        // The port the app itself binds (behind NGINX in port mode) is the one it found taken.
-        evidence.port = rt.prepared.app_port.or(rt.prepared.port);
+        // The port the app itself binds (behind NGINX in port mode) is the one it found taken; a
+        // service's is the one its ReadyCheck= probes.
+        let probed = rt.prepared.ready.as_ref().map(|target| match target {
+            super::ReadyTarget::Tcp { port, .. } | super::ReadyTarget::Http { port, .. } => *port,
+        });
+        evidence.port = rt.prepared.app_port.or(rt.prepared.port).or(probed);
         let failure = classify(&evidence, &rt.prepared.failure_patterns);
-        self.record_failure(name, failure.clone());
-        Some(failure)
+        Some(self.record_failure(name, failure))
     }
 
     /// Keeps `failure` as the unit's last, and says it in the log and the journal.
-    fn record_failure(&mut self, name: &str, failure: Failure) {
+    fn record_failure(&mut self, name: &str, mut failure: Failure) -> Failure {
+        if failure.class == FailureClass::PortInUse {
+            if let Some(holder) = failure.port.and_then(|port| self.ctl.port_holder(port)) {
+                failure.hint = Some(crate::failure::port_hint(failure.port, Some(&holder)));
+            }
+        }
         let mut said = format!("failure class: {}", failure.class);
         if let Some(line) = &failure.line {
             said.push_str(&format!(" ({line})"));
@@ -987,6 +994,7 @@ impl<C: ProcessControl> Engine<C> {
             (None, None) => failure.class.to_string(),
         };
         self.emit(name, "failure", Some(detail));
+        failure
     }
 
     fn finish_run(&mut self, name: &str) {

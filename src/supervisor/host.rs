@@ -531,6 +531,10 @@ impl ProcessControl for HostProcesses {
         self.logs.note(unit, text.strip_prefix("[aikore] ").unwrap_or(text));
     }
 
+    fn port_holder(&mut self, port: u16) -> Option<String> {
+        super::sockets::listener_of(port)
+    }
+
     fn failure_evidence(&mut self, unit: &str) -> crate::failure::Evidence {
         let facts = self.runs.remove(unit).unwrap_or_default();
         let wait = || {

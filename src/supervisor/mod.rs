@@ -9,6 +9,7 @@ pub mod host;
 pub mod members;
 pub mod ready;
 pub mod reload;
+pub mod sockets;
 pub mod spawn;
 pub mod state;
 
@@ -115,6 +116,10 @@ pub trait ProcessControl: Send + 'static {
     /// before `end_run`, and only for runs that ended badly.
     fn failure_evidence(&mut self, _unit: &str) -> crate::failure::Evidence {
         crate::failure::Evidence::default()
+    }
+    /// Who listens on `port` (`comm (pid N)`), for the `port-in-use` hint.
+    fn port_holder(&mut self, _port: u16) -> Option<String> {
+        None
     }
     /// The first ConditionPathExists= that does not hold, if any: the start is
     /// then skipped, not failed (systemd's semantics).

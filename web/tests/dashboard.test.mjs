@@ -198,7 +198,7 @@ test("a failed instance's badge says why in its tooltip, live and after a reload
     await page.waitForSelector(`${badge("clash", "failed")}[data-failure="port-in-use"]`, { timeout: 20000 });
     const live = await page.getAttribute(badge("clash", "failed"), "title");
     assert.match(live, /^failure: port-in-use\n/);
-    assert.ok(live.includes(`port ${port} is held by another process`), live);
+    assert.ok(live.includes(`port ${port} is held by `) && live.includes(`(pid ${process.pid})`), live);
     await shot("failure-tooltip");
     // Rendered by the server the same way.
     await page.reload();
