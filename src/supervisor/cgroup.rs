@@ -194,3 +194,24 @@ pub fn host_oom_kills() -> u64 {
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The files as the kernel lays them out (cgroup v2's memory.events), in a
+    /// plain dir: the parsing and writing, not the kernel's enforcement.
+    #[test]
+    fn reads_oom_kills_and_writes_the_memory_limit_without_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = UnitCgroup { dir: dir.path().to_path_buf() };
+        assert_eq!(cg.oom_kills(), None, "no memory controller");
+        fs::write(dir.path().join("memory.events"), "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n")
+            .unwrap();
+        assert_eq!(cg.oom_kills(), Some(2));
+        fs::write(dir.path().join("memory.swap.max"), "max\n").unwrap();
+        cg.set_memory_max(64 << 20).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("memory.max")).unwrap(), "67108864");
+        assert_eq!(fs::read_to_string(dir.path().join("memory.swap.max")).unwrap(), "0");
+    }
+}
