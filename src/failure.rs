@@ -284,7 +284,8 @@ torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 TiB. GPU 0 ha
     #[test]
     fn classes_from_exit_and_log_lines() {
         // (exit code, signal, log, class, line the verdict quotes (a prefix of))
-        let table: &[(Option<i32>, Option<i32>, &str, FailureClass, Option<&str>)] = &[
+        type Row<'a> = (Option<i32>, Option<i32>, &'a str, FailureClass, Option<&'a str>);
+        let table: &[Row] = &[
             (Some(1), None, TORCH_OOM, FailureClass::CudaOom, Some("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 TiB")),
             (Some(1), None, "RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported", FailureClass::CudaOom, Some("RuntimeError: CUDA error: out of memory")),
             (Some(1), None, "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", FailureClass::CudaOom, Some("RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED")),
@@ -358,8 +359,10 @@ torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 TiB. GPU 0 ha
     #[test]
     fn user_patterns_come_before_the_built_in_ones() {
         let hip = Pattern::parse("cuda-oom: HIP out of memory").unwrap();
-        let got =
-            classify(&ev(Some(1), None, "RuntimeError: HIP out of memory. Tried to allocate 2 GiB"), &[hip.clone()]);
+        let got = classify(
+            &ev(Some(1), None, "RuntimeError: HIP out of memory. Tried to allocate 2 GiB"),
+            std::slice::from_ref(&hip),
+        );
         assert_eq!(got.class, FailureClass::CudaOom);
         assert_eq!(got.line.as_deref(), Some("RuntimeError: HIP out of memory. Tried to allocate 2 GiB"));
         let mine = Pattern::parse(" network : ^E: Unable to fetch").unwrap();

@@ -546,9 +546,10 @@ impl ProcessControl for HostProcesses {
         // The captures run on the other workers; block_in_place hands this
         // worker's other tasks away meanwhile (it would panic on a
         // current-thread runtime, where nothing could progress anyway).
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
-            _ => {}
+        if let Ok(tokio::runtime::RuntimeFlavor::MultiThread) =
+            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor())
+        {
+            tokio::task::block_in_place(wait);
         }
         let cgroup_oom_kills = match self.members.get(unit) {
             Some(Membership::Cgroup(cg)) => cg.oom_kills().unwrap_or(0).saturating_sub(facts.cgroup_oom_base),
