@@ -203,10 +203,9 @@ fn a_blueprint_adds_its_own_failure_patterns() {
     assert_eq!(metric(&d, "hip", "cuda-oom"), 1.0);
 }
 
-/// Whether processes in aikore's cgroups can be given a memory limit: the
-/// unified hierarchy offers the memory controller. (This dev box mounts a
-/// hybrid hierarchy whose v2 half has no memory controller; the CI
-/// container's unified one has it.)
+/// Whether the unified hierarchy offers the memory controller at all (this
+/// dev box mounts a hybrid hierarchy whose v2 half has none), for the log of
+/// the test that could not check enforcement.
 fn memory_controller_in_cgroup_v2() -> bool {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mount = mountinfo.lines().find_map(|line| {
@@ -223,28 +222,39 @@ fn memory_controller_in_cgroup_v2() -> bool {
 
 #[test]
 fn exceeding_memory_max_is_host_oom() {
+    // `b"x" * n` writes every byte, so the pages are really used (a calloc'd
+    // buffer could stay untouched zero pages and never hit the limit).
     let d = Daemon::start(&[(
         "hog.service",
         "[Service]\nMemoryMax=64M\n\
-         ExecStart=python3 -c 'import time; x = bytearray(512 << 20); print(\"allocated\", flush=True); time.sleep(600)'\n",
+         ExecStart=python3 -c 'import time; x = b\"x\" * (256 << 20); print(\"allocated\", flush=True); time.sleep(600)'\n",
     )]);
-    let (_, system) = d.get("/api/v1/system");
-    if system["tracking"] == "cgroup" && memory_controller_in_cgroup_v2() {
-        let u = d.wait_status("hog", "error");
-        assert_eq!(u["failure"]["class"], "host-oom", "{u}");
-        assert!(u["failure"]["hint"].as_str().unwrap().contains("MemoryMax="), "{u}");
-        assert_eq!(u["failure"]["line"], Value::Null);
-        assert_eq!(metric(&d, "hog", "host-oom"), 1.0);
-        assert!(!d.unit_log("hog").contains("allocated"), "{}", d.unit_log("hog"));
-    } else {
-        // No memory controller to enforce it: the user is told so in the
-        // unit's log, not left believing a limit holds.
-        d.wait_until("the not-enforced note", |d| d.unit_log("hog").contains("MemoryMax= is not enforced"));
-        eprintln!("exceeding_memory_max_is_host_oom: no memory controller in cgroup v2 here; checked the warning only");
+    const NOTE: &str = "MemoryMax= is not enforced";
+    d.wait_until("an OOM kill or the not-enforced note", |d| {
+        d.unit("hog")["status"] == "error" || d.unit_log("hog").contains(NOTE)
+    });
+    if d.unit_log("hog").contains(NOTE) {
+        // Nothing to enforce it with (no memory controller delegated to
+        // aikore's cgroup, or no cgroup at all; a container whose own cgroup
+        // holds processes cannot enable controllers for its children): the
+        // user is told so at each start, not left believing a limit holds.
+        let (_, system) = d.get("/api/v1/system");
+        eprintln!(
+            "tracking {}, memory controller at the cgroup2 root: {}",
+            system["tracking"],
+            memory_controller_in_cgroup_v2()
+        );
+        eprintln!("exceeding_memory_max_is_host_oom: MemoryMax= cannot be enforced here; checked the warning only");
+        return;
     }
+    let u = d.wait_status("hog", "error");
+    assert_eq!(u["failure"]["class"], "host-oom", "{u}");
+    assert!(u["failure"]["hint"].as_str().unwrap().contains("MemoryMax="), "{u}");
+    assert_eq!(u["failure"]["line"], Value::Null);
+    assert_eq!(metric(&d, "hog", "host-oom"), 1.0);
+    assert!(!d.unit_log("hog").contains("allocated"), "{}", d.unit_log("hog"));
 }
 
-/// Helps read failures: the journal's failure entries are well-formed JSON values.
 #[test]
 fn a_clean_exit_is_not_classified() {
     let d = Daemon::start(&[("fine.service", "[Service]\nExecStart=/bin/true\n")]);
