@@ -345,6 +345,15 @@ fn print_unit(u: &serde_json::Value) {
     println!("  pid:       {}", text(u, "pid"));
     println!("  restarts:  {}", text(u, "restarts"));
     println!("  last exit: {}", text(u, "last_exit"));
+    if let Some(failure) = u.get("failure").filter(|f| f.is_object()) {
+        println!("  failure:   {}", text(failure, "class"));
+        if let Some(line) = failure.get("line").and_then(|l| l.as_str()) {
+            println!("  log line:  {line}");
+        }
+        if let Some(hint) = failure.get("hint").and_then(|h| h.as_str()).filter(|h| !h.is_empty()) {
+            println!("  hint:      {hint}");
+        }
+    }
     println!("  file:      {}", text(u, "path"));
 }
 

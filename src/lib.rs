@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod failure;
 pub mod init;
 pub mod instances;
 pub mod logs;

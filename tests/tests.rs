@@ -10,6 +10,7 @@ mod attacks;
 mod check;
 mod deployed;
 mod environment;
+mod failures;
 mod instances;
 mod layers;
 mod logs;

@@ -49,6 +49,31 @@ pub fn parse_metadata(text: &str) -> BTreeMap<String, String> {
     meta
 }
 
+/// Every `# aikore.failure = class: regex` line between the markers, in order
+/// (the key may repeat, unlike the others `parse_metadata` keeps one of).
+pub fn failure_specs(text: &str) -> Vec<String> {
+    let mut inside = false;
+    let mut specs = Vec::new();
+    for line in text.lines().take(200) {
+        let line = line.trim();
+        if line == START {
+            inside = true;
+        } else if line == END {
+            break;
+        } else if inside {
+            let Some(rest) = line.strip_prefix('#').map(str::trim).and_then(|l| l.strip_prefix("aikore.")) else {
+                continue;
+            };
+            if let Some((key, value)) = rest.split_once('=') {
+                if key.trim() == "failure" {
+                    specs.push(value.trim().to_string());
+                }
+            }
+        }
+    }
+    specs
+}
+
 fn read_blueprint(path: &Path, custom: bool) -> Option<Blueprint> {
     let id = path.file_stem()?.to_str()?.to_string();
     // functions.sh and persistent-run.sh are helpers, not blueprints.
@@ -115,6 +140,12 @@ mod tests {
         assert_eq!(meta.get("venv_path").map(String::as_str), Some("./env"));
         assert_eq!(meta.get("proxy").map(String::as_str), Some("port"));
         assert!(!meta.contains_key("category"));
+    }
+
+    #[test]
+    fn failure_lines_repeat_and_keep_their_regex_whole() {
+        let text = "### AIKORE-METADATA-START ###\n# aikore.failure = cuda-oom: HIP out of memory\n# aikore.name = X\n# aikore.failure = network: a=b\n### AIKORE-METADATA-END ###\n# aikore.failure = disk-full: late\n";
+        assert_eq!(failure_specs(text), ["cuda-oom: HIP out of memory", "network: a=b"]);
     }
 
     #[test]

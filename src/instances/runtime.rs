@@ -184,6 +184,35 @@ fn is_gradio(unit: &Unit, ctx: &InstanceContext) -> bool {
     framework.is_some_and(|f| f.eq_ignore_ascii_case("gradio"))
 }
 
+/// `# aikore.failure = class: regex` lines of the instance's launch.sh, else
+/// of its blueprint (custom, then stock). A bad line is logged and skipped:
+/// the built-in classes still apply.
+fn failure_patterns(unit: &Unit, ctx: &InstanceContext) -> Vec<crate::failure::Pattern> {
+    let Some(instance) = unit.instance.as_ref() else { return Vec::new() };
+    let mut candidates = vec![ctx.instance_dir(&unit.name).join("launch.sh")];
+    if crate::units::is_valid_unit_name(&instance.blueprint) {
+        let file = format!("{}.sh", instance.blueprint);
+        candidates.push(ctx.data_dir.join("blueprints").join(&file));
+        candidates.push(ctx.blueprints_dir.join(&file));
+    }
+    let specs = candidates
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|text| super::blueprints::failure_specs(&text))
+        .find(|specs| !specs.is_empty())
+        .unwrap_or_default();
+    specs
+        .iter()
+        .filter_map(|spec| match crate::failure::Pattern::parse(spec) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(unit = %unit.name, error = %e, "ignoring an aikore.failure line");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Everything a run of this instance is given (README.md, "Instances").
 pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
     let instance = unit.instance.as_ref().ok_or("not an instance")?;
@@ -248,5 +277,14 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
         Some((run, wrapper)) => (vec!["/bin/bash".to_string(), wrapper.display().to_string()], Some(run.lease.ws_port)),
         None => (Vec::new(), None),
     };
-    Ok(Prepared { ready, env, default_exec_start, port: Some(port), app_port: Some(app_port), main_wrapper, vnc_port })
+    Ok(Prepared {
+        ready,
+        env,
+        default_exec_start,
+        port: Some(port),
+        app_port: Some(app_port),
+        main_wrapper,
+        vnc_port,
+        failure_patterns: failure_patterns(unit, ctx),
+    })
 }

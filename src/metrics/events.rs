@@ -1,5 +1,5 @@
 //! Counters that only the supervisor's event stream can give: starts, exits
-//! by code, and how long starts take to become `started`.
+//! by code, failures by class, and how long starts take to become `started`.
 //!
 //! A snapshot shows where a unit is, not what happened between two scrapes
 //! (a crash loop faster than the scrape interval), so these come from a task
@@ -21,6 +21,7 @@ pub const READY_BUCKETS: &[f64] =
 pub struct EventMetrics {
     starts: IntCounterVec,
     exits: IntCounterVec,
+    failures: IntCounterVec,
     ready: HistogramVec,
 }
 
@@ -42,6 +43,10 @@ impl EventMetrics {
             Opts::new("aikore_unit_exits_total", "Runs of the unit that ended by themselves, by exit code or signal."),
             &["unit", "kind", "code"],
         )?;
+        let failures = IntCounterVec::new(
+            Opts::new("aikore_unit_failures_total", "Runs of the unit that ended badly, by failure class."),
+            &["unit", "class"],
+        )?;
         let ready = HistogramVec::new(
             HistogramOpts::new("aikore_unit_ready_seconds", "Time from a start to the unit being started (ready).")
                 .buckets(READY_BUCKETS.to_vec()),
@@ -49,8 +54,9 @@ impl EventMetrics {
         )?;
         registry.register(Box::new(starts.clone()))?;
         registry.register(Box::new(exits.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(ready.clone()))?;
-        Ok(EventMetrics { starts, exits, ready })
+        Ok(EventMetrics { starts, exits, failures, ready })
     }
 
     pub fn observe(&self, tracker: &mut Tracker, event: &UnitEvent) {
@@ -80,6 +86,11 @@ impl EventMetrics {
             "exit" => {
                 let code = exit_code_label(event.detail.as_deref().or(event.last_exit.as_deref()).unwrap_or(""));
                 self.exits.with_label_values(&[event.unit.as_str(), kind, &code]).inc();
+            }
+            "failure" => {
+                if let Some(failure) = &event.failure {
+                    self.failures.with_label_values(&[event.unit.as_str(), failure.class.as_str()]).inc();
+                }
             }
             _ => {}
         }
@@ -144,6 +155,7 @@ mod tests {
             since_ms: ts_ms,
             started_ms: None,
             last_exit: None,
+            failure: None,
             seq: 0,
             port: None,
         }
@@ -176,5 +188,23 @@ mod tests {
         let ready = m.ready.with_label_values(&["a", "instance"]);
         assert_eq!(ready.get_sample_count(), 1);
         assert_eq!(ready.get_sample_sum(), 2.5);
+    }
+
+    #[test]
+    fn counts_failures_by_class() {
+        let registry = Registry::new();
+        let m = EventMetrics::new(&registry).unwrap();
+        let mut t = Tracker::default();
+        let mut e = event("a", "failure", Status::Started, 1_000, Some("cuda-oom: torch.OutOfMemoryError"));
+        e.failure = Some(crate::failure::Failure {
+            class: crate::failure::FailureClass::CudaOom,
+            line: Some("torch.OutOfMemoryError".into()),
+            hint: None,
+            port: None,
+        });
+        m.observe(&mut t, &e);
+        m.observe(&mut t, &e);
+        assert_eq!(m.failures.with_label_values(&["a", "cuda-oom"]).get(), 2);
+        assert_eq!(m.failures.with_label_values(&["a", "unknown"]).get(), 0);
     }
 }

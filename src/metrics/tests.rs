@@ -31,6 +31,7 @@ fn snapshot(name: &str, file: &str, status: Status, pid: Option<i32>) -> UnitSna
         since_ms: 0,
         started_ms: Some(1_700_000_000_000),
         last_exit: None,
+        failure: None,
         path: file.into(),
         port: None,
         app_port: None,

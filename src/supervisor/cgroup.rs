@@ -163,7 +163,55 @@ impl UnitCgroup {
         fs::read_to_string(self.dir.join("memory.current")).ok()?.trim().parse().ok()
     }
 
+    /// `oom_kill` of `memory.events`: processes in this cgroup (or below)
+    /// the kernel's OOM killer killed. None without the memory controller.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let events = fs::read_to_string(self.dir.join("memory.events")).ok()?;
+        events.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+    }
+
+    /// MemoryMax=: `memory.max`, and `memory.swap.max` 0 where swap
+    /// accounting exists (a limit that swap can dodge only slows the box
+    /// down). Fails where the memory controller is not delegated to us.
+    pub fn set_memory_max(&self, bytes: u64) -> std::io::Result<()> {
+        fs::write(self.dir.join("memory.max"), bytes.to_string())?;
+        let swap = self.dir.join("memory.swap.max");
+        if swap.exists() {
+            fs::write(swap, "0")?;
+        }
+        Ok(())
+    }
+
     pub fn remove(&self) {
         let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// The host's OOM kills since boot (`/proc/vmstat` `oom_kill`, Linux 4.13+).
+pub fn host_oom_kills() -> u64 {
+    fs::read_to_string("/proc/vmstat")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The files as the kernel lays them out (cgroup v2's memory.events), in a
+    /// plain dir: the parsing and writing, not the kernel's enforcement.
+    #[test]
+    fn reads_oom_kills_and_writes_the_memory_limit_without_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = UnitCgroup { dir: dir.path().to_path_buf() };
+        assert_eq!(cg.oom_kills(), None, "no memory controller");
+        fs::write(dir.path().join("memory.events"), "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n")
+            .unwrap();
+        assert_eq!(cg.oom_kills(), Some(2));
+        fs::write(dir.path().join("memory.swap.max"), "max\n").unwrap();
+        cg.set_memory_max(64 << 20).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("memory.max")).unwrap(), "67108864");
+        assert_eq!(fs::read_to_string(dir.path().join("memory.swap.max")).unwrap(), "0");
     }
 }

@@ -24,6 +24,7 @@ use super::{
     UnitSnapshot,
 };
 use crate::clock::now_ms;
+use crate::failure::{classify, Failure, FailureClass};
 use crate::init::ExitStatus;
 use crate::units::{KillMode, Unit, UnitKind};
 
@@ -118,6 +119,8 @@ struct Runtime {
     since_ms: i64,
     started_ms: Option<i64>,
     last_exit: Option<String>,
+    /// Why the last run ended badly; cleared by a user's (fresh) start.
+    failure: Option<Failure>,
     /// A stop of this unit needed SIGKILL (makes shutdown unclean).
     needed_sigkill: bool,
     reload: Option<ReloadJob>,
@@ -149,6 +152,7 @@ impl Runtime {
             since_ms: now_ms(),
             started_ms: None,
             last_exit: None,
+            failure: None,
             needed_sigkill: false,
             reload: None,
             probe: None,
@@ -426,6 +430,7 @@ impl<C: ProcessControl> Engine<C> {
             rt.start_limit.reset();
             rt.restarts = 0;
             rt.consecutive_failures = 0;
+            rt.failure = None;
         }
         self.set_phase(name, Phase::WaitDeps);
         self.set_status(name, Status::Starting, Some("waiting for dependencies".into()));
@@ -650,6 +655,7 @@ impl<C: ProcessControl> Engine<C> {
                 since_ms: rt.since_ms,
                 started_ms: rt.started_ms,
                 last_exit: rt.last_exit.clone(),
+                failure: rt.failure.clone(),
                 path: rt.unit.path.display().to_string(),
                 port: rt.prepared.port,
                 app_port: rt.prepared.app_port,
@@ -756,7 +762,16 @@ impl<C: ProcessControl> Engine<C> {
             Ok(prepared) => self.units.get_mut(name).expect("exists").prepared = prepared,
             Err(why) => {
                 self.set_phase(name, Phase::Idle);
-                self.set_status(name, Status::Failed, Some(why));
+                // aikore's own reason may tell a class (an instance's port found taken).
+                let evidence = crate::failure::Evidence { lines: vec![why.clone()], ..Default::default() };
+                let failure = classify(&evidence, &[]);
+                let detail = if failure.class == FailureClass::Unknown {
+                    why
+                } else {
+                    let failure = self.record_failure(name, failure);
+                    format!("{why} ({})", failure.summary())
+                };
+                self.set_status(name, Status::Failed, Some(detail));
                 return;
             }
         }
@@ -926,7 +941,71 @@ impl<C: ProcessControl> Engine<C> {
         self.finish_run(name);
     }
 
+    /// Classifies a run that ended badly by itself (an exit or a failed
+    /// ExecStartPre), while its cgroup and log are still there to ask; records
+    /// it and says so in the log and the journal.
+    fn classify_end(&mut self, name: &str) -> Option<Failure> {
+        let rt = &self.units[name];
+        let ending = rt.ending.as_ref()?;
+        let mut evidence = match ending {
+            RunEnd::Exited(status) | RunEnd::PreFailed(status) if !ending.is_clean() => {
+                let status = *status;
+                let mut evidence = self.ctl.failure_evidence(name);
+                (evidence.code, evidence.signal) = match status {
+                    ExitStatus::Exited { code } => (Some(code), None),
+                    ExitStatus::Signaled { signal, .. } => (None, Some(signal)),
+                };
+                evidence
+            }
+            // aikore's own reason tells (an instance's port found taken before the fork).
+            RunEnd::SpawnFailed(why) => crate::failure::Evidence { lines: vec![why.clone()], ..Default::default() },
+            _ => return None,
+        };
+        let rt = &self.units[name];
+        // The port the app itself binds (behind NGINX in port mode) is the one it found taken; a
+        // service's is the one its ReadyCheck= probes.
+        let probed = rt.prepared.ready.as_ref().map(|target| match target {
+            super::ReadyTarget::Tcp { port, .. } | super::ReadyTarget::Http { port, .. } => *port,
+        });
+        evidence.port = rt.prepared.app_port.or(rt.prepared.port).or(probed);
+        let failure = classify(&evidence, &rt.prepared.failure_patterns);
+        Some(self.record_failure(name, failure))
+    }
+
+    /// Keeps `failure` as the unit's last, and says it in the log and the journal.
+    fn record_failure(&mut self, name: &str, mut failure: Failure) -> Failure {
+        if failure.class == FailureClass::PortInUse {
+            if let Some(holder) = failure.port.and_then(|port| self.ctl.port_holder(port)) {
+                failure.hint = Some(crate::failure::port_hint(failure.port, Some(&holder)));
+            }
+        }
+        let mut said = format!("failure class: {}", failure.class);
+        if let Some(line) = &failure.line {
+            said.push_str(&format!(" ({line})"));
+        }
+        tracing::warn!(unit = %name, class = %failure.class, line = failure.line.as_deref().unwrap_or(""), "run failed");
+        self.ctl.note(name, &format!("[aikore] {said}"));
+        if let Some(rt) = self.units.get_mut(name) {
+            rt.failure = Some(failure.clone());
+        }
+        let detail = match (&failure.line, &failure.hint) {
+            (Some(line), _) => format!("{}: {line}", failure.class),
+            (None, Some(hint)) => format!("{}: {hint}", failure.class),
+            (None, None) => failure.class.to_string(),
+        };
+        self.emit(name, "failure", Some(detail));
+        failure
+    }
+
     fn finish_run(&mut self, name: &str) {
+        let failure = self.classify_end(name);
+        // The exit status says it all for these; other classes name their cause next to it.
+        let told = |described: String| match &failure {
+            Some(f) if !matches!(f.class, FailureClass::Unknown | FailureClass::Killed) => {
+                format!("{described} ({})", f.summary())
+            }
+            _ => described,
+        };
         self.ctl.end_run(name);
         let rt = self.units.get_mut(name).expect("exists");
         if let Some(probe) = rt.probe.take() {
@@ -953,9 +1032,21 @@ impl<C: ProcessControl> Engine<C> {
                 let (status, detail) = if ending.is_clean() || ending == RunEnd::Requested {
                     (Status::Stopped, None)
                 } else {
-                    (Status::Error, Some(ending.describe()))
+                    (Status::Error, Some(told(ending.describe())))
                 };
                 self.set_status(name, status, detail);
+            }
+            Goal::Up
+                if !self.shutting_down
+                    && should_restart(policy, &ending)
+                    && failure.as_ref().is_some_and(|f| f.class.restart_cannot_fix()) =>
+            {
+                // Another run would end the same way: say why now instead of burning the start limit.
+                let rt = self.units.get_mut(name).expect("exists");
+                rt.goal = Goal::Down;
+                let detail = format!("{}; not restarting", told(ending.describe()));
+                self.ctl.note(name, &format!("[aikore] {detail}"));
+                self.set_status(name, Status::Failed, Some(detail));
             }
             Goal::Up if !self.shutting_down && should_restart(policy, &ending) => {
                 let rt = self.units.get_mut(name).expect("exists");
@@ -963,7 +1054,7 @@ impl<C: ProcessControl> Engine<C> {
                 rt.consecutive_failures = rt.consecutive_failures.saturating_add(1);
                 rt.restarts += 1;
                 self.set_phase(name, Phase::Backoff);
-                let detail = format!("{}; restarting in {:.1}s", ending.describe(), delay.as_secs_f64());
+                let detail = format!("{}; restarting in {:.1}s", told(ending.describe()), delay.as_secs_f64());
                 self.ctl.note(name, &format!("[aikore] {detail}"));
                 self.set_status(name, Status::Restarting, Some(detail));
                 self.arm(name, TimerKind::RestartDue, delay);
@@ -974,7 +1065,7 @@ impl<C: ProcessControl> Engine<C> {
                 let (status, detail) = if ending.is_clean() {
                     (Status::Stopped, Some(ending.describe()))
                 } else {
-                    (Status::Error, Some(ending.describe()))
+                    (Status::Error, Some(told(ending.describe())))
                 };
                 self.set_status(name, status, detail);
             }
@@ -1231,6 +1322,7 @@ impl<C: ProcessControl> Engine<C> {
             since_ms: rt.since_ms,
             started_ms: rt.started_ms,
             last_exit: rt.last_exit.clone(),
+            failure: rt.failure.clone(),
         });
     }
 }

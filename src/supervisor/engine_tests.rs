@@ -72,6 +72,8 @@ struct Kernel {
     watched: HashSet<String>,
     /// How often the engine asked `live_processes`.
     live_checks: usize,
+    /// The last lines of each unit's log, as `failure_evidence` reports them.
+    log_tail: HashMap<String, Vec<String>>,
 }
 
 /// How the fake kernel tells the engine about processes it did not spawn.
@@ -216,6 +218,11 @@ impl ProcessControl for FakeOs {
 
     fn note(&mut self, unit: &str, text: &str) {
         self.record(Action::Note { unit: unit.into(), text: text.into() });
+    }
+
+    fn failure_evidence(&mut self, unit: &str) -> crate::failure::Evidence {
+        let lines = self.kernel.lock().unwrap().log_tail.get(unit).cloned().unwrap_or_default();
+        crate::failure::Evidence { lines, ..Default::default() }
     }
 }
 
@@ -1077,4 +1084,47 @@ async fn every_event_has_a_higher_seq_and_a_snapshot_carries_the_latest() {
     assert_eq!(last.status, Status::Error);
     let older: Vec<&UnitEvent> = events.iter().filter(|e| e.status == Status::Starting).collect();
     assert!(older.iter().all(|e| e.seq < snap.seq), "a stale `starting` is recognisably older");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_module_fails_at_once_instead_of_burning_the_start_limit() {
+    let h = Harness::new(vec![service("app", "Restart=on-failure\nRestartSec=1s\n")]);
+    h.kernel
+        .lock()
+        .unwrap()
+        .log_tail
+        .insert("app".into(), vec!["ModuleNotFoundError: No module named 'xformers'".into()]);
+    h.handle.start("app").await.unwrap();
+    h.wait_status("app", Status::Started).await;
+    h.exit(h.main_pid("app"), code(1));
+    let snap = h.wait_status("app", Status::Failed).await;
+    assert_eq!(snap.restarts, 0);
+    let failure = snap.failure.expect("classified");
+    assert_eq!(failure.class, crate::failure::FailureClass::MissingModule);
+    assert_eq!(failure.hint.as_deref(), Some("pip install xformers into the instance's venv"));
+    assert!(snap.detail.as_deref().unwrap().contains("missing-module"), "{:?}", snap.detail);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(h.mains("app").len(), 1, "never restarted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cuda_oom_restarts_with_backoff_and_a_user_start_forgets_it() {
+    let h = Harness::new(vec![service("app", "Restart=on-failure\nRestartSec=1s\n")]);
+    h.kernel
+        .lock()
+        .unwrap()
+        .log_tail
+        .insert("app".into(), vec!["torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB".into()]);
+    h.handle.start("app").await.unwrap();
+    h.wait_status("app", Status::Started).await;
+    h.exit(h.main_pid("app"), code(1));
+    let snap = h.wait_status("app", Status::Restarting).await;
+    assert!(snap.detail.as_deref().unwrap().contains("cuda-oom"), "{:?}", snap.detail);
+    assert_eq!(snap.failure.map(|f| f.class), Some(crate::failure::FailureClass::CudaOom));
+    h.wait_status("app", Status::Started).await;
+    assert_eq!(h.mains("app").len(), 2);
+    h.handle.stop("app").await.unwrap();
+    h.wait_status("app", Status::Stopped).await;
+    h.handle.start("app").await.unwrap();
+    assert_eq!(h.snapshot("app").await.failure, None);
 }

@@ -54,7 +54,34 @@ pub struct HostProcesses {
     armed: Arc<AtomicBool>,
     /// The /proc sweep of the current engine batch, shared by every unit it signals or checks.
     sweep: Option<ProcSweep>,
+    /// Per unit, what its current run's failure classification needs.
+    runs: HashMap<String, RunFacts>,
 }
+
+/// What the failure classifier needs from a run that the run's end cannot
+/// tell by itself.
+#[derive(Default)]
+struct RunFacts {
+    /// `/proc/vmstat` `oom_kill` when the run began.
+    host_oom_base: u64,
+    /// The unit cgroup's `oom_kill` when it was made for this run.
+    cgroup_oom_base: u64,
+    /// The `seq` of the log's last line before the run: a restart continues
+    /// the same log, and the previous run's lines must not speak for this one.
+    log_seq_base: u64,
+    /// The output captures of the run's processes: its log's last lines are
+    /// complete only once they finished.
+    captures: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How long a classification waits for a run's output captures to finish:
+/// its processes are gone, so each capture only reads what is left in its
+/// pipe; the bound is for a pipe some escaped process still holds open.
+const CAPTURE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Log lines the classifier reads: a Python traceback with chained
+/// exceptions fits, and the ring holds them (no disk read).
+const FAILURE_TAIL_LINES: usize = 100;
 
 /// The daemon's own environment minus variables that are aikore's business
 /// (passwords and tokens must never leak into third-party apps).
@@ -93,6 +120,7 @@ impl HostProcesses {
             draining: HashSet::new(),
             armed,
             sweep: None,
+            runs: HashMap::new(),
         }
     }
 
@@ -171,13 +199,29 @@ impl HostProcesses {
             Some(Ok(cg)) => {
                 // Watched from its creation, before any process is in it, so no emptying is missed.
                 self.watch_cgroup(&unit.name, &cg);
+                self.runs.entry(unit.name.clone()).or_default().cgroup_oom_base = cg.oom_kills().unwrap_or(0);
+                if let Some(bytes) = unit.service.memory_max {
+                    if let Err(e) = cg.set_memory_max(bytes) {
+                        let why = format!("MemoryMax= is not enforced: cannot write memory.max ({e})");
+                        tracing::warn!(unit = %unit.name, "{why}");
+                        self.logs.note(&unit.name, &why);
+                    }
+                }
                 Membership::Cgroup(cg)
             }
             Some(Err(e)) => {
                 tracing::warn!(unit = %unit.name, error = %e, "cannot create the unit's cgroup; tracking by process group");
                 self.marked(unit, main_pid)
             }
-            None => self.marked(unit, main_pid),
+            None => {
+                if unit.service.memory_max.is_some() {
+                    self.logs.note(
+                        &unit.name,
+                        "MemoryMax= is not enforced: no writable cgroup v2 (tracking by process group)",
+                    );
+                }
+                self.marked(unit, main_pid)
+            }
         };
         self.members.insert(unit.name.clone(), membership.clone());
         membership
@@ -321,6 +365,14 @@ fn resolve_user(unit: &Unit) -> Result<Identity, String> {
 impl ProcessControl for HostProcesses {
     fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String> {
         self.logs.begin_run(&unit.name, fresh).map_err(|e| format!("log file: {e}"))?;
+        self.runs.insert(
+            unit.name.clone(),
+            RunFacts {
+                host_oom_base: super::cgroup::host_oom_kills(),
+                log_seq_base: self.logs.tail(&unit.name, 1).last().map_or(0, |l| l.seq),
+                ..RunFacts::default()
+            },
+        );
         if unit.instance.is_some() {
             let hooks = self.config.hooks.as_ref().ok_or("instances are not configured")?;
             let prepared = hooks.prepare(unit)?;
@@ -396,7 +448,10 @@ impl ProcessControl for HostProcesses {
             // The main process leads its own group (setsid): the unit's processes by the pgid rule.
             self.known.set_main_group(&unit.name, spawned.pid);
         }
-        self.logs.attach(&unit.name, spawned.output);
+        let capture = self.logs.attach(&unit.name, spawned.output);
+        let captures = &mut self.runs.entry(unit.name.clone()).or_default().captures;
+        captures.retain(|c| !c.is_finished());
+        captures.push(capture);
         Ok(spawned.pid)
     }
 
@@ -474,6 +529,45 @@ impl ProcessControl for HostProcesses {
 
     fn note(&mut self, unit: &str, text: &str) {
         self.logs.note(unit, text.strip_prefix("[aikore] ").unwrap_or(text));
+    }
+
+    fn port_holder(&mut self, port: u16) -> Option<String> {
+        super::sockets::listener_of(port)
+    }
+
+    fn failure_evidence(&mut self, unit: &str) -> crate::failure::Evidence {
+        let facts = self.runs.remove(unit).unwrap_or_default();
+        let wait = || {
+            let deadline = std::time::Instant::now() + CAPTURE_GRACE;
+            while facts.captures.iter().any(|c| !c.is_finished()) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        };
+        // The captures run on the other workers; block_in_place hands this
+        // worker's other tasks away meanwhile (it would panic on a
+        // current-thread runtime, where nothing could progress anyway).
+        if let Ok(tokio::runtime::RuntimeFlavor::MultiThread) =
+            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor())
+        {
+            tokio::task::block_in_place(wait);
+        }
+        let cgroup_oom_kills = match self.members.get(unit) {
+            Some(Membership::Cgroup(cg)) => cg.oom_kills().unwrap_or(0).saturating_sub(facts.cgroup_oom_base),
+            _ => 0,
+        };
+        let lines = self
+            .logs
+            .tail(unit, FAILURE_TAIL_LINES)
+            .into_iter()
+            .filter(|l| l.seq > facts.log_seq_base)
+            .map(|l| l.text)
+            .collect();
+        crate::failure::Evidence {
+            cgroup_oom_kills,
+            host_oom_kills: super::cgroup::host_oom_kills().saturating_sub(facts.host_oom_base),
+            lines,
+            ..Default::default()
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod host;
 pub mod members;
 pub mod ready;
 pub mod reload;
+pub mod sockets;
 pub mod spawn;
 pub mod state;
 
@@ -58,6 +59,8 @@ pub struct Prepared {
     pub main_wrapper: Vec<String>,
     /// A persistent instance's websockify port (noVNC behind `/vnc/<name>/`).
     pub vnc_port: Option<u16>,
+    /// Extra tells for the failure classifier (a blueprint's `# aikore.failure = class: regex`).
+    pub failure_patterns: Vec<crate::failure::Pattern>,
 }
 
 /// What a higher layer adds to the runs of its units (today `instances`:
@@ -107,6 +110,17 @@ pub trait ProcessControl: Send + 'static {
     fn end_run(&mut self, unit: &str);
     /// A line from aikore itself into the unit's log.
     fn note(&mut self, unit: &str, text: &str);
+    /// What the OS knows of how the current run went, for the failure
+    /// classifier: its log's last lines and the OOM kills during it (the
+    /// engine fills in the exit status). Called once its processes are gone,
+    /// before `end_run`, and only for runs that ended badly.
+    fn failure_evidence(&mut self, _unit: &str) -> crate::failure::Evidence {
+        crate::failure::Evidence::default()
+    }
+    /// Who listens on `port` (`comm (pid N)`), for the `port-in-use` hint.
+    fn port_holder(&mut self, _port: u16) -> Option<String> {
+        None
+    }
     /// The first ConditionPathExists= that does not hold, if any: the start is
     /// then skipped, not failed (systemd's semantics).
     fn unmet_condition(&mut self, unit: &Unit) -> Option<String> {
@@ -132,6 +146,8 @@ pub struct UnitEvent {
     pub since_ms: i64,
     pub started_ms: Option<i64>,
     pub last_exit: Option<String>,
+    /// Why the last run ended badly (class, log line, hint); None after a clean run or a user's start.
+    pub failure: Option<crate::failure::Failure>,
     /// Orders the unit's states: higher is newer. Increases with every event
     /// of the unit (the counter is shared by all units), so a reader holding
     /// a newer state can drop an older one that arrives late.
@@ -152,6 +168,8 @@ pub struct UnitSnapshot {
     pub since_ms: i64,
     pub started_ms: Option<i64>,
     pub last_exit: Option<String>,
+    /// Why the last run ended badly (class, log line, hint).
+    pub failure: Option<crate::failure::Failure>,
     pub path: String,
     /// The port of the current (or last) run, for URLs.
     pub port: Option<u16>,

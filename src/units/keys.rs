@@ -34,6 +34,7 @@ const SERVICE_KEYS: &[&str] = &[
     "UMask",
     "Nice",
     "ReadyCheck",
+    "MemoryMax",
     // systemd accepts these in [Service] too (they moved from there to [Unit]).
     "StartLimitIntervalSec",
     "StartLimitBurst",
@@ -67,6 +68,7 @@ const INSTANCE_SERVICE_KEYS: &[&str] = &[
     "Environment",
     "UMask",
     "ReadyCheck",
+    "MemoryMax",
     "StartLimitIntervalSec",
     "StartLimitBurst",
 ];
@@ -374,7 +376,6 @@ const SYSTEMD_SERVICE_KEYS: &[&str] = &[
     "MemoryMin",
     "MemoryLow",
     "MemoryHigh",
-    "MemoryMax",
     "MemorySwapMax",
     "MemoryZSwapMax",
     "AllowedMemoryNodes",

@@ -157,6 +157,8 @@ pub struct ServiceConfig {
     pub group: Option<String>,
     pub umask: Option<u32>,
     pub nice: Option<i32>,
+    /// MemoryMax=: the unit cgroup's `memory.max` (and no swap), in bytes; None: no limit.
+    pub memory_max: Option<u64>,
     pub ready_check: ReadyCheck,
 }
 
@@ -181,6 +183,7 @@ impl Default for ServiceConfig {
             group: None,
             umask: None,
             nice: None,
+            memory_max: None,
             ready_check: ReadyCheck::Default,
         }
     }

@@ -365,6 +365,11 @@ impl<'a> Resolver<'a> {
                     svc.nice = Some(n);
                 }
             }
+            "MemoryMax" => {
+                if let Some(m) = self.value(entry, parse_memory_max) {
+                    svc.memory_max = m;
+                }
+            }
             "ReadyCheck" => {
                 if let Some(r) = self.value(entry, parse_ready_check) {
                     svc.ready_check = r;
@@ -509,6 +514,25 @@ fn parse_nice(v: &str) -> Result<i32, String> {
         Ok(n) if (-20..=19).contains(&n) => Ok(n),
         _ => Err("expected a number from -20 to 19".to_string()),
     }
+}
+
+/// systemd's bytes: a number with an optional K, M, G or T suffix (powers of
+/// 1024), or `infinity` (no limit). Percentages of RAM are not supported.
+fn parse_memory_max(v: &str) -> Result<Option<u64>, String> {
+    let v = v.trim();
+    if v == "infinity" || v.is_empty() {
+        return Ok(None);
+    }
+    let (digits, shift) = match v.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&v[..i], 10),
+        Some((i, 'M' | 'm')) => (&v[..i], 20),
+        Some((i, 'G' | 'g')) => (&v[..i], 30),
+        Some((i, 'T' | 't')) => (&v[..i], 40),
+        _ => (v, 0),
+    };
+    let err = || format!("'{v}' is not a size (bytes with an optional K, M, G or T suffix, or infinity)");
+    let n: u64 = digits.trim().parse().map_err(|_| err())?;
+    n.checked_mul(1u64 << shift).filter(|b| *b > 0).map(Some).ok_or_else(err)
 }
 
 fn parse_port_number(v: &str) -> Result<u16, String> {

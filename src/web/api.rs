@@ -74,6 +74,8 @@ struct UnitView {
     since: i64,
     started: Option<i64>,
     last_exit: Option<String>,
+    /// Why the last run ended badly: `{class, line, hint}` (docs/operations.md).
+    failure: Option<crate::failure::Failure>,
     path: String,
     /// The seq of the unit's latest event: a reader drops any state with a seq <= the one it shows.
     seq: u64,
@@ -94,6 +96,7 @@ impl From<UnitSnapshot> for UnitView {
             since: s.since_ms,
             started: s.started_ms,
             last_exit: s.last_exit,
+            failure: s.failure,
             path: s.path,
             seq: s.seq,
             port: s.port,

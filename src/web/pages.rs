@@ -322,7 +322,25 @@ fn csrf_field(csrf: &str) -> Markup {
 }
 
 fn badge(status: &str) -> Markup {
-    html! { span class={ "badge st-" (status) } data-role="badge" { (status) } }
+    status_badge(status, None)
+}
+
+/// A status badge; its tooltip says why the last run ended badly (the class,
+/// the log line that tells, the hint), as `failureTip` in app.js does live.
+fn status_badge(status: &str, failure: Option<&crate::failure::Failure>) -> Markup {
+    html! {
+        span class={ "badge st-" (status) } data-role="badge"
+            data-failure=[failure.map(|f| f.class.as_str())] title=[failure.map(failure_tip)] { (status) }
+    }
+}
+
+pub fn failure_tip(f: &crate::failure::Failure) -> String {
+    let mut tip = format!("failure: {}", f.class);
+    for part in [&f.line, &f.hint].into_iter().flatten().filter(|p| !p.is_empty()) {
+        tip.push('\n');
+        tip.push_str(part);
+    }
+    tip
 }
 
 fn port_text(v: &InstanceView) -> String {
@@ -375,7 +393,7 @@ fn row(v: &InstanceView, csrf: &str) -> Markup {
                 }
             }
             td.status {
-                (badge(v.status))
+                (status_badge(v.status, v.failure.as_ref()))
                 span.figures data-role="figures" {
                     @if let Some(pid) = v.pid { "pid " (pid) }
                     @if v.restarts > 0 { " · " (v.restarts) " restarts" }

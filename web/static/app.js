@@ -73,6 +73,14 @@
     const badge = $('[data-role="badge"]', tr);
     badge.className = "badge st-" + status;
     badge.textContent = status;
+    // Why the last run ended badly, as the server renders it (pages.rs failure_tip).
+    if (ev.failure) {
+      badge.dataset.failure = ev.failure.class;
+      badge.title = failureTip(ev.failure);
+    } else {
+      delete badge.dataset.failure;
+      badge.removeAttribute("title");
+    }
     const figures = $('[data-role="figures"]', tr);
     const parts = [];
     if (ev.pid) parts.push("pid " + ev.pid);
@@ -89,6 +97,10 @@
       if (shown && port) shown.textContent = ":" + port;
     }
     if (tr.dataset.name === selected && activeTab === "view") showView();
+  }
+
+  function failureTip(f) {
+    return ["failure: " + f.class, f.line, f.hint].filter((p) => p).join("\n");
   }
 
   // One of Start and Stop at a time, as the status allows.

@@ -182,3 +182,29 @@ test("stop it, then delete it to the trash can", async () => {
   assert.ok(listed.body.some((e) => e.name === NAME));
   assert.deepEqual(dialogs, [`Move ${NAME} to the trash can? A running instance is stopped first.`]);
 });
+
+test("a failed instance's badge says why in its tooltip, live and after a reload", async () => {
+  const net = await import("node:net");
+  const holder = net.createServer();
+  await new Promise((resolve) => holder.listen(0, "127.0.0.1", resolve));
+  const port = holder.address().port;
+  try {
+    const created = await aikore.api("POST", "/api/v1/instances", { name: "clash", blueprint: "test-http", port });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    await page.reload();
+    await page.waitForSelector(badge("clash", "stopped"));
+    // Live: the SSE state carries the failure, and app.js puts it on the badge.
+    await aikore.api("POST", "/api/v1/instances/clash/start");
+    await page.waitForSelector(`${badge("clash", "failed")}[data-failure="port-in-use"]`, { timeout: 20000 });
+    const live = await page.getAttribute(badge("clash", "failed"), "title");
+    assert.match(live, /^failure: port-in-use\n/);
+    assert.ok(live.includes(`port ${port} is held by `) && live.includes(`(pid ${process.pid})`), live);
+    await shot("failure-tooltip");
+    // Rendered by the server the same way.
+    await page.reload();
+    const rendered = await page.getAttribute(badge("clash", "failed"), "title");
+    assert.equal(rendered, live);
+  } finally {
+    holder.close();
+  }
+});

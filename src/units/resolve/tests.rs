@@ -392,6 +392,7 @@ fn plausible_line() -> impl Strategy<Value = String> {
         "UMask",
         "Nice",
         "ReadyCheck",
+        "MemoryMax",
         "Blueprint",
         "GPUs",
         "Port",
@@ -456,4 +457,15 @@ fn instance_files_cannot_set_identity_or_commands() {
     assert_eq!(unit.service.environment, [("A".to_string(), "1".to_string())]);
     // Operator-written .service files keep full power.
     ok("x.service", "[Service]\nUser=root\nExecStartPre=/bin/x\nExecStart=/bin/y\n");
+}
+
+#[test]
+fn memory_max_takes_systemd_sizes() {
+    assert_eq!(parse_memory_max("64M"), Ok(Some(64 << 20)));
+    assert_eq!(parse_memory_max("2G"), Ok(Some(2 << 30)));
+    assert_eq!(parse_memory_max("4096"), Ok(Some(4096)));
+    assert_eq!(parse_memory_max("infinity"), Ok(None));
+    for bad in ["50%", "-1M", "M", "0", "99999999999T"] {
+        assert!(parse_memory_max(bad).is_err(), "{bad}");
+    }
 }
