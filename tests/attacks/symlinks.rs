@@ -3,6 +3,7 @@
 //! again and again through the API (at least 200 times per race).
 
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -21,13 +22,25 @@ fn attacker(script: &str) -> Child {
         .current_dir("/")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        // Its own group, so `stop` ends the loop's `ln` children too.
+        .process_group(0)
         .spawn()
         .expect("start the attacker")
 }
 
+/// Ends the attacker's whole group: killing only the shell left an `ln` in
+/// flight that could still plant a link after the loop was "stopped".
 fn stop(mut child: Child) {
-    let _ = child.kill();
+    let group = child.id() as i32;
+    // SAFETY: kill(2) on the process group this test created for the attacker.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
     let _ = child.wait();
+    // Until the group is empty (kill(-g, 0) fails with ESRCH), an `ln` may still run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // SAFETY: signal 0 only checks whether the group still has members.
+    while unsafe { libc::kill(-group, 0) } == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// Issue 12, 1e: a symlink at the predictable `launch.tmp` made a script save
