@@ -25,53 +25,29 @@ pub struct Blueprint {
     pub path: PathBuf,
 }
 
-/// `# aikore.key = value` lines between the markers; anything else is ignored.
-pub fn parse_metadata(text: &str) -> BTreeMap<String, String> {
-    let mut inside = false;
-    let mut meta = BTreeMap::new();
-    for line in text.lines().take(200) {
-        let line = line.trim();
-        if line == START {
-            inside = true;
-        } else if line == END {
-            break;
-        } else if inside {
-            if let Some((key, value)) = line
-                .strip_prefix('#')
-                .map(str::trim)
-                .and_then(|l| l.strip_prefix("aikore."))
-                .and_then(|l| l.split_once('='))
-            {
-                meta.insert(key.trim().to_string(), value.trim().to_string());
-            }
-        }
-    }
-    meta
+/// `# aikore.key = value` lines between the markers, in order; anything else is ignored.
+fn metadata_entries(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines()
+        .take(200)
+        .map(str::trim)
+        .skip_while(|line| *line != START)
+        .skip(1)
+        .take_while(|line| *line != END)
+        .filter_map(|line| {
+            let (key, value) = line.strip_prefix('#')?.trim().strip_prefix("aikore.")?.split_once('=')?;
+            Some((key.trim(), value.trim()))
+        })
 }
 
-/// Every `# aikore.failure = class: regex` line between the markers, in order
-/// (the key may repeat, unlike the others `parse_metadata` keeps one of).
+/// The metadata as a map: a key given twice keeps its last value.
+pub fn parse_metadata(text: &str) -> BTreeMap<String, String> {
+    metadata_entries(text).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Every `# aikore.failure = class: regex` line, in order (the one key that
+/// may repeat).
 pub fn failure_specs(text: &str) -> Vec<String> {
-    let mut inside = false;
-    let mut specs = Vec::new();
-    for line in text.lines().take(200) {
-        let line = line.trim();
-        if line == START {
-            inside = true;
-        } else if line == END {
-            break;
-        } else if inside {
-            let Some(rest) = line.strip_prefix('#').map(str::trim).and_then(|l| l.strip_prefix("aikore.")) else {
-                continue;
-            };
-            if let Some((key, value)) = rest.split_once('=') {
-                if key.trim() == "failure" {
-                    specs.push(value.trim().to_string());
-                }
-            }
-        }
-    }
-    specs
+    metadata_entries(text).filter(|(k, _)| *k == "failure").map(|(_, v)| v.to_string()).collect()
 }
 
 fn read_blueprint(path: &Path, custom: bool) -> Option<Blueprint> {

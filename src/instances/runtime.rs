@@ -67,12 +67,13 @@ pub fn port_is_free(port: u16) -> bool {
 /// actually runs, possibly edited), else in its blueprint (custom, then
 /// stock), else subpath.
 pub fn proxy_mode(ctx: &InstanceContext, name: &str, blueprint: &str) -> crate::urls::ProxyMode {
-    let own =
-        ctx.read_launch_script(name).ok().and_then(|text| super::blueprints::parse_metadata(&text).remove("proxy"));
-    let mode = own.or_else(|| {
-        super::blueprints::find(&ctx.blueprints_dir, &ctx.data_dir.join("blueprints"), blueprint).map(|b| b.proxy)
-    });
-    mode.map(|m| crate::urls::ProxyMode::parse(&m)).unwrap_or(crate::urls::ProxyMode::Subpath)
+    header_proxy_mode(&metadata_headers(ctx, name, blueprint))
+}
+
+fn header_proxy_mode(headers: &[String]) -> crate::urls::ProxyMode {
+    metadata_value(headers, "proxy")
+        .map(|m| crate::urls::ProxyMode::parse(&m))
+        .unwrap_or(crate::urls::ProxyMode::Subpath)
 }
 
 /// A loopback port for a `port` instance's app, behind NGINX's server on the
@@ -126,9 +127,14 @@ pub fn output_dir(unit: &Unit, ctx: &InstanceContext) -> PathBuf {
 /// The variables a run of this instance gets (README.md, "Instances"), also
 /// given to its terminal; `port` is `None` when no run has leased one yet.
 pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Vec<(String, String)> {
+    env_of(unit, ctx, port, &unit_headers(unit, ctx))
+}
+
+/// `instance_env` with the metadata headers already read (a start reads them once).
+fn env_of(unit: &Unit, ctx: &InstanceContext, port: Option<u16>, headers: &[String]) -> Vec<(String, String)> {
     let Some(instance) = unit.instance.as_ref() else { return Vec::new() };
     // A `port` instance is served at the root of its own port, not under /app/<name>.
-    let root = match proxy_mode(ctx, &unit.name, &instance.blueprint) {
+    let root = match header_proxy_mode(headers) {
         crate::urls::ProxyMode::Port => String::new(),
         crate::urls::ProxyMode::Subpath => url_path(&unit.name),
     };
@@ -152,7 +158,7 @@ pub fn instance_env(unit: &Unit, ctx: &InstanceContext, port: Option<u16>) -> Ve
         // know its public root (Gradio's root_path, --subpath flags) reads it here.
         ("INSTANCE_URL_PATH".to_string(), root.clone()),
     ];
-    if is_gradio(unit, ctx) {
+    if metadata_value(headers, "framework").is_some_and(|f| f.eq_ignore_ascii_case("gradio")) {
         // Gradio reads its root path from here when launch() is given none.
         env.push(("GRADIO_ROOT_PATH".to_string(), root));
     }
@@ -164,41 +170,57 @@ pub fn url_path(name: &str) -> String {
     crate::urls::app_base(name)
 }
 
-/// `# aikore.framework = gradio` in the instance's own launch.sh (what runs;
-/// a copy of the blueprint's block), else in its blueprint (custom, then stock).
-fn is_gradio(unit: &Unit, ctx: &InstanceContext) -> bool {
-    let Some(instance) = unit.instance.as_ref() else { return false };
-    if !crate::units::is_valid_unit_name(&instance.blueprint) {
-        return false;
+/// The metadata headers that describe an instance's run, most specific
+/// first: its own launch.sh (what runs; a copy of the blueprint's block),
+/// then its blueprint (custom, then stock). launch.sh lives in the instance
+/// user's dir, so it is read like every file there: no symlink, FIFO or
+/// device, and only its first [`HEADER_BYTES`] (a link to /dev/zero once
+/// made root read without end).
+fn metadata_headers(ctx: &InstanceContext, name: &str, blueprint: &str) -> Vec<String> {
+    let mut headers: Vec<String> = crate::safefs::open_dir(&ctx.instance_dir(name))
+        .and_then(|dir| crate::safefs::open_regular_at(&dir, "launch.sh"))
+        .ok()
+        .and_then(|file| read_head(file).ok())
+        .into_iter()
+        .collect();
+    if crate::units::is_valid_unit_name(blueprint) {
+        let file = format!("{blueprint}.sh");
+        for dir in [ctx.data_dir.join("blueprints"), ctx.blueprints_dir.clone()] {
+            // Root-owned dirs (custom blueprints are written by the API).
+            if let Some(text) = std::fs::File::open(dir.join(&file)).ok().and_then(|f| read_head(f).ok()) {
+                headers.push(text);
+            }
+        }
     }
-    let file = format!("{}.sh", instance.blueprint);
-    let candidates = [
-        ctx.instance_dir(&unit.name).join("launch.sh"),
-        ctx.data_dir.join("blueprints").join(&file),
-        ctx.blueprints_dir.join(&file),
-    ];
-    let framework = candidates
-        .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .find_map(|text| super::blueprints::parse_metadata(&text).remove("framework"));
-    framework.is_some_and(|f| f.eq_ignore_ascii_case("gradio"))
+    headers
 }
 
-/// `# aikore.failure = class: regex` lines of the instance's launch.sh, else
-/// of its blueprint (custom, then stock). A bad line is logged and skipped:
-/// the built-in classes still apply.
-fn failure_patterns(unit: &Unit, ctx: &InstanceContext) -> Vec<crate::failure::Pattern> {
-    let Some(instance) = unit.instance.as_ref() else { return Vec::new() };
-    let mut candidates = vec![ctx.instance_dir(&unit.name).join("launch.sh")];
-    if crate::units::is_valid_unit_name(&instance.blueprint) {
-        let file = format!("{}.sh", instance.blueprint);
-        candidates.push(ctx.data_dir.join("blueprints").join(&file));
-        candidates.push(ctx.blueprints_dir.join(&file));
-    }
-    let specs = candidates
+/// The metadata block sits at the top of a script: this much is plenty.
+const HEADER_BYTES: u64 = 64 << 10;
+
+fn read_head(file: std::fs::File) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    file.take(HEADER_BYTES).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `# aikore.KEY = value` from the most specific header that has the key.
+fn metadata_value(headers: &[String], key: &str) -> Option<String> {
+    headers.iter().find_map(|text| super::blueprints::parse_metadata(text).remove(key))
+}
+
+/// The headers of a unit that is an instance (none otherwise).
+fn unit_headers(unit: &Unit, ctx: &InstanceContext) -> Vec<String> {
+    unit.instance.as_ref().map(|i| metadata_headers(ctx, &unit.name, &i.blueprint)).unwrap_or_default()
+}
+
+/// `# aikore.failure = class: regex` lines of the most specific header that
+/// has any. A bad line is logged and skipped: the built-in classes still apply.
+fn failure_patterns(unit: &Unit, headers: &[String]) -> Vec<crate::failure::Pattern> {
+    let specs = headers
         .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .map(|text| super::blueprints::failure_specs(&text))
+        .map(|text| super::blueprints::failure_specs(text))
         .find(|specs| !specs.is_empty())
         .unwrap_or_default();
     specs
@@ -217,9 +239,11 @@ fn failure_patterns(unit: &Unit, ctx: &InstanceContext) -> Vec<crate::failure::P
 pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
     let instance = unit.instance.as_ref().ok_or("not an instance")?;
     let port = port_for(unit, ctx)?;
+    // Read once for the whole start: the proxy mode, the environment and the failure patterns.
+    let headers = metadata_headers(ctx, &unit.name, &instance.blueprint);
     // A `port` instance's public port is NGINX's (the same login as the apps
     // origin in front); the app itself gets a loopback port behind it.
-    let app_port = match proxy_mode(ctx, &unit.name, &instance.blueprint) {
+    let app_port = match header_proxy_mode(&headers) {
         crate::urls::ProxyMode::Port => {
             if !port_is_free(port) && !(ctx.proxy_serves)(&ctx.data_dir, port) {
                 return Err(format!("port {port} is already in use by another process"));
@@ -244,7 +268,7 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
         // The operator's own path (OutputDir= elsewhere): theirs to lay out.
         Err(_) => std::fs::create_dir_all(&outputs).map_err(|e| format!("{}: {e}", outputs.display()))?,
     }
-    let mut env = instance_env(unit, ctx, Some(app_port));
+    let mut env = env_of(unit, ctx, Some(app_port), &headers);
     let launch = dir.join("launch.sh");
     let default_exec_start =
         Some(ExecCommand { argv: vec!["/bin/bash".into(), launch.display().to_string()], ignore_failure: false });
@@ -285,6 +309,6 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
         app_port: Some(app_port),
         main_wrapper,
         vnc_port,
-        failure_patterns: failure_patterns(unit, ctx),
+        failure_patterns: failure_patterns(unit, &headers),
     })
 }

@@ -155,3 +155,34 @@ fn the_outputs_dir_is_not_followed() {
     assert!(!t.victim.join("sub").exists());
     t.assert_intact();
 }
+
+/// launch.sh swapped for a link to /dev/zero, then for a FIFO: a start reads
+/// its metadata header (proxy mode, Gradio, failure patterns) as root, and
+/// once read it to the end — without end, for /dev/zero. The daemon must
+/// refuse both without growing or blocking, and keep answering.
+#[test]
+fn a_start_never_reads_a_planted_device_or_fifo_as_launch_sh() {
+    let t = Target::start(false);
+    let dir = t.instance("s5", "sleeper");
+    for plant in ["ln -sfn /dev/zero launch.sh", "rm -f launch.sh && mkfifo launch.sh"] {
+        assert_eq!(t.d.post("/api/v1/instances/s5/stop").0, 200);
+        // Down: stopped, or error from the previous round's broken launch.sh.
+        t.d.wait_until("s5 to be down", |d| matches!(d.unit("s5")["status"].as_str(), Some("stopped" | "error")));
+        let out = as_evil(&format!("cd {} && {plant} && echo ok", dir.display()));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ok"), "{plant}: {out:?}");
+        let (code, body) = t.d.post("/api/v1/instances/s5/start");
+        assert_eq!(code, 200, "{plant}: {body}");
+        // The run itself fails or hangs as the instance user's problem; the
+        // daemon stays small and answers (the old read of /dev/zero grew
+        // until memory ran out).
+        let (code, _) = t.d.get("/api/v1/units");
+        assert_eq!(code, 200, "{plant}: the API stopped answering");
+        let rss = std::fs::read_to_string(format!("/proc/{}/status", t.d.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap()))
+            .unwrap();
+        assert!(rss < 256 * 1024, "{plant}: the daemon grew to {rss} KiB");
+    }
+    t.assert_intact();
+}
