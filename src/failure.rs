@@ -203,7 +203,7 @@ pub fn classify(ev: &Evidence, extra: &[Pattern]) -> Failure {
     });
     if let Some((class, line)) = found {
         let port = if class == FailureClass::PortInUse { port_in(line).or(ev.port) } else { None };
-        return Failure { class, hint: Some(hint(class, line, port)), line: Some(line.trim().to_string()), port };
+        return Failure { class, hint: Some(hint(class, line, port)), line: Some(printable(line.trim())), port };
     }
     match ev.signal {
         Some(signal) => Failure {
@@ -238,11 +238,22 @@ fn hint(class: FailureClass, line: &str, port: Option<u16>) -> String {
 
 /// The `port-in-use` hint, naming the holder when the OS side found it.
 pub fn port_hint(port: Option<u16>, holder: Option<&str>) -> String {
-    let holder = holder.unwrap_or("another process");
+    let holder = holder.map(printable).unwrap_or_else(|| "another process".to_string());
     match port {
         Some(port) => format!("port {port} is held by {holder}; stop it or give this unit another port"),
         None => format!("its port is held by {holder}; stop it or give this unit another port"),
     }
+}
+
+/// Longest log line kept as a failure's reason: it goes into events, the
+/// journal and tooltips, and one line of app output can be megabytes.
+const MAX_LINE_CHARS: usize = 400;
+
+/// App output (a log line, a process name) made safe to show: control
+/// characters (an escape sequence could rewrite the operator's terminal in
+/// `aikore status`) become U+FFFD, and the text is cut at [`MAX_LINE_CHARS`].
+fn printable(text: &str) -> String {
+    text.chars().take(MAX_LINE_CHARS).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
 }
 
 /// The port a bind error names: aikore's own "port N ..." or uvicorn's
@@ -381,5 +392,18 @@ torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 TiB. GPU 0 ha
             assert_eq!(FailureClass::parse(class.as_str()), Some(class));
             assert_eq!(serde_json::to_value(class).unwrap(), class.as_str());
         }
+    }
+
+    #[test]
+    fn app_text_in_a_reason_is_made_printable_and_short() {
+        let ev = Evidence {
+            lines: vec![format!("ModuleNotFoundError: No module named 'x'\x1b]52;c;cGF3bmVk\x07{}", "y".repeat(5000))],
+            ..Evidence::default()
+        };
+        let f = classify(&ev, &[]);
+        let line = f.line.unwrap();
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert_eq!(line.chars().count(), MAX_LINE_CHARS);
+        assert!(!port_hint(Some(1), Some("evil\x1b[2J")).contains('\x1b'));
     }
 }
