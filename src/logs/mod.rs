@@ -89,6 +89,13 @@ impl LogHub {
     /// picked up: appended to, and read back by `tail`.
     pub fn new(dir: PathBuf, config: LogConfig) -> io::Result<Arc<LogHub>> {
         std::fs::create_dir_all(&dir)?;
+        // The daemon's alone: apps print tokens and URLs with secrets into
+        // their logs, and an instance user must not read another's (or
+        // NGINX's). The dashboard and the CLI serve them to whoever logs in.
+        if std::fs::symlink_metadata(&dir)?.is_dir() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         Ok(Arc::new(LogHub { dir, config, units: Mutex::new(HashMap::new()) }))
     }
 

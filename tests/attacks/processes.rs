@@ -121,6 +121,13 @@ fn with_puid_nobody_only_the_instance_dir_is_the_instance_users() {
         + &format!("echo x >> {}/nginx/nginx.conf 2>/dev/null && echo wrote conf; echo done", t.d.data_dir.display());
     let out = super::as_evil(&script);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    // Nor can it read the logs: another instance's (apps print tokens there) or NGINX's.
+    let logs = t.d.data_dir.join("logs");
+    let out = super::as_evil(&format!(
+        "ls {0} 2>/dev/null && echo listed; cat {0}/app.log {0}/nginx.log 2>/dev/null && echo read; echo done",
+        logs.display()
+    ));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
     t.assert_intact();
 }
 
