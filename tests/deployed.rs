@@ -527,11 +527,23 @@ fn reloads(d: &Daemon) -> u64 {
 #[test]
 fn idle_soak_no_reloads_little_cpu_few_rows_then_one_reload_per_change() {
     const IDLE: Duration = Duration::from_secs(60);
-    let (d, _) = with_nginx(&[]);
+    // As deployed: the container's PUID/PGID (here nobody's), so the
+    // instances run as the instance user and NGINX's workers as their own.
+    let (d, _) = with_nginx(&[
+        ("PUID", "65534"),
+        ("PGID", "65534"),
+        // The runner's PATH may start in /root: unreachable for 65534.
+        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    ]);
+    // The temp dir above the data dir is root's 0700; a container's /config has no such parent.
+    std::fs::set_permissions(d.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     // Apps live on the apps origin (AIKORE_APPS_PORT), not the dashboard's port.
     let port = d.apps_port;
     for name in ["soak-a", "soak-b"] {
         create_started(&d, json!({ "name": name, "blueprint": "test-http", "start": true }));
+        let pid = d.unit(name)["pid"].as_i64().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.lines().any(|l| l.starts_with("Uid:\t65534")), "{name} runs as the instance user");
     }
     let auth = bearer(&d);
     for name in ["soak-a", "soak-b"] {
