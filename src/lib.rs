@@ -5,6 +5,7 @@
 //! Data flows one way: unit files -> supervisor -> processes -> events ->
 //! {store, logs, web}. Only the supervisor task changes a unit's state.
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;

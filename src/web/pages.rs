@@ -728,11 +728,10 @@ async fn action(
     let result = async {
         let name = super::api::checked_name(&name).map_err(|e| e.message)?.to_string();
         state.instances.instance(&name).await.map_err(|e| e.to_string())?;
-        let sup = &state.supervisor;
+        if let Some(a) = crate::api::Action::parse(&action) {
+            return a.apply(&state.supervisor, &name).await.map(|_| String::new()).map_err(|e| e.to_string());
+        }
         match action.as_str() {
-            "start" => sup.start(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
-            "stop" => sup.stop(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
-            "restart" => sup.restart(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
             "delete" => {
                 state.instances.delete(&name, true).await.map_err(|e| e.to_string())?;
                 Ok(format!("Moved {name} to the trash can."))
