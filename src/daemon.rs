@@ -82,20 +82,14 @@ fn stop_leftovers(data_dir: &std::path::Path, cgroups: Option<&CgroupRoot>, grac
         return;
     }
     tracing::warn!(count = pids.len(), "stopping processes left by a previous run");
-    let first = if grace.is_zero() { libc::SIGKILL } else { libc::SIGTERM };
-    for pid in &pids {
-        // SAFETY: kill() on pids recorded with their start time, their
-        // descendants, or carrying our data dir marker.
-        unsafe { libc::kill(*pid, first) };
-    }
+    // Pids recorded with their start time, their descendants, or carrying our data dir marker.
+    use crate::sys::signal::{to_each, Signal};
+    to_each(&pids, if grace.is_zero() { Signal::SIGKILL } else { Signal::SIGTERM });
     let deadline = std::time::Instant::now() + grace.max(Duration::from_millis(500));
     while std::time::Instant::now() < deadline && !find().is_empty() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    for pid in find() {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
+    to_each(&find(), Signal::SIGKILL);
 }
 
 /// Debug builds only: resolves once the file named by

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod safefs;
 pub mod store;
 pub mod supervisor;
+pub mod sys;
 pub mod units;
 pub mod urls;
 pub mod web;

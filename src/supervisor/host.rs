@@ -456,13 +456,13 @@ impl ProcessControl for HostProcesses {
     }
 
     fn signal_process(&mut self, pid: i32, signal: i32) {
-        // SAFETY: kill() on a pid we spawned and have not reaped yet.
-        unsafe { libc::kill(pid, signal) };
+        // A pid we spawned and have not reaped yet.
+        crate::sys::signal::process_raw(pid, signal);
     }
 
     fn signal_group(&mut self, pgid: i32, signal: i32) {
-        // SAFETY: killpg() on a process group we created with setsid().
-        unsafe { libc::killpg(pgid, signal) };
+        // A process group we created with setsid().
+        crate::sys::signal::group_raw(pgid, signal);
     }
 
     fn signal_unit(&mut self, unit: &str, signal: i32) {
@@ -470,12 +470,12 @@ impl ProcessControl for HostProcesses {
             Some(Membership::Marked { pgid, .. }) => {
                 let pgid = *pgid;
                 if let Some(pgid) = pgid {
-                    // SAFETY: killpg on the group our main process created through setsid; no memory involved.
-                    unsafe { libc::killpg(pgid, signal) };
+                    // The group our main process created through setsid.
+                    crate::sys::signal::group_raw(pgid, signal);
                 }
                 for (pid, _) in self.swept_members(unit, pgid) {
-                    // SAFETY: as above, for a pid this batch's /proc sweep found carrying the unit's marker.
-                    unsafe { libc::kill(pid, signal) };
+                    // A pid this batch's /proc sweep found carrying the unit's marker.
+                    crate::sys::signal::process_raw(pid, signal);
                 }
             }
             Some(m) => m.signal_all(signal),
