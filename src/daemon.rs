@@ -253,7 +253,42 @@ async fn open_state(settings: &Settings, data: &DataDir) -> anyhow::Result<(Stor
     for name in &reconciled.archived {
         tracing::info!(unit = %name, "unit file gone; its state row is archived");
     }
+    journal_cut_off_units(&store, reconciled.leftovers).await?;
     Ok((store, loaded))
+}
+
+/// What the state rows say of the previous daemon's end: a clean shutdown
+/// records every unit stopped with no pid, so a row that still has one was
+/// running when that daemon died (killed, OOM, power). Told in the log and,
+/// per unit, in the journal (`GET /api/v1/journal`), where the operator
+/// looks for why a unit restarted.
+async fn journal_cut_off_units(store: &StoreHandle, rows: Vec<crate::store::UnitRow>) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let notes: Vec<(String, String)> = rows
+        .into_iter()
+        .map(|row| {
+            let pid = row.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            tracing::warn!(unit = %row.name, status = %row.status, "the previous aikore ended while this unit ran");
+            let note = format!(
+                "the previous aikore ended without a clean shutdown while this unit was {}{pid}; \
+                 what it left running was stopped",
+                row.status
+            );
+            (row.name, note)
+        })
+        .collect();
+    store
+        .call(move |s| -> crate::store::Result<()> {
+            let now = now_ms();
+            for (unit, note) in &notes {
+                s.append_event(now, Some(unit), "info", note)?;
+            }
+            Ok(())
+        })
+        .await??;
+    Ok(())
 }
 
 /// The engine died outside a shutdown: nothing supervises the units any

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod env_name;
+mod expand;
 mod graph;
 mod ini;
 mod keys;
@@ -20,6 +21,7 @@ mod resolve;
 mod timespan;
 
 pub use env_name::EnvName;
+pub use expand::{expand_vars, parse_env_file};
 pub use graph::{check_graph, find_cycle, start_order};
 pub use load::{check_paths, load_dirs, LoadedUnits};
 pub use quote::{is_valid_env_name, split_command_line};
