@@ -389,15 +389,117 @@ fn start_engine(
     EngineParts { supervisor, events, task, instance_ctx }
 }
 
-/// The background tasks beside the engine, stopped in this order at shutdown.
+/// The shutdown tree: one root token and a child per stage, cancelled by
+/// `run` in this order (what serves first, then what records, then what
+/// measures), and one tracker for every task spawned here.
+struct Stages {
+    root: CancellationToken,
+    web: CancellationToken,
+    /// The NGINX route sync: nothing to route to once the units are stopped.
+    proxy: CancellationToken,
+    /// Stopped after the units, so the final `stopped` transitions are written.
+    journal: CancellationToken,
+    metrics: CancellationToken,
+    /// Waited for (with a cap) before the process exits.
+    tasks: TaskTracker,
+}
+
+impl Stages {
+    fn new() -> Stages {
+        let root = CancellationToken::new();
+        Stages {
+            web: root.child_token(),
+            proxy: root.child_token(),
+            journal: root.child_token(),
+            metrics: root.child_token(),
+            root,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Tracks a task some other module spawned (its JoinHandle), so `wait` covers it.
+    fn track(&self, task: JoinHandle<()>) -> JoinHandle<()> {
+        self.tasks.spawn(async move {
+            let _ = task.await;
+        })
+    }
+
+    /// Cancels `stage`, then waits up to `cap` for its tasks.
+    async fn stop(stage: &CancellationToken, tasks: Vec<JoinHandle<()>>, cap: Duration) {
+        stage.cancel();
+        for task in tasks {
+            let _ = tokio::time::timeout(cap, task).await;
+        }
+    }
+}
+
+/// The background tasks beside the engine, by the stage that stops them.
 struct Background {
-    /// The NGINX route sync; stopped with the web server (nothing to route to).
+    web: Option<JoinHandle<()>>,
     proxy: JoinHandle<()>,
-    /// Mirrors events into SQLite; stopped after the units, so the final
-    /// `stopped` transitions are written.
     journal: JoinHandle<()>,
-    metrics_events: JoinHandle<()>,
-    metrics_history: JoinHandle<()>,
+    metrics: MetricsTasks,
+}
+
+struct MetricsTasks {
+    events: tokio::task::AbortHandle,
+    history: JoinHandle<()>,
+}
+
+/// Prometheus metrics: subscribed before `start_all` so the first starts are
+/// counted; AIKORE_NVML=off never loads the driver.
+fn start_metrics(
+    settings: &Settings,
+    supervisor: &SupervisorHandle,
+    logs: &Arc<LogHub>,
+    cgroups: Option<&CgroupRoot>,
+    stages: &Stages,
+) -> anyhow::Result<(Arc<crate::metrics::Metrics>, MetricsTasks)> {
+    let metrics = crate::metrics::Metrics::new(
+        supervisor.clone(),
+        Arc::clone(logs),
+        crate::metrics::MetricsConfig {
+            cgroup_root: cgroups.map(|root| root.path().to_path_buf()),
+            data_dir: settings.data_dir.clone(),
+            nvml: settings.knobs.nvml,
+        },
+    )?;
+    // The event counter runs as long as the supervisor's channel: aborted at shutdown.
+    let events = metrics.track_events(supervisor.subscribe());
+    let events_abort = events.abort_handle();
+    stages.track(events);
+    let history = stages.track(metrics.run_history(stages.metrics.clone()));
+    Ok((metrics, MetricsTasks { events: events_abort, history }))
+}
+
+/// The NGINX route sync, with the routes rendered once before it returns:
+/// they exist before NGINX first starts (and before the API answers, so a
+/// client never sees the units waiting for it), and ComfyUI's paths answer
+/// the "no slot holder" page, never the dashboard, from the first request.
+async fn start_proxy(
+    settings: &Settings,
+    supervisor: &SupervisorHandle,
+    instances: &Arc<crate::instances::InstanceManager>,
+    store: &StoreHandle,
+    stages: &Stages,
+) -> (crate::proxy::ProxyHandle, JoinHandle<()>) {
+    let (proxy, task) = crate::proxy::RouteSync {
+        supervisor: supervisor.clone(),
+        instances: Arc::clone(instances),
+        store: store.clone(),
+        prefix: settings.data_dir.join("nginx"),
+        options: crate::proxy::routes::RenderOptions {
+            bind: settings.proxy_bind,
+            api: api_upstream(settings),
+            reserved_ports: vec![settings.proxy_port, settings.apps_port],
+            ..crate::proxy::render_options(settings.knobs.max_body.as_deref())
+        },
+        tester: Arc::new(crate::proxy::swap::NginxTester::new(settings.knobs.nginx_bin.clone())),
+        extra_file: settings.knobs.proxy_extra_file.clone(),
+    }
+    .spawn(stages.proxy.clone());
+    proxy.render_now().await;
+    (proxy, stages.track(task))
 }
 
 /// A running daemon between [`Daemon::boot`] and [`Daemon::run`]: the units
@@ -407,21 +509,15 @@ pub struct Daemon {
     settings: Settings,
     cgroups: Option<CgroupRoot>,
     supervisor: SupervisorHandle,
+    /// Watched by `run`: a panic or an early return makes the daemon exit non-zero.
     engine: JoinHandle<()>,
     reloader: Arc<Reloader>,
     web: crate::web::AppState,
     listener: tokio::net::TcpListener,
     /// SIGHUP, installed before the API answers (an early one reloads, it is not lost).
     hangups: init::signals::Hangups,
+    stages: Stages,
     background: Background,
-    /// The root of the shutdown tree: each stage below is a child, cancelled in order.
-    root: CancellationToken,
-    web_stop: CancellationToken,
-    proxy_stop: CancellationToken,
-    journal_stop: CancellationToken,
-    history_stop: CancellationToken,
-    /// Every task the daemon spawned itself: waited for (with a cap) before exit.
-    tasks: TaskTracker,
     /// The login gate's credential cache: removed at exit (NGINX is gone with the units).
     auth_cache: PathBuf,
 }
@@ -437,25 +533,24 @@ impl Daemon {
         let settings = Settings { data_dir: data.path().to_path_buf(), ..settings };
         data.state_dir("units")?;
         become_init();
-
         let (cgroups, tracking) = process_tracking(data.path(), settings.knobs.cgroups);
-        {
-            let (cgroups, data_dir) = (cgroups.clone(), settings.data_dir.clone());
-            // A previous run's app gets a short grace to flush, not a full TimeoutStopSec: it is already orphaned.
-            tokio::task::spawn_blocking(move || stop_leftovers(&data_dir, cgroups.as_ref(), Duration::from_secs(3)))
-                .await?;
-        }
+        let (leftover_cgroups, data_dir) = (cgroups.clone(), settings.data_dir.clone());
+        // A previous run's app gets a short grace to flush, not a full TimeoutStopSec: it is already orphaned.
+        tokio::task::spawn_blocking(move || {
+            stop_leftovers(&data_dir, leftover_cgroups.as_ref(), Duration::from_secs(3))
+        })
+        .await?;
         let nginx_worker = crate::proxy::worker_user(settings.knobs.nginx_user.as_deref());
         let auth_cache = write_nginx_base(&settings, &data, nginx_worker.as_ref())?;
+
         let (store, loaded) = open_state(&settings, &data).await?;
         // Logs are the daemon's: rotation renames in a dir the instance user cannot write.
         let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
         let engine = start_engine(&settings, cgroups.clone(), &store, &logs, loaded);
         let supervisor = engine.supervisor.clone();
-
-        let (root, tasks) = (CancellationToken::new(), TaskTracker::new());
-        let journal_stop = root.child_token();
-        let journal = tasks.spawn(journal_events(engine.events.subscribe(), store.clone(), journal_stop.clone()));
+        let stages = Stages::new();
+        let journal =
+            stages.tasks.spawn(journal_events(engine.events.subscribe(), store.clone(), stages.journal.clone()));
         let reloader = Arc::new(Reloader::new(settings.units_dirs.clone(), supervisor.clone(), store.clone()));
         let instances = Arc::new(crate::instances::InstanceManager::new(
             engine.instance_ctx,
@@ -463,39 +558,9 @@ impl Daemon {
             supervisor.clone(),
             Arc::clone(&reloader),
         ));
-        // Subscribed before start_all so the first starts are counted.
-        let metrics = crate::metrics::Metrics::new(
-            supervisor.clone(),
-            Arc::clone(&logs),
-            crate::metrics::MetricsConfig {
-                cgroup_root: cgroups.as_ref().map(|root| root.path().to_path_buf()),
-                data_dir: settings.data_dir.clone(),
-                nvml: settings.knobs.nvml,
-            },
-        )?;
-        let metrics_events = metrics.track_events(supervisor.subscribe());
-        let history_stop = root.child_token();
-        let metrics_history = metrics.run_history(history_stop.clone());
-        let proxy_stop = root.child_token();
-        let (proxy, proxy_task) = crate::proxy::RouteSync {
-            supervisor: supervisor.clone(),
-            instances: Arc::clone(&instances),
-            store: store.clone(),
-            prefix: settings.data_dir.join("nginx"),
-            options: crate::proxy::routes::RenderOptions {
-                bind: settings.proxy_bind,
-                api: api_upstream(&settings),
-                reserved_ports: vec![settings.proxy_port, settings.apps_port],
-                ..crate::proxy::render_options(settings.knobs.max_body.as_deref())
-            },
-            tester: Arc::new(crate::proxy::swap::NginxTester::new(settings.knobs.nginx_bin.clone())),
-            extra_file: settings.knobs.proxy_extra_file.clone(),
-        }
-        .spawn(proxy_stop.clone());
-        // The routes exist before NGINX first starts (and before the API answers, so
-        // a client never sees the units waiting for it): ComfyUI's paths answer the
-        // "no slot holder" page, never the dashboard, from the first request.
-        proxy.render_now().await;
+        let (metrics, metrics_tasks) = start_metrics(&settings, &supervisor, &logs, cgroups.as_ref(), &stages)?;
+        let (proxy, proxy_task) = start_proxy(&settings, &supervisor, &instances, &store, &stages).await;
+        let origins = crate::web::origin::Origins::from_env(settings.proxy_port, settings.apps_port);
         let web = crate::web::AppState::new(
             supervisor.clone(),
             logs,
@@ -506,13 +571,13 @@ impl Daemon {
             proxy,
         )
         .with_metrics(metrics)
-        .with_origins(crate::web::origin::Origins::from_env(settings.proxy_port, settings.apps_port));
+        .with_origins(origins);
         let web = with_local_credentials(web, &settings).await?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
-        let hangups = init::signals::Hangups::install()?;
         Ok(Daemon {
+            hangups: init::signals::Hangups::install()?,
             settings,
             cgroups,
             supervisor,
@@ -520,14 +585,8 @@ impl Daemon {
             reloader,
             web,
             listener,
-            hangups,
-            background: Background { proxy: proxy_task, journal, metrics_events, metrics_history },
-            web_stop: root.child_token(),
-            proxy_stop,
-            journal_stop,
-            history_stop,
-            root,
-            tasks,
+            stages,
+            background: Background { web: None, proxy: proxy_task, journal, metrics: metrics_tasks },
             auth_cache,
         })
     }
@@ -546,7 +605,8 @@ impl Daemon {
     /// SIGHUP (reload); then stops everything in order. Returns the exit code.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> i32 {
         tracing::info!(listen = %self.settings.listen, data_dir = %self.settings.data_dir.display(), "aikore is up");
-        let web = self.tasks.spawn(crate::web::serve(self.listener, self.web, self.web_stop.clone()));
+        let serving = crate::web::serve(self.listener, self.web, self.stages.web.clone());
+        self.background.web = Some(self.stages.tasks.spawn(serving));
         // Only a dead engine refuses this, and the loop below sees that at once.
         if let Err(e) = self.supervisor.start_all().await {
             tracing::error!(error = %e, "starting the units failed");
@@ -566,25 +626,20 @@ impl Daemon {
             Some(ended) => kill_orphaned_units(ended, &self.settings.data_dir, self.cgroups.clone()).await,
             None => stop_units(&self.supervisor, self.engine, self.settings.shutdown_timeout).await,
         };
-        // Then the stages, in order: nothing is served or routed to any more,
-        // the journal writes what the supervisor sent last, the metrics stop.
-        let cap = |secs| Duration::from_secs(secs);
-        self.web_stop.cancel();
-        self.proxy_stop.cancel();
-        let _ = tokio::time::timeout(cap(2), self.background.proxy).await;
-        let _ = tokio::time::timeout(cap(2), web).await;
-        self.journal_stop.cancel();
-        let _ = tokio::time::timeout(cap(5), self.background.journal).await;
-        self.background.metrics_events.abort();
-        self.history_stop.cancel();
-        let _ = tokio::time::timeout(cap(2), self.background.metrics_history).await;
-        self.root.cancel();
-        self.tasks.close();
-        if tokio::time::timeout(cap(2), self.tasks.wait()).await.is_err() {
+        let (stages, background) = (self.stages, self.background);
+        stages.web.cancel();
+        Stages::stop(&stages.proxy, [Some(background.proxy), background.web].into_iter().flatten().collect(), secs(2))
+            .await;
+        Stages::stop(&stages.journal, vec![background.journal], secs(5)).await;
+        background.metrics.events.abort();
+        Stages::stop(&stages.metrics, vec![background.metrics.history], secs(2)).await;
+        stages.root.cancel();
+        stages.tasks.close();
+        if tokio::time::timeout(secs(2), stages.tasks.wait()).await.is_err() {
             tracing::warn!("a background task did not end within 2 s of the shutdown");
         }
         if init::is_pid1() {
-            let _ = tokio::task::spawn_blocking(|| init::terminate_strays(Duration::from_secs(2))).await;
+            let _ = tokio::task::spawn_blocking(|| init::terminate_strays(secs(2))).await;
         }
         // NGINX is gone with the units: its cached credentials go too.
         let _ = std::fs::remove_dir_all(&self.auth_cache);
@@ -594,6 +649,10 @@ impl Daemon {
         tracing::info!(code, "aikore stopped");
         code
     }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
 }
 
 /// PID 1, or a sub-reaper so orphans of units still come to us; and the
