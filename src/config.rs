@@ -54,6 +54,10 @@ pub struct Knobs {
     pub proxy_extra_file: Option<PathBuf>,
     /// AIKORE_TEST_PANIC_ENGINE, debug builds only: the engine panics once this file exists.
     pub test_panic_engine: Option<PathBuf>,
+    /// AIKORE_TERMINAL_ROOT=1: instance terminals are root shells even with PUID set.
+    pub terminal_root: bool,
+    /// AIKORE_WEB_DIR: the dashboard's static files (else found next to the checkout or in the image).
+    pub web_dir: Option<PathBuf>,
 }
 
 impl Default for Knobs {
@@ -66,6 +70,8 @@ impl Default for Knobs {
             nginx_user: None,
             proxy_extra_file: None,
             test_panic_engine: None,
+            terminal_root: false,
+            web_dir: None,
         }
     }
 }
@@ -88,6 +94,8 @@ impl Knobs {
             proxy_extra_file: path("AIKORE_PROXY_EXTRA_FILE"),
             // A release build never panics on purpose, whatever the environment says.
             test_panic_engine: if cfg!(debug_assertions) { path("AIKORE_TEST_PANIC_ENGINE") } else { None },
+            terminal_root: text("AIKORE_TERMINAL_ROOT").is_some_and(|v| v == "1"),
+            web_dir: path("AIKORE_WEB_DIR"),
         }
     }
 }
@@ -216,6 +224,8 @@ mod tests {
             ("AIKORE_NGINX_BIN", "/x/nginx"),
             ("AIKORE_NGINX_USER", " www "),
             ("AIKORE_PROXY_EXTRA_FILE", "/x/extra"),
+            ("AIKORE_TERMINAL_ROOT", "1"),
+            ("AIKORE_WEB_DIR", "/x/web"),
         ]
         .into();
         let knobs = Knobs::from_lookup(|k| env.get(k).map(Into::into));
@@ -224,6 +234,8 @@ mod tests {
         assert_eq!(knobs.nginx_bin, Some(PathBuf::from("/x/nginx")));
         assert_eq!(knobs.nginx_user.as_deref(), Some("www"));
         assert_eq!(knobs.proxy_extra_file, Some(PathBuf::from("/x/extra")));
+        assert!(knobs.terminal_root);
+        assert_eq!(knobs.web_dir, Some(PathBuf::from("/x/web")));
         let on = Knobs::from_lookup(|k| (k == "AIKORE_CGROUP").then(|| "on".into()));
         assert!(on.cgroups);
     }

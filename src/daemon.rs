@@ -571,7 +571,8 @@ impl Daemon {
             proxy,
         )
         .with_metrics(metrics)
-        .with_origins(origins);
+        .with_origins(origins)
+        .with_knobs(&settings.knobs);
         let web = with_local_credentials(web, &settings).await?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await

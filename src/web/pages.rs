@@ -70,11 +70,11 @@ async fn to_apps(State(state): State<AppState>, headers: HeaderMap, uri: axum::h
     Redirect::to(&format!("{}{target}", state.origins.apps(&headers))).into_response()
 }
 
-/// Where web/ is: AIKORE_WEB_DIR, else `./web` (a checkout), else the
+/// Where web/ is: `explicit` (AIKORE_WEB_DIR), else `./web` (a checkout), else the
 /// image's /opt/aikore/web, else next to the binary's target dir.
-pub fn resolve_web_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AIKORE_WEB_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
+pub fn resolve_web_dir(explicit: Option<PathBuf>) -> PathBuf {
+    if let Some(dir) = explicit {
+        return dir;
     }
     let candidates = [
         Some(PathBuf::from("web")),

@@ -48,12 +48,6 @@ enum Control {
     Input { data: String },
 }
 
-/// AIKORE_TERMINAL_ROOT=1: the operator's explicit choice of a root shell
-/// even with PUID set (docs/security.md).
-fn root_terminal_enabled() -> bool {
-    std::env::var("AIKORE_TERMINAL_ROOT").is_ok_and(|v| v == "1")
-}
-
 /// Later assignments win; one entry per name.
 fn dedup_env(env: Vec<(String, String)>) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(env.len());
@@ -96,7 +90,7 @@ async fn terminal(
     // The instance's user, like the instance itself: a shell here is as
     // hostile as the instance's code. Root only when the operator says so.
     let (uid, gid, groups) = match ctx.owner {
-        Some((uid, gid)) if !root_terminal_enabled() => {
+        Some((uid, gid)) if !state.terminal_root => {
             let identity = crate::supervisor::host::instance_identity(uid, gid, &dir);
             env.extend(identity.env);
             (identity.uid, identity.gid, identity.groups)
