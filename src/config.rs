@@ -209,6 +209,16 @@ pub const DEFAULT_BIND: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Ad
 pub const DEFAULT_PORT_RANGE: std::ops::RangeInclusive<u16> = 19001..=19999;
 
 /// `FIRST-LAST` (AIKORE_PORT_RANGE) into the pool `Port=auto` leases from.
+pub fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (a, b) = text.split_once('-').ok_or_else(|| format!("AIKORE_PORT_RANGE={text}: expected FIRST-LAST"))?;
+    let a: u16 = a.trim().parse().map_err(|_| format!("AIKORE_PORT_RANGE={text}: bad first port"))?;
+    let b: u16 = b.trim().parse().map_err(|_| format!("AIKORE_PORT_RANGE={text}: bad last port"))?;
+    if a == 0 || a > b {
+        return Err(format!("AIKORE_PORT_RANGE={text}: empty range"));
+    }
+    Ok(a..=b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,14 +249,4 @@ mod tests {
         let on = Knobs::from_lookup(|k| (k == "AIKORE_CGROUP").then(|| "on".into()));
         assert!(on.cgroups);
     }
-}
-
-pub fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
-    let (a, b) = text.split_once('-').ok_or_else(|| format!("AIKORE_PORT_RANGE={text}: expected FIRST-LAST"))?;
-    let a: u16 = a.trim().parse().map_err(|_| format!("AIKORE_PORT_RANGE={text}: bad first port"))?;
-    let b: u16 = b.trim().parse().map_err(|_| format!("AIKORE_PORT_RANGE={text}: bad last port"))?;
-    if a == 0 || a > b {
-        return Err(format!("AIKORE_PORT_RANGE={text}: empty range"));
-    }
-    Ok(a..=b)
 }
