@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use aikore::api::{ErrorBody, Health, ReloadReport, Status, UnitActionReply, UnitLogs, UnitVerb, UnitView};
+use aikore::api::{ErrorBody, Health, LogLine, ReloadReport, Status, UnitActionReply, UnitLogs, UnitVerb, UnitView};
 use aikore::config::{Knobs, Settings};
 use aikore::daemon::Daemon;
 use axum::body::Body;
@@ -86,6 +86,35 @@ impl InProcess {
         round_trip(path, body)
     }
 
+    /// The first `line` event of an SSE stream, as the CLI's `LogLine` (round-tripped).
+    async fn first_sse_line(&self, path: &str) -> LogLine {
+        use futures_util::StreamExt;
+        let request = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(Body::empty())
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let mut stream = response.into_body().into_data_stream();
+        let mut text = String::new();
+        let read = async {
+            while let Some(chunk) = stream.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+                // One event: `event: line` then `data: {...}`, ended by a blank line.
+                if let Some(at) = text.find("event: line\ndata: ") {
+                    let rest = &text[at + "event: line\ndata: ".len()..];
+                    if let Some(end) = rest.find('\n') {
+                        return rest[..end].to_string();
+                    }
+                }
+            }
+            panic!("{path}: the stream ended before a line event: {text:?}");
+        };
+        let data = tokio::time::timeout(CAP, read).await.expect("a line event");
+        round_trip(path, serde_json::from_str(&data).unwrap())
+    }
+
     async fn wait_status(&self, unit: &str, want: Status) -> UnitView {
         let deadline = tokio::time::Instant::now() + CAP;
         loop {
@@ -128,15 +157,20 @@ async fn every_endpoint_the_cli_reads_round_trips_through_the_api_types() {
 
     // The log endpoint: the line the unit printed, as the CLI prints it.
     let deadline = tokio::time::Instant::now() + CAP;
-    loop {
+    let logs = loop {
         let logs: UnitLogs = d.typed(Method::GET, "/api/v1/units/hello/logs?tail=10").await;
         if logs.lines.iter().any(|l| l.text == "hello-from-unit") {
             assert_eq!(logs.unit, "hello");
-            break;
+            break logs;
         }
         assert!(tokio::time::Instant::now() < deadline, "no log line: {logs:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+
+    // `aikore logs -f`: the SSE stream's `line` events carry one LogLine each,
+    // the backlog first (the same lines as the tail: the unit prints no more).
+    let line = d.first_sse_line("/api/v1/units/hello/logs/stream?tail=10").await;
+    assert_eq!(line, logs.lines[0]);
 
     let stopped: UnitActionReply = d.typed(Method::POST, "/api/v1/units/hello/stop").await;
     assert_eq!(stopped.unit, "hello");
