@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod env_name;
+mod expand;
 mod graph;
 mod ini;
 mod keys;
@@ -18,9 +20,11 @@ mod quote;
 mod resolve;
 mod timespan;
 
+pub use env_name::EnvName;
+pub use expand::{expand_vars, parse_env_file};
 pub use graph::{check_graph, find_cycle, start_order};
 pub use load::{check_paths, load_dirs, LoadedUnits};
-pub use quote::split_command_line;
+pub use quote::{is_valid_env_name, split_command_line};
 pub use resolve::{parse_unit_file, parse_unit_str};
 pub use timespan::parse_timespan;
 
@@ -34,7 +38,7 @@ pub fn is_valid_unit_name(name: &str) -> bool {
         && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnitKind {
     Service,
