@@ -399,6 +399,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let metrics_events = metrics.track_events(supervisor.subscribe());
     let history_stop = shutdown.child_token();
     let metrics_history = metrics.run_history(history_stop.clone());
+    // Drain, idle stop and wake (instances::quiesce): ends with the web server.
+    let ops_stop = shutdown.child_token();
+    let ops_task = tokio::spawn(Arc::clone(&instances.ops).run(data_dir.clone(), ops_stop.clone()));
+    let ops = Arc::clone(&instances.ops);
     let proxy_stop = shutdown.child_token();
     let (proxy, proxy_task) = crate::proxy::RouteSync {
         supervisor: supervisor.clone(),
@@ -478,8 +482,17 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
 
     let code = match engine_ended {
         Some(ended) => kill_orphaned_units(ended, &data_dir, cgroups.clone()).await?,
-        None => stop_units(&supervisor, engine, settings.shutdown_timeout).await,
+        None => {
+            // Running jobs finish first, within two thirds of the global deadline (docs/operations.md).
+            let began = std::time::Instant::now();
+            ops.drain_all(settings.shutdown_timeout * 2 / 3).await;
+            ops_stop.cancel();
+            let left = settings.shutdown_timeout.saturating_sub(began.elapsed()).max(Duration::from_secs(1));
+            stop_units(&supervisor, engine, left).await
+        }
     };
+    ops_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), ops_task).await;
     web_stop.cancel();
     proxy_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), proxy_task).await;

@@ -18,6 +18,7 @@ mod metrics;
 mod persistent;
 mod pid1;
 mod proxy;
+mod quiesce;
 mod restart;
 mod state;
 mod termination;

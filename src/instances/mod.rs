@@ -6,6 +6,7 @@
 
 pub mod blueprints;
 pub mod persistent;
+pub mod quiesce;
 pub mod runtime;
 pub mod unitfile;
 
@@ -106,6 +107,8 @@ pub struct InstanceManager {
     pub stock_blueprints: PathBuf,
     supervisor: SupervisorHandle,
     reloader: Arc<Reloader>,
+    /// Drain before stop, idle stop and wake (docs/operations.md).
+    pub ops: Arc<quiesce::Ops>,
     /// Serializes every change on disk: two requests creating the same name,
     /// or renaming onto each other, must not interleave.
     lock: tokio::sync::Mutex<()>,
@@ -231,7 +234,8 @@ impl InstanceManager {
         supervisor: SupervisorHandle,
         reloader: Arc<Reloader>,
     ) -> Self {
-        InstanceManager { ctx, stock_blueprints, supervisor, reloader, lock: tokio::sync::Mutex::new(()) }
+        let ops = Arc::new(quiesce::Ops::new(supervisor.clone(), ctx.clone()));
+        InstanceManager { ctx, stock_blueprints, supervisor, reloader, ops, lock: tokio::sync::Mutex::new(()) }
     }
 
     pub fn units_dir(&self) -> PathBuf {
@@ -483,7 +487,8 @@ impl InstanceManager {
                 if renaming {
                     self.supervisor.start(&spec.name).await?;
                 } else {
-                    self.supervisor.restart(&spec.name).await?;
+                    // Drains first, like a user's restart (docs/operations.md).
+                    self.ops.restart(&spec.name).await?;
                 }
                 outcome.restarted = true;
             } else {
@@ -633,7 +638,7 @@ impl InstanceManager {
             .map_err(|e| instance_file_error(e, "launch.sh"))?;
         let running = !current.status.is_inactive();
         if running && restart {
-            self.supervisor.restart(name).await?;
+            self.ops.restart(name).await?;
         }
         Ok(running && !restart)
     }

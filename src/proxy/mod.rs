@@ -118,7 +118,10 @@ pub fn write_base_config(data_dir: &Path, config: &BaseConfig) -> std::io::Resul
         std::fs::create_dir_all(prefix.join("tmp").join(dir))?;
     }
     let path = prefix.join("nginx.conf");
-    write_atomically(&path, config.render().as_bytes())?;
+    // NGINX writes each ended WebSocket's id there; instances::quiesce reads it.
+    let websockets = data_dir.join(crate::instances::quiesce::WEBSOCKET_LOG);
+    let text = config.render().replace("{{WEBSOCKET_LOG}}", &websockets.display().to_string());
+    write_atomically(&path, text.as_bytes())?;
     Ok(path)
 }
 
@@ -255,6 +258,7 @@ mod tests {
         write_base_config(data.path(), &config).unwrap();
         let entries = [
             routes::RouteEntry {
+                wake: false,
                 name: "a".into(),
                 mode: ProxyMode::Subpath,
                 port: Some(19001),
@@ -264,6 +268,7 @@ mod tests {
                 vnc_port: Some(19999),
             },
             routes::RouteEntry {
+                wake: false,
                 name: "b-2_x".into(),
                 mode: ProxyMode::Port,
                 port: Some(41002),
@@ -274,6 +279,7 @@ mod tests {
             },
             // A stopped `port` instance keeps its server (a "not running" page).
             routes::RouteEntry {
+                wake: false,
                 name: "d".into(),
                 mode: ProxyMode::Port,
                 port: None,
@@ -283,6 +289,7 @@ mod tests {
                 vnc_port: None,
             },
             routes::RouteEntry {
+                wake: false,
                 name: "c".into(),
                 mode: ProxyMode::Subpath,
                 port: None,

@@ -139,13 +139,15 @@ async fn unit_action(
 ) -> ApiResult<Json<serde_json::Value>> {
     let name = checked_name(&name)?;
     let sup = &state.supervisor;
+    // Through the instances' operations: an instance with a drain check drains first (`draining`).
+    let ops = &state.instances.ops;
     let status = match action.as_str() {
-        "start" => sup.start(name).await?,
-        "stop" => sup.stop(name).await?,
-        "restart" => sup.restart(name).await?,
+        "start" => ops.start(name).await?.as_str(),
+        "stop" => ops.stop(name).await?.as_str(),
+        "restart" => ops.restart(name).await?.as_str(),
         "reload" => {
             sup.reload(name).await?;
-            find_unit(&state, name).await?.status
+            find_unit(&state, name).await?.status.as_str()
         }
         other => {
             return Err(ApiError::not_found(format!("unknown action {other:?}: use start, stop, restart or reload")))
@@ -201,7 +203,7 @@ fn line_event(line: &crate::logs::LogLine) -> Event {
 }
 
 async fn events_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let live = BroadcastStream::new(state.supervisor.subscribe()).filter_map(|item| async move {
+    let engine = BroadcastStream::new(state.supervisor.subscribe()).filter_map(|item| async move {
         match item {
             Ok(event) => Some(Ok(Event::default().event(event.event).json_data(&event).ok()?)),
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
@@ -209,6 +211,16 @@ async fn events_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = 
             }
         }
     });
+    // `draining` / `idle-stopped` laid over a state (instances::quiesce::Overlay).
+    let overlays = BroadcastStream::new(state.instances.ops.subscribe()).filter_map(|item| async move {
+        match item {
+            Ok(overlay) => Some(Ok(Event::default().event("overlay").json_data(&overlay).ok()?)),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Some(Ok(Event::default().event("lagged").data(n.to_string())))
+            }
+        }
+    });
+    let live = futures_util::stream::select(engine, overlays);
     Sse::new(live).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
 }
 

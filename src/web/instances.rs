@@ -143,8 +143,13 @@ pub struct InstanceView {
     pub(crate) stall_after_sec: u64,
     pub(crate) output_dir: Option<String>,
     pub(crate) environment: BTreeMap<String, String>,
+    /// The engine's status, or `draining` / `idle-stopped` laid over it (docs/operations.md).
     pub(crate) status: &'static str,
     pub(crate) detail: Option<String>,
+    /// `IdleStopSec=` in seconds (none: never stopped for being idle).
+    pub(crate) idle_stop_sec: Option<u64>,
+    /// `DrainCheck=` as written in the unit (none: the blueprint's `# aikore.drain`, if any).
+    pub(crate) drain_check: Option<String>,
     /// Why the last run ended badly: `{class, line, hint}` (docs/operations.md).
     pub(crate) failure: Option<crate::failure::Failure>,
     pub(crate) pid: Option<i32>,
@@ -216,6 +221,9 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
     let spec = InstanceSpec::from_unit(&unit.unit)?;
     let warnings = gpu_warnings(&spec.gpus, known_gpus);
     let proxy = manager.proxy_mode(&unit.name, &spec.blueprint);
+    // `draining` or `idle-stopped` over the engine's status (instances::quiesce).
+    let overlay = manager.ops.overlay(unit);
+    let inst = unit.unit.instance.as_ref();
     Some(InstanceView {
         warnings,
         name: spec.name,
@@ -235,8 +243,10 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
         stall_after_sec: spec.stall_after_sec,
         output_dir: spec.output_dir.map(|d| d.display().to_string()),
         environment: spec.environment,
-        status: unit.status.as_str(),
-        detail: unit.detail.clone(),
+        status: overlay.as_ref().map_or(unit.status.as_str(), |o| o.0),
+        detail: overlay.map_or_else(|| unit.detail.clone(), |o| o.1),
+        idle_stop_sec: inst.and_then(|i| i.idle_stop).map(|d| d.as_secs()),
+        drain_check: inst.and_then(|i| i.drain_check.clone()),
         failure: unit.failure.clone(),
         pid: unit.pid,
         restarts: unit.restarts,
@@ -329,12 +339,13 @@ async fn action(
 ) -> ApiResult<Json<serde_json::Value>> {
     let name = checked_name(&name)?;
     state.instances.instance(name).await?;
-    let sup = &state.supervisor;
+    let ops = &state.instances.ops;
+    // A stop or restart of an instance with a drain check waits for it: `draining` (docs/operations.md).
     let status = match action.as_str() {
-        "start" => sup.start(name).await?,
-        "stop" => sup.stop(name).await?,
-        "restart" => sup.restart(name).await?,
-        "rebuild" => state.instances.rebuild(name).await?,
+        "start" => ops.start(name).await?.as_str(),
+        "stop" => ops.stop(name).await?.as_str(),
+        "restart" => ops.restart(name).await?.as_str(),
+        "rebuild" => state.instances.rebuild(name).await?.as_str(),
         other => {
             return Err(ApiError::not_found(format!("unknown action {other:?}: use start, stop, restart or rebuild")))
         }

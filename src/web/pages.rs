@@ -362,7 +362,7 @@ fn row(v: &InstanceView, csrf: &str) -> Markup {
     let act = format!("act-{name}");
     let edit = format!("edit-{name}");
     let base = format!("/instances/{name}");
-    let running = !matches!(v.status, "stopped" | "error" | "failed");
+    let running = !matches!(v.status, "stopped" | "error" | "failed" | "idle-stopped");
     html! {
         tr data-name=(name) data-status=(v.status) data-url=(v.url) data-seq=(v.seq)
             data-port=(v.current_port.map(|p| p.to_string()).unwrap_or_default()) {
@@ -728,11 +728,17 @@ async fn action(
     let result = async {
         let name = super::api::checked_name(&name).map_err(|e| e.message)?.to_string();
         state.instances.instance(&name).await.map_err(|e| e.to_string())?;
-        let sup = &state.supervisor;
+        let ops = &state.instances.ops;
+        let draining = |o: crate::instances::quiesce::Outcome| match o {
+            crate::instances::quiesce::Outcome::Draining(left) => {
+                format!("{name} is draining ({left}); stop again to stop it at once.")
+            }
+            crate::instances::quiesce::Outcome::Now(_) => String::new(),
+        };
         match action.as_str() {
-            "start" => sup.start(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
-            "stop" => sup.stop(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
-            "restart" => sup.restart(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
+            "start" => ops.start(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
+            "stop" => ops.stop(&name).await.map(draining).map_err(|e| e.to_string()),
+            "restart" => ops.restart(&name).await.map(draining).map_err(|e| e.to_string()),
             "delete" => {
                 state.instances.delete(&name, true).await.map_err(|e| e.to_string())?;
                 Ok(format!("Moved {name} to the trash can."))
