@@ -6,6 +6,7 @@
 # aikore.venv_type = venv
 # aikore.venv_path = ./env
 # aikore.proxy = subpath
+# aikore.drain = comfyui
 ### AIKORE-METADATA-END ###
 #
 # Proxy: ComfyUI's front end builds every API and WebSocket URL from the

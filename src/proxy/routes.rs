@@ -388,8 +388,25 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
                 raw_name_check(&mut out, name);
                 let _ = writeln!(out, "        proxy_pass http://{}$aikore_app_rest;", upstream_name(name));
                 upstream(&mut upstreams, name, port);
+                let start = out.len();
                 proxy_settings(&mut out, port, &prefix, options);
+                if entry.wake {
+                    // Just idle-stopped, before this route is swapped, or still
+                    // starting: the waking page, not "not answering".
+                    let settings = out.split_off(start).replace(
+                        "error_page 502 504 =503 @aikore_unreachable;",
+                        &format!("error_page 502 504 = @aikore_wake_{name};"),
+                    );
+                    out.push_str(&settings);
+                }
                 out.push_str("}\n\n");
+                if entry.wake {
+                    let _ = write!(
+                        out,
+                        "location @aikore_wake_{name} {{\n        rewrite ^ /_aikore/wake/{name}/ break;\n        proxy_pass http://{};\n        proxy_pass_request_body off;\n        proxy_set_header Content-Length \"\";\n        proxy_set_header Host $http_host;\n        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n        proxy_set_header X-Forwarded-Proto $aikore_proto;\n}}\n\n",
+                        options.api
+                    );
+                }
                 routes.push(RouteInfo {
                     name: name.clone(),
                     path: format!("{prefix}/"),
@@ -590,6 +607,19 @@ mod tests {
             r.routes,
             vec![RouteInfo { name: "a".into(), path: "/app/a/".into(), action: "proxy", port: Some(19001) }]
         );
+    }
+
+    #[test]
+    fn an_idle_stop_instance_wakes_through_aikore_when_down_or_unreachable() {
+        let down = render(&[RouteEntry { wake: true, ..entry("w", None, false) }], &RenderOptions::default());
+        assert!(down.text.contains("proxy_pass http://127.0.0.1:9001/_aikore/wake/w/;"), "{}", down.text);
+        assert!(down.text.contains("auth_request /_aikore/auth;"), "behind the login: {}", down.text);
+        assert_eq!(down.routes[0].action, "wake");
+        let up = render(&[RouteEntry { wake: true, ..entry("w", Some(19001), false) }], &RenderOptions::default());
+        assert!(up.text.contains("error_page 502 504 = @aikore_wake_w;"), "{}", up.text);
+        assert!(up.text.contains("location @aikore_wake_w {"), "{}", up.text);
+        let plain = render(&[entry("p", Some(19002), false)], &RenderOptions::default());
+        assert!(!plain.text.contains("_aikore/wake"), "{}", plain.text);
     }
 
     #[test]
