@@ -401,7 +401,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let metrics_history = metrics.run_history(history_stop.clone());
     // Drain, idle stop and wake (instances::quiesce): ends with the web server.
     let ops_stop = shutdown.child_token();
-    let ops_task = tokio::spawn(Arc::clone(&instances.ops).run(data_dir.clone(), ops_stop.clone()));
+    let ops_task = tokio::spawn(Arc::clone(&instances.ops).run(data_dir.clone(), Arc::clone(&logs), ops_stop.clone()));
     let ops = Arc::clone(&instances.ops);
     let proxy_stop = shutdown.child_token();
     let (proxy, proxy_task) = crate::proxy::RouteSync {

@@ -5,6 +5,7 @@
 //! Running them is the supervisor's job, like any unit.
 
 pub mod blueprints;
+pub mod install;
 pub mod persistent;
 pub mod quiesce;
 pub mod runtime;
@@ -662,6 +663,23 @@ impl InstanceManager {
     }
 
     /// Sets the `.rebuild-env` trigger the blueprints' functions.sh honours, then restarts.
+    /// "Reinstall" (`.aikore-reinstall`: the install phase runs again) or
+    /// "Update" (`.aikore-update`: the newest release, then the install):
+    /// a flag for the blueprint's `run_install`, then a (re)start; a running
+    /// instance drains first.
+    pub async fn request_install(&self, name: &str, update: bool) -> Result<&'static str> {
+        let unit = self.instance(name).await?;
+        let flag = if update { ".aikore-update" } else { ".aikore-reinstall" };
+        let dir = crate::safefs::open_dir(&self.ctx.instance_dir(name))
+            .map_err(|e| instance_file_error(e, "the instance dir"))?;
+        crate::safefs::write_at(&dir, flag, b"", 0o644, self.ctx.owner).map_err(|e| instance_file_error(e, flag))?;
+        if unit.status.is_inactive() {
+            Ok(self.ops.start(name).await?.as_str())
+        } else {
+            Ok(self.ops.restart(name).await?.as_str())
+        }
+    }
+
     pub async fn rebuild(&self, name: &str) -> Result<Status> {
         self.instance(name).await?;
         let dir = crate::safefs::open_dir(&self.ctx.instance_dir(name))

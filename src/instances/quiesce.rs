@@ -18,7 +18,9 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::install::InstallView;
 use super::runtime::InstanceContext;
+use crate::logs::LogHub;
 use crate::supervisor::{CommandError, Status, SupervisorHandle, UnitSnapshot};
 
 /// How often a draining instance's check is asked again.
@@ -225,6 +227,12 @@ struct Inner {
     slot_holder: Option<String>,
     /// Bytes of [`WEBSOCKET_LOG`] already read.
     log_offset: u64,
+    /// Each instance's latest event `seq` (overlays lie over it).
+    seqs: HashMap<String, u64>,
+    /// Install phase per instance, from its current or last run's log.
+    installs: HashMap<String, InstallView>,
+    /// The task reading a starting run's log, per instance.
+    followers: HashMap<String, CancellationToken>,
 }
 
 /// Drain, idle stop and wake for every instance.
@@ -284,7 +292,15 @@ impl Ops {
         if unit.status == Status::Stopped && inner.idle_stopped.contains(&unit.name) {
             return Some(("idle-stopped", Some("stopped for being idle: the next visit wakes it".into())));
         }
-        None
+        let install = inner.installs.get(&unit.name)?;
+        match (unit.status, install.state) {
+            (Status::Starting | Status::Stalled, "installing") => Some(("installing", Some(install.describe()))),
+            // The install job failed: the instance is failed, whatever the restart policy made of the exit.
+            (Status::Error | Status::Failed, "failed") => {
+                Some(("failed", Some(format!("install failed at {}", install.describe()))))
+            }
+            _ => None,
+        }
     }
 
     pub fn is_idle_stopped(&self, unit: &str) -> bool {
@@ -590,19 +606,20 @@ impl Ops {
     }
 
     /// Runs until `stop`: the idle rule every second, WebSocket ends from
-    /// NGINX's log, and the overlay bookkeeping on the engine's events.
-    pub async fn run(self: Arc<Self>, data_dir: PathBuf, stop: CancellationToken) {
+    /// NGINX's log, the install phase of each run from its log, and the
+    /// overlay bookkeeping on the engine's events.
+    pub async fn run(self: Arc<Self>, data_dir: PathBuf, logs: Arc<LogHub>, stop: CancellationToken) {
         let log = data_dir.join(WEBSOCKET_LOG);
         let mut events = self.supervisor.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => break,
                 event = events.recv() => match event {
-                    Ok(ev) if ev.kind == crate::units::UnitKind::Instance => self.on_event(&ev),
+                    Ok(ev) if ev.kind == crate::units::UnitKind::Instance => self.on_event(&ev, &logs),
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = tick.tick() => {
                     let Ok(units) = self.supervisor.snapshot().await else { continue };
@@ -618,38 +635,124 @@ impl Ops {
                 }
             }
         }
+        for (_, token) in self.lock().followers.drain() {
+            token.cancel();
+        }
     }
 
-    fn on_event(&self, ev: &crate::supervisor::UnitEvent) {
+    fn on_event(self: &Arc<Self>, ev: &crate::supervisor::UnitEvent, logs: &Arc<LogHub>) {
         if ev.event != "state" {
             return;
         }
-        let idle = {
+        let mut overlay = None;
+        {
             let mut inner = self.lock();
+            inner.seqs.insert(ev.unit.clone(), ev.seq);
+            if ev.status != Status::Starting && ev.status != Status::Stalled {
+                // The install phase, if any, is over with the run's start or end.
+                if let Some(token) = inner.followers.remove(&ev.unit) {
+                    token.cancel();
+                }
+                if let Some(install) = inner.installs.get_mut(&ev.unit).filter(|i| i.state == "installing") {
+                    install.state = if ev.status == Status::Stopped { "interrupted" } else { "failed" };
+                }
+            }
             match ev.status {
                 Status::Starting => {
                     // A new run: its idle clock starts now, whoever started it.
                     inner.idle_stopped.remove(&ev.unit);
                     inner.seen.insert(ev.unit.clone(), Instant::now());
-                    false
+                    // The engine may say `starting` twice for one run (asked, then spawned): one reader per run.
+                    if !inner.followers.contains_key(&ev.unit) {
+                        // The last run's install state is history: this run says its own (the version stays).
+                        if let Some(install) = inner.installs.get_mut(&ev.unit) {
+                            install.state = "";
+                        }
+                        let token = CancellationToken::new();
+                        inner.followers.insert(ev.unit.clone(), token.clone());
+                        let ops = Arc::clone(self);
+                        let (logs, unit, since) = (Arc::clone(logs), ev.unit.clone(), ev.ts_ms);
+                        tokio::spawn(async move { ops.follow_install(logs, unit, since, token).await });
+                    }
                 }
-                Status::Stopped => inner.idle_stopped.contains(&ev.unit),
+                Status::Stopped if inner.idle_stopped.contains(&ev.unit) => {
+                    overlay = Some(("idle-stopped", "stopped for being idle: the next visit wakes it".to_string()));
+                }
                 Status::Error | Status::Failed => {
                     inner.idle_stopped.remove(&ev.unit);
-                    false
+                    if let Some(install) = inner.installs.get(&ev.unit).filter(|i| i.state == "failed") {
+                        overlay = Some(("failed", format!("install failed at {}", install.describe())));
+                    }
                 }
-                _ => false,
+                _ => {}
             }
-        };
-        if idle {
-            self.publish(
-                &ev.unit,
-                Some("idle-stopped"),
-                Some("stopped for being idle: the next visit wakes it".into()),
-                ev.seq,
-            );
+        }
+        if let Some((status, detail)) = overlay {
+            self.publish(&ev.unit, Some(status), Some(detail), ev.seq);
         }
     }
+
+    /// Reads one run's log from its start until the install phase is over
+    /// (or the run ends): `[aikore-install]` lines and pip's/git's progress.
+    async fn follow_install(self: Arc<Self>, logs: Arc<LogHub>, unit: String, since_ms: i64, token: CancellationToken) {
+        // The lines of this run written before we subscribed are in the backlog.
+        let (backlog, mut rx) = logs.follow(&unit, 200);
+        for line in backlog.iter().filter(|l| l.ts_ms >= since_ms) {
+            if self.install_line(&unit, &line.text) {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                line = rx.recv() => match line {
+                    Ok(line) => {
+                        if self.install_line(&unit, &line.text) {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// One log line of a starting run; true once its install phase is over.
+    fn install_line(&self, unit: &str, text: &str) -> bool {
+        let (changed, view, seq) = {
+            let mut inner = self.lock();
+            let seq = inner.seqs.get(unit).copied().unwrap_or(0);
+            let view = inner.installs.entry(unit.to_string()).or_default();
+            let changed = view.take(text);
+            (changed, view.clone(), seq)
+        };
+        if changed {
+            if view.state == "installing" {
+                self.publish(unit, Some("installing"), Some(view.describe()), seq);
+            } else if view.finished() {
+                self.publish(unit, None, None, seq);
+            }
+        }
+        changed && view.finished()
+    }
+
+    /// The install state of an instance's current or last run, if its blueprint has an install phase.
+    pub fn install(&self, unit: &str) -> Option<InstallView> {
+        self.lock().installs.get(unit).filter(|v| !v.state.is_empty()).cloned()
+    }
+}
+
+/// The app version the last install recorded (`.aikore-version` in the
+/// instance dir, the instance user's: read without following links, 200 bytes at most).
+pub fn installed_version(ctx: &InstanceContext, name: &str) -> Option<String> {
+    use std::io::Read;
+    let dir = crate::safefs::open_dir(&ctx.instance_dir(name)).ok()?;
+    let file = crate::safefs::open_regular_at(&dir, ".aikore-version").ok()?;
+    let mut text = String::new();
+    file.take(200).read_to_string(&mut text).ok()?;
+    let version = text.lines().next()?.trim();
+    (!version.is_empty() && !version.chars().any(char::is_control)).then(|| version.to_string())
 }
 
 #[cfg(test)]

@@ -146,6 +146,10 @@ pub struct InstanceView {
     /// The engine's status, or `draining` / `idle-stopped` laid over it (docs/operations.md).
     pub(crate) status: &'static str,
     pub(crate) detail: Option<String>,
+    /// The install phase of the current or last run (blueprints with `run_install`).
+    pub(crate) install: Option<crate::instances::install::InstallView>,
+    /// The app version installed (or being installed): a release tag or a pinned ref.
+    pub(crate) app_version: Option<String>,
     /// `IdleStopSec=` in seconds (none: never stopped for being idle).
     pub(crate) idle_stop_sec: Option<u64>,
     /// `DrainCheck=` as written in the unit (none: the blueprint's `# aikore.drain`, if any).
@@ -223,6 +227,7 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
     let proxy = manager.proxy_mode(&unit.name, &spec.blueprint);
     // `draining` or `idle-stopped` over the engine's status (instances::quiesce).
     let overlay = manager.ops.overlay(unit);
+    let install = manager.ops.install(&unit.name);
     let inst = unit.unit.instance.as_ref();
     Some(InstanceView {
         warnings,
@@ -246,6 +251,11 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
         status: overlay.as_ref().map_or(unit.status.as_str(), |o| o.0),
         detail: overlay.map_or_else(|| unit.detail.clone(), |o| o.1),
         idle_stop_sec: inst.and_then(|i| i.idle_stop).map(|d| d.as_secs()),
+        app_version: install
+            .as_ref()
+            .and_then(|i| i.version.clone())
+            .or_else(|| crate::instances::quiesce::installed_version(&manager.ctx, &unit.name)),
+        install,
         drain_check: inst.and_then(|i| i.drain_check.clone()),
         failure: unit.failure.clone(),
         pid: unit.pid,
@@ -346,8 +356,12 @@ async fn action(
         "stop" => ops.stop(name).await?.as_str(),
         "restart" => ops.restart(name).await?.as_str(),
         "rebuild" => state.instances.rebuild(name).await?.as_str(),
+        "reinstall" => state.instances.request_install(name, false).await?,
+        "update" => state.instances.request_install(name, true).await?,
         other => {
-            return Err(ApiError::not_found(format!("unknown action {other:?}: use start, stop, restart or rebuild")))
+            return Err(ApiError::not_found(format!(
+                "unknown action {other:?}: use start, stop, restart, rebuild, reinstall or update"
+            )))
         }
     };
     Ok(Json(serde_json::json!({ "instance": name, "action": action, "status": status })))
