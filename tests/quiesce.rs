@@ -210,3 +210,20 @@ fn idle_instances_stop_never_while_a_websocket_is_open_or_a_job_runs_and_wake_on
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(instance(&d, "idle")["status"], "stopped");
 }
+
+#[test]
+fn a_shutdown_of_the_box_lets_queued_jobs_finish_within_its_deadline() {
+    // AIKORE_SHUTDOWN_TIMEOUT=15s (the harness's): two thirds of it for draining.
+    let mut d = Daemon::start(&[]);
+    queue_blueprint(&d);
+    queue_instance(&d, "short", json!({ "QUEUE_JOBS": "2", "JOB_SEC": "1.5" }), "");
+    queue_instance(&d, "long", json!({ "QUEUE_JOBS": "3", "JOB_SEC": "300" }), "");
+    started(&d, "short");
+    started(&d, "long");
+    let status = d.terminate();
+    assert!(status.code().is_some(), "{status:?}");
+    assert_eq!(jobs_left_at_exit(&d, "short"), 0, "{}", d.unit_output("short"));
+    // A job longer than the deadline does not hold the box: stopped with its work left.
+    assert_eq!(jobs_left_at_exit(&d, "long"), 3, "{}", d.unit_output("long"));
+    assert!(d.daemon_log().contains("the drain's share of the deadline passed"), "{}", d.daemon_log());
+}

@@ -35,7 +35,8 @@ const MAX_ANSWER: usize = 8 * 1024 * 1024;
 /// last request aikore saw.
 pub const GATE_CACHE_WINDOW: Duration = Duration::from_secs(2);
 /// NGINX writes a line here (the request's `$request_id`) when an upgraded
-/// (WebSocket) request ends; relative to the data dir.
+/// (WebSocket) request ends; relative to the data dir (`websockets.log`
+/// under NGINX's prefix, `<data>/nginx/`, in nginx/nginx.conf and routes.rs).
 pub const WEBSOCKET_LOG: &str = "nginx/websockets.log";
 
 /// What says an app has no work left.

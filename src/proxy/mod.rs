@@ -118,10 +118,7 @@ pub fn write_base_config(data_dir: &Path, config: &BaseConfig) -> std::io::Resul
         std::fs::create_dir_all(prefix.join("tmp").join(dir))?;
     }
     let path = prefix.join("nginx.conf");
-    // NGINX writes each ended WebSocket's id there; instances::quiesce reads it.
-    let websockets = data_dir.join(crate::instances::quiesce::WEBSOCKET_LOG);
-    let text = config.render().replace("{{WEBSOCKET_LOG}}", &websockets.display().to_string());
-    write_atomically(&path, text.as_bytes())?;
+    write_atomically(&path, config.render().as_bytes())?;
     Ok(path)
 }
 

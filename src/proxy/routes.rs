@@ -291,7 +291,7 @@ fn port_server(out: &mut String, name: &str, public: u16, app: Option<u16>, opti
     let _ = writeln!(out, "\n# Instance {name} (`port`): NGINX on its public port, the app behind it.");
     let _ = writeln!(out, "server {{\n    listen {listen};\n    absolute_redirect off;");
     // An ended WebSocket's id, for the idle-stop rule (nginx/nginx.conf has the format).
-    out.push_str("    access_log {{WEBSOCKET_LOG}} aikore_ws if=$http_upgrade;\n");
+    out.push_str("    access_log websockets.log aikore_ws if=$http_upgrade;\n");
     out.push_str("    location @aikore_unreachable {\n");
     static_page(
         out,

@@ -13,7 +13,7 @@
     get(key, fallback) { try { const v = localStorage.getItem("aikore." + key); return v === null ? fallback : v; } catch (_) { return fallback; } },
     set(key, value) { try { localStorage.setItem("aikore." + key, value); } catch (_) { /* private mode */ } },
   };
-  const RUNNING = new Set(["starting", "stalled", "started", "stopping", "restarting", "draining"]);
+  const RUNNING = new Set(["starting", "stalled", "started", "stopping", "restarting", "draining", "installing"]);
   const MAX_LOG_LINES = 5000; // a pane holds this much; older lines drop off the top
   const SYSTEM_REFRESH_MS = 3000; // figures only, and only while no SSE carries them
   const SPARK_POINTS = 61; // the daemon's 60 samples (5 minutes at 5 s) and the current value
@@ -199,7 +199,7 @@
     const name = tr.dataset.name;
     const base = "/api/v1/instances/" + encodeURIComponent(name);
     switch (act) {
-      case "start": case "stop": case "restart":
+      case "start": case "stop": case "restart": case "reinstall": case "update":
         await guarded(() => api("POST", `${base}/${act}`));
         break;
       case "save":
