@@ -549,7 +549,11 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
         routes.push(RouteInfo {
             name: h.name.clone(),
             path: crate::urls::COMFYUI_PATH.into(),
-            action: if holder_port.is_some() { "proxy" } else { "down" },
+            action: match (holder_port, h.wake) {
+                (Some(_), _) => "proxy",
+                (None, true) => "wake",
+                (None, false) => "down",
+            },
             port: holder_port,
         });
     }
@@ -620,6 +624,11 @@ mod tests {
         assert!(up.text.contains("location @aikore_wake_w {"), "{}", up.text);
         let plain = render(&[entry("p", Some(19002), false)], &RenderOptions::default());
         assert!(!plain.text.contains("_aikore/wake"), "{}", plain.text);
+        // The slot's paths wake their stopped holder too.
+        let slot = render(&[RouteEntry { wake: true, ..entry("s", None, true) }], &RenderOptions::default());
+        let comfy = slot.text.split("location ^~ /comfyui/ {").nth(1).unwrap_or("");
+        assert!(comfy.trim_start().starts_with("auth_request /_aikore/auth;"), "{}", slot.text);
+        assert!(comfy.contains("proxy_pass http://127.0.0.1:9001/_aikore/wake/s/;"), "{}", slot.text);
     }
 
     #[test]
