@@ -6,6 +6,7 @@
 # aikore.venv_type = venv
 # aikore.venv_path = ./env
 # aikore.proxy = subpath
+# aikore.drain = comfyui
 ### AIKORE-METADATA-END ###
 #
 # Proxy: ComfyUI's front end builds every API and WebSocket URL from the
@@ -22,17 +23,30 @@ fi
 source "$AIKORE_BLUEPRINTS_DIR/functions.sh"
 require_instance_env
 
-# The pinned ComfyUI release. Starting an instance never updates it; to
-# upgrade, change this (or set COMFYUI_REF in the unit's Environment=) and
-# restart: the checkout moves to the new tag, local edits are stashed.
-COMFYUI_REF=${COMFYUI_REF:-v0.3.43}
+# The ComfyUI release: `latest` (the default) installs the newest release
+# tag at the first install and records it (.aikore-version); starts keep it
+# until the dashboard's "Update" moves to the newest one. A tag or commit in
+# COMFYUI_REF (the unit's Environment=) pins it instead; changing it
+# reinstalls at the next start (the checkout moves, local edits are stashed).
+COMFYUI_REF=${COMFYUI_REF:-latest}
 COMFYUI_REPO=${COMFYUI_REPO:-https://github.com/comfyanonymous/ComfyUI.git}
 APP_DIR=./ComfyUI
+PYTHON=$(pick_python 3.12 3.11 3.10)
+COMFYUI_VERSION=$(release_ref "$COMFYUI_REPO" "$COMFYUI_REF")
 
-clone_or_update "$COMFYUI_REPO" "$APP_DIR" "$COMFYUI_REF"
-ensure_venv ./env "$(pick_python 3.12 3.11 3.10)"
-ensure_torch "https://download.pytorch.org/whl/cu124"
-pip_install_requirements "$APP_DIR/requirements.txt"
+# The install phase: a job aikore shows as `installing` (docs/operations.md).
+install() {
+    install_step "ComfyUI $COMFYUI_VERSION"
+    clone_or_update "$COMFYUI_REPO" "$APP_DIR" "$COMFYUI_VERSION"
+    install_step "Python env"
+    ensure_venv ./env "$PYTHON"
+    install_step "torch"
+    ensure_torch "https://download.pytorch.org/whl/cu124"
+    install_step "requirements"
+    pip_install_requirements "$APP_DIR/requirements.txt"
+}
+run_install 4 "$COMFYUI_VERSION" "$COMFYUI_REPO" "${TORCH_INDEX_URL:-}" "${TORCH_PACKAGES:-}"
+ensure_venv ./env "$PYTHON"
 
 link_shared_models "$APP_DIR/models" \
     checkpoints loras vae controlnet clip unet upscale_models embeddings
@@ -44,6 +58,6 @@ if [[ -z "${CUDA_VISIBLE_DEVICES:-}" ]]; then
 fi
 extra=()
 read_extra_args extra
-log "starting ComfyUI $COMFYUI_REF on 127.0.0.1:$WEBUI_PORT"
+log "starting ComfyUI $COMFYUI_VERSION on 127.0.0.1:$WEBUI_PORT"
 cd "$APP_DIR"
 exec python main.py "${args[@]}" "${extra[@]}"

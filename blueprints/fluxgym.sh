@@ -32,13 +32,26 @@ SD_SCRIPTS_REF=${SD_SCRIPTS_REF:-1b77a4a77c281acef444e9b9c5a15d091cde0eb4}
 SD_SCRIPTS_REPO=${SD_SCRIPTS_REPO:-https://github.com/kohya-ss/sd-scripts.git}
 APP_DIR=./fluxgym
 
-clone_or_update "$FLUXGYM_REPO" "$APP_DIR" "$FLUXGYM_REF"
-clone_or_update "$SD_SCRIPTS_REPO" "$APP_DIR/sd-scripts" "$SD_SCRIPTS_REF"
-ensure_venv ./env "$(pick_python 3.10 3.11 3.12)"
-# FluxGym's requirements.txt pins torch 2.5.1 / torchvision 0.20.1 / torchaudio 2.5.1.
-ensure_torch "https://download.pytorch.org/whl/cu124" torch==2.5.1 torchvision==0.20.1 torchaudio==2.5.1
-pip_install_requirements "$APP_DIR/sd-scripts/requirements.txt"
-pip_install_requirements "$APP_DIR/requirements.txt"
+PYTHON=$(pick_python 3.10 3.11 3.12)
+
+# The install phase: a job aikore shows as `installing` (docs/operations.md).
+install() {
+    install_step "FluxGym ${FLUXGYM_REF:0:12}"
+    clone_or_update "$FLUXGYM_REPO" "$APP_DIR" "$FLUXGYM_REF"
+    install_step "sd-scripts ${SD_SCRIPTS_REF:0:12}"
+    clone_or_update "$SD_SCRIPTS_REPO" "$APP_DIR/sd-scripts" "$SD_SCRIPTS_REF"
+    install_step "Python env"
+    ensure_venv ./env "$PYTHON"
+    # FluxGym's requirements.txt pins torch 2.5.1 / torchvision 0.20.1 / torchaudio 2.5.1.
+    install_step "torch"
+    ensure_torch "https://download.pytorch.org/whl/cu124" torch==2.5.1 torchvision==0.20.1 torchaudio==2.5.1
+    install_step "requirements"
+    pip_install_requirements "$APP_DIR/sd-scripts/requirements.txt"
+    pip_install_requirements "$APP_DIR/requirements.txt"
+}
+run_install 5 "${FLUXGYM_REF:0:12}+${SD_SCRIPTS_REF:0:12}" "$FLUXGYM_REPO" "$FLUXGYM_REF" "$SD_SCRIPTS_REPO" \
+    "$SD_SCRIPTS_REF" "${TORCH_INDEX_URL:-}" "${TORCH_PACKAGES:-}"
+ensure_venv ./env "$PYTHON"
 
 # FluxGym downloads Flux into models/{unet,vae,clip}: the same folders ComfyUI uses.
 link_shared_models "$APP_DIR/models" unet vae clip

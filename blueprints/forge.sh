@@ -28,12 +28,23 @@ FORGE_REF=${FORGE_REF:-b6cfd7fce399dbb8fcae0960c7581a27a1cb7209}
 FORGE_REPO=${FORGE_REPO:-https://github.com/lllyasviel/stable-diffusion-webui-forge.git}
 APP_DIR=./stable-diffusion-webui-forge
 
-clone_or_update "$FORGE_REPO" "$APP_DIR" "$FORGE_REF"
-ensure_venv ./env "$(pick_python 3.10 3.11)"
-# Forge's own launcher defaults to torch 2.3.1 / torchvision 0.18.1 (cu121);
-# install the same build so launch.py finds it and leaves it alone.
-ensure_torch "https://download.pytorch.org/whl/cu121" torch==2.3.1 torchvision==0.18.1
-pip_install_requirements "$APP_DIR/requirements_versions.txt"
+PYTHON=$(pick_python 3.10 3.11)
+
+# The install phase: a job aikore shows as `installing` (docs/operations.md).
+install() {
+    install_step "Forge ${FORGE_REF:0:12}"
+    clone_or_update "$FORGE_REPO" "$APP_DIR" "$FORGE_REF"
+    install_step "Python env"
+    ensure_venv ./env "$PYTHON"
+    # Forge's own launcher defaults to torch 2.3.1 / torchvision 0.18.1 (cu121);
+    # install the same build so launch.py finds it and leaves it alone.
+    install_step "torch"
+    ensure_torch "https://download.pytorch.org/whl/cu121" torch==2.3.1 torchvision==0.18.1
+    install_step "requirements"
+    pip_install_requirements "$APP_DIR/requirements_versions.txt"
+}
+run_install 4 "$FORGE_REF" "$FORGE_REPO" "${TORCH_INDEX_URL:-}" "${TORCH_PACKAGES:-}"
+ensure_venv ./env "$PYTHON"
 
 # Forge's folder names, mapped onto the shared names ComfyUI uses.
 link_shared_models "$APP_DIR/models" \

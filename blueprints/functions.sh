@@ -459,3 +459,77 @@ require_instance_env() {
     done
     mkdir -p -- "$INSTANCE_OUTPUT_DIR"
 }
+
+# --------------------------------------------------------------------------
+# Install as a job (docs/operations.md, "Install as a job")
+# --------------------------------------------------------------------------
+# A blueprint puts its install (clone, venv, torch, requirements) in a
+# function named `install`, calls `install_step NAME` before each step, and
+# runs it with `run_install STEPS VERSION KEY...` before it execs the app.
+# aikore follows the `[aikore-install]` lines: the instance shows
+# `installing` with "step i of n" and pip's/git's progress, and a failure
+# there ends the instance `failed` with the failure class of the install.
+
+# release_ref REPO REF
+#   The ref to install: REF itself when pinned; for `latest`, the release
+#   recorded by the last install (.aikore-version), or the newest release tag
+#   (vX.Y.Z) of REPO at the first install and when an Update asked
+#   (.aikore-update, written by aikore's "update" action).
+release_ref() {
+    local repo=${1:-} ref=${2:-}
+    [[ -n "$repo" && -n "$ref" ]] || die "usage: release_ref REPO REF"
+    if [[ "$ref" != latest ]]; then
+        printf '%s\n' "$ref"
+        return 0
+    fi
+    if [[ -s .aikore-version && ! -e .aikore-update ]]; then
+        head -n1 .aikore-version
+        return 0
+    fi
+    local newest
+    newest=$(git ls-remote --tags --refs -- "$repo" | sed 's#.*refs/tags/##' \
+        | grep -E '^v?[0-9]+(\.[0-9]+)*$' | sort -V | tail -n1) || true
+    [[ -n "$newest" ]] || die "no release tag (vX.Y.Z) found in $repo"
+    log "newest release of $repo: $newest" >&2
+    printf '%s\n' "$newest"
+}
+
+# install_step NAME: the next step of `install` (its number is counted).
+install_step() {
+    _AIKORE_STEP=$((${_AIKORE_STEP:-0} + 1))
+    echo "[aikore-install] step ${_AIKORE_STEP}/${_AIKORE_STEPS:-?}: $*"
+}
+
+# run_install STEPS VERSION KEY...
+#   Runs `install` unless the stamp (VERSION, the KEYs and this launch.sh)
+#   matches the last install that succeeded; .aikore-reinstall (aikore's
+#   "reinstall" action) forces it. Its output also goes to install.log.
+#   VERSION is recorded in .aikore-version and shown by aikore.
+run_install() {
+    local steps=${1:-} version=${2:-}
+    [[ -n "$steps" && -n "$version" ]] || die "usage: run_install STEPS VERSION [KEY...]"
+    shift 2
+    declare -F install >/dev/null || die "run_install: the blueprint defines no install function"
+    local stamp script=${BASH_SOURCE[1]:-$0}
+    stamp=$(printf '%s\n' "$version" "$@" "$(sha256sum <"$script" | cut -d' ' -f1)" | sha256sum | cut -d' ' -f1)
+    if [[ -e .aikore-reinstall ]]; then
+        log "reinstall requested: installing again"
+        rm -f -- .aikore-reinstall .aikore-install.stamp
+    fi
+    if [[ ! -e .aikore-update && -f .aikore-install.stamp && "$(<.aikore-install.stamp)" == "$stamp" ]]; then
+        echo "[aikore-install] skipped: $version installed, nothing changed"
+        return 0
+    fi
+    echo "[aikore-install] begin $steps steps: $version"
+    _AIKORE_STEP=0
+    _AIKORE_STEPS=$steps
+    # In this shell (not a subshell): `set -e` ends the script at a failed
+    # step, and what a step exports (the venv) stays for the app.
+    install > >(tee install.log) 2>&1
+    # tee's last lines reach the log before the `done` line.
+    wait "$!" 2>/dev/null || true
+    printf '%s\n' "$version" >.aikore-version
+    printf '%s\n' "$stamp" >.aikore-install.stamp
+    rm -f -- .aikore-update
+    echo "[aikore-install] done: $version"
+}

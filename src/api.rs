@@ -161,7 +161,26 @@ impl UnitVerb {
 pub struct UnitActionReply {
     pub unit: String,
     pub action: UnitVerb,
-    pub status: Status,
+    pub status: ShownStatus,
+}
+
+/// The status an action's reply shows: the engine's, or the overlay an
+/// instance's operations put over it (`draining` while a stop waits for its
+/// queue, `installing` after a reinstall request: see `instances::quiesce`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ShownStatus {
+    Unit(Status),
+    Overlay(String),
+}
+
+impl std::fmt::Display for ShownStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShownStatus::Unit(status) => write!(f, "{status}"),
+            ShownStatus::Overlay(text) => f.write_str(text),
+        }
+    }
 }
 
 /// `GET /api/v1/units/{name}/logs?tail=N`: the last lines (the SSE stream
@@ -176,9 +195,9 @@ pub struct UnitLogs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceActionReply {
     pub instance: String,
-    /// `start`, `stop`, `restart` or `rebuild`.
+    /// `start`, `stop`, `restart`, `rebuild`, `reinstall` or `update`.
     pub action: String,
-    pub status: Status,
+    pub status: ShownStatus,
 }
 
 #[cfg(test)]

@@ -395,6 +395,8 @@ fn start_engine(
 struct Stages {
     root: CancellationToken,
     web: CancellationToken,
+    /// Drain, idle stop and wake (instances::quiesce): ends after the units are stopped.
+    ops: CancellationToken,
     /// The NGINX route sync: nothing to route to once the units are stopped.
     proxy: CancellationToken,
     /// Stopped after the units, so the final `stopped` transitions are written.
@@ -409,6 +411,7 @@ impl Stages {
         let root = CancellationToken::new();
         Stages {
             web: root.child_token(),
+            ops: root.child_token(),
             proxy: root.child_token(),
             journal: root.child_token(),
             metrics: root.child_token(),
@@ -436,6 +439,7 @@ impl Stages {
 /// The background tasks beside the engine, by the stage that stops them.
 struct Background {
     web: Option<JoinHandle<()>>,
+    ops: JoinHandle<()>,
     proxy: JoinHandle<()>,
     journal: JoinHandle<()>,
     metrics: MetricsTasks,
@@ -517,6 +521,8 @@ pub struct Daemon {
     /// SIGHUP, installed before the API answers (an early one reloads, it is not lost).
     hangups: init::signals::Hangups,
     stages: Stages,
+    /// Running jobs finish before the units stop (docs/operations.md).
+    ops: Arc<crate::instances::quiesce::Ops>,
     background: Background,
     /// The login gate's credential cache: removed at exit (NGINX is gone with the units).
     auth_cache: PathBuf,
@@ -558,6 +564,12 @@ impl Daemon {
             supervisor.clone(),
             Arc::clone(&reloader),
         ));
+        let ops = Arc::clone(&instances.ops);
+        let ops_task = stages.tasks.spawn(Arc::clone(&ops).run(
+            settings.data_dir.clone(),
+            Arc::clone(&logs),
+            stages.ops.clone(),
+        ));
         let (metrics, metrics_tasks) = start_metrics(&settings, &supervisor, &logs, cgroups.as_ref(), &stages)?;
         let (proxy, proxy_task) = start_proxy(&settings, &supervisor, &instances, &store, &stages).await;
         let origins = crate::web::origin::Origins::from_env(settings.proxy_port, settings.apps_port);
@@ -587,7 +599,8 @@ impl Daemon {
             web,
             listener,
             stages,
-            background: Background { web: None, proxy: proxy_task, journal, metrics: metrics_tasks },
+            ops,
+            background: Background { web: None, ops: ops_task, proxy: proxy_task, journal, metrics: metrics_tasks },
             auth_cache,
         })
     }
@@ -625,9 +638,16 @@ impl Daemon {
         };
         let code = match engine_ended {
             Some(ended) => kill_orphaned_units(ended, &self.settings.data_dir, self.cgroups.clone()).await,
-            None => stop_units(&self.supervisor, self.engine, self.settings.shutdown_timeout).await,
+            None => {
+                // Running jobs finish first, within two thirds of the global deadline (docs/operations.md).
+                let (began, deadline) = (std::time::Instant::now(), self.settings.shutdown_timeout);
+                self.ops.drain_all(deadline * 2 / 3).await;
+                self.stages.ops.cancel();
+                stop_units(&self.supervisor, self.engine, deadline.saturating_sub(began.elapsed()).max(secs(1))).await
+            }
         };
         let (stages, background) = (self.stages, self.background);
+        Stages::stop(&stages.ops, vec![background.ops], secs(2)).await;
         stages.web.cancel();
         Stages::stop(&stages.proxy, [Some(background.proxy), background.web].into_iter().flatten().collect(), secs(2))
             .await;

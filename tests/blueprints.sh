@@ -268,6 +268,18 @@ check "  --cpu when CUDA_VISIBLE_DEVICES is empty" grep -qx -- "--cpu" <<<"$argv
 check "  EXTRA_ARGS appended" grep -qz -- "--preview-method.auto" <<<"$argv"
 check "  runs the instance venv's python" grep -qx "exe=$INST2/env/bin/python" <<<"$argv"
 check "  models/checkpoints linked to the shared dir" test "$(readlink "$INST2/ComfyUI/models/checkpoints")" = "$AIKORE_DATA_DIR/models/checkpoints"
+check "  the newest release tag installed and recorded" grep -qx v0.3.43 "$INST2/.aikore-version"
+check "  the install phase says its steps (aikore shows them)" grep -q '^\[aikore-install\] step 4/4: requirements' "$TMP/comfyui.log"
+check "  the install has its own log" grep -q 'step 2/4: Python env' "$INST2/install.log"
+rm -f "$INST2/argv.txt"
+(
+    cd "$INST2" && env INSTANCE_NAME=c1 INSTANCE_CONF_DIR="$INST2" \
+        INSTANCE_OUTPUT_DIR="$TMP/data/outputs/c1" WEBUI_PORT=19123 CUDA_VISIBLE_DEVICES= \
+        AIKORE_BLUEPRINTS_DIR="$BP" AIKORE_DATA_DIR="$AIKORE_DATA_DIR" \
+        COMFYUI_REPO="$FAKE" AIKORE_PYTHON=python3 PATH="$PATH" HOME="$HOME" ./launch.sh
+) >"$TMP/comfyui2.log" 2>&1
+check "  a second start skips the install (stamp) and still runs the venv's python" \
+    bash -c 'grep -q "^\[aikore-install\] skipped: v0.3.43" "$1" && grep -qx "exe=$2/env/bin/python" "$2/argv.txt"' _ "$TMP/comfyui2.log" "$INST2"
 check "launch.sh without AIKORE_BLUEPRINTS_DIR fails with a clear error" \
     bash -c 'cd "$1" || exit 1; out=$(env -u AIKORE_BLUEPRINTS_DIR ./launch.sh 2>&1); rc=$?
              ((rc != 0)) && [[ "$out" == *"AIKORE_BLUEPRINTS_DIR must name"* ]]' _ "$INST2"

@@ -5,7 +5,9 @@
 //! Running them is the supervisor's job, like any unit.
 
 pub mod blueprints;
+pub mod install;
 pub mod persistent;
+pub mod quiesce;
 pub mod runtime;
 pub mod unitfile;
 
@@ -106,6 +108,8 @@ pub struct InstanceManager {
     pub stock_blueprints: PathBuf,
     supervisor: SupervisorHandle,
     reloader: Arc<Reloader>,
+    /// Drain before stop, idle stop and wake (docs/operations.md).
+    pub ops: Arc<quiesce::Ops>,
     /// Serializes every change on disk: two requests creating the same name,
     /// or renaming onto each other, must not interleave.
     lock: tokio::sync::Mutex<()>,
@@ -224,7 +228,8 @@ impl InstanceManager {
         supervisor: SupervisorHandle,
         reloader: Arc<Reloader>,
     ) -> Self {
-        InstanceManager { ctx, stock_blueprints, supervisor, reloader, lock: tokio::sync::Mutex::new(()) }
+        let ops = Arc::new(quiesce::Ops::new(supervisor.clone(), ctx.clone()));
+        InstanceManager { ctx, stock_blueprints, supervisor, reloader, ops, lock: tokio::sync::Mutex::new(()) }
     }
 
     pub fn units_dir(&self) -> PathBuf {
@@ -476,7 +481,8 @@ impl InstanceManager {
                 if renaming {
                     self.supervisor.start(&spec.name).await?;
                 } else {
-                    self.supervisor.restart(&spec.name).await?;
+                    // Drains first, like a user's restart (docs/operations.md).
+                    self.ops.restart(&spec.name).await?;
                 }
                 outcome.restarted = true;
             } else {
@@ -626,7 +632,7 @@ impl InstanceManager {
             .map_err(|e| instance_file_error(e, "launch.sh"))?;
         let running = !current.status.is_inactive();
         if running && restart {
-            self.supervisor.restart(name).await?;
+            self.ops.restart(name).await?;
         }
         Ok(running && !restart)
     }
@@ -650,6 +656,23 @@ impl InstanceManager {
     }
 
     /// Sets the `.rebuild-env` trigger the blueprints' functions.sh honours, then restarts.
+    /// "Reinstall" (`.aikore-reinstall`: the install phase runs again) or
+    /// "Update" (`.aikore-update`: the newest release, then the install):
+    /// a flag for the blueprint's `run_install`, then a (re)start; a running
+    /// instance drains first.
+    pub async fn request_install(&self, name: &str, update: bool) -> Result<&'static str> {
+        let unit = self.instance(name).await?;
+        let flag = if update { ".aikore-update" } else { ".aikore-reinstall" };
+        let dir = crate::safefs::open_dir(&self.ctx.instance_dir(name))
+            .map_err(|e| instance_file_error(e, "the instance dir"))?;
+        crate::safefs::write_at(&dir, flag, b"", 0o644, self.ctx.owner).map_err(|e| instance_file_error(e, flag))?;
+        if unit.status.is_inactive() {
+            Ok(self.ops.start(name).await?.as_str())
+        } else {
+            Ok(self.ops.restart(name).await?.as_str())
+        }
+    }
+
     pub async fn rebuild(&self, name: &str) -> Result<Status> {
         self.instance(name).await?;
         let dir = crate::safefs::open_dir(&self.ctx.instance_dir(name))

@@ -70,6 +70,12 @@ pub fn proxy_mode(ctx: &InstanceContext, name: &str, blueprint: &str) -> crate::
     header_proxy_mode(&metadata_headers(ctx, name, blueprint))
 }
 
+/// `# aikore.drain` (a `DrainCheck=` value) of the instance's launch.sh,
+/// else of its blueprint: the stock ComfyUI blueprint says `comfyui`.
+pub fn drain_header(ctx: &InstanceContext, name: &str, blueprint: &str) -> Option<String> {
+    metadata_value(&metadata_headers(ctx, name, blueprint), "drain")
+}
+
 fn header_proxy_mode(headers: &[String]) -> crate::urls::ProxyMode {
     metadata_value(headers, "proxy")
         .map(|m| crate::urls::ProxyMode::parse(&m))

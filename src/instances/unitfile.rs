@@ -72,6 +72,8 @@ impl InstanceSpec {
         let mut service_lines: Vec<String> = Vec::new();
         let mut other: Vec<String> = Vec::new();
         let mut header: Vec<String> = Vec::new();
+        // Operations keys the API does not set (docs/operations.md): kept as written.
+        let mut kept_instance: Vec<String> = Vec::new();
         let mut section = String::new();
         for line in existing.unwrap_or("").lines() {
             let trimmed = line.trim();
@@ -85,6 +87,9 @@ impl InstanceSpec {
             let key = trimmed.split_once('=').map(|(k, _)| k.trim());
             match section.as_str() {
                 "" => header.push(line.to_string()),
+                "[Instance]" if key.is_some_and(|k| KEPT_INSTANCE_KEYS.contains(&k)) => {
+                    kept_instance.push(line.to_string())
+                }
                 "[Instance]" => {}
                 "[Unit]" if key == Some("Description") => {}
                 "[Unit]" => unit_lines.push(line.to_string()),
@@ -115,6 +120,10 @@ impl InstanceSpec {
         }
         out += "\n";
         out += &self.instance_section();
+        for line in &kept_instance {
+            out += line;
+            out.push('\n');
+        }
         let env: Vec<String> =
             self.environment.iter().map(|(k, v)| format!("Environment={}\n", quote_assignment(k, v))).collect();
         if !service_lines.is_empty() || !env.is_empty() {
@@ -137,6 +146,9 @@ impl InstanceSpec {
         out
     }
 }
+
+/// [Instance] keys only a hand edit sets (drain and idle stop): a rewrite by the API keeps them.
+const KEPT_INSTANCE_KEYS: &[&str] = &["DrainCheck", "DrainTimeoutSec", "IdleStopSec"];
 
 /// `"KEY=value"` with systemd quoting, so spaces, quotes and backslashes
 /// survive the round trip through the parser.
@@ -194,5 +206,18 @@ mod tests {
         assert!(!text.contains("OLD=1") && !text.contains("Blueprint=old") && !text.contains("Description=old"));
         let (unit, _) = crate::units::parse_unit_str(Path::new("/d/comfy-a.instance"), &text).expect(&text);
         assert_eq!(unit.after, ["nginx"]);
+    }
+
+    #[test]
+    fn drain_and_idle_keys_written_by_hand_survive_a_rewrite() {
+        let existing =
+            "[Instance]\nBlueprint=old\nDrainCheck=/queue queue_running\nIdleStopSec=5\nDrainTimeoutSec=30s\n";
+        let text = spec().render(Some(existing));
+        let (unit, warnings) = crate::units::parse_unit_str(Path::new("/d/comfy-a.instance"), &text).expect(&text);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let inst = unit.instance.unwrap();
+        assert_eq!(inst.drain_check.as_deref(), Some("/queue queue_running"));
+        assert_eq!(inst.idle_stop, Some(std::time::Duration::from_secs(5)));
+        assert_eq!(inst.drain_timeout, std::time::Duration::from_secs(30));
     }
 }

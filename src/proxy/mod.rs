@@ -255,6 +255,7 @@ mod tests {
         write_base_config(data.path(), &config).unwrap();
         let entries = [
             routes::RouteEntry {
+                wake: false,
                 name: "a".into(),
                 mode: ProxyMode::Subpath,
                 port: Some(19001),
@@ -264,6 +265,7 @@ mod tests {
                 vnc_port: Some(19999),
             },
             routes::RouteEntry {
+                wake: false,
                 name: "b-2_x".into(),
                 mode: ProxyMode::Port,
                 port: Some(41002),
@@ -274,6 +276,7 @@ mod tests {
             },
             // A stopped `port` instance keeps its server (a "not running" page).
             routes::RouteEntry {
+                wake: false,
                 name: "d".into(),
                 mode: ProxyMode::Port,
                 port: None,
@@ -283,6 +286,7 @@ mod tests {
                 vnc_port: None,
             },
             routes::RouteEntry {
+                wake: false,
                 name: "c".into(),
                 mode: ProxyMode::Subpath,
                 port: None,

@@ -31,6 +31,9 @@ pub struct RouteEntry {
     pub persistent: bool,
     /// Its websockify port while its process runs.
     pub vnc_port: Option<u16>,
+    /// `IdleStopSec=`: while it does not run, its requests go to aikore's
+    /// waking page (`/_aikore/wake/<name>/`), which starts it if it was idle-stopped.
+    pub wake: bool,
 }
 
 /// What the renderer produced for one instance, for `GET /api/v1/proxy`.
@@ -38,7 +41,8 @@ pub struct RouteEntry {
 pub struct RouteInfo {
     pub name: String,
     pub path: String,
-    /// `proxy` (to 127.0.0.1:port), `redirect` (to the direct port) or `down` (503 page).
+    /// `proxy` (to 127.0.0.1:port), `redirect` (to the direct port), `down`
+    /// (503 page) or `wake` (aikore's waking page: `IdleStopSec=`).
     pub action: &'static str,
     pub port: Option<u16>,
 }
@@ -210,6 +214,28 @@ fn static_page(out: &mut String, code: u16, title: &str, text: &str) {
     );
 }
 
+/// A stopped instance with `IdleStopSec=`: behind the same login, its
+/// requests go to aikore's waking page, which starts it when it was stopped
+/// for being idle (docs/operations.md). Cookies pass as sent: aikore checks
+/// the apps origin's own.
+fn wake_settings(out: &mut String, name: &str, options: &RenderOptions) {
+    let _ = write!(
+        out,
+        "        auth_request /_aikore/auth;
+        error_page 401 = @aikore_login;
+        proxy_pass http://{}/_aikore/wake/{name}/;
+        proxy_http_version 1.1;
+        proxy_pass_request_body off;
+        proxy_set_header Content-Length \"\";
+        client_max_body_size 0;
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $aikore_proto;
+",
+        options.api
+    );
+}
+
 /// The login gate of a `port` instance's server: the apps origin's, from
 /// nginx/nginx.conf, for a server of its own. The public flag is asked about
 /// `/app/<name>/...` (the instance's path on the apps origin), and a refused
@@ -227,6 +253,8 @@ fn port_gate(out: &mut String, name: &str, public: u16, api: std::net::SocketAdd
         client_max_body_size 0;
         proxy_set_header Host $http_host;
         proxy_set_header X-Original-URI /app/{name}$request_uri;
+        proxy_set_header X-Aikore-Upgrade $http_upgrade;
+        proxy_set_header X-Aikore-Request $request_id;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto $aikore_proto;
     }}
@@ -262,6 +290,8 @@ fn port_server(out: &mut String, name: &str, public: u16, app: Option<u16>, opti
     let listen = std::net::SocketAddr::new(options.bind, public);
     let _ = writeln!(out, "\n# Instance {name} (`port`): NGINX on its public port, the app behind it.");
     let _ = writeln!(out, "server {{\n    listen {listen};\n    absolute_redirect off;");
+    // An ended WebSocket's id, for the idle-stop rule (nginx/nginx.conf has the format).
+    out.push_str("    access_log websockets.log aikore_ws if=$http_upgrade;\n");
     out.push_str("    location @aikore_unreachable {\n");
     static_page(
         out,
@@ -358,8 +388,25 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
                 raw_name_check(&mut out, name);
                 let _ = writeln!(out, "        proxy_pass http://{}$aikore_app_rest;", upstream_name(name));
                 upstream(&mut upstreams, name, port);
+                let start = out.len();
                 proxy_settings(&mut out, port, &prefix, options);
+                if entry.wake {
+                    // Just idle-stopped, before this route is swapped, or still
+                    // starting: the waking page, not "not answering".
+                    let settings = out.split_off(start).replace(
+                        "error_page 502 504 =503 @aikore_unreachable;",
+                        &format!("error_page 502 504 = @aikore_wake_{name};"),
+                    );
+                    out.push_str(&settings);
+                }
                 out.push_str("}\n\n");
+                if entry.wake {
+                    let _ = write!(
+                        out,
+                        "location @aikore_wake_{name} {{\n        rewrite ^ /_aikore/wake/{name}/ break;\n        proxy_pass http://{};\n        proxy_pass_request_body off;\n        proxy_set_header Content-Length \"\";\n        proxy_set_header Host $http_host;\n        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n        proxy_set_header X-Forwarded-Proto $aikore_proto;\n}}\n\n",
+                        options.api
+                    );
+                }
                 routes.push(RouteInfo {
                     name: name.clone(),
                     path: format!("{prefix}/"),
@@ -384,6 +431,14 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
                     action: "redirect",
                     port: Some(public),
                 });
+            }
+            (None, ProxyMode::Subpath) if entry.wake => {
+                let _ = writeln!(out, "location = {prefix} {{\n        return 301 {prefix}/$is_args$args;\n}}");
+                let _ = writeln!(out, "location ^~ {prefix}/ {{");
+                raw_name_check(&mut out, name);
+                wake_settings(&mut out, name, options);
+                out.push_str("}\n\n");
+                routes.push(RouteInfo { name: name.clone(), path: format!("{prefix}/"), action: "wake", port: None });
             }
             _ => {
                 // A running `port` instance without a server of its own (its
@@ -464,6 +519,9 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
                 );
                 proxy_settings(out, port, prefix, options);
             }
+            None if slot_holder.is_some_and(|h| h.wake) => {
+                wake_settings(out, &slot_holder.expect("matched").name, options);
+            }
             None => {
                 let text = match slot_holder {
                     Some(h) => format!(
@@ -491,7 +549,11 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
         routes.push(RouteInfo {
             name: h.name.clone(),
             path: crate::urls::COMFYUI_PATH.into(),
-            action: if holder_port.is_some() { "proxy" } else { "down" },
+            action: match (holder_port, h.wake) {
+                (Some(_), _) => "proxy",
+                (None, true) => "wake",
+                (None, false) => "down",
+            },
             port: holder_port,
         });
     }
@@ -528,6 +590,7 @@ mod tests {
             slot,
             persistent: false,
             vnc_port: None,
+            wake: false,
         }
     }
 
@@ -548,6 +611,24 @@ mod tests {
             r.routes,
             vec![RouteInfo { name: "a".into(), path: "/app/a/".into(), action: "proxy", port: Some(19001) }]
         );
+    }
+
+    #[test]
+    fn an_idle_stop_instance_wakes_through_aikore_when_down_or_unreachable() {
+        let down = render(&[RouteEntry { wake: true, ..entry("w", None, false) }], &RenderOptions::default());
+        assert!(down.text.contains("proxy_pass http://127.0.0.1:9001/_aikore/wake/w/;"), "{}", down.text);
+        assert!(down.text.contains("auth_request /_aikore/auth;"), "behind the login: {}", down.text);
+        assert_eq!(down.routes[0].action, "wake");
+        let up = render(&[RouteEntry { wake: true, ..entry("w", Some(19001), false) }], &RenderOptions::default());
+        assert!(up.text.contains("error_page 502 504 = @aikore_wake_w;"), "{}", up.text);
+        assert!(up.text.contains("location @aikore_wake_w {"), "{}", up.text);
+        let plain = render(&[entry("p", Some(19002), false)], &RenderOptions::default());
+        assert!(!plain.text.contains("_aikore/wake"), "{}", plain.text);
+        // The slot's paths wake their stopped holder too.
+        let slot = render(&[RouteEntry { wake: true, ..entry("s", None, true) }], &RenderOptions::default());
+        let comfy = slot.text.split("location ^~ /comfyui/ {").nth(1).unwrap_or("");
+        assert!(comfy.trim_start().starts_with("auth_request /_aikore/auth;"), "{}", slot.text);
+        assert!(comfy.contains("proxy_pass http://127.0.0.1:9001/_aikore/wake/s/;"), "{}", slot.text);
     }
 
     #[test]

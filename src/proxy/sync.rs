@@ -237,6 +237,7 @@ impl Loop {
                 slot: instance.active_slot.as_deref() == Some(SLOT_COMFYUI),
                 persistent: instance.persistent_mode,
                 vnc_port: unit.vnc_port.filter(|_| running),
+                wake: instance.idle_stop.is_some(),
                 name: unit.name,
             });
         }

@@ -215,6 +215,13 @@ pub struct InstanceConfig {
     pub public: bool,
     pub stall_after: Duration,
     pub output_dir: Option<PathBuf>,
+    /// `DrainCheck=`: what says the app has no work left before a stop
+    /// (`comfyui`, or `<path> <json key>...`); parsed by `instances::quiesce`.
+    pub drain_check: Option<String>,
+    /// `DrainTimeoutSec=`: the longest a stop waits for the drain check.
+    pub drain_timeout: Duration,
+    /// `IdleStopSec=`: stopped after this long without a request through the proxy.
+    pub idle_stop: Option<Duration>,
 }
 
 impl Default for InstanceConfig {
@@ -230,6 +237,10 @@ impl Default for InstanceConfig {
             // Stalled after 180 s without an answer on the port: long enough for a model load.
             stall_after: Duration::from_secs(180),
             output_dir: None,
+            drain_check: None,
+            // Long enough for a few image generations, short enough that a stop is not forgotten.
+            drain_timeout: Duration::from_secs(600),
+            idle_stop: None,
         }
     }
 }

@@ -429,6 +429,19 @@ impl<'a> Resolver<'a> {
                     inst.stall_after = d;
                 }
             }
+            "DrainCheck" => inst.drain_check = non_empty(&entry.value),
+            "DrainTimeoutSec" => {
+                if let Some(d) = self.value(entry, parse_finite_timespan) {
+                    inst.drain_timeout = d;
+                }
+            }
+            "IdleStopSec" => {
+                if entry.value.is_empty() {
+                    inst.idle_stop = None;
+                } else if let Some(d) = self.value(entry, parse_finite_timespan) {
+                    inst.idle_stop = (!d.is_zero()).then_some(d);
+                }
+            }
             "OutputDir" => {
                 if entry.value.is_empty() {
                     inst.output_dir = None;

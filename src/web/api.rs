@@ -16,7 +16,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::api::{Health, ReloadReport, UnitActionReply, UnitLogs, UnitVerb, UnitView};
+use crate::api::{Action, Health, ReloadReport, ShownStatus, UnitActionReply, UnitLogs, UnitVerb, UnitView};
 use crate::supervisor::UnitSnapshot;
 use crate::units::is_valid_unit_name;
 
@@ -99,13 +99,29 @@ async fn unit_action(
     let action = UnitVerb::parse(&verb)
         .ok_or_else(|| ApiError::not_found(format!("unknown action {verb:?}: use start, stop, restart or reload")))?;
     let status = match action {
-        UnitVerb::Action(action) => action.apply(&state.supervisor, name).await?,
+        // Through the instances' operations: an instance with a drain check drains first (`draining`).
+        UnitVerb::Action(action) => shown(&state, action, name).await?,
         UnitVerb::Reload(_) => {
             state.supervisor.reload(name).await?;
-            find_unit(&state, name).await?.status
+            ShownStatus::Unit(find_unit(&state, name).await?.status)
         }
     };
     Ok(Json(UnitActionReply { unit: name.to_string(), action, status }))
+}
+
+/// Start, stop or restart through `instances::quiesce` (a plain unit goes
+/// straight to the supervisor there); the reply's status, overlay included.
+pub(super) async fn shown(state: &AppState, action: Action, name: &str) -> ApiResult<ShownStatus> {
+    let ops = &state.instances.ops;
+    let outcome = match action {
+        Action::Start => crate::instances::quiesce::Outcome::Now(ops.start(name).await?),
+        Action::Stop => ops.stop(name).await?,
+        Action::Restart => ops.restart(name).await?,
+    };
+    Ok(match outcome {
+        crate::instances::quiesce::Outcome::Now(status) => ShownStatus::Unit(status),
+        draining => ShownStatus::Overlay(draining.as_str().to_string()),
+    })
 }
 
 #[derive(Deserialize)]
@@ -155,7 +171,7 @@ fn line_event(line: &crate::logs::LogLine) -> Event {
 }
 
 async fn events_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let live = BroadcastStream::new(state.supervisor.subscribe()).filter_map(|item| async move {
+    let engine = BroadcastStream::new(state.supervisor.subscribe()).filter_map(|item| async move {
         match item {
             Ok(event) => Some(Ok(Event::default().event(event.event).json_data(&event).ok()?)),
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
@@ -163,6 +179,16 @@ async fn events_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = 
             }
         }
     });
+    // `draining` / `idle-stopped` laid over a state (instances::quiesce::Overlay).
+    let overlays = BroadcastStream::new(state.instances.ops.subscribe()).filter_map(|item| async move {
+        match item {
+            Ok(overlay) => Some(Ok(Event::default().event("overlay").json_data(&overlay).ok()?)),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Some(Ok(Event::default().event("lagged").data(n.to_string())))
+            }
+        }
+    });
+    let live = futures_util::stream::select(engine, overlays);
     Sse::new(live).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
 }
 

@@ -499,6 +499,8 @@ pub fn app_cookie(id: &str, headers: &HeaderMap) -> String {
 
 fn is_open(auth: &Auth, path: &str, client: Client) -> bool {
     matches!(path, "/healthz" | "/login" | "/setup" | "/api/v1/auth/check" | "/_aikore/handshake" | "/_aikore/denied")
+        // The waking page checks the apps origin's credentials itself (wake.rs).
+        || path.starts_with("/_aikore/wake/")
         || path.starts_with("/static/")
         || path.starts_with("/vendor/")
         || super::pages::is_app_path(path)
@@ -683,27 +685,12 @@ async fn is_public(state: &AppState, name: &str) -> bool {
 /// `/app/<name>/` of a public instance; 401 otherwise. A 204 carries the
 /// Cookie and Authorization headers the app may see (aikore's removed).
 async fn check(State(state): State<AppState>, Extension(client): Extension<Client>, headers: HeaderMap) -> Response {
-    let auth = &state.auth;
-    let bearer = auth.bearer_ok(&headers);
-    let mut allowed = auth.app_session_ok(&headers);
-    if !allowed && bearer.is_some() {
-        if auth.limiter.check(client.ip, true).is_err() {
-            return StatusCode::UNAUTHORIZED.into_response();
-        }
-        match bearer {
-            Some(true) => allowed = true,
-            _ => auth.limiter.failure(client.ip, "bearer"),
-        }
-    }
-    if !allowed {
-        let uri = headers.get("x-original-uri").and_then(|v| v.to_str().ok()).unwrap_or("");
-        if let Some(name) = public_candidate(uri) {
-            allowed = is_public(&state, &name).await;
-        }
-    }
+    let uri = headers.get("x-original-uri").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (allowed, bearer) = app_request_allowed(&state, client, &headers, uri).await;
     if !allowed {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    note_request(&state, &headers);
     let mut response = StatusCode::NO_CONTENT.into_response();
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&app_visible_cookies(&headers)) {
@@ -716,6 +703,46 @@ async fn check(State(state): State<AppState>, Extension(client): Extension<Clien
         }
     }
     response
+}
+
+/// The apps origin's rule for a request to `uri` (its original target):
+/// the apps origin's cookie, a valid bearer (failures rate-limited), or a
+/// public instance's plain `/app/<name>/` path. Also says whether a bearer
+/// was sent and valid (`Some(true)`: it must not reach the app).
+pub(crate) async fn app_request_allowed(
+    state: &AppState,
+    client: Client,
+    headers: &HeaderMap,
+    uri: &str,
+) -> (bool, Option<bool>) {
+    let auth = &state.auth;
+    let bearer = auth.bearer_ok(headers);
+    let mut allowed = auth.app_session_ok(headers);
+    if !allowed && bearer.is_some() {
+        if auth.limiter.check(client.ip, true).is_err() {
+            return (false, bearer);
+        }
+        match bearer {
+            Some(true) => allowed = true,
+            _ => auth.limiter.failure(client.ip, "bearer"),
+        }
+    }
+    if !allowed {
+        if let Some(name) = public_candidate(uri) {
+            allowed = is_public(state, &name).await;
+        }
+    }
+    (allowed, bearer)
+}
+
+/// A request the gate let through is the idle-stop rule's activity
+/// (docs/operations.md): the instance's clock restarts, and an upgrade
+/// (NGINX never caches those answers) is an open WebSocket until NGINX logs
+/// its end. A map update: the gate answers as fast as before.
+fn note_request(state: &AppState, headers: &HeaderMap) {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let upgrade = (!text("x-aikore-upgrade").is_empty()).then(|| text("x-aikore-request"));
+    state.instances.ops.request_seen(text("x-original-uri"), upgrade);
 }
 
 /// The instance an original URI addresses, when it is plainly `/app/<name>/...`:

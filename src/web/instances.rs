@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use super::api::checked_name;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::api::{Action, EnvName, InstanceActionReply, Slot};
+use crate::api::{Action, EnvName, InstanceActionReply, ShownStatus, Slot};
 use crate::instances::{
     app_url_of, direct_port_of, url_of, vnc_url_of, InstanceChanges, InstanceManager, InstanceSpec,
 };
@@ -167,8 +167,17 @@ pub struct InstanceView {
     pub(crate) stall_after_sec: u64,
     pub(crate) output_dir: Option<String>,
     pub(crate) environment: BTreeMap<String, String>,
+    /// The engine's status, or `draining` / `idle-stopped` laid over it (docs/operations.md).
     pub(crate) status: &'static str,
     pub(crate) detail: Option<String>,
+    /// The install phase of the current or last run (blueprints with `run_install`).
+    pub(crate) install: Option<crate::instances::install::InstallView>,
+    /// The app version installed (or being installed): a release tag or a pinned ref.
+    pub(crate) app_version: Option<String>,
+    /// `IdleStopSec=` in seconds (none: never stopped for being idle).
+    pub(crate) idle_stop_sec: Option<u64>,
+    /// `DrainCheck=` as written in the unit (none: the blueprint's `# aikore.drain`, if any).
+    pub(crate) drain_check: Option<String>,
     /// Why the last run ended badly: `{class, line, hint}` (docs/operations.md).
     pub(crate) failure: Option<crate::failure::Failure>,
     pub(crate) pid: Option<i32>,
@@ -240,6 +249,10 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
     let spec = InstanceSpec::from_unit(&unit.unit)?;
     let warnings = gpu_warnings(&spec.gpus, known_gpus);
     let proxy = manager.proxy_mode(&unit.name, &spec.blueprint);
+    // `draining` or `idle-stopped` over the engine's status (instances::quiesce).
+    let overlay = manager.ops.overlay(unit);
+    let install = manager.ops.install(&unit.name);
+    let inst = unit.unit.instance.as_ref();
     Some(InstanceView {
         warnings,
         name: spec.name,
@@ -259,8 +272,15 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
         stall_after_sec: spec.stall_after_sec,
         output_dir: spec.output_dir.map(|d| d.display().to_string()),
         environment: spec.environment,
-        status: unit.status.as_str(),
-        detail: unit.detail.clone(),
+        status: overlay.as_ref().map_or(unit.status.as_str(), |o| o.0),
+        detail: overlay.map_or_else(|| unit.detail.clone(), |o| o.1),
+        idle_stop_sec: inst.and_then(|i| i.idle_stop).map(|d| d.as_secs()),
+        app_version: install
+            .as_ref()
+            .and_then(|i| i.version.clone())
+            .or_else(|| crate::instances::quiesce::installed_version(&manager.ctx, &unit.name)),
+        install,
+        drain_check: inst.and_then(|i| i.drain_check.clone()),
         failure: unit.failure.clone(),
         pid: unit.pid,
         restarts: unit.restarts,
@@ -353,11 +373,16 @@ async fn action(
 ) -> ApiResult<Json<InstanceActionReply>> {
     let name = checked_name(&name)?;
     state.instances.instance(name).await?;
+    // A stop or restart of an instance with a drain check waits for it: `draining` (docs/operations.md).
     let status = match (Action::parse(&action), action.as_str()) {
-        (Some(a), _) => a.apply(&state.supervisor, name).await?,
-        (None, "rebuild") => state.instances.rebuild(name).await?,
+        (Some(a), _) => super::api::shown(&state, a, name).await?,
+        (None, "rebuild") => ShownStatus::Unit(state.instances.rebuild(name).await?),
+        (None, "reinstall") => ShownStatus::Overlay(state.instances.request_install(name, false).await?.to_string()),
+        (None, "update") => ShownStatus::Overlay(state.instances.request_install(name, true).await?.to_string()),
         (None, other) => {
-            return Err(ApiError::not_found(format!("unknown action {other:?}: use start, stop, restart or rebuild")))
+            return Err(ApiError::not_found(format!(
+                "unknown action {other:?}: use start, stop, restart, rebuild, reinstall or update"
+            )))
         }
     };
     Ok(Json(InstanceActionReply { instance: name.to_string(), action, status }))

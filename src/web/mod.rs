@@ -13,6 +13,7 @@ pub mod origin;
 mod pages;
 mod proxy;
 mod terminal;
+mod wake;
 
 use std::sync::Arc;
 
@@ -100,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .merge(terminal::routes())
         .merge(pages::routes())
         .merge(proxy::routes())
+        .merge(wake::routes())
         .route("/api/v1/openapi.json", axum::routing::get(openapi::document))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

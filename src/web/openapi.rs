@@ -23,7 +23,7 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ("delete", "/api/v1/instances/{name}", "Move an instance to the trash can (?force=true stops it first)"),
     ("get", "/api/v1/instances/{name}/script", "Read launch.sh"),
     ("put", "/api/v1/instances/{name}/script", "Write launch.sh (?restart=true)"),
-    ("post", "/api/v1/instances/{name}/{action}", "start, stop, restart or rebuild an instance"),
+    ("post", "/api/v1/instances/{name}/{action}", "start, stop (drains first), restart, rebuild, reinstall or update an instance"),
     ("get", "/api/v1/blueprints", "Stock and custom blueprints with their metadata"),
     ("post", "/api/v1/blueprints", "Save an instance's launch.sh as a custom blueprint"),
     ("get", "/api/v1/trashcan", "Deleted instances"),

@@ -362,7 +362,7 @@ fn row(v: &InstanceView, csrf: &str) -> Markup {
     let act = format!("act-{name}");
     let edit = format!("edit-{name}");
     let base = format!("/instances/{name}");
-    let running = !matches!(v.status, "stopped" | "error" | "failed");
+    let running = !matches!(v.status, "stopped" | "error" | "failed" | "idle-stopped");
     html! {
         tr data-name=(name) data-status=(v.status) data-url=(v.url) data-seq=(v.seq)
             data-port=(v.current_port.map(|p| p.to_string()).unwrap_or_default()) {
@@ -372,7 +372,11 @@ fn row(v: &InstanceView, csrf: &str) -> Markup {
                 form id=(act) method="post" action={ (base) "/start" } { (csrf_field(csrf)) }
                 form id=(edit) method="post" action={ (base) "/edit" } { (csrf_field(csrf)) }
             }
-            td.blueprint { code { (v.blueprint) } }
+            td.blueprint {
+                code { (v.blueprint) }
+                // The app version its install recorded (a release tag or a pinned ref).
+                @if let Some(version) = &v.app_version { " " span.version title="installed version" { (version) } }
+            }
             td.gpus {
                 input.gpus-text type="text" name="gpus" form=(edit) value=(v.gpus) placeholder="CPU"
                     aria-label={ "GPUs of " (name) } size="6";
@@ -420,6 +424,10 @@ fn row(v: &InstanceView, csrf: &str) -> Markup {
                         button type="button" data-act="script" { "Edit script" }
                         button type="button" data-act="settings" { "Settings: env, name, mode…" }
                         button type="button" data-act="blueprint" { "Save as blueprint" }
+                        button form=(act) type="submit" formaction={ (base) "/reinstall" } data-act="reinstall"
+                            title="Run the install phase again at the next start (now if stopped)" { "Reinstall" }
+                        button form=(act) type="submit" formaction={ (base) "/update" } data-act="update"
+                            title="Move to the app's newest release (blueprints that follow releases)" { "Update" }
                         label.menu-check {
                             input type="checkbox" name="public" value="yes" form=(edit) checked[public];
                             " Public (no login)"
@@ -728,10 +736,23 @@ async fn action(
     let result = async {
         let name = super::api::checked_name(&name).map_err(|e| e.message)?.to_string();
         state.instances.instance(&name).await.map_err(|e| e.to_string())?;
-        if let Some(a) = crate::api::Action::parse(&action) {
-            return a.apply(&state.supervisor, &name).await.map(|_| String::new()).map_err(|e| e.to_string());
-        }
+        let ops = &state.instances.ops;
+        let draining = |o: crate::instances::quiesce::Outcome| match o {
+            crate::instances::quiesce::Outcome::Draining(left) => {
+                format!("{name} is draining ({left}); stop again to stop it at once.")
+            }
+            crate::instances::quiesce::Outcome::Now(_) => String::new(),
+        };
         match action.as_str() {
+            "start" => ops.start(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
+            "stop" => ops.stop(&name).await.map(draining).map_err(|e| e.to_string()),
+            "restart" => ops.restart(&name).await.map(draining).map_err(|e| e.to_string()),
+            "reinstall" | "update" => state
+                .instances
+                .request_install(&name, action == "update")
+                .await
+                .map(|status| format!("{name}: {action} requested ({status})."))
+                .map_err(|e| e.to_string()),
             "delete" => {
                 state.instances.delete(&name, true).await.map_err(|e| e.to_string())?;
                 Ok(format!("Moved {name} to the trash can."))

@@ -13,7 +13,7 @@
     get(key, fallback) { try { const v = localStorage.getItem("aikore." + key); return v === null ? fallback : v; } catch (_) { return fallback; } },
     set(key, value) { try { localStorage.setItem("aikore." + key, value); } catch (_) { /* private mode */ } },
   };
-  const RUNNING = new Set(["starting", "stalled", "started", "stopping", "restarting"]);
+  const RUNNING = new Set(["starting", "stalled", "started", "stopping", "restarting", "draining", "installing"]);
   const MAX_LOG_LINES = 5000; // a pane holds this much; older lines drop off the top
   const SYSTEM_REFRESH_MS = 3000; // figures only, and only while no SSE carries them
   const SPARK_POINTS = 61; // the daemon's 60 samples (5 minutes at 5 s) and the current value
@@ -65,9 +65,16 @@
 
   // Applies a live state unless the row already shows a newer one: every
   // event and snapshot carries the unit's `seq`, which only grows.
+  // `draining` / `idle-stopped` laid over the state with the same seq
+  // (docs/operations.md): shown while that state is the row's latest.
+  const overlays = new Map();
+
   function setStatus(tr, ev) {
     if (typeof ev.seq === "number" && ev.seq <= Number(tr.dataset.seq || 0)) return;
     if (typeof ev.seq === "number") tr.dataset.seq = String(ev.seq);
+    tr.dataset.engineStatus = ev.status;
+    const over = overlays.get(tr.dataset.name);
+    if (over && over.status && over.seq === ev.seq) ev = Object.assign({}, ev, { status: over.status, detail: over.detail });
     const status = ev.status;
     tr.dataset.status = status;
     const badge = $('[data-role="badge"]', tr);
@@ -192,7 +199,7 @@
     const name = tr.dataset.name;
     const base = "/api/v1/instances/" + encodeURIComponent(name);
     switch (act) {
-      case "start": case "stop": case "restart":
+      case "start": case "stop": case "restart": case "reinstall": case "update":
         await guarded(() => api("POST", `${base}/${act}`));
         break;
       case "save":
@@ -460,6 +467,18 @@
       const tr = rowOf(ev.unit);
       if (tr) setStatus(tr, ev);
       else if (ev.kind === "instance") refreshRows();
+    });
+    es.addEventListener("overlay", (msg) => {
+      const ov = JSON.parse(msg.data);
+      overlays.set(ov.unit, ov);
+      const tr = rowOf(ov.unit);
+      // A newer state is shown, or the state it lies over comes later (setStatus applies it then).
+      if (!tr || Number(tr.dataset.seq || 0) !== ov.seq) return;
+      const base = latest.get(ov.unit);
+      const ev = base && base.seq === ov.seq ? base
+        : { seq: ov.seq, status: tr.dataset.engineStatus || "started", detail: "", pid: null, restarts: 0 };
+      tr.dataset.seq = String(ov.seq - 1); // the same seq again, now with the overlay
+      setStatus(tr, ev);
     });
     // Unit files changed (create, rename, delete, reload): re-read the rows.
     es.addEventListener("config", () => refreshRows());
