@@ -150,7 +150,7 @@ fn env_of(unit: &Unit, ctx: &InstanceContext, port: Option<u16>, headers: &[Stri
         ("WEBUI_HOST".to_string(), "127.0.0.1".to_string()),
         ("BLUEPRINT_ID".to_string(), instance.blueprint.clone()),
         // Empty means CPU only: no GPU is visible to CUDA.
-        ("CUDA_VISIBLE_DEVICES".to_string(), instance.gpus.join(",")),
+        ("CUDA_VISIBLE_DEVICES".to_string(), instance.gpus.to_string()),
         // CUDA's default order is fastest-first; PCI order matches NVML and nvidia-smi indices.
         ("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()),
         ("AIKORE_BLUEPRINTS_DIR".to_string(), ctx.blueprints_dir.display().to_string()),

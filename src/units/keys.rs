@@ -40,8 +40,21 @@ const SERVICE_KEYS: &[&str] = &[
     "StartLimitBurst",
 ];
 
-const INSTANCE_KEYS: &[&str] =
-    &["Blueprint", "GPUs", "Port", "Autostart", "ActiveSlot", "PersistentMode", "Public", "StallAfterSec", "OutputDir"];
+const INSTANCE_KEYS: &[&str] = &[
+    "Blueprint",
+    "GPUs",
+    "Port",
+    "Autostart",
+    "ActiveSlot",
+    "PersistentMode",
+    "Public",
+    "StallAfterSec",
+    "OutputDir",
+    "GPUMemoryMin",
+    "MemoryRestartAbove",
+    "GPUMemoryRestartAbove",
+    "RestartAboveSec",
+];
 
 /// What an `.instance` file may set outside [Instance] (an allow-list, issue
 /// 12): its own restart, stop and readiness behaviour and its environment.

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod gpus;
 mod graph;
 mod ini;
 mod keys;
@@ -18,6 +19,7 @@ mod quote;
 mod resolve;
 mod timespan;
 
+pub use gpus::{GpuId, GpuSpec, InstanceLimits};
 pub use graph::{check_graph, find_cycle, start_order};
 pub use load::{check_paths, load_dirs, LoadedUnits};
 pub use quote::split_command_line;
@@ -199,8 +201,8 @@ pub enum PortSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceConfig {
     pub blueprint: String,
-    /// GPU indices or UUIDs, as written; empty = CPU only.
-    pub gpus: Vec<String>,
+    /// `GPUs=`: pinned GPUs (empty = CPU only) or `auto[:N]`.
+    pub gpus: GpuSpec,
     pub port: PortSpec,
     pub autostart: bool,
     /// `comfyui` or none.
@@ -211,13 +213,15 @@ pub struct InstanceConfig {
     pub public: bool,
     pub stall_after: Duration,
     pub output_dir: Option<PathBuf>,
+    /// GPUMemoryMin=, MemoryRestartAbove=, GPUMemoryRestartAbove=, RestartAboveSec=.
+    pub limits: InstanceLimits,
 }
 
 impl Default for InstanceConfig {
     fn default() -> Self {
         InstanceConfig {
             blueprint: String::new(),
-            gpus: Vec::new(),
+            gpus: GpuSpec::default(),
             port: PortSpec::Auto,
             autostart: false,
             active_slot: None,
@@ -226,6 +230,7 @@ impl Default for InstanceConfig {
             // Stalled after 180 s without an answer on the port: long enough for a model load.
             stall_after: Duration::from_secs(180),
             output_dir: None,
+            limits: InstanceLimits::default(),
         }
     }
 }
