@@ -340,7 +340,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
 
     // Logs are the daemon's: rotation renames in a dir the instance user cannot write.
     let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
+    // Shared by placement, the watch and metrics. AIKORE_NVML=off skips loading the driver.
+    let gpus = crate::gpu::Gpus::from_env(std::env::var("AIKORE_NVML").map(|v| v != "off").unwrap_or(true));
     let instance_ctx = crate::instances::InstanceContext {
+        gpus: Some(Arc::clone(&gpus)),
         data_dir: data_dir.clone(),
         blueprints_dir: settings.blueprints_dir.clone(),
         port_range: settings.port_range.clone(),
@@ -394,6 +397,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
             cgroup_root: cgroups.as_ref().map(|root| root.path().to_path_buf()),
             data_dir: data_dir.clone(),
             nvml: std::env::var("AIKORE_NVML").map(|v| v != "off").unwrap_or(true),
+            gpus: Some(Arc::clone(&gpus)),
         },
     )?;
     let metrics_events = metrics.track_events(supervisor.subscribe());

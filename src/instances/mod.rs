@@ -5,6 +5,7 @@
 //! Running them is the supervisor's job, like any unit.
 
 pub mod blueprints;
+pub mod gpus;
 pub mod persistent;
 pub mod runtime;
 pub mod unitfile;
