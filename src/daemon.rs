@@ -401,6 +401,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         },
     )?;
     let metrics_events = metrics.track_events(supervisor.subscribe());
+    // Placement's view of what instances use, GPU health between scrapes, leak restarts.
+    let _memory_watch = crate::metrics::watch::spawn(
+        supervisor.clone(),
+        Arc::clone(&logs),
+        Arc::clone(&gpus),
+        cgroups.as_ref().map(|root| root.path().to_path_buf()),
+        shutdown.child_token(),
+    );
     let history_stop = shutdown.child_token();
     let metrics_history = metrics.run_history(history_stop.clone());
     let proxy_stop = shutdown.child_token();

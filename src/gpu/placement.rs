@@ -124,6 +124,17 @@ impl Placer {
         state.reservations.iter().map(|(u, r)| (u.clone(), r.gpus.clone())).collect()
     }
 
+    /// unit -> gpu -> bytes, as the watch last saw it.
+    pub fn observed(&self) -> HashMap<String, HashMap<u32, u64>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).observed.clone()
+    }
+
+    /// The VRAM the watch last saw `unit` use, over all GPUs.
+    pub fn observed_total(&self, unit: &str) -> Option<u64> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.observed.get(unit).map(|m| m.values().sum())
+    }
+
     pub fn placed_of(&self, unit: &str) -> Option<Vec<u32>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).reservations.get(unit).map(|r| r.gpus.clone())
     }
@@ -253,8 +264,8 @@ mod tests {
     fn a_second_start_does_not_count_the_first_ones_memory() {
         let p = Placer::default();
         let now = Instant::now();
-        // GPU 0 has 70 GiB free; the first declares 40 GiB: 30 GiB left, less than GPU 2's 50.
-        assert_eq!(p.place("a", &Want::Auto(1), Some(40 * GIB), &four(), &all_ok, now).unwrap().gpus, [0]);
+        // GPU 0 has 70 GiB free; the first declares 45 GiB: 25 GiB left, less than GPU 2's 50.
+        assert_eq!(p.place("a", &Want::Auto(1), Some(45 * GIB), &four(), &all_ok, now).unwrap().gpus, [0]);
         assert_eq!(p.place("b", &Want::Auto(1), None, &four(), &all_ok, now).unwrap().gpus, [2]);
         // Undeclared: b holds GPU 2's free memory back until its use is seen.
         assert_eq!(p.place("c", &Want::Auto(1), None, &four(), &all_ok, now).unwrap().gpus, [3]);
@@ -262,7 +273,7 @@ mod tests {
         p.observe([("b".to_string(), [(2, GIB)].into())].into());
         assert_eq!(p.place("d", &Want::Auto(1), None, &four(), &all_ok, now).unwrap().gpus, [2]);
         // After SETTLE undeclared holds end (NVML's figures speak for them);
-        // a's declared 40 GiB still counts: GPU 0 has 30 left, GPU 2 50.
+        // a's declared 45 GiB still counts: GPU 0 has 25 left, GPU 2 50.
         let later = now + SETTLE + Duration::from_secs(1);
         p.observe(HashMap::new());
         assert_eq!(p.place("e", &Want::Auto(1), None, &four(), &all_ok, later).unwrap().gpus, [2]);

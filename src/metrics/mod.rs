@@ -12,6 +12,7 @@ mod events;
 mod family;
 pub mod host;
 pub mod units;
+pub mod watch;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -165,7 +166,7 @@ pub struct SystemView {
     pub load: [f64; 3],
     pub disk: Option<host::DiskSample>,
     pub uptime_seconds: u64,
-    pub gpus: Vec<GpuSample>,
+    pub gpus: Vec<GpuView>,
     /// Why there are no GPUs, in plain words ("no NVIDIA driver found").
     pub gpu_note: Option<String>,
     /// The raw error behind `gpu_note` (NVML's loader message), for diagnosis.
@@ -179,6 +180,27 @@ pub struct SystemView {
 pub struct CpuView {
     pub usage_ratio: f64,
     pub per_core_ratio: Vec<f64>,
+}
+
+/// One GPU for the dashboard: its readings, its health and who uses it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GpuView {
+    #[serde(flatten)]
+    pub sample: GpuSample,
+    /// False once it fell off the bus, raised a critical Xid, counted new
+    /// uncorrected ECC errors or has a remap pending: nothing new is placed on it.
+    pub healthy: bool,
+    pub unhealthy_reason: Option<String>,
+    /// Units whose current run was given this GPU (pinned or `GPUs=auto`).
+    pub placed: Vec<String>,
+    /// Units using VRAM here, most first: (unit, bytes).
+    pub instances: Vec<UnitVram>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnitVram {
+    pub unit: String,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -420,6 +442,7 @@ impl Metrics {
             let mut collectors = this.collectors.lock().unwrap_or_else(|p| p.into_inner());
             let host = collectors.host.sample();
             let gpus = collectors.gpus.sample();
+            let gpus = gpu_views(&collectors.gpus, gpus);
             SystemView {
                 cpu: CpuView { usage_ratio: host.cpu_usage_ratio, per_core_ratio: host.cpu_per_core_ratio },
                 memory: MemoryView {
@@ -439,6 +462,33 @@ impl Metrics {
         .await
         .map_err(MetricsError::from)
     }
+}
+
+/// Readings plus health, placements and the per-unit VRAM the watch last saw.
+fn gpu_views(shared: &Gpus, samples: Vec<GpuSample>) -> Vec<GpuView> {
+    let placed = shared.placer.placed();
+    let observed = shared.placer.observed();
+    samples
+        .into_iter()
+        .map(|sample| {
+            let health = shared.health.of(sample.index);
+            let mut instances: Vec<UnitVram> = observed
+                .iter()
+                .filter_map(|(unit, per_gpu)| {
+                    Some(UnitVram { unit: unit.clone(), bytes: *per_gpu.get(&sample.index)? })
+                })
+                .filter(|u| u.bytes > 0)
+                .collect();
+            instances.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.unit.cmp(&b.unit)));
+            GpuView {
+                placed: placed.iter().filter(|(_, g)| g.contains(&sample.index)).map(|(u, _)| u.clone()).collect(),
+                healthy: health.healthy,
+                unhealthy_reason: health.reason,
+                instances,
+                sample,
+            }
+        })
+        .collect()
 }
 
 fn supervisor_families(out: &mut Vec<MetricFamily>) {
