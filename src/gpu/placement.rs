@@ -30,7 +30,7 @@ pub enum PlacementError {
     NoGpus,
     #[error("GPUs=auto:{wanted} but only {healthy} healthy GPU(s){unhealthy}")]
     TooFew { wanted: u32, healthy: usize, unhealthy: String },
-    #[error("GPUMemoryMin={min} bytes: no {which} has that much free ({best})")]
+    #[error("GPUMemoryMin={} GiB: no {which} has that much free ({best})", gib_number(*min))]
     NotEnoughMemory { min: u64, which: &'static str, best: String },
     #[error("GPU {0} is unhealthy ({1}): nothing new is started on it")]
     Unhealthy(String, String),
@@ -163,8 +163,12 @@ fn effective_free(state: &State, gpus: &[GpuSample], now: Instant) -> BTreeMap<u
     free
 }
 
+fn gib_number(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1u64 << 30) as f64)
+}
+
 fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    format!("{} GiB", gib_number(bytes))
 }
 
 fn choose(

@@ -85,8 +85,13 @@ impl LeakTracker {
     }
 }
 
+/// GiB with two decimals, MiB below one GiB (a RAM bound may be small).
 fn gib(bytes: u64) -> String {
-    format!("{:.2}GiB", bytes as f64 / (1u64 << 30) as f64)
+    if bytes < 1 << 30 {
+        format!("{:.0}MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.2}GiB", bytes as f64 / (1u64 << 30) as f64)
+    }
 }
 
 struct WatchState {
