@@ -93,6 +93,9 @@ pub struct Gpus {
     detail: Option<String>,
     pub health: HealthBook,
     pub placer: Placer,
+    /// GPU processes the last watch could match to nobody aikore can see
+    /// (host pids from an old driver, see `attribution`).
+    foreign_pids: std::sync::atomic::AtomicUsize,
     /// unit -> restarts for a memory bound (`aikore_unit_leak_restarts_total`).
     leak_restarts: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -143,6 +146,7 @@ impl Gpus {
             health: HealthBook::default(),
             placer: Placer::default(),
             leak_restarts: Default::default(),
+            foreign_pids: Default::default(),
         }
     }
 
@@ -155,6 +159,7 @@ impl Gpus {
             health: HealthBook::default(),
             placer: Placer::default(),
             leak_restarts: Default::default(),
+            foreign_pids: Default::default(),
         }
     }
 
@@ -168,6 +173,21 @@ impl Gpus {
 
     pub fn ids(&self) -> Vec<(u32, String)> {
         self.source.as_ref().map(|s| s.ids()).unwrap_or_default()
+    }
+
+    pub fn set_foreign_pids(&self, n: usize) {
+        self.foreign_pids.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Why per-instance VRAM may read 0, when the driver's pids are not ours.
+    pub fn pid_note(&self) -> Option<String> {
+        let n = self.foreign_pids.load(std::sync::atomic::Ordering::Relaxed);
+        (n > 0).then(|| {
+            format!(
+                "{n} GPU process(es) have pids from another PID namespace (a driver that reports host pids): \
+                 their VRAM cannot be matched to instances; a current driver, or --pid=host, fixes it"
+            )
+        })
     }
 
     /// One more restart of `unit` for a memory bound.

@@ -171,6 +171,9 @@ pub struct SystemView {
     pub gpu_note: Option<String>,
     /// The raw error behind `gpu_note` (NVML's loader message), for diagnosis.
     pub gpu_detail: Option<String>,
+    /// Set when GPU processes carry pids aikore cannot see (host pids from an
+    /// old driver inside a container): per-instance VRAM is then incomplete.
+    pub gpu_pid_note: Option<String>,
     /// Earlier samples, oldest first, one per [`HISTORY_INTERVAL`] (empty
     /// until the history task has run).
     pub history: Vec<SystemPoint>,
@@ -456,6 +459,7 @@ impl Metrics {
                 gpus,
                 gpu_note: this.gpu_note.clone(),
                 gpu_detail: this.gpu_detail.clone(),
+                gpu_pid_note: collectors.gpus.pid_note(),
                 history: this.history.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect(),
             }
         })

@@ -140,6 +140,7 @@ fn step(state: &mut WatchState, gpus: &Gpus, units: &[UnitSnapshot], listed_at: 
             restarts.push((u.name.clone(), reason));
         }
     }
+    gpus.set_foreign_pids(attribution.foreign_pids);
     gpus.placer.observe(attribution.by_unit);
     restarts
 }

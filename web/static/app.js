@@ -825,6 +825,7 @@
       out.appendChild(box);
     });
     if (s.gpu_note) { const n = document.createElement("p"); n.className = "muted"; n.textContent = s.gpu_note; out.appendChild(n); }
+    if (s.gpu_pid_note) { const n = document.createElement("p"); n.className = "muted"; n.textContent = s.gpu_pid_note; out.appendChild(n); }
     if (!out.childNodes.length) { const p = document.createElement("p"); p.className = "muted"; p.textContent = "No figures reported."; out.appendChild(p); }
     sysBody.replaceChildren(out);
   }
