@@ -112,9 +112,9 @@ impl HealthBook {
 
 /// Keeps the first reason: it is the cause, later ones are its echoes.
 fn hold(book: &mut Book, gpu: u32, reason: String) {
-    if !book.sticky.contains_key(&gpu) {
+    if let std::collections::hash_map::Entry::Vacant(slot) = book.sticky.entry(gpu) {
         tracing::warn!(gpu, reason = %reason, "GPU unhealthy: nothing new is placed on it");
-        book.sticky.insert(gpu, reason);
+        slot.insert(reason);
     }
 }
 
