@@ -92,13 +92,15 @@ impl GpuSource for NvmlSource {
     fn take_xid_events(&self) -> Vec<XidEvent> {
         let guard = self.events.lock().unwrap_or_else(|p| p.into_inner());
         let Some(set) = guard.as_ref() else { return Vec::new() };
-        let uuids: HashMap<String, u32> = self.ids().into_iter().map(|(i, u)| (u, i)).collect();
+        // Built at the first event only: almost every call finds none.
+        let mut uuids: Option<HashMap<String, u32>> = None;
         let mut out = Vec::new();
         // A timeout of 0 returns at once: Timeout when nothing is queued.
         // Bounded, so a storm of events cannot keep a scrape here.
         for _ in 0..64 {
             match set.wait(0) {
                 Ok(data) => {
+                    let uuids = uuids.get_or_insert_with(|| self.ids().into_iter().map(|(i, u)| (u, i)).collect());
                     let gpu = data.device.uuid().ok().and_then(|u| uuids.get(&u).copied());
                     let xid = match data.event_data {
                         Some(XidError::Value(x)) => Some(x),
