@@ -17,6 +17,9 @@
 #                        (a box without network: copy the wheel, and its
 #                        nvidia-* dependency wheels beside it, there first)
 #   CHECK_CACHE=dir      where the venv lives (default ~/.cache/aikore-gpu-check)
+#   CUDA_PROBE=libcuda   no torch at all: the instance allocates through the
+#                        driver's libcuda.so.1 (ctypes, nothing to install) and
+#                        reports cuDeviceGetCount instead of torch.cuda.device_count()
 #   KEEP=1               keep the work dir (data dir, logs) for a look after
 # Needs: nvidia-smi, curl, python3 (with venv), and network for pip unless
 # TORCH_PYTHON or TORCH_WHEEL is given. The torch wheel is ~2.5 GB with its
@@ -41,9 +44,13 @@ if [[ -z ${AIKORE_BIN:-} ]]; then
 fi
 [[ -x $BIN ]] || die "no aikore binary at $BIN: build it (cargo build --release) or set AIKORE_BIN"
 
-# --- torch -------------------------------------------------------------------
+# --- torch (or the driver's libcuda) ------------------------------------------
+CUDA_PROBE=${CUDA_PROBE:-torch}
 CHECK_CACHE=${CHECK_CACHE:-$HOME/.cache/aikore-gpu-check}
-if [[ -n ${TORCH_PYTHON:-} ]]; then
+if [[ $CUDA_PROBE == libcuda ]]; then
+    PY=python3
+    python3 -c 'import ctypes; ctypes.CDLL("libcuda.so.1")' || die "libcuda.so.1 cannot be loaded"
+elif [[ -n ${TORCH_PYTHON:-} ]]; then
     PY=$TORCH_PYTHON
 else
     PY=$CHECK_CACHE/venv/bin/python
@@ -54,12 +61,16 @@ else
             "$PY" -m pip install --no-index --find-links "$(dirname "$TORCH_WHEEL")" "$TORCH_WHEEL" \
                 || die "installing $TORCH_WHEEL failed (its nvidia-* dependency wheels must sit beside it)"
         else
-            "$PY" -m pip install torch || die "pip install torch failed (no network? set TORCH_WHEEL or TORCH_PYTHON)"
+            "$PY" -m pip install torch \
+                || die "pip install torch failed (no network? set TORCH_WHEEL or TORCH_PYTHON, or CUDA_PROBE=libcuda)"
         fi
     fi
 fi
-"$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
-    || die "$PY has torch without a usable CUDA (torch.cuda.is_available() is False)"
+if [[ $CUDA_PROBE != libcuda ]]; then
+    "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
+        || die "$PY has torch without a usable CUDA (torch.cuda.is_available() is False)"
+fi
+echo "== probe: $CUDA_PROBE ($PY)"
 
 # --- aikore with one torch instance --------------------------------------------
 WORK=$(mktemp -d /tmp/aikore-gpu-check.XXXXXX)
@@ -85,12 +96,32 @@ cat > "$WORK/data/blueprints/torch-check.sh" <<SH
 # aikore.venv_type = none
 ### AIKORE-METADATA-END ###
 exec "$PY" - <<'PYEOF'
-import http.server, os, torch
-print("device_count=%d" % torch.cuda.device_count(), flush=True)
-held = torch.empty(${ALLOC_GIB} * (1 << 30), dtype=torch.uint8, device="cuda:0")
-held.fill_(1)
-torch.cuda.synchronize()
-print("allocated=%d" % held.numel(), flush=True)
+import ctypes, http.server, os
+GIB = ${ALLOC_GIB}
+if "${CUDA_PROBE}" == "libcuda":
+    # The driver API straight from libcuda.so.1: no torch needed.
+    cuda = ctypes.CDLL("libcuda.so.1")
+    def ok(rc, what):
+        if rc != 0:
+            raise SystemExit("%s failed: CUresult %d" % (what, rc))
+    ok(cuda.cuInit(0), "cuInit")
+    n = ctypes.c_int()
+    ok(cuda.cuDeviceGetCount(ctypes.byref(n)), "cuDeviceGetCount")
+    print("device_count=%d" % n.value, flush=True)
+    dev, ctx, ptr = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
+    ok(cuda.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
+    ok(cuda.cuCtxCreate_v2(ctypes.byref(ctx), 0, dev), "cuCtxCreate")
+    ok(cuda.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(GIB << 30)), "cuMemAlloc")
+    ok(cuda.cuMemsetD8_v2(ptr, ctypes.c_ubyte(1), ctypes.c_size_t(GIB << 30)), "cuMemsetD8")
+    ok(cuda.cuCtxSynchronize(), "cuCtxSynchronize")
+    print("allocated=%d" % (GIB << 30), flush=True)
+else:
+    import torch
+    print("device_count=%d" % torch.cuda.device_count(), flush=True)
+    held = torch.empty(GIB * (1 << 30), dtype=torch.uint8, device="cuda:0")
+    held.fill_(1)
+    torch.cuda.synchronize()
+    print("allocated=%d" % held.numel(), flush=True)
 server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["WEBUI_PORT"])), http.server.SimpleHTTPRequestHandler)
 server.serve_forever()
 PYEOF
@@ -194,7 +225,7 @@ for i, s in sorted(smi.items()):
     print(f"{'GPU ' + str(i) + ' healthy (aikore)':<44} {'':>16} {health!s:>16}  {a.get('unhealthy_reason') or ''}")
 
 m = re.search(r"^device_count=(\d+)$", log, re.M)
-compare("torch.cuda.device_count() (GPUs=0 pinned)", 1, int(m.group(1)) if m else None, pct=0)
+compare("device_count in the instance (GPUs=0 pinned)", 1, int(m.group(1)) if m else None, pct=0)
 pid = instance.get("pid")
 def tree(root):
     """root and its descendants, as this namespace's /proc sees them."""
