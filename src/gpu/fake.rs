@@ -54,10 +54,10 @@ pub struct FakeGpu {
     #[serde(default)]
     pub name: String,
     pub memory_total_bytes: u64,
-    /// Used memory as NVML's memory_info says; when absent, the sum of the processes plus `reserved_bytes`.
+    /// Used memory as NVML's v2 memory info (and nvidia-smi) says; when absent, the sum of the processes.
     #[serde(default)]
     pub memory_used_bytes: Option<u64>,
-    /// What the driver itself holds on an idle GPU (nvidia-smi's "0MiB" or "1MiB" with none running).
+    /// What the driver reserves: neither used nor free (v2's `reserved`; 615 MiB on an H200, driver 580).
     #[serde(default)]
     pub reserved_bytes: u64,
     #[serde(default)]
@@ -72,7 +72,7 @@ pub struct FakeGpu {
     pub power_limit_milliwatts: Option<Reading<u32>>,
     #[serde(default)]
     pub sm_clock_mhz: Option<Reading<u32>>,
-    /// Percent per fan, or NVML's error for fan 0 (an H100: `"InvalidArg"`, no fan).
+    /// Percent per fan, or NVML's error for fan 0 (an H200 on driver 580 answers NotSupported: no fan).
     #[serde(default)]
     pub fan_speed_percent: Option<Reading<u32>>,
     #[serde(default)]
@@ -135,7 +135,8 @@ pub fn sample_of(g: &FakeGpu) -> GpuSample {
         return GpuSample { index: g.index, uuid: g.uuid.clone(), lost: true, ..GpuSample::default() };
     }
     let processes: HashMap<u32, u64> = g.processes.iter().map(|p| (p.pid, p.used_bytes)).collect();
-    let used = g.memory_used_bytes.unwrap_or_else(|| g.reserved_bytes + processes.values().sum::<u64>());
+    let used = g.memory_used_bytes.unwrap_or_else(|| processes.values().sum::<u64>()).min(g.memory_total_bytes);
+    let free = g.memory_total_bytes.saturating_sub(used).saturating_sub(g.reserved_bytes);
     let ratio = |r: &Option<Reading<u32>>| Reading::ok(r).map(|p| f64::from(p) * 1e-2);
     GpuSample {
         index: g.index,
@@ -143,8 +144,9 @@ pub fn sample_of(g: &FakeGpu) -> GpuSample {
         name: g.name.clone(),
         utilization_ratio: ratio(&g.utilization_gpu_percent),
         memory_utilization_ratio: ratio(&g.utilization_memory_percent),
-        memory_used_bytes: Some(used.min(g.memory_total_bytes)),
+        memory_used_bytes: Some(used),
         memory_total_bytes: Some(g.memory_total_bytes),
+        memory_free_bytes: Some(free),
         temperature_celsius: Reading::ok(&g.temperature_celsius).map(f64::from),
         power_draw_watts: Reading::ok(&g.power_draw_milliwatts).map(|mw| f64::from(mw) * 1e-3),
         power_limit_watts: Reading::ok(&g.power_limit_milliwatts).map(|mw| f64::from(mw) * 1e-3),
@@ -197,7 +199,7 @@ mod tests {
         let g = &gpus[0];
         // 81559 MiB: what nvidia-smi prints as total for an H100 80GB HBM3.
         assert_eq!(g.memory_total_bytes, Some(81559 << 20));
-        assert!(g.fans.is_empty(), "InvalidArg for fan 0 means no fan series");
+        assert!(g.fans.is_empty(), "an error for fan 0 means no fan series");
         assert_eq!(g.ecc_uncorrected_total, Some(0));
         assert_eq!(g.retired_pages_pending, None, "NotSupported on Hopper");
         assert_eq!(g.remapped_rows_pending, Some(false));
@@ -206,10 +208,13 @@ mod tests {
     }
 
     #[test]
-    fn the_h200_fixture_has_141_gb() {
+    fn the_h200_fixture_reads_as_recorded_on_an_h200() {
         let gpus = FakeSource::new(fixture("h200x8-driver580.json")).sample();
         assert_eq!(gpus.len(), 8);
+        // Recorded: 150754820096 bytes total, 644939776 reserved, 0 used while idle.
         assert!(gpus.iter().all(|g| g.memory_total_bytes == Some(143771 << 20)));
+        assert_eq!(gpus[0].memory_used_bytes, Some(0));
+        assert_eq!(gpus[0].free_bytes(), Some(150754820096 - 644939776));
     }
 
     #[test]

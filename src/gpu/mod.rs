@@ -29,8 +29,13 @@ pub struct GpuSample {
     pub name: String,
     pub utilization_ratio: Option<f64>,
     pub memory_utilization_ratio: Option<f64>,
+    /// NVML's v2 memory info, as nvidia-smi shows it: what processes use,
+    /// without what the driver reserves (about 615 MiB on an H200).
     pub memory_used_bytes: Option<u64>,
     pub memory_total_bytes: Option<u64>,
+    /// Free for allocations: total minus used minus the driver's reserve.
+    #[serde(skip)]
+    pub memory_free_bytes: Option<u64>,
     pub temperature_celsius: Option<f64>,
     pub power_draw_watts: Option<f64>,
     pub power_limit_watts: Option<f64>,
@@ -58,9 +63,9 @@ pub struct GpuSample {
 }
 
 impl GpuSample {
-    /// Total minus used; None when either is unknown.
+    /// NVML's free memory; else total minus used. None when unknown.
     pub fn free_bytes(&self) -> Option<u64> {
-        Some(self.memory_total_bytes?.saturating_sub(self.memory_used_bytes?))
+        self.memory_free_bytes.or_else(|| Some(self.memory_total_bytes?.saturating_sub(self.memory_used_bytes?)))
     }
 }
 
@@ -220,5 +225,7 @@ mod tests {
         let g = GpuSample { memory_total_bytes: Some(10), memory_used_bytes: Some(3), ..Default::default() };
         assert_eq!(g.free_bytes(), Some(7));
         assert_eq!(GpuSample { memory_total_bytes: Some(10), ..Default::default() }.free_bytes(), None);
+        let reserved = GpuSample { memory_free_bytes: Some(5), ..g };
+        assert_eq!(reserved.free_bytes(), Some(5), "NVML's free excludes the driver's reserve");
     }
 }

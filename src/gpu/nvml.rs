@@ -132,6 +132,7 @@ fn sample_device(nvml: &Nvml, index: u32) -> Option<GpuSample> {
             return None;
         }
     };
+    // nvml-wrapper reads nvmlDeviceGetMemoryInfo_v2: `used` as nvidia-smi shows it, the reserve apart.
     let memory = device.memory_info();
     if let Err(NvmlError::GpuLost) = memory {
         return Some(GpuSample { index, uuid: device.uuid().unwrap_or_default(), lost: true, ..GpuSample::default() });
@@ -160,6 +161,7 @@ fn sample_device(nvml: &Nvml, index: u32) -> Option<GpuSample> {
         memory_utilization_ratio: utilization.as_ref().map(|u| f64::from(u.memory) * PERCENT),
         memory_used_bytes: memory.as_ref().map(|m| m.used),
         memory_total_bytes: memory.as_ref().map(|m| m.total),
+        memory_free_bytes: memory.as_ref().map(|m| m.free),
         temperature_celsius: device.temperature(TemperatureSensor::Gpu).ok().map(f64::from),
         power_draw_watts: device.power_usage().ok().map(|mw| f64::from(mw) * MILLI),
         power_limit_watts: device.enforced_power_limit().ok().map(|mw| f64::from(mw) * MILLI),

@@ -26,7 +26,7 @@ skew = 1 + float(os.environ.get("DRY_SKEW", "0")) / 100
 MIB = 1 << 20
 args = " ".join(sys.argv[1:])
 for g in m["gpus"]:
-    used = g.get("memory_used_bytes", g.get("reserved_bytes", 0) + sum(p["used_bytes"] for p in g["processes"]))
+    used = g.get("memory_used_bytes", sum(p["used_bytes"] for p in g["processes"]))
     if "-L" in sys.argv:
         print(f"GPU {g['index']}: {g['name']} (UUID: {g['uuid']})")
     elif "--query-gpu" in args:
