@@ -58,6 +58,8 @@ pub struct Knobs {
     pub terminal_root: bool,
     /// AIKORE_WEB_DIR: the dashboard's static files (else found next to the checkout or in the image).
     pub web_dir: Option<PathBuf>,
+    /// AIKORE_GPU_FAKE: a JSON file of GPU readings used instead of NVML (tests, `src/gpu/fixtures`).
+    pub gpu_fake: Option<PathBuf>,
 }
 
 impl Default for Knobs {
@@ -72,6 +74,7 @@ impl Default for Knobs {
             test_panic_engine: None,
             terminal_root: false,
             web_dir: None,
+            gpu_fake: None,
         }
     }
 }
@@ -96,6 +99,7 @@ impl Knobs {
             test_panic_engine: if cfg!(debug_assertions) { path("AIKORE_TEST_PANIC_ENGINE") } else { None },
             terminal_root: text("AIKORE_TERMINAL_ROOT").is_some_and(|v| v == "1"),
             web_dir: path("AIKORE_WEB_DIR"),
+            gpu_fake: path("AIKORE_GPU_FAKE"),
         }
     }
 }

@@ -352,8 +352,10 @@ fn start_engine(
     store: &StoreHandle,
     logs: &Arc<LogHub>,
     loaded: LoadedUnits,
+    gpus: &Arc<crate::gpu::Gpus>,
 ) -> EngineParts {
     let instance_ctx = crate::instances::InstanceContext {
+        gpus: Some(Arc::clone(gpus)),
         data_dir: settings.data_dir.clone(),
         blueprints_dir: settings.blueprints_dir.clone(),
         port_range: settings.port_range.clone(),
@@ -457,6 +459,7 @@ fn start_metrics(
     supervisor: &SupervisorHandle,
     logs: &Arc<LogHub>,
     cgroups: Option<&CgroupRoot>,
+    gpus: &Arc<crate::gpu::Gpus>,
     stages: &Stages,
 ) -> anyhow::Result<(Arc<crate::metrics::Metrics>, MetricsTasks)> {
     let metrics = crate::metrics::Metrics::new(
@@ -466,8 +469,17 @@ fn start_metrics(
             cgroup_root: cgroups.map(|root| root.path().to_path_buf()),
             data_dir: settings.data_dir.clone(),
             nvml: settings.knobs.nvml,
+            gpus: Some(Arc::clone(gpus)),
         },
     )?;
+    // Placement's view of what instances use, GPU health between scrapes, leak restarts.
+    stages.track(crate::metrics::watch::spawn(
+        supervisor.clone(),
+        Arc::clone(logs),
+        Arc::clone(gpus),
+        cgroups.map(|root| root.path().to_path_buf()),
+        stages.metrics.clone(),
+    ));
     // The event counter runs as long as the supervisor's channel: aborted at shutdown.
     let events = metrics.track_events(supervisor.subscribe());
     let events_abort = events.abort_handle();
@@ -552,7 +564,9 @@ impl Daemon {
         let (store, loaded) = open_state(&settings, &data).await?;
         // Logs are the daemon's: rotation renames in a dir the instance user cannot write.
         let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
-        let engine = start_engine(&settings, cgroups.clone(), &store, &logs, loaded);
+        // Shared by placement, the watch and metrics; AIKORE_NVML=off never loads the driver.
+        let gpus = crate::gpu::Gpus::open(settings.knobs.gpu_fake.clone(), settings.knobs.nvml);
+        let engine = start_engine(&settings, cgroups.clone(), &store, &logs, loaded, &gpus);
         let supervisor = engine.supervisor.clone();
         let stages = Stages::new();
         let journal =
@@ -570,7 +584,7 @@ impl Daemon {
             Arc::clone(&logs),
             stages.ops.clone(),
         ));
-        let (metrics, metrics_tasks) = start_metrics(&settings, &supervisor, &logs, cgroups.as_ref(), &stages)?;
+        let (metrics, metrics_tasks) = start_metrics(&settings, &supervisor, &logs, cgroups.as_ref(), &gpus, &stages)?;
         let (proxy, proxy_task) = start_proxy(&settings, &supervisor, &instances, &store, &stages).await;
         let origins = crate::web::origin::Origins::from_env(settings.proxy_port, settings.apps_port);
         let web = crate::web::AppState::new(

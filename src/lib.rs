@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod failure;
+pub mod gpu;
 pub mod init;
 pub mod instances;
 pub mod logs;

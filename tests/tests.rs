@@ -11,6 +11,7 @@ mod check;
 mod deployed;
 mod environment;
 mod failures;
+mod gpus;
 mod install;
 mod instances;
 mod layers;

@@ -6,6 +6,7 @@
 
 pub mod blueprints;
 pub mod install;
+pub mod gpus;
 pub mod persistent;
 pub mod quiesce;
 pub mod runtime;
@@ -115,21 +116,9 @@ pub struct InstanceManager {
     lock: tokio::sync::Mutex<()>,
 }
 
+/// The API's GPU words, by the unit files' rule (`units::GpuSpec::parse`).
 pub fn validate_gpus(gpus: &[String]) -> Result<()> {
-    for id in gpus {
-        let index = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && id.len() <= 3;
-        let uuid = (id.starts_with("GPU-") || id.starts_with("MIG-"))
-            && id.len() <= 80
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'/');
-        if !index && !uuid {
-            return Err(InstanceError::Invalid(format!("GPU id {id:?} is neither an index nor a GPU-/MIG- UUID")));
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    if let Some(dup) = gpus.iter().find(|g| !seen.insert(*g)) {
-        return Err(InstanceError::Invalid(format!("GPU {dup} is listed twice")));
-    }
-    Ok(())
+    crate::units::GpuSpec::parse(&gpus.join(",")).map(|_| ()).map_err(InstanceError::Invalid)
 }
 
 fn validate_environment(env: &BTreeMap<String, String>) -> Result<()> {
@@ -346,6 +335,7 @@ impl InstanceManager {
             stall_after_sec: 180,
             output_dir: None,
             environment: BTreeMap::new(),
+            limits: Default::default(),
         };
         changes.apply(&mut spec);
         validate_spec(&spec)?;

@@ -25,6 +25,8 @@ pub struct InstanceContext {
     /// (`proxy::serves_port`): handed in by the daemon, so `instances` never
     /// imports `proxy` (the proxy renders from the instances, not back).
     pub proxy_serves: fn(&std::path::Path, u16) -> bool,
+    /// The GPUs (source, health, placer) shared with metrics; None without a GPU source.
+    pub gpus: Option<std::sync::Arc<crate::gpu::Gpus>>,
 }
 
 impl InstanceContext {
@@ -156,7 +158,7 @@ fn env_of(unit: &Unit, ctx: &InstanceContext, port: Option<u16>, headers: &[Stri
         ("WEBUI_HOST".to_string(), "127.0.0.1".to_string()),
         ("BLUEPRINT_ID".to_string(), instance.blueprint.clone()),
         // Empty means CPU only: no GPU is visible to CUDA.
-        ("CUDA_VISIBLE_DEVICES".to_string(), instance.gpus.join(",")),
+        ("CUDA_VISIBLE_DEVICES".to_string(), super::gpus::visible_devices(unit, ctx)),
         // CUDA's default order is fastest-first; PCI order matches NVML and nvidia-smi indices.
         ("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()),
         ("AIKORE_BLUEPRINTS_DIR".to_string(), ctx.blueprints_dir.display().to_string()),
@@ -244,6 +246,8 @@ fn failure_patterns(unit: &Unit, headers: &[String]) -> Vec<crate::failure::Patt
 /// Everything a run of this instance is given (README.md, "Instances").
 pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
     let instance = unit.instance.as_ref().ok_or("not an instance")?;
+    // First: a start GPUMemoryMin= refuses leases nothing.
+    super::gpus::place(unit, ctx)?;
     let port = port_for(unit, ctx)?;
     // Read once for the whole start: the proxy mode, the environment and the failure patterns.
     let headers = metadata_headers(ctx, &unit.name, &instance.blueprint);

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::units::{PortSpec, Unit};
+use crate::units::{InstanceLimits, PortSpec, Unit};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceSpec {
@@ -21,6 +21,8 @@ pub struct InstanceSpec {
     pub stall_after_sec: u64,
     pub output_dir: Option<PathBuf>,
     pub environment: BTreeMap<String, String>,
+    /// GPUMemoryMin= and the restart bounds: kept through an API edit.
+    pub limits: InstanceLimits,
 }
 
 impl InstanceSpec {
@@ -30,7 +32,7 @@ impl InstanceSpec {
             name: unit.name.clone(),
             description: unit.description.clone(),
             blueprint: instance.blueprint.clone(),
-            gpus: instance.gpus.clone(),
+            gpus: instance.gpus.words(),
             port: instance.port,
             autostart: instance.autostart,
             active_slot: instance.active_slot.clone(),
@@ -39,6 +41,7 @@ impl InstanceSpec {
             stall_after_sec: instance.stall_after.as_secs(),
             output_dir: instance.output_dir.clone(),
             environment: unit.service.environment.iter().cloned().collect(),
+            limits: instance.limits.clone(),
         })
     }
 
@@ -60,6 +63,19 @@ impl InstanceSpec {
         out += &format!("StallAfterSec={}s\n", self.stall_after_sec);
         if let Some(dir) = &self.output_dir {
             out += &format!("OutputDir={}\n", dir.display());
+        }
+        let limits = &self.limits;
+        for (key, bytes) in [
+            ("GPUMemoryMin", limits.gpu_memory_min),
+            ("MemoryRestartAbove", limits.memory_restart_above),
+            ("GPUMemoryRestartAbove", limits.gpu_memory_restart_above),
+        ] {
+            if let Some(bytes) = bytes {
+                out += &format!("{key}={bytes}\n");
+            }
+        }
+        if limits.restart_above_window != InstanceLimits::default().restart_above_window {
+            out += &format!("RestartAboveSec={}s\n", limits.restart_above_window.as_secs());
         }
         out
     }
@@ -184,6 +200,12 @@ mod tests {
             stall_after_sec: 240,
             output_dir: None,
             environment: [("ARGS".to_string(), "--lowvram \"x\" \\ y".to_string())].into_iter().collect(),
+            limits: InstanceLimits {
+                gpu_memory_min: Some(20 << 30),
+                memory_restart_above: None,
+                gpu_memory_restart_above: Some(70 << 30),
+                restart_above_window: std::time::Duration::from_secs(90),
+            },
         }
     }
 

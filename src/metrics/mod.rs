@@ -10,9 +10,9 @@
 pub mod auth;
 mod events;
 mod family;
-pub mod gpu;
 pub mod host;
 pub mod units;
+pub mod watch;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -22,9 +22,9 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Opts, Registry, TextEncoder};
 use tokio::sync::broadcast;
 
+pub use crate::gpu::{GpuSample, Gpus};
 pub use events::{exit_code_label, EventMetrics, READY_BUCKETS};
 use family::Family;
-pub use gpu::{GpuSample, Gpus};
 pub use host::{HostCollector, HostSample};
 use units::UnitSampler;
 
@@ -66,6 +66,9 @@ pub struct MetricsConfig {
     pub data_dir: PathBuf,
     /// False skips loading NVML (AIKORE_NVML=off, tests).
     pub nvml: bool,
+    /// The GPUs the daemon shares with placement and the watch; None: load
+    /// them here (`AIKORE_GPU_FAKE`, else NVML when `nvml`).
+    pub gpus: Option<Arc<Gpus>>,
 }
 
 /// State a scrape reads and updates. Behind one mutex because scrapes must
@@ -76,7 +79,7 @@ pub struct MetricsConfig {
 struct Collectors {
     host: HostCollector,
     units: UnitSampler,
-    gpus: Gpus,
+    gpus: Arc<Gpus>,
 }
 
 pub struct Metrics {
@@ -87,6 +90,8 @@ pub struct Metrics {
     collectors: Mutex<Collectors>,
     gpu_note: Option<String>,
     gpu_detail: Option<String>,
+    /// The same GPUs as the collectors', readable without their lock.
+    gpus: Arc<Gpus>,
     /// The last few minutes of host and GPU figures, so a dashboard opened
     /// now draws its sparklines at once instead of after minutes of polling.
     history: Mutex<VecDeque<SystemPoint>>,
@@ -161,11 +166,14 @@ pub struct SystemView {
     pub load: [f64; 3],
     pub disk: Option<host::DiskSample>,
     pub uptime_seconds: u64,
-    pub gpus: Vec<GpuSample>,
+    pub gpus: Vec<GpuView>,
     /// Why there are no GPUs, in plain words ("no NVIDIA driver found").
     pub gpu_note: Option<String>,
     /// The raw error behind `gpu_note` (NVML's loader message), for diagnosis.
     pub gpu_detail: Option<String>,
+    /// Set when GPU processes carry pids aikore cannot see (host pids from an
+    /// old driver inside a container): per-instance VRAM is then incomplete.
+    pub gpu_pid_note: Option<String>,
     /// Earlier samples, oldest first, one per [`HISTORY_INTERVAL`] (empty
     /// until the history task has run).
     pub history: Vec<SystemPoint>,
@@ -175,6 +183,27 @@ pub struct SystemView {
 pub struct CpuView {
     pub usage_ratio: f64,
     pub per_core_ratio: Vec<f64>,
+}
+
+/// One GPU for the dashboard: its readings, its health and who uses it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GpuView {
+    #[serde(flatten)]
+    pub sample: GpuSample,
+    /// False once it fell off the bus, raised a critical Xid, counted new
+    /// uncorrected ECC errors or has a remap pending: nothing new is placed on it.
+    pub healthy: bool,
+    pub unhealthy_reason: Option<String>,
+    /// Units whose current run was given this GPU (pinned or `GPUs=auto`).
+    pub placed: Vec<String>,
+    /// Units using VRAM here, most first: (unit, bytes).
+    pub instances: Vec<UnitVram>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnitVram {
+    pub unit: String,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -206,11 +235,14 @@ impl Metrics {
         // process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         let events = EventMetrics::new(&registry)?;
-        let gpus = if config.nvml { Gpus::init() } else { Gpus::disabled("no GPU metrics: NVML disabled") };
+        let gpus = config.gpus.clone().unwrap_or_else(|| Gpus::open(None, config.nvml));
         let gpu_note = gpus.note().map(String::from);
         let gpu_detail = gpus.detail().map(String::from);
-        let collectors =
-            Collectors { host: HostCollector::new(config.data_dir), units: UnitSampler::new(config.cgroup_root), gpus };
+        let collectors = Collectors {
+            host: HostCollector::new(config.data_dir),
+            units: UnitSampler::new(config.cgroup_root),
+            gpus: Arc::clone(&gpus),
+        };
         Ok(Arc::new(Metrics {
             supervisor,
             logs,
@@ -219,6 +251,7 @@ impl Metrics {
             collectors: Mutex::new(collectors),
             gpu_note,
             gpu_detail,
+            gpus,
             history: Mutex::new(VecDeque::with_capacity(HISTORY_POINTS)),
         }))
     }
@@ -231,7 +264,12 @@ impl Metrics {
 
     /// (index, UUID) of the GPUs NVML reports; empty without NVML.
     pub fn gpu_ids(&self) -> Vec<(u32, String)> {
-        self.collectors.lock().unwrap_or_else(|p| p.into_inner()).gpus.ids()
+        self.gpus().ids()
+    }
+
+    /// The GPUs (source, health, placements) these metrics read.
+    pub fn gpus(&self) -> Arc<Gpus> {
+        Arc::clone(&self.gpus)
     }
 
     /// Samples the host and GPUs every [`HISTORY_INTERVAL`] into the
@@ -294,6 +332,7 @@ impl Metrics {
             self.unit_families(&mut collectors.units, units, &gpus, &mut families);
             host_families(&host, &mut families);
             gpu_families(&gpus, &mut families);
+            gpu_health_families(&collectors.gpus, &gpus, &mut families);
         }
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
@@ -323,11 +362,18 @@ impl Metrics {
         let mut log_bytes = Family::counter("aikore_unit_log_bytes_total", "Bytes the unit wrote to its log.");
         let mut gpu_memory =
             Family::gauge("aikore_unit_gpu_memory_bytes", "GPU memory used by the unit's processes, per GPU.");
-        // gpu index -> bytes some unit accounts for.
-        let mut attributed: HashMap<u32, u64> = HashMap::new();
+        let mut pinned = Family::gauge(
+            "aikore_unit_gpu_pinned",
+            "1 for each GPU the unit's current run was given (GPUs= pinned, or chosen by GPUs=auto).",
+        );
+        let mut leak_restarts = Family::counter(
+            "aikore_unit_leak_restarts_total",
+            "Restarts because MemoryRestartAbove= or GPUMemoryRestartAbove= stayed exceeded.",
+        );
 
         let names: HashSet<&str> = units.iter().map(|u| u.name.as_str()).collect();
         sampler.retain(&names);
+        let mut pids: Vec<(String, Vec<u32>)> = Vec::with_capacity(units.len());
         for u in units {
             let labels = [("unit", u.name.as_str()), ("kind", u.kind.as_str())];
             for status in STATUSES {
@@ -341,21 +387,40 @@ impl Metrics {
             memory.add(&labels, usage.memory_bytes as f64);
             processes.add(&labels, usage.pids.len() as f64);
             log_bytes.add(&labels, self.logs.bytes_written(&u.name) as f64);
-            for gpu in gpus {
-                let bytes: u64 = usage
-                    .pids
-                    .iter()
-                    .filter_map(|pid| u32::try_from(*pid).ok())
-                    .filter_map(|pid| gpu.processes.get(&pid))
-                    .sum();
-                if bytes > 0 {
-                    let index = gpu.index.to_string();
-                    gpu_memory.add(&[labels[0], labels[1], ("gpu", &index)], bytes as f64);
-                    *attributed.entry(gpu.index).or_default() += bytes;
+            if !gpus.is_empty() {
+                pids.push((u.name.clone(), usage.pids.iter().filter_map(|p| u32::try_from(*p).ok()).collect()));
+            }
+        }
+        let attribution = crate::gpu::attribution::attribute(
+            &pids,
+            gpus,
+            &crate::gpu::attribution::proc_status,
+            &crate::gpu::attribution::pid_visible,
+        );
+        let kinds: HashMap<&str, &str> = units.iter().map(|u| (u.name.as_str(), u.kind.as_str())).collect();
+        for (unit, per_gpu) in &attribution.by_unit {
+            let kind = kinds.get(unit.as_str()).copied().unwrap_or("");
+            for (gpu, bytes) in per_gpu {
+                gpu_memory.add(&[("unit", unit), ("kind", kind), ("gpu", &gpu.to_string())], *bytes as f64);
+            }
+        }
+        let attributed = attribution.attributed;
+        let shared = &self.gpus;
+        for (unit, list) in shared.placer.placed() {
+            if names.contains(unit.as_str()) {
+                for gpu in list {
+                    pinned.add(&[("unit", &unit), ("gpu", &gpu.to_string())], 1.0);
                 }
             }
         }
-        for family in [state, restarts, last_start, cpu, memory, processes, log_bytes, gpu_memory] {
+        for (unit, n) in shared.leak_restarts() {
+            if names.contains(unit.as_str()) {
+                leak_restarts.add(&[("unit", &unit)], n as f64);
+            }
+        }
+        for family in
+            [state, restarts, last_start, cpu, memory, processes, log_bytes, gpu_memory, pinned, leak_restarts]
+        {
             family.finish_into(out);
         }
 
@@ -380,6 +445,7 @@ impl Metrics {
             let mut collectors = this.collectors.lock().unwrap_or_else(|p| p.into_inner());
             let host = collectors.host.sample();
             let gpus = collectors.gpus.sample();
+            let gpus = gpu_views(&collectors.gpus, gpus);
             SystemView {
                 cpu: CpuView { usage_ratio: host.cpu_usage_ratio, per_core_ratio: host.cpu_per_core_ratio },
                 memory: MemoryView {
@@ -393,12 +459,40 @@ impl Metrics {
                 gpus,
                 gpu_note: this.gpu_note.clone(),
                 gpu_detail: this.gpu_detail.clone(),
+                gpu_pid_note: collectors.gpus.pid_note(),
                 history: this.history.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect(),
             }
         })
         .await
         .map_err(MetricsError::from)
     }
+}
+
+/// Readings plus health, placements and the per-unit VRAM the watch last saw.
+fn gpu_views(shared: &Gpus, samples: Vec<GpuSample>) -> Vec<GpuView> {
+    let placed = shared.placer.placed();
+    let observed = shared.placer.observed();
+    samples
+        .into_iter()
+        .map(|sample| {
+            let health = shared.health.of(sample.index);
+            let mut instances: Vec<UnitVram> = observed
+                .iter()
+                .filter_map(|(unit, per_gpu)| {
+                    Some(UnitVram { unit: unit.clone(), bytes: *per_gpu.get(&sample.index)? })
+                })
+                .filter(|u| u.bytes > 0)
+                .collect();
+            instances.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.unit.cmp(&b.unit)));
+            GpuView {
+                placed: placed.iter().filter(|(_, g)| g.contains(&sample.index)).map(|(u, _)| u.clone()).collect(),
+                healthy: health.healthy,
+                unhealthy_reason: health.reason,
+                instances,
+                sample,
+            }
+        })
+        .collect()
 }
 
 fn supervisor_families(out: &mut Vec<MetricFamily>) {
@@ -459,6 +553,25 @@ fn host_families(host: &HostSample, out: &mut Vec<MetricFamily>) {
         available.add(&[("path", &disk.path)], disk.available_bytes as f64);
         available.finish_into(out);
     }
+}
+
+/// `aikore_gpu_healthy{gpu}` and why not (`aikore_gpu_unhealthy_info{gpu,reason}`).
+fn gpu_health_families(shared: &Gpus, gpus: &[GpuSample], out: &mut Vec<MetricFamily>) {
+    let mut healthy = Family::gauge(
+        "aikore_gpu_healthy",
+        "1 while the GPU takes new work; 0 after it fell off the bus, a critical Xid, new uncorrected ECC errors or while a remap is pending.",
+    );
+    let mut reason = Family::gauge("aikore_gpu_unhealthy_info", "1 for an unhealthy GPU, with the reason as a label.");
+    for g in gpus {
+        let index = g.index.to_string();
+        let verdict = shared.health.of(g.index);
+        healthy.add(&[("gpu", &index)], if verdict.healthy { 1.0 } else { 0.0 });
+        if let Some(why) = &verdict.reason {
+            reason.add(&[("gpu", &index), ("reason", why)], 1.0);
+        }
+    }
+    healthy.finish_into(out);
+    reason.finish_into(out);
 }
 
 fn gpu_families(gpus: &[GpuSample], out: &mut Vec<MetricFamily>) {

@@ -45,7 +45,7 @@ fn metrics(dir: &Path) -> Arc<Metrics> {
     let (commands, _) = mpsc::channel(1);
     let (events, _) = broadcast::channel(1);
     let logs = LogHub::new(dir.join("logs"), LogConfig::default()).unwrap();
-    let config = MetricsConfig { cgroup_root: None, data_dir: dir.to_path_buf(), nvml: false };
+    let config = MetricsConfig { cgroup_root: None, data_dir: dir.to_path_buf(), nvml: false, gpus: None };
     Metrics::new(SupervisorHandle::new(commands, events), logs, config).unwrap()
 }
 
@@ -170,6 +170,7 @@ fn fake_gpu(index: u32, processes: &[(u32, u64)]) -> GpuSample {
         ecc_corrected_total: None,
         ecc_uncorrected_total: Some(0),
         processes: processes.iter().copied().collect(),
+        ..GpuSample::default()
     }
 }
 

@@ -53,6 +53,10 @@ const INSTANCE_KEYS: &[&str] = &[
     "DrainCheck",
     "DrainTimeoutSec",
     "IdleStopSec",
+    "GPUMemoryMin",
+    "MemoryRestartAbove",
+    "GPUMemoryRestartAbove",
+    "RestartAboveSec",
 ];
 
 /// What an `.instance` file may set outside [Instance] (an allow-list, issue

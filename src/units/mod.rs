@@ -12,6 +12,7 @@ use std::time::Duration;
 
 mod env_name;
 mod expand;
+pub mod gpus;
 mod graph;
 mod ini;
 mod keys;
@@ -22,6 +23,7 @@ mod timespan;
 
 pub use env_name::EnvName;
 pub use expand::{expand_vars, parse_env_file};
+pub use gpus::{GpuId, GpuSpec, InstanceLimits};
 pub use graph::{check_graph, find_cycle, start_order};
 pub use load::{check_paths, load_dirs, LoadedUnits};
 pub use quote::{is_valid_env_name, split_command_line};
@@ -203,8 +205,8 @@ pub enum PortSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceConfig {
     pub blueprint: String,
-    /// GPU indices or UUIDs, as written; empty = CPU only.
-    pub gpus: Vec<String>,
+    /// `GPUs=`: pinned GPUs (empty = CPU only) or `auto[:N]`.
+    pub gpus: GpuSpec,
     pub port: PortSpec,
     pub autostart: bool,
     /// `comfyui` or none.
@@ -222,13 +224,15 @@ pub struct InstanceConfig {
     pub drain_timeout: Duration,
     /// `IdleStopSec=`: stopped after this long without a request through the proxy.
     pub idle_stop: Option<Duration>,
+    /// GPUMemoryMin=, MemoryRestartAbove=, GPUMemoryRestartAbove=, RestartAboveSec=.
+    pub limits: InstanceLimits,
 }
 
 impl Default for InstanceConfig {
     fn default() -> Self {
         InstanceConfig {
             blueprint: String::new(),
-            gpus: Vec::new(),
+            gpus: GpuSpec::default(),
             port: PortSpec::Auto,
             autostart: false,
             active_slot: None,
@@ -241,6 +245,7 @@ impl Default for InstanceConfig {
             // Long enough for a few image generations, short enough that a stop is not forgotten.
             drain_timeout: Duration::from_secs(600),
             idle_stop: None,
+            limits: InstanceLimits::default(),
         }
     }
 }

@@ -395,8 +395,28 @@ impl<'a> Resolver<'a> {
     fn apply_instance(&mut self, inst: &mut InstanceConfig, entry: &Entry) {
         match entry.key.as_str() {
             "GPUs" => {
-                if let Some(g) = self.value(entry, parse_gpus) {
+                if let Some(g) = self.value(entry, super::gpus::GpuSpec::parse) {
                     inst.gpus = g;
+                }
+            }
+            "GPUMemoryMin" => {
+                if let Some(b) = self.value(entry, parse_memory_max) {
+                    inst.limits.gpu_memory_min = b;
+                }
+            }
+            "MemoryRestartAbove" => {
+                if let Some(b) = self.value(entry, parse_memory_max) {
+                    inst.limits.memory_restart_above = b;
+                }
+            }
+            "GPUMemoryRestartAbove" => {
+                if let Some(b) = self.value(entry, parse_memory_max) {
+                    inst.limits.gpu_memory_restart_above = b;
+                }
+            }
+            "RestartAboveSec" => {
+                if let Some(d) = self.value(entry, parse_finite_timespan) {
+                    inst.limits.restart_above_window = d;
                 }
             }
             "Port" => {
@@ -531,7 +551,7 @@ fn parse_nice(v: &str) -> Result<i32, String> {
 
 /// systemd's bytes: a number with an optional K, M, G or T suffix (powers of
 /// 1024), or `infinity` (no limit). Percentages of RAM are not supported.
-fn parse_memory_max(v: &str) -> Result<Option<u64>, String> {
+pub(crate) fn parse_memory_max(v: &str) -> Result<Option<u64>, String> {
     let v = v.trim();
     if v == "infinity" || v.is_empty() {
         return Ok(None);
@@ -596,26 +616,6 @@ pub(crate) fn parse_bool(v: &str) -> Result<bool, String> {
         "no" | "false" | "off" | "0" | "n" | "f" => Ok(false),
         _ => Err("expected yes or no".to_string()),
     }
-}
-
-fn parse_gpus(v: &str) -> Result<Vec<String>, String> {
-    let mut gpus: Vec<String> = Vec::new();
-    for id in v.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
-        let is_index = id.bytes().all(|b| b.is_ascii_digit()) && id.len() <= 4;
-        let is_uuid = ["GPU-", "MIG-"].iter().any(|p| {
-            id.strip_prefix(p).is_some_and(|rest| {
-                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'/')
-            })
-        });
-        if !is_index && !is_uuid {
-            return Err(format!("'{id}' is neither a GPU index nor a GPU-/MIG- UUID"));
-        }
-        if gpus.iter().any(|g| g == id) {
-            return Err(format!("GPU '{id}' is listed twice"));
-        }
-        gpus.push(id.to_string());
-    }
-    Ok(gpus)
 }
 
 fn parse_port(v: &str) -> Result<PortSpec, String> {

@@ -202,6 +202,11 @@ pub struct InstanceView {
     /// Things the user should know but that do not stop the instance
     /// (a GPU id NVML does not report).
     pub(crate) warnings: Vec<String>,
+    /// The GPU indices the current (or last) run was given: `GPUs=auto`'s
+    /// choice, or the pinned list resolved; None when none was placed.
+    pub(crate) placed_gpus: Option<Vec<u32>>,
+    /// VRAM its processes use, over all GPUs, as last measured (None: not measured).
+    pub(crate) vram_bytes: Option<u64>,
 }
 
 /// GPUs= entries that name no GPU NVML reports. Only a warning: the driver
@@ -211,6 +216,7 @@ pub fn gpu_warnings(gpus: &[String], known: &[(u32, String)]) -> Vec<String> {
         return Vec::new();
     }
     gpus.iter()
+        .filter(|id| !id.starts_with("auto"))
         .filter(|id| !known.iter().any(|(index, uuid)| index.to_string() == **id || uuid == *id))
         .map(|id| {
             let listed: Vec<String> = known.iter().map(|(i, _)| i.to_string()).collect();
@@ -253,7 +259,10 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
     let overlay = manager.ops.overlay(unit);
     let install = manager.ops.install(&unit.name);
     let inst = unit.unit.instance.as_ref();
+    let shared = manager.ctx.gpus.as_ref();
     Some(InstanceView {
+        placed_gpus: shared.and_then(|g| g.placer.placed_of(&unit.name)),
+        vram_bytes: shared.and_then(|g| g.placer.observed_total(&unit.name)),
         warnings,
         name: spec.name,
         kind: "instance",

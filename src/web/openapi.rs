@@ -59,7 +59,7 @@ fn instance_properties(create: bool) -> Value {
         "blueprint": { "type": "string", "description": "A blueprint id from GET /api/v1/blueprints" },
         "gpus": {
             "oneOf": [
-                { "type": "string", "description": "Comma-separated GPU indices or UUIDs; empty for CPU only" },
+                { "type": "string", "description": "Comma-separated GPU indices or UUIDs; empty for CPU only; \"auto\" or \"auto:N\" for the freest healthy GPUs at each start (docs/gpus.md)" },
                 { "type": "array", "items": { "oneOf": [{ "type": "integer", "minimum": 0 }, { "type": "string" }] } }
             ]
         },

@@ -343,6 +343,23 @@ pub fn failure_tip(f: &crate::failure::Failure) -> String {
     tip
 }
 
+/// "GPU 0,2 · 3.1 GiB": where the current run is and what it uses (the
+/// dashboard's script keeps it fresh from /api/v1/system).
+fn vram_text(placed: Option<&[u32]>, vram: Option<u64>) -> String {
+    let mut out = String::new();
+    if let Some(list) = placed.filter(|l| !l.is_empty()) {
+        out += "GPU ";
+        out += &list.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    }
+    if let Some(bytes) = vram.filter(|b| *b > 0) {
+        if !out.is_empty() {
+            out += " · ";
+        }
+        out += &format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
+    }
+    out
+}
+
 fn port_text(v: &InstanceView) -> String {
     match &v.port {
         serde_json::Value::Number(n) => n.to_string(),
@@ -380,6 +397,9 @@ fn row(v: &InstanceView, csrf: &str) -> Markup {
             td.gpus {
                 input.gpus-text type="text" name="gpus" form=(edit) value=(v.gpus) placeholder="CPU"
                     aria-label={ "GPUs of " (name) } size="6";
+                span.current data-role="vram" title="GPUs of the current run and the VRAM its processes use" {
+                    (vram_text(v.placed_gpus.as_deref(), v.vram_bytes))
+                }
             }
             td.port {
                 input type="text" name="port" form=(edit) value=(port_text(v)) aria-label={ "Port of " (name) } size="5";

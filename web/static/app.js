@@ -815,7 +815,16 @@
       const box = document.createElement("div");
       box.className = "gpu";
       const h = document.createElement("div"); h.className = "gpu-name"; h.textContent = `GPU ${g.index} · ${g.name || ""}`;
+      // Health (src/gpu/health.rs): an unhealthy GPU gets nothing new; the reason says what to do.
+      const badge = document.createElement("span");
+      badge.className = "gpu-health " + (g.healthy === false ? "bad" : "ok");
+      badge.textContent = g.healthy === false ? "unhealthy" : "healthy";
+      if (g.unhealthy_reason) badge.title = g.unhealthy_reason;
+      h.append(" ", badge);
       box.appendChild(h);
+      if (g.healthy === false && g.unhealthy_reason) {
+        const why = document.createElement("div"); why.className = "gpu-reason"; why.textContent = g.unhealthy_reason; box.appendChild(why);
+      }
       const k = "gpu" + g.index + ".";
       const u = num(g.utilization_ratio);
       if (u !== null) box.appendChild(metric("Util", pct(u).toFixed(0) + " %", series(k + "u", pct(u), (p) => pct(gpuOf(p, g.index).utilization_ratio)), 100));
@@ -825,9 +834,17 @@
       if (t !== null) box.appendChild(metric("Temp", t.toFixed(0) + " °C", series(k + "t", t, (p) => gpuOf(p, g.index).temperature_celsius), 100));
       const pw = num(g.power_draw_watts);
       if (pw !== null) box.appendChild(metric("Power", pw.toFixed(0) + " W", series(k + "p", pw, (p) => gpuOf(p, g.index).power_draw_watts), num(g.power_limit_watts) || undefined));
+      // Top instances by VRAM on this GPU (the watch's last reading).
+      const users = (g.instances || []).slice(0, 5);
+      if (users.length) {
+        const list = document.createElement("ul"); list.className = "gpu-users";
+        users.forEach((u) => { const li = document.createElement("li"); li.textContent = `${u.unit} ${gib(u.bytes)}`; list.appendChild(li); });
+        box.appendChild(list);
+      }
       out.appendChild(box);
     });
     if (s.gpu_note) { const n = document.createElement("p"); n.className = "muted"; n.textContent = s.gpu_note; out.appendChild(n); }
+    if (s.gpu_pid_note) { const n = document.createElement("p"); n.className = "muted"; n.textContent = s.gpu_pid_note; out.appendChild(n); }
     if (!out.childNodes.length) { const p = document.createElement("p"); p.className = "muted"; p.textContent = "No figures reported."; out.appendChild(p); }
     sysBody.replaceChildren(out);
   }
@@ -846,8 +863,26 @@
       const s = await res.json();
       if (Array.isArray(s.gpus) && gpus === null) { gpus = s.gpus; $$("tr[data-name], tr.add-row").forEach(upgradeGpuInputs); }
       renderSystem(s);
+      refreshVram(s);
     }
     setTimeout(pollSystem, SYSTEM_REFRESH_MS);
+  }
+
+  // Each instance row's "GPU 0 · 3.1 GiB": where its run is placed and the VRAM it uses.
+  function refreshVram(s) {
+    const placed = new Map(), vram = new Map();
+    (s.gpus || []).forEach((g) => {
+      (g.placed || []).forEach((u) => placed.set(u, (placed.get(u) || []).concat([g.index])));
+      (g.instances || []).forEach((u) => vram.set(u.unit, (vram.get(u.unit) || 0) + u.bytes));
+    });
+    $$("tr[data-name]").forEach((tr) => {
+      const span = $('[data-role="vram"]', tr);
+      if (!span) return;
+      const name = tr.dataset.name, parts = [];
+      if (placed.has(name)) parts.push("GPU " + placed.get(name).join(","));
+      if (vram.get(name)) parts.push(gib(vram.get(name)));
+      span.textContent = parts.join(" · ");
+    });
   }
 
   // With detected GPUs, the free-text field becomes one checkbox per GPU
@@ -869,12 +904,29 @@
       cb.value = String(g.index);
       cb.checked = chosen.has(String(g.index)) || (g.uuid && chosen.has(g.uuid));
       cb.addEventListener("change", () => {
-        text.value = $$("input", box).filter((c) => c.checked).map((c) => c.value).join(",");
+        text.value = $$("input", box).filter((c) => c.checked && c.value !== "auto").map((c) => c.value).join(",");
         text.dispatchEvent(new Event("input", { bubbles: true }));
       });
       label.append(cb, document.createTextNode(String(g.index)));
       box.appendChild(label);
     });
+    // GPUs=auto[:N]: placement picks at each start; ticking it clears the fixed choice and back.
+    const autoLabel = document.createElement("label");
+    autoLabel.title = "auto: the GPU with the most free memory, chosen at each start";
+    const auto = document.createElement("input");
+    auto.type = "checkbox";
+    auto.value = "auto";
+    auto.className = "gpu-auto";
+    auto.checked = [...chosen].some((c) => c.startsWith("auto"));
+    const fixed = () => $$("input", box).filter((c) => c !== auto);
+    auto.addEventListener("change", () => {
+      if (auto.checked) fixed().forEach((c) => { c.checked = false; });
+      text.value = auto.checked ? ([...chosen].find((c) => c.startsWith("auto")) || "auto") : "";
+      text.dispatchEvent(new Event("input", { bubbles: true }));
+    });
+    fixed().forEach((c) => c.addEventListener("change", () => { if (c.checked) auto.checked = false; }));
+    autoLabel.append(auto, document.createTextNode("auto"));
+    box.appendChild(autoLabel);
     text.after(box);
   }
 

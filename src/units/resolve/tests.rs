@@ -265,7 +265,7 @@ Environment=HF_HOME=/data/hf
     assert!(u.service.exec_start.is_none());
     let i = u.instance.expect("instance config");
     assert_eq!(i.blueprint, "stable-diffusion-webui");
-    assert_eq!(i.gpus, ["0", "1", "GPU-8f3c2a10-aaaa-bbbb-cccc-0123456789ab"]);
+    assert_eq!(i.gpus.words(), ["0", "1", "GPU-8f3c2a10-aaaa-bbbb-cccc-0123456789ab"]);
     assert_eq!(i.port, PortSpec::Fixed(7861));
     assert!(i.autostart);
     assert_eq!(i.active_slot.as_deref(), Some("comfyui"));
@@ -278,7 +278,7 @@ Environment=HF_HOME=/data/hf
 fn instance_defaults_and_cpu() {
     let (u, _) = ok("cpu.instance", "[Instance]\nBlueprint=comfyui\nGPUs=\nPort=auto\nActiveSlot=\n");
     let i = u.instance.expect("instance config");
-    assert!(i.gpus.is_empty());
+    assert!(i.gpus.is_cpu_only());
     assert_eq!(i.port, PortSpec::Auto);
     assert!(!i.autostart);
     assert_eq!(i.active_slot, None);
@@ -351,9 +351,12 @@ fn values() {
     for bad in ["tcp:0", "tcp:70000", "http://127.0.0.1/", "https://127.0.0.1:1/", "http://10.0.0.1:80/", "ping"] {
         assert!(parse_ready_check(bad).is_err(), "{bad}");
     }
-    assert_eq!(parse_gpus("MIG-GPU-abc/1/0,2"), Ok(vec!["MIG-GPU-abc/1/0".into(), "2".into()]));
-    assert!(parse_gpus("0,0").is_err());
-    assert!(parse_gpus("GPU-").is_err());
+    assert_eq!(
+        crate::units::GpuSpec::parse("MIG-GPU-abc/1/0,2").map(|s| s.words()),
+        Ok(vec!["MIG-GPU-abc/1/0".to_string(), "2".into()])
+    );
+    assert!(crate::units::GpuSpec::parse("0,0").is_err());
+    assert!(crate::units::GpuSpec::parse("GPU-").is_err());
     assert_eq!(parse_timeout("0"), Ok(None));
     assert_eq!(parse_timeout("5s"), Ok(Some(Duration::from_secs(5))));
 }
@@ -468,4 +471,21 @@ fn memory_max_takes_systemd_sizes() {
     for bad in ["50%", "-1M", "M", "0", "99999999999T"] {
         assert!(parse_memory_max(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn auto_gpus_and_memory_bounds() {
+    let text = "[Instance]\nBlueprint=comfyui\nGPUs=auto:2\nGPUMemoryMin=20G\nMemoryRestartAbove=64G\n\
+                GPUMemoryRestartAbove=70G\nRestartAboveSec=2min\n";
+    let (u, w) = ok("auto.instance", text);
+    assert!(w.is_empty(), "{w:?}");
+    let i = u.instance.expect("instance config");
+    assert_eq!(i.gpus, crate::units::GpuSpec::Auto(2));
+    assert_eq!(i.limits.gpu_memory_min, Some(20 << 30));
+    assert_eq!(i.limits.memory_restart_above, Some(64 << 30));
+    assert_eq!(i.limits.gpu_memory_restart_above, Some(70 << 30));
+    assert_eq!(i.limits.restart_above_window, Duration::from_secs(120));
+    let e = errors("bad.instance", "[Instance]\nBlueprint=comfyui\nGPUs=auto:0\nGPUMemoryMin=lots\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains("auto:N") && e[1].contains("not a size"), "{e:?}");
 }
