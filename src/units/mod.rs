@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod checks;
+mod exec;
 mod graph;
 mod ini;
 mod keys;
@@ -18,6 +20,11 @@ mod quote;
 mod resolve;
 mod timespan;
 
+pub use checks::{unescape_octal as unescape_mount_path, Check, Checks};
+pub use exec::{
+    DirKind, Directories, ExecConfig, Input, Output, Preserve, ProtectHome, ProtectSystem, Resources, Rlimit,
+    SandboxPath, TasksMax, ALL_CAPS, CAPABILITIES,
+};
 pub use graph::{check_graph, find_cycle, start_order};
 pub use load::{check_paths, load_dirs, LoadedUnits};
 pub use quote::split_command_line;
@@ -160,6 +167,8 @@ pub struct ServiceConfig {
     /// MemoryMax=: the unit cgroup's `memory.max` (and no swap), in bytes; None: no limit.
     pub memory_max: Option<u64>,
     pub ready_check: ReadyCheck,
+    /// systemd.exec(5) and resource-control keys beyond the ones above (issue 14).
+    pub exec: ExecConfig,
 }
 
 impl Default for ServiceConfig {
@@ -185,6 +194,7 @@ impl Default for ServiceConfig {
             nice: None,
             memory_max: None,
             ready_check: ReadyCheck::Default,
+            exec: ExecConfig::default(),
         }
     }
 }
@@ -262,6 +272,8 @@ pub struct Unit {
     /// ConditionPathExists=: every one must hold or the start is skipped
     /// (not failed), as in systemd. `!` prefix negates.
     pub conditions: Vec<PathCondition>,
+    /// The other Condition*=/Assert*= (issue 14).
+    pub checks: Checks,
     pub service: ServiceConfig,
     /// Present for `*.instance` files.
     pub instance: Option<InstanceConfig>,
