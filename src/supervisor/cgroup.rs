@@ -60,7 +60,10 @@ impl CgroupRoot {
             let _ = fs::remove_dir(&dir);
             return Err(format!("{} is not writable or lacks cgroup.kill", dir.display()));
         }
-        let missing = enable_controllers(&base, &dir, tag);
+        // Moving every process of our cgroup is only ours to do as the
+        // container's init: PID 1 at the root of its own cgroup namespace.
+        let container_init = std::process::id() == 1 && own.trim() == "/";
+        let missing = enable_controllers(&base, &dir, tag, container_init);
         if !missing.is_empty() {
             tracing::warn!(
                 cgroup = %dir.display(),
@@ -268,7 +271,7 @@ pub const CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuset", "io", "pids"];
 /// every process in `base` is ours, so they move to the leaf
 /// `aikore-<tag>-daemon` first, as systemd moves itself to `init.scope`.
 /// Returns what is missing and why, per controller.
-fn enable_controllers(base: &Path, dir: &Path, tag: &str) -> Vec<String> {
+fn enable_controllers(base: &Path, dir: &Path, tag: &str, container_init: bool) -> Vec<String> {
     let available = |p: &Path| -> Vec<String> {
         fs::read_to_string(p.join("cgroup.controllers"))
             .map(|s| s.split_whitespace().map(String::from).collect())
@@ -282,7 +285,7 @@ fn enable_controllers(base: &Path, dir: &Path, tag: &str) -> Vec<String> {
             continue;
         }
         let mut result = fs::write(base.join("cgroup.subtree_control"), format!("+{c}"));
-        if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EBUSY)) && std::process::id() == 1 {
+        if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EBUSY)) && container_init {
             if let Err(e) = move_processes_to_leaf(base, &base.join(format!("aikore-{tag}-daemon"))) {
                 tracing::warn!(error = %e, "cannot move the container's processes into a leaf cgroup");
             }
@@ -294,7 +297,8 @@ fn enable_controllers(base: &Path, dir: &Path, tag: &str) -> Vec<String> {
         if !enabled_in_base {
             let why = match result {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => format!(
-                    "{e}: processes live in {} itself, and aikore is not PID 1 so it does not move them",
+                    "{e}: processes live in {} itself, and aikore is not the container's PID 1 (at the root of its \
+                     cgroup namespace), so it does not move them",
                     base.display()
                 ),
                 Err(e) => e.to_string(),
@@ -319,9 +323,10 @@ fn move_processes_to_leaf(from: &Path, leaf: &Path) -> std::io::Result<()> {
         if pids.trim().is_empty() {
             break;
         }
-        for pid in pids.lines() {
+        // "0": a process outside our PID namespace; writing 0 would move ourselves, not it.
+        for pid in pids.lines().map(str::trim).filter(|p| *p != "0") {
             // A process that exited meanwhile (ESRCH) is fine.
-            let _ = fs::write(leaf.join("cgroup.procs"), pid.trim());
+            let _ = fs::write(leaf.join("cgroup.procs"), pid);
         }
     }
     Ok(())

@@ -79,7 +79,7 @@ pub struct Options<'a> {
     /// An instance: NoNewPrivileges= defaults to yes.
     pub instance: bool,
     /// The run's private /tmp (PrivateTmp=), made by the caller.
-    pub private_tmp: Option<&'a Path>,
+    pub private_tmp: Option<&'a PrivateTmp>,
 }
 
 fn cstring(path: &Path) -> Result<CString, String> {
@@ -90,7 +90,7 @@ fn open_output(out: &Output) -> Result<Option<OwnedFd>, String> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC);
     let path = match out {
-        Output::Log | Output::SameAsStdout => return Ok(None),
+        Output::Log => return Ok(None),
         Output::Null => Path::new("/dev/null"),
         Output::File(p) => {
             options.create(true).mode(0o644);
@@ -140,9 +140,9 @@ impl ExecContext {
         };
         cx.stdout = open_output(&cfg.stdout).map_err(|e| format!("StandardOutput=: {e}"))?;
         cx.stderr = match &cfg.stderr {
-            Output::SameAsStdout => ErrTarget::Stdout,
-            Output::Log => ErrTarget::Log,
-            other => ErrTarget::File(
+            None => ErrTarget::Stdout,
+            Some(Output::Log) => ErrTarget::Log,
+            Some(other) => ErrTarget::File(
                 open_output(other).map_err(|e| format!("StandardError=: {e}"))?.ok_or("StandardError=: no file")?,
             ),
         };
@@ -363,7 +363,11 @@ fn under(path: &Path, root: &Path) -> bool {
 
 /// The mount steps of the sandbox, in order: shallow paths first, so a
 /// ReadWritePaths= below a read-only tree is bound after it.
-fn sandbox_steps(cfg: &ExecConfig, private_tmp: Option<&Path>, table: &[MountEntry]) -> Result<Vec<MountStep>, String> {
+fn sandbox_steps(
+    cfg: &ExecConfig,
+    private_tmp: Option<&PrivateTmp>,
+    table: &[MountEntry],
+) -> Result<Vec<MountStep>, String> {
     let mut entries: Vec<(PathBuf, Mode)> = Vec::new();
     let existing = |p: &str| Path::new(p).exists().then(|| PathBuf::from(p));
     match cfg.protect_system {
@@ -406,10 +410,10 @@ fn sandbox_steps(cfg: &ExecConfig, private_tmp: Option<&Path>, table: &[MountEnt
     add(&cfg.read_only_paths, Mode::ReadOnly, "ReadOnlyPaths")?;
     add(&cfg.read_write_paths, Mode::ReadWrite, "ReadWritePaths")?;
     add(&cfg.inaccessible_paths, Mode::Inaccessible, "InaccessiblePaths")?;
-    if let Some(dir) = private_tmp {
-        entries.push(("/tmp".into(), Mode::BindFrom(dir.join("tmp"))));
-        if Path::new("/var/tmp").is_dir() {
-            entries.push(("/var/tmp".into(), Mode::BindFrom(dir.join("var-tmp"))));
+    if let Some(private) = private_tmp {
+        entries.push(("/tmp".into(), Mode::BindFrom(private.tmp.clone())));
+        if let Some(var_tmp) = &private.var_tmp {
+            entries.push(("/var/tmp".into(), Mode::BindFrom(var_tmp.clone())));
         }
     }
     // Shallow first; among equals, the order above (a later key wins, as in systemd's sorting by mode).
@@ -485,7 +489,20 @@ fn sandbox_steps(cfg: &ExecConfig, private_tmp: Option<&Path>, table: &[MountEnt
                     });
                 }
             }
-            Mode::BindFrom(source) => steps.push(bind(&source)?),
+            Mode::BindFrom(source) => {
+                steps.push(bind(&source)?);
+                // A bind copies its source mount's flags: read-only when
+                // ProtectSystem=strict made / so. The private /tmp is writable.
+                let host = table.iter().filter(|m| under(&source, &m.point)).last().map_or(0, |m| m.flags);
+                steps.push(MountStep {
+                    source: None,
+                    target,
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | host,
+                    data: None,
+                    required: true,
+                });
+            }
         }
     }
     Ok(steps)
@@ -509,10 +526,20 @@ fn inaccessible_file() -> Result<PathBuf, String> {
 }
 
 /// The run's private /tmp and /var/tmp (PrivateTmp=), made before its first
-/// process: `/tmp/aikore-private-<unit>-<random>/{tmp,var-tmp}` (the outer
-/// dir 0700, root's; the inner ones 1777 like /tmp). Removed at the run's end.
-pub fn make_private_tmp(unit: &str) -> Result<PathBuf, String> {
-    use std::os::unix::fs::DirBuilderExt;
+/// process, as systemd does: `/tmp/aikore-private-<unit>-<random>/tmp` and
+/// the same under /var/tmp (the outer dirs 0700, root's; the inner ones 1777
+/// like /tmp). Each lives on the file system it replaces, and the /var/tmp
+/// one is still reachable after /tmp is bound over. Removed at the run's end.
+#[derive(Debug, Clone)]
+pub struct PrivateTmp {
+    /// The outer dirs, for the cleanup.
+    pub outer: Vec<PathBuf>,
+    pub tmp: PathBuf,
+    pub var_tmp: Option<PathBuf>,
+}
+
+pub fn make_private_tmp(unit: &str) -> Result<PrivateTmp, String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let mut random = [0u8; 6];
     // SAFETY: getrandom fills the buffer we own.
     let n = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
@@ -520,16 +547,35 @@ pub fn make_private_tmp(unit: &str) -> Result<PathBuf, String> {
         return Err(format!("PrivateTmp=: getrandom: {}", std::io::Error::last_os_error()));
     }
     let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let dir = std::env::temp_dir().join(format!("aikore-private-{unit}-{suffix}"));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| format!("PrivateTmp=: {}: {e}", dir.display()))?;
-    for sub in ["tmp", "var-tmp"] {
-        let p = dir.join(sub);
-        std::fs::DirBuilder::new().mode(0o1777).create(&p).map_err(|e| format!("PrivateTmp=: {}: {e}", p.display()))?;
+    let name = format!("aikore-private-{unit}-{suffix}");
+    let mut made = PrivateTmp { outer: Vec::new(), tmp: PathBuf::new(), var_tmp: None };
+    for base in ["/tmp", "/var/tmp"] {
+        if !Path::new(base).is_dir() {
+            continue;
+        }
+        let outer = Path::new(base).join(&name);
+        let inner = outer.join("tmp");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&outer)
+            .map_err(|e| format!("PrivateTmp=: {}: {e}", outer.display()))?;
+        made.outer.push(outer);
+        std::fs::DirBuilder::new()
+            .mode(0o1777)
+            .create(&inner)
+            .map_err(|e| format!("PrivateTmp=: {}: {e}", inner.display()))?;
         // The umask may have cut the sticky, group and other bits.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o1777)).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o1777)).map_err(|e| e.to_string())?;
+        if base == "/tmp" {
+            made.tmp = inner;
+        } else {
+            made.var_tmp = Some(inner);
+        }
     }
-    Ok(dir)
+    if made.tmp.as_os_str().is_empty() {
+        return Err("PrivateTmp=: /tmp does not exist".to_string());
+    }
+    Ok(made)
 }
 
 /// The text for the unit's log when the kernel refused a mount namespace.
@@ -563,8 +609,8 @@ pub fn no_sandbox_note(cfg: &ExecConfig) -> String {
 /// Per-run leftovers of the exec context on the host: cleaned at the run's end.
 #[derive(Debug, Default)]
 pub struct RunDirs {
-    /// The run's PrivateTmp= dir.
-    pub private_tmp: Option<PathBuf>,
+    /// The run's PrivateTmp= dirs.
+    pub private_tmp: Option<PrivateTmp>,
     /// RuntimeDirectory= dirs made for this run.
     pub runtime: Vec<PathBuf>,
     pub preserve: Preserve,
@@ -574,7 +620,7 @@ impl RunDirs {
     /// The run ended: its private /tmp goes, and its RuntimeDirectory= dirs
     /// unless RuntimeDirectoryPreserve= keeps them.
     pub fn clean(self) {
-        if let Some(dir) = self.private_tmp {
+        for dir in self.private_tmp.map(|p| p.outer).unwrap_or_default() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a private /tmp");
             }
@@ -677,7 +723,7 @@ pub fn for_process(
     if cfg.private_tmp && run.private_tmp.is_none() {
         run.private_tmp = Some(make_private_tmp(&unit.name)?);
     }
-    let opts = Options { changes_uid: owner.0.is_some(), instance, private_tmp: run.private_tmp.as_deref() };
+    let opts = Options { changes_uid: owner.0.is_some(), instance, private_tmp: run.private_tmp.as_ref() };
     let (context, notes) = ExecContext::prepare(cfg, &opts)?;
     Ok(ForProcess { context, env, groups: all_groups, notes })
 }
@@ -719,9 +765,16 @@ mod tests {
         let mut cfg = ExecConfig::default();
         cfg.apply("PrivateTmp", "yes").unwrap();
         cfg.apply("ProtectHome", "tmpfs").unwrap();
-        let steps = sandbox_steps(&cfg, Some(Path::new("/tmp/aikore-private-x")), &[]).unwrap();
+        let private = PrivateTmp {
+            outer: vec![],
+            tmp: "/tmp/aikore-private-x/tmp".into(),
+            var_tmp: Some("/var/tmp/aikore-private-x/tmp".into()),
+        };
+        let steps = sandbox_steps(&cfg, Some(&private), &[]).unwrap();
         let tmp = steps.iter().find(|s| s.target.as_bytes() == b"/tmp").unwrap();
         assert_eq!(tmp.source.as_deref().unwrap().to_bytes(), b"/tmp/aikore-private-x/tmp");
+        let var_tmp = steps.iter().find(|s| s.target.as_bytes() == b"/var/tmp").unwrap();
+        assert_eq!(var_tmp.source.as_deref().unwrap().to_bytes(), b"/var/tmp/aikore-private-x/tmp");
         if Path::new("/root").exists() {
             let root = steps.iter().find(|s| s.target.as_bytes() == b"/root").unwrap();
             assert_eq!(root.fstype.as_deref(), Some(c"tmpfs"));

@@ -360,7 +360,8 @@ unsafe fn child_after_fork(
     if let Err(stage) = context.before_identity(&report) {
         fail(stage);
     }
-    if plan.gid.is_some() || plan.uid.is_some() {
+    // SupplementaryGroups= alone (no User=) sets the groups too.
+    if plan.gid.is_some() || plan.uid.is_some() || !plan.groups.is_empty() {
         // Supplementary groups go first, while we still have the right to set them.
         if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) < 0 {
             fail(4);

@@ -118,8 +118,6 @@ pub enum Output {
     /// forms: the unit's log, aikore's journal.
     #[default]
     Log,
-    /// `inherit` on StandardError=: wherever stdout goes.
-    SameAsStdout,
     Null,
     /// `file:PATH` (written from the start without truncating, as systemd does).
     File(PathBuf),
@@ -268,7 +266,8 @@ pub struct ExecConfig {
     pub supplementary_groups: Vec<String>,
     pub stdin: Input,
     pub stdout: Output,
-    pub stderr: Output,
+    /// None (`inherit`, the default): wherever stdout goes.
+    pub stderr: Option<Output>,
     pub syslog_identifier: Option<String>,
     /// `WorkingDirectory=-/path`: a missing dir is not an error (the process starts in `/`).
     pub working_directory_optional: bool,
@@ -345,8 +344,12 @@ impl ExecConfig {
                 return Ok(warning);
             }
             "StandardError" => {
+                if matches!(value, "" | "inherit") {
+                    self.stderr = None;
+                    return Ok(None);
+                }
                 let (out, warning) = parse_output(value, true)?;
-                self.stderr = out;
+                self.stderr = Some(out);
                 return Ok(warning);
             }
             "SyslogIdentifier" => {
@@ -543,7 +546,6 @@ fn parse_output(value: &str, stderr: bool) -> Result<(Output, Option<String>), S
         }
     }
     let out = match value {
-        "inherit" | "" if stderr => Output::SameAsStdout,
         "inherit" | "" | "journal" | "syslog" | "kmsg" | "journal+console" | "syslog+console" | "kmsg+console" => {
             Output::Log
         }
@@ -796,11 +798,12 @@ mod tests {
     fn stdio_forms() {
         let c = parsed(&[("StandardOutput", "append:/var/log/x.log"), ("StandardError", "inherit")]);
         assert_eq!(c.stdout, Output::Append("/var/log/x.log".into()));
-        assert_eq!(c.stderr, Output::SameAsStdout);
+        assert_eq!(c.stderr, None);
         let c = parsed(&[("StandardOutput", "journal+console"), ("StandardError", "null"), ("StandardInput", "null")]);
-        assert_eq!((c.stdout, c.stderr, c.stdin), (Output::Log, Output::Null, Input::Null));
+        assert_eq!((c.stdout, c.stderr, c.stdin), (Output::Log, Some(Output::Null), Input::Null));
         let c = parsed(&[("StandardOutput", "file:/tmp/o"), ("StandardError", "truncate:/tmp/e")]);
-        assert_eq!(c.stderr, Output::Truncate("/tmp/e".into()));
+        assert_eq!(c.stderr, Some(Output::Truncate("/tmp/e".into())));
+        assert_eq!(parsed(&[("StandardError", "journal")]).stderr, Some(Output::Log));
         let mut c = ExecConfig::default();
         assert!(c.apply("StandardInput", "tty").unwrap().unwrap().contains("no terminal"));
         assert!(c.apply("StandardOutput", "file:relative").is_err());
