@@ -453,7 +453,7 @@ fn sandbox_steps(
                 }
                 // The path itself when it is no mount point of its own: flags of the mount it lives on.
                 if !table.iter().any(|m| m.point == path) {
-                    let host = table.iter().filter(|m| under(&path, &m.point)).last().map_or(0, |m| m.flags);
+                    let host = table.iter().rfind(|m| under(&path, &m.point)).map_or(0, |m| m.flags);
                     steps.push(MountStep {
                         source: None,
                         target: target.clone(),
@@ -493,7 +493,7 @@ fn sandbox_steps(
                 steps.push(bind(&source)?);
                 // A bind copies its source mount's flags: read-only when
                 // ProtectSystem=strict made / so. The private /tmp is writable.
-                let host = table.iter().filter(|m| under(&source, &m.point)).last().map_or(0, |m| m.flags);
+                let host = table.iter().rfind(|m| under(&source, &m.point)).map_or(0, |m| m.flags);
                 steps.push(MountStep {
                     source: None,
                     target,
@@ -518,7 +518,7 @@ fn inaccessible_file() -> Result<PathBuf, String> {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0)
+            .mode(0o000)
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
