@@ -315,7 +315,10 @@ fn resource_keys_land_in_the_unit_cgroup_or_the_log_says_why_not() {
             assert_eq!(got.trim(), want, "{key}= in {}", dir.display());
         } else {
             // A visible precondition, never a silent pass: the unit's log says it.
-            eprintln!("PRECONDITION: the {controller} controller is not offered to cgroup v2 here; {key}= unenforced");
+            eprintln!(
+                "PRECONDITION: the {controller} controller is not offered to cgroup v2 here; {key}= unenforced \
+                 (tests/cgroup-vm/run.sh checks it on a kernel that has it)"
+            );
             assert!(log.contains(&format!("{key}= is not enforced: {file} does not exist")), "{key}: {log}");
         }
     }

@@ -252,7 +252,8 @@ fn exceeding_memory_max_is_an_oom_kill_and_the_neighbour_keeps_running() {
         );
         eprintln!(
             "PRECONDITION: no memory controller in cgroup v2 on this kernel (tracking {}); MemoryMax= cannot be \
-             enforced, checked that the unit's log says so",
+             enforced, checked that the unit's log says so (tests/cgroup-vm/run.sh checks the oom-kill on a \
+             kernel that has it)",
             health["tracking"]
         );
         return;
