@@ -26,6 +26,15 @@ pub(super) const STAGE_RLIMIT: u32 = 100;
 pub(super) const STAGE_MOUNT: u32 = 200;
 /// Not a failure: the kernel refused a mount namespace, the unit runs unsandboxed.
 pub(super) const WARN_NO_MOUNT_NS: u32 = 1000;
+/// Not a failure: OOMScoreAdjust= was refused (lowering it needs
+/// CAP_SYS_RESOURCE); systemd too goes on, "assuming containerized execution".
+pub(super) const WARN_OOM: u32 = 1001;
+/// Not a failure: `Limit*=` number (this + index) was above what may be
+/// raised, and was set to the hard limit the process has (systemd's
+/// `setrlimit_closest`).
+pub(super) const WARN_RLIMIT_CLAMPED: u32 = 1100;
+/// The first stage number past the warnings.
+const WARN_END: u32 = 1200;
 
 /// Where stderr goes.
 #[derive(Debug, Default)]
@@ -62,6 +71,8 @@ pub struct ExecContext {
     pub(super) stderr: ErrTarget,
     /// None: no mount namespace.
     mounts: Option<Vec<MountStep>>,
+    /// What to say when the kernel refuses the mount namespace.
+    sandbox_note: String,
     /// Capabilities to drop from the bounding set.
     cap_drop: u64,
     ambient: u64,
@@ -154,6 +165,7 @@ impl ExecContext {
         cx.no_new_privs = cfg.no_new_privileges.unwrap_or(opts.instance);
         if cfg.wants_mount_namespace() {
             cx.mounts = Some(sandbox_steps(cfg, opts.private_tmp, &mount_table())?);
+            cx.sandbox_note = no_sandbox_note(cfg);
         }
         if cx.ambient != 0 && cfg.capability_bounding_set.is_some_and(|b| cx.ambient & !b != 0) {
             notes.push("AmbientCapabilities= outside CapabilityBoundingSet= cannot be raised".to_string());
@@ -161,7 +173,8 @@ impl ExecContext {
         Ok((cx, notes))
     }
 
-    /// Names a stage of this module for the parent's error message.
+    /// Names a stage of this module for the parent's error message, or
+    /// says what a warning record means.
     pub(super) fn describe_stage(&self, stage: u32) -> Option<String> {
         Some(match stage {
             STAGE_OOM => "OOMScoreAdjust= (writing /proc/self/oom_score_adj)".to_string(),
@@ -173,12 +186,37 @@ impl ExecContext {
             s if (STAGE_RLIMIT..STAGE_MOUNT).contains(&s) => {
                 format!("{}= (setrlimit)", self.rlimits.get((s - STAGE_RLIMIT) as usize)?.2)
             }
+            WARN_NO_MOUNT_NS => self.sandbox_note.clone(),
+            WARN_OOM => format!(
+                "OOMScoreAdjust={} not applied: the kernel refused it (lowering it needs CAP_SYS_RESOURCE)",
+                String::from_utf8_lossy(self.oom_score_adj.as_deref().unwrap_or_default())
+            ),
+            s if (WARN_RLIMIT_CLAMPED..WARN_END).contains(&s) => {
+                let (resource, rl, key) = self.rlimits.get((s - WARN_RLIMIT_CLAMPED) as usize)?;
+                let mut ours: libc::rlimit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                // SAFETY: getrlimit fills the struct we own; the child inherited the same hard limit.
+                unsafe { libc::getrlimit(*resource as libc::__rlimit_resource_t, &mut ours) };
+                let show =
+                    |v: libc::rlim_t| if v == libc::RLIM_INFINITY { "infinity".to_string() } else { v.to_string() };
+                format!(
+                    "{key}={}:{} is above the hard limit aikore has ({}), so it was set to that \
+                     (raising a hard limit needs CAP_SYS_RESOURCE)",
+                    show(rl.rlim_cur),
+                    show(rl.rlim_max),
+                    show(ours.rlim_max)
+                )
+            }
             s if (STAGE_MOUNT..WARN_NO_MOUNT_NS).contains(&s) => {
                 let step = self.mounts.as_ref()?.get((s - STAGE_MOUNT) as usize)?;
                 format!("sandbox mount on {}", step.target.to_string_lossy())
             }
             _ => return None,
         })
+    }
+
+    /// Whether a record from the child is a warning (it went on) rather than its failure.
+    pub(super) fn is_warning(stage: u32) -> bool {
+        (WARN_NO_MOUNT_NS..WARN_END).contains(&stage)
     }
 
     /// The steps that need privileges: rlimits (a raised hard limit),
@@ -190,14 +228,35 @@ impl ExecContext {
     /// allocates nothing. `warn` must be async-signal-safe too.
     pub(super) unsafe fn before_identity(&self, warn: &dyn Fn(u32)) -> Result<(), u32> {
         for (i, (resource, rl, _)) in self.rlimits.iter().enumerate() {
-            if libc::setrlimit(*resource as libc::__rlimit_resource_t, rl) < 0 {
+            let resource = *resource as libc::__rlimit_resource_t;
+            if libc::setrlimit(resource, rl) == 0 {
+                continue;
+            }
+            // Raising a hard limit needs CAP_SYS_RESOURCE, which containers
+            // often drop: as systemd does, take the closest value allowed
+            // (the current hard limit), and say so.
+            let mut current: libc::rlimit = std::mem::zeroed();
+            if *libc::__errno_location() != libc::EPERM || libc::getrlimit(resource, &mut current) < 0 {
                 return Err(STAGE_RLIMIT + i as u32);
             }
+            let hard = rl.rlim_max.min(current.rlim_max);
+            let closest = libc::rlimit { rlim_cur: rl.rlim_cur.min(hard), rlim_max: hard };
+            if libc::setrlimit(resource, &closest) < 0 {
+                return Err(STAGE_RLIMIT + i as u32);
+            }
+            warn(WARN_RLIMIT_CLAMPED + i as u32);
         }
         if let Some(value) = &self.oom_score_adj {
             let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 || libc::write(fd, value.as_ptr().cast(), value.len()) != value.len() as isize {
+            if fd < 0 {
                 return Err(STAGE_OOM);
+            }
+            if libc::write(fd, value.as_ptr().cast(), value.len()) != value.len() as isize {
+                let errno = *libc::__errno_location();
+                if errno != libc::EACCES && errno != libc::EPERM {
+                    return Err(STAGE_OOM);
+                }
+                warn(WARN_OOM);
             }
             libc::close(fd);
         }
@@ -579,7 +638,7 @@ pub fn make_private_tmp(unit: &str) -> Result<PrivateTmp, String> {
 }
 
 /// The text for the unit's log when the kernel refused a mount namespace.
-pub fn no_sandbox_note(cfg: &ExecConfig) -> String {
+fn no_sandbox_note(cfg: &ExecConfig) -> String {
     let mut keys = Vec::new();
     if cfg.private_tmp {
         keys.push("PrivateTmp=");

@@ -463,10 +463,10 @@ impl ProcessControl for HostProcesses {
             }),
         )
         .map_err(|e| e.to_string())?;
-        if !spawned.warnings.is_empty() {
-            let note = super::exec::no_sandbox_note(&unit.service.exec);
+        // What the child could not apply as asked, at every start (issue 14).
+        for note in &spawned.warnings {
             tracing::warn!(unit = %unit.name, "{note}");
-            self.logs.note(&unit.name, &note);
+            self.logs.note(&unit.name, note);
         }
         if role == Role::Main {
             self.membership(unit, Some(spawned.pid));

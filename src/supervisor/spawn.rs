@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::exec::{ExecContext, WARN_NO_MOUNT_NS};
+use super::exec::ExecContext;
 use crate::init::reaper::{reaper, Route};
 
 /// What a process should be: resolved, typed, ready for fork.
@@ -46,9 +46,10 @@ pub struct Spawned {
     pub pid: i32,
     /// The pipe carrying the child's stdout and stderr, for the log task.
     pub output: OwnedFd,
-    /// What the child could not apply and went on without (the sandbox where
-    /// the kernel refused a mount namespace), for the unit's log.
-    pub warnings: Vec<u32>,
+    /// What the child could not apply as asked and went on without (the
+    /// sandbox where the kernel refused a mount namespace, a limit above the
+    /// hard one), for the unit's log.
+    pub warnings: Vec<String>,
 }
 
 /// Default search path when the unit's environment has none (systemd's).
@@ -242,8 +243,8 @@ pub fn set_window_size(fd: RawFd, cols: u16, rows: u16) -> std::io::Result<()> {
 
 /// Waits for exec: the error pipe closes on success (CLOEXEC). The child
 /// writes 8-byte records [stage, errno] before that: a warning stage
-/// ([`WARN_NO_MOUNT_NS`]) means it went on; any other is its failure.
-fn read_child_report(err_read: &OwnedFd, context: &ExecContext) -> Result<Vec<u32>, SpawnError> {
+/// ([`ExecContext::is_warning`]) means it went on; any other is its failure.
+fn read_child_report(err_read: &OwnedFd, context: &ExecContext) -> Result<Vec<String>, SpawnError> {
     let mut warnings = Vec::new();
     loop {
         let mut report = [0u8; 8];
@@ -262,8 +263,8 @@ fn read_child_report(err_read: &OwnedFd, context: &ExecContext) -> Result<Vec<u3
         }
         let stage = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-        if stage == WARN_NO_MOUNT_NS {
-            warnings.push(stage);
+        if ExecContext::is_warning(stage) {
+            warnings.push(context.describe_stage(stage).unwrap_or_else(|| format!("warning {stage}")));
             continue;
         }
         let name = STAGES

@@ -259,6 +259,9 @@ mod tests {
         assert_eq!(c.unmet_condition(), None);
         let c = checks(&[("ConditionPathIsDirectory", "|/nonexistent/a"), ("ConditionPathIsDirectory", "|/nope")]);
         assert!(c.unmet_condition().unwrap().starts_with("none of"));
+        // ConditionPathExists=| comes here (its plain form has its own field).
+        let c = checks(&[("ConditionPathExists", "|/nonexistent/a"), ("ConditionPathExists", "|!/nonexistent/b")]);
+        assert_eq!(c.unmet_condition(), None);
         let c = checks(&[("AssertPathExists", "/nonexistent/x")]);
         assert_eq!(c.unmet_condition(), None);
         assert_eq!(c.failed_assert().unwrap(), "assertion failed: AssertPathExists=/nonexistent/x not met");

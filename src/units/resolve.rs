@@ -244,6 +244,12 @@ impl<'a> Resolver<'a> {
             "Requires" => self.deps(&mut unit.requires, entry),
             "Wants" => self.deps(&mut unit.wants, entry),
             "StartLimitIntervalSec" | "StartLimitBurst" => self.start_limit(unit, entry),
+            // `|`: a triggering condition, kept with the other checks (issue 14).
+            "ConditionPathExists" if entry.value.starts_with('|') => {
+                if let Err(e) = unit.checks.apply("ConditionPathExists", &entry.value) {
+                    self.error(entry.line, format!("invalid ConditionPathExists={}: {e}", entry.value));
+                }
+            }
             "ConditionPathExists" => self.condition(unit, entry),
             k if super::checks::UNIT_KEYS.contains(&k) => {
                 if let Err(e) = unit.checks.apply(k, &entry.value) {
