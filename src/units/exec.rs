@@ -51,6 +51,10 @@ pub const SERVICE_KEYS: &[&str] = &[
     "ReadWritePaths",
     "ReadOnlyPaths",
     "InaccessiblePaths",
+    // Their old names (systemd < 231), still in Debian's redis unit.
+    "ReadWriteDirectories",
+    "ReadOnlyDirectories",
+    "InaccessibleDirectories",
     "MemoryHigh",
     "MemorySwapMax",
     "CPUWeight",
@@ -370,8 +374,9 @@ impl ExecConfig {
             }
             "NoNewPrivileges" => self.no_new_privileges = Some(super::resolve::parse_bool(value)?),
             "CapabilityBoundingSet" => {
+                // systemd: an empty assignment is the empty set (drop them all), not a reset.
                 if value.is_empty() {
-                    self.capability_bounding_set = None;
+                    self.capability_bounding_set = Some(0);
                 } else {
                     let (invert, set) = parse_caps(value)?;
                     let current = self.capability_bounding_set;
@@ -420,9 +425,9 @@ impl ExecConfig {
                     },
                 }
             }
-            "ReadWritePaths" => parse_paths(&mut self.read_write_paths, value)?,
-            "ReadOnlyPaths" => parse_paths(&mut self.read_only_paths, value)?,
-            "InaccessiblePaths" => parse_paths(&mut self.inaccessible_paths, value)?,
+            "ReadWritePaths" | "ReadWriteDirectories" => parse_paths(&mut self.read_write_paths, value)?,
+            "ReadOnlyPaths" | "ReadOnlyDirectories" => parse_paths(&mut self.read_only_paths, value)?,
+            "InaccessiblePaths" | "InaccessibleDirectories" => parse_paths(&mut self.inaccessible_paths, value)?,
             "MemoryHigh" => self.resources.memory_high = Some(parse_bytes_or_infinity(value)?),
             "MemorySwapMax" => self.resources.memory_swap_max = Some(parse_bytes_or_infinity(value)?),
             "CPUWeight" => {
@@ -840,6 +845,11 @@ mod tests {
         assert_eq!(c.ambient_capabilities, 1 << 10);
         assert_eq!(c.no_new_privileges, Some(true));
         assert!(ExecConfig::default().apply("CapabilityBoundingSet", "CAP_FLY").is_err());
+        // Debian's redis unit: `CapabilityBoundingSet=` drops every capability.
+        assert_eq!(
+            parsed(&[("CapabilityBoundingSet", "CAP_CHOWN"), ("CapabilityBoundingSet", "")]).capability_bounding_set,
+            Some(0)
+        );
     }
 
     #[test]
