@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::api::{Action, ErrorBody, LogLine, ReloadReport, Status, UnitActionReply, UnitLogs, UnitView};
 use crate::config::{self, Settings};
 
 /// Exit codes of the client commands, after systemctl's where they overlap.
@@ -150,6 +151,7 @@ impl ServeArgs {
             blueprints_dir,
             port_range,
             owner,
+            knobs: config::Knobs::from_env(),
         })
     }
 }
@@ -258,10 +260,7 @@ impl Client {
         let status = response.status().as_u16();
         if status >= 400 {
             let body = response.body_mut().read_to_string().unwrap_or_default();
-            let message = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or(body);
+            let message = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
             let message =
                 if status == 401 { format!("{message}\nhint: {}", self.unauthorized_hint()) } else { message };
             return Err(Failure::Api { status, message });
@@ -269,7 +268,8 @@ impl Client {
         Ok(response)
     }
 
-    fn json(&self, method: &str, path: &str) -> Result<serde_json::Value, Failure> {
+    /// The answer as the API type the server serialized it from.
+    fn json<T: serde::de::DeserializeOwned>(&self, method: &str, path: &str) -> Result<T, Failure> {
         let mut response = self.send(method, path)?;
         let body =
             response.body_mut().read_to_string().map_err(|e| Failure::Api { status: 0, message: e.to_string() })?;
@@ -305,56 +305,50 @@ fn ago(ms: i64) -> String {
     }
 }
 
-fn text(v: &serde_json::Value, key: &str) -> String {
-    match v.get(key) {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Null) | None => "-".into(),
-        Some(other) => other.to_string(),
-    }
+fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-fn print_unit_table(units: &[serde_json::Value]) {
+fn print_unit_table(units: &[UnitView]) {
     println!("{:<24} {:<9} {:<11} {:>8} {:>8}  {:<12} DETAIL", "NAME", "KIND", "STATUS", "PID", "RESTARTS", "SINCE");
     for u in units {
         println!(
             "{:<24} {:<9} {:<11} {:>8} {:>8}  {:<12} {}",
-            text(u, "name"),
-            text(u, "kind"),
-            text(u, "status"),
-            text(u, "pid"),
-            text(u, "restarts"),
-            u.get("since").and_then(|s| s.as_i64()).map(ago).unwrap_or_default(),
-            u.get("detail").and_then(|d| d.as_str()).unwrap_or(""),
+            u.name,
+            u.kind.as_str(),
+            u.status.as_str(),
+            or_dash(u.pid),
+            u.restarts,
+            ago(u.since),
+            u.detail.as_deref().unwrap_or(""),
         );
     }
 }
 
-fn print_unit(u: &serde_json::Value) {
-    let description = u.get("description").and_then(|d| d.as_str()).unwrap_or("");
+fn print_unit(u: &UnitView) {
     println!(
         "{} ({}){}",
-        text(u, "name"),
-        text(u, "kind"),
-        if description.is_empty() { String::new() } else { format!(" - {description}") }
+        u.name,
+        u.kind.as_str(),
+        if u.description.is_empty() { String::new() } else { format!(" - {}", u.description) }
     );
-    let since = u.get("since").and_then(|s| s.as_i64()).map(ago).unwrap_or_default();
-    println!("  status:    {} (since {since})", text(u, "status"));
-    if let Some(detail) = u.get("detail").and_then(|d| d.as_str()) {
+    println!("  status:    {} (since {})", u.status, ago(u.since));
+    if let Some(detail) = &u.detail {
         println!("  why:       {detail}");
     }
-    println!("  pid:       {}", text(u, "pid"));
-    println!("  restarts:  {}", text(u, "restarts"));
-    println!("  last exit: {}", text(u, "last_exit"));
-    if let Some(failure) = u.get("failure").filter(|f| f.is_object()) {
-        println!("  failure:   {}", text(failure, "class"));
-        if let Some(line) = failure.get("line").and_then(|l| l.as_str()) {
+    println!("  pid:       {}", or_dash(u.pid));
+    println!("  restarts:  {}", u.restarts);
+    println!("  last exit: {}", or_dash(u.last_exit.as_deref()));
+    if let Some(failure) = &u.failure {
+        println!("  failure:   {}", failure.class);
+        if let Some(line) = &failure.line {
             println!("  log line:  {line}");
         }
-        if let Some(hint) = failure.get("hint").and_then(|h| h.as_str()).filter(|h| !h.is_empty()) {
+        if let Some(hint) = failure.hint.as_deref().filter(|h| !h.is_empty()) {
             println!("  hint:      {hint}");
         }
     }
-    println!("  file:      {}", text(u, "path"));
+    println!("  file:      {}", u.path);
 }
 
 fn follow_stream(client: &Client, path: &str) -> Result<(), Failure> {
@@ -371,8 +365,8 @@ fn follow_stream(client: &Client, path: &str) -> Result<(), Failure> {
             let mut out = stdout.lock();
             if event == "lagged" {
                 let _ = writeln!(out, "-- {data} lines skipped (too slow) --");
-            } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
-                let _ = writeln!(out, "{}", v.get("text").and_then(|t| t.as_str()).unwrap_or(data));
+            } else if let Ok(line) = serde_json::from_str::<LogLine>(data) {
+                let _ = writeln!(out, "{}", line.text);
             }
             let _ = out.flush();
         }
@@ -384,30 +378,30 @@ fn follow_stream(client: &Client, path: &str) -> Result<(), Failure> {
 pub fn run_client(url: &str, data_dir: &std::path::Path, command: Command) -> i32 {
     let client = Client::new(url, data_dir);
     let result = match command {
-        Command::Status { name: None } => client.json("GET", "/api/v1/units").map(|v| {
-            print_unit_table(v.as_array().map(Vec::as_slice).unwrap_or_default());
-        }),
-        Command::Status { name: Some(name) } => {
-            client.json("GET", &format!("/api/v1/units/{}", encode(&name))).map(|v| print_unit(&v))
+        Command::Status { name: None } => {
+            client.json::<Vec<UnitView>>("GET", "/api/v1/units").map(|units| print_unit_table(&units))
         }
-        Command::Start { name, wait } => action(&client, &name, "start", wait),
-        Command::Stop { name, wait } => action(&client, &name, "stop", wait),
-        Command::Restart { name, wait } => action(&client, &name, "restart", wait),
+        Command::Status { name: Some(name) } => {
+            client.json::<UnitView>("GET", &format!("/api/v1/units/{}", encode(&name))).map(|u| print_unit(&u))
+        }
+        Command::Start { name, wait } => action(&client, &name, Action::Start, wait),
+        Command::Stop { name, wait } => action(&client, &name, Action::Stop, wait),
+        Command::Restart { name, wait } => action(&client, &name, Action::Restart, wait),
         Command::Logs { name, lines, follow: false } => {
-            client.json("GET", &format!("/api/v1/units/{}/logs?tail={lines}", encode(&name))).map(|v| {
-                for line in v.get("lines").and_then(|l| l.as_array()).into_iter().flatten() {
-                    println!("{}", line.get("text").and_then(|t| t.as_str()).unwrap_or(""));
+            client.json::<UnitLogs>("GET", &format!("/api/v1/units/{}/logs?tail={lines}", encode(&name))).map(|logs| {
+                for line in logs.lines {
+                    println!("{}", line.text);
                 }
             })
         }
         Command::Logs { name, lines, follow: true } => {
             follow_stream(&client, &format!("/api/v1/units/{}/logs/stream?tail={lines}", encode(&name)))
         }
-        Command::Reload => client.json("POST", "/api/v1/reload").map(|v| {
-            for d in v.get("diagnostics").and_then(|d| d.as_array()).into_iter().flatten() {
-                eprintln!("{}", d.as_str().unwrap_or(""));
+        Command::Reload => client.json::<ReloadReport>("POST", "/api/v1/reload").map(|report| {
+            for d in &report.diagnostics {
+                eprintln!("{d}");
             }
-            println!("reloaded: {} unit(s)", text(&v, "units"));
+            println!("reloaded: {} unit(s)", report.units);
         }),
         Command::Serve(_) | Command::Check { .. } => unreachable!("handled by main"),
     };
@@ -421,16 +415,16 @@ pub fn run_client(url: &str, data_dir: &std::path::Path, command: Command) -> i3
 /// a few times a second costs the daemon nothing.
 const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
-fn action(client: &Client, name: &str, verb: &str, wait: WaitArgs) -> Result<(), Failure> {
-    let v = client.json("POST", &format!("/api/v1/units/{}/{verb}", encode(name)))?;
+fn action(client: &Client, name: &str, action: Action, wait: WaitArgs) -> Result<(), Failure> {
+    let reply: UnitActionReply = client.json("POST", &format!("/api/v1/units/{}/{action}", encode(name)))?;
     if wait.wait {
-        return wait_for(client, name, verb, wait.timeout);
+        return wait_for(client, name, action, wait.timeout);
     }
     // The status right after the request: a restart is "stopping" at that
     // moment, which reads like the opposite of what was asked.
-    match verb {
-        "restart" => println!("{name}: restarting"),
-        _ => println!("{name}: {}", text(&v, "status")),
+    match action {
+        Action::Restart => println!("{name}: restarting"),
+        _ => println!("{name}: {}", reply.status),
     }
     Ok(())
 }
@@ -443,13 +437,12 @@ enum WaitOutcome {
     Failed,
 }
 
-fn wait_outcome(verb: &str, status: &str) -> WaitOutcome {
-    match (verb, status) {
-        (_, "error" | "failed") => WaitOutcome::Failed,
-        ("stop", "stopped") => WaitOutcome::Done,
-        ("start" | "restart", "started") => WaitOutcome::Done,
+fn wait_outcome(action: Action, status: Status) -> WaitOutcome {
+    match status {
+        Status::Error | Status::Failed => WaitOutcome::Failed,
+        s if s == action.goal() => WaitOutcome::Done,
         // Asked to start and it ended by itself with no error: not running.
-        ("start" | "restart", "stopped") => WaitOutcome::Failed,
+        Status::Stopped => WaitOutcome::Failed,
         _ => WaitOutcome::Pending,
     }
 }
@@ -457,22 +450,18 @@ fn wait_outcome(verb: &str, status: &str) -> WaitOutcome {
 /// Polls the unit until `--wait`'s goal (the request was already accepted:
 /// the status it had before the request is gone by the first poll, as the
 /// daemon answers after changing it).
-fn wait_for(client: &Client, name: &str, verb: &str, timeout_secs: u64) -> Result<(), Failure> {
+fn wait_for(client: &Client, name: &str, action: Action, timeout_secs: u64) -> Result<(), Failure> {
     let deadline = (timeout_secs > 0).then(|| std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs));
     loop {
-        let u = client.json("GET", &format!("/api/v1/units/{}", encode(name)))?;
-        let status = text(&u, "status");
-        match wait_outcome(verb, &status) {
+        let u: UnitView = client.json("GET", &format!("/api/v1/units/{}", encode(name)))?;
+        let status = u.status;
+        match wait_outcome(action, status) {
             WaitOutcome::Done => {
                 println!("{name}: {status}");
                 return Ok(());
             }
             WaitOutcome::Failed => {
-                let why = u
-                    .get("detail")
-                    .and_then(|d| d.as_str())
-                    .or_else(|| u.get("last_exit").and_then(|d| d.as_str()))
-                    .unwrap_or("no reason given");
+                let why = u.detail.or(u.last_exit).unwrap_or_else(|| "no reason given".into());
                 return Err(Failure::Api { status: 0, message: format!("{name}: {status}: {why}") });
             }
             WaitOutcome::Pending => {}
@@ -505,15 +494,17 @@ mod tests {
 
     #[test]
     fn wait_ends_on_the_goal_or_a_failure() {
-        assert_eq!(wait_outcome("start", "starting"), WaitOutcome::Pending);
-        assert_eq!(wait_outcome("start", "restarting"), WaitOutcome::Pending);
-        assert_eq!(wait_outcome("start", "started"), WaitOutcome::Done);
-        assert_eq!(wait_outcome("start", "error"), WaitOutcome::Failed);
-        assert_eq!(wait_outcome("restart", "stopping"), WaitOutcome::Pending);
-        assert_eq!(wait_outcome("restart", "failed"), WaitOutcome::Failed);
-        assert_eq!(wait_outcome("stop", "stopping"), WaitOutcome::Pending);
-        assert_eq!(wait_outcome("stop", "stopped"), WaitOutcome::Done);
-        assert_eq!(wait_outcome("stop", "error"), WaitOutcome::Failed);
+        use Action::*;
+        assert_eq!(wait_outcome(Start, Status::Starting), WaitOutcome::Pending);
+        assert_eq!(wait_outcome(Start, Status::Restarting), WaitOutcome::Pending);
+        assert_eq!(wait_outcome(Start, Status::Started), WaitOutcome::Done);
+        assert_eq!(wait_outcome(Start, Status::Error), WaitOutcome::Failed);
+        assert_eq!(wait_outcome(Start, Status::Stopped), WaitOutcome::Failed);
+        assert_eq!(wait_outcome(Restart, Status::Stopping), WaitOutcome::Pending);
+        assert_eq!(wait_outcome(Restart, Status::Failed), WaitOutcome::Failed);
+        assert_eq!(wait_outcome(Stop, Status::Stopping), WaitOutcome::Pending);
+        assert_eq!(wait_outcome(Stop, Status::Stopped), WaitOutcome::Done);
+        assert_eq!(wait_outcome(Stop, Status::Error), WaitOutcome::Failed);
     }
 
     #[test]

@@ -30,6 +30,74 @@ pub struct Settings {
     /// as it and their work dirs belong to it; aikore's own state does not
     /// (docs/security.md, "Privilege separation").
     pub owner: Option<(u32, u32)>,
+    /// The knobs with no flag, read from the environment once (`Knobs::from_env`).
+    pub knobs: Knobs,
+}
+
+/// The `AIKORE_*` variables `serve` has no flag for (README.md, "Settings"),
+/// read once at start: nothing below the composition root reads the
+/// environment for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Knobs {
+    /// AIKORE_CGROUP (default on): `off` forces process-group tracking.
+    pub cgroups: bool,
+    /// AIKORE_NVML (default on): `off` never loads NVIDIA's library.
+    pub nvml: bool,
+    /// AIKORE_MAX_BODY: NGINX's `client_max_body_size` for instances, as
+    /// given (the proxy checks it and falls back to its default, loudly).
+    pub max_body: Option<String>,
+    /// AIKORE_NGINX_BIN: the binary that tests rendered configs (default /usr/sbin/nginx).
+    pub nginx_bin: Option<PathBuf>,
+    /// AIKORE_NGINX_USER: NGINX's workers' user when the daemon is root.
+    pub nginx_user: Option<String>,
+    /// AIKORE_PROXY_EXTRA_FILE: text appended to every candidate route config (tests).
+    pub proxy_extra_file: Option<PathBuf>,
+    /// AIKORE_TEST_PANIC_ENGINE, debug builds only: the engine panics once this file exists.
+    pub test_panic_engine: Option<PathBuf>,
+    /// AIKORE_TERMINAL_ROOT=1: instance terminals are root shells even with PUID set.
+    pub terminal_root: bool,
+    /// AIKORE_WEB_DIR: the dashboard's static files (else found next to the checkout or in the image).
+    pub web_dir: Option<PathBuf>,
+}
+
+impl Default for Knobs {
+    fn default() -> Knobs {
+        Knobs {
+            cgroups: true,
+            nvml: true,
+            max_body: None,
+            nginx_bin: None,
+            nginx_user: None,
+            proxy_extra_file: None,
+            test_panic_engine: None,
+            terminal_root: false,
+            web_dir: None,
+        }
+    }
+}
+
+impl Knobs {
+    pub fn from_env() -> Knobs {
+        Knobs::from_lookup(|key| std::env::var_os(key).filter(|v| !v.is_empty()))
+    }
+
+    /// From any lookup (the environment, or a test's map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Knobs {
+        let text = |key: &str| get(key).map(|v| v.to_string_lossy().into_owned());
+        let path = |key: &str| get(key).map(PathBuf::from);
+        Knobs {
+            cgroups: text("AIKORE_CGROUP").is_none_or(|v| v != "off"),
+            nvml: text("AIKORE_NVML").is_none_or(|v| v != "off"),
+            max_body: text("AIKORE_MAX_BODY"),
+            nginx_bin: path("AIKORE_NGINX_BIN"),
+            nginx_user: text("AIKORE_NGINX_USER").map(|u| u.trim().to_string()),
+            proxy_extra_file: path("AIKORE_PROXY_EXTRA_FILE"),
+            // A release build never panics on purpose, whatever the environment says.
+            test_panic_engine: if cfg!(debug_assertions) { path("AIKORE_TEST_PANIC_ENGINE") } else { None },
+            terminal_root: text("AIKORE_TERMINAL_ROOT").is_some_and(|v| v == "1"),
+            web_dir: path("AIKORE_WEB_DIR"),
+        }
+    }
 }
 
 impl Settings {
@@ -121,7 +189,7 @@ pub fn owner_from_env(puid: Option<&str>, pgid: Option<&str>) -> Result<Option<(
 /// instance user; best effort (a read-only bind mount is not fatal).
 pub fn give(path: &std::path::Path, owner: Option<(u32, u32)>) {
     if let Some((uid, gid)) = owner {
-        if let Err(e) = std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
+        if let Err(e) = crate::ownership::hand_over(path, (uid, gid)) {
             tracing::debug!(path = %path.display(), error = %e, "chown to PUID/PGID failed");
         }
     }
@@ -149,4 +217,36 @@ pub fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, Str
         return Err(format!("AIKORE_PORT_RANGE={text}: empty range"));
     }
     Ok(a..=b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knobs_default_on_and_read_off() {
+        let none = Knobs::from_lookup(|_| None);
+        assert_eq!(none, Knobs::default());
+        let env: std::collections::HashMap<&str, &str> = [
+            ("AIKORE_CGROUP", "off"),
+            ("AIKORE_NVML", "off"),
+            ("AIKORE_MAX_BODY", "1g"),
+            ("AIKORE_NGINX_BIN", "/x/nginx"),
+            ("AIKORE_NGINX_USER", " www "),
+            ("AIKORE_PROXY_EXTRA_FILE", "/x/extra"),
+            ("AIKORE_TERMINAL_ROOT", "1"),
+            ("AIKORE_WEB_DIR", "/x/web"),
+        ]
+        .into();
+        let knobs = Knobs::from_lookup(|k| env.get(k).map(Into::into));
+        assert!(!knobs.cgroups && !knobs.nvml);
+        assert_eq!(knobs.max_body.as_deref(), Some("1g"));
+        assert_eq!(knobs.nginx_bin, Some(PathBuf::from("/x/nginx")));
+        assert_eq!(knobs.nginx_user.as_deref(), Some("www"));
+        assert_eq!(knobs.proxy_extra_file, Some(PathBuf::from("/x/extra")));
+        assert!(knobs.terminal_root);
+        assert_eq!(knobs.web_dir, Some(PathBuf::from("/x/web")));
+        let on = Knobs::from_lookup(|k| (k == "AIKORE_CGROUP").then(|| "on".into()));
+        assert!(on.cgroups);
+    }
 }

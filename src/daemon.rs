@@ -1,17 +1,26 @@
-//! `aikore serve`: wires init, store, logs, supervisor and web together, and
-//! runs the ordered shutdown.
+//! `aikore serve`, the composition root: [`Daemon::boot`] resolves the data
+//! dir, opens the state and wires init, store, logs, supervisor, instances,
+//! proxy, metrics and web together; [`Daemon::run`] serves until a shutdown
+//! future resolves (or the engine dies), then runs the ordered shutdown.
+//! One root cancellation token with a child per stage, and a task tracker
+//! that is waited for (with a cap) before the process exits.
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::init;
 use crate::logs::{LogConfig, LogHub};
+use crate::ownership::DataDir;
 use crate::store::{StateUpdate, Store, StoreHandle};
 use crate::supervisor::cgroup::CgroupRoot;
 use crate::supervisor::reload::{report_diagnostics, Reloader};
@@ -73,35 +82,30 @@ fn stop_leftovers(data_dir: &std::path::Path, cgroups: Option<&CgroupRoot>, grac
         return;
     }
     tracing::warn!(count = pids.len(), "stopping processes left by a previous run");
-    let first = if grace.is_zero() { libc::SIGKILL } else { libc::SIGTERM };
-    for pid in &pids {
-        // SAFETY: kill() on pids recorded with their start time, their
-        // descendants, or carrying our data dir marker.
-        unsafe { libc::kill(*pid, first) };
-    }
+    // Pids recorded with their start time, their descendants, or carrying our data dir marker.
+    use crate::sys::signal::{to_each, Signal};
+    to_each(&pids, if grace.is_zero() { Signal::SIGKILL } else { Signal::SIGTERM });
     let deadline = std::time::Instant::now() + grace.max(Duration::from_millis(500));
     while std::time::Instant::now() < deadline && !find().is_empty() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    for pid in find() {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
+    to_each(&find(), Signal::SIGKILL);
 }
 
 /// Debug builds only: resolves once the file named by
 /// `AIKORE_TEST_PANIC_ENGINE` exists, and the engine task then panics, so a
 /// test can see the daemon notice a dead engine. Pending forever otherwise,
-/// and always in a release build (a user cannot trigger it).
-async fn test_engine_panic() {
+/// and always in a release build (a user cannot trigger it: `Knobs` never
+/// reads the variable there, and this code is compiled out).
+async fn test_engine_panic(trigger: Option<PathBuf>) {
     #[cfg(debug_assertions)]
-    if let Some(trigger) = std::env::var_os("AIKORE_TEST_PANIC_ENGINE") {
-        let trigger = std::path::PathBuf::from(trigger);
+    if let Some(trigger) = trigger {
         while !trigger.exists() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         return;
     }
+    let _ = trigger;
     std::future::pending::<()>().await
 }
 
@@ -169,10 +173,9 @@ async fn record_event(store: &StoreHandle, event: UnitEvent) {
 
 /// cgroup v2 per unit where a writable subtree exists, else process groups
 /// and markers; the second value is what `/healthz` reports.
-fn process_tracking(data_dir: &std::path::Path) -> (Option<CgroupRoot>, &'static str) {
+fn process_tracking(data_dir: &std::path::Path, cgroups_wanted: bool) -> (Option<CgroupRoot>, &'static str) {
     // AIKORE_CGROUP=off forces the process-group fallback (tests of that path,
     // or a host whose cgroup delegation misbehaves).
-    let cgroups_wanted = std::env::var("AIKORE_CGROUP").map(|v| v != "off").unwrap_or(true);
     let probed = if cgroups_wanted {
         CgroupRoot::probe(&data_dir_tag(data_dir))
     } else {
@@ -198,11 +201,11 @@ fn api_upstream(settings: &Settings) -> std::net::SocketAddr {
     }
 }
 
-/// NGINX's base config for these settings, and its workers' temp dirs given to them.
 /// NGINX's base config and the dirs its workers write; returns the login
 /// gate's cache dir (removed at shutdown).
 fn write_nginx_base(
     settings: &Settings,
+    data: &DataDir,
     nginx_worker: Option<&crate::proxy::WorkerUser>,
 ) -> anyhow::Result<std::path::PathBuf> {
     let auth_cache = crate::proxy::make_auth_cache_dir(
@@ -223,21 +226,20 @@ fn write_nginx_base(
     if let Some(w) = nginx_worker {
         // Only the workers' temp dirs are theirs; the config stays the daemon's.
         for dir in crate::proxy::NGINX_TEMP_DIRS {
-            let path = settings.data_dir.join(crate::ownership::NGINX_TMP).join(dir);
-            std::os::unix::fs::lchown(&path, Some(w.uid), Some(w.gid))
-                .with_context(|| format!("giving {} to NGINX's worker user", path.display()))?;
+            let rel = format!("{}/{dir}", crate::ownership::NGINX_TMP);
+            data.hand_over(&rel, (w.uid, w.gid)).with_context(|| format!("giving {rel} to NGINX's worker user"))?;
         }
     }
     Ok(auth_cache)
 }
 
 /// The store opened and the unit files loaded, their state rows reconciled.
-async fn open_state(settings: &Settings) -> anyhow::Result<(StoreHandle, LoadedUnits)> {
+async fn open_state(settings: &Settings, data: &DataDir) -> anyhow::Result<(StoreHandle, LoadedUnits)> {
     let store =
         Store::open(&settings.db_path()).with_context(|| format!("opening {}", settings.db_path().display()))?;
     let store = StoreHandle::spawn(store);
     for suffix in ["", "-wal", "-shm"] {
-        crate::ownership::private_file(&settings.data_dir.join(format!("aikore.db{suffix}")));
+        data.private_file(&format!("aikore.db{suffix}"));
     }
 
     let dirs = settings.units_dirs.clone();
@@ -251,7 +253,42 @@ async fn open_state(settings: &Settings) -> anyhow::Result<(StoreHandle, LoadedU
     for name in &reconciled.archived {
         tracing::info!(unit = %name, "unit file gone; its state row is archived");
     }
+    journal_cut_off_units(&store, reconciled.leftovers).await?;
     Ok((store, loaded))
+}
+
+/// What the state rows say of the previous daemon's end: a clean shutdown
+/// records every unit stopped with no pid, so a row that still has one was
+/// running when that daemon died (killed, OOM, power). Told in the log and,
+/// per unit, in the journal (`GET /api/v1/journal`), where the operator
+/// looks for why a unit restarted.
+async fn journal_cut_off_units(store: &StoreHandle, rows: Vec<crate::store::UnitRow>) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let notes: Vec<(String, String)> = rows
+        .into_iter()
+        .map(|row| {
+            let pid = row.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            tracing::warn!(unit = %row.name, status = %row.status, "the previous aikore ended while this unit ran");
+            let note = format!(
+                "the previous aikore ended without a clean shutdown while this unit was {}{pid}; \
+                 what it left running was stopped",
+                row.status
+            );
+            (row.name, note)
+        })
+        .collect();
+    store
+        .call(move |s| -> crate::store::Result<()> {
+            let now = now_ms();
+            for (unit, note) in &notes {
+                s.append_event(now, Some(unit), "info", note)?;
+            }
+            Ok(())
+        })
+        .await??;
+    Ok(())
 }
 
 /// The engine died outside a shutdown: nothing supervises the units any
@@ -261,7 +298,7 @@ async fn kill_orphaned_units(
     ended: Result<(), tokio::task::JoinError>,
     data_dir: &std::path::Path,
     cgroups: Option<CgroupRoot>,
-) -> anyhow::Result<i32> {
+) -> i32 {
     match ended {
         Err(e) if e.is_panic() => {
             tracing::error!(error = %e, "the supervisor engine panicked; killing every unit and exiting")
@@ -271,13 +308,17 @@ async fn kill_orphaned_units(
         }
     }
     let data_dir = data_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || stop_leftovers(&data_dir, cgroups.as_ref(), Duration::ZERO)).await?;
-    Ok(exit_code::ENGINE_DIED)
+    if let Err(e) =
+        tokio::task::spawn_blocking(move || stop_leftovers(&data_dir, cgroups.as_ref(), Duration::ZERO)).await
+    {
+        tracing::error!(error = %e, "killing the orphaned units failed");
+    }
+    exit_code::ENGINE_DIED
 }
 
 /// The ordered shutdown (instances, then services in reverse order) within
 /// `timeout`, then KILL for what is left; the exit code says which.
-async fn stop_units(supervisor: &SupervisorHandle, engine: tokio::task::JoinHandle<()>, timeout: Duration) -> i32 {
+async fn stop_units(supervisor: &SupervisorHandle, engine: JoinHandle<()>, timeout: Duration) -> i32 {
     tracing::info!(timeout = ?timeout, "shutting down: instances first, then services in reverse order");
     let mut code = match tokio::time::timeout(timeout, supervisor.shutdown()).await {
         Ok(Ok(report)) if report.clean => exit_code::CLEAN,
@@ -295,145 +336,343 @@ async fn stop_units(supervisor: &SupervisorHandle, engine: tokio::task::JoinHand
     code
 }
 
-/// Runs the daemon until SIGTERM/SIGINT; returns the process exit code.
-pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&settings.data_dir)?;
-    let settings = Settings { data_dir: data_dir.clone(), ..settings };
-    // aikore's own state is the daemon's, never the instance user's (older
-    // versions gave the whole top level to PUID): fixed before anything in it
-    // is read or written, so no planted symlink is ever followed.
-    let nginx_worker = crate::proxy::worker_user();
-    match crate::ownership::secure_data_dir(&data_dir) {
-        Ok(secured) if secured.fixed > 0 || !secured.quarantined.is_empty() => tracing::warn!(
-            fixed = secured.fixed,
-            quarantined = secured.quarantined.len(),
-            "gave aikore's own state in the data dir back to the daemon"
-        ),
-        Ok(_) => {}
-        Err(e) if settings.owner.is_some() => {
-            return Err(anyhow::anyhow!(e).context("securing aikore's state in the data dir from the instance user"))
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot secure aikore's state in the data dir"),
-    }
-    crate::ownership::state_dir(&settings.user_units_dir())?;
+/// The supervisor engine on its task, with what the rest of the daemon holds of it.
+struct EngineParts {
+    supervisor: SupervisorHandle,
+    events: broadcast::Sender<UnitEvent>,
+    /// Watched by `run`: a panic or an early return makes the daemon exit non-zero.
+    task: JoinHandle<()>,
+    instance_ctx: crate::instances::InstanceContext,
+}
 
-    if init::is_pid1() {
-        tracing::info!("running as PID 1");
-    } else if let Err(e) = init::become_subreaper() {
-        tracing::warn!(error = %e, "cannot become a child sub-reaper; orphans of units go to the real init");
-    }
-    let _ = init::reaper();
-
-    let (cgroups, tracking) = process_tracking(&data_dir);
-    {
-        let (cgroups, data_dir) = (cgroups.clone(), data_dir.clone());
-        // A previous run's app gets a short grace to flush, not a full TimeoutStopSec: it is already orphaned.
-        tokio::task::spawn_blocking(move || stop_leftovers(&data_dir, cgroups.as_ref(), Duration::from_secs(3)))
-            .await?;
-    }
-
-    let auth_cache = write_nginx_base(&settings, nginx_worker.as_ref())?;
-
-    let (store, loaded) = open_state(&settings).await?;
-
-    // Logs are the daemon's: rotation renames in a dir the instance user cannot write.
-    let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
+/// Builds the host side (spawner, cgroups, instances' hooks) and starts the engine task.
+fn start_engine(
+    settings: &Settings,
+    cgroups: Option<CgroupRoot>,
+    store: &StoreHandle,
+    logs: &Arc<LogHub>,
+    loaded: LoadedUnits,
+) -> EngineParts {
     let instance_ctx = crate::instances::InstanceContext {
-        data_dir: data_dir.clone(),
+        data_dir: settings.data_dir.clone(),
         blueprints_dir: settings.blueprints_dir.clone(),
         port_range: settings.port_range.clone(),
         store: store.clone(),
         owner: settings.owner,
         proxy_serves: crate::proxy::serves_port,
     };
-    let (events_tx, _) = broadcast::channel(EVENT_CAPACITY);
+    let (events, _) = broadcast::channel(EVENT_CAPACITY);
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let (hints_tx, hints_rx) = mpsc::unbounded_channel();
     let host = HostProcesses::new(
         HostConfig {
-            data_dir: data_dir.clone(),
-            cgroups: cgroups.clone(),
+            data_dir: settings.data_dir.clone(),
+            cgroups,
             base_env: crate::supervisor::host::inherited_env(),
             hooks: Some(Arc::new(instance_ctx.clone())),
             default_identity: settings.owner,
         },
-        Arc::clone(&logs),
+        Arc::clone(logs),
         exits_tx,
         hints_tx,
     );
-    let supervisor = SupervisorHandle::new(commands_tx, events_tx.clone());
-    // One shutdown tree: each task gets a child of `shutdown`, cancelled in
-    // the order below; the root is cancelled last, so nothing outlives serve.
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let journal_stop = shutdown.child_token();
-    let journal = tokio::spawn(journal_events(events_tx.subscribe(), store.clone(), journal_stop.clone()));
-    let engine_run = Engine::new(host, loaded.units, events_tx).run(commands_rx, exits_rx, hints_rx);
-    // Watched below: a panic or an early return makes the daemon exit non-zero.
-    let mut engine = tokio::spawn(async move {
+    let supervisor = SupervisorHandle::new(commands_tx, events.clone());
+    let engine_run = Engine::new(host, loaded.units, events.clone()).run(commands_rx, exits_rx, hints_rx);
+    let trigger = settings.knobs.test_panic_engine.clone();
+    let task = tokio::spawn(async move {
         tokio::select! {
             () = engine_run => {}
-            () = test_engine_panic() => panic!("AIKORE_TEST_PANIC_ENGINE: the engine task panics on purpose"),
+            () = test_engine_panic(trigger) => panic!("AIKORE_TEST_PANIC_ENGINE: the engine task panics on purpose"),
         }
     });
+    EngineParts { supervisor, events, task, instance_ctx }
+}
 
-    let reloader = Arc::new(Reloader::new(settings.units_dirs.clone(), supervisor.clone(), store.clone()));
-    let instances = Arc::new(crate::instances::InstanceManager::new(
-        instance_ctx,
-        settings.blueprints_dir.clone(),
-        supervisor.clone(),
-        Arc::clone(&reloader),
-    ));
-    // Subscribed before start_all so the first starts are counted. AIKORE_NVML=off skips loading the driver.
+/// The shutdown tree: one root token and a child per stage, cancelled by
+/// `run` in this order (what serves first, then what records, then what
+/// measures), and one tracker for every task spawned here.
+struct Stages {
+    root: CancellationToken,
+    web: CancellationToken,
+    /// The NGINX route sync: nothing to route to once the units are stopped.
+    proxy: CancellationToken,
+    /// Stopped after the units, so the final `stopped` transitions are written.
+    journal: CancellationToken,
+    metrics: CancellationToken,
+    /// Waited for (with a cap) before the process exits.
+    tasks: TaskTracker,
+}
+
+impl Stages {
+    fn new() -> Stages {
+        let root = CancellationToken::new();
+        Stages {
+            web: root.child_token(),
+            proxy: root.child_token(),
+            journal: root.child_token(),
+            metrics: root.child_token(),
+            root,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Tracks a task some other module spawned (its JoinHandle), so `wait` covers it.
+    fn track(&self, task: JoinHandle<()>) -> JoinHandle<()> {
+        self.tasks.spawn(async move {
+            let _ = task.await;
+        })
+    }
+
+    /// Cancels `stage`, then waits up to `cap` for its tasks.
+    async fn stop(stage: &CancellationToken, tasks: Vec<JoinHandle<()>>, cap: Duration) {
+        stage.cancel();
+        for task in tasks {
+            let _ = tokio::time::timeout(cap, task).await;
+        }
+    }
+}
+
+/// The background tasks beside the engine, by the stage that stops them.
+struct Background {
+    web: Option<JoinHandle<()>>,
+    proxy: JoinHandle<()>,
+    journal: JoinHandle<()>,
+    metrics: MetricsTasks,
+}
+
+struct MetricsTasks {
+    events: tokio::task::AbortHandle,
+    history: JoinHandle<()>,
+}
+
+/// Prometheus metrics: subscribed before `start_all` so the first starts are
+/// counted; AIKORE_NVML=off never loads the driver.
+fn start_metrics(
+    settings: &Settings,
+    supervisor: &SupervisorHandle,
+    logs: &Arc<LogHub>,
+    cgroups: Option<&CgroupRoot>,
+    stages: &Stages,
+) -> anyhow::Result<(Arc<crate::metrics::Metrics>, MetricsTasks)> {
     let metrics = crate::metrics::Metrics::new(
         supervisor.clone(),
-        Arc::clone(&logs),
+        Arc::clone(logs),
         crate::metrics::MetricsConfig {
-            cgroup_root: cgroups.as_ref().map(|root| root.path().to_path_buf()),
-            data_dir: data_dir.clone(),
-            nvml: std::env::var("AIKORE_NVML").map(|v| v != "off").unwrap_or(true),
+            cgroup_root: cgroups.map(|root| root.path().to_path_buf()),
+            data_dir: settings.data_dir.clone(),
+            nvml: settings.knobs.nvml,
         },
     )?;
-    let metrics_events = metrics.track_events(supervisor.subscribe());
-    let history_stop = shutdown.child_token();
-    let metrics_history = metrics.run_history(history_stop.clone());
-    let proxy_stop = shutdown.child_token();
-    let (proxy, proxy_task) = crate::proxy::RouteSync {
+    // The event counter runs as long as the supervisor's channel: aborted at shutdown.
+    let events = metrics.track_events(supervisor.subscribe());
+    let events_abort = events.abort_handle();
+    stages.track(events);
+    let history = stages.track(metrics.run_history(stages.metrics.clone()));
+    Ok((metrics, MetricsTasks { events: events_abort, history }))
+}
+
+/// The NGINX route sync, with the routes rendered once before it returns:
+/// they exist before NGINX first starts (and before the API answers, so a
+/// client never sees the units waiting for it), and ComfyUI's paths answer
+/// the "no slot holder" page, never the dashboard, from the first request.
+async fn start_proxy(
+    settings: &Settings,
+    supervisor: &SupervisorHandle,
+    instances: &Arc<crate::instances::InstanceManager>,
+    store: &StoreHandle,
+    stages: &Stages,
+) -> (crate::proxy::ProxyHandle, JoinHandle<()>) {
+    let (proxy, task) = crate::proxy::RouteSync {
         supervisor: supervisor.clone(),
-        instances: Arc::clone(&instances),
+        instances: Arc::clone(instances),
         store: store.clone(),
-        prefix: data_dir.join("nginx"),
+        prefix: settings.data_dir.join("nginx"),
         options: crate::proxy::routes::RenderOptions {
             bind: settings.proxy_bind,
-            api: api_upstream(&settings),
+            api: api_upstream(settings),
             reserved_ports: vec![settings.proxy_port, settings.apps_port],
-            ..crate::proxy::render_options_from_env()
+            ..crate::proxy::render_options(settings.knobs.max_body.as_deref())
         },
-        tester: Arc::new(crate::proxy::swap::NginxTester::from_env()),
-        extra_file: std::env::var_os("AIKORE_PROXY_EXTRA_FILE").map(Into::into),
+        tester: Arc::new(crate::proxy::swap::NginxTester::new(settings.knobs.nginx_bin.clone())),
+        extra_file: settings.knobs.proxy_extra_file.clone(),
     }
-    .spawn(proxy_stop.clone());
-    // The routes exist before NGINX first starts (and before the API answers, so
-    // a client never sees the units waiting for it): ComfyUI's paths answer the
-    // "no slot holder" page, never the dashboard, from the first request.
+    .spawn(stages.proxy.clone());
     proxy.render_now().await;
-    // After the data dir's top level was handed to PUID above: this file stays the daemon's.
-    let cli_token = crate::web::auth::random_token();
-    crate::config::write_secret(&settings.cli_token_path(), &cli_token)
-        .with_context(|| format!("writing {}", settings.cli_token_path().display()))?;
-    let state = crate::web::AppState::new(
-        supervisor.clone(),
-        Arc::clone(&logs),
-        store.clone(),
-        Arc::clone(&reloader),
-        tracking.to_string(),
-        instances,
-        proxy.clone(),
-    )
-    .with_metrics(metrics)
-    .with_origins(crate::web::origin::Origins::from_env(settings.proxy_port, settings.apps_port));
+    (proxy, stages.track(task))
+}
+
+/// A running daemon between [`Daemon::boot`] and [`Daemon::run`]: the units
+/// are loaded and the engine runs, the API is bound but does not answer yet
+/// and no unit has been started.
+pub struct Daemon {
+    settings: Settings,
+    cgroups: Option<CgroupRoot>,
+    supervisor: SupervisorHandle,
+    /// Watched by `run`: a panic or an early return makes the daemon exit non-zero.
+    engine: JoinHandle<()>,
+    reloader: Arc<Reloader>,
+    web: crate::web::AppState,
+    listener: tokio::net::TcpListener,
+    /// SIGHUP, installed before the API answers (an early one reloads, it is not lost).
+    hangups: init::signals::Hangups,
+    stages: Stages,
+    background: Background,
+    /// The login gate's credential cache: removed at exit (NGINX is gone with the units).
+    auth_cache: PathBuf,
+}
+
+impl Daemon {
+    /// Everything up to a bound API listener; fails (exit 1) on settings or a
+    /// data dir that cannot be used, or a port that is taken.
+    pub async fn boot(settings: Settings) -> anyhow::Result<Daemon> {
+        // aikore's own state is the daemon's, never the instance user's (older
+        // versions gave the whole top level to PUID): fixed before anything in it
+        // is read or written, so no planted symlink is ever followed.
+        let data = DataDir::open(&settings.data_dir, settings.owner.is_some())?;
+        let settings = Settings { data_dir: data.path().to_path_buf(), ..settings };
+        data.state_dir("units")?;
+        become_init();
+        let (cgroups, tracking) = process_tracking(data.path(), settings.knobs.cgroups);
+        let (leftover_cgroups, data_dir) = (cgroups.clone(), settings.data_dir.clone());
+        // A previous run's app gets a short grace to flush, not a full TimeoutStopSec: it is already orphaned.
+        tokio::task::spawn_blocking(move || {
+            stop_leftovers(&data_dir, leftover_cgroups.as_ref(), Duration::from_secs(3))
+        })
+        .await?;
+        let nginx_worker = crate::proxy::worker_user(settings.knobs.nginx_user.as_deref());
+        let auth_cache = write_nginx_base(&settings, &data, nginx_worker.as_ref())?;
+
+        let (store, loaded) = open_state(&settings, &data).await?;
+        // Logs are the daemon's: rotation renames in a dir the instance user cannot write.
+        let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
+        let engine = start_engine(&settings, cgroups.clone(), &store, &logs, loaded);
+        let supervisor = engine.supervisor.clone();
+        let stages = Stages::new();
+        let journal =
+            stages.tasks.spawn(journal_events(engine.events.subscribe(), store.clone(), stages.journal.clone()));
+        let reloader = Arc::new(Reloader::new(settings.units_dirs.clone(), supervisor.clone(), store.clone()));
+        let instances = Arc::new(crate::instances::InstanceManager::new(
+            engine.instance_ctx,
+            settings.blueprints_dir.clone(),
+            supervisor.clone(),
+            Arc::clone(&reloader),
+        ));
+        let (metrics, metrics_tasks) = start_metrics(&settings, &supervisor, &logs, cgroups.as_ref(), &stages)?;
+        let (proxy, proxy_task) = start_proxy(&settings, &supervisor, &instances, &store, &stages).await;
+        let origins = crate::web::origin::Origins::from_env(settings.proxy_port, settings.apps_port);
+        let web = crate::web::AppState::new(
+            supervisor.clone(),
+            logs,
+            store,
+            Arc::clone(&reloader),
+            tracking.to_string(),
+            instances,
+            proxy,
+        )
+        .with_metrics(metrics)
+        .with_origins(origins)
+        .with_knobs(&settings.knobs);
+        let web = with_local_credentials(web, &settings).await?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("listening on {}", settings.listen))?;
+        Ok(Daemon {
+            hangups: init::signals::Hangups::install()?,
+            settings,
+            cgroups,
+            supervisor,
+            engine: engine.task,
+            reloader,
+            web,
+            listener,
+            stages,
+            background: Background { web: None, proxy: proxy_task, journal, metrics: metrics_tasks },
+            auth_cache,
+        })
+    }
+
+    /// The API's address (port 0 in the settings: the one the system chose).
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The web router on this daemon's state, for in-process requests (tests).
+    pub fn router(&self) -> axum::Router {
+        crate::web::router(self.web.clone())
+    }
+
+    /// Serves, starts every unit, and waits for `shutdown`, a dead engine or
+    /// SIGHUP (reload); then stops everything in order. Returns the exit code.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> i32 {
+        tracing::info!(listen = %self.settings.listen, data_dir = %self.settings.data_dir.display(), "aikore is up");
+        let serving = crate::web::serve(self.listener, self.web, self.stages.web.clone());
+        self.background.web = Some(self.stages.tasks.spawn(serving));
+        // Only a dead engine refuses this, and the loop below sees that at once.
+        if let Err(e) = self.supervisor.start_all().await {
+            tracing::error!(error = %e, "starting the units failed");
+        }
+        tokio::pin!(shutdown);
+        let engine_ended = loop {
+            tokio::select! {
+                () = &mut shutdown => break None,
+                () = self.hangups.recv() => match self.reloader.reload().await {
+                    Ok(r) => tracing::info!(units = r.units, "reloaded unit files"),
+                    Err(e) => tracing::error!(error = %e, "reload failed"),
+                },
+                ended = &mut self.engine => break Some(ended),
+            }
+        };
+        let code = match engine_ended {
+            Some(ended) => kill_orphaned_units(ended, &self.settings.data_dir, self.cgroups.clone()).await,
+            None => stop_units(&self.supervisor, self.engine, self.settings.shutdown_timeout).await,
+        };
+        let (stages, background) = (self.stages, self.background);
+        stages.web.cancel();
+        Stages::stop(&stages.proxy, [Some(background.proxy), background.web].into_iter().flatten().collect(), secs(2))
+            .await;
+        Stages::stop(&stages.journal, vec![background.journal], secs(5)).await;
+        background.metrics.events.abort();
+        Stages::stop(&stages.metrics, vec![background.metrics.history], secs(2)).await;
+        stages.root.cancel();
+        stages.tasks.close();
+        if tokio::time::timeout(secs(2), stages.tasks.wait()).await.is_err() {
+            tracing::warn!("a background task did not end within 2 s of the shutdown");
+        }
+        if init::is_pid1() {
+            let _ = tokio::task::spawn_blocking(|| init::terminate_strays(secs(2))).await;
+        }
+        // NGINX is gone with the units: its cached credentials go too.
+        let _ = std::fs::remove_dir_all(&self.auth_cache);
+        if let Some(root) = self.cgroups {
+            root.remove();
+        }
+        tracing::info!(code, "aikore stopped");
+        code
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// PID 1, or a sub-reaper so orphans of units still come to us; and the
+/// reaper thread, which owns every exit status from here on.
+fn become_init() {
+    if init::is_pid1() {
+        tracing::info!("running as PID 1");
+    } else if let Err(e) = init::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child sub-reaper; orphans of units go to the real init");
+    }
+    let _ = init::reaper();
+}
+
+/// The web state with its credentials: the environment's plus a fresh local
+/// CLI token, written to `<data>/cli.token` (the daemon's, 0600).
+async fn with_local_credentials(
+    state: crate::web::AppState,
+    settings: &Settings,
+) -> anyhow::Result<crate::web::AppState> {
     // xterm.js comes from npm (web/package-lock.json); without it the
     // dashboard works but its terminal cannot: say so once, with the fix.
     let xterm = state.web_dir.join("node_modules/@xterm/xterm/lib/xterm.js");
@@ -443,61 +682,19 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
             "the dashboard's terminal needs xterm.js: run `npm ci --prefix web` in the checkout (the image has it)"
         );
     }
-    // The environment's credentials plus the local CLI's token.
+    let cli_token = crate::web::auth::random_token();
+    crate::config::write_secret(&settings.cli_token_path(), &cli_token)
+        .with_context(|| format!("writing {}", settings.cli_token_path().display()))?;
     let state = state.with_auth(crate::web::auth::Auth::from_env().with_api_token(cli_token));
-    state.auth.prepare_setup(&data_dir, &state.store).await;
+    state.auth.prepare_setup(&settings.data_dir, &state.store).await;
     crate::web::auth::migrate_public_settings(&state).await;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("listening on {}", settings.listen))?;
-    tracing::info!(listen = %settings.listen, data_dir = %data_dir.display(), "aikore is up");
-    // Handlers before the API answers: a client that saw /healthz may signal
-    // at once, and an early SIGHUP must reload, not be lost or kill us.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let web_stop = shutdown.child_token();
-    let web = tokio::spawn(crate::web::serve(listener, state, web_stop.clone()));
+    Ok(state)
+}
 
-    // Only a dead engine refuses this, and the loop below sees that at once.
-    if let Err(e) = supervisor.start_all().await {
-        tracing::error!(error = %e, "starting the units failed");
-    }
-
-    let engine_ended = loop {
-        tokio::select! {
-            _ = sigterm.recv() => break None,
-            _ = sigint.recv() => break None,
-            _ = sighup.recv() => match reloader.reload().await {
-                Ok(r) => tracing::info!(units = r.units, "reloaded unit files"),
-                Err(e) => tracing::error!(error = %e, "reload failed"),
-            },
-            ended = &mut engine => break Some(ended),
-        }
-    };
-
-    let code = match engine_ended {
-        Some(ended) => kill_orphaned_units(ended, &data_dir, cgroups.clone()).await?,
-        None => stop_units(&supervisor, engine, settings.shutdown_timeout).await,
-    };
-    web_stop.cancel();
-    proxy_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), proxy_task).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), web).await;
-    journal_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), journal).await;
-    metrics_events.abort();
-    history_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), metrics_history).await;
-    shutdown.cancel();
-    if init::is_pid1() {
-        tokio::task::spawn_blocking(|| init::terminate_strays(Duration::from_secs(2))).await?;
-    }
-    // NGINX is gone with the units: its cached credentials go too.
-    let _ = std::fs::remove_dir_all(&auth_cache);
-    if let Some(root) = cgroups {
-        root.remove();
-    }
-    tracing::info!(code, "aikore stopped");
-    Ok(code)
+/// `aikore serve`: boots, then runs until SIGTERM or SIGINT; returns the process exit code.
+pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
+    // Installed first: a signal during boot is kept for `run`, not fatal.
+    let shutdown = init::signals::ShutdownSignal::install()?;
+    let daemon = Daemon::boot(settings).await?;
+    Ok(daemon.run(shutdown.recv()).await)
 }

@@ -5,6 +5,7 @@
 //! Data flows one way: unit files -> supervisor -> processes -> events ->
 //! {store, logs, web}. Only the supervisor task changes a unit's state.
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod proxy;
 pub mod safefs;
 pub mod store;
 pub mod supervisor;
+pub mod sys;
 pub mod units;
 pub mod urls;
 pub mod web;

@@ -155,6 +155,68 @@ pub fn secure_data_dir(data_dir: &Path) -> io::Result<Secured> {
 }
 
 /// Creates `path` (a dir of aikore's own state) if missing, the daemon's, 0755.
+/// Hands `path` to `who` (uid, gid) without following a symlink at its end:
+/// the one way aikore gives something in the data dir to another user (an
+/// instance's work dir to PUID, NGINX's temp dirs to its worker user).
+pub fn hand_over(path: &Path, who: (u32, u32)) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(who.0), Some(who.1))
+}
+
+/// The data dir, opened once at boot: created, canonical, and aikore's own
+/// state in it given back to the daemon before anything in it is read.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// `strict` (an instance user is set): failing to secure the state is an
+    /// error, as the instance user could otherwise plant links in it; without
+    /// one it is a warning (a checkout run by a plain user cannot chown).
+    pub fn open(path: &Path, strict: bool) -> io::Result<DataDir> {
+        fs::create_dir_all(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating data dir {}: {e}", path.display())))?;
+        let root = fs::canonicalize(path)?;
+        match secure_data_dir(&root) {
+            Ok(secured) if secured.fixed > 0 || !secured.quarantined.is_empty() => tracing::warn!(
+                fixed = secured.fixed,
+                quarantined = secured.quarantined.len(),
+                "gave aikore's own state in the data dir back to the daemon"
+            ),
+            Ok(_) => {}
+            Err(e) if strict => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("securing aikore's state in the data dir from the instance user: {e}"),
+                ))
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot secure aikore's state in the data dir"),
+        }
+        Ok(DataDir { root })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// A dir of aikore's own state (`units`, `logs`, ...): the daemon's, never a symlink.
+    pub fn state_dir(&self, rel: &str) -> io::Result<PathBuf> {
+        let path = self.root.join(rel);
+        state_dir(&path)?;
+        Ok(path)
+    }
+
+    /// A file of aikore's own state made 0600 if it exists (the store's files).
+    pub fn private_file(&self, rel: &str) {
+        private_file(&self.root.join(rel));
+    }
+
+    /// Hands `rel` (below the data dir) to `who`; see [`hand_over`].
+    pub fn hand_over(&self, rel: &str, who: (u32, u32)) -> io::Result<()> {
+        hand_over(&self.root.join(rel), who)
+    }
+}
+
 pub fn state_dir(path: &Path) -> io::Result<()> {
     fs::create_dir_all(path)?;
     if fs::symlink_metadata(path)?.file_type().is_symlink() {

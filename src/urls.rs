@@ -10,6 +10,42 @@ pub const APP_PREFIX: &str = "/app/";
 pub const VNC_PREFIX: &str = "/vnc/";
 /// The only slot there is (docs/proxy.md, "The ComfyUI slot"): the instance behind [`COMFYUI_PATH`].
 pub const SLOT_COMFYUI: &str = "comfyui";
+/// A slot an instance can hold, parsed once where it enters (the API, an
+/// instance file); [`SLOT_COMFYUI`] is the only one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Slot {
+    ComfyUi,
+}
+
+impl Slot {
+    pub fn parse(text: &str) -> Result<Slot, String> {
+        match text {
+            SLOT_COMFYUI => Ok(Slot::ComfyUi),
+            other => Err(format!("unknown active slot {other:?}: the only slot is \"{SLOT_COMFYUI}\"")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Slot::ComfyUi => SLOT_COMFYUI,
+        }
+    }
+}
+
+impl TryFrom<String> for Slot {
+    type Error = String;
+    fn try_from(text: String) -> Result<Slot, String> {
+        Slot::parse(&text)
+    }
+}
+
+impl From<Slot> for String {
+    fn from(slot: Slot) -> String {
+        slot.as_str().to_string()
+    }
+}
+
 /// The slot holder's fixed address.
 pub const COMFYUI_PATH: &str = "/comfyui/";
 

@@ -65,6 +65,14 @@ fn a_restarted_daemon_stops_leftovers_resets_state_and_archives_gone_units() {
         assert_eq!(live.len(), 2, "[{tracking}] only the new run's processes: {live:?}");
         let archived: i64 = db(&d).query_row("SELECT archived FROM units WHERE name='gone'", [], |r| r.get(0)).unwrap();
         assert_eq!(archived, 1);
+        // The state rows of the crashed daemon are read back: the journal says
+        // which units it cut off, and in which state.
+        let (code, journal) = d.get("/api/v1/journal?unit=svc");
+        assert_eq!(code, 200, "{journal}");
+        let cut_off = journal.as_array().unwrap().iter().filter_map(|e| e["detail"].as_str()).find(|t| {
+            t.starts_with("the previous aikore ended without a clean shutdown while this unit was started (pid ")
+        });
+        assert!(cut_off.is_some_and(|t| t.contains(&old_pid.to_string())), "[{tracking}] {journal}");
     }
 }
 
@@ -81,6 +89,13 @@ fn the_journal_records_the_final_stops_of_a_shutdown() {
     assert!(last.starts_with("stopped"), "{last}");
     let status: String = db(&d).query_row("SELECT status FROM units WHERE name='svc'", [], |r| r.get(0)).unwrap();
     assert_eq!(status, "stopped");
+    // After a clean shutdown the next daemon has nothing cut off to report.
+    d.spawn(crate::harness::Options::default());
+    d.wait_status("svc", "started");
+    let cut_off: i64 = db(&d)
+        .query_row("SELECT count(*) FROM events WHERE detail LIKE 'the previous aikore ended%'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(cut_off, 0);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! turning signals into daemon commands.
 
 pub mod reaper;
+pub mod signals;
 
 pub use reaper::{reaper, ExitStatus, Reaper};
 

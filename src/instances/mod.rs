@@ -130,12 +130,7 @@ pub fn validate_gpus(gpus: &[String]) -> Result<()> {
 
 fn validate_environment(env: &BTreeMap<String, String>) -> Result<()> {
     for (k, v) in env {
-        let mut bytes = k.bytes();
-        let ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !ok {
-            return Err(InstanceError::Invalid(format!("environment name {k:?} is not a valid variable name")));
-        }
+        crate::units::EnvName::parse(k).map_err(InstanceError::Invalid)?;
         if v.contains(['\n', '\r', '\0']) {
             return Err(InstanceError::Invalid(format!("environment value of {k} contains a line break or NUL")));
         }
@@ -156,9 +151,7 @@ fn validate_spec(spec: &InstanceSpec) -> Result<()> {
         return Err(InstanceError::Invalid("port must be 1-65535 or \"auto\"".into()));
     }
     if let Some(slot) = &spec.active_slot {
-        if slot != SLOT_COMFYUI {
-            return Err(InstanceError::Invalid(format!("unknown active slot {slot:?}: the only slot is \"comfyui\"")));
-        }
+        crate::urls::Slot::parse(slot).map_err(InstanceError::Invalid)?;
     }
     if spec.description.contains(['\n', '\r', '\0']) {
         return Err(InstanceError::Invalid("description must be one line".into()));

@@ -84,9 +84,8 @@ pub fn socket_path(display: u16) -> PathBuf {
 }
 
 fn pid_alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
     // A zombie holds no display.
-    stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)).is_some_and(|s| s != "Z")
+    crate::sys::proc::stat(pid).is_some_and(|s| !s.is_zombie())
 }
 
 /// The pid in an X lock file (`%10d\n`); None without a readable one.

@@ -63,7 +63,7 @@ impl Default for LogConfig {
 }
 
 /// One line of a unit's output (or an aikore note).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LogLine {
     /// Per unit, increasing by one per line since aikore started; lines read
     /// back from files get lower numbers, or 0.

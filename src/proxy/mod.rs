@@ -59,12 +59,12 @@ impl WorkerUser {
 /// set, else `www-data` where the system has it, else `nobody`. Not the
 /// instance user (PUID) where avoidable, so instance code cannot signal or
 /// ptrace the processes that carry the dashboard's traffic.
-pub fn worker_user() -> Option<WorkerUser> {
+pub fn worker_user(named: Option<&str>) -> Option<WorkerUser> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
-    if let Ok(name) = std::env::var("AIKORE_NGINX_USER") {
-        match WorkerUser::lookup(name.trim()) {
+    if let Some(name) = named {
+        match WorkerUser::lookup(name) {
             Some(user) => return Some(user),
             None => {
                 tracing::error!(user = %name, "AIKORE_NGINX_USER: no such user (or its group has no name); using the default")
@@ -91,16 +91,16 @@ impl BaseConfig {
 
 /// AIKORE_MAX_BODY: `client_max_body_size` of instance routes (NGINX syntax:
 /// digits and an optional k/m/g). An invalid value falls back to the default, loudly.
-pub fn render_options_from_env() -> routes::RenderOptions {
-    match std::env::var("AIKORE_MAX_BODY") {
-        Ok(v) if routes::is_valid_size(v.trim()) => {
+pub fn render_options(max_body: Option<&str>) -> routes::RenderOptions {
+    match max_body {
+        Some(v) if routes::is_valid_size(v.trim()) => {
             routes::RenderOptions { max_body: v.trim().to_string(), ..Default::default() }
         }
-        Ok(v) => {
+        Some(v) => {
             tracing::error!(value = %v, default = routes::DEFAULT_MAX_BODY, "AIKORE_MAX_BODY is not a size like 50g or 512m; using the default");
             routes::RenderOptions::default()
         }
-        Err(_) => routes::RenderOptions::default(),
+        None => routes::RenderOptions::default(),
     }
 }
 
@@ -163,7 +163,7 @@ pub fn make_auth_cache_dir(data_dir: &Path, owner: Option<(u32, u32)>, name: &st
     // Fails if the name exists: never a dir or link someone else made.
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))?;
+        crate::ownership::hand_over(&dir, (uid, gid))?;
     }
     std::fs::create_dir_all(data_dir.join("nginx"))?;
     crate::safefs::write_atomically(&record, dir.display().to_string().as_bytes())?;
@@ -241,7 +241,7 @@ mod tests {
     fn every_rendered_route_passes_the_real_nginx_test() {
         // Through the reaper, as the daemon runs it: other tests in this
         // process start the global reaper, which would steal a plain wait's status.
-        let tester = swap::NginxTester::from_env();
+        let tester = swap::NginxTester::new(None);
         assert!(swap::ConfigTester::available(&tester), "NGINX is needed for this test: apt-get install nginx");
         let data = tempfile::tempdir().unwrap();
         let config = BaseConfig {

@@ -82,12 +82,9 @@ pub struct NginxTester {
 }
 
 impl NginxTester {
-    /// AIKORE_NGINX_BIN, else the path units/nginx.service runs.
-    pub fn from_env() -> NginxTester {
-        let binary = std::env::var_os("AIKORE_NGINX_BIN")
-            .map(PathBuf::from)
-            .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")))
-            .filter(|p| p.is_file());
+    /// `binary` (AIKORE_NGINX_BIN), else the path units/nginx.service runs.
+    pub fn new(binary: Option<PathBuf>) -> NginxTester {
+        let binary = binary.or_else(|| Some(PathBuf::from("/usr/sbin/nginx"))).filter(|p| p.is_file());
         NginxTester { binary, via_reaper: true }
     }
 }

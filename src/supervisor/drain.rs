@@ -150,10 +150,7 @@ fn unit_marker(pid: i32, data_marker: &[u8]) -> Option<String> {
 /// True while the process group has a member (a zombie not yet reaped counts:
 /// its reaping is what wakes the engine next).
 pub fn group_alive(pgid: i32) -> bool {
-    // SAFETY: signal 0 checks existence and permission only; no memory involved.
-    let rc = unsafe { libc::kill(-pgid, 0) };
-    // EPERM: the group exists; we may just not signal it.
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    crate::sys::signal::group_alive(pgid)
 }
 
 /// A pidfd: names one process for good, so a pid reused by a stranger is

@@ -14,7 +14,7 @@ use super::members::Membership;
 use super::spawn::{spawn_in, ProcessSpec};
 use super::{DrainHint, ExitReport, Prepared, ProcessControl, ReadyTarget, Role, RunHooks};
 use crate::logs::LogHub;
-use crate::units::{ExecCommand, ReadyCheck, Unit};
+use crate::units::{expand_vars, parse_env_file, ExecCommand, ReadyCheck, Unit};
 
 pub struct HostConfig {
     /// Canonical data dir: the `AIKORE_DATA_DIR` marker value and the base of relative paths.
@@ -234,67 +234,6 @@ impl HostProcesses {
     }
 }
 
-/// `KEY=VALUE` lines, `#`/`;` comments, optional `export ` and quotes around the value.
-pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
-        .filter_map(|l| {
-            let l = l.strip_prefix("export ").unwrap_or(l);
-            let (k, v) = l.split_once('=')?;
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|s| s.strip_suffix('"'))
-                .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
-                .unwrap_or(v);
-            Some((k.trim().to_string(), v.to_string()))
-        })
-        .collect()
-}
-
-/// systemd's `$NAME` / `${NAME}` substitution in command words; `$$` is a
-/// literal `$`. Unlike systemd, a name the unit's environment does not define
-/// is left as written rather than emptied: an inline `sh -c '... $i ...'`
-/// then means what it says, and unit files written for systemd (with `$$i`)
-/// still work.
-pub fn expand_vars(word: &str, env: &[(String, String)]) -> String {
-    let lookup = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let is_name = |name: &str| {
-        let mut bytes = name.bytes();
-        bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    };
-    let mut out = String::with_capacity(word.len());
-    let mut rest = word;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-            continue;
-        }
-        let (name, consumed) = match after.strip_prefix('{') {
-            Some(braced) => match braced.find('}') {
-                Some(end) => (&braced[..end], end + 2),
-                None => ("", 0),
-            },
-            None => {
-                let len = after.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
-                (&after[..len], len)
-            }
-        };
-        match lookup(name).filter(|_| is_name(name)) {
-            Some(value) => out.push_str(value),
-            None => out.push_str(&rest[at..at + 1 + consumed]),
-        }
-        rest = &after[consumed..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Who a unit's processes run as, resolved before fork (NSS lookups allocate).
 #[derive(Default)]
 pub struct Identity {
@@ -484,13 +423,13 @@ impl ProcessControl for HostProcesses {
     }
 
     fn signal_process(&mut self, pid: i32, signal: i32) {
-        // SAFETY: kill() on a pid we spawned and have not reaped yet.
-        unsafe { libc::kill(pid, signal) };
+        // A pid we spawned and have not reaped yet.
+        crate::sys::signal::process_raw(pid, signal);
     }
 
     fn signal_group(&mut self, pgid: i32, signal: i32) {
-        // SAFETY: killpg() on a process group we created with setsid().
-        unsafe { libc::killpg(pgid, signal) };
+        // A process group we created with setsid().
+        crate::sys::signal::group_raw(pgid, signal);
     }
 
     fn signal_unit(&mut self, unit: &str, signal: i32) {
@@ -498,12 +437,12 @@ impl ProcessControl for HostProcesses {
             Some(Membership::Marked { pgid, .. }) => {
                 let pgid = *pgid;
                 if let Some(pgid) = pgid {
-                    // SAFETY: killpg on the group our main process created through setsid; no memory involved.
-                    unsafe { libc::killpg(pgid, signal) };
+                    // The group our main process created through setsid.
+                    crate::sys::signal::group_raw(pgid, signal);
                 }
                 for (pid, _) in self.swept_members(unit, pgid) {
-                    // SAFETY: as above, for a pid this batch's /proc sweep found carrying the unit's marker.
-                    unsafe { libc::kill(pid, signal) };
+                    // A pid this batch's /proc sweep found carrying the unit's marker.
+                    crate::sys::signal::process_raw(pid, signal);
                 }
             }
             Some(m) => m.signal_all(signal),
@@ -599,27 +538,5 @@ impl ProcessControl for HostProcesses {
             lines,
             ..Default::default()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expands_like_systemd() {
-        let env = vec![("PORT".to_string(), "8188".to_string()), ("A".to_string(), "x".to_string())];
-        assert_eq!(expand_vars("--port=${PORT}", &env), "--port=8188");
-        assert_eq!(expand_vars("$PORT", &env), "8188");
-        assert_eq!(expand_vars("$A-$MISSING.", &env), "x-$MISSING.");
-        assert_eq!(expand_vars("${A}${MISSING} $1 $(pwd)", &env), "x${MISSING} $1 $(pwd)");
-        assert_eq!(expand_vars("cost $$5", &env), "cost $5");
-        assert_eq!(expand_vars("${unterminated", &env), "${unterminated");
-    }
-
-    #[test]
-    fn env_files_take_comments_export_and_quotes() {
-        let parsed = parse_env_file("# c\nexport A=1\nB=\"two words\"\n;x\nC='3'\nbad line\n");
-        assert_eq!(parsed, vec![("A".into(), "1".into()), ("B".into(), "two words".into()), ("C".into(), "3".into())]);
     }
 }

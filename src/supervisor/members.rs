@@ -21,19 +21,10 @@ pub enum Membership {
     Marked { unit: String, data_dir: String, pgid: Option<i32> },
 }
 
-/// Reads field 5 (pgrp) of /proc/PID/stat; the comm field may contain spaces
-/// and parentheses, so parse from the last ')'.
+/// The process group of `pid`; None for a zombie (no process left to
+/// signal; the reaper owns it) or a process that is gone.
 pub(super) fn process_group_of(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?;
-    if state == "Z" {
-        // A zombie has no process left to signal; the reaper owns it.
-        return None;
-    }
-    fields.next()?; // ppid
-    fields.next()?.parse().ok()
+    crate::sys::proc::stat(pid).filter(|s| !s.is_zombie()).map(|s| s.pgrp)
 }
 
 fn carries_marker(pid: i32, unit_marker: &[u8], data_marker: &[u8]) -> bool {
@@ -78,8 +69,7 @@ fn self_and_ancestors() -> Vec<i32> {
 }
 
 fn parent_of(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    crate::sys::proc::stat(pid).map(|s| s.ppid)
 }
 
 /// Every process in /proc that carries both `AIKORE_DATA_DIR=<data_dir>` and
@@ -123,32 +113,26 @@ impl Membership {
             Membership::Cgroup(cg) => cg.signal_all(signal),
             Membership::Marked { pgid, .. } => {
                 if let Some(pgid) = pgid {
-                    // SAFETY: killpg with a pgid we created through setsid; no memory involved.
-                    unsafe { libc::killpg(*pgid, signal) };
+                    crate::sys::signal::group_raw(*pgid, signal);
                 }
                 for pid in self.pids() {
-                    // SAFETY: as above, for a pid found through /proc.
-                    unsafe { libc::kill(pid, signal) };
+                    crate::sys::signal::process_raw(pid, signal);
                 }
             }
         }
     }
 
     pub fn signal_group(&self, pgid: i32, signal: i32) {
-        // SAFETY: killpg on the unit's own process group.
-        unsafe { libc::killpg(pgid, signal) };
+        crate::sys::signal::group_raw(pgid, signal);
     }
 }
 
 /// The daemon's record of the pids it spawned, by unit, in the data dir.
 pub const PID_FILE: &str = "aikore.pids";
 
-/// Field 22 of /proc/PID/stat: when the process started, in clock ticks
-/// since boot. With the pid it names one process; a reused pid has another.
+/// When the process started, in clock ticks since boot (`sys::proc::Stat::start_ticks`).
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the comm: state is field 3, so starttime is the 20th from there.
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(19)?.parse().ok()
+    crate::sys::proc::stat(pid).map(|s| s.start_ticks)
 }
 
 /// One spawned process: still the same one when its start time matches.
@@ -238,22 +222,12 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 /// them leads, or descends from one of them: what a unit left behind.
 pub fn process_trees(roots: &[Tracked]) -> Vec<i32> {
     let me = std::process::id() as i32;
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
     // (pid, ppid, pgrp, start) of every live process.
-    let table: Vec<(i32, i32, i32, u64)> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let mut f = stat[stat.rfind(')')? + 1..].split_whitespace();
-            if f.next()? == "Z" {
-                return None;
-            }
-            let ppid = f.next()?.parse().ok()?;
-            let pgrp = f.next()?.parse().ok()?;
-            let start = f.nth(16)?.parse().ok()?;
-            Some((pid, ppid, pgrp, start))
-        })
+    let table: Vec<(i32, i32, i32, u64)> = crate::sys::proc::pids()
+        .into_iter()
+        .filter_map(crate::sys::proc::stat)
+        .filter(|s| !s.is_zombie())
+        .map(|s| (s.pid, s.ppid, s.pgrp, s.start_ticks))
         .collect();
     let live_roots: Vec<&Tracked> =
         roots.iter().filter(|r| table.iter().any(|(pid, _, _, s)| *pid == r.pid && *s == r.start)).collect();

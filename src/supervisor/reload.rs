@@ -16,7 +16,7 @@ pub struct Reloader {
     store: StoreHandle,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReloadReport {
     pub units: usize,
     pub diagnostics: Vec<String>,

@@ -28,6 +28,19 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order a unit usually goes through them (the
+    /// dashboard's list is checked against it: `api::tests`).
+    pub const ALL: [Status; 8] = [
+        Status::Stopped,
+        Status::Starting,
+        Status::Stalled,
+        Status::Started,
+        Status::Stopping,
+        Status::Restarting,
+        Status::Error,
+        Status::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Stopped => "stopped",

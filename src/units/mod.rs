@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod checks;
+mod env_name;
 mod exec;
+mod expand;
 mod graph;
 mod ini;
 mod keys;
@@ -21,13 +23,15 @@ mod resolve;
 mod timespan;
 
 pub use checks::{unescape_octal as unescape_mount_path, Check, Checks};
+pub use env_name::EnvName;
 pub use exec::{
     DirKind, Directories, ExecConfig, Input, Output, Preserve, ProtectHome, ProtectSystem, Resources, Rlimit,
     SandboxPath, TasksMax, ALL_CAPS, CAPABILITIES,
 };
+pub use expand::{expand_vars, parse_env_file};
 pub use graph::{check_graph, find_cycle, start_order};
 pub use load::{check_paths, load_dirs, LoadedUnits};
-pub use quote::split_command_line;
+pub use quote::{is_valid_env_name, split_command_line};
 pub use resolve::{parse_unit_file, parse_unit_str};
 pub use timespan::parse_timespan;
 
@@ -41,7 +45,7 @@ pub fn is_valid_unit_name(name: &str) -> bool {
         && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnitKind {
     Service,

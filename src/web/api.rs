@@ -16,6 +16,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::api::{Health, ReloadReport, UnitActionReply, UnitLogs, UnitVerb, UnitView};
 use crate::supervisor::UnitSnapshot;
 use crate::units::is_valid_unit_name;
 
@@ -50,58 +51,15 @@ pub async fn method_not_allowed() -> ApiError {
 }
 
 /// Liveness plus the init facts worth checking from outside (tests, HEALTHCHECK).
-async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+async fn healthz(State(state): State<AppState>) -> Json<Health> {
     let reaper = crate::init::reaper();
-    Json(serde_json::json!({
-        "status": "ok",
-        "pid1": crate::init::is_pid1(),
-        "tracking": state.tracking,
-        "children_reaped": reaper.children_reaped(),
-        "orphans_reaped": reaper.orphans_reaped(),
-    }))
-}
-
-#[derive(serde::Serialize)]
-struct UnitView {
-    name: String,
-    kind: &'static str,
-    description: String,
-    status: &'static str,
-    detail: Option<String>,
-    pid: Option<i32>,
-    restarts: u32,
-    /// When the unit entered its current status (Unix ms).
-    since: i64,
-    started: Option<i64>,
-    last_exit: Option<String>,
-    /// Why the last run ended badly: `{class, line, hint}` (docs/operations.md).
-    failure: Option<crate::failure::Failure>,
-    path: String,
-    /// The seq of the unit's latest event: a reader drops any state with a seq <= the one it shows.
-    seq: u64,
-    /// The port of the current (or last) run.
-    port: Option<u16>,
-}
-
-impl From<UnitSnapshot> for UnitView {
-    fn from(s: UnitSnapshot) -> UnitView {
-        UnitView {
-            name: s.name,
-            kind: s.kind.as_str(),
-            description: s.description,
-            status: s.status.as_str(),
-            detail: s.detail,
-            pid: s.pid,
-            restarts: s.restarts,
-            since: s.since_ms,
-            started: s.started_ms,
-            last_exit: s.last_exit,
-            failure: s.failure,
-            path: s.path,
-            seq: s.seq,
-            port: s.port,
-        }
-    }
+    Json(Health {
+        status: "ok".into(),
+        pid1: crate::init::is_pid1(),
+        tracking: state.tracking.clone(),
+        children_reaped: reaper.children_reaped(),
+        orphans_reaped: reaper.orphans_reaped(),
+    })
 }
 
 pub fn checked_name(name: &str) -> ApiResult<&str> {
@@ -135,23 +93,19 @@ async fn get_unit(State(state): State<AppState>, Path(name): Path<String>) -> Ap
 
 async fn unit_action(
     State(state): State<AppState>,
-    Path((name, action)): Path<(String, String)>,
-) -> ApiResult<Json<serde_json::Value>> {
+    Path((name, verb)): Path<(String, String)>,
+) -> ApiResult<Json<UnitActionReply>> {
     let name = checked_name(&name)?;
-    let sup = &state.supervisor;
-    let status = match action.as_str() {
-        "start" => sup.start(name).await?,
-        "stop" => sup.stop(name).await?,
-        "restart" => sup.restart(name).await?,
-        "reload" => {
-            sup.reload(name).await?;
+    let action = UnitVerb::parse(&verb)
+        .ok_or_else(|| ApiError::not_found(format!("unknown action {verb:?}: use start, stop, restart or reload")))?;
+    let status = match action {
+        UnitVerb::Action(action) => action.apply(&state.supervisor, name).await?,
+        UnitVerb::Reload(_) => {
+            state.supervisor.reload(name).await?;
             find_unit(&state, name).await?.status
         }
-        other => {
-            return Err(ApiError::not_found(format!("unknown action {other:?}: use start, stop, restart or reload")))
-        }
     };
-    Ok(Json(serde_json::json!({ "unit": name, "action": action, "status": status })))
+    Ok(Json(UnitActionReply { unit: name.to_string(), action, status }))
 }
 
 #[derive(Deserialize)]
@@ -168,13 +122,13 @@ async fn unit_logs(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<TailQuery>, QueryRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<UnitLogs>> {
     let tail = tail_of(query)?;
     let unit = find_unit(&state, &name).await?;
     let logs = state.logs.clone();
     let unit_name = unit.name.clone();
     let lines = tokio::task::spawn_blocking(move || logs.tail(&unit_name, tail)).await.map_err(ApiError::internal)?;
-    Ok(Json(serde_json::json!({ "unit": unit.name, "lines": lines })))
+    Ok(Json(UnitLogs { unit: unit.name, lines }))
 }
 
 async fn unit_logs_stream(
@@ -212,7 +166,7 @@ async fn events_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = 
     Sse::new(live).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
 }
 
-async fn reload(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+async fn reload(State(state): State<AppState>) -> ApiResult<Json<ReloadReport>> {
     let report = state.reloader.reload().await?;
     Ok(Json(report))
 }

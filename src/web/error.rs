@@ -30,7 +30,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        (self.status, Json(crate::api::ErrorBody { error: self.message })).into_response()
     }
 }
 

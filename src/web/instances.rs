@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 use super::api::checked_name;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::api::{Action, EnvName, InstanceActionReply, Slot};
 use crate::instances::{
     app_url_of, direct_port_of, url_of, vnc_url_of, InstanceChanges, InstanceManager, InstanceSpec,
 };
@@ -34,6 +35,28 @@ pub fn routes() -> Router<AppState> {
 /// `Some(None)` for an explicit `null` (clear the field), `None` when absent.
 fn explicit<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// `active_slot`: a slot's name, or `""` for none (what the dashboard's form sends).
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct SlotInput(Option<Slot>);
+
+impl TryFrom<String> for SlotInput {
+    type Error = String;
+    fn try_from(text: String) -> Result<SlotInput, String> {
+        if text.is_empty() {
+            Ok(SlotInput(None))
+        } else {
+            Slot::parse(&text).map(|s| SlotInput(Some(s)))
+        }
+    }
+}
+
+impl SlotInput {
+    fn slot(self) -> Option<Slot> {
+        self.0
+    }
 }
 
 #[derive(Deserialize)]
@@ -67,14 +90,15 @@ pub struct InstanceInput {
     port: Option<PortInput>,
     autostart: Option<bool>,
     #[serde(default, deserialize_with = "explicit")]
-    active_slot: Option<Option<String>>,
+    active_slot: Option<Option<SlotInput>>,
     persistent_mode: Option<bool>,
     /// Served without login (shared deliberately).
     public: Option<bool>,
     stall_after_sec: Option<u64>,
     #[serde(default, deserialize_with = "explicit")]
     output_dir: Option<Option<String>>,
-    environment: Option<BTreeMap<String, String>>,
+    /// Names checked as the body is read: a bad one is a 400 naming it.
+    environment: Option<BTreeMap<EnvName, String>>,
     /// Create only: start it right away.
     start: Option<bool>,
 }
@@ -114,12 +138,12 @@ impl InstanceInput {
             gpus,
             port,
             autostart: self.autostart,
-            active_slot: self.active_slot,
+            active_slot: self.active_slot.map(|slot| slot.and_then(SlotInput::slot).map(|s| s.as_str().to_string())),
             persistent_mode: self.persistent_mode,
             public: self.public,
             stall_after_sec: self.stall_after_sec,
             output_dir: self.output_dir.map(|o| o.map(Into::into)),
-            environment: self.environment,
+            environment: self.environment.map(|env| env.into_iter().map(|(k, v)| (k.into(), v)).collect()),
         };
         Ok((changes, self.start.unwrap_or(false)))
     }
@@ -326,20 +350,17 @@ async fn delete(
 async fn action(
     State(state): State<AppState>,
     Path((name, action)): Path<(String, String)>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<InstanceActionReply>> {
     let name = checked_name(&name)?;
     state.instances.instance(name).await?;
-    let sup = &state.supervisor;
-    let status = match action.as_str() {
-        "start" => sup.start(name).await?,
-        "stop" => sup.stop(name).await?,
-        "restart" => sup.restart(name).await?,
-        "rebuild" => state.instances.rebuild(name).await?,
-        other => {
+    let status = match (Action::parse(&action), action.as_str()) {
+        (Some(a), _) => a.apply(&state.supervisor, name).await?,
+        (None, "rebuild") => state.instances.rebuild(name).await?,
+        (None, other) => {
             return Err(ApiError::not_found(format!("unknown action {other:?}: use start, stop, restart or rebuild")))
         }
     };
-    Ok(Json(serde_json::json!({ "instance": name, "action": action, "status": status })))
+    Ok(Json(InstanceActionReply { instance: name.to_string(), action, status }))
 }
 
 #[derive(Deserialize)]

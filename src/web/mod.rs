@@ -43,6 +43,9 @@ pub struct AppState {
     pub proxy: crate::proxy::ProxyHandle,
     /// The dashboard's and the apps' origins.
     pub origins: Arc<origin::Origins>,
+    /// AIKORE_TERMINAL_ROOT=1: the operator's explicit choice of root shells
+    /// in instance terminals even with PUID set (docs/security.md).
+    pub terminal_root: bool,
 }
 
 impl AppState {
@@ -65,9 +68,15 @@ impl AppState {
             proxy,
             metrics: None,
             auth: Arc::new(auth::Auth::from_env()),
-            web_dir: pages::resolve_web_dir(),
+            web_dir: pages::resolve_web_dir(None),
             origins: Arc::new(origin::Origins::default()),
+            terminal_root: false,
         }
+    }
+
+    /// The settings `web` takes from the daemon's `Knobs` (read once at start).
+    pub fn with_knobs(self, knobs: &crate::config::Knobs) -> Self {
+        AppState { web_dir: pages::resolve_web_dir(knobs.web_dir.clone()), terminal_root: knobs.terminal_root, ..self }
     }
 
     pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {

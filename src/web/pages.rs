@@ -70,11 +70,11 @@ async fn to_apps(State(state): State<AppState>, headers: HeaderMap, uri: axum::h
     Redirect::to(&format!("{}{target}", state.origins.apps(&headers))).into_response()
 }
 
-/// Where web/ is: AIKORE_WEB_DIR, else `./web` (a checkout), else the
+/// Where web/ is: `explicit` (AIKORE_WEB_DIR), else `./web` (a checkout), else the
 /// image's /opt/aikore/web, else next to the binary's target dir.
-pub fn resolve_web_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AIKORE_WEB_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
+pub fn resolve_web_dir(explicit: Option<PathBuf>) -> PathBuf {
+    if let Some(dir) = explicit {
+        return dir;
     }
     let candidates = [
         Some(PathBuf::from("web")),
@@ -728,11 +728,10 @@ async fn action(
     let result = async {
         let name = super::api::checked_name(&name).map_err(|e| e.message)?.to_string();
         state.instances.instance(&name).await.map_err(|e| e.to_string())?;
-        let sup = &state.supervisor;
+        if let Some(a) = crate::api::Action::parse(&action) {
+            return a.apply(&state.supervisor, &name).await.map(|_| String::new()).map_err(|e| e.to_string());
+        }
         match action.as_str() {
-            "start" => sup.start(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
-            "stop" => sup.stop(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
-            "restart" => sup.restart(&name).await.map(|_| String::new()).map_err(|e| e.to_string()),
             "delete" => {
                 state.instances.delete(&name, true).await.map_err(|e| e.to_string())?;
                 Ok(format!("Moved {name} to the trash can."))

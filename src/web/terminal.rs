@@ -48,12 +48,6 @@ enum Control {
     Input { data: String },
 }
 
-/// AIKORE_TERMINAL_ROOT=1: the operator's explicit choice of a root shell
-/// even with PUID set (docs/security.md).
-fn root_terminal_enabled() -> bool {
-    std::env::var("AIKORE_TERMINAL_ROOT").is_ok_and(|v| v == "1")
-}
-
 /// Later assignments win; one entry per name.
 fn dedup_env(env: Vec<(String, String)>) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(env.len());
@@ -96,7 +90,7 @@ async fn terminal(
     // The instance's user, like the instance itself: a shell here is as
     // hostile as the instance's code. Root only when the operator says so.
     let (uid, gid, groups) = match ctx.owner {
-        Some((uid, gid)) if !root_terminal_enabled() => {
+        Some((uid, gid)) if !state.terminal_root => {
             let identity = crate::supervisor::host::instance_identity(uid, gid, &dir);
             env.extend(identity.env);
             (identity.uid, identity.gid, identity.groups)
@@ -227,35 +221,22 @@ async fn write_all(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Resul
 /// (job control puts background jobs in their own process groups, so the
 /// shell's group alone is not enough).
 fn session_members(sid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
-                // Fields after "(comm) ": state ppid pgrp session ...
-                let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
-                rest.split_whitespace().nth(3).and_then(|s| s.parse::<i32>().ok()) == Some(sid)
-            })
-        })
+    crate::sys::proc::pids()
+        .into_iter()
+        .filter(|pid| crate::sys::proc::stat(*pid).is_some_and(|s| s.session == sid))
         .collect()
 }
 
 /// SIGHUP to the session (what a closed terminal means), then SIGKILL to
 /// whatever of it is left after a short grace.
 async fn end_session(sid: i32) {
-    for pid in session_members(sid) {
-        // SAFETY: signalling processes of the session this terminal started.
-        unsafe {
-            libc::kill(pid, libc::SIGHUP);
-            libc::kill(pid, libc::SIGCONT);
-        }
-    }
+    use crate::sys::signal::{to_each, Signal};
+    // Processes of the session this terminal started.
+    let members = session_members(sid);
+    to_each(&members, Signal::SIGHUP);
+    to_each(&members, Signal::SIGCONT);
     tokio::time::sleep(HANGUP_GRACE).await;
-    for pid in session_members(sid) {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
+    to_each(&session_members(sid), Signal::SIGKILL);
 }
 
 #[cfg(test)]

@@ -1,0 +1,221 @@
+//! The JSON API's wire model: one type per body, serialized by the axum
+//! handlers (`web`) and deserialized by the CLI (`cli`), so the client is
+//! checked against the server by the compiler and by a round-trip test
+//! (`tests/inprocess.rs`) instead of reading fields by string key.
+//!
+//! Layer 3: it names the supervisor's `Status`, the unit kind, the failure
+//! class and a log line as they are, so a status never gets a second spelling.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::failure::Failure;
+pub use crate::logs::LogLine;
+pub use crate::supervisor::reload::ReloadReport;
+pub use crate::supervisor::Status;
+pub use crate::units::{EnvName, UnitKind};
+pub use crate::urls::Slot;
+
+use crate::supervisor::{CommandError, SupervisorHandle, UnitSnapshot};
+
+/// Every error answer: `{"error": "..."}` with a 4xx (the client's to fix)
+/// or 5xx (ours) status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `GET /healthz`: liveness plus the init facts worth checking from outside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `ok`: the daemon answered.
+    pub status: String,
+    pub pid1: bool,
+    /// `cgroup` or `process-group`: how unit processes are tracked here.
+    pub tracking: String,
+    pub children_reaped: u64,
+    pub orphans_reaped: u64,
+}
+
+/// `GET /api/v1/units` (a list) and `GET /api/v1/units/{name}`: one unit's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitView {
+    pub name: String,
+    pub kind: UnitKind,
+    pub description: String,
+    pub status: Status,
+    pub detail: Option<String>,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    /// When the unit entered its current status (Unix ms).
+    pub since: i64,
+    pub started: Option<i64>,
+    pub last_exit: Option<String>,
+    /// Why the last run ended badly: `{class, line, hint}` (docs/operations.md).
+    pub failure: Option<Failure>,
+    pub path: String,
+    /// The seq of the unit's latest event: a reader drops any state with a seq <= the one it shows.
+    pub seq: u64,
+    /// The port of the current (or last) run.
+    pub port: Option<u16>,
+}
+
+impl From<UnitSnapshot> for UnitView {
+    fn from(s: UnitSnapshot) -> UnitView {
+        UnitView {
+            name: s.name,
+            kind: s.kind,
+            description: s.description,
+            status: s.status,
+            detail: s.detail,
+            pid: s.pid,
+            restarts: s.restarts,
+            since: s.since_ms,
+            started: s.started_ms,
+            last_exit: s.last_exit,
+            failure: s.failure,
+            path: s.path,
+            seq: s.seq,
+            port: s.port,
+        }
+    }
+}
+
+/// What a user can ask of any unit (or instance): the one dispatch the API,
+/// the dashboard's forms and the CLI share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Start, Action::Stop, Action::Restart];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+        }
+    }
+
+    /// `start`, `stop` or `restart`; anything else is None (a route may have
+    /// verbs of its own, like `reload` or `rebuild`).
+    pub fn parse(text: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+
+    /// Asks the supervisor; answers the unit's status right after.
+    pub async fn apply(self, supervisor: &SupervisorHandle, unit: &str) -> Result<Status, CommandError> {
+        match self {
+            Action::Start => supervisor.start(unit).await,
+            Action::Stop => supervisor.stop(unit).await,
+            Action::Restart => supervisor.restart(unit).await,
+        }
+    }
+
+    /// The status `--wait` waits for.
+    pub fn goal(self) -> Status {
+        match self {
+            Action::Stop => Status::Stopped,
+            Action::Start | Action::Restart => Status::Started,
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A verb of `POST /api/v1/units/{name}/{verb}`: an [`Action`] or `reload`
+/// (re-read this unit's file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UnitVerb {
+    Action(Action),
+    Reload(ReloadVerb),
+}
+
+/// The `reload` verb alone (a separate type so [`UnitVerb`] serializes as the bare word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadVerb {
+    Reload,
+}
+
+impl UnitVerb {
+    pub fn parse(text: &str) -> Option<UnitVerb> {
+        match text {
+            "reload" => Some(UnitVerb::Reload(ReloadVerb::Reload)),
+            other => Action::parse(other).map(UnitVerb::Action),
+        }
+    }
+}
+
+/// `POST /api/v1/units/{name}/{verb}`: the unit's status right after the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitActionReply {
+    pub unit: String,
+    pub action: UnitVerb,
+    pub status: Status,
+}
+
+/// `GET /api/v1/units/{name}/logs?tail=N`: the last lines (the SSE stream
+/// `/logs/stream` sends one [`LogLine`] per `line` event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitLogs {
+    pub unit: String,
+    pub lines: Vec<LogLine>,
+}
+
+/// `POST /api/v1/instances/{name}/{verb}`: an [`Action`] or `rebuild`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceActionReply {
+    pub instance: String,
+    /// `start`, `stop`, `restart` or `rebuild`.
+    pub action: String,
+    pub status: Status,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_parse_from_their_names_and_serialize_back() {
+        for a in Action::ALL {
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+            assert_eq!(serde_json::to_value(a).unwrap(), serde_json::json!(a.as_str()));
+        }
+        assert_eq!(Action::parse("Start"), None);
+        assert_eq!(UnitVerb::parse("reload"), Some(UnitVerb::Reload(ReloadVerb::Reload)));
+        assert_eq!(UnitVerb::parse("rebuild"), None);
+        let verb: UnitVerb = serde_json::from_str("\"reload\"").unwrap();
+        assert_eq!(verb, UnitVerb::Reload(ReloadVerb::Reload));
+        let verb: UnitVerb = serde_json::from_str("\"stop\"").unwrap();
+        assert_eq!(verb, UnitVerb::Action(Action::Stop));
+    }
+
+    /// The dashboard's script keeps its own list of the statuses in which a
+    /// unit's process runs (or is about to): it must be exactly the active
+    /// ones of `Status::ALL`, so a new status cannot be forgotten there.
+    #[test]
+    fn the_dashboards_running_statuses_are_the_active_ones_of_status_all() {
+        let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/web/static/app.js")).unwrap();
+        let line = script.lines().find(|l| l.contains("const RUNNING = new Set([")).expect("app.js defines RUNNING");
+        let inside = line.split('[').nth(1).and_then(|s| s.split(']').next()).unwrap();
+        let mut in_js: Vec<&str> = inside.split(',').map(|s| s.trim().trim_matches('"')).collect();
+        let mut active: Vec<&str> = Status::ALL.iter().filter(|s| !s.is_inactive()).map(|s| s.as_str()).collect();
+        in_js.sort_unstable();
+        active.sort_unstable();
+        assert_eq!(in_js, active);
+        for s in Status::ALL {
+            let parsed: Status = serde_json::from_value(serde_json::json!(s.as_str())).unwrap();
+            assert_eq!(parsed, s);
+        }
+    }
+}

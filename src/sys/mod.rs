@@ -1,0 +1,6 @@
+//! The OS layer's small readers and writers every other layer shares:
+//! `/proc/<pid>/stat` read in one place ([`proc`]), and signals sent through
+//! nix with "no such process" handled once ([`signal`]). Layer 0.
+
+pub mod proc;
+pub mod signal;

@@ -1,0 +1,216 @@
+//! The JSON API in process, axum's way: a real daemon booted by
+//! `Daemon::boot` in this test binary (real units, store, supervisor; no
+//! NGINX unit), and requests sent through `router().oneshot(...)` with no
+//! socket, beside the over-TCP tests of `tests/api.rs`.
+//!
+//! Every endpoint the CLI reads is deserialized into the very `aikore::api`
+//! type the CLI uses, then serialized back and compared with what the server
+//! sent: a field renamed, retyped or dropped on either side fails here.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aikore::api::{ErrorBody, Health, LogLine, ReloadReport, Status, UnitActionReply, UnitLogs, UnitVerb, UnitView};
+use aikore::config::{Knobs, Settings};
+use aikore::daemon::Daemon;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tower::ServiceExt;
+
+/// Generous: CI is a busy 2-core box.
+const CAP: Duration = Duration::from_secs(30);
+
+fn settings(dir: &Path) -> Settings {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Settings {
+        data_dir: dir.join("data"),
+        units_dirs: vec![dir.join("units"), dir.join("data/units")],
+        listen: "127.0.0.1:0".parse().unwrap(),
+        proxy_port: 1,
+        proxy_bind: "127.0.0.1".parse().unwrap(),
+        apps_port: 2,
+        shutdown_timeout: Duration::from_secs(10),
+        blueprints_dir: repo.join("blueprints"),
+        port_range: 29001..=29099,
+        owner: None,
+        knobs: Knobs { cgroups: false, nvml: false, ..Knobs::default() },
+    }
+}
+
+struct InProcess {
+    router: axum::Router,
+    token: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<i32>,
+    _dir: tempfile::TempDir,
+}
+
+async fn boot(units: &[(&str, &str)]) -> InProcess {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("units")).unwrap();
+    for (file, text) in units {
+        std::fs::write(dir.path().join("units").join(file), text).unwrap();
+    }
+    let daemon = Daemon::boot(settings(dir.path())).await.expect("boot");
+    let router = daemon.router();
+    let token = std::fs::read_to_string(dir.path().join("data/cli.token")).unwrap().trim().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(daemon.run(async move {
+        let _ = stopped.await;
+    }));
+    InProcess { router, token, stop, run, _dir: dir }
+}
+
+impl InProcess {
+    async fn call(&self, method: Method, path: &str) -> (StatusCode, serde_json::Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(Body::empty())
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+        (status, body)
+    }
+
+    /// The body as the CLI's type, checked to serialize back to exactly what the server sent.
+    async fn typed<T: DeserializeOwned + Serialize>(&self, method: Method, path: &str) -> T {
+        let (status, body) = self.call(method, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        round_trip(path, body)
+    }
+
+    /// The first `line` event of an SSE stream, as the CLI's `LogLine` (round-tripped).
+    async fn first_sse_line(&self, path: &str) -> LogLine {
+        use futures_util::StreamExt;
+        let request = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(Body::empty())
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let mut stream = response.into_body().into_data_stream();
+        let mut text = String::new();
+        let read = async {
+            while let Some(chunk) = stream.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+                // One event: `event: line` then `data: {...}`, ended by a blank line.
+                if let Some(at) = text.find("event: line\ndata: ") {
+                    let rest = &text[at + "event: line\ndata: ".len()..];
+                    if let Some(end) = rest.find('\n') {
+                        return rest[..end].to_string();
+                    }
+                }
+            }
+            panic!("{path}: the stream ended before a line event: {text:?}");
+        };
+        let data = tokio::time::timeout(CAP, read).await.expect("a line event");
+        round_trip(path, serde_json::from_str(&data).unwrap())
+    }
+
+    async fn wait_status(&self, unit: &str, want: Status) -> UnitView {
+        let deadline = tokio::time::Instant::now() + CAP;
+        loop {
+            let u: UnitView = self.typed(Method::GET, &format!("/api/v1/units/{unit}")).await;
+            if u.status == want {
+                return u;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{unit} never became {want}: {u:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) -> i32 {
+        let _ = self.stop.send(());
+        tokio::time::timeout(CAP, self.run).await.expect("daemon stops").expect("run task")
+    }
+}
+
+fn round_trip<T: DeserializeOwned + Serialize>(what: &str, body: serde_json::Value) -> T {
+    let typed: T = serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+    assert_eq!(serde_json::to_value(&typed).unwrap(), body, "{what}: the type loses or changes a field");
+    typed
+}
+
+const HELLO: &str =
+    "[Unit]\nDescription=says hello\n[Service]\nExecStart=/bin/sh -c 'echo hello-from-unit; exec sleep 600'\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_the_cli_reads_round_trips_through_the_api_types() {
+    let d = boot(&[("hello.service", HELLO)]).await;
+    let health: Health = d.typed(Method::GET, "/healthz").await;
+    assert_eq!((health.status.as_str(), health.tracking.as_str()), ("ok", "process-group"));
+
+    let started = d.wait_status("hello", Status::Started).await;
+    assert_eq!(started.description, "says hello");
+    assert!(started.pid.is_some_and(|p| p > 0), "{started:?}");
+
+    let units: Vec<UnitView> = d.typed(Method::GET, "/api/v1/units").await;
+    assert_eq!(units.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["hello"]);
+
+    // The log endpoint: the line the unit printed, as the CLI prints it.
+    let deadline = tokio::time::Instant::now() + CAP;
+    let logs = loop {
+        let logs: UnitLogs = d.typed(Method::GET, "/api/v1/units/hello/logs?tail=10").await;
+        if logs.lines.iter().any(|l| l.text == "hello-from-unit") {
+            assert_eq!(logs.unit, "hello");
+            break logs;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no log line: {logs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // `aikore logs -f`: the SSE stream's `line` events carry one LogLine each,
+    // the backlog first (the same lines as the tail: the unit prints no more).
+    let line = d.first_sse_line("/api/v1/units/hello/logs/stream?tail=10").await;
+    assert_eq!(line, logs.lines[0]);
+
+    let stopped: UnitActionReply = d.typed(Method::POST, "/api/v1/units/hello/stop").await;
+    assert_eq!(stopped.unit, "hello");
+    assert_eq!(stopped.action, UnitVerb::parse("stop").unwrap());
+    d.wait_status("hello", Status::Stopped).await;
+    let restarted: UnitActionReply = d.typed(Method::POST, "/api/v1/units/hello/restart").await;
+    assert_eq!(restarted.action, UnitVerb::parse("restart").unwrap());
+    d.wait_status("hello", Status::Started).await;
+
+    let report: ReloadReport = d.typed(Method::POST, "/api/v1/reload").await;
+    assert_eq!(report.units, 1, "{report:?}");
+
+    assert_eq!(d.stop().await, aikore::daemon::exit_code::CLEAN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_json_4xx_the_cli_can_read() {
+    let d = boot(&[("hello.service", HELLO)]).await;
+    for (method, path, want) in [
+        (Method::GET, "/api/v1/units/nope", StatusCode::NOT_FOUND),
+        (Method::GET, "/api/v1/units/Bad%20Name", StatusCode::BAD_REQUEST),
+        (Method::POST, "/api/v1/units/hello/explode", StatusCode::NOT_FOUND),
+        (Method::POST, "/api/v1/units/nope/start", StatusCode::NOT_FOUND),
+        (Method::GET, "/api/v1/units/hello/logs?tail=lots", StatusCode::BAD_REQUEST),
+        (Method::GET, "/api/v1/units/hello/start", StatusCode::METHOD_NOT_ALLOWED),
+        (Method::GET, "/api/v1/nothing-here", StatusCode::NOT_FOUND),
+        (Method::GET, "/api/v1/journal?unit=..", StatusCode::BAD_REQUEST),
+        (Method::POST, "/api/v1/instances/nope/start", StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = d.call(method.clone(), path).await;
+        assert_eq!(status, want, "{method} {path}: {body}");
+        let error: ErrorBody = round_trip(path, body);
+        assert!(!error.error.is_empty(), "{method} {path}");
+    }
+    // Without the bearer: 401, JSON too.
+    let request = Request::builder().uri("/api/v1/units").body(Body::empty()).unwrap();
+    let response = d.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    let error: ErrorBody = serde_json::from_slice(&bytes).unwrap();
+    assert!(error.error.contains("login required"), "{}", error.error);
+    assert_eq!(d.stop().await, aikore::daemon::exit_code::CLEAN);
+}
