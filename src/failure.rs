@@ -12,7 +12,13 @@ use std::fmt;
 pub enum FailureClass {
     /// The GPU ran out of memory (PyTorch's OutOfMemoryError, CUDA/cuBLAS allocation errors).
     CudaOom,
-    /// The kernel's OOM killer killed a process of the run (MemoryMax= or the host's RAM).
+    /// The kernel's OOM killer killed a process in the unit's own cgroup
+    /// (its MemoryMax=, or the memory of a cgroup above it): systemd's
+    /// `Result=oom-kill`.
+    OomKill,
+    /// The kernel's OOM killer killed the run's main process while the host
+    /// ran out of memory (known without a cgroup: SIGKILL while
+    /// `/proc/vmstat` `oom_kill` moved).
     HostOom,
     /// A Python module is not installed in the environment the app runs in.
     MissingModule,
@@ -29,8 +35,9 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
-    pub const ALL: [FailureClass; 9] = [
+    pub const ALL: [FailureClass; 10] = [
         FailureClass::CudaOom,
+        FailureClass::OomKill,
         FailureClass::HostOom,
         FailureClass::MissingModule,
         FailureClass::PortInUse,
@@ -44,6 +51,7 @@ impl FailureClass {
     pub fn as_str(self) -> &'static str {
         match self {
             FailureClass::CudaOom => "cuda-oom",
+            FailureClass::OomKill => "oom-kill",
             FailureClass::HostOom => "host-oom",
             FailureClass::MissingModule => "missing-module",
             FailureClass::PortInUse => "port-in-use",
@@ -181,17 +189,11 @@ const NOTE_PREFIX: &str = "[aikore]";
 /// then a built-in one, newest line first; then a signal is `killed`; else `unknown`.
 pub fn classify(ev: &Evidence, extra: &[Pattern]) -> Failure {
     let sigkill = ev.signal == Some(libc::SIGKILL);
+    // The unit cgroup's own count is certain; the host-wide one only means
+    // something together with a SIGKILL.
     if ev.cgroup_oom_kills > 0 || (sigkill && ev.host_oom_kills > 0) {
-        let scope =
-            if ev.cgroup_oom_kills > 0 { "its cgroup's memory limit (MemoryMax=)" } else { "the host's memory" };
-        return Failure {
-            class: FailureClass::HostOom,
-            line: None,
-            port: None,
-            hint: Some(format!(
-                "the kernel killed it for memory ({scope} ran out): raise MemoryMax= or stop other apps"
-            )),
-        };
+        let class = if ev.cgroup_oom_kills > 0 { FailureClass::OomKill } else { FailureClass::HostOom };
+        return Failure { class, line: None, port: None, hint: Some(hint(class, "", None)) };
     }
     let lines = || ev.lines.iter().rev().filter(|l| !l.starts_with(NOTE_PREFIX));
     let user = lines().find_map(|l| extra.iter().find(|p| p.regex.is_match(l)).map(|p| (p.class, l)));
@@ -222,7 +224,14 @@ fn hint(class: FailureClass, line: &str, port: Option<u16>) -> String {
             "the GPU ran out of memory: free VRAM (stop other apps on that GPU) or lower the batch size/resolution"
                 .into()
         }
-        FailureClass::HostOom => "the kernel killed it for memory: raise MemoryMax= or stop other apps".into(),
+        FailureClass::OomKill => {
+            "the kernel's OOM killer killed a process in its cgroup (MemoryMax= reached): raise MemoryMax= or make it use less"
+                .into()
+        }
+        FailureClass::HostOom => {
+            "the kernel killed it for memory (the host's memory ran out): set MemoryMax= on the big users or stop other apps"
+                .into()
+        }
         FailureClass::MissingModule => match missing_module(line) {
             Some(module) => format!("pip install {module} into the instance's venv"),
             None => "install the missing Python module into the instance's venv".into(),
@@ -337,8 +346,13 @@ torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 TiB. GPU 0 ha
         let mut e = ev(Some(137), None, "ModuleNotFoundError: No module named 'x'");
         e.cgroup_oom_kills = 1;
         let got = classify(&e, &[]);
-        assert_eq!(got.class, FailureClass::HostOom);
+        assert_eq!(got.class, FailureClass::OomKill);
+        assert_eq!(got.class.as_str(), "oom-kill", "systemd's Result= name");
         assert!(got.hint.unwrap().contains("MemoryMax="));
+        // Both counts moved: the cgroup's is the one that names the unit's own limit.
+        e.host_oom_kills = 1;
+        e.signal = Some(9);
+        assert_eq!(classify(&e, &[]).class, FailureClass::OomKill);
 
         let mut e = ev(None, Some(9), "");
         e.host_oom_kills = 2;
@@ -365,6 +379,7 @@ torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 TiB. GPU 0 ha
         assert!(FailureClass::MissingModule.restart_cannot_fix());
         assert!(FailureClass::PortInUse.restart_cannot_fix() && FailureClass::NoGpu.restart_cannot_fix());
         assert!(!FailureClass::CudaOom.restart_cannot_fix() && !FailureClass::HostOom.restart_cannot_fix());
+        assert!(!FailureClass::OomKill.restart_cannot_fix());
     }
 
     #[test]

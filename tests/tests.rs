@@ -10,6 +10,7 @@ mod attacks;
 mod check;
 mod deployed;
 mod environment;
+mod exec;
 mod failures;
 mod gpus;
 mod install;

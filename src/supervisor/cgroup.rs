@@ -10,6 +10,8 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use crate::units::{Resources, TasksMax};
+
 /// The subtree aikore owns: `<unified mount><our cgroup>/aikore-<tag>/`.
 #[derive(Debug, Clone)]
 pub struct CgroupRoot {
@@ -58,12 +60,26 @@ impl CgroupRoot {
             let _ = fs::remove_dir(&dir);
             return Err(format!("{} is not writable or lacks cgroup.kill", dir.display()));
         }
-        // Memory and CPU accounting need the controllers enabled on the way
-        // down; best effort, since a parent may not delegate them.
-        for path in [&base, &dir] {
-            let _ = fs::write(path.join("cgroup.subtree_control"), "+memory +cpu +pids");
+        // Moving every process of our cgroup is only ours to do as the
+        // container's init: PID 1 at the root of its own cgroup namespace.
+        let container_init = std::process::id() == 1 && own.trim() == "/";
+        let missing = enable_controllers(&base, &dir, tag, container_init);
+        if !missing.is_empty() {
+            tracing::warn!(
+                cgroup = %dir.display(),
+                "cgroup v2 controllers not available to unit cgroups: {}; the resource keys that need them \
+                 (MemoryMax=, CPUWeight=, TasksMax=, ...) are not enforced and each such unit's log says so",
+                missing.join("; ")
+            );
         }
         Ok(CgroupRoot { dir })
+    }
+
+    /// The controllers unit cgroups get (`cgroup.subtree_control` of our subtree).
+    pub fn controllers(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.join("cgroup.subtree_control"))
+            .map(|s| s.split_whitespace().map(String::from).collect())
+            .unwrap_or_default()
     }
 
     pub fn path(&self) -> &Path {
@@ -170,21 +186,150 @@ impl UnitCgroup {
         events.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
     }
 
-    /// MemoryMax=: `memory.max`, and `memory.swap.max` 0 where swap
-    /// accounting exists (a limit that swap can dodge only slows the box
-    /// down). Fails where the memory controller is not delegated to us.
-    pub fn set_memory_max(&self, bytes: u64) -> std::io::Result<()> {
-        fs::write(self.dir.join("memory.max"), bytes.to_string())?;
-        let swap = self.dir.join("memory.swap.max");
-        if swap.exists() {
-            fs::write(swap, "0")?;
-        }
-        Ok(())
-    }
-
     pub fn remove(&self) {
         let _ = fs::remove_dir(&self.dir);
     }
+
+    /// Writes MemoryMax= and the other resource keys into this cgroup's
+    /// files. Returns one line per key that could not be applied (for the
+    /// unit's log at each start: a limit believed but not enforced is worse
+    /// than none).
+    pub fn apply_resources(&self, memory_max: Option<u64>, r: &Resources) -> Vec<String> {
+        let mut writes: Vec<(&str, &str, String)> = Vec::new();
+        if let Some(bytes) = memory_max {
+            writes.push(("MemoryMax", "memory.max", bytes.to_string()));
+        }
+        let bytes_or_max = |v: Option<u64>| v.map_or("max".to_string(), |b| b.to_string());
+        if let Some(v) = r.memory_high {
+            writes.push(("MemoryHigh", "memory.high", bytes_or_max(v)));
+        }
+        match r.memory_swap_max {
+            Some(v) => writes.push(("MemorySwapMax", "memory.swap.max", bytes_or_max(v))),
+            // A MemoryMax= that swap can dodge only slows the box down; where
+            // swap accounting exists, no swap unless MemorySwapMax= says so.
+            None if memory_max.is_some() && self.dir.join("memory.swap.max").exists() => {
+                writes.push(("MemoryMax", "memory.swap.max", "0".to_string()))
+            }
+            None => {}
+        }
+        if let Some(w) = r.cpu_weight {
+            writes.push(("CPUWeight", "cpu.weight", w.to_string()));
+        }
+        if r.cpu_idle {
+            writes.push(("CPUWeight", "cpu.idle", "1".to_string()));
+        }
+        if let Some(percent) = r.cpu_quota_percent {
+            // systemd's default period, 100 ms: the quota is percent * 1 ms.
+            writes.push(("CPUQuota", "cpu.max", format!("{} 100000", percent * 1000)));
+        }
+        if let Some(cpus) = &r.allowed_cpus {
+            writes.push(("AllowedCPUs", "cpuset.cpus", cpus.clone()));
+        }
+        if let Some(tasks) = r.tasks_max {
+            let value = match tasks {
+                None => "max".to_string(),
+                Some(TasksMax::Count(n)) => n.to_string(),
+                Some(TasksMax::Percent(p)) => {
+                    let max: f64 = fs::read_to_string("/proc/sys/kernel/threads-max")
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                        .unwrap_or(4_194_304.0);
+                    ((max * p / 100.0).max(1.0) as u64).to_string()
+                }
+            };
+            writes.push(("TasksMax", "pids.max", value));
+        }
+        if let Some(w) = r.io_weight {
+            writes.push(("IOWeight", "io.weight", format!("default {w}")));
+        }
+        let mut problems = Vec::new();
+        for (key, file, value) in writes {
+            let path = self.dir.join(file);
+            if !path.exists() {
+                let controller = file.split('.').next().unwrap_or(file);
+                problems.push(format!(
+                    "{key}= is not enforced: {file} does not exist (the {controller} controller is not enabled for \
+                     aikore's cgroups; see the daemon's log at start)"
+                ));
+            } else if let Err(e) = fs::write(&path, &value) {
+                problems.push(format!("{key}= is not enforced: cannot write {value:?} to {file} ({e})"));
+            }
+        }
+        problems
+    }
+}
+
+/// The controllers resource control uses: memory (MemoryMax=, MemoryHigh=,
+/// MemorySwapMax=, OOM kills), cpu (CPUWeight=, CPUQuota=), cpuset
+/// (AllowedCPUs=), io (IOWeight=), pids (TasksMax=).
+pub const CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuset", "io", "pids"];
+
+/// Enables [`CONTROLLERS`] on the way down to the unit cgroups: in `base`
+/// (our own cgroup) and in `dir` (`aikore-<tag>`). cgroup v2 lets a cgroup
+/// with processes in it hand no controller to its children (the "no
+/// internal processes" rule, the root excepted): as PID 1 of a container,
+/// every process in `base` is ours, so they move to the leaf
+/// `aikore-<tag>-daemon` first, as systemd moves itself to `init.scope`.
+/// Returns what is missing and why, per controller.
+fn enable_controllers(base: &Path, dir: &Path, tag: &str, container_init: bool) -> Vec<String> {
+    let available = |p: &Path| -> Vec<String> {
+        fs::read_to_string(p.join("cgroup.controllers"))
+            .map(|s| s.split_whitespace().map(String::from).collect())
+            .unwrap_or_default()
+    };
+    let offered = available(base);
+    let mut missing = Vec::new();
+    for c in CONTROLLERS {
+        if !offered.iter().any(|o| o == c) {
+            missing.push(format!("{c}: not offered to {} (cgroup.controllers; a hybrid v1/v2 host binds it to v1, or the parent does not delegate it)", base.display()));
+            continue;
+        }
+        let mut result = fs::write(base.join("cgroup.subtree_control"), format!("+{c}"));
+        if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EBUSY)) && container_init {
+            if let Err(e) = move_processes_to_leaf(base, &base.join(format!("aikore-{tag}-daemon"))) {
+                tracing::warn!(error = %e, "cannot move the container's processes into a leaf cgroup");
+            }
+            result = fs::write(base.join("cgroup.subtree_control"), format!("+{c}"));
+        }
+        // Already enabled (by whoever made `base`) is as good.
+        let enabled_in_base =
+            fs::read_to_string(base.join("cgroup.subtree_control")).is_ok_and(|s| s.split_whitespace().any(|e| e == c));
+        if !enabled_in_base {
+            let why = match result {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => format!(
+                    "{e}: processes live in {} itself, and aikore is not the container's PID 1 (at the root of its \
+                     cgroup namespace), so it does not move them",
+                    base.display()
+                ),
+                Err(e) => e.to_string(),
+                Ok(()) => "not enabled".to_string(),
+            };
+            missing.push(format!("{c}: cannot enable it in {}/cgroup.subtree_control ({why})", base.display()));
+            continue;
+        }
+        if let Err(e) = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}")) {
+            missing.push(format!("{c}: cannot enable it in {}/cgroup.subtree_control ({e})", dir.display()));
+        }
+    }
+    missing
+}
+
+/// Moves every process of `from` into the (new) cgroup `leaf`.
+fn move_processes_to_leaf(from: &Path, leaf: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(leaf)?;
+    for _ in 0..3 {
+        // Processes forked meanwhile land in `from` again: a few passes.
+        let pids = fs::read_to_string(from.join("cgroup.procs"))?;
+        if pids.trim().is_empty() {
+            break;
+        }
+        // "0": a process outside our PID namespace; writing 0 would move ourselves, not it.
+        for pid in pids.lines().map(str::trim).filter(|p| *p != "0") {
+            // A process that exited meanwhile (ESRCH) is fine.
+            let _ = fs::write(leaf.join("cgroup.procs"), pid);
+        }
+    }
+    Ok(())
 }
 
 /// The host's OOM kills since boot (`/proc/vmstat` `oom_kill`, Linux 4.13+).
@@ -209,9 +354,32 @@ mod tests {
         fs::write(dir.path().join("memory.events"), "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n")
             .unwrap();
         assert_eq!(cg.oom_kills(), Some(2));
-        fs::write(dir.path().join("memory.swap.max"), "max\n").unwrap();
-        cg.set_memory_max(64 << 20).unwrap();
-        assert_eq!(fs::read_to_string(dir.path().join("memory.max")).unwrap(), "67108864");
-        assert_eq!(fs::read_to_string(dir.path().join("memory.swap.max")).unwrap(), "0");
+        for file in ["memory.max", "memory.swap.max", "memory.high", "cpu.weight", "cpu.max", "pids.max"] {
+            fs::write(dir.path().join(file), "max\n").unwrap();
+        }
+        let r = Resources {
+            memory_high: Some(Some(32 << 20)),
+            cpu_weight: Some(50),
+            cpu_quota_percent: Some(150),
+            tasks_max: Some(Some(TasksMax::Count(16))),
+            io_weight: Some(300),
+            ..Resources::default()
+        };
+        let problems = cg.apply_resources(Some(64 << 20), &r);
+        let read = |f: &str| fs::read_to_string(dir.path().join(f)).unwrap();
+        assert_eq!(read("memory.max"), "67108864");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("memory.high"), "33554432");
+        assert_eq!(
+            (read("cpu.weight"), read("cpu.max"), read("pids.max")),
+            ("50".into(), "150000 100000".into(), "16".into())
+        );
+        // No io.weight file: the io controller is missing, and the unit is told.
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("IOWeight= is not enforced: io.weight does not exist (the io controller"));
+        // MemorySwapMax= given wins over the no-swap default.
+        let r = Resources { memory_swap_max: Some(None), ..Resources::default() };
+        cg.apply_resources(Some(1 << 20), &r);
+        assert_eq!(read("memory.swap.max"), "max");
     }
 }

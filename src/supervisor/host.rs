@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::cgroup::CgroupRoot;
 use super::drain::{CgroupWatcher, ProcSweep, UnitProcesses};
 use super::members::Membership;
-use super::spawn::{spawn, ProcessSpec};
+use super::spawn::{spawn_in, ProcessSpec};
 use super::{DrainHint, ExitReport, Prepared, ProcessControl, ReadyTarget, Role, RunHooks};
 use crate::logs::LogHub;
 use crate::units::{expand_vars, parse_env_file, ExecCommand, ReadyCheck, Unit};
@@ -56,6 +56,8 @@ pub struct HostProcesses {
     sweep: Option<ProcSweep>,
     /// Per unit, what its current run's failure classification needs.
     runs: HashMap<String, RunFacts>,
+    /// Per unit, the current run's private /tmp and runtime dirs (exec.rs).
+    exec_runs: HashMap<String, super::exec::RunDirs>,
 }
 
 /// What the failure classifier needs from a run that the run's end cannot
@@ -121,6 +123,7 @@ impl HostProcesses {
             armed,
             sweep: None,
             runs: HashMap::new(),
+            exec_runs: HashMap::new(),
         }
     }
 
@@ -200,12 +203,10 @@ impl HostProcesses {
                 // Watched from its creation, before any process is in it, so no emptying is missed.
                 self.watch_cgroup(&unit.name, &cg);
                 self.runs.entry(unit.name.clone()).or_default().cgroup_oom_base = cg.oom_kills().unwrap_or(0);
-                if let Some(bytes) = unit.service.memory_max {
-                    if let Err(e) = cg.set_memory_max(bytes) {
-                        let why = format!("MemoryMax= is not enforced: cannot write memory.max ({e})");
-                        tracing::warn!(unit = %unit.name, "{why}");
-                        self.logs.note(&unit.name, &why);
-                    }
+                // Resource keys (issue 14): each one not applied is said at every start.
+                for why in cg.apply_resources(unit.service.memory_max, &unit.service.exec.resources) {
+                    tracing::warn!(unit = %unit.name, "{why}");
+                    self.logs.note(&unit.name, &why);
                 }
                 Membership::Cgroup(cg)
             }
@@ -214,10 +215,11 @@ impl HostProcesses {
                 self.marked(unit, main_pid)
             }
             None => {
-                if unit.service.memory_max.is_some() {
+                if unit.service.memory_max.is_some() || !unit.service.exec.resources.is_empty() {
                     self.logs.note(
                         &unit.name,
-                        "MemoryMax= is not enforced: no writable cgroup v2 (tracking by process group)",
+                        "MemoryMax= and the other resource keys are not enforced: no writable cgroup v2 \
+                         (tracking by process group)",
                     );
                 }
                 self.marked(unit, main_pid)
@@ -304,6 +306,15 @@ fn resolve_user(unit: &Unit) -> Result<Identity, String> {
 impl ProcessControl for HostProcesses {
     fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String> {
         self.logs.begin_run(&unit.name, fresh).map_err(|e| format!("log file: {e}"))?;
+        // Assert*= (issue 14): unlike a condition, one that does not hold fails the start.
+        if let Some(why) = unit.checks.failed_assert() {
+            self.logs.note(&unit.name, &why);
+            return Err(why);
+        }
+        if fresh && unit.service.exec.runtime_preserve == crate::units::Preserve::Restart {
+            // Kept across automatic restarts only: a start from a stop begins empty.
+            super::exec::remove_runtime_directories(unit);
+        }
         self.runs.insert(
             unit.name.clone(),
             RunFacts {
@@ -345,7 +356,12 @@ impl ProcessControl for HostProcesses {
             (Some(dir), Some((uid, gid))) => instance_identity(uid, gid, dir),
             _ => resolve_user(unit)?,
         };
+        // The exec context (issue 14): directories, private /tmp, groups, limits, sandbox.
+        let run = self.exec_runs.entry(unit.name.clone()).or_default();
+        let for_process = super::exec::for_process(unit, (uid, gid), &groups, unit.instance.is_some(), run)?;
+        let groups = for_process.groups;
         let mut env = self.environment(unit, &user_env)?;
+        env.extend(for_process.env);
         env.extend(extra.iter().cloned());
         let env = {
             // Re-run dedup with the extras applied last.
@@ -364,6 +380,9 @@ impl ProcessControl for HostProcesses {
             let hooks = self.config.hooks.as_ref()?;
             unit.instance.as_ref().map(|_| hooks.work_dir(&unit.name))
         });
+        // WorkingDirectory=~: the user's home (root's without User=).
+        let home = || env.iter().rev().find(|(k, _)| k == "HOME").map_or("/root".into(), |(_, v)| PathBuf::from(v));
+        let cwd = if unit.service.exec.working_directory_home { Some(home()) } else { cwd };
         let spec = ProcessSpec { argv, env, cwd, umask: unit.service.umask, nice: unit.service.nice, uid, gid, groups };
         let membership = self.membership(unit, None);
         let procs_fd = match &membership {
@@ -371,14 +390,23 @@ impl ProcessControl for HostProcesses {
             Membership::Marked { .. } => None,
         };
         let exits = self.exits.clone();
-        let spawned = spawn(
+        for note in &for_process.notes {
+            self.logs.note(&unit.name, note);
+        }
+        let spawned = spawn_in(
             &spec,
+            &for_process.context,
             procs_fd.as_ref(),
             Box::new(move |pid, status| {
                 let _ = exits.send((pid, status));
             }),
         )
         .map_err(|e| e.to_string())?;
+        // What the child could not apply as asked, at every start (issue 14).
+        for note in &spawned.warnings {
+            tracing::warn!(unit = %unit.name, "{note}");
+            self.logs.note(&unit.name, note);
+        }
         if role == Role::Main {
             self.membership(unit, Some(spawned.pid));
         }
@@ -452,6 +480,9 @@ impl ProcessControl for HostProcesses {
 
     fn end_run(&mut self, unit: &str) {
         self.pids.end(unit);
+        if let Some(dirs) = self.exec_runs.remove(unit) {
+            dirs.clean();
+        }
         self.known.forget(unit);
         if self.draining.remove(unit) && self.draining.is_empty() {
             self.armed.store(false, Ordering::SeqCst);

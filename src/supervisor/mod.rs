@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod drain;
 mod engine;
+pub mod exec;
 pub mod host;
 pub mod members;
 pub mod ready;
@@ -128,6 +129,7 @@ pub trait ProcessControl: Send + 'static {
             .iter()
             .find(|c| !c.holds())
             .map(|c| format!("ConditionPathExists={}{} not met", if c.negate { "!" } else { "" }, c.path.display()))
+            .or_else(|| unit.checks.unmet_condition()) // issue 14 (exec14): the other Condition*= keys
     }
 }
 

@@ -11,6 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use super::exec::ExecContext;
 use crate::init::reaper::{reaper, Route};
 
 /// What a process should be: resolved, typed, ready for fork.
@@ -36,7 +37,7 @@ pub enum SpawnError {
     #[error("argument contains a NUL byte")]
     Nul,
     #[error("{stage} failed: {source}")]
-    Child { stage: &'static str, source: std::io::Error },
+    Child { stage: String, source: std::io::Error },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -45,6 +46,10 @@ pub struct Spawned {
     pub pid: i32,
     /// The pipe carrying the child's stdout and stderr, for the log task.
     pub output: OwnedFd,
+    /// What the child could not apply as asked and went on without (the
+    /// sandbox where the kernel refused a mount namespace, a limit above the
+    /// hard one), for the unit's log.
+    pub warnings: Vec<String>,
 }
 
 /// Default search path when the unit's environment has none (systemd's).
@@ -137,6 +142,17 @@ fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// the cgroup whose `cgroup.procs` is given, with stdout+stderr on one pipe and
 /// stdin on /dev/null. `route` receives the exit status from the reaper.
 pub fn spawn(spec: &ProcessSpec, cgroup_procs: Option<&OwnedFd>, route: Route) -> Result<Spawned, SpawnError> {
+    spawn_in(spec, &ExecContext::default(), cgroup_procs, route)
+}
+
+/// [`spawn`] with an exec context (limits, stdio files, sandbox,
+/// capabilities) applied in the child between fork and exec.
+pub fn spawn_in(
+    spec: &ProcessSpec,
+    context: &ExecContext,
+    cgroup_procs: Option<&OwnedFd>,
+    route: Route,
+) -> Result<Spawned, SpawnError> {
     let plan = SpawnPlan::new(spec)?;
     let (out_read, out_write) = pipe_cloexec()?;
     let (err_read, err_write) = pipe_cloexec()?;
@@ -155,8 +171,9 @@ pub fn spawn(spec: &ProcessSpec, cgroup_procs: Option<&OwnedFd>, route: Route) -
         unsafe {
             child_after_fork(
                 &plan,
+                context,
                 cgroup_fd,
-                ChildIo::Pipe { devnull: devnull.as_raw_fd(), out: out_write.as_raw_fd() },
+                ChildIo::Pipe(context.stdio(devnull.as_raw_fd(), out_write.as_raw_fd())),
                 err_write.as_raw_fd(),
             )
         }
@@ -165,8 +182,8 @@ pub fn spawn(spec: &ProcessSpec, cgroup_procs: Option<&OwnedFd>, route: Route) -
     drop(routes);
     drop(out_write);
     drop(err_write);
-    read_child_report(&err_read)?;
-    Ok(Spawned { pid, output: out_read })
+    let warnings = read_child_report(&err_read, context)?;
+    Ok(Spawned { pid, output: out_read, warnings })
 }
 
 /// Like [`spawn`], but the child's stdin, stdout and stderr are a new
@@ -200,16 +217,18 @@ pub fn spawn_pty(spec: &ProcessSpec, size: (u16, u16), route: Route) -> Result<S
     }
     if pid == 0 {
         // SAFETY: we are the child of a fork.
-        unsafe { child_after_fork(&plan, -1, ChildIo::Tty(slave.as_raw_fd()), err_write.as_raw_fd()) }
+        unsafe {
+            child_after_fork(&plan, &ExecContext::default(), -1, ChildIo::Tty(slave.as_raw_fd()), err_write.as_raw_fd())
+        }
     }
     routes.register(pid, route);
     drop(routes);
     drop(slave);
     drop(err_write);
-    read_child_report(&err_read)?;
+    read_child_report(&err_read, &ExecContext::default())?;
     // SAFETY: the master fd is ours; into_raw_fd hands over its ownership.
     let master = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) };
-    Ok(Spawned { pid, output: master })
+    Ok(Spawned { pid, output: master, warnings: Vec::new() })
 }
 
 /// TIOCSWINSZ on a PTY: the kernel tells the foreground process group with SIGWINCH.
@@ -222,38 +241,47 @@ pub fn set_window_size(fd: RawFd, cols: u16, rows: u16) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Waits for exec: the error pipe closes on success (CLOEXEC); a failing
-/// child writes [stage, errno] first.
-fn read_child_report(err_read: &OwnedFd) -> Result<(), SpawnError> {
-    // The error pipe closes on a successful exec (CLOEXEC); a failing child
-    // writes [stage, errno] first.
-    let mut report = [0u8; 8];
-    let mut got = 0;
-    while got < report.len() {
-        // SAFETY: reading into our own buffer from an fd we own.
-        let n = unsafe { libc::read(err_read.as_raw_fd(), report[got..].as_mut_ptr().cast(), report.len() - got) };
-        if n > 0 {
-            got += n as usize;
-        } else if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
+/// Waits for exec: the error pipe closes on success (CLOEXEC). The child
+/// writes 8-byte records [stage, errno] before that: a warning stage
+/// ([`ExecContext::is_warning`]) means it went on; any other is its failure.
+fn read_child_report(err_read: &OwnedFd, context: &ExecContext) -> Result<Vec<String>, SpawnError> {
+    let mut warnings = Vec::new();
+    loop {
+        let mut report = [0u8; 8];
+        let mut got = 0;
+        while got < report.len() {
+            // SAFETY: reading into our own buffer from an fd we own.
+            let n = unsafe { libc::read(err_read.as_raw_fd(), report[got..].as_mut_ptr().cast(), report.len() - got) };
+            if n > 0 {
+                got += n as usize;
+            } else if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
         }
-    }
-    if got == report.len() {
-        let stage = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
+        if got < report.len() {
+            return Ok(warnings);
+        }
+        let stage = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-        return Err(SpawnError::Child {
-            stage: STAGES.get(stage).copied().unwrap_or("child setup"),
-            source: std::io::Error::from_raw_os_error(errno),
-        });
+        if ExecContext::is_warning(stage) {
+            warnings.push(context.describe_stage(stage).unwrap_or_else(|| format!("warning {stage}")));
+            continue;
+        }
+        let name = STAGES
+            .get(stage as usize)
+            .map(|s| s.to_string())
+            .or_else(|| context.describe_stage(stage))
+            .unwrap_or_else(|| "child setup".to_string());
+        return Err(SpawnError::Child { stage: name, source: std::io::Error::from_raw_os_error(errno) });
     }
-    Ok(())
 }
 
 /// Where the child's stdio goes.
 #[derive(Clone, Copy)]
 enum ChildIo {
-    /// stdin from /dev/null, stdout and stderr on the log pipe.
-    Pipe { devnull: RawFd, out: RawFd },
+    /// stdin, stdout and stderr: /dev/null and the log pipe unless the
+    /// unit's StandardInput/Output/Error= name files.
+    Pipe([RawFd; 3]),
     /// All three on this PTY slave, which becomes the controlling terminal.
     Tty(RawFd),
 }
@@ -263,13 +291,22 @@ enum ChildIo {
 /// # Safety
 /// Must only be called in the child right after fork(); it touches no lock and
 /// allocates nothing.
-unsafe fn child_after_fork(plan: &SpawnPlan, cgroup_fd: RawFd, io: ChildIo, err_pipe: RawFd) -> ! {
-    let fail = |stage: u32| -> ! {
+unsafe fn child_after_fork(
+    plan: &SpawnPlan,
+    context: &ExecContext,
+    cgroup_fd: RawFd,
+    io: ChildIo,
+    err_pipe: RawFd,
+) -> ! {
+    let report = |stage: u32| {
         let errno = *libc::__errno_location();
         let mut msg = [0u8; 8];
         msg[..4].copy_from_slice(&stage.to_ne_bytes());
         msg[4..].copy_from_slice(&errno.to_ne_bytes());
         libc::write(err_pipe, msg.as_ptr().cast(), msg.len());
+    };
+    let fail = |stage: u32| -> ! {
+        report(stage);
         libc::_exit(127)
     };
 
@@ -295,8 +332,8 @@ unsafe fn child_after_fork(plan: &SpawnPlan, cgroup_fd: RawFd, io: ChildIo, err_
         fail(1);
     }
     match io {
-        ChildIo::Pipe { devnull, out } => {
-            if libc::dup2(devnull, 0) < 0 || libc::dup2(out, 1) < 0 || libc::dup2(out, 2) < 0 {
+        ChildIo::Pipe([stdin, stdout, stderr]) => {
+            if libc::dup2(stdin, 0) < 0 || libc::dup2(stdout, 1) < 0 || libc::dup2(stderr, 2) < 0 {
                 fail(2);
             }
         }
@@ -320,7 +357,12 @@ unsafe fn child_after_fork(plan: &SpawnPlan, cgroup_fd: RawFd, io: ChildIo, err_
     if let Some(mask) = plan.umask {
         libc::umask(mask as libc::mode_t);
     }
-    if plan.gid.is_some() || plan.uid.is_some() {
+    // Limits, OOM score, sandbox mounts, bounding set: while still privileged.
+    if let Err(stage) = context.before_identity(&report) {
+        fail(stage);
+    }
+    // SupplementaryGroups= alone (no User=) sets the groups too.
+    if plan.gid.is_some() || plan.uid.is_some() || !plan.groups.is_empty() {
         // Supplementary groups go first, while we still have the right to set them.
         if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) < 0 {
             fail(4);
@@ -336,8 +378,12 @@ unsafe fn child_after_fork(plan: &SpawnPlan, cgroup_fd: RawFd, io: ChildIo, err_
             fail(6);
         }
     }
+    if let Err(stage) = context.after_identity() {
+        fail(stage);
+    }
     if let Some(cwd) = &plan.cwd {
-        if libc::chdir(cwd.as_ptr()) < 0 {
+        // WorkingDirectory=-/path: a missing dir starts the process in /.
+        if libc::chdir(cwd.as_ptr()) < 0 && (!context.cwd_optional || libc::chdir(c"/".as_ptr()) < 0) {
             fail(7);
         }
     }

@@ -152,6 +152,7 @@ mod tests {
             start_limit_interval: Duration::from_secs(10),
             start_limit_burst: 5,
             conditions: Vec::new(),
+            checks: Default::default(),
             service: ServiceConfig::default(),
             instance: None,
         }

@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod checks;
 mod env_name;
+mod exec;
 mod expand;
 pub mod gpus;
 mod graph;
@@ -21,7 +23,12 @@ mod quote;
 mod resolve;
 mod timespan;
 
+pub use checks::{unescape_octal as unescape_mount_path, Check, Checks};
 pub use env_name::EnvName;
+pub use exec::{
+    DirKind, Directories, ExecConfig, Input, Output, Preserve, ProtectHome, ProtectSystem, Resources, Rlimit,
+    SandboxPath, TasksMax, ALL_CAPS, CAPABILITIES,
+};
 pub use expand::{expand_vars, parse_env_file};
 pub use gpus::{GpuId, GpuSpec, InstanceLimits};
 pub use graph::{check_graph, find_cycle, start_order};
@@ -166,6 +173,8 @@ pub struct ServiceConfig {
     /// MemoryMax=: the unit cgroup's `memory.max` (and no swap), in bytes; None: no limit.
     pub memory_max: Option<u64>,
     pub ready_check: ReadyCheck,
+    /// systemd.exec(5) and resource-control keys beyond the ones above (issue 14).
+    pub exec: ExecConfig,
 }
 
 impl Default for ServiceConfig {
@@ -191,6 +200,7 @@ impl Default for ServiceConfig {
             nice: None,
             memory_max: None,
             ready_check: ReadyCheck::Default,
+            exec: ExecConfig::default(),
         }
     }
 }
@@ -282,6 +292,8 @@ pub struct Unit {
     /// ConditionPathExists=: every one must hold or the start is skipped
     /// (not failed), as in systemd. `!` prefix negates.
     pub conditions: Vec<PathCondition>,
+    /// The other Condition*=/Assert*= (issue 14).
+    pub checks: Checks,
     pub service: ServiceConfig,
     /// Present for `*.instance` files.
     pub instance: Option<InstanceConfig>,

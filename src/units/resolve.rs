@@ -67,6 +67,7 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
         start_limit_interval: Duration::from_secs(10),
         start_limit_burst: 5,
         conditions: Vec::new(),
+        checks: Default::default(),
         service: ServiceConfig::default(),
         instance: (kind == UnitKind::Instance).then(InstanceConfig::default),
     };
@@ -243,7 +244,18 @@ impl<'a> Resolver<'a> {
             "Requires" => self.deps(&mut unit.requires, entry),
             "Wants" => self.deps(&mut unit.wants, entry),
             "StartLimitIntervalSec" | "StartLimitBurst" => self.start_limit(unit, entry),
+            // `|`: a triggering condition, kept with the other checks (issue 14).
+            "ConditionPathExists" if entry.value.starts_with('|') => {
+                if let Err(e) = unit.checks.apply("ConditionPathExists", &entry.value) {
+                    self.error(entry.line, format!("invalid ConditionPathExists={}: {e}", entry.value));
+                }
+            }
             "ConditionPathExists" => self.condition(unit, entry),
+            k if super::checks::UNIT_KEYS.contains(&k) => {
+                if let Err(e) = unit.checks.apply(k, &entry.value) {
+                    self.error(entry.line, format!("invalid {k}={}: {e}", entry.value));
+                }
+            }
             _ => self.error(entry.line, format!("{}= is not handled in [Unit]", entry.key)),
         }
     }
@@ -347,9 +359,14 @@ impl<'a> Resolver<'a> {
                 }
             }
             "WorkingDirectory" => {
-                if entry.value.is_empty() {
+                // `-/path`: a missing dir is no error; `~`: the User='s home (issue 14).
+                let optional = entry.value.starts_with('-');
+                let value = entry.value.strip_prefix('-').unwrap_or(&entry.value);
+                svc.exec.working_directory_optional = optional;
+                svc.exec.working_directory_home = value == "~";
+                if value.is_empty() || value == "~" {
                     svc.working_directory = None;
-                } else if let Some(p) = self.value(entry, absolute_path) {
+                } else if let Some(p) = self.value(entry, |_| absolute_path(value)) {
                     svc.working_directory = Some(p);
                 }
             }
@@ -376,6 +393,11 @@ impl<'a> Resolver<'a> {
                 }
             }
             "StartLimitIntervalSec" | "StartLimitBurst" => self.start_limit(unit, entry),
+            k if super::exec::SERVICE_KEYS.contains(&k) => match svc.exec.apply(k, &entry.value) {
+                Ok(Some(warning)) => self.warn(entry.line, warning),
+                Ok(None) => {}
+                Err(e) => self.error(entry.line, format!("invalid {k}={}: {e}", entry.value)),
+            },
             _ => self.error(entry.line, format!("{}= is not handled in [Service]", entry.key)),
         }
     }

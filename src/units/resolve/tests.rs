@@ -211,7 +211,7 @@ ConditionPathExists=/etc/x
 [Service]
 Type=simple
 ExecStart=/bin/true
-ProtectSystem=strict
+PrivateDevices=yes
 ExecStartPost=/bin/true
 X-Mine=1
 [Install]
@@ -225,7 +225,7 @@ Anything=goes
         [
             "3: PartOf= is not supported by aikore and is ignored",
             "6: Type= is not supported by aikore and is ignored",
-            "8: ProtectSystem= is not supported by aikore and is ignored",
+            "8: PrivateDevices= is not supported by aikore and is ignored",
             "9: ExecStartPost= is not supported by aikore and is ignored",
             "12: WantedBy= is not supported by aikore and is ignored",
         ]

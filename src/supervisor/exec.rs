@@ -1,0 +1,863 @@
+//! The exec context of one unit process: rlimits, OOM score, stdio files,
+//! the mount-namespace sandbox, capabilities and no_new_privs.
+//!
+//! [`ExecContext::prepare`] does every allocation, lookup and file open in
+//! the parent; the child (see `spawn::child_after_fork`) then only makes
+//! system calls on that prepared data, because the daemon is multi-threaded
+//! and a fork copies whatever lock another thread held.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::units::{DirKind, ExecConfig, Input, Output, Preserve, ProtectHome, ProtectSystem, SandboxPath, Unit};
+
+/// Stage numbers the child reports for failures of this module's steps
+/// (spawn.rs's own stages are 0..=8); mounts and rlimits carry their index.
+pub(super) const STAGE_OOM: u32 = 20;
+pub(super) const STAGE_CAPBSET: u32 = 21;
+pub(super) const STAGE_KEEPCAPS: u32 = 22;
+pub(super) const STAGE_CAPSET: u32 = 23;
+pub(super) const STAGE_AMBIENT: u32 = 24;
+pub(super) const STAGE_NNP: u32 = 25;
+pub(super) const STAGE_RLIMIT: u32 = 100;
+pub(super) const STAGE_MOUNT: u32 = 200;
+/// Not a failure: the kernel refused a mount namespace, the unit runs unsandboxed.
+pub(super) const WARN_NO_MOUNT_NS: u32 = 1000;
+/// Not a failure: OOMScoreAdjust= was refused (lowering it needs
+/// CAP_SYS_RESOURCE); systemd too goes on, "assuming containerized execution".
+pub(super) const WARN_OOM: u32 = 1001;
+/// Not a failure: `Limit*=` number (this + index) was above what may be
+/// raised, and was set to the hard limit the process has (systemd's
+/// `setrlimit_closest`).
+pub(super) const WARN_RLIMIT_CLAMPED: u32 = 1100;
+/// The first stage number past the warnings.
+const WARN_END: u32 = 1200;
+
+/// Where stderr goes.
+#[derive(Debug, Default)]
+pub enum ErrTarget {
+    /// The log pipe.
+    #[default]
+    Log,
+    /// Wherever stdout goes.
+    Stdout,
+    File(OwnedFd),
+}
+
+/// One mount(2) call, with its C strings made before fork.
+#[derive(Debug)]
+struct MountStep {
+    source: Option<CString>,
+    target: CString,
+    fstype: Option<CString>,
+    flags: libc::c_ulong,
+    data: Option<CString>,
+    /// A failing optional step (a submount's read-only remount) is skipped.
+    required: bool,
+}
+
+/// What the child applies besides the identity, cwd, umask and nice.
+#[derive(Debug, Default)]
+pub struct ExecContext {
+    rlimits: Vec<(i32, libc::rlimit, &'static str)>,
+    oom_score_adj: Option<Vec<u8>>,
+    /// None: /dev/null.
+    pub(super) stdin: Option<OwnedFd>,
+    /// None: the log pipe.
+    pub(super) stdout: Option<OwnedFd>,
+    pub(super) stderr: ErrTarget,
+    /// None: no mount namespace.
+    mounts: Option<Vec<MountStep>>,
+    /// What to say when the kernel refuses the mount namespace.
+    sandbox_note: String,
+    /// Capabilities to drop from the bounding set.
+    cap_drop: u64,
+    ambient: u64,
+    /// The process changes uid and keeps ambient capabilities across it.
+    keep_caps: bool,
+    no_new_privs: bool,
+    /// WorkingDirectory=-: a failing chdir falls back to `/`.
+    pub(super) cwd_optional: bool,
+}
+
+/// The inputs of [`ExecContext::prepare`] that come from outside the unit file.
+pub struct Options<'a> {
+    /// Whether the process changes its uid (User= or the instance user).
+    pub changes_uid: bool,
+    /// An instance: NoNewPrivileges= defaults to yes.
+    pub instance: bool,
+    /// The run's private /tmp (PrivateTmp=), made by the caller.
+    pub private_tmp: Option<&'a PrivateTmp>,
+}
+
+fn cstring(path: &Path) -> Result<CString, String> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("{} contains a NUL byte", path.display()))
+}
+
+fn open_output(out: &Output) -> Result<Option<OwnedFd>, String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC);
+    let path = match out {
+        Output::Log => return Ok(None),
+        Output::Null => Path::new("/dev/null"),
+        Output::File(p) => {
+            options.create(true).mode(0o644);
+            p
+        }
+        Output::Append(p) => {
+            options.create(true).append(true).mode(0o644);
+            p
+        }
+        Output::Truncate(p) => {
+            options.create(true).truncate(true).mode(0o644);
+            p
+        }
+    };
+    let file = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some(file.into()))
+}
+
+impl ExecContext {
+    /// Prepares `cfg` for one process. The notes are for the unit's log
+    /// (what could not be applied, said at each start).
+    pub fn prepare(cfg: &ExecConfig, opts: &Options) -> Result<(ExecContext, Vec<String>), String> {
+        let mut notes = Vec::new();
+        let mut cx = ExecContext { cwd_optional: cfg.working_directory_optional, ..Default::default() };
+        cx.rlimits = cfg
+            .limits
+            .iter()
+            .map(|l| {
+                let rl = libc::rlimit {
+                    rlim_cur: if l.soft == u64::MAX { libc::RLIM_INFINITY } else { l.soft },
+                    rlim_max: if l.hard == u64::MAX { libc::RLIM_INFINITY } else { l.hard },
+                };
+                (l.resource, rl, l.key)
+            })
+            .collect();
+        cx.oom_score_adj = cfg.oom_score_adjust.map(|n| n.to_string().into_bytes());
+        cx.stdin = match &cfg.stdin {
+            Input::Null => None,
+            Input::File(p) => Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+                    .open(p)
+                    .map_err(|e| format!("StandardInput=file:{}: {e}", p.display()))?
+                    .into(),
+            ),
+        };
+        cx.stdout = open_output(&cfg.stdout).map_err(|e| format!("StandardOutput=: {e}"))?;
+        cx.stderr = match &cfg.stderr {
+            None => ErrTarget::Stdout,
+            Some(Output::Log) => ErrTarget::Log,
+            Some(other) => ErrTarget::File(
+                open_output(other).map_err(|e| format!("StandardError=: {e}"))?.ok_or("StandardError=: no file")?,
+            ),
+        };
+        if let Some(set) = cfg.capability_bounding_set {
+            cx.cap_drop = !set & crate::units::ALL_CAPS;
+        }
+        cx.ambient = cfg.ambient_capabilities;
+        cx.keep_caps = cx.ambient != 0 && opts.changes_uid;
+        cx.no_new_privs = cfg.no_new_privileges.unwrap_or(opts.instance);
+        if cfg.wants_mount_namespace() {
+            cx.mounts = Some(sandbox_steps(cfg, opts.private_tmp, &mount_table())?);
+            cx.sandbox_note = no_sandbox_note(cfg);
+        }
+        if cx.ambient != 0 && cfg.capability_bounding_set.is_some_and(|b| cx.ambient & !b != 0) {
+            notes.push("AmbientCapabilities= outside CapabilityBoundingSet= cannot be raised".to_string());
+        }
+        Ok((cx, notes))
+    }
+
+    /// Names a stage of this module for the parent's error message, or
+    /// says what a warning record means.
+    pub(super) fn describe_stage(&self, stage: u32) -> Option<String> {
+        Some(match stage {
+            STAGE_OOM => "OOMScoreAdjust= (writing /proc/self/oom_score_adj)".to_string(),
+            STAGE_CAPBSET => "CapabilityBoundingSet= (PR_CAPBSET_DROP)".to_string(),
+            STAGE_KEEPCAPS => "AmbientCapabilities= (PR_SET_KEEPCAPS)".to_string(),
+            STAGE_CAPSET => "AmbientCapabilities= (capset)".to_string(),
+            STAGE_AMBIENT => "AmbientCapabilities= (PR_CAP_AMBIENT_RAISE)".to_string(),
+            STAGE_NNP => "NoNewPrivileges= (PR_SET_NO_NEW_PRIVS)".to_string(),
+            s if (STAGE_RLIMIT..STAGE_MOUNT).contains(&s) => {
+                format!("{}= (setrlimit)", self.rlimits.get((s - STAGE_RLIMIT) as usize)?.2)
+            }
+            WARN_NO_MOUNT_NS => self.sandbox_note.clone(),
+            WARN_OOM => format!(
+                "OOMScoreAdjust={} not applied: the kernel refused it (lowering it needs CAP_SYS_RESOURCE)",
+                String::from_utf8_lossy(self.oom_score_adj.as_deref().unwrap_or_default())
+            ),
+            s if (WARN_RLIMIT_CLAMPED..WARN_END).contains(&s) => {
+                let (resource, rl, key) = self.rlimits.get((s - WARN_RLIMIT_CLAMPED) as usize)?;
+                let mut ours: libc::rlimit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                // SAFETY: getrlimit fills the struct we own; the child inherited the same hard limit.
+                unsafe { libc::getrlimit(*resource as libc::__rlimit_resource_t, &mut ours) };
+                let show =
+                    |v: libc::rlim_t| if v == libc::RLIM_INFINITY { "infinity".to_string() } else { v.to_string() };
+                format!(
+                    "{key}={}:{} is above the hard limit aikore has ({}), so it was set to that \
+                     (raising a hard limit needs CAP_SYS_RESOURCE)",
+                    show(rl.rlim_cur),
+                    show(rl.rlim_max),
+                    show(ours.rlim_max)
+                )
+            }
+            s if (STAGE_MOUNT..WARN_NO_MOUNT_NS).contains(&s) => {
+                let step = self.mounts.as_ref()?.get((s - STAGE_MOUNT) as usize)?;
+                format!("sandbox mount on {}", step.target.to_string_lossy())
+            }
+            _ => return None,
+        })
+    }
+
+    /// Whether a record from the child is a warning (it went on) rather than its failure.
+    pub(super) fn is_warning(stage: u32) -> bool {
+        (WARN_NO_MOUNT_NS..WARN_END).contains(&stage)
+    }
+
+    /// The steps that need privileges: rlimits (a raised hard limit),
+    /// the OOM score (a lowered one), the mount namespace and the bounding
+    /// set. Run in the child before it drops its identity.
+    ///
+    /// # Safety
+    /// Only in the forked child: makes system calls on prepared data and
+    /// allocates nothing. `warn` must be async-signal-safe too.
+    pub(super) unsafe fn before_identity(&self, warn: &dyn Fn(u32)) -> Result<(), u32> {
+        for (i, (resource, rl, _)) in self.rlimits.iter().enumerate() {
+            let resource = *resource as libc::__rlimit_resource_t;
+            if libc::setrlimit(resource, rl) == 0 {
+                continue;
+            }
+            // Raising a hard limit needs CAP_SYS_RESOURCE, which containers
+            // often drop: as systemd does, take the closest value allowed
+            // (the current hard limit), and say so.
+            let mut current: libc::rlimit = std::mem::zeroed();
+            if *libc::__errno_location() != libc::EPERM || libc::getrlimit(resource, &mut current) < 0 {
+                return Err(STAGE_RLIMIT + i as u32);
+            }
+            let hard = rl.rlim_max.min(current.rlim_max);
+            let closest = libc::rlimit { rlim_cur: rl.rlim_cur.min(hard), rlim_max: hard };
+            if libc::setrlimit(resource, &closest) < 0 {
+                return Err(STAGE_RLIMIT + i as u32);
+            }
+            warn(WARN_RLIMIT_CLAMPED + i as u32);
+        }
+        if let Some(value) = &self.oom_score_adj {
+            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(STAGE_OOM);
+            }
+            if libc::write(fd, value.as_ptr().cast(), value.len()) != value.len() as isize {
+                let errno = *libc::__errno_location();
+                if errno != libc::EACCES && errno != libc::EPERM {
+                    return Err(STAGE_OOM);
+                }
+                warn(WARN_OOM);
+            }
+            libc::close(fd);
+        }
+        if let Some(steps) = &self.mounts {
+            // A new mount namespace whose changes never propagate back
+            // (slave), or, where the kernel refuses it, a warning and no sandbox.
+            if libc::unshare(libc::CLONE_NEWNS) < 0
+                || libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ) < 0
+            {
+                warn(WARN_NO_MOUNT_NS);
+            } else {
+                for (i, s) in steps.iter().enumerate() {
+                    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+                    let rc =
+                        libc::mount(ptr(&s.source), s.target.as_ptr(), ptr(&s.fstype), s.flags, ptr(&s.data).cast());
+                    if rc < 0 && s.required {
+                        return Err(STAGE_MOUNT + i as u32);
+                    }
+                }
+            }
+        }
+        if self.cap_drop != 0 {
+            for cap in 0..64u32 {
+                if self.cap_drop & (1 << cap) != 0
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0
+                    // EINVAL: a capability this kernel does not know; nothing to drop.
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    return Err(STAGE_CAPBSET);
+                }
+            }
+        }
+        if self.keep_caps && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
+            return Err(STAGE_KEEPCAPS);
+        }
+        Ok(())
+    }
+
+    /// Ambient capabilities and no_new_privs, after setuid.
+    ///
+    /// # Safety
+    /// As [`Self::before_identity`].
+    pub(super) unsafe fn after_identity(&self) -> Result<(), u32> {
+        if self.ambient != 0 {
+            // capset: the ambient set must be in the permitted and
+            // inheritable sets; setuid cleared the effective one.
+            let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+            let mut data = [CapData::default(); 2];
+            if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) < 0 {
+                return Err(STAGE_CAPSET);
+            }
+            for (i, d) in data.iter_mut().enumerate() {
+                d.inheritable |= (self.ambient >> (32 * i)) as u32 & d.permitted;
+                d.effective = d.permitted;
+            }
+            if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
+                return Err(STAGE_CAPSET);
+            }
+            for cap in 0..64u32 {
+                if self.ambient & (1 << cap) != 0
+                    && libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap as libc::c_ulong, 0, 0) < 0
+                {
+                    return Err(STAGE_AMBIENT);
+                }
+            }
+        }
+        if self.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            return Err(STAGE_NNP);
+        }
+        Ok(())
+    }
+
+    /// Raw fds for the child's stdio, given the defaults (/dev/null, the log pipe).
+    pub(super) fn stdio(&self, devnull: RawFd, log: RawFd) -> [RawFd; 3] {
+        let stdin = self.stdin.as_ref().map_or(devnull, |f| f.as_raw_fd());
+        let stdout = self.stdout.as_ref().map_or(log, |f| f.as_raw_fd());
+        let stderr = match &self.stderr {
+            ErrTarget::Log => log,
+            ErrTarget::Stdout => stdout,
+            ErrTarget::File(f) => f.as_raw_fd(),
+        };
+        [stdin, stdout, stderr]
+    }
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// One line of /proc/self/mountinfo: where, and its per-mount flags.
+#[derive(Debug, Clone)]
+pub struct MountEntry {
+    pub point: PathBuf,
+    pub flags: libc::c_ulong,
+}
+
+/// The mounts this process sees, parents before children (file order).
+pub fn mount_table() -> Vec<MountEntry> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let point = crate::units::unescape_mount_path(fields.nth(4)?);
+            let options = fields.next()?;
+            Some(MountEntry { point: PathBuf::from(point), flags: mount_flags(options) })
+        })
+        .collect()
+}
+
+/// Per-mount options as MS_* flags: a read-only remount of a bind mount must
+/// repeat them (a user namespace refuses to clear locked ones).
+fn mount_flags(options: &str) -> libc::c_ulong {
+    options.split(',').fold(0, |acc, o| {
+        acc | match o {
+            "nosuid" => libc::MS_NOSUID,
+            "nodev" => libc::MS_NODEV,
+            "noexec" => libc::MS_NOEXEC,
+            "noatime" => libc::MS_NOATIME,
+            "nodiratime" => libc::MS_NODIRATIME,
+            "relatime" => libc::MS_RELATIME,
+            _ => 0,
+        }
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Mode {
+    ReadOnly,
+    ReadWrite,
+    Inaccessible,
+    /// An empty read-only tmpfs (ProtectHome=tmpfs).
+    EmptyTmpfs,
+    /// Bind this (PrivateTmp=) over the path.
+    BindFrom(PathBuf),
+}
+
+/// API file systems ProtectSystem=strict leaves writable, as systemd does.
+const API_VFS: &[&str] = &["/dev", "/proc", "/sys"];
+
+fn under(path: &Path, root: &Path) -> bool {
+    path.starts_with(root)
+}
+
+/// The mount steps of the sandbox, in order: shallow paths first, so a
+/// ReadWritePaths= below a read-only tree is bound after it.
+fn sandbox_steps(
+    cfg: &ExecConfig,
+    private_tmp: Option<&PrivateTmp>,
+    table: &[MountEntry],
+) -> Result<Vec<MountStep>, String> {
+    let mut entries: Vec<(PathBuf, Mode)> = Vec::new();
+    let existing = |p: &str| Path::new(p).exists().then(|| PathBuf::from(p));
+    match cfg.protect_system {
+        ProtectSystem::No => {}
+        ProtectSystem::Yes | ProtectSystem::Full => {
+            let mut list = vec!["/usr", "/boot", "/efi"];
+            if cfg.protect_system == ProtectSystem::Full {
+                list.push("/etc");
+            }
+            entries.extend(list.into_iter().filter_map(existing).map(|p| (p, Mode::ReadOnly)));
+        }
+        ProtectSystem::Strict => entries.push(("/".into(), Mode::ReadOnly)),
+    }
+    let home_mode = match cfg.protect_home {
+        ProtectHome::No => None,
+        ProtectHome::Yes => Some(Mode::Inaccessible),
+        ProtectHome::ReadOnly => Some(Mode::ReadOnly),
+        ProtectHome::Tmpfs => Some(Mode::EmptyTmpfs),
+    };
+    if let Some(mode) = home_mode {
+        for p in ["/home", "/root", "/run/user"].into_iter().filter_map(existing) {
+            entries.push((p, mode.clone()));
+        }
+    }
+    let mut add = |list: &[SandboxPath], mode: Mode, key: &str| -> Result<(), String> {
+        for sp in list {
+            if sp.path.symlink_metadata().is_err() {
+                if sp.optional {
+                    continue;
+                }
+                return Err(format!(
+                    "{key}={}: no such file or directory (prefix it with - to skip it)",
+                    sp.path.display()
+                ));
+            }
+            entries.push((sp.path.clone(), mode.clone()));
+        }
+        Ok(())
+    };
+    add(&cfg.read_only_paths, Mode::ReadOnly, "ReadOnlyPaths")?;
+    add(&cfg.read_write_paths, Mode::ReadWrite, "ReadWritePaths")?;
+    add(&cfg.inaccessible_paths, Mode::Inaccessible, "InaccessiblePaths")?;
+    if let Some(private) = private_tmp {
+        entries.push(("/tmp".into(), Mode::BindFrom(private.tmp.clone())));
+        if let Some(var_tmp) = &private.var_tmp {
+            entries.push(("/var/tmp".into(), Mode::BindFrom(var_tmp.clone())));
+        }
+    }
+    // Shallow first; among equals, the order above (a later key wins, as in systemd's sorting by mode).
+    entries.sort_by_key(|(p, _)| p.components().count());
+
+    let mut steps = Vec::new();
+    for (path, mode) in entries {
+        let target = cstring(&path)?;
+        let bind = |source: &Path| -> Result<MountStep, String> {
+            Ok(MountStep {
+                source: Some(cstring(source)?),
+                target: target.clone(),
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REC,
+                data: None,
+                required: true,
+            })
+        };
+        match mode {
+            Mode::ReadOnly | Mode::ReadWrite => {
+                let ro = if mode == Mode::ReadOnly { libc::MS_RDONLY } else { 0 };
+                steps.push(bind(&path)?);
+                // Every mount at or below the path, as the recursive bind copied them.
+                for m in table.iter().filter(|m| under(&m.point, &path)) {
+                    let is_top = m.point == path;
+                    if !is_top && (mode == Mode::ReadWrite || API_VFS.iter().any(|a| under(&m.point, Path::new(a)))) {
+                        continue;
+                    }
+                    steps.push(MountStep {
+                        source: None,
+                        target: cstring(&m.point)?,
+                        fstype: None,
+                        flags: libc::MS_BIND | libc::MS_REMOUNT | ro | m.flags,
+                        data: None,
+                        required: false,
+                    });
+                }
+                // The path itself when it is no mount point of its own: flags of the mount it lives on.
+                if !table.iter().any(|m| m.point == path) {
+                    let host = table.iter().rfind(|m| under(&path, &m.point)).map_or(0, |m| m.flags);
+                    steps.push(MountStep {
+                        source: None,
+                        target: target.clone(),
+                        fstype: None,
+                        flags: libc::MS_BIND | libc::MS_REMOUNT | ro | host,
+                        data: None,
+                        required: true,
+                    });
+                }
+            }
+            Mode::Inaccessible | Mode::EmptyTmpfs => {
+                if path.is_dir() || mode == Mode::EmptyTmpfs {
+                    let data = if mode == Mode::Inaccessible { "mode=000,size=4k" } else { "mode=755,size=4k" };
+                    steps.push(MountStep {
+                        source: Some(c"tmpfs".into()),
+                        target,
+                        fstype: Some(c"tmpfs".into()),
+                        flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        data: Some(CString::new(data).map_err(|e| e.to_string())?),
+                        required: true,
+                    });
+                } else {
+                    // A file: an empty mode-000 file bound over it, then made read-only.
+                    let node = inaccessible_file()?;
+                    steps.push(MountStep { flags: libc::MS_BIND, ..bind(&node)? });
+                    steps.push(MountStep {
+                        source: None,
+                        target,
+                        fstype: None,
+                        flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                        data: None,
+                        required: true,
+                    });
+                }
+            }
+            Mode::BindFrom(source) => {
+                steps.push(bind(&source)?);
+                // A bind copies its source mount's flags: read-only when
+                // ProtectSystem=strict made / so. The private /tmp is writable.
+                let host = table.iter().rfind(|m| under(&source, &m.point)).map_or(0, |m| m.flags);
+                steps.push(MountStep {
+                    source: None,
+                    target,
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | host,
+                    data: None,
+                    required: true,
+                });
+            }
+        }
+    }
+    Ok(steps)
+}
+
+/// An empty file nobody may open (mode 000), bound over inaccessible files.
+fn inaccessible_file() -> Result<PathBuf, String> {
+    let dir = Path::new("/run/aikore");
+    let path = dir.join("inaccessible");
+    if !path.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o000)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(path)
+}
+
+/// The run's private /tmp and /var/tmp (PrivateTmp=), made before its first
+/// process, as systemd does: `/tmp/aikore-private-<unit>-<random>/tmp` and
+/// the same under /var/tmp (the outer dirs 0700, root's; the inner ones 1777
+/// like /tmp). Each lives on the file system it replaces, and the /var/tmp
+/// one is still reachable after /tmp is bound over. Removed at the run's end.
+#[derive(Debug, Clone)]
+pub struct PrivateTmp {
+    /// The outer dirs, for the cleanup.
+    pub outer: Vec<PathBuf>,
+    pub tmp: PathBuf,
+    pub var_tmp: Option<PathBuf>,
+}
+
+pub fn make_private_tmp(unit: &str) -> Result<PrivateTmp, String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mut random = [0u8; 6];
+    // SAFETY: getrandom fills the buffer we own.
+    let n = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    if n != random.len() as isize {
+        return Err(format!("PrivateTmp=: getrandom: {}", std::io::Error::last_os_error()));
+    }
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("aikore-private-{unit}-{suffix}");
+    let mut made = PrivateTmp { outer: Vec::new(), tmp: PathBuf::new(), var_tmp: None };
+    for base in ["/tmp", "/var/tmp"] {
+        if !Path::new(base).is_dir() {
+            continue;
+        }
+        let outer = Path::new(base).join(&name);
+        let inner = outer.join("tmp");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&outer)
+            .map_err(|e| format!("PrivateTmp=: {}: {e}", outer.display()))?;
+        made.outer.push(outer);
+        std::fs::DirBuilder::new()
+            .mode(0o1777)
+            .create(&inner)
+            .map_err(|e| format!("PrivateTmp=: {}: {e}", inner.display()))?;
+        // The umask may have cut the sticky, group and other bits.
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o1777)).map_err(|e| e.to_string())?;
+        if base == "/tmp" {
+            made.tmp = inner;
+        } else {
+            made.var_tmp = Some(inner);
+        }
+    }
+    if made.tmp.as_os_str().is_empty() {
+        return Err("PrivateTmp=: /tmp does not exist".to_string());
+    }
+    Ok(made)
+}
+
+/// The text for the unit's log when the kernel refused a mount namespace.
+fn no_sandbox_note(cfg: &ExecConfig) -> String {
+    let mut keys = Vec::new();
+    if cfg.private_tmp {
+        keys.push("PrivateTmp=");
+    }
+    if cfg.protect_system != ProtectSystem::No {
+        keys.push("ProtectSystem=");
+    }
+    if cfg.protect_home != ProtectHome::No {
+        keys.push("ProtectHome=");
+    }
+    if !cfg.read_write_paths.is_empty() {
+        keys.push("ReadWritePaths=");
+    }
+    if !cfg.read_only_paths.is_empty() {
+        keys.push("ReadOnlyPaths=");
+    }
+    if !cfg.inaccessible_paths.is_empty() {
+        keys.push("InaccessiblePaths=");
+    }
+    format!(
+        "{} not applied: the kernel refused a mount namespace (unshare(CLONE_NEWNS) needs CAP_SYS_ADMIN in the \
+         container); the unit runs without that sandbox",
+        keys.join(", ")
+    )
+}
+
+/// Per-run leftovers of the exec context on the host: cleaned at the run's end.
+#[derive(Debug, Default)]
+pub struct RunDirs {
+    /// The run's PrivateTmp= dirs.
+    pub private_tmp: Option<PrivateTmp>,
+    /// RuntimeDirectory= dirs made for this run.
+    pub runtime: Vec<PathBuf>,
+    pub preserve: Preserve,
+}
+
+impl RunDirs {
+    /// The run ended: its private /tmp goes, and its RuntimeDirectory= dirs
+    /// unless RuntimeDirectoryPreserve= keeps them.
+    pub fn clean(self) {
+        for dir in self.private_tmp.map(|p| p.outer).unwrap_or_default() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a private /tmp");
+            }
+        }
+        if self.preserve == Preserve::No {
+            for dir in self.runtime {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+/// Removes the unit's RuntimeDirectory= dirs (a fresh start with
+/// RuntimeDirectoryPreserve=restart).
+pub fn remove_runtime_directories(unit: &Unit) {
+    if let Some(dirs) = unit.service.exec.directories(DirKind::Runtime) {
+        for name in &dirs.names {
+            let _ = std::fs::remove_dir_all(Path::new(DirKind::Runtime.base()).join(name));
+        }
+    }
+}
+
+/// What the host adds to one process of a unit: its exec context, the
+/// directory variables, and the supplementary groups.
+pub struct ForProcess {
+    pub context: ExecContext,
+    pub env: Vec<(String, String)>,
+    pub groups: Vec<u32>,
+    pub notes: Vec<String>,
+}
+
+/// Resolves a group name or number (SupplementaryGroups=).
+fn resolve_group(name: &str) -> Result<u32, String> {
+    let group = match name.parse::<u32>() {
+        Ok(n) => nix::unistd::Group::from_gid(n.into()),
+        Err(_) => nix::unistd::Group::from_name(name),
+    }
+    .map_err(|e| format!("SupplementaryGroups={name}: {e}"))?
+    .ok_or_else(|| format!("SupplementaryGroups={name}: no such group"))?;
+    Ok(group.gid.as_raw())
+}
+
+/// Creates the unit's RuntimeDirectory=, StateDirectory=, CacheDirectory=,
+/// LogsDirectory= and ConfigurationDirectory= (owned by its user, with the
+/// `*DirectoryMode=`), and returns their `*_DIRECTORY` variables.
+fn create_directories(
+    cfg: &ExecConfig,
+    owner: (Option<u32>, Option<u32>),
+    run: &mut RunDirs,
+) -> Result<Vec<(String, String)>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Vec::new();
+    for dirs in cfg.directories.iter().filter(|d| !d.names.is_empty()) {
+        let mut paths = Vec::new();
+        for name in &dirs.names {
+            let path = Path::new(dirs.kind.base()).join(name);
+            let key = format!("{:?}Directory={name}", dirs.kind);
+            std::fs::create_dir_all(&path).map_err(|e| format!("{key}: {}: {e}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dirs.mode))
+                .map_err(|e| format!("{key}: chmod {}: {e}", path.display()))?;
+            if owner.0.is_some() || owner.1.is_some() {
+                std::os::unix::fs::lchown(&path, owner.0, owner.1)
+                    .map_err(|e| format!("{key}: chown {}: {e}", path.display()))?;
+            }
+            if dirs.kind == DirKind::Runtime && !run.runtime.contains(&path) {
+                run.runtime.push(path.clone());
+            }
+            paths.push(path.display().to_string());
+        }
+        env.push((dirs.kind.env_name().to_string(), paths.join(":")));
+    }
+    Ok(env)
+}
+
+/// Everything the exec context of one process of `unit` needs from the
+/// host, made before its fork. `groups` are the identity's groups (empty
+/// without User=); `instance`: NoNewPrivileges= defaults to yes.
+pub fn for_process(
+    unit: &Unit,
+    owner: (Option<u32>, Option<u32>),
+    groups: &[u32],
+    instance: bool,
+    run: &mut RunDirs,
+) -> Result<ForProcess, String> {
+    let cfg = &unit.service.exec;
+    let mut all_groups = groups.to_vec();
+    for name in &cfg.supplementary_groups {
+        let gid = resolve_group(name)?;
+        if !all_groups.contains(&gid) {
+            all_groups.push(gid);
+        }
+    }
+    if owner.1.is_none() && !cfg.supplementary_groups.is_empty() {
+        // Root's own group stays first, as it would be without the key.
+        // SAFETY: getgid has no preconditions.
+        all_groups.insert(0, unsafe { libc::getgid() });
+    }
+    run.preserve = cfg.runtime_preserve;
+    let env = create_directories(cfg, owner, run)?;
+    if cfg.private_tmp && run.private_tmp.is_none() {
+        run.private_tmp = Some(make_private_tmp(&unit.name)?);
+    }
+    let opts = Options { changes_uid: owner.0.is_some(), instance, private_tmp: run.private_tmp.as_ref() };
+    let (context, notes) = ExecContext::prepare(cfg, &opts)?;
+    Ok(ForProcess { context, env, groups: all_groups, notes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(points: &[(&str, &str)]) -> Vec<MountEntry> {
+        points.iter().map(|(p, o)| MountEntry { point: p.into(), flags: mount_flags(o) }).collect()
+    }
+
+    fn targets(steps: &[MountStep]) -> Vec<(String, bool)> {
+        steps.iter().map(|s| (s.target.to_string_lossy().into_owned(), s.flags & libc::MS_RDONLY != 0)).collect()
+    }
+
+    #[test]
+    fn strict_is_read_only_but_api_vfs_and_read_write_paths() {
+        let mut cfg = ExecConfig::default();
+        cfg.apply("ProtectSystem", "strict").unwrap();
+        cfg.apply("ReadWritePaths", "/tmp").unwrap();
+        let t = table(&[("/", "rw,relatime"), ("/proc", "rw,nosuid,nodev,noexec"), ("/data", "rw,nosuid")]);
+        let steps = sandbox_steps(&cfg, None, &t).unwrap();
+        let got = targets(&steps);
+        assert_eq!(got[0], ("/".to_string(), false), "the recursive bind first");
+        assert!(got.contains(&("/".to_string(), true)));
+        assert!(got.contains(&("/data".to_string(), true)), "{got:?}");
+        assert!(!got.iter().any(|(p, _)| p == "/proc"), "API file systems stay writable: {got:?}");
+        let tmp: Vec<_> = got.iter().filter(|(p, _)| p == "/tmp").collect();
+        assert_eq!(tmp.len(), 2, "bind then rw remount: {got:?}");
+        assert!(tmp.iter().all(|(_, ro)| !ro));
+        // The read-only remount repeats the mount's own flags.
+        let data = steps.iter().find(|s| s.target.as_bytes() == b"/data").unwrap();
+        assert_ne!(data.flags & libc::MS_NOSUID, 0);
+    }
+
+    #[test]
+    fn private_tmp_home_and_missing_paths() {
+        let mut cfg = ExecConfig::default();
+        cfg.apply("PrivateTmp", "yes").unwrap();
+        cfg.apply("ProtectHome", "tmpfs").unwrap();
+        let private = PrivateTmp {
+            outer: vec![],
+            tmp: "/tmp/aikore-private-x/tmp".into(),
+            var_tmp: Some("/var/tmp/aikore-private-x/tmp".into()),
+        };
+        let steps = sandbox_steps(&cfg, Some(&private), &[]).unwrap();
+        let tmp = steps.iter().find(|s| s.target.as_bytes() == b"/tmp").unwrap();
+        assert_eq!(tmp.source.as_deref().unwrap().to_bytes(), b"/tmp/aikore-private-x/tmp");
+        let var_tmp = steps.iter().find(|s| s.target.as_bytes() == b"/var/tmp").unwrap();
+        assert_eq!(var_tmp.source.as_deref().unwrap().to_bytes(), b"/var/tmp/aikore-private-x/tmp");
+        if Path::new("/root").exists() {
+            let root = steps.iter().find(|s| s.target.as_bytes() == b"/root").unwrap();
+            assert_eq!(root.fstype.as_deref(), Some(c"tmpfs"));
+        }
+        let mut cfg = ExecConfig::default();
+        cfg.apply("ReadOnlyPaths", "/nonexistent/aikore").unwrap();
+        assert!(sandbox_steps(&cfg, None, &[]).unwrap_err().contains("prefix it with -"));
+        let mut cfg = ExecConfig::default();
+        cfg.apply("ReadOnlyPaths", "-/nonexistent/aikore").unwrap();
+        assert!(sandbox_steps(&cfg, None, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stage_names_say_the_key() {
+        let mut cfg = ExecConfig::default();
+        cfg.apply("LimitNOFILE", "10").unwrap();
+        cfg.apply("NoNewPrivileges", "yes").unwrap();
+        let opts = Options { changes_uid: false, instance: false, private_tmp: None };
+        let (cx, _) = ExecContext::prepare(&cfg, &opts).unwrap();
+        assert_eq!(cx.describe_stage(STAGE_RLIMIT).unwrap(), "LimitNOFILE= (setrlimit)");
+        assert!(cx.describe_stage(STAGE_NNP).unwrap().starts_with("NoNewPrivileges="));
+        assert_eq!(cx.describe_stage(7), None);
+        // An instance gets no_new_privs unless its file says otherwise.
+        let (cx, _) = ExecContext::prepare(&ExecConfig::default(), &Options { instance: true, ..opts }).unwrap();
+        assert!(cx.no_new_privs);
+    }
+}

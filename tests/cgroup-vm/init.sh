@@ -1,0 +1,61 @@
+#!/bin/busybox sh
+# PID 1 of the VM: mounts what a container host has, makes the cgroup
+# /container (every controller offered), starts aikore as PID 1 of a
+# container in it (bin/container), then checks what the kernel applied.
+# Prints `PASS name` / `FAIL name: why` lines and `RESULT p passed, f failed`.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp; mount -t tmpfs run /run
+mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
+ip link set lo up
+echo "VM: kernel $(uname -r); cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+echo "+memory +cpu +cpuset +io +pids" > /sys/fs/cgroup/cgroup.subtree_control
+mkdir /sys/fs/cgroup/container
+export AIKORE_API_TOKEN=vmtoken AIKORE_URL=http://127.0.0.1:9000 AIKORE_LOG=info HOME=/root PATH=/bin
+container /bin/aikore serve --data-dir /data --units-dir /units --listen 127.0.0.1:9000 > /tmp/daemon.log 2>&1 &
+
+passed=0; failed=0
+check() { # name, condition (shell), detail
+  if eval "$2"; then echo "PASS $1"; passed=$((passed + 1)); else echo "FAIL $1: $3"; failed=$((failed + 1)); fi
+}
+wait_for() { # condition, seconds
+  i=0; while [ $i -lt $(($2 * 2)) ]; do eval "$1" && return 0; sleep 0.5; i=$((i + 1)); done; return 1
+}
+wait_for 'wget -qO /tmp/health http://127.0.0.1:9000/healthz 2>/dev/null' 60
+check daemon_is_pid1_with_cgroups 'grep -q "\"pid1\":true" /tmp/health && grep -q "\"tracking\":\"cgroup\"" /tmp/health' "$(cat /tmp/health)"
+wait_for 'aikore status hog | grep -q "failure: *oom-kill"' 60
+wait_for 'aikore status weighed | grep -q "status: *started"' 30
+
+C=/sys/fs/cgroup/container
+check container_cgroup_has_no_process '[ -z "$(cat $C/cgroup.procs)" ]' "left in /container: $(cat $C/cgroup.procs | tr '\n' ' ')"
+check daemon_moved_to_its_leaf '[ -n "$(cat $C/aikore-*-daemon/cgroup.procs 2>/dev/null)" ]' "$(ls $C)"
+for c in memory cpu cpuset io pids; do
+  check "controller_${c}_enabled" 'grep -qw $c $C/cgroup.subtree_control && grep -qw $c $(ls -d $C/aikore-*[0-9a-f])/cgroup.subtree_control' "$(cat $C/cgroup.subtree_control)"
+done
+
+hog=$(aikore status hog)
+check memory_max_ends_oom_kill 'echo "$hog" | grep -q "failure: *oom-kill"' "$hog"
+check neighbour_keeps_running 'aikore status neighbour | grep -q "status: *started"' "$(aikore status neighbour)"
+metrics=$(wget -qO- --header "Authorization: Bearer vmtoken" http://127.0.0.1:9000/metrics)
+check oom_kill_counted 'echo "$metrics" | grep -q "aikore_unit_failures_total{class=\"oom-kill\",unit=\"hog\"} 1"' "$(echo "$metrics" | grep failures_total)"
+
+W=$(ls -d $C/aikore-*[0-9a-f]/weighed)
+for pair in pids.max=17 cpu.weight=42 "cpu.max=50000 100000" memory.high=100663296 memory.max=134217728 memory.swap.max=0 cpuset.cpus=0 "io.weight=default 300"; do
+  f=${pair%%=*}; want=${pair#*=}
+  check "weighed_$f" '[ "$(cat $W/$f)" = "$want" ]' "$(cat $W/$f 2>&1) != $want"
+done
+check tasks_max_stops_a_fork 'grep -q "can.t fork" /data/logs/forker.log' "$(cat /data/logs/forker.log)"
+
+for p in $(pidof sleep); do grep -q "Max open files *1234 *5678" /proc/$p/limits && L=$p; done
+check limit_nofile_in_proc '[ -n "$L" ]' "no sleep with LimitNOFILE=1234:5678"
+check no_new_privs_in_proc 'grep -q "NoNewPrivs:.1" /proc/$L/status' "$(grep NoNewPrivs /proc/$L/status)"
+# /proc/<pid>/root resolves paths through the unit's own mounts.
+check protect_system_strict_is_read_only '! touch /proc/$L/root/aikore-probe 2>/dev/null' "/ is writable in the unit"
+check private_tmp_hides_the_hosts '[ -e /tmp/daemon.log ] && [ ! -e /proc/$L/root/tmp/daemon.log ]' "$(ls /proc/$L/root/tmp)"
+
+if [ $failed -gt 0 ]; then
+  echo "--- daemon log ($(wc -c < /tmp/daemon.log) bytes)"; tail -n 40 /tmp/daemon.log
+  for f in /data/logs/*; do echo "--- $f"; tail -n 10 "$f"; done
+fi
+echo "RESULT $passed passed, $failed failed"
+poweroff -f
