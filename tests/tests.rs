@@ -21,5 +21,6 @@ mod proxy;
 mod restart;
 mod state;
 mod termination;
+mod units_corpus;
 mod units_parse;
 mod web;

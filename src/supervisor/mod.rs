@@ -124,10 +124,7 @@ pub trait ProcessControl: Send + 'static {
     /// The first ConditionPathExists= that does not hold, if any: the start is
     /// then skipped, not failed (systemd's semantics).
     fn unmet_condition(&mut self, unit: &Unit) -> Option<String> {
-        unit.conditions
-            .iter()
-            .find(|c| !c.holds())
-            .map(|c| format!("ConditionPathExists={}{} not met", if c.negate { "!" } else { "" }, c.path.display()))
+        crate::units::unmet_condition(&unit.conditions)
     }
 }
 
@@ -239,6 +236,12 @@ pub enum Command {
     },
     /// The global deadline passed: SIGKILL whatever is left.
     KillAll,
+    /// `aikore reset-failed`: a `failed` or `error` unit that is not running
+    /// becomes `stopped`, its start limit and failure forgotten.
+    ResetFailed {
+        unit: String,
+        reply: Reply<Status>,
+    },
 }
 
 /// The cheap, cloneable way everything else talks to the supervisor.
@@ -294,6 +297,9 @@ impl SupervisorHandle {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Shutdown { reply: tx }).await.map_err(|_| CommandError::Gone)?;
         rx.await.map_err(|_| CommandError::Gone)
+    }
+    pub async fn reset_failed(&self, unit: &str) -> Result<Status, CommandError> {
+        self.ask(|reply| Command::ResetFailed { unit: unit.into(), reply }).await
     }
     pub async fn kill_all(&self) {
         let _ = self.commands.send(Command::KillAll).await;

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::supervisor::UnitSnapshot;
-use crate::units::is_valid_unit_name;
+use crate::units::{is_valid_service_name, is_valid_unit_name};
 
 /// SSE comments keep idle connections open through proxies that cut silent ones.
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -104,12 +104,14 @@ impl From<UnitSnapshot> for UnitView {
     }
 }
 
+/// A unit name as the API accepts it: an instance's (strict) or a service's (systemd's grammar).
 pub fn checked_name(name: &str) -> ApiResult<&str> {
-    if is_valid_unit_name(name) {
+    if is_valid_unit_name(name) || is_valid_service_name(name) {
         Ok(name)
     } else {
         Err(ApiError::bad_request(format!(
-            "invalid unit name {name:?}: use lowercase letters, digits, '-' and '_' (at most 63)"
+            "invalid unit name {name:?}: use letters, digits, ':', '-', '_', '.' and '\\' (not first: '.'), with \
+             at most one '@' before an instance"
         )))
     }
 }
@@ -138,6 +140,9 @@ async fn unit_action(
     Path((name, action)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let name = checked_name(&name)?;
+    if matches!(action.as_str(), "start" | "restart") {
+        super::systemctl::ensure_instance(&state, name).await?;
+    }
     let sup = &state.supervisor;
     let status = match action.as_str() {
         "start" => sup.start(name).await?,

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod origin;
 mod pages;
 mod proxy;
+mod systemctl;
 mod terminal;
 
 use std::sync::Arc;
@@ -91,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .merge(terminal::routes())
         .merge(pages::routes())
         .merge(proxy::routes())
+        .merge(systemctl::routes())
         .route("/api/v1/openapi.json", axum::routing::get(openapi::document))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
