@@ -20,6 +20,7 @@ mod pid1;
 mod proxy;
 mod restart;
 mod state;
+mod systemctl;
 mod termination;
 mod units_corpus;
 mod units_parse;

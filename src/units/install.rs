@@ -1,7 +1,9 @@
 //! `[Install]` and `aikore enable/disable`, the way systemd keeps it: enabling
-//! a unit puts a symlink named after it into `<target>.wants/` (WantedBy=) or
+//! a unit puts an entry named after it into `<target>.wants/` (WantedBy=) or
 //! `<target>.requires/` (RequiredBy=) in the user units dir (`<data>/units`);
-//! loading reads those dirs back. A link under a `.target` means "start at
+//! loading reads those dirs back. aikore writes a small file where systemd
+//! makes a symlink (symlinks in aikore's state are quarantined); a stock dir's
+//! symlinks (Debian's `/lib/systemd/system`) count the same. A link under a `.target` means "start at
 //! boot" (aikore has no targets: every target is reached at boot); a link
 //! under `<service>.service.wants/` adds to that service's Wants=, as in systemd.
 
@@ -127,8 +129,15 @@ fn enable_one(
             continue;
         }
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        std::os::unix::fs::symlink(&unit.path, &link).map_err(|e| format!("cannot link {}: {e}", link.display()))?;
-        done.push(format!("Created symlink {} -> {}", link.display(), unit.path.display()));
+        // A plain file, not systemd's symlink: aikore moves any symlink in its own state to
+        // quarantine at start (docs/security.md). Only the name counts; the text is for people.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&link)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{}\n", unit.path.display()).as_bytes()))
+            .map_err(|e| format!("cannot create {}: {e}", link.display()))?;
+        done.push(format!("Created {} (for {})", link.display(), unit.path.display()));
     }
     for also in unit.install.also.clone() {
         enable_one(dirs, user_dir, &also, seen, done, false)?;

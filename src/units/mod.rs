@@ -29,6 +29,17 @@ pub use quote::split_command_line;
 pub use resolve::{is_masked, parse_signal, parse_unit_file, parse_unit_named, parse_unit_str};
 pub use timespan::parse_timespan;
 
+/// systemd's ActiveState for an aikore status (`aikore is-active`, `show`).
+pub fn active_state_of(status: &str) -> &'static str {
+    match status {
+        "started" | "stalled" => "active",
+        "starting" | "restarting" => "activating",
+        "stopping" => "deactivating",
+        "failed" | "error" => "failed",
+        _ => "inactive",
+    }
+}
+
 /// Names an instance may have: its name becomes a path, a URL segment and an
 /// NGINX location, so nothing outside this alphabet is accepted. Services
 /// follow systemd's wider grammar ([`is_valid_service_name`]).

@@ -147,7 +147,7 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
     for entry in &doc.entries {
         let expanded;
         let entry = match &specifiers {
-            Some(spec) if entry.value.contains('%') => match spec.expand(&entry.value) {
+            Some(spec) if entry.value.contains('%') => match expand(spec, entry) {
                 Ok(value) => {
                     expanded = Entry { value, ..entry.clone() };
                     &expanded
@@ -272,6 +272,15 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
         cx.error(line, "an .instance unit needs Blueprint= in [Instance]".to_string());
     }
     cx.finish(unit)
+}
+
+/// Values split into words and unescaped later get their specifiers' `\` escaped.
+fn expand(spec: &Specifiers<'_>, entry: &Entry) -> Result<String, String> {
+    if entry.key.starts_with("Exec") || entry.key == "Environment" {
+        spec.expand_quoted(&entry.value)
+    } else {
+        spec.expand(&entry.value)
+    }
 }
 
 fn section_line(sections: &[ini::SectionHeader], name: &str) -> usize {

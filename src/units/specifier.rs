@@ -101,6 +101,18 @@ impl Specifiers<'_> {
     /// `value` with every specifier replaced; an unknown one (`%q`) or a
     /// trailing `%` is an error, as in systemd.
     pub fn expand(&self, value: &str) -> Result<String, String> {
+        self.expand_with(value, false)
+    }
+
+    /// [`Specifiers::expand`] for a value that is split and unescaped later
+    /// (ExecStart=, Environment=): a `\` a specifier brings in (`%i` of
+    /// `fsck@dev-disk-by\x2duuid`) is doubled so it arrives as written, as
+    /// systemd expands specifiers after unquoting.
+    pub fn expand_quoted(&self, value: &str) -> Result<String, String> {
+        self.expand_with(value, true)
+    }
+
+    fn expand_with(&self, value: &str, escape: bool) -> Result<String, String> {
         if !value.contains('%') {
             return Ok(value.to_string());
         }
@@ -114,9 +126,14 @@ impl Specifiers<'_> {
             let Some(spec) = chars.next() else {
                 return Err("a '%' at the end of the value (write %% for a literal %)".to_string());
             };
-            out.push_str(&self.one(spec).ok_or_else(|| {
+            let expanded = self.one(spec).ok_or_else(|| {
                 format!("unknown specifier %{spec} (write %% for a literal %; docs/units.md lists the specifiers)")
-            })?);
+            })?;
+            if escape {
+                out.push_str(&expanded.replace('\\', "\\\\"));
+            } else {
+                out.push_str(&expanded);
+            }
         }
         Ok(out)
     }
@@ -210,6 +227,10 @@ mod tests {
         for (v, want) in cases {
             assert_eq!(s.expand(v).as_deref(), Ok(want), "{v}");
         }
+        // For ExecStart=: the backslash survives the unescaping that follows.
+        assert_eq!(s.expand_quoted("%i").as_deref(), Ok("a\\\\x2db-c"));
+        let argv = crate::units::split_command_line(&s.expand_quoted("/bin/echo %i").unwrap()).unwrap();
+        assert_eq!(argv, ["/bin/echo", "a\\x2db-c"]);
     }
 
     #[test]

@@ -83,17 +83,6 @@ fn usec(d: Option<std::time::Duration>) -> String {
     d.map_or_else(|| "infinity".to_string(), |d| d.as_micros().to_string())
 }
 
-/// systemd's ActiveState for an aikore status.
-pub fn active_state(status: &str) -> &'static str {
-    match status {
-        "started" | "stalled" => "active",
-        "starting" | "restarting" => "activating",
-        "stopping" => "deactivating",
-        "failed" | "error" => "failed",
-        _ => "inactive",
-    }
-}
-
 /// `aikore show`: `Key=value` pairs, systemd's property names where they exist.
 fn property_list(snap: &UnitSnapshot, unit: &Unit, file_state: &str) -> Vec<(String, String)> {
     let s = &unit.service;
@@ -102,7 +91,7 @@ fn property_list(snap: &UnitSnapshot, unit: &Unit, file_state: &str) -> Vec<(Str
         ("Id", format!("{}.{suffix}", unit.name)),
         ("Description", unit.description.clone()),
         ("LoadState", "loaded".into()),
-        ("ActiveState", active_state(snap.status.as_str()).into()),
+        ("ActiveState", units::active_state_of(snap.status.as_str()).into()),
         ("SubState", snap.status.as_str().into()),
         ("StatusText", snap.detail.clone().unwrap_or_default()),
         ("MainPID", snap.pid.unwrap_or(0).to_string()),
@@ -323,17 +312,4 @@ async fn change_install(state: AppState, name: String, on: bool) -> ApiResult<Js
         })?;
     state.reloader.reload().await?;
     Ok(Json(serde_json::json!({ "unit": name, "enabled": on, "changes": changes })))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn active_states_are_systemds() {
-        assert_eq!(active_state("started"), "active");
-        assert_eq!(active_state("restarting"), "activating");
-        assert_eq!(active_state("error"), "failed");
-        assert_eq!(active_state("stopped"), "inactive");
-    }
 }
