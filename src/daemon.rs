@@ -397,6 +397,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
         },
     )?;
     let metrics_events = metrics.track_events(supervisor.subscribe());
+    // OnFailure=, BindsTo=, Conflicts=, ...: subscribed before start_all, like the metrics.
+    let relations = crate::supervisor::relations::spawn(supervisor.clone(), supervisor.subscribe());
     let history_stop = shutdown.child_token();
     let metrics_history = metrics.run_history(history_stop.clone());
     let proxy_stop = shutdown.child_token();
@@ -487,6 +489,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     journal_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), journal).await;
     metrics_events.abort();
+    relations.abort();
     history_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), metrics_history).await;
     shutdown.cancel();

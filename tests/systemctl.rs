@@ -133,3 +133,53 @@ fn enable_and_disable_decide_what_starts_at_boot() {
     d.wait_status("plain", "started");
     assert_eq!(d.unit("boot")["status"], "stopped", "disabled: not started at boot");
 }
+
+#[test]
+fn unit_relations_act_through_the_daemon() {
+    // [Install] WantedBy= keeps a unit from starting at boot until enabled: only what a relation starts runs.
+    let later = "[Install]\nWantedBy=multi-user.target\n";
+    let job = "[Unit]\nOnFailure=alert.service\n[Service]\nExecStart=/bin/sh -c 'exit 3'\n".to_string();
+    let alert = format!("[Service]\nExecStart=/bin/sleep 310\n{later}");
+    let db = "[Service]\nExecStart=/bin/sleep 311\n";
+    let app = "[Unit]\nBindsTo=db.service\nAfter=db.service\n[Service]\nExecStart=/bin/sleep 312\n";
+    let side = "[Unit]\nPartOf=db.service\n[Service]\nExecStart=/bin/sleep 313\n";
+    let solo = format!("[Unit]\nConflicts=db.service\n[Service]\nExecStart=/bin/sleep 314\n{later}");
+    let keeper = "[Unit]\nUpholds=kept.service\n[Service]\nExecStart=/bin/sleep 315\n";
+    let kept = format!("[Service]\nExecStart=/bin/sleep 316\n{later}");
+    let d = Daemon::start(&[
+        ("job.service", &job),
+        ("alert.service", &alert),
+        ("db.service", db),
+        ("app.service", app),
+        ("side.service", side),
+        ("solo.service", &solo),
+        ("keeper.service", keeper),
+        ("kept.service", &kept),
+    ]);
+    // OnFailure=: job fails at boot, alert starts.
+    d.wait_status("job", "error");
+    d.wait_status("alert", "started");
+    // Upholds=: keeper starts kept, and starts it again after a stop.
+    let first = d.wait_status("kept", "started")["pid"].clone();
+    let stopped = d.cli(&["stop", "kept"]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", out(&stopped));
+    d.wait_until("kept started again by keeper", |d| {
+        let u = d.unit("kept");
+        u["status"] == "started" && u["pid"] != first
+    });
+    // BindsTo= and PartOf=: db going down takes app and side with it.
+    d.wait_status("app", "started");
+    d.wait_status("side", "started");
+    let stopped = d.cli(&["stop", "db"]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", out(&stopped));
+    d.wait_status("app", "stopped");
+    d.wait_status("side", "stopped");
+    // BindsTo= pulls db in when app starts; Conflicts= stops db when solo starts.
+    let started = d.cli(&["start", "app", "--wait", "--timeout", "60"]);
+    assert_eq!(started.status.code(), Some(0), "{}", out(&started));
+    d.wait_status("db", "started");
+    let started = d.cli(&["start", "solo", "--wait", "--timeout", "60"]);
+    assert_eq!(started.status.code(), Some(0), "{}", out(&started));
+    d.wait_status("db", "stopped");
+    d.wait_status("app", "stopped");
+}

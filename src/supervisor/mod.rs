@@ -8,6 +8,7 @@ mod engine;
 pub mod host;
 pub mod members;
 pub mod ready;
+pub mod relations;
 pub mod reload;
 pub mod sockets;
 pub mod spawn;

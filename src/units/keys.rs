@@ -37,8 +37,9 @@ const KERNEL: Support = Meaningless(
 const ACCOUNTING: Support = Meaningless("aikore accounts CPU, memory, tasks and I/O of every unit, always");
 const SLICE: Support = Meaningless("every unit gets its own cgroup under aikore's; there are no slices");
 const ALIAS: Support = NotYet("aliases: address the unit by its file name");
-const RELATIONS: Support =
-    NotYet("parsed into the dependency graph (aikore list-dependencies shows it); the engine does not act on it yet");
+const RELATIONS: Support = NotYet(
+    "parsed into the dependency graph (aikore list-dependencies shows it); acting on it needs the engine (issue 14)",
+);
 const CONDITIONS: Support = NotYet("only ConditionPathExists= is evaluated so far");
 const ENGINE: Support = NotYet("service types, sd_notify and exit semantics: issue 14, the engine's part");
 const PROCESS: Support = NotYet("process properties: issue 14, the exec part");
@@ -87,8 +88,8 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Unit, "AssertUser", CONDITIONS),
     (Section::Unit, "AssertVirtualization", CONDITIONS),
     (Section::Unit, "Before", Implemented),
-    (Section::Unit, "BindTo", RELATIONS),
-    (Section::Unit, "BindsTo", RELATIONS),
+    (Section::Unit, "BindTo", Implemented),
+    (Section::Unit, "BindsTo", Implemented),
     (Section::Unit, "CollectMode", MANAGER),
     (Section::Unit, "ConditionACPower", CONDITIONS),
     (Section::Unit, "ConditionArchitecture", CONDITIONS),
@@ -123,7 +124,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Unit, "ConditionSecurity", CONDITIONS),
     (Section::Unit, "ConditionUser", CONDITIONS),
     (Section::Unit, "ConditionVirtualization", CONDITIONS),
-    (Section::Unit, "Conflicts", RELATIONS),
+    (Section::Unit, "Conflicts", Implemented),
     (Section::Unit, "DefaultDependencies", TARGETS),
     (Section::Unit, "Description", Implemented),
     (Section::Unit, "Documentation", Implemented),
@@ -136,12 +137,12 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Unit, "JobTimeoutRebootArgument", TARGETS),
     (Section::Unit, "JobTimeoutSec", TARGETS),
     (Section::Unit, "JoinsNamespaceOf", NOT_YET),
-    (Section::Unit, "OnFailure", RELATIONS),
+    (Section::Unit, "OnFailure", Implemented),
     (Section::Unit, "OnFailureIsolate", TARGETS),
     (Section::Unit, "OnFailureJobMode", TARGETS),
-    (Section::Unit, "OnSuccess", RELATIONS),
+    (Section::Unit, "OnSuccess", Implemented),
     (Section::Unit, "OnSuccessJobMode", TARGETS),
-    (Section::Unit, "PartOf", RELATIONS),
+    (Section::Unit, "PartOf", Implemented),
     (Section::Unit, "PropagateReloadFrom", OBSOLETE),
     (Section::Unit, "PropagateReloadTo", OBSOLETE),
     (Section::Unit, "PropagatesReloadTo", NOT_YET),
@@ -164,7 +165,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Unit, "StopWhenUnneeded", NOT_YET),
     (Section::Unit, "SuccessAction", NOT_YET),
     (Section::Unit, "SuccessActionExitStatus", NOT_YET),
-    (Section::Unit, "Upholds", RELATIONS),
+    (Section::Unit, "Upholds", Implemented),
     (Section::Unit, "Wants", Implemented),
     (Section::Unit, "WantsMountsFor", MOUNTS),
     (Section::Unit, "SurviveFinalKillSignal", HOST),

@@ -42,7 +42,10 @@ async fn snapshot_of(state: &AppState, name: &str) -> ApiResult<UnitSnapshot> {
 /// Before a start: `echo@a` that is not loaded yet but whose template
 /// `echo@.service` is, is made now (as systemd loads it on demand).
 pub async fn ensure_instance(state: &AppState, name: &str) -> ApiResult<()> {
-    if units::template_of(name).is_none() {
+    let Some(template) = units::template_of(name) else { return Ok(()) };
+    // No template file, no reload: a start of `nope@x` stays a plain 404.
+    let file = format!("{template}.service");
+    if !state.reloader.units_dirs().iter().any(|d| d.join(&file).is_file()) {
         return Ok(());
     }
     let loaded = state.supervisor.snapshot().await?.iter().any(|u| u.name == name);

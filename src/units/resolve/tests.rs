@@ -227,7 +227,6 @@ Anything=goes
     assert_eq!(
         lines,
         [
-            "3: PartOf= is not implemented by aikore yet and is ignored",
             "6: Type= is not implemented by aikore yet and is ignored",
             "8: ProtectSystem= is not implemented by aikore yet and is ignored",
             "9: ExecStartPost= is not implemented by aikore yet and is ignored",
