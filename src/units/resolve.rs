@@ -255,11 +255,21 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
             );
         }
     }
+    if oneshot && !unit.service.exec_start_more.is_empty() {
+        cx.warn(
+            exec_start_line.unwrap_or(0),
+            format!(
+                "{} ExecStart= commands: only the first runs until Type=oneshot is implemented \
+                 (issue 14, the engine's part)",
+                exec_start_count
+            ),
+        );
+    }
     if let (Some(line), KillMode::Process) = (kill_mode_line, unit.service.kill_mode) {
         cx.warn(
             line,
-            "KillMode=process: only the main process is signalled on stop; the unit's other processes \
-             outlive it, as in systemd"
+            "KillMode=process: KillSignal= goes to the main process only; unlike systemd, aikore still \
+             waits for the unit's other processes and SIGKILLs them after TimeoutStopSec"
                 .to_string(),
         );
     }

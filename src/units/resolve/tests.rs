@@ -379,7 +379,11 @@ Also=helper.service
     assert_eq!(u.install.also, ["helper"]);
     assert!(!u.starts_at_boot, "WantedBy= waits for aikore enable");
     let text: Vec<String> = warnings(&w);
-    assert!(text.iter().any(|t| t.starts_with("12: KillMode=process: only the main process")), "{text:?}");
+    assert!(
+        text.iter().any(|t| t.starts_with("12: KillMode=process: KillSignal= goes to the main process only")),
+        "{text:?}"
+    );
+    assert!(text.iter().any(|t| t.starts_with("9: 2 ExecStart= commands: only the first runs")), "{text:?}");
     assert!(text.iter().any(|t| t.starts_with("15: ProtectProc= is not implemented")), "{text:?}");
 
     let (u, _) = ok("setup.service", "[Service]\nType=oneshot\nRemainAfterExit=yes\n");
