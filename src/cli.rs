@@ -414,10 +414,9 @@ fn follow_stream(client: &Client, path: &str) -> Result<(), Failure> {
 /// Runs a client command against the daemon; returns the exit code.
 pub fn run_client(url: &str, data_dir: &std::path::Path, command: Command) -> i32 {
     let client = Client::new(url, data_dir);
-    let command = match systemctl::run(&client, command) {
-        Ok(code) => return code,
-        Err(command) => command,
-    };
+    if let Some(code) = systemctl::run(&client, &command) {
+        return code;
+    }
     let result = match command {
         Command::Status { name: None } => client.json("GET", "/api/v1/units").map(|v| {
             print_unit_table(v.as_array().map(Vec::as_slice).unwrap_or_default());

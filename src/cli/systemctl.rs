@@ -7,21 +7,22 @@ use super::{encode, exit_code, report, Client, Command, Failure};
 /// systemctl's exit code of `is-active` for a unit that is not active.
 const NOT_ACTIVE: i32 = 3;
 
-/// Runs `command` when it is one of this module's; hands any other back.
-pub(super) fn run(client: &Client, command: Command) -> Result<i32, Command> {
+/// Runs `command` when it is one of this module's and returns its exit
+/// code; None for any other command.
+pub(super) fn run(client: &Client, command: &Command) -> Option<i32> {
     let result = match command {
-        Command::Cat { name } => cat(client, &name),
-        Command::Show { name, property } => show(client, &name, &property),
-        Command::ListDependencies { name } => list_dependencies(client, &name),
-        Command::IsActive { name } => return Ok(is_state(client, &name, true)),
-        Command::IsFailed { name } => return Ok(is_state(client, &name, false)),
-        Command::Kill { name, signal } => kill(client, &name, &signal),
+        Command::Cat { name } => cat(client, name),
+        Command::Show { name, property } => show(client, name, property),
+        Command::ListDependencies { name } => list_dependencies(client, name),
+        Command::IsActive { name } => return Some(is_state(client, name, true)),
+        Command::IsFailed { name } => return Some(is_state(client, name, false)),
+        Command::Kill { name, signal } => kill(client, name, signal),
         Command::ResetFailed { name } => reset_failed(client, name.as_deref()),
-        Command::Enable { name } => install(client, &name, "enable"),
-        Command::Disable { name } => install(client, &name, "disable"),
-        other => return Err(other),
+        Command::Enable { name } => install(client, name, "enable"),
+        Command::Disable { name } => install(client, name, "disable"),
+        _ => return None,
     };
-    Ok(match result {
+    Some(match result {
         Ok(()) => exit_code::OK,
         Err(failure) => report(failure),
     })
