@@ -183,3 +183,31 @@ fn unit_relations_act_through_the_daemon() {
     d.wait_status("db", "stopped");
     d.wait_status("app", "stopped");
 }
+
+#[test]
+fn bad_requests_are_4xx_with_a_reason() {
+    let guarded = "[Unit]\nRefuseManualStop=yes\n[Service]\nExecStart=/bin/sleep 320\n";
+    let d = Daemon::start(&[("guarded.service", guarded)]);
+    d.wait_status("guarded", "started");
+    // RefuseManualStop=: a client's stop is refused, the unit keeps running.
+    let (status, body) = d.post("/api/v1/units/guarded/stop");
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("RefuseManualStop=yes"), "{body}");
+    assert_eq!(d.unit("guarded")["status"], "started");
+    for (path, want) in [
+        ("/api/v1/units/guarded/kill?signal=SIGBOGUS", 400),
+        ("/api/v1/units/Bad%20Name/enable", 400),
+        ("/api/v1/units/..%2Fx/disable", 400),
+        ("/api/v1/units/ghost/enable", 404),
+        ("/api/v1/units/guarded/enable", 400),
+        ("/api/v1/units/ghost/reset-failed", 404),
+    ] {
+        let (status, body) = d.post(path);
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}: {body}");
+    }
+    for (path, want) in [("/api/v1/units/ghost/file", 404), ("/api/v1/units/.hidden/properties", 400)] {
+        let (status, body) = d.get(path);
+        assert_eq!(status, want, "{path}: {body}");
+    }
+}

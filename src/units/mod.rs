@@ -333,6 +333,10 @@ pub fn unmet_condition(conditions: &[PathCondition]) -> Option<String> {
 /// systemd's further dependency keys, as unit names (suffixes stripped).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Relations {
+    /// RefuseManualStart=/RefuseManualStop=: a client's start/stop is refused;
+    /// dependencies and relations still start and stop the unit.
+    pub refuse_manual_start: bool,
+    pub refuse_manual_stop: bool,
     pub requisite: Vec<String>,
     pub binds_to: Vec<String>,
     pub part_of: Vec<String>,

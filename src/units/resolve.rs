@@ -392,6 +392,15 @@ impl<'a> Resolver<'a> {
             "Conflicts" => self.deps(&mut unit.relations.conflicts, entry),
             "OnFailure" => self.deps(&mut unit.relations.on_failure, entry),
             "OnSuccess" => self.deps(&mut unit.relations.on_success, entry),
+            "RefuseManualStart" | "RefuseManualStop" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    if entry.key == "RefuseManualStart" {
+                        unit.relations.refuse_manual_start = b;
+                    } else {
+                        unit.relations.refuse_manual_stop = b;
+                    }
+                }
+            }
             "StartLimitIntervalSec" | "StartLimitInterval" | "StartLimitBurst" => self.start_limit(unit, entry),
             "ConditionPathExists" => self.condition(unit, entry),
             _ => self.error(entry.line, format!("{}= is not handled in [Unit]", entry.key)),

@@ -140,9 +140,7 @@ async fn unit_action(
     Path((name, action)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let name = checked_name(&name)?;
-    if matches!(action.as_str(), "start" | "restart") {
-        super::systemctl::ensure_instance(&state, name).await?;
-    }
+    super::systemctl::before_action(&state, name, &action).await?;
     let sup = &state.supervisor;
     let status = match action.as_str() {
         "start" => sup.start(name).await?,

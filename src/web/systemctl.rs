@@ -39,9 +39,35 @@ async fn snapshot_of(state: &AppState, name: &str) -> ApiResult<UnitSnapshot> {
         .ok_or_else(|| ApiError::not_found(format!("no unit named {name:?}")))
 }
 
+/// Before a client's start, stop or restart: a template's instance is
+/// loaded, and RefuseManualStart=/RefuseManualStop= are honoured.
+pub async fn before_action(state: &AppState, name: &str, action: &str) -> ApiResult<()> {
+    if matches!(action, "start" | "restart") {
+        ensure_instance(state, name).await?;
+    }
+    let snapshot = state.supervisor.snapshot().await?;
+    let Some(unit) = snapshot.iter().find(|u| u.name == name) else { return Ok(()) };
+    let rel = &unit.unit.relations;
+    let refused = match action {
+        "start" => rel.refuse_manual_start.then_some("RefuseManualStart=yes"),
+        "stop" => rel.refuse_manual_stop.then_some("RefuseManualStop=yes"),
+        "restart" => {
+            (rel.refuse_manual_start || rel.refuse_manual_stop).then_some("RefuseManualStart=/RefuseManualStop=")
+        }
+        _ => None,
+    };
+    match refused {
+        Some(key) => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            format!("{name}: {key}: it is started and stopped only through its dependencies"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Before a start: `echo@a` that is not loaded yet but whose template
 /// `echo@.service` is, is made now (as systemd loads it on demand).
-pub async fn ensure_instance(state: &AppState, name: &str) -> ApiResult<()> {
+async fn ensure_instance(state: &AppState, name: &str) -> ApiResult<()> {
     let Some(template) = units::template_of(name) else { return Ok(()) };
     // No template file, no reload: a start of `nope@x` stays a plain 404.
     let file = format!("{template}.service");
