@@ -90,6 +90,8 @@ fn systemctl_habits_in_the_cli() {
     assert_eq!(d.unit("db")["status"], "stopped");
     let active = d.cli(&["is-active", "db"]);
     assert_eq!((active.status.code(), out(&active).as_str()), (Some(3), "inactive\n"));
+    let status = out(&d.cli(&["status", "db"]));
+    assert!(status.contains("status:    stopped") && !status.contains("tasks:"), "{status}");
 
     let bad = d.cli(&["kill", "web", "-s", "SIGNOPE"]);
     assert_eq!(bad.status.code(), Some(1), "{}", out(&bad));

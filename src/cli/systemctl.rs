@@ -127,13 +127,18 @@ fn install(client: &Client, name: &str, verb: &str) -> Result<(), Failure> {
 /// `status NAME`'s systemctl part: memory, CPU, tasks and the process tree.
 pub(super) fn print_processes(client: &Client, name: &str) -> Result<(), Failure> {
     let v = client.json("GET", &unit_path(name, "processes"))?;
+    let tasks = v.get("tasks").and_then(|t| t.as_u64()).unwrap_or(0);
+    if tasks == 0 {
+        // Nothing runs: no figures, as systemctl shows none for an inactive unit.
+        return Ok(());
+    }
     if let Some(bytes) = v.get("memory_bytes").and_then(|m| m.as_u64()) {
         println!("  memory:    {}", human_bytes(bytes));
     }
     if let Some(cpu) = v.get("cpu_seconds").and_then(|c| c.as_f64()) {
         println!("  cpu:       {cpu:.3}s");
     }
-    println!("  tasks:     {}", v.get("tasks").and_then(|t| t.as_u64()).unwrap_or(0));
+    println!("  tasks:     {tasks}");
     let procs: Vec<(i64, i64, String)> = v
         .get("processes")
         .and_then(|p| p.as_array())

@@ -127,6 +127,8 @@ async fn run(handle: SupervisorHandle, mut events: broadcast::Receiver<UnitEvent
             };
             match result {
                 Ok(_) => tracing::info!(unit = %name, because = %event.unit, "{verb} by a unit relation"),
+                // Units going down at shutdown trigger relations the engine no longer takes.
+                Err(super::CommandError::ShuttingDown) => {}
                 Err(e) => {
                     tracing::warn!(unit = %name, because = %event.unit, error = %e, "{verb} by a unit relation refused")
                 }
