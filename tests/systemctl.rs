@@ -213,3 +213,16 @@ fn bad_requests_are_4xx_with_a_reason() {
         assert_eq!(status, want, "{path}: {body}");
     }
 }
+
+#[test]
+fn success_action_exit_ends_the_container_in_order() {
+    // A batch job whose end ends the container (systemd-exit.service's pattern).
+    let batch = "[Unit]\nSuccessAction=exit\n[Service]\nExecStart=/bin/sh -c 'sleep 0.5; echo done'\n";
+    let other = "[Service]\nExecStart=/bin/sleep 330\n";
+    let mut d = Daemon::start(&[("batch.service", batch), ("other.service", other)]);
+    let status = d.wait_exit(std::time::Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", d.daemon_log());
+    let log = d.daemon_log();
+    assert!(log.contains("batch ended stopped: SuccessAction=exit"), "{log}");
+    assert!(d.marked_processes().is_empty(), "every unit was stopped: {:?}", d.marked_processes());
+}

@@ -14,6 +14,10 @@
 //!   the handle is a user's start and would reset the start limit, turning a
 //!   crash loop into an endless one).
 //!
+//! - `SuccessAction=`/`FailureAction=` (any value but `none`): the unit ending
+//!   `stopped` after a run / `failed` or `error` ends the container: aikore
+//!   sends itself SIGTERM, its ordered shutdown.
+//!
 //! `Requisite=` needs the engine (a start must fail before it begins) and is
 //! parsed only.
 
@@ -29,6 +33,8 @@ use crate::units::Unit;
 pub enum Action {
     Start(String),
     Stop(String),
+    /// SuccessAction=/FailureAction=: aikore's ordered shutdown (the reason).
+    Exit(String),
 }
 
 fn up(status: Option<&Status>) -> bool {
@@ -73,6 +79,14 @@ pub fn decide(
         Status::Stopped | Status::Error | Status::Failed if was_up => {
             let list = if now == Status::Stopped { &rel.on_success } else { &rel.on_failure };
             actions.extend(list.iter().filter(|n| defs.contains_key(*n)).map(|n| Action::Start(n.clone())));
+            let (key, action) = if now == Status::Stopped {
+                ("SuccessAction", &rel.success_action)
+            } else {
+                ("FailureAction", &rel.failure_action)
+            };
+            if let Some(action) = action {
+                actions.push(Action::Exit(format!("{unit} ended {}: {key}={action}", now.as_str())));
+            }
             for other in defs.values() {
                 let r = &other.relations;
                 let bound = r.binds_to.iter().chain(&r.part_of).any(|b| b == unit);
@@ -100,6 +114,8 @@ async fn run(handle: SupervisorHandle, mut events: broadcast::Receiver<UnitEvent
     let mut defs: HashMap<String, Arc<Unit>> = HashMap::new();
     let mut statuses: HashMap<String, Status> = HashMap::new();
     let mut refresh = true;
+    // Asked for the shutdown once; the stops it brings must not ask again.
+    let mut exiting = false;
     loop {
         let event = match events.recv().await {
             Ok(event) => event,
@@ -124,6 +140,15 @@ async fn run(handle: SupervisorHandle, mut events: broadcast::Receiver<UnitEvent
             let (verb, name, result) = match &action {
                 Action::Start(name) => ("start", name, handle.start(name).await),
                 Action::Stop(name) => ("stop", name, handle.stop(name).await),
+                Action::Exit(why) => {
+                    if !exiting {
+                        exiting = true;
+                        tracing::warn!(reason = %why, "a unit's action ends the container: ordered shutdown");
+                        // The daemon's own SIGTERM path: stop every unit in order, then exit.
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
+                    }
+                    continue;
+                }
             };
             match result {
                 Ok(_) => tracing::info!(unit = %name, because = %event.unit, "{verb} by a unit relation"),
@@ -162,6 +187,22 @@ mod tests {
     }
     fn stop(n: &str) -> Action {
         Action::Stop(n.into())
+    }
+
+    #[test]
+    fn success_and_failure_actions_end_the_container() {
+        let d = defs(&[("batch", "SuccessAction=exit\nFailureAction=poweroff")]);
+        let s = statuses(&[("batch", Status::Stopped)]);
+        assert_eq!(
+            decide(&d, &s, "batch", Some(Status::Started), Status::Stopped),
+            [Action::Exit("batch ended stopped: SuccessAction=exit".into())]
+        );
+        assert_eq!(
+            decide(&d, &s, "batch", Some(Status::Started), Status::Failed),
+            [Action::Exit("batch ended failed: FailureAction=poweroff".into())]
+        );
+        let d = defs(&[("quiet", "SuccessAction=none")]);
+        assert!(decide(&d, &s, "quiet", Some(Status::Started), Status::Stopped).is_empty());
     }
 
     #[test]

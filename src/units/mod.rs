@@ -337,6 +337,11 @@ pub struct Relations {
     /// dependencies and relations still start and stop the unit.
     pub refuse_manual_start: bool,
     pub refuse_manual_stop: bool,
+    /// SuccessAction=/FailureAction= other than `none`, as written (`exit`,
+    /// `poweroff`, `reboot`, ...): in a container each means aikore's ordered
+    /// shutdown, so the container ends (and its runtime may restart it).
+    pub success_action: Option<String>,
+    pub failure_action: Option<String>,
     pub requisite: Vec<String>,
     pub binds_to: Vec<String>,
     pub part_of: Vec<String>,

@@ -392,6 +392,16 @@ impl<'a> Resolver<'a> {
             "Conflicts" => self.deps(&mut unit.relations.conflicts, entry),
             "OnFailure" => self.deps(&mut unit.relations.on_failure, entry),
             "OnSuccess" => self.deps(&mut unit.relations.on_success, entry),
+            "SuccessAction" => {
+                if let Some(a) = self.value(entry, parse_action) {
+                    unit.relations.success_action = a;
+                }
+            }
+            "FailureAction" => {
+                if let Some(a) = self.value(entry, parse_action) {
+                    unit.relations.failure_action = a;
+                }
+            }
             "RefuseManualStart" | "RefuseManualStop" => {
                 if let Some(b) = self.value(entry, parse_bool) {
                     if entry.key == "RefuseManualStart" {
@@ -605,6 +615,12 @@ impl<'a> Resolver<'a> {
                 }
             }
             "StartLimitIntervalSec" | "StartLimitInterval" | "StartLimitBurst" => self.start_limit(unit, entry),
+            // systemd still reads it in [Service], where it once lived.
+            "FailureAction" => {
+                if let Some(a) = self.value(entry, parse_action) {
+                    unit.relations.failure_action = a;
+                }
+            }
             _ => self.error(entry.line, format!("{}= is not handled in [Service]", entry.key)),
         }
     }
@@ -714,6 +730,32 @@ fn parse_kill_mode(v: &str) -> Result<KillMode, String> {
              valid values: control-group, process-group, mixed, process"
             .to_string()),
         _ => Err("valid values: control-group, process-group, mixed, process".to_string()),
+    }
+}
+
+/// SuccessAction=/FailureAction=: systemd's values; `none` is None.
+fn parse_action(v: &str) -> Result<Option<String>, String> {
+    const ACTIONS: &[&str] = &[
+        "exit",
+        "exit-force",
+        "reboot",
+        "reboot-force",
+        "reboot-immediate",
+        "poweroff",
+        "poweroff-force",
+        "poweroff-immediate",
+        "halt",
+        "halt-force",
+        "halt-immediate",
+        "kexec",
+        "kexec-force",
+        "soft-reboot",
+        "soft-reboot-force",
+    ];
+    match v {
+        "none" => Ok(None),
+        _ if ACTIONS.contains(&v) => Ok(Some(v.to_string())),
+        _ => Err(format!("valid values: none, {}", ACTIONS.join(", "))),
     }
 }
 
