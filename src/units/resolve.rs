@@ -25,20 +25,9 @@ const IGNORED_DEP_SUFFIXES: &[&str] =
     &[".target", ".socket", ".mount", ".automount", ".swap", ".path", ".timer", ".slice", ".scope", ".device"];
 
 /// Keys the engine does not act on yet but the definition carries all the
-/// same: the dependency graph shows the relations, and Type= decides whether
-/// several ExecStart= are allowed.
-const PARSED_THOUGH_IGNORED: &[&str] = &[
-    "Requisite",
-    "BindsTo",
-    "BindTo",
-    "PartOf",
-    "Upholds",
-    "Conflicts",
-    "OnFailure",
-    "OnSuccess",
-    "Type",
-    "RemainAfterExit",
-];
+/// same: the dependency graph shows Requisite=, and Type= decides whether
+/// several ExecStart= (or none) are allowed.
+const PARSED_THOUGH_IGNORED: &[&str] = &["Requisite", "Type", "RemainAfterExit"];
 
 /// Reads and parses one unit file. An unreadable file is one diagnostic at line 0.
 pub fn parse_unit_file(path: &Path) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
@@ -230,7 +219,7 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
         // systemd's default: a service without ExecStart= or Type= is a oneshot.
         unit.service.service_type = ServiceType::Oneshot;
     }
-    let success_action = doc.entries.iter().any(|e| e.section == "Unit" && e.key == "SuccessAction");
+    let success_action = unit.relations.success_action.is_some();
     let oneshot = unit.service.service_type == ServiceType::Oneshot;
     if kind == UnitKind::Service && exec_start_count > 1 && !oneshot {
         cx.error(

@@ -386,6 +386,11 @@ Also=helper.service
     assert!(text.iter().any(|t| t.starts_with("9: 2 ExecStart= commands: only the first runs")), "{text:?}");
     assert!(text.iter().any(|t| t.starts_with("15: ProtectProc= is not implemented")), "{text:?}");
 
+    // systemd-exit.service: no Type=, no ExecStart=, only SuccessAction=.
+    let (u, _) = ok("exit.service", "[Unit]\nSuccessAction=exit-force\n");
+    assert_eq!(u.service.service_type, ServiceType::Oneshot);
+    assert_eq!(u.relations.success_action.as_deref(), Some("exit-force"));
+    assert!(parse("exit.service", "[Unit]\nSuccessAction=none\n").is_err(), "none is no action");
     let (u, _) = ok("setup.service", "[Service]\nType=oneshot\nRemainAfterExit=yes\n");
     assert!(u.service.exec_start.is_none());
     assert_eq!(
