@@ -305,6 +305,22 @@ mod tests {
     }
 
     #[test]
+    fn a_link_to_dev_null_masks_a_unit() {
+        let stock = tempfile::tempdir().expect("tempdir");
+        let user = tempfile::tempdir().expect("tempdir");
+        write(stock.path(), "kept.service", SVC);
+        write(stock.path(), "masked.service", SVC);
+        std::os::unix::fs::symlink("/dev/null", stock.path().join("gone.service")).expect("link");
+        std::os::unix::fs::symlink("/dev/null", user.path().join("masked.service")).expect("link");
+        let loaded = load_dirs(&[stock.path().to_path_buf(), user.path().to_path_buf()]);
+        let names: Vec<&str> = loaded.units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["kept"]);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        // `aikore check` skips a masked file without a word, as Debian ships several.
+        assert!(check_paths(&[stock.path().join("gone.service")]).is_empty());
+    }
+
+    #[test]
     fn check_reports_graph_problems() {
         let dir = tempfile::tempdir().expect("tempdir");
         write(
