@@ -63,6 +63,11 @@ pub fn load_dirs_with(dirs: &[PathBuf], requested: &BTreeSet<String>) -> LoadedU
                 continue;
             }
             seen_here.insert(name.clone(), path.clone());
+            if is_alias(&path) {
+                // systemd's alias (`dbus-org.freedesktop.login1.service` -> `systemd-logind.service`):
+                // the same unit under another name, not a second unit running the same command.
+                continue;
+            }
             match parse_unit_file(&path) {
                 Ok((_, warnings)) if is_template_name(&name) => {
                     diagnostics.extend(warnings);
@@ -168,6 +173,18 @@ fn instantiate(
             }
         }
     }
+}
+
+/// A link to another unit file of a different name (not a template
+/// instance's link to its template, which is how systemd spells those).
+fn is_alias(path: &Path) -> bool {
+    let Ok(target) = std::fs::read_link(path) else { return false };
+    let (Some(own), Some(to)) = (path.file_name(), target.file_name()) else { return false };
+    let own = own.to_string_lossy();
+    let to = to.to_string_lossy();
+    own != to
+        && to.ends_with(".service")
+        && template_of(own.trim_end_matches(".service")).is_none_or(|t| format!("{t}.service") != to)
 }
 
 /// The names of the unit files in `dir` that are links to /dev/null.
@@ -302,6 +319,21 @@ mod tests {
         assert!(errors[2].contains("over.service:2: invalid Restart=sometimes"));
         // The stock unit the broken override meant to replace is not run either.
         assert!(loaded.diagnostics.iter().any(|d| d.severity == Severity::Warning && d.message.contains("override")));
+    }
+
+    #[test]
+    fn an_alias_link_is_not_a_second_unit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "systemd-logind.service", SVC);
+        write(dir.path(), "getty@.service", "[Service]\nExecStart=/bin/echo %i\n");
+        std::os::unix::fs::symlink("systemd-logind.service", dir.path().join("dbus-org.freedesktop.login1.service"))
+            .expect("link");
+        std::os::unix::fs::symlink("getty@.service", dir.path().join("getty@tty1.service")).expect("link");
+        let loaded = load_dirs(&[dir.path().to_path_buf()]);
+        let names: Vec<&str> = loaded.units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["getty@tty1", "systemd-logind"]);
+        let argv = loaded.units[0].service.exec_start.as_ref().map(|c| c.argv.clone());
+        assert_eq!(argv, Some(vec!["/bin/echo".to_string(), "tty1".to_string()]));
     }
 
     #[test]
