@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use crate::api::{Action, ErrorBody, LogLine, ReloadReport, Status, UnitActionReply, UnitLogs, UnitView};
 use crate::config::{self, Settings};
 
+mod systemctl;
+
 /// Exit codes of the client commands, after systemctl's where they overlap.
 pub mod exit_code {
     pub const OK: i32 = 0;
@@ -94,12 +96,41 @@ pub enum Command {
         follow: bool,
     },
     /// Re-read unit files (like systemctl daemon-reload).
+    #[command(alias = "daemon-reload")]
     Reload,
     /// Validate unit files like systemd-analyze verify; exit 1 on any error.
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print a unit's file (its template's for an instance of one).
+    Cat { name: String },
+    /// Print a unit's properties as Key=value (systemd's names where they exist).
+    Show {
+        name: String,
+        /// Only these properties (repeat, or separate with commas).
+        #[arg(short = 'p', long = "property", value_delimiter = ',')]
+        property: Vec<String>,
+    },
+    /// Print the tree of units a unit pulls in (Requires=, Requisite=, Wants=, BindsTo=, Upholds=).
+    ListDependencies { name: String },
+    /// Print whether a unit is active; exit 0 if it is, 3 if not.
+    IsActive { name: String },
+    /// Print whether a unit is failed; exit 0 if it is, 1 if not.
+    IsFailed { name: String },
+    /// Send a signal to every process of a unit.
+    Kill {
+        name: String,
+        /// The signal: a name (SIGHUP, HUP) or a number.
+        #[arg(short = 's', long = "signal", default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Forget a unit's failed state (every failed unit without a name).
+    ResetFailed { name: Option<String> },
+    /// Make a unit start at boot as its [Install] says (WantedBy=, RequiredBy=, Also=).
+    Enable { name: String },
+    /// Undo enable.
+    Disable { name: String },
 }
 
 #[derive(clap::Args, Debug)]
@@ -377,12 +408,18 @@ fn follow_stream(client: &Client, path: &str) -> Result<(), Failure> {
 /// Runs a client command against the daemon; returns the exit code.
 pub fn run_client(url: &str, data_dir: &std::path::Path, command: Command) -> i32 {
     let client = Client::new(url, data_dir);
+    if let Some(code) = systemctl::run(&client, &command) {
+        return code;
+    }
     let result = match command {
         Command::Status { name: None } => {
             client.json::<Vec<UnitView>>("GET", "/api/v1/units").map(|units| print_unit_table(&units))
         }
         Command::Status { name: Some(name) } => {
-            client.json::<UnitView>("GET", &format!("/api/v1/units/{}", encode(&name))).map(|u| print_unit(&u))
+            client
+                .json::<UnitView>("GET", &format!("/api/v1/units/{}", encode(&name)))
+                .map(|u| print_unit(&u))
+                .and_then(|()| systemctl::print_processes(&client, &name))
         }
         Command::Start { name, wait } => action(&client, &name, Action::Start, wait),
         Command::Stop { name, wait } => action(&client, &name, Action::Stop, wait),
@@ -403,7 +440,8 @@ pub fn run_client(url: &str, data_dir: &std::path::Path, command: Command) -> i3
             }
             println!("reloaded: {} unit(s)", report.units);
         }),
-        Command::Serve(_) | Command::Check { .. } => unreachable!("handled by main"),
+        // Serve and Check: main; the systemctl habits: systemctl::run above.
+        _ => unreachable!("handled before"),
     };
     match result {
         Ok(()) => exit_code::OK,

@@ -449,6 +449,8 @@ struct Background {
 
 struct MetricsTasks {
     events: tokio::task::AbortHandle,
+    /// OnFailure=, BindsTo=, Conflicts=, ...: follows the events like the counter, aborted with it.
+    relations: tokio::task::AbortHandle,
     history: JoinHandle<()>,
 }
 
@@ -484,8 +486,11 @@ fn start_metrics(
     let events = metrics.track_events(supervisor.subscribe());
     let events_abort = events.abort_handle();
     stages.track(events);
+    let relations = crate::supervisor::relations::spawn(supervisor.clone(), supervisor.subscribe());
+    let relations_abort = relations.abort_handle();
+    stages.track(relations);
     let history = stages.track(metrics.run_history(stages.metrics.clone()));
-    Ok((metrics, MetricsTasks { events: events_abort, history }))
+    Ok((metrics, MetricsTasks { events: events_abort, relations: relations_abort, history }))
 }
 
 /// The NGINX route sync, with the routes rendered once before it returns:
@@ -667,6 +672,7 @@ impl Daemon {
             .await;
         Stages::stop(&stages.journal, vec![background.journal], secs(5)).await;
         background.metrics.events.abort();
+        background.metrics.relations.abort();
         Stages::stop(&stages.metrics, vec![background.metrics.history], secs(2)).await;
         stages.root.cancel();
         stages.tasks.close();

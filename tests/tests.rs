@@ -24,6 +24,8 @@ mod proxy;
 mod quiesce;
 mod restart;
 mod state;
+mod systemctl;
 mod termination;
+mod units_corpus;
 mod units_parse;
 mod web;

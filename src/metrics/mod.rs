@@ -263,6 +263,11 @@ impl Metrics {
     }
 
     /// (index, UUID) of the GPUs NVML reports; empty without NVML.
+    /// One unit's processes, CPU time and memory now (`aikore status NAME`).
+    pub fn unit_usage(&self, unit: &str, main_pid: Option<i32>) -> units::UnitUsage {
+        self.collectors.lock().unwrap_or_else(|p| p.into_inner()).units.sample(unit, main_pid)
+    }
+
     pub fn gpu_ids(&self) -> Vec<(u32, String)> {
         self.gpus().ids()
     }

@@ -360,6 +360,9 @@ impl<C: ProcessControl> Engine<C> {
                 self.shutdown = Some(reply);
                 self.begin_shutdown();
             }
+            Command::ResetFailed { unit, reply } => {
+                let _ = reply.send(self.reset_failed(&unit));
+            }
             Command::KillAll => {
                 let names: Vec<String> = self.units.keys().cloned().collect();
                 for name in names {
@@ -372,6 +375,19 @@ impl<C: ProcessControl> Engine<C> {
                 }
             }
         }
+    }
+
+    fn reset_failed(&mut self, name: &str) -> Result<Status, CommandError> {
+        let rt = self.lookup(name)?;
+        if rt.phase == Phase::Idle && matches!(rt.status, Status::Failed | Status::Error) {
+            if let Some(rt) = self.units.get_mut(name) {
+                rt.start_limit.reset();
+                rt.consecutive_failures = 0;
+                rt.failure = None;
+            }
+            self.set_status(name, Status::Stopped, Some("failed state reset".into()));
+        }
+        Ok(self.status_of(name))
     }
 
     fn status_of(&self, unit: &str) -> Status {
@@ -388,7 +404,7 @@ impl<C: ProcessControl> Engine<C> {
             .values()
             .filter(|rt| rt.invalid.is_none())
             .filter(|rt| match &rt.unit.instance {
-                None => true,
+                None => rt.unit.starts_at_boot,
                 Some(instance) => instance.autostart,
             })
             .map(|rt| rt.unit.name.clone())
@@ -883,7 +899,7 @@ impl<C: ProcessControl> Engine<C> {
         match (rt.unit.service.kill_mode, rt.main_pid) {
             (KillMode::ControlGroup, _) => self.ctl.signal_unit(name, signal),
             (KillMode::ProcessGroup, Some(pid)) => self.ctl.signal_group(pid, signal),
-            (KillMode::Mixed, Some(pid)) => self.ctl.signal_process(pid, signal),
+            (KillMode::Mixed | KillMode::Process, Some(pid)) => self.ctl.signal_process(pid, signal),
             (_, None) => self.ctl.signal_unit(name, signal),
         }
         // Stopped (SIGSTOP'd) processes would never see the signal.

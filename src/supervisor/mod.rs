@@ -9,6 +9,7 @@ pub mod exec;
 pub mod host;
 pub mod members;
 pub mod ready;
+pub mod relations;
 pub mod reload;
 pub mod sockets;
 pub mod spawn;
@@ -125,11 +126,7 @@ pub trait ProcessControl: Send + 'static {
     /// The first ConditionPathExists= that does not hold, if any: the start is
     /// then skipped, not failed (systemd's semantics).
     fn unmet_condition(&mut self, unit: &Unit) -> Option<String> {
-        unit.conditions
-            .iter()
-            .find(|c| !c.holds())
-            .map(|c| format!("ConditionPathExists={}{} not met", if c.negate { "!" } else { "" }, c.path.display()))
-            .or_else(|| unit.checks.unmet_condition()) // issue 14 (exec14): the other Condition*= keys
+        crate::units::unmet_condition(&unit.conditions).or_else(|| unit.checks.unmet_condition()) // the other Condition*= kinds: units::checks
     }
 }
 
@@ -241,6 +238,12 @@ pub enum Command {
     },
     /// The global deadline passed: SIGKILL whatever is left.
     KillAll,
+    /// `aikore reset-failed`: a `failed` or `error` unit that is not running
+    /// becomes `stopped`, its start limit and failure forgotten.
+    ResetFailed {
+        unit: String,
+        reply: Reply<Status>,
+    },
 }
 
 /// The cheap, cloneable way everything else talks to the supervisor.
@@ -296,6 +299,9 @@ impl SupervisorHandle {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Shutdown { reply: tx }).await.map_err(|_| CommandError::Gone)?;
         rx.await.map_err(|_| CommandError::Gone)
+    }
+    pub async fn reset_failed(&self, unit: &str) -> Result<Status, CommandError> {
+        self.ask(|reply| Command::ResetFailed { unit: unit.into(), reply }).await
     }
     pub async fn kill_all(&self) {
         let _ = self.commands.send(Command::KillAll).await;

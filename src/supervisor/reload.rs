@@ -7,13 +7,16 @@ use std::path::PathBuf;
 use super::SupervisorHandle;
 use crate::clock::now_ms;
 use crate::store::StoreHandle;
-use crate::units::{load_dirs, Diagnostic, Severity};
+use crate::units::{load_dirs_with, Diagnostic, Severity};
 
 /// Re-reads unit files and hands them to the supervisor.
 pub struct Reloader {
     units_dirs: Vec<PathBuf>,
     supervisor: SupervisorHandle,
     store: StoreHandle,
+    /// Template instances started by name (`aikore start echo@a`): made again
+    /// at every reload, as systemd keeps a started instance loaded.
+    requested: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,12 +28,25 @@ pub struct ReloadReport {
 
 impl Reloader {
     pub fn new(units_dirs: Vec<PathBuf>, supervisor: SupervisorHandle, store: StoreHandle) -> Self {
-        Reloader { units_dirs, supervisor, store }
+        Reloader { units_dirs, supervisor, store, requested: Default::default() }
+    }
+
+    /// The units dirs, stock first and the user's (`<data>/units`) last.
+    pub fn units_dirs(&self) -> &[PathBuf] {
+        &self.units_dirs
+    }
+
+    /// Loads the template instance `name` (`echo@a` from `echo@.service`):
+    /// a reload with it added; it stays loaded from then on.
+    pub async fn instantiate(&self, name: &str) -> anyhow::Result<ReloadReport> {
+        self.requested.lock().map_err(|_| anyhow::anyhow!("reloader lock poisoned"))?.insert(name.to_string());
+        self.reload().await
     }
 
     pub async fn reload(&self) -> anyhow::Result<ReloadReport> {
         let dirs = self.units_dirs.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_dirs(&dirs)).await?;
+        let requested = self.requested.lock().map_err(|_| anyhow::anyhow!("reloader lock poisoned"))?.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_dirs_with(&dirs, &requested)).await?;
         report_diagnostics(&loaded.diagnostics);
         let names: Vec<(String, String)> =
             loaded.units.iter().map(|u| (u.name.clone(), u.kind.as_str().to_string())).collect();

@@ -145,6 +145,10 @@ pub fn should_restart(policy: RestartPolicy, end: &RunEnd) -> bool {
         RestartPolicy::Always => true,
         RestartPolicy::OnFailure => !end.is_clean(),
         RestartPolicy::OnAbnormal => end.is_abnormal(),
+        RestartPolicy::OnSuccess => end.is_clean(),
+        RestartPolicy::OnAbort => matches!(end, RunEnd::Exited(ExitStatus::Signaled { .. })) && !end.is_clean(),
+        // No watchdog yet (issue 14, the engine's part): nothing ends by one.
+        RestartPolicy::OnWatchdog => false,
     }
 }
 

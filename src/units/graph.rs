@@ -97,25 +97,38 @@ pub fn start_order(units: &[Unit]) -> Result<Vec<String>, Vec<String>> {
     }
 }
 
-/// Checks a set of units as a whole: Requires= on a unit outside the set is an
-/// error, Wants= a warning, and an ordering cycle an error.
+/// Checks a set of units as a whole: a reference to a unit outside the set is
+/// a warning (as in systemd: the unit may be added later), and an ordering
+/// cycle an error.
 pub fn check_graph(units: &[Unit]) -> Vec<Diagnostic> {
+    check_graph_with(units, &BTreeSet::new())
+}
+
+/// [`check_graph`] where a reference to `x@y` is satisfied by the template
+/// `x@` in `templates` (its instances are made on demand).
+pub fn check_graph_with(units: &[Unit], templates: &BTreeSet<String>) -> Vec<Diagnostic> {
     let names: BTreeSet<&str> = units.iter().map(|u| u.name.as_str()).collect();
+    let exists = |d: &str| names.contains(d) || super::name::template_of(d).is_some_and(|t| templates.contains(t));
     let mut diags = Vec::new();
     for unit in units {
-        let missing = |list: &[String], key: &str, severity: Severity| {
-            list.iter()
-                .filter(|d| !names.contains(d.as_str()))
-                .map(|d| Diagnostic {
+        let mut missing = |list: &[String], key: &str| {
+            for d in list.iter().filter(|d| !exists(d)) {
+                diags.push(Diagnostic {
                     path: unit.path.clone(),
                     line: 0,
-                    severity,
+                    severity: Severity::Warning,
                     message: format!("{key}={d}: no unit named '{d}' is loaded"),
-                })
-                .collect::<Vec<_>>()
+                });
+            }
         };
-        diags.extend(missing(&unit.requires, "Requires", Severity::Error));
-        diags.extend(missing(&unit.wants, "Wants", Severity::Warning));
+        missing(&unit.requires, "Requires");
+        missing(&unit.wants, "Wants");
+        for (key, list) in unit.relations.all() {
+            // A conflict with a unit that does not exist is a conflict that never happens.
+            if key != "Conflicts" {
+                missing(list, key);
+            }
+        }
     }
     if let Some(cycle) = find_cycle(units) {
         let first = cycle.first().and_then(|n| units.iter().find(|u| &u.name == n));
@@ -129,6 +142,55 @@ pub fn check_graph(units: &[Unit]) -> Vec<Diagnostic> {
         });
     }
     diags
+}
+
+/// One node of `aikore list-dependencies`: a unit and what it pulls in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DependencyNode {
+    pub name: String,
+    /// The key of the parent that names this unit (`Requires`, `Wants`, ...); empty at the root.
+    pub via: &'static str,
+    /// False when no unit of that name is loaded.
+    pub loaded: bool,
+    pub children: Vec<DependencyNode>,
+}
+
+/// The units `root` pulls in (Requires=, Requisite=, Wants=, BindsTo=,
+/// Upholds=), recursively as `systemctl list-dependencies` shows them; a
+/// unit already on the path is shown once more without its children.
+pub fn dependency_tree(units: &[Unit], root: &str) -> Option<DependencyNode> {
+    let by_name: BTreeMap<&str, &Unit> = units.iter().map(|u| (u.name.as_str(), u)).collect();
+    by_name.get(root)?;
+    let mut path = Vec::new();
+    Some(node(&by_name, root, "", &mut path))
+}
+
+fn node<'a>(
+    by_name: &BTreeMap<&str, &'a Unit>,
+    name: &'a str,
+    via: &'static str,
+    path: &mut Vec<&'a str>,
+) -> DependencyNode {
+    let unit = by_name.get(name).copied();
+    let mut children = Vec::new();
+    if let Some(unit) = unit.filter(|_| !path.contains(&name)) {
+        path.push(name);
+        let r = &unit.relations;
+        let edges: [(&'static str, &'a [String]); 5] = [
+            ("Requires", &unit.requires),
+            ("Requisite", &r.requisite),
+            ("Wants", &unit.wants),
+            ("BindsTo", &r.binds_to),
+            ("Upholds", &r.upholds),
+        ];
+        for (key, list) in edges {
+            for dep in list {
+                children.push(node(by_name, dep.as_str(), key, path));
+            }
+        }
+        path.pop();
+    }
+    DependencyNode { name: name.to_string(), via, loaded: unit.is_some(), children }
 }
 
 #[cfg(test)]
@@ -149,6 +211,10 @@ mod tests {
             before: before.iter().map(|s| s.to_string()).collect(),
             requires: Vec::new(),
             wants: Vec::new(),
+            relations: Default::default(),
+            install: Default::default(),
+            starts_at_boot: true,
+            template: None,
             start_limit_interval: Duration::from_secs(10),
             start_limit_burst: 5,
             conditions: Vec::new(),
@@ -195,10 +261,39 @@ mod tests {
         let units = [a, unit("b", &[], &[])];
         let diags = check_graph(&units);
         assert_eq!(diags.len(), 2);
-        assert_eq!(diags[0].severity, Severity::Error);
+        // As in systemd: a unit that does not exist (yet) is a warning, not an error.
+        assert!(diags.iter().all(|d| d.severity == Severity::Warning), "{diags:?}");
         assert!(diags[0].message.contains("Requires=gone"));
-        assert_eq!(diags[1].severity, Severity::Warning);
         assert!(diags[1].message.contains("Wants=maybe"));
+    }
+
+    #[test]
+    fn a_template_satisfies_references_to_its_instances() {
+        let mut a = unit("a", &[], &[]);
+        a.wants = vec!["getty@tty1".into(), "other@x".into()];
+        a.relations.on_failure = vec!["notify@a".into()];
+        a.relations.conflicts = vec!["nowhere".into()];
+        let templates: BTreeSet<String> = ["getty@".to_string(), "notify@".to_string()].into();
+        let diags = check_graph_with(&[a], &templates);
+        let text: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(text, ["Wants=other@x: no unit named 'other@x' is loaded"]);
+    }
+
+    #[test]
+    fn the_dependency_tree_follows_requires_and_wants_and_stops_at_cycles() {
+        let mut web = unit("web", &[], &[]);
+        web.requires = vec!["db".into()];
+        web.wants = vec!["ghost".into()];
+        let mut db = unit("db", &[], &[]);
+        db.relations.binds_to = vec!["web".into()];
+        let units = [web, db];
+        let tree = dependency_tree(&units, "web").expect("web is loaded");
+        assert_eq!(tree.children.len(), 2);
+        assert_eq!((tree.children[0].name.as_str(), tree.children[0].via), ("db", "Requires"));
+        assert_eq!(tree.children[0].children[0].name, "web");
+        assert!(tree.children[0].children[0].children.is_empty(), "a cycle ends the branch");
+        assert!(!tree.children[1].loaded);
+        assert!(dependency_tree(&units, "nope").is_none());
     }
 
     #[test]

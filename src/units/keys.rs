@@ -1,114 +1,442 @@
-//! The table of keys: which sections and keys aikore implements, which real
-//! systemd ones it accepts and ignores, and what to say about the rest.
+//! The table of keys: every key of systemd's [Unit], [Service] and [Install]
+//! (systemd 252, Debian 12) with what aikore does with it, aikore's own keys,
+//! and what to say about the rest. docs/units.md is generated from this table
+//! (`keys::tests::the_doc_matches_the_table` keeps them equal); issue 14's
+//! helpers switch a key to `Implemented` in the commit that makes it work.
 
 use super::UnitKind;
 
-const UNIT_KEYS: &[&str] = &[
-    "Description",
-    "After",
-    "Before",
-    "Requires",
-    "Wants",
-    "Documentation",
-    "StartLimitIntervalSec",
-    "StartLimitBurst",
-    "ConditionPathExists",
-    // Conditions and asserts on paths, files, dirs and the environment (units/checks.rs, issue 14).
-    "ConditionPathIsDirectory",
-    "ConditionPathIsSymbolicLink",
-    "ConditionPathIsMountPoint",
-    "ConditionPathIsReadWrite",
-    "ConditionDirectoryNotEmpty",
-    "ConditionFileNotEmpty",
-    "ConditionFileIsExecutable",
-    "ConditionEnvironment",
-    "AssertPathExists",
-    "AssertPathIsDirectory",
-    "AssertPathIsSymbolicLink",
-    "AssertPathIsMountPoint",
-    "AssertPathIsReadWrite",
-    "AssertDirectoryNotEmpty",
-    "AssertFileNotEmpty",
-    "AssertFileIsExecutable",
-    "AssertEnvironment",
-];
+/// What aikore does with a real systemd key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// The supervisor acts on it.
+    Implemented,
+    /// Accepted with a warning: it has no meaning in a container or under
+    /// aikore (no targets, no consoles, the host's kernel); the text says why.
+    Meaningless(&'static str),
+    /// Accepted with a warning: it means something aikore does not do yet.
+    NotYet(&'static str),
+}
 
-const SERVICE_KEYS: &[&str] = &[
-    "ExecStart",
-    "ExecStartPre",
-    "ExecReload",
-    "ExecStop",
-    "Restart",
-    "RestartSec",
-    "TimeoutStartSec",
-    "TimeoutStopSec",
-    "KillSignal",
-    "KillMode",
-    "Environment",
-    "EnvironmentFile",
-    "WorkingDirectory",
-    "User",
-    "Group",
-    "UMask",
-    "Nice",
-    "ReadyCheck",
-    "MemoryMax",
-    // systemd accepts these in [Service] too (they moved from there to [Unit]).
-    "StartLimitIntervalSec",
-    "StartLimitBurst",
-    // Execution context and resource control (units/exec.rs, issue 14).
-    "LimitCPU",
-    "LimitFSIZE",
-    "LimitDATA",
-    "LimitSTACK",
-    "LimitCORE",
-    "LimitRSS",
-    "LimitNOFILE",
-    "LimitAS",
-    "LimitNPROC",
-    "LimitMEMLOCK",
-    "LimitLOCKS",
-    "LimitSIGPENDING",
-    "LimitMSGQUEUE",
-    "LimitNICE",
-    "LimitRTPRIO",
-    "LimitRTTIME",
-    "OOMScoreAdjust",
-    "SupplementaryGroups",
-    "StandardInput",
-    "StandardOutput",
-    "StandardError",
-    "SyslogIdentifier",
-    "RuntimeDirectory",
-    "StateDirectory",
-    "CacheDirectory",
-    "LogsDirectory",
-    "ConfigurationDirectory",
-    "RuntimeDirectoryMode",
-    "StateDirectoryMode",
-    "CacheDirectoryMode",
-    "LogsDirectoryMode",
-    "ConfigurationDirectoryMode",
-    "RuntimeDirectoryPreserve",
-    "NoNewPrivileges",
-    "CapabilityBoundingSet",
-    "AmbientCapabilities",
-    "PrivateTmp",
-    "ProtectSystem",
-    "ProtectHome",
-    "ReadWritePaths",
-    "ReadOnlyPaths",
-    "InaccessiblePaths",
-    "ReadWriteDirectories",
-    "ReadOnlyDirectories",
-    "InaccessibleDirectories",
-    "MemoryHigh",
-    "MemorySwapMax",
-    "CPUWeight",
-    "CPUQuota",
-    "AllowedCPUs",
-    "TasksMax",
-    "IOWeight",
+use Support::{Implemented, Meaningless, NotYet};
+
+const TARGETS: Support =
+    Meaningless("aikore has no targets, jobs or isolation: boot ordering against systemd's targets has no counterpart");
+const MOUNTS: Support = Meaningless("mounts are the container's: aikore has no .mount units");
+const MANAGER: Support = Meaningless("systemd's own bookkeeping (generators, unit garbage collection)");
+const HOST: Support = Meaningless("the kernel, the hardware and the machine's power belong to the host");
+const OBSOLETE: Support = Meaningless("an obsolete spelling systemd itself only warns about");
+const DBUS: Support = Meaningless("no D-Bus activation in a container: aikore starts units itself");
+const SOCKETS: Support = Meaningless("aikore has no .socket units and no file descriptor store to pass from");
+const LSM: Support = Meaningless("SELinux, AppArmor and SMACK labels are the container runtime's to set");
+const LOGIN: Support = Meaningless("a container has no login sessions (PAM, utmp, logind)");
+const CONSOLE: Support = Meaningless("a container has no consoles or virtual terminals to hand out");
+const KERNEL: Support = Meaningless(
+    "an unprivileged container already cannot change the kernel's tunables, modules, log, clock or hostname",
+);
+const ACCOUNTING: Support = Meaningless("aikore accounts CPU, memory, tasks and I/O of every unit, always");
+const SLICE: Support = Meaningless("every unit gets its own cgroup under aikore's; there are no slices");
+const ALIAS: Support = NotYet("aliases: address the unit by its file name");
+const RELATIONS: Support = NotYet(
+    "parsed into the dependency graph (aikore list-dependencies shows it); acting on it needs the engine (issue 14)",
+);
+const CONDITIONS: Support = NotYet("conditions on paths, files, dirs and the environment are evaluated; this kind is not yet");
+const ENGINE: Support = NotYet("service types, sd_notify and exit semantics: issue 14, the engine's part");
+const PROCESS: Support = NotYet("this process property is not applied yet (docs/exec.md lists those that are)");
+const SANDBOX: Support = NotYet("this sandbox option is not applied yet (docs/exec.md lists those that are)");
+const RESOURCES: Support = NotYet("this resource key is not applied yet (docs/exec.md lists those that are)");
+const FILTERS: Support =
+    NotYet("seccomp and BPF filters: not implemented (the container runtime's seccomp profile applies)");
+const CREDENTIALS: Support = NotYet("credentials: not implemented");
+const LOGGING: Support = NotYet("every line goes to the unit's log; no levels, rate limits or syslog fields");
+const NOT_YET: Support = NotYet("not implemented");
+
+/// Every [Unit], [Service] and [Install] key aikore accepts, with its support.
+const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
+    (Section::Unit, "After", Implemented),
+    (Section::Unit, "AllowIsolate", TARGETS),
+    (Section::Unit, "AssertACPower", CONDITIONS),
+    (Section::Unit, "AssertArchitecture", CONDITIONS),
+    (Section::Unit, "AssertCPUFeature", CONDITIONS),
+    (Section::Unit, "AssertCPUPressure", CONDITIONS),
+    (Section::Unit, "AssertCPUs", CONDITIONS),
+    (Section::Unit, "AssertCapability", CONDITIONS),
+    (Section::Unit, "AssertControlGroupController", CONDITIONS),
+    (Section::Unit, "AssertCredential", CONDITIONS),
+    (Section::Unit, "AssertDirectoryNotEmpty", Implemented),
+    (Section::Unit, "AssertEnvironment", Implemented),
+    (Section::Unit, "AssertFileIsExecutable", Implemented),
+    (Section::Unit, "AssertFileNotEmpty", Implemented),
+    (Section::Unit, "AssertFirstBoot", CONDITIONS),
+    (Section::Unit, "AssertGroup", CONDITIONS),
+    (Section::Unit, "AssertHost", CONDITIONS),
+    (Section::Unit, "AssertIOPressure", CONDITIONS),
+    (Section::Unit, "AssertKernelCommandLine", CONDITIONS),
+    (Section::Unit, "AssertKernelVersion", CONDITIONS),
+    (Section::Unit, "AssertMemory", CONDITIONS),
+    (Section::Unit, "AssertMemoryPressure", CONDITIONS),
+    (Section::Unit, "AssertNeedsUpdate", CONDITIONS),
+    (Section::Unit, "AssertOSRelease", CONDITIONS),
+    (Section::Unit, "AssertPathExists", Implemented),
+    (Section::Unit, "AssertPathExistsGlob", CONDITIONS),
+    (Section::Unit, "AssertPathIsDirectory", Implemented),
+    (Section::Unit, "AssertPathIsEncrypted", CONDITIONS),
+    (Section::Unit, "AssertPathIsMountPoint", Implemented),
+    (Section::Unit, "AssertPathIsReadWrite", Implemented),
+    (Section::Unit, "AssertPathIsSymbolicLink", Implemented),
+    (Section::Unit, "AssertSecurity", CONDITIONS),
+    (Section::Unit, "AssertUser", CONDITIONS),
+    (Section::Unit, "AssertVirtualization", CONDITIONS),
+    (Section::Unit, "Before", Implemented),
+    (Section::Unit, "BindTo", Implemented),
+    (Section::Unit, "BindsTo", Implemented),
+    (Section::Unit, "CollectMode", MANAGER),
+    (Section::Unit, "ConditionACPower", CONDITIONS),
+    (Section::Unit, "ConditionArchitecture", CONDITIONS),
+    (Section::Unit, "ConditionCPUFeature", CONDITIONS),
+    (Section::Unit, "ConditionCPUPressure", CONDITIONS),
+    (Section::Unit, "ConditionCPUs", CONDITIONS),
+    (Section::Unit, "ConditionCapability", CONDITIONS),
+    (Section::Unit, "ConditionControlGroupController", CONDITIONS),
+    (Section::Unit, "ConditionCredential", CONDITIONS),
+    (Section::Unit, "ConditionDirectoryNotEmpty", Implemented),
+    (Section::Unit, "ConditionEnvironment", Implemented),
+    (Section::Unit, "ConditionFileIsExecutable", Implemented),
+    (Section::Unit, "ConditionFileNotEmpty", Implemented),
+    (Section::Unit, "ConditionFirmware", CONDITIONS),
+    (Section::Unit, "ConditionFirstBoot", CONDITIONS),
+    (Section::Unit, "ConditionGroup", CONDITIONS),
+    (Section::Unit, "ConditionHost", CONDITIONS),
+    (Section::Unit, "ConditionIOPressure", CONDITIONS),
+    (Section::Unit, "ConditionKernelCommandLine", CONDITIONS),
+    (Section::Unit, "ConditionKernelVersion", CONDITIONS),
+    (Section::Unit, "ConditionMemory", CONDITIONS),
+    (Section::Unit, "ConditionMemoryPressure", CONDITIONS),
+    (Section::Unit, "ConditionNeedsUpdate", CONDITIONS),
+    (Section::Unit, "ConditionOSRelease", CONDITIONS),
+    (Section::Unit, "ConditionPathExists", Implemented),
+    (Section::Unit, "ConditionPathExistsGlob", CONDITIONS),
+    (Section::Unit, "ConditionPathIsDirectory", Implemented),
+    (Section::Unit, "ConditionPathIsEncrypted", CONDITIONS),
+    (Section::Unit, "ConditionPathIsMountPoint", Implemented),
+    (Section::Unit, "ConditionPathIsReadWrite", Implemented),
+    (Section::Unit, "ConditionPathIsSymbolicLink", Implemented),
+    (Section::Unit, "ConditionSecurity", CONDITIONS),
+    (Section::Unit, "ConditionUser", CONDITIONS),
+    (Section::Unit, "ConditionVirtualization", CONDITIONS),
+    (Section::Unit, "Conflicts", Implemented),
+    (Section::Unit, "DefaultDependencies", TARGETS),
+    (Section::Unit, "Description", Implemented),
+    (Section::Unit, "Documentation", Implemented),
+    (Section::Unit, "FailureAction", Implemented),
+    (Section::Unit, "FailureActionExitStatus", NOT_YET),
+    (Section::Unit, "IgnoreOnIsolate", TARGETS),
+    (Section::Unit, "IgnoreOnSnapshot", TARGETS),
+    (Section::Unit, "JobRunningTimeoutSec", TARGETS),
+    (Section::Unit, "JobTimeoutAction", TARGETS),
+    (Section::Unit, "JobTimeoutRebootArgument", TARGETS),
+    (Section::Unit, "JobTimeoutSec", TARGETS),
+    (Section::Unit, "JoinsNamespaceOf", NOT_YET),
+    (Section::Unit, "OnFailure", Implemented),
+    (Section::Unit, "OnFailureIsolate", TARGETS),
+    (Section::Unit, "OnFailureJobMode", TARGETS),
+    (Section::Unit, "OnSuccess", Implemented),
+    (Section::Unit, "OnSuccessJobMode", TARGETS),
+    (Section::Unit, "PartOf", Implemented),
+    (Section::Unit, "PropagateReloadFrom", OBSOLETE),
+    (Section::Unit, "PropagateReloadTo", OBSOLETE),
+    (Section::Unit, "PropagatesReloadTo", NOT_YET),
+    (Section::Unit, "PropagatesStopTo", NOT_YET),
+    (Section::Unit, "RebootArgument", HOST),
+    (Section::Unit, "RefuseManualStart", Implemented),
+    (Section::Unit, "RefuseManualStop", Implemented),
+    (Section::Unit, "ReloadPropagatedFrom", NOT_YET),
+    (Section::Unit, "Requires", Implemented),
+    (Section::Unit, "RequiresMountsFor", MOUNTS),
+    (Section::Unit, "RequiresOverridable", OBSOLETE),
+    (Section::Unit, "Requisite", RELATIONS),
+    (Section::Unit, "RequisiteOverridable", OBSOLETE),
+    (Section::Unit, "SourcePath", MANAGER),
+    (Section::Unit, "StartLimitAction", NOT_YET),
+    (Section::Unit, "StartLimitBurst", Implemented),
+    (Section::Unit, "StartLimitInterval", Implemented),
+    (Section::Unit, "StartLimitIntervalSec", Implemented),
+    (Section::Unit, "StopPropagatedFrom", NOT_YET),
+    (Section::Unit, "StopWhenUnneeded", NOT_YET),
+    (Section::Unit, "SuccessAction", Implemented),
+    (Section::Unit, "SuccessActionExitStatus", NOT_YET),
+    (Section::Unit, "Upholds", Implemented),
+    (Section::Unit, "Wants", Implemented),
+    (Section::Unit, "WantsMountsFor", MOUNTS),
+    (Section::Unit, "SurviveFinalKillSignal", HOST),
+    (Section::Service, "AllowedCPUs", Implemented),
+    (Section::Service, "AllowedMemoryNodes", RESOURCES),
+    (Section::Service, "AmbientCapabilities", Implemented),
+    (Section::Service, "AppArmorProfile", LSM),
+    (Section::Service, "BPFProgram", FILTERS),
+    (Section::Service, "BindPaths", SANDBOX),
+    (Section::Service, "BindReadOnlyPaths", SANDBOX),
+    (Section::Service, "BlockIOAccounting", ACCOUNTING),
+    (Section::Service, "BlockIODeviceWeight", RESOURCES),
+    (Section::Service, "BlockIOReadBandwidth", RESOURCES),
+    (Section::Service, "BlockIOWeight", RESOURCES),
+    (Section::Service, "BlockIOWriteBandwidth", RESOURCES),
+    (Section::Service, "BusName", DBUS),
+    (Section::Service, "BusPolicy", DBUS),
+    (Section::Service, "CPUAccounting", ACCOUNTING),
+    (Section::Service, "CPUAffinity", PROCESS),
+    (Section::Service, "CPUQuota", Implemented),
+    (Section::Service, "CPUQuotaPeriodSec", RESOURCES),
+    (Section::Service, "CPUSchedulingPolicy", PROCESS),
+    (Section::Service, "CPUSchedulingPriority", PROCESS),
+    (Section::Service, "CPUSchedulingResetOnFork", PROCESS),
+    (Section::Service, "CPUShares", RESOURCES),
+    (Section::Service, "CPUWeight", Implemented),
+    (Section::Service, "CacheDirectory", Implemented),
+    (Section::Service, "CacheDirectoryMode", Implemented),
+    (Section::Service, "Capabilities", SANDBOX),
+    (Section::Service, "CapabilityBoundingSet", Implemented),
+    (Section::Service, "ConfigurationDirectory", Implemented),
+    (Section::Service, "ConfigurationDirectoryMode", Implemented),
+    (Section::Service, "CoredumpFilter", PROCESS),
+    (Section::Service, "DefaultMemoryLow", RESOURCES),
+    (Section::Service, "DefaultMemoryMin", RESOURCES),
+    (Section::Service, "Delegate", RESOURCES),
+    (Section::Service, "DeviceAllow", FILTERS),
+    (Section::Service, "DevicePolicy", FILTERS),
+    (Section::Service, "DisableControllers", RESOURCES),
+    (Section::Service, "DynamicUser", PROCESS),
+    (Section::Service, "Environment", Implemented),
+    (Section::Service, "EnvironmentFile", Implemented),
+    (Section::Service, "ExecCondition", ENGINE),
+    (Section::Service, "ExecPaths", SANDBOX),
+    (Section::Service, "ExecReload", Implemented),
+    (Section::Service, "ExecSearchPath", PROCESS),
+    (Section::Service, "ExecStart", Implemented),
+    (Section::Service, "ExecStartPost", ENGINE),
+    (Section::Service, "ExecStartPre", Implemented),
+    (Section::Service, "ExecStop", Implemented),
+    (Section::Service, "ExecStopPost", ENGINE),
+    (Section::Service, "ExitType", ENGINE),
+    (Section::Service, "ExtensionDirectories", SANDBOX),
+    (Section::Service, "ExtensionImages", SANDBOX),
+    (Section::Service, "FailureAction", Implemented),
+    (Section::Service, "FileDescriptorStoreMax", SOCKETS),
+    (Section::Service, "FinalKillSignal", ENGINE),
+    (Section::Service, "Group", Implemented),
+    (Section::Service, "GuessMainPID", ENGINE),
+    (Section::Service, "IOAccounting", ACCOUNTING),
+    (Section::Service, "IODeviceLatencyTargetSec", RESOURCES),
+    (Section::Service, "IODeviceWeight", RESOURCES),
+    (Section::Service, "IOReadBandwidthMax", RESOURCES),
+    (Section::Service, "IOReadIOPSMax", RESOURCES),
+    (Section::Service, "IOSchedulingClass", PROCESS),
+    (Section::Service, "IOSchedulingPriority", PROCESS),
+    (Section::Service, "IOWeight", Implemented),
+    (Section::Service, "IOWriteBandwidthMax", RESOURCES),
+    (Section::Service, "IOWriteIOPSMax", RESOURCES),
+    (Section::Service, "IPAccounting", FILTERS),
+    (Section::Service, "IPAddressAllow", FILTERS),
+    (Section::Service, "IPAddressDeny", FILTERS),
+    (Section::Service, "IPCNamespacePath", SANDBOX),
+    (Section::Service, "IPEgressFilterPath", FILTERS),
+    (Section::Service, "IPIngressFilterPath", FILTERS),
+    (Section::Service, "IgnoreSIGPIPE", PROCESS),
+    (Section::Service, "InaccessibleDirectories", Implemented),
+    (Section::Service, "InaccessiblePaths", Implemented),
+    (Section::Service, "KeyringMode", KERNEL),
+    (Section::Service, "KillMode", Implemented),
+    (Section::Service, "KillSignal", Implemented),
+    (Section::Service, "LimitAS", Implemented),
+    (Section::Service, "LimitCORE", Implemented),
+    (Section::Service, "LimitCPU", Implemented),
+    (Section::Service, "LimitDATA", Implemented),
+    (Section::Service, "LimitFSIZE", Implemented),
+    (Section::Service, "LimitLOCKS", Implemented),
+    (Section::Service, "LimitMEMLOCK", Implemented),
+    (Section::Service, "LimitMSGQUEUE", Implemented),
+    (Section::Service, "LimitNICE", Implemented),
+    (Section::Service, "LimitNOFILE", Implemented),
+    (Section::Service, "LimitNPROC", Implemented),
+    (Section::Service, "LimitRSS", Implemented),
+    (Section::Service, "LimitRTPRIO", Implemented),
+    (Section::Service, "LimitRTTIME", Implemented),
+    (Section::Service, "LimitSIGPENDING", Implemented),
+    (Section::Service, "LimitSTACK", Implemented),
+    (Section::Service, "LoadCredential", CREDENTIALS),
+    (Section::Service, "LoadCredentialEncrypted", CREDENTIALS),
+    (Section::Service, "LockPersonality", FILTERS),
+    (Section::Service, "LogExtraFields", LOGGING),
+    (Section::Service, "LogLevelMax", LOGGING),
+    (Section::Service, "LogNamespace", LOGGING),
+    (Section::Service, "LogRateLimitBurst", LOGGING),
+    (Section::Service, "LogRateLimitIntervalSec", LOGGING),
+    (Section::Service, "LogsDirectory", Implemented),
+    (Section::Service, "LogsDirectoryMode", Implemented),
+    (Section::Service, "ManagedOOMMemoryPressure", RESOURCES),
+    (Section::Service, "ManagedOOMMemoryPressureLimit", RESOURCES),
+    (Section::Service, "ManagedOOMPreference", RESOURCES),
+    (Section::Service, "ManagedOOMSwap", RESOURCES),
+    (Section::Service, "MemoryAccounting", ACCOUNTING),
+    (Section::Service, "MemoryDenyWriteExecute", FILTERS),
+    (Section::Service, "MemoryHigh", Implemented),
+    (Section::Service, "MemoryLimit", RESOURCES),
+    (Section::Service, "MemoryLow", RESOURCES),
+    (Section::Service, "MemoryMax", Implemented),
+    (Section::Service, "MemoryMin", RESOURCES),
+    (Section::Service, "MemorySwapMax", Implemented),
+    (Section::Service, "MountAPIVFS", SANDBOX),
+    (Section::Service, "MountFlags", SANDBOX),
+    (Section::Service, "MountImages", SANDBOX),
+    (Section::Service, "NUMAMask", PROCESS),
+    (Section::Service, "NUMAPolicy", PROCESS),
+    (Section::Service, "NetClass", FILTERS),
+    (Section::Service, "NetworkNamespacePath", SANDBOX),
+    (Section::Service, "Nice", Implemented),
+    (Section::Service, "NoExecPaths", SANDBOX),
+    (Section::Service, "NoNewPrivileges", Implemented),
+    (Section::Service, "NonBlocking", SOCKETS),
+    (Section::Service, "NotifyAccess", ENGINE),
+    (Section::Service, "OOMPolicy", ENGINE),
+    (Section::Service, "OOMScoreAdjust", Implemented),
+    (Section::Service, "PAMName", LOGIN),
+    (Section::Service, "PIDFile", ENGINE),
+    (Section::Service, "PassEnvironment", PROCESS),
+    (Section::Service, "PermissionsStartOnly", ENGINE),
+    (Section::Service, "Personality", PROCESS),
+    (Section::Service, "PrivateDevices", SANDBOX),
+    (Section::Service, "PrivateIPC", SANDBOX),
+    (Section::Service, "PrivateMounts", SANDBOX),
+    (Section::Service, "PrivateNetwork", SANDBOX),
+    (Section::Service, "PrivateTmp", Implemented),
+    (Section::Service, "PrivateUsers", SANDBOX),
+    (Section::Service, "ProcSubset", SANDBOX),
+    (Section::Service, "ProtectClock", KERNEL),
+    (Section::Service, "ProtectControlGroups", KERNEL),
+    (Section::Service, "ProtectHome", Implemented),
+    (Section::Service, "ProtectHostname", KERNEL),
+    (Section::Service, "ProtectKernelLogs", KERNEL),
+    (Section::Service, "ProtectKernelModules", KERNEL),
+    (Section::Service, "ProtectKernelTunables", KERNEL),
+    (Section::Service, "ProtectProc", SANDBOX),
+    (Section::Service, "ProtectSystem", Implemented),
+    (Section::Service, "ReadOnlyDirectories", Implemented),
+    (Section::Service, "ReadOnlyPaths", Implemented),
+    (Section::Service, "ReadWriteDirectories", Implemented),
+    (Section::Service, "ReadWritePaths", Implemented),
+    (Section::Service, "RebootArgument", NOT_YET),
+    (Section::Service, "RemainAfterExit", ENGINE),
+    (Section::Service, "RemoveIPC", SANDBOX),
+    (Section::Service, "Restart", Implemented),
+    (Section::Service, "RestartForceExitStatus", ENGINE),
+    (Section::Service, "RestartKillSignal", ENGINE),
+    (Section::Service, "RestartPreventExitStatus", ENGINE),
+    (Section::Service, "RestartSec", Implemented),
+    (Section::Service, "RestrictAddressFamilies", FILTERS),
+    (Section::Service, "RestrictFileSystems", FILTERS),
+    (Section::Service, "RestrictNamespaces", FILTERS),
+    (Section::Service, "RestrictNetworkInterfaces", FILTERS),
+    (Section::Service, "RestrictRealtime", FILTERS),
+    (Section::Service, "RestrictSUIDSGID", FILTERS),
+    (Section::Service, "RootDirectory", SANDBOX),
+    (Section::Service, "RootDirectoryStartOnly", ENGINE),
+    (Section::Service, "RootHash", SANDBOX),
+    (Section::Service, "RootHashSignature", SANDBOX),
+    (Section::Service, "RootImage", SANDBOX),
+    (Section::Service, "RootImageOptions", SANDBOX),
+    (Section::Service, "RootVerity", SANDBOX),
+    (Section::Service, "RuntimeDirectory", Implemented),
+    (Section::Service, "RuntimeDirectoryMode", Implemented),
+    (Section::Service, "RuntimeDirectoryPreserve", Implemented),
+    (Section::Service, "RuntimeMaxSec", ENGINE),
+    (Section::Service, "RuntimeRandomizedExtraSec", ENGINE),
+    (Section::Service, "SELinuxContext", LSM),
+    (Section::Service, "SecureBits", PROCESS),
+    (Section::Service, "SendSIGHUP", ENGINE),
+    (Section::Service, "SendSIGKILL", ENGINE),
+    (Section::Service, "SetCredential", CREDENTIALS),
+    (Section::Service, "SetCredentialEncrypted", CREDENTIALS),
+    (Section::Service, "Slice", SLICE),
+    (Section::Service, "SmackProcessLabel", LSM),
+    (Section::Service, "SocketBindAllow", FILTERS),
+    (Section::Service, "SocketBindDeny", FILTERS),
+    (Section::Service, "Sockets", SOCKETS),
+    (Section::Service, "StandardError", Implemented),
+    (Section::Service, "StandardInput", Implemented),
+    (Section::Service, "StandardInputData", PROCESS),
+    (Section::Service, "StandardInputText", PROCESS),
+    (Section::Service, "StandardOutput", Implemented),
+    (Section::Service, "StartLimitAction", NOT_YET),
+    (Section::Service, "StartLimitBurst", Implemented),
+    (Section::Service, "StartLimitInterval", Implemented),
+    (Section::Service, "StartupAllowedCPUs", RESOURCES),
+    (Section::Service, "StartupAllowedMemoryNodes", RESOURCES),
+    (Section::Service, "StartupBlockIOWeight", RESOURCES),
+    (Section::Service, "StartupCPUShares", RESOURCES),
+    (Section::Service, "StartupCPUWeight", RESOURCES),
+    (Section::Service, "StartupIOWeight", RESOURCES),
+    (Section::Service, "StateDirectory", Implemented),
+    (Section::Service, "StateDirectoryMode", Implemented),
+    (Section::Service, "SuccessExitStatus", ENGINE),
+    (Section::Service, "SupplementaryGroups", Implemented),
+    (Section::Service, "SysVStartPriority", OBSOLETE),
+    (Section::Service, "SyslogFacility", LOGGING),
+    (Section::Service, "SyslogIdentifier", Implemented),
+    (Section::Service, "SyslogLevel", LOGGING),
+    (Section::Service, "SyslogLevelPrefix", LOGGING),
+    (Section::Service, "SystemCallArchitectures", FILTERS),
+    (Section::Service, "SystemCallErrorNumber", FILTERS),
+    (Section::Service, "SystemCallFilter", FILTERS),
+    (Section::Service, "SystemCallLog", FILTERS),
+    (Section::Service, "TTYColumns", CONSOLE),
+    (Section::Service, "TTYPath", CONSOLE),
+    (Section::Service, "TTYReset", CONSOLE),
+    (Section::Service, "TTYRows", CONSOLE),
+    (Section::Service, "TTYVHangup", CONSOLE),
+    (Section::Service, "TTYVTDisallocate", CONSOLE),
+    (Section::Service, "TasksAccounting", ACCOUNTING),
+    (Section::Service, "TasksMax", Implemented),
+    (Section::Service, "TemporaryFileSystem", SANDBOX),
+    (Section::Service, "TimeoutAbortSec", ENGINE),
+    (Section::Service, "TimeoutCleanSec", PROCESS),
+    (Section::Service, "TimeoutSec", Implemented),
+    (Section::Service, "TimeoutStartFailureMode", ENGINE),
+    (Section::Service, "TimeoutStartSec", Implemented),
+    (Section::Service, "TimeoutStopFailureMode", ENGINE),
+    (Section::Service, "TimeoutStopSec", Implemented),
+    (Section::Service, "TimerSlackNSec", PROCESS),
+    (Section::Service, "Type", ENGINE),
+    (Section::Service, "UMask", Implemented),
+    (Section::Service, "USBFunctionDescriptors", HOST),
+    (Section::Service, "USBFunctionStrings", HOST),
+    (Section::Service, "UnsetEnvironment", PROCESS),
+    (Section::Service, "User", Implemented),
+    (Section::Service, "UtmpIdentifier", LOGIN),
+    (Section::Service, "UtmpMode", LOGIN),
+    (Section::Service, "WatchdogSec", ENGINE),
+    (Section::Service, "WatchdogSignal", ENGINE),
+    (Section::Service, "WorkingDirectory", Implemented),
+    (Section::Service, "ReadyCheck", Implemented),
+    (Section::Service, "StartLimitIntervalSec", Implemented),
+    (Section::Service, "RestartSteps", ENGINE),
+    (Section::Service, "RestartMaxDelaySec", ENGINE),
+    (Section::Service, "RestartMode", ENGINE),
+    (Section::Service, "FileDescriptorStorePreserve", SOCKETS),
+    (Section::Service, "OpenFile", SOCKETS),
+    (Section::Service, "ReloadSignal", ENGINE),
+    (Section::Service, "SetLoginEnvironment", LOGIN),
+    (Section::Service, "MemoryKSM", SANDBOX),
+    (Section::Service, "PrivatePIDs", SANDBOX),
+    (Section::Service, "LogFilterPatterns", LOGGING),
+    (Section::Service, "ImportCredential", CREDENTIALS),
+    (Section::Service, "MemoryZSwapMax", RESOURCES),
+    (Section::Service, "DelegateSubgroup", RESOURCES),
+    (Section::Install, "Alias", ALIAS),
+    (Section::Install, "Also", Implemented),
+    (Section::Install, "DefaultInstance", Implemented),
+    (Section::Install, "RequiredBy", Implemented),
+    (Section::Install, "WantedBy", Implemented),
+    (Section::Install, "UpheldBy", RELATIONS),
 ];
 
 const INSTANCE_KEYS: &[&str] = &[
@@ -185,268 +513,6 @@ pub fn instance_may_set(section: Section, key: &str) -> Result<(), String> {
     ))
 }
 
-/// Real systemd [Unit] keys aikore does not implement: accepted with a warning
-/// so existing unit files load.
-const SYSTEMD_UNIT_KEYS: &[&str] = &[
-    "Requisite",
-    "BindsTo",
-    "PartOf",
-    "Upholds",
-    "Conflicts",
-    "OnFailure",
-    "OnSuccess",
-    "OnFailureJobMode",
-    "PropagatesReloadTo",
-    "ReloadPropagatedFrom",
-    "PropagatesStopTo",
-    "StopPropagatedFrom",
-    "JoinsNamespaceOf",
-    "RequiresMountsFor",
-    "WantsMountsFor",
-    "IgnoreOnIsolate",
-    "StopWhenUnneeded",
-    "RefuseManualStart",
-    "RefuseManualStop",
-    "AllowIsolate",
-    "DefaultDependencies",
-    "SurviveFinalKillSignal",
-    "CollectMode",
-    "FailureAction",
-    "SuccessAction",
-    "FailureActionExitStatus",
-    "SuccessActionExitStatus",
-    "JobTimeoutSec",
-    "JobRunningTimeoutSec",
-    "JobTimeoutAction",
-    "JobTimeoutRebootArgument",
-    "StartLimitAction",
-    "RebootArgument",
-    "SourcePath",
-    "ConditionArchitecture",
-    "ConditionFirmware",
-    "ConditionVirtualization",
-    "ConditionHost",
-    "ConditionKernelCommandLine",
-    "ConditionKernelVersion",
-    "ConditionCredential",
-    "ConditionSecurity",
-    "ConditionCapability",
-    "ConditionACPower",
-    "ConditionNeedsUpdate",
-    "ConditionFirstBoot",
-    "ConditionPathExistsGlob",
-    "ConditionPathIsEncrypted",
-    "ConditionUser",
-    "ConditionGroup",
-    "ConditionControlGroupController",
-    "ConditionMemory",
-    "ConditionCPUs",
-    "ConditionCPUFeature",
-    "ConditionOSRelease",
-    "ConditionMemoryPressure",
-    "ConditionCPUPressure",
-    "ConditionIOPressure",
-    "AssertArchitecture",
-    "AssertVirtualization",
-    "AssertHost",
-    "AssertKernelCommandLine",
-    "AssertKernelVersion",
-    "AssertCredential",
-    "AssertSecurity",
-    "AssertCapability",
-    "AssertACPower",
-    "AssertNeedsUpdate",
-    "AssertFirstBoot",
-    "AssertPathExistsGlob",
-    "AssertUser",
-    "AssertGroup",
-    "AssertControlGroupController",
-    "AssertMemory",
-    "AssertCPUs",
-    "AssertOSRelease",
-];
-
-/// Real systemd [Service] keys (service, exec, kill and resource-control
-/// options) aikore does not implement.
-const SYSTEMD_SERVICE_KEYS: &[&str] = &[
-    // Service behaviour.
-    "Type",
-    "ExitType",
-    "RemainAfterExit",
-    "GuessMainPID",
-    "PIDFile",
-    "BusName",
-    "ExecStartPost",
-    "ExecCondition",
-    "ExecStopPost",
-    "RestartSteps",
-    "RestartMaxDelaySec",
-    "TimeoutSec",
-    "TimeoutAbortSec",
-    "TimeoutStartFailureMode",
-    "TimeoutStopFailureMode",
-    "RuntimeMaxSec",
-    "RuntimeRandomizedExtraSec",
-    "WatchdogSec",
-    "SuccessExitStatus",
-    "RestartPreventExitStatus",
-    "RestartForceExitStatus",
-    "RestartMode",
-    "RootDirectoryStartOnly",
-    "NonBlocking",
-    "NotifyAccess",
-    "Sockets",
-    "FileDescriptorStoreMax",
-    "FileDescriptorStorePreserve",
-    "USBFunctionDescriptors",
-    "USBFunctionStrings",
-    "OOMPolicy",
-    "OpenFile",
-    "ReloadSignal",
-    // Kill options.
-    "SendSIGKILL",
-    "SendSIGHUP",
-    "FinalKillSignal",
-    "RestartKillSignal",
-    "WatchdogSignal",
-    // Exec options.
-    "ExecSearchPath",
-    "RootDirectory",
-    "RootImage",
-    "RootImageOptions",
-    "RootHash",
-    "RootVerity",
-    "MountAPIVFS",
-    "BindPaths",
-    "BindReadOnlyPaths",
-    "MountImages",
-    "ExtensionImages",
-    "ExtensionDirectories",
-    "DynamicUser",
-    "SetLoginEnvironment",
-    "PAMName",
-    "SecureBits",
-    "SELinuxContext",
-    "AppArmorProfile",
-    "SmackProcessLabel",
-    "CoredumpFilter",
-    "KeyringMode",
-    "TimerSlackNSec",
-    "Personality",
-    "IgnoreSIGPIPE",
-    "CPUSchedulingPolicy",
-    "CPUSchedulingPriority",
-    "CPUSchedulingResetOnFork",
-    "CPUAffinity",
-    "NUMAPolicy",
-    "NUMAMask",
-    "IOSchedulingClass",
-    "IOSchedulingPriority",
-    "TimeoutCleanSec",
-    "ExecPaths",
-    "NoExecPaths",
-    "TemporaryFileSystem",
-    "PrivateDevices",
-    "PrivateNetwork",
-    "NetworkNamespacePath",
-    "PrivateIPC",
-    "IPCNamespacePath",
-    "MemoryKSM",
-    "PrivatePIDs",
-    "PrivateUsers",
-    "ProtectHostname",
-    "ProtectClock",
-    "ProtectKernelTunables",
-    "ProtectKernelModules",
-    "ProtectKernelLogs",
-    "ProtectControlGroups",
-    "RestrictAddressFamilies",
-    "RestrictFileSystems",
-    "RestrictNamespaces",
-    "LockPersonality",
-    "MemoryDenyWriteExecute",
-    "RestrictRealtime",
-    "RestrictSUIDSGID",
-    "RemoveIPC",
-    "PrivateMounts",
-    "MountFlags",
-    "SystemCallFilter",
-    "SystemCallErrorNumber",
-    "SystemCallArchitectures",
-    "SystemCallLog",
-    "PassEnvironment",
-    "UnsetEnvironment",
-    "StandardInputText",
-    "StandardInputData",
-    "LogLevelMax",
-    "LogExtraFields",
-    "LogRateLimitIntervalSec",
-    "LogRateLimitBurst",
-    "LogFilterPatterns",
-    "LogNamespace",
-    "SyslogFacility",
-    "SyslogLevel",
-    "SyslogLevelPrefix",
-    "TTYPath",
-    "TTYReset",
-    "TTYVHangup",
-    "TTYRows",
-    "TTYColumns",
-    "TTYVTDisallocate",
-    "LoadCredential",
-    "LoadCredentialEncrypted",
-    "ImportCredential",
-    "SetCredential",
-    "SetCredentialEncrypted",
-    "UtmpIdentifier",
-    "UtmpMode",
-    // Resource control.
-    "CPUAccounting",
-    "StartupCPUWeight",
-    "CPUQuotaPeriodSec",
-    "StartupAllowedCPUs",
-    "MemoryAccounting",
-    "MemoryMin",
-    "MemoryLow",
-    "MemoryZSwapMax",
-    "AllowedMemoryNodes",
-    "TasksAccounting",
-    "IOAccounting",
-    "StartupIOWeight",
-    "IODeviceWeight",
-    "IOReadBandwidthMax",
-    "IOWriteBandwidthMax",
-    "IOReadIOPSMax",
-    "IOWriteIOPSMax",
-    "IODeviceLatencyTargetSec",
-    "IPAccounting",
-    "IPAddressAllow",
-    "IPAddressDeny",
-    "IPIngressFilterPath",
-    "IPEgressFilterPath",
-    "BPFProgram",
-    "SocketBindAllow",
-    "SocketBindDeny",
-    "RestrictNetworkInterfaces",
-    "DeviceAllow",
-    "DevicePolicy",
-    "Slice",
-    "Delegate",
-    "DelegateSubgroup",
-    "DisableControllers",
-    "ManagedOOMSwap",
-    "ManagedOOMMemoryPressure",
-    "ManagedOOMMemoryPressureLimit",
-    "ManagedOOMPreference",
-    "CPUShares",
-    "StartupCPUShares",
-    "MemoryLimit",
-    "BlockIOAccounting",
-    "BlockIOWeight",
-];
-
-const SYSTEMD_INSTALL_KEYS: &[&str] = &["Alias", "WantedBy", "RequiredBy", "UpheldBy", "Also", "DefaultInstance"];
-
 /// Real systemd section names that make no sense in a *.service file; they
 /// are errors, but the message says why instead of guessing a typo.
 const OTHER_SYSTEMD_SECTIONS: &[&str] =
@@ -461,25 +527,19 @@ pub enum Section {
 }
 
 impl Section {
-    fn implemented(self) -> &'static [&'static str] {
-        match self {
-            Section::Unit => UNIT_KEYS,
-            Section::Service => SERVICE_KEYS,
-            Section::Instance => INSTANCE_KEYS,
-            Section::Install => &[],
-        }
+    /// The keys of this section and what aikore does with each.
+    fn keys(self) -> impl Iterator<Item = (&'static str, Support)> + Clone {
+        let instance = INSTANCE_KEYS.iter().map(|k| (*k, Implemented));
+        let systemd = SYSTEMD_KEYS.iter().filter(move |(s, _, _)| *s == self).map(|(_, k, sup)| (*k, *sup));
+        let instance = if self == Section::Instance { Some(instance) } else { None };
+        systemd.chain(instance.into_iter().flatten())
     }
 
-    fn systemd_only(self) -> &'static [&'static str] {
-        match self {
-            Section::Unit => SYSTEMD_UNIT_KEYS,
-            Section::Service => SYSTEMD_SERVICE_KEYS,
-            Section::Instance => &[],
-            Section::Install => SYSTEMD_INSTALL_KEYS,
-        }
+    fn support(self, key: &str) -> Option<Support> {
+        self.keys().find(|(k, _)| *k == key).map(|(_, s)| s)
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Section::Unit => "Unit",
             Section::Service => "Service",
@@ -488,7 +548,35 @@ impl Section {
         }
     }
 
-    const ALL: [Section; 4] = [Section::Unit, Section::Service, Section::Instance, Section::Install];
+    pub const ALL: [Section; 4] = [Section::Unit, Section::Service, Section::Instance, Section::Install];
+}
+
+/// Every key of systemd's sections with its support, in table order (docs/units.md, the corpus count).
+pub fn systemd_keys() -> impl Iterator<Item = (Section, &'static str, Support)> {
+    SYSTEMD_KEYS.iter().copied()
+}
+
+/// What aikore does with `key` in `section`; None for a key it does not know.
+pub fn support(section: Section, key: &str) -> Option<Support> {
+    section.support(key)
+}
+
+/// The table of docs/units.md between its markers: every systemd key, what
+/// aikore does with it and why.
+pub fn doc_table() -> String {
+    let mut out = String::from("| section | key | aikore | why |\n|---|---|---|---|\n");
+    for (section, key, support) in systemd_keys() {
+        let (what, why) = match support {
+            Implemented => ("implemented", ""),
+            Meaningless(why) => ("ignored: meaningless in a container", why),
+            NotYet(why) => ("ignored: not implemented yet", why),
+        };
+        out.push_str(&format!("| [{}] | `{key}=` | {what} | {why} |\n", section.name()));
+    }
+    for key in INSTANCE_KEYS {
+        out.push_str(&format!("| [Instance] | `{key}=` | implemented | aikore's own (instances) |\n"));
+    }
+    out
 }
 
 /// What a `[Name]` header means for a unit of `kind`.
@@ -535,20 +623,23 @@ pub enum KeyClass {
 }
 
 pub fn classify_key(section: Section, key: &str) -> KeyClass {
-    if section.implemented().contains(&key) {
-        return KeyClass::Implemented;
+    match section.support(key) {
+        Some(Implemented) => return KeyClass::Implemented,
+        Some(Meaningless(why)) => {
+            return KeyClass::Ignored(Some(format!("{key}= is ignored: it has no meaning in a container ({why})")))
+        }
+        Some(NotYet(why)) => {
+            return KeyClass::Ignored(Some(format!("{key}= is not implemented by aikore yet and is ignored ({why})")))
+        }
+        None => {}
     }
     if key.starts_with("X-") {
         return KeyClass::Ignored(None);
     }
-    if section.systemd_only().contains(&key) {
-        return KeyClass::Ignored(Some(format!("{key}= is not supported by aikore and is ignored")));
-    }
-    if let Some(home) = Section::ALL.iter().find(|s| s.implemented().contains(&key) || s.systemd_only().contains(&key))
-    {
+    if let Some(home) = Section::ALL.iter().find(|s| s.support(key).is_some()) {
         return KeyClass::Unknown(format!("{key}= belongs in [{}], not [{}]", home.name(), section.name()));
     }
-    let candidates = section.implemented().iter().chain(section.systemd_only()).copied();
+    let candidates = section.keys().map(|(k, _)| k);
     let message = match closest(key, candidates) {
         Some(k) => format!("unknown key {key}= in [{}]; did you mean {k}=?", section.name()),
         None => format!("unknown key {key}= in [{}]", section.name()),
@@ -601,12 +692,17 @@ mod tests {
         assert_eq!(classify_key(Section::Service, "ExecStart"), KeyClass::Implemented);
         assert_eq!(classify_key(Section::Service, "StartLimitBurst"), KeyClass::Implemented);
         assert_eq!(classify_key(Section::Instance, "GPUs"), KeyClass::Implemented);
-        assert_eq!(
-            classify_key(Section::Service, "PrivateDevices"),
-            KeyClass::Ignored(Some("PrivateDevices= is not supported by aikore and is ignored".into()))
-        );
-        assert!(matches!(classify_key(Section::Install, "WantedBy"), KeyClass::Ignored(Some(_))));
-        assert!(matches!(classify_key(Section::Unit, "ConditionVirtualization"), KeyClass::Ignored(Some(_))));
+        assert!(matches!(
+            classify_key(Section::Service, "ProtectSystem"),
+            KeyClass::Ignored(Some(m)) if m.starts_with("ProtectSystem= is not implemented by aikore yet and is ignored (")
+        ));
+        assert!(matches!(
+            classify_key(Section::Service, "TTYPath"),
+            KeyClass::Ignored(Some(m)) if m.starts_with("TTYPath= is ignored: it has no meaning in a container (")
+        ));
+        assert_eq!(classify_key(Section::Install, "WantedBy"), KeyClass::Implemented);
+        assert_eq!(classify_key(Section::Service, "TimeoutSec"), KeyClass::Implemented);
+        assert!(matches!(classify_key(Section::Unit, "ConditionPathIsDirectory"), KeyClass::Ignored(Some(_))));
         assert_eq!(classify_key(Section::Service, "X-Custom"), KeyClass::Ignored(None));
     }
 
@@ -650,12 +746,32 @@ mod tests {
     }
 
     #[test]
-    fn tables_have_no_duplicates_across_kinds() {
-        for s in Section::ALL {
-            for k in s.implemented() {
-                assert!(!s.systemd_only().contains(k), "{k} is both implemented and ignored");
-            }
+    fn the_table_has_no_duplicates() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (section, key, _) in systemd_keys() {
+            assert!(seen.insert((section.name(), key)), "{key} twice in [{}]", section.name());
         }
+    }
+
+    /// docs/units.md carries the table between two markers; `AIKORE_UPDATE_DOCS=1`
+    /// rewrites it after a change to the table.
+    #[test]
+    fn the_doc_matches_the_table() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/units.md");
+        let doc = std::fs::read_to_string(&path).expect("docs/units.md");
+        let (begin, end) = ("<!-- keys:begin -->\n", "<!-- keys:end -->");
+        let start = doc.find(begin).expect("begin marker") + begin.len();
+        let stop = doc.find(end).expect("end marker");
+        let table = doc_table();
+        if std::env::var_os("AIKORE_UPDATE_DOCS").is_some() {
+            let updated = format!("{}{table}{}", &doc[..start], &doc[stop..]);
+            std::fs::write(&path, updated).expect("write docs/units.md");
+            return;
+        }
+        assert!(
+            doc[start..stop] == table,
+            "docs/units.md's key table differs from src/units/keys.rs: run AIKORE_UPDATE_DOCS=1 cargo test --lib the_doc_matches_the_table"
+        );
     }
 
     #[test]

@@ -1,18 +1,25 @@
 //! Loading unit directories: which files are units, and how a user directory
 //! overrides the stock one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::graph::check_graph;
-use super::resolve::parse_unit_file;
+use super::graph::check_graph_with;
+use super::name::{is_template_name, template_of};
+use super::resolve::{is_masked, parse_unit_file, parse_unit_named};
 use super::{Diagnostic, Severity, Unit, UnitKind};
+
+/// How many template instances one load makes at most: a template whose
+/// instances name further instances (`Wants=a@%i-x.service`) would never end.
+const MAX_INSTANCES: usize = 1000;
 
 /// Every unit that parsed, sorted by name, and every diagnostic found.
 #[derive(Debug, Clone, Default)]
 pub struct LoadedUnits {
     pub units: Vec<Unit>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Template files by name (`getty@` -> its path): what `getty@tty1` is made from.
+    pub templates: BTreeMap<String, PathBuf>,
 }
 
 /// Loads `*.service` and `*.instance` files from `dirs` in order (the caller
@@ -21,7 +28,16 @@ pub struct LoadedUnits {
 /// out; graph problems (missing Requires=, cycles) are reported but the units
 /// stay loaded, so the supervisor decides what to do with them.
 pub fn load_dirs(dirs: &[PathBuf]) -> LoadedUnits {
+    load_dirs_with(dirs, &BTreeSet::new())
+}
+
+/// [`load_dirs`], also making the template instances in `requested` (ones
+/// started by name since the daemon began). Instances named by an enable
+/// link (`multi-user.target.wants/getty@tty1.service`) or by another unit's
+/// dependencies are made as well, from their template's file.
+pub fn load_dirs_with(dirs: &[PathBuf], requested: &BTreeSet<String>) -> LoadedUnits {
     let mut by_name: BTreeMap<String, Unit> = BTreeMap::new();
+    let mut templates: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut diagnostics = Vec::new();
     for dir in dirs {
         let files = match unit_files(dir) {
@@ -31,6 +47,11 @@ pub fn load_dirs(dirs: &[PathBuf]) -> LoadedUnits {
                 continue;
             }
         };
+        // A later dir's link to /dev/null masks the unit (`systemctl mask`).
+        for name in masked_names(dir) {
+            by_name.remove(&name);
+            templates.remove(&name);
+        }
         let mut seen_here: BTreeMap<String, PathBuf> = BTreeMap::new();
         for path in files {
             let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
@@ -42,7 +63,16 @@ pub fn load_dirs(dirs: &[PathBuf]) -> LoadedUnits {
                 continue;
             }
             seen_here.insert(name.clone(), path.clone());
+            if is_alias(&path) {
+                // systemd's alias (`dbus-org.freedesktop.login1.service` -> `systemd-logind.service`):
+                // the same unit under another name, not a second unit running the same command.
+                continue;
+            }
             match parse_unit_file(&path) {
+                Ok((_, warnings)) if is_template_name(&name) => {
+                    diagnostics.extend(warnings);
+                    templates.insert(name, path);
+                }
                 Ok((unit, warnings)) => {
                     diagnostics.extend(warnings);
                     by_name.insert(unit.name.clone(), unit);
@@ -51,9 +81,10 @@ pub fn load_dirs(dirs: &[PathBuf]) -> LoadedUnits {
                     diagnostics.extend(diags);
                     // A broken override must not quietly run the stock unit the
                     // user meant to replace.
-                    if let Some(old) = by_name.remove(&name) {
+                    let old = by_name.remove(&name).map(|u| u.path).or_else(|| templates.remove(&name));
+                    if let Some(old) = old {
                         diagnostics.push(Diagnostic {
-                            path: old.path.clone(),
+                            path: old,
                             line: 0,
                             severity: Severity::Warning,
                             message: format!("not loaded: its override {} has errors", path.display()),
@@ -63,9 +94,108 @@ pub fn load_dirs(dirs: &[PathBuf]) -> LoadedUnits {
             }
         }
     }
+    let links = super::install::read_links(dirs);
+    let mut wanted: BTreeSet<String> = requested.clone();
+    wanted.extend(links.boot.iter().cloned());
+    wanted.extend(links.edges.iter().map(|(_, _, to)| to.clone()));
+    instantiate(&mut by_name, &templates, wanted, &mut diagnostics);
+    for (from, key, to) in &links.edges {
+        if let Some(unit) = by_name.get_mut(from) {
+            let list = if *key == "Requires" { &mut unit.requires } else { &mut unit.wants };
+            if !list.contains(to) {
+                list.push(to.clone());
+            }
+        }
+    }
+    for name in &links.boot {
+        if let Some(unit) = by_name.get_mut(name) {
+            unit.starts_at_boot = true;
+        }
+    }
     let units: Vec<Unit> = by_name.into_values().collect();
-    diagnostics.extend(check_graph(&units));
-    LoadedUnits { units, diagnostics }
+    let template_names: BTreeSet<String> = templates.keys().cloned().collect();
+    diagnostics.extend(check_graph_with(&units, &template_names));
+    LoadedUnits { units, diagnostics, templates }
+}
+
+/// Makes every template instance that is `wanted` or that a loaded unit
+/// names, until no new one appears. A concrete file (`getty@tty1.service`)
+/// wins over its template, as in systemd.
+fn instantiate(
+    by_name: &mut BTreeMap<String, Unit>,
+    templates: &BTreeMap<String, PathBuf>,
+    mut wanted: BTreeSet<String>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let mut made = 0usize;
+    let mut tried: BTreeSet<String> = BTreeSet::new();
+    loop {
+        for unit in by_name.values() {
+            let lists = [unit.requires.as_slice(), unit.wants.as_slice()]
+                .into_iter()
+                .chain(unit.relations.all().into_iter().map(|(_, l)| l));
+            for list in lists {
+                wanted.extend(list.iter().filter(|d| template_of(d).is_some()).cloned());
+            }
+        }
+        let todo: Vec<String> = wanted
+            .iter()
+            .filter(|n| !by_name.contains_key(*n) && !tried.contains(*n))
+            .filter(|n| template_of(n).is_some_and(|t| templates.contains_key(t)))
+            .cloned()
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        for name in todo {
+            tried.insert(name.clone());
+            let Some(path) = template_of(&name).and_then(|t| templates.get(t)) else { continue };
+            if made == MAX_INSTANCES {
+                diagnostics.push(error(
+                    path,
+                    format!(
+                        "more than {MAX_INSTANCES} instances of this template; '{name}' and later ones are not made"
+                    ),
+                ));
+                return;
+            }
+            made += 1;
+            match std::fs::read_to_string(path)
+                .map_err(|e| vec![error(path, format!("cannot read unit file: {e}"))])
+                .and_then(|text| parse_unit_named(path, &name, &text))
+            {
+                Ok((unit, warnings)) => {
+                    // The template's own parse already reported what is not about this instance.
+                    diagnostics.extend(warnings.into_iter().filter(|w| w.line == 0));
+                    by_name.insert(name, unit);
+                }
+                Err(diags) => diagnostics.extend(diags.into_iter().filter(|d| d.severity == Severity::Error)),
+            }
+        }
+    }
+}
+
+/// A link to another unit file of a different name (not a template
+/// instance's link to its template, which is how systemd spells those).
+fn is_alias(path: &Path) -> bool {
+    let Ok(target) = std::fs::read_link(path) else { return false };
+    let (Some(own), Some(to)) = (path.file_name(), target.file_name()) else { return false };
+    let own = own.to_string_lossy();
+    let to = to.to_string_lossy();
+    own != to
+        && to.ends_with(".service")
+        && template_of(own.trim_end_matches(".service")).is_none_or(|t| format!("{t}.service") != to)
+}
+
+/// The names of the unit files in `dir` that are links to /dev/null.
+fn masked_names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| UnitKind::from_path(p).is_some() && is_masked(p))
+        .filter_map(|p| Some(p.file_stem()?.to_str()?.to_string()))
+        .collect()
 }
 
 /// The unit files directly in `dir`, sorted by file name; a missing dir is empty.
@@ -102,11 +232,18 @@ fn unit_files(dir: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
 pub fn check_paths(paths: &[PathBuf]) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
     let mut units: Vec<Unit> = Vec::new();
+    let mut templates: BTreeSet<String> = BTreeSet::new();
     for path in paths {
+        if is_masked(path) {
+            // Masked: nothing to check (Debian masks units its init scripts replace).
+            continue;
+        }
         match parse_unit_file(path) {
             Ok((unit, warnings)) => {
                 diagnostics.extend(warnings);
-                if let Some(prev) = units.iter().position(|u| u.name == unit.name) {
+                if is_template_name(&unit.name) {
+                    templates.insert(unit.name);
+                } else if let Some(prev) = units.iter().position(|u| u.name == unit.name) {
                     diagnostics.push(Diagnostic {
                         path: path.clone(),
                         line: 0,
@@ -125,7 +262,7 @@ pub fn check_paths(paths: &[PathBuf]) -> Vec<Diagnostic> {
             Err(diags) => diagnostics.extend(diags),
         }
     }
-    diagnostics.extend(check_graph(&units));
+    diagnostics.extend(check_graph_with(&units, &templates));
     diagnostics
 }
 
@@ -175,11 +312,44 @@ mod tests {
         let errors: Vec<String> =
             loaded.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect();
         assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[0].ends_with("bad.service:1: a .service unit needs ExecStart="));
+        assert!(
+            errors[0].ends_with("bad.service:1: a .service unit needs ExecStart= (a oneshot may do without one if it has ExecStop=, RemainAfterExit=yes or SuccessAction=)")
+        );
         assert!(errors[1].ends_with("bad.service:2: unknown key ExecStrat= in [Service]; did you mean ExecStart=?"));
         assert!(errors[2].contains("over.service:2: invalid Restart=sometimes"));
         // The stock unit the broken override meant to replace is not run either.
         assert!(loaded.diagnostics.iter().any(|d| d.severity == Severity::Warning && d.message.contains("override")));
+    }
+
+    #[test]
+    fn an_alias_link_is_not_a_second_unit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "systemd-logind.service", SVC);
+        write(dir.path(), "getty@.service", "[Service]\nExecStart=/bin/echo %i\n");
+        std::os::unix::fs::symlink("systemd-logind.service", dir.path().join("dbus-org.freedesktop.login1.service"))
+            .expect("link");
+        std::os::unix::fs::symlink("getty@.service", dir.path().join("getty@tty1.service")).expect("link");
+        let loaded = load_dirs(&[dir.path().to_path_buf()]);
+        let names: Vec<&str> = loaded.units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["getty@tty1", "systemd-logind"]);
+        let argv = loaded.units[0].service.exec_start.as_ref().map(|c| c.argv.clone());
+        assert_eq!(argv, Some(vec!["/bin/echo".to_string(), "tty1".to_string()]));
+    }
+
+    #[test]
+    fn a_link_to_dev_null_masks_a_unit() {
+        let stock = tempfile::tempdir().expect("tempdir");
+        let user = tempfile::tempdir().expect("tempdir");
+        write(stock.path(), "kept.service", SVC);
+        write(stock.path(), "masked.service", SVC);
+        std::os::unix::fs::symlink("/dev/null", stock.path().join("gone.service")).expect("link");
+        std::os::unix::fs::symlink("/dev/null", user.path().join("masked.service")).expect("link");
+        let loaded = load_dirs(&[stock.path().to_path_buf(), user.path().to_path_buf()]);
+        let names: Vec<&str> = loaded.units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["kept"]);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        // `aikore check` skips a masked file without a word, as Debian ships several.
+        assert!(check_paths(&[stock.path().join("gone.service")]).is_empty());
     }
 
     #[test]
@@ -194,9 +364,9 @@ mod tests {
         let diags =
             check_paths(&[dir.path().join("a.service"), dir.path().join("b.service"), dir.path().join("c.service")]);
         let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-        assert!(text.iter().any(|t| t.contains("network.target")), "{text:?}");
+        assert!(!text.iter().any(|t| t.contains("network.target")), "targets are dropped silently: {text:?}");
         assert!(text.iter().any(|t| t.contains("c.service:0: cannot read unit file")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("Requires=ghost") && !t.contains("warning")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("warning: Requires=ghost")), "{text:?}");
         assert!(text.iter().any(|t| t.contains("warning: Wants=maybe")), "{text:?}");
         assert!(text.iter().any(|t| t.contains("ordering cycle: a -> b -> a")), "{text:?}");
     }

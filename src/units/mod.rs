@@ -15,12 +15,16 @@ mod env_name;
 mod exec;
 mod expand;
 pub mod gpus;
+pub mod corpus;
 mod graph;
 mod ini;
-mod keys;
+pub mod install;
+pub mod keys;
 mod load;
+pub mod name;
 mod quote;
 mod resolve;
+pub mod specifier;
 mod timespan;
 
 pub use checks::{unescape_octal as unescape_mount_path, Check, Checks};
@@ -31,14 +35,27 @@ pub use exec::{
 };
 pub use expand::{expand_vars, parse_env_file};
 pub use gpus::{GpuId, GpuSpec, InstanceLimits};
-pub use graph::{check_graph, find_cycle, start_order};
-pub use load::{check_paths, load_dirs, LoadedUnits};
+pub use graph::{check_graph, dependency_tree, find_cycle, start_order, DependencyNode};
+pub use load::{check_paths, load_dirs, load_dirs_with, LoadedUnits};
+pub use name::{is_valid_service_name, template_of};
 pub use quote::{is_valid_env_name, split_command_line};
-pub use resolve::{parse_unit_file, parse_unit_str};
+pub use resolve::{is_masked, parse_signal, parse_unit_file, parse_unit_named, parse_unit_str};
 pub use timespan::parse_timespan;
 
-/// Names a unit may have: a name becomes a path, a URL segment and an NGINX
-/// location, so nothing outside this alphabet is accepted.
+/// systemd's ActiveState for an aikore status (`aikore is-active`, `show`).
+pub fn active_state_of(status: &str) -> &'static str {
+    match status {
+        "started" | "stalled" => "active",
+        "starting" | "restarting" => "activating",
+        "stopping" => "deactivating",
+        "failed" | "error" => "failed",
+        _ => "inactive",
+    }
+}
+
+/// Names an instance may have: its name becomes a path, a URL segment and an
+/// NGINX location, so nothing outside this alphabet is accepted. Services
+/// follow systemd's wider grammar ([`is_valid_service_name`]).
 pub fn is_valid_unit_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
@@ -113,6 +130,9 @@ pub enum RestartPolicy {
     OnFailure,
     OnAbnormal,
     Always,
+    OnSuccess,
+    OnAbort,
+    OnWatchdog,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -124,6 +144,39 @@ pub enum KillMode {
     ProcessGroup,
     /// KillSignal to the main process, SIGKILL to the rest at the end.
     Mixed,
+    /// systemd's `process`: only the main process is signalled and the rest
+    /// may outlive the unit (`aikore check` warns about it).
+    Process,
+}
+
+/// Type= as written; the engine's part of issue 14 gives each its meaning
+/// (today every type is supervised as `simple`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    #[default]
+    Simple,
+    Exec,
+    Forking,
+    Oneshot,
+    Dbus,
+    Notify,
+    NotifyReload,
+    Idle,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::Simple => "simple",
+            ServiceType::Exec => "exec",
+            ServiceType::Forking => "forking",
+            ServiceType::Oneshot => "oneshot",
+            ServiceType::Dbus => "dbus",
+            ServiceType::Notify => "notify",
+            ServiceType::NotifyReload => "notify-reload",
+            ServiceType::Idle => "idle",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -150,7 +203,13 @@ pub struct EnvironmentFile {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
+    pub service_type: ServiceType,
+    /// The first ExecStart= (the only one, except in a oneshot).
     pub exec_start: Option<ExecCommand>,
+    /// A `Type=oneshot`'s further ExecStart= commands, run in order after `exec_start`.
+    pub exec_start_more: Vec<ExecCommand>,
+    /// RemainAfterExit=: a oneshot stays active once its commands are done.
+    pub remain_after_exit: bool,
     pub exec_start_pre: Vec<ExecCommand>,
     pub exec_reload: Vec<ExecCommand>,
     pub exec_stop: Vec<ExecCommand>,
@@ -166,6 +225,8 @@ pub struct ServiceConfig {
     pub environment: Vec<(String, String)>,
     pub environment_files: Vec<EnvironmentFile>,
     pub working_directory: Option<PathBuf>,
+    /// `WorkingDirectory=-/path`: a missing directory is not an error.
+    pub working_directory_optional: bool,
     pub user: Option<String>,
     pub group: Option<String>,
     pub umask: Option<u32>,
@@ -180,7 +241,10 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
+            service_type: ServiceType::Simple,
             exec_start: None,
+            exec_start_more: Vec::new(),
+            remain_after_exit: false,
             exec_start_pre: Vec::new(),
             exec_reload: Vec::new(),
             exec_stop: Vec::new(),
@@ -194,6 +258,7 @@ impl Default for ServiceConfig {
             environment: Vec::new(),
             environment_files: Vec::new(),
             working_directory: None,
+            working_directory_optional: false,
             user: None,
             group: None,
             umask: None,
@@ -265,11 +330,86 @@ pub struct PathCondition {
     pub path: PathBuf,
     /// `!` prefix: the path must NOT exist.
     pub negate: bool,
+    /// `|` prefix: a triggering condition; of those, one holding is enough.
+    pub trigger: bool,
 }
 
 impl PathCondition {
     pub fn holds(&self) -> bool {
         self.path.exists() != self.negate
+    }
+
+    fn written(&self) -> String {
+        let trigger = if self.trigger { "|" } else { "" };
+        let negate = if self.negate { "!" } else { "" };
+        format!("ConditionPathExists={trigger}{negate}{}", self.path.display())
+    }
+}
+
+/// Why a start is skipped, as systemd judges conditions: every plain one
+/// must hold, and of the `|` (triggering) ones at least one, if there are any.
+pub fn unmet_condition(conditions: &[PathCondition]) -> Option<String> {
+    if let Some(c) = conditions.iter().find(|c| !c.trigger && !c.holds()) {
+        return Some(format!("{} not met", c.written()));
+    }
+    let triggers: Vec<&PathCondition> = conditions.iter().filter(|c| c.trigger).collect();
+    if !triggers.is_empty() && !triggers.iter().any(|c| c.holds()) {
+        let all: Vec<String> = triggers.iter().map(|c| c.written()).collect();
+        return Some(format!("none of {} met", all.join(", ")));
+    }
+    None
+}
+
+/// systemd's further dependency keys, as unit names (suffixes stripped).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Relations {
+    /// RefuseManualStart=/RefuseManualStop=: a client's start/stop is refused;
+    /// dependencies and relations still start and stop the unit.
+    pub refuse_manual_start: bool,
+    pub refuse_manual_stop: bool,
+    /// SuccessAction=/FailureAction= other than `none`, as written (`exit`,
+    /// `poweroff`, `reboot`, ...): in a container each means aikore's ordered
+    /// shutdown, so the container ends (and its runtime may restart it).
+    pub success_action: Option<String>,
+    pub failure_action: Option<String>,
+    pub requisite: Vec<String>,
+    pub binds_to: Vec<String>,
+    pub part_of: Vec<String>,
+    pub upholds: Vec<String>,
+    pub conflicts: Vec<String>,
+    pub on_failure: Vec<String>,
+    pub on_success: Vec<String>,
+}
+
+impl Relations {
+    /// `(key, names)` for every relation, in systemd's order.
+    pub fn all(&self) -> [(&'static str, &[String]); 7] {
+        [
+            ("Requisite", &self.requisite),
+            ("BindsTo", &self.binds_to),
+            ("PartOf", &self.part_of),
+            ("Upholds", &self.upholds),
+            ("Conflicts", &self.conflicts),
+            ("OnFailure", &self.on_failure),
+            ("OnSuccess", &self.on_success),
+        ]
+    }
+}
+
+/// `[Install]`: names as written (targets keep their `.target`, services
+/// lose `.service`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InstallConfig {
+    pub wanted_by: Vec<String>,
+    pub required_by: Vec<String>,
+    pub also: Vec<String>,
+    pub default_instance: Option<String>,
+}
+
+impl InstallConfig {
+    /// Whether `aikore enable` has anything to link.
+    pub fn is_installable(&self) -> bool {
+        !self.wanted_by.is_empty() || !self.required_by.is_empty() || !self.also.is_empty()
     }
 }
 
@@ -287,6 +427,16 @@ pub struct Unit {
     pub before: Vec<String>,
     pub requires: Vec<String>,
     pub wants: Vec<String>,
+    /// Requisite=, BindsTo=, PartOf=, Upholds=, Conflicts=, OnFailure=, OnSuccess=.
+    pub relations: Relations,
+    /// [Install]: what `aikore enable` links.
+    pub install: InstallConfig,
+    /// Started by `StartAll` at boot: a service with no WantedBy=/RequiredBy=/UpheldBy=
+    /// (aikore's rule since the start), or one enabled with `aikore enable`.
+    /// Instances use `Autostart=` instead.
+    pub starts_at_boot: bool,
+    /// `echo@` for `echo@a`: the template this unit was instantiated from.
+    pub template: Option<String>,
     pub start_limit_interval: Duration,
     pub start_limit_burst: u32,
     /// ConditionPathExists=: every one must hold or the start is skipped

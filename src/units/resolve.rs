@@ -9,11 +9,14 @@ use nix::sys::signal::Signal;
 
 use super::ini::{self, Entry};
 use super::keys::{self, KeyClass, Section, SectionClass};
+use super::name::{is_template_name, is_valid_service_name};
 use super::quote::{parse_environment, parse_exec_command};
+use super::specifier::Specifiers;
 use super::timespan::{parse_finite_timespan, parse_timespan};
 use super::{
-    is_valid_unit_name, Diagnostic, EnvironmentFile, ExecCommand, InstanceConfig, KillMode, PathCondition, PortSpec,
-    ReadyCheck, RestartPolicy, ServiceConfig, Severity, Unit, UnitKind,
+    is_valid_unit_name, Diagnostic, EnvironmentFile, ExecCommand, InstallConfig, InstanceConfig, KillMode,
+    PathCondition, PortSpec, ReadyCheck, Relations, RestartPolicy, ServiceConfig, ServiceType, Severity, Unit,
+    UnitKind,
 };
 
 /// Suffixes of systemd unit types aikore does not run; dependencies on them
@@ -21,8 +24,21 @@ use super::{
 const IGNORED_DEP_SUFFIXES: &[&str] =
     &[".target", ".socket", ".mount", ".automount", ".swap", ".path", ".timer", ".slice", ".scope", ".device"];
 
+/// Keys the engine does not act on yet but the definition carries all the
+/// same: the dependency graph shows Requisite=, and Type= decides whether
+/// several ExecStart= (or none) are allowed.
+const PARSED_THOUGH_IGNORED: &[&str] = &["Requisite", "Type", "RemainAfterExit"];
+
 /// Reads and parses one unit file. An unreadable file is one diagnostic at line 0.
 pub fn parse_unit_file(path: &Path) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
+    if is_masked(path) {
+        return Err(vec![Diagnostic {
+            path: path.to_path_buf(),
+            line: 0,
+            severity: Severity::Error,
+            message: "the unit is masked (a link to /dev/null): it cannot be loaded".to_string(),
+        }]);
+    }
     match std::fs::read_to_string(path) {
         Ok(text) => parse_unit_str(path, &text),
         Err(e) => Err(vec![Diagnostic {
@@ -34,27 +50,54 @@ pub fn parse_unit_file(path: &Path) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagn
     }
 }
 
+/// A unit file linked to /dev/null is masked, as in systemd (Debian masks
+/// the units its init scripts replace that way).
+pub fn is_masked(path: &Path) -> bool {
+    std::fs::canonicalize(path).is_ok_and(|p| p == Path::new("/dev/null"))
+}
+
 /// Parses unit file text; `path` gives the name (file stem), the kind
 /// (extension) and the label of diagnostics. `Ok` carries warnings; `Err`
 /// carries every diagnostic, at least one of them an error.
 pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let mut cx = Resolver::new(path);
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
-    if !is_valid_unit_name(&name) {
-        cx.error(0, format!(
-            "invalid unit name '{name}': use 1-63 characters from a-z, 0-9, '_' and '-', starting with a letter or digit"
-        ));
-    }
+    parse_unit_named(path, &name, text)
+}
+
+/// Parses `text` as the unit `name`: a template's file (`echo@.service`)
+/// read once per instance (`echo@a`), its specifiers expanded for that name.
+pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut cx = Resolver::new(path);
+    let name = name.to_string();
     let kind = UnitKind::from_path(path).unwrap_or_else(|| {
         cx.error(0, "unit files must end in .service or .instance".to_string());
         UnitKind::Service
     });
+    match kind {
+        UnitKind::Instance if !is_valid_unit_name(&name) => cx.error(
+            0,
+            format!(
+                "invalid instance name '{name}': use 1-63 characters from a-z, 0-9, '_' and '-', starting with a \
+                 letter or digit"
+            ),
+        ),
+        UnitKind::Service if !is_valid_service_name(&name) && !is_template_name(&name) => cx.error(
+            0,
+            format!(
+                "invalid unit name '{name}': use letters, digits, ':', '-', '_', '.' and '\\' (not first: '.'), \
+                 with at most one '@' before an instance"
+            ),
+        ),
+        _ => {}
+    }
+    cx.in_template = is_template_name(&name);
+    // `.instance` files are aikore's own, written from user input: a `%` there is literal.
+    let specifiers = (kind == UnitKind::Service).then(|| Specifiers::for_unit(&name));
 
     let (doc, ini_diags) = ini::parse(path, text);
     cx.diags.extend(ini_diags);
 
     let mut unit = Unit {
-        name,
         kind,
         path: path.to_path_buf(),
         description: String::new(),
@@ -63,6 +106,11 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
         before: Vec::new(),
         requires: Vec::new(),
         wants: Vec::new(),
+        relations: Relations::default(),
+        install: InstallConfig::default(),
+        starts_at_boot: true,
+        template: super::name::template_of(&name).map(str::to_string),
+        name,
         // systemd's DefaultStartLimitIntervalSec= and DefaultStartLimitBurst=.
         start_limit_interval: Duration::from_secs(10),
         start_limit_burst: 5,
@@ -84,7 +132,23 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
 
     let mut blueprint_seen = false;
     let mut exec_start_line: Option<usize> = None;
+    let mut exec_start_count = 0usize;
+    let mut kill_mode_line: Option<usize> = None;
     for entry in &doc.entries {
+        let expanded;
+        let entry = match &specifiers {
+            Some(spec) if entry.value.contains('%') => match expand(spec, entry) {
+                Ok(value) => {
+                    expanded = Entry { value, ..entry.clone() };
+                    &expanded
+                }
+                Err(e) => {
+                    cx.error(entry.line, format!("invalid {}={}: {e}", entry.key, entry.value));
+                    continue;
+                }
+            },
+            _ => entry,
+        };
         let section = match keys::classify_section(&entry.section, kind) {
             SectionClass::Known(s) => s,
             // Extension sections are ignored; invalid ones were reported at their header.
@@ -100,7 +164,9 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
             KeyClass::Implemented => {}
             KeyClass::Ignored(Some(msg)) => {
                 cx.warn(entry.line, msg);
-                continue;
+                if !PARSED_THOUGH_IGNORED.contains(&entry.key.as_str()) {
+                    continue;
+                }
             }
             KeyClass::Ignored(None) => continue,
             KeyClass::Unknown(msg) => {
@@ -112,19 +178,25 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
             (Section::Service, "ExecStart") => {
                 if entry.value.is_empty() {
                     unit.service.exec_start = None;
+                    unit.service.exec_start_more.clear();
                     exec_start_line = None;
-                } else if let Some(first) = exec_start_line {
-                    cx.error(
-                        entry.line,
-                        format!(
-                            "ExecStart= is already set on line {first}; a service runs one command \
-                         (write an empty ExecStart= first to replace it)"
-                        ),
-                    );
+                    exec_start_count = 0;
                 } else {
-                    exec_start_line = Some(entry.line);
-                    unit.service.exec_start = cx.exec(entry);
+                    // Several are a oneshot's right only; Type= may come later, so judged at the end.
+                    exec_start_line.get_or_insert(entry.line);
+                    exec_start_count += 1;
+                    if let Some(cmd) = cx.exec(entry) {
+                        if unit.service.exec_start.is_none() {
+                            unit.service.exec_start = Some(cmd);
+                        } else {
+                            unit.service.exec_start_more.push(cmd);
+                        }
+                    }
                 }
+            }
+            (Section::Service, "KillMode") => {
+                kill_mode_line = Some(entry.line);
+                cx.apply_service(&mut unit, entry);
             }
             (Section::Instance, "Blueprint") => {
                 blueprint_seen = true;
@@ -139,19 +211,76 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
             }
             (Section::Service, _) => cx.apply_service(&mut unit, entry),
             (Section::Unit, _) => cx.apply_unit(&mut unit, entry),
-            (Section::Install, _) => {}
+            (Section::Install, _) => cx.apply_install(&mut unit.install, entry),
         }
     }
 
+    let type_set = doc.entries.iter().any(|e| e.section == "Service" && e.key == "Type" && !e.value.is_empty());
+    if kind == UnitKind::Service && exec_start_line.is_none() && !type_set {
+        // systemd's default: a service without ExecStart= or Type= is a oneshot.
+        unit.service.service_type = ServiceType::Oneshot;
+    }
+    let success_action = unit.relations.success_action.is_some();
+    let oneshot = unit.service.service_type == ServiceType::Oneshot;
+    if kind == UnitKind::Service && exec_start_count > 1 && !oneshot {
+        cx.error(
+            exec_start_line.unwrap_or(0),
+            format!(
+                "{exec_start_count} ExecStart= commands: only a Type=oneshot service runs several \
+                 (write an empty ExecStart= first to replace the command)"
+            ),
+        );
+    }
     if kind == UnitKind::Service && unit.service.exec_start.is_none() && exec_start_line.is_none() {
         let line = section_line(&doc.sections, "Service");
-        cx.error(line, "a .service unit needs ExecStart=".to_string());
+        // systemd's rule: only a oneshot may have no ExecStart=, and then it needs ExecStop= or RemainAfterExit=yes.
+        if !oneshot {
+            cx.error(line, "a .service unit needs ExecStart= (only a Type=oneshot may have none)".to_string());
+        } else if unit.service.exec_stop.is_empty() && !unit.service.remain_after_exit && !success_action {
+            cx.error(
+                line,
+                "a .service unit needs ExecStart= (a oneshot may do without one if it has ExecStop=, \
+                 RemainAfterExit=yes or SuccessAction=)"
+                    .to_string(),
+            );
+        }
+    }
+    if oneshot && !unit.service.exec_start_more.is_empty() {
+        cx.warn(
+            exec_start_line.unwrap_or(0),
+            format!(
+                "{} ExecStart= commands: only the first runs until Type=oneshot is implemented \
+                 (issue 14, the engine's part)",
+                exec_start_count
+            ),
+        );
+    }
+    if let (Some(line), KillMode::Process) = (kill_mode_line, unit.service.kill_mode) {
+        cx.warn(
+            line,
+            "KillMode=process: KillSignal= goes to the main process only; unlike systemd, aikore still \
+             waits for the unit's other processes and SIGKILLs them after TimeoutStopSec"
+                .to_string(),
+        );
+    }
+    if kind == UnitKind::Service {
+        // A unit that says when to start (WantedBy=...) starts at boot only once enabled (load.rs).
+        unit.starts_at_boot = unit.install.wanted_by.is_empty() && unit.install.required_by.is_empty();
     }
     if kind == UnitKind::Instance && !blueprint_seen {
         let line = section_line(&doc.sections, "Instance");
         cx.error(line, "an .instance unit needs Blueprint= in [Instance]".to_string());
     }
     cx.finish(unit)
+}
+
+/// Values split into words and unescaped later get their specifiers' `\` escaped.
+fn expand(spec: &Specifiers<'_>, entry: &Entry) -> Result<String, String> {
+    if entry.key.starts_with("Exec") || entry.key == "Environment" {
+        spec.expand_quoted(&entry.value)
+    } else {
+        spec.expand(&entry.value)
+    }
 }
 
 fn section_line(sections: &[ini::SectionHeader], name: &str) -> usize {
@@ -162,11 +291,14 @@ fn section_line(sections: &[ini::SectionHeader], name: &str) -> usize {
 struct Resolver<'a> {
     path: &'a Path,
     diags: Vec<Diagnostic>,
+    /// Reading a template's file as itself (`echo@`): `%i` is empty, so a
+    /// reference such as `prep@%i.service` names a template and is skipped.
+    in_template: bool,
 }
 
 impl<'a> Resolver<'a> {
     fn new(path: &'a Path) -> Self {
-        Resolver { path, diags: Vec::new() }
+        Resolver { path, diags: Vec::new(), in_template: false }
     }
 
     fn push(&mut self, line: usize, severity: Severity, message: String) {
@@ -243,13 +375,33 @@ impl<'a> Resolver<'a> {
             "Before" => self.deps(&mut unit.before, entry),
             "Requires" => self.deps(&mut unit.requires, entry),
             "Wants" => self.deps(&mut unit.wants, entry),
-            "StartLimitIntervalSec" | "StartLimitBurst" => self.start_limit(unit, entry),
-            // `|`: a triggering condition, kept with the other checks (issue 14).
-            "ConditionPathExists" if entry.value.starts_with('|') => {
-                if let Err(e) = unit.checks.apply("ConditionPathExists", &entry.value) {
-                    self.error(entry.line, format!("invalid ConditionPathExists={}: {e}", entry.value));
+            "Requisite" => self.deps(&mut unit.relations.requisite, entry),
+            "BindsTo" | "BindTo" => self.deps(&mut unit.relations.binds_to, entry),
+            "PartOf" => self.deps(&mut unit.relations.part_of, entry),
+            "Upholds" => self.deps(&mut unit.relations.upholds, entry),
+            "Conflicts" => self.deps(&mut unit.relations.conflicts, entry),
+            "OnFailure" => self.deps(&mut unit.relations.on_failure, entry),
+            "OnSuccess" => self.deps(&mut unit.relations.on_success, entry),
+            "SuccessAction" => {
+                if let Some(a) = self.value(entry, parse_action) {
+                    unit.relations.success_action = a;
                 }
             }
+            "FailureAction" => {
+                if let Some(a) = self.value(entry, parse_action) {
+                    unit.relations.failure_action = a;
+                }
+            }
+            "RefuseManualStart" | "RefuseManualStop" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    if entry.key == "RefuseManualStart" {
+                        unit.relations.refuse_manual_start = b;
+                    } else {
+                        unit.relations.refuse_manual_stop = b;
+                    }
+                }
+            }
+            "StartLimitIntervalSec" | "StartLimitInterval" | "StartLimitBurst" => self.start_limit(unit, entry),
             "ConditionPathExists" => self.condition(unit, entry),
             k if super::checks::UNIT_KEYS.contains(&k) => {
                 if let Err(e) = unit.checks.apply(k, &entry.value) {
@@ -265,19 +417,23 @@ impl<'a> Resolver<'a> {
             unit.conditions.clear();
             return;
         }
-        let (negate, path) = match entry.value.strip_prefix('!') {
+        let (trigger, rest) = match entry.value.strip_prefix('|') {
             Some(rest) => (true, rest),
             None => (false, entry.value.as_str()),
+        };
+        let (negate, path) = match rest.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, rest),
         };
         if !path.starts_with('/') {
             self.error(entry.line, format!("ConditionPathExists={} must be an absolute path", entry.value));
             return;
         }
-        unit.conditions.push(PathCondition { path: path.into(), negate });
+        unit.conditions.push(PathCondition { path: path.into(), negate, trigger });
     }
 
     fn start_limit(&mut self, unit: &mut Unit, entry: &Entry) {
-        if entry.key == "StartLimitIntervalSec" {
+        if entry.key != "StartLimitBurst" {
             if let Some(d) = self.value(entry, parse_finite_timespan) {
                 unit.start_limit_interval = d;
             }
@@ -286,22 +442,60 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    /// After=/Before=/Requires=/Wants=: space-separated names, appended.
+    /// After=/Before=/Requires=/Wants= and the relations: space-separated
+    /// names, appended. References to unit types aikore does not run
+    /// (`network.target`, `dbus.socket`) are dropped without a word: there is
+    /// nothing to order against, as systemd says nothing of a missing unit.
     fn deps(&mut self, list: &mut Vec<String>, entry: &Entry) {
         if entry.value.is_empty() {
             list.clear();
         }
         for word in entry.value.split_whitespace() {
-            if let Some(suffix) = IGNORED_DEP_SUFFIXES.iter().find(|s| word.ends_with(*s)) {
-                self.warn(
-                    entry.line,
-                    format!("{}={word}: aikore has no {suffix} units; the dependency is ignored", entry.key),
-                );
+            if IGNORED_DEP_SUFFIXES.iter().any(|s| word.ends_with(s)) {
                 continue;
             }
             let name = word.strip_suffix(".service").or_else(|| word.strip_suffix(".instance")).unwrap_or(word);
-            if !is_valid_unit_name(name) {
+            if self.in_template && is_template_name(name) {
+                continue;
+            }
+            if !is_valid_service_name(name) {
                 self.error(entry.line, format!("invalid {}={word}: '{name}' is not a valid unit name", entry.key));
+            } else if !list.iter().any(|n| n == name) {
+                list.push(name.to_string());
+            }
+        }
+    }
+
+    /// [Install]: WantedBy=/RequiredBy= keep targets as written (`multi-user.target`)
+    /// and services without `.service`; Also= names services.
+    fn apply_install(&mut self, install: &mut InstallConfig, entry: &Entry) {
+        let list = match entry.key.as_str() {
+            "WantedBy" => &mut install.wanted_by,
+            "RequiredBy" => &mut install.required_by,
+            "Also" => &mut install.also,
+            "DefaultInstance" => {
+                install.default_instance = non_empty(&entry.value);
+                if let Some(i) = &install.default_instance {
+                    if !is_valid_service_name(&format!("x@{i}")) {
+                        self.error(entry.line, format!("invalid DefaultInstance={i}: not a valid instance name"));
+                    }
+                }
+                return;
+            }
+            _ => return self.error(entry.line, format!("{}= is not handled in [Install]", entry.key)),
+        };
+        if entry.value.is_empty() {
+            list.clear();
+        }
+        for word in entry.value.split_whitespace() {
+            let name = word.strip_suffix(".service").unwrap_or(word);
+            let valid = match name.strip_suffix(".target") {
+                Some(target) => is_valid_service_name(target) && entry.key != "Also",
+                // `WantedBy=postgresql@%i.service` read in the template itself names a template.
+                None => is_valid_service_name(name) || (self.in_template && is_template_name(name)),
+            };
+            if !valid {
+                self.error(entry.line, format!("invalid {}={word}: expected a .target or .service name", entry.key));
             } else if !list.iter().any(|n| n == name) {
                 list.push(name.to_string());
             }
@@ -332,6 +526,22 @@ impl<'a> Resolver<'a> {
             "TimeoutStopSec" => {
                 if let Some(t) = self.value(entry, parse_timeout) {
                     svc.timeout_stop = t;
+                }
+            }
+            "TimeoutSec" => {
+                if let Some(t) = self.value(entry, parse_timeout) {
+                    svc.timeout_start = t;
+                    svc.timeout_stop = t;
+                }
+            }
+            "Type" => {
+                if let Some(t) = self.value(entry, parse_service_type) {
+                    svc.service_type = t;
+                }
+            }
+            "RemainAfterExit" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    svc.remain_after_exit = b;
                 }
             }
             "KillSignal" => {
@@ -392,7 +602,13 @@ impl<'a> Resolver<'a> {
                     svc.ready_check = r;
                 }
             }
-            "StartLimitIntervalSec" | "StartLimitBurst" => self.start_limit(unit, entry),
+            "StartLimitIntervalSec" | "StartLimitInterval" | "StartLimitBurst" => self.start_limit(unit, entry),
+            // systemd still reads it in [Service], where it once lived.
+            "FailureAction" => {
+                if let Some(a) = self.value(entry, parse_action) {
+                    unit.relations.failure_action = a;
+                }
+            }
             k if super::exec::SERVICE_KEYS.contains(&k) => match svc.exec.apply(k, &entry.value) {
                 Ok(Some(warning)) => self.warn(entry.line, warning),
                 Ok(None) => {}
@@ -518,10 +734,10 @@ fn parse_restart(v: &str) -> Result<RestartPolicy, String> {
         "on-failure" => Ok(RestartPolicy::OnFailure),
         "on-abnormal" => Ok(RestartPolicy::OnAbnormal),
         "always" => Ok(RestartPolicy::Always),
-        "on-success" | "on-abort" | "on-watchdog" => {
-            Err("not supported by aikore; valid values: no, on-failure, on-abnormal, always".to_string())
-        }
-        _ => Err("valid values: no, on-failure, on-abnormal, always".to_string()),
+        "on-success" => Ok(RestartPolicy::OnSuccess),
+        "on-abort" => Ok(RestartPolicy::OnAbort),
+        "on-watchdog" => Ok(RestartPolicy::OnWatchdog),
+        _ => Err("valid values: no, on-success, on-failure, on-abnormal, on-watchdog, on-abort, always".to_string()),
     }
 }
 
@@ -535,15 +751,56 @@ fn parse_kill_mode(v: &str) -> Result<KillMode, String> {
         "control-group" => Ok(KillMode::ControlGroup),
         "process-group" => Ok(KillMode::ProcessGroup),
         "mixed" => Ok(KillMode::Mixed),
-        "process" | "none" => Err("not supported: aikore always stops the whole unit so no process outlives it; \
-             valid values: control-group, process-group, mixed"
+        "process" => Ok(KillMode::Process),
+        "none" => Err("not supported: systemd itself deprecates it (nothing would be stopped); \
+             valid values: control-group, process-group, mixed, process"
             .to_string()),
-        _ => Err("valid values: control-group, process-group, mixed".to_string()),
+        _ => Err("valid values: control-group, process-group, mixed, process".to_string()),
     }
 }
 
+/// SuccessAction=/FailureAction=: systemd's values; `none` is None.
+fn parse_action(v: &str) -> Result<Option<String>, String> {
+    const ACTIONS: &[&str] = &[
+        "exit",
+        "exit-force",
+        "reboot",
+        "reboot-force",
+        "reboot-immediate",
+        "poweroff",
+        "poweroff-force",
+        "poweroff-immediate",
+        "halt",
+        "halt-force",
+        "halt-immediate",
+        "kexec",
+        "kexec-force",
+        "soft-reboot",
+        "soft-reboot-force",
+    ];
+    match v {
+        "none" => Ok(None),
+        _ if ACTIONS.contains(&v) => Ok(Some(v.to_string())),
+        _ => Err(format!("valid values: none, {}", ACTIONS.join(", "))),
+    }
+}
+
+fn parse_service_type(v: &str) -> Result<ServiceType, String> {
+    Ok(match v {
+        "simple" => ServiceType::Simple,
+        "exec" => ServiceType::Exec,
+        "forking" => ServiceType::Forking,
+        "oneshot" => ServiceType::Oneshot,
+        "dbus" => ServiceType::Dbus,
+        "notify" => ServiceType::Notify,
+        "notify-reload" => ServiceType::NotifyReload,
+        "idle" => ServiceType::Idle,
+        _ => return Err("valid values: simple, exec, forking, oneshot, dbus, notify, notify-reload, idle".to_string()),
+    })
+}
+
 /// `SIGTERM`, `TERM`, `15`, or a real-time signal number.
-fn parse_signal(v: &str) -> Result<i32, String> {
+pub fn parse_signal(v: &str) -> Result<i32, String> {
     if let Ok(n) = v.parse::<i32>() {
         let realtime = (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n);
         return if Signal::try_from(n).is_ok() || realtime {

@@ -18,7 +18,7 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::api::{Action, Health, ReloadReport, ShownStatus, UnitActionReply, UnitLogs, UnitVerb, UnitView};
 use crate::supervisor::UnitSnapshot;
-use crate::units::is_valid_unit_name;
+use crate::units::{is_valid_service_name, is_valid_unit_name};
 
 /// SSE comments keep idle connections open through proxies that cut silent ones.
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -62,12 +62,14 @@ async fn healthz(State(state): State<AppState>) -> Json<Health> {
     })
 }
 
+/// A unit name as the API accepts it: an instance's (strict) or a service's (systemd's grammar).
 pub fn checked_name(name: &str) -> ApiResult<&str> {
-    if is_valid_unit_name(name) {
+    if is_valid_unit_name(name) || is_valid_service_name(name) {
         Ok(name)
     } else {
         Err(ApiError::bad_request(format!(
-            "invalid unit name {name:?}: use lowercase letters, digits, '-' and '_' (at most 63)"
+            "invalid unit name {name:?}: use letters, digits, ':', '-', '_', '.' and '\\' (not first: '.'), with \
+             at most one '@' before an instance"
         )))
     }
 }
@@ -96,6 +98,7 @@ async fn unit_action(
     Path((name, verb)): Path<(String, String)>,
 ) -> ApiResult<Json<UnitActionReply>> {
     let name = checked_name(&name)?;
+    super::systemctl::before_action(&state, name, &verb).await?;
     let action = UnitVerb::parse(&verb)
         .ok_or_else(|| ApiError::not_found(format!("unknown action {verb:?}: use start, stop, restart or reload")))?;
     let status = match action {

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod origin;
 mod pages;
 mod proxy;
+mod systemctl;
 mod terminal;
 mod wake;
 
@@ -102,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pages::routes())
         .merge(proxy::routes())
         .merge(wake::routes())
+        .merge(systemctl::routes())
         .route("/api/v1/openapi.json", axum::routing::get(openapi::document))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
