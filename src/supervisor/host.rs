@@ -12,9 +12,11 @@ use super::cgroup::CgroupRoot;
 use super::drain::{CgroupWatcher, ProcSweep, UnitProcesses};
 use super::members::Membership;
 use super::spawn::{spawn, ProcessSpec};
-use super::{DrainHint, ExitReport, Prepared, ProcessControl, ReadyTarget, Role, RunHooks};
+use super::{DrainHint, ExitReport, OsError, Prepared, ProcessControl, ReadyTarget, Role, RunHooks};
 use crate::logs::LogHub;
 use crate::units::{ExecCommand, ReadyCheck, Unit};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 pub struct HostConfig {
     /// Canonical data dir: the `AIKORE_DATA_DIR` marker value and the base of relative paths.
@@ -363,8 +365,8 @@ fn resolve_user(unit: &Unit) -> Result<Identity, String> {
 }
 
 impl ProcessControl for HostProcesses {
-    fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String> {
-        self.logs.begin_run(&unit.name, fresh).map_err(|e| format!("log file: {e}"))?;
+    fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, OsError> {
+        self.logs.begin_run(&unit.name, fresh).map_err(|e| OsError::io("log file", e))?;
         self.runs.insert(
             unit.name.clone(),
             RunFacts {
@@ -374,8 +376,9 @@ impl ProcessControl for HostProcesses {
             },
         );
         if unit.instance.is_some() {
-            let hooks = self.config.hooks.as_ref().ok_or("instances are not configured")?;
-            let prepared = hooks.prepare(unit)?;
+            let hooks =
+                self.config.hooks.as_ref().ok_or_else(|| OsError::Refused("instances are not configured".into()))?;
+            let prepared = hooks.prepare(unit).map_err(OsError::Refused)?;
             if prepared.vnc_port.is_some() {
                 self.displays.insert(unit.name.clone());
             }
@@ -397,16 +400,16 @@ impl ProcessControl for HostProcesses {
         role: Role,
         command: &ExecCommand,
         extra: &[(String, String)],
-    ) -> Result<i32, String> {
+    ) -> Result<i32, OsError> {
         // An instance always runs as the instance user (its file cannot say
         // otherwise: the .instance allow-list); a service runs as its User=,
         // else as root, systemd's default (docs/security.md).
         let instance_dir = unit.instance.as_ref().and_then(|_| Some(self.config.hooks.as_ref()?.work_dir(&unit.name)));
         let Identity { uid, gid, groups, env: user_env } = match (&instance_dir, self.config.default_identity) {
             (Some(dir), Some((uid, gid))) => instance_identity(uid, gid, dir),
-            _ => resolve_user(unit)?,
+            _ => resolve_user(unit).map_err(OsError::Refused)?,
         };
-        let mut env = self.environment(unit, &user_env)?;
+        let mut env = self.environment(unit, &user_env).map_err(OsError::Refused)?;
         env.extend(extra.iter().cloned());
         let env = {
             // Re-run dedup with the extras applied last.
@@ -428,7 +431,7 @@ impl ProcessControl for HostProcesses {
         let spec = ProcessSpec { argv, env, cwd, umask: unit.service.umask, nice: unit.service.nice, uid, gid, groups };
         let membership = self.membership(unit, None);
         let procs_fd = match &membership {
-            Membership::Cgroup(cg) => Some(cg.open_procs().map_err(|e| format!("cgroup: {e}"))?),
+            Membership::Cgroup(cg) => Some(cg.open_procs().map_err(|e| OsError::io("cgroup", e))?),
             Membership::Marked { .. } => None,
         };
         let exits = self.exits.clone();
@@ -439,7 +442,7 @@ impl ProcessControl for HostProcesses {
                 let _ = exits.send((pid, status));
             }),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| OsError::Spawn(e.to_string()))?;
         if role == Role::Main {
             self.membership(unit, Some(spawned.pid));
         }
@@ -455,17 +458,18 @@ impl ProcessControl for HostProcesses {
         Ok(spawned.pid)
     }
 
-    fn signal_process(&mut self, pid: i32, signal: i32) {
-        // SAFETY: kill() on a pid we spawned and have not reaped yet.
-        unsafe { libc::kill(pid, signal) };
+    fn signal_process(&mut self, pid: i32, signal: Signal) {
+        // ESRCH: it ended meanwhile; its exit is on its way.
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
     }
 
-    fn signal_group(&mut self, pgid: i32, signal: i32) {
-        // SAFETY: killpg() on a process group we created with setsid().
-        unsafe { libc::killpg(pgid, signal) };
+    fn signal_group(&mut self, pgid: i32, signal: Signal) {
+        // ESRCH: the whole group is gone already.
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pgid), signal);
     }
 
-    fn signal_unit(&mut self, unit: &str, signal: i32) {
+    fn signal_unit(&mut self, unit: &str, signal: Signal) {
+        let signal = signal as i32;
         match self.members.get(unit) {
             Some(Membership::Marked { pgid, .. }) => {
                 let pgid = *pgid;

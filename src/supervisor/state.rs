@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use crate::init::ExitStatus;
@@ -111,14 +112,12 @@ impl RunEnd {
 /// sent is a normal stop ("stopped (SIGTERM)"), not a crash; a signal we did
 /// not send keeps the crash wording ("killed by SIGSEGV"), and an exit code
 /// is reported as it is.
-pub fn describe_stop_exit(status: ExitStatus, sent: &[i32]) -> String {
+pub fn describe_stop_exit(status: ExitStatus, sent: &[Signal]) -> String {
     match status {
-        ExitStatus::Signaled { signal, core_dumped: false } if sent.contains(&signal) => {
-            let name = nix::sys::signal::Signal::try_from(signal)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| format!("signal {signal}"));
-            format!("stopped ({name})")
-        }
+        ExitStatus::Signaled { signal, core_dumped: false } => match Signal::try_from(signal) {
+            Ok(signal) if sent.contains(&signal) => format!("stopped ({})", signal.as_str()),
+            _ => status.to_string(),
+        },
         other => other.to_string(),
     }
 }
@@ -184,14 +183,14 @@ mod tests {
     #[test]
     fn a_signal_we_sent_is_a_stop_not_a_crash() {
         let term = ExitStatus::Signaled { signal: libc::SIGTERM, core_dumped: false };
-        assert_eq!(describe_stop_exit(term, &[libc::SIGTERM]), "stopped (SIGTERM)");
+        assert_eq!(describe_stop_exit(term, &[Signal::SIGTERM]), "stopped (SIGTERM)");
         let quit = ExitStatus::Signaled { signal: libc::SIGQUIT, core_dumped: false };
-        assert_eq!(describe_stop_exit(quit, &[libc::SIGQUIT]), "stopped (SIGQUIT)");
+        assert_eq!(describe_stop_exit(quit, &[Signal::SIGQUIT]), "stopped (SIGQUIT)");
         // Not ours: the crash wording stays.
         let segv = ExitStatus::Signaled { signal: libc::SIGSEGV, core_dumped: true };
-        assert_eq!(describe_stop_exit(segv, &[libc::SIGTERM]), "killed by SIGSEGV (core dumped)");
+        assert_eq!(describe_stop_exit(segv, &[Signal::SIGTERM]), "killed by SIGSEGV (core dumped)");
         assert_eq!(describe_stop_exit(term, &[]), "killed by SIGTERM");
-        assert_eq!(describe_stop_exit(ExitStatus::Exited { code: 0 }, &[libc::SIGTERM]), "exited with code 0");
+        assert_eq!(describe_stop_exit(ExitStatus::Exited { code: 0 }, &[Signal::SIGTERM]), "exited with code 0");
     }
 
     #[test]
