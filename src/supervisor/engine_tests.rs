@@ -1266,3 +1266,232 @@ fn a_cuda_oom_restarts_with_backoff_and_a_user_start_forgets_it() {
     h.start("app").unwrap();
     assert_eq!(h.snapshot("app").failure, None);
 }
+
+// ---- single transitions: (state, input) -> (state, effects) ---------------
+
+/// An effect in a word or two, so a table row reads like what happened.
+fn said(h: &Sim, effect: &Effect) -> String {
+    let name = |id: &UnitId| h.name(*id);
+    match effect {
+        Effect::CheckConditions { unit } => format!("check-conditions {}", name(unit)),
+        Effect::BeginRun { unit, fresh } => format!("begin-run {} fresh={fresh}", name(unit)),
+        Effect::Spawn { unit, role, command, .. } => {
+            format!("spawn {} {role:?} {}", name(unit), command.argv.join(" "))
+        }
+        Effect::Signal { target: Target::Unit(unit), signal } => format!("signal {} {signal}", name(unit)),
+        Effect::Signal { target: Target::Process(pid), signal } => format!("signal pid {pid} {signal}"),
+        Effect::Signal { target: Target::Group(pgid), signal } => format!("signal group {pgid} {signal}"),
+        Effect::ArmTimer { unit, kind, at, .. } => {
+            format!("arm {kind:?} {} +{}ms", name(unit), at.duration_since(h.now).as_millis())
+        }
+        Effect::Probe { unit, .. } => format!("probe {}", name(unit)),
+        Effect::CheckDrained { unit } => format!("check-drained {}", name(unit)),
+        Effect::GatherEvidence { unit } => format!("gather-evidence {}", name(unit)),
+        Effect::FindPortHolder { port, .. } => format!("find-port-holder {port}"),
+        Effect::EndRun { unit } => format!("end-run {}", name(unit)),
+        Effect::Note { text, .. } => format!("note {text}"),
+        Effect::Emit(e) => format!("emit {} {} {}", e.event, e.status, e.detail.as_deref().unwrap_or("-")),
+        Effect::Warn { text, .. } => format!("warn {text}"),
+        Effect::Reply { result, .. } => format!("reply {result:?}"),
+        Effect::ShutdownDone { clean } => format!("shutdown-done clean={clean}"),
+    }
+}
+
+/// Steps `inputs` into the machine itself (no answers fed back, no kernel):
+/// the state after the last, and what it asked for.
+fn step_raw(h: &mut Sim, inputs: Vec<Input>) -> (UnitState, Vec<String>) {
+    let mut effects = Vec::new();
+    let mut unit = None;
+    for input in inputs {
+        if let Input::Command { cmd: Cmd::Start(name) | Cmd::Stop(name), .. } = &input {
+            unit = Some(h.id(name));
+        }
+        effects = h.units.step(input, h.clock());
+    }
+    let id = unit.unwrap_or_else(|| h.id("a"));
+    let said = effects.iter().map(|e| said(h, e)).collect();
+    (h.units.state(id).clone(), said)
+}
+
+fn running(extra: &str) -> (Sim, i32) {
+    let mut h = Sim::new(vec![service("a", extra)]);
+    h.start("a").unwrap();
+    let pid = h.main_pid("a");
+    (h, pid)
+}
+
+fn start_cmd(name: &str) -> Input {
+    Input::Command { cmd: Cmd::Start(name.into()), reply: None }
+}
+
+fn stop_cmd(name: &str) -> Input {
+    Input::Command { cmd: Cmd::Stop(name.into()), reply: None }
+}
+
+fn exited(stage: StopStage, ending: RunEnd) -> UnitState {
+    UnitState::Stopping(crate::supervisor::machine::Stop {
+        stage,
+        main: None,
+        ending,
+        then: Then::Policy,
+        escalated: false,
+    })
+}
+
+#[test]
+fn a_start_queues_a_job_and_asks_for_the_conditions() {
+    let mut h = Sim::new(vec![service("a", "")]);
+    let a = h.id("a");
+    let (state, effects) = step_raw(&mut h, vec![start_cmd("a")]);
+    assert_eq!(state, UnitState::Starting(crate::supervisor::machine::StartStep::Conditions { fresh: true }));
+    assert_eq!(effects, ["emit state starting waiting for dependencies", "check-conditions a"]);
+    // An unmet condition skips the start: stopped, not failed.
+    let (state, effects) =
+        step_raw(&mut h, vec![Input::Conditions { unit: a, unmet: Some("ConditionPathExists=/x not met".into()) }]);
+    assert_eq!(state, UnitState::Inactive(Outcome::Stopped));
+    assert_eq!(effects, ["emit state stopped skipped: ConditionPathExists=/x not met"]);
+}
+
+#[test]
+fn a_refused_begin_run_fails_the_start_with_the_os_reason() {
+    let mut h = Sim::new(vec![service("a", "")]);
+    let a = h.id("a");
+    step_raw(&mut h, vec![start_cmd("a"), Input::Conditions { unit: a, unmet: None }]);
+    let refused = Err(OsError::Refused("instances are not configured".into()));
+    let (state, effects) = step_raw(&mut h, vec![Input::RunBegun { unit: a, result: refused }]);
+    assert_eq!(state, UnitState::Inactive(Outcome::Failed));
+    assert_eq!(effects, ["emit state failed instances are not configured"]);
+}
+
+#[test]
+fn transitions_of_a_run_that_ends_by_itself() {
+    let rows: Vec<(&str, i32, usize, Vec<&str>)> = vec![
+        // (unit file extra, exit code, live processes left, effects of the membership answer)
+        ("Restart=no\n", 0, 0, vec!["end-run a", "emit state stopped exited with code 0"]),
+        (
+            "Restart=no\nTimeoutStopSec=4s\n",
+            3,
+            1,
+            vec![
+                "emit state stopping main process exited; stopping what it left",
+                "signal a SIGTERM",
+                "signal a SIGCONT",
+                "arm StopTimeout a +4000ms",
+                "check-drained a",
+            ],
+        ),
+        // A bad exit is classified first: its log is asked for before the run ends.
+        ("Restart=on-failure\n", 3, 0, vec!["gather-evidence a"]),
+    ];
+    for (extra, exit, live, expected) in rows {
+        let (mut h, pid) = running(extra);
+        let a = h.id("a");
+        let (state, effects) = step_raw(&mut h, vec![Input::Exit { pid, status: code(exit) }]);
+        assert_eq!(state, exited(StopStage::Exited, RunEnd::Exited(code(exit))), "{extra}");
+        let said = format!("exited with code {exit}");
+        assert_eq!(
+            effects,
+            [format!("note [aikore] {said}"), format!("emit exit started {said}"), "check-drained a".into()]
+        );
+        let (_, effects) = step_raw(&mut h, vec![Input::Members { unit: a, live }]);
+        assert_eq!(effects, expected, "{extra} with {live} left");
+    }
+}
+
+#[test]
+fn transitions_of_a_stop() {
+    let (mut h, pid) = running("TimeoutStopSec=5s\n");
+    let (state, effects) = step_raw(&mut h, vec![stop_cmd("a")]);
+    let UnitState::Stopping(stop) = &state else { panic!("{state:?}") };
+    assert_eq!(
+        (stop.main, &stop.stage, stop.then),
+        (Some(pid), &StopStage::Draining { sigkill_sent: false }, Then::Down)
+    );
+    assert_eq!(
+        effects,
+        [
+            "emit state stopping -",
+            "arm StopTimeout a +5000ms",
+            "signal a SIGTERM",
+            "signal a SIGCONT",
+            "check-drained a"
+        ]
+    );
+    // TimeoutStopSec passes: SIGKILL, and a grace period before giving up.
+    let a = h.id("a");
+    let epoch = h.units.epoch(a);
+    h.now += Duration::from_secs(5);
+    let (state, effects) = step_raw(&mut h, vec![Input::Timer { unit: a, epoch, kind: TimerKind::StopTimeout }]);
+    let UnitState::Stopping(stop) = &state else { panic!("{state:?}") };
+    assert_eq!((&stop.stage, stop.escalated), (&StopStage::Draining { sigkill_sent: true }, true));
+    assert_eq!(
+        effects,
+        [
+            "note [aikore] still running after TimeoutStopSec; sending SIGKILL",
+            "signal a SIGKILL",
+            "arm StopTimeout a +5000ms",
+            "check-drained a"
+        ]
+    );
+}
+
+#[test]
+fn late_timers_and_probe_answers_change_nothing() {
+    let mut h = Sim::new(vec![service("a", "Restart=always\nRestartSec=1s\n")]);
+    h.kernel.ready.insert("a".into(), ReadyTarget::Tcp { host: "127.0.0.1".into(), port: 8188 });
+    h.start("a").unwrap();
+    let a = h.id("a");
+    let stale = h.probes[&a];
+    h.exit(h.main_pid("a"), code(1));
+    assert_eq!(h.units.state(a), &UnitState::Backoff);
+    for input in [
+        Input::Ready { unit: a, epoch: stale },
+        Input::Timer { unit: a, epoch: stale, kind: TimerKind::RestartDue },
+        Input::Timer { unit: a, epoch: stale, kind: TimerKind::StopTimeout },
+    ] {
+        let (state, effects) = step_raw(&mut h, vec![input.clone()]);
+        assert_eq!((state, effects), (UnitState::Backoff, Vec::<String>::new()), "{input:?}");
+    }
+}
+
+#[test]
+fn guards_say_what_a_command_means_in_each_state() {
+    use crate::supervisor::machine::StartMove;
+    let stop = exited(StopStage::Draining { sigkill_sent: false }, RunEnd::Requested);
+    let rows: Vec<(UnitState, StartMove, bool, Option<i32>, Status)> = vec![
+        (UnitState::Inactive(Outcome::Stopped), StartMove::Begin, false, None, Status::Stopped),
+        (UnitState::Inactive(Outcome::Failed), StartMove::Begin, false, None, Status::Failed),
+        (UnitState::Backoff, StartMove::Begin, true, None, Status::Restarting),
+        (UnitState::WaitDeps { fresh: true }, StartMove::Nothing, true, None, Status::Starting),
+        (UnitState::Running { pid: 7, ready: Readiness::Waiting }, StartMove::Nothing, true, Some(7), Status::Starting),
+        (UnitState::Running { pid: 7, ready: Readiness::Stalled }, StartMove::Nothing, true, Some(7), Status::Stalled),
+        (UnitState::Running { pid: 7, ready: Readiness::Ready }, StartMove::Nothing, true, Some(7), Status::Started),
+        (stop, StartMove::AfterStop, true, None, Status::Stopping),
+    ];
+    for (state, start, stop, reload, status) in rows {
+        assert_eq!(state.status(), status, "{state:?}");
+        assert_eq!(state.can_start(), start, "{state:?}");
+        assert_eq!(state.can_stop().is_ok(), stop, "{state:?}");
+        assert_eq!(state.can_reload().ok(), reload, "{state:?}");
+        if let Err(e) = state.can_reload() {
+            assert_eq!(e.to_string(), format!("it is {status}"));
+        }
+    }
+}
+
+#[test]
+fn a_reload_is_refused_naming_the_state() {
+    let mut h = Sim::new(vec![service("a", "ExecReload=/bin/kill -HUP $MAINPID\n")]);
+    let refused = h.command(Cmd::Reload("a".into()));
+    assert_eq!(refused, Err(CommandError::Refused { unit: "a".into(), action: "reload", why: "it is stopped".into() }));
+    h.start("a").unwrap();
+    // Answered once the ExecReload= commands finished.
+    h.last_reply += 1;
+    let to = ReplyTo(h.last_reply);
+    h.input(Input::Command { cmd: Cmd::Reload("a".into()), reply: Some(to) });
+    assert!(!h.replies.contains_key(&to));
+    let reload = h.spawns("a").into_iter().find(|s| s.role == Role::Reload).expect("spawned");
+    assert!(reload.env.contains(&("MAINPID".to_string(), h.main_pid("a").to_string())));
+    h.exit(reload.pid, code(0));
+    assert_eq!(h.replies.remove(&to), Some(Ok(Answer::Done)));
+}

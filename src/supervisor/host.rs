@@ -513,6 +513,7 @@ impl ProcessControl for HostProcesses {
 
     fn batch_done(&mut self) {
         self.sweep = None;
+        self.pids.flush();
     }
 
     fn end_run(&mut self, unit: &str) {

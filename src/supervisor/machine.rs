@@ -546,6 +546,11 @@ impl Units {
         &self.slots[id.0].state
     }
 
+    /// The epoch timers and probes of the unit's current state carry.
+    pub fn epoch(&self, id: UnitId) -> Epoch {
+        self.slots[id.0].epoch
+    }
+
     pub fn shutting_down(&self) -> bool {
         self.shutdown.is_some()
     }

@@ -1,5 +1,6 @@
-//! The unit state machine's vocabulary and its pure rules: statuses with their
-//! guards, how an exit is judged, restart backoff and the start limit.
+//! The unit state machine's vocabulary and its pure rules: the public
+//! statuses, how an exit is judged, restart backoff and the start limit.
+//! The states themselves and their guards are in `machine.rs`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -45,14 +46,6 @@ impl Status {
     /// No process of the unit runs and none is about to.
     pub fn is_inactive(self) -> bool {
         matches!(self, Status::Stopped | Status::Error | Status::Failed)
-    }
-
-    pub fn can_start(self) -> bool {
-        !matches!(self, Status::Starting | Status::Stalled | Status::Started)
-    }
-
-    pub fn can_stop(self) -> bool {
-        !self.is_inactive() && self != Status::Stopping
     }
 }
 
@@ -234,12 +227,5 @@ mod tests {
         assert!(should_restart(Always, &code0));
         assert!(!should_restart(Always, &RunEnd::Requested));
         assert!(!should_restart(No, &killed));
-    }
-
-    #[test]
-    fn guards() {
-        assert!(Status::Stopped.can_start() && Status::Error.can_start() && Status::Restarting.can_start());
-        assert!(!Status::Started.can_start() && !Status::Stalled.can_start());
-        assert!(Status::Restarting.can_stop() && !Status::Stopping.can_stop() && !Status::Failed.can_stop());
     }
 }
