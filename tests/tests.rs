@@ -19,6 +19,7 @@ mod persistent;
 mod pid1;
 mod proxy;
 mod restart;
+mod service_types;
 mod state;
 mod termination;
 mod units_parse;

@@ -1335,6 +1335,7 @@ fn exited(stage: StopStage, ending: RunEnd) -> UnitState {
         ending,
         then: Then::Policy,
         escalated: false,
+        remained: false,
     })
 }
 
@@ -1494,4 +1495,44 @@ fn a_reload_is_refused_naming_the_state() {
     assert!(reload.env.contains(&("MAINPID".to_string(), h.main_pid("a").to_string())));
     h.exit(reload.pid, code(0));
     assert_eq!(h.replies.remove(&to), Some(Ok(Answer::Done)));
+}
+
+#[test]
+fn a_oneshot_runs_each_exec_start_then_remains_and_its_stop_runs_exec_stop() {
+    let mut h = Sim::new(vec![
+        service("setup", "Type=oneshot\nRemainAfterExit=yes\nExecStart=/bin/setup2\nExecStop=/bin/undo\n"),
+        unit("app.service", "[Unit]\nRequires=setup.service\nAfter=setup.service\n[Service]\nExecStart=/bin/app\n"),
+    ]);
+    h.start("app").unwrap();
+    let first = h.mains("setup");
+    assert_eq!(first.len(), 1);
+    assert!(h.mains("app").is_empty(), "app started before the oneshot finished");
+    assert_eq!(h.snapshot("setup").status, Status::Starting);
+    h.exit(first[0].pid, code(0));
+    let second = h.mains("setup")[1].clone();
+    assert_eq!(second.argv, ["/bin/setup2"]);
+    h.exit(second.pid, code(0));
+    let setup = h.snapshot("setup");
+    assert_eq!((setup.status, setup.pid), (Status::Started, None));
+    assert_eq!(h.units.state(h.id("setup")), &UnitState::Remaining);
+    h.wait_status("app", Status::Started);
+
+    h.stop("setup").unwrap();
+    h.exit(h.main_pid("app"), signaled(TERM));
+    let undo = h.spawns("setup").into_iter().find(|s| s.role == Role::Stop).expect("ExecStop ran");
+    h.exit(undo.pid, code(0));
+    h.wait_status("setup", Status::Stopped);
+}
+
+#[test]
+fn a_oneshot_that_finished_satisfies_what_requires_it_and_a_failed_one_does_not() {
+    for (exit, app) in [(0, Status::Started), (1, Status::Failed)] {
+        let mut h = Sim::new(vec![
+            service("setup", "Type=oneshot\n"),
+            unit("app.service", "[Unit]\nRequires=setup.service\nAfter=setup.service\n[Service]\nExecStart=/bin/app\n"),
+        ]);
+        h.start("app").unwrap();
+        h.exit(h.main_pid("setup"), code(exit));
+        assert_eq!(h.snapshot("app").status, app, "oneshot exited with {exit}");
+    }
 }

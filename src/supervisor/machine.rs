@@ -25,7 +25,7 @@ use super::state::{
 use super::{CommandError, DrainHint, EventKind, OsError, Prepared, ReadyTarget, Role, UnitEvent, UnitSnapshot};
 use crate::failure::{classify, Evidence, Failure, FailureClass};
 use crate::init::ExitStatus;
-use crate::units::{ExecCommand, KillMode, Unit, UnitKind};
+use crate::units::{ExecCommand, KillMode, ServiceType, Unit, UnitKind};
 
 /// After SIGKILL, how long to wait for processes to vanish before giving up on
 /// them (a process in uninterruptible sleep cannot die until its I/O returns).
@@ -211,17 +211,36 @@ pub enum Effect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Stopped,
+    /// A `Type=oneshot` whose commands all succeeded: what requires it may start.
+    Finished,
     Error,
     Failed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartStep {
-    Conditions { fresh: bool },
+    Conditions {
+        fresh: bool,
+    },
     Begin,
-    SpawnPre { index: usize },
-    Pre { index: usize, pid: i32 },
-    SpawnMain { argv: String },
+    SpawnPre {
+        index: usize,
+    },
+    Pre {
+        index: usize,
+        pid: i32,
+    },
+    SpawnMain {
+        argv: String,
+    },
+    /// A `Type=oneshot`'s ExecStart= commands, one after the other.
+    SpawnOneshot {
+        index: usize,
+    },
+    Oneshot {
+        index: usize,
+        pid: i32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +291,8 @@ pub struct Stop {
     pub then: Then,
     /// TimeoutStopSec ran out and SIGKILL was needed (a shutdown is then not clean).
     pub escalated: bool,
+    /// Stopping a oneshot that remained active: its ExecStop= runs though no main process is left.
+    pub remained: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +332,8 @@ pub enum UnitState {
         pid: i32,
         ready: Readiness,
     },
+    /// A `Type=oneshot` with `RemainAfterExit=yes` whose commands succeeded: active, no process.
+    Remaining,
     /// Waiting out the restart delay.
     Backoff,
     Stopping(Stop),
@@ -337,13 +360,13 @@ pub enum StartMove {
 impl UnitState {
     pub fn status(&self) -> Status {
         match self {
-            UnitState::Inactive(Outcome::Stopped) => Status::Stopped,
+            UnitState::Inactive(Outcome::Stopped | Outcome::Finished) => Status::Stopped,
             UnitState::Inactive(Outcome::Error) => Status::Error,
             UnitState::Inactive(Outcome::Failed) => Status::Failed,
             UnitState::WaitDeps { .. } | UnitState::Starting(_) => Status::Starting,
             UnitState::Running { ready: Readiness::Waiting, .. } => Status::Starting,
             UnitState::Running { ready: Readiness::Stalled, .. } => Status::Stalled,
-            UnitState::Running { ready: Readiness::Ready, .. } => Status::Started,
+            UnitState::Running { ready: Readiness::Ready, .. } | UnitState::Remaining => Status::Started,
             UnitState::Backoff => Status::Restarting,
             UnitState::Stopping(_) | UnitState::Finishing(_) => Status::Stopping,
         }
@@ -375,7 +398,7 @@ impl UnitState {
 
     pub fn main_pid(&self) -> Option<i32> {
         match self {
-            UnitState::Running { pid, .. } => Some(*pid),
+            UnitState::Running { pid, .. } | UnitState::Starting(StartStep::Oneshot { pid, .. }) => Some(*pid),
             UnitState::Stopping(stop) => stop.main,
             _ => None,
         }
@@ -717,7 +740,7 @@ impl Units {
                 }
                 return;
             }
-            UnitState::Starting(StartStep::Pre { pid, .. }) => {
+            UnitState::Starting(StartStep::Pre { pid, .. } | StartStep::Oneshot { pid, .. }) => {
                 // Half-started: nothing depends on it yet, so no ordering to wait for.
                 let pid = *pid;
                 let signal = kill_signal(&s.unit);
@@ -727,6 +750,7 @@ impl Units {
                     ending: RunEnd::Requested,
                     then: Then::Down,
                     escalated: false,
+                    remained: false,
                 });
                 self.publish(id, None);
                 self.out.push(Effect::Signal { target: Target::Group(pid), signal });
@@ -739,9 +763,13 @@ impl Units {
                 self.publish(id, Some("stopped".into()));
                 return;
             }
-            UnitState::Inactive(_) | UnitState::Running { .. } => {}
+            UnitState::Inactive(_) | UnitState::Running { .. } | UnitState::Remaining => {}
         }
-        let UnitState::Running { pid, .. } = s.state else { return };
+        let (main, remained) = match s.state {
+            UnitState::Running { pid, .. } => (Some(pid), false),
+            UnitState::Remaining => (None, true),
+            _ => return,
+        };
         let name = s.unit.name.clone();
         // Units that require this one cannot keep running without it.
         let dependents: Vec<UnitId> = self
@@ -756,10 +784,11 @@ impl Units {
             id,
             UnitState::Stopping(Stop {
                 stage: StopStage::WaitOrder,
-                main: Some(pid),
+                main,
                 ending: RunEnd::Requested,
                 then: Then::Down,
                 escalated: false,
+                remained,
             }),
         );
         self.publish(id, None);
@@ -955,6 +984,8 @@ impl Units {
                 None => Some(format!("requires {dep}, which does not exist")),
                 Some(UnitState::Inactive(Outcome::Error | Outcome::Failed)) => Some(format!("dependency {dep} failed")),
                 Some(UnitState::Inactive(Outcome::Stopped)) => Some(format!("required unit {dep} is not running")),
+                // A oneshot that did its work is what was required.
+                Some(UnitState::Inactive(Outcome::Finished)) => None,
                 _ => None,
             };
             if let Some(why) = why {
@@ -1035,6 +1066,10 @@ impl Units {
             self.out.push(Effect::Spawn { unit: id, role: Role::Pre, command: command.clone(), env });
             return;
         }
+        if unit.service.service_type == ServiceType::Oneshot {
+            self.run_oneshot_command(id, 0);
+            return;
+        }
         let Some(mut command) = unit.service.exec_start.clone().or_else(|| s.prepared.default_exec_start.clone())
         else {
             self.run_ended(id, RunEnd::SpawnFailed("no ExecStart= and no default for this unit".into()));
@@ -1044,6 +1079,29 @@ impl Units {
             command.argv.splice(0..0, s.prepared.main_wrapper.iter().cloned());
         }
         self.slots[id.0].state = UnitState::Starting(StartStep::SpawnMain { argv: command.argv.join(" ") });
+        self.out.push(Effect::Spawn { unit: id, role: Role::Main, command, env });
+    }
+
+    /// A oneshot's `index`th ExecStart=; once none is left, it is done.
+    fn run_oneshot_command(&mut self, id: UnitId, index: usize) {
+        let s = &self.slots[id.0];
+        let service = &s.unit.service;
+        let Some(command) = service.exec_start.iter().chain(&service.exec_start_more).nth(index).cloned() else {
+            if service.remain_after_exit {
+                self.enter(id, UnitState::Remaining);
+                self.publish(id, None);
+            } else {
+                // Done: ends as a run does (leftovers killed), and Restart= sees a clean exit.
+                self.run_ended(id, RunEnd::Exited(ExitStatus::Exited { code: 0 }));
+            }
+            return;
+        };
+        let env = s.prepared.env.clone();
+        let count = 1 + service.exec_start_more.len();
+        self.slots[id.0].state = UnitState::Starting(StartStep::SpawnOneshot { index });
+        if count > 1 {
+            self.publish(id, Some(format!("ExecStart {}/{count}", index + 1)));
+        }
         self.out.push(Effect::Spawn { unit: id, role: Role::Main, command, env });
     }
 
@@ -1059,9 +1117,18 @@ impl Units {
             (Role::Main, UnitState::Starting(StartStep::SpawnMain { argv }), Ok(pid)) => {
                 self.main_spawned(id, pid, argv)
             }
+            (Role::Main, UnitState::Starting(StartStep::SpawnOneshot { index }), Ok(pid)) => {
+                if index == 0 {
+                    self.slots[id.0].run_started = Some(self.now.at);
+                    self.slots[id.0].started_ms = Some(self.now.wall_ms);
+                }
+                self.enter(id, UnitState::Starting(StartStep::Oneshot { index, pid }));
+            }
             (
                 Role::Pre | Role::Main,
-                UnitState::Starting(StartStep::SpawnPre { .. } | StartStep::SpawnMain { .. }),
+                UnitState::Starting(
+                    StartStep::SpawnPre { .. } | StartStep::SpawnMain { .. } | StartStep::SpawnOneshot { .. },
+                ),
                 Err(why),
             ) => self.run_ended(id, RunEnd::SpawnFailed(why.to_string())),
             (Role::Stop, UnitState::Stopping(mut stop), result) => {
@@ -1141,7 +1208,8 @@ impl Units {
     fn run_stop_command(&mut self, id: UnitId, index: usize) {
         let s = &mut self.slots[id.0];
         let UnitState::Stopping(stop) = &mut s.state else { return };
-        if let (Some(_), Some(command)) = (stop.main, s.unit.service.exec_stop.get(index)) {
+        let commands = stop.main.is_some() || stop.remained;
+        if let (true, Some(command)) = (commands, s.unit.service.exec_stop.get(index)) {
             let command = command.clone();
             stop.stage = StopStage::SpawnCmd { index };
             let env = self.command_env(id);
@@ -1191,6 +1259,7 @@ impl Units {
                 ending,
                 then: Then::Policy,
                 escalated: false,
+                remained: false,
             }),
         );
         self.out.push(Effect::CheckDrained { unit: id });
@@ -1421,7 +1490,10 @@ impl Units {
             }
             Then::Policy => {
                 if ending.is_clean() {
-                    self.enter(id, UnitState::Inactive(Outcome::Stopped));
+                    let oneshot = self.slots[id.0].unit.service.service_type == ServiceType::Oneshot;
+                    let outcome =
+                        if oneshot && ending != RunEnd::Requested { Outcome::Finished } else { Outcome::Stopped };
+                    self.enter(id, UnitState::Inactive(outcome));
                     self.publish(id, Some(ending.describe()));
                 } else {
                     self.enter(id, UnitState::Inactive(Outcome::Error));
@@ -1447,6 +1519,15 @@ impl Units {
         match role {
             Role::Main => match state {
                 UnitState::Running { pid: main, .. } if main == pid => self.run_ended(id, RunEnd::Exited(status)),
+                UnitState::Starting(StartStep::Oneshot { index, pid: current }) if current == pid => {
+                    let service = &self.slots[id.0].unit.service;
+                    let command = service.exec_start.iter().chain(&service.exec_start_more).nth(index);
+                    if status.success() || command.is_some_and(|c| c.ignore_failure) {
+                        self.run_oneshot_command(id, index + 1);
+                    } else {
+                        self.run_ended(id, RunEnd::Exited(status));
+                    }
+                }
                 UnitState::Stopping(mut stop) if stop.main == Some(pid) => {
                     stop.main = None;
                     let sent = self.signals_sent(id, &stop.stage);
@@ -1546,6 +1627,7 @@ impl Units {
                         ending: RunEnd::StartTimeout,
                         then: Then::Policy,
                         escalated: false,
+                        remained: false,
                     }),
                 );
                 self.note(id, "not ready within TimeoutStartSec; stopping it");

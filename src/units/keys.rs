@@ -35,6 +35,9 @@ const SERVICE_KEYS: &[&str] = &[
     "Nice",
     "ReadyCheck",
     "MemoryMax",
+    "Type",
+    "RemainAfterExit",
+    "WatchdogSec",
     // systemd accepts these in [Service] too (they moved from there to [Unit]).
     "StartLimitIntervalSec",
     "StartLimitBurst",
@@ -69,6 +72,9 @@ const INSTANCE_SERVICE_KEYS: &[&str] = &[
     "UMask",
     "ReadyCheck",
     "MemoryMax",
+    "Type",
+    "RemainAfterExit",
+    "WatchdogSec",
     "StartLimitIntervalSec",
     "StartLimitBurst",
 ];
@@ -192,9 +198,7 @@ const SYSTEMD_UNIT_KEYS: &[&str] = &[
 /// options) aikore does not implement.
 const SYSTEMD_SERVICE_KEYS: &[&str] = &[
     // Service behaviour.
-    "Type",
     "ExitType",
-    "RemainAfterExit",
     "GuessMainPID",
     "PIDFile",
     "BusName",
@@ -209,7 +213,6 @@ const SYSTEMD_SERVICE_KEYS: &[&str] = &[
     "TimeoutStopFailureMode",
     "RuntimeMaxSec",
     "RuntimeRandomizedExtraSec",
-    "WatchdogSec",
     "SuccessExitStatus",
     "RestartPreventExitStatus",
     "RestartForceExitStatus",

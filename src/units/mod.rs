@@ -113,6 +113,45 @@ pub enum KillMode {
     Mixed,
 }
 
+/// Type= as written. `simple`, `exec` and `idle` are supervised alike (the
+/// spawner returns once exec succeeded, so `exec`'s rule holds for all
+/// three); `oneshot` runs its ExecStart= commands in turn and is started
+/// once they all succeeded; `notify` (and `notify-reload`) is started at
+/// `READY=1` on its NOTIFY_SOCKET; `forking` and `dbus` are not implemented
+/// and supervised as `simple`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    #[default]
+    Simple,
+    Exec,
+    Forking,
+    Oneshot,
+    Dbus,
+    Notify,
+    NotifyReload,
+    Idle,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::Simple => "simple",
+            ServiceType::Exec => "exec",
+            ServiceType::Forking => "forking",
+            ServiceType::Oneshot => "oneshot",
+            ServiceType::Dbus => "dbus",
+            ServiceType::Notify => "notify",
+            ServiceType::NotifyReload => "notify-reload",
+            ServiceType::Idle => "idle",
+        }
+    }
+
+    /// Ready when it says so on NOTIFY_SOCKET.
+    pub fn notifies(self) -> bool {
+        matches!(self, ServiceType::Notify | ServiceType::NotifyReload)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ReadyCheck {
     /// Not given: instances probe their port over HTTP, services are ready once exec'd.
@@ -137,7 +176,15 @@ pub struct EnvironmentFile {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
+    pub service_type: ServiceType,
+    /// The first ExecStart= (the only one, except in a oneshot).
     pub exec_start: Option<ExecCommand>,
+    /// A `Type=oneshot`'s further ExecStart= commands, run in order after `exec_start`.
+    pub exec_start_more: Vec<ExecCommand>,
+    /// RemainAfterExit=: a oneshot stays active once its commands are done.
+    pub remain_after_exit: bool,
+    /// WatchdogSec=: a notify service that sends no `WATCHDOG=1` for this long is killed (None: off).
+    pub watchdog: Option<Duration>,
     pub exec_start_pre: Vec<ExecCommand>,
     pub exec_reload: Vec<ExecCommand>,
     pub exec_stop: Vec<ExecCommand>,
@@ -165,7 +212,11 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
+            service_type: ServiceType::Simple,
             exec_start: None,
+            exec_start_more: Vec::new(),
+            remain_after_exit: false,
+            watchdog: None,
             exec_start_pre: Vec::new(),
             exec_reload: Vec::new(),
             exec_stop: Vec::new(),

@@ -13,7 +13,7 @@ use super::quote::{parse_environment, parse_exec_command};
 use super::timespan::{parse_finite_timespan, parse_timespan};
 use super::{
     is_valid_unit_name, Diagnostic, EnvironmentFile, ExecCommand, InstanceConfig, KillMode, PathCondition, PortSpec,
-    ReadyCheck, RestartPolicy, ServiceConfig, Severity, Unit, UnitKind,
+    ReadyCheck, RestartPolicy, ServiceConfig, ServiceType, Severity, Unit, UnitKind,
 };
 
 /// Suffixes of systemd unit types aikore does not run; dependencies on them
@@ -83,6 +83,8 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
 
     let mut blueprint_seen = false;
     let mut exec_start_line: Option<usize> = None;
+    // The line of a second ExecStart= (allowed in a oneshot only).
+    let mut extra_exec_start: Option<usize> = None;
     for entry in &doc.entries {
         let section = match keys::classify_section(&entry.section, kind) {
             SectionClass::Known(s) => s,
@@ -111,18 +113,23 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
             (Section::Service, "ExecStart") => {
                 if entry.value.is_empty() {
                     unit.service.exec_start = None;
+                    unit.service.exec_start_more.clear();
                     exec_start_line = None;
-                } else if let Some(first) = exec_start_line {
-                    cx.error(
-                        entry.line,
-                        format!(
-                            "ExecStart= is already set on line {first}; a service runs one command \
-                         (write an empty ExecStart= first to replace it)"
-                        ),
-                    );
+                    extra_exec_start = None;
                 } else {
-                    exec_start_line = Some(entry.line);
-                    unit.service.exec_start = cx.exec(entry);
+                    // Several are a oneshot's right only; Type= may come later, so judged at the end.
+                    if exec_start_line.is_some() {
+                        extra_exec_start.get_or_insert(entry.line);
+                    } else {
+                        exec_start_line = Some(entry.line);
+                    }
+                    if let Some(cmd) = cx.exec(entry) {
+                        if unit.service.exec_start.is_none() {
+                            unit.service.exec_start = Some(cmd);
+                        } else {
+                            unit.service.exec_start_more.push(cmd);
+                        }
+                    }
                 }
             }
             (Section::Instance, "Blueprint") => {
@@ -142,6 +149,17 @@ pub fn parse_unit_str(path: &Path, text: &str) -> Result<(Unit, Vec<Diagnostic>)
         }
     }
 
+    if let (Some(first), Some(line)) = (exec_start_line, extra_exec_start) {
+        if unit.service.service_type != ServiceType::Oneshot {
+            cx.error(
+                line,
+                format!(
+                    "ExecStart= is already set on line {first}; only a Type=oneshot service runs several \
+                     (write an empty ExecStart= first to replace it)"
+                ),
+            );
+        }
+    }
     if kind == UnitKind::Service && unit.service.exec_start.is_none() && exec_start_line.is_none() {
         let line = section_line(&doc.sections, "Service");
         cx.error(line, "a .service unit needs ExecStart=".to_string());
@@ -332,6 +350,31 @@ impl<'a> Resolver<'a> {
                     svc.kill_mode = m;
                 }
             }
+            "Type" => {
+                if let Some(t) = self.value(entry, parse_service_type) {
+                    if matches!(t, ServiceType::Forking | ServiceType::Dbus) {
+                        self.warn(
+                            entry.line,
+                            format!(
+                                "Type={} is not implemented by aikore: supervised as Type=simple, so the \
+                                 main process must stay in the foreground",
+                                t.as_str()
+                            ),
+                        );
+                    }
+                    svc.service_type = t;
+                }
+            }
+            "RemainAfterExit" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    svc.remain_after_exit = b;
+                }
+            }
+            "WatchdogSec" => {
+                if let Some(t) = self.value(entry, parse_timeout) {
+                    svc.watchdog = t;
+                }
+            }
             "Environment" => {
                 if entry.value.is_empty() {
                     svc.environment.clear();
@@ -473,6 +516,20 @@ fn parse_restart(v: &str) -> Result<RestartPolicy, String> {
 /// TimeoutStartSec=/TimeoutStopSec=: `0` and `infinity` both disable the timeout.
 fn parse_timeout(v: &str) -> Result<Option<Duration>, String> {
     Ok(parse_timespan(v)?.filter(|d| !d.is_zero()))
+}
+
+fn parse_service_type(v: &str) -> Result<ServiceType, String> {
+    Ok(match v {
+        "simple" => ServiceType::Simple,
+        "exec" => ServiceType::Exec,
+        "forking" => ServiceType::Forking,
+        "oneshot" => ServiceType::Oneshot,
+        "dbus" => ServiceType::Dbus,
+        "notify" => ServiceType::Notify,
+        "notify-reload" => ServiceType::NotifyReload,
+        "idle" => ServiceType::Idle,
+        _ => return Err("valid values: simple, exec, forking, oneshot, dbus, notify, notify-reload, idle".into()),
+    })
 }
 
 fn parse_kill_mode(v: &str) -> Result<KillMode, String> {

@@ -154,7 +154,7 @@ Restart=no
 fn second_exec_start_without_reset_is_an_error() {
     assert_eq!(
         errors("d.service", "[Service]\nExecStart=/bin/a\nExecStart=/bin/b\n"),
-        ["3: ExecStart= is already set on line 2; a service runs one command (write an empty ExecStart= first to replace it)"]
+        ["3: ExecStart= is already set on line 2; only a Type=oneshot service runs several (write an empty ExecStart= first to replace it)"]
     );
 }
 
@@ -224,7 +224,6 @@ Anything=goes
         warnings(&w),
         [
             "3: PartOf= is not supported by aikore and is ignored",
-            "6: Type= is not supported by aikore and is ignored",
             "8: ProtectSystem= is not supported by aikore and is ignored",
             "9: ExecStartPost= is not supported by aikore and is ignored",
             "12: WantedBy= is not supported by aikore and is ignored",
