@@ -68,3 +68,67 @@ fn several_exec_start_lines_are_refused_outside_a_oneshot() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("only a Type=oneshot service runs several"), "{text}");
 }
+
+/// A raw sd_notify client: sends its arguments, one per line, to
+/// `$NOTIFY_SOCKET` as one datagram (`@` standing for the abstract namespace).
+fn notifier(dir: &std::path::Path) -> String {
+    let path = dir.join("notify.py");
+    std::fs::write(
+        &path,
+        "import os, socket, sys\n\
+         a = os.environ['NOTIFY_SOCKET']\n\
+         a = '\\0' + a[1:] if a[0] == '@' else a\n\
+         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto('\\n'.join(sys.argv[1:]).encode(), a)\n",
+    )
+    .unwrap();
+    format!("python3 {}", path.display())
+}
+
+#[test]
+fn a_notify_service_is_started_by_a_raw_ready_datagram_and_shows_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("go");
+    let notify = notifier(dir.path());
+    let unit = format!(
+        "[Service]\nType=notify\n\
+         ExecStart=/bin/sh -c 'while [ ! -e {} ]; do sleep 0.05; done; {notify} READY=1 \"STATUS=serving 3 models\"; exec sleep 1000'\n",
+        gate.display()
+    );
+    let d = Daemon::start(&[("d.service", &unit)]);
+    // Running, but not ready until it says so.
+    d.wait_until("the main process", |d| d.unit("d")["pid"].as_i64().is_some());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let u = d.unit("d");
+    assert_eq!((u["status"].as_str(), u["detail"].as_str()), (Some("starting"), Some("waiting for READY=1")), "{u}");
+    std::fs::write(&gate, "").unwrap();
+    let u = d.wait_status("d", "started");
+    assert_eq!(u["detail"], "serving 3 models", "{u}");
+    let out = d.cli(&["status", "d"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("serving 3 models"), "{text}");
+}
+
+#[test]
+fn a_notify_service_that_stops_sending_watchdog_is_killed_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("watchdog_usec");
+    let notify = notifier(dir.path());
+    // Ready, one ping, then silence.
+    let unit = format!(
+        "[Service]\nType=notify\nWatchdogSec=1s\nRestart=on-failure\nRestartSec=100ms\n\
+         ExecStart=/bin/sh -c 'echo $WATCHDOG_USEC > {}; {notify} READY=1; {notify} WATCHDOG=1; exec sleep 1000'\n",
+        env.display()
+    );
+    let d = Daemon::start(&[("dog.service", &unit)]);
+    let first = d.wait_status("dog", "started")["pid"].as_i64();
+    d.wait_until("a restart after the watchdog", |d| {
+        let u = d.unit("dog");
+        u["restarts"].as_u64() >= Some(1) && u["status"] == "started" && u["pid"].as_i64() != first
+    });
+    assert_eq!(std::fs::read_to_string(&env).unwrap().trim(), "1000000");
+    let (_, journal) = d.get("/api/v1/journal?unit=dog&limit=500");
+    let details: Vec<String> =
+        journal.as_array().unwrap().iter().map(|e| e["detail"].as_str().unwrap_or("").to_string()).collect();
+    assert!(details.iter().any(|t| t.contains("restarting: watchdog timeout")), "{details:?}");
+    assert!(d.unit_log("dog").contains("no WATCHDOG=1 within WatchdogSec="), "{}", d.unit_log("dog"));
+}

@@ -155,7 +155,14 @@ impl<C: ProcessControl> Engine<C> {
                 None => {}
             }
             for hint in dedup_hints(std::mem::take(&mut pending_hints)) {
-                self.feed(Input::Hint(hint));
+                match hint {
+                    DrainHint::Notify { unit, message } => {
+                        if let Some(unit) = self.units.id(&unit) {
+                            self.feed(Input::Notify { unit, message });
+                        }
+                    }
+                    hint => self.feed(Input::Hint(hint)),
+                }
             }
             self.ctl.batch_done();
             if self.finished {
@@ -244,9 +251,10 @@ impl<C: ProcessControl> Engine<C> {
                 None
             }
             Effect::ArmTimer { unit, kind, at, epoch } => {
-                // Timers of a state that moved on can never fire usefully: drop them here, so the
-                // queue stays as small as the number of live timers.
-                self.timers.retain(|_, t| t.unit != unit || t.epoch == epoch);
+                // Timers of a state that moved on can never fire usefully, and a timer re-armed
+                // (the watchdog) replaces its kind: drop them here, so the queue stays as small
+                // as the number of live timers.
+                self.timers.retain(|_, t| t.unit != unit || (t.epoch == epoch && t.kind != kind));
                 self.timer_seq += 1;
                 self.timers.insert((at, self.timer_seq), Timer { unit, epoch, kind });
                 None
@@ -341,16 +349,22 @@ impl<C: ProcessControl> Engine<C> {
     }
 }
 
-/// A hint naming a unit once is enough per batch; `Any` covers every unit.
+/// A drain hint naming a unit once is enough per batch, and `Any` covers
+/// every unit; notifications are all kept, in order, after them.
 fn dedup_hints(hints: Vec<DrainHint>) -> Vec<DrainHint> {
-    if hints.contains(&DrainHint::Any) {
-        return vec![DrainHint::Any];
-    }
-    let mut names: Vec<String> =
-        hints.into_iter().filter_map(|h| if let DrainHint::Unit(n) = h { Some(n) } else { None }).collect();
-    names.sort();
-    names.dedup();
-    names.into_iter().map(DrainHint::Unit).collect()
+    let (notices, drains): (Vec<DrainHint>, Vec<DrainHint>) =
+        hints.into_iter().partition(|h| matches!(h, DrainHint::Notify { .. }));
+    let mut out = if drains.contains(&DrainHint::Any) {
+        vec![DrainHint::Any]
+    } else {
+        let mut names: Vec<String> =
+            drains.into_iter().filter_map(|h| if let DrainHint::Unit(n) = h { Some(n) } else { None }).collect();
+        names.sort();
+        names.dedup();
+        names.into_iter().map(DrainHint::Unit).collect()
+    };
+    out.extend(notices);
+    out
 }
 
 #[cfg(test)]

@@ -327,7 +327,7 @@ impl Sim {
                 None
             }
             Effect::ArmTimer { unit, kind, at, epoch } => {
-                self.timers.retain(|_, (u, e, _)| *u != unit || *e == epoch);
+                self.timers.retain(|_, (u, e, k)| *u != unit || (*e == epoch && *k != kind));
                 self.timer_seq += 1;
                 self.timers.insert((at, self.timer_seq), (unit, epoch, kind));
                 None
@@ -1535,4 +1535,31 @@ fn a_oneshot_that_finished_satisfies_what_requires_it_and_a_failed_one_does_not(
         h.exit(h.main_pid("setup"), code(exit));
         assert_eq!(h.snapshot("app").status, app, "oneshot exited with {exit}");
     }
+}
+
+#[test]
+fn a_notify_service_is_started_at_ready_and_killed_when_its_watchdog_goes_quiet() {
+    let mut h = Sim::new(vec![service("d", "Type=notify\nWatchdogSec=2s\nRestart=on-failure\nRestartSec=1s\n")]);
+    h.start("d").unwrap();
+    let d = h.id("d");
+    let snap = h.snapshot("d");
+    assert_eq!((snap.status, snap.detail.as_deref()), (Status::Starting, Some("waiting for READY=1")));
+    h.input(Input::Notify { unit: d, message: "STATUS=loading\n".into() });
+    assert_eq!(h.snapshot("d").detail.as_deref(), Some("loading"));
+    h.input(Input::Notify { unit: d, message: "READY=1\nSTATUS=serving\n".into() });
+    let snap = h.snapshot("d");
+    assert_eq!((snap.status, snap.detail.as_deref()), (Status::Started, Some("serving")));
+    // Pings keep it alive past WatchdogSec.
+    for _ in 0..3 {
+        h.sleep(Duration::from_millis(1500));
+        h.input(Input::Notify { unit: d, message: "WATCHDOG=1".into() });
+    }
+    assert_eq!(h.mains("d").len(), 1);
+    let quiet = h.now();
+    h.wait_for("the watchdog", |h| !h.unit_signals("d").is_empty());
+    assert_eq!(h.unit_signals("d"), [(quiet + Duration::from_secs(2), Signal::SIGABRT)]);
+    h.exit(h.main_pid("d"), ExitStatus::Signaled { signal: libc::SIGABRT, core_dumped: true });
+    let snap = h.wait_status("d", Status::Restarting);
+    assert!(snap.detail.as_deref().unwrap_or("").starts_with("watchdog timeout"), "{:?}", snap.detail);
+    h.wait_spawns("d", 2);
 }

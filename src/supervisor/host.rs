@@ -58,6 +58,8 @@ pub struct HostProcesses {
     sweep: Option<ProcSweep>,
     /// Per unit, what its current run's failure classification needs.
     runs: HashMap<String, RunFacts>,
+    /// The NOTIFY_SOCKET readers of `Type=notify` runs, stopped at `end_run`.
+    notifiers: HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
 /// What the failure classifier needs from a run that the run's end cannot
@@ -123,6 +125,7 @@ impl HostProcesses {
             armed,
             sweep: None,
             runs: HashMap::new(),
+            notifiers: HashMap::new(),
         }
     }
 
@@ -391,7 +394,20 @@ impl ProcessControl for HostProcesses {
                 Some(ReadyTarget::Http { host: host.clone(), port: *port, path: path.clone() })
             }
         };
-        Ok(Prepared { ready, ..Prepared::default() })
+        let mut env = Vec::new();
+        if unit.service.service_type.notifies() {
+            if let Some(old) = self.notifiers.remove(&unit.name) {
+                old.abort();
+            }
+            let reader =
+                super::notify::listen(&unit.name, self.hints.clone()).map_err(|e| OsError::io("NOTIFY_SOCKET", e))?;
+            self.notifiers.insert(unit.name.clone(), reader);
+            env.push(("NOTIFY_SOCKET".to_string(), super::notify::socket_name(&unit.name)));
+        }
+        if let Some(watchdog) = unit.service.watchdog {
+            env.push(("WATCHDOG_USEC".to_string(), watchdog.as_micros().to_string()));
+        }
+        Ok(Prepared { ready, env, ..Prepared::default() })
     }
 
     fn spawn(
@@ -517,6 +533,9 @@ impl ProcessControl for HostProcesses {
     }
 
     fn end_run(&mut self, unit: &str) {
+        if let Some(reader) = self.notifiers.remove(unit) {
+            reader.abort();
+        }
         self.pids.end(unit);
         self.known.forget(unit);
         if self.draining.remove(unit) && self.draining.is_empty() {

@@ -52,6 +52,8 @@ pub enum TimerKind {
     StartTimeout,
     Stall,
     StopTimeout,
+    /// WatchdogSec= of a notify service, re-armed by each `WATCHDOG=1`.
+    Watchdog,
 }
 
 /// Names a pending reply the driver holds (a oneshot sender is not data).
@@ -118,6 +120,11 @@ pub enum Input {
     PortHolder {
         unit: UnitId,
         holder: Option<String>,
+    },
+    /// A datagram on the unit's NOTIFY_SOCKET.
+    Notify {
+        unit: UnitId,
+        message: String,
     },
 }
 
@@ -545,6 +552,7 @@ impl Units {
             Input::Members { unit, live } => self.on_members(unit, live),
             Input::Evidence { unit, evidence } => self.on_evidence(unit, evidence),
             Input::PortHolder { unit, holder } => self.on_port_holder(unit, holder),
+            Input::Notify { unit, message } => self.on_notify(unit, &message),
         }
         self.advance();
         if let Some(job) = self.shutdown.as_mut() {
@@ -1175,10 +1183,17 @@ impl Units {
         s.started_ms = Some(now.wall_ms);
         let ready = s.prepared.ready.clone();
         let unit = Arc::clone(&s.unit);
-        let readiness = if ready.is_some() { Readiness::Waiting } else { Readiness::Ready };
+        let notifies = unit.service.service_type.notifies();
+        let readiness = if ready.is_some() || notifies { Readiness::Waiting } else { Readiness::Ready };
         self.enter(id, UnitState::Running { pid, ready: readiness });
         self.note(id, &format!("started {argv}, pid {pid}"));
         match ready {
+            None if notifies => {
+                self.publish(id, Some("waiting for READY=1".into()));
+                if let Some(timeout) = unit.service.timeout_start {
+                    self.arm(id, TimerKind::StartTimeout, timeout);
+                }
+            }
             None => self.publish(id, None),
             Some(target) => {
                 self.publish(id, Some("waiting for readiness".into()));
@@ -1331,6 +1346,8 @@ impl Units {
                     self.check_drained(id);
                 }
             }
+            // The driver turns these into `Input::Notify`.
+            DrainHint::Notify { .. } => {}
         }
     }
 
@@ -1595,6 +1612,76 @@ impl Units {
         }
     }
 
+    /// sd_notify: READY=1 makes a notify service started, STATUS= is its
+    /// detail, WATCHDOG=1 re-arms WatchdogSec=, MAINPID= names another of
+    /// our processes as the main one.
+    fn on_notify(&mut self, id: UnitId, message: &str) {
+        let notice = super::notify::Notice::parse(message);
+        let s = &mut self.slots[id.0];
+        let UnitState::Running { pid, .. } = &mut s.state else { return };
+        let watchdog = s.unit.service.watchdog;
+        if let Some(new) = notice.main_pid.filter(|new| new != pid) {
+            if s.children.iter().any(|(child, _)| *child == new) {
+                for child in s.children.iter_mut().filter(|(child, _)| *child == new) {
+                    child.1 = Role::Main;
+                }
+                *pid = new;
+            } else {
+                let text = format!("MAINPID={new} ignored: aikore follows only processes it started");
+                self.note(id, &text);
+            }
+        }
+        let s = &mut self.slots[id.0];
+        let notifies = s.unit.service.service_type.notifies();
+        let UnitState::Running { ready, .. } = &mut s.state else { return };
+        let became_ready = notice.ready && *ready != Readiness::Ready && notifies;
+        if became_ready {
+            *ready = Readiness::Ready;
+        }
+        let detail = match (&notice.status, notice.stopping) {
+            (_, true) => Some("stopping (STOPPING=1)".to_string()),
+            (Some(text), false) => Some(text.clone()),
+            (None, false) if became_ready => None,
+            (None, false) => s.detail.clone(),
+        };
+        if became_ready || notice.status.is_some() || notice.stopping {
+            self.publish(id, detail);
+        }
+        if notice.watchdog_trigger {
+            self.watchdog_fired(id);
+            return;
+        }
+        if let (Some(after), true) = (watchdog, notice.watchdog || became_ready) {
+            self.arm(id, TimerKind::Watchdog, after);
+        }
+    }
+
+    /// No WATCHDOG=1 in time: the run ends like a crash, killed with
+    /// SIGABRT (systemd's WatchdogSignal= default, for a core dump), and
+    /// Restart= decides (on-failure and on-abnormal restart it).
+    fn watchdog_fired(&mut self, id: UnitId) {
+        let UnitState::Running { pid, .. } = self.slots[id.0].state else { return };
+        self.note(id, "watchdog timeout: no WATCHDOG=1 within WatchdogSec=; sending SIGABRT");
+        self.enter(
+            id,
+            UnitState::Stopping(Stop {
+                stage: StopStage::Draining { sigkill_sent: false },
+                main: Some(pid),
+                ending: RunEnd::Watchdog,
+                then: Then::Policy,
+                escalated: false,
+                remained: false,
+            }),
+        );
+        self.publish(id, Some("watchdog timeout".into()));
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGABRT });
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
+        if let Some(timeout) = self.slots[id.0].unit.service.timeout_stop {
+            self.arm(id, TimerKind::StopTimeout, timeout);
+        }
+        self.out.push(Effect::CheckDrained { unit: id });
+    }
+
     fn on_ready(&mut self, id: UnitId, epoch: Epoch) {
         let s = &mut self.slots[id.0];
         if s.epoch != epoch {
@@ -1613,6 +1700,7 @@ impl Units {
                 self.enter(id, UnitState::WaitDeps { fresh: false });
                 self.publish(id, Some("restarting".into()));
             }
+            (TimerKind::Watchdog, UnitState::Running { .. }) => self.watchdog_fired(id),
             (TimerKind::Stall, UnitState::Running { ready: ready @ Readiness::Waiting, .. }) => {
                 *ready = Readiness::Stalled;
                 self.publish(id, Some("no answer on its port yet".into()));

@@ -8,6 +8,7 @@ mod engine;
 pub mod host;
 pub mod machine;
 pub mod members;
+pub mod notify;
 pub mod ready;
 pub mod reload;
 pub mod sockets;
@@ -377,4 +378,8 @@ pub enum DrainHint {
     /// The reaper reaped a process nobody spawned (an orphan of some unit):
     /// any unit without a cgroup may be done.
     Any,
+    /// Not about draining: a datagram on the unit's `NOTIFY_SOCKET`
+    /// (sd_notify's `KEY=VALUE` lines), which reaches the engine on the same
+    /// channel from the OS side ([`notify`]).
+    Notify { unit: String, message: String },
 }

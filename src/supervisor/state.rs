@@ -64,6 +64,8 @@ pub enum RunEnd {
     StartTimeout,
     PreFailed(ExitStatus),
     SpawnFailed(String),
+    /// WatchdogSec= passed without `WATCHDOG=1` (or the service sent `WATCHDOG=trigger`).
+    Watchdog,
 }
 
 impl RunEnd {
@@ -84,7 +86,7 @@ impl RunEnd {
     /// as opposed to exiting with a code.
     fn is_abnormal(&self) -> bool {
         match self {
-            RunEnd::StartTimeout => true,
+            RunEnd::StartTimeout | RunEnd::Watchdog => true,
             RunEnd::Exited(ExitStatus::Signaled { .. }) => !self.is_clean(),
             _ => false,
         }
@@ -97,6 +99,7 @@ impl RunEnd {
             RunEnd::StartTimeout => "did not become ready within TimeoutStartSec".into(),
             RunEnd::PreFailed(status) => format!("ExecStartPre {status}"),
             RunEnd::SpawnFailed(why) => format!("could not start: {why}"),
+            RunEnd::Watchdog => "watchdog timeout (no WATCHDOG=1 within WatchdogSec)".into(),
         }
     }
 }
