@@ -1533,44 +1533,21 @@ impl Units {
         };
         self.slots[id.0].children.retain(|(p, _)| *p != pid);
         let state = self.slots[id.0].state.clone();
-        match role {
-            Role::Main => match state {
-                UnitState::Running { pid: main, .. } if main == pid => self.run_ended(id, RunEnd::Exited(status)),
-                UnitState::Starting(StartStep::Oneshot { index, pid: current }) if current == pid => {
-                    let service = &self.slots[id.0].unit.service;
-                    let command = service.exec_start.iter().chain(&service.exec_start_more).nth(index);
-                    if status.success() || command.is_some_and(|c| c.ignore_failure) {
-                        self.run_oneshot_command(id, index + 1);
-                    } else {
-                        self.run_ended(id, RunEnd::Exited(status));
-                    }
+        match (role, state) {
+            (Role::Main, UnitState::Running { pid: main, .. }) if main == pid => {
+                self.run_ended(id, RunEnd::Exited(status))
+            }
+            (Role::Main, UnitState::Starting(StartStep::Oneshot { index, pid: current })) if current == pid => {
+                let service = &self.slots[id.0].unit.service;
+                let command = service.exec_start.iter().chain(&service.exec_start_more).nth(index);
+                if status.success() || command.is_some_and(|c| c.ignore_failure) {
+                    self.run_oneshot_command(id, index + 1);
+                } else {
+                    self.run_ended(id, RunEnd::Exited(status));
                 }
-                UnitState::Stopping(mut stop) if stop.main == Some(pid) => {
-                    stop.main = None;
-                    let sent = self.signals_sent(id, &stop.stage);
-                    let mut described = describe_stop_exit(status, &sent);
-                    if stop.stage == (StopStage::Draining { sigkill_sent: true })
-                        && status == (ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false })
-                    {
-                        // Normal, but worth knowing: it did not stop within TimeoutStopSec.
-                        described.push_str(" after TimeoutStopSec");
-                    }
-                    let s = &mut self.slots[id.0];
-                    s.state = UnitState::Stopping(stop);
-                    s.last_exit = Some(described.clone());
-                    self.note(id, &format!("main process {described}"));
-                    self.check_drained(id);
-                }
-                _ => {}
-            },
-            Role::Pre => {
-                let UnitState::Starting(StartStep::Pre { index, pid: current }) = state else {
-                    self.check_drained(id);
-                    return;
-                };
-                if current != pid {
-                    return;
-                }
+            }
+            (Role::Main, UnitState::Stopping(stop)) if stop.main == Some(pid) => self.main_stopped(id, stop, status),
+            (Role::Pre, UnitState::Starting(StartStep::Pre { index, pid: current })) if current == pid => {
                 let ignore = self.slots[id.0].unit.service.exec_start_pre.get(index).is_some_and(|c| c.ignore_failure);
                 if status.success() || ignore {
                     self.run_pre_or_main(id, index + 1);
@@ -1578,37 +1555,56 @@ impl Units {
                     self.run_ended(id, RunEnd::PreFailed(status));
                 }
             }
-            Role::Stop => {
-                if let UnitState::Stopping(Stop { stage: StopStage::Command { index, pid: current }, .. }) = state {
-                    if current == pid {
-                        if !status.success() {
-                            self.emit(id, EventKind::Error, Some(format!("ExecStop {status}")));
-                        }
-                        self.run_stop_command(id, index + 1);
-                        return;
-                    }
+            (Role::Stop, UnitState::Stopping(Stop { stage: StopStage::Command { index, pid: current }, .. }))
+                if current == pid =>
+            {
+                if !status.success() {
+                    self.emit(id, EventKind::Error, Some(format!("ExecStop {status}")));
                 }
-                self.check_drained(id);
+                self.run_stop_command(id, index + 1);
             }
-            Role::Reload => {
-                let s = &mut self.slots[id.0];
-                if s.reload.as_ref().and_then(|job| job.pid) != Some(pid) {
-                    return;
-                }
-                let Some(job) = s.reload.take() else { return };
-                let ignore = s.unit.service.exec_reload.get(job.index).is_some_and(|c| c.ignore_failure);
-                if status.success() || ignore {
-                    self.run_reload_command(id, job.index + 1, job.reply);
-                } else {
-                    let why = format!("ExecReload {status}");
-                    self.emit(id, EventKind::Error, Some(why.clone()));
-                    if let Some(to) = job.reply {
-                        let unit = self.slots[id.0].unit.name.clone();
-                        let error = CommandError::Refused { unit, action: "reload", why };
-                        self.out.push(Effect::Reply { to, result: Err(error) });
-                    }
-                }
-            }
+            (Role::Reload, _) => self.reload_exited(id, pid, status),
+            // A pre-start or stop command that outlived its step (a stop interrupted it): one less to wait for.
+            (Role::Pre | Role::Stop, _) => self.check_drained(id),
+            (Role::Main, _) => {}
+        }
+    }
+
+    /// The main process of a stopping unit ended: a signal we sent reads as a stop, not a crash.
+    fn main_stopped(&mut self, id: UnitId, mut stop: Stop, status: ExitStatus) {
+        stop.main = None;
+        let sent = self.signals_sent(id, &stop.stage);
+        let mut described = describe_stop_exit(status, &sent);
+        if stop.stage == (StopStage::Draining { sigkill_sent: true })
+            && status == (ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false })
+        {
+            // Normal, but worth knowing: it did not stop within TimeoutStopSec.
+            described.push_str(" after TimeoutStopSec");
+        }
+        let s = &mut self.slots[id.0];
+        s.state = UnitState::Stopping(stop);
+        s.last_exit = Some(described.clone());
+        self.note(id, &format!("main process {described}"));
+        self.check_drained(id);
+    }
+
+    fn reload_exited(&mut self, id: UnitId, pid: i32, status: ExitStatus) {
+        let s = &mut self.slots[id.0];
+        if s.reload.as_ref().and_then(|job| job.pid) != Some(pid) {
+            return;
+        }
+        let Some(job) = s.reload.take() else { return };
+        let ignore = s.unit.service.exec_reload.get(job.index).is_some_and(|c| c.ignore_failure);
+        if status.success() || ignore {
+            self.run_reload_command(id, job.index + 1, job.reply);
+            return;
+        }
+        let why = format!("ExecReload {status}");
+        self.emit(id, EventKind::Error, Some(why.clone()));
+        if let Some(to) = job.reply {
+            let unit = self.slots[id.0].unit.name.clone();
+            let error = CommandError::Refused { unit, action: "reload", why };
+            self.out.push(Effect::Reply { to, result: Err(error) });
         }
     }
 

@@ -90,8 +90,8 @@ mod tests {
         assert!(n.ready && !n.stopping && !n.watchdog);
         assert_eq!(n.status.as_deref(), Some("Loading  [31mmodels"));
         assert_eq!(n.main_pid, Some(4242));
-        assert_eq!(Notice::parse("WATCHDOG=1").watchdog, true);
-        assert_eq!(Notice::parse("WATCHDOG=trigger").watchdog_trigger, true);
+        assert!(Notice::parse("WATCHDOG=1").watchdog);
+        assert!(Notice::parse("WATCHDOG=trigger").watchdog_trigger);
         assert_eq!(Notice::parse("READY=0\nMAINPID=1"), Notice::default());
     }
 
