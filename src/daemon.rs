@@ -143,7 +143,7 @@ async fn journal_events(
 async fn record_event(store: &StoreHandle, event: UnitEvent) {
     let result = store
         .call(move |s| -> crate::store::Result<()> {
-            if event.event == "state" {
+            if event.event == crate::supervisor::EventKind::State {
                 s.record_state(&StateUpdate {
                     name: event.unit.clone(),
                     kind: event.kind.as_str().to_string(),
@@ -158,11 +158,11 @@ async fn record_event(store: &StoreHandle, event: UnitEvent) {
                 })?;
             }
             let detail = match &event.detail {
-                Some(d) if event.event == "state" => format!("{}: {d}", event.status),
+                Some(d) if event.event == crate::supervisor::EventKind::State => format!("{}: {d}", event.status),
                 Some(d) => d.clone(),
                 None => event.status.to_string(),
             };
-            s.append_event(event.ts_ms, Some(&event.unit), event.event, &detail)?;
+            s.append_event(event.ts_ms, Some(&event.unit), event.event.as_str(), &detail)?;
             Ok(())
         })
         .await;

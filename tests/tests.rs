@@ -23,6 +23,7 @@ mod pid1;
 mod proxy;
 mod quiesce;
 mod restart;
+mod service_types;
 mod state;
 mod systemctl;
 mod termination;

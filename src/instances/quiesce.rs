@@ -642,7 +642,7 @@ impl Ops {
     }
 
     fn on_event(self: &Arc<Self>, ev: &crate::supervisor::UnitEvent, logs: &Arc<LogHub>) {
-        if ev.event != "state" {
+        if ev.event != crate::supervisor::EventKind::State {
             return;
         }
         let mut overlay = None;

@@ -62,7 +62,7 @@ impl EventMetrics {
     pub fn observe(&self, tracker: &mut Tracker, event: &UnitEvent) {
         let kind = event.kind.as_str();
         let labels = [event.unit.as_str(), kind];
-        match event.event {
+        match event.event.as_str() {
             "state" => {
                 let entry = tracker.units.entry(event.unit.clone()).or_insert((Status::Stopped, None));
                 let was_starting = matches!(entry.0, Status::Starting | Status::Stalled);
@@ -143,6 +143,15 @@ mod tests {
     use crate::units::UnitKind;
 
     fn event(unit: &str, event: &'static str, status: Status, ts_ms: i64, detail: Option<&str>) -> UnitEvent {
+        use crate::supervisor::EventKind;
+        let event = match event {
+            "state" => EventKind::State,
+            "exit" => EventKind::Exit,
+            "failure" => EventKind::Failure,
+            "error" => EventKind::Error,
+            "config" => EventKind::Config,
+            _ => EventKind::Info,
+        };
         UnitEvent {
             ts_ms,
             unit: unit.into(),

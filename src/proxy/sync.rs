@@ -168,8 +168,8 @@ impl Loop {
                 event = events.recv() => match event {
                     Ok(event) => {
                         let relevance =
-                            relevance(event.kind, &event.unit, event.event, event.status, nginx_started);
-                        if event.unit == NGINX_UNIT && event.event == "state" {
+                            relevance(event.kind, &event.unit, event.event.as_str(), event.status, nginx_started);
+                        if event.unit == NGINX_UNIT && event.event == crate::supervisor::EventKind::State {
                             nginx_started = event.status == Status::Started;
                         }
                         match relevance {

@@ -1,40 +1,51 @@
-//! Unit tests of the supervisor engine against a recording fake of the OS.
+//! Tests of the supervisor's decisions: the pure machine ([`Units`]) stepped
+//! synchronously, with a fake kernel applying its effects.
 //!
-//! `FakeOs` implements [`ProcessControl`]: it hands out pids, records every
-//! call with its (virtual) time, and keeps the set of live processes per unit.
-//! The test plays the kernel: it decides when a process dies by removing it
-//! from the live set and sending its status on the exits channel, exactly as
-//! the reaper would. The fake models only what a test cannot do by hand: a
-//! SIGKILL kills at once, and units marked `obeying` die of their KillSignal;
-//! any other signal is just recorded, so a process "ignores" SIGTERM unless the
-//! test ends it. Every test runs on paused tokio time, so RestartSec, backoff
-//! and TimeoutStopSec are checked to the millisecond without waiting.
+//! [`Sim`] plays the driver and the kernel at once: it applies every
+//! [`Effect`] the machine returns, answers the ones that ask (begin-run,
+//! spawn, membership, evidence) by feeding the answer straight back as the
+//! driver does, records what the OS was told with the virtual time it was
+//! told at, and keeps the set of live processes per unit. Time is a number
+//! the test moves: timers fire when it passes them, so RestartSec, backoff and
+//! TimeoutStopSec are checked to the millisecond, with no runtime and no wait.
+//! The test decides when a process dies (`exit`), exactly as the reaper would
+//! report it. The fake models only what a test cannot do by hand: a SIGKILL
+//! kills at once, and units marked `obeying` die of their KillSignal; any
+//! other signal is just recorded, so a process "ignores" SIGTERM unless the
+//! test ends it. Readiness probes are effects too: the test says when one
+//! succeeds (`probe_succeeds`), so no test binds a port.
 //!
-//! The fake also tells the engine what the kernel would when a process the
-//! engine did not spawn ends ([`DrainHint`]): by default as a cgroup does
+//! The fake also tells the machine what the kernel would when a process it
+//! did not spawn ends ([`DrainHint`]): by default as a cgroup does
 //! (`populated 0` once a unit's last process is gone), or as the reaper does
 //! without cgroups (an orphan was reaped), see [`Hints`].
+//!
+//! The last section has the single transitions as tables of
+//! (state, input) -> (state, effects).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
-use tokio::task::JoinHandle;
+use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use super::Engine;
+use super::dedup_hints;
 use crate::init::ExitStatus;
+use crate::supervisor::machine::{
+    Answer, Cmd, Effect, Epoch, Input, Now, Outcome, Readiness, ReplyTo, StopStage, Target, Then, TimerKind, UnitId,
+    UnitState, Units,
+};
+use crate::supervisor::state::RunEnd;
 use crate::supervisor::{
-    CommandError, DrainHint, ExitReport, Prepared, ProcessControl, ReadyTarget, Role, Status, SupervisorHandle,
-    UnitEvent, UnitSnapshot, EVENT_CAPACITY,
+    CommandError, DrainHint, EventKind, ExitReport, OsError, Prepared, ReadyTarget, Role, Status, UnitEvent,
+    UnitSnapshot,
 };
 use crate::units::{parse_unit_str, ExecCommand, Unit};
 
-const TERM: i32 = libc::SIGTERM;
-const KILL: i32 = libc::SIGKILL;
-const CONT: i32 = libc::SIGCONT;
+const TERM: Signal = Signal::SIGTERM;
+const KILL: Signal = Signal::SIGKILL;
+const CONT: Signal = Signal::SIGCONT;
 
 /// Longest a helper waits for a condition: far beyond every timer in these
 /// tests (the longest is a 90 s default TimeoutStopSec), and free in virtual time.
@@ -44,17 +55,14 @@ const PATIENCE: Duration = Duration::from_secs(600);
 enum Action {
     BeginRun { unit: String, fresh: bool },
     Spawn { unit: String, role: Role, pid: i32, argv: Vec<String>, env: Vec<(String, String)> },
-    SignalProcess { pid: i32, signal: i32 },
-    SignalGroup { pgid: i32, signal: i32 },
-    SignalUnit { unit: String, signal: i32 },
+    SignalProcess { pid: i32, signal: Signal },
+    SignalGroup { pgid: i32, signal: Signal },
+    SignalUnit { unit: String, signal: Signal },
     EndRun { unit: String },
     Note { unit: String, text: String },
 }
 
-/// Every call the engine made, with the virtual time it made it at.
-type ActionLog = Arc<Mutex<Vec<(Instant, Action)>>>;
-
-/// The fake kernel's state, shared between the fake and the test.
+/// The fake kernel's state.
 #[derive(Default)]
 struct Kernel {
     next_pid: i32,
@@ -64,25 +72,27 @@ struct Kernel {
     ready: HashMap<String, ReadyTarget>,
     /// Units whose processes die of any terminating signal sent to them.
     obeying: HashSet<String>,
-    /// Pids the engine spawned (the rest are descendants the test added).
+    /// Pids the machine spawned (the rest are descendants the test added).
     spawned: HashSet<i32>,
     hints: Hints,
-    hints_tx: Option<mpsc::UnboundedSender<DrainHint>>,
-    /// Units the engine said it waits on (`watch_drain`), until their `end_run`.
+    /// Units the machine said it waits on (`CheckDrained`), until their `EndRun`.
     watched: HashSet<String>,
-    /// How often the engine asked `live_processes`.
+    /// How often the machine asked for a unit's processes.
     live_checks: usize,
-    /// The last lines of each unit's log, as `failure_evidence` reports them.
+    /// The last lines of each unit's log, as `GatherEvidence` reports them.
     log_tail: HashMap<String, Vec<String>>,
+    /// What the reaper has seen and not yet delivered.
+    exits: Vec<ExitReport>,
+    drain_hints: Vec<DrainHint>,
 }
 
-/// How the fake kernel tells the engine about processes it did not spawn.
+/// How the fake kernel tells the machine about processes it did not spawn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum Hints {
     /// As a unit cgroup: `Unit(name)` whenever the unit's last process is gone.
     #[default]
     Cgroup,
-    /// As the reaper without cgroups: `Any` when a process the engine did not
+    /// As the reaper without cgroups: `Any` when a process the machine did not
     /// spawn ends while some unit is watched, nothing otherwise.
     Reaper,
 }
@@ -92,11 +102,11 @@ impl Kernel {
         self.live.iter().find(|(_, pids)| pids.contains(&pid)).map(|(unit, _)| unit.clone())
     }
 
-    /// Ends `pid` (if still live) and reports it to the engine, as the reaper would.
-    fn kill(&mut self, pid: i32, signal: i32, exits: &mpsc::UnboundedSender<ExitReport>) {
+    /// Ends `pid` (if still live) and queues its status, as the reaper would.
+    fn kill(&mut self, pid: i32, signal: Signal) {
         let Some(unit) = self.owner(pid) else { return };
         self.live.get_mut(&unit).expect("owner has a set").remove(&pid);
-        let _ = exits.send((pid, ExitStatus::Signaled { signal, core_dumped: false }));
+        self.exits.push((pid, signaled(signal)));
         self.ended(&unit, pid);
     }
 
@@ -107,122 +117,11 @@ impl Kernel {
             Hints::Reaper if !self.spawned.contains(&pid) && !self.watched.is_empty() => DrainHint::Any,
             _ => return,
         };
-        if let Some(tx) = &self.hints_tx {
-            let _ = tx.send(hint);
-        }
+        self.drain_hints.push(hint);
     }
 
-    fn fatal(&self, unit: &str, signal: i32) -> bool {
+    fn fatal(&self, unit: &str, signal: Signal) -> bool {
         signal == KILL || (signal != CONT && self.obeying.contains(unit))
-    }
-}
-
-struct FakeOs {
-    actions: ActionLog,
-    kernel: Arc<Mutex<Kernel>>,
-    exits: mpsc::UnboundedSender<ExitReport>,
-}
-
-impl FakeOs {
-    fn record(&self, action: Action) {
-        self.actions.lock().unwrap().push((Instant::now(), action));
-    }
-}
-
-impl ProcessControl for FakeOs {
-    fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String> {
-        self.record(Action::BeginRun { unit: unit.name.clone(), fresh });
-        let ready = self.kernel.lock().unwrap().ready.get(&unit.name).cloned();
-        // An instance runs its launch.sh, as the real host prepares it.
-        let default_exec_start =
-            unit.instance.as_ref().map(|_| ExecCommand { argv: vec!["/bin/launch.sh".into()], ignore_failure: false });
-        // A port per run, as an instance's lease would give, so events can be checked to carry it.
-        let port = Some(FAKE_PORT);
-        Ok(Prepared {
-            ready,
-            env: vec![("RUN_ENV".into(), unit.name.clone())],
-            default_exec_start,
-            port,
-            ..Prepared::default()
-        })
-    }
-
-    fn spawn(
-        &mut self,
-        unit: &Unit,
-        role: Role,
-        command: &ExecCommand,
-        env: &[(String, String)],
-    ) -> Result<i32, String> {
-        let pid = {
-            let mut kernel = self.kernel.lock().unwrap();
-            kernel.next_pid += 1;
-            // Start above 100 so a pid is never mistaken for a count or a signal in a failure message.
-            let pid = 100 + kernel.next_pid;
-            kernel.live.entry(unit.name.clone()).or_default().insert(pid);
-            kernel.spawned.insert(pid);
-            pid
-        };
-        self.record(Action::Spawn {
-            unit: unit.name.clone(),
-            role,
-            pid,
-            argv: command.argv.clone(),
-            env: env.to_vec(),
-        });
-        Ok(pid)
-    }
-
-    fn signal_process(&mut self, pid: i32, signal: i32) {
-        self.record(Action::SignalProcess { pid, signal });
-        let mut kernel = self.kernel.lock().unwrap();
-        if kernel.owner(pid).is_some_and(|unit| kernel.fatal(&unit, signal)) {
-            kernel.kill(pid, signal, &self.exits);
-        }
-    }
-
-    fn signal_group(&mut self, pgid: i32, signal: i32) {
-        self.record(Action::SignalGroup { pgid, signal });
-        // Every fake process leads its own group; leftovers the test adds are not in it.
-        let mut kernel = self.kernel.lock().unwrap();
-        if kernel.owner(pgid).is_some_and(|unit| kernel.fatal(&unit, signal)) {
-            kernel.kill(pgid, signal, &self.exits);
-        }
-    }
-
-    fn signal_unit(&mut self, unit: &str, signal: i32) {
-        self.record(Action::SignalUnit { unit: unit.into(), signal });
-        let mut kernel = self.kernel.lock().unwrap();
-        if kernel.fatal(unit, signal) {
-            let pids: Vec<i32> = kernel.live.get(unit).into_iter().flatten().copied().collect();
-            for pid in pids {
-                kernel.kill(pid, signal, &self.exits);
-            }
-        }
-    }
-
-    fn live_processes(&mut self, unit: &str) -> usize {
-        let mut kernel = self.kernel.lock().unwrap();
-        kernel.live_checks += 1;
-        kernel.live.get(unit).map_or(0, BTreeSet::len)
-    }
-
-    fn watch_drain(&mut self, unit: &str) {
-        self.kernel.lock().unwrap().watched.insert(unit.into());
-    }
-
-    fn end_run(&mut self, unit: &str) {
-        self.kernel.lock().unwrap().watched.remove(unit);
-        self.record(Action::EndRun { unit: unit.into() });
-    }
-
-    fn note(&mut self, unit: &str, text: &str) {
-        self.record(Action::Note { unit: unit.into(), text: text.into() });
-    }
-
-    fn failure_evidence(&mut self, unit: &str) -> crate::failure::Evidence {
-        let lines = self.kernel.lock().unwrap().log_tail.get(unit).cloned().unwrap_or_default();
-        crate::failure::Evidence { lines, ..Default::default() }
     }
 }
 
@@ -236,14 +135,23 @@ struct Spawned {
     env: Vec<(String, String)>,
 }
 
-/// A running engine with the fake behind it, driven the way the daemon drives it.
-struct Harness {
-    handle: SupervisorHandle,
-    actions: ActionLog,
-    kernel: Arc<Mutex<Kernel>>,
-    exits: mpsc::UnboundedSender<ExitReport>,
-    events: broadcast::Receiver<UnitEvent>,
-    engine: JoinHandle<()>,
+/// The machine with a fake driver and kernel around it.
+struct Sim {
+    units: Units,
+    kernel: Kernel,
+    start: Instant,
+    now: Instant,
+    /// Every effect the OS side carried out, with the virtual time.
+    actions: Vec<(Instant, Action)>,
+    /// Events not yet taken by `events()`.
+    events: Vec<UnitEvent>,
+    timers: BTreeMap<(Instant, u64), (UnitId, Epoch, TimerKind)>,
+    timer_seq: u64,
+    /// The running probe per unit (its epoch).
+    probes: HashMap<UnitId, Epoch>,
+    replies: HashMap<ReplyTo, Result<Answer, CommandError>>,
+    last_reply: u64,
+    shutdown: Option<bool>,
 }
 
 /// Parses a unit file from text; the test's own unit files must be free of diagnostics.
@@ -264,69 +172,361 @@ fn service(name: &str, extra: &str) -> Unit {
     unit(&format!("{name}.service"), &format!("[Service]\nExecStart=/bin/{name}\n{extra}"))
 }
 
-fn signaled(signal: i32) -> ExitStatus {
-    ExitStatus::Signaled { signal, core_dumped: false }
+fn signaled(signal: Signal) -> ExitStatus {
+    ExitStatus::Signaled { signal: signal as i32, core_dumped: false }
 }
 
 fn code(code: i32) -> ExitStatus {
     ExitStatus::Exited { code }
 }
 
-impl Harness {
-    fn new(units: Vec<Unit>) -> Harness {
-        Harness::with_hints(units, Hints::Cgroup)
+/// Virtual wall clock: a fixed epoch plus the virtual time passed.
+const WALL_BASE_MS: i64 = 1_700_000_000_000;
+
+impl Sim {
+    fn new(units: Vec<Unit>) -> Sim {
+        Sim::with_hints(units, Hints::Cgroup)
     }
 
-    fn with_hints(units: Vec<Unit>, hints: Hints) -> Harness {
-        let actions = ActionLog::default();
-        let (hints_tx, hints_rx) = mpsc::unbounded_channel();
-        let kernel = Arc::new(Mutex::new(Kernel { hints, hints_tx: Some(hints_tx), ..Kernel::default() }));
-        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
-        let (events_tx, events) = broadcast::channel(EVENT_CAPACITY);
-        let (commands_tx, commands_rx) = mpsc::channel(256);
-        let fake = FakeOs { actions: Arc::clone(&actions), kernel: Arc::clone(&kernel), exits: exits_tx.clone() };
-        let handle = SupervisorHandle::new(commands_tx, events_tx.clone());
-        let engine = tokio::spawn(Engine::new(fake, units, events_tx).run(commands_rx, exits_rx, hints_rx));
-        Harness { handle, actions, kernel, exits: exits_tx, events, engine }
+    fn with_hints(units: Vec<Unit>, hints: Hints) -> Sim {
+        let now = Instant::now();
+        let (machine, effects) = Units::new(units, Now { at: now, wall_ms: WALL_BASE_MS });
+        let mut sim = Sim {
+            units: machine,
+            kernel: Kernel { hints, ..Kernel::default() },
+            start: now,
+            now,
+            actions: Vec::new(),
+            events: Vec::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            probes: HashMap::new(),
+            replies: HashMap::new(),
+            last_reply: 0,
+            shutdown: None,
+        };
+        sim.apply(effects);
+        sim
     }
 
-    fn obey(&self, unit: &str) {
-        self.kernel.lock().unwrap().obeying.insert(unit.into());
+    fn clock(&self) -> Now {
+        Now { at: self.now, wall_ms: WALL_BASE_MS + self.elapsed_ms() }
     }
 
-    /// The process ends: gone from its unit, and its status on the way to the engine.
-    fn exit(&self, pid: i32, status: ExitStatus) {
-        let mut kernel = self.kernel.lock().unwrap();
-        let unit = kernel.owner(pid).unwrap_or_else(|| panic!("pid {pid} was not live"));
-        kernel.live.get_mut(&unit).expect("owner has a set").remove(&pid);
-        self.exits.send((pid, status)).expect("engine is running");
-        kernel.ended(&unit, pid);
+    fn elapsed_ms(&self) -> i64 {
+        self.now.duration_since(self.start).as_millis() as i64
     }
 
-    /// A process of `unit` that the engine did not spawn (a child of its main process).
-    fn add_leftover(&self, unit: &str, pid: i32) {
-        self.kernel.lock().unwrap().live.entry(unit.into()).or_default().insert(pid);
+    fn now(&self) -> Instant {
+        self.now
     }
 
-    /// The leftover dies; no exit status reaches the engine (it is not one of
+    fn id(&self, name: &str) -> UnitId {
+        self.units.id(name).unwrap_or_else(|| panic!("no unit {name}"))
+    }
+
+    fn name(&self, id: UnitId) -> String {
+        self.units.unit(id).name.clone()
+    }
+
+    fn record(&mut self, action: Action) {
+        self.actions.push((self.now, action));
+    }
+
+    /// One input, its effects applied (answers fed back at once), then
+    /// whatever the kernel has to tell, until nothing is left: one batch.
+    fn input(&mut self, input: Input) {
+        self.feed(input);
+        self.settle();
+    }
+
+    fn feed(&mut self, input: Input) {
+        let effects = self.units.step(input, self.clock());
+        self.apply(effects);
+    }
+
+    /// Delivers the exits and hints the kernel queued, as the driver's next batches would.
+    fn settle(&mut self) {
+        loop {
+            let exits = std::mem::take(&mut self.kernel.exits);
+            let hints = std::mem::take(&mut self.kernel.drain_hints);
+            if exits.is_empty() && hints.is_empty() {
+                return;
+            }
+            for (pid, status) in exits {
+                self.feed(Input::Exit { pid, status });
+            }
+            for hint in dedup_hints(hints) {
+                self.feed(Input::Hint(hint));
+            }
+        }
+    }
+
+    fn apply(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            if let Some(answer) = self.apply_one(effect) {
+                self.feed(answer);
+            }
+        }
+    }
+
+    fn apply_one(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::CheckConditions { unit } => Some(Input::Conditions { unit, unmet: None }),
+            Effect::BeginRun { unit, fresh } => {
+                let u = self.units.unit(unit).clone();
+                self.record(Action::BeginRun { unit: u.name.clone(), fresh });
+                let ready = self.kernel.ready.get(&u.name).cloned();
+                // An instance runs its launch.sh, as the real host prepares it.
+                let default_exec_start = u
+                    .instance
+                    .as_ref()
+                    .map(|_| ExecCommand { argv: vec!["/bin/launch.sh".into()], ignore_failure: false });
+                // A port per run, as an instance's lease would give, so events can be checked to carry it.
+                let prepared = Prepared {
+                    ready,
+                    env: vec![("RUN_ENV".into(), u.name.clone())],
+                    default_exec_start,
+                    port: Some(FAKE_PORT),
+                    ..Prepared::default()
+                };
+                Some(Input::RunBegun { unit, result: Ok(prepared) })
+            }
+            Effect::Spawn { unit, role, command, env } => {
+                let name = self.name(unit);
+                self.kernel.next_pid += 1;
+                // Start above 100 so a pid is never mistaken for a count or a signal in a failure message.
+                let pid = 100 + self.kernel.next_pid;
+                self.kernel.live.entry(name.clone()).or_default().insert(pid);
+                self.kernel.spawned.insert(pid);
+                self.record(Action::Spawn { unit: name, role, pid, argv: command.argv, env });
+                Some(Input::Spawned { unit, role, result: Ok(pid) })
+            }
+            Effect::Signal { target, signal } => {
+                match target {
+                    Target::Process(pid) => {
+                        self.record(Action::SignalProcess { pid, signal });
+                        self.kill_if_fatal(pid, signal);
+                    }
+                    Target::Group(pgid) => {
+                        // Every fake process leads its own group; leftovers the test adds are not in it.
+                        self.record(Action::SignalGroup { pgid, signal });
+                        self.kill_if_fatal(pgid, signal);
+                    }
+                    Target::Unit(unit) => {
+                        let name = self.name(unit);
+                        self.record(Action::SignalUnit { unit: name.clone(), signal });
+                        if self.kernel.fatal(&name, signal) {
+                            let pids: Vec<i32> = self.kernel.live.get(&name).into_iter().flatten().copied().collect();
+                            for pid in pids {
+                                self.kernel.kill(pid, signal);
+                            }
+                        }
+                    }
+                }
+                None
+            }
+            Effect::ArmTimer { unit, kind, at, epoch } => {
+                self.timers.retain(|_, (u, e, k)| *u != unit || (*e == epoch && *k != kind));
+                self.timer_seq += 1;
+                self.timers.insert((at, self.timer_seq), (unit, epoch, kind));
+                None
+            }
+            Effect::Probe { unit, epoch, .. } => {
+                self.probes.insert(unit, epoch);
+                None
+            }
+            Effect::CheckDrained { unit } => {
+                let name = self.name(unit);
+                self.kernel.watched.insert(name.clone());
+                self.kernel.live_checks += 1;
+                let live = self.kernel.live.get(&name).map_or(0, BTreeSet::len);
+                Some(Input::Members { unit, live })
+            }
+            Effect::GatherEvidence { unit } => {
+                let lines = self.kernel.log_tail.get(&self.name(unit)).cloned().unwrap_or_default();
+                Some(Input::Evidence { unit, evidence: crate::failure::Evidence { lines, ..Default::default() } })
+            }
+            Effect::FindPortHolder { unit, .. } => Some(Input::PortHolder { unit, holder: None }),
+            Effect::EndRun { unit } => {
+                let name = self.name(unit);
+                self.probes.remove(&unit);
+                self.kernel.watched.remove(&name);
+                self.record(Action::EndRun { unit: name });
+                None
+            }
+            Effect::Note { unit, text } => {
+                let unit = self.name(unit);
+                self.record(Action::Note { unit, text });
+                None
+            }
+            Effect::Emit(event) => {
+                self.events.push(event);
+                None
+            }
+            Effect::Warn { .. } => None,
+            Effect::Reply { to, result } => {
+                self.replies.insert(to, result);
+                None
+            }
+            Effect::ShutdownDone { clean } => {
+                self.shutdown = Some(clean);
+                None
+            }
+        }
+    }
+
+    fn kill_if_fatal(&mut self, pid: i32, signal: Signal) {
+        if self.kernel.owner(pid).is_some_and(|unit| self.kernel.fatal(&unit, signal)) {
+            self.kernel.kill(pid, signal);
+        }
+    }
+
+    // ---- commands ---------------------------------------------------------
+
+    fn command(&mut self, cmd: Cmd) -> Result<Answer, CommandError> {
+        self.last_reply += 1;
+        let to = ReplyTo(self.last_reply);
+        self.input(Input::Command { cmd, reply: Some(to) });
+        self.replies.remove(&to).expect("every command with a reply is answered at once")
+    }
+
+    fn status_reply(&mut self, cmd: Cmd) -> Result<Status, CommandError> {
+        self.command(cmd).map(|answer| match answer {
+            Answer::Status(status) => status,
+            Answer::Done => panic!("a status was due"),
+        })
+    }
+
+    fn start(&mut self, name: &str) -> Result<Status, CommandError> {
+        self.status_reply(Cmd::Start(name.into()))
+    }
+
+    fn stop(&mut self, name: &str) -> Result<Status, CommandError> {
+        self.status_reply(Cmd::Stop(name.into()))
+    }
+
+    fn restart(&mut self, name: &str) -> Result<Status, CommandError> {
+        self.status_reply(Cmd::Restart(name.into()))
+    }
+
+    fn set_units(&mut self, units: Vec<Unit>) {
+        assert_eq!(self.command(Cmd::SetUnits(units)), Ok(Answer::Done));
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.input(Input::Command { cmd: Cmd::Shutdown, reply: None });
+    }
+
+    /// Shuts down and lets time run until every unit is down; whether it was clean.
+    fn shutdown(&mut self) -> bool {
+        self.begin_shutdown();
+        self.wait_for("the shutdown", |h| h.shutdown.is_some());
+        self.shutdown.expect("waited for it")
+    }
+
+    // ---- the kernel, played by the test ----------------------------------
+
+    fn obey(&mut self, unit: &str) {
+        self.kernel.obeying.insert(unit.into());
+    }
+
+    /// The process ends: gone from its unit, and its status delivered.
+    fn exit(&mut self, pid: i32, status: ExitStatus) {
+        let unit = self.kernel.owner(pid).unwrap_or_else(|| panic!("pid {pid} was not live"));
+        self.kernel.live.get_mut(&unit).expect("owner has a set").remove(&pid);
+        self.kernel.exits.push((pid, status));
+        self.kernel.ended(&unit, pid);
+        self.settle();
+    }
+
+    /// A process of `unit` that the machine did not spawn (a child of its main process).
+    fn add_leftover(&mut self, unit: &str, pid: i32) {
+        self.kernel.live.entry(unit.into()).or_default().insert(pid);
+    }
+
+    /// The leftover dies; no exit status reaches the machine (it is not one of
     /// its pids), only the kernel side's hint.
-    fn remove_leftover(&self, unit: &str, pid: i32) {
-        let mut kernel = self.kernel.lock().unwrap();
-        assert!(kernel.live.get_mut(unit).is_some_and(|p| p.remove(&pid)));
-        kernel.ended(unit, pid);
+    fn remove_leftover(&mut self, unit: &str, pid: i32) {
+        assert!(self.kernel.live.get_mut(unit).is_some_and(|p| p.remove(&pid)));
+        self.kernel.ended(unit, pid);
+        self.settle();
     }
+
+    /// The unit's readiness probe gets its answer.
+    fn probe_succeeds(&mut self, name: &str) {
+        let id = self.id(name);
+        let epoch = self.probes.remove(&id).unwrap_or_else(|| panic!("{name} has no probe running"));
+        self.input(Input::Ready { unit: id, epoch });
+    }
+
+    // ---- time ----------------------------------------------------------------
+
+    /// Fires the next timer (moving time to it); false when none is armed.
+    fn fire_next_timer(&mut self, limit: Instant) -> bool {
+        let Some(entry) = self.timers.first_entry() else { return false };
+        if entry.key().0 > limit {
+            return false;
+        }
+        let at = entry.key().0;
+        let (unit, epoch, kind) = entry.remove();
+        self.now = self.now.max(at);
+        self.input(Input::Timer { unit, epoch, kind });
+        true
+    }
+
+    fn sleep(&mut self, duration: Duration) {
+        let until = self.now + duration;
+        self.sleep_until(until);
+    }
+
+    fn sleep_until(&mut self, until: Instant) {
+        while self.fire_next_timer(until) {}
+        self.now = self.now.max(until);
+    }
+
+    /// Lets time run, timer by timer, until `pred` holds.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&Sim) -> bool) {
+        let deadline = self.now + PATIENCE;
+        while !pred(self) {
+            assert!(self.fire_next_timer(deadline), "{what} never happened; actions: {:#?}", self.actions);
+        }
+    }
+
+    fn wait_status(&mut self, name: &str, status: Status) -> UnitSnapshot {
+        let deadline = self.now + PATIENCE;
+        loop {
+            let snap = self.snapshot(name);
+            if snap.status == status {
+                return snap;
+            }
+            assert!(
+                self.fire_next_timer(deadline),
+                "{name} never became {status}; it is {} ({:?})",
+                snap.status,
+                snap.detail
+            );
+        }
+    }
+
+    fn wait_spawns(&mut self, name: &str, mains: usize) {
+        self.wait_for(&format!("{mains} spawns of {name}"), |h| h.mains(name).len() >= mains);
+    }
+
+    // ---- what happened ---------------------------------------------------------
 
     fn live_checks(&self) -> usize {
-        self.kernel.lock().unwrap().live_checks
+        self.kernel.live_checks
     }
 
     fn actions(&self) -> Vec<(Instant, Action)> {
-        self.actions.lock().unwrap().clone()
+        self.actions.clone()
     }
 
     fn spawns(&self, name: &str) -> Vec<Spawned> {
-        self.actions()
-            .into_iter()
+        self.actions
+            .iter()
+            .cloned()
             .filter_map(|(at, action)| match action {
                 Action::Spawn { unit, role, pid, argv, env } if unit == name => {
                     Some(Spawned { at, role, pid, argv, env })
@@ -346,78 +546,34 @@ impl Harness {
 
     /// Index in the action log of the first action matching `pred`.
     fn position(&self, pred: impl Fn(&Action) -> bool) -> Option<usize> {
-        self.actions().iter().position(|(_, a)| pred(a))
+        self.actions.iter().position(|(_, a)| pred(a))
     }
 
-    /// Signals the engine sent to the unit as a whole (SIGCONT companions left out).
-    fn unit_signals(&self, name: &str) -> Vec<(Instant, i32)> {
-        self.actions()
-            .into_iter()
+    /// Signals sent to the unit as a whole (SIGCONT companions left out).
+    fn unit_signals(&self, name: &str) -> Vec<(Instant, Signal)> {
+        self.actions
+            .iter()
             .filter_map(|(at, a)| match a {
-                Action::SignalUnit { unit, signal } if unit == name && signal != CONT => Some((at, signal)),
+                Action::SignalUnit { unit, signal } if unit == name && *signal != CONT => Some((*at, *signal)),
                 _ => None,
             })
             .collect()
     }
 
     fn events(&mut self) -> Vec<UnitEvent> {
-        let mut out = Vec::new();
-        while let Ok(event) = self.events.try_recv() {
-            out.push(event);
-        }
-        out
+        std::mem::take(&mut self.events)
     }
 
-    async fn snapshot(&self, name: &str) -> UnitSnapshot {
-        self.handle
+    fn snapshot(&self, name: &str) -> UnitSnapshot {
+        self.units
             .snapshot()
-            .await
-            .expect("engine is running")
             .into_iter()
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("{name} is not in the snapshot"))
     }
 
-    async fn names(&self) -> Vec<String> {
-        self.handle.snapshot().await.expect("engine is running").into_iter().map(|s| s.name).collect()
-    }
-
-    /// Polls until `name` has `status`, one virtual millisecond at a time.
-    async fn wait_status(&self, name: &str, status: Status) -> UnitSnapshot {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let snap = self.snapshot(name).await;
-            if snap.status == status {
-                return snap;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} never became {status}; it is {} ({:?})",
-                snap.status,
-                snap.detail
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
-    /// Polls the action log until `pred` holds, one virtual millisecond at a time.
-    async fn wait_for(&self, what: &str, pred: impl Fn(&Harness) -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        while !pred(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; actions: {:#?}", self.actions());
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
-    async fn wait_spawns(&self, name: &str, mains: usize) {
-        self.wait_for(&format!("{mains} spawns of {name}"), |h| h.mains(name).len() >= mains).await;
-    }
-
-    /// Lets the engine handle whatever is queued without moving virtual time.
-    async fn settle(&self) {
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
+    fn names(&self) -> Vec<String> {
+        self.units.snapshot().into_iter().map(|s| s.name).collect()
     }
 }
 
@@ -430,12 +586,12 @@ fn a_and_b_requiring_a() -> Vec<Unit> {
     ]
 }
 
-#[tokio::test(start_paused = true)]
-async fn starting_a_unit_starts_what_it_requires_first() {
-    let h = Harness::new(a_and_b_requiring_a());
-    h.handle.start("b").await.unwrap();
-    h.wait_status("b", Status::Started).await;
-    assert_eq!(h.wait_status("a", Status::Started).await.status, Status::Started);
+#[test]
+fn starting_a_unit_starts_what_it_requires_first() {
+    let mut h = Sim::new(a_and_b_requiring_a());
+    h.start("b").unwrap();
+    h.wait_status("b", Status::Started);
+    assert_eq!(h.wait_status("a", Status::Started).status, Status::Started);
     let a = h.position(|x| matches!(x, Action::Spawn { unit, .. } if unit == "a")).unwrap();
     let b = h.position(|x| matches!(x, Action::Spawn { unit, .. } if unit == "b")).unwrap();
     assert!(a < b, "a must be spawned before b: {:#?}", h.actions());
@@ -451,96 +607,97 @@ async fn starting_a_unit_starts_what_it_requires_first() {
     assert_eq!(fresh, [("a".to_string(), true), ("b".to_string(), true)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_dependent_waits_until_its_dependency_is_ready() {
-    // A port nothing listens on yet: the real probe keeps failing until the test binds it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let h = Harness::new(a_and_b_requiring_a());
-    h.kernel.lock().unwrap().ready.insert("a".into(), ReadyTarget::Tcp { host: "127.0.0.1".into(), port });
-    h.handle.start("b").await.unwrap();
-    h.wait_spawns("a", 1).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(h.snapshot("a").await.status, Status::Starting);
-    assert_eq!(h.snapshot("b").await.status, Status::Starting);
+#[test]
+fn a_dependent_waits_until_its_dependency_is_ready() {
+    // The probe keeps failing until the test says it answered.
+    let mut h = Sim::new(a_and_b_requiring_a());
+    h.kernel.ready.insert("a".into(), ReadyTarget::Tcp { host: "127.0.0.1".into(), port: 8188 });
+    h.start("b").unwrap();
+    h.wait_spawns("a", 1);
+    h.sleep(Duration::from_secs(5));
+    assert_eq!(h.snapshot("a").status, Status::Starting);
+    assert_eq!(h.snapshot("b").status, Status::Starting);
     assert!(h.mains("b").is_empty(), "b spawned before a was ready");
 
-    let _listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    h.wait_status("a", Status::Started).await;
-    h.wait_status("b", Status::Started).await;
+    h.probe_succeeds("a");
+    h.wait_status("a", Status::Started);
+    h.wait_status("b", Status::Started);
     assert_eq!(h.mains("b").len(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn stopping_a_unit_stops_its_dependents_first() {
-    let mut h = Harness::new(a_and_b_requiring_a());
-    h.handle.start("b").await.unwrap();
-    h.wait_status("b", Status::Started).await;
+#[test]
+fn stopping_a_unit_stops_its_dependents_first() {
+    let mut h = Sim::new(a_and_b_requiring_a());
+    h.start("b").unwrap();
+    h.wait_status("b", Status::Started);
     let (a, b) = (h.main_pid("a"), h.main_pid("b"));
     h.events();
 
-    h.handle.stop("a").await.unwrap();
-    h.settle().await;
+    h.stop("a").unwrap();
     assert_eq!(h.unit_signals("b").len(), 1, "b is signalled first");
     assert!(h.unit_signals("a").is_empty(), "a is signalled while b still runs");
-    assert_eq!(h.snapshot("a").await.status, Status::Stopping);
+    assert_eq!(h.snapshot("a").status, Status::Stopping);
 
     // b takes its time; a keeps waiting.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.sleep(Duration::from_secs(3));
     assert!(h.unit_signals("a").is_empty(), "a is signalled while b still runs");
 
     h.exit(b, signaled(TERM));
-    h.wait_status("b", Status::Stopped).await;
-    h.wait_for("a's signal", |h| !h.unit_signals("a").is_empty()).await;
+    h.wait_status("b", Status::Stopped);
+    h.wait_for("a's signal", |h| !h.unit_signals("a").is_empty());
     h.exit(a, signaled(TERM));
-    h.wait_status("a", Status::Stopped).await;
+    h.wait_status("a", Status::Stopped);
 
     let b_end = h.position(|x| matches!(x, Action::EndRun { unit } if unit == "b")).unwrap();
     let a_signal = h.position(|x| matches!(x, Action::SignalUnit { unit, signal: TERM } if unit == "a")).unwrap();
     assert!(b_end < a_signal, "a was signalled before b was gone: {:#?}", h.actions());
     // The journal sees b stopped before a is.
-    let stopped: Vec<String> =
-        h.events().into_iter().filter(|e| e.event == "state" && e.status == Status::Stopped).map(|e| e.unit).collect();
+    let stopped: Vec<String> = h
+        .events()
+        .into_iter()
+        .filter(|e| e.event == EventKind::State && e.status == Status::Stopped)
+        .map(|e| e.unit)
+        .collect();
     assert_eq!(stopped, ["b", "a"]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn starting_a_dependent_while_its_requirement_stops_waits_and_brings_it_back() {
-    let h = Harness::new(a_and_b_requiring_a());
-    h.handle.start("b").await.unwrap();
-    h.wait_status("b", Status::Started).await;
+#[test]
+fn starting_a_dependent_while_its_requirement_stops_waits_and_brings_it_back() {
+    let mut h = Sim::new(a_and_b_requiring_a());
+    h.start("b").unwrap();
+    h.wait_status("b", Status::Started);
     let (a, b) = (h.main_pid("a"), h.main_pid("b"));
-    h.handle.stop("a").await.unwrap();
-    h.settle().await;
+    h.stop("a").unwrap();
     h.exit(b, signaled(TERM));
-    h.wait_for("a's signal", |h| !h.unit_signals("a").is_empty()).await;
+    h.wait_for("a's signal", |h| !h.unit_signals("a").is_empty());
 
     // a is still on its way down (it takes its time with SIGTERM) when b is asked for again.
-    h.handle.start("b").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.start("b").unwrap();
+    h.sleep(Duration::from_secs(1));
     assert_eq!(h.mains("b").len(), 1, "b started again while the unit it requires was stopping");
 
     h.exit(a, signaled(TERM));
-    h.wait_status("b", Status::Started).await;
-    assert_eq!(h.snapshot("a").await.status, Status::Started, "a must come back up for b");
+    h.wait_status("b", Status::Started);
+    assert_eq!(h.snapshot("a").status, Status::Started, "a must come back up for b");
     assert!(h.mains("a")[1].at <= h.mains("b")[1].at);
     let a_again = h.position(|x| matches!(x, Action::Spawn { pid, .. } if *pid == h.main_pid("a"))).unwrap();
     let b_again = h.position(|x| matches!(x, Action::Spawn { pid, .. } if *pid == h.main_pid("b"))).unwrap();
     assert!(a_again < b_again);
 }
 
-#[tokio::test(start_paused = true)]
-async fn restarting_a_unit_restarts_the_units_that_require_it() {
+#[test]
+fn restarting_a_unit_restarts_the_units_that_require_it() {
     // systemd: when a Requires= target is explicitly restarted, its dependents are restarted too.
-    let h = Harness::new(a_and_b_requiring_a());
+    let mut h = Sim::new(a_and_b_requiring_a());
     h.obey("a");
     h.obey("b");
-    h.handle.start("b").await.unwrap();
-    h.wait_status("b", Status::Started).await;
+    h.start("b").unwrap();
+    h.wait_status("b", Status::Started);
 
-    h.handle.restart("a").await.unwrap();
-    h.wait_spawns("a", 2).await;
-    h.wait_status("a", Status::Started).await;
-    h.wait_status("b", Status::Started).await;
+    h.restart("a").unwrap();
+    h.wait_spawns("a", 2);
+    h.wait_status("a", Status::Started);
+    h.wait_status("b", Status::Started);
     assert_eq!(h.mains("b").len(), 2);
     // Down in reverse order, up in order.
     let b_end = h.position(|x| matches!(x, Action::EndRun { unit } if unit == "b")).unwrap();
@@ -550,20 +707,19 @@ async fn restarting_a_unit_restarts_the_units_that_require_it() {
     assert!(b_end < a_end && a_end < a_again && a_again < b_again, "{:#?}", h.actions());
 }
 
-#[tokio::test(start_paused = true)]
-async fn shutdown_stops_instances_before_services_and_reports_clean() {
+#[test]
+fn shutdown_stops_instances_before_services_and_reports_clean() {
     let inst = unit("comfy.instance", "[Instance]\nBlueprint=comfyui\n");
     // Named so that name order alone would stop the service first.
-    let h = Harness::new(vec![inst, service("aaa-nginx", "")]);
+    let mut h = Sim::new(vec![inst, service("aaa-nginx", "")]);
     h.obey("comfy");
     h.obey("aaa-nginx");
-    h.handle.start("comfy").await.unwrap();
-    h.handle.start("aaa-nginx").await.unwrap();
-    h.wait_status("comfy", Status::Started).await;
-    h.wait_status("aaa-nginx", Status::Started).await;
+    h.start("comfy").unwrap();
+    h.start("aaa-nginx").unwrap();
+    h.wait_status("comfy", Status::Started);
+    h.wait_status("aaa-nginx", Status::Started);
 
-    let report = h.handle.shutdown().await.unwrap();
-    assert!(report.clean);
+    assert!(h.shutdown(), "clean");
     let comfy = h.position(|x| matches!(x, Action::SignalUnit { unit, signal: TERM } if unit == "comfy")).unwrap();
     let comfy_end = h.position(|x| matches!(x, Action::EndRun { unit } if unit == "comfy")).unwrap();
     let nginx = h.position(|x| matches!(x, Action::SignalUnit { unit, signal: TERM } if unit == "aaa-nginx")).unwrap();
@@ -573,104 +729,98 @@ async fn shutdown_stops_instances_before_services_and_reports_clean() {
         h.actions()
     );
     assert!(!h.actions().iter().any(|(_, x)| matches!(x, Action::SignalUnit { signal: KILL, .. })));
-    // The engine task ends once it has replied.
-    tokio::time::timeout(Duration::from_secs(1), h.engine).await.expect("engine ended").unwrap();
 }
 
-#[tokio::test(start_paused = true)]
-async fn commands_after_shutdown_began_are_refused() {
-    let h = Harness::new(vec![service("s", "")]);
-    h.handle.start("s").await.unwrap();
-    h.wait_status("s", Status::Started).await;
-    let handle = h.handle.clone();
-    let shutdown = tokio::spawn(async move { handle.shutdown().await });
-    h.settle().await;
-    assert_eq!(h.handle.start("s").await, Err(CommandError::ShuttingDown));
+#[test]
+fn commands_after_shutdown_began_are_refused() {
+    let mut h = Sim::new(vec![service("s", "")]);
+    h.start("s").unwrap();
+    h.wait_status("s", Status::Started);
+    h.begin_shutdown();
+    assert_eq!(h.start("s"), Err(CommandError::ShuttingDown));
     h.exit(h.main_pid("s"), signaled(TERM));
-    assert!(shutdown.await.unwrap().unwrap().clean);
+    assert_eq!(h.shutdown, Some(true));
 }
 
 // ---- escalation ---------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn a_process_ignoring_sigterm_gets_sigkill_after_timeout_stop_sec() {
-    let h = Harness::new(vec![service("stubborn", "TimeoutStopSec=5s\n")]);
-    h.handle.start("stubborn").await.unwrap();
-    h.wait_status("stubborn", Status::Started).await;
+#[test]
+fn a_process_ignoring_sigterm_gets_sigkill_after_timeout_stop_sec() {
+    let mut h = Sim::new(vec![service("stubborn", "TimeoutStopSec=5s\n")]);
+    h.start("stubborn").unwrap();
+    h.wait_status("stubborn", Status::Started);
 
-    h.handle.stop("stubborn").await.unwrap();
-    h.wait_status("stubborn", Status::Stopped).await;
+    h.stop("stubborn").unwrap();
+    h.wait_status("stubborn", Status::Stopped);
     let signals = h.unit_signals("stubborn");
     assert_eq!(signals.iter().map(|s| s.1).collect::<Vec<_>>(), [TERM, KILL]);
     assert_eq!(signals[1].0 - signals[0].0, Duration::from_secs(5));
-    let snap = h.snapshot("stubborn").await;
+    let snap = h.snapshot("stubborn");
     assert_eq!(snap.pid, None);
     assert_eq!(snap.last_exit.as_deref(), Some("stopped (SIGKILL) after TimeoutStopSec"));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_shutdown_that_needed_sigkill_is_not_clean() {
-    let h = Harness::new(vec![service("stubborn", "TimeoutStopSec=7s\n"), service("polite", "")]);
+#[test]
+fn a_shutdown_that_needed_sigkill_is_not_clean() {
+    let mut h = Sim::new(vec![service("stubborn", "TimeoutStopSec=7s\n"), service("polite", "")]);
     h.obey("polite");
-    h.handle.start("stubborn").await.unwrap();
-    h.handle.start("polite").await.unwrap();
-    h.wait_status("stubborn", Status::Started).await;
-    let began = Instant::now();
-    let report = h.handle.shutdown().await.unwrap();
-    assert!(!report.clean);
-    assert_eq!(began.elapsed(), Duration::from_secs(7));
+    h.start("stubborn").unwrap();
+    h.start("polite").unwrap();
+    h.wait_status("stubborn", Status::Started);
+    let began = h.now();
+    assert!(!h.shutdown(), "not clean");
+    assert_eq!(h.now() - began, Duration::from_secs(7));
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_earlier_sigkill_does_not_make_a_later_shutdown_unclean() {
+#[test]
+fn an_earlier_sigkill_does_not_make_a_later_shutdown_unclean() {
     // needed_sigkill describes the stop it happened in; a unit killed an hour
     // ago by a user's stop must not turn a tidy shutdown into an unclean exit.
-    let h = Harness::new(vec![service("stubborn", "TimeoutStopSec=5s\n")]);
-    h.handle.start("stubborn").await.unwrap();
-    h.wait_status("stubborn", Status::Started).await;
-    h.handle.stop("stubborn").await.unwrap();
-    h.wait_status("stubborn", Status::Stopped).await;
-    assert!(h.handle.shutdown().await.unwrap().clean);
+    let mut h = Sim::new(vec![service("stubborn", "TimeoutStopSec=5s\n")]);
+    h.start("stubborn").unwrap();
+    h.wait_status("stubborn", Status::Started);
+    h.stop("stubborn").unwrap();
+    h.wait_status("stubborn", Status::Stopped);
+    assert!(h.shutdown(), "clean");
 }
 
 // ---- restart policies ---------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn crash_loop_backs_off_exponentially_then_hits_the_start_limit() {
-    let h = Harness::new(vec![unit(
+#[test]
+fn crash_loop_backs_off_exponentially_then_hits_the_start_limit() {
+    let mut h = Sim::new(vec![unit(
         "crashy.service",
         "[Unit]\nStartLimitBurst=5\nStartLimitIntervalSec=1min\n\
          [Service]\nExecStart=/bin/crashy\nRestart=on-failure\nRestartSec=100ms\n",
     )]);
-    h.handle.start("crashy").await.unwrap();
-    h.wait_status("crashy", Status::Started).await;
+    h.start("crashy").unwrap();
+    h.wait_status("crashy", Status::Started);
 
     let mut delays = Vec::new();
     for run in 1..=5 {
         let pid = h.main_pid("crashy");
-        let died = Instant::now();
+        let died = h.now();
         h.exit(pid, signaled(KILL));
         if run == 1 {
-            h.settle().await;
-            let snap = h.snapshot("crashy").await;
+            let snap = h.snapshot("crashy");
             assert_eq!(snap.status, Status::Restarting);
             assert_eq!(snap.detail.as_deref(), Some("killed by SIGKILL; restarting in 0.1s"));
         }
         if run == 5 {
             break;
         }
-        h.wait_spawns("crashy", run + 1).await;
+        h.wait_spawns("crashy", run + 1);
         delays.push(h.mains("crashy")[run].at - died);
-        let snap = h.wait_status("crashy", Status::Started).await;
+        let snap = h.wait_status("crashy", Status::Started);
         assert_eq!(snap.restarts, run as u32);
     }
     assert_eq!(delays, [100, 200, 400, 800].map(Duration::from_millis));
 
     // The sixth start within the minute is refused.
-    let snap = h.wait_status("crashy", Status::Failed).await;
+    let snap = h.wait_status("crashy", Status::Failed);
     assert!(snap.detail.as_deref().unwrap_or("").contains("start limit"), "{:?}", snap.detail);
     assert_eq!(snap.restarts, 5);
-    tokio::time::sleep(Duration::from_secs(120)).await;
+    h.sleep(Duration::from_secs(120));
     assert_eq!(h.mains("crashy").len(), 5);
     // Restarts continue the run's log instead of rotating it.
     let fresh: Vec<bool> = h
@@ -681,87 +831,85 @@ async fn crash_loop_backs_off_exponentially_then_hits_the_start_limit() {
     assert_eq!(fresh, [true, false, false, false, false]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn restart_no_leaves_an_error_with_the_exit_code() {
-    let h = Harness::new(vec![service("once", "Restart=no\n")]);
-    h.handle.start("once").await.unwrap();
-    h.wait_status("once", Status::Started).await;
+#[test]
+fn restart_no_leaves_an_error_with_the_exit_code() {
+    let mut h = Sim::new(vec![service("once", "Restart=no\n")]);
+    h.start("once").unwrap();
+    h.wait_status("once", Status::Started);
     h.exit(h.main_pid("once"), code(3));
-    let snap = h.wait_status("once", Status::Error).await;
+    let snap = h.wait_status("once", Status::Error);
     assert_eq!(snap.detail.as_deref(), Some("exited with code 3"));
     assert_eq!(snap.last_exit.as_deref(), Some("exited with code 3"));
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    h.sleep(Duration::from_secs(60));
     assert_eq!(h.mains("once").len(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn restart_on_failure_does_not_restart_a_clean_exit() {
-    let h = Harness::new(vec![service("job", "Restart=on-failure\n")]);
-    h.handle.start("job").await.unwrap();
-    h.wait_status("job", Status::Started).await;
+#[test]
+fn restart_on_failure_does_not_restart_a_clean_exit() {
+    let mut h = Sim::new(vec![service("job", "Restart=on-failure\n")]);
+    h.start("job").unwrap();
+    h.wait_status("job", Status::Started);
     h.exit(h.main_pid("job"), code(0));
-    h.wait_status("job", Status::Stopped).await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    h.wait_status("job", Status::Stopped);
+    h.sleep(Duration::from_secs(60));
     assert_eq!(h.mains("job").len(), 1);
-    assert_eq!(h.snapshot("job").await.status, Status::Stopped);
+    assert_eq!(h.snapshot("job").status, Status::Stopped);
 }
 
-#[tokio::test(start_paused = true)]
-async fn restart_always_restarts_a_clean_exit() {
-    let h = Harness::new(vec![service("loop", "Restart=always\nRestartSec=2s\n")]);
-    h.handle.start("loop").await.unwrap();
-    h.wait_status("loop", Status::Started).await;
-    let died = Instant::now();
+#[test]
+fn restart_always_restarts_a_clean_exit() {
+    let mut h = Sim::new(vec![service("loop", "Restart=always\nRestartSec=2s\n")]);
+    h.start("loop").unwrap();
+    h.wait_status("loop", Status::Started);
+    let died = h.now();
     h.exit(h.main_pid("loop"), code(0));
-    h.wait_spawns("loop", 2).await;
+    h.wait_spawns("loop", 2);
     assert_eq!(h.mains("loop")[1].at - died, Duration::from_secs(2));
-    let snap = h.wait_status("loop", Status::Started).await;
+    let snap = h.wait_status("loop", Status::Started);
     assert_eq!(snap.restarts, 1);
     assert_eq!(snap.last_exit.as_deref(), Some("exited with code 0"));
 }
 
 // ---- how a stop is delivered -------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn exec_stop_runs_with_mainpid_before_the_kill_signal() {
-    let h = Harness::new(vec![service("db", "ExecStop=/bin/db-stop --now\nKillSignal=SIGINT\n")]);
-    h.handle.start("db").await.unwrap();
-    h.wait_status("db", Status::Started).await;
+#[test]
+fn exec_stop_runs_with_mainpid_before_the_kill_signal() {
+    let mut h = Sim::new(vec![service("db", "ExecStop=/bin/db-stop --now\nKillSignal=SIGINT\n")]);
+    h.start("db").unwrap();
+    h.wait_status("db", Status::Started);
     let main = h.main_pid("db");
 
-    h.handle.stop("db").await.unwrap();
-    h.settle().await;
+    h.stop("db").unwrap();
     let stop = h.spawns("db").into_iter().find(|s| s.role == Role::Stop).expect("ExecStop spawned");
     assert_eq!(stop.argv, ["/bin/db-stop", "--now"]);
     assert!(stop.env.contains(&("MAINPID".to_string(), main.to_string())), "{:?}", stop.env);
     assert!(stop.env.contains(&("RUN_ENV".to_string(), "db".to_string())), "the run's environment is kept");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.sleep(Duration::from_secs(1));
     assert!(h.unit_signals("db").is_empty(), "signalled while ExecStop still runs");
 
     h.exit(stop.pid, code(0));
-    h.wait_for("the kill signal", |h| !h.unit_signals("db").is_empty()).await;
-    assert_eq!(h.unit_signals("db").iter().map(|s| s.1).collect::<Vec<_>>(), [libc::SIGINT]);
-    h.exit(main, signaled(libc::SIGINT));
-    let snap = h.wait_status("db", Status::Stopped).await;
+    h.wait_for("the kill signal", |h| !h.unit_signals("db").is_empty());
+    assert_eq!(h.unit_signals("db").iter().map(|s| s.1).collect::<Vec<_>>(), [Signal::SIGINT]);
+    h.exit(main, signaled(Signal::SIGINT));
+    let snap = h.wait_status("db", Status::Stopped);
     assert_eq!(snap.detail, None);
 }
 
-#[tokio::test(start_paused = true)]
-async fn kill_mode_chooses_whom_the_kill_signal_reaches() {
-    let h = Harness::new(vec![
+#[test]
+fn kill_mode_chooses_whom_the_kill_signal_reaches() {
+    let mut h = Sim::new(vec![
         service("mixed", "KillMode=mixed\n"),
         service("group", "KillMode=process-group\n"),
         service("cgroup", "KillMode=control-group\n"),
     ]);
     for name in ["mixed", "group", "cgroup"] {
-        h.handle.start(name).await.unwrap();
-        h.wait_status(name, Status::Started).await;
+        h.start(name).unwrap();
+        h.wait_status(name, Status::Started);
     }
     let (mixed, group) = (h.main_pid("mixed"), h.main_pid("group"));
     for name in ["mixed", "group", "cgroup"] {
-        h.handle.stop(name).await.unwrap();
+        h.stop(name).unwrap();
     }
-    h.settle().await;
     let signals: Vec<Action> = h
         .actions()
         .into_iter()
@@ -779,38 +927,37 @@ async fn kill_mode_chooses_whom_the_kill_signal_reaches() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn leftover_processes_are_killed_before_a_restart() {
-    let h = Harness::new(vec![service("forker", "Restart=on-failure\nRestartSec=100ms\n")]);
-    h.handle.start("forker").await.unwrap();
-    h.wait_status("forker", Status::Started).await;
+#[test]
+fn leftover_processes_are_killed_before_a_restart() {
+    let mut h = Sim::new(vec![service("forker", "Restart=on-failure\nRestartSec=100ms\n")]);
+    h.start("forker").unwrap();
+    h.wait_status("forker", Status::Started);
     h.add_leftover("forker", 9001);
 
     h.exit(h.main_pid("forker"), code(1));
-    h.settle().await;
     assert_eq!(h.unit_signals("forker").iter().map(|s| s.1).collect::<Vec<_>>(), [TERM]);
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    h.sleep(Duration::from_secs(10));
     assert_eq!(h.mains("forker").len(), 1, "restarted while a process of the last run was alive");
     assert!(!h.actions().iter().any(|(_, a)| matches!(a, Action::EndRun { .. })));
 
-    let gone = Instant::now();
+    let gone = h.now();
     h.remove_leftover("forker", 9001);
-    h.wait_spawns("forker", 2).await;
+    h.wait_spawns("forker", 2);
     let end = h.actions().into_iter().find(|(_, a)| matches!(a, Action::EndRun { .. })).unwrap().0;
     // Noticed at once (the cgroup emptied), then the normal backoff.
     assert_eq!(end, gone);
     assert_eq!(h.mains("forker")[1].at - end, Duration::from_millis(100));
-    assert_eq!(h.snapshot("forker").await.last_exit.as_deref(), Some("exited with code 1"));
+    assert_eq!(h.snapshot("forker").last_exit.as_deref(), Some("exited with code 1"));
 }
 
-#[tokio::test(start_paused = true)]
-async fn leftovers_ignoring_sigterm_are_killed_after_timeout_stop_sec() {
-    let h = Harness::new(vec![service("forker", "Restart=no\nTimeoutStopSec=3s\n")]);
-    h.handle.start("forker").await.unwrap();
-    h.wait_status("forker", Status::Started).await;
+#[test]
+fn leftovers_ignoring_sigterm_are_killed_after_timeout_stop_sec() {
+    let mut h = Sim::new(vec![service("forker", "Restart=no\nTimeoutStopSec=3s\n")]);
+    h.start("forker").unwrap();
+    h.wait_status("forker", Status::Started);
     h.add_leftover("forker", 9001);
     h.exit(h.main_pid("forker"), code(2));
-    let snap = h.wait_status("forker", Status::Error).await;
+    let snap = h.wait_status("forker", Status::Error);
     assert_eq!(snap.detail.as_deref(), Some("exited with code 2"));
     let signals = h.unit_signals("forker");
     assert_eq!(signals.iter().map(|s| s.1).collect::<Vec<_>>(), [TERM, KILL]);
@@ -819,25 +966,23 @@ async fn leftovers_ignoring_sigterm_are_killed_after_timeout_stop_sec() {
 
 /// Stops a unit whose main process leaves a descendant (9001) that ignores
 /// SIGTERM; returns once the main process is gone and the unit drains.
-async fn stop_leaving_a_descendant(h: &Harness) {
-    h.handle.start("forker").await.unwrap();
-    h.wait_status("forker", Status::Started).await;
+fn stop_leaving_a_descendant(h: &mut Sim) {
+    h.start("forker").unwrap();
+    h.wait_status("forker", Status::Started);
     h.add_leftover("forker", 9001);
-    h.handle.stop("forker").await.unwrap();
-    h.settle().await;
+    h.stop("forker").unwrap();
     assert_eq!(h.unit_signals("forker").iter().map(|s| s.1).collect::<Vec<_>>(), [TERM]);
     h.exit(h.main_pid("forker"), signaled(TERM));
-    h.settle().await;
-    assert_eq!(h.snapshot("forker").await.status, Status::Stopping);
+    assert_eq!(h.snapshot("forker").status, Status::Stopping);
 }
 
-fn end_runs(h: &Harness) -> Vec<Instant> {
+fn end_runs(h: &Sim) -> Vec<Instant> {
     h.actions().into_iter().filter(|(_, a)| matches!(a, Action::EndRun { .. })).map(|(at, _)| at).collect()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_drain_ends_when_the_cgroup_says_it_emptied() {
-    let h = Harness::with_hints(
+#[test]
+fn a_drain_ends_when_the_cgroup_says_it_emptied() {
+    let mut h = Sim::with_hints(
         vec![service(
             "forker",
             "TimeoutStopSec=60s
@@ -845,19 +990,19 @@ async fn a_drain_ends_when_the_cgroup_says_it_emptied() {
         )],
         Hints::Cgroup,
     );
-    stop_leaving_a_descendant(&h).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(h.snapshot("forker").await.status, Status::Stopping, "ended with a process left");
+    stop_leaving_a_descendant(&mut h);
+    h.sleep(Duration::from_secs(5));
+    assert_eq!(h.snapshot("forker").status, Status::Stopping, "ended with a process left");
 
-    let gone = Instant::now();
+    let gone = h.now();
     h.remove_leftover("forker", 9001);
-    h.wait_status("forker", Status::Stopped).await;
+    h.wait_status("forker", Status::Stopped);
     assert_eq!(end_runs(&h), [gone], "not ended at the moment the cgroup emptied");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_drain_without_cgroups_ends_when_the_reaper_reaps_the_last_orphan() {
-    let h = Harness::with_hints(
+#[test]
+fn a_drain_without_cgroups_ends_when_the_reaper_reaps_the_last_orphan() {
+    let mut h = Sim::with_hints(
         vec![service(
             "forker",
             "TimeoutStopSec=60s
@@ -865,56 +1010,55 @@ async fn a_drain_without_cgroups_ends_when_the_reaper_reaps_the_last_orphan() {
         )],
         Hints::Reaper,
     );
-    stop_leaving_a_descendant(&h).await;
+    stop_leaving_a_descendant(&mut h);
     // Without watch_drain the fake (like the real reaper) would stay silent.
-    assert!(h.kernel.lock().unwrap().watched.contains("forker"), "the engine did not ask to be woken");
+    assert!(h.kernel.watched.contains("forker"), "the engine did not ask to be woken");
 
     // An orphan of something else is reaped: the unit is checked, and stays.
     h.add_leftover("other", 7001);
     h.remove_leftover("other", 7001);
-    h.settle().await;
-    assert_eq!(h.snapshot("forker").await.status, Status::Stopping, "ended with a process left");
+    assert_eq!(h.snapshot("forker").status, Status::Stopping, "ended with a process left");
 
-    let gone = Instant::now();
+    let gone = h.now();
     h.remove_leftover("forker", 9001);
-    h.wait_status("forker", Status::Stopped).await;
+    h.wait_status("forker", Status::Stopped);
     assert_eq!(end_runs(&h), [gone], "not ended when its last orphan was reaped");
-    assert!(!h.kernel.lock().unwrap().watched.contains("forker"), "still watched after end_run");
+    assert!(!h.kernel.watched.contains("forker"), "still watched after end_run");
 }
 
-#[tokio::test(start_paused = true)]
-async fn nothing_runs_on_a_timer_while_a_unit_drains() {
-    let h = Harness::new(vec![service(
+#[test]
+fn nothing_runs_on_a_timer_while_a_unit_drains() {
+    let mut h = Sim::new(vec![service(
         "forker",
         "TimeoutStopSec=10s
 ",
     )]);
-    let began = Instant::now();
-    stop_leaving_a_descendant(&h).await;
+    let began = h.now();
+    stop_leaving_a_descendant(&mut h);
     let checks = h.live_checks();
     // Nine virtual seconds of waiting: no check, no signal, no note.
     let actions = h.actions().len();
-    tokio::time::sleep_until(began + Duration::from_secs(9)).await;
+    h.sleep_until(began + Duration::from_secs(9));
     assert_eq!(h.live_checks(), checks, "membership was polled while draining");
     assert_eq!(h.actions().len(), actions, "something ran during the wait: {:#?}", &h.actions()[actions..]);
     // The one timer: TimeoutStopSec, then SIGKILL ends it.
-    h.wait_status("forker", Status::Stopped).await;
+    h.wait_status("forker", Status::Stopped);
     let signals = h.unit_signals("forker");
     assert_eq!(signals.iter().map(|s| s.1).collect::<Vec<_>>(), [TERM, KILL]);
     assert_eq!(signals[1].0 - signals[0].0, Duration::from_secs(10));
 }
 
-#[tokio::test(start_paused = true)]
-async fn restart_command_stops_then_starts_afresh() {
-    let mut h = Harness::new(vec![service("web", "")]);
+#[test]
+fn restart_command_stops_then_starts_afresh() {
+    let mut h = Sim::new(vec![service("web", "")]);
     h.obey("web");
-    h.handle.start("web").await.unwrap();
-    h.wait_status("web", Status::Started).await;
+    h.start("web").unwrap();
+    h.wait_status("web", Status::Started);
     let first = h.main_pid("web");
     h.events();
 
-    h.handle.restart("web").await.unwrap();
-    let snap = h.wait_status("web", Status::Started).await;
+    h.restart("web").unwrap();
+    let snap = h.wait_status("web", Status::Started);
     let mains = h.mains("web");
     assert_eq!(mains.len(), 2);
     assert_ne!(mains[1].pid, first);
@@ -930,7 +1074,8 @@ async fn restart_command_stops_then_starts_afresh() {
     let end = h.position(|x| matches!(x, Action::EndRun { .. })).unwrap();
     let second = h.position(|x| matches!(x, Action::Spawn { pid, .. } if *pid == mains[1].pid)).unwrap();
     assert!(end < second);
-    let statuses: Vec<Status> = h.events().into_iter().filter(|e| e.event == "state").map(|e| e.status).collect();
+    let statuses: Vec<Status> =
+        h.events().into_iter().filter(|e| e.event == EventKind::State).map(|e| e.status).collect();
     assert_eq!(statuses.first(), Some(&Status::Stopping));
     assert_eq!(statuses.last(), Some(&Status::Started));
     assert!(statuses.contains(&Status::Stopped));
@@ -938,14 +1083,14 @@ async fn restart_command_stops_then_starts_afresh() {
 
 // ---- refusals and failures ---------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn a_unit_on_an_ordering_cycle_is_refused_naming_the_cycle() {
-    let h = Harness::new(vec![
+#[test]
+fn a_unit_on_an_ordering_cycle_is_refused_naming_the_cycle() {
+    let mut h = Sim::new(vec![
         unit("a.service", "[Unit]\nAfter=b.service\n[Service]\nExecStart=/bin/a\n"),
         unit("b.service", "[Unit]\nAfter=a.service\n[Service]\nExecStart=/bin/b\n"),
         service("c", ""),
     ]);
-    match h.handle.start("a").await {
+    match h.start("a") {
         Err(CommandError::Refused { unit, action: "start", why }) => {
             assert_eq!(unit, "a");
             assert!(why.contains("ordering cycle") && why.contains("a -> b"), "{why}");
@@ -954,109 +1099,108 @@ async fn a_unit_on_an_ordering_cycle_is_refused_naming_the_cycle() {
     }
     assert!(h.spawns("a").is_empty() && h.spawns("b").is_empty());
     // Units off the cycle are unaffected.
-    h.handle.start("c").await.unwrap();
-    h.wait_status("c", Status::Started).await;
+    h.start("c").unwrap();
+    h.wait_status("c", Status::Started);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_dependent_fails_when_its_requirement_fails_to_start() {
-    let h = Harness::new(vec![
+#[test]
+fn a_dependent_fails_when_its_requirement_fails_to_start() {
+    let mut h = Sim::new(vec![
         service("a", "ExecStartPre=/bin/check-config\n"),
         unit("b.service", "[Unit]\nAfter=a.service\nRequires=a.service\n[Service]\nExecStart=/bin/b\n"),
     ]);
-    h.handle.start("b").await.unwrap();
-    h.wait_for("a's pre-start", |h| !h.spawns("a").is_empty()).await;
+    h.start("b").unwrap();
+    h.wait_for("a's pre-start", |h| !h.spawns("a").is_empty());
     let pre = h.spawns("a")[0].clone();
     assert_eq!(pre.role, Role::Pre);
     h.exit(pre.pid, code(1));
 
-    let a = h.wait_status("a", Status::Error).await;
+    let a = h.wait_status("a", Status::Error);
     assert_eq!(a.detail.as_deref(), Some("ExecStartPre exited with code 1"));
-    let b = h.wait_status("b", Status::Failed).await;
+    let b = h.wait_status("b", Status::Failed);
     assert_eq!(b.detail.as_deref(), Some("dependency a failed"));
     assert!(h.spawns("b").is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failing_exec_start_pre_prevents_the_main_process() {
-    let h = Harness::new(vec![service("strict", "ExecStartPre=/bin/false\nExecStartPre=/bin/never\n")]);
-    h.handle.start("strict").await.unwrap();
-    h.wait_for("the pre-start", |h| !h.spawns("strict").is_empty()).await;
+#[test]
+fn a_failing_exec_start_pre_prevents_the_main_process() {
+    let mut h = Sim::new(vec![service("strict", "ExecStartPre=/bin/false\nExecStartPre=/bin/never\n")]);
+    h.start("strict").unwrap();
+    h.wait_for("the pre-start", |h| !h.spawns("strict").is_empty());
     h.exit(h.spawns("strict")[0].pid, code(1));
-    h.wait_status("strict", Status::Error).await;
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    h.wait_status("strict", Status::Error);
+    h.sleep(Duration::from_secs(10));
     let spawned: Vec<Vec<String>> = h.spawns("strict").into_iter().map(|s| s.argv).collect();
     assert_eq!(spawned, [["/bin/false"]], "nothing runs after a failed ExecStartPre");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_dash_prefixed_exec_start_pre_may_fail() {
-    let h = Harness::new(vec![service("lenient", "ExecStartPre=-/bin/false\n")]);
-    h.handle.start("lenient").await.unwrap();
-    h.wait_for("the pre-start", |h| !h.spawns("lenient").is_empty()).await;
+#[test]
+fn a_dash_prefixed_exec_start_pre_may_fail() {
+    let mut h = Sim::new(vec![service("lenient", "ExecStartPre=-/bin/false\n")]);
+    h.start("lenient").unwrap();
+    h.wait_for("the pre-start", |h| !h.spawns("lenient").is_empty());
     let pre = h.spawns("lenient")[0].clone();
     assert_eq!(pre.role, Role::Pre);
-    assert_eq!(h.snapshot("lenient").await.status, Status::Starting);
+    assert_eq!(h.snapshot("lenient").status, Status::Starting);
     h.exit(pre.pid, code(1));
-    h.wait_status("lenient", Status::Started).await;
+    h.wait_status("lenient", Status::Started);
     assert_eq!(h.mains("lenient").len(), 1);
 }
 
 // ---- timers that outlive their phase -------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn a_stop_during_backoff_cancels_the_pending_restart() {
-    let h = Harness::new(vec![service("crashy", "Restart=on-failure\nRestartSec=1s\n")]);
-    h.handle.start("crashy").await.unwrap();
-    h.wait_status("crashy", Status::Started).await;
+#[test]
+fn a_stop_during_backoff_cancels_the_pending_restart() {
+    let mut h = Sim::new(vec![service("crashy", "Restart=on-failure\nRestartSec=1s\n")]);
+    h.start("crashy").unwrap();
+    h.wait_status("crashy", Status::Started);
     h.exit(h.main_pid("crashy"), code(1));
-    h.wait_status("crashy", Status::Restarting).await;
+    h.wait_status("crashy", Status::Restarting);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.handle.stop("crashy").await, Ok(Status::Stopped));
+    h.sleep(Duration::from_millis(300));
+    assert_eq!(h.stop("crashy"), Ok(Status::Stopped));
     // Well past the moment the backoff timer fires.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.sleep(Duration::from_secs(5));
     assert_eq!(h.mains("crashy").len(), 1, "respawned after being stopped");
-    assert_eq!(h.snapshot("crashy").await.status, Status::Stopped);
+    assert_eq!(h.snapshot("crashy").status, Status::Stopped);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_start_during_backoff_starts_once() {
-    let h = Harness::new(vec![service("crashy", "Restart=on-failure\nRestartSec=1s\n")]);
-    h.handle.start("crashy").await.unwrap();
-    h.wait_status("crashy", Status::Started).await;
+#[test]
+fn a_start_during_backoff_starts_once() {
+    let mut h = Sim::new(vec![service("crashy", "Restart=on-failure\nRestartSec=1s\n")]);
+    h.start("crashy").unwrap();
+    h.wait_status("crashy", Status::Started);
     h.exit(h.main_pid("crashy"), code(1));
-    h.wait_status("crashy", Status::Restarting).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    h.handle.start("crashy").await.unwrap();
-    h.wait_spawns("crashy", 2).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.wait_status("crashy", Status::Restarting);
+    h.sleep(Duration::from_millis(300));
+    h.start("crashy").unwrap();
+    h.wait_spawns("crashy", 2);
+    h.sleep(Duration::from_secs(5));
     assert_eq!(h.mains("crashy").len(), 2, "the old backoff timer started it a second time");
-    assert_eq!(h.snapshot("crashy").await.status, Status::Started);
+    assert_eq!(h.snapshot("crashy").status, Status::Started);
 }
 
 // ---- new definitions -----------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn set_units_stops_removed_units_and_adds_new_ones_stopped() {
-    let h = Harness::new(vec![service("old", ""), service("kept", "")]);
-    h.handle.start("old").await.unwrap();
-    h.wait_status("old", Status::Started).await;
+#[test]
+fn set_units_stops_removed_units_and_adds_new_ones_stopped() {
+    let mut h = Sim::new(vec![service("old", ""), service("kept", "")]);
+    h.start("old").unwrap();
+    h.wait_status("old", Status::Started);
 
-    h.handle.set_units(vec![service("kept", ""), service("new", "")]).await.unwrap();
-    h.settle().await;
+    h.set_units(vec![service("kept", ""), service("new", "")]);
     assert_eq!(h.unit_signals("old").iter().map(|s| s.1).collect::<Vec<_>>(), [TERM]);
-    assert_eq!(h.snapshot("old").await.status, Status::Stopping, "stays visible while it stops");
-    assert_eq!(h.snapshot("new").await.status, Status::Stopped);
+    assert_eq!(h.snapshot("old").status, Status::Stopping, "stays visible while it stops");
+    assert_eq!(h.snapshot("new").status, Status::Stopped);
 
     h.exit(h.main_pid("old"), signaled(TERM));
-    let deadline = Instant::now() + PATIENCE;
-    while h.names().await.contains(&"old".to_string()) {
-        assert!(Instant::now() < deadline, "old never left the snapshot");
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    let deadline = h.now() + PATIENCE;
+    while h.names().contains(&"old".to_string()) {
+        assert!(h.now() < deadline, "old never left the snapshot");
+        h.sleep(Duration::from_millis(1));
     }
-    assert_eq!(h.names().await, ["kept", "new"]);
-    assert_eq!(h.handle.start("old").await, Err(CommandError::NoSuchUnit("old".into())));
+    assert_eq!(h.names(), ["kept", "new"]);
+    assert_eq!(h.start("old"), Err(CommandError::NoSuchUnit("old".into())));
 }
 
 // ---- live state ordering -------------------------------------------------
@@ -1064,16 +1208,16 @@ async fn set_units_stops_removed_units_and_adds_new_ones_stopped() {
 /// Regression (issue 11): a page fetched a snapshot while an exit was being
 /// handled and showed `starting` after the `error` event. Every event and
 /// snapshot carries a seq so a reader can tell which state is newer.
-#[tokio::test(start_paused = true)]
-async fn every_event_has_a_higher_seq_and_a_snapshot_carries_the_latest() {
-    let mut h = Harness::new(vec![service("quick", "Restart=no\n"), service("other", "")]);
-    let added = h.snapshot("quick").await.seq;
+#[test]
+fn every_event_has_a_higher_seq_and_a_snapshot_carries_the_latest() {
+    let mut h = Sim::new(vec![service("quick", "Restart=no\n"), service("other", "")]);
+    let added = h.snapshot("quick").seq;
     assert!(added > 0, "the `unit added` event has a seq");
-    h.handle.start("quick").await.unwrap();
-    h.handle.start("other").await.unwrap();
-    h.wait_status("quick", Status::Started).await;
+    h.start("quick").unwrap();
+    h.start("other").unwrap();
+    h.wait_status("quick", Status::Started);
     h.exit(h.main_pid("quick"), code(1));
-    let snap = h.wait_status("quick", Status::Error).await;
+    let snap = h.wait_status("quick", Status::Error);
     let events: Vec<UnitEvent> = h.events().into_iter().filter(|e| e.unit == "quick").collect();
     assert!(events.len() >= 4, "added, starting, started, exit, error: {events:#?}");
     assert_eq!(events[0].seq, added);
@@ -1086,45 +1230,336 @@ async fn every_event_has_a_higher_seq_and_a_snapshot_carries_the_latest() {
     assert!(older.iter().all(|e| e.seq < snap.seq), "a stale `starting` is recognisably older");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_missing_module_fails_at_once_instead_of_burning_the_start_limit() {
-    let h = Harness::new(vec![service("app", "Restart=on-failure\nRestartSec=1s\n")]);
-    h.kernel
-        .lock()
-        .unwrap()
-        .log_tail
-        .insert("app".into(), vec!["ModuleNotFoundError: No module named 'xformers'".into()]);
-    h.handle.start("app").await.unwrap();
-    h.wait_status("app", Status::Started).await;
+#[test]
+fn a_missing_module_fails_at_once_instead_of_burning_the_start_limit() {
+    let mut h = Sim::new(vec![service("app", "Restart=on-failure\nRestartSec=1s\n")]);
+    h.kernel.log_tail.insert("app".into(), vec!["ModuleNotFoundError: No module named 'xformers'".into()]);
+    h.start("app").unwrap();
+    h.wait_status("app", Status::Started);
     h.exit(h.main_pid("app"), code(1));
-    let snap = h.wait_status("app", Status::Failed).await;
+    let snap = h.wait_status("app", Status::Failed);
     assert_eq!(snap.restarts, 0);
     let failure = snap.failure.expect("classified");
     assert_eq!(failure.class, crate::failure::FailureClass::MissingModule);
     assert_eq!(failure.hint.as_deref(), Some("pip install xformers into the instance's venv"));
     assert!(snap.detail.as_deref().unwrap().contains("missing-module"), "{:?}", snap.detail);
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    h.sleep(Duration::from_secs(60));
     assert_eq!(h.mains("app").len(), 1, "never restarted");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_cuda_oom_restarts_with_backoff_and_a_user_start_forgets_it() {
-    let h = Harness::new(vec![service("app", "Restart=on-failure\nRestartSec=1s\n")]);
+#[test]
+fn a_cuda_oom_restarts_with_backoff_and_a_user_start_forgets_it() {
+    let mut h = Sim::new(vec![service("app", "Restart=on-failure\nRestartSec=1s\n")]);
     h.kernel
-        .lock()
-        .unwrap()
         .log_tail
         .insert("app".into(), vec!["torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB".into()]);
-    h.handle.start("app").await.unwrap();
-    h.wait_status("app", Status::Started).await;
+    h.start("app").unwrap();
+    h.wait_status("app", Status::Started);
     h.exit(h.main_pid("app"), code(1));
-    let snap = h.wait_status("app", Status::Restarting).await;
+    let snap = h.wait_status("app", Status::Restarting);
     assert!(snap.detail.as_deref().unwrap().contains("cuda-oom"), "{:?}", snap.detail);
     assert_eq!(snap.failure.map(|f| f.class), Some(crate::failure::FailureClass::CudaOom));
-    h.wait_status("app", Status::Started).await;
+    h.wait_status("app", Status::Started);
     assert_eq!(h.mains("app").len(), 2);
-    h.handle.stop("app").await.unwrap();
-    h.wait_status("app", Status::Stopped).await;
-    h.handle.start("app").await.unwrap();
-    assert_eq!(h.snapshot("app").await.failure, None);
+    h.stop("app").unwrap();
+    h.wait_status("app", Status::Stopped);
+    h.start("app").unwrap();
+    assert_eq!(h.snapshot("app").failure, None);
+}
+
+// ---- single transitions: (state, input) -> (state, effects) ---------------
+
+/// An effect in a word or two, so a table row reads like what happened.
+fn said(h: &Sim, effect: &Effect) -> String {
+    let name = |id: &UnitId| h.name(*id);
+    match effect {
+        Effect::CheckConditions { unit } => format!("check-conditions {}", name(unit)),
+        Effect::BeginRun { unit, fresh } => format!("begin-run {} fresh={fresh}", name(unit)),
+        Effect::Spawn { unit, role, command, .. } => {
+            format!("spawn {} {role:?} {}", name(unit), command.argv.join(" "))
+        }
+        Effect::Signal { target: Target::Unit(unit), signal } => format!("signal {} {signal}", name(unit)),
+        Effect::Signal { target: Target::Process(pid), signal } => format!("signal pid {pid} {signal}"),
+        Effect::Signal { target: Target::Group(pgid), signal } => format!("signal group {pgid} {signal}"),
+        Effect::ArmTimer { unit, kind, at, .. } => {
+            format!("arm {kind:?} {} +{}ms", name(unit), at.duration_since(h.now).as_millis())
+        }
+        Effect::Probe { unit, .. } => format!("probe {}", name(unit)),
+        Effect::CheckDrained { unit } => format!("check-drained {}", name(unit)),
+        Effect::GatherEvidence { unit } => format!("gather-evidence {}", name(unit)),
+        Effect::FindPortHolder { port, .. } => format!("find-port-holder {port}"),
+        Effect::EndRun { unit } => format!("end-run {}", name(unit)),
+        Effect::Note { text, .. } => format!("note {text}"),
+        Effect::Emit(e) => format!("emit {} {} {}", e.event, e.status, e.detail.as_deref().unwrap_or("-")),
+        Effect::Warn { text, .. } => format!("warn {text}"),
+        Effect::Reply { result, .. } => format!("reply {result:?}"),
+        Effect::ShutdownDone { clean } => format!("shutdown-done clean={clean}"),
+    }
+}
+
+/// Steps `inputs` into the machine itself (no answers fed back, no kernel):
+/// the state after the last, and what it asked for.
+fn step_raw(h: &mut Sim, inputs: Vec<Input>) -> (UnitState, Vec<String>) {
+    let mut effects = Vec::new();
+    let mut unit = None;
+    for input in inputs {
+        if let Input::Command { cmd: Cmd::Start(name) | Cmd::Stop(name), .. } = &input {
+            unit = Some(h.id(name));
+        }
+        effects = h.units.step(input, h.clock());
+    }
+    let id = unit.unwrap_or_else(|| h.id("a"));
+    let said = effects.iter().map(|e| said(h, e)).collect();
+    (h.units.state(id).clone(), said)
+}
+
+fn running(extra: &str) -> (Sim, i32) {
+    let mut h = Sim::new(vec![service("a", extra)]);
+    h.start("a").unwrap();
+    let pid = h.main_pid("a");
+    (h, pid)
+}
+
+fn start_cmd(name: &str) -> Input {
+    Input::Command { cmd: Cmd::Start(name.into()), reply: None }
+}
+
+fn stop_cmd(name: &str) -> Input {
+    Input::Command { cmd: Cmd::Stop(name.into()), reply: None }
+}
+
+fn exited(stage: StopStage, ending: RunEnd) -> UnitState {
+    UnitState::Stopping(crate::supervisor::machine::Stop {
+        stage,
+        main: None,
+        ending,
+        then: Then::Policy,
+        escalated: false,
+        remained: false,
+    })
+}
+
+#[test]
+fn a_start_queues_a_job_and_asks_for_the_conditions() {
+    let mut h = Sim::new(vec![service("a", "")]);
+    let a = h.id("a");
+    let (state, effects) = step_raw(&mut h, vec![start_cmd("a")]);
+    assert_eq!(state, UnitState::Starting(crate::supervisor::machine::StartStep::Conditions { fresh: true }));
+    assert_eq!(effects, ["emit state starting waiting for dependencies", "check-conditions a"]);
+    // An unmet condition skips the start: stopped, not failed.
+    let (state, effects) =
+        step_raw(&mut h, vec![Input::Conditions { unit: a, unmet: Some("ConditionPathExists=/x not met".into()) }]);
+    assert_eq!(state, UnitState::Inactive(Outcome::Stopped));
+    assert_eq!(effects, ["emit state stopped skipped: ConditionPathExists=/x not met"]);
+}
+
+#[test]
+fn a_refused_begin_run_fails_the_start_with_the_os_reason() {
+    let mut h = Sim::new(vec![service("a", "")]);
+    let a = h.id("a");
+    step_raw(&mut h, vec![start_cmd("a"), Input::Conditions { unit: a, unmet: None }]);
+    let refused = Err(OsError::Refused("instances are not configured".into()));
+    let (state, effects) = step_raw(&mut h, vec![Input::RunBegun { unit: a, result: refused }]);
+    assert_eq!(state, UnitState::Inactive(Outcome::Failed));
+    assert_eq!(effects, ["emit state failed instances are not configured"]);
+}
+
+#[test]
+fn transitions_of_a_run_that_ends_by_itself() {
+    let rows: Vec<(&str, i32, usize, Vec<&str>)> = vec![
+        // (unit file extra, exit code, live processes left, effects of the membership answer)
+        ("Restart=no\n", 0, 0, vec!["end-run a", "emit state stopped exited with code 0"]),
+        (
+            "Restart=no\nTimeoutStopSec=4s\n",
+            3,
+            1,
+            vec![
+                "emit state stopping main process exited; stopping what it left",
+                "signal a SIGTERM",
+                "signal a SIGCONT",
+                "arm StopTimeout a +4000ms",
+                "check-drained a",
+            ],
+        ),
+        // A bad exit is classified first: its log is asked for before the run ends.
+        ("Restart=on-failure\n", 3, 0, vec!["gather-evidence a"]),
+    ];
+    for (extra, exit, live, expected) in rows {
+        let (mut h, pid) = running(extra);
+        let a = h.id("a");
+        let (state, effects) = step_raw(&mut h, vec![Input::Exit { pid, status: code(exit) }]);
+        assert_eq!(state, exited(StopStage::Exited, RunEnd::Exited(code(exit))), "{extra}");
+        let said = format!("exited with code {exit}");
+        assert_eq!(
+            effects,
+            [format!("note [aikore] {said}"), format!("emit exit started {said}"), "check-drained a".into()]
+        );
+        let (_, effects) = step_raw(&mut h, vec![Input::Members { unit: a, live }]);
+        assert_eq!(effects, expected, "{extra} with {live} left");
+    }
+}
+
+#[test]
+fn transitions_of_a_stop() {
+    let (mut h, pid) = running("TimeoutStopSec=5s\n");
+    let (state, effects) = step_raw(&mut h, vec![stop_cmd("a")]);
+    let UnitState::Stopping(stop) = &state else { panic!("{state:?}") };
+    assert_eq!(
+        (stop.main, &stop.stage, stop.then),
+        (Some(pid), &StopStage::Draining { sigkill_sent: false }, Then::Down)
+    );
+    assert_eq!(
+        effects,
+        [
+            "emit state stopping -",
+            "arm StopTimeout a +5000ms",
+            "signal a SIGTERM",
+            "signal a SIGCONT",
+            "check-drained a"
+        ]
+    );
+    // TimeoutStopSec passes: SIGKILL, and a grace period before giving up.
+    let a = h.id("a");
+    let epoch = h.units.epoch(a);
+    h.now += Duration::from_secs(5);
+    let (state, effects) = step_raw(&mut h, vec![Input::Timer { unit: a, epoch, kind: TimerKind::StopTimeout }]);
+    let UnitState::Stopping(stop) = &state else { panic!("{state:?}") };
+    assert_eq!((&stop.stage, stop.escalated), (&StopStage::Draining { sigkill_sent: true }, true));
+    assert_eq!(
+        effects,
+        [
+            "note [aikore] still running after TimeoutStopSec; sending SIGKILL",
+            "signal a SIGKILL",
+            "arm StopTimeout a +5000ms",
+            "check-drained a"
+        ]
+    );
+}
+
+#[test]
+fn late_timers_and_probe_answers_change_nothing() {
+    let mut h = Sim::new(vec![service("a", "Restart=always\nRestartSec=1s\n")]);
+    h.kernel.ready.insert("a".into(), ReadyTarget::Tcp { host: "127.0.0.1".into(), port: 8188 });
+    h.start("a").unwrap();
+    let a = h.id("a");
+    let stale = h.probes[&a];
+    h.exit(h.main_pid("a"), code(1));
+    assert_eq!(h.units.state(a), &UnitState::Backoff);
+    for input in [
+        Input::Ready { unit: a, epoch: stale },
+        Input::Timer { unit: a, epoch: stale, kind: TimerKind::RestartDue },
+        Input::Timer { unit: a, epoch: stale, kind: TimerKind::StopTimeout },
+    ] {
+        let (state, effects) = step_raw(&mut h, vec![input.clone()]);
+        assert_eq!((state, effects), (UnitState::Backoff, Vec::<String>::new()), "{input:?}");
+    }
+}
+
+#[test]
+fn guards_say_what_a_command_means_in_each_state() {
+    use crate::supervisor::machine::StartMove;
+    let stop = exited(StopStage::Draining { sigkill_sent: false }, RunEnd::Requested);
+    let rows: Vec<(UnitState, StartMove, bool, Option<i32>, Status)> = vec![
+        (UnitState::Inactive(Outcome::Stopped), StartMove::Begin, false, None, Status::Stopped),
+        (UnitState::Inactive(Outcome::Failed), StartMove::Begin, false, None, Status::Failed),
+        (UnitState::Backoff, StartMove::Begin, true, None, Status::Restarting),
+        (UnitState::WaitDeps { fresh: true }, StartMove::Nothing, true, None, Status::Starting),
+        (UnitState::Running { pid: 7, ready: Readiness::Waiting }, StartMove::Nothing, true, Some(7), Status::Starting),
+        (UnitState::Running { pid: 7, ready: Readiness::Stalled }, StartMove::Nothing, true, Some(7), Status::Stalled),
+        (UnitState::Running { pid: 7, ready: Readiness::Ready }, StartMove::Nothing, true, Some(7), Status::Started),
+        (stop, StartMove::AfterStop, true, None, Status::Stopping),
+    ];
+    for (state, start, stop, reload, status) in rows {
+        assert_eq!(state.status(), status, "{state:?}");
+        assert_eq!(state.can_start(), start, "{state:?}");
+        assert_eq!(state.can_stop().is_ok(), stop, "{state:?}");
+        assert_eq!(state.can_reload().ok(), reload, "{state:?}");
+        if let Err(e) = state.can_reload() {
+            assert_eq!(e.to_string(), format!("it is {status}"));
+        }
+    }
+}
+
+#[test]
+fn a_reload_is_refused_naming_the_state() {
+    let mut h = Sim::new(vec![service("a", "ExecReload=/bin/kill -HUP $MAINPID\n")]);
+    let refused = h.command(Cmd::Reload("a".into()));
+    assert_eq!(refused, Err(CommandError::Refused { unit: "a".into(), action: "reload", why: "it is stopped".into() }));
+    h.start("a").unwrap();
+    // Answered once the ExecReload= commands finished.
+    h.last_reply += 1;
+    let to = ReplyTo(h.last_reply);
+    h.input(Input::Command { cmd: Cmd::Reload("a".into()), reply: Some(to) });
+    assert!(!h.replies.contains_key(&to));
+    let reload = h.spawns("a").into_iter().find(|s| s.role == Role::Reload).expect("spawned");
+    assert!(reload.env.contains(&("MAINPID".to_string(), h.main_pid("a").to_string())));
+    h.exit(reload.pid, code(0));
+    assert_eq!(h.replies.remove(&to), Some(Ok(Answer::Done)));
+}
+
+#[test]
+fn a_oneshot_runs_each_exec_start_then_remains_and_its_stop_runs_exec_stop() {
+    let mut h = Sim::new(vec![
+        service("setup", "Type=oneshot\nRemainAfterExit=yes\nExecStart=/bin/setup2\nExecStop=/bin/undo\n"),
+        unit("app.service", "[Unit]\nRequires=setup.service\nAfter=setup.service\n[Service]\nExecStart=/bin/app\n"),
+    ]);
+    h.start("app").unwrap();
+    let first = h.mains("setup");
+    assert_eq!(first.len(), 1);
+    assert!(h.mains("app").is_empty(), "app started before the oneshot finished");
+    assert_eq!(h.snapshot("setup").status, Status::Starting);
+    h.exit(first[0].pid, code(0));
+    let second = h.mains("setup")[1].clone();
+    assert_eq!(second.argv, ["/bin/setup2"]);
+    h.exit(second.pid, code(0));
+    let setup = h.snapshot("setup");
+    assert_eq!((setup.status, setup.pid), (Status::Started, None));
+    assert_eq!(h.units.state(h.id("setup")), &UnitState::Remaining);
+    h.wait_status("app", Status::Started);
+
+    h.stop("setup").unwrap();
+    h.exit(h.main_pid("app"), signaled(TERM));
+    let undo = h.spawns("setup").into_iter().find(|s| s.role == Role::Stop).expect("ExecStop ran");
+    h.exit(undo.pid, code(0));
+    h.wait_status("setup", Status::Stopped);
+}
+
+#[test]
+fn a_oneshot_that_finished_satisfies_what_requires_it_and_a_failed_one_does_not() {
+    for (exit, app) in [(0, Status::Started), (1, Status::Failed)] {
+        let mut h = Sim::new(vec![
+            service("setup", "Type=oneshot\n"),
+            unit("app.service", "[Unit]\nRequires=setup.service\nAfter=setup.service\n[Service]\nExecStart=/bin/app\n"),
+        ]);
+        h.start("app").unwrap();
+        h.exit(h.main_pid("setup"), code(exit));
+        assert_eq!(h.snapshot("app").status, app, "oneshot exited with {exit}");
+    }
+}
+
+#[test]
+fn a_notify_service_is_started_at_ready_and_killed_when_its_watchdog_goes_quiet() {
+    let mut h = Sim::new(vec![service("d", "Type=notify\nWatchdogSec=2s\nRestart=on-failure\nRestartSec=1s\n")]);
+    h.start("d").unwrap();
+    let d = h.id("d");
+    let snap = h.snapshot("d");
+    assert_eq!((snap.status, snap.detail.as_deref()), (Status::Starting, Some("waiting for READY=1")));
+    h.input(Input::Notify { unit: d, message: "STATUS=loading\n".into() });
+    assert_eq!(h.snapshot("d").detail.as_deref(), Some("loading"));
+    h.input(Input::Notify { unit: d, message: "READY=1\nSTATUS=serving\n".into() });
+    let snap = h.snapshot("d");
+    assert_eq!((snap.status, snap.detail.as_deref()), (Status::Started, Some("serving")));
+    // Pings keep it alive past WatchdogSec.
+    for _ in 0..3 {
+        h.sleep(Duration::from_millis(1500));
+        h.input(Input::Notify { unit: d, message: "WATCHDOG=1".into() });
+    }
+    assert_eq!(h.mains("d").len(), 1);
+    let quiet = h.now();
+    h.wait_for("the watchdog", |h| !h.unit_signals("d").is_empty());
+    assert_eq!(h.unit_signals("d"), [(quiet + Duration::from_secs(2), Signal::SIGABRT)]);
+    h.exit(h.main_pid("d"), ExitStatus::Signaled { signal: libc::SIGABRT, core_dumped: true });
+    let snap = h.wait_status("d", Status::Restarting);
+    assert!(snap.detail.as_deref().unwrap_or("").starts_with("watchdog timeout"), "{:?}", snap.detail);
+    h.wait_spawns("d", 2);
 }

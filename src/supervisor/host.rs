@@ -12,9 +12,10 @@ use super::cgroup::CgroupRoot;
 use super::drain::{CgroupWatcher, ProcSweep, UnitProcesses};
 use super::members::Membership;
 use super::spawn::{spawn_in, ProcessSpec};
-use super::{DrainHint, ExitReport, Prepared, ProcessControl, ReadyTarget, Role, RunHooks};
+use super::{DrainHint, ExitReport, OsError, Prepared, ProcessControl, ReadyTarget, Role, RunHooks};
 use crate::logs::LogHub;
 use crate::units::{expand_vars, parse_env_file, ExecCommand, ReadyCheck, Unit};
+use nix::sys::signal::Signal;
 
 pub struct HostConfig {
     /// Canonical data dir: the `AIKORE_DATA_DIR` marker value and the base of relative paths.
@@ -58,6 +59,8 @@ pub struct HostProcesses {
     runs: HashMap<String, RunFacts>,
     /// Per unit, the current run's private /tmp and runtime dirs (exec.rs).
     exec_runs: HashMap<String, super::exec::RunDirs>,
+    /// The NOTIFY_SOCKET readers of `Type=notify` runs, stopped at `end_run`.
+    notifiers: HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
 /// What the failure classifier needs from a run that the run's end cannot
@@ -124,6 +127,7 @@ impl HostProcesses {
             sweep: None,
             runs: HashMap::new(),
             exec_runs: HashMap::new(),
+            notifiers: HashMap::new(),
         }
     }
 
@@ -304,12 +308,12 @@ fn resolve_user(unit: &Unit) -> Result<Identity, String> {
 }
 
 impl ProcessControl for HostProcesses {
-    fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String> {
-        self.logs.begin_run(&unit.name, fresh).map_err(|e| format!("log file: {e}"))?;
+    fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, OsError> {
+        self.logs.begin_run(&unit.name, fresh).map_err(|e| OsError::io("log file", e))?;
         // Assert*= (issue 14): unlike a condition, one that does not hold fails the start.
         if let Some(why) = unit.checks.failed_assert() {
             self.logs.note(&unit.name, &why);
-            return Err(why);
+            return Err(OsError::Refused(why));
         }
         if fresh && unit.service.exec.runtime_preserve == crate::units::Preserve::Restart {
             // Kept across automatic restarts only: a start from a stop begins empty.
@@ -324,8 +328,9 @@ impl ProcessControl for HostProcesses {
             },
         );
         if unit.instance.is_some() {
-            let hooks = self.config.hooks.as_ref().ok_or("instances are not configured")?;
-            let prepared = hooks.prepare(unit)?;
+            let hooks =
+                self.config.hooks.as_ref().ok_or_else(|| OsError::Refused("instances are not configured".into()))?;
+            let prepared = hooks.prepare(unit).map_err(OsError::Refused)?;
             if prepared.vnc_port.is_some() {
                 self.displays.insert(unit.name.clone());
             }
@@ -338,7 +343,20 @@ impl ProcessControl for HostProcesses {
                 Some(ReadyTarget::Http { host: host.clone(), port: *port, path: path.clone() })
             }
         };
-        Ok(Prepared { ready, ..Prepared::default() })
+        let mut env = Vec::new();
+        if unit.service.service_type.notifies() {
+            if let Some(old) = self.notifiers.remove(&unit.name) {
+                old.abort();
+            }
+            let reader =
+                super::notify::listen(&unit.name, self.hints.clone()).map_err(|e| OsError::io("NOTIFY_SOCKET", e))?;
+            self.notifiers.insert(unit.name.clone(), reader);
+            env.push(("NOTIFY_SOCKET".to_string(), super::notify::socket_name(&unit.name)));
+        }
+        if let Some(watchdog) = unit.service.watchdog {
+            env.push(("WATCHDOG_USEC".to_string(), watchdog.as_micros().to_string()));
+        }
+        Ok(Prepared { ready, env, ..Prepared::default() })
     }
 
     fn spawn(
@@ -347,20 +365,21 @@ impl ProcessControl for HostProcesses {
         role: Role,
         command: &ExecCommand,
         extra: &[(String, String)],
-    ) -> Result<i32, String> {
+    ) -> Result<i32, OsError> {
         // An instance always runs as the instance user (its file cannot say
         // otherwise: the .instance allow-list); a service runs as its User=,
         // else as root, systemd's default (docs/security.md).
         let instance_dir = unit.instance.as_ref().and_then(|_| Some(self.config.hooks.as_ref()?.work_dir(&unit.name)));
         let Identity { uid, gid, groups, env: user_env } = match (&instance_dir, self.config.default_identity) {
             (Some(dir), Some((uid, gid))) => instance_identity(uid, gid, dir),
-            _ => resolve_user(unit)?,
+            _ => resolve_user(unit).map_err(OsError::Refused)?,
         };
         // The exec context (issue 14): directories, private /tmp, groups, limits, sandbox.
         let run = self.exec_runs.entry(unit.name.clone()).or_default();
-        let for_process = super::exec::for_process(unit, (uid, gid), &groups, unit.instance.is_some(), run)?;
+        let for_process = super::exec::for_process(unit, (uid, gid), &groups, unit.instance.is_some(), run)
+            .map_err(OsError::Refused)?;
         let groups = for_process.groups;
-        let mut env = self.environment(unit, &user_env)?;
+        let mut env = self.environment(unit, &user_env).map_err(OsError::Refused)?;
         env.extend(for_process.env);
         env.extend(extra.iter().cloned());
         let env = {
@@ -386,7 +405,7 @@ impl ProcessControl for HostProcesses {
         let spec = ProcessSpec { argv, env, cwd, umask: unit.service.umask, nice: unit.service.nice, uid, gid, groups };
         let membership = self.membership(unit, None);
         let procs_fd = match &membership {
-            Membership::Cgroup(cg) => Some(cg.open_procs().map_err(|e| format!("cgroup: {e}"))?),
+            Membership::Cgroup(cg) => Some(cg.open_procs().map_err(|e| OsError::io("cgroup", e))?),
             Membership::Marked { .. } => None,
         };
         let exits = self.exits.clone();
@@ -401,7 +420,7 @@ impl ProcessControl for HostProcesses {
                 let _ = exits.send((pid, status));
             }),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| OsError::Spawn(e.to_string()))?;
         // What the child could not apply as asked, at every start (issue 14).
         for note in &spawned.warnings {
             tracing::warn!(unit = %unit.name, "{note}");
@@ -422,17 +441,18 @@ impl ProcessControl for HostProcesses {
         Ok(spawned.pid)
     }
 
-    fn signal_process(&mut self, pid: i32, signal: i32) {
-        // A pid we spawned and have not reaped yet.
-        crate::sys::signal::process_raw(pid, signal);
+    fn signal_process(&mut self, pid: i32, signal: Signal) {
+        // A pid we spawned and have not reaped yet; ESRCH: it ended meanwhile, its exit is on its way.
+        let _ = crate::sys::signal::to_process(pid, signal);
     }
 
-    fn signal_group(&mut self, pgid: i32, signal: i32) {
-        // A process group we created with setsid().
-        crate::sys::signal::group_raw(pgid, signal);
+    fn signal_group(&mut self, pgid: i32, signal: Signal) {
+        // A process group we created with setsid(); ESRCH: the whole group is gone already.
+        let _ = crate::sys::signal::to_group(pgid, signal);
     }
 
-    fn signal_unit(&mut self, unit: &str, signal: i32) {
+    fn signal_unit(&mut self, unit: &str, signal: Signal) {
+        let signal = signal as i32;
         match self.members.get(unit) {
             Some(Membership::Marked { pgid, .. }) => {
                 let pgid = *pgid;
@@ -476,9 +496,13 @@ impl ProcessControl for HostProcesses {
 
     fn batch_done(&mut self) {
         self.sweep = None;
+        self.pids.flush();
     }
 
     fn end_run(&mut self, unit: &str) {
+        if let Some(reader) = self.notifiers.remove(unit) {
+            reader.abort();
+        }
         self.pids.end(unit);
         if let Some(dirs) = self.exec_runs.remove(unit) {
             dirs.clean();

@@ -156,11 +156,15 @@ impl Tracked {
 pub struct PidRecord {
     path: std::path::PathBuf,
     units: std::collections::BTreeMap<String, Vec<Tracked>>,
+    /// Changed since the last write. The file is written once per engine
+    /// batch ([`PidRecord::flush`]), not per spawn: 100 units started
+    /// together cost one write and one liveness pass, not 100 of each.
+    dirty: bool,
 }
 
 impl PidRecord {
     pub fn new(data_dir: &std::path::Path) -> PidRecord {
-        PidRecord { path: data_dir.join(PID_FILE), units: Default::default() }
+        PidRecord { path: data_dir.join(PID_FILE), units: Default::default(), dirty: false }
     }
 
     /// What a previous daemon recorded, still alive (same pid, same start time).
@@ -179,12 +183,19 @@ impl PidRecord {
     pub fn add(&mut self, unit: &str, pid: i32) {
         if let Some(t) = Tracked::of(pid) {
             self.units.entry(unit.to_string()).or_default().push(t);
-            self.save();
+            self.dirty = true;
         }
     }
 
     pub fn end(&mut self, unit: &str) {
         if self.units.remove(unit).is_some() {
+            self.dirty = true;
+        }
+    }
+
+    /// Writes the record if it changed.
+    pub fn flush(&mut self) {
+        if std::mem::take(&mut self.dirty) {
             self.save();
         }
     }
@@ -271,6 +282,8 @@ mod tests {
         let pid = child.id() as i32;
         let mut record = PidRecord::new(dir.path());
         record.add("app", pid);
+        assert!(PidRecord::leftovers(dir.path()).is_empty(), "written per batch, not per spawn");
+        record.flush();
         let leftovers = PidRecord::leftovers(dir.path());
         assert_eq!(leftovers.len(), 1);
         assert_eq!(leftovers[0].0, "app");

@@ -7,7 +7,9 @@ pub mod drain;
 mod engine;
 pub mod exec;
 pub mod host;
+pub mod machine;
 pub mod members;
+pub mod notify;
 pub mod ready;
 pub mod relations;
 pub mod reload;
@@ -17,6 +19,7 @@ pub mod state;
 
 use std::sync::Arc;
 
+use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use engine::Engine;
@@ -27,7 +30,7 @@ use crate::init::ExitStatus;
 use crate::units::{ExecCommand, Unit, UnitKind};
 
 /// Which of a unit's commands a process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Main,
     Pre,
@@ -83,7 +86,7 @@ pub trait RunHooks: Send + Sync {
 /// with a recording fake instead of processes.
 pub trait ProcessControl: Send + 'static {
     /// A run of `unit` begins: rotate logs when `fresh`, lease what it needs.
-    fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String>;
+    fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, OsError>;
     /// Starts one process; its exit is delivered later as (pid, status) on the exits channel.
     fn spawn(
         &mut self,
@@ -91,11 +94,12 @@ pub trait ProcessControl: Send + 'static {
         role: Role,
         command: &ExecCommand,
         env: &[(String, String)],
-    ) -> Result<i32, String>;
-    fn signal_process(&mut self, pid: i32, signal: i32);
-    fn signal_group(&mut self, pgid: i32, signal: i32);
+    ) -> Result<i32, OsError>;
+    /// A process that is gone already is not an error (it may have ended since).
+    fn signal_process(&mut self, pid: i32, signal: Signal);
+    fn signal_group(&mut self, pgid: i32, signal: Signal);
     /// Every process of the unit.
-    fn signal_unit(&mut self, unit: &str, signal: i32);
+    fn signal_unit(&mut self, unit: &str, signal: Signal);
     /// Nonzero while any process of the unit is left. Called on every exit
     /// and [`DrainHint`] of a draining unit, never on a timer, so it must be
     /// cheap in the common case.
@@ -130,14 +134,75 @@ pub trait ProcessControl: Send + 'static {
     }
 }
 
+/// Why a run could not begin or a process could not start, as the OS side tells it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OsError {
+    /// What aikore checked before asking the OS: an unknown `User=`, an
+    /// unreadable `EnvironmentFile=`, instances not configured, a hook's refusal.
+    #[error("{0}")]
+    Refused(String),
+    /// A file or system call on the way failed (`what`: which one).
+    #[error("{what}: {message}")]
+    Io { what: &'static str, message: String },
+    /// fork/exec of the command failed.
+    #[error("{0}")]
+    Spawn(String),
+}
+
+impl OsError {
+    pub fn io(what: &'static str, error: std::io::Error) -> OsError {
+        OsError::Io { what, message: error.to_string() }
+    }
+}
+
+/// What an event says, for the journal, the events stream and followers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A status transition (or a new detail for the same status).
+    State,
+    /// A run ended (exit status or why it could not start).
+    Exit,
+    /// The unit's definition was added, changed or removed.
+    Config,
+    Info,
+    Error,
+    /// A run that ended badly was classified.
+    Failure,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::State => "state",
+            EventKind::Exit => "exit",
+            EventKind::Config => "config",
+            EventKind::Info => "info",
+            EventKind::Error => "error",
+            EventKind::Failure => "failure",
+        }
+    }
+}
+
+impl AsRef<str> for EventKind {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A state change or notable fact, for the journal, the events stream and followers.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct UnitEvent {
     pub ts_ms: i64,
     pub unit: String,
     pub kind: UnitKind,
-    /// `state` for transitions, `exit`, `config`, `info` or `error` otherwise.
-    pub event: &'static str,
+    pub event: EventKind,
     pub status: Status,
     pub detail: Option<String>,
     pub pid: Option<i32>,
@@ -183,7 +248,7 @@ pub struct UnitSnapshot {
     pub unit: Arc<Unit>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CommandError {
     #[error("no unit named {0:?}")]
     NoSuchUnit(String),
@@ -321,4 +386,8 @@ pub enum DrainHint {
     /// The reaper reaped a process nobody spawned (an orphan of some unit):
     /// any unit without a cgroup may be done.
     Any,
+    /// Not about draining: a datagram on the unit's `NOTIFY_SOCKET`
+    /// (sd_notify's `KEY=VALUE` lines), which reaches the engine on the same
+    /// channel from the OS side ([`notify`]).
+    Notify { unit: String, message: String },
 }

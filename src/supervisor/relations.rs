@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use super::{Status, SupervisorHandle, UnitEvent};
+use super::{EventKind, Status, SupervisorHandle, UnitEvent};
 use crate::units::Unit;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,13 +126,13 @@ async fn run(handle: SupervisorHandle, mut events: broadcast::Receiver<UnitEvent
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        if refresh || event.event == "config" || !defs.contains_key(&event.unit) {
+        if refresh || event.event == EventKind::Config || !defs.contains_key(&event.unit) {
             let Ok(snapshot) = handle.snapshot().await else { return };
             defs = snapshot.iter().map(|s| (s.name.clone(), Arc::clone(&s.unit))).collect();
             statuses = snapshot.iter().map(|s| (s.name.clone(), s.status)).collect();
             refresh = false;
         }
-        if event.event != "state" {
+        if event.event != EventKind::State {
             continue;
         }
         let prev = statuses.insert(event.unit.clone(), event.status);

@@ -1,9 +1,11 @@
-//! The unit state machine's vocabulary and its pure rules: statuses with their
-//! guards, how an exit is judged, restart backoff and the start limit.
+//! The unit state machine's vocabulary and its pure rules: the public
+//! statuses, how an exit is judged, restart backoff and the start limit.
+//! The states themselves and their guards are in `machine.rs`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use crate::init::ExitStatus;
@@ -58,14 +60,6 @@ impl Status {
     pub fn is_inactive(self) -> bool {
         matches!(self, Status::Stopped | Status::Error | Status::Failed)
     }
-
-    pub fn can_start(self) -> bool {
-        !matches!(self, Status::Starting | Status::Stalled | Status::Started)
-    }
-
-    pub fn can_stop(self) -> bool {
-        !self.is_inactive() && self != Status::Stopping
-    }
 }
 
 impl std::fmt::Display for Status {
@@ -83,6 +77,8 @@ pub enum RunEnd {
     StartTimeout,
     PreFailed(ExitStatus),
     SpawnFailed(String),
+    /// WatchdogSec= passed without `WATCHDOG=1` (or the service sent `WATCHDOG=trigger`).
+    Watchdog,
 }
 
 impl RunEnd {
@@ -103,7 +99,7 @@ impl RunEnd {
     /// as opposed to exiting with a code.
     fn is_abnormal(&self) -> bool {
         match self {
-            RunEnd::StartTimeout => true,
+            RunEnd::StartTimeout | RunEnd::Watchdog => true,
             RunEnd::Exited(ExitStatus::Signaled { .. }) => !self.is_clean(),
             _ => false,
         }
@@ -116,6 +112,7 @@ impl RunEnd {
             RunEnd::StartTimeout => "did not become ready within TimeoutStartSec".into(),
             RunEnd::PreFailed(status) => format!("ExecStartPre {status}"),
             RunEnd::SpawnFailed(why) => format!("could not start: {why}"),
+            RunEnd::Watchdog => "watchdog timeout (no WATCHDOG=1 within WatchdogSec)".into(),
         }
     }
 }
@@ -124,14 +121,12 @@ impl RunEnd {
 /// sent is a normal stop ("stopped (SIGTERM)"), not a crash; a signal we did
 /// not send keeps the crash wording ("killed by SIGSEGV"), and an exit code
 /// is reported as it is.
-pub fn describe_stop_exit(status: ExitStatus, sent: &[i32]) -> String {
+pub fn describe_stop_exit(status: ExitStatus, sent: &[Signal]) -> String {
     match status {
-        ExitStatus::Signaled { signal, core_dumped: false } if sent.contains(&signal) => {
-            let name = nix::sys::signal::Signal::try_from(signal)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| format!("signal {signal}"));
-            format!("stopped ({name})")
-        }
+        ExitStatus::Signaled { signal, core_dumped: false } => match Signal::try_from(signal) {
+            Ok(signal) if sent.contains(&signal) => format!("stopped ({})", signal.as_str()),
+            _ => status.to_string(),
+        },
         other => other.to_string(),
     }
 }
@@ -147,8 +142,7 @@ pub fn should_restart(policy: RestartPolicy, end: &RunEnd) -> bool {
         RestartPolicy::OnAbnormal => end.is_abnormal(),
         RestartPolicy::OnSuccess => end.is_clean(),
         RestartPolicy::OnAbort => matches!(end, RunEnd::Exited(ExitStatus::Signaled { .. })) && !end.is_clean(),
-        // No watchdog yet (issue 14, the engine's part): nothing ends by one.
-        RestartPolicy::OnWatchdog => false,
+        RestartPolicy::OnWatchdog => *end == RunEnd::Watchdog,
     }
 }
 
@@ -201,14 +195,14 @@ mod tests {
     #[test]
     fn a_signal_we_sent_is_a_stop_not_a_crash() {
         let term = ExitStatus::Signaled { signal: libc::SIGTERM, core_dumped: false };
-        assert_eq!(describe_stop_exit(term, &[libc::SIGTERM]), "stopped (SIGTERM)");
+        assert_eq!(describe_stop_exit(term, &[Signal::SIGTERM]), "stopped (SIGTERM)");
         let quit = ExitStatus::Signaled { signal: libc::SIGQUIT, core_dumped: false };
-        assert_eq!(describe_stop_exit(quit, &[libc::SIGQUIT]), "stopped (SIGQUIT)");
+        assert_eq!(describe_stop_exit(quit, &[Signal::SIGQUIT]), "stopped (SIGQUIT)");
         // Not ours: the crash wording stays.
         let segv = ExitStatus::Signaled { signal: libc::SIGSEGV, core_dumped: true };
-        assert_eq!(describe_stop_exit(segv, &[libc::SIGTERM]), "killed by SIGSEGV (core dumped)");
+        assert_eq!(describe_stop_exit(segv, &[Signal::SIGTERM]), "killed by SIGSEGV (core dumped)");
         assert_eq!(describe_stop_exit(term, &[]), "killed by SIGTERM");
-        assert_eq!(describe_stop_exit(ExitStatus::Exited { code: 0 }, &[libc::SIGTERM]), "exited with code 0");
+        assert_eq!(describe_stop_exit(ExitStatus::Exited { code: 0 }, &[Signal::SIGTERM]), "exited with code 0");
     }
 
     #[test]
@@ -252,12 +246,5 @@ mod tests {
         assert!(should_restart(Always, &code0));
         assert!(!should_restart(Always, &RunEnd::Requested));
         assert!(!should_restart(No, &killed));
-    }
-
-    #[test]
-    fn guards() {
-        assert!(Status::Stopped.can_start() && Status::Error.can_start() && Status::Restarting.can_start());
-        assert!(!Status::Started.can_start() && !Status::Stalled.can_start());
-        assert!(Status::Restarting.can_stop() && !Status::Stopping.can_stop() && !Status::Failed.can_stop());
     }
 }

@@ -41,7 +41,7 @@ const RELATIONS: Support = NotYet(
     "parsed into the dependency graph (aikore list-dependencies shows it); acting on it needs the engine (issue 14)",
 );
 const CONDITIONS: Support = NotYet("conditions on paths, files, dirs and the environment are evaluated; this kind is not yet");
-const ENGINE: Support = NotYet("service types, sd_notify and exit semantics: issue 14, the engine's part");
+const ENGINE: Support = NotYet("the supervisor does not act on this one yet (docs/units.md)");
 const PROCESS: Support = NotYet("this process property is not applied yet (docs/exec.md lists those that are)");
 const SANDBOX: Support = NotYet("this sandbox option is not applied yet (docs/exec.md lists those that are)");
 const RESOURCES: Support = NotYet("this resource key is not applied yet (docs/exec.md lists those that are)");
@@ -325,7 +325,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "ReadWriteDirectories", Implemented),
     (Section::Service, "ReadWritePaths", Implemented),
     (Section::Service, "RebootArgument", NOT_YET),
-    (Section::Service, "RemainAfterExit", ENGINE),
+    (Section::Service, "RemainAfterExit", Implemented),
     (Section::Service, "RemoveIPC", SANDBOX),
     (Section::Service, "Restart", Implemented),
     (Section::Service, "RestartForceExitStatus", ENGINE),
@@ -405,7 +405,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "TimeoutStopFailureMode", ENGINE),
     (Section::Service, "TimeoutStopSec", Implemented),
     (Section::Service, "TimerSlackNSec", PROCESS),
-    (Section::Service, "Type", ENGINE),
+    (Section::Service, "Type", Implemented),
     (Section::Service, "UMask", Implemented),
     (Section::Service, "USBFunctionDescriptors", HOST),
     (Section::Service, "USBFunctionStrings", HOST),
@@ -413,7 +413,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "User", Implemented),
     (Section::Service, "UtmpIdentifier", LOGIN),
     (Section::Service, "UtmpMode", LOGIN),
-    (Section::Service, "WatchdogSec", ENGINE),
+    (Section::Service, "WatchdogSec", Implemented),
     (Section::Service, "WatchdogSignal", ENGINE),
     (Section::Service, "WorkingDirectory", Implemented),
     (Section::Service, "ReadyCheck", Implemented),
@@ -484,6 +484,9 @@ const INSTANCE_SERVICE_KEYS: &[&str] = &[
     "UMask",
     "ReadyCheck",
     "MemoryMax",
+    "Type",
+    "RemainAfterExit",
+    "WatchdogSec",
     "StartLimitIntervalSec",
     "StartLimitBurst",
     // Resource limits only restrict (units/exec.rs INSTANCE_SERVICE_KEYS, issue 14).

@@ -149,8 +149,12 @@ pub enum KillMode {
     Process,
 }
 
-/// Type= as written; the engine's part of issue 14 gives each its meaning
-/// (today every type is supervised as `simple`).
+/// Type= as written. `simple`, `exec` and `idle` are supervised alike (the
+/// spawner returns once exec succeeded, so `exec`'s rule holds for all
+/// three); `oneshot` runs its ExecStart= commands in turn and is started
+/// once they all succeeded; `notify` (and `notify-reload`) is started at
+/// `READY=1` on its NOTIFY_SOCKET; `forking` and `dbus` are not implemented
+/// and supervised as `simple`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ServiceType {
     #[default]
@@ -176,6 +180,11 @@ impl ServiceType {
             ServiceType::NotifyReload => "notify-reload",
             ServiceType::Idle => "idle",
         }
+    }
+
+    /// Ready when it says so on NOTIFY_SOCKET.
+    pub fn notifies(self) -> bool {
+        matches!(self, ServiceType::Notify | ServiceType::NotifyReload)
     }
 }
 
@@ -210,6 +219,8 @@ pub struct ServiceConfig {
     pub exec_start_more: Vec<ExecCommand>,
     /// RemainAfterExit=: a oneshot stays active once its commands are done.
     pub remain_after_exit: bool,
+    /// WatchdogSec=: a notify service that sends no `WATCHDOG=1` for this long is killed (None: off).
+    pub watchdog: Option<Duration>,
     pub exec_start_pre: Vec<ExecCommand>,
     pub exec_reload: Vec<ExecCommand>,
     pub exec_stop: Vec<ExecCommand>,
@@ -245,6 +256,7 @@ impl Default for ServiceConfig {
             exec_start: None,
             exec_start_more: Vec::new(),
             remain_after_exit: false,
+            watchdog: None,
             exec_start_pre: Vec::new(),
             exec_reload: Vec::new(),
             exec_stop: Vec::new(),

@@ -25,9 +25,8 @@ const IGNORED_DEP_SUFFIXES: &[&str] =
     &[".target", ".socket", ".mount", ".automount", ".swap", ".path", ".timer", ".slice", ".scope", ".device"];
 
 /// Keys the engine does not act on yet but the definition carries all the
-/// same: the dependency graph shows Requisite=, and Type= decides whether
-/// several ExecStart= (or none) are allowed.
-const PARSED_THOUGH_IGNORED: &[&str] = &["Requisite", "Type", "RemainAfterExit"];
+/// same: the dependency graph shows Requisite=.
+const PARSED_THOUGH_IGNORED: &[&str] = &["Requisite"];
 
 /// Reads and parses one unit file. An unreadable file is one diagnostic at line 0.
 pub fn parse_unit_file(path: &Path) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
@@ -244,16 +243,6 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
                     .to_string(),
             );
         }
-    }
-    if oneshot && !unit.service.exec_start_more.is_empty() {
-        cx.warn(
-            exec_start_line.unwrap_or(0),
-            format!(
-                "{} ExecStart= commands: only the first runs until Type=oneshot is implemented \
-                 (issue 14, the engine's part)",
-                exec_start_count
-            ),
-        );
     }
     if let (Some(line), KillMode::Process) = (kill_mode_line, unit.service.kill_mode) {
         cx.warn(
@@ -534,16 +523,6 @@ impl<'a> Resolver<'a> {
                     svc.timeout_stop = t;
                 }
             }
-            "Type" => {
-                if let Some(t) = self.value(entry, parse_service_type) {
-                    svc.service_type = t;
-                }
-            }
-            "RemainAfterExit" => {
-                if let Some(b) = self.value(entry, parse_bool) {
-                    svc.remain_after_exit = b;
-                }
-            }
             "KillSignal" => {
                 if let Some(s) = self.value(entry, parse_signal) {
                     svc.kill_signal = s;
@@ -552,6 +531,31 @@ impl<'a> Resolver<'a> {
             "KillMode" => {
                 if let Some(m) = self.value(entry, parse_kill_mode) {
                     svc.kill_mode = m;
+                }
+            }
+            "Type" => {
+                if let Some(t) = self.value(entry, parse_service_type) {
+                    if matches!(t, ServiceType::Forking | ServiceType::Dbus) {
+                        self.warn(
+                            entry.line,
+                            format!(
+                                "Type={} is not implemented by aikore: supervised as Type=simple, so the \
+                                 main process must stay in the foreground",
+                                t.as_str()
+                            ),
+                        );
+                    }
+                    svc.service_type = t;
+                }
+            }
+            "RemainAfterExit" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    svc.remain_after_exit = b;
+                }
+            }
+            "WatchdogSec" => {
+                if let Some(t) = self.value(entry, parse_timeout) {
+                    svc.watchdog = t;
                 }
             }
             "Environment" => {
@@ -746,6 +750,20 @@ fn parse_timeout(v: &str) -> Result<Option<Duration>, String> {
     Ok(parse_timespan(v)?.filter(|d| !d.is_zero()))
 }
 
+fn parse_service_type(v: &str) -> Result<ServiceType, String> {
+    Ok(match v {
+        "simple" => ServiceType::Simple,
+        "exec" => ServiceType::Exec,
+        "forking" => ServiceType::Forking,
+        "oneshot" => ServiceType::Oneshot,
+        "dbus" => ServiceType::Dbus,
+        "notify" => ServiceType::Notify,
+        "notify-reload" => ServiceType::NotifyReload,
+        "idle" => ServiceType::Idle,
+        _ => return Err("valid values: simple, exec, forking, oneshot, dbus, notify, notify-reload, idle".into()),
+    })
+}
+
 fn parse_kill_mode(v: &str) -> Result<KillMode, String> {
     match v {
         "control-group" => Ok(KillMode::ControlGroup),
@@ -783,20 +801,6 @@ fn parse_action(v: &str) -> Result<Option<String>, String> {
         _ if ACTIONS.contains(&v) => Ok(Some(v.to_string())),
         _ => Err(format!("valid values: none, {}", ACTIONS.join(", "))),
     }
-}
-
-fn parse_service_type(v: &str) -> Result<ServiceType, String> {
-    Ok(match v {
-        "simple" => ServiceType::Simple,
-        "exec" => ServiceType::Exec,
-        "forking" => ServiceType::Forking,
-        "oneshot" => ServiceType::Oneshot,
-        "dbus" => ServiceType::Dbus,
-        "notify" => ServiceType::Notify,
-        "notify-reload" => ServiceType::NotifyReload,
-        "idle" => ServiceType::Idle,
-        _ => return Err("valid values: simple, exec, forking, oneshot, dbus, notify, notify-reload, idle".to_string()),
-    })
 }
 
 /// `SIGTERM`, `TERM`, `15`, or a real-time signal number.

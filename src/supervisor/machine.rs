@@ -1,0 +1,1865 @@
+//! The supervisor's decisions as a pure state machine: [`Units::step`] takes
+//! one [`Input`] (a command, an exit, a timer, a readiness or membership
+//! answer) and the time, changes the units' states and returns what must be
+//! done as [`Effect`]s. It does no I/O, reads no clock and spawns no task; the
+//! driver (`engine.rs`) applies the effects through `ProcessControl` and feeds
+//! the answers of the ones that ask the OS something (conditions, begin-run,
+//! spawn, membership, failure evidence, a port's holder) straight back as
+//! inputs, before anything else happens.
+//!
+//! Each unit's [`UnitState`] carries its data (the main pid while there is
+//! one, why a run is ending, what comes after a stop); the public [`Status`]
+//! is derived from it. Timers and probes carry the `epoch` of the state they
+//! were armed in, so one that fires after the state moved on is ignored.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::time::Instant;
+
+use super::state::{
+    backoff_delay, describe_stop_exit, should_restart, RunEnd, StartLimit, Status, BACKOFF_RESET_AFTER,
+};
+use super::{CommandError, DrainHint, EventKind, OsError, Prepared, ReadyTarget, Role, UnitEvent, UnitSnapshot};
+use crate::failure::{classify, Evidence, Failure, FailureClass};
+use crate::init::ExitStatus;
+use crate::units::{ExecCommand, KillMode, ServiceType, Unit, UnitKind};
+
+/// After SIGKILL, how long to wait for processes to vanish before giving up on
+/// them (a process in uninterruptible sleep cannot die until its I/O returns).
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// A unit's slot. Slots are never reused, so an id in a late timer or probe
+/// answer can never name another unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnitId(usize);
+
+/// The time of an input: monotonic for timers and rates, wall-clock ms for what is shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub at: Instant,
+    pub wall_ms: i64,
+}
+
+/// Which state a timer or probe belongs to; unique over all units.
+pub type Epoch = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    RestartDue,
+    StartTimeout,
+    Stall,
+    StopTimeout,
+    /// WatchdogSec= of a notify service, re-armed by each `WATCHDOG=1`.
+    Watchdog,
+}
+
+/// Names a pending reply the driver holds (a oneshot sender is not data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplyTo(pub u64);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cmd {
+    Start(String),
+    Stop(String),
+    Restart(String),
+    Reload(String),
+    /// `aikore reset-failed`: a `failed` or `error` unit that is not running
+    /// becomes `stopped`, its start limit and failure forgotten.
+    ResetFailed(String),
+    SetUnits(Vec<Unit>),
+    StartAll,
+    Shutdown,
+    KillAll,
+}
+
+#[derive(Debug, Clone)]
+pub enum Input {
+    Command {
+        cmd: Cmd,
+        reply: Option<ReplyTo>,
+    },
+    /// The reaper saw one of our pids end.
+    Exit {
+        pid: i32,
+        status: ExitStatus,
+    },
+    Hint(DrainHint),
+    Timer {
+        unit: UnitId,
+        epoch: Epoch,
+        kind: TimerKind,
+    },
+    /// A readiness probe succeeded.
+    Ready {
+        unit: UnitId,
+        epoch: Epoch,
+    },
+    // Answers to effects, fed back at once by the driver.
+    Conditions {
+        unit: UnitId,
+        unmet: Option<String>,
+    },
+    RunBegun {
+        unit: UnitId,
+        result: Result<Prepared, OsError>,
+    },
+    Spawned {
+        unit: UnitId,
+        role: Role,
+        result: Result<i32, OsError>,
+    },
+    /// How many processes of the unit are left.
+    Members {
+        unit: UnitId,
+        live: usize,
+    },
+    Evidence {
+        unit: UnitId,
+        evidence: Evidence,
+    },
+    PortHolder {
+        unit: UnitId,
+        holder: Option<String>,
+    },
+    /// A datagram on the unit's NOTIFY_SOCKET.
+    Notify {
+        unit: UnitId,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Status(Status),
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Process(i32),
+    Group(i32),
+    Unit(UnitId),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Answer: [`Input::Conditions`].
+    CheckConditions {
+        unit: UnitId,
+    },
+    /// Rotate the log when `fresh`, lease what the run needs. Answer: [`Input::RunBegun`].
+    BeginRun {
+        unit: UnitId,
+        fresh: bool,
+    },
+    /// Answer: [`Input::Spawned`]; the exit comes later as [`Input::Exit`].
+    Spawn {
+        unit: UnitId,
+        role: Role,
+        command: ExecCommand,
+        env: Vec<(String, String)>,
+    },
+    Signal {
+        target: Target,
+        signal: Signal,
+    },
+    /// Replaces the unit's timers of other epochs.
+    ArmTimer {
+        unit: UnitId,
+        kind: TimerKind,
+        at: Instant,
+        epoch: Epoch,
+    },
+    /// Probe until ready; answer: [`Input::Ready`]. Ends with the run.
+    Probe {
+        unit: UnitId,
+        target: ReadyTarget,
+        epoch: Epoch,
+    },
+    /// Watch for the unit's processes to end, and count them now. Answer: [`Input::Members`].
+    CheckDrained {
+        unit: UnitId,
+    },
+    /// Answer: [`Input::Evidence`].
+    GatherEvidence {
+        unit: UnitId,
+    },
+    /// Answer: [`Input::PortHolder`].
+    FindPortHolder {
+        unit: UnitId,
+        port: u16,
+    },
+    /// No process of the run is left: release its cgroup, leases and probe.
+    EndRun {
+        unit: UnitId,
+    },
+    /// A line from aikore into the unit's log.
+    Note {
+        unit: UnitId,
+        text: String,
+    },
+    Emit(UnitEvent),
+    /// For the daemon's own log only.
+    Warn {
+        unit: UnitId,
+        text: String,
+    },
+    Reply {
+        to: ReplyTo,
+        result: Result<Answer, CommandError>,
+    },
+    /// Every unit is down after a shutdown; `clean` when none needed SIGKILL.
+    ShutdownDone {
+        clean: bool,
+    },
+}
+
+/// How an inactive unit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Stopped,
+    /// A `Type=oneshot` whose commands all succeeded: what requires it may start.
+    Finished,
+    Error,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartStep {
+    Conditions {
+        fresh: bool,
+    },
+    Begin,
+    SpawnPre {
+        index: usize,
+    },
+    Pre {
+        index: usize,
+        pid: i32,
+    },
+    SpawnMain {
+        argv: String,
+    },
+    /// A `Type=oneshot`'s ExecStart= commands, one after the other.
+    SpawnOneshot {
+        index: usize,
+    },
+    Oneshot {
+        index: usize,
+        pid: i32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Waiting,
+    /// An instance that has not answered within StallAfterSec.
+    Stalled,
+    Ready,
+}
+
+/// What a stop leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Stay down (a stop request).
+    Down,
+    /// Start again once down (a restart, or a start while stopping).
+    Up,
+    /// The run ended by itself: `Restart=` decides.
+    Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopStage {
+    /// Queued until the units ordered after this one are down.
+    WaitOrder,
+    SpawnCmd {
+        index: usize,
+    },
+    Command {
+        index: usize,
+        pid: i32,
+    },
+    /// The main process ended by itself; whether it left processes is being asked.
+    Exited,
+    /// Signals sent; waiting for every process to be gone.
+    Draining {
+        sigkill_sent: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    pub stage: StopStage,
+    /// The main process, until it is reaped.
+    pub main: Option<i32>,
+    /// Why the run is ending, decided at the first cause and kept through the drain.
+    pub ending: RunEnd,
+    pub then: Then,
+    /// TimeoutStopSec ran out and SIGKILL was needed (a shutdown is then not clean).
+    pub escalated: bool,
+    /// Stopping a oneshot that remained active: its ExecStop= runs though no main process is left.
+    pub remained: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishEnd {
+    Run {
+        ending: RunEnd,
+        then: Then,
+    },
+    /// begin-run refused (`why`), classified.
+    BeginFailed {
+        why: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Awaiting {
+    Evidence,
+    PortHolder(Failure),
+}
+
+/// Every process is gone; the failure classification waits for the OS's answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finish {
+    pub end: FinishEnd,
+    pub awaiting: Awaiting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitState {
+    Inactive(Outcome),
+    /// A start job queued behind ordering; `fresh`: its log starts afresh (a user's or boot start).
+    WaitDeps {
+        fresh: bool,
+    },
+    Starting(StartStep),
+    Running {
+        pid: i32,
+        ready: Readiness,
+    },
+    /// A `Type=oneshot` with `RemainAfterExit=yes` whose commands succeeded: active, no process.
+    Remaining,
+    /// Waiting out the restart delay.
+    Backoff,
+    Stopping(Stop),
+    Finishing(Finish),
+}
+
+/// A command that does not fit the unit's state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("it is {status}")]
+pub struct WrongState {
+    pub status: Status,
+}
+
+/// What a start means in the current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMove {
+    Begin,
+    /// Already starting or running.
+    Nothing,
+    /// Come back up once stopped.
+    AfterStop,
+}
+
+impl UnitState {
+    pub fn status(&self) -> Status {
+        match self {
+            UnitState::Inactive(Outcome::Stopped | Outcome::Finished) => Status::Stopped,
+            UnitState::Inactive(Outcome::Error) => Status::Error,
+            UnitState::Inactive(Outcome::Failed) => Status::Failed,
+            UnitState::WaitDeps { .. } | UnitState::Starting(_) => Status::Starting,
+            UnitState::Running { ready: Readiness::Waiting, .. } => Status::Starting,
+            UnitState::Running { ready: Readiness::Stalled, .. } => Status::Stalled,
+            UnitState::Running { ready: Readiness::Ready, .. } | UnitState::Remaining => Status::Started,
+            UnitState::Backoff => Status::Restarting,
+            UnitState::Stopping(_) | UnitState::Finishing(_) => Status::Stopping,
+        }
+    }
+
+    pub fn can_start(&self) -> StartMove {
+        match self {
+            UnitState::Inactive(_) | UnitState::Backoff => StartMove::Begin,
+            UnitState::Stopping(_) | UnitState::Finishing(_) => StartMove::AfterStop,
+            _ => StartMove::Nothing,
+        }
+    }
+
+    /// Ok when a stop has anything to do.
+    pub fn can_stop(&self) -> Result<(), WrongState> {
+        match self {
+            UnitState::Inactive(_) => Err(WrongState { status: self.status() }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The main pid, when a reload can run.
+    pub fn can_reload(&self) -> Result<i32, WrongState> {
+        match self {
+            UnitState::Running { pid, .. } => Ok(*pid),
+            _ => Err(WrongState { status: self.status() }),
+        }
+    }
+
+    pub fn main_pid(&self) -> Option<i32> {
+        match self {
+            UnitState::Running { pid, .. } | UnitState::Starting(StartStep::Oneshot { pid, .. }) => Some(*pid),
+            UnitState::Stopping(stop) => stop.main,
+            _ => None,
+        }
+    }
+
+    /// Part of a start job that dependents must wait for. A run that ended
+    /// by itself counts until `Restart=` has decided what comes next.
+    fn is_starting_job(&self) -> bool {
+        match self {
+            UnitState::WaitDeps { .. } | UnitState::Starting(_) | UnitState::Backoff => true,
+            UnitState::Running { ready, .. } => *ready == Readiness::Waiting,
+            UnitState::Stopping(stop) => stop.then == Then::Policy,
+            UnitState::Finishing(Finish { end: FinishEnd::Run { then, .. }, .. }) => *then == Then::Policy,
+            UnitState::Finishing(Finish { end: FinishEnd::BeginFailed { .. }, .. }) => true,
+            _ => false,
+        }
+    }
+
+    fn is_stopping_job(&self) -> bool {
+        match self {
+            UnitState::Stopping(stop) => {
+                matches!(stop.stage, StopStage::WaitOrder | StopStage::SpawnCmd { .. } | StopStage::Command { .. })
+                    || stop.then != Then::Policy
+            }
+            UnitState::Finishing(Finish { end: FinishEnd::Run { then, .. }, .. }) => *then != Then::Policy,
+            _ => false,
+        }
+    }
+
+    fn is_inactive(&self) -> bool {
+        matches!(self, UnitState::Inactive(_))
+    }
+
+    fn then_mut(&mut self) -> Option<&mut Then> {
+        match self {
+            UnitState::Stopping(stop) => Some(&mut stop.then),
+            UnitState::Finishing(Finish { end: FinishEnd::Run { then, .. }, .. }) => Some(then),
+            _ => None,
+        }
+    }
+}
+
+struct ReloadJob {
+    index: usize,
+    /// None until spawned.
+    pid: Option<i32>,
+    reply: Option<ReplyTo>,
+}
+
+struct Slot {
+    unit: Arc<Unit>,
+    state: UnitState,
+    epoch: Epoch,
+    /// Set when the unit cannot run at all (part of an ordering cycle).
+    invalid: Option<String>,
+    /// Removed from disk: dropped as soon as it is inactive.
+    removed: bool,
+    /// Our live children of this unit, by role (a stop command or a
+    /// pre-start command may outlive the state that spawned it).
+    children: Vec<(i32, Role)>,
+    /// The status and detail subscribers were last told (events carry it;
+    /// snapshots derive the status from `state`).
+    announced: Status,
+    detail: Option<String>,
+    prepared: Prepared,
+    restarts: u32,
+    consecutive_failures: u32,
+    start_limit: StartLimit,
+    run_started: Option<Instant>,
+    since_ms: i64,
+    started_ms: Option<i64>,
+    last_exit: Option<String>,
+    /// Why the last run ended badly; cleared by a user's (fresh) start.
+    failure: Option<Failure>,
+    reload: Option<ReloadJob>,
+    /// The `seq` of the last event emitted for this unit (0: none yet).
+    seq: u64,
+}
+
+struct ShutdownJob {
+    /// A stop of this shutdown needed SIGKILL.
+    sigkilled: bool,
+    done: bool,
+}
+
+/// `a` must be up before `b` starts, and `b` down before `a` stops.
+fn ordered_before(a: &Unit, b: &Unit) -> bool {
+    b.after.contains(&a.name)
+        || a.before.contains(&b.name)
+        // Instances run on the services (NGINX, ...), never the other way round.
+        || (a.kind == UnitKind::Service && b.kind == UnitKind::Instance)
+}
+
+fn kill_signal(unit: &Unit) -> Signal {
+    Signal::try_from(unit.service.kill_signal).unwrap_or(Signal::SIGTERM)
+}
+
+/// Every unit's state, and the rules that move it.
+pub struct Units {
+    slots: Vec<Slot>,
+    /// The live units by name (name order is the order of snapshots and of job scans).
+    index: BTreeMap<String, UnitId>,
+    last_epoch: Epoch,
+    /// The last `seq` handed out; one counter for all units, so a unit removed
+    /// and re-added under the same name never repeats a number a page has seen.
+    last_seq: u64,
+    shutdown: Option<ShutdownJob>,
+    now: Now,
+    out: Vec<Effect>,
+}
+
+impl Units {
+    pub fn new(units: Vec<Unit>, now: Now) -> (Units, Vec<Effect>) {
+        let mut this = Units {
+            slots: Vec::new(),
+            index: BTreeMap::new(),
+            last_epoch: 0,
+            last_seq: 0,
+            shutdown: None,
+            now,
+            out: Vec::new(),
+        };
+        this.apply_units(units);
+        let out = std::mem::take(&mut this.out);
+        (this, out)
+    }
+
+    /// Handles one input, then lets queued jobs proceed.
+    pub fn step(&mut self, input: Input, now: Now) -> Vec<Effect> {
+        self.now = now;
+        match input {
+            Input::Command { cmd, reply } => self.on_command(cmd, reply),
+            Input::Exit { pid, status } => self.on_exit(pid, status),
+            Input::Hint(hint) => self.on_hint(hint),
+            Input::Timer { unit, epoch, kind } => {
+                if self.slots[unit.0].epoch == epoch {
+                    self.on_timer(unit, kind);
+                }
+            }
+            Input::Ready { unit, epoch } => self.on_ready(unit, epoch),
+            Input::Conditions { unit, unmet } => self.on_conditions(unit, unmet),
+            Input::RunBegun { unit, result } => self.on_run_begun(unit, result),
+            Input::Spawned { unit, role, result } => self.on_spawned(unit, role, result),
+            Input::Members { unit, live } => self.on_members(unit, live),
+            Input::Evidence { unit, evidence } => self.on_evidence(unit, evidence),
+            Input::PortHolder { unit, holder } => self.on_port_holder(unit, holder),
+            Input::Notify { unit, message } => self.on_notify(unit, &message),
+        }
+        self.advance();
+        if let Some(job) = self.shutdown.as_mut() {
+            if !job.done && self.slots.iter().all(|s| s.state.is_inactive()) {
+                job.done = true;
+                let clean = !job.sigkilled;
+                self.out.push(Effect::ShutdownDone { clean });
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn id(&self, name: &str) -> Option<UnitId> {
+        self.index.get(name).copied()
+    }
+
+    pub fn unit(&self, id: UnitId) -> &Arc<Unit> {
+        &self.slots[id.0].unit
+    }
+
+    pub fn state(&self, id: UnitId) -> &UnitState {
+        &self.slots[id.0].state
+    }
+
+    /// The epoch timers and probes of the unit's current state carry.
+    pub fn epoch(&self, id: UnitId) -> Epoch {
+        self.slots[id.0].epoch
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    pub fn snapshot(&self) -> Vec<UnitSnapshot> {
+        self.index
+            .values()
+            .map(|id| {
+                let s = &self.slots[id.0];
+                UnitSnapshot {
+                    name: s.unit.name.clone(),
+                    kind: s.unit.kind,
+                    description: s.unit.description.clone(),
+                    status: s.state.status(),
+                    detail: s.detail.clone(),
+                    pid: s.state.main_pid(),
+                    restarts: s.restarts,
+                    since_ms: s.since_ms,
+                    started_ms: s.started_ms,
+                    last_exit: s.last_exit.clone(),
+                    failure: s.failure.clone(),
+                    path: s.unit.path.display().to_string(),
+                    port: s.prepared.port,
+                    app_port: s.prepared.app_port,
+                    vnc_port: s.prepared.vnc_port,
+                    seq: s.seq,
+                    unit: Arc::clone(&s.unit),
+                }
+            })
+            .collect()
+    }
+
+    // ---- commands -------------------------------------------------------
+
+    fn on_command(&mut self, cmd: Cmd, reply: Option<ReplyTo>) {
+        let result = match cmd {
+            Cmd::Start(name) => self.lookup(&name).and_then(|id| {
+                self.request_start(id, true)?;
+                Ok(Answer::Status(self.slots[id.0].state.status()))
+            }),
+            Cmd::Stop(name) => self.lookup(&name).map(|id| {
+                self.request_stop(id);
+                Answer::Status(self.slots[id.0].state.status())
+            }),
+            Cmd::Restart(name) => self.lookup(&name).and_then(|id| {
+                self.request_restart(id)?;
+                Ok(Answer::Status(self.slots[id.0].state.status()))
+            }),
+            Cmd::Reload(name) => match self.lookup(&name).and_then(|id| self.request_reload(id, reply)) {
+                // The reply comes when the commands finish.
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+            Cmd::ResetFailed(name) => self.lookup(&name).map(|id| {
+                self.reset_failed(id);
+                Answer::Status(self.slots[id.0].state.status())
+            }),
+            Cmd::SetUnits(units) => {
+                self.apply_units(units);
+                Ok(Answer::Done)
+            }
+            Cmd::StartAll => {
+                self.start_all();
+                Ok(Answer::Done)
+            }
+            Cmd::Shutdown => {
+                self.begin_shutdown();
+                return;
+            }
+            Cmd::KillAll => {
+                for id in self.live_ids() {
+                    if !self.slots[id.0].state.is_inactive() {
+                        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGKILL });
+                        if let Some(job) = self.shutdown.as_mut() {
+                            job.sigkilled = true;
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        if let Some(to) = reply {
+            self.out.push(Effect::Reply { to, result });
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Result<UnitId, CommandError> {
+        self.id(name).ok_or_else(|| CommandError::NoSuchUnit(name.to_string()))
+    }
+
+    fn live_ids(&self) -> Vec<UnitId> {
+        self.index.values().copied().collect()
+    }
+
+    fn reset_failed(&mut self, id: UnitId) {
+        let s = &mut self.slots[id.0];
+        if matches!(s.state, UnitState::Inactive(Outcome::Failed | Outcome::Error)) {
+            s.start_limit.reset();
+            s.consecutive_failures = 0;
+            s.failure = None;
+            self.enter(id, UnitState::Inactive(Outcome::Stopped));
+            self.publish(id, Some("failed state reset".into()));
+        }
+    }
+
+    fn start_all(&mut self) {
+        let wanted: Vec<UnitId> = self
+            .live_ids()
+            .into_iter()
+            .filter(|id| {
+                let s = &self.slots[id.0];
+                // A service with [Install] WantedBy= starts at boot once enabled (units::install).
+                s.invalid.is_none()
+                    && s.unit.instance.as_ref().map_or(s.unit.starts_at_boot, |i| i.autostart)
+            })
+            .collect();
+        for id in wanted {
+            if let Err(e) = self.request_start(id, true) {
+                self.out.push(Effect::Warn { unit: id, text: format!("boot start refused: {e}") });
+            }
+        }
+    }
+
+    fn request_start(&mut self, id: UnitId, fresh: bool) -> Result<(), CommandError> {
+        if self.shutdown.is_some() {
+            return Err(CommandError::ShuttingDown);
+        }
+        let s = &mut self.slots[id.0];
+        if let Some(why) = &s.invalid {
+            return Err(CommandError::Refused { unit: s.unit.name.clone(), action: "start", why: why.clone() });
+        }
+        match s.state.can_start() {
+            StartMove::Begin => {}
+            StartMove::Nothing => return Ok(()),
+            StartMove::AfterStop => {
+                // Finish stopping first, then come back up.
+                if let Some(then) = s.state.then_mut() {
+                    if *then == Then::Down {
+                        *then = Then::Up;
+                    }
+                }
+                return Ok(());
+            }
+        }
+        if fresh {
+            // A user's start is a new attempt: forget the previous crash loop.
+            s.start_limit.reset();
+            s.restarts = 0;
+            s.consecutive_failures = 0;
+            s.failure = None;
+        }
+        let unit = Arc::clone(&s.unit);
+        self.enter(id, UnitState::WaitDeps { fresh });
+        self.publish(id, Some("waiting for dependencies".into()));
+        for dep in unit.requires.iter().chain(&unit.wants) {
+            let Some(dep) = self.id(dep) else { continue };
+            let d = &self.slots[dep.0];
+            // A dependency on its way down comes back up once stopped.
+            let wanted = d.state.is_inactive() || (d.state.is_stopping_job() && !d.removed);
+            if wanted && d.invalid.is_none() {
+                let _ = self.request_start(dep, true);
+            }
+        }
+        Ok(())
+    }
+
+    fn request_stop(&mut self, id: UnitId) {
+        let s = &mut self.slots[id.0];
+        if s.state.can_stop().is_err() {
+            return;
+        }
+        match &mut s.state {
+            UnitState::WaitDeps { .. } | UnitState::Backoff => {
+                self.enter(id, UnitState::Inactive(Outcome::Stopped));
+                self.publish(id, Some("stopped".into()));
+                return;
+            }
+            UnitState::Stopping(_) | UnitState::Finishing(_) => {
+                if let Some(then) = s.state.then_mut() {
+                    *then = Then::Down;
+                }
+                return;
+            }
+            UnitState::Starting(StartStep::Pre { pid, .. } | StartStep::Oneshot { pid, .. }) => {
+                // Half-started: nothing depends on it yet, so no ordering to wait for.
+                let pid = *pid;
+                let signal = kill_signal(&s.unit);
+                s.state = UnitState::Stopping(Stop {
+                    stage: StopStage::Draining { sigkill_sent: false },
+                    main: None,
+                    ending: RunEnd::Requested,
+                    then: Then::Down,
+                    escalated: false,
+                    remained: false,
+                });
+                self.publish(id, None);
+                self.out.push(Effect::Signal { target: Target::Group(pid), signal });
+                self.send_kill_signal(id, false);
+                return;
+            }
+            UnitState::Starting(_) => {
+                // Between an effect and its answer (never seen by a command): nothing runs yet.
+                self.enter(id, UnitState::Inactive(Outcome::Stopped));
+                self.publish(id, Some("stopped".into()));
+                return;
+            }
+            UnitState::Inactive(_) | UnitState::Running { .. } | UnitState::Remaining => {}
+        }
+        let (main, remained) = match s.state {
+            UnitState::Running { pid, .. } => (Some(pid), false),
+            UnitState::Remaining => (None, true),
+            _ => return,
+        };
+        let name = s.unit.name.clone();
+        // Units that require this one cannot keep running without it.
+        let dependents: Vec<UnitId> = self
+            .live_ids()
+            .into_iter()
+            .filter(|d| {
+                let d = &self.slots[d.0];
+                d.unit.requires.contains(&name) && !d.state.is_inactive()
+            })
+            .collect();
+        self.enter(
+            id,
+            UnitState::Stopping(Stop {
+                stage: StopStage::WaitOrder,
+                main,
+                ending: RunEnd::Requested,
+                then: Then::Down,
+                escalated: false,
+                remained,
+            }),
+        );
+        self.publish(id, None);
+        for dependent in dependents {
+            self.request_stop(dependent);
+        }
+    }
+
+    fn request_restart(&mut self, id: UnitId) -> Result<(), CommandError> {
+        if self.shutdown.is_some() {
+            return Err(CommandError::ShuttingDown);
+        }
+        match self.slots[id.0].state {
+            UnitState::WaitDeps { .. } => Ok(()),
+            UnitState::Inactive(_) | UnitState::Backoff => self.request_start(id, true),
+            _ => {
+                let stopping_before: Vec<bool> = self.slots.iter().map(|s| s.state.is_stopping_job()).collect();
+                self.request_stop(id);
+                // The stop took down the units that require this one; as in systemd they come back too.
+                for (i, s) in self.slots.iter_mut().enumerate() {
+                    let newly = s.state.is_stopping_job() && !stopping_before[i];
+                    if let Some(then) = s.state.then_mut() {
+                        if newly && *then == Then::Down {
+                            *then = Then::Up;
+                        }
+                    }
+                }
+                if let Some(then) = self.slots[id.0].state.then_mut() {
+                    *then = Then::Up;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn request_reload(&mut self, id: UnitId, reply: Option<ReplyTo>) -> Result<(), CommandError> {
+        let s = &self.slots[id.0];
+        let refuse = |why: String| CommandError::Refused { unit: s.unit.name.clone(), action: "reload", why };
+        if s.unit.service.exec_reload.is_empty() {
+            return Err(refuse("it has no ExecReload=".into()));
+        }
+        s.state.can_reload().map_err(|e| refuse(e.to_string()))?;
+        if s.reload.is_some() {
+            return Err(refuse("a reload is already running".into()));
+        }
+        self.run_reload_command(id, 0, reply);
+        Ok(())
+    }
+
+    fn run_reload_command(&mut self, id: UnitId, index: usize, reply: Option<ReplyTo>) {
+        let s = &mut self.slots[id.0];
+        let Some(command) = s.unit.service.exec_reload.get(index).cloned() else {
+            if let Some(to) = reply {
+                self.out.push(Effect::Reply { to, result: Ok(Answer::Done) });
+            }
+            self.emit(id, EventKind::Info, Some("reloaded".into()));
+            return;
+        };
+        s.reload = Some(ReloadJob { index, pid: None, reply });
+        let env = self.command_env(id);
+        self.out.push(Effect::Spawn { unit: id, role: Role::Reload, command, env });
+    }
+
+    fn apply_units(&mut self, units: Vec<Unit>) {
+        let mut incoming: BTreeMap<String, Arc<Unit>> =
+            units.into_iter().map(|u| (u.name.clone(), Arc::new(u))).collect();
+        for id in self.live_ids() {
+            let name = self.slots[id.0].unit.name.clone();
+            match incoming.remove(&name) {
+                Some(unit) => {
+                    let s = &mut self.slots[id.0];
+                    if *s.unit != *unit {
+                        s.unit = unit;
+                        s.removed = false;
+                        let note = if s.state.is_inactive() {
+                            "definition changed"
+                        } else {
+                            "definition changed; restart to apply"
+                        };
+                        self.emit(id, EventKind::Config, Some(note.into()));
+                    }
+                }
+                None => {
+                    self.slots[id.0].removed = true;
+                    self.request_stop(id);
+                    self.emit(id, EventKind::Config, Some("unit file removed".into()));
+                }
+            }
+        }
+        for (name, unit) in incoming {
+            let id = UnitId(self.slots.len());
+            self.slots.push(Slot {
+                unit,
+                state: UnitState::Inactive(Outcome::Stopped),
+                epoch: 0,
+                invalid: None,
+                removed: false,
+                children: Vec::new(),
+                announced: Status::Stopped,
+                detail: None,
+                prepared: Prepared::default(),
+                restarts: 0,
+                consecutive_failures: 0,
+                start_limit: StartLimit::default(),
+                run_started: None,
+                since_ms: self.now.wall_ms,
+                started_ms: None,
+                last_exit: None,
+                failure: None,
+                reload: None,
+                seq: 0,
+            });
+            self.index.insert(name, id);
+            self.emit(id, EventKind::Config, Some("unit added".into()));
+        }
+        self.mark_cycles();
+        self.drop_removed();
+    }
+
+    /// Units on an ordering cycle cannot be started in any order: refuse them, naming the cycle.
+    fn mark_cycles(&mut self) {
+        let all: Vec<Unit> = self.index.values().map(|id| (*self.slots[id.0].unit).clone()).collect();
+        let cycle = crate::units::find_cycle(&all);
+        for id in self.live_ids() {
+            let s = &mut self.slots[id.0];
+            s.invalid = cycle
+                .as_ref()
+                .filter(|c| c.contains(&s.unit.name))
+                .map(|c| format!("ordering cycle: {}", c.join(" -> ")));
+        }
+    }
+
+    fn drop_removed(&mut self) {
+        let slots = &self.slots;
+        self.index.retain(|_, id| !(slots[id.0].removed && slots[id.0].state.is_inactive()));
+    }
+
+    fn begin_shutdown(&mut self) {
+        // `clean` is about this shutdown: a SIGKILL in an earlier, finished stop does not count.
+        let sigkilled = self.slots.iter().any(|s| matches!(&s.state, UnitState::Stopping(stop) if stop.escalated));
+        self.shutdown = Some(ShutdownJob { sigkilled, done: false });
+        for id in self.live_ids() {
+            self.request_stop(id);
+        }
+    }
+
+    // ---- the job queue -------------------------------------------------
+
+    /// Lets queued start and stop jobs proceed once their ordering allows,
+    /// until nothing more can move.
+    fn advance(&mut self) {
+        loop {
+            let mut moved = false;
+            let waiting: Vec<UnitId> = self
+                .index
+                .values()
+                .copied()
+                .filter(|id| {
+                    matches!(
+                        self.slots[id.0].state,
+                        UnitState::WaitDeps { .. } | UnitState::Stopping(Stop { stage: StopStage::WaitOrder, .. })
+                    )
+                })
+                .collect();
+            for id in waiting {
+                match self.slots[id.0].state {
+                    UnitState::WaitDeps { fresh } => moved |= self.try_begin_start(id, fresh),
+                    UnitState::Stopping(Stop { stage: StopStage::WaitOrder, .. }) => {
+                        let unit = &self.slots[id.0].unit;
+                        let blocked = self.index.values().any(|other| {
+                            let o = &self.slots[other.0];
+                            *other != id && ordered_before(unit, &o.unit) && o.state.is_stopping_job()
+                        });
+                        if !blocked {
+                            self.begin_stop(id);
+                            moved = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        self.drop_removed();
+    }
+
+    fn try_begin_start(&mut self, id: UnitId, fresh: bool) -> bool {
+        let unit = Arc::clone(&self.slots[id.0].unit);
+        for dep in &unit.requires {
+            let why = match self.id(dep).map(|d| &self.slots[d.0].state) {
+                None => Some(format!("requires {dep}, which does not exist")),
+                Some(UnitState::Inactive(Outcome::Error | Outcome::Failed)) => Some(format!("dependency {dep} failed")),
+                Some(UnitState::Inactive(Outcome::Stopped)) => Some(format!("required unit {dep} is not running")),
+                // A oneshot that did its work is what was required.
+                Some(UnitState::Inactive(Outcome::Finished)) => None,
+                _ => None,
+            };
+            if let Some(why) = why {
+                self.enter(id, UnitState::Inactive(Outcome::Failed));
+                self.publish(id, Some(why));
+                return true;
+            }
+        }
+        // As in systemd, a stop job of a unit ordered before this one also goes first.
+        let blocked = self.index.values().any(|other| {
+            let o = &self.slots[other.0];
+            *other != id && ordered_before(&o.unit, &unit) && (o.state.is_starting_job() || o.state.is_stopping_job())
+        });
+        if blocked {
+            return false;
+        }
+        self.enter(id, UnitState::Starting(StartStep::Conditions { fresh }));
+        self.out.push(Effect::CheckConditions { unit: id });
+        true
+    }
+
+    /// A start attempt past its conditions: start limit, then log rotation and leases.
+    fn on_conditions(&mut self, id: UnitId, unmet: Option<String>) {
+        let UnitState::Starting(StartStep::Conditions { fresh }) = self.slots[id.0].state else { return };
+        if let Some(why) = unmet {
+            self.enter(id, UnitState::Inactive(Outcome::Stopped));
+            self.publish(id, Some(format!("skipped: {why}")));
+            return;
+        }
+        let now = self.now.at;
+        let s = &mut self.slots[id.0];
+        let unit = Arc::clone(&s.unit);
+        if !s.start_limit.try_start(now, unit.start_limit_interval, unit.start_limit_burst) {
+            let why = format!(
+                "start limit hit: more than {} starts within {:?} (StartLimitBurst=, StartLimitIntervalSec=)",
+                unit.start_limit_burst, unit.start_limit_interval
+            );
+            self.enter(id, UnitState::Inactive(Outcome::Failed));
+            self.note(id, &why);
+            self.publish(id, Some(why));
+            return;
+        }
+        s.state = UnitState::Starting(StartStep::Begin);
+        self.out.push(Effect::BeginRun { unit: id, fresh });
+    }
+
+    fn on_run_begun(&mut self, id: UnitId, result: Result<Prepared, OsError>) {
+        if self.slots[id.0].state != UnitState::Starting(StartStep::Begin) {
+            return;
+        }
+        match result {
+            Ok(prepared) => {
+                self.slots[id.0].prepared = prepared;
+                self.run_pre_or_main(id, 0);
+            }
+            Err(why) => {
+                let why = why.to_string();
+                // aikore's own reason may tell a class (an instance's port found taken).
+                let evidence = Evidence { lines: vec![why.clone()], ..Default::default() };
+                let failure = classify(&evidence, &[]);
+                if failure.class == FailureClass::Unknown {
+                    self.enter(id, UnitState::Inactive(Outcome::Failed));
+                    self.publish(id, Some(why));
+                } else {
+                    self.conclude(id, FinishEnd::BeginFailed { why }, failure);
+                }
+            }
+        }
+    }
+
+    fn run_pre_or_main(&mut self, id: UnitId, index: usize) {
+        let s = &self.slots[id.0];
+        let unit = Arc::clone(&s.unit);
+        let env = s.prepared.env.clone();
+        if let Some(command) = unit.service.exec_start_pre.get(index) {
+            self.slots[id.0].state = UnitState::Starting(StartStep::SpawnPre { index });
+            self.publish(id, Some(format!("ExecStartPre {}/{}", index + 1, unit.service.exec_start_pre.len())));
+            self.out.push(Effect::Spawn { unit: id, role: Role::Pre, command: command.clone(), env });
+            return;
+        }
+        if unit.service.service_type == ServiceType::Oneshot {
+            self.run_oneshot_command(id, 0);
+            return;
+        }
+        let Some(mut command) = unit.service.exec_start.clone().or_else(|| s.prepared.default_exec_start.clone())
+        else {
+            self.run_ended(id, RunEnd::SpawnFailed("no ExecStart= and no default for this unit".into()));
+            return;
+        };
+        if !s.prepared.main_wrapper.is_empty() {
+            command.argv.splice(0..0, s.prepared.main_wrapper.iter().cloned());
+        }
+        self.slots[id.0].state = UnitState::Starting(StartStep::SpawnMain { argv: command.argv.join(" ") });
+        self.out.push(Effect::Spawn { unit: id, role: Role::Main, command, env });
+    }
+
+    /// A oneshot's `index`th ExecStart=; once none is left, it is done.
+    fn run_oneshot_command(&mut self, id: UnitId, index: usize) {
+        let s = &self.slots[id.0];
+        let service = &s.unit.service;
+        let Some(command) = service.exec_start.iter().chain(&service.exec_start_more).nth(index).cloned() else {
+            if service.remain_after_exit {
+                self.enter(id, UnitState::Remaining);
+                self.publish(id, None);
+            } else {
+                // Done: ends as a run does (leftovers killed), and Restart= sees a clean exit.
+                self.run_ended(id, RunEnd::Exited(ExitStatus::Exited { code: 0 }));
+            }
+            return;
+        };
+        let env = s.prepared.env.clone();
+        let count = 1 + service.exec_start_more.len();
+        self.slots[id.0].state = UnitState::Starting(StartStep::SpawnOneshot { index });
+        if count > 1 {
+            self.publish(id, Some(format!("ExecStart {}/{count}", index + 1)));
+        }
+        self.out.push(Effect::Spawn { unit: id, role: Role::Main, command, env });
+    }
+
+    fn on_spawned(&mut self, id: UnitId, role: Role, result: Result<i32, OsError>) {
+        if let Ok(pid) = result {
+            self.slots[id.0].children.push((pid, role));
+        }
+        let state = self.slots[id.0].state.clone();
+        match (role, state, result) {
+            (Role::Pre, UnitState::Starting(StartStep::SpawnPre { index }), Ok(pid)) => {
+                self.enter(id, UnitState::Starting(StartStep::Pre { index, pid }));
+            }
+            (Role::Main, UnitState::Starting(StartStep::SpawnMain { argv }), Ok(pid)) => {
+                self.main_spawned(id, pid, argv)
+            }
+            (Role::Main, UnitState::Starting(StartStep::SpawnOneshot { index }), Ok(pid)) => {
+                if index == 0 {
+                    self.slots[id.0].run_started = Some(self.now.at);
+                    self.slots[id.0].started_ms = Some(self.now.wall_ms);
+                }
+                self.enter(id, UnitState::Starting(StartStep::Oneshot { index, pid }));
+            }
+            (
+                Role::Pre | Role::Main,
+                UnitState::Starting(
+                    StartStep::SpawnPre { .. } | StartStep::SpawnMain { .. } | StartStep::SpawnOneshot { .. },
+                ),
+                Err(why),
+            ) => self.run_ended(id, RunEnd::SpawnFailed(why.to_string())),
+            (Role::Stop, UnitState::Stopping(mut stop), result) => {
+                let StopStage::SpawnCmd { index } = stop.stage else { return };
+                match result {
+                    Ok(pid) => {
+                        stop.stage = StopStage::Command { index, pid };
+                        self.slots[id.0].state = UnitState::Stopping(stop);
+                    }
+                    Err(why) => {
+                        self.emit(id, EventKind::Error, Some(format!("ExecStop could not start: {why}")));
+                        self.send_kill_signal(id, true);
+                    }
+                }
+            }
+            (Role::Reload, _, result) => {
+                let Some(job) = self.slots[id.0].reload.as_mut() else { return };
+                match result {
+                    Ok(pid) => job.pid = Some(pid),
+                    Err(why) => {
+                        let reply = self.slots[id.0].reload.take().and_then(|job| job.reply);
+                        let message = format!("ExecReload could not start: {why}");
+                        self.emit(id, EventKind::Error, Some(message.clone()));
+                        if let Some(to) = reply {
+                            let unit = self.slots[id.0].unit.name.clone();
+                            let error = CommandError::Refused { unit, action: "reload", why: message };
+                            self.out.push(Effect::Reply { to, result: Err(error) });
+                        }
+                    }
+                }
+            }
+            (_, _, Ok(pid)) => {
+                // Only a state that asked for it takes a process: never leave one unsupervised.
+                self.out.push(Effect::Signal { target: Target::Group(pid), signal: Signal::SIGKILL });
+            }
+            _ => {}
+        }
+    }
+
+    fn main_spawned(&mut self, id: UnitId, pid: i32, argv: String) {
+        let now = self.now;
+        let s = &mut self.slots[id.0];
+        s.run_started = Some(now.at);
+        s.started_ms = Some(now.wall_ms);
+        let ready = s.prepared.ready.clone();
+        let unit = Arc::clone(&s.unit);
+        let notifies = unit.service.service_type.notifies();
+        let readiness = if ready.is_some() || notifies { Readiness::Waiting } else { Readiness::Ready };
+        self.enter(id, UnitState::Running { pid, ready: readiness });
+        self.note(id, &format!("started {argv}, pid {pid}"));
+        match ready {
+            None if notifies => {
+                self.publish(id, Some("waiting for READY=1".into()));
+                if let Some(timeout) = unit.service.timeout_start {
+                    self.arm(id, TimerKind::StartTimeout, timeout);
+                }
+            }
+            None => self.publish(id, None),
+            Some(target) => {
+                self.publish(id, Some("waiting for readiness".into()));
+                let epoch = self.slots[id.0].epoch;
+                self.out.push(Effect::Probe { unit: id, target, epoch });
+                if let Some(instance) = &unit.instance {
+                    self.arm(id, TimerKind::Stall, instance.stall_after);
+                } else if let Some(timeout) = unit.service.timeout_start {
+                    self.arm(id, TimerKind::StartTimeout, timeout);
+                }
+            }
+        }
+    }
+
+    // ---- stopping -------------------------------------------------------
+
+    /// Moves a unit towards down: ExecStop, then the kill signal per KillMode.
+    /// TimeoutStopSec runs from here, once for the whole stop.
+    fn begin_stop(&mut self, id: UnitId) {
+        self.bump_epoch(id);
+        if let Some(timeout) = self.slots[id.0].unit.service.timeout_stop {
+            self.arm(id, TimerKind::StopTimeout, timeout);
+        }
+        self.run_stop_command(id, 0);
+    }
+
+    fn run_stop_command(&mut self, id: UnitId, index: usize) {
+        let s = &mut self.slots[id.0];
+        let UnitState::Stopping(stop) = &mut s.state else { return };
+        let commands = stop.main.is_some() || stop.remained;
+        if let (true, Some(command)) = (commands, s.unit.service.exec_stop.get(index)) {
+            let command = command.clone();
+            stop.stage = StopStage::SpawnCmd { index };
+            let env = self.command_env(id);
+            self.out.push(Effect::Spawn { unit: id, role: Role::Stop, command, env });
+            return;
+        }
+        self.send_kill_signal(id, true);
+    }
+
+    /// The kill signal per KillMode, then the drain. `timed`: TimeoutStopSec already runs.
+    fn send_kill_signal(&mut self, id: UnitId, timed: bool) {
+        let s = &mut self.slots[id.0];
+        let UnitState::Stopping(stop) = &mut s.state else { return };
+        let signal = kill_signal(&s.unit);
+        let target = match (s.unit.service.kill_mode, stop.main) {
+            (KillMode::ControlGroup, _) | (_, None) => Target::Unit(id),
+            (KillMode::ProcessGroup, Some(pid)) => Target::Group(pid),
+            (KillMode::Mixed | KillMode::Process, Some(pid)) => Target::Process(pid),
+        };
+        stop.stage = StopStage::Draining { sigkill_sent: false };
+        let timeout = s.unit.service.timeout_stop;
+        self.out.push(Effect::Signal { target, signal });
+        // Stopped (SIGSTOP'd) processes would never see the signal.
+        if signal != Signal::SIGKILL {
+            self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
+        }
+        if !timed {
+            if let Some(timeout) = timeout {
+                self.arm(id, TimerKind::StopTimeout, timeout);
+            }
+        }
+        self.out.push(Effect::CheckDrained { unit: id });
+    }
+
+    /// A run ended by itself (exit, failed pre-start, spawn failure): record
+    /// why, then make sure nothing of it is left.
+    fn run_ended(&mut self, id: UnitId, ending: RunEnd) {
+        let described = ending.describe();
+        self.slots[id.0].last_exit = Some(described.clone());
+        self.note(id, &described);
+        self.emit(id, EventKind::Exit, Some(described));
+        self.enter(
+            id,
+            UnitState::Stopping(Stop {
+                stage: StopStage::Exited,
+                main: None,
+                ending,
+                then: Then::Policy,
+                escalated: false,
+                remained: false,
+            }),
+        );
+        self.out.push(Effect::CheckDrained { unit: id });
+    }
+
+    fn on_members(&mut self, id: UnitId, live: usize) {
+        let s = &mut self.slots[id.0];
+        let UnitState::Stopping(stop) = &mut s.state else { return };
+        match stop.stage {
+            StopStage::Exited if live > 0 => {
+                stop.stage = StopStage::Draining { sigkill_sent: false };
+                let signal = kill_signal(&s.unit);
+                let timeout = s.unit.service.timeout_stop;
+                // Say so while the leftovers are killed: the unit is no longer serving.
+                self.publish(id, Some("main process exited; stopping what it left".into()));
+                self.out.push(Effect::Signal { target: Target::Unit(id), signal });
+                self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
+                if let Some(timeout) = timeout {
+                    self.arm(id, TimerKind::StopTimeout, timeout);
+                }
+                self.out.push(Effect::CheckDrained { unit: id });
+            }
+            StopStage::Exited => {
+                stop.stage = StopStage::Draining { sigkill_sent: false };
+                self.drained(id, live);
+            }
+            StopStage::Draining { .. } => self.drained(id, live),
+            _ => {}
+        }
+    }
+
+    /// Finishes the run once the main process is reaped and no process of the unit is left.
+    fn drained(&mut self, id: UnitId, live: usize) {
+        let s = &mut self.slots[id.0];
+        let UnitState::Stopping(stop) = &mut s.state else { return };
+        let busy = s.children.iter().any(|(_, role)| *role != Role::Reload);
+        let main_gone = !busy && stop.main.is_none();
+        if main_gone
+            && live > 0
+            && s.unit.service.kill_mode == KillMode::Mixed
+            && stop.stage == (StopStage::Draining { sigkill_sent: false })
+        {
+            // KillMode=mixed: once the main process is gone, the rest get SIGKILL at once (systemd).
+            stop.stage = StopStage::Draining { sigkill_sent: true };
+            self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGKILL });
+        }
+        if busy || live > 0 {
+            // The next exit of ours or DrainHint checks again; TimeoutStopSec bounds the wait.
+            return;
+        }
+        self.finish_run(id);
+    }
+
+    fn check_drained(&mut self, id: UnitId) {
+        if matches!(self.slots[id.0].state, UnitState::Stopping(Stop { stage: StopStage::Draining { .. }, .. })) {
+            self.out.push(Effect::CheckDrained { unit: id });
+        }
+    }
+
+    fn on_hint(&mut self, hint: DrainHint) {
+        match hint {
+            DrainHint::Any => {
+                for id in self.live_ids() {
+                    self.check_drained(id);
+                }
+            }
+            DrainHint::Unit(name) => {
+                if let Some(id) = self.id(&name) {
+                    self.check_drained(id);
+                }
+            }
+            // The driver turns these into `Input::Notify`.
+            DrainHint::Notify { .. } => {}
+        }
+    }
+
+    // ---- the end of a run -----------------------------------------------
+
+    /// Every process is gone: classify a run that ended badly (its cgroup
+    /// and log are still there to ask), then decide what comes next.
+    fn finish_run(&mut self, id: UnitId) {
+        let UnitState::Stopping(stop) = &self.slots[id.0].state else { return };
+        let (ending, then) = (stop.ending.clone(), stop.then);
+        match &ending {
+            RunEnd::Exited(_) | RunEnd::PreFailed(_) if !ending.is_clean() => {
+                self.slots[id.0].state =
+                    UnitState::Finishing(Finish { end: FinishEnd::Run { ending, then }, awaiting: Awaiting::Evidence });
+                self.out.push(Effect::GatherEvidence { unit: id });
+            }
+            // aikore's own reason tells (an instance's port found taken before the fork).
+            RunEnd::SpawnFailed(why) => {
+                let evidence = Evidence { lines: vec![why.clone()], ..Default::default() };
+                let failure = self.classify(id, evidence);
+                self.conclude(id, FinishEnd::Run { ending, then }, failure);
+            }
+            _ => self.complete_run(id, ending, then, None),
+        }
+    }
+
+    fn on_evidence(&mut self, id: UnitId, mut evidence: Evidence) {
+        let UnitState::Finishing(Finish { end, awaiting: Awaiting::Evidence }) = &self.slots[id.0].state else {
+            return;
+        };
+        let end = end.clone();
+        if let FinishEnd::Run { ending: RunEnd::Exited(status) | RunEnd::PreFailed(status), .. } = &end {
+            (evidence.code, evidence.signal) = match *status {
+                ExitStatus::Exited { code } => (Some(code), None),
+                ExitStatus::Signaled { signal, .. } => (None, Some(signal)),
+            };
+        }
+        let failure = self.classify(id, evidence);
+        self.conclude(id, end, failure);
+    }
+
+    fn classify(&self, id: UnitId, mut evidence: Evidence) -> Failure {
+        let s = &self.slots[id.0];
+        // The port the app itself binds (behind NGINX in port mode) is the one it found taken; a
+        // service's is the one its ReadyCheck= probes.
+        let probed = s.prepared.ready.as_ref().map(|target| match target {
+            ReadyTarget::Tcp { port, .. } | ReadyTarget::Http { port, .. } => *port,
+        });
+        evidence.port = s.prepared.app_port.or(s.prepared.port).or(probed);
+        classify(&evidence, &s.prepared.failure_patterns)
+    }
+
+    /// A port found taken is worth naming its holder; everything else is recorded at once.
+    fn conclude(&mut self, id: UnitId, end: FinishEnd, failure: Failure) {
+        if let (FailureClass::PortInUse, Some(port)) = (failure.class, failure.port) {
+            self.slots[id.0].state = UnitState::Finishing(Finish { end, awaiting: Awaiting::PortHolder(failure) });
+            self.out.push(Effect::FindPortHolder { unit: id, port });
+            return;
+        }
+        self.concluded(id, end, failure);
+    }
+
+    fn on_port_holder(&mut self, id: UnitId, holder: Option<String>) {
+        let UnitState::Finishing(Finish { end, awaiting: Awaiting::PortHolder(failure) }) = &self.slots[id.0].state
+        else {
+            return;
+        };
+        let (end, mut failure) = (end.clone(), failure.clone());
+        if let Some(holder) = holder {
+            failure.hint = Some(crate::failure::port_hint(failure.port, Some(&holder)));
+        }
+        self.concluded(id, end, failure);
+    }
+
+    fn concluded(&mut self, id: UnitId, end: FinishEnd, failure: Failure) {
+        let failure = self.record_failure(id, failure);
+        match end {
+            FinishEnd::Run { ending, then } => self.complete_run(id, ending, then, Some(failure)),
+            FinishEnd::BeginFailed { why } => {
+                self.enter(id, UnitState::Inactive(Outcome::Failed));
+                self.publish(id, Some(format!("{why} ({})", failure.summary())));
+            }
+        }
+    }
+
+    /// Keeps `failure` as the unit's last, and says it in the log and the journal.
+    fn record_failure(&mut self, id: UnitId, failure: Failure) -> Failure {
+        let mut said = format!("failure class: {}", failure.class);
+        if let Some(line) = &failure.line {
+            said.push_str(&format!(" ({line})"));
+        }
+        self.note(id, &said);
+        self.slots[id.0].failure = Some(failure.clone());
+        let detail = match (&failure.line, &failure.hint) {
+            (Some(line), _) => format!("{}: {line}", failure.class),
+            (None, Some(hint)) => format!("{}: {hint}", failure.class),
+            (None, None) => failure.class.to_string(),
+        };
+        self.emit(id, EventKind::Failure, Some(detail));
+        failure
+    }
+
+    fn complete_run(&mut self, id: UnitId, ending: RunEnd, then: Then, failure: Option<Failure>) {
+        // The exit status says it all for these; other classes name their cause next to it.
+        let told = |described: String| match &failure {
+            Some(f) if !matches!(f.class, FailureClass::Unknown | FailureClass::Killed) => {
+                format!("{described} ({})", f.summary())
+            }
+            _ => described,
+        };
+        self.out.push(Effect::EndRun { unit: id });
+        let now = self.now.at;
+        let s = &mut self.slots[id.0];
+        let ran_for = s.run_started.take().map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+        let policy = s.unit.service.restart;
+        let restart_sec = s.unit.service.restart_sec;
+        if ran_for >= BACKOFF_RESET_AFTER {
+            s.consecutive_failures = 0;
+        }
+        let shutting_down = self.shutdown.is_some();
+        match then {
+            Then::Up => {
+                self.enter(id, UnitState::Inactive(Outcome::Stopped));
+                self.publish(id, Some("restarting".into()));
+                let _ = self.request_start(id, true);
+            }
+            Then::Down => {
+                if ending.is_clean() {
+                    self.enter(id, UnitState::Inactive(Outcome::Stopped));
+                    self.publish(id, None);
+                } else {
+                    self.enter(id, UnitState::Inactive(Outcome::Error));
+                    self.publish(id, Some(told(ending.describe())));
+                }
+            }
+            Then::Policy
+                if !shutting_down
+                    && should_restart(policy, &ending)
+                    && failure.as_ref().is_some_and(|f| f.class.restart_cannot_fix()) =>
+            {
+                // Another run would end the same way: say why now instead of burning the start limit.
+                let detail = format!("{}; not restarting", told(ending.describe()));
+                self.enter(id, UnitState::Inactive(Outcome::Failed));
+                self.note(id, &detail);
+                self.publish(id, Some(detail));
+            }
+            Then::Policy if !shutting_down && should_restart(policy, &ending) => {
+                let s = &mut self.slots[id.0];
+                let delay = backoff_delay(restart_sec, s.consecutive_failures);
+                s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+                s.restarts += 1;
+                self.enter(id, UnitState::Backoff);
+                let detail = format!("{}; restarting in {:.1}s", told(ending.describe()), delay.as_secs_f64());
+                self.note(id, &detail);
+                self.publish(id, Some(detail));
+                self.arm(id, TimerKind::RestartDue, delay);
+            }
+            Then::Policy => {
+                if ending.is_clean() {
+                    let oneshot = self.slots[id.0].unit.service.service_type == ServiceType::Oneshot;
+                    let outcome =
+                        if oneshot && ending != RunEnd::Requested { Outcome::Finished } else { Outcome::Stopped };
+                    self.enter(id, UnitState::Inactive(outcome));
+                    self.publish(id, Some(ending.describe()));
+                } else {
+                    self.enter(id, UnitState::Inactive(Outcome::Error));
+                    self.publish(id, Some(told(ending.describe())));
+                }
+            }
+        }
+    }
+
+    // ---- exits, timers, probes -------------------------------------------
+
+    fn on_exit(&mut self, pid: i32, status: ExitStatus) {
+        let Some((id, role)) = self
+            .slots
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.children.iter().find(|(p, _)| *p == pid).map(|(_, role)| (UnitId(i), *role)))
+        else {
+            return;
+        };
+        self.slots[id.0].children.retain(|(p, _)| *p != pid);
+        let state = self.slots[id.0].state.clone();
+        match (role, state) {
+            (Role::Main, UnitState::Running { pid: main, .. }) if main == pid => {
+                self.run_ended(id, RunEnd::Exited(status))
+            }
+            (Role::Main, UnitState::Starting(StartStep::Oneshot { index, pid: current })) if current == pid => {
+                let service = &self.slots[id.0].unit.service;
+                let command = service.exec_start.iter().chain(&service.exec_start_more).nth(index);
+                if status.success() || command.is_some_and(|c| c.ignore_failure) {
+                    self.run_oneshot_command(id, index + 1);
+                } else {
+                    self.run_ended(id, RunEnd::Exited(status));
+                }
+            }
+            (Role::Main, UnitState::Stopping(stop)) if stop.main == Some(pid) => self.main_stopped(id, stop, status),
+            (Role::Pre, UnitState::Starting(StartStep::Pre { index, pid: current })) if current == pid => {
+                let ignore = self.slots[id.0].unit.service.exec_start_pre.get(index).is_some_and(|c| c.ignore_failure);
+                if status.success() || ignore {
+                    self.run_pre_or_main(id, index + 1);
+                } else {
+                    self.run_ended(id, RunEnd::PreFailed(status));
+                }
+            }
+            (Role::Stop, UnitState::Stopping(Stop { stage: StopStage::Command { index, pid: current }, .. }))
+                if current == pid =>
+            {
+                if !status.success() {
+                    self.emit(id, EventKind::Error, Some(format!("ExecStop {status}")));
+                }
+                self.run_stop_command(id, index + 1);
+            }
+            (Role::Reload, _) => self.reload_exited(id, pid, status),
+            // A pre-start or stop command that outlived its step (a stop interrupted it): one less to wait for.
+            (Role::Pre | Role::Stop, _) => self.check_drained(id),
+            (Role::Main, _) => {}
+        }
+    }
+
+    /// The main process of a stopping unit ended: a signal we sent reads as a stop, not a crash.
+    fn main_stopped(&mut self, id: UnitId, mut stop: Stop, status: ExitStatus) {
+        stop.main = None;
+        let sent = self.signals_sent(id, &stop.stage);
+        let mut described = describe_stop_exit(status, &sent);
+        if stop.stage == (StopStage::Draining { sigkill_sent: true })
+            && status == (ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false })
+        {
+            // Normal, but worth knowing: it did not stop within TimeoutStopSec.
+            described.push_str(" after TimeoutStopSec");
+        }
+        let s = &mut self.slots[id.0];
+        s.state = UnitState::Stopping(stop);
+        s.last_exit = Some(described.clone());
+        self.note(id, &format!("main process {described}"));
+        self.check_drained(id);
+    }
+
+    fn reload_exited(&mut self, id: UnitId, pid: i32, status: ExitStatus) {
+        let s = &mut self.slots[id.0];
+        if s.reload.as_ref().and_then(|job| job.pid) != Some(pid) {
+            return;
+        }
+        let Some(job) = s.reload.take() else { return };
+        let ignore = s.unit.service.exec_reload.get(job.index).is_some_and(|c| c.ignore_failure);
+        if status.success() || ignore {
+            self.run_reload_command(id, job.index + 1, job.reply);
+            return;
+        }
+        let why = format!("ExecReload {status}");
+        self.emit(id, EventKind::Error, Some(why.clone()));
+        if let Some(to) = job.reply {
+            let unit = self.slots[id.0].unit.name.clone();
+            let error = CommandError::Refused { unit, action: "reload", why };
+            self.out.push(Effect::Reply { to, result: Err(error) });
+        }
+    }
+
+    /// sd_notify: READY=1 makes a notify service started, STATUS= is its
+    /// detail, WATCHDOG=1 re-arms WatchdogSec=, MAINPID= names another of
+    /// our processes as the main one.
+    fn on_notify(&mut self, id: UnitId, message: &str) {
+        let notice = super::notify::Notice::parse(message);
+        let s = &mut self.slots[id.0];
+        let UnitState::Running { pid, .. } = &mut s.state else { return };
+        let watchdog = s.unit.service.watchdog;
+        if let Some(new) = notice.main_pid.filter(|new| new != pid) {
+            if s.children.iter().any(|(child, _)| *child == new) {
+                for child in s.children.iter_mut().filter(|(child, _)| *child == new) {
+                    child.1 = Role::Main;
+                }
+                *pid = new;
+            } else {
+                let text = format!("MAINPID={new} ignored: aikore follows only processes it started");
+                self.note(id, &text);
+            }
+        }
+        let s = &mut self.slots[id.0];
+        let notifies = s.unit.service.service_type.notifies();
+        let UnitState::Running { ready, .. } = &mut s.state else { return };
+        let became_ready = notice.ready && *ready != Readiness::Ready && notifies;
+        if became_ready {
+            *ready = Readiness::Ready;
+        }
+        let detail = match (&notice.status, notice.stopping) {
+            (_, true) => Some("stopping (STOPPING=1)".to_string()),
+            (Some(text), false) => Some(text.clone()),
+            (None, false) if became_ready => None,
+            (None, false) => s.detail.clone(),
+        };
+        if became_ready || notice.status.is_some() || notice.stopping {
+            self.publish(id, detail);
+        }
+        if notice.watchdog_trigger {
+            self.watchdog_fired(id);
+            return;
+        }
+        if let (Some(after), true) = (watchdog, notice.watchdog || became_ready) {
+            self.arm(id, TimerKind::Watchdog, after);
+        }
+    }
+
+    /// No WATCHDOG=1 in time: the run ends like a crash, killed with
+    /// SIGABRT (systemd's WatchdogSignal= default, for a core dump), and
+    /// Restart= decides (on-failure and on-abnormal restart it).
+    fn watchdog_fired(&mut self, id: UnitId) {
+        let UnitState::Running { pid, .. } = self.slots[id.0].state else { return };
+        self.note(id, "watchdog timeout: no WATCHDOG=1 within WatchdogSec=; sending SIGABRT");
+        self.enter(
+            id,
+            UnitState::Stopping(Stop {
+                stage: StopStage::Draining { sigkill_sent: false },
+                main: Some(pid),
+                ending: RunEnd::Watchdog,
+                then: Then::Policy,
+                escalated: false,
+                remained: false,
+            }),
+        );
+        self.publish(id, Some("watchdog timeout".into()));
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGABRT });
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
+        if let Some(timeout) = self.slots[id.0].unit.service.timeout_stop {
+            self.arm(id, TimerKind::StopTimeout, timeout);
+        }
+        self.out.push(Effect::CheckDrained { unit: id });
+    }
+
+    fn on_ready(&mut self, id: UnitId, epoch: Epoch) {
+        let s = &mut self.slots[id.0];
+        if s.epoch != epoch {
+            return;
+        }
+        if let UnitState::Running { ready, .. } = &mut s.state {
+            *ready = Readiness::Ready;
+            self.publish(id, None);
+        }
+    }
+
+    fn on_timer(&mut self, id: UnitId, kind: TimerKind) {
+        let s = &mut self.slots[id.0];
+        match (kind, &mut s.state) {
+            (TimerKind::RestartDue, UnitState::Backoff) => {
+                self.enter(id, UnitState::WaitDeps { fresh: false });
+                self.publish(id, Some("restarting".into()));
+            }
+            (TimerKind::Watchdog, UnitState::Running { .. }) => self.watchdog_fired(id),
+            (TimerKind::Stall, UnitState::Running { ready: ready @ Readiness::Waiting, .. }) => {
+                *ready = Readiness::Stalled;
+                self.publish(id, Some("no answer on its port yet".into()));
+            }
+            (TimerKind::StartTimeout, UnitState::Running { pid, ready: Readiness::Waiting }) => {
+                let pid = *pid;
+                self.enter(
+                    id,
+                    UnitState::Stopping(Stop {
+                        stage: StopStage::WaitOrder,
+                        main: Some(pid),
+                        ending: RunEnd::StartTimeout,
+                        then: Then::Policy,
+                        escalated: false,
+                        remained: false,
+                    }),
+                );
+                self.note(id, "not ready within TimeoutStartSec; stopping it");
+                self.publish(id, Some("not ready within TimeoutStartSec; stopping it".into()));
+                self.begin_stop(id);
+            }
+            (TimerKind::StopTimeout, UnitState::Stopping(stop)) => match stop.stage {
+                StopStage::SpawnCmd { .. } | StopStage::Command { .. } => {
+                    // ExecStop took all the time: go straight to SIGKILL, then give up later.
+                    self.note(id, "ExecStop timed out");
+                    self.escalate(id);
+                }
+                StopStage::Draining { sigkill_sent: false } => {
+                    self.note(id, "still running after TimeoutStopSec; sending SIGKILL");
+                    self.escalate(id);
+                }
+                StopStage::Draining { sigkill_sent: true } => {
+                    // Unkillable (D state): give up waiting rather than hang shutdown forever.
+                    self.emit(id, EventKind::Error, Some("processes survived SIGKILL; giving up on them".into()));
+                    self.slots[id.0].children.clear();
+                    self.finish_run(id);
+                }
+                StopStage::WaitOrder | StopStage::Exited => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn escalate(&mut self, id: UnitId) {
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGKILL });
+        if let UnitState::Stopping(stop) = &mut self.slots[id.0].state {
+            stop.escalated = true;
+            stop.stage = StopStage::Draining { sigkill_sent: true };
+        }
+        if let Some(job) = self.shutdown.as_mut() {
+            job.sigkilled = true;
+        }
+        self.arm(id, TimerKind::StopTimeout, KILL_GRACE);
+        self.check_drained(id);
+    }
+
+    // ---- helpers ---------------------------------------------------------
+
+    /// The signals a stop in `stage` has sent the unit: KillSignal once
+    /// draining, SIGKILL after escalation, and while ExecStop runs whatever a
+    /// stop command conventionally sends (it may send any of them).
+    fn signals_sent(&self, id: UnitId, stage: &StopStage) -> Vec<Signal> {
+        let kill = kill_signal(&self.slots[id.0].unit);
+        match stage {
+            StopStage::Draining { sigkill_sent } => {
+                let mut sent = vec![kill];
+                if *sigkill_sent {
+                    sent.push(Signal::SIGKILL);
+                }
+                sent
+            }
+            StopStage::SpawnCmd { .. } | StopStage::Command { .. } => {
+                use Signal::*;
+                vec![kill, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGKILL]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Environment for ExecStop=/ExecReload=: the run's plus $MAINPID, as systemd gives.
+    fn command_env(&self, id: UnitId) -> Vec<(String, String)> {
+        let s = &self.slots[id.0];
+        let mut env = s.prepared.env.clone();
+        if let Some(pid) = s.state.main_pid() {
+            env.push(("MAINPID".into(), pid.to_string()));
+        }
+        env
+    }
+
+    fn bump_epoch(&mut self, id: UnitId) {
+        self.last_epoch += 1;
+        self.slots[id.0].epoch = self.last_epoch;
+    }
+
+    /// A new state whose timers start afresh.
+    fn enter(&mut self, id: UnitId, state: UnitState) {
+        self.slots[id.0].state = state;
+        self.bump_epoch(id);
+    }
+
+    fn arm(&mut self, id: UnitId, kind: TimerKind, after: Duration) {
+        let epoch = self.slots[id.0].epoch;
+        self.out.push(Effect::ArmTimer { unit: id, kind, at: self.now.at + after, epoch });
+    }
+
+    fn note(&mut self, id: UnitId, text: &str) {
+        self.out.push(Effect::Note { unit: id, text: format!("[aikore] {text}") });
+    }
+
+    /// Tells subscribers the unit's (derived) status with `detail`, if either changed.
+    fn publish(&mut self, id: UnitId, detail: Option<String>) {
+        let s = &mut self.slots[id.0];
+        let status = s.state.status();
+        let changed = s.announced != status || s.detail != detail;
+        if s.announced != status {
+            s.since_ms = self.now.wall_ms;
+        }
+        s.announced = status;
+        s.detail = detail.clone();
+        if changed {
+            self.emit(id, EventKind::State, detail);
+        }
+    }
+
+    fn emit(&mut self, id: UnitId, event: EventKind, detail: Option<String>) {
+        self.last_seq += 1;
+        let s = &mut self.slots[id.0];
+        s.seq = self.last_seq;
+        self.out.push(Effect::Emit(UnitEvent {
+            seq: s.seq,
+            port: s.prepared.port,
+            ts_ms: self.now.wall_ms,
+            unit: s.unit.name.clone(),
+            kind: s.unit.kind,
+            event,
+            status: s.announced,
+            detail,
+            pid: s.state.main_pid(),
+            restarts: s.restarts,
+            since_ms: s.since_ms,
+            started_ms: s.started_ms,
+            last_exit: s.last_exit.clone(),
+            failure: s.failure.clone(),
+        }));
+    }
+}
