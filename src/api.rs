@@ -229,6 +229,13 @@ mod tests {
         let inside = line.split('[').nth(1).and_then(|s| s.split(']').next()).unwrap();
         let mut in_js: Vec<&str> = inside.split(',').map(|s| s.trim().trim_matches('"')).collect();
         let mut active: Vec<&str> = Status::ALL.iter().filter(|s| !s.is_inactive()).map(|s| s.as_str()).collect();
+        // The instance overlays in which the app still runs (instances::quiesce): a drain, an install.
+        let quiesce =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/instances/quiesce.rs")).unwrap();
+        for overlay in ["draining", "installing"] {
+            assert!(quiesce.contains(&format!("\"{overlay}\"")), "instances::quiesce no longer shows {overlay}");
+            active.push(overlay);
+        }
         in_js.sort_unstable();
         active.sort_unstable();
         assert_eq!(in_js, active);

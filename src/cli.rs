@@ -415,12 +415,10 @@ pub fn run_client(url: &str, data_dir: &std::path::Path, command: Command) -> i3
         Command::Status { name: None } => {
             client.json::<Vec<UnitView>>("GET", "/api/v1/units").map(|units| print_unit_table(&units))
         }
-        Command::Status { name: Some(name) } => {
-            client
-                .json::<UnitView>("GET", &format!("/api/v1/units/{}", encode(&name)))
-                .map(|u| print_unit(&u))
-                .and_then(|()| systemctl::print_processes(&client, &name))
-        }
+        Command::Status { name: Some(name) } => client
+            .json::<UnitView>("GET", &format!("/api/v1/units/{}", encode(&name)))
+            .map(|u| print_unit(&u))
+            .and_then(|()| systemctl::print_processes(&client, &name)),
         Command::Start { name, wait } => action(&client, &name, Action::Start, wait),
         Command::Stop { name, wait } => action(&client, &name, Action::Stop, wait),
         Command::Restart { name, wait } => action(&client, &name, Action::Restart, wait),

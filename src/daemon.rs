@@ -584,11 +584,8 @@ impl Daemon {
             Arc::clone(&reloader),
         ));
         let ops = Arc::clone(&instances.ops);
-        let ops_task = stages.tasks.spawn(Arc::clone(&ops).run(
-            settings.data_dir.clone(),
-            Arc::clone(&logs),
-            stages.ops.clone(),
-        ));
+        let ops_task =
+            stages.tasks.spawn(Arc::clone(&ops).run(settings.data_dir.clone(), Arc::clone(&logs), stages.ops.clone()));
         let (metrics, metrics_tasks) = start_metrics(&settings, &supervisor, &logs, cgroups.as_ref(), &gpus, &stages)?;
         let (proxy, proxy_task) = start_proxy(&settings, &supervisor, &instances, &store, &stages).await;
         let origins = crate::web::origin::Origins::from_env(settings.proxy_port, settings.apps_port);

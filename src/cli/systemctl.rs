@@ -86,7 +86,8 @@ fn is_state(client: &Client, name: &str, active: bool) -> i32 {
 }
 
 fn kill(client: &Client, name: &str, signal: &str) -> Result<(), Failure> {
-    let v = client.json::<serde_json::Value>("POST", &format!("{}?signal={}", unit_path(name, "kill"), encode(signal)))?;
+    let v =
+        client.json::<serde_json::Value>("POST", &format!("{}?signal={}", unit_path(name, "kill"), encode(signal)))?;
     let pids: Vec<String> =
         v.get("pids").and_then(|p| p.as_array()).into_iter().flatten().map(|p| p.to_string()).collect();
     if pids.is_empty() {

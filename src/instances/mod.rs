@@ -5,8 +5,8 @@
 //! Running them is the supervisor's job, like any unit.
 
 pub mod blueprints;
-pub mod install;
 pub mod gpus;
+pub mod install;
 pub mod persistent;
 pub mod quiesce;
 pub mod runtime;

@@ -697,8 +697,7 @@ impl Units {
             .filter(|id| {
                 let s = &self.slots[id.0];
                 // A service with [Install] WantedBy= starts at boot once enabled (units::install).
-                s.invalid.is_none()
-                    && s.unit.instance.as_ref().map_or(s.unit.starts_at_boot, |i| i.autostart)
+                s.invalid.is_none() && s.unit.instance.as_ref().map_or(s.unit.starts_at_boot, |i| i.autostart)
             })
             .collect();
         for id in wanted {

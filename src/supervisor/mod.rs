@@ -130,7 +130,8 @@ pub trait ProcessControl: Send + 'static {
     /// The first ConditionPathExists= that does not hold, if any: the start is
     /// then skipped, not failed (systemd's semantics).
     fn unmet_condition(&mut self, unit: &Unit) -> Option<String> {
-        crate::units::unmet_condition(&unit.conditions).or_else(|| unit.checks.unmet_condition()) // the other Condition*= kinds: units::checks
+        crate::units::unmet_condition(&unit.conditions).or_else(|| unit.checks.unmet_condition())
+        // the other Condition*= kinds: units::checks
     }
 }
 

@@ -40,7 +40,8 @@ const ALIAS: Support = NotYet("aliases: address the unit by its file name");
 const RELATIONS: Support = NotYet(
     "parsed into the dependency graph (aikore list-dependencies shows it); acting on it needs the engine (issue 14)",
 );
-const CONDITIONS: Support = NotYet("conditions on paths, files, dirs and the environment are evaluated; this kind is not yet");
+const CONDITIONS: Support =
+    NotYet("conditions on paths, files, dirs and the environment are evaluated; this kind is not yet");
 const ENGINE: Support = NotYet("the supervisor does not act on this one yet (docs/units.md)");
 const PROCESS: Support = NotYet("this process property is not applied yet (docs/exec.md lists those that are)");
 const SANDBOX: Support = NotYet("this sandbox option is not applied yet (docs/exec.md lists those that are)");
@@ -696,8 +697,8 @@ mod tests {
         assert_eq!(classify_key(Section::Service, "StartLimitBurst"), KeyClass::Implemented);
         assert_eq!(classify_key(Section::Instance, "GPUs"), KeyClass::Implemented);
         assert!(matches!(
-            classify_key(Section::Service, "ProtectSystem"),
-            KeyClass::Ignored(Some(m)) if m.starts_with("ProtectSystem= is not implemented by aikore yet and is ignored (")
+            classify_key(Section::Service, "PrivateDevices"),
+            KeyClass::Ignored(Some(m)) if m.starts_with("PrivateDevices= is not implemented by aikore yet and is ignored (")
         ));
         assert!(matches!(
             classify_key(Section::Service, "TTYPath"),
@@ -705,7 +706,8 @@ mod tests {
         ));
         assert_eq!(classify_key(Section::Install, "WantedBy"), KeyClass::Implemented);
         assert_eq!(classify_key(Section::Service, "TimeoutSec"), KeyClass::Implemented);
-        assert!(matches!(classify_key(Section::Unit, "ConditionPathIsDirectory"), KeyClass::Ignored(Some(_))));
+        assert_eq!(classify_key(Section::Unit, "ConditionPathIsDirectory"), KeyClass::Implemented);
+        assert!(matches!(classify_key(Section::Unit, "ConditionPathExistsGlob"), KeyClass::Ignored(Some(_))));
         assert_eq!(classify_key(Section::Service, "X-Custom"), KeyClass::Ignored(None));
     }
 

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod checks;
+pub mod corpus;
 mod env_name;
 mod exec;
 mod expand;
 pub mod gpus;
-pub mod corpus;
 mod graph;
 mod ini;
 pub mod install;
@@ -236,8 +236,6 @@ pub struct ServiceConfig {
     pub environment: Vec<(String, String)>,
     pub environment_files: Vec<EnvironmentFile>,
     pub working_directory: Option<PathBuf>,
-    /// `WorkingDirectory=-/path`: a missing directory is not an error.
-    pub working_directory_optional: bool,
     pub user: Option<String>,
     pub group: Option<String>,
     pub umask: Option<u32>,
@@ -270,7 +268,6 @@ impl Default for ServiceConfig {
             environment: Vec::new(),
             environment_files: Vec::new(),
             working_directory: None,
-            working_directory_optional: false,
             user: None,
             group: None,
             umask: None,
