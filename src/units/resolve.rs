@@ -264,8 +264,15 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
 }
 
 /// Values split into words and unescaped later get their specifiers' `\` escaped.
+/// Keys whose values systemd parses as amounts, where `%` is a percentage
+/// (`CPUQuota=50%`, `MemoryMax=80%`), never a specifier.
+const PERCENT_KEYS: &[&str] =
+    &["CPUQuota", "MemoryMin", "MemoryLow", "MemoryHigh", "MemoryMax", "MemorySwapMax", "TasksMax", "ManagedOOMMemoryPressureLimit"];
+
 fn expand(spec: &Specifiers<'_>, entry: &Entry) -> Result<String, String> {
-    if entry.key.starts_with("Exec") || entry.key == "Environment" {
+    if PERCENT_KEYS.contains(&entry.key.as_str()) {
+        Ok(entry.value.clone())
+    } else if entry.key.starts_with("Exec") || entry.key == "Environment" {
         spec.expand_quoted(&entry.value)
     } else {
         spec.expand(&entry.value)

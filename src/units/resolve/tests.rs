@@ -608,3 +608,12 @@ fn auto_gpus_and_memory_bounds() {
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(e[0].contains("auto:N") && e[1].contains("not a size"), "{e:?}");
 }
+
+#[test]
+fn a_percentage_is_not_a_specifier() {
+    let (u, w) = ok("q.service", "[Service]\nExecStart=/bin/true\nCPUQuota=50%\nMemoryMax=25%\n");
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(u.name, "q");
+    // Elsewhere a lone trailing % is still the error systemd gives.
+    assert!(!errors("r.service", "[Service]\nExecStart=/bin/echo 50%\n").is_empty());
+}
