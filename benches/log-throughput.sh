@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Log capture throughput: one unit writes SIZE_MB of ~100-byte lines to
+# Log capture throughput: one unit writes SIZE_MB of LINE_BYTES-byte lines to
 # stdout; how long until the supervisor's log has the last line?
 # Peers on the same data, same run: `cat file > out` (no capture at all),
 # `cat file | cat > out` (a pipe, like any capture), supervisord's
@@ -9,22 +9,27 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-SIZE_MB="${SIZE_MB:-200}"
+SIZE_MB="${SIZE_MB:-1024}"      # MiB of data (issue 15: 1 GiB)
+LINE_BYTES="${LINE_BYTES:-128}" # bytes per line, newline included
+PEERS="${PEERS:-cat aikore supervisord s6}"  # which captures to run
 TIMEOUT="${TIMEOUT:-60}"   # per peer
 REPS="${REPS:-3}"          # runs per peer; the median is reported
 MARKER="BENCH-END"
 
 bench_init logs
-need supervisord s6-svscan s6-log curl
+need curl
+case " $PEERS " in *" cat "*) ;; *) PEERS="cat $PEERS" ;; esac
+case " $PEERS " in *" supervisord "*) need supervisord ;; esac
+case " $PEERS " in *" s6 "*) need s6-svscan s6-log ;; esac
 
 DATA="$BENCH_TMP/data.txt"
 START="$BENCH_TMP/start"
-# 100-byte lines "<12-digit seq> xxx...\n", then the marker line last.
-python3 - "$DATA" "$SIZE_MB" "$MARKER" <<'EOP'
+# LINE_BYTES-byte lines "<12-digit seq> xxx...\n", then the marker line last.
+python3 - "$DATA" "$SIZE_MB" "$MARKER" "$LINE_BYTES" <<'EOP'
 import sys
-path, mb, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-n = mb * 1_000_000 // 100
-pad = "x" * 86
+path, mb, marker, width = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+n = mb * 1024 * 1024 // width
+pad = "x" * (width - 14)
 with open(path, "w") as f:
     for base in range(0, n, 10000):
         f.write("".join(f"{i:012d} {pad}\n" for i in range(base, min(n, base + 10000))))
@@ -139,13 +144,14 @@ bench_s6() {
     local scan="$BENCH_TMP/s6scan" secs logdir="$BENCH_TMP/s6log"
     rm -rf "$scan" "$logdir" "$START" "$BENCH_TMP"/done.*; mkdir -p "$scan/flood/log"
     printf '#!/bin/sh\nexec /bin/sh %s s6 2>&1\n' "$PRODUCE" > "$scan/flood/run"
-    # s6-log's largest file is 256 MiB: with SIZE_MB <= 256 nothing rotates.
-    printf '#!/bin/sh\nexec s6-log -b n2 s268435455 %s\n' "$logdir" > "$scan/flood/log/run"
+    # s6-log's largest file is 256 MiB; n20 keeps every rotated one so the
+    # bytes can be counted.
+    printf '#!/bin/sh\nexec s6-log -b n20 s268435455 %s\n' "$logdir" > "$scan/flood/log/run"
     chmod +x "$scan/flood/run" "$scan/flood/log/run"
     start_s6 "$scan"
     secs=$(python3 "$BENCH_DIR/logwait.py" "$START" "$TIMEOUT" "$MARKER" "$logdir/current") \
         || die "s6-log: no marker within ${TIMEOUT}s"
-    local size; size=$(stat -c %s "$logdir/current")
+    local size; size=$(cat "$logdir"/current "$logdir"/@*.s 2>/dev/null | wc -c)
     local ok="bytes OK"
     [[ $size == "$DATA_BYTES" ]] || ok="size $size, want $DATA_BYTES"
     record s6-log "$secs" "($ok)"
@@ -155,19 +161,27 @@ bench_s6() {
 # Interleaved rounds, so a noisy moment hits every peer alike.
 for r in $(seq 1 "$REPS"); do
     log "round $r of $REPS"
-    bench_cat
-    bench_aikore
-    [[ -n ${AIKORE_BASE:-} ]] && bench_aikore "aikore (base)" "$AIKORE_BASE"
-    bench_supervisord
-    bench_s6
+    for p in $PEERS; do
+        case $p in
+            cat) bench_cat ;;
+            aikore)
+                bench_aikore
+                if [[ -n ${AIKORE_BASE:-} ]]; then bench_aikore "aikore (base)" "$AIKORE_BASE"; fi
+                ;;
+            supervisord) bench_supervisord ;;
+            s6) bench_s6 ;;
+            *) die "unknown peer $p (cat aikore supervisord s6)" ;;
+        esac
+    done
 done
 
 mb=$(python3 -c "print($DATA_BYTES/1e6)")
 echo
 echo "== log-throughput: $mb MB in $DATA_LINES lines, producer start -> last line in the log (median of $REPS) =="
-peers=("cat > file" "cat | cat > file" aikore)
-[[ -n ${AIKORE_BASE:-} ]] && peers+=("aikore (base)")
-peers+=(supervisord s6-log)
+peers=()
+for k in "cat > file" "cat | cat > file" aikore "aikore (base)" supervisord s6-log; do
+    [[ -n ${SECS[$k]:-} ]] && peers+=("$k")
+done
 for k in "${peers[@]}"; do SECS[$k]=$(median "${SECS[$k]}"); done
 printf '%-18s %8s %9s %10s  %s\n' capture seconds "MB/s" "x cat" note
 for k in "${peers[@]}"; do
