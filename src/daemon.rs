@@ -339,7 +339,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let (store, loaded) = open_state(&settings).await?;
 
     // Logs are the daemon's: rotation renames in a dir the instance user cannot write.
-    let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
+    // Retention: AIKORE_LOG_MAX_FILE_SIZE/_MAX_FILES/_COMPRESS (docs/operations.md).
+    let retention = crate::logs::Retention::from_vars(|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
+    let logs = LogHub::new(settings.logs_dir(), LogConfig { retention, ..LogConfig::default() })?;
     let instance_ctx = crate::instances::InstanceContext {
         data_dir: data_dir.clone(),
         blueprints_dir: settings.blueprints_dir.clone(),

@@ -15,15 +15,24 @@ use super::LogConfig;
 /// empty a full pipe and the child's next write doesn't block on us.
 const READ_BYTES: usize = 64 * 1024;
 /// A child that fills the pipe (a read comes back full) gets a pipe of this
-/// size and reads of [`BUSY_READ_BYTES`]: a flood then costs a wake-up per
-/// 256 KiB, not per 64 KiB, on both sides. Only busy pipes grow, because a
-/// non-root user's pipes all count against one per-user budget
-/// (`/proc/sys/fs/pipe-user-pages-soft`).
+/// size and reads of [`BUSY_READ_BYTES`]: a flood then costs a wake-up, a
+/// read and a file write per 1 MiB, not per 64 KiB (measured: 1 GiB of
+/// 128-byte lines at `cat > file`'s pace, benches/log-throughput.sh). Only
+/// busy pipes grow, because a non-root user's pipes all count against one
+/// per-user budget (`/proc/sys/fs/pipe-user-pages-soft`), and the buffer is
+/// memory held for as long as the unit runs.
 const BUSY_PIPE_BYTES: libc::c_int = 1024 * 1024;
-const BUSY_READ_BYTES: usize = 256 * 1024;
+const BUSY_READ_BYTES: usize = 1024 * 1024;
 
 /// Reads `read_end` to EOF, appending every line to `log`. Never awaits
 /// anything but the pipe, so followers can't slow the child down.
+///
+/// The common case (no CR, no line over `max_line_bytes`) goes to the file
+/// straight from the read buffer: one `memchr` pass to find the line ends,
+/// no copy, no per-line call. An unfinished last line stays at the front of
+/// the buffer and the next read lands right after it, so a line cut by a
+/// read boundary costs a move of itself only. Anything else (CRLF, runaway
+/// lines) goes through [`LineSplitter`].
 pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfig) {
     // from_owned_fd sets O_NONBLOCK, which the reactor needs (a blocking read
     // would stall a runtime thread). The flag lives on our open file
@@ -33,55 +42,91 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
         Err(e) => {
             let msg = format!("{} cannot read output pipe: {e}", super::NOTE_PREFIX);
             tracing::warn!(error = %e, "registering unit output pipe");
-            log.append([msg.as_bytes()], config.max_file_bytes, config.ring_lines);
+            log.append([msg.as_bytes()], config.ring_lines);
             return;
         }
     };
-    let mut grown = false;
-    let mut splitter = LineSplitter::new(config.max_line_bytes);
-    let mut buf = vec![0u8; READ_BYTES];
+    let max_line = config.max_line_bytes.max(1);
+    let mut read_bytes = READ_BYTES;
+    let mut splitter = LineSplitter::new(max_line);
+    // `held` bytes of an unfinished line at the front (at most max_line + 1:
+    // the splitter's bound), then room for one read.
+    let mut buf = vec![0u8; max_line + 1 + read_bytes];
+    let mut held = 0;
     let mut lines: Vec<Vec<u8>> = Vec::new();
-    // One read's lines, each with its newline, back to back in one reused
-    // buffer: exactly the bytes the file gets, and no allocation per line on
-    // the hot path (a chatty app writes hundreds per read).
-    let mut arena: Vec<u8> = Vec::with_capacity(READ_BYTES);
+    // The slow path's lines, each with its newline, back to back in one
+    // reused buffer: exactly the bytes the file gets.
+    let mut arena: Vec<u8> = Vec::new();
     let mut ends: Vec<usize> = Vec::new();
     loop {
-        match rx.read(&mut buf).await {
+        match rx.read(&mut buf[held..held + read_bytes]).await {
             Ok(0) => break,
             Ok(n) => {
-                splitter.feed(&buf[..n], &mut |l| {
-                    arena.extend_from_slice(l);
-                    ends.push(arena.len());
-                    arena.push(b'\n');
-                });
-                if !ends.is_empty() {
-                    log.append_joined(&arena, &ends, config.max_file_bytes, config.ring_lines);
-                    arena.clear();
-                    ends.clear();
+                let len = held + n;
+                ends.clear();
+                let fast = memchr::memchr(b'\r', &buf[..len]).is_none() && line_ends(&buf[..len], max_line, &mut ends);
+                if fast {
+                    let done = ends.last().map_or(0, |&e| e + 1);
+                    if done > 0 {
+                        log.append_joined(&buf[..done], &ends, config.ring_lines);
+                    }
+                    buf.copy_within(done..len, 0);
+                    held = len - done;
+                } else {
+                    splitter.feed(&buf[..len], &mut |l| {
+                        arena.extend_from_slice(l);
+                        ends.push(arena.len());
+                        arena.push(b'\n');
+                    });
+                    if !ends.is_empty() {
+                        log.append_joined(&arena, &ends, config.ring_lines);
+                        arena.clear();
+                    }
+                    // Back to the buffer's front, so the next read is fast again.
+                    let rest = splitter.take_pending();
+                    buf[..rest.len()].copy_from_slice(&rest);
+                    held = rest.len();
+                    splitter.give_back(rest);
                 }
-                if n == buf.len() && !grown {
-                    grown = true;
+                if n == read_bytes && read_bytes < BUSY_READ_BYTES {
                     grow_pipe(&rx);
-                    buf.resize(BUSY_READ_BYTES, 0);
+                    read_bytes = BUSY_READ_BYTES;
+                    buf.resize(max_line + 1 + read_bytes, 0);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // Keep what was read; the pipe is unusable, so stop here.
+                splitter.feed(&buf[..held], &mut |l| lines.push(l.to_vec()));
                 splitter.finish(&mut |l| lines.push(l.to_vec()));
                 let msg = format!("{} reading output pipe failed: {e}", super::NOTE_PREFIX);
                 lines.push(msg.into_bytes());
-                log.append(lines.iter().map(Vec::as_slice), config.max_file_bytes, config.ring_lines);
+                log.append(lines.iter().map(Vec::as_slice), config.ring_lines);
                 tracing::warn!(error = %e, "reading unit output pipe");
                 return;
             }
         }
     }
+    splitter.feed(&buf[..held], &mut |l| lines.push(l.to_vec()));
     splitter.finish(&mut |l| lines.push(l.to_vec()));
     if !lines.is_empty() {
-        log.append(lines.iter().map(Vec::as_slice), config.max_file_bytes, config.ring_lines);
+        log.append(lines.iter().map(Vec::as_slice), config.ring_lines);
     }
+}
+
+/// Pushes the position of every `\n` in `data` to `ends`; false (and `ends`
+/// is to be ignored) if a line, or the unfinished rest, is longer than `max`:
+/// the splitter cuts those.
+fn line_ends(data: &[u8], max: usize, ends: &mut Vec<usize>) -> bool {
+    let mut start = 0;
+    for pos in memchr::memchr_iter(b'\n', data) {
+        if pos - start > max {
+            return false;
+        }
+        ends.push(pos);
+        start = pos + 1;
+    }
+    data.len() - start <= max
 }
 
 /// Asks for a bigger pipe; a refusal (the per-user budget is spent) keeps the

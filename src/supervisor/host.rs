@@ -364,6 +364,12 @@ fn resolve_user(unit: &Unit) -> Result<Identity, String> {
 
 impl ProcessControl for HostProcesses {
     fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, String> {
+        let retention = crate::logs::RetentionOverride {
+            max_file_bytes: unit.service.log_max_file_size,
+            max_files: unit.service.log_max_files,
+            compress: unit.service.log_compress,
+        };
+        self.logs.set_retention(&unit.name, &retention);
         self.logs.begin_run(&unit.name, fresh).map_err(|e| format!("log file: {e}"))?;
         self.runs.insert(
             unit.name.clone(),

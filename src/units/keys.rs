@@ -35,6 +35,9 @@ const SERVICE_KEYS: &[&str] = &[
     "Nice",
     "ReadyCheck",
     "MemoryMax",
+    "LogMaxFileSize",
+    "LogMaxFiles",
+    "LogCompress",
     // systemd accepts these in [Service] too (they moved from there to [Unit]).
     "StartLimitIntervalSec",
     "StartLimitBurst",
@@ -69,6 +72,9 @@ const INSTANCE_SERVICE_KEYS: &[&str] = &[
     "UMask",
     "ReadyCheck",
     "MemoryMax",
+    "LogMaxFileSize",
+    "LogMaxFiles",
+    "LogCompress",
     "StartLimitIntervalSec",
     "StartLimitBurst",
 ];

@@ -160,6 +160,11 @@ pub struct ServiceConfig {
     /// MemoryMax=: the unit cgroup's `memory.max` (and no swap), in bytes; None: no limit.
     pub memory_max: Option<u64>,
     pub ready_check: ReadyCheck,
+    /// LogMaxFileSize=, LogMaxFiles=, LogCompress=: this unit's log retention
+    /// (docs/operations.md); None: the global AIKORE_LOG_* setting.
+    pub log_max_file_size: Option<u64>,
+    pub log_max_files: Option<u32>,
+    pub log_compress: Option<bool>,
 }
 
 impl Default for ServiceConfig {
@@ -185,6 +190,9 @@ impl Default for ServiceConfig {
             nice: None,
             memory_max: None,
             ready_check: ReadyCheck::Default,
+            log_max_file_size: None,
+            log_max_files: None,
+            log_compress: None,
         }
     }
 }
