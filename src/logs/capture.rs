@@ -64,7 +64,7 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
             Ok(n) => {
                 let len = held + n;
                 ends.clear();
-                let fast = memchr::memchr(b'\r', &buf[..len]).is_none() && line_ends(&buf[..len], max_line, &mut ends);
+                let fast = line_ends(&buf[..len], max_line, &mut ends);
                 if fast {
                     let done = ends.last().map_or(0, |&e| e + 1);
                     if done > 0 {
@@ -115,12 +115,13 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
 }
 
 /// Pushes the position of every `\n` in `data` to `ends`; false (and `ends`
-/// is to be ignored) if a line, or the unfinished rest, is longer than `max`:
-/// the splitter cuts those.
+/// is to be ignored) if there is a CR (CRLF endings are stripped) or a line,
+/// or the unfinished rest, is longer than `max` (cut in pieces): the
+/// splitter does those. One pass for both bytes.
 fn line_ends(data: &[u8], max: usize, ends: &mut Vec<usize>) -> bool {
     let mut start = 0;
-    for pos in memchr::memchr_iter(b'\n', data) {
-        if pos - start > max {
+    for pos in memchr::memchr2_iter(b'\n', b'\r', data) {
+        if data[pos] == b'\r' || pos - start > max {
             return false;
         }
         ends.push(pos);
