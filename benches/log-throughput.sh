@@ -189,3 +189,6 @@ for k in "${peers[@]}"; do
     printf '%-18s %8s %9s %10s  %s\n' "$k" "${SECS[$k]}" "$rate" "$(ratio "${SECS["cat > file"]}" "${SECS[$k]}")" "${NOTE[$k]}"
 done
 echo "(x cat = throughput relative to a plain 'cat file > out'; 1.00 = as fast, 0.10 = ten times slower)"
+mbps() { python3 -c "print(f'{$mb/max(float(\"$1\"),1e-3):.0f}')"; }
+result "log capture, 1 GiB of ${LINE_BYTES}-B lines" "MB/s" "$(mbps "${SECS[aikore]}")" "cat > file" \
+    "$(mbps "${SECS["cat > file"]}")" "(goal >= 0.8; cat | cat: $(mbps "${SECS["cat | cat > file"]}") MB/s)"

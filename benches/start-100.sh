@@ -92,3 +92,4 @@ for p in $PEERS; do
     printf '%-10s %8s %8s\n' "$p" "$s" "$([[ -n $base ]] && ratio "$s" "$base" || echo n/a)"
 done
 echo "(x s6 = time relative to s6-svscan's; lower is faster)"
+[[ -n $base && -n ${SECS[aikore]:-} ]] && result "start $N services -> all running" s "$(median "${SECS[aikore]}")" s6 "$base" "(goal <= 1; runit $(median "${SECS[runit]:-n/a}"))"
