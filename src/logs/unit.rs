@@ -151,12 +151,14 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct UnitLog {
     state: Mutex<State>,
-    tx: broadcast::Sender<LogLine>,
+    /// Made by the first follower: a channel preallocates its
+    /// [`FOLLOW_CAPACITY`] slots (~80 KiB), which most units, never
+    /// followed, don't need (issue 15: memory per idle unit).
+    tx: std::sync::OnceLock<broadcast::Sender<LogLine>>,
 }
 
 impl UnitLog {
     pub(crate) fn new(path: PathBuf, owner: Option<(u32, u32)>, retention: Retention) -> Self {
-        let (tx, _) = broadcast::channel(FOLLOW_CAPACITY);
         Self {
             state: Mutex::new(State {
                 path,
@@ -172,8 +174,12 @@ impl UnitLog {
                 retention,
                 rotation_job: None,
             }),
-            tx,
+            tx: std::sync::OnceLock::new(),
         }
+    }
+
+    fn followers(&self) -> usize {
+        self.tx.get().map_or(0, broadcast::Sender::receiver_count)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -253,7 +259,7 @@ impl UnitLog {
             let ok = st.write_out(&bytes[start..end]);
             // Lines the ring would drop again at once, with nobody following,
             // are not even copied: only the file gets them.
-            let keep = if self.tx.receiver_count() > 0 { first } else { first.max(last.saturating_sub(ring_lines)) };
+            let keep = if self.followers() > 0 { first } else { first.max(last.saturating_sub(ring_lines)) };
             let from = if keep == 0 { 0 } else { ends[keep - 1] + 1 }.max(start);
             let block = Block {
                 bytes: bytes[from..end].to_vec(),
@@ -275,10 +281,10 @@ impl UnitLog {
     /// Hands a written block to followers and the ring, after the file write
     /// so a follower never sees a line the file (in order) doesn't have.
     fn publish(&self, st: &mut State, block: Block, ring_lines: usize) {
-        if self.tx.receiver_count() > 0 {
+        if let Some(tx) = self.tx.get().filter(|tx| tx.receiver_count() > 0) {
             for i in 0..block.ends.len() {
                 // Err only means the last follower left meanwhile.
-                let _ = self.tx.send(block.log_line(i));
+                let _ = tx.send(block.log_line(i));
             }
         }
         st.ring.push(block, ring_lines);
@@ -289,7 +295,7 @@ impl UnitLog {
     /// hence the optional subscribe under the same lock.
     pub(crate) fn tail(&self, n: usize, subscribe: bool) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
         let st = self.lock();
-        let rx = subscribe.then(|| self.tx.subscribe());
+        let rx = subscribe.then(|| self.tx.get_or_init(|| broadcast::channel(FOLLOW_CAPACITY).0).subscribe());
         let ring_part = st.ring.last(n);
         let from_ring = ring_part.len();
         if from_ring == n {
