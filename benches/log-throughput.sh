@@ -77,7 +77,7 @@ bench_cat() {
 # bench_aikore [LABEL BINARY]: the binary under test, or another build of it
 # (AIKORE_BASE: e.g. main's, for a before/after in one run).
 bench_aikore() {
-    local label=${1:-aikore} AIKORE=${2:-$AIKORE}
+    local label=${1:-aikore} AIKORE=${2:-$AIKORE} follow=${3:-}
     local units="$BENCH_TMP/aikore-units" data="$BENCH_TMP/aikore-data" port secs
     rm -rf "$units" "$data" "$START" "$BENCH_TMP"/done.*; mkdir -p "$units"
     write_unit "$units" flood <<EOU
@@ -87,8 +87,30 @@ Restart=no
 EOU
     port=$(free_port)
     start_aikore "$data" "$units" "$port"
+    local fpid="" fout="$BENCH_TMP/follower.out"
+    if [[ -n $follow ]]; then
+        # A live follower (the dashboard's log pane, `aikore logs -f`) over
+        # SSE during the flood: it must keep getting lines (or be told it
+        # lagged) and see the last line, while the capture keeps its pace.
+        # Counted as it streams (the events would be gigabytes on disk).
+        rm -f "$fout"
+        curl -sN --max-time "$TIMEOUT" "http://127.0.0.1:$port/api/v1/units/flood/logs/stream?tail=0" | awk -v m="$MARKER" '
+            /^event: line/ { n++ } /^event: lagged/ { l++ }
+            index($0, m) { print n + 0, l + 0, "seen" > "/dev/stderr"; done = 1; exit }
+            END { if (!done) print n + 0, l + 0, "MISSING" > "/dev/stderr" }' 2>"$fout" &
+        fpid=$!
+        track "$fpid"
+    fi
     secs=$(python3 "$BENCH_DIR/logwait.py" "$START" "$TIMEOUT" "$MARKER" \
         "$data/logs/flood.log" "$data/logs/flood.log.1") || die "aikore: no marker within ${TIMEOUT}s"
+    local fnote=""
+    if [[ -n $fpid ]]; then
+        wait_for 20 test -s "$fout" || true
+        local n l m
+        read -r n l m < <(head -1 "$fout" 2>/dev/null || echo "0 0 MISSING")
+        fnote="; follower: $n lines, $l lag notices, last line ${m:-MISSING}"
+        kill "$fpid" 2>/dev/null || true
+    fi
     # aikore rotates the log at 10 MiB keeping one old file, so the bytes can't
     # all be on disk. Every line gets the next seq when it is read, so a lost
     # line would pull the marker's below DATA_LINES + 1 (aikore's "started"
@@ -117,7 +139,7 @@ else:
 EOP
 )
     local kept; kept=$(cat "$data/logs/flood.log"* | wc -c)
-    record "$label" "$secs" "($ok; rotates at 10 MiB: $kept bytes left on disk)"
+    record "$label" "$secs" "($ok; rotates at 10 MiB: $kept bytes left on disk$fnote)"
     stop_tracked "$AIKORE_PID"
 }
 
@@ -166,6 +188,7 @@ for r in $(seq 1 "$REPS"); do
             cat) bench_cat ;;
             aikore)
                 bench_aikore
+                bench_aikore "aikore + follower" "$AIKORE" follow
                 if [[ -n ${AIKORE_BASE:-} ]]; then bench_aikore "aikore (base)" "$AIKORE_BASE"; fi
                 ;;
             supervisord) bench_supervisord ;;
@@ -179,7 +202,7 @@ mb=$(python3 -c "print($DATA_BYTES/1e6)")
 echo
 echo "== log-throughput: $mb MB in $DATA_LINES lines, producer start -> last line in the log (median of $REPS) =="
 peers=()
-for k in "cat > file" "cat | cat > file" aikore "aikore (base)" supervisord s6-log; do
+for k in "cat > file" "cat | cat > file" aikore "aikore + follower" "aikore (base)" supervisord s6-log; do
     [[ -n ${SECS[$k]:-} ]] && peers+=("$k")
 done
 for k in "${peers[@]}"; do SECS[$k]=$(median "${SECS[$k]}"); done
