@@ -3,7 +3,6 @@ use clap::Parser;
 use aikore::cli::{self, Cli, Command};
 
 fn main() {
-    map_own_code_on_demand();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Serve(args) => serve(args, cli.data_dir),
@@ -74,36 +73,4 @@ fn worker_threads() -> usize {
         }
     }
     std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, DEFAULT_MAX)
-}
-
-/// The kernel maps a file's pages 64 KiB at a time around each page fault
-/// ("fault-around"), so the daemon's 12 MB binary ended up ~9 MiB resident
-/// though it runs a fraction of its code: most of its memory with 100 idle
-/// units (issue 15). MADV_RANDOM on its own mappings turns that off for them:
-/// only pages that run are mapped. The pages stay in the page cache either
-/// way; a code path used for the first time costs a minor fault per page.
-fn map_own_code_on_demand() {
-    let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(_perms), Some(_off), Some(_dev), Some(_inode), Some(path)) =
-            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        if std::path::Path::new(path) != exe {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
-            continue;
-        };
-        // SAFETY: madvise with MADV_RANDOM only changes the kernel's paging
-        // policy for this range, a page-aligned mapping of our own binary as
-        // /proc/self/maps lists it; no memory contents change.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
-        }
-    }
 }
