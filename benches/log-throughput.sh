@@ -47,11 +47,14 @@ PRODUCE="$BENCH_TMP/produce.sh"
 cat > "$PRODUCE" <<EOS
 #!/bin/sh
 if [ -e "$BENCH_TMP/done.\$1" ]; then exec sleep infinity; fi
+# A run with a follower holds the flood until the follower is connected.
+while [ ! -e "$BENCH_TMP/go" ]; do sleep 0.02; done
 touch "$BENCH_TMP/done.\$1"
 date +%s.%N > "$START.tmp" && mv "$START.tmp" "$START"
 exec cat "$DATA"
 EOS
 chmod +x "$PRODUCE"
+touch "$BENCH_TMP/go"
 
 # record NAME SECONDS NOTE: keep every run's time; the table shows the median.
 declare -A SECS NOTE
@@ -80,6 +83,7 @@ bench_aikore() {
     local label=${1:-aikore} AIKORE=${2:-$AIKORE} follow=${3:-}
     local units="$BENCH_TMP/aikore-units" data="$BENCH_TMP/aikore-data" port secs
     rm -rf "$units" "$data" "$START" "$BENCH_TMP"/done.*; mkdir -p "$units"
+    if [[ -n $follow ]]; then rm -f "$BENCH_TMP/go"; else touch "$BENCH_TMP/go"; fi
     write_unit "$units" flood <<EOU
 [Service]
 ExecStart=/bin/sh $PRODUCE aikore
@@ -94,12 +98,32 @@ EOU
         # lagged) and see the last line, while the capture keeps its pace.
         # Counted as it streams (the events would be gigabytes on disk).
         rm -f "$fout"
-        curl -sN --max-time "$TIMEOUT" "http://127.0.0.1:$port/api/v1/units/flood/logs/stream?tail=0" | awk -v m="$MARKER" '
-            /^event: line/ { n++ } /^event: lagged/ { l++ }
-            index($0, m) { print n + 0, l + 0, "seen" > "/dev/stderr"; done = 1; exit }
-            END { if (!done) print n + 0, l + 0, "MISSING" > "/dev/stderr" }' 2>"$fout" &
+        python3 - "http://127.0.0.1:$port/api/v1/units/flood/logs/stream?tail=0" "$MARKER" "$TIMEOUT" "$fout" <<'EOP' &
+import os, sys, time, urllib.request
+url, marker, timeout, out = sys.argv[1], sys.argv[2].encode(), float(sys.argv[3]), sys.argv[4]
+req = urllib.request.Request(url, headers={"Authorization": "Bearer " + os.environ["AIKORE_API_TOKEN"]})
+lines = lagged = 0
+seen = "MISSING"
+deadline = time.time() + timeout
+with urllib.request.urlopen(req, timeout=timeout) as resp:
+    for raw in resp:
+        if raw.startswith(b"event: line"):
+            lines += 1
+        elif raw.startswith(b"event: lagged"):
+            lagged += 1
+        elif marker in raw:
+            seen = "seen"
+            break
+        if time.time() > deadline:
+            break
+with open(out + ".tmp", "w") as f:
+    f.write(f"{lines} {lagged} {seen}\n")
+os.rename(out + ".tmp", out)
+EOP
         fpid=$!
         track "$fpid"
+        sleep 0.5   # connected before the flood starts
+        touch "$BENCH_TMP/go"
     fi
     secs=$(python3 "$BENCH_DIR/logwait.py" "$START" "$TIMEOUT" "$MARKER" \
         "$data/logs/flood.log" "$data/logs/flood.log.1") || die "aikore: no marker within ${TIMEOUT}s"
@@ -107,7 +131,7 @@ EOU
     if [[ -n $fpid ]]; then
         wait_for 20 test -s "$fout" || true
         local n l m
-        read -r n l m < <(head -1 "$fout" 2>/dev/null || echo "0 0 MISSING")
+        read -r n l m < <(head -1 "$fout" 2>/dev/null; echo "0 0 MISSING") || true
         fnote="; follower: $n lines, $l lag notices, last line ${m:-MISSING}"
         kill "$fpid" 2>/dev/null || true
     fi
