@@ -162,8 +162,10 @@ else:
     print(f"lines OK, {len(nums)} on disk without a gap")
 EOP
 )
-    local kept; kept=$(cat "$data/logs/flood.log"* | wc -c)
-    record "$label" "$secs" "($ok; rotates at 10 MiB: $kept bytes left on disk$fnote)"
+    local kept hwm; kept=$(cat "$data/logs/flood.log"* | wc -c)
+    # Peak RSS of the daemon over the whole run: the capture's memory bound.
+    hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$AIKORE_PID/status")
+    record "$label" "$secs" "($ok; rotates at 10 MiB: $kept bytes left on disk; peak RSS $hwm KiB$fnote)"
     stop_tracked "$AIKORE_PID"
 }
 
