@@ -7,6 +7,8 @@
 # AIKORE_BINARY names another prebuilt path inside the context
 # (e.g. when CARGO_TARGET_DIR points elsewhere and the binary was copied in).
 # RUST_IMAGE / DEBIAN_IMAGE let an offline builder use locally built bases.
+# PERSISTENT=0 leaves out persistent mode (Xvnc, noVNC, Firefox: most of the
+# image); instances then cannot use PersistentMode= (docs/container.md).
 
 ARG PREBUILT=0
 ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
@@ -56,17 +58,28 @@ FROM ${DEBIAN_IMAGE}
 # which host user that is; the image's defaults match the usual first user.
 ARG PUID=1000
 ARG PGID=1000
+ARG PERSISTENT=1
 
 # What blueprints need to install and run web UIs: git, python3 + venv,
 # curl, ca-certificates; procps for ps/pkill in scripts; tzdata for TZ.
 # Persistent mode: Xvnc, websockify + noVNC, Firefox ESR, a window manager.
 # policy-rc.d keeps Debian's nginx postinst from starting a daemon.
+# Documentation, man pages and translations are not installed (dpkg
+# path-exclude): nobody reads them in this container, and they were tens of
+# MiB across these packages; copyright files stay.
 RUN set -eux; \
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+    printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+        'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
+        'path-exclude /usr/share/locale/*' 'path-include /usr/share/locale/locale.alias' \
+        > /etc/dpkg/dpkg.cfg.d/01-aikore-slim; \
+    persistent=''; \
+    if [ "${PERSISTENT}" = 1 ]; then \
+        persistent='tigervnc-standalone-server websockify novnc firefox-esr matchbox-window-manager'; \
+    fi; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        nginx bash git python3 python3-venv ca-certificates curl procps tzdata \
-        tigervnc-standalone-server websockify novnc firefox-esr matchbox-window-manager; \
+        nginx bash git python3 python3-venv ca-certificates curl procps tzdata $persistent; \
     apt-get clean; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log \
            /usr/sbin/policy-rc.d /etc/nginx/sites-enabled/default; \

@@ -155,3 +155,16 @@ start_s6() {
 
 # Tools the peers need; run-all.sh installs them.
 need() { local t; for t in "$@"; do command -v "$t" >/dev/null || die "missing $t (run benches/run-all.sh to install it)"; done; }
+
+# result SCENARIO UNIT AIKORE PEER PEER_VALUE [NOTE]: one row of the summary
+# run-all.sh prints at the end (ratio = aikore / peer: below 1 means aikore
+# uses less, whether time, memory or CPU). Printed here too; appended to
+# $BENCH_RESULTS when run-all.sh set it.
+result() {
+    local scenario=$1 unit=$2 ours=$3 peer=$4 theirs=$5 note=${6:-} r
+    r=$(ratio "$ours" "$theirs")
+    printf 'RESULT %-44s aikore %10s %-4s  %-18s %10s  ratio %s %s\n' "$scenario" "$ours" "$unit" "$peer" "$theirs" "$r" "$note"
+    if [[ -n ${BENCH_RESULTS:-} ]]; then
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$unit" "$ours" "$peer" "$theirs" "$r" "$note" >>"$BENCH_RESULTS"
+    fi
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Log capture throughput: one unit writes SIZE_MB of ~100-byte lines to
+# Log capture throughput: one unit writes SIZE_MB of LINE_BYTES-byte lines to
 # stdout; how long until the supervisor's log has the last line?
 # Peers on the same data, same run: `cat file > out` (no capture at all),
 # `cat file | cat > out` (a pipe, like any capture), supervisord's
@@ -9,22 +9,27 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-SIZE_MB="${SIZE_MB:-200}"
+SIZE_MB="${SIZE_MB:-1024}"      # MiB of data (issue 15: 1 GiB)
+LINE_BYTES="${LINE_BYTES:-128}" # bytes per line, newline included
+PEERS="${PEERS:-cat aikore supervisord s6}"  # which captures to run
 TIMEOUT="${TIMEOUT:-60}"   # per peer
 REPS="${REPS:-3}"          # runs per peer; the median is reported
 MARKER="BENCH-END"
 
 bench_init logs
-need supervisord s6-svscan s6-log curl
+need curl
+case " $PEERS " in *" cat "*) ;; *) PEERS="cat $PEERS" ;; esac
+case " $PEERS " in *" supervisord "*) need supervisord ;; esac
+case " $PEERS " in *" s6 "*) need s6-svscan s6-log ;; esac
 
 DATA="$BENCH_TMP/data.txt"
 START="$BENCH_TMP/start"
-# 100-byte lines "<12-digit seq> xxx...\n", then the marker line last.
-python3 - "$DATA" "$SIZE_MB" "$MARKER" <<'EOP'
+# LINE_BYTES-byte lines "<12-digit seq> xxx...\n", then the marker line last.
+python3 - "$DATA" "$SIZE_MB" "$MARKER" "$LINE_BYTES" <<'EOP'
 import sys
-path, mb, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-n = mb * 1_000_000 // 100
-pad = "x" * 86
+path, mb, marker, width = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+n = mb * 1024 * 1024 // width
+pad = "x" * (width - 14)
 with open(path, "w") as f:
     for base in range(0, n, 10000):
         f.write("".join(f"{i:012d} {pad}\n" for i in range(base, min(n, base + 10000))))
@@ -42,11 +47,14 @@ PRODUCE="$BENCH_TMP/produce.sh"
 cat > "$PRODUCE" <<EOS
 #!/bin/sh
 if [ -e "$BENCH_TMP/done.\$1" ]; then exec sleep infinity; fi
+# A run with a follower holds the flood until the follower is connected.
+while [ ! -e "$BENCH_TMP/go" ]; do sleep 0.02; done
 touch "$BENCH_TMP/done.\$1"
 date +%s.%N > "$START.tmp" && mv "$START.tmp" "$START"
 exec cat "$DATA"
 EOS
 chmod +x "$PRODUCE"
+touch "$BENCH_TMP/go"
 
 # record NAME SECONDS NOTE: keep every run's time; the table shows the median.
 declare -A SECS NOTE
@@ -72,9 +80,10 @@ bench_cat() {
 # bench_aikore [LABEL BINARY]: the binary under test, or another build of it
 # (AIKORE_BASE: e.g. main's, for a before/after in one run).
 bench_aikore() {
-    local label=${1:-aikore} AIKORE=${2:-$AIKORE}
+    local label=${1:-aikore} AIKORE=${2:-$AIKORE} follow=${3:-}
     local units="$BENCH_TMP/aikore-units" data="$BENCH_TMP/aikore-data" port secs
     rm -rf "$units" "$data" "$START" "$BENCH_TMP"/done.*; mkdir -p "$units"
+    if [[ -n $follow ]]; then rm -f "$BENCH_TMP/go"; else touch "$BENCH_TMP/go"; fi
     write_unit "$units" flood <<EOU
 [Service]
 ExecStart=/bin/sh $PRODUCE aikore
@@ -82,8 +91,50 @@ Restart=no
 EOU
     port=$(free_port)
     start_aikore "$data" "$units" "$port"
+    local fpid="" fout="$BENCH_TMP/follower.out"
+    if [[ -n $follow ]]; then
+        # A live follower (the dashboard's log pane, `aikore logs -f`) over
+        # SSE during the flood: it must keep getting lines (or be told it
+        # lagged) and see the last line, while the capture keeps its pace.
+        # Counted as it streams (the events would be gigabytes on disk).
+        rm -f "$fout"
+        python3 - "http://127.0.0.1:$port/api/v1/units/flood/logs/stream?tail=0" "$MARKER" "$TIMEOUT" "$fout" <<'EOP' &
+import os, sys, time, urllib.request
+url, marker, timeout, out = sys.argv[1], sys.argv[2].encode(), float(sys.argv[3]), sys.argv[4]
+req = urllib.request.Request(url, headers={"Authorization": "Bearer " + os.environ["AIKORE_API_TOKEN"]})
+lines = lagged = 0
+seen = "MISSING"
+deadline = time.time() + timeout
+with urllib.request.urlopen(req, timeout=timeout) as resp:
+    for raw in resp:
+        if raw.startswith(b"event: line"):
+            lines += 1
+        elif raw.startswith(b"event: lagged"):
+            lagged += 1
+        elif marker in raw:
+            seen = "seen"
+            break
+        if time.time() > deadline:
+            break
+with open(out + ".tmp", "w") as f:
+    f.write(f"{lines} {lagged} {seen}\n")
+os.rename(out + ".tmp", out)
+EOP
+        fpid=$!
+        track "$fpid"
+        sleep 0.5   # connected before the flood starts
+        touch "$BENCH_TMP/go"
+    fi
     secs=$(python3 "$BENCH_DIR/logwait.py" "$START" "$TIMEOUT" "$MARKER" \
         "$data/logs/flood.log" "$data/logs/flood.log.1") || die "aikore: no marker within ${TIMEOUT}s"
+    local fnote=""
+    if [[ -n $fpid ]]; then
+        wait_for 20 test -s "$fout" || true
+        local n l m
+        read -r n l m < <(head -1 "$fout" 2>/dev/null; echo "0 0 MISSING") || true
+        fnote="; follower: $n lines, $l lag notices, last line ${m:-MISSING}"
+        kill "$fpid" 2>/dev/null || true
+    fi
     # aikore rotates the log at 10 MiB keeping one old file, so the bytes can't
     # all be on disk. Every line gets the next seq when it is read, so a lost
     # line would pull the marker's below DATA_LINES + 1 (aikore's "started"
@@ -111,8 +162,10 @@ else:
     print(f"lines OK, {len(nums)} on disk without a gap")
 EOP
 )
-    local kept; kept=$(cat "$data/logs/flood.log"* | wc -c)
-    record "$label" "$secs" "($ok; rotates at 10 MiB: $kept bytes left on disk)"
+    local kept hwm; kept=$(cat "$data/logs/flood.log"* | wc -c)
+    # Peak RSS of the daemon over the whole run: the capture's memory bound.
+    hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$AIKORE_PID/status")
+    record "$label" "$secs" "($ok; rotates at 10 MiB: $kept bytes left on disk; peak RSS $hwm KiB$fnote)"
     stop_tracked "$AIKORE_PID"
 }
 
@@ -139,13 +192,14 @@ bench_s6() {
     local scan="$BENCH_TMP/s6scan" secs logdir="$BENCH_TMP/s6log"
     rm -rf "$scan" "$logdir" "$START" "$BENCH_TMP"/done.*; mkdir -p "$scan/flood/log"
     printf '#!/bin/sh\nexec /bin/sh %s s6 2>&1\n' "$PRODUCE" > "$scan/flood/run"
-    # s6-log's largest file is 256 MiB: with SIZE_MB <= 256 nothing rotates.
-    printf '#!/bin/sh\nexec s6-log -b n2 s268435455 %s\n' "$logdir" > "$scan/flood/log/run"
+    # s6-log's largest file is 256 MiB; n20 keeps every rotated one so the
+    # bytes can be counted.
+    printf '#!/bin/sh\nexec s6-log -b n20 s268435455 %s\n' "$logdir" > "$scan/flood/log/run"
     chmod +x "$scan/flood/run" "$scan/flood/log/run"
     start_s6 "$scan"
     secs=$(python3 "$BENCH_DIR/logwait.py" "$START" "$TIMEOUT" "$MARKER" "$logdir/current") \
         || die "s6-log: no marker within ${TIMEOUT}s"
-    local size; size=$(stat -c %s "$logdir/current")
+    local size; size=$(cat "$logdir"/current "$logdir"/@*.s 2>/dev/null | wc -c)
     local ok="bytes OK"
     [[ $size == "$DATA_BYTES" ]] || ok="size $size, want $DATA_BYTES"
     record s6-log "$secs" "($ok)"
@@ -155,19 +209,28 @@ bench_s6() {
 # Interleaved rounds, so a noisy moment hits every peer alike.
 for r in $(seq 1 "$REPS"); do
     log "round $r of $REPS"
-    bench_cat
-    bench_aikore
-    [[ -n ${AIKORE_BASE:-} ]] && bench_aikore "aikore (base)" "$AIKORE_BASE"
-    bench_supervisord
-    bench_s6
+    for p in $PEERS; do
+        case $p in
+            cat) bench_cat ;;
+            aikore)
+                bench_aikore
+                bench_aikore "aikore + follower" "$AIKORE" follow
+                if [[ -n ${AIKORE_BASE:-} ]]; then bench_aikore "aikore (base)" "$AIKORE_BASE"; fi
+                ;;
+            supervisord) bench_supervisord ;;
+            s6) bench_s6 ;;
+            *) die "unknown peer $p (cat aikore supervisord s6)" ;;
+        esac
+    done
 done
 
 mb=$(python3 -c "print($DATA_BYTES/1e6)")
 echo
 echo "== log-throughput: $mb MB in $DATA_LINES lines, producer start -> last line in the log (median of $REPS) =="
-peers=("cat > file" "cat | cat > file" aikore)
-[[ -n ${AIKORE_BASE:-} ]] && peers+=("aikore (base)")
-peers+=(supervisord s6-log)
+peers=()
+for k in "cat > file" "cat | cat > file" aikore "aikore + follower" "aikore (base)" supervisord s6-log; do
+    [[ -n ${SECS[$k]:-} ]] && peers+=("$k")
+done
 for k in "${peers[@]}"; do SECS[$k]=$(median "${SECS[$k]}"); done
 printf '%-18s %8s %9s %10s  %s\n' capture seconds "MB/s" "x cat" note
 for k in "${peers[@]}"; do
@@ -175,3 +238,6 @@ for k in "${peers[@]}"; do
     printf '%-18s %8s %9s %10s  %s\n' "$k" "${SECS[$k]}" "$rate" "$(ratio "${SECS["cat > file"]}" "${SECS[$k]}")" "${NOTE[$k]}"
 done
 echo "(x cat = throughput relative to a plain 'cat file > out'; 1.00 = as fast, 0.10 = ten times slower)"
+mbps() { python3 -c "print(f'{$mb/max(float(\"$1\"),1e-3):.0f}')"; }
+result "log capture, 1 GiB of ${LINE_BYTES}-B lines" "MB/s" "$(mbps "${SECS[aikore]}")" "cat > file" \
+    "$(mbps "${SECS["cat > file"]}")" "(goal >= 0.8; cat | cat: $(mbps "${SECS["cat | cat > file"]}") MB/s)"

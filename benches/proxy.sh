@@ -146,3 +146,5 @@ printf '%-30s %12s %10s %10s %10s\n' "direct 127.0.0.1:$app_port" "$d_rps" "$d_p
 printf '%-30s %12s %10s %10s %10s\n' "nginx, no gate /nogate/bench/" "$n_rps" "$n_p99" "$(ratio "$n_rps" "$d_rps")" 1.00
 printf '%-30s %12s %10s %10s %10s\n' "nginx + gate /app/bench/" "$p_rps" "$p_p99" "$(ratio "$p_rps" "$d_rps")" "$(ratio "$p_rps" "$n_rps")"
 echo "gate p99 / no-gate p99: $(ratio "$p_p99" "$n_p99") (goal: rate >= 0.90x no-gate, p99 <= 1.10x)"
+result "app requests through the login gate" "r/s" "$p_rps" "same NGINX, no gate" "$n_rps" \
+    "(goal >= 0.9; p99 $p_p99 vs $n_p99 ms)"

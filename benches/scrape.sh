@@ -97,9 +97,15 @@ start_aikore busy "$UNITS"
 busy_port=$PORT
 
 row "target" "p50 ms" "p99 ms" "bytes"
+declare -A P50
 for target in "aikore, 0 units:$idle_port" "aikore, $UNITS units (3 procs each):$busy_port" "node_exporter:$ne_port"; do
     name=${target%:*}
     url="http://127.0.0.1:${target##*:}/metrics"
     read -r p50 p99 < <(measure "$url")
+    P50[$name]=$p50
     row "$name" "$p50" "$p99" "$(curl -fs "$url" | wc -c)"
 done
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+result "/metrics scrape p50, $UNITS units" ms "${P50["aikore, $UNITS units (3 procs each)"]}" node_exporter \
+    "${P50[node_exporter]}" "(goal <= 1; 0 units: ${P50["aikore, 0 units"]} ms)"

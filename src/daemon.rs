@@ -568,7 +568,9 @@ impl Daemon {
 
         let (store, loaded) = open_state(&settings, &data).await?;
         // Logs are the daemon's: rotation renames in a dir the instance user cannot write.
-        let logs = LogHub::new(settings.logs_dir(), LogConfig::default())?;
+        // Retention: AIKORE_LOG_MAX_FILE_SIZE/_MAX_FILES/_COMPRESS (docs/operations.md).
+        let retention = crate::logs::Retention::from_vars(|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
+        let logs = LogHub::new(settings.logs_dir(), LogConfig { retention, ..LogConfig::default() })?;
         // Shared by placement, the watch and metrics; AIKORE_NVML=off never loads the driver.
         let gpus = crate::gpu::Gpus::open(settings.knobs.gpu_fake.clone(), settings.knobs.nvml);
         let engine = start_engine(&settings, cgroups.clone(), &store, &logs, loaded, &gpus);

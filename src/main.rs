@@ -25,13 +25,15 @@ fn serve(args: cli::ServeArgs, data_dir: std::path::PathBuf) -> i32 {
             return aikore::daemon::exit_code::STARTUP;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("aikore: cannot start the runtime: {e}");
-            return aikore::daemon::exit_code::STARTUP;
-        }
-    };
+    limit_malloc_arenas();
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads()).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("aikore: cannot start the runtime: {e}");
+                return aikore::daemon::exit_code::STARTUP;
+            }
+        };
     match runtime.block_on(aikore::daemon::serve(settings)) {
         Ok(code) => code,
         Err(e) => {
@@ -39,4 +41,36 @@ fn serve(args: cli::ServeArgs, data_dir: std::path::PathBuf) -> i32 {
             aikore::daemon::exit_code::STARTUP
         }
     }
+}
+
+/// glibc gives every thread that allocates under contention an arena of its
+/// own (up to 8 per core), each keeping freed memory for itself: a daemon of
+/// a dozen threads held several half-empty arenas. Two is plenty for a
+/// supervisor's allocations (measured, benches/idle-rss.sh). Set before any
+/// thread starts; MALLOC_ARENA_MAX in the environment still wins if set.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called while the
+        // process has one thread, before the runtime starts any.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+/// Tokio's default is one worker per CPU: 64 threads, stacks and arenas on
+/// a big GPU host, for a daemon whose work is waiting on pipes, timers and
+/// sockets. Four keep log floods of several units and API requests apart;
+/// AIKORE_WORKER_THREADS overrides.
+fn worker_threads() -> usize {
+    // A supervisor's work is waiting on pipes and sockets: 4 busy threads
+    // serve many flooding units at once (benches/log-throughput.sh).
+    const DEFAULT_MAX: usize = 4;
+    if let Some(n) = std::env::var("AIKORE_WORKER_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        if n > 0 {
+            return n;
+        }
+    }
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, DEFAULT_MAX)
 }

@@ -70,3 +70,65 @@ fn a_restart_keeps_the_previous_run_as_dot_1() {
     assert!(!d.unit_log("runs").contains(&first_line), "the new log starts fresh");
     std::thread::sleep(Duration::from_millis(50));
 }
+
+/// Retention: the global AIKORE_LOG_* setting, and a unit's own keys over it.
+#[test]
+fn retention_global_setting_and_unit_keys() {
+    use crate::harness::Options;
+    let mut options = Options::default();
+    options.env.push(("AIKORE_LOG_MAX_FILE_SIZE".into(), "4K".into()));
+    options.env.push(("AIKORE_LOG_MAX_FILES".into(), "3".into()));
+    // 4000 lines of 7 bytes (28 KB): six 4 KiB rotations.
+    let flood = "ExecStart=/bin/sh -c 'seq 100001 104000; exec sleep 1000'\n";
+    let d = Daemon::start_with(
+        &[
+            ("global.service", &format!("[Service]\n{flood}")),
+            ("own.service", &format!("[Service]\n{flood}LogMaxFiles=5\nLogCompress=yes\n")),
+        ],
+        options,
+    );
+    let logs = d.data_dir.join("logs");
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> =
+            std::fs::read_dir(&logs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        n.sort();
+        n
+    };
+    d.wait_until("both logs rotated to the end", |d| {
+        let n = names();
+        d.unit_log("global").contains("104000")
+            && d.unit_log("own").contains("104000")
+            && n.contains(&"own.log.4.gz".to_string())
+            && !n.iter().any(|f| f.starts_with('.') || f.ends_with(".tmp") || f == "own.log.1")
+    });
+    let n = names();
+    assert!(n.contains(&"global.log.2".to_string()) && !n.iter().any(|f| f.starts_with("global.log.3")), "{n:?}");
+    assert!(!n.iter().any(|f| f.starts_with("own.log.5")), "{n:?}");
+    for f in n.iter().filter(|f| f.starts_with("global.log")) {
+        let len = std::fs::metadata(logs.join(f)).unwrap().len();
+        assert!(len <= 4096, "{f}: {len} bytes");
+    }
+    // The tail still reads across the rotated files.
+    let (code, body) = d.get("/api/v1/units/own/logs?tail=5");
+    assert_eq!(code, 200);
+    let last = body["lines"].as_array().unwrap().last().unwrap()["text"].as_str().unwrap().to_string();
+    assert_eq!(last, "104000");
+}
+
+#[test]
+fn a_bad_global_retention_setting_stops_serve_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--units-dir"])
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("AIKORE_LOG_MAX_FILES", "0")
+        .env("AIKORE_API_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AIKORE_LOG_MAX_FILES") && err.contains("1 to 100"), "{err}");
+}

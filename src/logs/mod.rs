@@ -3,10 +3,12 @@
 //! Every unit's processes write stdout and stderr into one pipe (so lines keep
 //! their order); [`LogHub::attach`] drains it into the unit's log. Each line
 //! goes, in order and under one lock, to `<dir>/<unit>.log` (size-rotated to
-//! `.log.1`), to a ring of the last lines, and to followers over a broadcast
-//! channel that never blocks the writer: a slow follower gets `Lagged`.
+//! `.log.1` and on, see [`retention`]), to a ring of the last lines, and to
+//! followers over a broadcast channel that never blocks the writer: a slow
+//! follower gets `Lagged`.
 
 mod capture;
+pub mod retention;
 mod split;
 mod tailfile;
 mod unit;
@@ -25,6 +27,7 @@ use tokio::sync::broadcast;
 
 use unit::UnitLog;
 
+pub use retention::{Retention, RetentionOverride};
 pub use unit::FOLLOW_CAPACITY;
 
 /// Marks aikore's own lines in a unit's log, so they can't be mistaken for the
@@ -34,8 +37,9 @@ pub const NOTE_PREFIX: &str = "[aikore]";
 /// Limits for every unit's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
-    /// Rotate `<unit>.log` to `.log.1` past this size.
-    pub max_file_bytes: u64,
+    /// Files' size, count and compression, for units without their own
+    /// `LogMaxFileSize=`/`LogMaxFiles=`/`LogCompress=`.
+    pub retention: Retention,
     /// Lines kept in memory per unit for tails and new followers.
     pub ring_lines: usize,
     /// A longer line is split, so one runaway line can't eat memory.
@@ -48,9 +52,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            // Two files of 10 MiB: days of a typical web UI's output, and
-            // small enough to open in any viewer.
-            max_file_bytes: 10 * 1024 * 1024,
+            retention: Retention::default(),
             // A screenful many times over; what a dashboard or `logs` shows
             // without touching disk.
             ring_lines: 1000,
@@ -96,6 +98,7 @@ impl LogHub {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         }
+        retention::clean_leftovers(&dir);
         Ok(Arc::new(LogHub { dir, config, units: Mutex::new(HashMap::new()) }))
     }
 
@@ -122,7 +125,20 @@ impl LogHub {
     fn unit(&self, unit: &str) -> io::Result<Arc<UnitLog>> {
         let path = self.log_path(unit)?;
         let mut units = self.units();
-        Ok(Arc::clone(units.entry(unit.to_owned()).or_insert_with(|| Arc::new(UnitLog::new(path, self.config.owner)))))
+        Ok(Arc::clone(units.entry(unit.to_owned()).or_insert_with(|| self.new_unit_log(path))))
+    }
+
+    fn new_unit_log(&self, path: PathBuf) -> Arc<UnitLog> {
+        Arc::new(UnitLog::new(path, self.config.owner, self.config.retention))
+    }
+
+    /// Applies `unit`'s own retention keys over the global setting, from its
+    /// next rotation on (call before [`begin_run`](Self::begin_run) so a
+    /// fresh run's rotation already keeps the unit's count).
+    pub fn set_retention(&self, unit: &str, keys: &RetentionOverride) {
+        if let Ok(log) = self.unit(unit) {
+            log.set_retention(self.config.retention.with(keys));
+        }
     }
 
     /// Starts a run of `unit`. `fresh` (a start by a user or at boot) keeps
@@ -161,7 +177,7 @@ impl LogHub {
                     // Even an empty note marks the moment it was made.
                     lines.push(NOTE_PREFIX.to_owned());
                 }
-                log.append(lines.iter().map(|l| l.as_bytes()), self.config.max_file_bytes, self.config.ring_lines);
+                log.append(lines.iter().map(|l| l.as_bytes()), self.config.ring_lines);
             }
             Err(e) => tracing::warn!(unit, error = %e, "note for invalid unit name dropped"),
         }
@@ -210,7 +226,7 @@ impl LogHub {
             None => {
                 // Files of a unit this hub never touched (left by an earlier
                 // run of aikore).
-                UnitLog::new(path, self.config.owner).retire()
+                self.new_unit_log(path).retire()
             }
         }
     }
@@ -225,12 +241,12 @@ impl LogHub {
         }
         // Held throughout, so no capture can create `new` in between.
         let mut units = self.units();
-        if units.contains_key(new) || new_path.exists() || unit::rotated_path(&new_path).exists() {
+        if units.contains_key(new) || unit::has_files(&new_path) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("unit {new} already has a log")));
         }
         let log = match units.remove(old) {
             Some(log) => log,
-            None => Arc::new(UnitLog::new(old_path, self.config.owner)),
+            None => self.new_unit_log(old_path),
         };
         match log.move_to(new_path) {
             Ok(()) => {

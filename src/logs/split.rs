@@ -45,6 +45,18 @@ impl LineSplitter {
         self.drain_overlong(emit);
     }
 
+    /// The unfinished line held back, leaving the splitter empty; hand the
+    /// vector back with [`give_back`](Self::give_back) to keep its allocation.
+    pub(crate) fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Returns a vector from [`take_pending`](Self::take_pending), emptied.
+    pub(crate) fn give_back(&mut self, mut v: Vec<u8>) {
+        v.clear();
+        self.pending = v;
+    }
+
     /// Emits whatever partial line is left (EOF: the child's last line may lack
     /// a newline).
     pub(crate) fn finish(&mut self, emit: &mut impl FnMut(&[u8])) {

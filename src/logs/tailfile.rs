@@ -29,6 +29,18 @@ pub(crate) fn last_lines(paths: &[&Path], n: usize) -> io::Result<Vec<Vec<u8>>> 
     Ok(lines)
 }
 
+/// The last `n` lines of `data` (a whole file's bytes, e.g. inflated), like
+/// [`last_lines`] for one file.
+pub(crate) fn last_lines_of_bytes(data: &[u8], n: usize) -> Vec<Vec<u8>> {
+    if n == 0 || data.is_empty() {
+        return Vec::new();
+    }
+    let data = data.strip_suffix(b"\n").unwrap_or(data);
+    let mut pieces: Vec<&[u8]> = data.rsplit(|&b| b == b'\n').take(n).collect();
+    pieces.reverse();
+    pieces.into_iter().map(<[u8]>::to_vec).collect()
+}
+
 /// The last `n` lines of one file. A final line without a newline counts as a
 /// line (a crash mid-write, or a file someone else appended to).
 fn last_lines_of_file(path: &Path, n: usize) -> io::Result<Vec<Vec<u8>>> {

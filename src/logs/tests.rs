@@ -92,7 +92,8 @@ async fn long_line_is_split() {
 async fn rotation_keeps_every_line() {
     let d = tempfile::tempdir().unwrap();
     // 1000 lines of 10 bytes: exactly one rotation.
-    let config = LogConfig { max_file_bytes: 8000, ..LogConfig::default() };
+    let config =
+        LogConfig { retention: Retention { max_file_bytes: 8000, ..Retention::default() }, ..LogConfig::default() };
     let h = hub(d.path(), config);
     capture(&h, "u", "for i in $(seq 1001 2000); do echo line $i; done").await;
     let old = file_lines(&d.path().join("u.log.1"));
@@ -130,7 +131,11 @@ async fn begin_run_fresh_keeps_previous_as_dot_one() {
 #[tokio::test]
 async fn tail_reads_files_after_restart_without_duplicates() {
     let d = tempfile::tempdir().unwrap();
-    let config = LogConfig { max_file_bytes: 200, ring_lines: 5, ..LogConfig::default() };
+    let config = LogConfig {
+        retention: Retention { max_file_bytes: 200, ..Retention::default() },
+        ring_lines: 5,
+        ..LogConfig::default()
+    };
     {
         let h = hub(d.path(), config.clone());
         for i in 0..30 {
@@ -295,7 +300,11 @@ async fn ring_of_raw_batches_keeps_exactly_the_last_lines() {
     let d = tempfile::tempdir().unwrap();
     // Batches of 1..=9 lines against a ring of 7 and files of 100 bytes: the
     // ring drops whole batches and parts of one, and batches cross rotations.
-    let config = LogConfig { ring_lines: 7, max_file_bytes: 100, ..LogConfig::default() };
+    let config = LogConfig {
+        ring_lines: 7,
+        retention: Retention { max_file_bytes: 100, ..Retention::default() },
+        ..LogConfig::default()
+    };
     let h = hub(d.path(), config);
     let mut all = Vec::new();
     for batch in 1..=9 {
@@ -325,7 +334,13 @@ async fn ring_of_raw_batches_keeps_exactly_the_last_lines() {
 async fn a_flood_keeps_every_line_and_its_number() {
     let d = tempfile::tempdir().unwrap();
     // 2.7 MB in files of 1.5 MB: one rotation, somewhere inside a read.
-    let h = hub(d.path(), LogConfig { max_file_bytes: 1_500_000, ..LogConfig::default() });
+    let h = hub(
+        d.path(),
+        LogConfig {
+            retention: Retention { max_file_bytes: 1_500_000, ..Retention::default() },
+            ..LogConfig::default()
+        },
+    );
     // Far more than a pipe holds: the busy path (bigger pipe and reads) runs.
     capture(&h, "u", "seq 1 400000").await;
     let lines: Vec<String> =
@@ -337,4 +352,76 @@ async fn a_flood_keeps_every_line_and_its_number() {
     for (k, line) in tail.iter().enumerate() {
         assert_eq!((line.seq, line.text.as_str()), (399_001 + k as u64, (399_001 + k).to_string().as_str()));
     }
+}
+
+#[tokio::test]
+async fn retention_per_unit_keeps_its_count_and_compresses() {
+    let d = tempfile::tempdir().unwrap();
+    // Global: 2 plain files of 1000 bytes; unit "z" keeps 4, compressed.
+    let config =
+        LogConfig { retention: Retention { max_file_bytes: 1000, ..Retention::default() }, ..LogConfig::default() };
+    let h = hub(d.path(), config.clone());
+    h.set_retention("z", &RetentionOverride { max_files: Some(4), compress: Some(true), ..Default::default() });
+    // 10-byte lines: 100 per file, 10 rotations for 1000 lines.
+    capture(&h, "z", "for i in $(seq 1001 2000); do echo line $i; done").await;
+    capture(&h, "p", "for i in $(seq 1001 2000); do echo line $i; done").await;
+    // Waits for the last rotation's helper threads (a fresh run rotates again).
+    h.begin_run("z", false).unwrap();
+    h.begin_run("p", false).unwrap();
+    let mut names: Vec<String> =
+        std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["p.log", "p.log.1", "z.log", "z.log.1.gz", "z.log.2.gz", "z.log.3.gz"]);
+    // The compressed files hold the lines just before the current file's, in order.
+    let mut kept = Vec::new();
+    for k in [3, 2, 1] {
+        let bytes = retention::read_gz(&d.path().join(format!("z.log.{k}.gz")), 1 << 20).unwrap();
+        kept.extend(String::from_utf8(bytes).unwrap().lines().map(str::to_owned));
+    }
+    kept.extend(file_lines(&d.path().join("z.log")));
+    let expected: Vec<String> = (1001..=2000).map(|i| format!("line {i}")).collect();
+    assert_eq!(kept[..], expected[expected.len() - kept.len()..]);
+    assert!(kept.len() >= 300, "three full rotated files and the current one: {}", kept.len());
+    // After a restart, tails come from the compressed .1 too.
+    let h = hub(d.path(), config);
+    let current = file_lines(&d.path().join("z.log")).len();
+    let tail = texts(&h.tail("z", current + 5));
+    assert_eq!(tail[..], kept[kept.len() - current - 5..]);
+    // Renaming and removing take every rotated file along.
+    h.rename("z", "y").unwrap();
+    assert!(d.path().join("y.log.3.gz").exists() && !d.path().join("z.log.1.gz").exists());
+    h.remove("y").unwrap();
+    let left: Vec<String> =
+        std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| n.starts_with("p.")), "{left:?}");
+}
+
+#[tokio::test]
+async fn fast_and_split_paths_mix_without_losing_a_line() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(d.path(), LogConfig { max_line_bytes: 300, ..LogConfig::default() });
+    // Mostly plain lines (the straight-to-file path), every 997th a CRLF one
+    // and every 1999th longer than the limit (the splitter's path), across
+    // many reads and partial lines.
+    let script = "awk 'BEGIN { for (i = 1; i <= 60000; i++) { \
+        if (i % 997 == 0) printf \"crlf %d\\r\\n\", i; \
+        else if (i % 1999 == 0) { printf \"long %d \", i; for (j = 0; j < 40; j++) printf \"0123456789\"; printf \"\\n\" } \
+        else printf \"line %d\\n\", i } }'";
+    capture(&h, "u", script).await;
+    let mut expected = Vec::new();
+    for i in 1..=60000 {
+        if i % 997 == 0 {
+            expected.push(format!("crlf {i}"));
+        } else if i % 1999 == 0 {
+            let long = format!("long {i} {}", "0123456789".repeat(40));
+            expected.push(long[..300].to_owned());
+            expected.push(long[300..].to_owned());
+        } else {
+            expected.push(format!("line {i}"));
+        }
+    }
+    assert_eq!(file_lines(&d.path().join("u.log")), expected);
+    let tail = h.tail("u", 1000);
+    assert_eq!(texts(&tail)[..], expected[expected.len() - 1000..]);
+    assert!(tail.windows(2).all(|w| w[1].seq == w[0].seq + 1));
 }

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 
+use super::retention::{self, Retention};
 use super::{tailfile, LogLine};
 
 /// Followers' channel capacity. Roughly one ring's worth: a follower that falls
@@ -140,17 +141,24 @@ struct State {
     write_failing: bool,
     /// Given to files this module creates (LogConfig::owner).
     owner: Option<(u32, u32)>,
+    /// The global retention with this unit's keys applied.
+    retention: Retention,
+    /// The last rotation's slow part (deleting, compressing), on a helper
+    /// thread; waited for before the file set is renamed again.
+    rotation_job: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Debug)]
 pub(crate) struct UnitLog {
     state: Mutex<State>,
-    tx: broadcast::Sender<LogLine>,
+    /// Made by the first follower: a channel preallocates its
+    /// [`FOLLOW_CAPACITY`] slots (~80 KiB), which most units, never
+    /// followed, don't need (issue 15: memory per idle unit).
+    tx: std::sync::OnceLock<broadcast::Sender<LogLine>>,
 }
 
 impl UnitLog {
-    pub(crate) fn new(path: PathBuf, owner: Option<(u32, u32)>) -> Self {
-        let (tx, _) = broadcast::channel(FOLLOW_CAPACITY);
+    pub(crate) fn new(path: PathBuf, owner: Option<(u32, u32)>, retention: Retention) -> Self {
         Self {
             state: Mutex::new(State {
                 path,
@@ -163,9 +171,15 @@ impl UnitLog {
                 retired: false,
                 write_failing: false,
                 owner,
+                retention,
+                rotation_job: None,
             }),
-            tx,
+            tx: std::sync::OnceLock::new(),
         }
+    }
+
+    fn followers(&self) -> usize {
+        self.tx.get().map_or(0, broadcast::Sender::receiver_count)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -174,25 +188,31 @@ impl UnitLog {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a run: `fresh` keeps the previous log as `.1` and begins an empty
-    /// file; otherwise the current file continues.
+    /// Sets this unit's retention (the global one with its keys applied);
+    /// it applies from the next rotation.
+    pub(crate) fn set_retention(&self, retention: Retention) {
+        self.lock().retention = retention;
+    }
+
+    /// Starts a run: `fresh` rotates the previous log (to `.1`, within the
+    /// retention) and begins an empty file; otherwise the current file continues.
     pub(crate) fn begin_run(&self, fresh: bool) -> io::Result<()> {
         let mut st = self.lock();
         st.retired = false;
+        // A new run starts with the last run's rotations finished.
+        st.wait_rotation();
         if fresh {
             st.file = None;
-            match std::fs::rename(&st.path, rotated_path(&st.path)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            st.file_len = 0;
+            let job = retention::rotate(&st.path, &st.retention)?;
+            st.rotation_job = job.spawn();
         }
         st.open()
     }
 
     /// Appends a batch of lines (from one read of one pipe) as a unit, so
     /// lines from concurrent sources are never interleaved mid-line.
-    pub(crate) fn append<'a>(&self, lines: impl IntoIterator<Item = &'a [u8]>, max_file_bytes: u64, ring_lines: usize) {
+    pub(crate) fn append<'a>(&self, lines: impl IntoIterator<Item = &'a [u8]>, ring_lines: usize) {
         let mut bytes = Vec::new();
         let mut ends = Vec::new();
         for line in lines {
@@ -200,14 +220,14 @@ impl UnitLog {
             ends.push(bytes.len());
             bytes.push(b'\n');
         }
-        self.append_joined(&bytes, &ends, max_file_bytes, ring_lines);
+        self.append_joined(&bytes, &ends, ring_lines);
     }
 
     /// [`append`](Self::append) for lines already joined: `bytes` holds each
     /// line followed by `\n`, `ends` where each `\n` sits. One write per
     /// batch (or per rotation) and one ring entry per batch: a chatty child
     /// costs a syscall and a copy per pipe read, no allocation per line.
-    pub(crate) fn append_joined(&self, bytes: &[u8], ends: &[usize], max_file_bytes: u64, ring_lines: usize) {
+    pub(crate) fn append_joined(&self, bytes: &[u8], ends: &[usize], ring_lines: usize) {
         if ends.is_empty() {
             return;
         }
@@ -219,6 +239,7 @@ impl UnitLog {
         // The size check needs the length of a file left by an earlier run;
         // an open error here resurfaces (and is reported) at the write.
         let _ = st.open();
+        let max_file_bytes = st.retention.max_file_bytes;
         let mut first = 0;
         let mut start = 0;
         while first < ends.len() {
@@ -238,7 +259,7 @@ impl UnitLog {
             let ok = st.write_out(&bytes[start..end]);
             // Lines the ring would drop again at once, with nobody following,
             // are not even copied: only the file gets them.
-            let keep = if self.tx.receiver_count() > 0 { first } else { first.max(last.saturating_sub(ring_lines)) };
+            let keep = if self.followers() > 0 { first } else { first.max(last.saturating_sub(ring_lines)) };
             let from = if keep == 0 { 0 } else { ends[keep - 1] + 1 }.max(start);
             let block = Block {
                 bytes: bytes[from..end].to_vec(),
@@ -260,10 +281,10 @@ impl UnitLog {
     /// Hands a written block to followers and the ring, after the file write
     /// so a follower never sees a line the file (in order) doesn't have.
     fn publish(&self, st: &mut State, block: Block, ring_lines: usize) {
-        if self.tx.receiver_count() > 0 {
+        if let Some(tx) = self.tx.get().filter(|tx| tx.receiver_count() > 0) {
             for i in 0..block.ends.len() {
                 // Err only means the last follower left meanwhile.
-                let _ = self.tx.send(block.log_line(i));
+                let _ = tx.send(block.log_line(i));
             }
         }
         st.ring.push(block, ring_lines);
@@ -274,7 +295,7 @@ impl UnitLog {
     /// hence the optional subscribe under the same lock.
     pub(crate) fn tail(&self, n: usize, subscribe: bool) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
         let st = self.lock();
-        let rx = subscribe.then(|| self.tx.subscribe());
+        let rx = subscribe.then(|| self.tx.get_or_init(|| broadcast::channel(FOLLOW_CAPACITY).0).subscribe());
         let ring_part = st.ring.last(n);
         let from_ring = ring_part.len();
         if from_ring == n {
@@ -286,8 +307,7 @@ impl UnitLog {
         let in_file = st.ring.in_file();
         // Saturating: a caller may ask for "everything" with usize::MAX.
         let want = (n - from_ring).saturating_add(in_file);
-        let rotated = rotated_path(&st.path);
-        let mut older = match tailfile::last_lines(&[&rotated, &st.path], want) {
+        let mut older = match st.file_lines(want) {
             Ok(lines) => lines,
             Err(e) => {
                 tracing::warn!(path = %st.path.display(), error = %e, "reading log tail from file");
@@ -322,21 +342,19 @@ impl UnitLog {
         st.retired = true;
         st.file = None;
         st.ring.clear();
-        remove_if_exists(&st.path)?;
-        remove_if_exists(&rotated_path(&st.path))
+        st.wait_rotation();
+        for path in retention::all_files(&st.path)? {
+            remove_if_exists(&path)?;
+        }
+        Ok(())
     }
 
-    /// Moves the files to `new_path` (and its `.1`); an open handle keeps
-    /// appending to the same, now renamed, file.
+    /// Moves the files to `new_path` (and its rotated ones); an open handle
+    /// keeps appending to the same, now renamed, file.
     pub(crate) fn move_to(&self, new_path: PathBuf) -> io::Result<()> {
         let mut st = self.lock();
-        for (from, to) in [(rotated_path(&st.path), rotated_path(&new_path)), (st.path.clone(), new_path.clone())] {
-            match std::fs::rename(&from, &to) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
+        st.wait_rotation();
+        retention::move_all(&st.path, &new_path)?;
         st.path = new_path;
         Ok(())
     }
@@ -389,27 +407,56 @@ impl State {
     }
 
     fn rotate(&mut self) {
-        let renamed = match std::fs::rename(&self.path, rotated_path(&self.path)) {
-            // Deleted under us: nothing to keep, just start a new file.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            r => r,
-        };
-        if let Err(e) = renamed {
-            // Keep appending to the same file rather than lose lines; counting
-            // from zero again means the next attempt comes a whole file later,
-            // not on every line.
-            tracing::warn!(path = %self.path.display(), error = %e, "rotating unit log");
-        } else {
-            self.file = None;
+        self.wait_rotation();
+        match retention::rotate(&self.path, &self.retention) {
+            Ok(job) => {
+                self.file = None;
+                self.rotation_job = job.spawn();
+            }
+            Err(e) => {
+                // Keep appending to the same file rather than lose lines;
+                // counting from zero again means the next attempt comes a
+                // whole file later, not on every line.
+                tracing::warn!(path = %self.path.display(), error = %e, "rotating unit log");
+            }
         }
         self.file_len = 0;
     }
+
+    /// Waits for the previous rotation's helper thread: it may still be
+    /// compressing `.1`, which the next rotation renames.
+    fn wait_rotation(&mut self) {
+        if let Some(job) = self.rotation_job.take() {
+            if job.join().is_err() {
+                tracing::warn!(path = %self.path.display(), "log rotation helper panicked");
+            }
+        }
+    }
+
+    /// The last `n` lines of the files: the newest rotated one (inflated
+    /// whole if compressed: one file's worth at most) and the current one.
+    fn file_lines(&self, n: usize) -> io::Result<Vec<Vec<u8>>> {
+        match retention::newest_rotated(&self.path) {
+            Some((gz_path, true)) => {
+                let mut lines = tailfile::last_lines(&[&self.path], n)?;
+                if lines.len() < n {
+                    let bytes =
+                        retention::read_gz(&gz_path, self.retention.max_file_bytes.saturating_mul(2).max(64 << 20))?;
+                    let mut older = tailfile::last_lines_of_bytes(&bytes, n - lines.len());
+                    older.append(&mut lines);
+                    lines = older;
+                }
+                Ok(lines)
+            }
+            Some((plain, false)) => tailfile::last_lines(&[&plain, &self.path], n),
+            None => tailfile::last_lines(&[&self.path], n),
+        }
+    }
 }
 
-pub(crate) fn rotated_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".1");
-    PathBuf::from(s)
+/// Whether the log at `path` has any file: the current one or a rotated one.
+pub(crate) fn has_files(path: &Path) -> bool {
+    path.exists() || retention::list_rotated(path).is_ok_and(|r| !r.is_empty())
 }
 
 fn remove_if_exists(path: &Path) -> io::Result<()> {

@@ -193,13 +193,19 @@ impl UnitSampler {
         let cgroup = self.cgroup_root.as_ref().map(|root| root.join(unit));
         let procs = cgroup.as_ref().and_then(|dir| fs::read_to_string(dir.join("cgroup.procs")).ok());
         if let (Some(dir), Some(procs)) = (cgroup, procs) {
-            let stats: Vec<ProcStat> = procs
-                .lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .filter_map(read_stat)
-                .filter(|s| !s.zombie)
-                .collect();
-            match cgroup_usage_usec(&dir) {
+            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            let usec = cgroup_usage_usec(&dir);
+            let current = read_u64(&dir.join("memory.current"));
+            // With the cpu and memory controllers the kernel has the totals:
+            // three reads per unit, however many processes it has (issue 15:
+            // a scrape's cost grows with units, not processes). Each
+            // process's stat only where a controller is missing.
+            if let (Some(usec), Some(memory_bytes)) = (usec, current) {
+                account.observe_cgroup(usec);
+                return UnitUsage { pids, cpu_seconds: account.seconds(self.ticks_per_second), memory_bytes };
+            }
+            let stats: Vec<ProcStat> = pids.into_iter().filter_map(read_stat).filter(|s| !s.zombie).collect();
+            match usec {
                 Some(usec) => account.observe_cgroup(usec),
                 // No cpu controller file: fall back to the processes' own times.
                 None => account.observe_processes(&stats),
@@ -208,7 +214,7 @@ impl UnitSampler {
             return UnitUsage {
                 pids: stats.iter().map(|s| s.pid).collect(),
                 cpu_seconds: account.seconds(self.ticks_per_second),
-                memory_bytes: read_u64(&dir.join("memory.current")).unwrap_or(rss),
+                memory_bytes: current.unwrap_or(rss),
             };
         }
         let stats = main_pid.map(descendants).unwrap_or_default();

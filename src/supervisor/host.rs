@@ -309,6 +309,12 @@ fn resolve_user(unit: &Unit) -> Result<Identity, String> {
 
 impl ProcessControl for HostProcesses {
     fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, OsError> {
+        let retention = crate::logs::RetentionOverride {
+            max_file_bytes: unit.service.log_max_file_size,
+            max_files: unit.service.log_max_files,
+            compress: unit.service.log_compress,
+        };
+        self.logs.set_retention(&unit.name, &retention);
         self.logs.begin_run(&unit.name, fresh).map_err(|e| OsError::io("log file", e))?;
         // Assert*= (issue 14): unlike a condition, one that does not hold fails the start.
         if let Some(why) = unit.checks.failed_assert() {

@@ -182,7 +182,13 @@ impl PidRecord {
 
     pub fn add(&mut self, unit: &str, pid: i32) {
         if let Some(t) = Tracked::of(pid) {
-            self.units.entry(unit.to_string()).or_default().push(t);
+            let list = self.units.entry(unit.to_string()).or_default();
+            // Only this unit's earlier pids (an ExecStartPre= that exited) are
+            // checked: re-checking every unit's pids on each spawn made
+            // starting N units cost N² /proc reads (issue 15, start 100).
+            // Other units' dead pids go when their run ends (`end`).
+            list.retain(Tracked::alive);
+            list.push(t);
             self.dirty = true;
         }
     }
@@ -201,9 +207,6 @@ impl PidRecord {
     }
 
     fn save(&mut self) {
-        for list in self.units.values_mut() {
-            list.retain(Tracked::alive);
-        }
         self.units.retain(|_, list| !list.is_empty());
         let mut text = String::new();
         for (unit, list) in &self.units {

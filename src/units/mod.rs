@@ -245,6 +245,11 @@ pub struct ServiceConfig {
     pub ready_check: ReadyCheck,
     /// systemd.exec(5) and resource-control keys beyond the ones above (issue 14).
     pub exec: ExecConfig,
+    /// LogMaxFileSize=, LogMaxFiles=, LogCompress=: this unit's log retention
+    /// (docs/operations.md); None: the global AIKORE_LOG_* setting.
+    pub log_max_file_size: Option<u64>,
+    pub log_max_files: Option<u32>,
+    pub log_compress: Option<bool>,
 }
 
 impl Default for ServiceConfig {
@@ -275,6 +280,9 @@ impl Default for ServiceConfig {
             memory_max: None,
             ready_check: ReadyCheck::Default,
             exec: ExecConfig::default(),
+            log_max_file_size: None,
+            log_max_files: None,
+            log_compress: None,
         }
     }
 }

@@ -266,8 +266,16 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
 /// Values split into words and unescaped later get their specifiers' `\` escaped.
 /// Keys whose values systemd parses as amounts, where `%` is a percentage
 /// (`CPUQuota=50%`, `MemoryMax=80%`), never a specifier.
-const PERCENT_KEYS: &[&str] =
-    &["CPUQuota", "MemoryMin", "MemoryLow", "MemoryHigh", "MemoryMax", "MemorySwapMax", "TasksMax", "ManagedOOMMemoryPressureLimit"];
+const PERCENT_KEYS: &[&str] = &[
+    "CPUQuota",
+    "MemoryMin",
+    "MemoryLow",
+    "MemoryHigh",
+    "MemoryMax",
+    "MemorySwapMax",
+    "TasksMax",
+    "ManagedOOMMemoryPressureLimit",
+];
 
 fn expand(spec: &Specifiers<'_>, entry: &Entry) -> Result<String, String> {
     if PERCENT_KEYS.contains(&entry.key.as_str()) {
@@ -625,6 +633,24 @@ impl<'a> Resolver<'a> {
                 Ok(None) => {}
                 Err(e) => self.error(entry.line, format!("invalid {k}={}: {e}", entry.value)),
             },
+            // Log retention (aikore's own keys): empty resets to the global setting.
+            "LogMaxFileSize" => {
+                if let Some(m) = self.value(entry, parse_log_size) {
+                    svc.log_max_file_size = m;
+                }
+            }
+            "LogMaxFiles" => {
+                if let Some(n) = self.value(entry, parse_log_files) {
+                    svc.log_max_files = n;
+                }
+            }
+            "LogCompress" => {
+                if entry.value.trim().is_empty() {
+                    svc.log_compress = None;
+                } else if let Some(b) = self.value(entry, parse_bool) {
+                    svc.log_compress = Some(b);
+                }
+            }
             _ => self.error(entry.line, format!("{}= is not handled in [Service]", entry.key)),
         }
     }
@@ -856,6 +882,27 @@ pub(crate) fn parse_memory_max(v: &str) -> Result<Option<u64>, String> {
     let err = || format!("'{v}' is not a size (bytes with an optional K, M, G or T suffix, or infinity)");
     let n: u64 = digits.trim().parse().map_err(|_| err())?;
     n.checked_mul(1u64 << shift).filter(|b| *b > 0).map(Some).ok_or_else(err)
+}
+
+/// LogMaxFileSize=: a size as for MemoryMax= (`infinity`: never rotate by
+/// size); empty: the global setting.
+fn parse_log_size(v: &str) -> Result<Option<u64>, String> {
+    if v.trim().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(parse_memory_max(v)?.unwrap_or(u64::MAX)))
+}
+
+/// LogMaxFiles=: files kept, the current one included (1 to 100, the log
+/// module's bound); empty: the global setting.
+fn parse_log_files(v: &str) -> Result<Option<u32>, String> {
+    match v.trim() {
+        "" => Ok(None),
+        t => match t.parse::<u32>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(Some(n)),
+            _ => Err(format!("'{t}' is not a file count from 1 to 100")),
+        },
+    }
 }
 
 fn parse_port_number(v: &str) -> Result<u16, String> {

