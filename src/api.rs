@@ -200,6 +200,95 @@ pub struct InstanceActionReply {
     pub status: ShownStatus,
 }
 
+/// `GET /api/v1/units/{name}/file` (`aikore cat`): the file a unit was read
+/// from (its template's for an instance of one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitFile {
+    pub unit: String,
+    pub path: String,
+    pub text: String,
+}
+
+/// `GET /api/v1/units/{name}/properties` (`aikore show`): `[key, value]`
+/// pairs in systemd's order and names where they exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitProperties {
+    pub unit: String,
+    pub properties: Vec<(String, String)>,
+}
+
+/// `GET /api/v1/units/{name}/dependencies` (`aikore list-dependencies`): a
+/// unit and what it pulls in, recursively (`units::DependencyNode` on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependencyTree {
+    pub name: String,
+    /// The key of the parent that names this unit (`Requires`, `Wants`, ...); empty at the root.
+    pub via: String,
+    /// False when no unit of that name is loaded.
+    pub loaded: bool,
+    pub children: Vec<DependencyTree>,
+}
+
+impl From<crate::units::DependencyNode> for DependencyTree {
+    fn from(node: crate::units::DependencyNode) -> DependencyTree {
+        DependencyTree {
+            name: node.name,
+            via: node.via.to_string(),
+            loaded: node.loaded,
+            children: node.children.into_iter().map(DependencyTree::from).collect(),
+        }
+    }
+}
+
+/// One process of a unit: its parent (to draw the tree) and its command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    /// The command line, or `[comm]` when it has none; control characters removed.
+    pub command: String,
+}
+
+/// `GET /api/v1/units/{name}/processes` (`aikore status NAME`): the unit's
+/// live processes and what they use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitProcesses {
+    pub unit: String,
+    pub main_pid: Option<i32>,
+    /// How many processes the unit has (0: nothing runs).
+    pub tasks: usize,
+    /// CPU time of all of them; None without the metrics sampler.
+    pub cpu_seconds: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// `POST /api/v1/units/{name}/kill?signal=S` (`aikore kill`): who got the signal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillReply {
+    pub unit: String,
+    /// The signal's number.
+    pub signal: i32,
+    /// The processes it was delivered to (empty: nothing ran).
+    pub pids: Vec<i32>,
+}
+
+/// `POST /api/v1/units/{name}/reset-failed`: the unit's status after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetFailedReply {
+    pub unit: String,
+    pub status: Status,
+}
+
+/// `POST /api/v1/units/{name}/enable` and `/disable`: the links made or
+/// removed, as systemctl prints them (`Created symlink ...`, `Removed ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallChanges {
+    pub unit: String,
+    pub enabled: bool,
+    pub changes: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
