@@ -3,7 +3,7 @@
 //! NGINX unit), and requests sent through `router().oneshot(...)` with no
 //! socket, beside the over-TCP tests of `tests/api.rs`.
 //!
-//! Every endpoint the CLI reads is deserialized into the very `aikore::api`
+//! Every endpoint the CLI reads (`src/cli.rs`, `src/cli/systemctl.rs`) is deserialized into the very `aikore::api`
 //! type the CLI uses, then serialized back and compared with what the server
 //! sent: a field renamed, retyped or dropped on either side fails here.
 
@@ -11,8 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use aikore::api::{
-    DependencyTree, ErrorBody, Health, InstallChanges, KillReply, LogLine, ReloadReport, ResetFailedReply, Status,
-    UnitActionReply, UnitFile, UnitLogs, UnitProcesses, UnitProperties, UnitVerb, UnitView,
+    DependencyTree, ErrorBody, Health, InstallChanges, InstanceView, KillReply, LogLine, PortSetting, ReloadReport,
+    ResetFailedReply, ShownStatus, Status, UnitActionReply, UnitFile, UnitLogs, UnitProcesses, UnitProperties,
+    UnitVerb, UnitView,
 };
 use aikore::config::{Knobs, Settings};
 use aikore::daemon::Daemon;
@@ -68,12 +69,23 @@ async fn boot(units: &[(&str, &str)]) -> InProcess {
 
 impl InProcess {
     async fn call(&self, method: Method, path: &str) -> (StatusCode, serde_json::Value) {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {}", self.token))
-            .body(Body::empty())
-            .unwrap();
+        self.call_with(method, path, None).await
+    }
+
+    /// A request with a JSON body (`None`: no body).
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let builder =
+            Request::builder().method(method).uri(path).header("authorization", format!("Bearer {}", self.token));
+        let request = match json {
+            Some(json) => builder.header("content-type", "application/json").body(Body::from(json.to_string())),
+            None => builder.body(Body::empty()),
+        }
+        .unwrap();
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
@@ -232,6 +244,22 @@ async fn every_endpoint_the_cli_reads_round_trips_through_the_api_types() {
     let disabled: InstallChanges = d.typed(Method::POST, "/api/v1/units/boot/disable").await;
     assert!(!disabled.enabled && disabled.changes.iter().any(|c| c.starts_with("Removed ")), "{disabled:?}");
 
+    // `--wait` on an instance follows its overlay through the instance view.
+    let (status, body) = d
+        .call_with(
+            Method::POST,
+            "/api/v1/instances",
+            Some(serde_json::json!({ "name": "inst", "blueprint": "test-http", "port": 29050 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let created: InstanceView = round_trip("POST /api/v1/instances", body);
+    let inst: InstanceView = d.typed(Method::GET, "/api/v1/instances/inst").await;
+    assert_eq!(inst, created);
+    assert_eq!((inst.port, inst.status), (PortSetting::Fixed(29050), ShownStatus::Unit(Status::Stopped)));
+    let all: Vec<InstanceView> = d.typed(Method::GET, "/api/v1/instances").await;
+    assert_eq!(all.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["inst"]);
+
     assert_eq!(d.stop().await, aikore::daemon::exit_code::CLEAN);
 }
 
@@ -263,6 +291,9 @@ async fn bad_requests_get_a_json_4xx_the_cli_can_read() {
         (Method::POST, "/api/v1/units/hello/enable", StatusCode::BAD_REQUEST),
         (Method::POST, "/api/v1/units/..%2Fx/disable", StatusCode::BAD_REQUEST),
         (Method::GET, "/api/v1/units/hello/kill", StatusCode::METHOD_NOT_ALLOWED),
+        (Method::GET, "/api/v1/instances/nope", StatusCode::NOT_FOUND),
+        (Method::GET, "/api/v1/instances/hello", StatusCode::NOT_FOUND),
+        (Method::GET, "/api/v1/instances/Bad%20Name", StatusCode::BAD_REQUEST),
     ] {
         let (status, body) = d.call(method.clone(), path).await;
         assert_eq!(status, want, "{method} {path}: {body}");
