@@ -319,6 +319,31 @@ pub struct InstanceView {
     pub vram_bytes: Option<u64>,
 }
 
+/// `PATCH /api/v1/instances/{name}`: the instance after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceUpdateReply {
+    pub instance: Option<InstanceView>,
+    /// Restarted now (`?restart=true` and it ran).
+    pub restarted: bool,
+    /// The change takes effect at the next start (it runs; no `?restart=true`).
+    pub restart_pending: bool,
+}
+
+/// `GET /api/v1/instances/{name}/script`: its launch.sh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceScript {
+    pub instance: String,
+    pub content: String,
+}
+
+/// `PUT /api/v1/instances/{name}/script`: saved; whether a restart is still owed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptSaved {
+    pub instance: String,
+    pub saved: bool,
+    pub restart_pending: bool,
+}
+
 /// `GET /api/v1/units/{name}/file` (`aikore cat`): the file a unit was read
 /// from (its template's for an instance of one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

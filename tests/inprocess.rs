@@ -11,9 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use aikore::api::{
-    DependencyTree, ErrorBody, Health, InstallChanges, InstanceView, KillReply, LogLine, PortSetting, ReloadReport,
-    ResetFailedReply, ShownStatus, Status, UnitActionReply, UnitFile, UnitLogs, UnitProcesses, UnitProperties,
-    UnitVerb, UnitView,
+    DependencyTree, ErrorBody, Health, InstallChanges, InstanceScript, InstanceUpdateReply, InstanceView, KillReply,
+    LogLine, PortSetting, ReloadReport, ResetFailedReply, ScriptSaved, ShownStatus, Status, UnitActionReply, UnitFile,
+    UnitLogs, UnitProcesses, UnitProperties, UnitVerb, UnitView,
 };
 use aikore::config::{Knobs, Settings};
 use aikore::daemon::Daemon;
@@ -259,6 +259,24 @@ async fn every_endpoint_the_cli_reads_round_trips_through_the_api_types() {
     assert_eq!((inst.port, inst.status), (PortSetting::Fixed(29050), ShownStatus::Unit(Status::Stopped)));
     let all: Vec<InstanceView> = d.typed(Method::GET, "/api/v1/instances").await;
     assert_eq!(all.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["inst"]);
+    // The dashboard's other instance bodies share the model.
+    let (status, body) =
+        d.call_with(Method::PATCH, "/api/v1/instances/inst", Some(serde_json::json!({ "description": "typed" }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let changed: InstanceUpdateReply = round_trip("PATCH /api/v1/instances/inst", body);
+    assert_eq!(changed.instance.map(|i| i.description), Some("typed".to_string()));
+    assert!(!changed.restarted && !changed.restart_pending, "stopped: nothing to restart");
+    let script: InstanceScript = d.typed(Method::GET, "/api/v1/instances/inst/script").await;
+    assert!(script.content.starts_with("#!"), "{script:?}");
+    let content = format!("{}\n# edited\n", script.content);
+    let (status, body) = d
+        .call_with(Method::PUT, "/api/v1/instances/inst/script", Some(serde_json::json!({ "content": content })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let saved: ScriptSaved = round_trip("PUT /api/v1/instances/inst/script", body);
+    assert!(saved.saved && !saved.restart_pending, "{saved:?}");
+    let script: InstanceScript = d.typed(Method::GET, "/api/v1/instances/inst/script").await;
+    assert_eq!(script.content, content);
 
     assert_eq!(d.stop().await, aikore::daemon::exit_code::CLEAN);
 }

@@ -13,7 +13,8 @@ use super::api::checked_name;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::api::{
-    Action, AutoPort, EnvName, InstallPhase, InstanceActionReply, InstanceView, PortSetting, ShownStatus, Slot,
+    Action, AutoPort, EnvName, InstallPhase, InstanceActionReply, InstanceScript, InstanceUpdateReply, InstanceView,
+    PortSetting, ScriptSaved, ShownStatus, Slot,
 };
 use crate::instances::{
     app_url_of, direct_port_of, url_of, vnc_url_of, InstanceChanges, InstanceManager, InstanceSpec,
@@ -306,17 +307,17 @@ async fn update(
     Path(name): Path<String>,
     query: Result<Query<RestartQuery>, QueryRejection>,
     body: Result<Json<InstanceInput>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<InstanceUpdateReply>> {
     let name = checked_name(&name)?;
     let restart = query?.restart.unwrap_or(false);
     let (changes, _) = body?.0.changes()?;
     let outcome = state.instances.update(name, changes, restart, &state.logs).await?;
     let unit = state.instances.instance(&outcome.name).await?;
-    Ok(Json(serde_json::json!({
-        "instance": view_for(&state, &headers, &unit),
-        "restarted": outcome.restarted,
-        "restart_pending": outcome.restart_pending,
-    })))
+    Ok(Json(InstanceUpdateReply {
+        instance: view_for(&state, &headers, &unit),
+        restarted: outcome.restarted,
+        restart_pending: outcome.restart_pending,
+    }))
 }
 
 async fn delete(
@@ -357,10 +358,10 @@ struct ScriptInput {
     content: String,
 }
 
-async fn script(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn script(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<InstanceScript>> {
     let name = checked_name(&name)?;
     let content = state.instances.script(name).await?;
-    Ok(Json(serde_json::json!({ "instance": name, "content": content })))
+    Ok(Json(InstanceScript { instance: name.to_string(), content }))
 }
 
 async fn set_script(
@@ -368,12 +369,12 @@ async fn set_script(
     Path(name): Path<String>,
     query: Result<Query<RestartQuery>, QueryRejection>,
     body: Result<Json<ScriptInput>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ScriptSaved>> {
     let name = checked_name(&name)?;
     let restart = query?.restart.unwrap_or(false);
     let content = body?.0.content;
     let pending = state.instances.set_script(name, &content, restart).await?;
-    Ok(Json(serde_json::json!({ "instance": name, "saved": true, "restart_pending": pending })))
+    Ok(Json(ScriptSaved { instance: name.to_string(), saved: true, restart_pending: pending }))
 }
 
 async fn blueprints(State(state): State<AppState>) -> Json<Vec<crate::instances::blueprints::Blueprint>> {
