@@ -135,10 +135,10 @@ fn restart_wait_waits_for_the_drain_and_the_new_run() {
     let unit = d.unit("rq");
     assert_eq!(unit["status"], "started", "{unit}");
     assert!(unit["pid"].as_i64().is_some_and(|p| p != old_pid), "still the old run {old_pid}: {unit}");
-    // The old run's log (a restart begins a fresh file, the last one is `.log.1`): its queue ran out first.
+    // The old run's log (a restart begins a fresh file, the last one is `.log.1`): its queue ran out
+    // first. (Its very last line may land in the new file: the old pipe is read out after the switch.)
     let old = std::fs::read_to_string(d.data_dir.join("logs/rq.log.1")).unwrap_or_default();
     assert_eq!(old.matches(" done").count(), 2, "{old}");
-    assert!(old.lines().any(|l| l.contains("terminated with 0")), "{old}");
     assert_eq!(instance(&d, "rq")["status"], "started");
 }
 
@@ -197,8 +197,8 @@ fn idle_instances_stop_never_while_a_websocket_is_open_or_a_job_runs_and_wake_on
     queue_instance(&d, "idle", json!({ "QUEUE_JOBS": "1", "JOB_SEC": "6" }), "IdleStopSec=2\n");
     started(&d, "idle");
     assert_eq!(instance(&d, "idle")["idle_stop_sec"], 2);
-    let (code, _, body) = app_get(&d, "/app/idle/", "text/html");
-    assert_eq!(code, 200, "{body}");
+    // NGINX's route follows the start (a render and a reload): until then the apps origin says 404.
+    d.wait_until("NGINX to serve /app/idle/", |d| app_get(d, "/app/idle/", "text/html").0 == 200);
 
     // A job runs for 6 s: no idle stop before it is done.
     d.wait_until("idle to be idle-stopped", |d| instance(d, "idle")["status"] == "idle-stopped");
