@@ -6,6 +6,8 @@
 //! Layer 3: it names the supervisor's `Status`, the unit kind, the failure
 //! class and a log line as they are, so a status never gets a second spelling.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::failure::Failure;
@@ -13,7 +15,7 @@ pub use crate::logs::LogLine;
 pub use crate::supervisor::reload::ReloadReport;
 pub use crate::supervisor::Status;
 pub use crate::units::{EnvName, UnitKind};
-pub use crate::urls::Slot;
+pub use crate::urls::{ProxyMode, Slot};
 
 use crate::supervisor::{CommandError, SupervisorHandle, UnitSnapshot};
 
@@ -174,12 +176,25 @@ pub enum ShownStatus {
     Overlay(String),
 }
 
+impl ShownStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ShownStatus::Unit(status) => status.as_str(),
+            ShownStatus::Overlay(text) => text,
+        }
+    }
+
+    /// An overlay that says the engine's status is not the end of the
+    /// request yet: a stop or restart waits for the queue (`draining`), a
+    /// start for its install phase (`installing`).
+    pub fn is_in_progress(&self) -> bool {
+        matches!(self, ShownStatus::Overlay(text) if text == "draining" || text == "installing")
+    }
+}
+
 impl std::fmt::Display for ShownStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ShownStatus::Unit(status) => write!(f, "{status}"),
-            ShownStatus::Overlay(text) => f.write_str(text),
-        }
+        f.write_str(self.as_str())
     }
 }
 
@@ -198,6 +213,224 @@ pub struct InstanceActionReply {
     /// `start`, `stop`, `restart`, `rebuild`, `reinstall` or `update`.
     pub action: String,
     pub status: ShownStatus,
+}
+
+/// An instance's `Port=`: `"auto"` (leased from the port range) or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortSetting {
+    Auto(AutoPort),
+    Fixed(u16),
+}
+
+impl std::fmt::Display for PortSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortSetting::Auto(_) => f.write_str("auto"),
+            PortSetting::Fixed(port) => write!(f, "{port}"),
+        }
+    }
+}
+
+/// The word `auto` (a separate type so [`PortSetting`] serializes as the bare word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoPort {
+    Auto,
+}
+
+/// What aikore knows of an instance's install phase, from its current or last run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallPhase {
+    /// `installing`, `done`, `skipped` (stamp unchanged), `failed` (the run
+    /// ended during it) or `interrupted` (stopped during it).
+    pub state: String,
+    /// The step running (or last run), 1-based; 0 before the first.
+    pub step: u32,
+    pub steps: u32,
+    /// The step's name, as the blueprint gave it.
+    pub name: String,
+    /// The last pip or git progress line of the step.
+    pub activity: Option<String>,
+    /// The app version (release tag or pinned ref) being or last installed.
+    pub version: Option<String>,
+}
+
+/// `GET /api/v1/instances` (a list) and `/api/v1/instances/{name}`: an
+/// instance's settings and state, its overlay included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub name: String,
+    pub kind: UnitKind,
+    pub description: String,
+    pub blueprint: String,
+    pub gpus: String,
+    pub port: PortSetting,
+    /// The port the current or last run used (an `auto` lease once started).
+    pub current_port: Option<u16>,
+    pub autostart: bool,
+    pub active_slot: Option<String>,
+    pub persistent_mode: bool,
+    /// Served without login (part of the definition: `Public=`).
+    pub public: bool,
+    pub stall_after_sec: u64,
+    pub output_dir: Option<String>,
+    pub environment: BTreeMap<String, String>,
+    /// The engine's status, or `draining` / `idle-stopped` / `installing` /
+    /// `failed` laid over it (docs/operations.md).
+    pub status: ShownStatus,
+    pub detail: Option<String>,
+    /// The install phase of the current or last run (blueprints with `run_install`).
+    pub install: Option<InstallPhase>,
+    /// The app version installed (or being installed): a release tag or a pinned ref.
+    pub app_version: Option<String>,
+    /// `IdleStopSec=` in seconds (none: never stopped for being idle).
+    pub idle_stop_sec: Option<u64>,
+    /// `DrainCheck=` as written in the unit (none: the blueprint's `# aikore.drain`, if any).
+    pub drain_check: Option<String>,
+    /// Why the last run ended badly: `{class, line, hint}` (docs/operations.md).
+    pub failure: Option<Failure>,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub since: i64,
+    /// The seq of the unit's latest event: the dashboard drops any live
+    /// state with a seq <= the one it shows.
+    pub seq: u64,
+    /// Where a browser opens it, a full URL on the apps origin (docs/security.md):
+    /// `vnc_url` for a persistent instance, else `app_url`.
+    pub url: String,
+    /// The app itself behind NGINX (`<apps origin>/app/<name>/` or `/comfyui/`;
+    /// `http(s)://<host>:<direct_port>/` for a `port` instance).
+    pub app_url: String,
+    /// Persistent mode: noVNC on its display (remote resize, autoconnect).
+    pub vnc_url: Option<String>,
+    /// `subpath` (behind NGINX at `/app/<name>/`) or `port` (NGINX on its
+    /// own port, behind the same login; `url` and `app_url` point there).
+    pub proxy: ProxyMode,
+    /// For `port` instances: the port to open on the same host.
+    pub direct_port: Option<u16>,
+    /// Things the user should know but that do not stop the instance
+    /// (a GPU id NVML does not report).
+    pub warnings: Vec<String>,
+    /// The GPU indices the current (or last) run was given: `GPUs=auto`'s
+    /// choice, or the pinned list resolved; None when none was placed.
+    pub placed_gpus: Option<Vec<u32>>,
+    /// VRAM its processes use, over all GPUs, as last measured (None: not measured).
+    pub vram_bytes: Option<u64>,
+}
+
+/// `PATCH /api/v1/instances/{name}`: the instance after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceUpdateReply {
+    pub instance: Option<InstanceView>,
+    /// Restarted now (`?restart=true` and it ran).
+    pub restarted: bool,
+    /// The change takes effect at the next start (it runs; no `?restart=true`).
+    pub restart_pending: bool,
+}
+
+/// `GET /api/v1/instances/{name}/script`: its launch.sh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceScript {
+    pub instance: String,
+    pub content: String,
+}
+
+/// `PUT /api/v1/instances/{name}/script`: saved; whether a restart is still owed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptSaved {
+    pub instance: String,
+    pub saved: bool,
+    pub restart_pending: bool,
+}
+
+/// `GET /api/v1/units/{name}/file` (`aikore cat`): the file a unit was read
+/// from (its template's for an instance of one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitFile {
+    pub unit: String,
+    pub path: String,
+    pub text: String,
+}
+
+/// `GET /api/v1/units/{name}/properties` (`aikore show`): `[key, value]`
+/// pairs in systemd's order and names where they exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitProperties {
+    pub unit: String,
+    pub properties: Vec<(String, String)>,
+}
+
+/// `GET /api/v1/units/{name}/dependencies` (`aikore list-dependencies`): a
+/// unit and what it pulls in, recursively (`units::DependencyNode` on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependencyTree {
+    pub name: String,
+    /// The key of the parent that names this unit (`Requires`, `Wants`, ...); empty at the root.
+    pub via: String,
+    /// False when no unit of that name is loaded.
+    pub loaded: bool,
+    pub children: Vec<DependencyTree>,
+}
+
+impl From<crate::units::DependencyNode> for DependencyTree {
+    fn from(node: crate::units::DependencyNode) -> DependencyTree {
+        DependencyTree {
+            name: node.name,
+            via: node.via.to_string(),
+            loaded: node.loaded,
+            children: node.children.into_iter().map(DependencyTree::from).collect(),
+        }
+    }
+}
+
+/// One process of a unit: its parent (to draw the tree) and its command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    /// The command line, or `[comm]` when it has none; control characters removed.
+    pub command: String,
+}
+
+/// `GET /api/v1/units/{name}/processes` (`aikore status NAME`): the unit's
+/// live processes and what they use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitProcesses {
+    pub unit: String,
+    pub main_pid: Option<i32>,
+    /// How many processes the unit has (0: nothing runs).
+    pub tasks: usize,
+    /// CPU time of all of them; None without the metrics sampler.
+    pub cpu_seconds: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// `POST /api/v1/units/{name}/kill?signal=S` (`aikore kill`): who got the signal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillReply {
+    pub unit: String,
+    /// The signal's number.
+    pub signal: i32,
+    /// The processes it was delivered to (empty: nothing ran).
+    pub pids: Vec<i32>,
+}
+
+/// `POST /api/v1/units/{name}/reset-failed`: the unit's status after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetFailedReply {
+    pub unit: String,
+    pub status: Status,
+}
+
+/// `POST /api/v1/units/{name}/enable` and `/disable`: the links made or
+/// removed, as systemctl prints them (`Created symlink ...`, `Removed ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallChanges {
+    pub unit: String,
+    pub enabled: bool,
+    pub changes: Vec<String>,
 }
 
 #[cfg(test)]

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::api::{Action, ErrorBody, LogLine, ReloadReport, Status, UnitActionReply, UnitLogs, UnitView};
+use crate::api::{
+    Action, ErrorBody, InstanceView, LogLine, ReloadReport, ShownStatus, Status, UnitActionReply, UnitKind, UnitLogs,
+    UnitView,
+};
 use crate::config::{self, Settings};
 
 mod systemctl;
@@ -452,9 +455,19 @@ pub fn run_client(url: &str, data_dir: &std::path::Path, command: Command) -> i3
 const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn action(client: &Client, name: &str, action: Action, wait: WaitArgs) -> Result<(), Failure> {
+    // A restart is over only once a new run is up: the run before the request
+    // is told apart by its pid and start time (a draining instance keeps it
+    // running, `started`, until its queue is empty).
+    let before = match (wait.wait, action) {
+        (true, Action::Restart) => Some(Run::of(&client.json::<UnitView>("GET", &unit_api(name))?)),
+        _ => None,
+    };
     let reply: UnitActionReply = client.json("POST", &format!("/api/v1/units/{}/{action}", encode(name)))?;
     if wait.wait {
-        return wait_for(client, name, action, wait.timeout);
+        if reply.status.is_in_progress() {
+            println!("{name}: {}", reply.status);
+        }
+        return wait_for(client, name, action, wait.timeout, before);
     }
     // The status right after the request: a restart is "stopping" at that
     // moment, which reads like the opposite of what was asked.
@@ -465,6 +478,23 @@ fn action(client: &Client, name: &str, action: Action, wait: WaitArgs) -> Result
     Ok(())
 }
 
+fn unit_api(name: &str) -> String {
+    format!("/api/v1/units/{}", encode(name))
+}
+
+/// Which run of a unit a view shows: a restart is done when it is another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    pid: Option<i32>,
+    started: Option<i64>,
+}
+
+impl Run {
+    fn of(u: &UnitView) -> Run {
+        Run { pid: u.pid, started: u.started }
+    }
+}
+
 /// What `--wait` makes of a status: keep waiting, done, or failed.
 #[derive(Debug, PartialEq, Eq)]
 enum WaitOutcome {
@@ -473,39 +503,64 @@ enum WaitOutcome {
     Failed,
 }
 
-fn wait_outcome(action: Action, status: Status) -> WaitOutcome {
+/// `status` is the engine's; `overlay` what an instance's operations lay
+/// over it (`draining`, `installing`, an install's `failed`); `old_run`:
+/// the unit still shows the run from before a restart.
+fn wait_outcome(action: Action, status: Status, overlay: Option<&ShownStatus>, old_run: bool) -> WaitOutcome {
+    if overlay.is_some_and(|o| o.as_str() == Status::Failed.as_str()) {
+        return WaitOutcome::Failed;
+    }
     match status {
         Status::Error | Status::Failed => WaitOutcome::Failed,
-        s if s == action.goal() => WaitOutcome::Done,
+        // A drain still holds the stop or restart, or the install runs: not there yet.
+        _ if overlay.is_some_and(ShownStatus::is_in_progress) => WaitOutcome::Pending,
+        s if s == action.goal() && !old_run => WaitOutcome::Done,
         // Asked to start and it ended by itself with no error: not running.
-        Status::Stopped => WaitOutcome::Failed,
+        Status::Stopped if action != Action::Stop => WaitOutcome::Failed,
         _ => WaitOutcome::Pending,
     }
 }
 
-/// Polls the unit until `--wait`'s goal (the request was already accepted:
-/// the status it had before the request is gone by the first poll, as the
-/// daemon answers after changing it).
-fn wait_for(client: &Client, name: &str, action: Action, timeout_secs: u64) -> Result<(), Failure> {
+/// Polls the unit (and, for an instance, its overlay) until `--wait`'s goal
+/// (the request was already accepted: the status it had before the request
+/// is gone by the first poll, as the daemon answers after changing it; a
+/// restart's old run is told apart by `before`).
+fn wait_for(
+    client: &Client,
+    name: &str,
+    action: Action,
+    timeout_secs: u64,
+    before: Option<Run>,
+) -> Result<(), Failure> {
     let deadline = (timeout_secs > 0).then(|| std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs));
     loop {
-        let u: UnitView = client.json("GET", &format!("/api/v1/units/{}", encode(name)))?;
+        let u: UnitView = client.json("GET", &unit_api(name))?;
+        let instance = match u.kind {
+            UnitKind::Instance => {
+                Some(client.json::<InstanceView>("GET", &format!("/api/v1/instances/{}", encode(name)))?)
+            }
+            UnitKind::Service => None,
+        };
+        let overlay = instance.as_ref().map(|i| &i.status).filter(|s| matches!(s, ShownStatus::Overlay(_)));
         let status = u.status;
-        match wait_outcome(action, status) {
+        let old_run = before.is_some_and(|b| b == Run::of(&u));
+        let shown = overlay.map_or_else(|| status.to_string(), ShownStatus::to_string);
+        match wait_outcome(action, status, overlay, old_run) {
             WaitOutcome::Done => {
                 println!("{name}: {status}");
                 return Ok(());
             }
             WaitOutcome::Failed => {
-                let why = u.detail.or(u.last_exit).unwrap_or_else(|| "no reason given".into());
-                return Err(Failure::Api { status: 0, message: format!("{name}: {status}: {why}") });
+                let detail = overlay.and(instance.as_ref()).and_then(|i| i.detail.clone());
+                let why = detail.or(u.detail).or(u.last_exit).unwrap_or_else(|| "no reason given".into());
+                return Err(Failure::Api { status: 0, message: format!("{name}: {shown}: {why}") });
             }
             WaitOutcome::Pending => {}
         }
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             return Err(Failure::Api {
                 status: 0,
-                message: format!("{name}: still {status} after {timeout_secs}s; giving up waiting"),
+                message: format!("{name}: still {shown} after {timeout_secs}s; giving up waiting"),
             });
         }
         std::thread::sleep(WAIT_POLL);
@@ -531,16 +586,36 @@ mod tests {
     #[test]
     fn wait_ends_on_the_goal_or_a_failure() {
         use Action::*;
-        assert_eq!(wait_outcome(Start, Status::Starting), WaitOutcome::Pending);
-        assert_eq!(wait_outcome(Start, Status::Restarting), WaitOutcome::Pending);
-        assert_eq!(wait_outcome(Start, Status::Started), WaitOutcome::Done);
-        assert_eq!(wait_outcome(Start, Status::Error), WaitOutcome::Failed);
-        assert_eq!(wait_outcome(Start, Status::Stopped), WaitOutcome::Failed);
-        assert_eq!(wait_outcome(Restart, Status::Stopping), WaitOutcome::Pending);
-        assert_eq!(wait_outcome(Restart, Status::Failed), WaitOutcome::Failed);
-        assert_eq!(wait_outcome(Stop, Status::Stopping), WaitOutcome::Pending);
-        assert_eq!(wait_outcome(Stop, Status::Stopped), WaitOutcome::Done);
-        assert_eq!(wait_outcome(Stop, Status::Error), WaitOutcome::Failed);
+        let plain = |action, status| wait_outcome(action, status, None, false);
+        assert_eq!(plain(Start, Status::Starting), WaitOutcome::Pending);
+        assert_eq!(plain(Start, Status::Restarting), WaitOutcome::Pending);
+        assert_eq!(plain(Start, Status::Started), WaitOutcome::Done);
+        assert_eq!(plain(Start, Status::Error), WaitOutcome::Failed);
+        assert_eq!(plain(Start, Status::Stopped), WaitOutcome::Failed);
+        assert_eq!(plain(Restart, Status::Stopping), WaitOutcome::Pending);
+        assert_eq!(plain(Restart, Status::Failed), WaitOutcome::Failed);
+        assert_eq!(plain(Stop, Status::Stopping), WaitOutcome::Pending);
+        assert_eq!(plain(Stop, Status::Stopped), WaitOutcome::Done);
+        assert_eq!(plain(Stop, Status::Error), WaitOutcome::Failed);
+    }
+
+    /// `restart --wait` of a draining instance: `started` is the goal, but
+    /// the run that shows it is the old one until the queue is empty.
+    #[test]
+    fn wait_follows_an_instances_drain_and_a_restarts_new_run() {
+        use Action::*;
+        let draining = ShownStatus::Overlay("draining".into());
+        assert_eq!(wait_outcome(Restart, Status::Started, Some(&draining), true), WaitOutcome::Pending);
+        // The drain is over, the engine has not taken the restart yet: still the old run.
+        assert_eq!(wait_outcome(Restart, Status::Started, None, true), WaitOutcome::Pending);
+        assert_eq!(wait_outcome(Restart, Status::Started, None, false), WaitOutcome::Done);
+        assert_eq!(wait_outcome(Stop, Status::Started, Some(&draining), false), WaitOutcome::Pending);
+        let installing = ShownStatus::Overlay("installing".into());
+        assert_eq!(wait_outcome(Start, Status::Starting, Some(&installing), false), WaitOutcome::Pending);
+        let install_failed = ShownStatus::Overlay("failed".into());
+        assert_eq!(wait_outcome(Start, Status::Starting, Some(&install_failed), false), WaitOutcome::Failed);
+        let idle = ShownStatus::Overlay("idle-stopped".into());
+        assert_eq!(wait_outcome(Stop, Status::Stopped, Some(&idle), false), WaitOutcome::Done);
     }
 
     #[test]

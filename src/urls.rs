@@ -50,7 +50,7 @@ impl From<Slot> for String {
 pub const COMFYUI_PATH: &str = "/comfyui/";
 
 /// How an instance is reached, from its blueprint's `# aikore.proxy = ...`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyMode {
     /// Behind NGINX at `/app/<name>/` (the default).

@@ -117,6 +117,31 @@ fn a_start_during_the_drain_keeps_it_running_and_an_empty_queue_stops_at_once() 
     assert!(!d.unit_output("busy").contains("terminated"), "{}", d.unit_output("busy"));
 }
 
+/// Regression: `restart --wait` of a draining instance returned at once,
+/// since its old run still shows `started`, the restart's goal. It follows
+/// the overlay (`draining`) and returns once a new run is up.
+#[test]
+fn restart_wait_waits_for_the_drain_and_the_new_run() {
+    let d = Daemon::start(&[]);
+    queue_blueprint(&d);
+    queue_instance(&d, "rq", json!({ "QUEUE_JOBS": "2", "JOB_SEC": "1.5" }), "");
+    started(&d, "rq");
+    let old_pid = d.unit("rq")["pid"].as_i64().expect("a running pid");
+    let restarted = d.cli(&["restart", "rq", "--wait", "--timeout", "120"]);
+    let stdout = String::from_utf8_lossy(&restarted.stdout).to_string();
+    assert_eq!(restarted.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&restarted.stderr));
+    assert!(stdout.starts_with("rq: draining\n") && stdout.ends_with("rq: started\n"), "{stdout}");
+    // When the CLI returns, the old run has drained and ended, and a new one runs.
+    let unit = d.unit("rq");
+    assert_eq!(unit["status"], "started", "{unit}");
+    assert!(unit["pid"].as_i64().is_some_and(|p| p != old_pid), "still the old run {old_pid}: {unit}");
+    // The old run's log (a restart begins a fresh file, the last one is `.log.1`): its queue ran out
+    // first. (Its very last line may land in the new file: the old pipe is read out after the switch.)
+    let old = std::fs::read_to_string(d.data_dir.join("logs/rq.log.1")).unwrap_or_default();
+    assert_eq!(old.matches(" done").count(), 2, "{old}");
+    assert_eq!(instance(&d, "rq")["status"], "started");
+}
+
 // ---- idle stop and wake, through NGINX ------------------------------------
 
 fn with_nginx() -> Daemon {

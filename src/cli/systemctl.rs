@@ -3,6 +3,10 @@
 //! `enable`, `disable`, and the process part of `status NAME`.
 
 use super::{encode, exit_code, report, Client, Command, Failure};
+use crate::api::{
+    DependencyTree, InstallChanges, KillReply, ProcessInfo, ResetFailedReply, Status, UnitFile, UnitProcesses,
+    UnitProperties, UnitView,
+};
 
 /// systemctl's exit code of `is-active` for a unit that is not active.
 const NOT_ACTIVE: i32 = 3;
@@ -33,17 +37,15 @@ fn unit_path(name: &str, rest: &str) -> String {
 }
 
 fn cat(client: &Client, name: &str) -> Result<(), Failure> {
-    let v = client.json::<serde_json::Value>("GET", &unit_path(name, "file"))?;
-    println!("# {}", v.get("path").and_then(|p| p.as_str()).unwrap_or(""));
-    print!("{}", v.get("text").and_then(|t| t.as_str()).unwrap_or(""));
+    let file: UnitFile = client.json("GET", &unit_path(name, "file"))?;
+    println!("# {}", file.path);
+    print!("{}", file.text);
     Ok(())
 }
 
 fn show(client: &Client, name: &str, wanted: &[String]) -> Result<(), Failure> {
-    let v = client.json::<serde_json::Value>("GET", &unit_path(name, "properties"))?;
-    for pair in v.get("properties").and_then(|p| p.as_array()).into_iter().flatten() {
-        let key = pair.get(0).and_then(|k| k.as_str()).unwrap_or("");
-        let value = pair.get(1).and_then(|k| k.as_str()).unwrap_or("");
+    let props: UnitProperties = client.json("GET", &unit_path(name, "properties"))?;
+    for (key, value) in &props.properties {
         if wanted.is_empty() || wanted.iter().any(|w| w == key) {
             println!("{key}={value}");
         }
@@ -52,31 +54,28 @@ fn show(client: &Client, name: &str, wanted: &[String]) -> Result<(), Failure> {
 }
 
 fn list_dependencies(client: &Client, name: &str) -> Result<(), Failure> {
-    let tree = client.json::<serde_json::Value>("GET", &unit_path(name, "dependencies"))?;
-    println!("{}", tree.get("name").and_then(|n| n.as_str()).unwrap_or(name));
+    let tree: DependencyTree = client.json("GET", &unit_path(name, "dependencies"))?;
+    println!("{}", tree.name);
     print_children(&tree, "");
     Ok(())
 }
 
-fn print_children(node: &serde_json::Value, indent: &str) {
-    let children = node.get("children").and_then(|c| c.as_array()).map(Vec::as_slice).unwrap_or_default();
-    for (i, child) in children.iter().enumerate() {
-        let last = i + 1 == children.len();
-        let name = child.get("name").and_then(|n| n.as_str()).unwrap_or("");
-        let via = child.get("via").and_then(|n| n.as_str()).unwrap_or("");
-        let missing = if child.get("loaded").and_then(|l| l.as_bool()) == Some(false) { ", not loaded" } else { "" };
-        println!("{indent}{}{name} ({via}{missing})", if last { "└─" } else { "├─" });
+fn print_children(node: &DependencyTree, indent: &str) {
+    for (i, child) in node.children.iter().enumerate() {
+        let last = i + 1 == node.children.len();
+        let missing = if child.loaded { "" } else { ", not loaded" };
+        println!("{indent}{}{} ({}{missing})", if last { "└─" } else { "├─" }, child.name, child.via);
         print_children(child, &format!("{indent}{}", if last { "  " } else { "│ " }));
     }
 }
 
 /// `is-active` / `is-failed`: prints the state; exit 0 when it is that.
 fn is_state(client: &Client, name: &str, active: bool) -> i32 {
-    let status = match client.json::<serde_json::Value>("GET", &format!("/api/v1/units/{}", encode(name))) {
-        Ok(v) => v.get("status").and_then(|s| s.as_str()).unwrap_or("").to_string(),
+    let unit: UnitView = match client.json("GET", &format!("/api/v1/units/{}", encode(name))) {
+        Ok(unit) => unit,
         Err(failure) => return report(failure),
     };
-    let state = crate::units::active_state_of(&status);
+    let state = crate::units::active_state_of(unit.status.as_str());
     println!("{state}");
     match (active, state) {
         (true, "active") | (false, "failed") => exit_code::OK,
@@ -86,13 +85,11 @@ fn is_state(client: &Client, name: &str, active: bool) -> i32 {
 }
 
 fn kill(client: &Client, name: &str, signal: &str) -> Result<(), Failure> {
-    let v =
-        client.json::<serde_json::Value>("POST", &format!("{}?signal={}", unit_path(name, "kill"), encode(signal)))?;
-    let pids: Vec<String> =
-        v.get("pids").and_then(|p| p.as_array()).into_iter().flatten().map(|p| p.to_string()).collect();
-    if pids.is_empty() {
+    let reply: KillReply = client.json("POST", &format!("{}?signal={}", unit_path(name, "kill"), encode(signal)))?;
+    if reply.pids.is_empty() {
         println!("{name}: no process to signal");
     } else {
+        let pids: Vec<String> = reply.pids.iter().map(i32::to_string).collect();
         println!("{name}: signal {} sent to {}", signal, pids.join(" "));
     }
     Ok(())
@@ -102,69 +99,56 @@ fn reset_failed(client: &Client, name: Option<&str>) -> Result<(), Failure> {
     let names: Vec<String> = match name {
         Some(n) => vec![n.to_string()],
         None => client
-            .json::<serde_json::Value>("GET", "/api/v1/units")?
-            .as_array()
+            .json::<Vec<UnitView>>("GET", "/api/v1/units")?
             .into_iter()
-            .flatten()
-            .filter(|u| matches!(u.get("status").and_then(|s| s.as_str()), Some("failed" | "error")))
-            .filter_map(|u| u.get("name").and_then(|n| n.as_str()).map(String::from))
+            .filter(|u| matches!(u.status, Status::Failed | Status::Error))
+            .map(|u| u.name)
             .collect(),
     };
     for n in names {
-        let v = client.json::<serde_json::Value>("POST", &unit_path(&n, "reset-failed"))?;
-        println!("{n}: {}", v.get("status").and_then(|s| s.as_str()).unwrap_or(""));
+        let reply: ResetFailedReply = client.json("POST", &unit_path(&n, "reset-failed"))?;
+        println!("{n}: {}", reply.status);
     }
     Ok(())
 }
 
 fn install(client: &Client, name: &str, verb: &str) -> Result<(), Failure> {
-    let v = client.json::<serde_json::Value>("POST", &unit_path(name, verb))?;
-    for line in v.get("changes").and_then(|c| c.as_array()).into_iter().flatten() {
-        println!("{}", line.as_str().unwrap_or(""));
+    let reply: InstallChanges = client.json("POST", &unit_path(name, verb))?;
+    for line in &reply.changes {
+        println!("{line}");
     }
     Ok(())
 }
 
 /// `status NAME`'s systemctl part: memory, CPU, tasks and the process tree.
 pub(super) fn print_processes(client: &Client, name: &str) -> Result<(), Failure> {
-    let v = client.json::<serde_json::Value>("GET", &unit_path(name, "processes"))?;
-    let tasks = v.get("tasks").and_then(|t| t.as_u64()).unwrap_or(0);
-    if tasks == 0 {
+    let v: UnitProcesses = client.json("GET", &unit_path(name, "processes"))?;
+    if v.tasks == 0 {
         // Nothing runs: no figures, as systemctl shows none for an inactive unit.
         return Ok(());
     }
-    if let Some(bytes) = v.get("memory_bytes").and_then(|m| m.as_u64()) {
+    if let Some(bytes) = v.memory_bytes {
         println!("  memory:    {}", human_bytes(bytes));
     }
-    if let Some(cpu) = v.get("cpu_seconds").and_then(|c| c.as_f64()) {
+    if let Some(cpu) = v.cpu_seconds {
         println!("  cpu:       {cpu:.3}s");
     }
-    println!("  tasks:     {tasks}");
-    let procs: Vec<(i64, i64, String)> = v
-        .get("processes")
-        .and_then(|p| p.as_array())
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            let num = |k: &str| p.get(k).and_then(|x| x.as_i64()).unwrap_or(0);
-            (num("pid"), num("ppid"), p.get("command").and_then(|c| c.as_str()).unwrap_or("").to_string())
-        })
-        .collect();
-    if !procs.is_empty() {
+    println!("  tasks:     {}", v.tasks);
+    if !v.processes.is_empty() {
         println!("  processes:");
-        for line in process_tree(&procs) {
+        for line in process_tree(&v.processes) {
             println!("    {line}");
         }
     }
     Ok(())
 }
 
-/// `(pid, ppid, command)` drawn as a tree: a process whose parent is not the
+/// The processes drawn as a tree: a process whose parent is not the
 /// unit's is a root; children in pid order.
-fn process_tree(procs: &[(i64, i64, String)]) -> Vec<String> {
-    let pids: std::collections::BTreeSet<i64> = procs.iter().map(|p| p.0).collect();
-    let mut roots: Vec<&(i64, i64, String)> = procs.iter().filter(|p| !pids.contains(&p.1)).collect();
-    roots.sort();
+fn process_tree(procs: &[ProcessInfo]) -> Vec<String> {
+    let pids: std::collections::BTreeSet<i32> = procs.iter().map(|p| p.pid).collect();
+    let mut roots: Vec<&ProcessInfo> = procs.iter().filter(|p| !pids.contains(&p.ppid)).collect();
+    roots.sort_by_key(|p| p.pid);
     let mut out = Vec::new();
     for (i, root) in roots.iter().enumerate() {
         draw(procs, root, "", i + 1 == roots.len(), &mut out, 0);
@@ -172,21 +156,14 @@ fn process_tree(procs: &[(i64, i64, String)]) -> Vec<String> {
     out
 }
 
-fn draw(
-    procs: &[(i64, i64, String)],
-    node: &(i64, i64, String),
-    indent: &str,
-    last: bool,
-    out: &mut Vec<String>,
-    depth: usize,
-) {
-    out.push(format!("{indent}{}{} {}", if last { "└─" } else { "├─" }, node.0, node.2));
+fn draw(procs: &[ProcessInfo], node: &ProcessInfo, indent: &str, last: bool, out: &mut Vec<String>, depth: usize) {
+    out.push(format!("{indent}{}{} {}", if last { "└─" } else { "├─" }, node.pid, node.command));
     // A pid table cannot loop, but a reused pid read mid-change could: 64 levels is deeper than any real tree.
     if depth > 64 {
         return;
     }
-    let mut children: Vec<&(i64, i64, String)> = procs.iter().filter(|p| p.1 == node.0 && p.0 != node.0).collect();
-    children.sort();
+    let mut children: Vec<&ProcessInfo> = procs.iter().filter(|p| p.ppid == node.pid && p.pid != node.pid).collect();
+    children.sort_by_key(|p| p.pid);
     let indent = format!("{indent}{}", if last { "  " } else { "│ " });
     for (i, child) in children.iter().enumerate() {
         draw(procs, child, &indent, i + 1 == children.len(), out, depth + 1);
@@ -214,12 +191,8 @@ mod tests {
 
     #[test]
     fn the_process_tree_nests_children_under_parents() {
-        let procs = vec![
-            (10, 1, "sh -c run".to_string()),
-            (12, 10, "sleep 100".to_string()),
-            (11, 10, "worker".to_string()),
-            (13, 11, "child".to_string()),
-        ];
+        let p = |pid, ppid, command: &str| ProcessInfo { pid, ppid, command: command.to_string() };
+        let procs = vec![p(10, 1, "sh -c run"), p(12, 10, "sleep 100"), p(11, 10, "worker"), p(13, 11, "child")];
         assert_eq!(process_tree(&procs), ["└─10 sh -c run", "  ├─11 worker", "  │ └─13 child", "  └─12 sleep 100"]);
     }
 

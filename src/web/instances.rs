@@ -12,7 +12,10 @@ use serde::{Deserialize, Deserializer};
 use super::api::checked_name;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::api::{Action, EnvName, InstanceActionReply, ShownStatus, Slot};
+use crate::api::{
+    Action, AutoPort, EnvName, InstallPhase, InstanceActionReply, InstanceScript, InstanceUpdateReply, InstanceView,
+    PortSetting, ScriptSaved, ShownStatus, Slot,
+};
 use crate::instances::{
     app_url_of, direct_port_of, url_of, vnc_url_of, InstanceChanges, InstanceManager, InstanceSpec,
 };
@@ -149,66 +152,6 @@ impl InstanceInput {
     }
 }
 
-#[derive(serde::Serialize)]
-pub struct InstanceView {
-    pub(crate) name: String,
-    pub(crate) kind: &'static str,
-    pub(crate) description: String,
-    pub(crate) blueprint: String,
-    pub(crate) gpus: String,
-    pub(crate) port: serde_json::Value,
-    /// The port the current or last run used (an `auto` lease once started).
-    pub(crate) current_port: Option<u16>,
-    pub(crate) autostart: bool,
-    pub(crate) active_slot: Option<String>,
-    pub(crate) persistent_mode: bool,
-    /// Served without login (part of the definition: `Public=`).
-    pub(crate) public: bool,
-    pub(crate) stall_after_sec: u64,
-    pub(crate) output_dir: Option<String>,
-    pub(crate) environment: BTreeMap<String, String>,
-    /// The engine's status, or `draining` / `idle-stopped` laid over it (docs/operations.md).
-    pub(crate) status: &'static str,
-    pub(crate) detail: Option<String>,
-    /// The install phase of the current or last run (blueprints with `run_install`).
-    pub(crate) install: Option<crate::instances::install::InstallView>,
-    /// The app version installed (or being installed): a release tag or a pinned ref.
-    pub(crate) app_version: Option<String>,
-    /// `IdleStopSec=` in seconds (none: never stopped for being idle).
-    pub(crate) idle_stop_sec: Option<u64>,
-    /// `DrainCheck=` as written in the unit (none: the blueprint's `# aikore.drain`, if any).
-    pub(crate) drain_check: Option<String>,
-    /// Why the last run ended badly: `{class, line, hint}` (docs/operations.md).
-    pub(crate) failure: Option<crate::failure::Failure>,
-    pub(crate) pid: Option<i32>,
-    pub(crate) restarts: u32,
-    pub(crate) since: i64,
-    /// The seq of the unit's latest event (see `UnitEvent::seq`): the
-    /// dashboard drops any live state with a seq <= the one it shows.
-    pub(crate) seq: u64,
-    /// Where a browser opens it, a full URL on the apps origin (docs/security.md):
-    /// `vnc_url` for a persistent instance, else `app_url`.
-    pub(crate) url: String,
-    /// The app itself behind NGINX (`<apps origin>/app/<name>/` or `/comfyui/`;
-    /// `http(s)://<host>:<direct_port>/` for a `port` instance).
-    pub(crate) app_url: String,
-    /// Persistent mode: noVNC on its display (remote resize, autoconnect).
-    pub(crate) vnc_url: Option<String>,
-    /// `subpath` (behind NGINX at `/app/<name>/`) or `port` (NGINX on its
-    /// own port, behind the same login; `url` and `app_url` point there).
-    pub(crate) proxy: crate::proxy::ProxyMode,
-    /// For `port` instances: the port to open on the same host.
-    pub(crate) direct_port: Option<u16>,
-    /// Things the user should know but that do not stop the instance
-    /// (a GPU id NVML does not report).
-    pub(crate) warnings: Vec<String>,
-    /// The GPU indices the current (or last) run was given: `GPUs=auto`'s
-    /// choice, or the pinned list resolved; None when none was placed.
-    pub(crate) placed_gpus: Option<Vec<u32>>,
-    /// VRAM its processes use, over all GPUs, as last measured (None: not measured).
-    pub(crate) vram_bytes: Option<u64>,
-}
-
 /// GPUs= entries that name no GPU NVML reports. Only a warning: the driver
 /// may be missing in a dev box, and MIG or renumbering may explain it.
 pub fn gpu_warnings(gpus: &[String], known: &[(u32, String)]) -> Vec<String> {
@@ -265,13 +208,13 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
         vram_bytes: shared.and_then(|g| g.placer.observed_total(&unit.name)),
         warnings,
         name: spec.name,
-        kind: "instance",
+        kind: crate::units::UnitKind::Instance,
         description: spec.description,
         blueprint: spec.blueprint,
         gpus: spec.gpus.join(","),
         port: match spec.port {
-            PortSpec::Auto => serde_json::json!("auto"),
-            PortSpec::Fixed(p) => serde_json::json!(p),
+            PortSpec::Auto => PortSetting::Auto(AutoPort::Auto),
+            PortSpec::Fixed(p) => PortSetting::Fixed(p),
         },
         current_port: unit.port,
         autostart: spec.autostart,
@@ -281,14 +224,14 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
         stall_after_sec: spec.stall_after_sec,
         output_dir: spec.output_dir.map(|d| d.display().to_string()),
         environment: spec.environment,
-        status: overlay.as_ref().map_or(unit.status.as_str(), |o| o.0),
+        status: overlay.as_ref().map_or(ShownStatus::Unit(unit.status), |o| ShownStatus::Overlay(o.0.to_string())),
         detail: overlay.map_or_else(|| unit.detail.clone(), |o| o.1),
         idle_stop_sec: inst.and_then(|i| i.idle_stop).map(|d| d.as_secs()),
         app_version: install
             .as_ref()
             .and_then(|i| i.version.clone())
             .or_else(|| crate::instances::quiesce::installed_version(&manager.ctx, &unit.name)),
-        install,
+        install: install.map(install_phase),
         drain_check: inst.and_then(|i| i.drain_check.clone()),
         failure: unit.failure.clone(),
         pid: unit.pid,
@@ -301,6 +244,18 @@ pub fn view(unit: &UnitSnapshot, manager: &InstanceManager, known_gpus: &[(u32, 
         proxy,
         direct_port: direct_port_of(unit, proxy),
     })
+}
+
+/// The install phase on the wire.
+fn install_phase(v: crate::instances::install::InstallView) -> InstallPhase {
+    InstallPhase {
+        state: v.state.to_string(),
+        step: v.step,
+        steps: v.steps,
+        name: v.name,
+        activity: v.activity,
+        version: v.version,
+    }
 }
 
 pub(crate) fn known_gpus(state: &AppState) -> Vec<(u32, String)> {
@@ -352,17 +307,17 @@ async fn update(
     Path(name): Path<String>,
     query: Result<Query<RestartQuery>, QueryRejection>,
     body: Result<Json<InstanceInput>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<InstanceUpdateReply>> {
     let name = checked_name(&name)?;
     let restart = query?.restart.unwrap_or(false);
     let (changes, _) = body?.0.changes()?;
     let outcome = state.instances.update(name, changes, restart, &state.logs).await?;
     let unit = state.instances.instance(&outcome.name).await?;
-    Ok(Json(serde_json::json!({
-        "instance": view_for(&state, &headers, &unit),
-        "restarted": outcome.restarted,
-        "restart_pending": outcome.restart_pending,
-    })))
+    Ok(Json(InstanceUpdateReply {
+        instance: view_for(&state, &headers, &unit),
+        restarted: outcome.restarted,
+        restart_pending: outcome.restart_pending,
+    }))
 }
 
 async fn delete(
@@ -403,10 +358,10 @@ struct ScriptInput {
     content: String,
 }
 
-async fn script(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn script(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<InstanceScript>> {
     let name = checked_name(&name)?;
     let content = state.instances.script(name).await?;
-    Ok(Json(serde_json::json!({ "instance": name, "content": content })))
+    Ok(Json(InstanceScript { instance: name.to_string(), content }))
 }
 
 async fn set_script(
@@ -414,12 +369,12 @@ async fn set_script(
     Path(name): Path<String>,
     query: Result<Query<RestartQuery>, QueryRejection>,
     body: Result<Json<ScriptInput>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ScriptSaved>> {
     let name = checked_name(&name)?;
     let restart = query?.restart.unwrap_or(false);
     let content = body?.0.content;
     let pending = state.instances.set_script(name, &content, restart).await?;
-    Ok(Json(serde_json::json!({ "instance": name, "saved": true, "restart_pending": pending })))
+    Ok(Json(ScriptSaved { instance: name.to_string(), saved: true, restart_pending: pending }))
 }
 
 async fn blueprints(State(state): State<AppState>) -> Json<Vec<crate::instances::blueprints::Blueprint>> {

@@ -13,7 +13,7 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ("get", "/api/v1/units/{name}/logs", "The tail of a unit's log (?tail=N)"),
     ("get", "/api/v1/units/{name}/logs/stream", "Server-sent events: the tail, then new lines"),
     ("post", "/api/v1/units/{name}/{action}", "start, stop, restart or reload a unit (a template's instance is loaded on first start)"),
-    ("get", "/api/v1/units/{name}/file", "The unit's file: {path, text} (aikore cat)"),
+    ("get", "/api/v1/units/{name}/file", "The unit's file: {unit, path, text} (aikore cat)"),
     ("get", "/api/v1/units/{name}/properties", "The unit's properties as [key, value] pairs, systemd's names (aikore show)"),
     ("get", "/api/v1/units/{name}/dependencies", "The tree of units it pulls in (aikore list-dependencies)"),
     ("get", "/api/v1/units/{name}/processes", "Its processes with parent pids, memory, CPU seconds, tasks (aikore status)"),

@@ -18,9 +18,10 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
 use super::auth::{self, Client, SetupRefusal, CSRF_FIELD};
-use super::instances::{view_for, InstanceInput, InstanceView};
+use super::instances::{view_for, InstanceInput};
 use super::origin::safe_next;
 use super::AppState;
+use crate::api::InstanceView;
 
 /// The only files served from node_modules: (URL name, path inside it).
 const VENDOR: &[(&str, &str)] = &[
@@ -361,11 +362,7 @@ fn vram_text(placed: Option<&[u32]>, vram: Option<u64>) -> String {
 }
 
 fn port_text(v: &InstanceView) -> String {
-    match &v.port {
-        serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+    v.port.to_string()
 }
 
 /// What the Slot column means, as its header's tooltip.
@@ -379,9 +376,9 @@ fn row(v: &InstanceView, csrf: &str) -> Markup {
     let act = format!("act-{name}");
     let edit = format!("edit-{name}");
     let base = format!("/instances/{name}");
-    let running = !matches!(v.status, "stopped" | "error" | "failed" | "idle-stopped");
+    let running = !matches!(v.status.as_str(), "stopped" | "error" | "failed" | "idle-stopped");
     html! {
-        tr data-name=(name) data-status=(v.status) data-url=(v.url) data-seq=(v.seq)
+        tr data-name=(name) data-status=(v.status.as_str()) data-url=(v.url) data-seq=(v.seq)
             data-port=(v.current_port.map(|p| p.to_string()).unwrap_or_default()) {
             td.name {
                 strong title=(name) { (name) }
@@ -417,7 +414,7 @@ fn row(v: &InstanceView, csrf: &str) -> Markup {
                 }
             }
             td.status {
-                (status_badge(v.status, v.failure.as_ref()))
+                (status_badge(v.status.as_str(), v.failure.as_ref()))
                 span.figures data-role="figures" {
                     @if let Some(pid) = v.pid { "pid " (pid) }
                     @if v.restarts > 0 { " · " (v.restarts) " restarts" }

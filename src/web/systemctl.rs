@@ -13,8 +13,11 @@ use serde::Deserialize;
 use super::api::checked_name;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::api::{
+    DependencyTree, InstallChanges, KillReply, ProcessInfo, ResetFailedReply, UnitFile, UnitProcesses, UnitProperties,
+};
 use crate::supervisor::UnitSnapshot;
-use crate::units::{self, install, DependencyNode, ExecCommand, Unit, UnitKind};
+use crate::units::{self, install, ExecCommand, Unit, UnitKind};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -85,14 +88,14 @@ async fn ensure_instance(state: &AppState, name: &str) -> ApiResult<()> {
 }
 
 /// `aikore cat`: the file a unit was read from (its template's for an instance of one).
-async fn unit_file(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn unit_file(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<UnitFile>> {
     let snap = snapshot_of(&state, &name).await?;
     let path = snap.unit.path.clone();
     let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(&path))
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::not_found(format!("cannot read {}: {e}", snap.unit.path.display())))?;
-    Ok(Json(serde_json::json!({ "unit": snap.name, "path": snap.unit.path, "text": text })))
+    Ok(Json(UnitFile { unit: snap.name, path: snap.unit.path.display().to_string(), text }))
 }
 
 fn words(cmd: &ExecCommand) -> String {
@@ -168,7 +171,7 @@ fn property_list(snap: &UnitSnapshot, unit: &Unit, file_state: &str) -> Vec<(Str
     p.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
-async fn properties(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn properties(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<UnitProperties>> {
     let snap = snapshot_of(&state, &name).await?;
     let unit = Arc::clone(&snap.unit);
     let dirs = state.reloader.units_dirs().to_vec();
@@ -182,27 +185,20 @@ async fn properties(State(state): State<AppState>, Path(name): Path<String>) -> 
         let unit = Arc::clone(&unit);
         tokio::task::spawn_blocking(move || install::state(&unit, &dirs)).await.map_err(ApiError::internal)?
     };
-    let props: Vec<[String; 2]> = property_list(&snap, &unit, file_state).into_iter().map(|(k, v)| [k, v]).collect();
-    Ok(Json(serde_json::json!({ "unit": snap.name, "properties": props })))
+    let properties = property_list(&snap, &unit, file_state);
+    Ok(Json(UnitProperties { unit: snap.name, properties }))
 }
 
-async fn dependencies(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<DependencyNode>> {
+async fn dependencies(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<DependencyTree>> {
     let name = checked_name(&name)?.to_string();
     let units: Vec<Unit> = state.supervisor.snapshot().await?.iter().map(|s| (*s.unit).clone()).collect();
     units::dependency_tree(&units, &name)
-        .map(Json)
+        .map(|tree| Json(tree.into()))
         .ok_or_else(|| ApiError::not_found(format!("no unit named {name:?}")))
 }
 
-#[derive(serde::Serialize)]
-struct ProcessView {
-    pid: i32,
-    ppid: i32,
-    command: String,
-}
-
 /// `/proc/<pid>/stat`'s ppid and the command line (comm when it has none: a kernel-side name).
-fn process_view(pid: i32) -> Option<ProcessView> {
+fn process_view(pid: i32) -> Option<ProcessInfo> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let comm = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_string();
     let ppid = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().nth(1)?.parse().ok()?;
@@ -212,7 +208,7 @@ fn process_view(pid: i32) -> Option<ProcessView> {
     let command = if words.is_empty() { format!("[{comm}]") } else { words.join(" ") };
     // A command line is app text: no control characters reach the operator's terminal.
     let command: String = command.chars().filter(|c| !c.is_control()).take(400).collect();
-    Some(ProcessView { pid, ppid, command })
+    Some(ProcessInfo { pid, ppid, command })
 }
 
 /// The unit's live processes, as the metrics sampler finds them (its cgroup,
@@ -227,27 +223,27 @@ fn unit_pids(state: &AppState, snap: &UnitSnapshot) -> (Vec<i32>, Option<(f64, u
     }
 }
 
-async fn processes(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn processes(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<UnitProcesses>> {
     let snap = snapshot_of(&state, &name).await?;
     let (pids, usage, procs) = {
         let state = state.clone();
         let snap = snap.clone();
         tokio::task::spawn_blocking(move || {
             let (pids, usage) = unit_pids(&state, &snap);
-            let procs: Vec<ProcessView> = pids.iter().filter_map(|p| process_view(*p)).collect();
+            let procs: Vec<ProcessInfo> = pids.iter().filter_map(|p| process_view(*p)).collect();
             (pids, usage, procs)
         })
         .await
         .map_err(ApiError::internal)?
     };
-    Ok(Json(serde_json::json!({
-        "unit": snap.name,
-        "main_pid": snap.pid,
-        "tasks": pids.len(),
-        "cpu_seconds": usage.map(|u| u.0),
-        "memory_bytes": usage.map(|u| u.1),
-        "processes": procs,
-    })))
+    Ok(Json(UnitProcesses {
+        unit: snap.name,
+        main_pid: snap.pid,
+        tasks: pids.len(),
+        cpu_seconds: usage.map(|u| u.0),
+        memory_bytes: usage.map(|u| u.1),
+        processes: procs,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -261,7 +257,7 @@ async fn kill(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<KillQuery>, QueryRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<KillReply>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let signal = match q.signal.as_deref() {
         None => libc::SIGTERM,
@@ -284,13 +280,13 @@ async fn kill(
         .map_err(ApiError::internal)?
     };
     tracing::info!(unit = %snap.name, signal, pids = ?signalled, "kill requested");
-    Ok(Json(serde_json::json!({ "unit": snap.name, "signal": signal, "pids": signalled })))
+    Ok(Json(KillReply { unit: snap.name, signal, pids: signalled }))
 }
 
-async fn reset_failed(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn reset_failed(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<ResetFailedReply>> {
     let name = checked_name(&name)?;
     let status = state.supervisor.reset_failed(name).await?;
-    Ok(Json(serde_json::json!({ "unit": name, "status": status })))
+    Ok(Json(ResetFailedReply { unit: name.to_string(), status }))
 }
 
 /// enable/disable take a template name too (`getty@`: its DefaultInstance=).
@@ -302,15 +298,15 @@ fn install_name(name: &str) -> ApiResult<&str> {
     }
 }
 
-async fn enable(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn enable(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<InstallChanges>> {
     change_install(state, name, true).await
 }
 
-async fn disable(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn disable(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<InstallChanges>> {
     change_install(state, name, false).await
 }
 
-async fn change_install(state: AppState, name: String, on: bool) -> ApiResult<Json<serde_json::Value>> {
+async fn change_install(state: AppState, name: String, on: bool) -> ApiResult<Json<InstallChanges>> {
     let name = install_name(&name)?.to_string();
     let snapshot = state.supervisor.snapshot().await?;
     if snapshot.iter().any(|u| u.name == name && u.kind == UnitKind::Instance) {
@@ -340,5 +336,5 @@ async fn change_install(state: AppState, name: String, on: bool) -> ApiResult<Js
             }
         })?;
     state.reloader.reload().await?;
-    Ok(Json(serde_json::json!({ "unit": name, "enabled": on, "changes": changes })))
+    Ok(Json(InstallChanges { unit: name, enabled: on, changes }))
 }
