@@ -192,8 +192,11 @@ fn directories_are_made_owned_and_the_runtime_one_removed_at_stop() {
 
 #[test]
 fn the_sandbox_is_what_the_process_sees() {
-    // Not under /tmp: PrivateTmp= hides the host's /tmp, paths in it included.
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // Not under /tmp: PrivateTmp= hides the host's /tmp, paths in it included
+    // (a checkout under /tmp puts the target dir there too: then /var/lib).
+    let target_tmp = env!("CARGO_TARGET_TMPDIR");
+    let base = if ["/tmp/", "/var/tmp/"].iter().any(|t| target_tmp.starts_with(t)) { "/var/lib" } else { target_tmp };
+    let dir = tempfile::tempdir_in(base).unwrap();
     let writable = dir.path().join("rw");
     let secret = dir.path().join("secret");
     std::fs::create_dir_all(&writable).unwrap();
