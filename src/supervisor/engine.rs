@@ -278,6 +278,10 @@ impl<C: ProcessControl> Engine<C> {
                 let live = self.ctl.live_processes(&name);
                 Some(Input::Members { unit, live })
             }
+            Effect::ReadPidFile { unit } => {
+                let result = self.ctl.forked_main_pid(self.units.unit(unit));
+                Some(Input::PidFile { unit, result })
+            }
             Effect::GatherEvidence { unit } => {
                 let name = self.units.unit(unit).name.clone();
                 let evidence = self.ctl.failure_evidence(&name);

@@ -33,8 +33,8 @@ use tokio::time::Instant;
 use super::dedup_hints;
 use crate::init::ExitStatus;
 use crate::supervisor::machine::{
-    Answer, Cmd, Effect, Epoch, Input, Now, Outcome, Readiness, ReplyTo, StopStage, Target, Then, TimerKind, UnitId,
-    UnitState, Units,
+    Answer, Cmd, Effect, Epoch, Input, Now, Outcome, PidFileError, Readiness, ReplyTo, StopStage, Target, Then,
+    TimerKind, UnitId, UnitState, Units,
 };
 use crate::supervisor::state::RunEnd;
 use crate::supervisor::{
@@ -84,6 +84,10 @@ struct Kernel {
     /// What the reaper has seen and not yet delivered.
     exits: Vec<ExitReport>,
     drain_hints: Vec<DrainHint>,
+    /// What a forking unit's PID file read answers: the daemon's pid after this many `NotYet`s,
+    /// or a refusal. A forked daemon is a process of its unit the machine did not spawn.
+    pid_files: HashMap<String, (usize, Result<i32, PidFileError>)>,
+    pid_file_reads: usize,
 }
 
 /// How the fake kernel tells the machine about processes it did not spawn.
@@ -342,6 +346,21 @@ impl Sim {
                 self.kernel.live_checks += 1;
                 let live = self.kernel.live.get(&name).map_or(0, BTreeSet::len);
                 Some(Input::Members { unit, live })
+            }
+            Effect::ReadPidFile { unit } => {
+                let name = self.name(unit);
+                self.kernel.pid_file_reads += 1;
+                let (not_yet, result) =
+                    self.kernel.pid_files.get_mut(&name).expect("the test says what the PID file holds");
+                if *not_yet > 0 {
+                    *not_yet -= 1;
+                    return Some(Input::PidFile { unit, result: Err(PidFileError::NotYet) });
+                }
+                let result = result.clone();
+                if let Ok(pid) = result {
+                    self.kernel.live.entry(name).or_default().insert(pid);
+                }
+                Some(Input::PidFile { unit, result })
             }
             Effect::GatherEvidence { unit } => {
                 let lines = self.kernel.log_tail.get(&self.name(unit)).cloned().unwrap_or_default();
@@ -1287,6 +1306,7 @@ fn said(h: &Sim, effect: &Effect) -> String {
         Effect::Probe { unit, .. } => format!("probe {}", name(unit)),
         Effect::CheckDrained { unit } => format!("check-drained {}", name(unit)),
         Effect::GatherEvidence { unit } => format!("gather-evidence {}", name(unit)),
+        Effect::ReadPidFile { unit } => format!("read-pid-file {}", name(unit)),
         Effect::FindPortHolder { port, .. } => format!("find-port-holder {port}"),
         Effect::EndRun { unit } => format!("end-run {}", name(unit)),
         Effect::Note { text, .. } => format!("note {text}"),
@@ -1562,4 +1582,160 @@ fn a_notify_service_is_started_at_ready_and_killed_when_its_watchdog_goes_quiet(
     let snap = h.wait_status("d", Status::Restarting);
     assert!(snap.detail.as_deref().unwrap_or("").starts_with("watchdog timeout"), "{:?}", snap.detail);
     h.wait_spawns("d", 2);
+}
+
+// ---- exit statuses, restart curves, kill signals (issue 14) -------------------
+
+#[test]
+fn success_exit_status_is_clean_and_the_restart_lists_override_restart() {
+    let mut h = Sim::new(vec![
+        service("ok3", "Restart=on-failure\nSuccessExitStatus=3 SIGUSR1\n"),
+        service("prevent", "Restart=always\nRestartPreventExitStatus=4\n"),
+        service("force", "Restart=no\nRestartForceExitStatus=5\nRestartSec=1s\n"),
+    ]);
+    for name in ["ok3", "prevent", "force"] {
+        h.start(name).unwrap();
+        h.wait_status(name, Status::Started);
+    }
+    h.exit(h.main_pid("ok3"), code(3));
+    assert_eq!(h.wait_status("ok3", Status::Stopped).detail.as_deref(), Some("exited with code 3"));
+    h.exit(h.main_pid("prevent"), code(4));
+    h.wait_status("prevent", Status::Error);
+    h.exit(h.main_pid("force"), code(5));
+    h.wait_status("force", Status::Restarting);
+    h.wait_spawns("force", 2);
+    h.sleep(Duration::from_secs(60));
+    assert_eq!((h.mains("ok3").len(), h.mains("prevent").len()), (1, 1));
+}
+
+#[test]
+fn restart_steps_climb_from_restart_sec_to_restart_max_delay_sec() {
+    let mut h = Sim::new(vec![service("c", "Restart=always\nRestartSec=1s\nRestartSteps=2\nRestartMaxDelaySec=4s\n")]);
+    h.start("c").unwrap();
+    let mut gaps = Vec::new();
+    for n in 1..=4 {
+        h.wait_status("c", Status::Started);
+        let died = h.now();
+        h.exit(h.main_pid("c"), code(1));
+        h.wait_spawns("c", n + 1);
+        gaps.push((h.mains("c")[n].at - died).as_millis());
+    }
+    assert_eq!(gaps, [1000, 2000, 4000, 4000]);
+}
+
+#[test]
+fn final_kill_signal_send_sighup_and_restart_kill_signal_are_the_signals_sent() {
+    let mut h = Sim::new(vec![service(
+        "s",
+        "SendSIGHUP=yes\nFinalKillSignal=SIGQUIT\nRestartKillSignal=SIGUSR2\nTimeoutStopSec=2s\n",
+    )]);
+    h.start("s").unwrap();
+    h.wait_status("s", Status::Started);
+    let stopped = h.now();
+    h.stop("s").unwrap();
+    h.wait_for("the final kill signal", |h| h.unit_signals("s").len() >= 3);
+    let signals = h.unit_signals("s");
+    assert_eq!(
+        signals,
+        [(stopped, TERM), (stopped, Signal::SIGHUP), (stopped + Duration::from_secs(2), Signal::SIGQUIT)]
+    );
+    h.exit(h.main_pid("s"), signaled(Signal::SIGQUIT));
+    h.wait_status("s", Status::Stopped);
+    h.start("s").unwrap();
+    h.wait_status("s", Status::Started);
+    h.restart("s").unwrap();
+    assert_eq!(h.unit_signals("s")[3].1, Signal::SIGUSR2, "a restart's stop uses RestartKillSignal=");
+}
+
+#[test]
+fn send_sigkill_no_leaves_what_ignores_the_kill_signal_running() {
+    let mut h = Sim::new(vec![service("stubborn", "SendSIGKILL=no\nTimeoutStopSec=3s\n")]);
+    h.start("stubborn").unwrap();
+    h.wait_status("stubborn", Status::Started);
+    h.stop("stubborn").unwrap();
+    let snap = h.wait_status("stubborn", Status::Stopped);
+    assert_eq!(snap.status, Status::Stopped);
+    assert!(!h.unit_signals("stubborn").iter().any(|(_, s)| *s == KILL), "{:?}", h.unit_signals("stubborn"));
+}
+
+#[test]
+fn watchdog_signal_replaces_sigabrt() {
+    let mut h = Sim::new(vec![service("w", "Type=notify\nWatchdogSec=1s\nWatchdogSignal=SIGUSR1\n")]);
+    h.start("w").unwrap();
+    let w = h.id("w");
+    h.input(Input::Notify { unit: w, message: "READY=1".into() });
+    h.wait_for("the watchdog", |h| !h.unit_signals("w").is_empty());
+    assert_eq!(h.unit_signals("w")[0].1, Signal::SIGUSR1);
+}
+
+#[test]
+fn requisite_fails_at_once_when_the_other_unit_is_not_active_and_never_starts_it() {
+    let mut h = Sim::new(vec![
+        service("db", ""),
+        unit("app.service", "[Unit]\nRequisite=db.service\nAfter=db.service\n[Service]\nExecStart=/bin/app\n"),
+    ]);
+    h.start("app").unwrap();
+    let snap = h.wait_status("app", Status::Failed);
+    assert_eq!(snap.detail.as_deref(), Some("requisite db is not active"));
+    assert_eq!(h.snapshot("db").status, Status::Stopped, "Requisite= never starts the other unit");
+    h.start("db").unwrap();
+    h.wait_status("db", Status::Started);
+    h.start("app").unwrap();
+    h.wait_status("app", Status::Started);
+    // And it goes down with it.
+    h.obey("app");
+    h.obey("db");
+    h.stop("db").unwrap();
+    h.wait_status("app", Status::Stopped);
+}
+
+#[test]
+fn a_oneshot_that_outlives_timeout_start_sec_is_killed_and_fails() {
+    let mut h = Sim::new(vec![service("slow", "Type=oneshot\nTimeoutStartSec=5s\nExecStart=/bin/more\n")]);
+    h.obey("slow");
+    h.start("slow").unwrap();
+    let started = h.now();
+    // The first command succeeds; the timeout covers both.
+    h.sleep(Duration::from_secs(3));
+    h.exit(h.main_pid("slow"), code(0));
+    let snap = h.wait_status("slow", Status::Error);
+    assert_eq!(snap.detail.as_deref(), Some("did not become ready within TimeoutStartSec"));
+    assert_eq!(
+        h.actions().iter().find(|(_, a)| matches!(a, Action::SignalGroup { .. })).map(|(t, _)| *t - started),
+        Some(Duration::from_secs(5))
+    );
+}
+
+#[test]
+fn a_forking_service_is_started_with_the_pid_from_its_pid_file_and_ends_with_it() {
+    let mut h = Sim::new(vec![service("fork", "Type=forking\nPIDFile=/run/fork.pid\nRestart=no\n")]);
+    h.kernel.pid_files.insert("fork".into(), (3, Ok(777)));
+    h.start("fork").unwrap();
+    let starter = h.main_pid("fork");
+    assert_eq!(h.snapshot("fork").status, Status::Starting);
+    h.exit(starter, code(0));
+    // Not written yet three times, read again every PID_FILE_RETRY.
+    let snap = h.wait_status("fork", Status::Started);
+    assert_eq!(snap.pid, Some(777));
+    assert_eq!(h.kernel.pid_file_reads, 4);
+    h.exit(777, code(2));
+    let snap = h.wait_status("fork", Status::Error);
+    assert_eq!(snap.detail.as_deref(), Some("exited with code 2"));
+}
+
+#[test]
+fn a_forking_service_with_an_untrusted_pid_file_or_a_failing_starter_fails() {
+    let mut h = Sim::new(vec![
+        service("evil", "Type=forking\nPIDFile=/run/evil.pid\n"),
+        service("broken", "Type=forking\nPIDFile=/run/broken.pid\n"),
+    ]);
+    h.kernel.pid_files.insert("evil".into(), (0, Err(PidFileError::Refused("owned by uid 1000".into()))));
+    h.start("evil").unwrap();
+    h.exit(h.main_pid("evil"), code(0));
+    let snap = h.wait_status("evil", Status::Error);
+    assert!(snap.detail.as_deref().unwrap_or("").contains("owned by uid 1000"), "{:?}", snap.detail);
+    h.start("broken").unwrap();
+    h.exit(h.main_pid("broken"), code(1));
+    assert_eq!(h.wait_status("broken", Status::Error).detail.as_deref(), Some("exited with code 1"));
+    assert_eq!(h.kernel.pid_file_reads, 1, "a failed starter's PID file is not read");
 }

@@ -38,6 +38,8 @@ pub struct HostProcesses {
     exits: mpsc::UnboundedSender<ExitReport>,
     /// How each unit with a current run finds its processes.
     members: HashMap<String, Membership>,
+    /// The PIDFile= of each forking unit whose main pid was read from it: removed at end-run.
+    pid_files: HashMap<String, PathBuf>,
     /// Units whose current run holds a display lease (persistent mode).
     displays: std::collections::HashSet<String>,
     /// Every spawned pid with its start time, on disk: a daemon restarted
@@ -117,6 +119,7 @@ impl HostProcesses {
             logs,
             exits,
             members: HashMap::new(),
+            pid_files: HashMap::new(),
             displays: Default::default(),
             pids,
             hints,
@@ -231,6 +234,22 @@ impl HostProcesses {
         };
         self.members.insert(unit.name.clone(), membership.clone());
         membership
+    }
+
+    /// The unit's live processes now.
+    fn unit_pids(&mut self, unit: &str) -> Vec<i32> {
+        match self.members.get(unit) {
+            Some(Membership::Marked { pgid, .. }) => {
+                let pgid = *pgid;
+                self.swept_members(unit, pgid).into_iter().map(|(pid, _)| pid).collect()
+            }
+            Some(m) => m.pids(),
+            None => Vec::new(),
+        }
+    }
+
+    fn is_member(&mut self, unit: &str, pid: i32) -> bool {
+        self.unit_pids(unit).contains(&pid)
     }
 
     fn marked(&self, unit: &Unit, pgid: Option<i32>) -> Membership {
@@ -500,6 +519,10 @@ impl ProcessControl for HostProcesses {
     }
 
     fn end_run(&mut self, unit: &str) {
+        if let Some(path) = self.pid_files.remove(unit) {
+            // systemd removes a forking service's PID file once it is down, so a stale one never misleads.
+            let _ = std::fs::remove_file(path);
+        }
         if let Some(reader) = self.notifiers.remove(unit) {
             reader.abort();
         }
@@ -523,6 +546,61 @@ impl ProcessControl for HostProcesses {
 
     fn note(&mut self, unit: &str, text: &str) {
         self.logs.note(unit, text.strip_prefix("[aikore] ").unwrap_or(text));
+    }
+
+    fn forked_main_pid(&mut self, unit: &Unit) -> Result<i32, super::machine::PidFileError> {
+        use super::forking;
+        use super::machine::PidFileError;
+        let pid = match &unit.service.pid_file {
+            Some(path) => {
+                let file = forking::read(path)?;
+                if !forking::alive(file.pid) {
+                    // A stale file from an earlier run, not rewritten yet.
+                    return Err(PidFileError::NotYet);
+                }
+                let member = self.is_member(&unit.name, file.pid);
+                let pid = forking::trusted(file, nix::unistd::geteuid().as_raw(), member, path)?;
+                if pid == std::process::id() as i32 {
+                    return Err(PidFileError::Refused(format!("PIDFile {} names aikore itself", path.display())));
+                }
+                pid
+            }
+            None => {
+                let left: Vec<i32> = self.unit_pids(&unit.name).into_iter().filter(|p| forking::alive(*p)).collect();
+                match left[..] {
+                    [pid] => pid,
+                    _ => {
+                        return Err(PidFileError::Refused(format!(
+                            "Type=forking without PIDFile=: {} processes are left, so the main one cannot be told;                              set PIDFile=",
+                            left.len()
+                        )))
+                    }
+                }
+            }
+        };
+        // Its exit must reach the engine like a spawned process's: a route in the reaper (we are its
+        // subreaper once its parent, the starter, is gone). Registered before the liveness check, so an
+        // end in between is still routed.
+        let exits = self.exits.clone();
+        crate::init::reaper().lock().register(
+            pid,
+            Box::new(move |pid, status| {
+                let _ = exits.send((pid, status));
+            }),
+        );
+        if !forking::alive(pid) {
+            return Err(PidFileError::NotYet);
+        }
+        self.pids.add(&unit.name, pid);
+        if let Some(Membership::Marked { .. }) = self.members.get(&unit.name) {
+            if let Some(pgid) = super::members::process_group_of(pid) {
+                self.known.add(&unit.name, pid, pgid);
+            }
+        }
+        if let Some(path) = &unit.service.pid_file {
+            self.pid_files.insert(unit.name.clone(), path.clone());
+        }
+        Ok(pid)
     }
 
     fn port_holder(&mut self, port: u16) -> Option<String> {

@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::state::{
-    backoff_delay, describe_stop_exit, should_restart, RunEnd, StartLimit, Status, BACKOFF_RESET_AFTER,
+    describe_stop_exit, restart_delay, should_restart, RunEnd, StartLimit, Status, BACKOFF_RESET_AFTER,
 };
 use super::{CommandError, DrainHint, EventKind, OsError, Prepared, ReadyTarget, Role, UnitEvent, UnitSnapshot};
 use crate::failure::{classify, Evidence, Failure, FailureClass};
@@ -30,6 +30,9 @@ use crate::units::{ExecCommand, KillMode, ServiceType, Unit, UnitKind};
 /// After SIGKILL, how long to wait for processes to vanish before giving up on
 /// them (a process in uninterruptible sleep cannot die until its I/O returns).
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a PIDFile= not written yet is read again.
+pub const PID_FILE_RETRY: Duration = Duration::from_millis(50);
 
 /// A unit's slot. Slots are never reused, so an id in a late timer or probe
 /// answer can never name another unit.
@@ -54,6 +57,8 @@ pub enum TimerKind {
     StopTimeout,
     /// WatchdogSec= of a notify service, re-armed by each `WATCHDOG=1`.
     Watchdog,
+    /// Read a forking service's PIDFile= again (the daemon writes it after its parent exited).
+    PidFileRetry,
 }
 
 /// Names a pending reply the driver holds (a oneshot sender is not data).
@@ -129,6 +134,21 @@ pub enum Input {
         unit: UnitId,
         message: String,
     },
+    /// A `Type=forking` service's main pid, read from its PIDFile= (or the
+    /// one process left when it has none); Err says why it cannot be trusted.
+    PidFile {
+        unit: UnitId,
+        result: Result<i32, PidFileError>,
+    },
+}
+
+/// Why a forking service's main pid is not known yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PidFileError {
+    /// Not written yet (or naming a pid that is gone): asked again until TimeoutStartSec.
+    NotYet,
+    /// It cannot be trusted or there is none to find: the start fails.
+    Refused(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +201,10 @@ pub enum Effect {
     },
     /// Watch for the unit's processes to end, and count them now. Answer: [`Input::Members`].
     CheckDrained {
+        unit: UnitId,
+    },
+    /// A forking service's starter exited 0: find its main pid. Answer: [`Input::PidFile`].
+    ReadPidFile {
         unit: UnitId,
     },
     /// Answer: [`Input::Evidence`].
@@ -251,6 +275,12 @@ pub enum StartStep {
         index: usize,
         pid: i32,
     },
+    /// A `Type=forking` service's starter, which forks the daemon and exits.
+    Forking {
+        pid: i32,
+    },
+    /// The starter exited 0; the main pid is being read (answer: [`Input::PidFile`]).
+    PidFile,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,6 +536,19 @@ fn kill_signal(unit: &Unit) -> Signal {
     Signal::try_from(unit.service.kill_signal).unwrap_or(Signal::SIGTERM)
 }
 
+/// The signal of a stop: RestartKillSignal= when the unit comes back up, else KillSignal=.
+fn stop_signal(unit: &Unit, then: Then) -> Signal {
+    match (then, unit.service.restart_kill_signal) {
+        (Then::Up, Some(signal)) => Signal::try_from(signal).unwrap_or_else(|_| kill_signal(unit)),
+        _ => kill_signal(unit),
+    }
+}
+
+/// FinalKillSignal=: what a stop escalates to after TimeoutStopSec.
+fn final_kill_signal(unit: &Unit) -> Signal {
+    Signal::try_from(unit.service.final_kill_signal).unwrap_or(Signal::SIGKILL)
+}
+
 /// Every unit's state, and the rules that move it.
 pub struct Units {
     slots: Vec<Slot>,
@@ -556,6 +599,7 @@ impl Units {
             Input::Evidence { unit, evidence } => self.on_evidence(unit, evidence),
             Input::PortHolder { unit, holder } => self.on_port_holder(unit, holder),
             Input::Notify { unit, message } => self.on_notify(unit, &message),
+            Input::PidFile { unit, result } => self.on_pid_file(unit, result),
         }
         self.advance();
         if let Some(job) = self.shutdown.as_mut() {
@@ -767,7 +811,9 @@ impl Units {
                 }
                 return;
             }
-            UnitState::Starting(StartStep::Pre { pid, .. } | StartStep::Oneshot { pid, .. }) => {
+            UnitState::Starting(
+                StartStep::Pre { pid, .. } | StartStep::Oneshot { pid, .. } | StartStep::Forking { pid },
+            ) => {
                 // Half-started: nothing depends on it yet, so no ordering to wait for.
                 let pid = *pid;
                 let signal = kill_signal(&s.unit);
@@ -804,7 +850,8 @@ impl Units {
             .into_iter()
             .filter(|d| {
                 let d = &self.slots[d.0];
-                d.unit.requires.contains(&name) && !d.state.is_inactive()
+                (d.unit.requires.contains(&name) || d.unit.relations.requisite.contains(&name))
+                    && !d.state.is_inactive()
             })
             .collect();
         self.enter(
@@ -1029,6 +1076,15 @@ impl Units {
         if blocked {
             return false;
         }
+        // Requisite=: the other unit must be active already; it is never started for this one.
+        for dep in &unit.relations.requisite {
+            let active = self.id(dep).is_some_and(|d| self.slots[d.0].state.status() == Status::Started);
+            if !active {
+                self.enter(id, UnitState::Inactive(Outcome::Failed));
+                self.publish(id, Some(format!("requisite {dep} is not active")));
+                return true;
+            }
+        }
         self.enter(id, UnitState::Starting(StartStep::Conditions { fresh }));
         self.out.push(Effect::CheckConditions { unit: id });
         true
@@ -1148,8 +1204,14 @@ impl Units {
                 if index == 0 {
                     self.slots[id.0].run_started = Some(self.now.at);
                     self.slots[id.0].started_ms = Some(self.now.wall_ms);
+                    // TimeoutStartSec= covers all of a oneshot's commands: one timer, kept across them.
+                    self.enter(id, UnitState::Starting(StartStep::Oneshot { index, pid }));
+                    if let Some(timeout) = self.slots[id.0].unit.service.timeout_start {
+                        self.arm(id, TimerKind::StartTimeout, timeout);
+                    }
+                } else {
+                    self.slots[id.0].state = UnitState::Starting(StartStep::Oneshot { index, pid });
                 }
-                self.enter(id, UnitState::Starting(StartStep::Oneshot { index, pid }));
             }
             (
                 Role::Pre | Role::Main,
@@ -1200,6 +1262,17 @@ impl Units {
         let s = &mut self.slots[id.0];
         s.run_started = Some(now.at);
         s.started_ms = Some(now.wall_ms);
+        if s.unit.service.service_type == ServiceType::Forking {
+            // Started once the starter exits 0 and the daemon's pid is known; TimeoutStartSec= bounds both.
+            let timeout = s.unit.service.timeout_start;
+            self.enter(id, UnitState::Starting(StartStep::Forking { pid }));
+            self.note(id, &format!("started {argv}, pid {pid}; waiting for it to fork and exit"));
+            self.publish(id, Some("waiting for the starter to fork".into()));
+            if let Some(timeout) = timeout {
+                self.arm(id, TimerKind::StartTimeout, timeout);
+            }
+            return;
+        }
         let ready = s.prepared.ready.clone();
         let unit = Arc::clone(&s.unit);
         let notifies = unit.service.service_type.notifies();
@@ -1257,7 +1330,7 @@ impl Units {
     fn send_kill_signal(&mut self, id: UnitId, timed: bool) {
         let s = &mut self.slots[id.0];
         let UnitState::Stopping(stop) = &mut s.state else { return };
-        let signal = kill_signal(&s.unit);
+        let signal = stop_signal(&s.unit, stop.then);
         let target = match (s.unit.service.kill_mode, stop.main) {
             (KillMode::ControlGroup, _) | (_, None) => Target::Unit(id),
             (KillMode::ProcessGroup, Some(pid)) => Target::Group(pid),
@@ -1265,7 +1338,12 @@ impl Units {
         };
         stop.stage = StopStage::Draining { sigkill_sent: false };
         let timeout = s.unit.service.timeout_stop;
+        let sighup = s.unit.service.send_sighup && signal != Signal::SIGHUP;
         self.out.push(Effect::Signal { target, signal });
+        if sighup {
+            // SendSIGHUP=yes: shells and the like hang up at once.
+            self.out.push(Effect::Signal { target, signal: Signal::SIGHUP });
+        }
         // Stopped (SIGSTOP'd) processes would never see the signal.
         if signal != Signal::SIGKILL {
             self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
@@ -1377,8 +1455,9 @@ impl Units {
     fn finish_run(&mut self, id: UnitId) {
         let UnitState::Stopping(stop) = &self.slots[id.0].state else { return };
         let (ending, then) = (stop.ending.clone(), stop.then);
+        let clean = ending.is_clean_with(&self.slots[id.0].unit.service.success_exit);
         match &ending {
-            RunEnd::Exited(_) | RunEnd::PreFailed(_) if !ending.is_clean() => {
+            RunEnd::Exited(_) | RunEnd::PreFailed(_) if !clean => {
                 self.slots[id.0].state =
                     UnitState::Finishing(Finish { end: FinishEnd::Run { ending, then }, awaiting: Awaiting::Evidence });
                 self.out.push(Effect::GatherEvidence { unit: id });
@@ -1481,8 +1560,9 @@ impl Units {
         let now = self.now.at;
         let s = &mut self.slots[id.0];
         let ran_for = s.run_started.take().map(|t| now.saturating_duration_since(t)).unwrap_or_default();
-        let policy = s.unit.service.restart;
-        let restart_sec = s.unit.service.restart_sec;
+        let service = Arc::clone(&s.unit);
+        let service = &service.service;
+        let clean = ending.is_clean_with(&service.success_exit);
         if ran_for >= BACKOFF_RESET_AFTER {
             s.consecutive_failures = 0;
         }
@@ -1494,7 +1574,7 @@ impl Units {
                 let _ = self.request_start(id, true);
             }
             Then::Down => {
-                if ending.is_clean() {
+                if clean {
                     self.enter(id, UnitState::Inactive(Outcome::Stopped));
                     self.publish(id, None);
                 } else {
@@ -1504,7 +1584,7 @@ impl Units {
             }
             Then::Policy
                 if !shutting_down
-                    && should_restart(policy, &ending)
+                    && should_restart(service, &ending)
                     && failure.as_ref().is_some_and(|f| f.class.restart_cannot_fix()) =>
             {
                 // Another run would end the same way: say why now instead of burning the start limit.
@@ -1513,9 +1593,9 @@ impl Units {
                 self.note(id, &detail);
                 self.publish(id, Some(detail));
             }
-            Then::Policy if !shutting_down && should_restart(policy, &ending) => {
+            Then::Policy if !shutting_down && should_restart(service, &ending) => {
                 let s = &mut self.slots[id.0];
-                let delay = backoff_delay(restart_sec, s.consecutive_failures);
+                let delay = restart_delay(service, s.consecutive_failures);
                 s.consecutive_failures = s.consecutive_failures.saturating_add(1);
                 s.restarts += 1;
                 self.enter(id, UnitState::Backoff);
@@ -1525,7 +1605,7 @@ impl Units {
                 self.arm(id, TimerKind::RestartDue, delay);
             }
             Then::Policy => {
-                if ending.is_clean() {
+                if clean {
                     let oneshot = self.slots[id.0].unit.service.service_type == ServiceType::Oneshot;
                     let outcome =
                         if oneshot && ending != RunEnd::Requested { Outcome::Finished } else { Outcome::Stopped };
@@ -1561,6 +1641,14 @@ impl Units {
                 let command = service.exec_start.iter().chain(&service.exec_start_more).nth(index);
                 if status.success() || command.is_some_and(|c| c.ignore_failure) {
                     self.run_oneshot_command(id, index + 1);
+                } else {
+                    self.run_ended(id, RunEnd::Exited(status));
+                }
+            }
+            (Role::Main, UnitState::Starting(StartStep::Forking { pid: current })) if current == pid => {
+                if status.success() {
+                    self.slots[id.0].state = UnitState::Starting(StartStep::PidFile);
+                    self.out.push(Effect::ReadPidFile { unit: id });
                 } else {
                     self.run_ended(id, RunEnd::Exited(status));
                 }
@@ -1671,12 +1759,33 @@ impl Units {
         }
     }
 
+    /// A forking service's main pid is known (or cannot be trusted): it is started, or the run ends.
+    fn on_pid_file(&mut self, id: UnitId, result: Result<i32, PidFileError>) {
+        if self.slots[id.0].state != UnitState::Starting(StartStep::PidFile) {
+            return;
+        }
+        match result {
+            Ok(pid) => {
+                let s = &mut self.slots[id.0];
+                // Adopted: its exit (we are its subreaper) ends the run as a main process's does.
+                s.children.push((pid, Role::Main));
+                self.enter(id, UnitState::Running { pid, ready: Readiness::Ready });
+                self.note(id, &format!("main pid {pid} (forked)"));
+                self.publish(id, None);
+            }
+            // The epoch stays that of the start, so TimeoutStartSec= still bounds the wait.
+            Err(PidFileError::NotYet) => self.arm(id, TimerKind::PidFileRetry, PID_FILE_RETRY),
+            Err(PidFileError::Refused(why)) => self.run_ended(id, RunEnd::SpawnFailed(why)),
+        }
+    }
+
     /// No WATCHDOG=1 in time: the run ends like a crash, killed with
     /// SIGABRT (systemd's WatchdogSignal= default, for a core dump), and
     /// Restart= decides (on-failure and on-abnormal restart it).
     fn watchdog_fired(&mut self, id: UnitId) {
         let UnitState::Running { pid, .. } = self.slots[id.0].state else { return };
-        self.note(id, "watchdog timeout: no WATCHDOG=1 within WatchdogSec=; sending SIGABRT");
+        let signal = Signal::try_from(self.slots[id.0].unit.service.watchdog_signal).unwrap_or(Signal::SIGABRT);
+        self.note(id, &format!("watchdog timeout: no WATCHDOG=1 within WatchdogSec=; sending {}", signal.as_str()));
         self.enter(
             id,
             UnitState::Stopping(Stop {
@@ -1689,7 +1798,7 @@ impl Units {
             }),
         );
         self.publish(id, Some("watchdog timeout".into()));
-        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGABRT });
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal });
         self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
         if let Some(timeout) = self.slots[id.0].unit.service.timeout_stop {
             self.arm(id, TimerKind::StopTimeout, timeout);
@@ -1737,6 +1846,49 @@ impl Units {
                 self.publish(id, Some("not ready within TimeoutStartSec; stopping it".into()));
                 self.begin_stop(id);
             }
+            (TimerKind::PidFileRetry, UnitState::Starting(StartStep::PidFile)) => {
+                self.out.push(Effect::ReadPidFile { unit: id });
+            }
+            (
+                TimerKind::StartTimeout,
+                UnitState::Starting(StartStep::Oneshot { .. } | StartStep::Forking { .. } | StartStep::PidFile),
+            ) => {
+                // Half-started: nothing depends on it yet, so no ordering or ExecStop= to go through.
+                let starter = match &s.state {
+                    UnitState::Starting(StartStep::Oneshot { pid, .. } | StartStep::Forking { pid }) => Some(*pid),
+                    _ => None,
+                };
+                let signal = kill_signal(&s.unit);
+                s.state = UnitState::Stopping(Stop {
+                    stage: StopStage::Draining { sigkill_sent: false },
+                    main: None,
+                    ending: RunEnd::StartTimeout,
+                    then: Then::Policy,
+                    escalated: false,
+                    remained: false,
+                });
+                self.note(id, "not started within TimeoutStartSec; stopping it");
+                self.publish(id, Some("not started within TimeoutStartSec; stopping it".into()));
+                if let Some(pid) = starter {
+                    self.out.push(Effect::Signal { target: Target::Group(pid), signal });
+                }
+                self.bump_epoch(id);
+                self.send_kill_signal(id, false);
+            }
+            (TimerKind::StopTimeout, UnitState::Stopping(_)) if !s.unit.service.send_sigkill => {
+                // SendSIGKILL=no: what is left keeps running, unsupervised, as systemd leaves it.
+                self.note(id, "still running after TimeoutStopSec; SendSIGKILL=no, so it is left running");
+                self.emit(
+                    id,
+                    EventKind::Error,
+                    Some("processes left running after TimeoutStopSec (SendSIGKILL=no)".into()),
+                );
+                self.slots[id.0].children.retain(|(_, role)| *role == Role::Reload);
+                if let UnitState::Stopping(stop) = &mut self.slots[id.0].state {
+                    stop.main = None;
+                }
+                self.finish_run(id);
+            }
             (TimerKind::StopTimeout, UnitState::Stopping(stop)) => match stop.stage {
                 StopStage::SpawnCmd { .. } | StopStage::Command { .. } => {
                     // ExecStop took all the time: go straight to SIGKILL, then give up later.
@@ -1760,7 +1912,8 @@ impl Units {
     }
 
     fn escalate(&mut self, id: UnitId) {
-        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGKILL });
+        let signal = final_kill_signal(&self.slots[id.0].unit);
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal });
         if let UnitState::Stopping(stop) = &mut self.slots[id.0].state {
             stop.escalated = true;
             stop.stage = StopStage::Draining { sigkill_sent: true };
@@ -1778,12 +1931,16 @@ impl Units {
     /// draining, SIGKILL after escalation, and while ExecStop runs whatever a
     /// stop command conventionally sends (it may send any of them).
     fn signals_sent(&self, id: UnitId, stage: &StopStage) -> Vec<Signal> {
-        let kill = kill_signal(&self.slots[id.0].unit);
+        let unit = &self.slots[id.0].unit;
+        let kill = kill_signal(unit);
         match stage {
             StopStage::Draining { sigkill_sent } => {
-                let mut sent = vec![kill];
+                let mut sent = vec![kill, stop_signal(unit, Then::Up)];
+                if unit.service.send_sighup {
+                    sent.push(Signal::SIGHUP);
+                }
                 if *sigkill_sent {
-                    sent.push(Signal::SIGKILL);
+                    sent.extend([Signal::SIGKILL, final_kill_signal(unit)]);
                 }
                 sent
             }

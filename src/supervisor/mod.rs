@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod drain;
 mod engine;
 pub mod exec;
+pub mod forking;
 pub mod host;
 pub mod machine;
 pub mod members;
@@ -122,6 +123,12 @@ pub trait ProcessControl: Send + 'static {
     /// before `end_run`, and only for runs that ended badly.
     fn failure_evidence(&mut self, _unit: &str) -> crate::failure::Evidence {
         crate::failure::Evidence::default()
+    }
+    /// A `Type=forking` service's starter exited 0: its main pid, from
+    /// PIDFile= (checked as trusted) or the one process left without one;
+    /// on success its exit is reported like a spawned process's.
+    fn forked_main_pid(&mut self, _unit: &Unit) -> Result<i32, machine::PidFileError> {
+        Err(machine::PidFileError::Refused("Type=forking is not supported here".into()))
     }
     /// Who listens on `port` (`comm (pid N)`), for the `port-in-use` hint.
     fn port_holder(&mut self, _port: u16) -> Option<String> {

@@ -14,7 +14,7 @@ use super::quote::{parse_environment, parse_exec_command};
 use super::specifier::Specifiers;
 use super::timespan::{parse_finite_timespan, parse_timespan};
 use super::{
-    is_valid_unit_name, Diagnostic, EnvironmentFile, ExecCommand, InstallConfig, InstanceConfig, KillMode,
+    is_valid_unit_name, Diagnostic, EnvironmentFile, ExecCommand, ExitSet, InstallConfig, InstanceConfig, KillMode,
     PathCondition, PortSpec, ReadyCheck, Relations, RestartPolicy, ServiceConfig, ServiceType, Severity, Unit,
     UnitKind,
 };
@@ -26,7 +26,7 @@ const IGNORED_DEP_SUFFIXES: &[&str] =
 
 /// Keys the engine does not act on yet but the definition carries all the
 /// same: the dependency graph shows Requisite=.
-const PARSED_THOUGH_IGNORED: &[&str] = &["Requisite"];
+const PARSED_THOUGH_IGNORED: &[&str] = &[];
 
 /// Reads and parses one unit file. An unreadable file is one diagnostic at line 0.
 pub fn parse_unit_file(path: &Path) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
@@ -340,6 +340,18 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// An exit-status list: numbers 0-255 and signal names; empty resets it.
+    fn exit_set(&mut self, set: &mut ExitSet, entry: &Entry) {
+        if entry.value.is_empty() {
+            *set = ExitSet::default();
+            return;
+        }
+        if let Some(parsed) = self.value(entry, parse_exit_set) {
+            set.codes.extend(parsed.codes);
+            set.signals.extend(parsed.signals);
+        }
+    }
+
     fn apply_unit(&mut self, unit: &mut Unit, entry: &Entry) {
         match entry.key.as_str() {
             "Description" => unit.description = entry.value.clone(),
@@ -535,7 +547,7 @@ impl<'a> Resolver<'a> {
             }
             "Type" => {
                 if let Some(t) = self.value(entry, parse_service_type) {
-                    if matches!(t, ServiceType::Forking | ServiceType::Dbus) {
+                    if t == ServiceType::Dbus {
                         self.warn(
                             entry.line,
                             format!(
@@ -546,6 +558,53 @@ impl<'a> Resolver<'a> {
                         );
                     }
                     svc.service_type = t;
+                }
+            }
+            "PIDFile" => {
+                if entry.value.is_empty() {
+                    svc.pid_file = None;
+                } else if let Some(p) = self.value(entry, |v| absolute_path(v)) {
+                    svc.pid_file = Some(p);
+                }
+            }
+            "SuccessExitStatus" => self.exit_set(&mut svc.success_exit, entry),
+            "RestartPreventExitStatus" => self.exit_set(&mut svc.restart_prevent, entry),
+            "RestartForceExitStatus" => self.exit_set(&mut svc.restart_force, entry),
+            "RestartSteps" => {
+                if let Some(n) =
+                    self.value(entry, |v| v.parse::<u32>().map_err(|_| "expected a number of steps".to_string()))
+                {
+                    svc.restart_steps = n;
+                }
+            }
+            "RestartMaxDelaySec" => {
+                if let Some(t) = self.value(entry, parse_timeout) {
+                    svc.restart_max_delay = t;
+                }
+            }
+            "RestartKillSignal" => {
+                if let Some(s) = self.value(entry, parse_signal) {
+                    svc.restart_kill_signal = Some(s);
+                }
+            }
+            "FinalKillSignal" => {
+                if let Some(s) = self.value(entry, parse_signal) {
+                    svc.final_kill_signal = s;
+                }
+            }
+            "WatchdogSignal" => {
+                if let Some(s) = self.value(entry, parse_signal) {
+                    svc.watchdog_signal = s;
+                }
+            }
+            "SendSIGKILL" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    svc.send_sigkill = b;
+                }
+            }
+            "SendSIGHUP" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    svc.send_sighup = b;
                 }
             }
             "RemainAfterExit" => {
@@ -804,6 +863,25 @@ fn parse_action(v: &str) -> Result<Option<String>, String> {
 }
 
 /// `SIGTERM`, `TERM`, `15`, or a real-time signal number.
+/// `SuccessExitStatus=1 2 SIGUSR1`: codes 0-255 and signal names (systemd's
+/// symbolic exit-code names are not taken: write the number).
+pub fn parse_exit_set(v: &str) -> Result<ExitSet, String> {
+    let mut set = ExitSet::default();
+    for word in v.split_whitespace() {
+        if let Ok(code) = word.parse::<i32>() {
+            if !(0..=255).contains(&code) {
+                return Err(format!("{code} is not an exit code (0-255)"));
+            }
+            set.codes.push(code);
+        } else if word.starts_with("SIG") {
+            set.signals.push(parse_signal(word).map_err(|e| format!("{word}: {e}"))?);
+        } else {
+            return Err(format!("{word}: expected an exit code (0-255) or a signal name such as SIGUSR1"));
+        }
+    }
+    Ok(set)
+}
+
 pub fn parse_signal(v: &str) -> Result<i32, String> {
     if let Ok(n) = v.parse::<i32>() {
         let realtime = (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n);
