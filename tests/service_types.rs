@@ -71,7 +71,8 @@ fn several_exec_start_lines_are_refused_outside_a_oneshot() {
     assert!(text.contains("only a Type=oneshot service runs several"), "{text}");
 }
 
-/// A raw sd_notify client: sends its arguments, one per line, to
+/// A raw sd_notify client (a child of the unit's shell, so its units say
+/// `NotifyAccess=all`: systemd's default `main` ignores it): sends its arguments, one per line, to
 /// `$NOTIFY_SOCKET` as one datagram (`@` standing for the abstract namespace).
 fn notifier(dir: &std::path::Path) -> String {
     let path = dir.join("notify.py");
@@ -92,7 +93,7 @@ fn a_notify_service_is_started_by_a_raw_ready_datagram_and_shows_its_status() {
     let gate = dir.path().join("go");
     let notify = notifier(dir.path());
     let unit = format!(
-        "[Service]\nType=notify\n\
+        "[Service]\nType=notify\nNotifyAccess=all\n\
          ExecStart=/bin/sh -c 'while [ ! -e {} ]; do sleep 0.05; done; {notify} READY=1 \"STATUS=serving 3 models\"; exec sleep 1000'\n",
         gate.display()
     );
@@ -117,7 +118,7 @@ fn a_notify_service_that_stops_sending_watchdog_is_killed_and_restarted() {
     let notify = notifier(dir.path());
     // Ready, one ping, then silence.
     let unit = format!(
-        "[Service]\nType=notify\nWatchdogSec=1s\nRestart=on-failure\nRestartSec=100ms\n\
+        "[Service]\nType=notify\nNotifyAccess=all\nWatchdogSec=1s\nRestart=on-failure\nRestartSec=100ms\n\
          ExecStart=/bin/sh -c 'echo $WATCHDOG_USEC > {}; {notify} READY=1; {notify} WATCHDOG=1; exec sleep 1000'\n",
         env.display()
     );
@@ -283,4 +284,19 @@ fn systemd_notify_ready_makes_a_notify_unit_started() {
     let d = Daemon::start(&[("sn.service", &unit)]);
     let u = d.wait_status("sn", "started");
     assert_eq!(u["detail"], "warmed up", "{u}");
+}
+
+#[test]
+fn notify_access_main_ignores_a_child_and_all_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = notifier(dir.path());
+    let from_child = |access: &str| {
+        format!("[Service]\nType=notify\n{access}ExecStart=/bin/sh -c '{notify} READY=1; exec sleep 1000'\n")
+    };
+    let d =
+        Daemon::start(&[("child.service", &from_child("")), ("childall.service", &from_child("NotifyAccess=all\n"))]);
+    d.wait_status("childall", "started");
+    // (The main process's own READY=1 under the default: redis-server's test.)
+    d.wait_until("the refusal in the daemon's log", |d| d.daemon_log().contains("NotifyAccess=main allows it not"));
+    assert_eq!(d.unit("child")["status"], "starting", "{}", d.unit("child"));
 }

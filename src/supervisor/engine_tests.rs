@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use super::dedup_hints;
 use crate::init::ExitStatus;
 use crate::supervisor::machine::{
-    Answer, Cmd, Effect, Epoch, Input, Now, Outcome, PidFileError, Readiness, ReplyTo, StopStage, Target, Then,
+    Answer, Cmd, Effect, Epoch, Input, Now, Outcome, PidFileError, Readiness, ReplyTo, Sender, StopStage, Target, Then,
     TimerKind, UnitId, UnitState, Units,
 };
 use crate::supervisor::state::RunEnd;
@@ -470,6 +470,18 @@ impl Sim {
         assert!(self.kernel.live.get_mut(unit).is_some_and(|p| p.remove(&pid)));
         self.kernel.ended(unit, pid);
         self.settle();
+    }
+
+    /// A datagram on the unit's NOTIFY_SOCKET, sent by its main process.
+    fn notify(&mut self, name: &str, message: &str) {
+        let unit = self.id(name);
+        let pid = self.units.state(unit).main_pid();
+        self.notify_from(name, message, Sender { pid, member: true });
+    }
+
+    fn notify_from(&mut self, name: &str, message: &str, sender: Sender) {
+        let unit = self.id(name);
+        self.input(Input::Notify { unit, message: message.into(), sender });
     }
 
     /// The unit's readiness probe gets its answer.
@@ -1561,18 +1573,17 @@ fn a_oneshot_that_finished_satisfies_what_requires_it_and_a_failed_one_does_not(
 fn a_notify_service_is_started_at_ready_and_killed_when_its_watchdog_goes_quiet() {
     let mut h = Sim::new(vec![service("d", "Type=notify\nWatchdogSec=2s\nRestart=on-failure\nRestartSec=1s\n")]);
     h.start("d").unwrap();
-    let d = h.id("d");
     let snap = h.snapshot("d");
     assert_eq!((snap.status, snap.detail.as_deref()), (Status::Starting, Some("waiting for READY=1")));
-    h.input(Input::Notify { unit: d, message: "STATUS=loading\n".into() });
+    h.notify("d", "STATUS=loading\n");
     assert_eq!(h.snapshot("d").detail.as_deref(), Some("loading"));
-    h.input(Input::Notify { unit: d, message: "READY=1\nSTATUS=serving\n".into() });
+    h.notify("d", "READY=1\nSTATUS=serving\n");
     let snap = h.snapshot("d");
     assert_eq!((snap.status, snap.detail.as_deref()), (Status::Started, Some("serving")));
     // Pings keep it alive past WatchdogSec.
     for _ in 0..3 {
         h.sleep(Duration::from_millis(1500));
-        h.input(Input::Notify { unit: d, message: "WATCHDOG=1".into() });
+        h.notify("d", "WATCHDOG=1");
     }
     assert_eq!(h.mains("d").len(), 1);
     let quiet = h.now();
@@ -1662,8 +1673,7 @@ fn send_sigkill_no_leaves_what_ignores_the_kill_signal_running() {
 fn watchdog_signal_replaces_sigabrt() {
     let mut h = Sim::new(vec![service("w", "Type=notify\nWatchdogSec=1s\nWatchdogSignal=SIGUSR1\n")]);
     h.start("w").unwrap();
-    let w = h.id("w");
-    h.input(Input::Notify { unit: w, message: "READY=1".into() });
+    h.notify("w", "READY=1");
     h.wait_for("the watchdog", |h| !h.unit_signals("w").is_empty());
     assert_eq!(h.unit_signals("w")[0].1, Signal::SIGUSR1);
 }
@@ -1738,4 +1748,53 @@ fn a_forking_service_with_an_untrusted_pid_file_or_a_failing_starter_fails() {
     h.exit(h.main_pid("broken"), code(1));
     assert_eq!(h.wait_status("broken", Status::Error).detail.as_deref(), Some("exited with code 1"));
     assert_eq!(h.kernel.pid_file_reads, 1, "a failed starter's PID file is not read");
+}
+
+#[test]
+fn notify_access_decides_whose_datagrams_count() {
+    let mut h = Sim::new(vec![
+        service("main", "Type=notify\n"),
+        service("none", "Type=notify\nNotifyAccess=none\nTimeoutStartSec=0\n"),
+        service("all", "Type=notify\nNotifyAccess=all\n"),
+    ]);
+    for name in ["main", "none", "all"] {
+        h.start(name).unwrap();
+    }
+    // A child of the main process, in the unit: not the main process.
+    let child = Sender { pid: Some(9999), member: true };
+    h.notify_from("main", "READY=1", child);
+    assert_eq!(h.snapshot("main").status, Status::Starting, "NotifyAccess=main (the default) ignores a child");
+    h.notify("main", "READY=1");
+    assert_eq!(h.snapshot("main").status, Status::Started);
+    h.notify("none", "READY=1");
+    assert_eq!(h.snapshot("none").status, Status::Starting, "NotifyAccess=none ignores everyone");
+    h.notify_from("all", "READY=1", Sender { pid: Some(9998), member: false });
+    assert_eq!(h.snapshot("all").status, Status::Starting, "a process outside the unit is ignored under all");
+    h.notify_from("all", "READY=1", child);
+    assert_eq!(h.snapshot("all").status, Status::Started);
+}
+
+#[test]
+fn extend_timeout_usec_pushes_the_start_timeout_and_reloading_shows_until_ready() {
+    let mut h = Sim::new(vec![service("slow", "Type=notify\nTimeoutStartSec=2s\n")]);
+    h.obey("slow");
+    h.start("slow").unwrap();
+    let started = h.now();
+    h.sleep(Duration::from_secs(1));
+    h.notify("slow", "EXTEND_TIMEOUT_USEC=5000000");
+    h.sleep(Duration::from_secs(4));
+    assert_eq!(h.snapshot("slow").status, Status::Starting, "still within the extension");
+    h.wait_for("the start timeout", |h| !h.unit_signals("slow").is_empty());
+    assert_eq!(h.unit_signals("slow")[0].0 - started, Duration::from_secs(6));
+
+    let mut h = Sim::new(vec![service("r", "Type=notify-reload\n")]);
+    h.start("r").unwrap();
+    h.notify("r", "READY=1");
+    h.notify("r", "RELOADING=1");
+    let snap = h.snapshot("r");
+    assert_eq!((snap.status, snap.detail.as_deref()), (Status::Started, Some("reloading (RELOADING=1)")));
+    h.events();
+    h.notify("r", "READY=1");
+    assert_eq!(h.snapshot("r").detail, None);
+    assert!(h.events().iter().any(|e| e.detail.as_deref() == Some("reloaded (READY=1 after RELOADING=1)")));
 }

@@ -248,10 +248,6 @@ impl HostProcesses {
         }
     }
 
-    fn is_member(&mut self, unit: &str, pid: i32) -> bool {
-        self.unit_pids(unit).contains(&pid)
-    }
-
     fn marked(&self, unit: &Unit, pgid: Option<i32>) -> Membership {
         Membership::Marked { unit: unit.name.clone(), data_dir: self.data_marker(), pgid }
     }
@@ -601,6 +597,10 @@ impl ProcessControl for HostProcesses {
             self.pid_files.insert(unit.name.clone(), path.clone());
         }
         Ok(pid)
+    }
+
+    fn is_member(&mut self, unit: &str, pid: i32) -> bool {
+        self.unit_pids(unit).contains(&pid)
     }
 
     fn port_holder(&mut self, port: u16) -> Option<String> {

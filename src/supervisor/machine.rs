@@ -25,7 +25,16 @@ use super::state::{
 use super::{CommandError, DrainHint, EventKind, OsError, Prepared, ReadyTarget, Role, UnitEvent, UnitSnapshot};
 use crate::failure::{classify, Evidence, Failure, FailureClass};
 use crate::init::ExitStatus;
-use crate::units::{ExecCommand, KillMode, ServiceType, Unit, UnitKind};
+use crate::units::{ExecCommand, KillMode, NotifyAccess, ServiceType, Unit, UnitKind};
+
+fn access_name(access: NotifyAccess) -> &'static str {
+    match access {
+        NotifyAccess::None => "none",
+        NotifyAccess::Main => "main",
+        NotifyAccess::Exec => "exec",
+        NotifyAccess::All => "all",
+    }
+}
 
 /// After SIGKILL, how long to wait for processes to vanish before giving up on
 /// them (a process in uninterruptible sleep cannot die until its I/O returns).
@@ -133,6 +142,7 @@ pub enum Input {
     Notify {
         unit: UnitId,
         message: String,
+        sender: Sender,
     },
     /// A `Type=forking` service's main pid, read from its PIDFile= (or the
     /// one process left when it has none); Err says why it cannot be trusted.
@@ -140,6 +150,15 @@ pub enum Input {
         unit: UnitId,
         result: Result<i32, PidFileError>,
     },
+}
+
+/// Who sent an sd_notify datagram, as the kernel and the OS side tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sender {
+    /// From SCM_CREDENTIALS (None: the kernel did not say).
+    pub pid: Option<i32>,
+    /// The pid is one of the unit's processes (what NotifyAccess=all asks).
+    pub member: bool,
 }
 
 /// Why a forking service's main pid is not known yet.
@@ -516,6 +535,8 @@ struct Slot {
     reload: Option<ReloadJob>,
     /// The `seq` of the last event emitted for this unit (0: none yet).
     seq: u64,
+    /// Sent `RELOADING=1` and no `READY=1` since.
+    reloading: bool,
 }
 
 struct ShutdownJob {
@@ -598,7 +619,7 @@ impl Units {
             Input::Members { unit, live } => self.on_members(unit, live),
             Input::Evidence { unit, evidence } => self.on_evidence(unit, evidence),
             Input::PortHolder { unit, holder } => self.on_port_holder(unit, holder),
-            Input::Notify { unit, message } => self.on_notify(unit, &message),
+            Input::Notify { unit, message, sender } => self.on_notify(unit, &message, sender),
             Input::PidFile { unit, result } => self.on_pid_file(unit, result),
         }
         self.advance();
@@ -974,6 +995,7 @@ impl Units {
                 failure: None,
                 reload: None,
                 seq: 0,
+                reloading: false,
             });
             self.index.insert(name, id);
             self.emit(id, EventKind::Config, Some("unit added".into()));
@@ -1718,8 +1740,27 @@ impl Units {
     /// sd_notify: READY=1 makes a notify service started, STATUS= is its
     /// detail, WATCHDOG=1 re-arms WatchdogSec=, MAINPID= names another of
     /// our processes as the main one.
-    fn on_notify(&mut self, id: UnitId, message: &str) {
+    fn on_notify(&mut self, id: UnitId, message: &str, sender: Sender) {
         let notice = super::notify::Notice::parse(message);
+        let s = &self.slots[id.0];
+        let access = s.unit.service.notify_access.unwrap_or(NotifyAccess::Main);
+        let main = s.state.main_pid();
+        let ours = |pid: i32| Some(pid) == main || s.children.iter().any(|(child, _)| *child == pid);
+        let allowed = match (access, sender.pid) {
+            (NotifyAccess::None, _) | (_, None) => false,
+            (NotifyAccess::Main, Some(pid)) => Some(pid) == main,
+            (NotifyAccess::Exec, Some(pid)) => ours(pid),
+            (NotifyAccess::All, Some(pid)) => sender.member || ours(pid),
+        };
+        if !allowed {
+            let who = sender.pid.map_or("an unknown sender".to_string(), |pid| format!("pid {pid}"));
+            let text = format!("notification from {who} ignored: NotifyAccess={} allows it not", access_name(access));
+            self.out.push(Effect::Warn { unit: id, text });
+            return;
+        }
+        if let Some(more) = notice.extend_timeout {
+            self.extend_timeout(id, more);
+        }
         let s = &mut self.slots[id.0];
         let UnitState::Running { pid, .. } = &mut s.state else { return };
         let watchdog = s.unit.service.watchdog;
@@ -1741,14 +1782,24 @@ impl Units {
         if became_ready {
             *ready = Readiness::Ready;
         }
+        let reloaded = notice.ready && !became_ready && s.reloading;
+        if notice.reloading {
+            s.reloading = true;
+        } else if notice.ready {
+            s.reloading = false;
+        }
         let detail = match (&notice.status, notice.stopping) {
             (_, true) => Some("stopping (STOPPING=1)".to_string()),
             (Some(text), false) => Some(text.clone()),
-            (None, false) if became_ready => None,
+            (None, false) if notice.reloading => Some("reloading (RELOADING=1)".to_string()),
+            (None, false) if became_ready || reloaded => None,
             (None, false) => s.detail.clone(),
         };
-        if became_ready || notice.status.is_some() || notice.stopping {
+        if became_ready || reloaded || notice.reloading || notice.status.is_some() || notice.stopping {
             self.publish(id, detail);
+        }
+        if reloaded {
+            self.emit(id, EventKind::Info, Some("reloaded (READY=1 after RELOADING=1)".into()));
         }
         if notice.watchdog_trigger {
             self.watchdog_fired(id);
@@ -1757,6 +1808,21 @@ impl Units {
         if let (Some(after), true) = (watchdog, notice.watchdog || became_ready) {
             self.arm(id, TimerKind::Watchdog, after);
         }
+    }
+
+    /// EXTEND_TIMEOUT_USEC=: the start (not ready yet) or the stop under way
+    /// may run `more` from now, even past TimeoutStartSec=/TimeoutStopSec=.
+    fn extend_timeout(&mut self, id: UnitId, more: Duration) {
+        let kind = match &self.slots[id.0].state {
+            UnitState::Running { ready: Readiness::Waiting, .. } | UnitState::Starting(_) => TimerKind::StartTimeout,
+            UnitState::Stopping(Stop {
+                stage: StopStage::Draining { sigkill_sent: false } | StopStage::Command { .. },
+                ..
+            }) => TimerKind::StopTimeout,
+            _ => return,
+        };
+        self.note(id, &format!("EXTEND_TIMEOUT_USEC: {kind:?} extended to {:.1}s from now", more.as_secs_f64()));
+        self.arm(id, kind, more);
     }
 
     /// A forking service's main pid is known (or cannot be trusted): it is started, or the run ends.

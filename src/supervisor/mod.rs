@@ -130,6 +130,10 @@ pub trait ProcessControl: Send + 'static {
     fn forked_main_pid(&mut self, _unit: &Unit) -> Result<i32, machine::PidFileError> {
         Err(machine::PidFileError::Refused("Type=forking is not supported here".into()))
     }
+    /// Whether `pid` is one of the unit's processes (its cgroup, or its group and markers).
+    fn is_member(&mut self, _unit: &str, _pid: i32) -> bool {
+        false
+    }
     /// Who listens on `port` (`comm (pid N)`), for the `port-in-use` hint.
     fn port_holder(&mut self, _port: u16) -> Option<String> {
         None
@@ -397,5 +401,6 @@ pub enum DrainHint {
     /// Not about draining: a datagram on the unit's `NOTIFY_SOCKET`
     /// (sd_notify's `KEY=VALUE` lines), which reaches the engine on the same
     /// channel from the OS side ([`notify`]).
-    Notify { unit: String, message: String },
+    /// `pid`: the sender, as the kernel tells it (SCM_CREDENTIALS).
+    Notify { unit: String, message: String, pid: Option<i32> },
 }

@@ -297,7 +297,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "NoExecPaths", SANDBOX),
     (Section::Service, "NoNewPrivileges", Implemented),
     (Section::Service, "NonBlocking", SOCKETS),
-    (Section::Service, "NotifyAccess", ENGINE),
+    (Section::Service, "NotifyAccess", Implemented),
     (Section::Service, "OOMPolicy", ENGINE),
     (Section::Service, "OOMScoreAdjust", Implemented),
     (Section::Service, "PAMName", LOGIN),

@@ -114,6 +114,18 @@ impl std::fmt::Display for Diagnostic {
     }
 }
 
+/// NotifyAccess=: which processes may send sd_notify messages for the unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyAccess {
+    None,
+    /// The main process only.
+    Main,
+    /// The main process and the ones the supervisor started (ExecStartPre=, ExecStop=, ...).
+    Exec,
+    /// Every process of the unit.
+    All,
+}
+
 /// A set of exit codes and signals (SuccessExitStatus=, RestartPreventExitStatus=, RestartForceExitStatus=).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExitSet {
@@ -240,6 +252,8 @@ pub struct ServiceConfig {
     pub remain_after_exit: bool,
     /// WatchdogSec=: a notify service that sends no `WATCHDOG=1` for this long is killed (None: off).
     pub watchdog: Option<Duration>,
+    /// NotifyAccess=: whose notifications count (None: not set, systemd's `main` for a notify service).
+    pub notify_access: Option<NotifyAccess>,
     /// PIDFile=: a `Type=forking` service's main pid is read from it once the starter exited.
     pub pid_file: Option<PathBuf>,
     /// SuccessExitStatus=: exit codes and signals that count as a clean end besides 0 and SIGHUP/INT/TERM/PIPE.
@@ -295,6 +309,7 @@ impl Default for ServiceConfig {
             exec_start_more: Vec::new(),
             remain_after_exit: false,
             watchdog: None,
+            notify_access: None,
             pid_file: None,
             success_exit: ExitSet::default(),
             restart_prevent: ExitSet::default(),

@@ -15,8 +15,8 @@ use super::specifier::Specifiers;
 use super::timespan::{parse_finite_timespan, parse_timespan};
 use super::{
     is_valid_unit_name, Diagnostic, EnvironmentFile, ExecCommand, ExitSet, InstallConfig, InstanceConfig, KillMode,
-    PathCondition, PortSpec, ReadyCheck, Relations, RestartPolicy, ServiceConfig, ServiceType, Severity, Unit,
-    UnitKind,
+    NotifyAccess, PathCondition, PortSpec, ReadyCheck, Relations, RestartPolicy, ServiceConfig, ServiceType, Severity,
+    Unit, UnitKind,
 };
 
 /// Suffixes of systemd unit types aikore does not run; dependencies on them
@@ -558,6 +558,17 @@ impl<'a> Resolver<'a> {
                         );
                     }
                     svc.service_type = t;
+                }
+            }
+            "NotifyAccess" => {
+                if let Some(a) = self.value(entry, |v| match v {
+                    "none" => Ok(NotifyAccess::None),
+                    "main" => Ok(NotifyAccess::Main),
+                    "exec" => Ok(NotifyAccess::Exec),
+                    "all" => Ok(NotifyAccess::All),
+                    _ => Err("valid values: none, main, exec, all".to_string()),
+                }) {
+                    svc.notify_access = Some(a);
                 }
             }
             "PIDFile" => {
