@@ -300,3 +300,29 @@ fn notify_access_main_ignores_a_child_and_all_takes_it() {
     d.wait_until("the refusal in the daemon's log", |d| d.daemon_log().contains("NotifyAccess=main allows it not"));
     assert_eq!(d.unit("child")["status"], "starting", "{}", d.unit("child"));
 }
+
+#[test]
+fn exec_condition_exec_start_post_and_exec_stop_post_run_in_systemd_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let unit = format!(
+        "[Service]\nExecCondition=/bin/sh -c 'echo condition >> {d}/order'\n\
+         ExecStartPre=/bin/sh -c 'echo pre >> {d}/order'\n\
+         ExecStart=/bin/sh -c 'echo main >> {d}/order; exec sleep 1000'\n\
+         ExecStartPost=/bin/sh -c 'echo post $MAINPID >> {d}/order'\n\
+         ExecStopPost=/bin/sh -c 'echo stop-post $SERVICE_RESULT >> {d}/order'\n"
+    );
+    let skipped = format!("[Service]\nExecCondition=/bin/sh -c 'exit 1'\nExecStart=/bin/sh -c 'touch {d}/ran'\n");
+    let daemon = Daemon::start(&[("ordered.service", &unit), ("skipped.service", &skipped)]);
+    let u = daemon.wait_status("ordered", "started");
+    let pid = u["pid"].as_i64().unwrap();
+    let order = std::fs::read_to_string(dir.path().join("order")).unwrap();
+    assert_eq!(order, format!("condition\npre\nmain\npost {pid}\n"));
+    daemon.post("/api/v1/units/ordered/stop");
+    daemon.wait_status("ordered", "stopped");
+    let order = std::fs::read_to_string(dir.path().join("order")).unwrap();
+    assert!(order.ends_with("stop-post success\n"), "{order}");
+    let s = daemon.wait_status("skipped", "stopped");
+    assert_eq!(s["detail"], "skipped: ExecCondition 1 exited with code 1", "{s}");
+    assert!(!dir.path().join("ran").exists());
+}

@@ -1368,6 +1368,7 @@ fn exited(stage: StopStage, ending: RunEnd) -> UnitState {
         then: Then::Policy,
         escalated: false,
         remained: false,
+        post: None,
     })
 }
 
@@ -1797,4 +1798,74 @@ fn extend_timeout_usec_pushes_the_start_timeout_and_reloading_shows_until_ready(
     h.notify("r", "READY=1");
     assert_eq!(h.snapshot("r").detail, None);
     assert!(h.events().iter().any(|e| e.detail.as_deref() == Some("reloaded (READY=1 after RELOADING=1)")));
+}
+
+// ---- ExecCondition=, ExecStartPost=, ExecStopPost= ---------------------------
+
+#[test]
+fn exec_condition_skips_on_1_to_254_and_fails_on_255() {
+    let mut h = Sim::new(vec![
+        service("skip", "ExecCondition=/bin/check\nExecStartPre=/bin/pre\n"),
+        service("bad", "ExecCondition=/bin/check\n"),
+        service("go", "ExecCondition=/bin/check\nExecStartPre=/bin/pre\n"),
+    ]);
+    for (name, status) in [("skip", code(1)), ("bad", code(255)), ("go", code(0))] {
+        h.start(name).unwrap();
+        let check = h.spawns(name)[0].clone();
+        assert_eq!(check.argv, ["/bin/check"]);
+        h.exit(check.pid, status);
+    }
+    let snap = h.wait_status("skip", Status::Stopped);
+    assert_eq!(snap.detail.as_deref(), Some("skipped: ExecCondition 1 exited with code 1"));
+    assert_eq!(h.spawns("skip").len(), 1, "nothing after a condition that says no");
+    assert_eq!(h.wait_status("bad", Status::Error).detail.as_deref(), Some("ExecStartPre exited with code 255"));
+    // The condition held: ExecStartPre= runs next.
+    let pre = h.spawns("go")[1].clone();
+    assert_eq!(pre.argv, ["/bin/pre"]);
+    h.exit(pre.pid, code(0));
+    h.wait_status("go", Status::Started);
+}
+
+#[test]
+fn exec_start_post_runs_before_the_unit_counts_as_started_and_its_failure_stops_it() {
+    let mut h = Sim::new(vec![
+        service("web", "ExecStartPost=/bin/post one\nExecStartPost=-/bin/post two\n"),
+        service("broken", "ExecStartPost=/bin/post\n"),
+    ]);
+    h.obey("broken");
+    h.start("web").unwrap();
+    let snap = h.snapshot("web");
+    assert_eq!((snap.status, snap.detail.as_deref()), (Status::Starting, Some("ExecStartPost 1/2")));
+    let posts: Vec<Spawned> = h.spawns("web").into_iter().filter(|s| s.role == Role::Post).collect();
+    assert_eq!(posts[0].argv, ["/bin/post", "one"]);
+    assert!(posts[0].env.contains(&("MAINPID".to_string(), h.main_pid("web").to_string())));
+    h.exit(posts[0].pid, code(0));
+    let second = h.spawns("web").into_iter().filter(|s| s.role == Role::Post).nth(1).unwrap();
+    h.exit(second.pid, code(1));
+    assert_eq!(h.snapshot("web").status, Status::Started, "the '-' prefix: its failure does not count");
+
+    h.start("broken").unwrap();
+    let post = h.spawns("broken").into_iter().find(|s| s.role == Role::Post).unwrap();
+    h.exit(post.pid, code(2));
+    let snap = h.wait_status("broken", Status::Error);
+    assert_eq!(snap.detail.as_deref(), Some("ExecStartPost exited with code 2"));
+}
+
+#[test]
+fn exec_stop_post_runs_after_every_process_is_gone_with_the_result_in_its_environment() {
+    let mut h = Sim::new(vec![service("db", "ExecStopPost=/bin/cleanup\n")]);
+    h.start("db").unwrap();
+    h.wait_status("db", Status::Started);
+    h.add_leftover("db", 9001);
+    h.exit(h.main_pid("db"), code(3));
+    assert!(h.spawns("db").iter().all(|s| s.role != Role::StopPost), "not while a leftover lives");
+    h.remove_leftover("db", 9001);
+    let post = h.spawns("db").into_iter().find(|s| s.role == Role::StopPost).expect("ExecStopPost spawned");
+    assert_eq!(post.argv, ["/bin/cleanup"]);
+    for var in [("SERVICE_RESULT", "exit-code"), ("EXIT_CODE", "exited"), ("EXIT_STATUS", "3")] {
+        assert!(post.env.contains(&(var.0.to_string(), var.1.to_string())), "{var:?} in {:?}", post.env);
+    }
+    assert_eq!(h.snapshot("db").status, Status::Stopping);
+    h.exit(post.pid, code(0));
+    assert_eq!(h.wait_status("db", Status::Error).detail.as_deref(), Some("exited with code 3"));
 }

@@ -352,6 +352,8 @@ pub struct Stop {
     pub escalated: bool,
     /// Stopping a oneshot that remained active: its ExecStop= runs though no main process is left.
     pub remained: bool,
+    /// ExecStopPost=: the index of the next command, once they began (None: not yet).
+    pub post: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -537,6 +539,8 @@ struct Slot {
     seq: u64,
     /// Sent `RELOADING=1` and no `READY=1` since.
     reloading: bool,
+    /// The ExecStartPost= command running (its index and pid once spawned).
+    post: Option<(usize, Option<i32>)>,
 }
 
 struct ShutdownJob {
@@ -845,6 +849,7 @@ impl Units {
                     then: Then::Down,
                     escalated: false,
                     remained: false,
+                    post: None,
                 });
                 self.publish(id, None);
                 self.out.push(Effect::Signal { target: Target::Group(pid), signal });
@@ -884,6 +889,7 @@ impl Units {
                 then: Then::Down,
                 escalated: false,
                 remained,
+                post: None,
             }),
         );
         self.publish(id, None);
@@ -996,6 +1002,7 @@ impl Units {
                 reload: None,
                 seq: 0,
                 reloading: false,
+                post: None,
             });
             self.index.insert(name, id);
             self.emit(id, EventKind::Config, Some("unit added".into()));
@@ -1165,9 +1172,15 @@ impl Units {
         let s = &self.slots[id.0];
         let unit = Arc::clone(&s.unit);
         let env = s.prepared.env.clone();
-        if let Some(command) = unit.service.exec_start_pre.get(index) {
+        // ExecCondition= commands first, then ExecStartPre=, in one run of indices.
+        let (conditions, pre) = (&unit.service.exec_condition, &unit.service.exec_start_pre);
+        if let Some(command) = conditions.iter().chain(pre).nth(index) {
             self.slots[id.0].state = UnitState::Starting(StartStep::SpawnPre { index });
-            self.publish(id, Some(format!("ExecStartPre {}/{}", index + 1, unit.service.exec_start_pre.len())));
+            let step = match index.checked_sub(conditions.len()) {
+                None => format!("ExecCondition {}/{}", index + 1, conditions.len()),
+                Some(i) => format!("ExecStartPre {}/{}", i + 1, pre.len()),
+            };
+            self.publish(id, Some(step));
             self.out.push(Effect::Spawn { unit: id, role: Role::Pre, command: command.clone(), env });
             return;
         }
@@ -1255,6 +1268,23 @@ impl Units {
                     }
                 }
             }
+            (Role::Post, UnitState::Running { .. }, result) if self.slots[id.0].post.is_some() => match result {
+                Ok(pid) => {
+                    if let Some((_, p)) = self.slots[id.0].post.as_mut() {
+                        *p = Some(pid);
+                    }
+                }
+                Err(why) => {
+                    self.emit(id, EventKind::Error, Some(format!("ExecStartPost could not start: {why}")));
+                    self.post_exited(id, ExitStatus::Exited { code: 203 });
+                }
+            },
+            (Role::StopPost, UnitState::Stopping(_), result) => {
+                if let Err(why) = result {
+                    self.emit(id, EventKind::Error, Some(format!("ExecStopPost could not start: {why}")));
+                    self.run_stop_post(id);
+                }
+            }
             (Role::Reload, _, result) => {
                 let Some(job) = self.slots[id.0].reload.as_mut() else { return };
                 match result {
@@ -1298,7 +1328,8 @@ impl Units {
         let ready = s.prepared.ready.clone();
         let unit = Arc::clone(&s.unit);
         let notifies = unit.service.service_type.notifies();
-        let readiness = if ready.is_some() || notifies { Readiness::Waiting } else { Readiness::Ready };
+        let posts = !unit.service.exec_start_post.is_empty();
+        let readiness = if ready.is_some() || notifies || posts { Readiness::Waiting } else { Readiness::Ready };
         self.enter(id, UnitState::Running { pid, ready: readiness });
         self.note(id, &format!("started {argv}, pid {pid}"));
         match ready {
@@ -1308,6 +1339,7 @@ impl Units {
                     self.arm(id, TimerKind::StartTimeout, timeout);
                 }
             }
+            None if posts => self.run_post(id, 0),
             None => self.publish(id, None),
             Some(target) => {
                 self.publish(id, Some("waiting for readiness".into()));
@@ -1394,6 +1426,7 @@ impl Units {
                 then: Then::Policy,
                 escalated: false,
                 remained: false,
+                post: None,
             }),
         );
         self.out.push(Effect::CheckDrained { unit: id });
@@ -1444,7 +1477,92 @@ impl Units {
             // The next exit of ours or DrainHint checks again; TimeoutStopSec bounds the wait.
             return;
         }
+        let s = &self.slots[id.0];
+        if let UnitState::Stopping(Stop { post: None, .. }) = s.state {
+            if !s.unit.service.exec_stop_post.is_empty() {
+                self.run_stop_post(id);
+                return;
+            }
+        }
         self.finish_run(id);
+    }
+
+    /// The next ExecStopPost= command (with the run's result in its
+    /// environment, as systemd gives it); once none is left, the run is over.
+    fn run_stop_post(&mut self, id: UnitId) {
+        let s = &mut self.slots[id.0];
+        let UnitState::Stopping(stop) = &mut s.state else { return };
+        let index = stop.post.unwrap_or(0);
+        let Some(command) = s.unit.service.exec_stop_post.get(index).cloned() else {
+            self.finish_run(id);
+            return;
+        };
+        stop.post = Some(index + 1);
+        let mut env = s.prepared.env.clone();
+        env.extend(super::state::result_env(&stop.ending));
+        self.out.push(Effect::Spawn { unit: id, role: Role::StopPost, command, env });
+    }
+
+    /// An ExecCondition= exited non-zero: 1-254 skips the start as an unmet
+    /// condition does; 255 or a signal fails it (systemd's rule).
+    fn condition_failed(&mut self, id: UnitId, index: usize, status: ExitStatus) {
+        match status {
+            ExitStatus::Exited { code: 1..=254 } => {
+                let why = format!("skipped: ExecCondition {} {status}", index + 1);
+                self.note(id, &why);
+                self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGKILL });
+                self.out.push(Effect::EndRun { unit: id });
+                self.enter(id, UnitState::Inactive(Outcome::Stopped));
+                self.publish(id, Some(why));
+            }
+            _ => self.run_ended(id, RunEnd::PreFailed(status)),
+        }
+    }
+
+    /// The main process counts as started: its ExecStartPost= commands run
+    /// (the unit still starting), then it is ready.
+    fn run_post(&mut self, id: UnitId, index: usize) {
+        let s = &mut self.slots[id.0];
+        let UnitState::Running { ready, .. } = &mut s.state else { return };
+        let posts = &s.unit.service.exec_start_post;
+        let Some(command) = posts.get(index).cloned() else {
+            s.post = None;
+            *ready = Readiness::Ready;
+            self.publish(id, None);
+            return;
+        };
+        let count = posts.len();
+        s.post = Some((index, None));
+        let env = self.command_env(id);
+        self.publish(id, Some(format!("ExecStartPost {}/{count}", index + 1)));
+        self.out.push(Effect::Spawn { unit: id, role: Role::Post, command, env });
+    }
+
+    fn post_exited(&mut self, id: UnitId, status: ExitStatus) {
+        let s = &mut self.slots[id.0];
+        let Some((index, _)) = s.post.take() else { return };
+        let ignore = s.unit.service.exec_start_post.get(index).is_some_and(|c| c.ignore_failure);
+        if status.success() || ignore {
+            self.run_post(id, index + 1);
+            return;
+        }
+        // A failed ExecStartPost= fails the start: the main process is stopped, and Restart= decides.
+        let UnitState::Running { pid, .. } = self.slots[id.0].state else { return };
+        self.enter(
+            id,
+            UnitState::Stopping(Stop {
+                stage: StopStage::WaitOrder,
+                main: Some(pid),
+                ending: RunEnd::PostFailed(status),
+                then: Then::Policy,
+                escalated: false,
+                remained: false,
+                post: None,
+            }),
+        );
+        self.note(id, &format!("ExecStartPost {status}; stopping it"));
+        self.publish(id, Some(format!("ExecStartPost {status}; stopping it")));
+        self.begin_stop(id);
     }
 
     fn check_drained(&mut self, id: UnitId) {
@@ -1479,7 +1597,7 @@ impl Units {
         let (ending, then) = (stop.ending.clone(), stop.then);
         let clean = ending.is_clean_with(&self.slots[id.0].unit.service.success_exit);
         match &ending {
-            RunEnd::Exited(_) | RunEnd::PreFailed(_) if !clean => {
+            RunEnd::Exited(_) | RunEnd::PreFailed(_) | RunEnd::PostFailed(_) if !clean => {
                 self.slots[id.0].state =
                     UnitState::Finishing(Finish { end: FinishEnd::Run { ending, then }, awaiting: Awaiting::Evidence });
                 self.out.push(Effect::GatherEvidence { unit: id });
@@ -1499,7 +1617,11 @@ impl Units {
             return;
         };
         let end = end.clone();
-        if let FinishEnd::Run { ending: RunEnd::Exited(status) | RunEnd::PreFailed(status), .. } = &end {
+        if let FinishEnd::Run {
+            ending: RunEnd::Exited(status) | RunEnd::PreFailed(status) | RunEnd::PostFailed(status),
+            ..
+        } = &end
+        {
             (evidence.code, evidence.signal) = match *status {
                 ExitStatus::Exited { code } => (Some(code), None),
                 ExitStatus::Signaled { signal, .. } => (None, Some(signal)),
@@ -1677,7 +1799,14 @@ impl Units {
             }
             (Role::Main, UnitState::Stopping(stop)) if stop.main == Some(pid) => self.main_stopped(id, stop, status),
             (Role::Pre, UnitState::Starting(StartStep::Pre { index, pid: current })) if current == pid => {
-                let ignore = self.slots[id.0].unit.service.exec_start_pre.get(index).is_some_and(|c| c.ignore_failure);
+                let service = &self.slots[id.0].unit.service;
+                let conditions = service.exec_condition.len();
+                if index < conditions && !status.success() {
+                    self.condition_failed(id, index, status);
+                    return;
+                }
+                let command = service.exec_condition.iter().chain(&service.exec_start_pre).nth(index);
+                let ignore = index >= conditions && command.is_some_and(|c| c.ignore_failure);
                 if status.success() || ignore {
                     self.run_pre_or_main(id, index + 1);
                 } else {
@@ -1694,7 +1823,18 @@ impl Units {
             }
             (Role::Reload, _) => self.reload_exited(id, pid, status),
             // A pre-start or stop command that outlived its step (a stop interrupted it): one less to wait for.
-            (Role::Pre | Role::Stop, _) => self.check_drained(id),
+            (Role::Post, UnitState::Running { .. }) if self.slots[id.0].post.is_some_and(|(_, p)| p == Some(pid)) => {
+                self.post_exited(id, status)
+            }
+            (Role::StopPost, UnitState::Stopping(stop)) if stop.post.is_some() => {
+                let service = &self.slots[id.0].unit.service;
+                let index = stop.post.unwrap_or(1).saturating_sub(1);
+                if !status.success() && !service.exec_stop_post.get(index).is_some_and(|c| c.ignore_failure) {
+                    self.emit(id, EventKind::Error, Some(format!("ExecStopPost {status}")));
+                }
+                self.run_stop_post(id);
+            }
+            (Role::Pre | Role::Stop | Role::Post | Role::StopPost, _) => self.check_drained(id),
             (Role::Main, _) => {}
         }
     }
@@ -1778,8 +1918,9 @@ impl Units {
         let s = &mut self.slots[id.0];
         let notifies = s.unit.service.service_type.notifies();
         let UnitState::Running { ready, .. } = &mut s.state else { return };
-        let became_ready = notice.ready && *ready != Readiness::Ready && notifies;
-        if became_ready {
+        let became_ready = notice.ready && *ready != Readiness::Ready && notifies && s.post.is_none();
+        let posts = !s.unit.service.exec_start_post.is_empty();
+        if became_ready && !posts {
             *ready = Readiness::Ready;
         }
         let reloaded = notice.ready && !became_ready && s.reloading;
@@ -1800,6 +1941,9 @@ impl Units {
         }
         if reloaded {
             self.emit(id, EventKind::Info, Some("reloaded (READY=1 after RELOADING=1)".into()));
+        }
+        if became_ready && posts {
+            self.run_post(id, 0);
         }
         if notice.watchdog_trigger {
             self.watchdog_fired(id);
@@ -1835,9 +1979,9 @@ impl Units {
                 let s = &mut self.slots[id.0];
                 // Adopted: its exit (we are its subreaper) ends the run as a main process's does.
                 s.children.push((pid, Role::Main));
-                self.enter(id, UnitState::Running { pid, ready: Readiness::Ready });
+                self.enter(id, UnitState::Running { pid, ready: Readiness::Waiting });
                 self.note(id, &format!("main pid {pid} (forked)"));
-                self.publish(id, None);
+                self.run_post(id, 0);
             }
             // The epoch stays that of the start, so TimeoutStartSec= still bounds the wait.
             Err(PidFileError::NotYet) => self.arm(id, TimerKind::PidFileRetry, PID_FILE_RETRY),
@@ -1861,6 +2005,7 @@ impl Units {
                 then: Then::Policy,
                 escalated: false,
                 remained: false,
+                post: None,
             }),
         );
         self.publish(id, Some("watchdog timeout".into()));
@@ -1877,9 +2022,10 @@ impl Units {
         if s.epoch != epoch {
             return;
         }
-        if let UnitState::Running { ready, .. } = &mut s.state {
-            *ready = Readiness::Ready;
-            self.publish(id, None);
+        if let UnitState::Running { ready: Readiness::Waiting | Readiness::Stalled, .. } = s.state {
+            if s.post.is_none() {
+                self.run_post(id, 0);
+            }
         }
     }
 
@@ -1906,6 +2052,7 @@ impl Units {
                         then: Then::Policy,
                         escalated: false,
                         remained: false,
+                        post: None,
                     }),
                 );
                 self.note(id, "not ready within TimeoutStartSec; stopping it");
@@ -1932,6 +2079,7 @@ impl Units {
                     then: Then::Policy,
                     escalated: false,
                     remained: false,
+                    post: None,
                 });
                 self.note(id, "not started within TimeoutStartSec; stopping it");
                 self.publish(id, Some("not started within TimeoutStartSec; stopping it".into()));

@@ -37,6 +37,10 @@ pub enum Role {
     Pre,
     Stop,
     Reload,
+    /// ExecStartPost=.
+    Post,
+    /// ExecStopPost=.
+    StopPost,
 }
 
 /// Where readiness is probed, resolved at start (an instance's port may be leased then).

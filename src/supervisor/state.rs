@@ -76,6 +76,8 @@ pub enum RunEnd {
     Exited(ExitStatus),
     StartTimeout,
     PreFailed(ExitStatus),
+    /// An ExecStartPost= command failed: the started run is stopped.
+    PostFailed(ExitStatus),
     SpawnFailed(String),
     /// WatchdogSec= passed without `WATCHDOG=1` (or the service sent `WATCHDOG=trigger`).
     Watchdog,
@@ -121,10 +123,39 @@ impl RunEnd {
             RunEnd::Exited(status) => status.to_string(),
             RunEnd::StartTimeout => "did not become ready within TimeoutStartSec".into(),
             RunEnd::PreFailed(status) => format!("ExecStartPre {status}"),
+            RunEnd::PostFailed(status) => format!("ExecStartPost {status}"),
             RunEnd::SpawnFailed(why) => format!("could not start: {why}"),
             RunEnd::Watchdog => "watchdog timeout (no WATCHDOG=1 within WatchdogSec)".into(),
         }
     }
+}
+
+/// systemd's `$SERVICE_RESULT`, `$EXIT_CODE` and `$EXIT_STATUS` for ExecStopPost=.
+pub fn result_env(end: &RunEnd) -> Vec<(String, String)> {
+    let result = match end {
+        RunEnd::Requested => "success",
+        RunEnd::Exited(ExitStatus::Exited { code: 0 }) => "success",
+        RunEnd::Exited(ExitStatus::Exited { .. }) | RunEnd::PreFailed(_) | RunEnd::PostFailed(_) => "exit-code",
+        RunEnd::Exited(ExitStatus::Signaled { core_dumped: true, .. }) => "core-dump",
+        RunEnd::Exited(ExitStatus::Signaled { .. }) => "signal",
+        RunEnd::StartTimeout => "timeout",
+        RunEnd::Watchdog => "watchdog",
+        RunEnd::SpawnFailed(_) => "resources",
+    };
+    let mut env = vec![("SERVICE_RESULT".to_string(), result.to_string())];
+    if let RunEnd::Exited(status) | RunEnd::PreFailed(status) | RunEnd::PostFailed(status) = end {
+        let (code, value) = match *status {
+            ExitStatus::Exited { code } => ("exited", code.to_string()),
+            ExitStatus::Signaled { signal, core_dumped } => {
+                let name = Signal::try_from(signal)
+                    .map_or(signal.to_string(), |s| s.as_str().trim_start_matches("SIG").to_string());
+                (if core_dumped { "dumped" } else { "killed" }, name)
+            }
+        };
+        env.push(("EXIT_CODE".to_string(), code.to_string()));
+        env.push(("EXIT_STATUS".to_string(), value));
+    }
+    env
 }
 
 /// How the main process's end reads when we asked it to stop: a signal we

@@ -266,6 +266,12 @@ pub struct ServiceConfig {
     pub restart_steps: u32,
     pub restart_max_delay: Option<Duration>,
     pub exec_start_pre: Vec<ExecCommand>,
+    /// ExecCondition=: run before ExecStartPre=; exit 1-254 skips the start (as an unmet condition).
+    pub exec_condition: Vec<ExecCommand>,
+    /// ExecStartPost=: run once the main process is started (ready), before the unit counts as started.
+    pub exec_start_post: Vec<ExecCommand>,
+    /// ExecStopPost=: run once every process of a run is gone, however it ended.
+    pub exec_stop_post: Vec<ExecCommand>,
     pub exec_reload: Vec<ExecCommand>,
     pub exec_stop: Vec<ExecCommand>,
     pub restart: RestartPolicy,
@@ -317,6 +323,9 @@ impl Default for ServiceConfig {
             restart_steps: 0,
             restart_max_delay: None,
             exec_start_pre: Vec::new(),
+            exec_condition: Vec::new(),
+            exec_start_post: Vec::new(),
+            exec_stop_post: Vec::new(),
             exec_reload: Vec::new(),
             exec_stop: Vec::new(),
             restart: RestartPolicy::No,

@@ -507,6 +507,9 @@ impl<'a> Resolver<'a> {
         let svc = &mut unit.service;
         match entry.key.as_str() {
             "ExecStartPre" => self.exec_list(&mut svc.exec_start_pre, entry),
+            "ExecCondition" => self.exec_list(&mut svc.exec_condition, entry),
+            "ExecStartPost" => self.exec_list(&mut svc.exec_start_post, entry),
+            "ExecStopPost" => self.exec_list(&mut svc.exec_stop_post, entry),
             "ExecReload" => self.exec_list(&mut svc.exec_reload, entry),
             "ExecStop" => self.exec_list(&mut svc.exec_stop, entry),
             "Restart" => {
