@@ -326,3 +326,29 @@ fn exec_condition_exec_start_post_and_exec_stop_post_run_in_systemd_order() {
     assert_eq!(s["detail"], "skipped: ExecCondition 1 exited with code 1", "{s}");
     assert!(!dir.path().join("ran").exists());
 }
+
+#[test]
+fn command_prefixes_set_argv0_keep_variables_and_lift_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = dir.path().display().to_string();
+    let unit = format!(
+        "[Service]\nUser=nobody\n\
+         ExecStartPre=+/bin/sh -c 'id -u > {d}/plus'\n\
+         ExecStartPre=!/bin/sh -c 'id -u > {d}/bang'\n\
+         ExecStartPre=/bin/sh -c 'id -u > {d}/plain'\n\
+         ExecStartPre=:/bin/sh -c 'printf %%s \"$1\" > {d}/literal' x $HOME\n\
+         ExecStart=@/bin/sleep my-sleeper 1000\n"
+    );
+    let daemon = Daemon::start(&[("prefixed.service", &unit)]);
+    let u = daemon.wait_status("prefixed", "started");
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap().trim().to_string();
+    let nobody =
+        String::from_utf8(std::process::Command::new("id").args(["-u", "nobody"]).output().unwrap().stdout).unwrap();
+    assert_eq!((read("plus"), read("bang"), read("plain")), ("0".into(), "0".into(), nobody.trim().to_string()));
+    assert_eq!(read("literal"), "$HOME", "the ':' prefix leaves $HOME to the command");
+    let pid = u["pid"].as_i64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.starts_with(b"my-sleeper\0"), "{:?}", String::from_utf8_lossy(&cmdline));
+}

@@ -285,7 +285,7 @@ impl Sim {
                 let default_exec_start = u
                     .instance
                     .as_ref()
-                    .map(|_| ExecCommand { argv: vec!["/bin/launch.sh".into()], ignore_failure: false });
+                    .map(|_| ExecCommand { argv: vec!["/bin/launch.sh".into()], ..Default::default() });
                 // A port per run, as an instance's lease would give, so events can be checked to carry it.
                 let prepared = Prepared {
                     ready,

@@ -14,7 +14,7 @@ use super::members::Membership;
 use super::spawn::{spawn_in, ProcessSpec};
 use super::{DrainHint, ExitReport, OsError, Prepared, ProcessControl, ReadyTarget, Role, RunHooks};
 use crate::logs::LogHub;
-use crate::units::{expand_vars, parse_env_file, ExecCommand, ReadyCheck, Unit};
+use crate::units::{expand_vars, parse_env_file, ExecCommand, Privilege, ReadyCheck, Unit};
 use nix::sys::signal::Signal;
 
 pub struct HostConfig {
@@ -390,8 +390,38 @@ impl ProcessControl for HostProcesses {
             _ => resolve_user(unit).map_err(OsError::Refused)?,
         };
         // The exec context (issue 14): directories, private /tmp, groups, limits, sandbox.
+        if unit.instance.is_some() && command.privilege != Privilege::Normal {
+            return Err(OsError::Refused("the '+', '!' and '!!' prefixes are not allowed in an instance".into()));
+        }
+        // `+`: none of the sandbox for this command.
+        let unsandboxed;
+        let exec_unit = match command.privilege {
+            Privilege::Full => {
+                let mut u = unit.clone();
+                let e = &mut u.service.exec;
+                e.no_new_privileges = Some(false);
+                e.capability_bounding_set = None;
+                e.ambient_capabilities = 0;
+                e.private_tmp = false;
+                e.protect_system = Default::default();
+                e.protect_home = Default::default();
+                e.read_write_paths.clear();
+                e.read_only_paths.clear();
+                e.inaccessible_paths.clear();
+                e.supplementary_groups.clear();
+                unsandboxed = u;
+                &unsandboxed
+            }
+            Privilege::NoUser => {
+                let mut u = unit.clone();
+                u.service.exec.supplementary_groups.clear();
+                unsandboxed = u;
+                &unsandboxed
+            }
+            Privilege::Normal => unit,
+        };
         let run = self.exec_runs.entry(unit.name.clone()).or_default();
-        let for_process = super::exec::for_process(unit, (uid, gid), &groups, unit.instance.is_some(), run)
+        let for_process = super::exec::for_process(exec_unit, (uid, gid), &groups, unit.instance.is_some(), run)
             .map_err(OsError::Refused)?;
         let groups = for_process.groups;
         let mut env = self.environment(unit, &user_env).map_err(OsError::Refused)?;
@@ -408,7 +438,11 @@ impl ProcessControl for HostProcesses {
             }
             merged
         };
-        let argv: Vec<String> = command.argv.iter().map(|w| expand_vars(w, &env)).collect();
+        // The `:` prefix: the words as written.
+        let argv: Vec<String> = match command.no_expand {
+            true => command.argv.clone(),
+            false => command.argv.iter().map(|w| expand_vars(w, &env)).collect(),
+        };
         // An instance works in its own dir unless told otherwise.
         let cwd = unit.service.working_directory.clone().or_else(|| {
             let hooks = self.config.hooks.as_ref()?;
@@ -417,7 +451,15 @@ impl ProcessControl for HostProcesses {
         // WorkingDirectory=~: the user's home (root's without User=).
         let home = || env.iter().rev().find(|(k, _)| k == "HOME").map_or("/root".into(), |(_, v)| PathBuf::from(v));
         let cwd = if unit.service.exec.working_directory_home { Some(home()) } else { cwd };
-        let spec = ProcessSpec { argv, env, cwd, umask: unit.service.umask, nice: unit.service.nice, uid, gid, groups };
+        // `+`, `!`: this command runs as aikore's own user (root), without User=/Group= (and
+        // SupplementaryGroups=, whose groups belong to that user); directories above stay the user's.
+        let (uid, gid, groups) = match command.privilege {
+            Privilege::Normal => (uid, gid, groups),
+            Privilege::NoUser | Privilege::Full => (None, None, Vec::new()),
+        };
+        let argv0 = command.argv0.clone();
+        let (umask, nice) = (unit.service.umask, unit.service.nice);
+        let spec = ProcessSpec { argv, argv0, env, cwd, umask, nice, uid, gid, groups };
         let membership = self.membership(unit, None);
         let procs_fd = match &membership {
             Membership::Cgroup(cg) => Some(cg.open_procs().map_err(|e| OsError::io("cgroup", e))?),

@@ -145,11 +145,28 @@ impl ExitSet {
 }
 
 /// A command line from ExecStart= and friends, already split into words.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExecCommand {
     pub argv: Vec<String>,
     /// `-` prefix: a non-zero exit is not a failure.
     pub ignore_failure: bool,
+    /// `@` prefix: the argv[0] the process sees (the word after the executable).
+    pub argv0: Option<String>,
+    /// `:` prefix: `$VAR` and `${VAR}` are left as written.
+    pub no_expand: bool,
+    /// `+`, `!` and `!!` prefixes.
+    pub privilege: Privilege,
+}
+
+/// What an `Exec*=` prefix lifts for that one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Privilege {
+    #[default]
+    Normal,
+    /// `!` (and `!!`): run as root, without User=/Group=/SupplementaryGroups=; the sandbox still applies.
+    NoUser,
+    /// `+`: run as root, without the sandbox (capabilities, NoNewPrivileges=, mount namespace).
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]

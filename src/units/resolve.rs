@@ -252,6 +252,19 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
                 .to_string(),
         );
     }
+    if kind == UnitKind::Instance {
+        let svc = &unit.service;
+        let lists =
+            [&svc.exec_condition, &svc.exec_start_pre, &svc.exec_start_post, &svc.exec_stop, &svc.exec_stop_post];
+        let all = svc.exec_start.iter().chain(&svc.exec_start_more).chain(lists.into_iter().flatten());
+        if all.clone().any(|c| c.privilege != super::Privilege::Normal) {
+            // An instance runs as the instance user, always: a prefix must not lift that.
+            cx.error(
+                section_line(&doc.sections, "Service"),
+                "the '+', '!' and '!!' prefixes are not allowed in an instance".to_string(),
+            );
+        }
+    }
     if kind == UnitKind::Service {
         // A unit that says when to start (WantedBy=...) starts at boot only once enabled (load.rs).
         unit.starts_at_boot = unit.install.wanted_by.is_empty() && unit.install.required_by.is_empty();
