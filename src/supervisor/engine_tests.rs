@@ -1672,11 +1672,18 @@ fn send_sigkill_no_leaves_what_ignores_the_kill_signal_running() {
 
 #[test]
 fn watchdog_signal_replaces_sigabrt() {
-    let mut h = Sim::new(vec![service("w", "Type=notify\nWatchdogSec=1s\nWatchdogSignal=SIGUSR1\n")]);
+    let mut h = Sim::new(vec![service(
+        "w",
+        "Type=notify\nWatchdogSec=1s\nWatchdogSignal=SIGUSR1\nTimeoutAbortSec=3s\nTimeoutStopSec=60s\n",
+    )]);
     h.start("w").unwrap();
     h.notify("w", "READY=1");
+    let quiet = h.now();
     h.wait_for("the watchdog", |h| !h.unit_signals("w").is_empty());
-    assert_eq!(h.unit_signals("w")[0].1, Signal::SIGUSR1);
+    assert_eq!(h.unit_signals("w")[0], (quiet + Duration::from_secs(1), Signal::SIGUSR1));
+    // TimeoutAbortSec=3s, not TimeoutStopSec=, until SIGKILL.
+    h.wait_for("SIGKILL", |h| h.unit_signals("w").len() >= 2);
+    assert_eq!(h.unit_signals("w")[1], (quiet + Duration::from_secs(4), KILL));
 }
 
 #[test]

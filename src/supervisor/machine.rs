@@ -2011,7 +2011,9 @@ impl Units {
         self.publish(id, Some("watchdog timeout".into()));
         self.out.push(Effect::Signal { target: Target::Unit(id), signal });
         self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
-        if let Some(timeout) = self.slots[id.0].unit.service.timeout_stop {
+        let service = &self.slots[id.0].unit.service;
+        // TimeoutAbortSec= bounds this stop when set (a core dump may take longer than a stop).
+        if let Some(timeout) = service.timeout_abort.unwrap_or(service.timeout_stop) {
             self.arm(id, TimerKind::StopTimeout, timeout);
         }
         self.out.push(Effect::CheckDrained { unit: id });

@@ -398,7 +398,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "TasksAccounting", ACCOUNTING),
     (Section::Service, "TasksMax", Implemented),
     (Section::Service, "TemporaryFileSystem", SANDBOX),
-    (Section::Service, "TimeoutAbortSec", ENGINE),
+    (Section::Service, "TimeoutAbortSec", Implemented),
     (Section::Service, "TimeoutCleanSec", PROCESS),
     (Section::Service, "TimeoutSec", Implemented),
     (Section::Service, "TimeoutStartFailureMode", ENGINE),

@@ -296,6 +296,8 @@ pub struct ServiceConfig {
     /// `None` = infinity (`0` or `infinity` in the file).
     pub timeout_start: Option<Duration>,
     pub timeout_stop: Option<Duration>,
+    /// TimeoutAbortSec=: the stop after a watchdog timeout (None: not set, TimeoutStopSec= applies).
+    pub timeout_abort: Option<Option<Duration>>,
     /// A signal number (parsed from `SIGTERM`, `TERM` or `15`).
     pub kill_signal: i32,
     /// RestartKillSignal=: the kill signal of a stop that is part of a restart (None: KillSignal=).
@@ -350,6 +352,7 @@ impl Default for ServiceConfig {
             restart_sec: Duration::from_millis(100),
             timeout_start: Some(Duration::from_secs(90)),
             timeout_stop: Some(Duration::from_secs(90)),
+            timeout_abort: None,
             kill_signal: libc::SIGTERM,
             restart_kill_signal: None,
             final_kill_signal: libc::SIGKILL,

@@ -545,6 +545,13 @@ impl<'a> Resolver<'a> {
                     svc.timeout_stop = t;
                 }
             }
+            "TimeoutAbortSec" => {
+                if entry.value.is_empty() {
+                    svc.timeout_abort = None;
+                } else if let Some(t) = self.value(entry, parse_timeout) {
+                    svc.timeout_abort = Some(t);
+                }
+            }
             "TimeoutSec" => {
                 if let Some(t) = self.value(entry, parse_timeout) {
                     svc.timeout_start = t;
