@@ -897,8 +897,38 @@ fn parse_action(v: &str) -> Result<Option<String>, String> {
 }
 
 /// `SIGTERM`, `TERM`, `15`, or a real-time signal number.
-/// `SuccessExitStatus=1 2 SIGUSR1`: codes 0-255 and signal names (systemd's
-/// symbolic exit-code names are not taken: write the number).
+/// The exit-code names systemd takes in exit-status lists (systemd.exec(5),
+/// "Process Exit Codes": generic, LSB and BSD sysexits; systemd's own 200+
+/// names are for its failures to set a process up, which aikore reports by
+/// text instead).
+const EXIT_NAMES: &[(&str, i32)] = &[
+    ("SUCCESS", 0),
+    ("FAILURE", 1),
+    ("INVALIDARGUMENT", 2),
+    ("NOTIMPLEMENTED", 3),
+    ("NOPERMISSION", 4),
+    ("NOTINSTALLED", 5),
+    ("NOTCONFIGURED", 6),
+    ("NOTRUNNING", 7),
+    ("USAGE", 64),
+    ("DATAERR", 65),
+    ("NOINPUT", 66),
+    ("NOUSER", 67),
+    ("NOHOST", 68),
+    ("UNAVAILABLE", 69),
+    ("SOFTWARE", 70),
+    ("OSERR", 71),
+    ("OSFILE", 72),
+    ("CANTCREAT", 73),
+    ("IOERR", 74),
+    ("TEMPFAIL", 75),
+    ("PROTOCOL", 76),
+    ("NOPERM", 77),
+    ("CONFIG", 78),
+];
+
+/// `SuccessExitStatus=1 2 SIGUSR1 DATAERR`: codes 0-255, signal names and
+/// systemd's exit-code names ([`EXIT_NAMES`]).
 pub fn parse_exit_set(v: &str) -> Result<ExitSet, String> {
     let mut set = ExitSet::default();
     for word in v.split_whitespace() {
@@ -907,10 +937,15 @@ pub fn parse_exit_set(v: &str) -> Result<ExitSet, String> {
                 return Err(format!("{code} is not an exit code (0-255)"));
             }
             set.codes.push(code);
+        } else if let Some((_, code)) = EXIT_NAMES.iter().find(|(name, _)| *name == word) {
+            set.codes.push(*code);
         } else if word.starts_with("SIG") {
             set.signals.push(parse_signal(word).map_err(|e| format!("{word}: {e}"))?);
         } else {
-            return Err(format!("{word}: expected an exit code (0-255) or a signal name such as SIGUSR1"));
+            return Err(format!(
+                "{word}: expected an exit code (0-255), an exit-code name such as DATAERR or a signal name such as \
+                 SIGUSR1"
+            ));
         }
     }
     Ok(set)

@@ -602,3 +602,11 @@ fn auto_gpus_and_memory_bounds() {
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(e[0].contains("auto:N") && e[1].contains("not a size"), "{e:?}");
 }
+
+#[test]
+fn exit_sets_take_codes_names_and_signals() {
+    let set = parse_exit_set("3 DATAERR CANTCREAT SIGUSR1").unwrap();
+    assert_eq!((set.codes, set.signals), (vec![3, 65, 73], vec![libc::SIGUSR1]));
+    assert!(parse_exit_set("256").is_err());
+    assert!(parse_exit_set("DATAERROR").is_err());
+}
