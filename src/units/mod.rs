@@ -163,7 +163,7 @@ pub struct ExecCommand {
 pub enum Privilege {
     #[default]
     Normal,
-    /// `!` (and `!!`): run as root, without User=/Group=/SupplementaryGroups=; the sandbox still applies.
+    /// `!`: run as root, without User=/Group=/SupplementaryGroups=; the sandbox still applies.
     NoUser,
     /// `+`: run as root, without the sandbox (capabilities, NoNewPrivileges=, mount namespace).
     Full,

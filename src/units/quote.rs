@@ -109,7 +109,9 @@ pub fn parse_exec_command(value: &str) -> Result<(ExecCommand, Vec<String>), Str
             "-" => return Err("the '-' prefix is given twice".to_string()),
             ":" => command.no_expand = true,
             "+" if command.privilege == Privilege::Normal => command.privilege = Privilege::Full,
-            "!" | "!!" if command.privilege == Privilege::Normal => command.privilege = Privilege::NoUser,
+            "!" if command.privilege == Privilege::Normal => command.privilege = Privilege::NoUser,
+            // `!!` acts only on kernels without ambient capabilities (before 4.3), which aikore does not run on.
+            "!!" if command.privilege == Privilege::Normal => {}
             "+" | "!" | "!!" => return Err("'+', '!' and '!!' exclude each other".to_string()),
             // systemd 253's `|` (run through the user's shell) is newer than the dialect aikore reads.
             "|" => warnings.push("the '|' command prefix (systemd 253+) is not supported and is ignored".to_string()),
@@ -223,7 +225,8 @@ mod tests {
 
         let (cmd, warnings) = parse_exec_command("!!python3 app.py").expect("valid");
         assert!(!cmd.ignore_failure);
-        assert_eq!((cmd.argv, cmd.privilege), (vec!["python3".to_string(), "app.py".to_string()], Privilege::NoUser));
+        assert_eq!((cmd.argv, cmd.privilege), (vec!["python3".to_string(), "app.py".to_string()], Privilege::Normal));
+        assert_eq!(parse_exec_command("!/bin/true").expect("valid").0.privilege, Privilege::NoUser);
         assert!(warnings.is_empty());
 
         let (cmd, warnings) = parse_exec_command("@/bin/sh mysh -c true").expect("valid");
