@@ -1876,3 +1876,27 @@ fn exec_stop_post_runs_after_every_process_is_gone_with_the_result_in_its_enviro
     h.exit(post.pid, code(0));
     assert_eq!(h.wait_status("db", Status::Error).detail.as_deref(), Some("exited with code 3"));
 }
+
+#[test]
+fn runtime_max_sec_stops_a_running_service_as_a_timeout_and_restart_on_failure_brings_it_back() {
+    let mut h = Sim::new(vec![service("job", "RuntimeMaxSec=10s\nRestart=on-failure\nRestartSec=1s\n")]);
+    h.obey("job");
+    h.start("job").unwrap();
+    let started = h.now();
+    h.wait_status("job", Status::Started);
+    h.wait_for("the runtime limit", |h| !h.unit_signals("job").is_empty());
+    assert_eq!(h.unit_signals("job")[0], (started + Duration::from_secs(10), TERM));
+    let snap = h.wait_status("job", Status::Restarting);
+    assert!(snap.detail.as_deref().unwrap_or("").starts_with("ran longer than RuntimeMaxSec"), "{:?}", snap.detail);
+    h.wait_spawns("job", 2);
+}
+
+#[test]
+fn a_notify_reload_service_is_reloaded_with_its_reload_signal() {
+    let mut h = Sim::new(vec![service("r", "Type=notify-reload\nReloadSignal=SIGUSR1\n")]);
+    h.start("r").unwrap();
+    h.notify("r", "READY=1");
+    assert_eq!(h.command(Cmd::Reload("r".into())), Ok(Answer::Done));
+    let main = h.main_pid("r");
+    assert!(h.actions().iter().any(|(_, a)| *a == Action::SignalProcess { pid: main, signal: Signal::SIGUSR1 }));
+}

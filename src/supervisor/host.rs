@@ -390,12 +390,17 @@ impl ProcessControl for HostProcesses {
             _ => resolve_user(unit).map_err(OsError::Refused)?,
         };
         // The exec context (issue 14): directories, private /tmp, groups, limits, sandbox.
-        if unit.instance.is_some() && command.privilege != Privilege::Normal {
+        // PermissionsStartOnly=yes: the `+` prefix on every command but ExecStart=.
+        let privilege = match (unit.service.permissions_start_only, role) {
+            (true, Role::Main) | (false, _) => command.privilege,
+            (true, _) => Privilege::Full,
+        };
+        if unit.instance.is_some() && privilege != Privilege::Normal {
             return Err(OsError::Refused("the '+', '!' and '!!' prefixes are not allowed in an instance".into()));
         }
         // `+`: none of the sandbox for this command.
         let unsandboxed;
-        let exec_unit = match command.privilege {
+        let exec_unit = match privilege {
             Privilege::Full => {
                 let mut u = unit.clone();
                 let e = &mut u.service.exec;
@@ -453,7 +458,7 @@ impl ProcessControl for HostProcesses {
         let cwd = if unit.service.exec.working_directory_home { Some(home()) } else { cwd };
         // `+`, `!`: this command runs as aikore's own user (root), without User=/Group= (and
         // SupplementaryGroups=, whose groups belong to that user); directories above stay the user's.
-        let (uid, gid, groups) = match command.privilege {
+        let (uid, gid, groups) = match privilege {
             Privilege::Normal => (uid, gid, groups),
             Privilege::NoUser | Privilege::Full => (None, None, Vec::new()),
         };

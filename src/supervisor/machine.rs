@@ -66,6 +66,8 @@ pub enum TimerKind {
     StopTimeout,
     /// WatchdogSec= of a notify service, re-armed by each `WATCHDOG=1`.
     Watchdog,
+    /// RuntimeMaxSec= of a running service.
+    RuntimeMax,
     /// Read a forking service's PIDFile= again (the daemon writes it after its parent exited).
     PidFileRetry,
 }
@@ -928,6 +930,17 @@ impl Units {
     fn request_reload(&mut self, id: UnitId, reply: Option<ReplyTo>) -> Result<(), CommandError> {
         let s = &self.slots[id.0];
         let refuse = |why: String| CommandError::Refused { unit: s.unit.name.clone(), action: "reload", why };
+        if s.unit.service.exec_reload.is_empty() && s.unit.service.service_type == ServiceType::NotifyReload {
+            // Type=notify-reload: ReloadSignal= to the main process, which answers RELOADING=1 ... READY=1.
+            let pid = s.state.can_reload().map_err(|e| refuse(e.to_string()))?;
+            let signal = Signal::try_from(s.unit.service.reload_signal).unwrap_or(Signal::SIGHUP);
+            self.out.push(Effect::Signal { target: Target::Process(pid), signal });
+            self.note(id, &format!("reload: {} sent to pid {pid} (ReloadSignal=)", signal.as_str()));
+            if let Some(to) = reply {
+                self.out.push(Effect::Reply { to, result: Ok(Answer::Done) });
+            }
+            return Ok(());
+        }
         if s.unit.service.exec_reload.is_empty() {
             return Err(refuse("it has no ExecReload=".into()));
         }
@@ -1331,6 +1344,7 @@ impl Units {
         let posts = !unit.service.exec_start_post.is_empty();
         let readiness = if ready.is_some() || notifies || posts { Readiness::Waiting } else { Readiness::Ready };
         self.enter(id, UnitState::Running { pid, ready: readiness });
+        self.arm_runtime_max(id);
         self.note(id, &format!("started {argv}, pid {pid}"));
         match ready {
             None if notifies => {
@@ -1954,6 +1968,12 @@ impl Units {
         }
     }
 
+    fn arm_runtime_max(&mut self, id: UnitId) {
+        if let Some(max) = self.slots[id.0].unit.service.runtime_max {
+            self.arm(id, TimerKind::RuntimeMax, max);
+        }
+    }
+
     /// EXTEND_TIMEOUT_USEC=: the start (not ready yet) or the stop under way
     /// may run `more` from now, even past TimeoutStartSec=/TimeoutStopSec=.
     fn extend_timeout(&mut self, id: UnitId, more: Duration) {
@@ -1980,6 +2000,7 @@ impl Units {
                 // Adopted: its exit (we are its subreaper) ends the run as a main process's does.
                 s.children.push((pid, Role::Main));
                 self.enter(id, UnitState::Running { pid, ready: Readiness::Waiting });
+                self.arm_runtime_max(id);
                 self.note(id, &format!("main pid {pid} (forked)"));
                 self.run_post(id, 0);
             }
@@ -2059,6 +2080,24 @@ impl Units {
                 );
                 self.note(id, "not ready within TimeoutStartSec; stopping it");
                 self.publish(id, Some("not ready within TimeoutStartSec; stopping it".into()));
+                self.begin_stop(id);
+            }
+            (TimerKind::RuntimeMax, UnitState::Running { pid, .. }) => {
+                let pid = *pid;
+                self.enter(
+                    id,
+                    UnitState::Stopping(Stop {
+                        stage: StopStage::WaitOrder,
+                        main: Some(pid),
+                        ending: RunEnd::RuntimeMax,
+                        then: Then::Policy,
+                        escalated: false,
+                        remained: false,
+                        post: None,
+                    }),
+                );
+                self.note(id, "ran longer than RuntimeMaxSec; stopping it");
+                self.publish(id, Some("ran longer than RuntimeMaxSec; stopping it".into()));
                 self.begin_stop(id);
             }
             (TimerKind::PidFileRetry, UnitState::Starting(StartStep::PidFile)) => {

@@ -81,6 +81,8 @@ pub enum RunEnd {
     SpawnFailed(String),
     /// WatchdogSec= passed without `WATCHDOG=1` (or the service sent `WATCHDOG=trigger`).
     Watchdog,
+    /// RuntimeMaxSec= passed.
+    RuntimeMax,
 }
 
 impl RunEnd {
@@ -111,7 +113,7 @@ impl RunEnd {
     /// as opposed to exiting with a code.
     fn is_abnormal(&self) -> bool {
         match self {
-            RunEnd::StartTimeout | RunEnd::Watchdog => true,
+            RunEnd::StartTimeout | RunEnd::Watchdog | RunEnd::RuntimeMax => true,
             RunEnd::Exited(ExitStatus::Signaled { .. }) => !self.is_clean(),
             _ => false,
         }
@@ -126,6 +128,7 @@ impl RunEnd {
             RunEnd::PostFailed(status) => format!("ExecStartPost {status}"),
             RunEnd::SpawnFailed(why) => format!("could not start: {why}"),
             RunEnd::Watchdog => "watchdog timeout (no WATCHDOG=1 within WatchdogSec)".into(),
+            RunEnd::RuntimeMax => "ran longer than RuntimeMaxSec".into(),
         }
     }
 }
@@ -138,7 +141,7 @@ pub fn result_env(end: &RunEnd) -> Vec<(String, String)> {
         RunEnd::Exited(ExitStatus::Exited { .. }) | RunEnd::PreFailed(_) | RunEnd::PostFailed(_) => "exit-code",
         RunEnd::Exited(ExitStatus::Signaled { core_dumped: true, .. }) => "core-dump",
         RunEnd::Exited(ExitStatus::Signaled { .. }) => "signal",
-        RunEnd::StartTimeout => "timeout",
+        RunEnd::StartTimeout | RunEnd::RuntimeMax => "timeout",
         RunEnd::Watchdog => "watchdog",
         RunEnd::SpawnFailed(_) => "resources",
     };

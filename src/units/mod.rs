@@ -271,6 +271,12 @@ pub struct ServiceConfig {
     pub watchdog: Option<Duration>,
     /// NotifyAccess=: whose notifications count (None: not set, systemd's `main` for a notify service).
     pub notify_access: Option<NotifyAccess>,
+    /// PermissionsStartOnly=yes: every command but ExecStart= runs as with the `+` prefix (deprecated in systemd).
+    pub permissions_start_only: bool,
+    /// RuntimeMaxSec=: a running service is stopped after this long, as a timeout (None: no limit).
+    pub runtime_max: Option<Duration>,
+    /// ReloadSignal=: what a reload of a `Type=notify-reload` service sends its main process.
+    pub reload_signal: i32,
     /// PIDFile=: a `Type=forking` service's main pid is read from it once the starter exited.
     pub pid_file: Option<PathBuf>,
     /// SuccessExitStatus=: exit codes and signals that count as a clean end besides 0 and SIGHUP/INT/TERM/PIPE.
@@ -335,6 +341,9 @@ impl Default for ServiceConfig {
             remain_after_exit: false,
             watchdog: None,
             notify_access: None,
+            permissions_start_only: false,
+            runtime_max: None,
+            reload_signal: libc::SIGHUP,
             pid_file: None,
             success_exit: ExitSet::default(),
             restart_prevent: ExitSet::default(),

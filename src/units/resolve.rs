@@ -583,6 +583,21 @@ impl<'a> Resolver<'a> {
                     svc.service_type = t;
                 }
             }
+            "PermissionsStartOnly" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    svc.permissions_start_only = b;
+                }
+            }
+            "RuntimeMaxSec" => {
+                if let Some(t) = self.value(entry, parse_timeout) {
+                    svc.runtime_max = t;
+                }
+            }
+            "ReloadSignal" => {
+                if let Some(s) = self.value(entry, parse_signal) {
+                    svc.reload_signal = s;
+                }
+            }
             "NotifyAccess" => {
                 if let Some(a) = self.value(entry, |v| match v {
                     "none" => Ok(NotifyAccess::None),
