@@ -1292,12 +1292,11 @@ impl Units {
                     self.post_exited(id, ExitStatus::Exited { code: 203 });
                 }
             },
-            (Role::StopPost, UnitState::Stopping(_), result) => {
-                if let Err(why) = result {
-                    self.emit(id, EventKind::Error, Some(format!("ExecStopPost could not start: {why}")));
-                    self.run_stop_post(id);
-                }
+            (Role::StopPost, UnitState::Stopping(_), Err(why)) => {
+                self.emit(id, EventKind::Error, Some(format!("ExecStopPost could not start: {why}")));
+                self.run_stop_post(id);
             }
+            (Role::StopPost, UnitState::Stopping(_), Ok(_)) => {}
             (Role::Reload, _, result) => {
                 let Some(job) = self.slots[id.0].reload.as_mut() else { return };
                 match result {

@@ -612,7 +612,7 @@ impl<'a> Resolver<'a> {
             "PIDFile" => {
                 if entry.value.is_empty() {
                     svc.pid_file = None;
-                } else if let Some(p) = self.value(entry, |v| absolute_path(v)) {
+                } else if let Some(p) = self.value(entry, absolute_path) {
                     svc.pid_file = Some(p);
                 }
             }
