@@ -152,14 +152,31 @@ fn tool(name: &str) -> String {
 /// Debian's redis-server.service (Type=notify, User=redis, RuntimeDirectory=,
 /// ProtectSystem=strict, ...) unchanged: redis tells READY=1 itself.
 #[test]
-fn debian_redis_server_runs_from_its_own_notify_unit_file() {
+fn debian_redis_server_runs_from_its_own_notify_unit_file_requiring_a_remaining_oneshot() {
     let redis_cli = tool("redis-cli");
     let unit = shipped("redis-server.service");
     assert!(unit.contains("Type=notify"), "{unit}");
-    let d = Daemon::start(&[("redis-server.service", &unit)]);
+    // A oneshot with RemainAfterExit=yes that redis Requires=, added as systemd would without
+    // editing the unit: a link in `redis-server.service.requires/`.
+    let dir = tempfile::tempdir().unwrap();
+    let setup = format!(
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'touch {}/set-up'\n",
+        dir.path().display()
+    );
+    let d = Daemon::start(&[("redis-server.service", &unit), ("redis-setup.service", &setup)]);
+    let stock = d.dir.path().join("stock");
+    std::fs::create_dir_all(stock.join("redis-server.service.requires")).unwrap();
+    std::os::unix::fs::symlink(
+        "../redis-setup.service",
+        stock.join("redis-server.service.requires/redis-setup.service"),
+    )
+    .unwrap();
+    assert_eq!(d.post("/api/v1/reload").0, 200);
     let (code, body) = d.post("/api/v1/units/redis-server/start");
     assert_eq!(code, 200, "{body}");
     let u = d.wait_status("redis-server", "started");
+    let s = d.wait_status("redis-setup", "started");
+    assert!(s["pid"].is_null() && dir.path().join("set-up").exists(), "the oneshot ran and remains: {s}");
     let pid = u["pid"].as_i64().expect("a main pid");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap().split_whitespace().nth(1).unwrap().to_string();
@@ -168,7 +185,9 @@ fn debian_redis_server_runs_from_its_own_notify_unit_file() {
     assert_eq!(uid, redis_uid.trim(), "User=redis");
     let out = std::process::Command::new(&redis_cli).arg("ping").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
-    d.post("/api/v1/units/redis-server/stop");
+    // Stopping what it requires takes redis down with it.
+    d.post("/api/v1/units/redis-setup/stop");
+    d.wait_status("redis-setup", "stopped");
     let u = d.wait_status("redis-server", "stopped");
     assert!(u["pid"].is_null(), "{u}");
     assert!(std::fs::metadata(format!("/proc/{pid}")).is_err(), "redis-server is still running");
