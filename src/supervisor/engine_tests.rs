@@ -1900,3 +1900,19 @@ fn a_notify_reload_service_is_reloaded_with_its_reload_signal() {
     let main = h.main_pid("r");
     assert!(h.actions().iter().any(|(_, a)| *a == Action::SignalProcess { pid: main, signal: Signal::SIGUSR1 }));
 }
+
+#[test]
+fn a_oneshot_runs_its_exec_start_post_after_its_commands_before_it_remains() {
+    let mut h = Sim::new(vec![unit(
+        "setup.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/one\nExecStartPost=/bin/after\n",
+    )]);
+    h.start("setup").unwrap();
+    h.exit(h.main_pid("setup"), code(0));
+    let snap = h.snapshot("setup");
+    assert_eq!((snap.status, snap.detail.as_deref()), (Status::Starting, Some("ExecStartPost 1/1")));
+    let post = h.mains("setup")[1].clone();
+    assert_eq!(post.argv, ["/bin/after"]);
+    h.exit(post.pid, code(0));
+    h.wait_status("setup", Status::Started);
+}

@@ -1217,7 +1217,9 @@ impl Units {
     fn run_oneshot_command(&mut self, id: UnitId, index: usize) {
         let s = &self.slots[id.0];
         let service = &s.unit.service;
-        let Some(command) = service.exec_start.iter().chain(&service.exec_start_more).nth(index).cloned() else {
+        // A oneshot's ExecStartPost= commands follow its ExecStart= ones, under the same rules.
+        let commands = service.exec_start.iter().chain(&service.exec_start_more).chain(&service.exec_start_post);
+        let Some(command) = commands.clone().nth(index).cloned() else {
             if service.remain_after_exit {
                 self.enter(id, UnitState::Remaining);
                 self.publish(id, None);
@@ -1228,10 +1230,16 @@ impl Units {
             return;
         };
         let env = s.prepared.env.clone();
-        let count = 1 + service.exec_start_more.len();
+        let count = usize::from(service.exec_start.is_some()) + service.exec_start_more.len();
+        let posts = service.exec_start_post.len();
+        let step = match index.checked_sub(count) {
+            None if count > 1 => Some(format!("ExecStart {}/{count}", index + 1)),
+            None => None,
+            Some(i) => Some(format!("ExecStartPost {}/{posts}", i + 1)),
+        };
         self.slots[id.0].state = UnitState::Starting(StartStep::SpawnOneshot { index });
-        if count > 1 {
-            self.publish(id, Some(format!("ExecStart {}/{count}", index + 1)));
+        if let Some(step) = step {
+            self.publish(id, Some(step));
         }
         self.out.push(Effect::Spawn { unit: id, role: Role::Main, command, env });
     }
@@ -1795,7 +1803,12 @@ impl Units {
             }
             (Role::Main, UnitState::Starting(StartStep::Oneshot { index, pid: current })) if current == pid => {
                 let service = &self.slots[id.0].unit.service;
-                let command = service.exec_start.iter().chain(&service.exec_start_more).nth(index);
+                let command = service
+                    .exec_start
+                    .iter()
+                    .chain(&service.exec_start_more)
+                    .chain(&service.exec_start_post)
+                    .nth(index);
                 if status.success() || command.is_some_and(|c| c.ignore_failure) {
                     self.run_oneshot_command(id, index + 1);
                 } else {
