@@ -18,9 +18,12 @@ fn distro_unit_loads_with_warnings() {
     assert!(unit.service.exec_stop[0].ignore_failure);
     let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
     assert!(warnings.iter().all(|w| w.severity == Severity::Warning));
+    // Type=forking with PIDFile= is implemented since issue 14 (the engine2 step): no warning.
     for key in ["Type=", "PIDFile="] {
-        assert!(text.iter().any(|t| t.contains(key)), "no warning for {key}: {text:#?}");
+        assert!(!text.iter().any(|t| t.contains(key)), "a warning for {key}: {text:#?}");
     }
+    assert_eq!(unit.service.service_type, aikore::units::ServiceType::Forking);
+    assert_eq!(unit.service.pid_file.as_deref(), Some(Path::new("/run/nginx.pid")));
     // Implemented since issue 14: checked at each start, no warning.
     assert!(!text.iter().any(|t| t.contains("ConditionFileIsExecutable=")), "{text:#?}");
     assert_eq!(unit.checks.conditions[0].arg, "/usr/sbin/nginx");

@@ -31,6 +31,22 @@ impl ExitStatus {
     pub fn success(self) -> bool {
         matches!(self, ExitStatus::Exited { code: 0 })
     }
+
+    /// The exit code of a process that exited.
+    pub fn code(self) -> Option<i32> {
+        match self {
+            ExitStatus::Exited { code } => Some(code),
+            ExitStatus::Signaled { .. } => None,
+        }
+    }
+
+    /// The signal that killed it.
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            ExitStatus::Signaled { signal, .. } => Some(signal),
+            ExitStatus::Exited { .. } => None,
+        }
+    }
 }
 
 impl std::fmt::Display for ExitStatus {

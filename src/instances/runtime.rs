@@ -281,7 +281,7 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
     let mut env = env_of(unit, ctx, Some(app_port), &headers);
     let launch = dir.join("launch.sh");
     let default_exec_start =
-        Some(ExecCommand { argv: vec!["/bin/bash".into(), launch.display().to_string()], ignore_failure: false });
+        Some(ExecCommand { argv: vec!["/bin/bash".into(), launch.display().to_string()], ..Default::default() });
     // Persistent mode: leased last, so nothing after it can fail and leave
     // a lease no run holds (end_run releases it only for runs that began).
     let persistent = if unit.instance.as_ref().is_some_and(|i| i.persistent_mode) {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::machine::{Answer, Cmd, Effect, Epoch, Input, Now, ReplyTo, Target, TimerKind, UnitId, Units};
+use super::machine::{Answer, Cmd, Effect, Epoch, Input, Now, ReplyTo, Sender, Target, TimerKind, UnitId, Units};
 use super::{
     ready, Command, CommandError, DrainHint, EventKind, ExitReport, ProcessControl, Reply, ShutdownReport, Status,
     UnitEvent,
@@ -156,9 +156,11 @@ impl<C: ProcessControl> Engine<C> {
             }
             for hint in dedup_hints(std::mem::take(&mut pending_hints)) {
                 match hint {
-                    DrainHint::Notify { unit, message } => {
-                        if let Some(unit) = self.units.id(&unit) {
-                            self.feed(Input::Notify { unit, message });
+                    DrainHint::Notify { unit: name, message, pid } => {
+                        if let Some(unit) = self.units.id(&name) {
+                            // NotifyAccess=all accepts a process of the unit: asked here, where the OS is.
+                            let member = pid.is_some_and(|pid| self.ctl.is_member(&name, pid));
+                            self.feed(Input::Notify { unit, message, sender: Sender { pid, member } });
                         }
                     }
                     hint => self.feed(Input::Hint(hint)),
@@ -277,6 +279,10 @@ impl<C: ProcessControl> Engine<C> {
                 self.ctl.watch_drain(&name);
                 let live = self.ctl.live_processes(&name);
                 Some(Input::Members { unit, live })
+            }
+            Effect::ReadPidFile { unit } => {
+                let result = self.ctl.forked_main_pid(self.units.unit(unit));
+                Some(Input::PidFile { unit, result })
             }
             Effect::GatherEvidence { unit } => {
                 let name = self.units.unit(unit).name.clone();

@@ -33,8 +33,8 @@ use tokio::time::Instant;
 use super::dedup_hints;
 use crate::init::ExitStatus;
 use crate::supervisor::machine::{
-    Answer, Cmd, Effect, Epoch, Input, Now, Outcome, Readiness, ReplyTo, StopStage, Target, Then, TimerKind, UnitId,
-    UnitState, Units,
+    Answer, Cmd, Effect, Epoch, Input, Now, Outcome, PidFileError, Readiness, ReplyTo, Sender, StopStage, Target, Then,
+    TimerKind, UnitId, UnitState, Units,
 };
 use crate::supervisor::state::RunEnd;
 use crate::supervisor::{
@@ -84,6 +84,10 @@ struct Kernel {
     /// What the reaper has seen and not yet delivered.
     exits: Vec<ExitReport>,
     drain_hints: Vec<DrainHint>,
+    /// What a forking unit's PID file read answers: the daemon's pid after this many `NotYet`s,
+    /// or a refusal. A forked daemon is a process of its unit the machine did not spawn.
+    pid_files: HashMap<String, (usize, Result<i32, PidFileError>)>,
+    pid_file_reads: usize,
 }
 
 /// How the fake kernel tells the machine about processes it did not spawn.
@@ -281,7 +285,7 @@ impl Sim {
                 let default_exec_start = u
                     .instance
                     .as_ref()
-                    .map(|_| ExecCommand { argv: vec!["/bin/launch.sh".into()], ignore_failure: false });
+                    .map(|_| ExecCommand { argv: vec!["/bin/launch.sh".into()], ..Default::default() });
                 // A port per run, as an instance's lease would give, so events can be checked to carry it.
                 let prepared = Prepared {
                     ready,
@@ -342,6 +346,21 @@ impl Sim {
                 self.kernel.live_checks += 1;
                 let live = self.kernel.live.get(&name).map_or(0, BTreeSet::len);
                 Some(Input::Members { unit, live })
+            }
+            Effect::ReadPidFile { unit } => {
+                let name = self.name(unit);
+                self.kernel.pid_file_reads += 1;
+                let (not_yet, result) =
+                    self.kernel.pid_files.get_mut(&name).expect("the test says what the PID file holds");
+                if *not_yet > 0 {
+                    *not_yet -= 1;
+                    return Some(Input::PidFile { unit, result: Err(PidFileError::NotYet) });
+                }
+                let result = result.clone();
+                if let Ok(pid) = result {
+                    self.kernel.live.entry(name).or_default().insert(pid);
+                }
+                Some(Input::PidFile { unit, result })
             }
             Effect::GatherEvidence { unit } => {
                 let lines = self.kernel.log_tail.get(&self.name(unit)).cloned().unwrap_or_default();
@@ -451,6 +470,18 @@ impl Sim {
         assert!(self.kernel.live.get_mut(unit).is_some_and(|p| p.remove(&pid)));
         self.kernel.ended(unit, pid);
         self.settle();
+    }
+
+    /// A datagram on the unit's NOTIFY_SOCKET, sent by its main process.
+    fn notify(&mut self, name: &str, message: &str) {
+        let unit = self.id(name);
+        let pid = self.units.state(unit).main_pid();
+        self.notify_from(name, message, Sender { pid, member: true });
+    }
+
+    fn notify_from(&mut self, name: &str, message: &str, sender: Sender) {
+        let unit = self.id(name);
+        self.input(Input::Notify { unit, message: message.into(), sender });
     }
 
     /// The unit's readiness probe gets its answer.
@@ -1287,6 +1318,7 @@ fn said(h: &Sim, effect: &Effect) -> String {
         Effect::Probe { unit, .. } => format!("probe {}", name(unit)),
         Effect::CheckDrained { unit } => format!("check-drained {}", name(unit)),
         Effect::GatherEvidence { unit } => format!("gather-evidence {}", name(unit)),
+        Effect::ReadPidFile { unit } => format!("read-pid-file {}", name(unit)),
         Effect::FindPortHolder { port, .. } => format!("find-port-holder {port}"),
         Effect::EndRun { unit } => format!("end-run {}", name(unit)),
         Effect::Note { text, .. } => format!("note {text}"),
@@ -1336,6 +1368,7 @@ fn exited(stage: StopStage, ending: RunEnd) -> UnitState {
         then: Then::Policy,
         escalated: false,
         remained: false,
+        post: None,
     })
 }
 
@@ -1541,18 +1574,17 @@ fn a_oneshot_that_finished_satisfies_what_requires_it_and_a_failed_one_does_not(
 fn a_notify_service_is_started_at_ready_and_killed_when_its_watchdog_goes_quiet() {
     let mut h = Sim::new(vec![service("d", "Type=notify\nWatchdogSec=2s\nRestart=on-failure\nRestartSec=1s\n")]);
     h.start("d").unwrap();
-    let d = h.id("d");
     let snap = h.snapshot("d");
     assert_eq!((snap.status, snap.detail.as_deref()), (Status::Starting, Some("waiting for READY=1")));
-    h.input(Input::Notify { unit: d, message: "STATUS=loading\n".into() });
+    h.notify("d", "STATUS=loading\n");
     assert_eq!(h.snapshot("d").detail.as_deref(), Some("loading"));
-    h.input(Input::Notify { unit: d, message: "READY=1\nSTATUS=serving\n".into() });
+    h.notify("d", "READY=1\nSTATUS=serving\n");
     let snap = h.snapshot("d");
     assert_eq!((snap.status, snap.detail.as_deref()), (Status::Started, Some("serving")));
     // Pings keep it alive past WatchdogSec.
     for _ in 0..3 {
         h.sleep(Duration::from_millis(1500));
-        h.input(Input::Notify { unit: d, message: "WATCHDOG=1".into() });
+        h.notify("d", "WATCHDOG=1");
     }
     assert_eq!(h.mains("d").len(), 1);
     let quiet = h.now();
@@ -1562,4 +1594,325 @@ fn a_notify_service_is_started_at_ready_and_killed_when_its_watchdog_goes_quiet(
     let snap = h.wait_status("d", Status::Restarting);
     assert!(snap.detail.as_deref().unwrap_or("").starts_with("watchdog timeout"), "{:?}", snap.detail);
     h.wait_spawns("d", 2);
+}
+
+// ---- exit statuses, restart curves, kill signals (issue 14) -------------------
+
+#[test]
+fn success_exit_status_is_clean_and_the_restart_lists_override_restart() {
+    let mut h = Sim::new(vec![
+        service("ok3", "Restart=on-failure\nSuccessExitStatus=3 SIGUSR1\n"),
+        service("prevent", "Restart=always\nRestartPreventExitStatus=4\n"),
+        service("force", "Restart=no\nRestartForceExitStatus=5\nRestartSec=1s\n"),
+    ]);
+    for name in ["ok3", "prevent", "force"] {
+        h.start(name).unwrap();
+        h.wait_status(name, Status::Started);
+    }
+    h.exit(h.main_pid("ok3"), code(3));
+    assert_eq!(h.wait_status("ok3", Status::Stopped).detail.as_deref(), Some("exited with code 3"));
+    h.exit(h.main_pid("prevent"), code(4));
+    h.wait_status("prevent", Status::Error);
+    h.exit(h.main_pid("force"), code(5));
+    h.wait_status("force", Status::Restarting);
+    h.wait_spawns("force", 2);
+    h.sleep(Duration::from_secs(60));
+    assert_eq!((h.mains("ok3").len(), h.mains("prevent").len()), (1, 1));
+}
+
+#[test]
+fn restart_steps_climb_from_restart_sec_to_restart_max_delay_sec() {
+    let mut h = Sim::new(vec![service("c", "Restart=always\nRestartSec=1s\nRestartSteps=2\nRestartMaxDelaySec=4s\n")]);
+    h.start("c").unwrap();
+    let mut gaps = Vec::new();
+    for n in 1..=4 {
+        h.wait_status("c", Status::Started);
+        let died = h.now();
+        h.exit(h.main_pid("c"), code(1));
+        h.wait_spawns("c", n + 1);
+        gaps.push((h.mains("c")[n].at - died).as_millis());
+    }
+    assert_eq!(gaps, [1000, 2000, 4000, 4000]);
+}
+
+#[test]
+fn final_kill_signal_send_sighup_and_restart_kill_signal_are_the_signals_sent() {
+    let mut h = Sim::new(vec![service(
+        "s",
+        "SendSIGHUP=yes\nFinalKillSignal=SIGQUIT\nRestartKillSignal=SIGUSR2\nTimeoutStopSec=2s\n",
+    )]);
+    h.start("s").unwrap();
+    h.wait_status("s", Status::Started);
+    let stopped = h.now();
+    h.stop("s").unwrap();
+    h.wait_for("the final kill signal", |h| h.unit_signals("s").len() >= 3);
+    let signals = h.unit_signals("s");
+    assert_eq!(
+        signals,
+        [(stopped, TERM), (stopped, Signal::SIGHUP), (stopped + Duration::from_secs(2), Signal::SIGQUIT)]
+    );
+    h.exit(h.main_pid("s"), signaled(Signal::SIGQUIT));
+    h.wait_status("s", Status::Stopped);
+    h.start("s").unwrap();
+    h.wait_status("s", Status::Started);
+    h.restart("s").unwrap();
+    assert_eq!(h.unit_signals("s")[3].1, Signal::SIGUSR2, "a restart's stop uses RestartKillSignal=");
+}
+
+#[test]
+fn send_sigkill_no_leaves_what_ignores_the_kill_signal_running() {
+    let mut h = Sim::new(vec![service("stubborn", "SendSIGKILL=no\nTimeoutStopSec=3s\n")]);
+    h.start("stubborn").unwrap();
+    h.wait_status("stubborn", Status::Started);
+    h.stop("stubborn").unwrap();
+    let snap = h.wait_status("stubborn", Status::Stopped);
+    assert_eq!(snap.status, Status::Stopped);
+    assert!(!h.unit_signals("stubborn").iter().any(|(_, s)| *s == KILL), "{:?}", h.unit_signals("stubborn"));
+}
+
+#[test]
+fn watchdog_signal_replaces_sigabrt() {
+    let mut h = Sim::new(vec![service(
+        "w",
+        "Type=notify\nWatchdogSec=1s\nWatchdogSignal=SIGUSR1\nTimeoutAbortSec=3s\nTimeoutStopSec=60s\n",
+    )]);
+    h.start("w").unwrap();
+    h.notify("w", "READY=1");
+    let quiet = h.now();
+    h.wait_for("the watchdog", |h| !h.unit_signals("w").is_empty());
+    assert_eq!(h.unit_signals("w")[0], (quiet + Duration::from_secs(1), Signal::SIGUSR1));
+    // TimeoutAbortSec=3s, not TimeoutStopSec=, until SIGKILL.
+    h.wait_for("SIGKILL", |h| h.unit_signals("w").len() >= 2);
+    assert_eq!(h.unit_signals("w")[1], (quiet + Duration::from_secs(4), KILL));
+}
+
+#[test]
+fn requisite_fails_at_once_when_the_other_unit_is_not_active_and_never_starts_it() {
+    let mut h = Sim::new(vec![
+        service("db", ""),
+        unit("app.service", "[Unit]\nRequisite=db.service\nAfter=db.service\n[Service]\nExecStart=/bin/app\n"),
+    ]);
+    h.start("app").unwrap();
+    let snap = h.wait_status("app", Status::Failed);
+    assert_eq!(snap.detail.as_deref(), Some("requisite db is not active"));
+    assert_eq!(h.snapshot("db").status, Status::Stopped, "Requisite= never starts the other unit");
+    h.start("db").unwrap();
+    h.wait_status("db", Status::Started);
+    h.start("app").unwrap();
+    h.wait_status("app", Status::Started);
+    // And it goes down with it.
+    h.obey("app");
+    h.obey("db");
+    h.stop("db").unwrap();
+    h.wait_status("app", Status::Stopped);
+}
+
+#[test]
+fn a_oneshot_that_outlives_timeout_start_sec_is_killed_and_fails() {
+    let mut h = Sim::new(vec![service("slow", "Type=oneshot\nTimeoutStartSec=5s\nExecStart=/bin/more\n")]);
+    h.obey("slow");
+    h.start("slow").unwrap();
+    let started = h.now();
+    // The first command succeeds; the timeout covers both.
+    h.sleep(Duration::from_secs(3));
+    h.exit(h.main_pid("slow"), code(0));
+    let snap = h.wait_status("slow", Status::Error);
+    assert_eq!(snap.detail.as_deref(), Some("did not become ready within TimeoutStartSec"));
+    assert_eq!(
+        h.actions().iter().find(|(_, a)| matches!(a, Action::SignalGroup { .. })).map(|(t, _)| *t - started),
+        Some(Duration::from_secs(5))
+    );
+}
+
+#[test]
+fn a_forking_service_is_started_with_the_pid_from_its_pid_file_and_ends_with_it() {
+    let mut h = Sim::new(vec![service("fork", "Type=forking\nPIDFile=/run/fork.pid\nRestart=no\n")]);
+    h.kernel.pid_files.insert("fork".into(), (3, Ok(777)));
+    h.start("fork").unwrap();
+    let starter = h.main_pid("fork");
+    assert_eq!(h.snapshot("fork").status, Status::Starting);
+    h.exit(starter, code(0));
+    // Not written yet three times, read again every PID_FILE_RETRY.
+    let snap = h.wait_status("fork", Status::Started);
+    assert_eq!(snap.pid, Some(777));
+    assert_eq!(h.kernel.pid_file_reads, 4);
+    h.exit(777, code(2));
+    let snap = h.wait_status("fork", Status::Error);
+    assert_eq!(snap.detail.as_deref(), Some("exited with code 2"));
+}
+
+#[test]
+fn a_forking_service_with_an_untrusted_pid_file_or_a_failing_starter_fails() {
+    let mut h = Sim::new(vec![
+        service("evil", "Type=forking\nPIDFile=/run/evil.pid\n"),
+        service("broken", "Type=forking\nPIDFile=/run/broken.pid\n"),
+    ]);
+    h.kernel.pid_files.insert("evil".into(), (0, Err(PidFileError::Refused("owned by uid 1000".into()))));
+    h.start("evil").unwrap();
+    h.exit(h.main_pid("evil"), code(0));
+    let snap = h.wait_status("evil", Status::Error);
+    assert!(snap.detail.as_deref().unwrap_or("").contains("owned by uid 1000"), "{:?}", snap.detail);
+    h.start("broken").unwrap();
+    h.exit(h.main_pid("broken"), code(1));
+    assert_eq!(h.wait_status("broken", Status::Error).detail.as_deref(), Some("exited with code 1"));
+    assert_eq!(h.kernel.pid_file_reads, 1, "a failed starter's PID file is not read");
+}
+
+#[test]
+fn notify_access_decides_whose_datagrams_count() {
+    let mut h = Sim::new(vec![
+        service("main", "Type=notify\n"),
+        service("none", "Type=notify\nNotifyAccess=none\nTimeoutStartSec=0\n"),
+        service("all", "Type=notify\nNotifyAccess=all\n"),
+    ]);
+    for name in ["main", "none", "all"] {
+        h.start(name).unwrap();
+    }
+    // A child of the main process, in the unit: not the main process.
+    let child = Sender { pid: Some(9999), member: true };
+    h.notify_from("main", "READY=1", child);
+    assert_eq!(h.snapshot("main").status, Status::Starting, "NotifyAccess=main (the default) ignores a child");
+    h.notify("main", "READY=1");
+    assert_eq!(h.snapshot("main").status, Status::Started);
+    h.notify("none", "READY=1");
+    assert_eq!(h.snapshot("none").status, Status::Starting, "NotifyAccess=none ignores everyone");
+    h.notify_from("all", "READY=1", Sender { pid: Some(9998), member: false });
+    assert_eq!(h.snapshot("all").status, Status::Starting, "a process outside the unit is ignored under all");
+    h.notify_from("all", "READY=1", child);
+    assert_eq!(h.snapshot("all").status, Status::Started);
+}
+
+#[test]
+fn extend_timeout_usec_pushes_the_start_timeout_and_reloading_shows_until_ready() {
+    let mut h = Sim::new(vec![service("slow", "Type=notify\nTimeoutStartSec=2s\n")]);
+    h.obey("slow");
+    h.start("slow").unwrap();
+    let started = h.now();
+    h.sleep(Duration::from_secs(1));
+    h.notify("slow", "EXTEND_TIMEOUT_USEC=5000000");
+    h.sleep(Duration::from_secs(4));
+    assert_eq!(h.snapshot("slow").status, Status::Starting, "still within the extension");
+    h.wait_for("the start timeout", |h| !h.unit_signals("slow").is_empty());
+    assert_eq!(h.unit_signals("slow")[0].0 - started, Duration::from_secs(6));
+
+    let mut h = Sim::new(vec![service("r", "Type=notify-reload\n")]);
+    h.start("r").unwrap();
+    h.notify("r", "READY=1");
+    h.notify("r", "RELOADING=1");
+    let snap = h.snapshot("r");
+    assert_eq!((snap.status, snap.detail.as_deref()), (Status::Started, Some("reloading (RELOADING=1)")));
+    h.events();
+    h.notify("r", "READY=1");
+    assert_eq!(h.snapshot("r").detail, None);
+    assert!(h.events().iter().any(|e| e.detail.as_deref() == Some("reloaded (READY=1 after RELOADING=1)")));
+}
+
+// ---- ExecCondition=, ExecStartPost=, ExecStopPost= ---------------------------
+
+#[test]
+fn exec_condition_skips_on_1_to_254_and_fails_on_255() {
+    let mut h = Sim::new(vec![
+        service("skip", "ExecCondition=/bin/check\nExecStartPre=/bin/pre\n"),
+        service("bad", "ExecCondition=/bin/check\n"),
+        service("go", "ExecCondition=/bin/check\nExecStartPre=/bin/pre\n"),
+    ]);
+    for (name, status) in [("skip", code(1)), ("bad", code(255)), ("go", code(0))] {
+        h.start(name).unwrap();
+        let check = h.spawns(name)[0].clone();
+        assert_eq!(check.argv, ["/bin/check"]);
+        h.exit(check.pid, status);
+    }
+    let snap = h.wait_status("skip", Status::Stopped);
+    assert_eq!(snap.detail.as_deref(), Some("skipped: ExecCondition 1 exited with code 1"));
+    assert_eq!(h.spawns("skip").len(), 1, "nothing after a condition that says no");
+    assert_eq!(h.wait_status("bad", Status::Error).detail.as_deref(), Some("ExecStartPre exited with code 255"));
+    // The condition held: ExecStartPre= runs next.
+    let pre = h.spawns("go")[1].clone();
+    assert_eq!(pre.argv, ["/bin/pre"]);
+    h.exit(pre.pid, code(0));
+    h.wait_status("go", Status::Started);
+}
+
+#[test]
+fn exec_start_post_runs_before_the_unit_counts_as_started_and_its_failure_stops_it() {
+    let mut h = Sim::new(vec![
+        service("web", "ExecStartPost=/bin/post one\nExecStartPost=-/bin/post two\n"),
+        service("broken", "ExecStartPost=/bin/post\n"),
+    ]);
+    h.obey("broken");
+    h.start("web").unwrap();
+    let snap = h.snapshot("web");
+    assert_eq!((snap.status, snap.detail.as_deref()), (Status::Starting, Some("ExecStartPost 1/2")));
+    let posts: Vec<Spawned> = h.spawns("web").into_iter().filter(|s| s.role == Role::Post).collect();
+    assert_eq!(posts[0].argv, ["/bin/post", "one"]);
+    assert!(posts[0].env.contains(&("MAINPID".to_string(), h.main_pid("web").to_string())));
+    h.exit(posts[0].pid, code(0));
+    let second = h.spawns("web").into_iter().filter(|s| s.role == Role::Post).nth(1).unwrap();
+    h.exit(second.pid, code(1));
+    assert_eq!(h.snapshot("web").status, Status::Started, "the '-' prefix: its failure does not count");
+
+    h.start("broken").unwrap();
+    let post = h.spawns("broken").into_iter().find(|s| s.role == Role::Post).unwrap();
+    h.exit(post.pid, code(2));
+    let snap = h.wait_status("broken", Status::Error);
+    assert_eq!(snap.detail.as_deref(), Some("ExecStartPost exited with code 2"));
+}
+
+#[test]
+fn exec_stop_post_runs_after_every_process_is_gone_with_the_result_in_its_environment() {
+    let mut h = Sim::new(vec![service("db", "ExecStopPost=/bin/cleanup\n")]);
+    h.start("db").unwrap();
+    h.wait_status("db", Status::Started);
+    h.add_leftover("db", 9001);
+    h.exit(h.main_pid("db"), code(3));
+    assert!(h.spawns("db").iter().all(|s| s.role != Role::StopPost), "not while a leftover lives");
+    h.remove_leftover("db", 9001);
+    let post = h.spawns("db").into_iter().find(|s| s.role == Role::StopPost).expect("ExecStopPost spawned");
+    assert_eq!(post.argv, ["/bin/cleanup"]);
+    for var in [("SERVICE_RESULT", "exit-code"), ("EXIT_CODE", "exited"), ("EXIT_STATUS", "3")] {
+        assert!(post.env.contains(&(var.0.to_string(), var.1.to_string())), "{var:?} in {:?}", post.env);
+    }
+    assert_eq!(h.snapshot("db").status, Status::Stopping);
+    h.exit(post.pid, code(0));
+    assert_eq!(h.wait_status("db", Status::Error).detail.as_deref(), Some("exited with code 3"));
+}
+
+#[test]
+fn runtime_max_sec_stops_a_running_service_as_a_timeout_and_restart_on_failure_brings_it_back() {
+    let mut h = Sim::new(vec![service("job", "RuntimeMaxSec=10s\nRestart=on-failure\nRestartSec=1s\n")]);
+    h.obey("job");
+    h.start("job").unwrap();
+    let started = h.now();
+    h.wait_status("job", Status::Started);
+    h.wait_for("the runtime limit", |h| !h.unit_signals("job").is_empty());
+    assert_eq!(h.unit_signals("job")[0], (started + Duration::from_secs(10), TERM));
+    let snap = h.wait_status("job", Status::Restarting);
+    assert!(snap.detail.as_deref().unwrap_or("").starts_with("ran longer than RuntimeMaxSec"), "{:?}", snap.detail);
+    h.wait_spawns("job", 2);
+}
+
+#[test]
+fn a_notify_reload_service_is_reloaded_with_its_reload_signal() {
+    let mut h = Sim::new(vec![service("r", "Type=notify-reload\nReloadSignal=SIGUSR1\n")]);
+    h.start("r").unwrap();
+    h.notify("r", "READY=1");
+    assert_eq!(h.command(Cmd::Reload("r".into())), Ok(Answer::Done));
+    let main = h.main_pid("r");
+    assert!(h.actions().iter().any(|(_, a)| *a == Action::SignalProcess { pid: main, signal: Signal::SIGUSR1 }));
+}
+
+#[test]
+fn a_oneshot_runs_its_exec_start_post_after_its_commands_before_it_remains() {
+    let mut h = Sim::new(vec![unit(
+        "setup.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/one\nExecStartPost=/bin/after\n",
+    )]);
+    h.start("setup").unwrap();
+    h.exit(h.main_pid("setup"), code(0));
+    let snap = h.snapshot("setup");
+    assert_eq!((snap.status, snap.detail.as_deref()), (Status::Starting, Some("ExecStartPost 1/1")));
+    let post = h.mains("setup")[1].clone();
+    assert_eq!(post.argv, ["/bin/after"]);
+    h.exit(post.pid, code(0));
+    h.wait_status("setup", Status::Started);
 }

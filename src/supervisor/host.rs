@@ -14,7 +14,7 @@ use super::members::Membership;
 use super::spawn::{spawn_in, ProcessSpec};
 use super::{DrainHint, ExitReport, OsError, Prepared, ProcessControl, ReadyTarget, Role, RunHooks};
 use crate::logs::LogHub;
-use crate::units::{expand_vars, parse_env_file, ExecCommand, ReadyCheck, Unit};
+use crate::units::{expand_vars, parse_env_file, ExecCommand, Privilege, ReadyCheck, Unit};
 use nix::sys::signal::Signal;
 
 pub struct HostConfig {
@@ -38,6 +38,8 @@ pub struct HostProcesses {
     exits: mpsc::UnboundedSender<ExitReport>,
     /// How each unit with a current run finds its processes.
     members: HashMap<String, Membership>,
+    /// The PIDFile= of each forking unit whose main pid was read from it: removed at end-run.
+    pid_files: HashMap<String, PathBuf>,
     /// Units whose current run holds a display lease (persistent mode).
     displays: std::collections::HashSet<String>,
     /// Every spawned pid with its start time, on disk: a daemon restarted
@@ -117,6 +119,7 @@ impl HostProcesses {
             logs,
             exits,
             members: HashMap::new(),
+            pid_files: HashMap::new(),
             displays: Default::default(),
             pids,
             hints,
@@ -231,6 +234,18 @@ impl HostProcesses {
         };
         self.members.insert(unit.name.clone(), membership.clone());
         membership
+    }
+
+    /// The unit's live processes now.
+    fn unit_pids(&mut self, unit: &str) -> Vec<i32> {
+        match self.members.get(unit) {
+            Some(Membership::Marked { pgid, .. }) => {
+                let pgid = *pgid;
+                self.swept_members(unit, pgid).into_iter().map(|(pid, _)| pid).collect()
+            }
+            Some(m) => m.pids(),
+            None => Vec::new(),
+        }
     }
 
     fn marked(&self, unit: &Unit, pgid: Option<i32>) -> Membership {
@@ -381,8 +396,43 @@ impl ProcessControl for HostProcesses {
             _ => resolve_user(unit).map_err(OsError::Refused)?,
         };
         // The exec context (issue 14): directories, private /tmp, groups, limits, sandbox.
+        // PermissionsStartOnly=yes: the `+` prefix on every command but ExecStart=.
+        let privilege = match (unit.service.permissions_start_only, role) {
+            (true, Role::Main) | (false, _) => command.privilege,
+            (true, _) => Privilege::Full,
+        };
+        if unit.instance.is_some() && privilege != Privilege::Normal {
+            return Err(OsError::Refused("the '+', '!' and '!!' prefixes are not allowed in an instance".into()));
+        }
+        // `+`: none of the sandbox for this command.
+        let unsandboxed;
+        let exec_unit = match privilege {
+            Privilege::Full => {
+                let mut u = unit.clone();
+                let e = &mut u.service.exec;
+                e.no_new_privileges = Some(false);
+                e.capability_bounding_set = None;
+                e.ambient_capabilities = 0;
+                e.private_tmp = false;
+                e.protect_system = Default::default();
+                e.protect_home = Default::default();
+                e.read_write_paths.clear();
+                e.read_only_paths.clear();
+                e.inaccessible_paths.clear();
+                e.supplementary_groups.clear();
+                unsandboxed = u;
+                &unsandboxed
+            }
+            Privilege::NoUser => {
+                let mut u = unit.clone();
+                u.service.exec.supplementary_groups.clear();
+                unsandboxed = u;
+                &unsandboxed
+            }
+            Privilege::Normal => unit,
+        };
         let run = self.exec_runs.entry(unit.name.clone()).or_default();
-        let for_process = super::exec::for_process(unit, (uid, gid), &groups, unit.instance.is_some(), run)
+        let for_process = super::exec::for_process(exec_unit, (uid, gid), &groups, unit.instance.is_some(), run)
             .map_err(OsError::Refused)?;
         let groups = for_process.groups;
         let mut env = self.environment(unit, &user_env).map_err(OsError::Refused)?;
@@ -399,7 +449,11 @@ impl ProcessControl for HostProcesses {
             }
             merged
         };
-        let argv: Vec<String> = command.argv.iter().map(|w| expand_vars(w, &env)).collect();
+        // The `:` prefix: the words as written.
+        let argv: Vec<String> = match command.no_expand {
+            true => command.argv.clone(),
+            false => command.argv.iter().map(|w| expand_vars(w, &env)).collect(),
+        };
         // An instance works in its own dir unless told otherwise.
         let cwd = unit.service.working_directory.clone().or_else(|| {
             let hooks = self.config.hooks.as_ref()?;
@@ -408,7 +462,15 @@ impl ProcessControl for HostProcesses {
         // WorkingDirectory=~: the user's home (root's without User=).
         let home = || env.iter().rev().find(|(k, _)| k == "HOME").map_or("/root".into(), |(_, v)| PathBuf::from(v));
         let cwd = if unit.service.exec.working_directory_home { Some(home()) } else { cwd };
-        let spec = ProcessSpec { argv, env, cwd, umask: unit.service.umask, nice: unit.service.nice, uid, gid, groups };
+        // `+`, `!`: this command runs as aikore's own user (root), without User=/Group= (and
+        // SupplementaryGroups=, whose groups belong to that user); directories above stay the user's.
+        let (uid, gid, groups) = match privilege {
+            Privilege::Normal => (uid, gid, groups),
+            Privilege::NoUser | Privilege::Full => (None, None, Vec::new()),
+        };
+        let argv0 = command.argv0.clone();
+        let (umask, nice) = (unit.service.umask, unit.service.nice);
+        let spec = ProcessSpec { argv, argv0, env, cwd, umask, nice, uid, gid, groups };
         let membership = self.membership(unit, None);
         let procs_fd = match &membership {
             Membership::Cgroup(cg) => Some(cg.open_procs().map_err(|e| OsError::io("cgroup", e))?),
@@ -506,6 +568,10 @@ impl ProcessControl for HostProcesses {
     }
 
     fn end_run(&mut self, unit: &str) {
+        if let Some(path) = self.pid_files.remove(unit) {
+            // systemd removes a forking service's PID file once it is down, so a stale one never misleads.
+            let _ = std::fs::remove_file(path);
+        }
         if let Some(reader) = self.notifiers.remove(unit) {
             reader.abort();
         }
@@ -529,6 +595,65 @@ impl ProcessControl for HostProcesses {
 
     fn note(&mut self, unit: &str, text: &str) {
         self.logs.note(unit, text.strip_prefix("[aikore] ").unwrap_or(text));
+    }
+
+    fn forked_main_pid(&mut self, unit: &Unit) -> Result<i32, super::machine::PidFileError> {
+        use super::forking;
+        use super::machine::PidFileError;
+        let pid = match &unit.service.pid_file {
+            Some(path) => {
+                let file = forking::read(path)?;
+                if !forking::alive(file.pid) {
+                    // A stale file from an earlier run, not rewritten yet.
+                    return Err(PidFileError::NotYet);
+                }
+                let member = self.is_member(&unit.name, file.pid);
+                let pid = forking::trusted(file, nix::unistd::geteuid().as_raw(), member, path)?;
+                if pid == std::process::id() as i32 {
+                    return Err(PidFileError::Refused(format!("PIDFile {} names aikore itself", path.display())));
+                }
+                pid
+            }
+            None => {
+                let left: Vec<i32> = self.unit_pids(&unit.name).into_iter().filter(|p| forking::alive(*p)).collect();
+                match left[..] {
+                    [pid] => pid,
+                    _ => {
+                        return Err(PidFileError::Refused(format!(
+                            "Type=forking without PIDFile=: {} processes are left, so the main one cannot be told;                              set PIDFile=",
+                            left.len()
+                        )))
+                    }
+                }
+            }
+        };
+        // Its exit must reach the engine like a spawned process's: a route in the reaper (we are its
+        // subreaper once its parent, the starter, is gone). Registered before the liveness check, so an
+        // end in between is still routed.
+        let exits = self.exits.clone();
+        crate::init::reaper().lock().register(
+            pid,
+            Box::new(move |pid, status| {
+                let _ = exits.send((pid, status));
+            }),
+        );
+        if !forking::alive(pid) {
+            return Err(PidFileError::NotYet);
+        }
+        self.pids.add(&unit.name, pid);
+        if let Some(Membership::Marked { .. }) = self.members.get(&unit.name) {
+            if let Some(pgid) = super::members::process_group_of(pid) {
+                self.known.add(&unit.name, pid, pgid);
+            }
+        }
+        if let Some(path) = &unit.service.pid_file {
+            self.pid_files.insert(unit.name.clone(), path.clone());
+        }
+        Ok(pid)
+    }
+
+    fn is_member(&mut self, unit: &str, pid: i32) -> bool {
+        self.unit_pids(unit).contains(&pid)
     }
 
     fn port_holder(&mut self, port: u16) -> Option<String> {

@@ -20,16 +20,28 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::state::{
-    backoff_delay, describe_stop_exit, should_restart, RunEnd, StartLimit, Status, BACKOFF_RESET_AFTER,
+    describe_stop_exit, restart_delay, should_restart, RunEnd, StartLimit, Status, BACKOFF_RESET_AFTER,
 };
 use super::{CommandError, DrainHint, EventKind, OsError, Prepared, ReadyTarget, Role, UnitEvent, UnitSnapshot};
 use crate::failure::{classify, Evidence, Failure, FailureClass};
 use crate::init::ExitStatus;
-use crate::units::{ExecCommand, KillMode, ServiceType, Unit, UnitKind};
+use crate::units::{ExecCommand, KillMode, NotifyAccess, ServiceType, Unit, UnitKind};
+
+fn access_name(access: NotifyAccess) -> &'static str {
+    match access {
+        NotifyAccess::None => "none",
+        NotifyAccess::Main => "main",
+        NotifyAccess::Exec => "exec",
+        NotifyAccess::All => "all",
+    }
+}
 
 /// After SIGKILL, how long to wait for processes to vanish before giving up on
 /// them (a process in uninterruptible sleep cannot die until its I/O returns).
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a PIDFile= not written yet is read again.
+pub const PID_FILE_RETRY: Duration = Duration::from_millis(50);
 
 /// A unit's slot. Slots are never reused, so an id in a late timer or probe
 /// answer can never name another unit.
@@ -54,6 +66,10 @@ pub enum TimerKind {
     StopTimeout,
     /// WatchdogSec= of a notify service, re-armed by each `WATCHDOG=1`.
     Watchdog,
+    /// RuntimeMaxSec= of a running service.
+    RuntimeMax,
+    /// Read a forking service's PIDFile= again (the daemon writes it after its parent exited).
+    PidFileRetry,
 }
 
 /// Names a pending reply the driver holds (a oneshot sender is not data).
@@ -128,7 +144,32 @@ pub enum Input {
     Notify {
         unit: UnitId,
         message: String,
+        sender: Sender,
     },
+    /// A `Type=forking` service's main pid, read from its PIDFile= (or the
+    /// one process left when it has none); Err says why it cannot be trusted.
+    PidFile {
+        unit: UnitId,
+        result: Result<i32, PidFileError>,
+    },
+}
+
+/// Who sent an sd_notify datagram, as the kernel and the OS side tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sender {
+    /// From SCM_CREDENTIALS (None: the kernel did not say).
+    pub pid: Option<i32>,
+    /// The pid is one of the unit's processes (what NotifyAccess=all asks).
+    pub member: bool,
+}
+
+/// Why a forking service's main pid is not known yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PidFileError {
+    /// Not written yet (or naming a pid that is gone): asked again until TimeoutStartSec.
+    NotYet,
+    /// It cannot be trusted or there is none to find: the start fails.
+    Refused(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +222,10 @@ pub enum Effect {
     },
     /// Watch for the unit's processes to end, and count them now. Answer: [`Input::Members`].
     CheckDrained {
+        unit: UnitId,
+    },
+    /// A forking service's starter exited 0: find its main pid. Answer: [`Input::PidFile`].
+    ReadPidFile {
         unit: UnitId,
     },
     /// Answer: [`Input::Evidence`].
@@ -251,6 +296,12 @@ pub enum StartStep {
         index: usize,
         pid: i32,
     },
+    /// A `Type=forking` service's starter, which forks the daemon and exits.
+    Forking {
+        pid: i32,
+    },
+    /// The starter exited 0; the main pid is being read (answer: [`Input::PidFile`]).
+    PidFile,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +354,8 @@ pub struct Stop {
     pub escalated: bool,
     /// Stopping a oneshot that remained active: its ExecStop= runs though no main process is left.
     pub remained: bool,
+    /// ExecStopPost=: the index of the next command, once they began (None: not yet).
+    pub post: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -486,6 +539,10 @@ struct Slot {
     reload: Option<ReloadJob>,
     /// The `seq` of the last event emitted for this unit (0: none yet).
     seq: u64,
+    /// Sent `RELOADING=1` and no `READY=1` since.
+    reloading: bool,
+    /// The ExecStartPost= command running (its index and pid once spawned).
+    post: Option<(usize, Option<i32>)>,
 }
 
 struct ShutdownJob {
@@ -504,6 +561,19 @@ fn ordered_before(a: &Unit, b: &Unit) -> bool {
 
 fn kill_signal(unit: &Unit) -> Signal {
     Signal::try_from(unit.service.kill_signal).unwrap_or(Signal::SIGTERM)
+}
+
+/// The signal of a stop: RestartKillSignal= when the unit comes back up, else KillSignal=.
+fn stop_signal(unit: &Unit, then: Then) -> Signal {
+    match (then, unit.service.restart_kill_signal) {
+        (Then::Up, Some(signal)) => Signal::try_from(signal).unwrap_or_else(|_| kill_signal(unit)),
+        _ => kill_signal(unit),
+    }
+}
+
+/// FinalKillSignal=: what a stop escalates to after TimeoutStopSec.
+fn final_kill_signal(unit: &Unit) -> Signal {
+    Signal::try_from(unit.service.final_kill_signal).unwrap_or(Signal::SIGKILL)
 }
 
 /// Every unit's state, and the rules that move it.
@@ -555,7 +625,8 @@ impl Units {
             Input::Members { unit, live } => self.on_members(unit, live),
             Input::Evidence { unit, evidence } => self.on_evidence(unit, evidence),
             Input::PortHolder { unit, holder } => self.on_port_holder(unit, holder),
-            Input::Notify { unit, message } => self.on_notify(unit, &message),
+            Input::Notify { unit, message, sender } => self.on_notify(unit, &message, sender),
+            Input::PidFile { unit, result } => self.on_pid_file(unit, result),
         }
         self.advance();
         if let Some(job) = self.shutdown.as_mut() {
@@ -767,7 +838,9 @@ impl Units {
                 }
                 return;
             }
-            UnitState::Starting(StartStep::Pre { pid, .. } | StartStep::Oneshot { pid, .. }) => {
+            UnitState::Starting(
+                StartStep::Pre { pid, .. } | StartStep::Oneshot { pid, .. } | StartStep::Forking { pid },
+            ) => {
                 // Half-started: nothing depends on it yet, so no ordering to wait for.
                 let pid = *pid;
                 let signal = kill_signal(&s.unit);
@@ -778,6 +851,7 @@ impl Units {
                     then: Then::Down,
                     escalated: false,
                     remained: false,
+                    post: None,
                 });
                 self.publish(id, None);
                 self.out.push(Effect::Signal { target: Target::Group(pid), signal });
@@ -804,7 +878,8 @@ impl Units {
             .into_iter()
             .filter(|d| {
                 let d = &self.slots[d.0];
-                d.unit.requires.contains(&name) && !d.state.is_inactive()
+                (d.unit.requires.contains(&name) || d.unit.relations.requisite.contains(&name))
+                    && !d.state.is_inactive()
             })
             .collect();
         self.enter(
@@ -816,6 +891,7 @@ impl Units {
                 then: Then::Down,
                 escalated: false,
                 remained,
+                post: None,
             }),
         );
         self.publish(id, None);
@@ -854,6 +930,17 @@ impl Units {
     fn request_reload(&mut self, id: UnitId, reply: Option<ReplyTo>) -> Result<(), CommandError> {
         let s = &self.slots[id.0];
         let refuse = |why: String| CommandError::Refused { unit: s.unit.name.clone(), action: "reload", why };
+        if s.unit.service.exec_reload.is_empty() && s.unit.service.service_type == ServiceType::NotifyReload {
+            // Type=notify-reload: ReloadSignal= to the main process, which answers RELOADING=1 ... READY=1.
+            let pid = s.state.can_reload().map_err(|e| refuse(e.to_string()))?;
+            let signal = Signal::try_from(s.unit.service.reload_signal).unwrap_or(Signal::SIGHUP);
+            self.out.push(Effect::Signal { target: Target::Process(pid), signal });
+            self.note(id, &format!("reload: {} sent to pid {pid} (ReloadSignal=)", signal.as_str()));
+            if let Some(to) = reply {
+                self.out.push(Effect::Reply { to, result: Ok(Answer::Done) });
+            }
+            return Ok(());
+        }
         if s.unit.service.exec_reload.is_empty() {
             return Err(refuse("it has no ExecReload=".into()));
         }
@@ -927,6 +1014,8 @@ impl Units {
                 failure: None,
                 reload: None,
                 seq: 0,
+                reloading: false,
+                post: None,
             });
             self.index.insert(name, id);
             self.emit(id, EventKind::Config, Some("unit added".into()));
@@ -1029,6 +1118,15 @@ impl Units {
         if blocked {
             return false;
         }
+        // Requisite=: the other unit must be active already; it is never started for this one.
+        for dep in &unit.relations.requisite {
+            let active = self.id(dep).is_some_and(|d| self.slots[d.0].state.status() == Status::Started);
+            if !active {
+                self.enter(id, UnitState::Inactive(Outcome::Failed));
+                self.publish(id, Some(format!("requisite {dep} is not active")));
+                return true;
+            }
+        }
         self.enter(id, UnitState::Starting(StartStep::Conditions { fresh }));
         self.out.push(Effect::CheckConditions { unit: id });
         true
@@ -1087,9 +1185,15 @@ impl Units {
         let s = &self.slots[id.0];
         let unit = Arc::clone(&s.unit);
         let env = s.prepared.env.clone();
-        if let Some(command) = unit.service.exec_start_pre.get(index) {
+        // ExecCondition= commands first, then ExecStartPre=, in one run of indices.
+        let (conditions, pre) = (&unit.service.exec_condition, &unit.service.exec_start_pre);
+        if let Some(command) = conditions.iter().chain(pre).nth(index) {
             self.slots[id.0].state = UnitState::Starting(StartStep::SpawnPre { index });
-            self.publish(id, Some(format!("ExecStartPre {}/{}", index + 1, unit.service.exec_start_pre.len())));
+            let step = match index.checked_sub(conditions.len()) {
+                None => format!("ExecCondition {}/{}", index + 1, conditions.len()),
+                Some(i) => format!("ExecStartPre {}/{}", i + 1, pre.len()),
+            };
+            self.publish(id, Some(step));
             self.out.push(Effect::Spawn { unit: id, role: Role::Pre, command: command.clone(), env });
             return;
         }
@@ -1113,7 +1217,9 @@ impl Units {
     fn run_oneshot_command(&mut self, id: UnitId, index: usize) {
         let s = &self.slots[id.0];
         let service = &s.unit.service;
-        let Some(command) = service.exec_start.iter().chain(&service.exec_start_more).nth(index).cloned() else {
+        // A oneshot's ExecStartPost= commands follow its ExecStart= ones, under the same rules.
+        let commands = service.exec_start.iter().chain(&service.exec_start_more).chain(&service.exec_start_post);
+        let Some(command) = commands.clone().nth(index).cloned() else {
             if service.remain_after_exit {
                 self.enter(id, UnitState::Remaining);
                 self.publish(id, None);
@@ -1124,10 +1230,16 @@ impl Units {
             return;
         };
         let env = s.prepared.env.clone();
-        let count = 1 + service.exec_start_more.len();
+        let count = usize::from(service.exec_start.is_some()) + service.exec_start_more.len();
+        let posts = service.exec_start_post.len();
+        let step = match index.checked_sub(count) {
+            None if count > 1 => Some(format!("ExecStart {}/{count}", index + 1)),
+            None => None,
+            Some(i) => Some(format!("ExecStartPost {}/{posts}", i + 1)),
+        };
         self.slots[id.0].state = UnitState::Starting(StartStep::SpawnOneshot { index });
-        if count > 1 {
-            self.publish(id, Some(format!("ExecStart {}/{count}", index + 1)));
+        if let Some(step) = step {
+            self.publish(id, Some(step));
         }
         self.out.push(Effect::Spawn { unit: id, role: Role::Main, command, env });
     }
@@ -1148,8 +1260,14 @@ impl Units {
                 if index == 0 {
                     self.slots[id.0].run_started = Some(self.now.at);
                     self.slots[id.0].started_ms = Some(self.now.wall_ms);
+                    // TimeoutStartSec= covers all of a oneshot's commands: one timer, kept across them.
+                    self.enter(id, UnitState::Starting(StartStep::Oneshot { index, pid }));
+                    if let Some(timeout) = self.slots[id.0].unit.service.timeout_start {
+                        self.arm(id, TimerKind::StartTimeout, timeout);
+                    }
+                } else {
+                    self.slots[id.0].state = UnitState::Starting(StartStep::Oneshot { index, pid });
                 }
-                self.enter(id, UnitState::Starting(StartStep::Oneshot { index, pid }));
             }
             (
                 Role::Pre | Role::Main,
@@ -1171,6 +1289,22 @@ impl Units {
                     }
                 }
             }
+            (Role::Post, UnitState::Running { .. }, result) if self.slots[id.0].post.is_some() => match result {
+                Ok(pid) => {
+                    if let Some((_, p)) = self.slots[id.0].post.as_mut() {
+                        *p = Some(pid);
+                    }
+                }
+                Err(why) => {
+                    self.emit(id, EventKind::Error, Some(format!("ExecStartPost could not start: {why}")));
+                    self.post_exited(id, ExitStatus::Exited { code: 203 });
+                }
+            },
+            (Role::StopPost, UnitState::Stopping(_), Err(why)) => {
+                self.emit(id, EventKind::Error, Some(format!("ExecStopPost could not start: {why}")));
+                self.run_stop_post(id);
+            }
+            (Role::StopPost, UnitState::Stopping(_), Ok(_)) => {}
             (Role::Reload, _, result) => {
                 let Some(job) = self.slots[id.0].reload.as_mut() else { return };
                 match result {
@@ -1200,11 +1334,24 @@ impl Units {
         let s = &mut self.slots[id.0];
         s.run_started = Some(now.at);
         s.started_ms = Some(now.wall_ms);
+        if s.unit.service.service_type == ServiceType::Forking {
+            // Started once the starter exits 0 and the daemon's pid is known; TimeoutStartSec= bounds both.
+            let timeout = s.unit.service.timeout_start;
+            self.enter(id, UnitState::Starting(StartStep::Forking { pid }));
+            self.note(id, &format!("started {argv}, pid {pid}; waiting for it to fork and exit"));
+            self.publish(id, Some("waiting for the starter to fork".into()));
+            if let Some(timeout) = timeout {
+                self.arm(id, TimerKind::StartTimeout, timeout);
+            }
+            return;
+        }
         let ready = s.prepared.ready.clone();
         let unit = Arc::clone(&s.unit);
         let notifies = unit.service.service_type.notifies();
-        let readiness = if ready.is_some() || notifies { Readiness::Waiting } else { Readiness::Ready };
+        let posts = !unit.service.exec_start_post.is_empty();
+        let readiness = if ready.is_some() || notifies || posts { Readiness::Waiting } else { Readiness::Ready };
         self.enter(id, UnitState::Running { pid, ready: readiness });
+        self.arm_runtime_max(id);
         self.note(id, &format!("started {argv}, pid {pid}"));
         match ready {
             None if notifies => {
@@ -1213,6 +1360,7 @@ impl Units {
                     self.arm(id, TimerKind::StartTimeout, timeout);
                 }
             }
+            None if posts => self.run_post(id, 0),
             None => self.publish(id, None),
             Some(target) => {
                 self.publish(id, Some("waiting for readiness".into()));
@@ -1257,7 +1405,7 @@ impl Units {
     fn send_kill_signal(&mut self, id: UnitId, timed: bool) {
         let s = &mut self.slots[id.0];
         let UnitState::Stopping(stop) = &mut s.state else { return };
-        let signal = kill_signal(&s.unit);
+        let signal = stop_signal(&s.unit, stop.then);
         let target = match (s.unit.service.kill_mode, stop.main) {
             (KillMode::ControlGroup, _) | (_, None) => Target::Unit(id),
             (KillMode::ProcessGroup, Some(pid)) => Target::Group(pid),
@@ -1265,7 +1413,12 @@ impl Units {
         };
         stop.stage = StopStage::Draining { sigkill_sent: false };
         let timeout = s.unit.service.timeout_stop;
+        let sighup = s.unit.service.send_sighup && signal != Signal::SIGHUP;
         self.out.push(Effect::Signal { target, signal });
+        if sighup {
+            // SendSIGHUP=yes: shells and the like hang up at once.
+            self.out.push(Effect::Signal { target, signal: Signal::SIGHUP });
+        }
         // Stopped (SIGSTOP'd) processes would never see the signal.
         if signal != Signal::SIGKILL {
             self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
@@ -1294,6 +1447,7 @@ impl Units {
                 then: Then::Policy,
                 escalated: false,
                 remained: false,
+                post: None,
             }),
         );
         self.out.push(Effect::CheckDrained { unit: id });
@@ -1344,7 +1498,92 @@ impl Units {
             // The next exit of ours or DrainHint checks again; TimeoutStopSec bounds the wait.
             return;
         }
+        let s = &self.slots[id.0];
+        if let UnitState::Stopping(Stop { post: None, .. }) = s.state {
+            if !s.unit.service.exec_stop_post.is_empty() {
+                self.run_stop_post(id);
+                return;
+            }
+        }
         self.finish_run(id);
+    }
+
+    /// The next ExecStopPost= command (with the run's result in its
+    /// environment, as systemd gives it); once none is left, the run is over.
+    fn run_stop_post(&mut self, id: UnitId) {
+        let s = &mut self.slots[id.0];
+        let UnitState::Stopping(stop) = &mut s.state else { return };
+        let index = stop.post.unwrap_or(0);
+        let Some(command) = s.unit.service.exec_stop_post.get(index).cloned() else {
+            self.finish_run(id);
+            return;
+        };
+        stop.post = Some(index + 1);
+        let mut env = s.prepared.env.clone();
+        env.extend(super::state::result_env(&stop.ending));
+        self.out.push(Effect::Spawn { unit: id, role: Role::StopPost, command, env });
+    }
+
+    /// An ExecCondition= exited non-zero: 1-254 skips the start as an unmet
+    /// condition does; 255 or a signal fails it (systemd's rule).
+    fn condition_failed(&mut self, id: UnitId, index: usize, status: ExitStatus) {
+        match status {
+            ExitStatus::Exited { code: 1..=254 } => {
+                let why = format!("skipped: ExecCondition {} {status}", index + 1);
+                self.note(id, &why);
+                self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGKILL });
+                self.out.push(Effect::EndRun { unit: id });
+                self.enter(id, UnitState::Inactive(Outcome::Stopped));
+                self.publish(id, Some(why));
+            }
+            _ => self.run_ended(id, RunEnd::PreFailed(status)),
+        }
+    }
+
+    /// The main process counts as started: its ExecStartPost= commands run
+    /// (the unit still starting), then it is ready.
+    fn run_post(&mut self, id: UnitId, index: usize) {
+        let s = &mut self.slots[id.0];
+        let UnitState::Running { ready, .. } = &mut s.state else { return };
+        let posts = &s.unit.service.exec_start_post;
+        let Some(command) = posts.get(index).cloned() else {
+            s.post = None;
+            *ready = Readiness::Ready;
+            self.publish(id, None);
+            return;
+        };
+        let count = posts.len();
+        s.post = Some((index, None));
+        let env = self.command_env(id);
+        self.publish(id, Some(format!("ExecStartPost {}/{count}", index + 1)));
+        self.out.push(Effect::Spawn { unit: id, role: Role::Post, command, env });
+    }
+
+    fn post_exited(&mut self, id: UnitId, status: ExitStatus) {
+        let s = &mut self.slots[id.0];
+        let Some((index, _)) = s.post.take() else { return };
+        let ignore = s.unit.service.exec_start_post.get(index).is_some_and(|c| c.ignore_failure);
+        if status.success() || ignore {
+            self.run_post(id, index + 1);
+            return;
+        }
+        // A failed ExecStartPost= fails the start: the main process is stopped, and Restart= decides.
+        let UnitState::Running { pid, .. } = self.slots[id.0].state else { return };
+        self.enter(
+            id,
+            UnitState::Stopping(Stop {
+                stage: StopStage::WaitOrder,
+                main: Some(pid),
+                ending: RunEnd::PostFailed(status),
+                then: Then::Policy,
+                escalated: false,
+                remained: false,
+                post: None,
+            }),
+        );
+        self.note(id, &format!("ExecStartPost {status}; stopping it"));
+        self.publish(id, Some(format!("ExecStartPost {status}; stopping it")));
+        self.begin_stop(id);
     }
 
     fn check_drained(&mut self, id: UnitId) {
@@ -1377,8 +1616,9 @@ impl Units {
     fn finish_run(&mut self, id: UnitId) {
         let UnitState::Stopping(stop) = &self.slots[id.0].state else { return };
         let (ending, then) = (stop.ending.clone(), stop.then);
+        let clean = ending.is_clean_with(&self.slots[id.0].unit.service.success_exit);
         match &ending {
-            RunEnd::Exited(_) | RunEnd::PreFailed(_) if !ending.is_clean() => {
+            RunEnd::Exited(_) | RunEnd::PreFailed(_) | RunEnd::PostFailed(_) if !clean => {
                 self.slots[id.0].state =
                     UnitState::Finishing(Finish { end: FinishEnd::Run { ending, then }, awaiting: Awaiting::Evidence });
                 self.out.push(Effect::GatherEvidence { unit: id });
@@ -1398,7 +1638,11 @@ impl Units {
             return;
         };
         let end = end.clone();
-        if let FinishEnd::Run { ending: RunEnd::Exited(status) | RunEnd::PreFailed(status), .. } = &end {
+        if let FinishEnd::Run {
+            ending: RunEnd::Exited(status) | RunEnd::PreFailed(status) | RunEnd::PostFailed(status),
+            ..
+        } = &end
+        {
             (evidence.code, evidence.signal) = match *status {
                 ExitStatus::Exited { code } => (Some(code), None),
                 ExitStatus::Signaled { signal, .. } => (None, Some(signal)),
@@ -1481,8 +1725,9 @@ impl Units {
         let now = self.now.at;
         let s = &mut self.slots[id.0];
         let ran_for = s.run_started.take().map(|t| now.saturating_duration_since(t)).unwrap_or_default();
-        let policy = s.unit.service.restart;
-        let restart_sec = s.unit.service.restart_sec;
+        let service = Arc::clone(&s.unit);
+        let service = &service.service;
+        let clean = ending.is_clean_with(&service.success_exit);
         if ran_for >= BACKOFF_RESET_AFTER {
             s.consecutive_failures = 0;
         }
@@ -1494,7 +1739,7 @@ impl Units {
                 let _ = self.request_start(id, true);
             }
             Then::Down => {
-                if ending.is_clean() {
+                if clean {
                     self.enter(id, UnitState::Inactive(Outcome::Stopped));
                     self.publish(id, None);
                 } else {
@@ -1504,7 +1749,7 @@ impl Units {
             }
             Then::Policy
                 if !shutting_down
-                    && should_restart(policy, &ending)
+                    && should_restart(service, &ending)
                     && failure.as_ref().is_some_and(|f| f.class.restart_cannot_fix()) =>
             {
                 // Another run would end the same way: say why now instead of burning the start limit.
@@ -1513,9 +1758,9 @@ impl Units {
                 self.note(id, &detail);
                 self.publish(id, Some(detail));
             }
-            Then::Policy if !shutting_down && should_restart(policy, &ending) => {
+            Then::Policy if !shutting_down && should_restart(service, &ending) => {
                 let s = &mut self.slots[id.0];
-                let delay = backoff_delay(restart_sec, s.consecutive_failures);
+                let delay = restart_delay(service, s.consecutive_failures);
                 s.consecutive_failures = s.consecutive_failures.saturating_add(1);
                 s.restarts += 1;
                 self.enter(id, UnitState::Backoff);
@@ -1525,7 +1770,7 @@ impl Units {
                 self.arm(id, TimerKind::RestartDue, delay);
             }
             Then::Policy => {
-                if ending.is_clean() {
+                if clean {
                     let oneshot = self.slots[id.0].unit.service.service_type == ServiceType::Oneshot;
                     let outcome =
                         if oneshot && ending != RunEnd::Requested { Outcome::Finished } else { Outcome::Stopped };
@@ -1558,16 +1803,36 @@ impl Units {
             }
             (Role::Main, UnitState::Starting(StartStep::Oneshot { index, pid: current })) if current == pid => {
                 let service = &self.slots[id.0].unit.service;
-                let command = service.exec_start.iter().chain(&service.exec_start_more).nth(index);
+                let command = service
+                    .exec_start
+                    .iter()
+                    .chain(&service.exec_start_more)
+                    .chain(&service.exec_start_post)
+                    .nth(index);
                 if status.success() || command.is_some_and(|c| c.ignore_failure) {
                     self.run_oneshot_command(id, index + 1);
                 } else {
                     self.run_ended(id, RunEnd::Exited(status));
                 }
             }
+            (Role::Main, UnitState::Starting(StartStep::Forking { pid: current })) if current == pid => {
+                if status.success() {
+                    self.slots[id.0].state = UnitState::Starting(StartStep::PidFile);
+                    self.out.push(Effect::ReadPidFile { unit: id });
+                } else {
+                    self.run_ended(id, RunEnd::Exited(status));
+                }
+            }
             (Role::Main, UnitState::Stopping(stop)) if stop.main == Some(pid) => self.main_stopped(id, stop, status),
             (Role::Pre, UnitState::Starting(StartStep::Pre { index, pid: current })) if current == pid => {
-                let ignore = self.slots[id.0].unit.service.exec_start_pre.get(index).is_some_and(|c| c.ignore_failure);
+                let service = &self.slots[id.0].unit.service;
+                let conditions = service.exec_condition.len();
+                if index < conditions && !status.success() {
+                    self.condition_failed(id, index, status);
+                    return;
+                }
+                let command = service.exec_condition.iter().chain(&service.exec_start_pre).nth(index);
+                let ignore = index >= conditions && command.is_some_and(|c| c.ignore_failure);
                 if status.success() || ignore {
                     self.run_pre_or_main(id, index + 1);
                 } else {
@@ -1584,7 +1849,18 @@ impl Units {
             }
             (Role::Reload, _) => self.reload_exited(id, pid, status),
             // A pre-start or stop command that outlived its step (a stop interrupted it): one less to wait for.
-            (Role::Pre | Role::Stop, _) => self.check_drained(id),
+            (Role::Post, UnitState::Running { .. }) if self.slots[id.0].post.is_some_and(|(_, p)| p == Some(pid)) => {
+                self.post_exited(id, status)
+            }
+            (Role::StopPost, UnitState::Stopping(stop)) if stop.post.is_some() => {
+                let service = &self.slots[id.0].unit.service;
+                let index = stop.post.unwrap_or(1).saturating_sub(1);
+                if !status.success() && !service.exec_stop_post.get(index).is_some_and(|c| c.ignore_failure) {
+                    self.emit(id, EventKind::Error, Some(format!("ExecStopPost {status}")));
+                }
+                self.run_stop_post(id);
+            }
+            (Role::Pre | Role::Stop | Role::Post | Role::StopPost, _) => self.check_drained(id),
             (Role::Main, _) => {}
         }
     }
@@ -1630,8 +1906,27 @@ impl Units {
     /// sd_notify: READY=1 makes a notify service started, STATUS= is its
     /// detail, WATCHDOG=1 re-arms WatchdogSec=, MAINPID= names another of
     /// our processes as the main one.
-    fn on_notify(&mut self, id: UnitId, message: &str) {
+    fn on_notify(&mut self, id: UnitId, message: &str, sender: Sender) {
         let notice = super::notify::Notice::parse(message);
+        let s = &self.slots[id.0];
+        let access = s.unit.service.notify_access.unwrap_or(NotifyAccess::Main);
+        let main = s.state.main_pid();
+        let ours = |pid: i32| Some(pid) == main || s.children.iter().any(|(child, _)| *child == pid);
+        let allowed = match (access, sender.pid) {
+            (NotifyAccess::None, _) | (_, None) => false,
+            (NotifyAccess::Main, Some(pid)) => Some(pid) == main,
+            (NotifyAccess::Exec, Some(pid)) => ours(pid),
+            (NotifyAccess::All, Some(pid)) => sender.member || ours(pid),
+        };
+        if !allowed {
+            let who = sender.pid.map_or("an unknown sender".to_string(), |pid| format!("pid {pid}"));
+            let text = format!("notification from {who} ignored: NotifyAccess={} allows it not", access_name(access));
+            self.out.push(Effect::Warn { unit: id, text });
+            return;
+        }
+        if let Some(more) = notice.extend_timeout {
+            self.extend_timeout(id, more);
+        }
         let s = &mut self.slots[id.0];
         let UnitState::Running { pid, .. } = &mut s.state else { return };
         let watchdog = s.unit.service.watchdog;
@@ -1649,18 +1944,32 @@ impl Units {
         let s = &mut self.slots[id.0];
         let notifies = s.unit.service.service_type.notifies();
         let UnitState::Running { ready, .. } = &mut s.state else { return };
-        let became_ready = notice.ready && *ready != Readiness::Ready && notifies;
-        if became_ready {
+        let became_ready = notice.ready && *ready != Readiness::Ready && notifies && s.post.is_none();
+        let posts = !s.unit.service.exec_start_post.is_empty();
+        if became_ready && !posts {
             *ready = Readiness::Ready;
+        }
+        let reloaded = notice.ready && !became_ready && s.reloading;
+        if notice.reloading {
+            s.reloading = true;
+        } else if notice.ready {
+            s.reloading = false;
         }
         let detail = match (&notice.status, notice.stopping) {
             (_, true) => Some("stopping (STOPPING=1)".to_string()),
             (Some(text), false) => Some(text.clone()),
-            (None, false) if became_ready => None,
+            (None, false) if notice.reloading => Some("reloading (RELOADING=1)".to_string()),
+            (None, false) if became_ready || reloaded => None,
             (None, false) => s.detail.clone(),
         };
-        if became_ready || notice.status.is_some() || notice.stopping {
+        if became_ready || reloaded || notice.reloading || notice.status.is_some() || notice.stopping {
             self.publish(id, detail);
+        }
+        if reloaded {
+            self.emit(id, EventKind::Info, Some("reloaded (READY=1 after RELOADING=1)".into()));
+        }
+        if became_ready && posts {
+            self.run_post(id, 0);
         }
         if notice.watchdog_trigger {
             self.watchdog_fired(id);
@@ -1671,12 +1980,55 @@ impl Units {
         }
     }
 
+    fn arm_runtime_max(&mut self, id: UnitId) {
+        if let Some(max) = self.slots[id.0].unit.service.runtime_max {
+            self.arm(id, TimerKind::RuntimeMax, max);
+        }
+    }
+
+    /// EXTEND_TIMEOUT_USEC=: the start (not ready yet) or the stop under way
+    /// may run `more` from now, even past TimeoutStartSec=/TimeoutStopSec=.
+    fn extend_timeout(&mut self, id: UnitId, more: Duration) {
+        let kind = match &self.slots[id.0].state {
+            UnitState::Running { ready: Readiness::Waiting, .. } | UnitState::Starting(_) => TimerKind::StartTimeout,
+            UnitState::Stopping(Stop {
+                stage: StopStage::Draining { sigkill_sent: false } | StopStage::Command { .. },
+                ..
+            }) => TimerKind::StopTimeout,
+            _ => return,
+        };
+        self.note(id, &format!("EXTEND_TIMEOUT_USEC: {kind:?} extended to {:.1}s from now", more.as_secs_f64()));
+        self.arm(id, kind, more);
+    }
+
+    /// A forking service's main pid is known (or cannot be trusted): it is started, or the run ends.
+    fn on_pid_file(&mut self, id: UnitId, result: Result<i32, PidFileError>) {
+        if self.slots[id.0].state != UnitState::Starting(StartStep::PidFile) {
+            return;
+        }
+        match result {
+            Ok(pid) => {
+                let s = &mut self.slots[id.0];
+                // Adopted: its exit (we are its subreaper) ends the run as a main process's does.
+                s.children.push((pid, Role::Main));
+                self.enter(id, UnitState::Running { pid, ready: Readiness::Waiting });
+                self.arm_runtime_max(id);
+                self.note(id, &format!("main pid {pid} (forked)"));
+                self.run_post(id, 0);
+            }
+            // The epoch stays that of the start, so TimeoutStartSec= still bounds the wait.
+            Err(PidFileError::NotYet) => self.arm(id, TimerKind::PidFileRetry, PID_FILE_RETRY),
+            Err(PidFileError::Refused(why)) => self.run_ended(id, RunEnd::SpawnFailed(why)),
+        }
+    }
+
     /// No WATCHDOG=1 in time: the run ends like a crash, killed with
     /// SIGABRT (systemd's WatchdogSignal= default, for a core dump), and
     /// Restart= decides (on-failure and on-abnormal restart it).
     fn watchdog_fired(&mut self, id: UnitId) {
         let UnitState::Running { pid, .. } = self.slots[id.0].state else { return };
-        self.note(id, "watchdog timeout: no WATCHDOG=1 within WatchdogSec=; sending SIGABRT");
+        let signal = Signal::try_from(self.slots[id.0].unit.service.watchdog_signal).unwrap_or(Signal::SIGABRT);
+        self.note(id, &format!("watchdog timeout: no WATCHDOG=1 within WatchdogSec=; sending {}", signal.as_str()));
         self.enter(
             id,
             UnitState::Stopping(Stop {
@@ -1686,12 +2038,15 @@ impl Units {
                 then: Then::Policy,
                 escalated: false,
                 remained: false,
+                post: None,
             }),
         );
         self.publish(id, Some("watchdog timeout".into()));
-        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGABRT });
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal });
         self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
-        if let Some(timeout) = self.slots[id.0].unit.service.timeout_stop {
+        let service = &self.slots[id.0].unit.service;
+        // TimeoutAbortSec= bounds this stop when set (a core dump may take longer than a stop).
+        if let Some(timeout) = service.timeout_abort.unwrap_or(service.timeout_stop) {
             self.arm(id, TimerKind::StopTimeout, timeout);
         }
         self.out.push(Effect::CheckDrained { unit: id });
@@ -1702,9 +2057,10 @@ impl Units {
         if s.epoch != epoch {
             return;
         }
-        if let UnitState::Running { ready, .. } = &mut s.state {
-            *ready = Readiness::Ready;
-            self.publish(id, None);
+        if let UnitState::Running { ready: Readiness::Waiting | Readiness::Stalled, .. } = s.state {
+            if s.post.is_none() {
+                self.run_post(id, 0);
+            }
         }
     }
 
@@ -1731,11 +2087,74 @@ impl Units {
                         then: Then::Policy,
                         escalated: false,
                         remained: false,
+                        post: None,
                     }),
                 );
                 self.note(id, "not ready within TimeoutStartSec; stopping it");
                 self.publish(id, Some("not ready within TimeoutStartSec; stopping it".into()));
                 self.begin_stop(id);
+            }
+            (TimerKind::RuntimeMax, UnitState::Running { pid, .. }) => {
+                let pid = *pid;
+                self.enter(
+                    id,
+                    UnitState::Stopping(Stop {
+                        stage: StopStage::WaitOrder,
+                        main: Some(pid),
+                        ending: RunEnd::RuntimeMax,
+                        then: Then::Policy,
+                        escalated: false,
+                        remained: false,
+                        post: None,
+                    }),
+                );
+                self.note(id, "ran longer than RuntimeMaxSec; stopping it");
+                self.publish(id, Some("ran longer than RuntimeMaxSec; stopping it".into()));
+                self.begin_stop(id);
+            }
+            (TimerKind::PidFileRetry, UnitState::Starting(StartStep::PidFile)) => {
+                self.out.push(Effect::ReadPidFile { unit: id });
+            }
+            (
+                TimerKind::StartTimeout,
+                UnitState::Starting(StartStep::Oneshot { .. } | StartStep::Forking { .. } | StartStep::PidFile),
+            ) => {
+                // Half-started: nothing depends on it yet, so no ordering or ExecStop= to go through.
+                let starter = match &s.state {
+                    UnitState::Starting(StartStep::Oneshot { pid, .. } | StartStep::Forking { pid }) => Some(*pid),
+                    _ => None,
+                };
+                let signal = kill_signal(&s.unit);
+                s.state = UnitState::Stopping(Stop {
+                    stage: StopStage::Draining { sigkill_sent: false },
+                    main: None,
+                    ending: RunEnd::StartTimeout,
+                    then: Then::Policy,
+                    escalated: false,
+                    remained: false,
+                    post: None,
+                });
+                self.note(id, "not started within TimeoutStartSec; stopping it");
+                self.publish(id, Some("not started within TimeoutStartSec; stopping it".into()));
+                if let Some(pid) = starter {
+                    self.out.push(Effect::Signal { target: Target::Group(pid), signal });
+                }
+                self.bump_epoch(id);
+                self.send_kill_signal(id, false);
+            }
+            (TimerKind::StopTimeout, UnitState::Stopping(_)) if !s.unit.service.send_sigkill => {
+                // SendSIGKILL=no: what is left keeps running, unsupervised, as systemd leaves it.
+                self.note(id, "still running after TimeoutStopSec; SendSIGKILL=no, so it is left running");
+                self.emit(
+                    id,
+                    EventKind::Error,
+                    Some("processes left running after TimeoutStopSec (SendSIGKILL=no)".into()),
+                );
+                self.slots[id.0].children.retain(|(_, role)| *role == Role::Reload);
+                if let UnitState::Stopping(stop) = &mut self.slots[id.0].state {
+                    stop.main = None;
+                }
+                self.finish_run(id);
             }
             (TimerKind::StopTimeout, UnitState::Stopping(stop)) => match stop.stage {
                 StopStage::SpawnCmd { .. } | StopStage::Command { .. } => {
@@ -1760,7 +2179,8 @@ impl Units {
     }
 
     fn escalate(&mut self, id: UnitId) {
-        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGKILL });
+        let signal = final_kill_signal(&self.slots[id.0].unit);
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal });
         if let UnitState::Stopping(stop) = &mut self.slots[id.0].state {
             stop.escalated = true;
             stop.stage = StopStage::Draining { sigkill_sent: true };
@@ -1778,12 +2198,16 @@ impl Units {
     /// draining, SIGKILL after escalation, and while ExecStop runs whatever a
     /// stop command conventionally sends (it may send any of them).
     fn signals_sent(&self, id: UnitId, stage: &StopStage) -> Vec<Signal> {
-        let kill = kill_signal(&self.slots[id.0].unit);
+        let unit = &self.slots[id.0].unit;
+        let kill = kill_signal(unit);
         match stage {
             StopStage::Draining { sigkill_sent } => {
-                let mut sent = vec![kill];
+                let mut sent = vec![kill, stop_signal(unit, Then::Up)];
+                if unit.service.send_sighup {
+                    sent.push(Signal::SIGHUP);
+                }
                 if *sigkill_sent {
-                    sent.push(Signal::SIGKILL);
+                    sent.extend([Signal::SIGKILL, final_kill_signal(unit)]);
                 }
                 sent
             }

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod drain;
 mod engine;
 pub mod exec;
+pub mod forking;
 pub mod host;
 pub mod machine;
 pub mod members;
@@ -36,6 +37,10 @@ pub enum Role {
     Pre,
     Stop,
     Reload,
+    /// ExecStartPost=.
+    Post,
+    /// ExecStopPost=.
+    StopPost,
 }
 
 /// Where readiness is probed, resolved at start (an instance's port may be leased then).
@@ -122,6 +127,16 @@ pub trait ProcessControl: Send + 'static {
     /// before `end_run`, and only for runs that ended badly.
     fn failure_evidence(&mut self, _unit: &str) -> crate::failure::Evidence {
         crate::failure::Evidence::default()
+    }
+    /// A `Type=forking` service's starter exited 0: its main pid, from
+    /// PIDFile= (checked as trusted) or the one process left without one;
+    /// on success its exit is reported like a spawned process's.
+    fn forked_main_pid(&mut self, _unit: &Unit) -> Result<i32, machine::PidFileError> {
+        Err(machine::PidFileError::Refused("Type=forking is not supported here".into()))
+    }
+    /// Whether `pid` is one of the unit's processes (its cgroup, or its group and markers).
+    fn is_member(&mut self, _unit: &str, _pid: i32) -> bool {
+        false
     }
     /// Who listens on `port` (`comm (pid N)`), for the `port-in-use` hint.
     fn port_holder(&mut self, _port: u16) -> Option<String> {
@@ -390,5 +405,6 @@ pub enum DrainHint {
     /// Not about draining: a datagram on the unit's `NOTIFY_SOCKET`
     /// (sd_notify's `KEY=VALUE` lines), which reaches the engine on the same
     /// channel from the OS side ([`notify`]).
-    Notify { unit: String, message: String },
+    /// `pid`: the sender, as the kernel tells it (SCM_CREDENTIALS).
+    Notify { unit: String, message: String, pid: Option<i32> },
 }

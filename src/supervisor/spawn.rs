@@ -18,6 +18,8 @@ use crate::init::reaper::{reaper, Route};
 #[derive(Debug, Clone)]
 pub struct ProcessSpec {
     pub argv: Vec<String>,
+    /// What the process sees as its argv[0], when not the executable (the `@` prefix).
+    pub argv0: Option<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
     pub umask: Option<u32>,
@@ -101,7 +103,8 @@ impl SpawnPlan {
         let argv0 = spec.argv.first().ok_or(SpawnError::EmptyCommand)?;
         let exe = resolve_executable(argv0, &spec.env)?;
         let path = cstring(exe.as_os_str().as_bytes())?;
-        let argv: Vec<CString> = spec.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
+        let shown = spec.argv0.iter().chain(spec.argv.iter().skip(usize::from(spec.argv0.is_some())));
+        let argv: Vec<CString> = shown.map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
         let envp: Vec<CString> =
             spec.env.iter().map(|(k, v)| cstring(format!("{k}={v}").as_bytes())).collect::<Result<_, _>>()?;
         let argv_ptrs = argv.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();

@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use crate::init::ExitStatus;
-use crate::units::RestartPolicy;
+use crate::units::{ExitSet, RestartPolicy, ServiceConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,15 +76,29 @@ pub enum RunEnd {
     Exited(ExitStatus),
     StartTimeout,
     PreFailed(ExitStatus),
+    /// An ExecStartPost= command failed: the started run is stopped.
+    PostFailed(ExitStatus),
     SpawnFailed(String),
     /// WatchdogSec= passed without `WATCHDOG=1` (or the service sent `WATCHDOG=trigger`).
     Watchdog,
+    /// RuntimeMaxSec= passed.
+    RuntimeMax,
 }
 
 impl RunEnd {
     /// systemd's notion of a clean exit: code 0, or one of the signals a
     /// service is expected to die from when asked to stop.
     pub fn is_clean(&self) -> bool {
+        self.is_clean_with(&ExitSet::default())
+    }
+
+    /// [`RunEnd::is_clean`], with the unit's SuccessExitStatus= counted as clean too.
+    pub fn is_clean_with(&self, success: &ExitSet) -> bool {
+        if let RunEnd::Exited(status) = self {
+            if success.contains(status.code(), status.signal()) {
+                return true;
+            }
+        }
         match self {
             RunEnd::Requested => true,
             RunEnd::Exited(ExitStatus::Exited { code }) => *code == 0,
@@ -99,7 +113,7 @@ impl RunEnd {
     /// as opposed to exiting with a code.
     fn is_abnormal(&self) -> bool {
         match self {
-            RunEnd::StartTimeout | RunEnd::Watchdog => true,
+            RunEnd::StartTimeout | RunEnd::Watchdog | RunEnd::RuntimeMax => true,
             RunEnd::Exited(ExitStatus::Signaled { .. }) => !self.is_clean(),
             _ => false,
         }
@@ -111,10 +125,40 @@ impl RunEnd {
             RunEnd::Exited(status) => status.to_string(),
             RunEnd::StartTimeout => "did not become ready within TimeoutStartSec".into(),
             RunEnd::PreFailed(status) => format!("ExecStartPre {status}"),
+            RunEnd::PostFailed(status) => format!("ExecStartPost {status}"),
             RunEnd::SpawnFailed(why) => format!("could not start: {why}"),
             RunEnd::Watchdog => "watchdog timeout (no WATCHDOG=1 within WatchdogSec)".into(),
+            RunEnd::RuntimeMax => "ran longer than RuntimeMaxSec".into(),
         }
     }
+}
+
+/// systemd's `$SERVICE_RESULT`, `$EXIT_CODE` and `$EXIT_STATUS` for ExecStopPost=.
+pub fn result_env(end: &RunEnd) -> Vec<(String, String)> {
+    let result = match end {
+        RunEnd::Requested => "success",
+        RunEnd::Exited(ExitStatus::Exited { code: 0 }) => "success",
+        RunEnd::Exited(ExitStatus::Exited { .. }) | RunEnd::PreFailed(_) | RunEnd::PostFailed(_) => "exit-code",
+        RunEnd::Exited(ExitStatus::Signaled { core_dumped: true, .. }) => "core-dump",
+        RunEnd::Exited(ExitStatus::Signaled { .. }) => "signal",
+        RunEnd::StartTimeout | RunEnd::RuntimeMax => "timeout",
+        RunEnd::Watchdog => "watchdog",
+        RunEnd::SpawnFailed(_) => "resources",
+    };
+    let mut env = vec![("SERVICE_RESULT".to_string(), result.to_string())];
+    if let RunEnd::Exited(status) | RunEnd::PreFailed(status) | RunEnd::PostFailed(status) = end {
+        let (code, value) = match *status {
+            ExitStatus::Exited { code } => ("exited", code.to_string()),
+            ExitStatus::Signaled { signal, core_dumped } => {
+                let name = Signal::try_from(signal)
+                    .map_or(signal.to_string(), |s| s.as_str().trim_start_matches("SIG").to_string());
+                (if core_dumped { "dumped" } else { "killed" }, name)
+            }
+        };
+        env.push(("EXIT_CODE".to_string(), code.to_string()));
+        env.push(("EXIT_STATUS".to_string(), value));
+    }
+    env
 }
 
 /// How the main process's end reads when we asked it to stop: a signal we
@@ -131,17 +175,30 @@ pub fn describe_stop_exit(status: ExitStatus, sent: &[Signal]) -> String {
     }
 }
 
-pub fn should_restart(policy: RestartPolicy, end: &RunEnd) -> bool {
+/// Whether a run that ended by itself comes back: RestartPreventExitStatus=
+/// and RestartForceExitStatus= first (whatever Restart= says, as systemd),
+/// then the policy, with SuccessExitStatus= counted as clean.
+pub fn should_restart(service: &ServiceConfig, end: &RunEnd) -> bool {
     if *end == RunEnd::Requested {
         return false;
     }
-    match policy {
+    if let RunEnd::Exited(status) = end {
+        let (code, signal) = (status.code(), status.signal());
+        if service.restart_prevent.contains(code, signal) {
+            return false;
+        }
+        if service.restart_force.contains(code, signal) {
+            return true;
+        }
+    }
+    let clean = end.is_clean_with(&service.success_exit);
+    match service.restart {
         RestartPolicy::No => false,
         RestartPolicy::Always => true,
-        RestartPolicy::OnFailure => !end.is_clean(),
+        RestartPolicy::OnFailure => !clean,
         RestartPolicy::OnAbnormal => end.is_abnormal(),
-        RestartPolicy::OnSuccess => end.is_clean(),
-        RestartPolicy::OnAbort => matches!(end, RunEnd::Exited(ExitStatus::Signaled { .. })) && !end.is_clean(),
+        RestartPolicy::OnSuccess => clean,
+        RestartPolicy::OnAbort => matches!(end, RunEnd::Exited(ExitStatus::Signaled { .. })) && !clean,
         RestartPolicy::OnWatchdog => *end == RunEnd::Watchdog,
     }
 }
@@ -158,6 +215,24 @@ pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 pub fn backoff_delay(restart_sec: Duration, consecutive_failures: u32) -> Duration {
     let factor = 1u32.checked_shl(consecutive_failures.min(16)).unwrap_or(u32::MAX);
     restart_sec.saturating_mul(factor).min(BACKOFF_CAP.max(restart_sec))
+}
+
+/// The delay before restart number `consecutive_failures` + 1: with
+/// RestartSteps= and RestartMaxDelaySec= both set, systemd's curve (from
+/// RestartSec to the max in that many exponential steps, then the max);
+/// otherwise aikore's doubling with [`BACKOFF_CAP`].
+pub fn restart_delay(service: &ServiceConfig, consecutive_failures: u32) -> Duration {
+    let base = service.restart_sec;
+    match (service.restart_steps, service.restart_max_delay) {
+        (steps @ 1.., Some(max)) if max > base && !base.is_zero() => {
+            let step = consecutive_failures.min(steps);
+            let ratio = max.as_secs_f64() / base.as_secs_f64();
+            let delay = base.as_secs_f64() * ratio.powf(f64::from(step) / f64::from(steps));
+            Duration::from_secs_f64(delay).min(max)
+        }
+        (_, Some(max)) if max > Duration::ZERO => backoff_delay(base, consecutive_failures).min(max.max(base)),
+        _ => backoff_delay(base, consecutive_failures),
+    }
 }
 
 /// StartLimitBurst starts within StartLimitIntervalSec; one more is refused.
@@ -206,6 +281,50 @@ mod tests {
     }
 
     #[test]
+    fn exit_status_lists_override_the_policy() {
+        let code3 = RunEnd::Exited(ExitStatus::Exited { code: 3 });
+        let code4 = RunEnd::Exited(ExitStatus::Exited { code: 4 });
+        let usr1 = RunEnd::Exited(ExitStatus::Signaled { signal: libc::SIGUSR1, core_dumped: false });
+        let svc = ServiceConfig {
+            restart: RestartPolicy::OnFailure,
+            success_exit: ExitSet { codes: vec![3], signals: vec![libc::SIGUSR1] },
+            restart_prevent: ExitSet { codes: vec![4], signals: vec![] },
+            ..Default::default()
+        };
+        // SuccessExitStatus=3 SIGUSR1: clean, so on-failure does not restart.
+        assert!(code3.is_clean_with(&svc.success_exit) && usr1.is_clean_with(&svc.success_exit));
+        assert!(!should_restart(&svc, &code3));
+        assert!(!should_restart(&svc, &usr1));
+        // RestartPreventExitStatus=4 wins over on-failure, and over always.
+        assert!(!should_restart(&svc, &code4));
+        assert!(!should_restart(&ServiceConfig { restart: RestartPolicy::Always, ..svc.clone() }, &code4));
+        // RestartForceExitStatus=3 restarts even with Restart=no.
+        let forced = ServiceConfig {
+            restart: RestartPolicy::No,
+            restart_force: ExitSet { codes: vec![3], signals: vec![] },
+            ..Default::default()
+        };
+        assert!(should_restart(&forced, &code3));
+        assert!(!should_restart(&forced, &RunEnd::Requested));
+    }
+
+    #[test]
+    fn restart_steps_climb_to_the_max_delay() {
+        let svc = ServiceConfig {
+            restart_sec: Duration::from_millis(100),
+            restart_steps: 2,
+            restart_max_delay: Some(Duration::from_secs(10)),
+            ..Default::default()
+        };
+        let delays: Vec<u128> = (0..4).map(|n| restart_delay(&svc, n).as_millis()).collect();
+        // 100 ms, then x10 per step (100^(1/2)), then the max for good.
+        assert_eq!(delays.iter().map(|d| (d + 5) / 10 * 10).collect::<Vec<_>>(), [100, 1000, 10000, 10000]);
+        // Without RestartSteps=, RestartMaxDelaySec= caps aikore's doubling.
+        let capped = ServiceConfig { restart_steps: 0, restart_max_delay: Some(Duration::from_millis(300)), ..svc };
+        assert_eq!(restart_delay(&capped, 5), Duration::from_millis(300));
+    }
+
+    #[test]
     fn backoff_doubles_then_caps() {
         let base = Duration::from_millis(100);
         let delays: Vec<_> = (0..4).map(|n| backoff_delay(base, n)).collect();
@@ -236,6 +355,8 @@ mod tests {
         let killed = RunEnd::Exited(ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false });
         let termed = RunEnd::Exited(ExitStatus::Signaled { signal: libc::SIGTERM, core_dumped: false });
         use RestartPolicy::*;
+        let should_restart =
+            |restart, end: &RunEnd| should_restart(&ServiceConfig { restart, ..Default::default() }, end);
         assert!(should_restart(OnFailure, &code1));
         assert!(!should_restart(OnFailure, &code0));
         assert!(should_restart(OnFailure, &killed));

@@ -114,12 +114,59 @@ impl std::fmt::Display for Diagnostic {
     }
 }
 
+/// NotifyAccess=: which processes may send sd_notify messages for the unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyAccess {
+    None,
+    /// The main process only.
+    Main,
+    /// The main process and the ones the supervisor started (ExecStartPre=, ExecStop=, ...).
+    Exec,
+    /// Every process of the unit.
+    All,
+}
+
+/// A set of exit codes and signals (SuccessExitStatus=, RestartPreventExitStatus=, RestartForceExitStatus=).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExitSet {
+    pub codes: Vec<i32>,
+    pub signals: Vec<i32>,
+}
+
+impl ExitSet {
+    /// `code`: the exit code of a process that exited; `signal`: the signal that killed one.
+    pub fn contains(&self, code: Option<i32>, signal: Option<i32>) -> bool {
+        code.is_some_and(|c| self.codes.contains(&c)) || signal.is_some_and(|s| self.signals.contains(&s))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty() && self.signals.is_empty()
+    }
+}
+
 /// A command line from ExecStart= and friends, already split into words.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExecCommand {
     pub argv: Vec<String>,
     /// `-` prefix: a non-zero exit is not a failure.
     pub ignore_failure: bool,
+    /// `@` prefix: the argv[0] the process sees (the word after the executable).
+    pub argv0: Option<String>,
+    /// `:` prefix: `$VAR` and `${VAR}` are left as written.
+    pub no_expand: bool,
+    /// `+`, `!` and `!!` prefixes.
+    pub privilege: Privilege,
+}
+
+/// What an `Exec*=` prefix lifts for that one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Privilege {
+    #[default]
+    Normal,
+    /// `!`: run as root, without User=/Group=/SupplementaryGroups=; the sandbox still applies.
+    NoUser,
+    /// `+`: run as root, without the sandbox (capabilities, NoNewPrivileges=, mount namespace).
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -153,8 +200,9 @@ pub enum KillMode {
 /// spawner returns once exec succeeded, so `exec`'s rule holds for all
 /// three); `oneshot` runs its ExecStart= commands in turn and is started
 /// once they all succeeded; `notify` (and `notify-reload`) is started at
-/// `READY=1` on its NOTIFY_SOCKET; `forking` and `dbus` are not implemented
-/// and supervised as `simple`.
+/// `READY=1` on its NOTIFY_SOCKET; `forking` is started once its starter
+/// exited 0 and (with `PIDFile=`) the main pid was read; `dbus` is not
+/// implemented and supervised as `simple`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ServiceType {
     #[default]
@@ -221,7 +269,32 @@ pub struct ServiceConfig {
     pub remain_after_exit: bool,
     /// WatchdogSec=: a notify service that sends no `WATCHDOG=1` for this long is killed (None: off).
     pub watchdog: Option<Duration>,
+    /// NotifyAccess=: whose notifications count (None: not set, systemd's `main` for a notify service).
+    pub notify_access: Option<NotifyAccess>,
+    /// PermissionsStartOnly=yes: every command but ExecStart= runs as with the `+` prefix (deprecated in systemd).
+    pub permissions_start_only: bool,
+    /// RuntimeMaxSec=: a running service is stopped after this long, as a timeout (None: no limit).
+    pub runtime_max: Option<Duration>,
+    /// ReloadSignal=: what a reload of a `Type=notify-reload` service sends its main process.
+    pub reload_signal: i32,
+    /// PIDFile=: a `Type=forking` service's main pid is read from it once the starter exited.
+    pub pid_file: Option<PathBuf>,
+    /// SuccessExitStatus=: exit codes and signals that count as a clean end besides 0 and SIGHUP/INT/TERM/PIPE.
+    pub success_exit: ExitSet,
+    /// RestartPreventExitStatus=: never restart after these, whatever Restart= says.
+    pub restart_prevent: ExitSet,
+    /// RestartForceExitStatus=: always restart after these, whatever Restart= says.
+    pub restart_force: ExitSet,
+    /// RestartSteps= and RestartMaxDelaySec=: the delay climbs from RestartSec to the max in this many steps.
+    pub restart_steps: u32,
+    pub restart_max_delay: Option<Duration>,
     pub exec_start_pre: Vec<ExecCommand>,
+    /// ExecCondition=: run before ExecStartPre=; exit 1-254 skips the start (as an unmet condition).
+    pub exec_condition: Vec<ExecCommand>,
+    /// ExecStartPost=: run once the main process is started (ready), before the unit counts as started.
+    pub exec_start_post: Vec<ExecCommand>,
+    /// ExecStopPost=: run once every process of a run is gone, however it ended.
+    pub exec_stop_post: Vec<ExecCommand>,
     pub exec_reload: Vec<ExecCommand>,
     pub exec_stop: Vec<ExecCommand>,
     pub restart: RestartPolicy,
@@ -229,8 +302,20 @@ pub struct ServiceConfig {
     /// `None` = infinity (`0` or `infinity` in the file).
     pub timeout_start: Option<Duration>,
     pub timeout_stop: Option<Duration>,
+    /// TimeoutAbortSec=: the stop after a watchdog timeout (None: not set, TimeoutStopSec= applies).
+    pub timeout_abort: Option<Option<Duration>>,
     /// A signal number (parsed from `SIGTERM`, `TERM` or `15`).
     pub kill_signal: i32,
+    /// RestartKillSignal=: the kill signal of a stop that is part of a restart (None: KillSignal=).
+    pub restart_kill_signal: Option<i32>,
+    /// FinalKillSignal=: what TimeoutStopSec escalates to (SIGKILL by default).
+    pub final_kill_signal: i32,
+    /// SendSIGKILL=no: after TimeoutStopSec, leave what is left running instead of escalating.
+    pub send_sigkill: bool,
+    /// SendSIGHUP=yes: SIGHUP right after the kill signal (shells and the like).
+    pub send_sighup: bool,
+    /// WatchdogSignal=: sent when WatchdogSec= passes without `WATCHDOG=1` (SIGABRT by default).
+    pub watchdog_signal: i32,
     pub kill_mode: KillMode,
     /// Environment= entries in order; later ones win.
     pub environment: Vec<(String, String)>,
@@ -260,7 +345,20 @@ impl Default for ServiceConfig {
             exec_start_more: Vec::new(),
             remain_after_exit: false,
             watchdog: None,
+            notify_access: None,
+            permissions_start_only: false,
+            runtime_max: None,
+            reload_signal: libc::SIGHUP,
+            pid_file: None,
+            success_exit: ExitSet::default(),
+            restart_prevent: ExitSet::default(),
+            restart_force: ExitSet::default(),
+            restart_steps: 0,
+            restart_max_delay: None,
             exec_start_pre: Vec::new(),
+            exec_condition: Vec::new(),
+            exec_start_post: Vec::new(),
+            exec_stop_post: Vec::new(),
             exec_reload: Vec::new(),
             exec_stop: Vec::new(),
             restart: RestartPolicy::No,
@@ -268,7 +366,13 @@ impl Default for ServiceConfig {
             restart_sec: Duration::from_millis(100),
             timeout_start: Some(Duration::from_secs(90)),
             timeout_stop: Some(Duration::from_secs(90)),
+            timeout_abort: None,
             kill_signal: libc::SIGTERM,
+            restart_kill_signal: None,
+            final_kill_signal: libc::SIGKILL,
+            send_sigkill: true,
+            send_sighup: false,
+            watchdog_signal: libc::SIGABRT,
             kill_mode: KillMode::ControlGroup,
             environment: Vec::new(),
             environment_files: Vec::new(),

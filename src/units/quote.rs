@@ -4,7 +4,7 @@
 //! `$VAR` and `${VAR}` are NOT expanded here: the text is kept as written, so the
 //! supervisor can expand it against the final environment at spawn time.
 
-use super::ExecCommand;
+use super::{ExecCommand, Privilege};
 
 /// Splits a value into words the way systemd does for ExecStart= and
 /// Environment=: whitespace separates words, `"..."` and `'...'` group (and may
@@ -99,28 +99,31 @@ pub fn parse_exec_command(value: &str) -> Result<(ExecCommand, Vec<String>), Str
     let prefix_len = first.find(|c: char| !matches!(c, '-' | '@' | '+' | '!' | ':' | '|')).unwrap_or(first.len());
     let (prefix, exe) = first.split_at(prefix_len);
     let mut warnings = Vec::new();
-    let mut ignore_failure = false;
+    let mut command = ExecCommand::default();
     let mut rest = prefix;
     while !rest.is_empty() {
         let token = if rest.starts_with("!!") { "!!" } else { &rest[..1] };
         rest = &rest[token.len()..];
         match token {
-            "-" if !ignore_failure => ignore_failure = true,
+            "-" if !command.ignore_failure => command.ignore_failure = true,
             "-" => return Err("the '-' prefix is given twice".to_string()),
-            "+" | "!" | "!!" | ":" | "|" => {
-                warnings.push(format!("the '{token}' command prefix is not supported by aikore and is ignored"))
-            }
+            ":" => command.no_expand = true,
+            "+" if command.privilege == Privilege::Normal => command.privilege = Privilege::Full,
+            "!" if command.privilege == Privilege::Normal => command.privilege = Privilege::NoUser,
+            // `!!` acts only on kernels without ambient capabilities (before 4.3), which aikore does not run on.
+            "!!" if command.privilege == Privilege::Normal => {}
+            "+" | "!" | "!!" => return Err("'+', '!' and '!!' exclude each other".to_string()),
+            // systemd 253's `|` (run through the user's shell) is newer than the dialect aikore reads.
+            "|" => warnings.push("the '|' command prefix (systemd 253+) is not supported and is ignored".to_string()),
             _ => {}
         }
     }
     if prefix.contains('@') {
-        // `@/bin/foo name args` passes `name` as argv[0]; aikore cannot, so it drops
-        // that word to keep the remaining arguments in their places.
+        // `@/bin/foo name args`: the process sees `name` as its argv[0].
         if words.is_empty() {
             return Err("the '@' prefix needs an argv[0] word after the executable".to_string());
         }
-        let argv0 = words.remove(0);
-        warnings.push(format!("the '@' command prefix is not supported by aikore; argv[0] '{argv0}' is ignored"));
+        command.argv0 = Some(words.remove(0));
     }
     if exe.is_empty() {
         return Err("no executable after the command prefix".to_string());
@@ -131,7 +134,8 @@ pub fn parse_exec_command(value: &str) -> Result<(ExecCommand, Vec<String>), Str
     let mut argv = Vec::with_capacity(words.len() + 1);
     argv.push(exe.to_string());
     argv.extend(words);
-    Ok((ExecCommand { argv, ignore_failure }, warnings))
+    command.argv = argv;
+    Ok((command, warnings))
 }
 
 /// Environment variable names aikore accepts: the portable shell alphabet.
@@ -216,21 +220,29 @@ mod tests {
 
         let (cmd, warnings) = parse_exec_command("+-/bin/true").expect("valid");
         assert!(cmd.ignore_failure);
-        assert_eq!(warnings.len(), 1);
+        assert_eq!(cmd.privilege, Privilege::Full);
+        assert!(warnings.is_empty());
 
         let (cmd, warnings) = parse_exec_command("!!python3 app.py").expect("valid");
         assert!(!cmd.ignore_failure);
-        assert_eq!(cmd.argv, ["python3", "app.py"]);
-        assert_eq!(warnings.len(), 1);
+        assert_eq!((cmd.argv, cmd.privilege), (vec!["python3".to_string(), "app.py".to_string()], Privilege::Normal));
+        assert_eq!(parse_exec_command("!/bin/true").expect("valid").0.privilege, Privilege::NoUser);
+        assert!(warnings.is_empty());
 
         let (cmd, warnings) = parse_exec_command("@/bin/sh mysh -c true").expect("valid");
         assert_eq!(cmd.argv, ["/bin/sh", "-c", "true"]);
-        assert_eq!(warnings.len(), 1);
+        assert_eq!(cmd.argv0.as_deref(), Some("mysh"));
+        assert!(warnings.is_empty());
+
+        let (cmd, _) = parse_exec_command(":-/bin/echo $HOME").expect("valid");
+        assert!(cmd.no_expand && cmd.ignore_failure);
+        assert_eq!(parse_exec_command("|/bin/true").expect("valid").1.len(), 1, "'|' is newer than systemd 252");
+        assert!(parse_exec_command("+!/bin/true").is_err());
     }
 
     #[test]
     fn exec_errors() {
-        for bad in ["", "-", "./run.sh", "bin/run", "@/bin/sh", "--/bin/true", "\"/bin/x"] {
+        for bad in ["", "-", "./run.sh", "bin/run", "@/bin/sh", "--/bin/true", "\"/bin/x", "!+/bin/x"] {
             assert!(parse_exec_command(bad).is_err(), "{bad:?} should be rejected");
         }
     }

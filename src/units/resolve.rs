@@ -14,9 +14,9 @@ use super::quote::{parse_environment, parse_exec_command};
 use super::specifier::Specifiers;
 use super::timespan::{parse_finite_timespan, parse_timespan};
 use super::{
-    is_valid_unit_name, Diagnostic, EnvironmentFile, ExecCommand, InstallConfig, InstanceConfig, KillMode,
-    PathCondition, PortSpec, ReadyCheck, Relations, RestartPolicy, ServiceConfig, ServiceType, Severity, Unit,
-    UnitKind,
+    is_valid_unit_name, Diagnostic, EnvironmentFile, ExecCommand, ExitSet, InstallConfig, InstanceConfig, KillMode,
+    NotifyAccess, PathCondition, PortSpec, ReadyCheck, Relations, RestartPolicy, ServiceConfig, ServiceType, Severity,
+    Unit, UnitKind,
 };
 
 /// Suffixes of systemd unit types aikore does not run; dependencies on them
@@ -26,7 +26,7 @@ const IGNORED_DEP_SUFFIXES: &[&str] =
 
 /// Keys the engine does not act on yet but the definition carries all the
 /// same: the dependency graph shows Requisite=.
-const PARSED_THOUGH_IGNORED: &[&str] = &["Requisite"];
+const PARSED_THOUGH_IGNORED: &[&str] = &[];
 
 /// Reads and parses one unit file. An unreadable file is one diagnostic at line 0.
 pub fn parse_unit_file(path: &Path) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
@@ -252,6 +252,19 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
                 .to_string(),
         );
     }
+    if kind == UnitKind::Instance {
+        let svc = &unit.service;
+        let lists =
+            [&svc.exec_condition, &svc.exec_start_pre, &svc.exec_start_post, &svc.exec_stop, &svc.exec_stop_post];
+        let all = svc.exec_start.iter().chain(&svc.exec_start_more).chain(lists.into_iter().flatten());
+        if all.clone().any(|c| c.privilege != super::Privilege::Normal) {
+            // An instance runs as the instance user, always: a prefix must not lift that.
+            cx.error(
+                section_line(&doc.sections, "Service"),
+                "the '+', '!' and '!!' prefixes are not allowed in an instance".to_string(),
+            );
+        }
+    }
     if kind == UnitKind::Service {
         // A unit that says when to start (WantedBy=...) starts at boot only once enabled (load.rs).
         unit.starts_at_boot = unit.install.wanted_by.is_empty() && unit.install.required_by.is_empty();
@@ -264,23 +277,8 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
 }
 
 /// Values split into words and unescaped later get their specifiers' `\` escaped.
-/// Keys whose values systemd parses as amounts, where `%` is a percentage
-/// (`CPUQuota=50%`, `MemoryMax=80%`), never a specifier.
-const PERCENT_KEYS: &[&str] = &[
-    "CPUQuota",
-    "MemoryMin",
-    "MemoryLow",
-    "MemoryHigh",
-    "MemoryMax",
-    "MemorySwapMax",
-    "TasksMax",
-    "ManagedOOMMemoryPressureLimit",
-];
-
 fn expand(spec: &Specifiers<'_>, entry: &Entry) -> Result<String, String> {
-    if PERCENT_KEYS.contains(&entry.key.as_str()) {
-        Ok(entry.value.clone())
-    } else if entry.key.starts_with("Exec") || entry.key == "Environment" {
+    if entry.key.starts_with("Exec") || entry.key == "Environment" {
         spec.expand_quoted(&entry.value)
     } else {
         spec.expand(&entry.value)
@@ -352,6 +350,18 @@ impl<'a> Resolver<'a> {
             list.clear();
         } else if let Some(cmd) = self.exec(entry) {
             list.push(cmd);
+        }
+    }
+
+    /// An exit-status list: numbers 0-255 and signal names; empty resets it.
+    fn exit_set(&mut self, set: &mut ExitSet, entry: &Entry) {
+        if entry.value.is_empty() {
+            *set = ExitSet::default();
+            return;
+        }
+        if let Some(parsed) = self.value(entry, parse_exit_set) {
+            set.codes.extend(parsed.codes);
+            set.signals.extend(parsed.signals);
         }
     }
 
@@ -510,6 +520,9 @@ impl<'a> Resolver<'a> {
         let svc = &mut unit.service;
         match entry.key.as_str() {
             "ExecStartPre" => self.exec_list(&mut svc.exec_start_pre, entry),
+            "ExecCondition" => self.exec_list(&mut svc.exec_condition, entry),
+            "ExecStartPost" => self.exec_list(&mut svc.exec_start_post, entry),
+            "ExecStopPost" => self.exec_list(&mut svc.exec_stop_post, entry),
             "ExecReload" => self.exec_list(&mut svc.exec_reload, entry),
             "ExecStop" => self.exec_list(&mut svc.exec_stop, entry),
             "Restart" => {
@@ -532,6 +545,13 @@ impl<'a> Resolver<'a> {
                     svc.timeout_stop = t;
                 }
             }
+            "TimeoutAbortSec" => {
+                if entry.value.is_empty() {
+                    svc.timeout_abort = None;
+                } else if let Some(t) = self.value(entry, parse_timeout) {
+                    svc.timeout_abort = Some(t);
+                }
+            }
             "TimeoutSec" => {
                 if let Some(t) = self.value(entry, parse_timeout) {
                     svc.timeout_start = t;
@@ -550,7 +570,7 @@ impl<'a> Resolver<'a> {
             }
             "Type" => {
                 if let Some(t) = self.value(entry, parse_service_type) {
-                    if matches!(t, ServiceType::Forking | ServiceType::Dbus) {
+                    if t == ServiceType::Dbus {
                         self.warn(
                             entry.line,
                             format!(
@@ -561,6 +581,79 @@ impl<'a> Resolver<'a> {
                         );
                     }
                     svc.service_type = t;
+                }
+            }
+            "PermissionsStartOnly" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    svc.permissions_start_only = b;
+                }
+            }
+            "RuntimeMaxSec" => {
+                if let Some(t) = self.value(entry, parse_timeout) {
+                    svc.runtime_max = t;
+                }
+            }
+            "ReloadSignal" => {
+                if let Some(s) = self.value(entry, parse_signal) {
+                    svc.reload_signal = s;
+                }
+            }
+            "NotifyAccess" => {
+                if let Some(a) = self.value(entry, |v| match v {
+                    "none" => Ok(NotifyAccess::None),
+                    "main" => Ok(NotifyAccess::Main),
+                    "exec" => Ok(NotifyAccess::Exec),
+                    "all" => Ok(NotifyAccess::All),
+                    _ => Err("valid values: none, main, exec, all".to_string()),
+                }) {
+                    svc.notify_access = Some(a);
+                }
+            }
+            "PIDFile" => {
+                if entry.value.is_empty() {
+                    svc.pid_file = None;
+                } else if let Some(p) = self.value(entry, absolute_path) {
+                    svc.pid_file = Some(p);
+                }
+            }
+            "SuccessExitStatus" => self.exit_set(&mut svc.success_exit, entry),
+            "RestartPreventExitStatus" => self.exit_set(&mut svc.restart_prevent, entry),
+            "RestartForceExitStatus" => self.exit_set(&mut svc.restart_force, entry),
+            "RestartSteps" => {
+                if let Some(n) =
+                    self.value(entry, |v| v.parse::<u32>().map_err(|_| "expected a number of steps".to_string()))
+                {
+                    svc.restart_steps = n;
+                }
+            }
+            "RestartMaxDelaySec" => {
+                if let Some(t) = self.value(entry, parse_timeout) {
+                    svc.restart_max_delay = t;
+                }
+            }
+            "RestartKillSignal" => {
+                if let Some(s) = self.value(entry, parse_signal) {
+                    svc.restart_kill_signal = Some(s);
+                }
+            }
+            "FinalKillSignal" => {
+                if let Some(s) = self.value(entry, parse_signal) {
+                    svc.final_kill_signal = s;
+                }
+            }
+            "WatchdogSignal" => {
+                if let Some(s) = self.value(entry, parse_signal) {
+                    svc.watchdog_signal = s;
+                }
+            }
+            "SendSIGKILL" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    svc.send_sigkill = b;
+                }
+            }
+            "SendSIGHUP" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    svc.send_sighup = b;
                 }
             }
             "RemainAfterExit" => {
@@ -837,6 +930,60 @@ fn parse_action(v: &str) -> Result<Option<String>, String> {
 }
 
 /// `SIGTERM`, `TERM`, `15`, or a real-time signal number.
+/// The exit-code names systemd takes in exit-status lists (systemd.exec(5),
+/// "Process Exit Codes": generic, LSB and BSD sysexits; systemd's own 200+
+/// names are for its failures to set a process up, which aikore reports by
+/// text instead).
+const EXIT_NAMES: &[(&str, i32)] = &[
+    ("SUCCESS", 0),
+    ("FAILURE", 1),
+    ("INVALIDARGUMENT", 2),
+    ("NOTIMPLEMENTED", 3),
+    ("NOPERMISSION", 4),
+    ("NOTINSTALLED", 5),
+    ("NOTCONFIGURED", 6),
+    ("NOTRUNNING", 7),
+    ("USAGE", 64),
+    ("DATAERR", 65),
+    ("NOINPUT", 66),
+    ("NOUSER", 67),
+    ("NOHOST", 68),
+    ("UNAVAILABLE", 69),
+    ("SOFTWARE", 70),
+    ("OSERR", 71),
+    ("OSFILE", 72),
+    ("CANTCREAT", 73),
+    ("IOERR", 74),
+    ("TEMPFAIL", 75),
+    ("PROTOCOL", 76),
+    ("NOPERM", 77),
+    ("CONFIG", 78),
+];
+
+/// `SuccessExitStatus=1 2 SIGUSR1 DATAERR`: codes 0-255, signal names and
+/// systemd's exit-code names ([`EXIT_NAMES`]).
+pub fn parse_exit_set(v: &str) -> Result<ExitSet, String> {
+    let mut set = ExitSet::default();
+    for word in v.split_whitespace() {
+        if let Ok(code) = word.parse::<i32>() {
+            if !(0..=255).contains(&code) {
+                return Err(format!("{code} is not an exit code (0-255)"));
+            }
+            set.codes.push(code);
+        } else if let Some((_, code)) = EXIT_NAMES.iter().find(|(name, _)| *name == word) {
+            set.codes.push(*code);
+        } else if word.starts_with("SIG") {
+            set.signals.push(parse_signal(word).map_err(|e| format!("{word}: {e}"))?);
+        } else {
+            return Err(format!(
+                "{word}: expected an exit code (0-255), an exit-code name such as DATAERR or a signal name such as \
+                 SIGUSR1"
+            ));
+        }
+    }
+    Ok(set)
+}
+
 pub fn parse_signal(v: &str) -> Result<i32, String> {
     if let Ok(n) = v.parse::<i32>() {
         let realtime = (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n);

@@ -98,8 +98,9 @@ impl Specifiers<'_> {
         Specifiers { name: NameParts::of(name), facts: ManagerFacts::current() }
     }
 
-    /// `value` with every specifier replaced; an unknown one (`%q`) or a
-    /// trailing `%` is an error, as in systemd.
+    /// `value` with every specifier replaced; an unknown one (`%q`) is an
+    /// error and a stray `%` at the very end is kept (`CPUQuota=50%`), as in
+    /// systemd's `specifier_printf`.
     pub fn expand(&self, value: &str) -> Result<String, String> {
         self.expand_with(value, false)
     }
@@ -124,7 +125,8 @@ impl Specifiers<'_> {
                 continue;
             }
             let Some(spec) = chars.next() else {
-                return Err("a '%' at the end of the value (write %% for a literal %)".to_string());
+                out.push('%');
+                break;
             };
             let expanded = self.one(spec).ok_or_else(|| {
                 format!("unknown specifier %{spec} (write %% for a literal %; docs/units.md lists the specifiers)")
@@ -241,11 +243,12 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_trailing_are_errors() {
+    fn unknown_is_an_error_and_a_trailing_percent_is_kept() {
         let f = facts();
         let s = Specifiers { name: NameParts::of("x"), facts: &f };
         assert!(s.expand("date +%q").unwrap_err().contains("%q"));
-        assert!(s.expand("100%").is_err());
+        // CPUQuota=50% is what every systemd unit writes.
+        assert_eq!(s.expand("100%").as_deref(), Ok("100%"));
         assert_eq!(s.expand("no specifiers").as_deref(), Ok("no specifiers"));
     }
 

@@ -99,6 +99,7 @@ async fn terminal(
     };
     let spec = ProcessSpec {
         argv: vec![shell.to_string()],
+        argv0: None,
         env: dedup_env(env),
         cwd: dir.is_dir().then_some(dir),
         umask: None,
