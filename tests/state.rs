@@ -44,6 +44,12 @@ fn a_restarted_daemon_stops_leftovers_resets_state_and_archives_gone_units() {
         );
         let old_pid = d.wait_status("svc", "started")["pid"].as_i64().unwrap() as i32;
         d.wait_until("the grandchild", |d| d.marked_processes().len() >= 3);
+        // The journal task writes the state row after the API shows `started`: a crash
+        // before that write leaves nothing to read back (seen under load).
+        d.wait_until("svc's state row with its pid", |d| {
+            db(d).query_row("SELECT pid FROM units WHERE name='svc'", [], |r| r.get::<_, Option<i64>>(0)).ok().flatten()
+                == Some(i64::from(old_pid))
+        });
         // A crash: the daemon dies, its units do not.
         d.signal(libc::SIGKILL);
         d.wait_exit(std::time::Duration::from_secs(5));

@@ -101,9 +101,11 @@ fn a_shutdown_sees_every_one_of_many_units_gone_without_cgroups() {
 fn a_unit_ignoring_sigterm_is_sigkilled_after_timeout_stop_sec() {
     let d = Daemon::start(&[(
         "stubborn.service",
-        "[Service]\nExecStart=/bin/sh -c 'trap \"\" TERM; while :; do sleep 0.05; done'\nTimeoutStopSec=1s\n",
+        "[Service]\nExecStart=/bin/sh -c 'trap \"\" TERM; echo trapped; while :; do sleep 0.05; done'\nTimeoutStopSec=1s\n",
     )]);
     d.wait_status("stubborn", "started");
+    // `started` comes at exec; the shell ignores TERM only from its trap on (a stop before it ends the run at once).
+    d.wait_until("the TERM trap", |d| d.unit_log("stubborn").contains("\ntrapped"));
     let began = Instant::now();
     d.post("/api/v1/units/stubborn/stop");
     d.wait_status("stubborn", "stopped");

@@ -74,8 +74,11 @@ fn nginx_workers_as_nobody_nogroup_serve_routes() {
     assert!(conf.contains("user nobody nogroup;"), "{conf}");
     t.instance("web", "test-http");
     t.d.wait_status("web", "started");
-    t.d.wait_until("the route to go live through NGINX", |_| through_nginx(&t, "/app/web/").0 == 200);
-    assert!(through_nginx(&t, "/app/web/").1.contains("launch.sh"), "the app's own listing");
+    // The app's own listing (its dir has launch.sh), not just any 200 on the path.
+    t.d.wait_until("the app's listing through NGINX", |_| {
+        let (code, body) = through_nginx(&t, "/app/web/");
+        code == 200 && body.contains("launch.sh")
+    });
     t.assert_intact();
 }
 

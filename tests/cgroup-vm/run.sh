@@ -15,9 +15,11 @@
 # where it works (AIKORE_VM_ACCEL=kvm), TCG otherwise. Prints
 # "N passed, N failed" and exits non-zero on any failure.
 set -euo pipefail
+# A relative AIKORE_BIN is the caller's (.ci/run passes target/debug/aikore): resolve it before the cd.
+bin=${AIKORE_BIN:-$(dirname "$0")/../../target/debug/aikore}
+[[ $bin == /* ]] || bin=$(pwd)/$bin
 cd "$(dirname "$0")"
-here=$(pwd)
-bin=${AIKORE_BIN:-$here/../../target/debug/aikore}
+
 accel=${AIKORE_VM_ACCEL:-tcg}
 for tool in qemu-system-x86_64 gcc apt-get strip file; do
   command -v "$tool" >/dev/null || { echo "cgroup-vm: $tool is missing" >&2; exit 1; }

@@ -342,7 +342,7 @@ Description=container test probe
 After=nginx.service
 
 [Service]
-ExecStartPre=/bin/sh -c 'mkdir -p /config/probe && echo "\$(date +%Z) uid=\$(id -u)" >> /config/probe/runs'
+ExecStartPre=/bin/sh -c 'mkdir -p /config/probe && echo "\$(date +%%Z) uid=\$(id -u)" >> /config/probe/runs'
 ExecStart=/usr/bin/python3 -m http.server $PROBE_PORT --bind 127.0.0.1 --directory /config/probe
 ReadyCheck=http://127.0.0.1:$PROBE_PORT/
 Restart=on-failure
