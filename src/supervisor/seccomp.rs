@@ -137,10 +137,13 @@ pub fn build(cfg: &SeccompConfig) -> Result<Option<Filter>, String> {
     }
     let deny = |a: &mut Asm, label: usize| a.ops.push(Op::Goto(label));
     if cfg.lock_personality {
-        // Only the persona the process starts with (PER_LINUX) and the query.
+        // Only the persona the process starts with (the daemon's, which a
+        // fork inherits; PER_LINUX unless it was started under setarch) and the query.
+        // SAFETY: 0xffffffff only reads the calling process's persona.
+        let current = unsafe { libc::personality(0xffff_ffff) } as u32;
         a.syscall(libc::SYS_personality, |a, end| {
             a.ops.push(Op::Ld(arg(0)));
-            a.ops.push(Op::Jump(JMP_JEQ_K, 0, To::Label(end), To::Next));
+            a.ops.push(Op::Jump(JMP_JEQ_K, current, To::Label(end), To::Next));
             a.ops.push(Op::Jump(JMP_JEQ_K, 0xffff_ffff, To::Label(end), To::Next));
             deny(a, EPERM);
         });
