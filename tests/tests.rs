@@ -23,6 +23,7 @@ mod pid1;
 mod proxy;
 mod quiesce;
 mod restart;
+mod seccomp;
 mod service_types;
 mod state;
 mod systemctl;

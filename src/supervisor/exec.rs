@@ -22,6 +22,7 @@ pub(super) const STAGE_KEEPCAPS: u32 = 22;
 pub(super) const STAGE_CAPSET: u32 = 23;
 pub(super) const STAGE_AMBIENT: u32 = 24;
 pub(super) const STAGE_NNP: u32 = 25;
+pub(super) const STAGE_SECCOMP: u32 = 26;
 pub(super) const STAGE_RLIMIT: u32 = 100;
 pub(super) const STAGE_MOUNT: u32 = 200;
 /// Not a failure: the kernel refused a mount namespace, the unit runs unsandboxed.
@@ -79,6 +80,8 @@ pub struct ExecContext {
     /// The process changes uid and keeps ambient capabilities across it.
     keep_caps: bool,
     no_new_privs: bool,
+    /// The seccomp keys' filter (supervisor/seccomp.rs), installed last.
+    seccomp: Option<super::seccomp::Filter>,
     /// WorkingDirectory=-: a failing chdir falls back to `/`.
     pub(super) cwd_optional: bool,
 }
@@ -163,6 +166,7 @@ impl ExecContext {
         cx.ambient = cfg.ambient_capabilities;
         cx.keep_caps = cx.ambient != 0 && opts.changes_uid;
         cx.no_new_privs = cfg.no_new_privileges.unwrap_or(opts.instance);
+        cx.seccomp = super::seccomp::build(&cfg.seccomp)?;
         if cfg.wants_mount_namespace() {
             cx.mounts = Some(sandbox_steps(cfg, opts.private_tmp, &mount_table())?);
             cx.sandbox_note = no_sandbox_note(cfg);
@@ -183,6 +187,7 @@ impl ExecContext {
             STAGE_CAPSET => "AmbientCapabilities= (capset)".to_string(),
             STAGE_AMBIENT => "AmbientCapabilities= (PR_CAP_AMBIENT_RAISE)".to_string(),
             STAGE_NNP => "NoNewPrivileges= (PR_SET_NO_NEW_PRIVS)".to_string(),
+            STAGE_SECCOMP => "the seccomp filter (PR_SET_SECCOMP)".to_string(),
             s if (STAGE_RLIMIT..STAGE_MOUNT).contains(&s) => {
                 format!("{}= (setrlimit)", self.rlimits.get((s - STAGE_RLIMIT) as usize)?.2)
             }
@@ -301,7 +306,8 @@ impl ExecContext {
         Ok(())
     }
 
-    /// Ambient capabilities and no_new_privs, after setuid.
+    /// Ambient capabilities, no_new_privs and the seccomp filter (last: its
+    /// rules could refuse the calls before it), after setuid.
     ///
     /// # Safety
     /// As [`Self::before_identity`].
@@ -331,6 +337,11 @@ impl ExecContext {
         }
         if self.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             return Err(STAGE_NNP);
+        }
+        if let Some(filter) = &self.seccomp {
+            if super::seccomp::install(filter).is_err() {
+                return Err(STAGE_SECCOMP);
+            }
         }
         Ok(())
     }

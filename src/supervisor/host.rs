@@ -419,6 +419,7 @@ impl ProcessControl for HostProcesses {
                 e.read_write_paths.clear();
                 e.read_only_paths.clear();
                 e.inaccessible_paths.clear();
+                e.seccomp = Default::default();
                 e.supplementary_groups.clear();
                 unsandboxed = u;
                 &unsandboxed

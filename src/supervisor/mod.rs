@@ -14,6 +14,7 @@ pub mod notify;
 pub mod ready;
 pub mod relations;
 pub mod reload;
+pub mod seccomp;
 pub mod sockets;
 pub mod spawn;
 pub mod state;

@@ -62,6 +62,14 @@ pub const SERVICE_KEYS: &[&str] = &[
     "AllowedCPUs",
     "TasksMax",
     "IOWeight",
+    // units/seccomp.rs.
+    "LockPersonality",
+    "RestrictRealtime",
+    "RestrictSUIDSGID",
+    "RestrictNamespaces",
+    "MemoryDenyWriteExecute",
+    "SystemCallArchitectures",
+    "RestrictAddressFamilies",
 ];
 
 /// Resource keys an `.instance` file may set (keys.rs holds the allow-list; a test keeps them in step): they only restrict what the
@@ -291,6 +299,8 @@ pub struct ExecConfig {
     pub read_only_paths: Vec<SandboxPath>,
     pub inaccessible_paths: Vec<SandboxPath>,
     pub resources: Resources,
+    /// The seccomp keys (units/seccomp.rs).
+    pub seccomp: super::seccomp::SeccompConfig,
 }
 
 impl ExecConfig {
@@ -318,6 +328,9 @@ impl ExecConfig {
                 self.limits.push(Rlimit { key, resource, soft, hard });
             }
             return Ok(None);
+        }
+        if super::seccomp::KEYS.contains(&key) {
+            return self.seccomp.apply(key, value).map(|()| None);
         }
         if let Some(kind) = DirKind::from_key(key) {
             return self.apply_directory(kind, key.ends_with("Mode"), value).map(|()| None);

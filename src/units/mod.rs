@@ -24,6 +24,7 @@ mod load;
 pub mod name;
 mod quote;
 mod resolve;
+pub mod seccomp;
 pub mod specifier;
 mod timespan;
 
@@ -165,7 +166,7 @@ pub enum Privilege {
     Normal,
     /// `!`: run as root, without User=/Group=/SupplementaryGroups=; the sandbox still applies.
     NoUser,
-    /// `+`: run as root, without the sandbox (capabilities, NoNewPrivileges=, mount namespace).
+    /// `+`: run as root, without the sandbox (capabilities, NoNewPrivileges=, mount namespace, seccomp filter).
     Full,
 }
 
