@@ -291,6 +291,49 @@ fn a_failed_condition_skips_and_a_failed_assert_fails() {
     assert!(!d.unit_log("cond").contains("\nran") && !d.unit_log("assert").contains("\nran"));
 }
 
+/// The first capability in this process's bounding set, which the daemon it starts inherits.
+fn a_bounding_capability() -> &'static str {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim();
+    let set = u64::from_str_radix(hex, 16).unwrap();
+    let names = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL"];
+    names
+        .iter()
+        .enumerate()
+        .find(|(i, _)| set & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .expect("a bounding set with a basic cap")
+}
+
+#[test]
+fn host_conditions_capability_cmdline_virtualization() {
+    let cap = a_bounding_capability();
+    let run = "[Service]\nExecStart=/bin/sh -c 'echo ran; exec sleep 1000'\n";
+    let d = Daemon::start(&[
+        ("cmdline.service", &format!("[Unit]\nConditionKernelCommandLine=aikore.surely.absent\n{run}")),
+        (
+            "host.service",
+            &format!(
+                "[Unit]\nConditionCapability={cap}\nConditionKernelCommandLine=!aikore.surely.absent\n\
+                 ConditionVirtualization=|yes\nConditionVirtualization=|no\nAssertACPower=|yes\nAssertACPower=|no\n{run}"
+            ),
+        ),
+        ("nocap.service", &format!("[Unit]\nAssertCapability=!{cap}\n{run}")),
+    ]);
+    let skipped = d.wait_status("cmdline", "stopped");
+    assert!(
+        skipped["detail"].as_str().unwrap().contains("skipped: ConditionKernelCommandLine=aikore.surely.absent"),
+        "{skipped}"
+    );
+    let failed = d.wait_status("nocap", "failed");
+    assert!(
+        failed["detail"].as_str().unwrap().contains(&format!("assertion failed: AssertCapability=!{cap}")),
+        "{failed}"
+    );
+    d.wait_status("host", "started");
+    assert!(!d.unit_log("cmdline").contains("\nran") && !d.unit_log("nocap").contains("\nran"));
+}
+
 /// The cgroup v2 dir of a process, from /proc/<pid>/cgroup and the mount table.
 fn cgroup_dir(pid: i32) -> Option<PathBuf> {
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
