@@ -4,7 +4,7 @@
 //! removed, the mount-namespace sandbox as the process sees it,
 //! Condition*/Assert*, and the cgroup v2 resource files.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -289,6 +289,49 @@ fn a_failed_condition_skips_and_a_failed_assert_fails() {
     );
     d.wait_status("either", "started");
     assert!(!d.unit_log("cond").contains("\nran") && !d.unit_log("assert").contains("\nran"));
+}
+
+#[test]
+fn credentials_are_files_of_the_user_in_credentials_directory_removed_at_stop() {
+    let name = unique("creds");
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "from-a-file").unwrap();
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        script.path(),
+        "cd \"$CREDENTIALS_DIRECTORY\" || exit 1\necho \"dir=$CREDENTIALS_DIRECTORY\"\n\
+         echo \"key=$(cat key) greet=$(cat greet) fallback=$(cat fallback)\"\n\
+         stat -c 'mode %a %U %n' . key\nexec sleep 1000\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(script.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let unit = format!(
+        "[Service]\nUser=nobody\nLoadCredential=key:{}\nSetCredential=greet:hello\\x21\n\
+         LoadCredential=fallback:/nonexistent/aikore\nSetCredential=fallback:the-default\n\
+         ExecStart=/bin/sh {}\n",
+        secret.path().display(),
+        script.path().display()
+    );
+    let unit_file = format!("{name}.service");
+    let d = Daemon::start(&[(&unit_file, &unit)]);
+    let dir = PathBuf::from("/run/credentials").join(&name);
+    d.wait_until("the credentials", |d| d.unit_log(&name).contains("mode 400") || d.unit_log(&name).contains("exited"));
+    let log = d.unit_log(&name);
+    assert!(log.contains(&format!("dir={}", dir.display())), "{log}");
+    assert!(log.contains("key=from-a-file greet=hello! fallback=the-default"), "{log}");
+    assert!(log.contains("mode 500 nobody .") && log.contains("mode 400 nobody key"), "{log}");
+    d.post(&format!("/api/v1/units/{name}/stop"));
+    d.wait_status(&name, "stopped");
+    assert!(!dir.exists(), "the credentials directory is removed at stop");
+
+    // A LoadCredential= with nothing to read and no SetCredential= fails the start.
+    let missing = unique("nocred");
+    let d2 = Daemon::start(&[(
+        &format!("{missing}.service"),
+        "[Service]\nLoadCredential=aikore-surely-absent\nExecStart=/bin/sh -c 'echo ran; exec sleep 1000'\n",
+    )]);
+    let failed = d2.wait_status(&missing, "error");
+    assert!(failed["detail"].as_str().unwrap().contains("/etc/credstore/aikore-surely-absent"), "{failed}");
 }
 
 /// The first capability in this process's bounding set, which the daemon it starts inherits.

@@ -673,12 +673,17 @@ pub struct RunDirs {
     /// RuntimeDirectory= dirs made for this run.
     pub runtime: Vec<PathBuf>,
     pub preserve: Preserve,
+    /// The run's credentials directory (`LoadCredential=`, `SetCredential=`).
+    pub credentials: Option<PathBuf>,
 }
 
 impl RunDirs {
     /// The run ended: its private /tmp goes, and its RuntimeDirectory= dirs
     /// unless RuntimeDirectoryPreserve= keeps them.
     pub fn clean(self) {
+        if let Some(dir) = &self.credentials {
+            super::credentials::remove(dir);
+        }
         for dir in self.private_tmp.map(|p| p.outer).unwrap_or_default() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a private /tmp");
@@ -778,7 +783,13 @@ pub fn for_process(
         all_groups.insert(0, unsafe { libc::getgid() });
     }
     run.preserve = cfg.runtime_preserve;
-    let env = create_directories(cfg, owner, run)?;
+    let mut env = create_directories(cfg, owner, run)?;
+    if run.credentials.is_none() {
+        run.credentials = super::credentials::write(&unit.name, &cfg.credentials, owner)?;
+    }
+    if let Some(dir) = &run.credentials {
+        env.push(("CREDENTIALS_DIRECTORY".to_string(), dir.display().to_string()));
+    }
     if cfg.private_tmp && run.private_tmp.is_none() {
         run.private_tmp = Some(make_private_tmp(&unit.name)?);
     }

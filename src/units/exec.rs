@@ -62,6 +62,8 @@ pub const SERVICE_KEYS: &[&str] = &[
     "AllowedCPUs",
     "TasksMax",
     "IOWeight",
+    "LoadCredential",
+    "SetCredential",
 ];
 
 /// Resource keys an `.instance` file may set (keys.rs holds the allow-list; a test keeps them in step): they only restrict what the
@@ -291,6 +293,8 @@ pub struct ExecConfig {
     pub read_only_paths: Vec<SandboxPath>,
     pub inaccessible_paths: Vec<SandboxPath>,
     pub resources: Resources,
+    /// `LoadCredential=` and `SetCredential=`, in file order.
+    pub credentials: Vec<super::credentials::Credential>,
 }
 
 impl ExecConfig {
@@ -323,6 +327,7 @@ impl ExecConfig {
             return self.apply_directory(kind, key.ends_with("Mode"), value).map(|()| None);
         }
         match key {
+            "LoadCredential" | "SetCredential" => super::credentials::apply(&mut self.credentials, key, value)?,
             "OOMScoreAdjust" => {
                 let n: i32 = value.parse().map_err(|_| "expected a number from -1000 to 1000".to_string())?;
                 if !(-1000..=1000).contains(&n) {

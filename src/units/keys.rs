@@ -48,7 +48,8 @@ const SANDBOX: Support = NotYet("this sandbox option is not applied yet (docs/ex
 const RESOURCES: Support = NotYet("this resource key is not applied yet (docs/exec.md lists those that are)");
 const FILTERS: Support =
     NotYet("seccomp and BPF filters: not implemented (the container runtime's seccomp profile applies)");
-const CREDENTIALS: Support = NotYet("credentials: not implemented");
+const CREDENTIALS: Support =
+    NotYet("encrypted and imported credentials need systemd-creds (a TPM2 or host key): not implemented");
 const LOGGING: Support = NotYet("every line goes to the unit's log; no levels, rate limits or syslog fields");
 const NOT_YET: Support = NotYet("not implemented");
 
@@ -264,7 +265,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "LimitRTTIME", Implemented),
     (Section::Service, "LimitSIGPENDING", Implemented),
     (Section::Service, "LimitSTACK", Implemented),
-    (Section::Service, "LoadCredential", CREDENTIALS),
+    (Section::Service, "LoadCredential", Implemented),
     (Section::Service, "LoadCredentialEncrypted", CREDENTIALS),
     (Section::Service, "LockPersonality", FILTERS),
     (Section::Service, "LogExtraFields", LOGGING),
@@ -355,7 +356,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "SecureBits", PROCESS),
     (Section::Service, "SendSIGHUP", Implemented),
     (Section::Service, "SendSIGKILL", Implemented),
-    (Section::Service, "SetCredential", CREDENTIALS),
+    (Section::Service, "SetCredential", Implemented),
     (Section::Service, "SetCredentialEncrypted", CREDENTIALS),
     (Section::Service, "Slice", SLICE),
     (Section::Service, "SmackProcessLabel", LSM),
