@@ -334,6 +334,18 @@ fn credentials_are_files_of_the_user_in_credentials_directory_removed_at_stop() 
     assert!(failed["detail"].as_str().unwrap().contains("/etc/credstore/aikore-surely-absent"), "{failed}");
 }
 
+#[test]
+fn unset_environment_removes_names_and_exact_assignments_last() {
+    let d = Daemon::start(&[(
+        "unset.service",
+        "[Service]\nEnvironment=KEEP=1 DROP=2 ONLY=this OTHER=that\nUnsetEnvironment=DROP ONLY=this OTHER=nope AIKORE_UNIT\n\
+         ExecStart=/bin/sh -c 'echo \"vars:keep=${KEEP-unset} drop=${DROP-unset} only=${ONLY-unset} other=${OTHER-unset} unit=${AIKORE_UNIT-unset}\"; exec sleep 1000'\n",
+    )]);
+    d.wait_until("the variables", |d| d.unit_log("unset").contains("vars:"));
+    let log = d.unit_log("unset");
+    assert!(log.contains("vars:keep=1 drop=unset only=unset other=that unit=unset"), "{log}");
+}
+
 /// The first capability in this process's bounding set, which the daemon it starts inherits.
 fn a_bounding_capability() -> &'static str {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -64,6 +64,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "IOWeight",
     "LoadCredential",
     "SetCredential",
+    "UnsetEnvironment",
 ];
 
 /// Resource keys an `.instance` file may set (keys.rs holds the allow-list; a test keeps them in step): they only restrict what the
@@ -295,6 +296,8 @@ pub struct ExecConfig {
     pub resources: Resources,
     /// `LoadCredential=` and `SetCredential=`, in file order.
     pub credentials: Vec<super::credentials::Credential>,
+    /// `UnsetEnvironment=`: `NAME` or `NAME=VALUE`, applied last.
+    pub unset_environment: Vec<String>,
 }
 
 impl ExecConfig {
@@ -327,6 +330,18 @@ impl ExecConfig {
             return self.apply_directory(kind, key.ends_with("Mode"), value).map(|()| None);
         }
         match key {
+            "UnsetEnvironment" => {
+                if value.is_empty() {
+                    self.unset_environment.clear();
+                }
+                for word in super::quote::split_command_line(value)? {
+                    let name = word.split_once('=').map_or(word.as_str(), |(n, _)| n);
+                    if !super::quote::is_valid_env_name(name) {
+                        return Err(format!("'{word}' is not NAME or NAME=VALUE"));
+                    }
+                    self.unset_environment.push(word);
+                }
+            }
             "LoadCredential" | "SetCredential" => super::credentials::apply(&mut self.credentials, key, value)?,
             "OOMScoreAdjust" => {
                 let n: i32 = value.parse().map_err(|_| "expected a number from -1000 to 1000".to_string())?;
@@ -908,6 +923,15 @@ mod tests {
         assert!(c.apply("MemoryHigh", "50%").unwrap_err().contains("percentages"));
         assert!(c.apply("OOMScoreAdjust", "-1001").is_err());
         assert_eq!(parsed(&[("OOMScoreAdjust", "500")]).oom_score_adjust, Some(500));
+    }
+
+    #[test]
+    fn unset_environment_takes_names_and_assignments() {
+        let c = parsed(&[("UnsetEnvironment", "LANG \"X=a b\""), ("UnsetEnvironment", "TERM")]);
+        assert_eq!(c.unset_environment, vec!["LANG", "X=a b", "TERM"]);
+        assert!(parsed(&[("UnsetEnvironment", "LANG"), ("UnsetEnvironment", "")]).unset_environment.is_empty());
+        assert!(ExecConfig::default().apply("UnsetEnvironment", "1BAD").is_err());
+        assert!(ExecConfig::default().apply("UnsetEnvironment", "=x").is_err());
     }
 
     #[test]

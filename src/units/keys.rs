@@ -411,7 +411,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "UMask", Implemented),
     (Section::Service, "USBFunctionDescriptors", HOST),
     (Section::Service, "USBFunctionStrings", HOST),
-    (Section::Service, "UnsetEnvironment", PROCESS),
+    (Section::Service, "UnsetEnvironment", Implemented),
     (Section::Service, "User", Implemented),
     (Section::Service, "UtmpIdentifier", LOGIN),
     (Section::Service, "UtmpMode", LOGIN),
