@@ -346,6 +346,19 @@ fn unset_environment_removes_names_and_exact_assignments_last() {
     assert!(log.contains("vars:keep=1 drop=unset only=unset other=that unit=unset"), "{log}");
 }
 
+#[test]
+fn cpu_and_io_scheduling_reach_the_process() {
+    let d = Daemon::start(&[(
+        "sched.service",
+        "[Service]\nCPUSchedulingPolicy=batch\nIOSchedulingClass=best-effort\nIOSchedulingPriority=6\n\
+         ExecStart=/bin/sh -c 'chrt -p $$$$; ionice -p $$$$; echo done; exec sleep 1000'\n",
+    )]);
+    d.wait_until("the report", |d| d.unit_log("sched").contains("done"));
+    let log = d.unit_log("sched");
+    assert!(log.contains("SCHED_BATCH"), "{log}");
+    assert!(log.contains("best-effort: prio 6"), "{log}");
+}
+
 /// The first capability in this process's bounding set, which the daemon it starts inherits.
 fn a_bounding_capability() -> &'static str {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
