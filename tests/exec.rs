@@ -341,7 +341,7 @@ fn unset_environment_removes_names_and_exact_assignments_last() {
         "[Service]\nEnvironment=KEEP=1 DROP=2 ONLY=this OTHER=that\nUnsetEnvironment=DROP ONLY=this OTHER=nope AIKORE_UNIT\n\
          ExecStart=/bin/sh -c 'echo \"vars:keep=${KEEP-unset} drop=${DROP-unset} only=${ONLY-unset} other=${OTHER-unset} unit=${AIKORE_UNIT-unset}\"; exec sleep 1000'\n",
     )]);
-    d.wait_until("the variables", |d| d.unit_log("unset").contains("vars:"));
+    d.wait_until("the variables", |d| d.unit_log("unset").contains("\nvars:"));
     let log = d.unit_log("unset");
     assert!(log.contains("vars:keep=1 drop=unset only=unset other=that unit=unset"), "{log}");
 }
@@ -353,10 +353,28 @@ fn cpu_and_io_scheduling_reach_the_process() {
         "[Service]\nCPUSchedulingPolicy=batch\nIOSchedulingClass=best-effort\nIOSchedulingPriority=6\n\
          ExecStart=/bin/sh -c 'chrt -p $$$$; ionice -p $$$$; echo done; exec sleep 1000'\n",
     )]);
-    d.wait_until("the report", |d| d.unit_log("sched").contains("done"));
+    // Not "done": the command line, logged at start, holds that word too.
+    d.wait_until("the report", |d| d.unit_log("sched").contains("\ndone"));
     let log = d.unit_log("sched");
     assert!(log.contains("SCHED_BATCH"), "{log}");
     assert!(log.contains("best-effort: prio 6"), "{log}");
+}
+
+/// Whether SIGPIPE (bit 12 of SigIgn) is ignored, from a `grep SigIgn /proc/self/status` line in a log.
+fn sigpipe_ignored(log: &str) -> bool {
+    let hex = log.lines().find_map(|l| l.strip_prefix("SigIgn:")).expect("a SigIgn line").trim();
+    u64::from_str_radix(hex, 16).unwrap() & (1 << (libc::SIGPIPE - 1)) != 0
+}
+
+#[test]
+fn sigpipe_is_ignored_unless_ignore_sigpipe_no() {
+    let d = Daemon::start(&[
+        ("dflt.service", "[Service]\nExecStart=/bin/grep SigIgn /proc/self/status\n"),
+        ("off.service", "[Service]\nIgnoreSIGPIPE=no\nExecStart=/bin/grep SigIgn /proc/self/status\n"),
+    ]);
+    d.wait_until("both reports", |d| d.unit_log("dflt").contains("SigIgn:") && d.unit_log("off").contains("SigIgn:"));
+    assert!(sigpipe_ignored(&d.unit_log("dflt")), "{}", d.unit_log("dflt"));
+    assert!(!sigpipe_ignored(&d.unit_log("off")), "{}", d.unit_log("off"));
 }
 
 /// The first capability in this process's bounding set, which the daemon it starts inherits.

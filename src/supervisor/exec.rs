@@ -88,6 +88,8 @@ pub struct ExecContext {
     sched: Option<(i32, i32)>,
     /// ioprio_set's value (class << 13 | priority).
     ioprio: Option<i32>,
+    /// IgnoreSIGPIPE= (default yes, as in systemd).
+    ignore_sigpipe: bool,
 }
 
 /// The inputs of [`ExecContext::prepare`] that come from outside the unit file.
@@ -175,6 +177,7 @@ impl ExecContext {
             cx.sandbox_note = no_sandbox_note(cfg);
         }
         cx.sched = scheduling(cfg)?;
+        cx.ignore_sigpipe = cfg.ignore_sigpipe.unwrap_or(true);
         cx.ioprio = cfg.io_sched_class.or(cfg.io_sched_priority.map(|_| 2)).map(|class| {
             // systemd's defaults: best-effort, priority 4; class none takes no priority.
             let prio = if class == 0 { 0 } else { cfg.io_sched_priority.unwrap_or(4) };
@@ -246,6 +249,10 @@ impl ExecContext {
     /// Only in the forked child: makes system calls on prepared data and
     /// allocates nothing. `warn` must be async-signal-safe too.
     pub(super) unsafe fn before_identity(&self, warn: &dyn Fn(u32)) -> Result<(), u32> {
+        if self.ignore_sigpipe {
+            // Inherited across exec: a write to a closed pipe then fails with EPIPE instead of killing.
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         for (i, (resource, rl, _)) in self.rlimits.iter().enumerate() {
             let resource = *resource as libc::__rlimit_resource_t;
             if libc::setrlimit(resource, rl) == 0 {

@@ -69,6 +69,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "CPUSchedulingPriority",
     "IOSchedulingClass",
     "IOSchedulingPriority",
+    "IgnoreSIGPIPE",
 ];
 
 /// Resource keys an `.instance` file may set (keys.rs holds the allow-list; a test keeps them in step): they only restrict what the
@@ -308,6 +309,8 @@ pub struct ExecConfig {
     /// `IOSchedulingClass=`: 0 none, 1 realtime, 2 best-effort, 3 idle (ioprio_set's classes).
     pub io_sched_class: Option<u16>,
     pub io_sched_priority: Option<u16>,
+    /// `IgnoreSIGPIPE=`; None: systemd's default, yes.
+    pub ignore_sigpipe: Option<bool>,
 }
 
 impl ExecConfig {
@@ -372,6 +375,9 @@ impl ExecConfig {
                     "" => None,
                     v => Some(v.parse().ok().filter(|n| *n <= 7).ok_or("expected 0 to 7")?),
                 }
+            }
+            "IgnoreSIGPIPE" => {
+                self.ignore_sigpipe = if value.is_empty() { None } else { Some(super::resolve::parse_bool(value)?) }
             }
             "UnsetEnvironment" => {
                 if value.is_empty() {

@@ -243,7 +243,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "IPCNamespacePath", SANDBOX),
     (Section::Service, "IPEgressFilterPath", FILTERS),
     (Section::Service, "IPIngressFilterPath", FILTERS),
-    (Section::Service, "IgnoreSIGPIPE", PROCESS),
+    (Section::Service, "IgnoreSIGPIPE", Implemented),
     (Section::Service, "InaccessibleDirectories", Implemented),
     (Section::Service, "InaccessiblePaths", Implemented),
     (Section::Service, "KeyringMode", KERNEL),
