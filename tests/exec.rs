@@ -4,7 +4,7 @@
 //! removed, the mount-namespace sandbox as the process sees it,
 //! Condition*/Assert*, and the cgroup v2 resource files.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -289,6 +289,135 @@ fn a_failed_condition_skips_and_a_failed_assert_fails() {
     );
     d.wait_status("either", "started");
     assert!(!d.unit_log("cond").contains("\nran") && !d.unit_log("assert").contains("\nran"));
+}
+
+#[test]
+fn credentials_are_files_of_the_user_in_credentials_directory_removed_at_stop() {
+    let name = unique("creds");
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "from-a-file").unwrap();
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        script.path(),
+        "cd \"$CREDENTIALS_DIRECTORY\" || exit 1\necho \"dir=$CREDENTIALS_DIRECTORY\"\n\
+         echo \"key=$(cat key) greet=$(cat greet) fallback=$(cat fallback)\"\n\
+         stat -c 'mode %a %U %n' . key\nexec sleep 1000\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(script.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let unit = format!(
+        "[Service]\nUser=nobody\nLoadCredential=key:{}\nSetCredential=greet:hello\\x21\n\
+         LoadCredential=fallback:/nonexistent/aikore\nSetCredential=fallback:the-default\n\
+         ExecStart=/bin/sh {}\n",
+        secret.path().display(),
+        script.path().display()
+    );
+    let unit_file = format!("{name}.service");
+    let d = Daemon::start(&[(&unit_file, &unit)]);
+    let dir = PathBuf::from("/run/credentials").join(&name);
+    d.wait_until("the credentials", |d| d.unit_log(&name).contains("mode 400") || d.unit_log(&name).contains("exited"));
+    let log = d.unit_log(&name);
+    assert!(log.contains(&format!("dir={}", dir.display())), "{log}");
+    assert!(log.contains("key=from-a-file greet=hello! fallback=the-default"), "{log}");
+    assert!(log.contains("mode 500 nobody .") && log.contains("mode 400 nobody key"), "{log}");
+    d.post(&format!("/api/v1/units/{name}/stop"));
+    d.wait_status(&name, "stopped");
+    assert!(!dir.exists(), "the credentials directory is removed at stop");
+
+    // A LoadCredential= with nothing to read and no SetCredential= fails the start.
+    let missing = unique("nocred");
+    let d2 = Daemon::start(&[(
+        &format!("{missing}.service"),
+        "[Service]\nLoadCredential=aikore-surely-absent\nExecStart=/bin/sh -c 'echo ran; exec sleep 1000'\n",
+    )]);
+    let failed = d2.wait_status(&missing, "error");
+    assert!(failed["detail"].as_str().unwrap().contains("/etc/credstore/aikore-surely-absent"), "{failed}");
+}
+
+#[test]
+fn unset_environment_removes_names_and_exact_assignments_last() {
+    let d = Daemon::start(&[(
+        "unset.service",
+        "[Service]\nEnvironment=KEEP=1 DROP=2 ONLY=this OTHER=that\nUnsetEnvironment=DROP ONLY=this OTHER=nope AIKORE_UNIT\n\
+         ExecStart=/bin/sh -c 'echo \"vars:keep=${KEEP-unset} drop=${DROP-unset} only=${ONLY-unset} other=${OTHER-unset} unit=${AIKORE_UNIT-unset}\"; exec sleep 1000'\n",
+    )]);
+    d.wait_until("the variables", |d| d.unit_log("unset").contains("\nvars:"));
+    let log = d.unit_log("unset");
+    assert!(log.contains("vars:keep=1 drop=unset only=unset other=that unit=unset"), "{log}");
+}
+
+#[test]
+fn cpu_and_io_scheduling_reach_the_process() {
+    let d = Daemon::start(&[(
+        "sched.service",
+        "[Service]\nCPUSchedulingPolicy=batch\nIOSchedulingClass=best-effort\nIOSchedulingPriority=6\n\
+         ExecStart=/bin/sh -c 'chrt -p $$$$; ionice -p $$$$; echo done; exec sleep 1000'\n",
+    )]);
+    // Not "done": the command line, logged at start, holds that word too.
+    d.wait_until("the report", |d| d.unit_log("sched").contains("\ndone"));
+    let log = d.unit_log("sched");
+    assert!(log.contains("SCHED_BATCH"), "{log}");
+    assert!(log.contains("best-effort: prio 6"), "{log}");
+}
+
+/// Whether SIGPIPE (bit 12 of SigIgn) is ignored, from a `grep SigIgn /proc/self/status` line in a log.
+fn sigpipe_ignored(log: &str) -> bool {
+    let hex = log.lines().find_map(|l| l.strip_prefix("SigIgn:")).expect("a SigIgn line").trim();
+    u64::from_str_radix(hex, 16).unwrap() & (1 << (libc::SIGPIPE - 1)) != 0
+}
+
+#[test]
+fn sigpipe_is_ignored_unless_ignore_sigpipe_no() {
+    let d = Daemon::start(&[
+        ("dflt.service", "[Service]\nExecStart=/bin/grep SigIgn /proc/self/status\n"),
+        ("off.service", "[Service]\nIgnoreSIGPIPE=no\nExecStart=/bin/grep SigIgn /proc/self/status\n"),
+    ]);
+    d.wait_until("both reports", |d| d.unit_log("dflt").contains("SigIgn:") && d.unit_log("off").contains("SigIgn:"));
+    assert!(sigpipe_ignored(&d.unit_log("dflt")), "{}", d.unit_log("dflt"));
+    assert!(!sigpipe_ignored(&d.unit_log("off")), "{}", d.unit_log("off"));
+}
+
+/// The first capability in this process's bounding set, which the daemon it starts inherits.
+fn a_bounding_capability() -> &'static str {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim();
+    let set = u64::from_str_radix(hex, 16).unwrap();
+    let names = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL"];
+    names
+        .iter()
+        .enumerate()
+        .find(|(i, _)| set & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .expect("a bounding set with a basic cap")
+}
+
+#[test]
+fn host_conditions_capability_cmdline_virtualization() {
+    let cap = a_bounding_capability();
+    let run = "[Service]\nExecStart=/bin/sh -c 'echo ran; exec sleep 1000'\n";
+    let d = Daemon::start(&[
+        ("cmdline.service", &format!("[Unit]\nConditionKernelCommandLine=aikore.surely.absent\n{run}")),
+        (
+            "host.service",
+            &format!(
+                "[Unit]\nConditionCapability={cap}\nConditionKernelCommandLine=!aikore.surely.absent\n\
+                 ConditionVirtualization=|yes\nConditionVirtualization=|no\nAssertACPower=|yes\nAssertACPower=|no\n{run}"
+            ),
+        ),
+        ("nocap.service", &format!("[Unit]\nAssertCapability=!{cap}\n{run}")),
+    ]);
+    let skipped = d.wait_status("cmdline", "stopped");
+    assert!(
+        skipped["detail"].as_str().unwrap().contains("skipped: ConditionKernelCommandLine=aikore.surely.absent"),
+        "{skipped}"
+    );
+    let failed = d.wait_status("nocap", "failed");
+    assert!(
+        failed["detail"].as_str().unwrap().contains(&format!("assertion failed: AssertCapability=!{cap}")),
+        "{failed}"
+    );
+    d.wait_status("host", "started");
+    assert!(!d.unit_log("cmdline").contains("\nran") && !d.unit_log("nocap").contains("\nran"));
 }
 
 /// The cgroup v2 dir of a process, from /proc/<pid>/cgroup and the mount table.

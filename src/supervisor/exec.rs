@@ -23,6 +23,9 @@ pub(super) const STAGE_CAPSET: u32 = 23;
 pub(super) const STAGE_AMBIENT: u32 = 24;
 pub(super) const STAGE_NNP: u32 = 25;
 pub(super) const STAGE_SECCOMP: u32 = 26;
+/// CPUSchedulingPolicy=/CPUSchedulingPriority= and IOSchedulingClass=/IOSchedulingPriority=.
+pub(super) const STAGE_SCHED: u32 = 40;
+pub(super) const STAGE_IOPRIO: u32 = 41;
 pub(super) const STAGE_RLIMIT: u32 = 100;
 pub(super) const STAGE_MOUNT: u32 = 200;
 /// Not a failure: the kernel refused a mount namespace, the unit runs unsandboxed.
@@ -84,6 +87,12 @@ pub struct ExecContext {
     seccomp: Option<super::seccomp::Filter>,
     /// WorkingDirectory=-: a failing chdir falls back to `/`.
     pub(super) cwd_optional: bool,
+    /// sched_setscheduler's policy and priority.
+    sched: Option<(i32, i32)>,
+    /// ioprio_set's value (class << 13 | priority).
+    ioprio: Option<i32>,
+    /// IgnoreSIGPIPE= (default yes, as in systemd).
+    ignore_sigpipe: bool,
 }
 
 /// The inputs of [`ExecContext::prepare`] that come from outside the unit file.
@@ -171,6 +180,13 @@ impl ExecContext {
             cx.mounts = Some(sandbox_steps(cfg, opts.private_tmp, &mount_table())?);
             cx.sandbox_note = no_sandbox_note(cfg);
         }
+        cx.sched = scheduling(cfg)?;
+        cx.ignore_sigpipe = cfg.ignore_sigpipe.unwrap_or(true);
+        cx.ioprio = cfg.io_sched_class.or(cfg.io_sched_priority.map(|_| 2)).map(|class| {
+            // systemd's defaults: best-effort, priority 4; class none takes no priority.
+            let prio = if class == 0 { 0 } else { cfg.io_sched_priority.unwrap_or(4) };
+            i32::from(class) << 13 | i32::from(prio)
+        });
         if cx.ambient != 0 && cfg.capability_bounding_set.is_some_and(|b| cx.ambient & !b != 0) {
             notes.push("AmbientCapabilities= outside CapabilityBoundingSet= cannot be raised".to_string());
         }
@@ -188,6 +204,12 @@ impl ExecContext {
             STAGE_AMBIENT => "AmbientCapabilities= (PR_CAP_AMBIENT_RAISE)".to_string(),
             STAGE_NNP => "NoNewPrivileges= (PR_SET_NO_NEW_PRIVS)".to_string(),
             STAGE_SECCOMP => "the seccomp filter (PR_SET_SECCOMP)".to_string(),
+            STAGE_SCHED => "CPUSchedulingPolicy=/CPUSchedulingPriority= (sched_setscheduler; fifo and rr need \
+                            CAP_SYS_NICE)"
+                .to_string(),
+            STAGE_IOPRIO => {
+                "IOSchedulingClass=/IOSchedulingPriority= (ioprio_set; realtime needs CAP_SYS_ADMIN)".to_string()
+            }
             s if (STAGE_RLIMIT..STAGE_MOUNT).contains(&s) => {
                 format!("{}= (setrlimit)", self.rlimits.get((s - STAGE_RLIMIT) as usize)?.2)
             }
@@ -232,6 +254,10 @@ impl ExecContext {
     /// Only in the forked child: makes system calls on prepared data and
     /// allocates nothing. `warn` must be async-signal-safe too.
     pub(super) unsafe fn before_identity(&self, warn: &dyn Fn(u32)) -> Result<(), u32> {
+        if self.ignore_sigpipe {
+            // Inherited across exec: a write to a closed pipe then fails with EPIPE instead of killing.
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         for (i, (resource, rl, _)) in self.rlimits.iter().enumerate() {
             let resource = *resource as libc::__rlimit_resource_t;
             if libc::setrlimit(resource, rl) == 0 {
@@ -298,6 +324,18 @@ impl ExecContext {
                 {
                     return Err(STAGE_CAPBSET);
                 }
+            }
+        }
+        if let Some((policy, priority)) = self.sched {
+            let param = libc::sched_param { sched_priority: priority };
+            if libc::sched_setscheduler(0, policy, &param) < 0 {
+                return Err(STAGE_SCHED);
+            }
+        }
+        // IOPRIO_WHO_PROCESS (1), this process (0).
+        if let Some(value) = self.ioprio {
+            if libc::syscall(libc::SYS_ioprio_set, 1, 0, value) < 0 {
+                return Err(STAGE_IOPRIO);
             }
         }
         if self.keep_caps && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
@@ -676,6 +714,19 @@ fn no_sandbox_note(cfg: &ExecConfig) -> String {
     )
 }
 
+/// CPUSchedulingPolicy= and CPUSchedulingPriority=: fifo and rr take 1..99
+/// (default 1, as systemd clamps), the others only 0.
+fn scheduling(cfg: &ExecConfig) -> Result<Option<(i32, i32)>, String> {
+    let realtime = |p: i32| p == libc::SCHED_FIFO || p == libc::SCHED_RR;
+    match (cfg.cpu_sched_policy, cfg.cpu_sched_priority) {
+        (None, None) => Ok(None),
+        (Some(p), prio) if realtime(p) => Ok(Some((p, prio.unwrap_or(1).max(1)))),
+        (Some(p), None | Some(0)) => Ok(Some((p, 0))),
+        (_, Some(0)) => Ok(None),
+        _ => Err("CPUSchedulingPriority= above 0 needs CPUSchedulingPolicy=fifo or rr".to_string()),
+    }
+}
+
 /// Per-run leftovers of the exec context on the host: cleaned at the run's end.
 #[derive(Debug, Default)]
 pub struct RunDirs {
@@ -684,12 +735,17 @@ pub struct RunDirs {
     /// RuntimeDirectory= dirs made for this run.
     pub runtime: Vec<PathBuf>,
     pub preserve: Preserve,
+    /// The run's credentials directory (`LoadCredential=`, `SetCredential=`).
+    pub credentials: Option<PathBuf>,
 }
 
 impl RunDirs {
     /// The run ended: its private /tmp goes, and its RuntimeDirectory= dirs
     /// unless RuntimeDirectoryPreserve= keeps them.
     pub fn clean(self) {
+        if let Some(dir) = &self.credentials {
+            super::credentials::remove(dir);
+        }
         for dir in self.private_tmp.map(|p| p.outer).unwrap_or_default() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a private /tmp");
@@ -789,7 +845,13 @@ pub fn for_process(
         all_groups.insert(0, unsafe { libc::getgid() });
     }
     run.preserve = cfg.runtime_preserve;
-    let env = create_directories(cfg, owner, run)?;
+    let mut env = create_directories(cfg, owner, run)?;
+    if run.credentials.is_none() {
+        run.credentials = super::credentials::write(&unit.name, &cfg.credentials, owner)?;
+    }
+    if let Some(dir) = &run.credentials {
+        env.push(("CREDENTIALS_DIRECTORY".to_string(), dir.display().to_string()));
+    }
     if cfg.private_tmp && run.private_tmp.is_none() {
         run.private_tmp = Some(make_private_tmp(&unit.name)?);
     }
@@ -855,6 +917,21 @@ mod tests {
         let mut cfg = ExecConfig::default();
         cfg.apply("ReadOnlyPaths", "-/nonexistent/aikore").unwrap();
         assert!(sandbox_steps(&cfg, None, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn scheduling_defaults_and_conflicts() {
+        let cfg = |p: Option<i32>, n: Option<i32>| ExecConfig {
+            cpu_sched_policy: p,
+            cpu_sched_priority: n,
+            ..Default::default()
+        };
+        assert_eq!(scheduling(&cfg(None, None)), Ok(None));
+        assert_eq!(scheduling(&cfg(Some(libc::SCHED_FIFO), None)), Ok(Some((libc::SCHED_FIFO, 1))));
+        assert_eq!(scheduling(&cfg(Some(libc::SCHED_RR), Some(50))), Ok(Some((libc::SCHED_RR, 50))));
+        assert_eq!(scheduling(&cfg(Some(libc::SCHED_BATCH), None)), Ok(Some((libc::SCHED_BATCH, 0))));
+        assert!(scheduling(&cfg(Some(libc::SCHED_BATCH), Some(5))).is_err());
+        assert!(scheduling(&cfg(None, Some(5))).is_err());
     }
 
     #[test]

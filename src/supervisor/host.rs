@@ -448,6 +448,7 @@ impl ProcessControl for HostProcesses {
                     None => merged.push((k, v)),
                 }
             }
+            merged.retain(|(k, v)| !unset_matches(&unit.service.exec.unset_environment, k, v));
             merged
         };
         // The `:` prefix: the words as written.
@@ -695,4 +696,12 @@ impl ProcessControl for HostProcesses {
             ..Default::default()
         }
     }
+}
+
+/// `UnsetEnvironment=`: a `NAME` removes the variable, a `NAME=VALUE` only that exact assignment.
+fn unset_matches(unset: &[String], name: &str, value: &str) -> bool {
+    unset.iter().any(|u| match u.split_once('=') {
+        Some((n, v)) => n == name && v == value,
+        None => u == name,
+    })
 }

@@ -70,6 +70,14 @@ pub const SERVICE_KEYS: &[&str] = &[
     "MemoryDenyWriteExecute",
     "SystemCallArchitectures",
     "RestrictAddressFamilies",
+    "LoadCredential",
+    "SetCredential",
+    "UnsetEnvironment",
+    "CPUSchedulingPolicy",
+    "CPUSchedulingPriority",
+    "IOSchedulingClass",
+    "IOSchedulingPriority",
+    "IgnoreSIGPIPE",
 ];
 
 /// Resource keys an `.instance` file may set (keys.rs holds the allow-list; a test keeps them in step): they only restrict what the
@@ -301,6 +309,18 @@ pub struct ExecConfig {
     pub resources: Resources,
     /// The seccomp keys (units/seccomp.rs).
     pub seccomp: super::seccomp::SeccompConfig,
+    /// `LoadCredential=` and `SetCredential=`, in file order.
+    pub credentials: Vec<super::credentials::Credential>,
+    /// `UnsetEnvironment=`: `NAME` or `NAME=VALUE`, applied last.
+    pub unset_environment: Vec<String>,
+    /// `CPUSchedulingPolicy=` as a `libc::SCHED_*` value.
+    pub cpu_sched_policy: Option<i32>,
+    pub cpu_sched_priority: Option<i32>,
+    /// `IOSchedulingClass=`: 0 none, 1 realtime, 2 best-effort, 3 idle (ioprio_set's classes).
+    pub io_sched_class: Option<u16>,
+    pub io_sched_priority: Option<u16>,
+    /// `IgnoreSIGPIPE=`; None: systemd's default, yes.
+    pub ignore_sigpipe: Option<bool>,
 }
 
 impl ExecConfig {
@@ -336,6 +356,55 @@ impl ExecConfig {
             return self.apply_directory(kind, key.ends_with("Mode"), value).map(|()| None);
         }
         match key {
+            "CPUSchedulingPolicy" => {
+                self.cpu_sched_policy = match value {
+                    "" => None,
+                    "other" => Some(libc::SCHED_OTHER),
+                    "batch" => Some(libc::SCHED_BATCH),
+                    "idle" => Some(libc::SCHED_IDLE),
+                    "fifo" => Some(libc::SCHED_FIFO),
+                    "rr" => Some(libc::SCHED_RR),
+                    _ => return Err("expected other, batch, idle, fifo or rr".to_string()),
+                }
+            }
+            "CPUSchedulingPriority" => {
+                self.cpu_sched_priority = match value {
+                    "" => None,
+                    v => Some(v.parse().ok().filter(|n| (0..=99).contains(n)).ok_or("expected 0 to 99")?),
+                }
+            }
+            "IOSchedulingClass" => {
+                self.io_sched_class = match value {
+                    "" => None,
+                    "none" | "0" => Some(0),
+                    "realtime" | "1" => Some(1),
+                    "best-effort" | "2" => Some(2),
+                    "idle" | "3" => Some(3),
+                    _ => return Err("expected realtime, best-effort, idle or none".to_string()),
+                }
+            }
+            "IOSchedulingPriority" => {
+                self.io_sched_priority = match value {
+                    "" => None,
+                    v => Some(v.parse().ok().filter(|n| *n <= 7).ok_or("expected 0 to 7")?),
+                }
+            }
+            "IgnoreSIGPIPE" => {
+                self.ignore_sigpipe = if value.is_empty() { None } else { Some(super::resolve::parse_bool(value)?) }
+            }
+            "UnsetEnvironment" => {
+                if value.is_empty() {
+                    self.unset_environment.clear();
+                }
+                for word in super::quote::split_command_line(value)? {
+                    let name = word.split_once('=').map_or(word.as_str(), |(n, _)| n);
+                    if !super::quote::is_valid_env_name(name) {
+                        return Err(format!("'{word}' is not NAME or NAME=VALUE"));
+                    }
+                    self.unset_environment.push(word);
+                }
+            }
+            "LoadCredential" | "SetCredential" => super::credentials::apply(&mut self.credentials, key, value)?,
             "OOMScoreAdjust" => {
                 let n: i32 = value.parse().map_err(|_| "expected a number from -1000 to 1000".to_string())?;
                 if !(-1000..=1000).contains(&n) {
@@ -916,6 +985,31 @@ mod tests {
         assert!(c.apply("MemoryHigh", "50%").unwrap_err().contains("percentages"));
         assert!(c.apply("OOMScoreAdjust", "-1001").is_err());
         assert_eq!(parsed(&[("OOMScoreAdjust", "500")]).oom_score_adjust, Some(500));
+    }
+
+    #[test]
+    fn scheduling_keys() {
+        let c = parsed(&[
+            ("CPUSchedulingPolicy", "fifo"),
+            ("CPUSchedulingPriority", "10"),
+            ("IOSchedulingClass", "best-effort"),
+            ("IOSchedulingPriority", "7"),
+        ]);
+        assert_eq!((c.cpu_sched_policy, c.cpu_sched_priority), (Some(libc::SCHED_FIFO), Some(10)));
+        assert_eq!((c.io_sched_class, c.io_sched_priority), (Some(2), Some(7)));
+        assert!(ExecConfig::default().apply("CPUSchedulingPriority", "100").is_err());
+        assert!(ExecConfig::default().apply("CPUSchedulingPolicy", "deadline").is_err());
+        assert!(ExecConfig::default().apply("IOSchedulingPriority", "8").is_err());
+        assert!(ExecConfig::default().apply("IOSchedulingClass", "fast").is_err());
+    }
+
+    #[test]
+    fn unset_environment_takes_names_and_assignments() {
+        let c = parsed(&[("UnsetEnvironment", "LANG \"X=a b\""), ("UnsetEnvironment", "TERM")]);
+        assert_eq!(c.unset_environment, vec!["LANG", "X=a b", "TERM"]);
+        assert!(parsed(&[("UnsetEnvironment", "LANG"), ("UnsetEnvironment", "")]).unset_environment.is_empty());
+        assert!(ExecConfig::default().apply("UnsetEnvironment", "1BAD").is_err());
+        assert!(ExecConfig::default().apply("UnsetEnvironment", "=x").is_err());
     }
 
     #[test]

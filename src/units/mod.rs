@@ -12,6 +12,7 @@ use std::time::Duration;
 
 mod checks;
 pub mod corpus;
+mod credentials;
 mod env_name;
 mod exec;
 mod expand;
@@ -29,6 +30,7 @@ pub mod specifier;
 mod timespan;
 
 pub use checks::{unescape_octal as unescape_mount_path, Check, Checks};
+pub use credentials::{Credential, Source as CredentialSource};
 pub use env_name::EnvName;
 pub use exec::{
     DirKind, Directories, ExecConfig, Input, Output, Preserve, ProtectHome, ProtectSystem, Resources, Rlimit,
