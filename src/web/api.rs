@@ -74,7 +74,7 @@ pub fn checked_name(name: &str) -> ApiResult<&str> {
     }
 }
 
-async fn find_unit(state: &AppState, name: &str) -> ApiResult<UnitSnapshot> {
+pub(super) async fn find_unit(state: &AppState, name: &str) -> ApiResult<UnitSnapshot> {
     let name = checked_name(name)?;
     state
         .supervisor

@@ -31,17 +31,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/units/{name}/disable", post(disable))
 }
 
-async fn snapshot_of(state: &AppState, name: &str) -> ApiResult<UnitSnapshot> {
-    let name = checked_name(name)?;
-    state
-        .supervisor
-        .snapshot()
-        .await?
-        .into_iter()
-        .find(|u| u.name == name)
-        .ok_or_else(|| ApiError::not_found(format!("no unit named {name:?}")))
-}
-
 /// Before a client's start, stop or restart: a template's instance is
 /// loaded, and RefuseManualStart=/RefuseManualStop= are honoured.
 pub async fn before_action(state: &AppState, name: &str, action: &str) -> ApiResult<()> {
@@ -89,7 +78,7 @@ async fn ensure_instance(state: &AppState, name: &str) -> ApiResult<()> {
 
 /// `aikore cat`: the file a unit was read from (its template's for an instance of one).
 async fn unit_file(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<UnitFile>> {
-    let snap = snapshot_of(&state, &name).await?;
+    let snap = super::api::find_unit(&state, &name).await?;
     let path = snap.unit.path.clone();
     let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(&path))
         .await
@@ -172,7 +161,7 @@ fn property_list(snap: &UnitSnapshot, unit: &Unit, file_state: &str) -> Vec<(Str
 }
 
 async fn properties(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<UnitProperties>> {
-    let snap = snapshot_of(&state, &name).await?;
+    let snap = super::api::find_unit(&state, &name).await?;
     let unit = Arc::clone(&snap.unit);
     let dirs = state.reloader.units_dirs().to_vec();
     let file_state = if unit.kind == UnitKind::Instance {
@@ -224,7 +213,7 @@ fn unit_pids(state: &AppState, snap: &UnitSnapshot) -> (Vec<i32>, Option<(f64, u
 }
 
 async fn processes(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<UnitProcesses>> {
-    let snap = snapshot_of(&state, &name).await?;
+    let snap = super::api::find_unit(&state, &name).await?;
     let (pids, usage, procs) = {
         let state = state.clone();
         let snap = snap.clone();
@@ -263,7 +252,7 @@ async fn kill(
         None => libc::SIGTERM,
         Some(s) => units::parse_signal(s).map_err(|e| ApiError::bad_request(format!("signal {s:?}: {e}")))?,
     };
-    let snap = snapshot_of(&state, &name).await?;
+    let snap = super::api::find_unit(&state, &name).await?;
     let signalled = {
         let state = state.clone();
         let snap = snap.clone();
