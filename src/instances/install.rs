@@ -26,6 +26,14 @@ const MARK: &str = "[aikore-install] ";
 /// A progress line shown is cut to this many characters.
 const MAX_ACTIVITY: usize = 160;
 
+/// The version a `skipped:`/`done:` line names: its first word, without
+/// control characters (the line is the app's text and reaches terminals).
+fn printable_version(text: &str) -> Option<String> {
+    let word = text.split_whitespace().next()?.trim_end_matches(',');
+    let clean: String = word.chars().filter(|c| !c.is_control()).take(MAX_ACTIVITY).collect();
+    (!clean.is_empty()).then_some(clean)
+}
+
 impl InstallView {
     /// Takes one log line; true when it changed what is shown.
     pub fn take(&mut self, line: &str) -> bool {
@@ -76,17 +84,17 @@ impl InstallView {
             self.state = "installing";
             self.step = i.trim().parse().unwrap_or(self.step + 1);
             self.steps = n.trim().parse().unwrap_or(self.steps).max(self.step);
-            self.name = name.trim().chars().take(MAX_ACTIVITY).collect();
+            self.name = name.trim().chars().filter(|c| !c.is_control()).take(MAX_ACTIVITY).collect();
             self.activity = None;
         } else if let Some(version) = rest.strip_prefix("skipped: ") {
             self.state = "skipped";
             self.activity = None;
-            self.version = version.split_whitespace().next().map(|v| v.trim_end_matches(',').to_string());
+            self.version = printable_version(version);
         } else if let Some(version) = rest.strip_prefix("done: ") {
             self.state = "done";
             self.step = self.steps.max(self.step);
             self.activity = None;
-            self.version = Some(version.trim().to_string());
+            self.version = printable_version(version);
         } else {
             return false;
         }
@@ -140,5 +148,11 @@ mod tests {
         let mut s = InstallView::default();
         assert!(s.take("[aikore-install] skipped: v1.1.0 installed, nothing changed"));
         assert_eq!((s.state, s.version.as_deref()), ("skipped", Some("v1.1.0")));
+        // The app's own text: an escape sequence never reaches a terminal through the view.
+        let mut e = InstallView::default();
+        assert!(e.take("[aikore-install] step 1/2: de\u{1b}[2Jps"));
+        assert_eq!(e.name, "de[2Jps");
+        assert!(e.take("[aikore-install] done: v2\u{1b}]0;x\u{7}"));
+        assert_eq!(e.version.as_deref(), Some("v2]0;x"));
     }
 }
