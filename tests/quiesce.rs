@@ -252,3 +252,54 @@ fn a_shutdown_of_the_box_lets_queued_jobs_finish_within_its_deadline() {
     assert_eq!(jobs_left_at_exit(&d, "long"), 3, "{}", d.unit_output("long"));
     assert!(d.daemon_log().contains("the drain's share of the deadline passed"), "{}", d.daemon_log());
 }
+
+/// As deployed: PUID/PGID set (nobody's), the stock nginx.service, apps on
+/// NGINX's apps port. The queue app runs as the instance user; its drain
+/// check, its idle stop and the wake by a visit work the same.
+#[test]
+fn as_deployed_with_puid_the_drain_the_idle_stop_and_the_wake_work_through_nginx() {
+    let mut options = Options::default();
+    options.env.push(("AIKORE_PORT".into(), free_port().to_string()));
+    options.env.push(("PUID".into(), "65534".into()));
+    options.env.push(("PGID".into(), "65534".into()));
+    options.env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+    let stock = std::fs::read_to_string(repo("units/nginx.service")).unwrap();
+    let d = Daemon::start_with(&[("nginx.service", &stock)], options);
+    d.wait_status("nginx", "started");
+    // The temp dir above the data dir is root's 0700; a container's /config has no such parent.
+    std::fs::set_permissions(d.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The checkout may sit under a 0700 dir too: the app goes where the instance user can read it.
+    let dir = d.data_dir.join("blueprints");
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = dir.join("queue_app.py");
+    std::fs::copy(repo("tests/fixtures/queue_app.py"), &app).unwrap();
+    let script = format!(
+        "#!/usr/bin/env bash\n### AIKORE-METADATA-START ###\n# aikore.name = Queue\n# aikore.proxy = subpath\n# aikore.drain = comfyui\n### AIKORE-METADATA-END ###\nexport PYTHONUNBUFFERED=1\nexec python3 {} \"$WEBUI_PORT\"\n",
+        app.display()
+    );
+    std::fs::write(dir.join("queue.sh"), script).unwrap();
+
+    queue_instance(&d, "deployed", json!({ "QUEUE_JOBS": "2", "JOB_SEC": "2" }), "IdleStopSec=2\n");
+    started(&d, "deployed");
+    let pid = d.unit("deployed")["pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Uid:\t65534")), "runs as the instance user: {status}");
+    d.wait_until("the app answering through NGINX", |d| app_get(d, "/app/deployed/", "text/html").0 == 200);
+
+    // A user's stop with jobs queued drains first, then stops.
+    let (_, body) = d.post("/api/v1/instances/deployed/stop");
+    assert_eq!(body["status"], "draining", "{body}");
+    d.wait_until("stopped once its queue ran empty", |d| instance(d, "deployed")["status"] == "stopped");
+    assert_eq!(jobs_left_at_exit(&d, "deployed"), 0, "{}", d.unit_output("deployed"));
+
+    // Idle: no request for IdleStopSec (+ the gate's cache) and an empty queue.
+    started(&d, "deployed");
+    d.wait_until("the app answering through NGINX", |d| app_get(d, "/app/deployed/", "text/html").0 == 200);
+    d.wait_until("deployed to be idle-stopped", |d| instance(d, "deployed")["status"] == "idle-stopped");
+    // A browser's visit through NGINX: the waking page, then the app.
+    d.wait_until("the waking page", |d| app_get(d, "/app/deployed/", "text/html").2.contains("Waking"));
+    d.wait_until("the app again after the wake", |d| app_get(d, "/app/deployed/", "text/html").0 == 200);
+    let pid = d.unit("deployed")["pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Uid:\t65534")), "woken as the instance user: {status}");
+}
