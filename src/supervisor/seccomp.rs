@@ -433,7 +433,7 @@ mod tests {
         for allowed in [libc::SYS_read, libc::SYS_execve, libc::SYS_openat, libc::SYS_clone, libc::SYS_exit_group] {
             assert_eq!(run(&prog, n, allowed, [0; 6]), RET_ALLOW, "{allowed}");
         }
-        for refused in [libc::SYS_mount, libc::SYS_reboot, libc::SYS_chown, libc::SYS_setrlimit, libc::SYS_ptrace] {
+        for refused in [libc::SYS_mount, libc::SYS_reboot, libc::SYS_fchownat, libc::SYS_setrlimit, libc::SYS_ptrace] {
             assert_eq!(run(&prog, n, refused, [0; 6]), RET_KILL_PROCESS, "{refused}");
         }
         assert_eq!(run(&prog, n, 1000, [0; 6]), RET_KILL_PROCESS, "an unknown number is not allowed");

@@ -254,9 +254,9 @@ pub const GROUPS: &[Group] = &[
     },
 ];
 
-/// This architecture's numbers, sorted by name.
+/// This architecture's numbers, sorted by name (`libc::c_long` is `i64` on both).
 #[cfg(target_arch = "x86_64")]
-pub const NUMBERS: &[(&str, libc::c_long)] = &[
+pub const NUMBERS: &[(&str, i64)] = &[
     ("_sysctl", libc::SYS__sysctl),
     ("accept", libc::SYS_accept),
     ("accept4", libc::SYS_accept4),
@@ -623,9 +623,9 @@ pub const NUMBERS: &[(&str, libc::c_long)] = &[
     ("writev", libc::SYS_writev),
 ];
 
-/// This architecture's numbers, sorted by name.
+/// This architecture's numbers, sorted by name (`libc::c_long` is `i64` on both).
 #[cfg(target_arch = "aarch64")]
-pub const NUMBERS: &[(&str, libc::c_long)] = &[
+pub const NUMBERS: &[(&str, i64)] = &[
     ("accept", libc::SYS_accept),
     ("accept4", libc::SYS_accept4),
     ("acct", libc::SYS_acct),
