@@ -183,6 +183,9 @@ fn debian_redis_server_runs_from_its_own_notify_unit_file_requiring_a_remaining_
     let redis_uid =
         String::from_utf8(std::process::Command::new("id").args(["-u", "redis"]).output().unwrap().stdout).unwrap();
     assert_eq!(uid, redis_uid.trim(), "User=redis");
+    // Its SystemCallFilter=@system-service less @privileged @resources, as a seccomp filter.
+    assert!(unit.contains("SystemCallFilter=@system-service"), "{unit}");
+    assert!(status.lines().any(|l| l.split_whitespace().eq(["Seccomp:", "2"])), "{status}");
     let out = std::process::Command::new(&redis_cli).arg("ping").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
     // Stopping what it requires takes redis down with it.

@@ -344,8 +344,7 @@ impl ExecContext {
         Ok(())
     }
 
-    /// Ambient capabilities, no_new_privs and the seccomp filter (last: its
-    /// rules could refuse the calls before it), after setuid.
+    /// Ambient capabilities and no_new_privs, after setuid.
     ///
     /// # Safety
     /// As [`Self::before_identity`].
@@ -376,6 +375,16 @@ impl ExecContext {
         if self.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             return Err(STAGE_NNP);
         }
+        Ok(())
+    }
+
+    /// The seccomp filter: the child's very last step before exec, as in
+    /// systemd, so `SystemCallFilter=` need not allow what the child does
+    /// on its way (chdir, setuid...), only the exec (in `@default`).
+    ///
+    /// # Safety
+    /// As [`Self::before_identity`].
+    pub(super) unsafe fn install_seccomp(&self) -> Result<(), u32> {
         if let Some(filter) = &self.seccomp {
             if super::seccomp::install(filter).is_err() {
                 return Err(STAGE_SECCOMP);

@@ -1,12 +1,13 @@
 //! Builds the seccomp-BPF program for a unit's seccomp keys
 //! (`units::seccomp`), before fork, and installs it in the child, last
-//! before exec. The program checks the architecture, then each filtered
-//! system call's number and arguments; anything else is allowed.
+//! before exec. The program checks the architecture, then
+//! `SystemCallFilter=` on the call's number, then each argument rule of the
+//! other keys, then `SystemCallLog=`; anything left is allowed.
 //!
 //! Arguments are compared on their low 32 bits: every one filtered here is
 //! an `int`, `mode_t` or flag word the kernel reads as 32 bits.
 
-use crate::units::seccomp::{Families, SeccompConfig, ALL_NAMESPACES};
+use crate::units::seccomp::{Action, CallFilter, CallLog, Families, SeccompConfig, ALL_NAMESPACES};
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH_NATIVE: u32 = 0xC000_003E;
@@ -15,7 +16,10 @@ const AUDIT_ARCH_NATIVE: u32 = 0xC000_00B7;
 
 const RET_KILL_PROCESS: u32 = 0x8000_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
+const RET_LOG: u32 = 0x7ffc_0000;
 const RET_ALLOW: u32 = 0x7fff_0000;
+/// The kernel's limit on a program's length (BPF_MAXINSNS).
+const MAX_INSNS: usize = 4096;
 
 // Classic BPF opcodes (linux/bpf_common.h).
 /// BPF_LD | BPF_W | BPF_ABS (the first two are 0).
@@ -23,6 +27,7 @@ const LD_W_ABS: u16 = 0x20;
 const ALU_AND_K: u16 = 0x04 | 0x50;
 const JMP_JEQ_K: u16 = 0x05 | 0x10;
 const JMP_JGT_K: u16 = 0x05 | 0x20;
+const JMP_JGE_K: u16 = 0x05 | 0x30;
 const JMP_JSET_K: u16 = 0x05 | 0x40;
 const JMP_JA: u16 = 0x05;
 const RET_K: u16 = 0x06;
@@ -39,6 +44,8 @@ fn arg(i: u32) -> u32 {
 #[derive(Clone, Copy)]
 enum To {
     Next,
+    /// Over this many instructions.
+    Skip(u8),
     Label(usize),
 }
 
@@ -91,6 +98,7 @@ impl Asm {
         let offset = |from: usize, to: To| -> Result<u8, String> {
             match to {
                 To::Next => Ok(0),
+                To::Skip(n) => Ok(n),
                 To::Label(l) => {
                     u8::try_from(at[l] - from - 1).map_err(|_| "the seccomp filter is too long".to_string())
                 }
@@ -108,7 +116,45 @@ impl Asm {
                 Op::Jump(code, k, t, f) => insn(code, offset(i, t)?, offset(i, f)?, k),
             });
         }
+        if out.len() > MAX_INSNS {
+            return Err(format!(
+                "the seccomp filter is too long ({} instructions, the kernel takes {MAX_INSNS})",
+                out.len()
+            ));
+        }
         Ok(out)
+    }
+
+    /// With the call number loaded: for each run of consecutive numbers
+    /// in `calls`, `then(self)` emits what a call in it gets (one
+    /// instruction: a return or a far jump); others fall through.
+    fn calls_in(&mut self, calls: impl IntoIterator<Item = i64>, then: impl Fn(&mut Asm)) {
+        let mut calls: Vec<i64> = calls.into_iter().collect();
+        calls.sort_unstable();
+        calls.dedup();
+        let mut i = 0;
+        while i < calls.len() {
+            let lo = calls[i];
+            while i + 1 < calls.len() && calls[i + 1] == calls[i] + 1 {
+                i += 1;
+            }
+            let hi = calls[i];
+            i += 1;
+            if lo == hi {
+                self.ops.push(Op::Jump(JMP_JEQ_K, lo as u32, To::Next, To::Skip(1)));
+            } else {
+                self.ops.push(Op::Jump(JMP_JGT_K, hi as u32, To::Skip(2), To::Next));
+                self.ops.push(Op::Jump(JMP_JGE_K, lo as u32, To::Next, To::Skip(1)));
+            }
+            then(self);
+        }
+    }
+}
+
+fn ret_of(action: Action) -> u32 {
+    match action {
+        Action::Kill => RET_KILL_PROCESS,
+        Action::Errno(e) => RET_ERRNO | u32::from(e),
     }
 }
 
@@ -134,6 +180,33 @@ pub fn build(cfg: &SeccompConfig) -> Result<Option<Filter>, String> {
         // x32 calls come with the x86-64 arch and bit 30 set in the number.
         a.ops.push(Op::Ld(OFF_NR));
         a.ops.push(Op::Jump(JMP_JGT_K, 0x3fff_ffff, To::Label(BAD_ARCH), To::Next));
+    }
+    // SystemCallErrorNumber=: what a call SystemCallFilter= refuses gets.
+    let refused = cfg.call_errno.map_or(Action::Kill, Action::Errno);
+    match &cfg.call_filter {
+        None => {}
+        Some(CallFilter::Allow(calls)) => {
+            let pass = a.label();
+            a.ops.push(Op::Ld(OFF_NR));
+            a.calls_in(calls.iter().copied(), |a| a.ops.push(Op::Goto(pass)));
+            a.ops.push(Op::Ret(ret_of(refused)));
+            a.ops.push(Op::Label(pass));
+        }
+        Some(CallFilter::Deny(calls)) => {
+            a.ops.push(Op::Ld(OFF_NR));
+            // Runs of calls that get the same answer.
+            let mut by_action: Vec<(Action, Vec<i64>)> = Vec::new();
+            for (&nr, action) in calls {
+                let action = action.unwrap_or(refused);
+                match by_action.iter_mut().find(|(a, _)| *a == action) {
+                    Some((_, v)) => v.push(nr),
+                    None => by_action.push((action, vec![nr])),
+                }
+            }
+            for (action, nrs) in by_action {
+                a.calls_in(nrs, |a| a.ops.push(Op::Ret(ret_of(action))));
+            }
+        }
     }
     let deny = |a: &mut Asm, label: usize| a.ops.push(Op::Goto(label));
     if cfg.lock_personality {
@@ -248,11 +321,32 @@ pub fn build(cfg: &SeccompConfig) -> Result<Option<Filter>, String> {
             a.ops.push(Op::Goto(end));
         }),
     }
+    match &cfg.call_log {
+        None => {}
+        Some(CallLog::Only(calls)) => {
+            a.ops.push(Op::Ld(OFF_NR));
+            a.calls_in(calls.iter().copied(), |a| a.ops.push(Op::Ret(RET_LOG)));
+        }
+        Some(CallLog::AllBut(calls)) => {
+            a.ops.push(Op::Ld(OFF_NR));
+            a.calls_in(calls.iter().copied(), |a| a.ops.push(Op::Ret(RET_ALLOW)));
+            a.ops.push(Op::Ret(RET_LOG));
+        }
+    }
     a.ops.push(Op::Ret(RET_ALLOW));
     a.ops.push(Op::Label(BAD_ARCH));
     // Other ABIs are killed with SIGSYS under SystemCallArchitectures=native,
-    // as systemd does; otherwise they pass (the rules above are the native ones).
-    a.ops.push(Op::Ret(if cfg.native_only { RET_KILL_PROCESS } else { RET_ALLOW }));
+    // as systemd does. Under SystemCallFilter= they get its refusal: its
+    // sets are resolved to native numbers only, and letting another ABI
+    // through would bypass it. Otherwise they pass (the rules above are
+    // the native ones).
+    a.ops.push(Op::Ret(if cfg.native_only {
+        RET_KILL_PROCESS
+    } else if cfg.call_filter.is_some() {
+        ret_of(refused)
+    } else {
+        RET_ALLOW
+    }));
     a.ops.push(Op::Label(EPERM));
     a.ops.push(Op::Ret(RET_ERRNO | libc::EPERM as u32));
     a.ops.push(Op::Label(EAFNOSUPPORT));
@@ -290,6 +384,87 @@ pub(super) unsafe fn install(filter: &Filter) -> Result<(), ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `prog` as the kernel would on a call `nr` with `args`.
+    fn run(prog: &[libc::sock_filter], arch: u32, nr: i64, args: [u64; 6]) -> u32 {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&(nr as u32).to_ne_bytes());
+        data[4..8].copy_from_slice(&arch.to_ne_bytes());
+        for (i, a) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+        }
+        let (mut acc, mut pc) = (0u32, 0usize);
+        loop {
+            let insn = prog[pc];
+            pc += 1;
+            let k = insn.k;
+            let jump = |cond: bool| if cond { insn.jt as usize } else { insn.jf as usize };
+            match insn.code {
+                LD_W_ABS => acc = u32::from_ne_bytes(data[k as usize..k as usize + 4].try_into().unwrap()),
+                ALU_AND_K => acc &= k,
+                JMP_JEQ_K => pc += jump(acc == k),
+                JMP_JGT_K => pc += jump(acc > k),
+                JMP_JGE_K => pc += jump(acc >= k),
+                JMP_JSET_K => pc += jump(acc & k != 0),
+                JMP_JA => pc += k as usize,
+                RET_K => return k,
+                other => panic!("opcode {other:#x}"),
+            }
+        }
+    }
+
+    fn config(lines: &[(&str, &str)]) -> SeccompConfig {
+        let mut c = SeccompConfig::default();
+        for (k, v) in lines {
+            c.apply(k, v).unwrap_or_else(|e| panic!("{k}={v}: {e}"));
+        }
+        c
+    }
+
+    #[test]
+    fn system_call_filters_answer_as_configured() {
+        let n = AUDIT_ARCH_NATIVE;
+        let eperm = RET_ERRNO | libc::EPERM as u32;
+        // Debian's redis-server unit: an allow list less two sets, killing.
+        let c = config(&[("SystemCallFilter", "@system-service"), ("SystemCallFilter", "~ @privileged @resources")]);
+        let prog = build(&c).unwrap().unwrap().0;
+        // Runs of consecutive numbers are one range test each: 119 instructions today.
+        assert!(prog.len() < 200, "{} instructions", prog.len());
+        for allowed in [libc::SYS_read, libc::SYS_execve, libc::SYS_openat, libc::SYS_clone, libc::SYS_exit_group] {
+            assert_eq!(run(&prog, n, allowed, [0; 6]), RET_ALLOW, "{allowed}");
+        }
+        for refused in [libc::SYS_mount, libc::SYS_reboot, libc::SYS_fchownat, libc::SYS_setrlimit, libc::SYS_ptrace] {
+            assert_eq!(run(&prog, n, refused, [0; 6]), RET_KILL_PROCESS, "{refused}");
+        }
+        assert_eq!(run(&prog, n, 1000, [0; 6]), RET_KILL_PROCESS, "an unknown number is not allowed");
+        // A deny list with SystemCallErrorNumber= and a per-entry errno.
+        let c = config(&[
+            ("SystemCallFilter", "~@mount @swap:ENOSYS"),
+            ("SystemCallErrorNumber", "EPERM"),
+            ("MemoryDenyWriteExecute", "yes"),
+            ("SystemCallLog", "getpid"),
+        ]);
+        let prog = build(&c).unwrap().unwrap().0;
+        assert_eq!(run(&prog, n, libc::SYS_mount, [0; 6]), eperm);
+        assert_eq!(run(&prog, n, libc::SYS_swapon, [0; 6]), RET_ERRNO | libc::ENOSYS as u32);
+        assert_eq!(run(&prog, n, libc::SYS_read, [0; 6]), RET_ALLOW);
+        assert_eq!(run(&prog, n, libc::SYS_getpid, [0; 6]), RET_LOG);
+        // The argument rules still follow.
+        let wx = (libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+        assert_eq!(run(&prog, n, libc::SYS_mmap, [0, 4096, wx, 0, 0, 0]), eperm);
+        assert_eq!(run(&prog, n, libc::SYS_mmap, [0, 4096, libc::PROT_READ as u64, 0, 0, 0]), RET_ALLOW);
+        // Another ABI gets the filter's refusal; without a filter it passes.
+        assert_eq!(run(&prog, 0x4000_0003, 21, [0; 6]), eperm);
+        let prog = build(&config(&[("SystemCallLog", "~getpid")])).unwrap().unwrap().0;
+        assert_eq!(run(&prog, 0x4000_0003, 21, [0; 6]), RET_ALLOW);
+        assert_eq!(run(&prog, n, libc::SYS_getpid, [0; 6]), RET_ALLOW);
+        assert_eq!(run(&prog, n, libc::SYS_read, [0; 6]), RET_LOG);
+        // SystemCallErrorNumber= alone builds nothing.
+        assert!(build(&config(&[("SystemCallErrorNumber", "EPERM")])).unwrap().is_none());
+        // The largest allow list fits the kernel's limit.
+        let prog = build(&config(&[("SystemCallFilter", "@known")])).unwrap().unwrap().0;
+        assert!(prog.len() < MAX_INSNS);
+    }
 
     #[test]
     fn no_key_no_filter_and_every_key_builds() {

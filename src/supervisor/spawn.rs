@@ -390,6 +390,9 @@ unsafe fn child_after_fork(
             fail(7);
         }
     }
+    if let Err(stage) = context.install_seccomp() {
+        fail(stage);
+    }
     libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.envp_ptrs.as_ptr());
     fail(8)
 }

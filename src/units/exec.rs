@@ -70,6 +70,9 @@ pub const SERVICE_KEYS: &[&str] = &[
     "MemoryDenyWriteExecute",
     "SystemCallArchitectures",
     "RestrictAddressFamilies",
+    "SystemCallFilter",
+    "SystemCallErrorNumber",
+    "SystemCallLog",
     "LoadCredential",
     "SetCredential",
     "UnsetEnvironment",
@@ -350,7 +353,7 @@ impl ExecConfig {
             return Ok(None);
         }
         if super::seccomp::KEYS.contains(&key) {
-            return self.seccomp.apply(key, value).map(|()| None);
+            return self.seccomp.apply(key, value);
         }
         if let Some(kind) = DirKind::from_key(key) {
             return self.apply_directory(kind, key.ends_with("Mode"), value).map(|()| None);

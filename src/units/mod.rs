@@ -27,6 +27,8 @@ mod quote;
 mod resolve;
 pub mod seccomp;
 pub mod specifier;
+mod syscall_filter;
+mod syscall_table;
 mod timespan;
 
 pub use checks::{unescape_octal as unescape_mount_path, Check, Checks};

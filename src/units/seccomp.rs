@@ -1,8 +1,11 @@
 //! The seccomp sandbox keys of systemd.exec(5) (`LockPersonality=`,
 //! `RestrictRealtime=`, `RestrictSUIDSGID=`, `RestrictNamespaces=`,
 //! `MemoryDenyWriteExecute=`, `SystemCallArchitectures=`,
-//! `RestrictAddressFamilies=`) as typed values; `supervisor::seccomp` turns
-//! them into a BPF program.
+//! `RestrictAddressFamilies=`, and through units/syscall_filter.rs
+//! `SystemCallFilter=`, `SystemCallErrorNumber=`, `SystemCallLog=`) as typed
+//! values; `supervisor::seccomp` turns them into a BPF program.
+
+pub use super::syscall_filter::{Action, CallFilter, CallLog};
 
 /// [Service] keys this module parses.
 pub const KEYS: &[&str] = &[
@@ -13,6 +16,9 @@ pub const KEYS: &[&str] = &[
     "MemoryDenyWriteExecute",
     "SystemCallArchitectures",
     "RestrictAddressFamilies",
+    "SystemCallFilter",
+    "SystemCallErrorNumber",
+    "SystemCallLog",
 ];
 
 /// The namespace kinds of `RestrictNamespaces=` and their CLONE_NEW* flags.
@@ -106,16 +112,37 @@ pub struct SeccompConfig {
     /// `SystemCallArchitectures=native`.
     pub native_only: bool,
     pub families: Option<Families>,
+    /// `SystemCallFilter=`; None: not set.
+    pub call_filter: Option<CallFilter>,
+    /// `SystemCallErrorNumber=`; None: `kill`, systemd's default.
+    pub call_errno: Option<u16>,
+    /// `SystemCallLog=`.
+    pub call_log: Option<CallLog>,
 }
 
 impl SeccompConfig {
     /// Whether any key asks for a filter.
     pub fn wants_filter(&self) -> bool {
-        *self != SeccompConfig::default()
+        // SystemCallErrorNumber= alone says what a filter does, and asks for none.
+        *self != SeccompConfig { call_errno: self.call_errno, ..SeccompConfig::default() }
     }
 
-    /// Applies one key of [`KEYS`].
-    pub fn apply(&mut self, key: &str, value: &str) -> Result<(), String> {
+    /// Applies one key of [`KEYS`]; `Ok(Some(w))` is a warning.
+    pub fn apply(&mut self, key: &str, value: &str) -> Result<Option<String>, String> {
+        let value = value.trim();
+        match key {
+            "SystemCallFilter" => {
+                let warnings = super::syscall_filter::apply_filter(&mut self.call_filter, value)?;
+                return Ok((!warnings.is_empty()).then(|| warnings.join("; ")));
+            }
+            "SystemCallErrorNumber" => self.call_errno = super::syscall_filter::parse_error_number(value)?,
+            "SystemCallLog" => super::syscall_filter::apply_log(&mut self.call_log, value)?,
+            _ => self.apply_plain(key, value)?,
+        }
+        Ok(None)
+    }
+
+    fn apply_plain(&mut self, key: &str, value: &str) -> Result<(), String> {
         let value = value.trim();
         let bool_of = |v: &str| if v.is_empty() { Ok(false) } else { super::resolve::parse_bool(v) };
         match key {
