@@ -73,8 +73,8 @@ ARG PGID=1000
 # Documentation, man pages and translations are not installed (dpkg
 # path-exclude): nobody reads them in this container, and they were tens of
 # MiB across these packages; copyright files stay. Then, as in the official
-# python:slim images, no byte-code caches (__pycache__: 7 MiB here, 40 with
-# persistent mode; Python compiles what it imports), and files that are the
+# python:slim images, no byte-code caches (__pycache__: 14 MiB here, 32 in
+# persistent mode's layer; Python compiles what it imports), and files that are the
 # same bytes under two names become one file (git installs /usr/bin/git,
 # git-shell and scalar twice: 8 MiB). benches/image.sh shows what each
 # layer and package costs.
