@@ -61,6 +61,6 @@ base_image() {
   local rootfs=$1 mirror=$2 log=$3 tag=$4
   shift 4
   base_rootfs "$rootfs" "$mirror" "$log" || { tail -20 "$log"; return 1; }
-  tar -C "$rootfs" --numeric-owner -cf - . | "$@" import --change 'CMD ["/bin/bash"]' - "$tag" >/dev/null || return 1
+  tar -C "$rootfs" --numeric-owner -cf - . | "$@" import --quiet --change 'CMD ["/bin/bash"]' - "$tag" >/dev/null || return 1
   rm -rf "$rootfs"
 }
