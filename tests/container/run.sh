@@ -3,8 +3,11 @@
 # podman (no Docker engine, no registry), runs it and checks what the image
 # promises: aikore is PID 1, /healthz answers through NGINX, a unit started
 # through the API runs, `stop` is a clean ordered shutdown, a restart brings
-# units back with their data from /config. Prints image size and cold start
-# beside a plain bookworm-slim + NGINX image built the same way.
+# units back with their data from /config, persistent mode's programs show an
+# app's page on the virtual display (tests/container/vnc-probe.py). Then the
+# slim variant (PERSISTENT=0): none of persistent mode, aikore is PID 1, the
+# login page comes through NGINX. Prints image sizes and cold starts beside a
+# plain bookworm-slim + NGINX image built the same way.
 #
 # Offline by design: the base image is debootstrapped from the Debian mirror
 # apt already uses (once per run) and `podman import`ed; the Rust stage is
