@@ -11,7 +11,7 @@
 # Debian packages each variant adds (bytes on disk, from dpkg's file lists),
 # so a reader sees where the megabytes are.
 #
-#   benches/image.sh                       # as root; about 5-10 min on 2 busy cores
+#   benches/image.sh                       # as root; about 4 min on 2 busy cores
 #   IMAGE_BENCH_STORE=/var/tmp/aikore-image benches/image.sh   # keep the store:
 #       the base image and the layer cache are reused by the next run
 #

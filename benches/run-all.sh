@@ -8,7 +8,7 @@
 # (timings on a shared box are noise there; no functional test asserts one).
 # image.sh (image sizes) builds with podman from a debootstrapped base: it
 # needs the Debian mirror (debootstrap, apt inside the builds; no registry)
-# and takes the longest (up to ~15 min from scratch on 2 busy cores).
+# and takes the longest (about 4 min from scratch on 2 busy cores).
 # Usage: benches/run-all.sh [script-name...]   (default: the list below)
 # Absolute figures move with the machine's load; read the ratios.
 set -euo pipefail
