@@ -16,10 +16,12 @@ ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
 ARG NODE_IMAGE=docker.io/library/node:20-bookworm-slim
 
 # ---- binary, compiled from source (PREBUILT=0) -----------------------------
+# Without the symbol table in the image (2.7 of 15 MiB): the release profile
+# already drops debug info; PREBUILT=1 copies what it is given (docs/container.md).
 FROM ${RUST_IMAGE} AS build-0
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked \
+RUN CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked \
  && install -D -m 0755 target/release/aikore /out/aikore \
  && mkdir -p blueprints
 
@@ -39,15 +41,21 @@ FROM build-${PREBUILT} AS build
 # ---- dashboard assets: hand-written static files + xterm.js from npm --------
 # PREBUILT=0 installs the lockfile's runtime packages; PREBUILT=1 takes
 # web/node_modules from the context (`npm ci --prefix web` beforehand).
+# Only what the dashboard serves goes on: the packages' TypeScript sources,
+# typings and source maps were 2.2 of their 2.7 MiB.
 FROM ${NODE_IMAGE} AS web-0
 WORKDIR /web
 COPY web/package.json web/package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund
+RUN npm ci --omit=dev --no-audit --no-fund \
+ && rm -rf node_modules/@xterm/*/src node_modules/@xterm/*/typings node_modules/@xterm/*/README.md \
+ && find node_modules -name '*.map' -delete
 COPY web/static ./static
 
 FROM ${DEBIAN_IMAGE} AS web-1
 COPY web/ /web/
-RUN rm -rf /web/tests /web/bench
+RUN rm -rf /web/tests /web/bench \
+           /web/node_modules/@xterm/*/src /web/node_modules/@xterm/*/typings /web/node_modules/@xterm/*/README.md \
+ && find /web/node_modules -name '*.map' -delete
 
 FROM web-${PREBUILT} AS web
 
@@ -58,35 +66,76 @@ FROM ${DEBIAN_IMAGE}
 # which host user that is; the image's defaults match the usual first user.
 ARG PUID=1000
 ARG PGID=1000
-ARG PERSISTENT=1
 
 # What blueprints need to install and run web UIs: git, python3 + venv,
 # curl, ca-certificates; procps for ps/pkill in scripts; tzdata for TZ.
-# Persistent mode: Xvnc, websockify + noVNC, Firefox ESR, a window manager.
 # policy-rc.d keeps Debian's nginx postinst from starting a daemon.
 # Documentation, man pages and translations are not installed (dpkg
 # path-exclude): nobody reads them in this container, and they were tens of
-# MiB across these packages; copyright files stay.
+# MiB across these packages; copyright files stay. Then, as in the official
+# python:slim images, no byte-code caches (__pycache__: 14 MiB here, 32 in
+# persistent mode's layer; Python compiles what it imports), and files that are the
+# same bytes under two names become one file (git installs /usr/bin/git,
+# git-shell and scalar twice: 8 MiB). benches/image.sh shows what each
+# layer and package costs.
 RUN set -eux; \
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
     printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
         'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
         'path-exclude /usr/share/locale/*' 'path-include /usr/share/locale/locale.alias' \
         > /etc/dpkg/dpkg.cfg.d/01-aikore-slim; \
-    persistent=''; \
-    if [ "${PERSISTENT}" = 1 ]; then \
-        persistent='tigervnc-standalone-server websockify novnc firefox-esr matchbox-window-manager'; \
-    fi; \
+    touch /tmp/.layer-start; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        nginx bash git python3 python3-venv ca-certificates curl procps tzdata $persistent; \
+        nginx bash git python3 python3-venv ca-certificates curl procps tzdata; \
     apt-get clean; \
-    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log \
-           /usr/sbin/policy-rc.d /etc/nginx/sites-enabled/default; \
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log /var/log/alternatives.log \
+           /var/cache/debconf/*-old /var/lib/dpkg/*-old /usr/sbin/policy-rc.d /etc/nginx/sites-enabled/default; \
+    find /usr -xdev -name __pycache__ -type d -prune -exec rm -rf {} +; \
+    find /usr -xdev -type f -cnewer /tmp/.layer-start -size +8k -print0 | xargs -0r hardlink -q -t; \
+    rm /tmp/.layer-start; \
     groupadd --gid "${PGID}" aikore; \
-    useradd --uid "${PUID}" --gid "${PGID}" --home-dir /home/aikore --create-home \
+    useradd --uid "${PUID}" --gid "${PGID}" --home-dir /home/aikore --create-home --no-log-init \
             --shell /bin/bash aikore; \
     mkdir -p /config /etc/aikore /opt/aikore
+
+# Persistent mode (PersistentMode=, README.md "Persistent mode"): Xvnc, websockify
+# with noVNC's files, Firefox ESR, a window manager; PERSISTENT=0 leaves it
+# out (the slim image: the layers above plus aikore's own files). Its own
+# layer, after the common one, so both variants share that one.
+# - dbus-x11 gives GTK's settings service the session bus it asks for;
+#   otherwise apt picks dbus-user-session, which brings all of systemd.
+# - noVNC: only its web files (/usr/share/novnc) from Debian's package,
+#   unpacked by hand: the package itself depends on Node.js and on
+#   OpenStack's nova console proxy, 150 MiB that websockify never runs.
+# - No software OpenGL: Xvnc depends on Mesa's drivers (160 MiB with the
+#   LLVM and Z3 libraries they load), dpkg is told not to unpack them
+#   (02-aikore-no-gl); Xvnc then runs without GLX and Firefox draws in
+#   software as it would anyway. A GUI app that needs OpenGL on the display:
+#   rm that file, apt-get install --reinstall libgl1-mesa-dri libllvm15 libz3-4.
+ARG PERSISTENT=1
+RUN set -eux; \
+    if [ "${PERSISTENT}" != 1 ]; then exit 0; fi; \
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+    printf '%s\n' 'path-exclude /usr/lib/*/dri/*' 'path-exclude /usr/lib/*/libLLVM-*' 'path-exclude /usr/lib/*/libz3.so*' \
+        > /etc/dpkg/dpkg.cfg.d/02-aikore-no-gl; \
+    touch /tmp/.layer-start; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        tigervnc-standalone-server websockify firefox-esr matchbox-window-manager dbus-x11; \
+    mkdir /tmp/novnc; chown _apt /tmp/novnc; cd /tmp/novnc; \
+    apt-get download novnc; \
+    dpkg-deb -x novnc_*.deb root; \
+    test -f root/usr/share/novnc/vnc.html; \
+    cp -a root/usr/share/novnc /usr/share/novnc; \
+    install -D -m 0644 root/usr/share/doc/novnc/copyright /usr/share/doc/novnc/copyright; \
+    cd /; rm -rf /tmp/novnc; \
+    apt-get clean; \
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log /var/log/alternatives.log \
+           /var/cache/debconf/*-old /var/lib/dpkg/*-old /usr/sbin/policy-rc.d; \
+    find /usr -xdev -name __pycache__ -type d -prune -exec rm -rf {} +; \
+    find /usr -xdev -type f -cnewer /tmp/.layer-start -size +8k -print0 | xargs -0r hardlink -q -t; \
+    rm /tmp/.layer-start
 
 COPY --from=build /out/aikore /usr/local/bin/aikore
 COPY --from=build /src/units/ /etc/aikore/units/
@@ -124,4 +173,5 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/aikore", "serve"]
 
 LABEL org.opencontainers.image.title="AiKore" \
-      org.opencontainers.image.description="AI web-UI supervisor: one Rust binary as PID 1, NGINX in front"
+      org.opencontainers.image.description="AI web-UI supervisor: one Rust binary as PID 1, NGINX in front" \
+      io.aikore.persistent="${PERSISTENT}"

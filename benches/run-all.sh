@@ -3,8 +3,12 @@
 # runit, supervisor, prometheus-node-exporter, wrk, nginx, gcc; nothing else
 # from the network), builds aikore in release mode, then runs each script in
 # turn, and ends with one table: every figure beside its peer, measured in the
-# same run, and the ratio. Whole suite: about 15 minutes on 2 cores. Not in CI
+# same run, and the ratio. Whole suite: about 15 minutes on 2 cores, plus
+# image.sh's builds. Not in CI
 # (timings on a shared box are noise there; no functional test asserts one).
+# image.sh (image sizes) builds with podman from a debootstrapped base: it
+# needs the Debian mirror (debootstrap, apt inside the builds; no registry)
+# and takes the longest (about 4 min from scratch on 2 busy cores).
 # Usage: benches/run-all.sh [script-name...]   (default: the list below)
 # Absolute figures move with the machine's load; read the ratios.
 set -euo pipefail
@@ -44,7 +48,7 @@ echo "building aikore (release) into $CARGO_TARGET_DIR"
 cargo build --release --quiet
 
 scripts=("$@")
-((${#scripts[@]})) || scripts=(log-throughput proxy start-100 idle-rss scrape stop-drain reap-orphans crashloop-cpu)
+((${#scripts[@]})) || scripts=(log-throughput proxy start-100 idle-rss scrape stop-drain reap-orphans crashloop-cpu image)
 BENCH_RESULTS=$(mktemp /tmp/aikore-bench-results.XXXXXX)
 export BENCH_RESULTS
 failed=()
@@ -52,7 +56,9 @@ for s in "${scripts[@]}"; do
     echo
     echo "################ $s ################"
     # Each script is bounded by its own waits; this is a last-resort guard.
-    if ! timeout 600 "benches/${s%.sh}.sh"; then failed+=("$s"); fi
+    limit=600
+    [[ ${s%.sh} == image ]] && limit=1800 # debootstrap and three image builds
+    if ! timeout "$limit" "benches/${s%.sh}.sh"; then failed+=("$s"); fi
 done
 echo
 echo "################ summary (aikore / peer, same run) ################"

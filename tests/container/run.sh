@@ -3,8 +3,11 @@
 # podman (no Docker engine, no registry), runs it and checks what the image
 # promises: aikore is PID 1, /healthz answers through NGINX, a unit started
 # through the API runs, `stop` is a clean ordered shutdown, a restart brings
-# units back with their data from /config. Prints image size and cold start
-# beside a plain bookworm-slim + NGINX image built the same way.
+# units back with their data from /config, persistent mode's programs show an
+# app's page on the virtual display (tests/container/vnc-probe.py). Then the
+# slim variant (PERSISTENT=0): none of persistent mode, aikore is PID 1, the
+# login page comes through NGINX. Prints image sizes and cold starts beside a
+# plain bookworm-slim + NGINX image built the same way.
 #
 # Offline by design: the base image is debootstrapped from the Debian mirror
 # apt already uses (once per run) and `podman import`ed; the Rust stage is
@@ -66,6 +69,7 @@ STORE=$TMP/storage
 BASE_IMAGE="localhost/aikore-ct-base:$ID"
 IMAGE="localhost/aikore-ct:$ID"
 BASELINE_IMAGE="localhost/aikore-ct-baseline:$ID"
+SLIM_IMAGE="localhost/aikore-ct-slim:$ID"
 CONTAINERS=()
 STAGED_BINARY=""
 finish() {
@@ -171,63 +175,24 @@ if [ ! -d web/node_modules/@xterm/xterm ]; then
   say "npm ci --prefix web (xterm.js for the image)"
   npm ci --prefix web --no-audit --no-fund --silent || die "npm ci failed"
 fi
-if [ "$BIN" = "$(realpath -m target/release/aikore)" ]; then
-  CONTEXT_BINARY=target/release/aikore
-else
-  # The build context only lets in target/release/aikore and
-  # target/container/aikore (.dockerignore): stage the binary there.
-  mkdir -p target/container
-  STAGED_BINARY=$REPO/target/container/aikore
-  cp "$BIN" "$STAGED_BINARY"
-  CONTEXT_BINARY=target/container/aikore
-fi
+# The build context only lets in target/release/aikore and
+# target/container/aikore (.dockerignore): a copy goes to the latter, without
+# its symbol table when strip is here (2.7 of 15 MiB; the release profile
+# already drops debug info).
+mkdir -p target/container
+STAGED_BINARY=$REPO/target/container/aikore
+if command -v strip >/dev/null; then strip -o "$STAGED_BINARY" "$BIN"; else cp "$BIN" "$STAGED_BINARY"; fi
+CONTEXT_BINARY=target/container/aikore
 say "binary $BIN ($(( $(stat -c %s "$BIN") / 1024 / 1024 )) MiB) ready after $(ms_since "$t") ms"
 
 # ---- base image: debootstrap + podman import --------------------------------
-mirror_from_apt() {
-  local m
-  m=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-  [ -n "$m" ] || m=$(awk '/^deb / && $3 !~ /security/ {print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
-  echo "${m:-http://deb.debian.org/debian}"
-}
+# shellcheck source=tests/container/base-image.sh
+. tests/container/base-image.sh
 MIRROR=${DEBIAN_MIRROR:-$(mirror_from_apt)}
 t=$(date +%s%N)
 say "debootstrap --variant=minbase bookworm from $MIRROR"
-ROOTFS=$TMP/rootfs
-debootstrap --variant=minbase bookworm "$ROOTFS" "$MIRROR" >"$TMP/debootstrap.log" 2>&1 \
-  || { tail -20 "$TMP/debootstrap.log"; die "debootstrap failed"; }
-# Make it like the official bookworm-slim: no docs, man pages or locales from
-# later installs, no apt caches, the host's apt sources (same mirrors).
-cat >"$ROOTFS/etc/dpkg/dpkg.cfg.d/docker" <<'EOF'
-path-exclude /usr/share/doc/*
-path-include /usr/share/doc/*/copyright
-path-exclude /usr/share/man/*
-path-exclude /usr/share/groff/*
-path-exclude /usr/share/info/*
-path-exclude /usr/share/lintian/*
-path-exclude /usr/share/linda/*
-path-exclude /usr/share/locale/*
-EOF
-cat >"$ROOTFS/etc/apt/apt.conf.d/docker-clean" <<'EOF'
-DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
-APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
-Dir::Cache::pkgcache "";
-Dir::Cache::srcpkgcache "";
-EOF
-echo 'Acquire::Languages "none";' >"$ROOTFS/etc/apt/apt.conf.d/docker-no-languages"
-if grep -qs bookworm /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; then
-  rm -f "$ROOTFS/etc/apt/sources.list"
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] && cp "$f" "$ROOTFS$f"
-  done
-fi
-find "$ROOTFS/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete 2>/dev/null || true
-rm -rf "$ROOTFS"/usr/share/{man,info,groff,lintian,linda,locale}/* \
-       "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/* "$ROOTFS"/var/log/* \
-       "$ROOTFS"/var/cache/debconf/*-old "$ROOTFS"/var/lib/dpkg/*-old
-tar -C "$ROOTFS" --numeric-owner -cf - . | pm import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null \
-  || die "podman import failed"
-rm -rf "$ROOTFS"
+base_image "$TMP/rootfs" "$MIRROR" "$TMP/debootstrap.log" "$BASE_IMAGE" "${PM[@]}" \
+  || die "debootstrap or podman import of the base image failed"
 BASE_MS=$(ms_since "$t")
 say "base image $BASE_IMAGE ready after $BASE_MS ms"
 
@@ -255,6 +220,16 @@ if build "$BASELINE_IMAGE" tests/container tests/container/baseline.Dockerfile "
 else
   tail -30 "$TMP/baseline-build.log"; die "podman build of baseline.Dockerfile failed"
 fi
+# The slim variant: the same Dockerfile without persistent mode. Its common
+# layers come from the cache the build above filled, so this costs seconds.
+t=$(date +%s%N)
+SLIM_OK=0
+if build "$SLIM_IMAGE" . Dockerfile "$TMP/slim-build.log" --build-arg PREBUILT=1 \
+  --build-arg "AIKORE_BINARY=$CONTEXT_BINARY" --build-arg PERSISTENT=0; then
+  SLIM_BUILD_MS=$(ms_since "$t"); SLIM_OK=1; pass "slim image builds (PERSISTENT=0) in $SLIM_BUILD_MS ms"
+else
+  tail -30 "$TMP/slim-build.log"; fail "podman build of Dockerfile with PERSISTENT=0"; SLIM_BUILD_MS=0
+fi
 
 # ---- the image's metadata and contents ---------------------------------------
 cfg() { pm image inspect --format "$1" "$IMAGE"; }
@@ -262,6 +237,8 @@ check "ENTRYPOINT is aikore serve (no wrapper)" test "$(cfg '{{json .Config.Entr
 check "STOPSIGNAL SIGTERM" test "$(cfg '{{.Config.StopSignal}}')" = SIGTERM
 check "HEALTHCHECK curls /healthz" grep -q healthz <<<"$(cfg '{{json .Config.Healthcheck}}')"
 check "VOLUME /config" grep -q '"/config"' <<<"$(cfg '{{json .Config.Volumes}}')"
+check "LABEL io.aikore.persistent=1 (the default build has persistent mode)" \
+  test "$(cfg '{{index .Config.Labels "io.aikore.persistent"}}')" = 1
 ports=$(cfg '{{json .Config.ExposedPorts}}')
 check "EXPOSE 9000, 9100 and 19001-19999" python3 -c '
 import json, sys
@@ -505,6 +482,78 @@ t=$(date +%s%N)
 pm_stop "$BCTR"
 BASELINE_STOP_MS=$(ms_since "$t")
 
+# ---- persistent mode's programs in the full image ------------------------------------
+# persistent-run.sh as an instance runs it (as the instance user), around a
+# page that is all magenta: websockify must relay Xvnc's greeting, and Xvnc's
+# screen must show the page, drawn by Firefox with no OpenGL in the image.
+PCTR="aikore-ct-persistent-$ID"
+CONTAINERS+=("$PCTR")
+mkdir -p "$TMP/persistent/site"
+printf '<!doctype html><title>probe</title><body style="margin:0;background:#ff00ff"></body>\n' >"$TMP/persistent/site/index.html"
+chown -R 1000:1000 "$TMP/persistent"
+t=$(date +%s%N)
+pm run -d --name "$PCTR" --network=none "${LIMITS[@]}" --no-healthcheck --shm-size=256m --user 1000:1000 \
+  -e PERSISTENT_DISPLAY=42 -e PERSISTENT_VNC_PORT=5942 -e PERSISTENT_WS_PORT=6080 -e PERSISTENT_BROWSER=yes \
+  -e WEBUI_PORT=8000 -e INSTANCE_CONF_DIR=/work -e HOME=/work \
+  -v "$TMP/persistent:/work" -v "$REPO/tests/container/vnc-probe.py:/probe.py:ro" -w /work/site \
+  --entrypoint /bin/bash "$IMAGE" /opt/aikore/blueprints/persistent-run.sh python3 -m http.server 8000 --bind 127.0.0.1 \
+  >/dev/null 2> >(no_systemd_noise)
+# probe_until TIMEOUT_S ARGS...: vnc-probe.py inside the container until it says yes.
+probe_until() {
+  local deadline=$(( $(date +%s) + $1 )); shift
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    pm exec "$PCTR" python3 /probe.py "$@" >"$TMP/probe.out" 2>&1 && { sed 's/^/  /' "$TMP/probe.out"; return 0; }
+    sleep 1
+  done
+  sed 's/^/  /' "$TMP/probe.out"
+  return 1
+}
+ws_page() { pm exec "$PCTR" curl -fsS --max-time 5 -o /dev/null http://127.0.0.1:6080/vnc.html; }
+wait_ws_page() {
+  local deadline=$(( $(date +%s) + 60 ))
+  until ws_page 2>/dev/null; do [ "$(date +%s)" -lt "$deadline" ] || return 1; sleep 0.5; done
+}
+check "persistent mode: websockify serves noVNC's vnc.html from /usr/share/novnc" wait_ws_page
+check "persistent mode: a WebSocket through websockify reaches Xvnc (RFB greeting)" probe_until 30 ws 6080
+if probe_until 120 screen 5942 ff00ff; then
+  pass "persistent mode: Firefox shows the app's page on the display after $(ms_since "$t") ms"
+else
+  pm logs "$PCTR" 2>&1 | tail -30
+  fail "persistent mode: the display does not show the app's page within 120 s"
+fi
+pm rm -f -t 0 "$PCTR" >/dev/null 2>&1
+
+# ---- the slim image (PERSISTENT=0) ---------------------------------------------------
+if [ "$SLIM_OK" = 1 ]; then
+  slim_inside() { pm run --rm --network=none "${LIMITS[@]}" --no-healthcheck --entrypoint /bin/sh "$SLIM_IMAGE" -c "$1"; }
+  slim_is_slim() {
+    [ "$(pm image inspect --format '{{index .Config.Labels "io.aikore.persistent"}}' "$SLIM_IMAGE")" = 0 ] &&
+      slim_inside '! command -v Xvnc && ! command -v websockify && ! command -v firefox-esr && ! test -e /usr/share/novnc'
+  }
+  check "slim image: no persistent mode inside (Xvnc, websockify, Firefox, noVNC), LABEL io.aikore.persistent=0" slim_is_slim
+  SCONFIG=$TMP/config-slim
+  mkdir -p "$SCONFIG"
+  SPORT=$(free_port)
+  SCTR="aikore-ct-slim-$ID"
+  CONTAINERS+=("$SCTR")
+  t=$(date +%s%N)
+  pm run -d --name "$SCTR" --network=host "${LIMITS[@]}" --health-interval=disable \
+    -e AIKORE_PORT="$SPORT" -e AIKORE_APPS_PORT="$(free_port)" -e AIKORE_LISTEN="127.0.0.1:$(free_port)" \
+    -e AIKORE_PASSWORD="ct-slim-$$" -v "$SCONFIG:/config" "$SLIM_IMAGE" >/dev/null 2> >(no_systemd_noise)
+  if wait_healthz "http://127.0.0.1:$SPORT" 60; then
+    SLIM_COLD_MS=$(ms_since "$t"); pass "slim image: /healthz through NGINX on :$SPORT after $SLIM_COLD_MS ms"
+    check "slim image: PID 1 is 'aikore serve'" \
+      test "$(pm exec "$SCTR" cat /proc/1/cmdline | tr '\0' ' ')" = "/usr/local/bin/aikore serve "
+    check "slim image: the login page (password form, its stylesheet) through NGINX" sh -c \
+      "curl -fsS --max-time 5 'http://127.0.0.1:$SPORT/login' | grep -q 'name=\"password\"' && curl -fsS --max-time 5 -o /dev/null 'http://127.0.0.1:$SPORT/static/app.css'"
+  else
+    pm logs "$SCTR" 2>&1 | tail -20
+    fail "slim image: no /healthz through NGINX within 60 s"; SLIM_COLD_MS=-1
+  fi
+  pm_stop "$SCTR"
+  check "slim image: podman stop exits 0" test "$(pm inspect --format '{{.State.ExitCode}}' "$SCTR")" = 0
+fi
+
 # ---- optional: the Rust stage (PREBUILT=0) -----------------------------------------
 SOURCE_BUILD_MS=-
 if [ "$FROM_SOURCE" = 1 ]; then
@@ -553,6 +602,7 @@ printf '%-34s %12s %14s %10s %10s\n' image "size MiB" "cold start ms" "stop ms" 
 printf '%-34s %12s %14s %10s %10s\n' "base (debootstrap, slimmed)" "$(mib "$S_BASE")" - - "$((BASE_MS / 1000))"
 printf '%-34s %12s %14s %10s %10s\n' "bookworm-slim + NGINX (baseline)" "$(mib "$S_BASELINE")" "$BASELINE_COLD_MS" "$BASELINE_STOP_MS" "$((BASELINE_BUILD_MS / 1000))"
 printf '%-34s %12s %14s %10s %10s\n' "aikore (PREBUILT=1)" "$(mib "$S_IMAGE")" "$COLD_MS" "$STOP_MS" "$((BUILD_MS / 1000))"
+[ "$SLIM_OK" = 1 ] && printf '%-34s %12s %14s %10s %10s\n' "aikore slim (PERSISTENT=0)" "$(mib "$(image_size "$SLIM_IMAGE")")" "${SLIM_COLD_MS:--}" - "$((SLIM_BUILD_MS / 1000))"
 [ "$FROM_SOURCE" = 1 ] && printf '%-34s %12s %14s %10s %10s\n' "aikore (PREBUILT=0, from source)" "" - - "$SOURCE_BUILD_MS"
 printf '%-34s %12s %14s\n' "aikore, restart (same /config)" "" "${WARM_MS:--}"
 echo
