@@ -26,6 +26,10 @@ pub(super) const STAGE_SECCOMP: u32 = 26;
 /// CPUSchedulingPolicy=/CPUSchedulingPriority= and IOSchedulingClass=/IOSchedulingPriority=.
 pub(super) const STAGE_SCHED: u32 = 40;
 pub(super) const STAGE_IOPRIO: u32 = 41;
+/// PrivateNetwork=: bringing `lo` up in the new network namespace.
+pub(super) const STAGE_LO_UP: u32 = 42;
+/// PrivateNetwork=: the kernel refused a network namespace (a warning).
+pub(super) const WARN_NO_NET_NS: u32 = 1050;
 pub(super) const STAGE_RLIMIT: u32 = 100;
 pub(super) const STAGE_MOUNT: u32 = 200;
 /// Not a failure: the kernel refused a mount namespace, the unit runs unsandboxed.
@@ -93,6 +97,7 @@ pub struct ExecContext {
     ioprio: Option<i32>,
     /// IgnoreSIGPIPE= (default yes, as in systemd).
     ignore_sigpipe: bool,
+    private_network: bool,
 }
 
 /// The inputs of [`ExecContext::prepare`] that come from outside the unit file.
@@ -182,6 +187,7 @@ impl ExecContext {
         }
         cx.sched = scheduling(cfg)?;
         cx.ignore_sigpipe = cfg.ignore_sigpipe.unwrap_or(true);
+        cx.private_network = cfg.private_network;
         cx.ioprio = cfg.io_sched_class.or(cfg.io_sched_priority.map(|_| 2)).map(|class| {
             // systemd's defaults: best-effort, priority 4; class none takes no priority.
             let prio = if class == 0 { 0 } else { cfg.io_sched_priority.unwrap_or(4) };
@@ -214,6 +220,11 @@ impl ExecContext {
                 format!("{}= (setrlimit)", self.rlimits.get((s - STAGE_RLIMIT) as usize)?.2)
             }
             WARN_NO_MOUNT_NS => self.sandbox_note.clone(),
+            STAGE_LO_UP => "PrivateNetwork= (bringing lo up: SIOCSIFFLAGS)".to_string(),
+            WARN_NO_NET_NS => "PrivateNetwork= not applied: the kernel refused a network namespace \
+                               (unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN in the container); the unit shares \
+                               aikore's network"
+                .to_string(),
             WARN_OOM => format!(
                 "OOMScoreAdjust={} not applied: the kernel refused it (lowering it needs CAP_SYS_RESOURCE)",
                 String::from_utf8_lossy(self.oom_score_adj.as_deref().unwrap_or_default())
@@ -313,6 +324,13 @@ impl ExecContext {
                         return Err(STAGE_MOUNT + i as u32);
                     }
                 }
+            }
+        }
+        if self.private_network {
+            if libc::unshare(libc::CLONE_NEWNET) < 0 {
+                warn(WARN_NO_NET_NS);
+            } else if !loopback_up() {
+                return Err(STAGE_LO_UP);
             }
         }
         if self.cap_drop != 0 {
@@ -712,6 +730,27 @@ fn no_sandbox_note(cfg: &ExecConfig) -> String {
          container); the unit runs without that sandbox",
         keys.join(", ")
     )
+}
+
+/// Sets `lo` up (IFF_UP) in the current network namespace.
+///
+/// # Safety
+/// Async-signal-safe: system calls on stack data only (it runs in the forked child).
+unsafe fn loopback_up() -> bool {
+    let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+    if fd < 0 {
+        return false;
+    }
+    let mut req: libc::ifreq = std::mem::zeroed();
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    let ok = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 && {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) == 0
+    };
+    libc::close(fd);
+    ok
 }
 
 /// CPUSchedulingPolicy= and CPUSchedulingPriority=: fifo and rr take 1..99

@@ -78,6 +78,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "IOSchedulingClass",
     "IOSchedulingPriority",
     "IgnoreSIGPIPE",
+    "PrivateNetwork",
 ];
 
 /// Resource keys an `.instance` file may set (keys.rs holds the allow-list; a test keeps them in step): they only restrict what the
@@ -321,6 +322,8 @@ pub struct ExecConfig {
     pub io_sched_priority: Option<u16>,
     /// `IgnoreSIGPIPE=`; None: systemd's default, yes.
     pub ignore_sigpipe: Option<bool>,
+    /// `PrivateNetwork=`: a network namespace of its own with only `lo`, up.
+    pub private_network: bool,
 }
 
 impl ExecConfig {
@@ -389,6 +392,7 @@ impl ExecConfig {
                     v => Some(v.parse().ok().filter(|n| *n <= 7).ok_or("expected 0 to 7")?),
                 }
             }
+            "PrivateNetwork" => self.private_network = !value.is_empty() && super::resolve::parse_bool(value)?,
             "IgnoreSIGPIPE" => {
                 self.ignore_sigpipe = if value.is_empty() { None } else { Some(super::resolve::parse_bool(value)?) }
             }
@@ -985,6 +989,15 @@ mod tests {
         assert!(c.apply("MemoryHigh", "50%").unwrap_err().contains("percentages"));
         assert!(c.apply("OOMScoreAdjust", "-1001").is_err());
         assert_eq!(parsed(&[("OOMScoreAdjust", "500")]).oom_score_adjust, Some(500));
+    }
+
+    #[test]
+    fn private_network_and_ignore_sigpipe() {
+        assert!(parsed(&[("PrivateNetwork", "yes")]).private_network);
+        assert!(!parsed(&[("PrivateNetwork", "yes"), ("PrivateNetwork", "")]).private_network);
+        assert!(ExecConfig::default().apply("PrivateNetwork", "maybe").is_err());
+        assert_eq!(parsed(&[("IgnoreSIGPIPE", "no")]).ignore_sigpipe, Some(false));
+        assert_eq!(ExecConfig::default().ignore_sigpipe, None, "None means systemd's default, yes");
     }
 
     #[test]

@@ -309,7 +309,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "PrivateDevices", SANDBOX),
     (Section::Service, "PrivateIPC", SANDBOX),
     (Section::Service, "PrivateMounts", SANDBOX),
-    (Section::Service, "PrivateNetwork", SANDBOX),
+    (Section::Service, "PrivateNetwork", Implemented),
     (Section::Service, "PrivateTmp", Implemented),
     (Section::Service, "PrivateUsers", SANDBOX),
     (Section::Service, "ProcSubset", SANDBOX),
