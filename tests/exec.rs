@@ -377,22 +377,6 @@ fn sigpipe_is_ignored_unless_ignore_sigpipe_no() {
     assert!(!sigpipe_ignored(&d.unit_log("off")), "{}", d.unit_log("off"));
 }
 
-#[test]
-fn private_network_has_only_lo_and_it_is_up() {
-    let d = Daemon::start(&[(
-        "netns.service",
-        "[Service]\nPrivateNetwork=yes\nExecStart=/bin/sh -c 'echo \"ns=$(readlink /proc/self/ns/net)\"; \
-         ip -o link; echo links-end; exec sleep 1000'\n",
-    )]);
-    d.wait_until("the links", |d| d.unit_log("netns").contains("\nlinks-end"));
-    let out = d.unit_output("netns");
-    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
-    assert!(out.contains("ns=net:[") && !out.contains(&format!("ns={}", ours.display())), "{out}");
-    let links: Vec<&str> = out.lines().filter(|l| l.contains("mtu")).collect();
-    assert_eq!(links.len(), 1, "{out}");
-    assert!(links[0].contains(" lo: ") && links[0].contains(",UP"), "{out}");
-}
-
 /// The first capability in this process's bounding set, which the daemon it starts inherits.
 fn a_bounding_capability() -> &'static str {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

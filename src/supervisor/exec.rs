@@ -26,10 +26,11 @@ pub(super) const STAGE_SECCOMP: u32 = 26;
 /// CPUSchedulingPolicy=/CPUSchedulingPriority= and IOSchedulingClass=/IOSchedulingPriority=.
 pub(super) const STAGE_SCHED: u32 = 40;
 pub(super) const STAGE_IOPRIO: u32 = 41;
-/// PrivateNetwork=: bringing `lo` up in the new network namespace.
-pub(super) const STAGE_LO_UP: u32 = 42;
-/// PrivateNetwork=: the kernel refused a network namespace (a warning).
-pub(super) const WARN_NO_NET_NS: u32 = 1050;
+/// PrivateNetwork=, PrivateIPC=: joining the run's namespace (setns).
+pub(super) const STAGE_SETNS_NET: u32 = 42;
+pub(super) const STAGE_SETNS_IPC: u32 = 43;
+/// PrivateUsers=: the helper could not write the new namespace's maps.
+pub(super) const STAGE_USERNS: u32 = 44;
 pub(super) const STAGE_RLIMIT: u32 = 100;
 pub(super) const STAGE_MOUNT: u32 = 200;
 /// Not a failure: the kernel refused a mount namespace, the unit runs unsandboxed.
@@ -37,6 +38,10 @@ pub(super) const WARN_NO_MOUNT_NS: u32 = 1000;
 /// Not a failure: OOMScoreAdjust= was refused (lowering it needs
 /// CAP_SYS_RESOURCE); systemd too goes on, "assuming containerized execution".
 pub(super) const WARN_OOM: u32 = 1001;
+/// Not a failure: the kernel refused a new procfs instance (ProtectProc=, ProcSubset=).
+pub(super) const WARN_NO_PROC: u32 = 1002;
+/// Not a failure: the kernel refused a user namespace (PrivateUsers=).
+pub(super) const WARN_NO_USERNS: u32 = 1003;
 /// Not a failure: `Limit*=` number (this + index) was above what may be
 /// raised, and was set to the hard limit the process has (systemd's
 /// `setrlimit_closest`).
@@ -55,7 +60,7 @@ pub enum ErrTarget {
     File(OwnedFd),
 }
 
-/// One mount(2) call, with its C strings made before fork.
+/// One file system call of the sandbox, with its C strings made before fork.
 #[derive(Debug)]
 struct MountStep {
     source: Option<CString>,
@@ -65,7 +70,101 @@ struct MountStep {
     data: Option<CString>,
     /// A failing optional step (a submount's read-only remount) is skipped.
     required: bool,
+    op: Op,
+    /// On failure: warn with this stage and skip this many following steps
+    /// (the rest of a feature the kernel refused, as a new procfs instance).
+    fallback: Option<(u32, usize)>,
 }
+
+/// What a [`MountStep`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// mount(source, target, fstype, flags, data).
+    Mount,
+    /// mkdir(target, mode); an existing one is fine.
+    Mkdir(u32),
+    /// An empty file to bind a file over; an existing one is fine.
+    Touch,
+    /// symlink(source, target); an existing one is fine.
+    Symlink,
+    /// umount2(target, MNT_DETACH).
+    Detach,
+    /// mount_setattr(2) on the mount at target: only these attributes change,
+    /// whatever else it has (Linux >= 5.12).
+    SetAttr { set: u64, clear: u64, recursive: bool },
+}
+
+impl MountStep {
+    fn op(op: Op, target: CString) -> MountStep {
+        MountStep { source: None, target, fstype: None, flags: 0, data: None, required: true, op, fallback: None }
+    }
+
+    /// Runs the step; < 0 with errno set on failure.
+    ///
+    /// # Safety
+    /// In the forked child: system calls on prepared data only.
+    unsafe fn run(&self) -> libc::c_int {
+        let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        let exists = |rc: libc::c_int| if rc < 0 && *libc::__errno_location() == libc::EEXIST { 0 } else { rc };
+        match self.op {
+            Op::Mount => libc::mount(
+                ptr(&self.source),
+                self.target.as_ptr(),
+                ptr(&self.fstype),
+                self.flags,
+                ptr(&self.data).cast(),
+            ),
+            Op::Mkdir(mode) => exists(libc::mkdir(self.target.as_ptr(), mode as libc::mode_t)),
+            Op::Touch => {
+                let fd = libc::open(
+                    self.target.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NOFOLLOW,
+                    0o644 as libc::c_uint,
+                );
+                if fd >= 0 {
+                    libc::close(fd);
+                    0
+                } else if *libc::__errno_location() == libc::EISDIR {
+                    0
+                } else {
+                    // A device node or socket already there (opening it for writing may fail).
+                    let mut st: libc::stat = std::mem::zeroed();
+                    if libc::lstat(self.target.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+                        0
+                    } else {
+                        -1
+                    }
+                }
+            }
+            Op::Symlink => exists(libc::symlink(ptr(&self.source), self.target.as_ptr())),
+            Op::Detach => libc::umount2(self.target.as_ptr(), libc::MNT_DETACH),
+            Op::SetAttr { set, clear, recursive } => {
+                let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
+                let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    self.target.as_ptr(),
+                    flags as libc::c_uint,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                ) as libc::c_int
+            }
+        }
+    }
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
 /// What the child applies besides the identity, cwd, umask and nice.
 #[derive(Debug, Default)]
@@ -97,7 +196,13 @@ pub struct ExecContext {
     ioprio: Option<i32>,
     /// IgnoreSIGPIPE= (default yes, as in systemd).
     ignore_sigpipe: bool,
-    private_network: bool,
+    /// The run's network and IPC namespaces to join (PrivateNetwork=, PrivateIPC=).
+    netns: Option<RawFd>,
+    ipcns: Option<RawFd>,
+    /// PrivateUsers=: the maps of the user namespace entered before setuid.
+    userns: Option<super::namespaces::UserMaps>,
+    /// What to say when the kernel refuses a new procfs instance.
+    proc_note: String,
 }
 
 /// The inputs of [`ExecContext::prepare`] that come from outside the unit file.
@@ -108,6 +213,10 @@ pub struct Options<'a> {
     pub instance: bool,
     /// The run's private /tmp (PrivateTmp=), made by the caller.
     pub private_tmp: Option<&'a PrivateTmp>,
+    /// The run's network and IPC namespaces (PrivateNetwork=, PrivateIPC=).
+    pub namespaces: Option<&'a super::namespaces::RunNamespaces>,
+    /// User= and Group= (PrivateUsers= maps them to themselves).
+    pub identity: (Option<u32>, Option<u32>),
 }
 
 fn cstring(path: &Path) -> Result<CString, String> {
@@ -177,6 +286,10 @@ impl ExecContext {
         if let Some(set) = cfg.capability_bounding_set {
             cx.cap_drop = !set & crate::units::ALL_CAPS;
         }
+        if cfg.ns.private_devices {
+            // As systemd: no device nodes to make, no raw I/O.
+            cx.cap_drop |= 1 << CAP_MKNOD | 1 << CAP_SYS_RAWIO;
+        }
         cx.ambient = cfg.ambient_capabilities;
         cx.keep_caps = cx.ambient != 0 && opts.changes_uid;
         cx.no_new_privs = cfg.no_new_privileges.unwrap_or(opts.instance);
@@ -184,10 +297,17 @@ impl ExecContext {
         if cfg.wants_mount_namespace() {
             cx.mounts = Some(sandbox_steps(cfg, opts.private_tmp, &mount_table())?);
             cx.sandbox_note = no_sandbox_note(cfg);
+            cx.proc_note = no_proc_note(cfg);
+        }
+        if let Some(ns) = opts.namespaces {
+            cx.netns = ns.net_fd().filter(|_| cfg.ns.private_network);
+            cx.ipcns = ns.ipc_fd().filter(|_| cfg.ns.private_ipc);
+        }
+        if cfg.ns.private_users {
+            cx.userns = Some(super::namespaces::UserMaps::new(opts.identity.0, opts.identity.1));
         }
         cx.sched = scheduling(cfg)?;
         cx.ignore_sigpipe = cfg.ignore_sigpipe.unwrap_or(true);
-        cx.private_network = cfg.private_network;
         cx.ioprio = cfg.io_sched_class.or(cfg.io_sched_priority.map(|_| 2)).map(|class| {
             // systemd's defaults: best-effort, priority 4; class none takes no priority.
             let prio = if class == 0 { 0 } else { cfg.io_sched_priority.unwrap_or(4) };
@@ -220,11 +340,16 @@ impl ExecContext {
                 format!("{}= (setrlimit)", self.rlimits.get((s - STAGE_RLIMIT) as usize)?.2)
             }
             WARN_NO_MOUNT_NS => self.sandbox_note.clone(),
-            STAGE_LO_UP => "PrivateNetwork= (bringing lo up: SIOCSIFFLAGS)".to_string(),
-            WARN_NO_NET_NS => "PrivateNetwork= not applied: the kernel refused a network namespace \
-                               (unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN in the container); the unit shares \
-                               aikore's network"
-                .to_string(),
+            STAGE_SETNS_NET => "PrivateNetwork= (joining the run's network namespace: setns)".to_string(),
+            STAGE_SETNS_IPC => "PrivateIPC= (joining the run's IPC namespace: setns)".to_string(),
+            STAGE_USERNS => "PrivateUsers= (writing the user namespace's uid_map and gid_map)".to_string(),
+            WARN_NO_PROC => self.proc_note.clone(),
+            WARN_NO_USERNS => {
+                "PrivateUsers= not applied: the kernel refused a user namespace (unshare(CLONE_NEWUSER); \
+                               a container's seccomp profile or user.max_user_namespaces=0 can forbid it); the unit \
+                               runs in aikore's user namespace"
+                    .to_string()
+            }
             WARN_OOM => format!(
                 "OOMScoreAdjust={} not applied: the kernel refused it (lowering it needs CAP_SYS_RESOURCE)",
                 String::from_utf8_lossy(self.oom_score_adj.as_deref().unwrap_or_default())
@@ -246,7 +371,19 @@ impl ExecContext {
             }
             s if (STAGE_MOUNT..WARN_NO_MOUNT_NS).contains(&s) => {
                 let step = self.mounts.as_ref()?.get((s - STAGE_MOUNT) as usize)?;
-                format!("sandbox mount on {}", step.target.to_string_lossy())
+                let target = step.target.to_string_lossy();
+                match step.op {
+                    Op::Mount if step.flags & libc::MS_MOVE != 0 => format!("sandbox mount moved onto {target}"),
+                    Op::Mount => format!("sandbox mount on {target}"),
+                    Op::Mkdir(_) => format!("sandbox mount point {target} (mkdir)"),
+                    Op::Touch => format!("sandbox mount point {target} (an empty file)"),
+                    Op::Symlink => format!("sandbox symlink {target}"),
+                    Op::Detach => format!("sandbox unmount of {target}"),
+                    Op::SetAttr { .. } => format!(
+                        "sandbox mount attributes on {target} (mount_setattr, Linux 5.12 or later: ExecPaths=, \
+                         NoExecPaths=, BindReadOnlyPaths=, TemporaryFileSystem=...:ro)"
+                    ),
+                }
             }
             _ => return None,
         })
@@ -302,6 +439,16 @@ impl ExecContext {
             }
             libc::close(fd);
         }
+        if let Some(fd) = self.netns {
+            if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                return Err(STAGE_SETNS_NET);
+            }
+        }
+        if let Some(fd) = self.ipcns {
+            if libc::setns(fd, libc::CLONE_NEWIPC) < 0 {
+                return Err(STAGE_SETNS_IPC);
+            }
+        }
         if let Some(steps) = &self.mounts {
             // A new mount namespace whose changes never propagate back
             // (slave), or, where the kernel refuses it, a warning and no sandbox.
@@ -316,31 +463,19 @@ impl ExecContext {
             {
                 warn(WARN_NO_MOUNT_NS);
             } else {
-                for (i, s) in steps.iter().enumerate() {
-                    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-                    let rc =
-                        libc::mount(ptr(&s.source), s.target.as_ptr(), ptr(&s.fstype), s.flags, ptr(&s.data).cast());
-                    if rc < 0 && s.required {
-                        return Err(STAGE_MOUNT + i as u32);
+                let mut i = 0;
+                while let Some(s) = steps.get(i) {
+                    if s.run() < 0 {
+                        if let Some((stage, skip)) = s.fallback {
+                            warn(stage);
+                            i += 1 + skip;
+                            continue;
+                        }
+                        if s.required {
+                            return Err(STAGE_MOUNT + i as u32);
+                        }
                     }
-                }
-            }
-        }
-        if self.private_network {
-            if libc::unshare(libc::CLONE_NEWNET) < 0 {
-                warn(WARN_NO_NET_NS);
-            } else if !loopback_up() {
-                return Err(STAGE_LO_UP);
-            }
-        }
-        if self.cap_drop != 0 {
-            for cap in 0..64u32 {
-                if self.cap_drop & (1 << cap) != 0
-                    && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0
-                    // EINVAL: a capability this kernel does not know; nothing to drop.
-                    && *libc::__errno_location() != libc::EINVAL
-                {
-                    return Err(STAGE_CAPBSET);
+                    i += 1;
                 }
             }
         }
@@ -354,6 +489,36 @@ impl ExecContext {
         if let Some(value) = self.ioprio {
             if libc::syscall(libc::SYS_ioprio_set, 1, 0, value) < 0 {
                 return Err(STAGE_IOPRIO);
+            }
+        }
+        Ok(())
+    }
+
+    /// After setgroups and setgid, before setuid: the user namespace
+    /// (PrivateUsers=; after the groups, which it could no longer set, and
+    /// after every other namespace and mount, which it could no longer
+    /// make), then the bounding set and keep-caps (a new user namespace
+    /// starts with a full bounding set and cleared securebits).
+    ///
+    /// # Safety
+    /// As [`Self::before_identity`].
+    pub(super) unsafe fn before_setuid(&self, warn: &dyn Fn(u32)) -> Result<(), u32> {
+        if let Some(maps) = &self.userns {
+            match super::namespaces::enter_user_namespace(maps) {
+                super::namespaces::UserNs::Entered => {}
+                super::namespaces::UserNs::Refused => warn(WARN_NO_USERNS),
+                super::namespaces::UserNs::MapFailed => return Err(STAGE_USERNS),
+            }
+        }
+        if self.cap_drop != 0 {
+            for cap in 0..64u32 {
+                if self.cap_drop & (1 << cap) != 0
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0
+                    // EINVAL: a capability this kernel does not know; nothing to drop.
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    return Err(STAGE_CAPBSET);
+                }
             }
         }
         if self.keep_caps && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
@@ -478,6 +643,176 @@ enum Mode {
     EmptyTmpfs,
     /// Bind this (PrivateTmp=) over the path.
     BindFrom(PathBuf),
+    /// BindPaths=, BindReadOnlyPaths=: bind `source` here, making the mount point.
+    Bind {
+        source: PathBuf,
+        recursive: bool,
+        read_only: bool,
+        dir: bool,
+    },
+    /// TemporaryFileSystem= with its options.
+    Tmpfs(String),
+}
+
+/// capabilities(7) numbers PrivateDevices= drops.
+const CAP_SYS_RAWIO: u32 = 17;
+const CAP_MKNOD: u32 = 27;
+
+/// An empty directory under /run/aikore where a unit's new /dev or /proc is
+/// built in its own mount namespace before it is moved into place. One for
+/// all units: each mounts on it only in its own namespace.
+fn staging_dir(name: &str) -> Result<PathBuf, String> {
+    let dir = Path::new("/run/aikore").join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn bind_step(source: &Path, target: CString, flags: libc::c_ulong) -> Result<MountStep, String> {
+    Ok(MountStep { source: Some(cstring(source)?), flags: libc::MS_BIND | flags, ..MountStep::op(Op::Mount, target) })
+}
+
+/// `mkdir -p` of `path`'s parents, each step optional (existing ones are fine).
+fn mkdir_parents(path: &Path, steps: &mut Vec<MountStep>) -> Result<(), String> {
+    let mut parents: Vec<&Path> = path.ancestors().skip(1).filter(|p| p.parent().is_some()).collect();
+    parents.reverse();
+    for p in parents {
+        steps.push(MountStep { required: false, ..MountStep::op(Op::Mkdir(0o755), cstring(p)?) });
+    }
+    Ok(())
+}
+
+/// PrivateDevices=: a tmpfs /dev holding only the pseudo devices, as
+/// systemd's: null, zero, full, random, urandom and tty bound from the real
+/// ones (a container may refuse mknod, a bind works everywhere), devpts and
+/// ptmx, shm, mqueue and hugepages, and the fd/stdio links. Built on a
+/// staging dir, then moved over /dev.
+fn private_dev_steps(table: &[MountEntry]) -> Result<Vec<MountStep>, String> {
+    let staging = staging_dir("private-dev")?;
+    let at = |rel: &str| cstring(&staging.join(rel));
+    let mut steps = vec![MountStep {
+        source: Some(c"tmpfs".into()),
+        fstype: Some(c"tmpfs".into()),
+        flags: libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_STRICTATIME,
+        data: Some(c"mode=0755,size=4m".into()),
+        ..MountStep::op(Op::Mount, cstring(&staging)?)
+    }];
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(name);
+        if host.exists() {
+            steps.push(MountStep::op(Op::Touch, at(name)?));
+            steps.push(bind_step(&host, at(name)?, 0)?);
+        }
+    }
+    if Path::new("/dev/pts").is_dir() {
+        steps.push(MountStep::op(Op::Mkdir(0o755), at("pts")?));
+        steps.push(bind_step(Path::new("/dev/pts"), at("pts")?, 0)?);
+    }
+    match std::fs::symlink_metadata("/dev/ptmx") {
+        Ok(m) if m.file_type().is_symlink() => {
+            steps.push(MountStep { source: Some(c"pts/ptmx".into()), ..MountStep::op(Op::Symlink, at("ptmx")?) })
+        }
+        Ok(_) => {
+            steps.push(MountStep::op(Op::Touch, at("ptmx")?));
+            steps.push(bind_step(Path::new("/dev/ptmx"), at("ptmx")?, 0)?);
+        }
+        Err(_) => {}
+    }
+    for name in ["shm", "mqueue", "hugepages"] {
+        let host = Path::new("/dev").join(name);
+        if host.is_dir() {
+            steps.push(MountStep::op(Op::Mkdir(0o755), at(name)?));
+            steps.push(bind_step(&host, at(name)?, libc::MS_REC)?);
+        }
+    }
+    let mut links = vec![
+        ("fd", PathBuf::from("/proc/self/fd")),
+        ("stdin", "/proc/self/fd/0".into()),
+        ("stdout", "/proc/self/fd/1".into()),
+        ("stderr", "/proc/self/fd/2".into()),
+    ];
+    if Path::new("/proc/kcore").exists() {
+        links.push(("core", "/proc/kcore".into()));
+    }
+    // A syslog socket: the same link (or the socket bound) as on the host.
+    match std::fs::read_link("/dev/log") {
+        Ok(target) => links.push(("log", target)),
+        Err(_) if Path::new("/dev/log").exists() => {
+            steps.push(MountStep::op(Op::Touch, at("log")?));
+            steps.push(bind_step(Path::new("/dev/log"), at("log")?, 0)?);
+        }
+        Err(_) => {}
+    }
+    for (name, target) in links {
+        steps.push(MountStep { source: Some(cstring(&target)?), ..MountStep::op(Op::Symlink, at(name)?) });
+    }
+    if table.iter().any(|m| m.point == Path::new("/dev")) {
+        // The old /dev and what is mounted below it go; a container's
+        // locked mounts cannot, and stay hidden under the new one.
+        steps.push(MountStep { required: false, ..MountStep::op(Op::Detach, c"/dev".into()) });
+    }
+    steps.push(MountStep { flags: libc::MS_MOVE, ..bind_step(&staging, c"/dev".into(), 0)? });
+    Ok(steps)
+}
+
+/// ProtectProc=, ProcSubset=: a procfs instance of the unit's own with
+/// `hidepid=` and `subset=pid` (each mount has its own options since Linux
+/// 5.8), moved over /proc. What a container runtime mounted below /proc
+/// (/proc/kcore masked, /proc/sys read-only, ...) is bound onto the new one
+/// first, so it stays masked. Where the kernel refuses the instance, a
+/// warning and the rest skipped.
+fn proc_steps(cfg: &ExecConfig, table: &[MountEntry]) -> Result<Vec<MountStep>, String> {
+    let staging = staging_dir("private-proc")?;
+    let mut options: Vec<String> = cfg.ns.protect_proc.hidepid().map(|h| format!("hidepid={h}")).into_iter().collect();
+    if cfg.ns.proc_subset_pid {
+        options.push("subset=pid".to_string());
+    }
+    let mut steps = vec![MountStep {
+        source: Some(c"proc".into()),
+        fstype: Some(c"proc".into()),
+        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        data: Some(CString::new(options.join(",")).map_err(|e| e.to_string())?),
+        ..MountStep::op(Op::Mount, cstring(&staging)?)
+    }];
+    let proc = Path::new("/proc");
+    let below: Vec<&Path> = table.iter().map(|m| m.point.as_path()).filter(|p| under(p, proc) && *p != proc).collect();
+    for point in below.iter().filter(|p| !below.iter().any(|q| q != *p && under(p, q))) {
+        let rel = point.strip_prefix(proc).map_err(|e| e.to_string())?;
+        // Under subset=pid most of these are gone from the new instance: nothing to mask.
+        let step = bind_step(point, cstring(&staging.join(rel))?, libc::MS_REC)?;
+        steps.push(MountStep { required: !cfg.ns.proc_subset_pid, ..step });
+    }
+    if table.iter().any(|m| m.point == proc) {
+        steps.push(MountStep { required: false, ..MountStep::op(Op::Detach, c"/proc".into()) });
+    }
+    steps.push(MountStep { flags: libc::MS_MOVE, ..bind_step(&staging, c"/proc".into(), 0)? });
+    let rest = steps.len() - 1;
+    steps[0].fallback = Some((WARN_NO_PROC, rest));
+    Ok(steps)
+}
+
+/// TemporaryFileSystem= options: mount flags, the tmpfs data (after
+/// systemd's default `mode=0755`), and whether it ends read-only.
+fn tmpfs_options(options: &str) -> (libc::c_ulong, String, bool) {
+    let mut flags = libc::MS_NODEV | libc::MS_STRICTATIME;
+    let mut data = vec!["mode=0755".to_string()];
+    let mut read_only = false;
+    for o in options.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            "nosuid" => flags |= libc::MS_NOSUID,
+            "suid" => flags &= !libc::MS_NOSUID,
+            "nodev" => flags |= libc::MS_NODEV,
+            "dev" => flags &= !libc::MS_NODEV,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "exec" => flags &= !libc::MS_NOEXEC,
+            "noatime" => flags = flags & !libc::MS_STRICTATIME | libc::MS_NOATIME,
+            "relatime" => flags = flags & !libc::MS_STRICTATIME | libc::MS_RELATIME,
+            "strictatime" => flags |= libc::MS_STRICTATIME,
+            other => data.push(other.to_string()),
+        }
+    }
+    (flags, data.join(","), read_only)
 }
 
 /// API file systems ProtectSystem=strict leaves writable, as systemd does.
@@ -536,6 +871,24 @@ fn sandbox_steps(
     add(&cfg.read_only_paths, Mode::ReadOnly, "ReadOnlyPaths")?;
     add(&cfg.read_write_paths, Mode::ReadWrite, "ReadWritePaths")?;
     add(&cfg.inaccessible_paths, Mode::Inaccessible, "InaccessiblePaths")?;
+    for b in &cfg.ns.bind_paths {
+        let key = if b.read_only { "BindReadOnlyPaths" } else { "BindPaths" };
+        let Ok(meta) = std::fs::metadata(&b.source) else {
+            if b.optional {
+                continue;
+            }
+            return Err(format!(
+                "{key}={}: no such file or directory (prefix it with - to skip it)",
+                b.source.display()
+            ));
+        };
+        let mode =
+            Mode::Bind { source: b.source.clone(), recursive: b.recursive, read_only: b.read_only, dir: meta.is_dir() };
+        entries.push((b.dest.clone(), mode));
+    }
+    for t in &cfg.ns.temporary_fs {
+        entries.push((t.path.clone(), Mode::Tmpfs(t.options.clone())));
+    }
     if let Some(private) = private_tmp {
         entries.push(("/tmp".into(), Mode::BindFrom(private.tmp.clone())));
         if let Some(var_tmp) = &private.var_tmp {
@@ -545,7 +898,17 @@ fn sandbox_steps(
     // Shallow first; among equals, the order above (a later key wins, as in systemd's sorting by mode).
     entries.sort_by_key(|(p, _)| p.components().count());
 
+    // The new /dev and /proc first: the path keys below may refer to them.
     let mut steps = Vec::new();
+    if cfg.ns.private_devices {
+        steps.extend(private_dev_steps(table)?);
+    }
+    if cfg.ns.protect_proc != crate::units::ProtectProc::Default || cfg.ns.proc_subset_pid {
+        steps.extend(proc_steps(cfg, table)?);
+    }
+    // Attributes set once everything is mounted: a read-only tmpfs still
+    // takes the mount points of the binds below it.
+    let mut late = Vec::new();
     for (path, mode) in entries {
         let target = cstring(&path)?;
         let bind = |source: &Path| -> Result<MountStep, String> {
@@ -556,6 +919,8 @@ fn sandbox_steps(
                 flags: libc::MS_BIND | libc::MS_REC,
                 data: None,
                 required: true,
+                op: Op::Mount,
+                fallback: None,
             })
         };
         match mode {
@@ -575,6 +940,8 @@ fn sandbox_steps(
                         flags: libc::MS_BIND | libc::MS_REMOUNT | ro | m.flags,
                         data: None,
                         required: false,
+                        op: Op::Mount,
+                        fallback: None,
                     });
                 }
                 // The path itself when it is no mount point of its own: flags of the mount it lives on.
@@ -587,6 +954,8 @@ fn sandbox_steps(
                         flags: libc::MS_BIND | libc::MS_REMOUNT | ro | host,
                         data: None,
                         required: true,
+                        op: Op::Mount,
+                        fallback: None,
                     });
                 }
             }
@@ -600,6 +969,8 @@ fn sandbox_steps(
                         flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                         data: Some(CString::new(data).map_err(|e| e.to_string())?),
                         required: true,
+                        op: Op::Mount,
+                        fallback: None,
                     });
                 } else {
                     // A file: an empty mode-000 file bound over it, then made read-only.
@@ -612,6 +983,8 @@ fn sandbox_steps(
                         flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
                         data: None,
                         required: true,
+                        op: Op::Mount,
+                        fallback: None,
                     });
                 }
             }
@@ -627,9 +1000,66 @@ fn sandbox_steps(
                     flags: libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | host,
                     data: None,
                     required: true,
+                    op: Op::Mount,
+                    fallback: None,
                 });
             }
+            Mode::Bind { source, recursive, read_only, dir } => {
+                // The mount point, made as systemd makes it.
+                mkdir_parents(&path, &mut steps)?;
+                let point = if dir { Op::Mkdir(0o755) } else { Op::Touch };
+                steps.push(MountStep { required: false, ..MountStep::op(point, target.clone()) });
+                steps.push(bind_step(&source, target.clone(), if recursive { libc::MS_REC } else { 0 })?);
+                if read_only {
+                    let attr = Op::SetAttr { set: MOUNT_ATTR_RDONLY, clear: 0, recursive };
+                    steps.push(MountStep::op(attr, target));
+                }
+            }
+            Mode::Tmpfs(options) => {
+                mkdir_parents(&path, &mut steps)?;
+                steps.push(MountStep { required: false, ..MountStep::op(Op::Mkdir(0o755), target.clone()) });
+                let (flags, data, read_only) = tmpfs_options(&options);
+                steps.push(MountStep {
+                    source: Some(c"tmpfs".into()),
+                    fstype: Some(c"tmpfs".into()),
+                    flags,
+                    data: Some(CString::new(data).map_err(|e| e.to_string())?),
+                    ..MountStep::op(Op::Mount, target.clone())
+                });
+                if read_only {
+                    late.push(MountStep::op(
+                        Op::SetAttr { set: MOUNT_ATTR_RDONLY, clear: 0, recursive: false },
+                        target,
+                    ));
+                }
+            }
         }
+    }
+    steps.extend(late);
+    // NoExecPaths=, then ExecPaths= below them, shallow first: a bind of the
+    // path onto itself, and noexec set or cleared on it and every mount below.
+    let mut exec: Vec<(PathBuf, bool, &str)> = Vec::new();
+    for (list, noexec, key) in [(&cfg.ns.no_exec_paths, true, "NoExecPaths"), (&cfg.ns.exec_paths, false, "ExecPaths")]
+    {
+        for sp in list {
+            if sp.path.symlink_metadata().is_err() {
+                if sp.optional {
+                    continue;
+                }
+                return Err(format!(
+                    "{key}={}: no such file or directory (prefix it with - to skip it)",
+                    sp.path.display()
+                ));
+            }
+            exec.push((sp.path.clone(), noexec, key));
+        }
+    }
+    exec.sort_by_key(|(p, _, _)| p.components().count());
+    for (path, noexec, _) in exec {
+        let target = cstring(&path)?;
+        steps.push(bind_step(&path, target.clone(), libc::MS_REC)?);
+        let (set, clear) = if noexec { (MOUNT_ATTR_NOEXEC, 0) } else { (0, MOUNT_ATTR_NOEXEC) };
+        steps.push(MountStep::op(Op::SetAttr { set, clear, recursive: true }, target));
     }
     Ok(steps)
 }
@@ -725,6 +1155,7 @@ fn no_sandbox_note(cfg: &ExecConfig) -> String {
     if !cfg.inaccessible_paths.is_empty() {
         keys.push("InaccessiblePaths=");
     }
+    keys.extend(cfg.ns.mount_keys());
     format!(
         "{} not applied: the kernel refused a mount namespace (unshare(CLONE_NEWNS) needs CAP_SYS_ADMIN in the \
          container); the unit runs without that sandbox",
@@ -732,25 +1163,21 @@ fn no_sandbox_note(cfg: &ExecConfig) -> String {
     )
 }
 
-/// Sets `lo` up (IFF_UP) in the current network namespace.
-///
-/// # Safety
-/// Async-signal-safe: system calls on stack data only (it runs in the forked child).
-unsafe fn loopback_up() -> bool {
-    let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-    if fd < 0 {
-        return false;
+/// The text for the unit's log when the kernel refused a new procfs instance.
+fn no_proc_note(cfg: &ExecConfig) -> String {
+    let mut keys = Vec::new();
+    if let Some(h) = cfg.ns.protect_proc.hidepid() {
+        keys.push(format!("ProtectProc={h}"));
     }
-    let mut req: libc::ifreq = std::mem::zeroed();
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+    if cfg.ns.proc_subset_pid {
+        keys.push("ProcSubset=pid".to_string());
     }
-    let ok = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 && {
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) == 0
-    };
-    libc::close(fd);
-    ok
+    format!(
+        "{} not applied: the kernel refused a new procfs instance with hidepid=/subset= (they need Linux 5.8, \
+         and CAP_SYS_ADMIN over the container's PID namespace; in a user namespace, a runtime that masks parts \
+         of /proc makes the kernel refuse an unmasked one); the unit sees aikore's /proc",
+        keys.join(", ")
+    )
 }
 
 /// CPUSchedulingPolicy= and CPUSchedulingPriority=: fifo and rr take 1..99
@@ -776,12 +1203,23 @@ pub struct RunDirs {
     pub preserve: Preserve,
     /// The run's credentials directory (`LoadCredential=`, `SetCredential=`).
     pub credentials: Option<PathBuf>,
+    /// The run's network and IPC namespaces (PrivateNetwork=, PrivateIPC=),
+    /// kept by fds until the run ends.
+    pub namespaces: Option<super::namespaces::RunNamespaces>,
+    /// RemoveIPC=: the user and group whose IPC objects go at the run's end.
+    pub remove_ipc: Option<(Option<u32>, Option<u32>)>,
 }
 
 impl RunDirs {
     /// The run ended: its private /tmp goes, and its RuntimeDirectory= dirs
     /// unless RuntimeDirectoryPreserve= keeps them.
     pub fn clean(self) {
+        if let Some((uid, gid)) = self.remove_ipc {
+            let removed = super::namespaces::remove_ipc(uid, gid);
+            if removed > 0 {
+                tracing::info!(removed, "RemoveIPC=: IPC objects of the unit's user removed");
+            }
+        }
         if let Some(dir) = &self.credentials {
             super::credentials::remove(dir);
         }
@@ -796,6 +1234,18 @@ impl RunDirs {
             }
         }
     }
+}
+
+/// The run's network and IPC namespaces, made at the first call of a run
+/// (PrivateNetwork=, PrivateIPC=); None when the unit asks for neither.
+pub fn run_namespaces<'a>(unit: &Unit, run: &'a mut RunDirs) -> Option<&'a super::namespaces::RunNamespaces> {
+    let ns = &unit.service.exec.ns;
+    if !(ns.private_network || ns.private_ipc) {
+        return None;
+    }
+    Some(
+        run.namespaces.get_or_insert_with(|| super::namespaces::RunNamespaces::new(ns.private_network, ns.private_ipc)),
+    )
 }
 
 /// Removes the unit's RuntimeDirectory= dirs (a fresh start with
@@ -894,8 +1344,21 @@ pub fn for_process(
     if cfg.private_tmp && run.private_tmp.is_none() {
         run.private_tmp = Some(make_private_tmp(&unit.name)?);
     }
-    let opts = Options { changes_uid: owner.0.is_some(), instance, private_tmp: run.private_tmp.as_ref() };
-    let (context, notes) = ExecContext::prepare(cfg, &opts)?;
+    if cfg.ns.remove_ipc {
+        run.remove_ipc = Some(owner);
+    }
+    run_namespaces(unit, run);
+    let opts = Options {
+        changes_uid: owner.0.is_some(),
+        instance,
+        private_tmp: run.private_tmp.as_ref(),
+        namespaces: run.namespaces.as_ref(),
+        identity: owner,
+    };
+    let (context, mut notes) = ExecContext::prepare(cfg, &opts)?;
+    if let Some(ns) = &run.namespaces {
+        notes.extend(ns.notes.iter().cloned());
+    }
     Ok(ForProcess { context, env, groups: all_groups, notes })
 }
 
@@ -959,6 +1422,74 @@ mod tests {
     }
 
     #[test]
+    fn new_dev_and_proc_first_then_binds_then_exec_attributes() {
+        let mut cfg = ExecConfig::default();
+        for (k, v) in [
+            ("PrivateDevices", "yes"),
+            ("ProtectProc", "invisible"),
+            ("ProcSubset", "pid"),
+            ("NoExecPaths", "/"),
+            ("ExecPaths", "/usr"),
+            ("BindReadOnlyPaths", "/etc:/srv/aikore-test/etc"),
+            ("TemporaryFileSystem", "/mnt:ro,size=1M"),
+        ] {
+            cfg.apply(k, v).unwrap();
+        }
+        let t =
+            table(&[("/", "rw"), ("/dev", "rw,nosuid"), ("/proc", "rw"), ("/proc/sys", "ro"), ("/proc/sys/x", "rw")]);
+        let steps = sandbox_steps(&cfg, None, &t).unwrap();
+        let pos = |pred: &dyn Fn(&MountStep) -> bool| steps.iter().position(pred).expect("a step");
+        let is = |s: &MountStep, target: &str| s.target.as_bytes() == target.as_bytes();
+        let dev_tmpfs =
+            pos(&|s| s.fstype.as_deref() == Some(c"tmpfs") && s.target.to_bytes().ends_with(b"private-dev"));
+        let null = pos(&|s| s.op == Op::Mount && s.source.as_deref() == Some(c"/dev/null"));
+        let dev_move = pos(&|s| s.flags & libc::MS_MOVE != 0 && is(s, "/dev"));
+        assert!(dev_tmpfs < null && null < dev_move);
+        assert!(!steps.iter().any(|s| s.source.as_deref().is_some_and(|c| c.to_bytes().starts_with(b"/dev/vd"))));
+        let proc = pos(&|s| s.fstype.as_deref() == Some(c"proc"));
+        assert_eq!(steps[proc].data.as_deref(), Some(c"hidepid=invisible,subset=pid"));
+        // Where the kernel refuses the instance: a warning, and the rest of /proc's steps skipped.
+        let proc_move = pos(&|s| s.flags & libc::MS_MOVE != 0 && is(s, "/proc"));
+        assert_eq!(steps[proc].fallback, Some((WARN_NO_PROC, proc_move - proc)));
+        // The runtime's /proc/sys carried over (once, with what is below it); optional under subset=pid.
+        let sys: Vec<_> = steps.iter().filter(|s| s.source.as_deref() == Some(c"/proc/sys")).collect();
+        assert_eq!(sys.len(), 1);
+        assert!(!sys[0].required && sys[0].flags & libc::MS_REC != 0);
+        assert!(dev_move < proc);
+        let bind = pos(&|s| s.op == Op::Mount && is(s, "/srv/aikore-test/etc"));
+        assert!(steps[..bind].iter().any(|s| s.op == Op::Mkdir(0o755) && is(s, "/srv/aikore-test")));
+        assert_eq!(steps[bind + 1].op, Op::SetAttr { set: MOUNT_ATTR_RDONLY, clear: 0, recursive: true });
+        let tmpfs = pos(&|s| s.op == Op::Mount && is(s, "/mnt"));
+        assert_eq!(steps[tmpfs].data.as_deref(), Some(c"mode=0755,size=1M"));
+        let tmpfs_ro = pos(&|s| matches!(s.op, Op::SetAttr { set: MOUNT_ATTR_RDONLY, recursive: false, .. }));
+        let noexec = pos(&|s| matches!(s.op, Op::SetAttr { set: MOUNT_ATTR_NOEXEC, .. }) && is(s, "/"));
+        let exec = pos(&|s| matches!(s.op, Op::SetAttr { clear: MOUNT_ATTR_NOEXEC, .. }) && is(s, "/usr"));
+        assert!(bind < tmpfs_ro && tmpfs_ro < noexec && noexec < exec, "{steps:#?}");
+        let mut missing = ExecConfig::default();
+        missing.apply("NoExecPaths", "/nonexistent/aikore").unwrap();
+        assert!(sandbox_steps(&missing, None, &t).unwrap_err().contains("NoExecPaths=/nonexistent/aikore"));
+        let mut missing = ExecConfig::default();
+        missing.apply("BindPaths", "/nonexistent/aikore").unwrap();
+        assert!(sandbox_steps(&missing, None, &t).unwrap_err().contains("BindPaths="));
+    }
+
+    #[test]
+    fn private_devices_drop_mknod_and_rawio() {
+        let mut cfg = ExecConfig::default();
+        cfg.apply("PrivateDevices", "yes").unwrap();
+        let opts = Options {
+            changes_uid: false,
+            instance: false,
+            private_tmp: None,
+            namespaces: None,
+            identity: (None, None),
+        };
+        let (cx, _) = ExecContext::prepare(&cfg, &opts).unwrap();
+        assert_eq!(cx.cap_drop, 1 << CAP_MKNOD | 1 << CAP_SYS_RAWIO);
+        assert!(cx.sandbox_note.starts_with("PrivateDevices= not applied"), "{}", cx.sandbox_note);
+    }
+
+    #[test]
     fn scheduling_defaults_and_conflicts() {
         let cfg = |p: Option<i32>, n: Option<i32>| ExecConfig {
             cpu_sched_policy: p,
@@ -978,7 +1509,13 @@ mod tests {
         let mut cfg = ExecConfig::default();
         cfg.apply("LimitNOFILE", "10").unwrap();
         cfg.apply("NoNewPrivileges", "yes").unwrap();
-        let opts = Options { changes_uid: false, instance: false, private_tmp: None };
+        let opts = Options {
+            changes_uid: false,
+            instance: false,
+            private_tmp: None,
+            namespaces: None,
+            identity: (None, None),
+        };
         let (cx, _) = ExecContext::prepare(&cfg, &opts).unwrap();
         assert_eq!(cx.describe_stage(STAGE_RLIMIT).unwrap(), "LimitNOFILE= (setrlimit)");
         assert!(cx.describe_stage(STAGE_NNP).unwrap().starts_with("NoNewPrivileges="));

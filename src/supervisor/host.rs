@@ -369,8 +369,21 @@ impl ProcessControl for HostProcesses {
             if let Some(old) = self.notifiers.remove(&unit.name) {
                 old.abort();
             }
-            let reader =
-                super::notify::listen(&unit.name, self.hints.clone()).map_err(|e| OsError::io("NOTIFY_SOCKET", e))?;
+            let hints = self.hints.clone();
+            let run = self.exec_runs.entry(unit.name.clone()).or_default();
+            let reader = match super::exec::run_namespaces(unit, run).and_then(|ns| ns.net.as_ref()) {
+                // PrivateNetwork=: an abstract socket is reached only from its own network namespace.
+                Some(net) => {
+                    let runtime = tokio::runtime::Handle::current();
+                    super::namespaces::in_network_namespace(std::os::fd::AsFd::as_fd(net), || {
+                        let _entered = runtime.enter();
+                        super::notify::listen(&unit.name, hints)
+                    })
+                    .and_then(|listening| listening)
+                }
+                None => super::notify::listen(&unit.name, hints),
+            }
+            .map_err(|e| OsError::io("NOTIFY_SOCKET", e))?;
             self.notifiers.insert(unit.name.clone(), reader);
             env.push(("NOTIFY_SOCKET".to_string(), super::notify::socket_name(&unit.name)));
         }
@@ -420,6 +433,7 @@ impl ProcessControl for HostProcesses {
                 e.read_only_paths.clear();
                 e.inaccessible_paths.clear();
                 e.seccomp = Default::default();
+                e.ns = e.ns.without_file_system_sandbox();
                 e.supplementary_groups.clear();
                 unsandboxed = u;
                 &unsandboxed

@@ -11,6 +11,7 @@ pub mod forking;
 pub mod host;
 pub mod machine;
 pub mod members;
+pub mod namespaces;
 pub mod notify;
 pub mod ready;
 pub mod relations;

@@ -78,7 +78,20 @@ pub const SERVICE_KEYS: &[&str] = &[
     "IOSchedulingClass",
     "IOSchedulingPriority",
     "IgnoreSIGPIPE",
+    // units/namespaces.rs.
+    "PrivateDevices",
+    "ProtectProc",
+    "ProcSubset",
     "PrivateNetwork",
+    "PrivateIPC",
+    "PrivateUsers",
+    "PrivateMounts",
+    "RemoveIPC",
+    "ExecPaths",
+    "NoExecPaths",
+    "BindPaths",
+    "BindReadOnlyPaths",
+    "TemporaryFileSystem",
 ];
 
 /// Resource keys an `.instance` file may set (keys.rs holds the allow-list; a test keeps them in step): they only restrict what the
@@ -322,8 +335,8 @@ pub struct ExecConfig {
     pub io_sched_priority: Option<u16>,
     /// `IgnoreSIGPIPE=`; None: systemd's default, yes.
     pub ignore_sigpipe: Option<bool>,
-    /// `PrivateNetwork=`: a network namespace of its own with only `lo`, up.
-    pub private_network: bool,
+    /// PrivateDevices=, PrivateNetwork=, PrivateUsers=, BindPaths=, ... (units/namespaces.rs).
+    pub ns: super::namespaces::NamespaceConfig,
 }
 
 impl ExecConfig {
@@ -335,6 +348,7 @@ impl ExecConfig {
             || !self.read_write_paths.is_empty()
             || !self.read_only_paths.is_empty()
             || !self.inaccessible_paths.is_empty()
+            || self.ns.wants_mount_namespace()
     }
 
     pub fn directories(&self, kind: DirKind) -> Option<&Directories> {
@@ -354,6 +368,9 @@ impl ExecConfig {
         }
         if super::seccomp::KEYS.contains(&key) {
             return self.seccomp.apply(key, value).map(|()| None);
+        }
+        if super::namespaces::KEYS.contains(&key) {
+            return self.ns.apply(key, value).map(|()| None);
         }
         if let Some(kind) = DirKind::from_key(key) {
             return self.apply_directory(kind, key.ends_with("Mode"), value).map(|()| None);
@@ -392,7 +409,6 @@ impl ExecConfig {
                     v => Some(v.parse().ok().filter(|n| *n <= 7).ok_or("expected 0 to 7")?),
                 }
             }
-            "PrivateNetwork" => self.private_network = !value.is_empty() && super::resolve::parse_bool(value)?,
             "IgnoreSIGPIPE" => {
                 self.ignore_sigpipe = if value.is_empty() { None } else { Some(super::resolve::parse_bool(value)?) }
             }
@@ -664,7 +680,7 @@ fn parse_output(value: &str, stderr: bool) -> Result<(Output, Option<String>), S
     Ok((out, None))
 }
 
-fn parse_paths(list: &mut Vec<SandboxPath>, value: &str) -> Result<(), String> {
+pub(super) fn parse_paths(list: &mut Vec<SandboxPath>, value: &str) -> Result<(), String> {
     if value.is_empty() {
         list.clear();
     }
@@ -993,9 +1009,10 @@ mod tests {
 
     #[test]
     fn private_network_and_ignore_sigpipe() {
-        assert!(parsed(&[("PrivateNetwork", "yes")]).private_network);
-        assert!(!parsed(&[("PrivateNetwork", "yes"), ("PrivateNetwork", "")]).private_network);
+        assert!(parsed(&[("PrivateNetwork", "yes")]).ns.private_network);
+        assert!(!parsed(&[("PrivateNetwork", "yes"), ("PrivateNetwork", "")]).ns.private_network);
         assert!(ExecConfig::default().apply("PrivateNetwork", "maybe").is_err());
+        assert!(parsed(&[("PrivateDevices", "yes")]).wants_mount_namespace());
         assert_eq!(parsed(&[("IgnoreSIGPIPE", "no")]).ignore_sigpipe, Some(false));
         assert_eq!(ExecConfig::default().ignore_sigpipe, None, "None means systemd's default, yes");
     }
