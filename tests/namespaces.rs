@@ -343,3 +343,68 @@ fn remove_ipc_removes_the_users_segments_at_stop() {
     let _ = std::process::Command::new("ipcrm").args(["-m", id]).status();
     assert!(left, "without RemoveIPC= the segment stays");
 }
+
+#[test]
+fn dynamic_user_gets_a_transient_id_a_private_state_directory_and_the_implied_sandbox() {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let state = format!("aikore-test-dyn-{}-{nanos}", std::process::id());
+    let d = Daemon::start(&[(
+        "dyn.service",
+        &format!(
+            "[Service]\nDynamicUser=yes\nStateDirectory={state}\nExecStart=/bin/sh -c '\
+             echo \"id=$(id -u):$(id -g) user=$USER home=$HOME\"; echo \"state=$STATE_DIRECTORY\"; \
+             echo hello > $STATE_DIRECTORY/f && echo write=ok; \
+             touch /usr/aikore-dyn-probe 2>/dev/null && echo usr=rw || echo usr=ro; \
+             ls -A /var/lib/private | tr \"\\n\" \" \" | sed s/^/private=/; echo; \
+             grep NoNewPrivs /proc/self/status; echo dyn-end; exec sleep 1000'\n"
+        ),
+    )]);
+    let pid = main_pid(&d, "dyn");
+    let out = output_until(&d, "dyn", "dyn-end");
+    let public = Path::new("/var/lib").join(&state);
+    let real = Path::new("/var/lib/private").join(&state);
+    let cleanup = || {
+        let _ = std::fs::remove_file(&public);
+        let _ = std::fs::remove_dir_all(&real);
+    };
+    let uid = process_uid(pid);
+    if !(61184..=65519).contains(&uid) {
+        cleanup();
+        panic!("uid {uid} is not a dynamic one: {out}");
+    }
+    let checks = [
+        format!("id={uid}:{uid} user=dyn home=/"),
+        format!("state={}", public.display()),
+        "write=ok".to_string(),
+        "usr=ro".to_string(),
+        format!("private={state}"),
+    ];
+    let link = std::fs::read_link(&public);
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(real.join("f")).unwrap_or_else(|e| {
+        cleanup();
+        panic!("{e}: {out}")
+    }));
+    d.post("/api/v1/units/dyn/stop");
+    d.wait_status("dyn", "stopped");
+    d.post("/api/v1/units/dyn/start");
+    let again = process_uid(main_pid(&d, "dyn"));
+    d.post("/api/v1/units/dyn/stop");
+    d.wait_status("dyn", "stopped");
+    cleanup();
+    for want in &checks {
+        assert!(has_line(&out, want), "{want} missing: {out}");
+    }
+    assert!(out.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "{out}");
+    assert_eq!(link.unwrap(), Path::new("private").join(&state));
+    assert_eq!(owner, uid, "the state dir's files are the dynamic user's");
+    assert_eq!(again, uid, "the same id for the same unit");
+    let private = std::fs::metadata("/var/lib/private").unwrap();
+    assert_eq!(private.permissions().mode() & 0o777, 0o700);
+}
+
+/// The real uid of a process, from /proc/<pid>/status.
+fn process_uid(pid: i32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}

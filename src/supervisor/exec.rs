@@ -790,6 +790,40 @@ fn proc_steps(cfg: &ExecConfig, table: &[MountEntry]) -> Result<Vec<MountStep>, 
     Ok(steps)
 }
 
+/// DynamicUser=: `<base>/private` (0700, root's) replaced by a tmpfs the
+/// unit's user may enter, holding only the unit's own dirs bound from the
+/// real ones, so the `<base>/<name>` symlinks lead there; as systemd does.
+fn dynamic_user_steps(cfg: &ExecConfig) -> Result<Vec<MountStep>, String> {
+    let mut steps = Vec::new();
+    for kind in [DirKind::State, DirKind::Cache, DirKind::Logs] {
+        let dirs: Vec<(String, PathBuf)> = unit_directories(cfg)
+            .into_iter()
+            .filter(|(k, _, real)| *k == kind && is_private_kind(cfg, *k) && real.is_dir())
+            .map(|(_, name, real)| (name, real))
+            .collect();
+        if dirs.is_empty() {
+            continue;
+        }
+        let staging = staging_dir(&format!("dynamic-{}", kind.env_name().to_ascii_lowercase()))?;
+        steps.push(MountStep {
+            source: Some(c"tmpfs".into()),
+            fstype: Some(c"tmpfs".into()),
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data: Some(c"mode=0755,size=4k".into()),
+            ..MountStep::op(Op::Mount, cstring(&staging)?)
+        });
+        for (name, real) in dirs {
+            let point = staging.join(&name);
+            mkdir_parents(&point, &mut steps)?;
+            steps.push(MountStep::op(Op::Mkdir(0o755), cstring(&point)?));
+            steps.push(bind_step(&real, cstring(&point)?, libc::MS_REC)?);
+        }
+        let private = Path::new(kind.base()).join("private");
+        steps.push(MountStep { flags: libc::MS_MOVE, ..bind_step(&staging, cstring(&private)?, 0)? });
+    }
+    Ok(steps)
+}
+
 /// TemporaryFileSystem= options: mount flags, the tmpfs data (after
 /// systemd's default `mode=0755`), and whether it ends read-only.
 fn tmpfs_options(options: &str) -> (libc::c_ulong, String, bool) {
@@ -871,6 +905,14 @@ fn sandbox_steps(
     add(&cfg.read_only_paths, Mode::ReadOnly, "ReadOnlyPaths")?;
     add(&cfg.read_write_paths, Mode::ReadWrite, "ReadWritePaths")?;
     add(&cfg.inaccessible_paths, Mode::Inaccessible, "InaccessiblePaths")?;
+    if cfg.protect_system == ProtectSystem::Strict {
+        // As systemd: the unit's own RuntimeDirectory=, StateDirectory=, ... stay writable.
+        for (_, _, real) in unit_directories(cfg) {
+            if real.is_dir() {
+                entries.push((real, Mode::ReadWrite));
+            }
+        }
+    }
     for b in &cfg.ns.bind_paths {
         let key = if b.read_only { "BindReadOnlyPaths" } else { "BindPaths" };
         let Ok(meta) = std::fs::metadata(&b.source) else {
@@ -1035,6 +1077,7 @@ fn sandbox_steps(
             }
         }
     }
+    steps.extend(dynamic_user_steps(cfg)?);
     steps.extend(late);
     // NoExecPaths=, then ExecPaths= below them, shallow first: a bind of the
     // path onto itself, and noexec set or cleared on it and every mount below.
@@ -1278,6 +1321,24 @@ fn resolve_group(name: &str) -> Result<u32, String> {
     Ok(group.gid.as_raw())
 }
 
+/// DynamicUser=: state, cache and logs dirs live under `<base>/private/`.
+fn is_private_kind(cfg: &ExecConfig, kind: DirKind) -> bool {
+    cfg.ns.dynamic_user && matches!(kind, DirKind::State | DirKind::Cache | DirKind::Logs)
+}
+
+/// The real paths of the unit's directories (under `private/` for a dynamic user).
+fn unit_directories(cfg: &ExecConfig) -> Vec<(DirKind, String, PathBuf)> {
+    let mut all = Vec::new();
+    for dirs in &cfg.directories {
+        for name in &dirs.names {
+            let base = Path::new(dirs.kind.base());
+            let real = if is_private_kind(cfg, dirs.kind) { base.join("private").join(name) } else { base.join(name) };
+            all.push((dirs.kind, name.clone(), real));
+        }
+    }
+    all
+}
+
 /// Creates the unit's RuntimeDirectory=, StateDirectory=, CacheDirectory=,
 /// LogsDirectory= and ConfigurationDirectory= (owned by its user, with the
 /// `*DirectoryMode=`), and returns their `*_DIRECTORY` variables.
@@ -1291,8 +1352,19 @@ fn create_directories(
     for dirs in cfg.directories.iter().filter(|d| !d.names.is_empty()) {
         let mut paths = Vec::new();
         for name in &dirs.names {
-            let path = Path::new(dirs.kind.base()).join(name);
             let key = format!("{:?}Directory={name}", dirs.kind);
+            let public = Path::new(dirs.kind.base()).join(name);
+            let path = if is_private_kind(cfg, dirs.kind) {
+                // DynamicUser=: the real dir under private/, reached through the symlink.
+                let real = super::dynamic_user::private_directory(Path::new(dirs.kind.base()), name)
+                    .map_err(|e| format!("{key}: {e}"))?;
+                if let (Some(uid), Some(gid)) = owner {
+                    super::dynamic_user::chown_tree(&real, uid, gid).map_err(|e| format!("{key}: {e}"))?;
+                }
+                real
+            } else {
+                public.clone()
+            };
             std::fs::create_dir_all(&path).map_err(|e| format!("{key}: {}: {e}", path.display()))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dirs.mode))
                 .map_err(|e| format!("{key}: chmod {}: {e}", path.display()))?;
@@ -1303,7 +1375,7 @@ fn create_directories(
             if dirs.kind == DirKind::Runtime && !run.runtime.contains(&path) {
                 run.runtime.push(path.clone());
             }
-            paths.push(path.display().to_string());
+            paths.push(public.display().to_string());
         }
         env.push((dirs.kind.env_name().to_string(), paths.join(":")));
     }
@@ -1320,7 +1392,8 @@ pub fn for_process(
     instance: bool,
     run: &mut RunDirs,
 ) -> Result<ForProcess, String> {
-    let cfg = &unit.service.exec;
+    let implied = unit.service.exec.with_dynamic_user();
+    let cfg = &implied;
     let mut all_groups = groups.to_vec();
     for name in &cfg.supplementary_groups {
         let gid = resolve_group(name)?;

@@ -406,7 +406,19 @@ impl ProcessControl for HostProcesses {
         let instance_dir = unit.instance.as_ref().and_then(|_| Some(self.config.hooks.as_ref()?.work_dir(&unit.name)));
         let Identity { uid, gid, groups, env: user_env } = match (&instance_dir, self.config.default_identity) {
             (Some(dir), Some((uid, gid))) => instance_identity(uid, gid, dir),
-            _ => resolve_user(unit).map_err(OsError::Refused)?,
+            _ => match super::dynamic_user::for_unit(unit) {
+                // DynamicUser=: a transient id, no passwd entry; HOME=/ as systemd gives it.
+                Some(dynamic) => {
+                    let dynamic = dynamic.map_err(OsError::Refused)?;
+                    let env = vec![
+                        ("USER".to_string(), dynamic.name.clone()),
+                        ("LOGNAME".to_string(), dynamic.name),
+                        ("HOME".to_string(), "/".to_string()),
+                    ];
+                    Identity { uid: Some(dynamic.uid), gid: Some(dynamic.uid), groups: vec![dynamic.uid], env }
+                }
+                None => resolve_user(unit).map_err(OsError::Refused)?,
+            },
         };
         // The exec context (issue 14): directories, private /tmp, groups, limits, sandbox.
         // PermissionsStartOnly=yes: the `+` prefix on every command but ExecStart=.
@@ -584,6 +596,7 @@ impl ProcessControl for HostProcesses {
     }
 
     fn end_run(&mut self, unit: &str) {
+        super::dynamic_user::release(unit);
         if let Some(path) = self.pid_files.remove(unit) {
             // systemd removes a forking service's PID file once it is down, so a stale one never misleads.
             let _ = std::fs::remove_file(path);

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod credentials;
 pub mod drain;
+pub mod dynamic_user;
 mod engine;
 pub mod exec;
 pub mod forking;

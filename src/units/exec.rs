@@ -92,6 +92,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "BindPaths",
     "BindReadOnlyPaths",
     "TemporaryFileSystem",
+    "DynamicUser",
 ];
 
 /// Resource keys an `.instance` file may set (keys.rs holds the allow-list; a test keeps them in step): they only restrict what the

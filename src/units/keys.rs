@@ -207,7 +207,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "DeviceAllow", FILTERS),
     (Section::Service, "DevicePolicy", FILTERS),
     (Section::Service, "DisableControllers", RESOURCES),
-    (Section::Service, "DynamicUser", PROCESS),
+    (Section::Service, "DynamicUser", Implemented),
     (Section::Service, "Environment", Implemented),
     (Section::Service, "EnvironmentFile", Implemented),
     (Section::Service, "ExecCondition", Implemented),

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::exec::SandboxPath;
+use super::exec::{ExecConfig, ProtectHome, ProtectSystem, SandboxPath};
 
 /// [Service] keys this module parses.
 pub const KEYS: &[&str] = &[
@@ -24,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "BindPaths",
     "BindReadOnlyPaths",
     "TemporaryFileSystem",
+    "DynamicUser",
 ];
 
 /// `ProtectProc=`: the `hidepid=` of the unit's own procfs instance.
@@ -83,6 +84,8 @@ pub struct NamespaceConfig {
     pub no_exec_paths: Vec<SandboxPath>,
     pub bind_paths: Vec<BindPath>,
     pub temporary_fs: Vec<TmpfsMount>,
+    /// `DynamicUser=`: a transient uid/gid for each run (see [`ExecConfig::with_dynamic_user`]).
+    pub dynamic_user: bool,
 }
 
 impl NamespaceConfig {
@@ -106,6 +109,7 @@ impl NamespaceConfig {
             private_network: self.private_network,
             private_ipc: self.private_ipc,
             remove_ipc: self.remove_ipc,
+            dynamic_user: false,
             ..NamespaceConfig::default()
         }
     }
@@ -139,6 +143,7 @@ impl NamespaceConfig {
             "PrivateIPC" => self.private_ipc = flag(value)?,
             "PrivateMounts" => self.private_mounts = flag(value)?,
             "RemoveIPC" => self.remove_ipc = flag(value)?,
+            "DynamicUser" => self.dynamic_user = flag(value)?,
             "PrivateUsers" => {
                 // systemd 256's `self` and `identity` map other ranges; only yes/no here.
                 self.private_users = flag(value).map_err(|_| "expected yes or no".to_string())?
@@ -219,6 +224,27 @@ fn parse_bind(word: &str, read_only: bool) -> Result<BindPath, String> {
     Ok(BindPath { source, dest, optional, recursive, read_only })
 }
 
+impl ExecConfig {
+    /// What `DynamicUser=yes` implies, as systemd.exec(5) lists it:
+    /// `ProtectSystem=strict`, `ProtectHome=read-only` (unless stricter),
+    /// `PrivateTmp=yes`, `RemoveIPC=yes`, `NoNewPrivileges=yes`,
+    /// `RestrictSUIDSGID=yes`.
+    pub fn with_dynamic_user(&self) -> ExecConfig {
+        let mut cfg = self.clone();
+        if cfg.ns.dynamic_user {
+            cfg.protect_system = ProtectSystem::Strict;
+            if cfg.protect_home == ProtectHome::No {
+                cfg.protect_home = ProtectHome::ReadOnly;
+            }
+            cfg.private_tmp = true;
+            cfg.ns.remove_ipc = true;
+            cfg.no_new_privileges = Some(true);
+            cfg.seccomp.restrict_suid_sgid = true;
+        }
+        cfg
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +317,19 @@ mod tests {
         assert!(c.apply("BindPaths", "relative").is_err());
         assert!(c.apply("BindPaths", "/a:/b:sideways").is_err());
         assert!(c.apply("BindPaths", "/a/../etc").is_err());
+    }
+
+    #[test]
+    fn dynamic_user_implies_systemds_list() {
+        let mut cfg = ExecConfig::default();
+        cfg.apply("ProtectHome", "yes").unwrap();
+        cfg.apply("DynamicUser", "yes").unwrap();
+        let cfg = cfg.with_dynamic_user();
+        assert_eq!(cfg.protect_system, ProtectSystem::Strict);
+        assert_eq!(cfg.protect_home, ProtectHome::Yes, "a stricter one stays");
+        assert!(cfg.private_tmp && cfg.ns.remove_ipc && cfg.seccomp.restrict_suid_sgid);
+        assert_eq!(cfg.no_new_privileges, Some(true));
+        assert_eq!(ExecConfig::default().with_dynamic_user(), ExecConfig::default());
     }
 
     #[test]
