@@ -408,3 +408,29 @@ fn process_uid(pid: i32) -> u32 {
     let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
     line.split_whitespace().next().unwrap().parse().unwrap()
 }
+
+#[test]
+fn joins_namespace_of_shares_a_running_units_network_namespace() {
+    let d = Daemon::start(&[
+        ("first.service", "[Service]\nPrivateNetwork=yes\nPrivateIPC=yes\nExecStart=/bin/sleep 1000\n"),
+        (
+            "second.service",
+            "[Unit]\nJoinsNamespaceOf=first.service\n[Service]\nPrivateNetwork=yes\nExecStart=/bin/sleep 1000\n",
+        ),
+        ("alone.service", "[Service]\nPrivateNetwork=yes\nExecStart=/bin/sleep 1000\n"),
+    ]);
+    let first = main_pid(&d, "first");
+    if refused(&d, "first", "PrivateNetwork= not applied") {
+        return;
+    }
+    d.post("/api/v1/units/second/stop");
+    d.wait_status("second", "stopped");
+    d.post("/api/v1/units/second/start");
+    let second = main_pid(&d, "second");
+    let alone = main_pid(&d, "alone");
+    assert_eq!(ns_link(second, "net"), ns_link(first, "net"), "JoinsNamespaceOf= shares the network namespace");
+    assert_ne!(ns_link(alone, "net"), ns_link(first, "net"));
+    assert_ne!(ns_link(first, "net"), ns_link("self", "net"));
+    // Only what the joining unit asks for: it keeps aikore's IPC namespace.
+    assert_eq!(ns_link(second, "ipc"), ns_link("self", "ipc"));
+}

@@ -1251,6 +1251,8 @@ pub struct RunDirs {
     pub namespaces: Option<super::namespaces::RunNamespaces>,
     /// RemoveIPC=: the user and group whose IPC objects go at the run's end.
     pub remove_ipc: Option<(Option<u32>, Option<u32>)>,
+    /// JoinsNamespaceOf= of the unit, for units started after it.
+    pub joins: Vec<String>,
 }
 
 impl RunDirs {
@@ -1289,6 +1291,40 @@ pub fn run_namespaces<'a>(unit: &Unit, run: &'a mut RunDirs) -> Option<&'a super
     Some(
         run.namespaces.get_or_insert_with(|| super::namespaces::RunNamespaces::new(ns.private_network, ns.private_ipc)),
     )
+}
+
+/// JoinsNamespaceOf=: before the run's first process, a unit that asks for
+/// a network or IPC namespace takes those of a running unit it names, or
+/// that names it (systemd's relation works both ways), as copies of its
+/// fds; a kind that unit has not is made anew. Nothing running: its own.
+pub fn share_namespaces(unit: &Unit, runs: &mut std::collections::HashMap<String, RunDirs>) {
+    let ns = &unit.service.exec.ns;
+    if !(ns.private_network || ns.private_ipc) || runs.get(&unit.name).is_some_and(|r| r.namespaces.is_some()) {
+        return;
+    }
+    let partner = runs.iter().find_map(|(name, run)| {
+        let related = ns.joins_namespace_of.contains(name) || run.joins.contains(&unit.name);
+        run.namespaces.as_ref().filter(|_| related && *name != unit.name).map(|n| (name.clone(), n))
+    });
+    let Some((partner, theirs)) = partner else { return };
+    let copy = |fd: &Option<std::os::fd::OwnedFd>, wanted: bool| {
+        fd.as_ref().filter(|_| wanted).and_then(|f| f.try_clone().ok())
+    };
+    let mut shared = super::namespaces::RunNamespaces {
+        net: copy(&theirs.net, ns.private_network),
+        ipc: copy(&theirs.ipc, ns.private_ipc),
+        notes: Vec::new(),
+    };
+    let fresh = super::namespaces::RunNamespaces::new(
+        ns.private_network && shared.net.is_none(),
+        ns.private_ipc && shared.ipc.is_none(),
+    );
+    shared.net = shared.net.or(fresh.net);
+    shared.ipc = shared.ipc.or(fresh.ipc);
+    shared.notes = fresh.notes;
+    tracing::debug!(unit = %unit.name, %partner, "JoinsNamespaceOf=: sharing the namespaces");
+    let run = runs.entry(unit.name.clone()).or_default();
+    run.namespaces = Some(shared);
 }
 
 /// Removes the unit's RuntimeDirectory= dirs (a fresh start with
@@ -1420,6 +1456,7 @@ pub fn for_process(
     if cfg.ns.remove_ipc {
         run.remove_ipc = Some(owner);
     }
+    run.joins = cfg.ns.joins_namespace_of.clone();
     run_namespaces(unit, run);
     let opts = Options {
         changes_uid: owner.0.is_some(),

@@ -370,6 +370,7 @@ impl ProcessControl for HostProcesses {
                 old.abort();
             }
             let hints = self.hints.clone();
+            super::exec::share_namespaces(unit, &mut self.exec_runs);
             let run = self.exec_runs.entry(unit.name.clone()).or_default();
             let reader = match super::exec::run_namespaces(unit, run).and_then(|ns| ns.net.as_ref()) {
                 // PrivateNetwork=: an abstract socket is reached only from its own network namespace.
@@ -458,6 +459,7 @@ impl ProcessControl for HostProcesses {
             }
             Privilege::Normal => unit,
         };
+        super::exec::share_namespaces(unit, &mut self.exec_runs);
         let run = self.exec_runs.entry(unit.name.clone()).or_default();
         let for_process = super::exec::for_process(exec_unit, (uid, gid), &groups, unit.instance.is_some(), run)
             .map_err(OsError::Refused)?;

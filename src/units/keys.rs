@@ -138,7 +138,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Unit, "JobTimeoutAction", TARGETS),
     (Section::Unit, "JobTimeoutRebootArgument", TARGETS),
     (Section::Unit, "JobTimeoutSec", TARGETS),
-    (Section::Unit, "JoinsNamespaceOf", NOT_YET),
+    (Section::Unit, "JoinsNamespaceOf", Implemented),
     (Section::Unit, "OnFailure", Implemented),
     (Section::Unit, "OnFailureIsolate", TARGETS),
     (Section::Unit, "OnFailureJobMode", TARGETS),

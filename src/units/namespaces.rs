@@ -86,6 +86,8 @@ pub struct NamespaceConfig {
     pub temporary_fs: Vec<TmpfsMount>,
     /// `DynamicUser=`: a transient uid/gid for each run (see [`ExecConfig::with_dynamic_user`]).
     pub dynamic_user: bool,
+    /// `[Unit] JoinsNamespaceOf=`: units whose running network and IPC namespaces this one shares.
+    pub joins_namespace_of: Vec<String>,
 }
 
 impl NamespaceConfig {
@@ -110,6 +112,7 @@ impl NamespaceConfig {
             private_ipc: self.private_ipc,
             remove_ipc: self.remove_ipc,
             dynamic_user: false,
+            joins_namespace_of: self.joins_namespace_of.clone(),
             ..NamespaceConfig::default()
         }
     }
