@@ -126,10 +126,11 @@ fn protect_proc_hides_other_processes_and_proc_subset_drops_the_rest() {
 fn private_network_is_one_namespace_per_run_with_only_lo() {
     let d = Daemon::start(&[(
         "netns.service",
-        "[Service]\nPrivateNetwork=yes\nType=notify\nNotifyAccess=all\n\
+        "[Service]\nPrivateNetwork=yes\nPrivateMounts=yes\nType=notify\nNotifyAccess=all\n\
          ExecStartPre=/bin/sh -c 'echo \"pre=$(readlink /proc/self/ns/net)\"'\n\
          ExecStart=/bin/sh -c 'echo \"main=$(readlink /proc/self/ns/net)\"; \
          echo \"devs=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d \" \" | tr \"\\n\" \" \")\"; \
+         echo \"sys=$(ls /sys/class/net | tr \"\\n\" \" \")\"; echo \"cgroups=$(ls /sys/fs/cgroup | wc -l)\"; \
          ip -o link; echo links-end; systemd-notify --ready; exec sleep 1000'\n",
     )]);
     // Type=notify: READY=1 reaches aikore's socket from inside the namespace.
@@ -145,6 +146,11 @@ fn private_network_is_one_namespace_per_run_with_only_lo() {
     assert_eq!(pre, main, "ExecStartPre= and ExecStart= share the run's namespace");
     assert_eq!(ns_link(pid, "net"), main);
     assert!(has_line(&out, "devs=lo"), "{out}");
+    // With a mount namespace, a sysfs of the unit's network namespace, as systemd mounts it;
+    // what the container mounted below /sys (the cgroup tree) is still there.
+    assert!(has_line(&out, "sys=lo"), "{out}");
+    let cgroups = std::fs::read_dir("/sys/fs/cgroup").map(|d| d.count()).unwrap_or(0);
+    assert!(has_line(&out, &format!("cgroups={cgroups}")), "{out}");
     let links: Vec<&str> = out.lines().filter(|l| l.contains("mtu")).collect();
     assert_eq!(links.len(), 1, "{out}");
     assert!(links[0].contains(" lo: ") && links[0].contains(",UP"), "{out}");
@@ -193,7 +199,9 @@ fn private_ipc_is_shared_by_the_run_and_hides_the_hosts_objects() {
 fn private_users_maps_root_and_the_unit_user_only() {
     let d = Daemon::start(&[(
         "userns.service",
-        "[Service]\nUser=nobody\nPrivateUsers=yes\nExecStart=/bin/sh -c 'cat /proc/self/uid_map /proc/self/gid_map; \
+        // With ProtectSystem=strict too, as Debian's redis unit has it (a mount stacked on / would make the
+        // kernel refuse the user namespace).
+        "[Service]\nUser=nobody\nPrivateUsers=yes\nProtectSystem=strict\nExecStart=/bin/sh -c 'cat /proc/self/uid_map /proc/self/gid_map; \
          echo \"id=$(id -u):$(id -g)\"; echo \"ns=$(readlink /proc/self/ns/user)\"; echo users-end; exec sleep 1000'\n",
     )]);
     let pid = main_pid(&d, "userns");

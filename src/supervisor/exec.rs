@@ -42,6 +42,8 @@ pub(super) const WARN_OOM: u32 = 1001;
 pub(super) const WARN_NO_PROC: u32 = 1002;
 /// Not a failure: the kernel refused a user namespace (PrivateUsers=).
 pub(super) const WARN_NO_USERNS: u32 = 1003;
+/// Not a failure: the kernel refused a sysfs instance in the unit's network namespace.
+pub(super) const WARN_NO_SYSFS: u32 = 1004;
 /// Not a failure: `Limit*=` number (this + index) was above what may be
 /// raised, and was set to the hard limit the process has (systemd's
 /// `setrlimit_closest`).
@@ -141,14 +143,46 @@ impl MountStep {
             Op::SetAttr { set, clear, recursive } => {
                 let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
                 let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
-                libc::syscall(
+                let rc = libc::syscall(
                     libc::SYS_mount_setattr,
                     libc::AT_FDCWD,
                     self.target.as_ptr(),
                     flags as libc::c_uint,
                     &attr as *const MountAttr,
                     std::mem::size_of::<MountAttr>(),
-                ) as libc::c_int
+                ) as libc::c_int;
+                if rc == 0 || *libc::__errno_location() != libc::ENOSYS {
+                    return rc;
+                }
+                // Before Linux 5.12: a remount of the mount at the path alone
+                // (not those below it), repeating the flags it has (statvfs's
+                // ST_* flags are the MS_* values), which a user namespace
+                // refuses to clear. glibc takes them from statfs's f_flags
+                // (Linux 2.6.36 on), without reading /proc/mounts.
+                let mut fs: libc::statvfs = std::mem::zeroed();
+                if libc::statvfs(self.target.as_ptr(), &mut fs) < 0 {
+                    return -1;
+                }
+                let kept = libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC
+                    | libc::MS_NOATIME
+                    | libc::MS_NODIRATIME
+                    | libc::MS_RELATIME;
+                let mut now = fs.f_flag as libc::c_ulong & kept;
+                let as_ms = |attr: u64| {
+                    (if attr & MOUNT_ATTR_RDONLY != 0 { libc::MS_RDONLY } else { 0 })
+                        | (if attr & MOUNT_ATTR_NOEXEC != 0 { libc::MS_NOEXEC } else { 0 })
+                };
+                now = (now | as_ms(set)) & !as_ms(clear);
+                libc::mount(
+                    std::ptr::null(),
+                    self.target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | now,
+                    std::ptr::null(),
+                )
             }
         }
     }
@@ -295,7 +329,13 @@ impl ExecContext {
         cx.no_new_privs = cfg.no_new_privileges.unwrap_or(opts.instance);
         cx.seccomp = super::seccomp::build(&cfg.seccomp)?;
         if cfg.wants_mount_namespace() {
-            cx.mounts = Some(sandbox_steps(cfg, opts.private_tmp, &mount_table())?);
+            let table = mount_table();
+            let mut steps = Vec::new();
+            if cfg.ns.private_network && opts.namespaces.is_some_and(|n| n.net.is_some()) {
+                steps.extend(sysfs_steps(&table)?);
+            }
+            steps.extend(sandbox_steps(cfg, opts.private_tmp, &table)?);
+            cx.mounts = Some(steps);
             cx.sandbox_note = no_sandbox_note(cfg);
             cx.proc_note = no_proc_note(cfg);
         }
@@ -344,6 +384,10 @@ impl ExecContext {
             STAGE_SETNS_IPC => "PrivateIPC= (joining the run's IPC namespace: setns)".to_string(),
             STAGE_USERNS => "PrivateUsers= (writing the user namespace's uid_map and gid_map)".to_string(),
             WARN_NO_PROC => self.proc_note.clone(),
+            WARN_NO_SYSFS => "PrivateNetwork=: /sys not remounted: the kernel refused a sysfs instance in the unit's \
+                              network namespace (a container's read-only or masked /sys); /sys/class/net lists \
+                              aikore's interfaces, /proc/net the unit's own"
+                .to_string(),
             WARN_NO_USERNS => {
                 "PrivateUsers= not applied: the kernel refused a user namespace (unshare(CLONE_NEWUSER); \
                                a container's seccomp profile or user.max_user_namespaces=0 can forbid it); the unit \
@@ -380,8 +424,8 @@ impl ExecContext {
                     Op::Symlink => format!("sandbox symlink {target}"),
                     Op::Detach => format!("sandbox unmount of {target}"),
                     Op::SetAttr { .. } => format!(
-                        "sandbox mount attributes on {target} (mount_setattr, Linux 5.12 or later: ExecPaths=, \
-                         NoExecPaths=, BindReadOnlyPaths=, TemporaryFileSystem=...:ro)"
+                        "sandbox mount attributes on {target} (ExecPaths=, NoExecPaths=, BindReadOnlyPaths=, \
+                         TemporaryFileSystem=...:ro)"
                     ),
                 }
             }
@@ -603,6 +647,7 @@ struct CapData {
 pub struct MountEntry {
     pub point: PathBuf,
     pub flags: libc::c_ulong,
+    pub read_only: bool,
 }
 
 /// The mounts this process sees, parents before children (file order).
@@ -613,7 +658,8 @@ pub fn mount_table() -> Vec<MountEntry> {
             let mut fields = line.split_whitespace();
             let point = crate::units::unescape_mount_path(fields.nth(4)?);
             let options = fields.next()?;
-            Some(MountEntry { point: PathBuf::from(point), flags: mount_flags(options) })
+            let read_only = options.split(',').any(|o| o == "ro");
+            Some(MountEntry { point: PathBuf::from(point), flags: mount_flags(options), read_only })
         })
         .collect()
 }
@@ -761,32 +807,59 @@ fn private_dev_steps(table: &[MountEntry]) -> Result<Vec<MountStep>, String> {
 /// first, so it stays masked. Where the kernel refuses the instance, a
 /// warning and the rest skipped.
 fn proc_steps(cfg: &ExecConfig, table: &[MountEntry]) -> Result<Vec<MountStep>, String> {
-    let staging = staging_dir("private-proc")?;
     let mut options: Vec<String> = cfg.ns.protect_proc.hidepid().map(|h| format!("hidepid={h}")).into_iter().collect();
     if cfg.ns.proc_subset_pid {
         options.push("subset=pid".to_string());
     }
+    // Under subset=pid most of what is mounted below /proc is gone from the new instance: nothing to mask.
+    fresh_instance_steps("proc", "/proc", &options.join(","), 0, !cfg.ns.proc_subset_pid, WARN_NO_PROC, table)
+}
+
+/// PrivateNetwork= with a mount namespace: a sysfs instance made inside the
+/// unit's network namespace, so /sys/class/net lists its own interfaces
+/// (`lo`), as systemd does; read-only where the container's /sys is.
+fn sysfs_steps(table: &[MountEntry]) -> Result<Vec<MountStep>, String> {
+    let read_only = table.iter().rfind(|m| m.point == Path::new("/sys")).is_some_and(|m| m.read_only);
+    let flags = if read_only { libc::MS_RDONLY } else { 0 };
+    fresh_instance_steps("sysfs", "/sys", "", flags, true, WARN_NO_SYSFS, table)
+}
+
+/// A new instance of an API file system (`proc`, `sysfs`) with `data`,
+/// built on a staging dir, what is mounted below the old one bound onto it
+/// (a container runtime's masks stay), the old one unmounted and the new
+/// one moved into place. Where the kernel refuses the instance: the
+/// warning `refused`, and the rest skipped.
+fn fresh_instance_steps(
+    fstype: &str,
+    point: &str,
+    data: &str,
+    flags: libc::c_ulong,
+    masks_required: bool,
+    refused: u32,
+    table: &[MountEntry],
+) -> Result<Vec<MountStep>, String> {
+    let staging = staging_dir(&format!("private-{}", fstype))?;
+    let c = |s: &str| CString::new(s).map_err(|e| e.to_string());
     let mut steps = vec![MountStep {
-        source: Some(c"proc".into()),
-        fstype: Some(c"proc".into()),
-        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        data: Some(CString::new(options.join(",")).map_err(|e| e.to_string())?),
+        source: Some(c(fstype)?),
+        fstype: Some(c(fstype)?),
+        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | flags,
+        data: Some(c(data)?),
         ..MountStep::op(Op::Mount, cstring(&staging)?)
     }];
-    let proc = Path::new("/proc");
-    let below: Vec<&Path> = table.iter().map(|m| m.point.as_path()).filter(|p| under(p, proc) && *p != proc).collect();
-    for point in below.iter().filter(|p| !below.iter().any(|q| q != *p && under(p, q))) {
-        let rel = point.strip_prefix(proc).map_err(|e| e.to_string())?;
-        // Under subset=pid most of these are gone from the new instance: nothing to mask.
-        let step = bind_step(point, cstring(&staging.join(rel))?, libc::MS_REC)?;
-        steps.push(MountStep { required: !cfg.ns.proc_subset_pid, ..step });
+    let top = Path::new(point);
+    let below: Vec<&Path> = table.iter().map(|m| m.point.as_path()).filter(|p| under(p, top) && *p != top).collect();
+    for sub in below.iter().filter(|p| !below.iter().any(|q| q != *p && under(p, q))) {
+        let rel = sub.strip_prefix(top).map_err(|e| e.to_string())?;
+        let step = bind_step(sub, cstring(&staging.join(rel))?, libc::MS_REC)?;
+        steps.push(MountStep { required: masks_required, ..step });
     }
-    if table.iter().any(|m| m.point == proc) {
-        steps.push(MountStep { required: false, ..MountStep::op(Op::Detach, c"/proc".into()) });
+    if table.iter().any(|m| m.point == top) {
+        steps.push(MountStep { required: false, ..MountStep::op(Op::Detach, c(point)?) });
     }
-    steps.push(MountStep { flags: libc::MS_MOVE, ..bind_step(&staging, c"/proc".into(), 0)? });
+    steps.push(MountStep { flags: libc::MS_MOVE, ..bind_step(&staging, c(point)?, 0)? });
     let rest = steps.len() - 1;
-    steps[0].fallback = Some((WARN_NO_PROC, rest));
+    steps[0].fallback = Some((refused, rest));
     Ok(steps)
 }
 
@@ -968,7 +1041,13 @@ fn sandbox_steps(
         match mode {
             Mode::ReadOnly | Mode::ReadWrite => {
                 let ro = if mode == Mode::ReadOnly { libc::MS_RDONLY } else { 0 };
-                steps.push(bind(&path)?);
+                // `/` is a mount already: a bind stacked on it would be a
+                // root the process never enters (it keeps the one below),
+                // and the kernel then counts it as chrooted and refuses it
+                // a user namespace (PrivateUsers=).
+                if path != Path::new("/") {
+                    steps.push(bind(&path)?);
+                }
                 // Every mount at or below the path, as the recursive bind copied them.
                 for m in table.iter().filter(|m| under(&m.point, &path)) {
                     let is_top = m.point == path;
@@ -1100,7 +1179,9 @@ fn sandbox_steps(
     exec.sort_by_key(|(p, _, _)| p.components().count());
     for (path, noexec, _) in exec {
         let target = cstring(&path)?;
-        steps.push(bind_step(&path, target.clone(), libc::MS_REC)?);
+        if path != Path::new("/") {
+            steps.push(bind_step(&path, target.clone(), libc::MS_REC)?);
+        }
         let (set, clear) = if noexec { (MOUNT_ATTR_NOEXEC, 0) } else { (0, MOUNT_ATTR_NOEXEC) };
         steps.push(MountStep::op(Op::SetAttr { set, clear, recursive: true }, target));
     }
@@ -1477,7 +1558,14 @@ mod tests {
     use super::*;
 
     fn table(points: &[(&str, &str)]) -> Vec<MountEntry> {
-        points.iter().map(|(p, o)| MountEntry { point: p.into(), flags: mount_flags(o) }).collect()
+        points
+            .iter()
+            .map(|(p, o)| MountEntry {
+                point: p.into(),
+                flags: mount_flags(o),
+                read_only: o.split(',').any(|o| o == "ro"),
+            })
+            .collect()
     }
 
     fn targets(steps: &[MountStep]) -> Vec<(String, bool)> {
@@ -1492,8 +1580,8 @@ mod tests {
         let t = table(&[("/", "rw,relatime"), ("/proc", "rw,nosuid,nodev,noexec"), ("/data", "rw,nosuid")]);
         let steps = sandbox_steps(&cfg, None, &t).unwrap();
         let got = targets(&steps);
-        assert_eq!(got[0], ("/".to_string(), false), "the recursive bind first");
-        assert!(got.contains(&("/".to_string(), true)));
+        assert_eq!(got[0], ("/".to_string(), true), "no bind stacked on /: its own mount made read-only");
+        assert_eq!(steps[0].flags & libc::MS_REMOUNT, libc::MS_REMOUNT);
         assert!(got.contains(&("/data".to_string(), true)), "{got:?}");
         assert!(!got.iter().any(|(p, _)| p == "/proc"), "API file systems stay writable: {got:?}");
         let tmp: Vec<_> = got.iter().filter(|(p, _)| p == "/tmp").collect();
