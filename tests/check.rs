@@ -22,7 +22,7 @@ fn ignored_systemd_key_is_a_warning_and_exit_0() {
     let path = dir.path().join("brought.service");
     std::fs::write(
         &path,
-        "[Service]\nExecStart=/bin/true\nPrivateDevices=yes\n\n[Install]\nWantedBy=multi-user.target\n",
+        "[Service]\nExecStart=/bin/true\nRootImage=/x.raw\n\n[Install]\nWantedBy=multi-user.target\n",
     )
     .unwrap();
     let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();

@@ -188,6 +188,17 @@ fn debian_redis_server_runs_from_its_own_notify_unit_file_requiring_a_remaining_
     assert!(status.lines().any(|l| l.split_whitespace().eq(["Seccomp:", "2"])), "{status}");
     let out = std::process::Command::new(&redis_cli).arg("ping").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
+    // Its namespace keys are applied, not ignored (tests/namespaces.rs checks each).
+    let log = d.unit_log("redis-server");
+    assert!(!log.contains("not applied"), "{log}");
+    let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    assert_eq!(uid_map.lines().count(), 2, "PrivateUsers=: root and redis: {uid_map}");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let top = |point: &str| mountinfo.lines().rfind(|l| l.split_whitespace().nth(4) == Some(point)).unwrap_or("");
+    assert!(top("/dev").contains(" - tmpfs "), "PrivateDevices=: {mountinfo}");
+    assert!(top("/proc").contains("hidepid=invisible"), "ProtectProc=invisible: {mountinfo}");
+    let usr_lib = top("/usr/lib");
+    assert!(top("/").contains("noexec") && usr_lib.contains(" - ") && !usr_lib.contains("noexec"), "{mountinfo}");
     // Stopping what it requires takes redis down with it.
     d.post("/api/v1/units/redis-setup/stop");
     d.wait_status("redis-setup", "stopped");

@@ -18,6 +18,7 @@ mod instances;
 mod layers;
 mod logs;
 mod metrics;
+mod namespaces;
 mod persistent;
 mod pid1;
 mod proxy;

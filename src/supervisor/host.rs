@@ -369,8 +369,22 @@ impl ProcessControl for HostProcesses {
             if let Some(old) = self.notifiers.remove(&unit.name) {
                 old.abort();
             }
-            let reader =
-                super::notify::listen(&unit.name, self.hints.clone()).map_err(|e| OsError::io("NOTIFY_SOCKET", e))?;
+            let hints = self.hints.clone();
+            super::exec::share_namespaces(unit, &mut self.exec_runs);
+            let run = self.exec_runs.entry(unit.name.clone()).or_default();
+            let reader = match super::exec::run_namespaces(unit, run).and_then(|ns| ns.net.as_ref()) {
+                // PrivateNetwork=: an abstract socket is reached only from its own network namespace.
+                Some(net) => {
+                    let runtime = tokio::runtime::Handle::current();
+                    super::namespaces::in_network_namespace(std::os::fd::AsFd::as_fd(net), || {
+                        let _entered = runtime.enter();
+                        super::notify::listen(&unit.name, hints)
+                    })
+                    .and_then(|listening| listening)
+                }
+                None => super::notify::listen(&unit.name, hints),
+            }
+            .map_err(|e| OsError::io("NOTIFY_SOCKET", e))?;
             self.notifiers.insert(unit.name.clone(), reader);
             env.push(("NOTIFY_SOCKET".to_string(), super::notify::socket_name(&unit.name)));
         }
@@ -393,7 +407,19 @@ impl ProcessControl for HostProcesses {
         let instance_dir = unit.instance.as_ref().and_then(|_| Some(self.config.hooks.as_ref()?.work_dir(&unit.name)));
         let Identity { uid, gid, groups, env: user_env } = match (&instance_dir, self.config.default_identity) {
             (Some(dir), Some((uid, gid))) => instance_identity(uid, gid, dir),
-            _ => resolve_user(unit).map_err(OsError::Refused)?,
+            _ => match super::dynamic_user::for_unit(unit) {
+                // DynamicUser=: a transient id, no passwd entry; HOME=/ as systemd gives it.
+                Some(dynamic) => {
+                    let dynamic = dynamic.map_err(OsError::Refused)?;
+                    let env = vec![
+                        ("USER".to_string(), dynamic.name.clone()),
+                        ("LOGNAME".to_string(), dynamic.name),
+                        ("HOME".to_string(), "/".to_string()),
+                    ];
+                    Identity { uid: Some(dynamic.uid), gid: Some(dynamic.uid), groups: vec![dynamic.uid], env }
+                }
+                None => resolve_user(unit).map_err(OsError::Refused)?,
+            },
         };
         // The exec context (issue 14): directories, private /tmp, groups, limits, sandbox.
         // PermissionsStartOnly=yes: the `+` prefix on every command but ExecStart=.
@@ -420,6 +446,7 @@ impl ProcessControl for HostProcesses {
                 e.read_only_paths.clear();
                 e.inaccessible_paths.clear();
                 e.seccomp = Default::default();
+                e.ns = e.ns.without_file_system_sandbox();
                 e.supplementary_groups.clear();
                 unsandboxed = u;
                 &unsandboxed
@@ -432,6 +459,7 @@ impl ProcessControl for HostProcesses {
             }
             Privilege::Normal => unit,
         };
+        super::exec::share_namespaces(unit, &mut self.exec_runs);
         let run = self.exec_runs.entry(unit.name.clone()).or_default();
         let for_process = super::exec::for_process(exec_unit, (uid, gid), &groups, unit.instance.is_some(), run)
             .map_err(OsError::Refused)?;
@@ -570,6 +598,7 @@ impl ProcessControl for HostProcesses {
     }
 
     fn end_run(&mut self, unit: &str) {
+        super::dynamic_user::release(unit);
         if let Some(path) = self.pid_files.remove(unit) {
             // systemd removes a forking service's PID file once it is down, so a stale one never misleads.
             let _ = std::fs::remove_file(path);

@@ -5,12 +5,14 @@
 pub mod cgroup;
 pub mod credentials;
 pub mod drain;
+pub mod dynamic_user;
 mod engine;
 pub mod exec;
 pub mod forking;
 pub mod host;
 pub mod machine;
 pub mod members;
+pub mod namespaces;
 pub mod notify;
 pub mod ready;
 pub mod relations;

@@ -376,6 +376,10 @@ unsafe fn child_after_fork(
             fail(5);
         }
     }
+    // PrivateUsers= and the bounding set: after the groups, before the uid.
+    if let Err(stage) = context.before_setuid(&report) {
+        fail(stage);
+    }
     if let Some(uid) = plan.uid {
         if libc::setuid(uid) < 0 {
             fail(6);

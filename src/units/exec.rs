@@ -81,6 +81,21 @@ pub const SERVICE_KEYS: &[&str] = &[
     "IOSchedulingClass",
     "IOSchedulingPriority",
     "IgnoreSIGPIPE",
+    // units/namespaces.rs.
+    "PrivateDevices",
+    "ProtectProc",
+    "ProcSubset",
+    "PrivateNetwork",
+    "PrivateIPC",
+    "PrivateUsers",
+    "PrivateMounts",
+    "RemoveIPC",
+    "ExecPaths",
+    "NoExecPaths",
+    "BindPaths",
+    "BindReadOnlyPaths",
+    "TemporaryFileSystem",
+    "DynamicUser",
 ];
 
 /// Resource keys an `.instance` file may set (keys.rs holds the allow-list; a test keeps them in step): they only restrict what the
@@ -324,6 +339,8 @@ pub struct ExecConfig {
     pub io_sched_priority: Option<u16>,
     /// `IgnoreSIGPIPE=`; None: systemd's default, yes.
     pub ignore_sigpipe: Option<bool>,
+    /// PrivateDevices=, PrivateNetwork=, PrivateUsers=, BindPaths=, ... (units/namespaces.rs).
+    pub ns: super::namespaces::NamespaceConfig,
 }
 
 impl ExecConfig {
@@ -335,6 +352,7 @@ impl ExecConfig {
             || !self.read_write_paths.is_empty()
             || !self.read_only_paths.is_empty()
             || !self.inaccessible_paths.is_empty()
+            || self.ns.wants_mount_namespace()
     }
 
     pub fn directories(&self, kind: DirKind) -> Option<&Directories> {
@@ -354,6 +372,9 @@ impl ExecConfig {
         }
         if super::seccomp::KEYS.contains(&key) {
             return self.seccomp.apply(key, value);
+        }
+        if super::namespaces::KEYS.contains(&key) {
+            return self.ns.apply(key, value).map(|()| None);
         }
         if let Some(kind) = DirKind::from_key(key) {
             return self.apply_directory(kind, key.ends_with("Mode"), value).map(|()| None);
@@ -663,7 +684,7 @@ fn parse_output(value: &str, stderr: bool) -> Result<(Output, Option<String>), S
     Ok((out, None))
 }
 
-fn parse_paths(list: &mut Vec<SandboxPath>, value: &str) -> Result<(), String> {
+pub(super) fn parse_paths(list: &mut Vec<SandboxPath>, value: &str) -> Result<(), String> {
     if value.is_empty() {
         list.clear();
     }
@@ -988,6 +1009,16 @@ mod tests {
         assert!(c.apply("MemoryHigh", "50%").unwrap_err().contains("percentages"));
         assert!(c.apply("OOMScoreAdjust", "-1001").is_err());
         assert_eq!(parsed(&[("OOMScoreAdjust", "500")]).oom_score_adjust, Some(500));
+    }
+
+    #[test]
+    fn private_network_and_ignore_sigpipe() {
+        assert!(parsed(&[("PrivateNetwork", "yes")]).ns.private_network);
+        assert!(!parsed(&[("PrivateNetwork", "yes"), ("PrivateNetwork", "")]).ns.private_network);
+        assert!(ExecConfig::default().apply("PrivateNetwork", "maybe").is_err());
+        assert!(parsed(&[("PrivateDevices", "yes")]).wants_mount_namespace());
+        assert_eq!(parsed(&[("IgnoreSIGPIPE", "no")]).ignore_sigpipe, Some(false));
+        assert_eq!(ExecConfig::default().ignore_sigpipe, None, "None means systemd's default, yes");
     }
 
     #[test]

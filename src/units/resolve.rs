@@ -396,6 +396,7 @@ impl<'a> Resolver<'a> {
             "Conflicts" => self.deps(&mut unit.relations.conflicts, entry),
             "OnFailure" => self.deps(&mut unit.relations.on_failure, entry),
             "OnSuccess" => self.deps(&mut unit.relations.on_success, entry),
+            "JoinsNamespaceOf" => self.deps(&mut unit.service.exec.ns.joins_namespace_of, entry),
             "SuccessAction" => {
                 if let Some(a) = self.value(entry, parse_action) {
                     unit.relations.success_action = a;

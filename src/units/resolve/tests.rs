@@ -214,7 +214,7 @@ ConditionPathExists=/etc/x
 [Service]
 Type=simple
 ExecStart=/bin/true
-PrivateDevices=yes
+RootImage=/x.raw
 ExecStartPost=/bin/true
 X-Mine=1
 [Install]
@@ -224,7 +224,7 @@ Anything=goes
 ";
     let (_, w) = ok("s.service", text);
     let lines: Vec<String> = warnings(&w).iter().map(|w| w.split(" (").next().unwrap_or("").to_string()).collect();
-    assert_eq!(lines, ["8: PrivateDevices= is not implemented by aikore yet and is ignored",]);
+    assert_eq!(lines, ["8: RootImage= is not implemented by aikore yet and is ignored",]);
     assert!(w.iter().all(|d| d.severity == Severity::Warning));
 }
 
@@ -377,7 +377,8 @@ Also=helper.service
         "{text:?}"
     );
     assert!(!text.iter().any(|t| t.contains("ExecStart=")), "a oneshot runs every ExecStart=: {text:?}");
-    assert!(text.iter().any(|t| t.starts_with("15: ProtectProc= is not implemented")), "{text:?}");
+    assert!(!text.iter().any(|t| t.contains("ProtectProc=")), "implemented now: {text:?}");
+    assert_eq!(u.service.exec.ns.protect_proc, crate::units::ProtectProc::Invisible);
 
     // systemd-exit.service: no Type=, no ExecStart=, only SuccessAction=.
     let (u, _) = ok("exit.service", "[Unit]\nSuccessAction=exit-force\n");
