@@ -1518,7 +1518,7 @@ pub fn for_process(
     instance: bool,
     run: &mut RunDirs,
 ) -> Result<ForProcess, String> {
-    let implied = unit.service.exec.with_dynamic_user();
+    let implied = unit.service.exec.with_implied();
     let cfg = &implied;
     let mut all_groups = groups.to_vec();
     for name in &cfg.supplementary_groups {

@@ -228,12 +228,18 @@ fn parse_bind(word: &str, read_only: bool) -> Result<BindPath, String> {
 }
 
 impl ExecConfig {
-    /// What `DynamicUser=yes` implies, as systemd.exec(5) lists it:
-    /// `ProtectSystem=strict`, `ProtectHome=read-only` (unless stricter),
-    /// `PrivateTmp=yes`, `RemoveIPC=yes`, `NoNewPrivileges=yes`,
-    /// `RestrictSUIDSGID=yes`.
-    pub fn with_dynamic_user(&self) -> ExecConfig {
+    /// What the namespace keys imply, as systemd.exec(5) lists it.
+    /// `DynamicUser=yes`: `ProtectSystem=strict`, `ProtectHome=read-only`
+    /// (unless stricter), `PrivateTmp=yes`, `RemoveIPC=yes`,
+    /// `NoNewPrivileges=yes`, `RestrictSUIDSGID=yes`. `PrivateDevices=yes`:
+    /// the `@raw-io` calls (ioperm, iopl, pciconfig_*, ...) refused with
+    /// EPERM, since a private /dev leaves raw I/O as the way to the hardware.
+    pub fn with_implied(&self) -> ExecConfig {
         let mut cfg = self.clone();
+        if cfg.ns.private_devices {
+            // The set and the errno are fixed strings the parser accepts.
+            let _ = super::syscall_filter::apply_filter(&mut cfg.seccomp.call_filter, "~@raw-io:EPERM");
+        }
         if cfg.ns.dynamic_user {
             cfg.protect_system = ProtectSystem::Strict;
             if cfg.protect_home == ProtectHome::No {
@@ -327,12 +333,33 @@ mod tests {
         let mut cfg = ExecConfig::default();
         cfg.apply("ProtectHome", "yes").unwrap();
         cfg.apply("DynamicUser", "yes").unwrap();
-        let cfg = cfg.with_dynamic_user();
+        let cfg = cfg.with_implied();
         assert_eq!(cfg.protect_system, ProtectSystem::Strict);
         assert_eq!(cfg.protect_home, ProtectHome::Yes, "a stricter one stays");
         assert!(cfg.private_tmp && cfg.ns.remove_ipc && cfg.seccomp.restrict_suid_sgid);
         assert_eq!(cfg.no_new_privileges, Some(true));
-        assert_eq!(ExecConfig::default().with_dynamic_user(), ExecConfig::default());
+        assert_eq!(ExecConfig::default().with_implied(), ExecConfig::default());
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")] // ioperm is x86's
+    fn private_devices_refuses_raw_io_with_eperm_and_keeps_the_units_own_filter() {
+        use crate::units::syscall_filter::{Action, CallFilter};
+        let mut cfg = ExecConfig::default();
+        cfg.ns.private_devices = true;
+        let Some(CallFilter::Deny(denied)) = cfg.with_implied().seccomp.call_filter else {
+            panic!("PrivateDevices= adds a deny list")
+        };
+        assert_eq!(denied.get(&libc::SYS_ioperm), Some(&Some(Action::Errno(libc::EPERM as u16))));
+        assert!(!denied.contains_key(&libc::SYS_read));
+        // An allow list of the unit's own loses the raw I/O calls it named.
+        let mut cfg = ExecConfig::default();
+        cfg.ns.private_devices = true;
+        crate::units::syscall_filter::apply_filter(&mut cfg.seccomp.call_filter, "@system-service @raw-io").unwrap();
+        let Some(CallFilter::Allow(allowed)) = cfg.with_implied().seccomp.call_filter else {
+            panic!("still an allow list")
+        };
+        assert!(!allowed.contains(&libc::SYS_ioperm) && allowed.contains(&libc::SYS_read));
     }
 
     #[test]
