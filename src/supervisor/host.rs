@@ -210,6 +210,13 @@ impl HostProcesses {
                 // Watched from its creation, before any process is in it, so no emptying is missed.
                 self.watch_cgroup(&unit.name, &cg);
                 self.runs.entry(unit.name.clone()).or_default().cgroup_oom_base = cg.oom_kills().unwrap_or(0);
+                if unit.service.oom_policy == crate::units::OomPolicy::Kill {
+                    // OOMPolicy=kill: the kernel kills every process of the cgroup at once on an OOM kill.
+                    if let Err(e) = std::fs::write(cg.path().join("memory.oom.group"), "1") {
+                        let why = format!("OOMPolicy=kill: memory.oom.group not set ({e}); aikore kills the rest");
+                        self.logs.note(&unit.name, &why);
+                    }
+                }
                 // Resource keys (issue 14): each one not applied is said at every start.
                 for why in cg.apply_resources(unit.service.memory_max, &unit.service.exec.resources) {
                     tracing::warn!(unit = %unit.name, "{why}");
@@ -621,8 +628,9 @@ impl ProcessControl for HostProcesses {
                 match left[..] {
                     [pid] => pid,
                     _ => {
-                        return Err(PidFileError::Refused(format!(
-                            "Type=forking without PIDFile=: {} processes are left, so the main one cannot be told;                              set PIDFile=",
+                        return Err(PidFileError::NoMain(format!(
+                            "Type=forking without PIDFile=: {} processes are left, so the main one cannot be told \
+                             (GuessMainPID=)",
                             left.len()
                         )))
                     }
@@ -652,6 +660,14 @@ impl ProcessControl for HostProcesses {
             self.pid_files.insert(unit.name.clone(), path.clone());
         }
         Ok(pid)
+    }
+
+    fn oom_kills(&mut self, unit: &str) -> u64 {
+        let base = self.runs.get(unit).map_or(0, |facts| facts.cgroup_oom_base);
+        match self.members.get(unit) {
+            Some(Membership::Cgroup(cg)) => cg.oom_kills().unwrap_or(0).saturating_sub(base),
+            _ => 0,
+        }
     }
 
     fn is_member(&mut self, unit: &str, pid: i32) -> bool {

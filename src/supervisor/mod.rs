@@ -116,6 +116,11 @@ pub trait ProcessControl: Send + 'static {
     /// without an exit the engine sees (a descendant it did not spawn ended),
     /// a [`DrainHint`] must follow. Called again on every check; must be idempotent.
     fn watch_drain(&mut self, _unit: &str) {}
+    /// OOM kills in the unit's cgroup since its run began (`memory.events`
+    /// `oom_kill`); 0 without a cgroup (OOMPolicy= then sees none).
+    fn oom_kills(&mut self, _unit: &str) -> u64 {
+        0
+    }
     /// The engine handled one batch of inputs: facts gathered for it (a /proc
     /// sweep shared by the units it signalled) are stale from here on.
     fn batch_done(&mut self) {}
@@ -266,6 +271,13 @@ pub struct UnitSnapshot {
     pub unit: Arc<Unit>,
 }
 
+impl UnitSnapshot {
+    /// Whether `name` addresses this unit: its own name or one of its aliases (Alias=).
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.name == name || self.unit.aliases.iter().any(|a| a == name)
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CommandError {
     #[error("no unit named {0:?}")]
@@ -409,4 +421,7 @@ pub enum DrainHint {
     /// channel from the OS side ([`notify`]).
     /// `pid`: the sender, as the kernel tells it (SCM_CREDENTIALS).
     Notify { unit: String, message: String, pid: Option<i32> },
+    /// Not about draining either: the unit cgroup's `memory.events` changed
+    /// (an OOM kill moves its `oom_kill`); the driver asks for the count.
+    Oom(String),
 }

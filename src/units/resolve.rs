@@ -109,6 +109,7 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
         install: InstallConfig::default(),
         starts_at_boot: true,
         template: super::name::template_of(&name).map(str::to_string),
+        aliases: Vec::new(),
         name,
         // systemd's DefaultStartLimitIntervalSec= and DefaultStartLimitBurst=.
         start_limit_interval: Duration::from_secs(10),
@@ -396,6 +397,15 @@ impl<'a> Resolver<'a> {
             "Conflicts" => self.deps(&mut unit.relations.conflicts, entry),
             "OnFailure" => self.deps(&mut unit.relations.on_failure, entry),
             "OnSuccess" => self.deps(&mut unit.relations.on_success, entry),
+            "PropagatesReloadTo" => self.deps(&mut unit.relations.propagates_reload_to, entry),
+            "ReloadPropagatedFrom" => self.deps(&mut unit.relations.reload_propagated_from, entry),
+            "PropagatesStopTo" => self.deps(&mut unit.relations.propagates_stop_to, entry),
+            "StopPropagatedFrom" => self.deps(&mut unit.relations.stop_propagated_from, entry),
+            "StopWhenUnneeded" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    unit.relations.stop_when_unneeded = b;
+                }
+            }
             "SuccessAction" => {
                 if let Some(a) = self.value(entry, parse_action) {
                     unit.relations.success_action = a;
@@ -492,6 +502,25 @@ impl<'a> Resolver<'a> {
                 if let Some(i) = &install.default_instance {
                     if !is_valid_service_name(&format!("x@{i}")) {
                         self.error(entry.line, format!("invalid DefaultInstance={i}: not a valid instance name"));
+                    }
+                }
+                return;
+            }
+            "Alias" => {
+                if entry.value.is_empty() {
+                    install.alias.clear();
+                }
+                for word in entry.value.split_whitespace() {
+                    match word.strip_suffix(".service") {
+                        Some(name) if is_valid_service_name(name) || (self.in_template && is_template_name(name)) => {
+                            if !install.alias.iter().any(|(n, _)| n == name) {
+                                install.alias.push((name.to_string(), entry.line));
+                            }
+                        }
+                        _ => self.error(
+                            entry.line,
+                            format!("invalid Alias={word}: an alias of a service is a .service name"),
+                        ),
                     }
                 }
                 return;
@@ -659,6 +688,32 @@ impl<'a> Resolver<'a> {
             "RemainAfterExit" => {
                 if let Some(b) = self.value(entry, parse_bool) {
                     svc.remain_after_exit = b;
+                }
+            }
+            "GuessMainPID" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    svc.guess_main_pid = b;
+                }
+            }
+            "OOMPolicy" => {
+                let parse = |v: &str| match v {
+                    "continue" => Ok(super::OomPolicy::Continue),
+                    "stop" | "" => Ok(super::OomPolicy::Stop),
+                    "kill" => Ok(super::OomPolicy::Kill),
+                    _ => Err("expected continue, stop or kill".to_string()),
+                };
+                if let Some(p) = self.value(entry, parse) {
+                    svc.oom_policy = p;
+                }
+            }
+            "ExitType" => {
+                let parse = |v: &str| match v {
+                    "main" | "" => Ok(false),
+                    "cgroup" => Ok(true),
+                    _ => Err("expected main or cgroup".to_string()),
+                };
+                if let Some(cgroup) = self.value(entry, parse) {
+                    svc.exit_type_cgroup = cgroup;
                 }
             }
             "WatchdogSec" => {
