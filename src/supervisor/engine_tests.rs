@@ -2118,3 +2118,47 @@ fn reloads_and_stops_propagate() {
     assert_eq!(h.wait_status("c", Status::Stopped).status, Status::Stopped, "PropagatesStopTo=c");
     assert_eq!(h.snapshot("b").status, Status::Started, "a reload is not a stop");
 }
+
+#[test]
+fn timeout_failure_modes_choose_what_a_timed_out_start_or_stop_sends() {
+    let abrt = Signal::SIGABRT;
+    // (unit file extra, what the unit is sent after the start, seconds from the start).
+    let rows: Vec<(&str, Vec<(u64, Signal)>)> = vec![
+        ("TimeoutStartFailureMode=kill\n", vec![(2, KILL)]),
+        ("TimeoutStartFailureMode=abort\nTimeoutAbortSec=3s\n", vec![(2, abrt), (5, KILL)]),
+        ("TimeoutStartFailureMode=terminate\n", vec![(2, TERM), (12, KILL)]),
+    ];
+    for (extra, expected) in rows {
+        let mut h =
+            Sim::new(vec![service("n", &format!("Type=notify\nTimeoutStartSec=2s\nTimeoutStopSec=10s\n{extra}"))]);
+        h.start("n").unwrap();
+        let started = h.now();
+        h.wait_status("n", Status::Error);
+        let sent: Vec<(u64, Signal)> =
+            h.unit_signals("n").into_iter().map(|(at, s)| ((at - started).as_secs(), s)).collect();
+        assert_eq!(sent, expected, "{extra}");
+    }
+
+    // TimeoutStopFailureMode=abort: SIGABRT after TimeoutStopSec, SIGKILL after TimeoutAbortSec.
+    let mut h = Sim::new(vec![service("s", "TimeoutStopSec=4s\nTimeoutAbortSec=2s\nTimeoutStopFailureMode=abort\n")]);
+    h.start("s").unwrap();
+    let stop_at = h.now();
+    h.stop("s").unwrap();
+    h.wait_status("s", Status::Stopped);
+    let sent: Vec<(u64, Signal)> =
+        h.unit_signals("s").into_iter().map(|(at, s)| ((at - stop_at).as_secs(), s)).collect();
+    assert_eq!(sent, [(0, TERM), (4, abrt), (6, KILL)]);
+
+    // A hanging ExecStop=: terminate sends KillSignal= and waits again; kill sends SIGKILL at once.
+    for (mode, expected) in [("terminate", vec![(3, TERM), (6, KILL)]), ("kill", vec![(3, KILL)])] {
+        let extra = format!("ExecStop=/bin/hang\nTimeoutStopSec=3s\nTimeoutStopFailureMode={mode}\n");
+        let mut h = Sim::new(vec![service("x", &extra)]);
+        h.start("x").unwrap();
+        let stop_at = h.now();
+        h.stop("x").unwrap();
+        h.wait_status("x", Status::Stopped);
+        let sent: Vec<(u64, Signal)> =
+            h.unit_signals("x").into_iter().map(|(at, s)| ((at - stop_at).as_secs(), s)).collect();
+        assert_eq!(sent, expected, "{mode}");
+    }
+}

@@ -25,7 +25,7 @@ use super::state::{
 use super::{CommandError, DrainHint, EventKind, OsError, Prepared, ReadyTarget, Role, UnitEvent, UnitSnapshot};
 use crate::failure::{classify, Evidence, Failure, FailureClass};
 use crate::init::ExitStatus;
-use crate::units::{ExecCommand, KillMode, NotifyAccess, OomPolicy, ServiceType, Unit, UnitKind};
+use crate::units::{ExecCommand, KillMode, NotifyAccess, OomPolicy, ServiceType, TimeoutMode, Unit, UnitKind};
 
 fn access_name(access: NotifyAccess) -> &'static str {
     match access {
@@ -563,6 +563,8 @@ struct Slot {
     post: Option<(usize, Option<i32>)>,
     /// The OOM kills of this run already acted on (OOMPolicy=).
     oom_seen: u64,
+    /// TimeoutStopFailureMode=abort: WatchdogSignal= was sent when the stop timed out; the next timeout kills.
+    abort_sent: bool,
 }
 
 struct ShutdownJob {
@@ -588,6 +590,15 @@ fn stop_signal(unit: &Unit, then: Then) -> Signal {
     match (then, unit.service.restart_kill_signal) {
         (Then::Up, Some(signal)) => Signal::try_from(signal).unwrap_or_else(|_| kill_signal(unit)),
         _ => kill_signal(unit),
+    }
+}
+
+/// What TimeoutStartFailureMode=/TimeoutStopFailureMode= send instead of the usual (None: terminate, the usual).
+fn timeout_signal(unit: &Unit, mode: TimeoutMode) -> Option<Signal> {
+    match mode {
+        TimeoutMode::Terminate => None,
+        TimeoutMode::Abort => Some(Signal::try_from(unit.service.watchdog_signal).unwrap_or(Signal::SIGABRT)),
+        TimeoutMode::Kill => Some(Signal::SIGKILL),
     }
 }
 
@@ -1071,6 +1082,7 @@ impl Units {
                 reloading: false,
                 post: None,
                 oom_seen: 0,
+                abort_sent: false,
             });
             self.index.insert(name, id);
             self.emit(id, EventKind::Config, Some("unit added".into()));
@@ -1795,6 +1807,7 @@ impl Units {
         self.out.push(Effect::EndRun { unit: id });
         let now = self.now.at;
         let s = &mut self.slots[id.0];
+        s.abort_sent = false;
         let ran_for = s.run_started.take().map(|t| now.saturating_duration_since(t)).unwrap_or_default();
         let service = Arc::clone(&s.unit);
         let service = &service.service;
@@ -2273,6 +2286,12 @@ impl Units {
                 *ready = Readiness::Stalled;
                 self.publish(id, Some("no answer on its port yet".into()));
             }
+            (TimerKind::StartTimeout, UnitState::Running { pid, ready: Readiness::Waiting })
+                if s.unit.service.timeout_start_failure_mode != TimeoutMode::Terminate =>
+            {
+                let pid = *pid;
+                self.timed_out_start(id, Some(pid));
+            }
             (TimerKind::StartTimeout, UnitState::Running { pid, ready: Readiness::Waiting }) => {
                 let pid = *pid;
                 self.enter(
@@ -2321,7 +2340,17 @@ impl Units {
                     UnitState::Starting(StartStep::Oneshot { pid, .. } | StartStep::Forking { pid }) => Some(*pid),
                     _ => None,
                 };
-                let signal = kill_signal(&s.unit);
+                let signal = match timeout_signal(&s.unit, s.unit.service.timeout_start_failure_mode) {
+                    Some(signal) => signal,
+                    None => kill_signal(&s.unit),
+                };
+                if s.unit.service.timeout_start_failure_mode != TimeoutMode::Terminate {
+                    if let Some(pid) = starter {
+                        self.out.push(Effect::Signal { target: Target::Group(pid), signal });
+                    }
+                    self.timed_out_start(id, None);
+                    return;
+                }
                 s.state = UnitState::Stopping(Stop {
                     stage: StopStage::Draining { sigkill_sent: false },
                     main: None,
@@ -2355,9 +2384,21 @@ impl Units {
             }
             (TimerKind::StopTimeout, UnitState::Stopping(stop)) => match stop.stage {
                 StopStage::SpawnCmd { .. } | StopStage::Command { .. } => {
-                    // ExecStop took all the time: go straight to SIGKILL, then give up later.
+                    // TimeoutStopFailureMode=: terminate sends KillSignal= and waits TimeoutStopSec again
+                    // (systemd), abort WatchdogSignal=, kill SIGKILL at once.
+                    let mode = s.unit.service.timeout_stop_failure_mode;
                     self.note(id, "ExecStop timed out");
-                    self.escalate(id);
+                    match mode {
+                        TimeoutMode::Terminate => self.send_kill_signal(id, false),
+                        TimeoutMode::Abort => self.abort_stop(id),
+                        TimeoutMode::Kill => self.escalate(id),
+                    }
+                }
+                StopStage::Draining { sigkill_sent: false }
+                    if s.unit.service.timeout_stop_failure_mode == TimeoutMode::Abort && !s.abort_sent =>
+                {
+                    self.note(id, "still running after TimeoutStopSec; TimeoutStopFailureMode=abort");
+                    self.abort_stop(id);
                 }
                 StopStage::Draining { sigkill_sent: false } => {
                     self.note(id, "still running after TimeoutStopSec; sending SIGKILL");
@@ -2373,6 +2414,63 @@ impl Units {
             },
             _ => {}
         }
+    }
+
+    /// A start that timed out, by TimeoutStartFailureMode=abort (WatchdogSignal=,
+    /// bounded by TimeoutAbortSec=) or kill (SIGKILL): straight to signals, as systemd.
+    fn timed_out_start(&mut self, id: UnitId, main: Option<i32>) {
+        let service = &self.slots[id.0].unit.service;
+        let mode = service.timeout_start_failure_mode;
+        let signal = timeout_signal(&self.slots[id.0].unit, mode).unwrap_or(Signal::SIGKILL);
+        let timeout = if mode == TimeoutMode::Kill {
+            Some(KILL_GRACE)
+        } else {
+            service.timeout_abort.unwrap_or(service.timeout_stop)
+        };
+        let killed = mode == TimeoutMode::Kill;
+        self.enter(
+            id,
+            UnitState::Stopping(Stop {
+                stage: StopStage::Draining { sigkill_sent: killed },
+                main,
+                ending: RunEnd::StartTimeout,
+                then: Then::Policy,
+                escalated: killed,
+                remained: false,
+                post: None,
+            }),
+        );
+        let how = if killed {
+            "killing it (TimeoutStartFailureMode=kill)"
+        } else {
+            "aborting it (TimeoutStartFailureMode=abort)"
+        };
+        self.note(id, &format!("not started within TimeoutStartSec; {how}"));
+        self.publish(id, Some(format!("not started within TimeoutStartSec; {how}")));
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal });
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
+        if let Some(timeout) = timeout {
+            self.arm(id, TimerKind::StopTimeout, timeout);
+        }
+        self.out.push(Effect::CheckDrained { unit: id });
+    }
+
+    /// TimeoutStopFailureMode=abort: WatchdogSignal= to the unit, then after
+    /// TimeoutAbortSec= (TimeoutStopSec= when unset) the final kill.
+    fn abort_stop(&mut self, id: UnitId) {
+        let s = &mut self.slots[id.0];
+        s.abort_sent = true;
+        let signal = timeout_signal(&s.unit, TimeoutMode::Abort).unwrap_or(Signal::SIGABRT);
+        let timeout = s.unit.service.timeout_abort.unwrap_or(s.unit.service.timeout_stop);
+        if let UnitState::Stopping(stop) = &mut s.state {
+            stop.stage = StopStage::Draining { sigkill_sent: false };
+        }
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal });
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
+        if let Some(timeout) = timeout {
+            self.arm(id, TimerKind::StopTimeout, timeout);
+        }
+        self.check_drained(id);
     }
 
     fn escalate(&mut self, id: UnitId) {

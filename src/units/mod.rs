@@ -347,6 +347,21 @@ pub struct ServiceConfig {
     pub oom_policy: OomPolicy,
     /// ExitType=cgroup: the run lasts until its last process is gone, not its main one.
     pub exit_type_cgroup: bool,
+    /// TimeoutStartFailureMode=, TimeoutStopFailureMode=: what a start or stop that timed out sends.
+    pub timeout_start_failure_mode: TimeoutMode,
+    pub timeout_stop_failure_mode: TimeoutMode,
+}
+
+/// TimeoutStartFailureMode=/TimeoutStopFailureMode= (systemd's default: terminate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeoutMode {
+    /// KillSignal= (a start), FinalKillSignal= once the kill signal was sent (a stop).
+    #[default]
+    Terminate,
+    /// WatchdogSignal= (SIGABRT, for a core dump), bounded by TimeoutAbortSec=, then FinalKillSignal=.
+    Abort,
+    /// SIGKILL at once.
+    Kill,
 }
 
 /// OOMPolicy=: systemd's default for services is `stop`.
@@ -424,6 +439,8 @@ impl Default for ServiceConfig {
             guess_main_pid: true,
             oom_policy: OomPolicy::Stop,
             exit_type_cgroup: false,
+            timeout_start_failure_mode: TimeoutMode::Terminate,
+            timeout_stop_failure_mode: TimeoutMode::Terminate,
         }
     }
 }

@@ -690,6 +690,21 @@ impl<'a> Resolver<'a> {
                     svc.remain_after_exit = b;
                 }
             }
+            "TimeoutStartFailureMode" | "TimeoutStopFailureMode" => {
+                let parse = |v: &str| match v {
+                    "terminate" | "" => Ok(super::TimeoutMode::Terminate),
+                    "abort" => Ok(super::TimeoutMode::Abort),
+                    "kill" => Ok(super::TimeoutMode::Kill),
+                    _ => Err("expected terminate, abort or kill".to_string()),
+                };
+                if let Some(mode) = self.value(entry, parse) {
+                    if entry.key == "TimeoutStartFailureMode" {
+                        svc.timeout_start_failure_mode = mode;
+                    } else {
+                        svc.timeout_stop_failure_mode = mode;
+                    }
+                }
+            }
             "GuessMainPID" => {
                 if let Some(b) = self.value(entry, parse_bool) {
                     svc.guess_main_pid = b;
