@@ -175,3 +175,23 @@ fn first_boot_needs_update_and_credential_conditions_decide_from_files() {
     let skipped = d.wait_status(skips, "stopped");
     assert!(skipped["detail"].as_str().is_some_and(|s| s.contains("ConditionFirstBoot=")), "{skipped}");
 }
+
+#[test]
+fn success_action_exit_status_is_the_daemons_exit_status() {
+    let batch = "[Unit]\nSuccessAction=exit\nSuccessActionExitStatus=7\n[Service]\nExecStart=/bin/sh -c 'sleep 0.5'\n";
+    let other = "[Service]\nExecStart=/bin/sleep 331\n";
+    let mut d = Daemon::start(&[("batch.service", batch), ("other.service", other)]);
+    let status = d.wait_exit(std::time::Duration::from_secs(60));
+    assert_eq!(status.code(), Some(7), "{}", d.daemon_log());
+    assert!(d.marked_processes().is_empty(), "every unit was stopped: {:?}", d.marked_processes());
+}
+
+#[test]
+fn start_limit_action_ends_the_container() {
+    let crashy = "[Unit]\nStartLimitBurst=2\nStartLimitIntervalSec=1min\nStartLimitAction=exit\n\
+                  [Service]\nExecStart=/bin/sh -c 'exit 1'\nRestart=on-failure\nRestartSec=100ms\n";
+    let mut d = Daemon::start(&[("crashy.service", crashy)]);
+    let status = d.wait_exit(std::time::Duration::from_secs(60));
+    assert!(status.code().is_some(), "the daemon ended by its own shutdown, not a signal");
+    assert!(d.daemon_log().contains("crashy hit its start limit: StartLimitAction=exit"), "{}", d.daemon_log());
+}

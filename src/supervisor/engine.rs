@@ -352,6 +352,10 @@ impl<C: ProcessControl> Engine<C> {
                 }
                 None
             }
+            Effect::EndContainer { why } => {
+                super::end_container(&why, None);
+                None
+            }
             Effect::ShutdownDone { clean } => {
                 if let Some(reply) = self.shutdown.take() {
                     let _ = reply.send(ShutdownReport { clean });

@@ -392,6 +392,10 @@ impl Sim {
                 self.shutdown = Some(clean);
                 None
             }
+            Effect::EndContainer { why } => {
+                self.record(Action::Note { unit: "(container)".into(), text: why });
+                None
+            }
         }
     }
 
@@ -1326,6 +1330,7 @@ fn said(h: &Sim, effect: &Effect) -> String {
         Effect::Warn { text, .. } => format!("warn {text}"),
         Effect::Reply { result, .. } => format!("reply {result:?}"),
         Effect::ShutdownDone { clean } => format!("shutdown-done clean={clean}"),
+        Effect::EndContainer { why } => format!("end-container {why}"),
     }
 }
 
@@ -2161,4 +2166,33 @@ fn timeout_failure_modes_choose_what_a_timed_out_start_or_stop_sends() {
             h.unit_signals("x").into_iter().map(|(at, s)| ((at - stop_at).as_secs(), s)).collect();
         assert_eq!(sent, expected, "{mode}");
     }
+}
+
+#[test]
+fn start_limit_action_ends_the_container_once_the_limit_is_hit() {
+    let mut h = Sim::new(vec![
+        unit(
+            "crashy.service",
+            "[Unit]\nStartLimitBurst=2\nStartLimitIntervalSec=1min\nStartLimitAction=exit\n\
+             [Service]\nExecStart=/bin/crashy\nRestart=on-failure\nRestartSec=100ms\n",
+        ),
+        service("calm", "StartLimitBurst=2\nRestart=on-failure\nRestartSec=100ms\n"),
+    ]);
+    for name in ["crashy", "calm"] {
+        h.start(name).unwrap();
+        for run in 1..=2 {
+            h.wait_spawns(name, run);
+            h.exit(h.main_pid(name), code(1));
+        }
+        h.wait_status(name, Status::Failed);
+    }
+    let ends: Vec<String> = h
+        .actions()
+        .into_iter()
+        .filter_map(|(_, a)| match a {
+            Action::Note { unit, text } if unit == "(container)" => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, ["crashy hit its start limit: StartLimitAction=exit"], "calm has no StartLimitAction=");
 }

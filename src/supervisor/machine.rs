@@ -269,6 +269,10 @@ pub enum Effect {
     ShutdownDone {
         clean: bool,
     },
+    /// StartLimitAction=: end the container (aikore's ordered shutdown).
+    EndContainer {
+        why: String,
+    },
 }
 
 /// How an inactive unit ended.
@@ -1223,6 +1227,10 @@ impl Units {
             self.enter(id, UnitState::Inactive(Outcome::Failed));
             self.note(id, &why);
             self.publish(id, Some(why));
+            if let Some(action) = &unit.relations.start_limit_action {
+                let why = format!("{} hit its start limit: StartLimitAction={action}", unit.name);
+                self.out.push(Effect::EndContainer { why });
+            }
             return;
         }
         s.state = UnitState::Starting(StartStep::Begin);

@@ -271,6 +271,33 @@ pub struct UnitSnapshot {
     pub unit: Arc<Unit>,
 }
 
+/// The exit status a unit's `SuccessActionExitStatus=`/`FailureActionExitStatus=`
+/// asked aikore to end with (-1: none). One daemon per process, as PID 1.
+static REQUESTED_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// What a unit's action asked the daemon's exit status to be, if anything.
+pub fn requested_exit_status() -> Option<i32> {
+    let code = REQUESTED_EXIT.load(std::sync::atomic::Ordering::SeqCst);
+    (code >= 0).then_some(code)
+}
+
+/// A unit's SuccessAction=/FailureAction=/StartLimitAction= ends the container:
+/// aikore's own SIGTERM path (every unit stopped in order), ending with
+/// `exit_status` when the unit gave one (`*ActionExitStatus=`).
+pub fn end_container(why: &str, exit_status: Option<u8>) {
+    if let Some(code) = exit_status {
+        // The first action's status wins, as systemd keeps the first exit request.
+        let _ = REQUESTED_EXIT.compare_exchange(
+            -1,
+            i32::from(code),
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+    tracing::warn!(reason = %why, "a unit's action ends the container: ordered shutdown");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
+}
+
 impl UnitSnapshot {
     /// Whether `name` addresses this unit: its own name or one of its aliases (Alias=).
     pub fn answers_to(&self, name: &str) -> bool {

@@ -563,6 +563,11 @@ pub struct Relations {
     pub stop_propagated_from: Vec<String>,
     /// StopWhenUnneeded=yes: stopped once no active unit Requires=/Requisite=/Wants=/BindsTo=/Upholds= it.
     pub stop_when_unneeded: bool,
+    /// SuccessActionExitStatus=/FailureActionExitStatus=: aikore's exit status when that action is `exit`/`exit-force`.
+    pub success_action_exit_status: Option<u8>,
+    pub failure_action_exit_status: Option<u8>,
+    /// StartLimitAction= other than `none`: hitting the start limit ends the container as SuccessAction= does.
+    pub start_limit_action: Option<String>,
 }
 
 impl Relations {

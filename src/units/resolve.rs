@@ -416,6 +416,24 @@ impl<'a> Resolver<'a> {
                     unit.relations.failure_action = a;
                 }
             }
+            "StartLimitAction" => {
+                if let Some(a) = self.value(entry, parse_action) {
+                    unit.relations.start_limit_action = a;
+                }
+            }
+            "SuccessActionExitStatus" | "FailureActionExitStatus" => {
+                let parse = |v: &str| match v {
+                    "" => Ok(None),
+                    v => v.parse::<u8>().map(Some).map_err(|_| "expected an exit status 0-255".to_string()),
+                };
+                if let Some(status) = self.value(entry, parse) {
+                    if entry.key == "SuccessActionExitStatus" {
+                        unit.relations.success_action_exit_status = status;
+                    } else {
+                        unit.relations.failure_action_exit_status = status;
+                    }
+                }
+            }
             "RefuseManualStart" | "RefuseManualStop" => {
                 if let Some(b) = self.value(entry, parse_bool) {
                     if entry.key == "RefuseManualStart" {
@@ -782,6 +800,12 @@ impl<'a> Resolver<'a> {
             "ReadyCheck" => {
                 if let Some(r) = self.value(entry, parse_ready_check) {
                     svc.ready_check = r;
+                }
+            }
+            // The [Service] spelling systemd still reads.
+            "StartLimitAction" => {
+                if let Some(a) = self.value(entry, parse_action) {
+                    unit.relations.start_limit_action = a;
                 }
             }
             "StartLimitIntervalSec" | "StartLimitInterval" | "StartLimitBurst" => self.start_limit(unit, entry),
