@@ -36,9 +36,6 @@ const KERNEL: Support = Meaningless(
 );
 const ACCOUNTING: Support = Meaningless("aikore accounts CPU, memory, tasks and I/O of every unit, always");
 const SLICE: Support = Meaningless("every unit gets its own cgroup under aikore's; there are no slices");
-const RELATIONS: Support = NotYet(
-    "parsed into the dependency graph (aikore list-dependencies shows it); acting on it needs the engine (issue 14)",
-);
 const CONDITIONS: Support = NotYet("this kind of condition is not evaluated yet (docs/exec.md lists those that are)");
 const ENGINE: Support = NotYet("the supervisor does not act on this one yet (docs/units.md)");
 const PROCESS: Support = NotYet("this process property is not applied yet (docs/exec.md lists those that are)");
@@ -439,7 +436,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Install, "DefaultInstance", Implemented),
     (Section::Install, "RequiredBy", Implemented),
     (Section::Install, "WantedBy", Implemented),
-    (Section::Install, "UpheldBy", RELATIONS),
+    (Section::Install, "UpheldBy", Implemented),
 ];
 
 const INSTANCE_KEYS: &[&str] = &[

@@ -105,7 +105,11 @@ pub fn load_dirs_with(dirs: &[PathBuf], requested: &BTreeSet<String>) -> LoadedU
     instantiate(&mut by_name, &templates, wanted, &mut diagnostics);
     for (from, key, to) in &links.edges {
         if let Some(unit) = by_name.get_mut(from) {
-            let list = if *key == "Requires" { &mut unit.requires } else { &mut unit.wants };
+            let list = match *key {
+                "Requires" => &mut unit.requires,
+                "Upholds" => &mut unit.relations.upholds,
+                _ => &mut unit.wants,
+            };
             if !list.contains(to) {
                 list.push(to.clone());
             }

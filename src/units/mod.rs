@@ -595,6 +595,8 @@ impl Relations {
 pub struct InstallConfig {
     pub wanted_by: Vec<String>,
     pub required_by: Vec<String>,
+    /// UpheldBy=: `aikore enable` links the unit into `<unit>.upholds/`.
+    pub upheld_by: Vec<String>,
     pub also: Vec<String>,
     pub default_instance: Option<String>,
     /// Alias=: further names of the unit (without `.service`), with the line each was written on.
@@ -604,7 +606,10 @@ pub struct InstallConfig {
 impl InstallConfig {
     /// Whether `aikore enable` has anything to link.
     pub fn is_installable(&self) -> bool {
-        !self.wanted_by.is_empty() || !self.required_by.is_empty() || !self.also.is_empty()
+        !self.wanted_by.is_empty()
+            || !self.required_by.is_empty()
+            || !self.upheld_by.is_empty()
+            || !self.also.is_empty()
     }
 }
 

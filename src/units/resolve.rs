@@ -268,7 +268,9 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
     }
     if kind == UnitKind::Service {
         // A unit that says when to start (WantedBy=...) starts at boot only once enabled (load.rs).
-        unit.starts_at_boot = unit.install.wanted_by.is_empty() && unit.install.required_by.is_empty();
+        unit.starts_at_boot = unit.install.wanted_by.is_empty()
+            && unit.install.required_by.is_empty()
+            && unit.install.upheld_by.is_empty();
     }
     if kind == UnitKind::Instance && !blueprint_seen {
         let line = section_line(&doc.sections, "Instance");
@@ -514,6 +516,7 @@ impl<'a> Resolver<'a> {
         let list = match entry.key.as_str() {
             "WantedBy" => &mut install.wanted_by,
             "RequiredBy" => &mut install.required_by,
+            "UpheldBy" => &mut install.upheld_by,
             "Also" => &mut install.also,
             "DefaultInstance" => {
                 install.default_instance = non_empty(&entry.value);
