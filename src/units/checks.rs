@@ -69,6 +69,10 @@ pub const UNIT_KEYS: &[&str] = &[
     "AssertMemoryPressure",
     "AssertCPUPressure",
     "AssertIOPressure",
+    "ConditionFirmware",
+    "ConditionPathIsEncrypted",
+    "AssertFirmware",
+    "AssertPathIsEncrypted",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +127,10 @@ pub enum Test {
     MemoryPressure,
     CPUPressure,
     IOPressure,
+    /// `uefi`, `device-tree`, `device-tree-compatible(X)`, `smbios-field(NAME OP VALUE)`.
+    Firmware,
+    /// The block device under the path is dm-crypt (itself or below it).
+    PathIsEncrypted,
 }
 
 impl Test {
@@ -159,6 +167,8 @@ impl Test {
             "MemoryPressure" => Test::MemoryPressure,
             "CPUPressure" => Test::CPUPressure,
             "IOPressure" => Test::IOPressure,
+            "Firmware" => Test::Firmware,
+            "PathIsEncrypted" => Test::PathIsEncrypted,
             _ => return None,
         })
     }

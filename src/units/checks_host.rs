@@ -29,6 +29,7 @@ pub const HOST_TESTS: &[Test] = &[
     Test::MemoryPressure,
     Test::CPUPressure,
     Test::IOPressure,
+    Test::Firmware,
 ];
 
 /// systemd's architecture names (`uname -m` spelled its way, as `%a` gives it).
@@ -236,6 +237,7 @@ pub fn validate(test: Test, arg: &str) -> Result<(), String> {
             Ok(())
         }
         Test::MemoryPressure | Test::CPUPressure | Test::IOPressure => pressure_arg(arg).map(|_| ()),
+        Test::Firmware => firmware_arg(arg).map(|_| ()),
         _ => Ok(()),
     }
 }
@@ -319,6 +321,8 @@ pub fn holds(test: Test, arg: &str) -> bool {
         Test::MemoryPressure => pressure_holds(arg, "memory"),
         Test::CPUPressure => pressure_holds(arg, "cpu"),
         Test::IOPressure => pressure_holds(arg, "io"),
+        Test::Firmware => firmware_arg(arg).is_ok_and(|f| firmware_holds(&f, Path::new("/"))),
+        Test::PathIsEncrypted => is_encrypted(Path::new(arg)),
         _ => false,
     }
 }
@@ -543,6 +547,82 @@ pub fn pressure_below(psi: &str, avg: &str, threshold: f64) -> bool {
     value.is_none_or(|v| v <= threshold)
 }
 
+/// ConditionFirmware='s forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Firmware {
+    Uefi,
+    DeviceTree,
+    DeviceTreeCompatible(String),
+    Smbios { field: String, op: Op, value: String },
+}
+
+fn firmware_arg(arg: &str) -> Result<Firmware, String> {
+    let inner = |prefix: &str| arg.strip_prefix(prefix).and_then(|r| r.strip_suffix(')')).map(str::trim);
+    match arg {
+        "uefi" => Ok(Firmware::Uefi),
+        "device-tree" => Ok(Firmware::DeviceTree),
+        _ => {
+            if let Some(c) = inner("device-tree-compatible(").filter(|c| !c.is_empty()) {
+                return Ok(Firmware::DeviceTreeCompatible(c.to_string()));
+            }
+            if let Some(expr) = inner("smbios-field(") {
+                let at = expr.find(['<', '>', '=', '!']).ok_or_else(|| format!("'{expr}' has no operator"))?;
+                let (field, rest) = expr.split_at(at);
+                let (op, value) = Op::split(rest).ok_or_else(|| format!("'{expr}' has no operator"))?;
+                let field = field.trim();
+                if field.is_empty() || field.contains('/') || field.contains("..") {
+                    return Err(format!("'{field}' is not an SMBIOS field name"));
+                }
+                return Ok(Firmware::Smbios { field: field.to_string(), op, value: value.to_string() });
+            }
+            Err(format!(
+                "'{arg}': expected uefi, device-tree, device-tree-compatible(VALUE) or smbios-field(FIELD OP VALUE)"
+            ))
+        }
+    }
+}
+
+/// systemd's tests, under `root` (`/` but in tests): /sys/firmware/efi, the
+/// device tree and its `compatible` list, the DMI fields of /sys/class/dmi/id.
+fn firmware_holds(firmware: &Firmware, root: &Path) -> bool {
+    match firmware {
+        Firmware::Uefi => root.join("sys/firmware/efi").is_dir(),
+        Firmware::DeviceTree => root.join("sys/firmware/devicetree").is_dir() || root.join("proc/device-tree").is_dir(),
+        Firmware::DeviceTreeCompatible(want) => std::fs::read(root.join("proc/device-tree/compatible"))
+            .is_ok_and(|list| list.split(|b| *b == 0).any(|c| c == want.as_bytes())),
+        Firmware::Smbios { field, op, value } => {
+            let Ok(have) = std::fs::read_to_string(root.join("sys/class/dmi/id").join(field)) else { return false };
+            let have = have.trim();
+            match op {
+                Op::Eq => have == value,
+                Op::Ne => have != value,
+                op => op.test(version_cmp(have, value)),
+            }
+        }
+    }
+}
+
+/// Whether the block device `path` lives on is dm-crypt, or stacked on one
+/// (systemd follows the device's `slaves/` down the same way).
+fn is_encrypted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else { return false };
+    let dev = meta.dev();
+    let sys = std::path::PathBuf::from(format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev)));
+    crypt_below(&sys, 0)
+}
+
+fn crypt_below(dev: &Path, depth: usize) -> bool {
+    // Devices stack a few levels at most (LVM on LUKS on RAID); the cap stops a sysfs loop.
+    if depth > 8 {
+        return false;
+    }
+    if std::fs::read_to_string(dev.join("dm/uuid")).is_ok_and(|u| u.starts_with("CRYPT-")) {
+        return true;
+    }
+    std::fs::read_dir(dev.join("slaves")).is_ok_and(|d| d.flatten().any(|s| crypt_below(&s.path(), depth + 1)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,5 +693,24 @@ mod tests {
         assert!(validate(Test::Architecture, "x86_64").is_err());
         assert!(holds(Test::User, &nix::unistd::geteuid().to_string()));
         assert!(holds(Test::Group, &nix::unistd::getegid().to_string()));
+    }
+
+    #[test]
+    fn firmware_forms() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        assert!(!firmware_holds(&Firmware::Uefi, r));
+        std::fs::create_dir_all(r.join("sys/firmware/efi")).unwrap();
+        assert!(firmware_holds(&Firmware::Uefi, r));
+        std::fs::create_dir_all(r.join("proc/device-tree")).unwrap();
+        std::fs::write(r.join("proc/device-tree/compatible"), b"raspberrypi,4-model-b\0brcm,bcm2711\0").unwrap();
+        assert!(firmware_holds(&firmware_arg("device-tree-compatible(brcm,bcm2711)").unwrap(), r));
+        assert!(!firmware_holds(&firmware_arg("device-tree-compatible(brcm)").unwrap(), r));
+        std::fs::create_dir_all(r.join("sys/class/dmi/id")).unwrap();
+        std::fs::write(r.join("sys/class/dmi/id/bios_version"), "1.12.0\n").unwrap();
+        assert!(firmware_holds(&firmware_arg("smbios-field(bios_version >= 1.9)").unwrap(), r));
+        assert!(!firmware_holds(&firmware_arg("smbios-field(bios_version = 1.9)").unwrap(), r));
+        assert!(firmware_arg("bios").is_err() && firmware_arg("smbios-field(../x = 1)").is_err());
+        assert!(!is_encrypted(Path::new("/proc")), "procfs is no block device");
     }
 }

@@ -36,7 +36,6 @@ const KERNEL: Support = Meaningless(
 );
 const ACCOUNTING: Support = Meaningless("aikore accounts CPU, memory, tasks and I/O of every unit, always");
 const SLICE: Support = Meaningless("every unit gets its own cgroup under aikore's; there are no slices");
-const CONDITIONS: Support = NotYet("this kind of condition is not evaluated yet (docs/exec.md lists those that are)");
 const ENGINE: Support = NotYet("the supervisor does not act on this one yet (docs/units.md)");
 const PROCESS: Support = NotYet("this process property is not applied yet (docs/exec.md lists those that are)");
 const SANDBOX: Support = NotYet("this sandbox option is not applied yet (docs/exec.md lists those that are)");
@@ -64,6 +63,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Unit, "AssertEnvironment", Implemented),
     (Section::Unit, "AssertFileIsExecutable", Implemented),
     (Section::Unit, "AssertFileNotEmpty", Implemented),
+    (Section::Unit, "AssertFirmware", Implemented),
     (Section::Unit, "AssertFirstBoot", Implemented),
     (Section::Unit, "AssertGroup", Implemented),
     (Section::Unit, "AssertHost", Implemented),
@@ -77,7 +77,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Unit, "AssertPathExists", Implemented),
     (Section::Unit, "AssertPathExistsGlob", Implemented),
     (Section::Unit, "AssertPathIsDirectory", Implemented),
-    (Section::Unit, "AssertPathIsEncrypted", CONDITIONS),
+    (Section::Unit, "AssertPathIsEncrypted", Implemented),
     (Section::Unit, "AssertPathIsMountPoint", Implemented),
     (Section::Unit, "AssertPathIsReadWrite", Implemented),
     (Section::Unit, "AssertPathIsSymbolicLink", Implemented),
@@ -100,7 +100,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Unit, "ConditionEnvironment", Implemented),
     (Section::Unit, "ConditionFileIsExecutable", Implemented),
     (Section::Unit, "ConditionFileNotEmpty", Implemented),
-    (Section::Unit, "ConditionFirmware", CONDITIONS),
+    (Section::Unit, "ConditionFirmware", Implemented),
     (Section::Unit, "ConditionFirstBoot", Implemented),
     (Section::Unit, "ConditionGroup", Implemented),
     (Section::Unit, "ConditionHost", Implemented),
@@ -114,7 +114,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Unit, "ConditionPathExists", Implemented),
     (Section::Unit, "ConditionPathExistsGlob", Implemented),
     (Section::Unit, "ConditionPathIsDirectory", Implemented),
-    (Section::Unit, "ConditionPathIsEncrypted", CONDITIONS),
+    (Section::Unit, "ConditionPathIsEncrypted", Implemented),
     (Section::Unit, "ConditionPathIsMountPoint", Implemented),
     (Section::Unit, "ConditionPathIsReadWrite", Implemented),
     (Section::Unit, "ConditionPathIsSymbolicLink", Implemented),
@@ -710,7 +710,6 @@ mod tests {
         assert_eq!(classify_key(Section::Service, "TimeoutSec"), KeyClass::Implemented);
         assert_eq!(classify_key(Section::Unit, "ConditionPathIsDirectory"), KeyClass::Implemented);
         assert_eq!(classify_key(Section::Unit, "ConditionPathExistsGlob"), KeyClass::Implemented);
-        assert!(matches!(classify_key(Section::Unit, "ConditionFirmware"), KeyClass::Ignored(Some(_))));
         assert_eq!(classify_key(Section::Service, "X-Custom"), KeyClass::Ignored(None));
     }
 
