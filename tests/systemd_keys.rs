@@ -195,3 +195,23 @@ fn start_limit_action_ends_the_container() {
     assert!(status.code().is_some(), "the daemon ended by its own shutdown, not a signal");
     assert!(d.daemon_log().contains("crashy hit its start limit: StartLimitAction=exit"), "{}", d.daemon_log());
 }
+
+#[test]
+fn restart_mode_normal_lets_on_failure_see_each_crash() {
+    // RestartMode=normal: every crash passes through error, so OnFailure= runs though the unit restarts.
+    let crashy = "[Unit]\nOnFailure=alert.service\n[Service]\nExecStart=/bin/sh -c 'sleep 0.3; exit 3'\n\
+                  Restart=on-failure\nRestartSec=5s\nRestartMode=normal\n";
+    // The default (direct, as systemd 252): a restart is no failure for OnFailure=.
+    let direct = "[Unit]\nOnFailure=alert2.service\n[Service]\nExecStart=/bin/sh -c 'sleep 0.3; exit 3'\n\
+                  Restart=on-failure\nRestartSec=5s\n";
+    let alert = "[Service]\nExecStart=/bin/sleep 332\n[Install]\nWantedBy=multi-user.target\n";
+    let d = Daemon::start(&[
+        ("crashy.service", crashy),
+        ("direct.service", direct),
+        ("alert.service", alert),
+        ("alert2.service", alert),
+    ]);
+    d.wait_status("alert", "started");
+    d.wait_until("direct restarting", |d| d.unit("direct")["restarts"].as_u64() >= Some(1));
+    assert_eq!(d.unit("alert2")["status"], "stopped", "no OnFailure= for a restart in direct mode");
+}

@@ -2196,3 +2196,22 @@ fn start_limit_action_ends_the_container_once_the_limit_is_hit() {
         .collect();
     assert_eq!(ends, ["crashy hit its start limit: StartLimitAction=exit"], "calm has no StartLimitAction=");
 }
+
+#[test]
+fn restart_mode_normal_passes_through_error_before_restarting() {
+    for (extra, expected) in [
+        ("RestartMode=normal\n", vec![Status::Error, Status::Restarting, Status::Starting, Status::Started]),
+        ("", vec![Status::Restarting, Status::Starting, Status::Started]),
+    ] {
+        let mut h = Sim::new(vec![service("a", &format!("Restart=on-failure\nRestartSec=1s\n{extra}"))]);
+        h.start("a").unwrap();
+        h.events();
+        h.exit(h.main_pid("a"), code(3));
+        h.wait_spawns("a", 2);
+        let statuses: Vec<Status> =
+            h.events().into_iter().filter(|e| e.event == EventKind::State).map(|e| e.status).collect();
+        let mut seen = statuses.clone();
+        seen.dedup();
+        assert_eq!(seen, expected, "{extra:?}: {statuses:?}");
+    }
+}

@@ -1851,6 +1851,14 @@ impl Units {
                 self.publish(id, Some(detail));
             }
             Then::Policy if !shutting_down && should_restart(service, &ending) => {
+                if service.restart_mode_normal {
+                    // RestartMode=normal: through failed (error) or stopped first, as systemd 254 shows it, so
+                    // OnFailure=/OnSuccess= run and what is bound to the unit stops; then the restart.
+                    let s = &mut self.slots[id.0];
+                    s.announced = if clean { Status::Stopped } else { Status::Error };
+                    s.detail = Some(told(ending.describe()));
+                    self.emit(id, EventKind::State, Some(told(ending.describe())));
+                }
                 let s = &mut self.slots[id.0];
                 let delay = restart_delay(service, s.consecutive_failures);
                 s.consecutive_failures = s.consecutive_failures.saturating_add(1);

@@ -420,7 +420,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "StartLimitIntervalSec", Implemented),
     (Section::Service, "RestartSteps", Implemented),
     (Section::Service, "RestartMaxDelaySec", Implemented),
-    (Section::Service, "RestartMode", ENGINE),
+    (Section::Service, "RestartMode", Implemented),
     (Section::Service, "FileDescriptorStorePreserve", SOCKETS),
     (Section::Service, "OpenFile", SOCKETS),
     (Section::Service, "ReloadSignal", Implemented),

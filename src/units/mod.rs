@@ -350,6 +350,10 @@ pub struct ServiceConfig {
     /// TimeoutStartFailureMode=, TimeoutStopFailureMode=: what a start or stop that timed out sends.
     pub timeout_start_failure_mode: TimeoutMode,
     pub timeout_stop_failure_mode: TimeoutMode,
+    /// RestartMode=normal (systemd 254): an automatic restart passes through
+    /// failed (or stopped), so OnFailure=/OnSuccess= and BindsTo= see it;
+    /// `direct`, aikore's default as systemd 252 behaves, goes straight to restarting.
+    pub restart_mode_normal: bool,
 }
 
 /// TimeoutStartFailureMode=/TimeoutStopFailureMode= (systemd's default: terminate).
@@ -441,6 +445,7 @@ impl Default for ServiceConfig {
             exit_type_cgroup: false,
             timeout_start_failure_mode: TimeoutMode::Terminate,
             timeout_stop_failure_mode: TimeoutMode::Terminate,
+            restart_mode_normal: false,
         }
     }
 }

@@ -726,6 +726,16 @@ impl<'a> Resolver<'a> {
                     }
                 }
             }
+            "RestartMode" => {
+                let parse = |v: &str| match v {
+                    "normal" => Ok(true),
+                    "direct" | "" => Ok(false),
+                    _ => Err("expected normal or direct".to_string()),
+                };
+                if let Some(normal) = self.value(entry, parse) {
+                    svc.restart_mode_normal = normal;
+                }
+            }
             "GuessMainPID" => {
                 if let Some(b) = self.value(entry, parse_bool) {
                     svc.guess_main_pid = b;
