@@ -88,6 +88,8 @@ struct Kernel {
     /// or a refusal. A forked daemon is a process of its unit the machine did not spawn.
     pid_files: HashMap<String, (usize, Result<i32, PidFileError>)>,
     pid_file_reads: usize,
+    /// RuntimeRandomizedExtraSec=: the share each unit's begin-run draws.
+    runtime_extra: HashMap<String, Duration>,
 }
 
 /// How the fake kernel tells the machine about processes it did not spawn.
@@ -292,6 +294,7 @@ impl Sim {
                     env: vec![("RUN_ENV".into(), u.name.clone())],
                     default_exec_start,
                     port: Some(FAKE_PORT),
+                    runtime_extra: self.kernel.runtime_extra.get(&u.name).copied().unwrap_or_default(),
                     ..Prepared::default()
                 };
                 Some(Input::RunBegun { unit, result: Ok(prepared) })
@@ -2214,4 +2217,16 @@ fn restart_mode_normal_passes_through_error_before_restarting() {
         seen.dedup();
         assert_eq!(seen, expected, "{extra:?}: {statuses:?}");
     }
+}
+
+#[test]
+fn runtime_randomized_extra_sec_lengthens_runtime_max_by_the_runs_draw() {
+    let mut h = Sim::new(vec![service("job", "RuntimeMaxSec=10s\nRuntimeRandomizedExtraSec=5s\nRestart=no\n")]);
+    h.kernel.runtime_extra.insert("job".into(), Duration::from_millis(3250));
+    h.obey("job");
+    h.start("job").unwrap();
+    let started = h.now();
+    h.wait_status("job", Status::Error);
+    let stopped = h.unit_signals("job").first().map(|(at, _)| *at - started);
+    assert_eq!(stopped, Some(Duration::from_millis(13_250)));
 }

@@ -329,6 +329,17 @@ fn resolve_user(unit: &Unit) -> Result<Identity, String> {
     Ok(Identity { uid, gid, groups, env })
 }
 
+/// A uniformly drawn duration in `[0, max]`; the hasher's per-instance keys
+/// come from the OS's randomness, which is all a jitter needs.
+fn random_share(max: std::time::Duration) -> std::time::Duration {
+    use std::hash::BuildHasher;
+    if max.is_zero() {
+        return max;
+    }
+    let draw = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    max.mul_f64(draw as f64 / u64::MAX as f64)
+}
+
 impl ProcessControl for HostProcesses {
     fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, OsError> {
         let retention = crate::logs::RetentionOverride {
@@ -358,7 +369,8 @@ impl ProcessControl for HostProcesses {
         if unit.instance.is_some() {
             let hooks =
                 self.config.hooks.as_ref().ok_or_else(|| OsError::Refused("instances are not configured".into()))?;
-            let prepared = hooks.prepare(unit).map_err(OsError::Refused)?;
+            let mut prepared = hooks.prepare(unit).map_err(OsError::Refused)?;
+            prepared.runtime_extra = random_share(unit.service.runtime_randomized_extra);
             if prepared.vnc_port.is_some() {
                 self.displays.insert(unit.name.clone());
             }
@@ -384,7 +396,8 @@ impl ProcessControl for HostProcesses {
         if let Some(watchdog) = unit.service.watchdog {
             env.push(("WATCHDOG_USEC".to_string(), watchdog.as_micros().to_string()));
         }
-        Ok(Prepared { ready, env, ..Prepared::default() })
+        let runtime_extra = random_share(unit.service.runtime_randomized_extra);
+        Ok(Prepared { ready, env, runtime_extra, ..Prepared::default() })
     }
 
     fn spawn(
@@ -720,4 +733,19 @@ fn unset_matches(unset: &[String], name: &str, value: &str) -> bool {
         Some((n, v)) => n == name && v == value,
         None => u == name,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::random_share;
+    use std::time::Duration;
+
+    #[test]
+    fn a_random_share_stays_within_its_bound_and_varies() {
+        assert_eq!(random_share(Duration::ZERO), Duration::ZERO);
+        let max = Duration::from_secs(30);
+        let draws: Vec<Duration> = (0..32).map(|_| random_share(max)).collect();
+        assert!(draws.iter().all(|d| *d <= max), "{draws:?}");
+        assert!(draws.iter().any(|d| *d != draws[0]), "32 draws all equal: {draws:?}");
+    }
 }

@@ -2092,8 +2092,11 @@ impl Units {
     }
 
     fn arm_runtime_max(&mut self, id: UnitId) {
-        if let Some(max) = self.slots[id.0].unit.service.runtime_max {
-            self.arm(id, TimerKind::RuntimeMax, max);
+        let s = &self.slots[id.0];
+        if let Some(max) = s.unit.service.runtime_max {
+            // RuntimeRandomizedExtraSec=: the run's share was drawn at begin-run.
+            let extra = s.prepared.runtime_extra;
+            self.arm(id, TimerKind::RuntimeMax, max + extra);
         }
     }
 

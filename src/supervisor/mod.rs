@@ -73,6 +73,9 @@ pub struct Prepared {
     pub vnc_port: Option<u16>,
     /// Extra tells for the failure classifier (a blueprint's `# aikore.failure = class: regex`).
     pub failure_patterns: Vec<crate::failure::Pattern>,
+    /// RuntimeRandomizedExtraSec=: this run's random share of it, added to
+    /// RuntimeMaxSec= (drawn here: the machine has no randomness of its own).
+    pub runtime_extra: std::time::Duration,
 }
 
 /// What a higher layer adds to the runs of its units (today `instances`:

@@ -34,6 +34,9 @@ const CONSOLE: Support = Meaningless("a container has no consoles or virtual ter
 const KERNEL: Support = Meaningless(
     "an unprivileged container already cannot change the kernel's tunables, modules, log, clock or hostname",
 );
+const REBOOT: Support = Meaningless(
+    "a reboot action ends the container under aikore (its runtime restarts it): there is no reboot(2) to pass an argument to",
+);
 const ACCOUNTING: Support = Meaningless("aikore accounts CPU, memory, tasks and I/O of every unit, always");
 const SLICE: Support = Meaningless("every unit gets its own cgroup under aikore's; there are no slices");
 const ENGINE: Support = NotYet("the supervisor does not act on this one yet (docs/units.md)");
@@ -321,7 +324,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "ReadOnlyPaths", Implemented),
     (Section::Service, "ReadWriteDirectories", Implemented),
     (Section::Service, "ReadWritePaths", Implemented),
-    (Section::Service, "RebootArgument", NOT_YET),
+    (Section::Service, "RebootArgument", REBOOT),
     (Section::Service, "RemainAfterExit", Implemented),
     (Section::Service, "RemoveIPC", SANDBOX),
     (Section::Service, "Restart", Implemented),
@@ -346,7 +349,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "RuntimeDirectoryMode", Implemented),
     (Section::Service, "RuntimeDirectoryPreserve", Implemented),
     (Section::Service, "RuntimeMaxSec", Implemented),
-    (Section::Service, "RuntimeRandomizedExtraSec", ENGINE),
+    (Section::Service, "RuntimeRandomizedExtraSec", Implemented),
     (Section::Service, "SELinuxContext", LSM),
     (Section::Service, "SecureBits", PROCESS),
     (Section::Service, "SendSIGHUP", Implemented),

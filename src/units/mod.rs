@@ -354,6 +354,8 @@ pub struct ServiceConfig {
     /// failed (or stopped), so OnFailure=/OnSuccess= and BindsTo= see it;
     /// `direct`, aikore's default as systemd 252 behaves, goes straight to restarting.
     pub restart_mode_normal: bool,
+    /// RuntimeRandomizedExtraSec=: RuntimeMaxSec= is longer by a random share of this, drawn per run.
+    pub runtime_randomized_extra: Duration,
 }
 
 /// TimeoutStartFailureMode=/TimeoutStopFailureMode= (systemd's default: terminate).
@@ -446,6 +448,7 @@ impl Default for ServiceConfig {
             timeout_start_failure_mode: TimeoutMode::Terminate,
             timeout_stop_failure_mode: TimeoutMode::Terminate,
             restart_mode_normal: false,
+            runtime_randomized_extra: Duration::ZERO,
         }
     }
 }

@@ -638,6 +638,11 @@ impl<'a> Resolver<'a> {
                     svc.permissions_start_only = b;
                 }
             }
+            "RuntimeRandomizedExtraSec" => {
+                if let Some(t) = self.value(entry, parse_timeout) {
+                    svc.runtime_randomized_extra = t.unwrap_or_default();
+                }
+            }
             "RuntimeMaxSec" => {
                 if let Some(t) = self.value(entry, parse_timeout) {
                     svc.runtime_max = t;
