@@ -18,8 +18,9 @@
 //!   `stopped` after a run / `failed` or `error` ends the container: aikore
 //!   sends itself SIGTERM, its ordered shutdown.
 //!
-//! `Requisite=` needs the engine (a start must fail before it begins) and is
-//! parsed only.
+//! `Requisite=`, `StopWhenUnneeded=`, `PropagatesReloadTo=`/`PropagatesStopTo=`
+//! and `StartLimitAction=` are the machine's (`machine.rs`): they act inside a
+//! start, a stop or a reload job, not after the events.
 
 use std::collections::HashMap;
 use std::sync::Arc;
