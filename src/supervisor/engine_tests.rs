@@ -1972,7 +1972,7 @@ fn transitions_of_a_forking_service_without_a_main_pid() {
     // The starter is gone, as the reaper saw it (fed to the machine by hand below).
     h.kernel.live.get_mut("fork").expect("spawned").remove(&starter);
     let (state, effects) = step_unit(&mut h, "fork", Input::Exit { pid: starter, status: code(0) });
-    assert_eq!(state, UnitState::Cgroup { exited: None });
+    assert_eq!(state, UnitState::Cgroup { exited: None, ready: true });
     assert_eq!(
         effects,
         [
@@ -1983,7 +1983,7 @@ fn transitions_of_a_forking_service_without_a_main_pid() {
     );
     assert_eq!(h.kernel.pid_file_reads, 0, "nothing to guess");
     let (state, effects) = step_unit(&mut h, "fork", Input::Members { unit: fork, live: 1 });
-    assert_eq!((state, effects), (UnitState::Cgroup { exited: None }, vec![]), "waits for the next hint");
+    assert_eq!((state, effects), (UnitState::Cgroup { exited: None, ready: true }, vec![]), "waits for the next hint");
     h.settle();
     assert_eq!(h.snapshot("fork").pid, None);
     // The daemon's last process ends: the run ends clean, as systemd's "service is gone".
@@ -2229,4 +2229,17 @@ fn runtime_randomized_extra_sec_lengthens_runtime_max_by_the_runs_draw() {
     h.wait_status("job", Status::Error);
     let stopped = h.unit_signals("job").first().map(|(at, _)| *at - started);
     assert_eq!(stopped, Some(Duration::from_millis(13_250)));
+}
+
+#[test]
+fn a_forking_service_without_a_main_pid_runs_its_exec_start_post_first() {
+    let mut h = Sim::new(vec![service("fork", "Type=forking\nGuessMainPID=no\nExecStartPost=/bin/post\n")]);
+    h.start("fork").unwrap();
+    h.add_leftover("fork", 777);
+    h.exit(h.main_pid("fork"), code(0));
+    let post = h.spawns("fork").into_iter().find(|s| s.role == Role::Post).expect("ExecStartPost= ran");
+    assert_eq!(h.snapshot("fork").status, Status::Starting, "not started before its ExecStartPost= ends");
+    h.exit(post.pid, code(0));
+    assert_eq!(h.snapshot("fork").status, Status::Started);
+    assert_eq!(h.units.state(h.id("fork")), &UnitState::Cgroup { exited: None, ready: true });
 }

@@ -413,9 +413,11 @@ pub enum UnitState {
     /// Active without a main process, until every process of the unit is
     /// gone: a `Type=forking` service whose main pid cannot be told
     /// (GuessMainPID=), or one with `ExitType=cgroup` whose main process
-    /// exited cleanly (`exited`: how, for the run's end).
+    /// exited cleanly (`exited`: how, for the run's end). `ready` once its
+    /// ExecStartPost= commands are done (a forking service's).
     Cgroup {
         exited: Option<ExitStatus>,
+        ready: bool,
     },
     /// Waiting out the restart delay.
     Backoff,
@@ -449,9 +451,10 @@ impl UnitState {
             UnitState::WaitDeps { .. } | UnitState::Starting(_) => Status::Starting,
             UnitState::Running { ready: Readiness::Waiting, .. } => Status::Starting,
             UnitState::Running { ready: Readiness::Stalled, .. } => Status::Stalled,
-            UnitState::Running { ready: Readiness::Ready, .. } | UnitState::Remaining | UnitState::Cgroup { .. } => {
-                Status::Started
-            }
+            UnitState::Running { ready: Readiness::Ready, .. }
+            | UnitState::Remaining
+            | UnitState::Cgroup { ready: true, .. } => Status::Started,
+            UnitState::Cgroup { ready: false, .. } => Status::Starting,
             UnitState::Backoff => Status::Restarting,
             UnitState::Stopping(_) | UnitState::Finishing(_) => Status::Stopping,
         }
@@ -495,6 +498,7 @@ impl UnitState {
         match self {
             UnitState::WaitDeps { .. } | UnitState::Starting(_) | UnitState::Backoff => true,
             UnitState::Running { ready, .. } => *ready == Readiness::Waiting,
+            UnitState::Cgroup { ready, .. } => !*ready,
             UnitState::Stopping(stop) => stop.then == Then::Policy,
             UnitState::Finishing(Finish { end: FinishEnd::Run { then, .. }, .. }) => *then == Then::Policy,
             UnitState::Finishing(Finish { end: FinishEnd::BeginFailed { .. }, .. }) => true,
@@ -1370,17 +1374,21 @@ impl Units {
                     }
                 }
             }
-            (Role::Post, UnitState::Running { .. }, result) if self.slots[id.0].post.is_some() => match result {
-                Ok(pid) => {
-                    if let Some((_, p)) = self.slots[id.0].post.as_mut() {
-                        *p = Some(pid);
+            (Role::Post, UnitState::Running { .. } | UnitState::Cgroup { .. }, result)
+                if self.slots[id.0].post.is_some() =>
+            {
+                match result {
+                    Ok(pid) => {
+                        if let Some((_, p)) = self.slots[id.0].post.as_mut() {
+                            *p = Some(pid);
+                        }
+                    }
+                    Err(why) => {
+                        self.emit(id, EventKind::Error, Some(format!("ExecStartPost could not start: {why}")));
+                        self.post_exited(id, ExitStatus::Exited { code: 203 });
                     }
                 }
-                Err(why) => {
-                    self.emit(id, EventKind::Error, Some(format!("ExecStartPost could not start: {why}")));
-                    self.post_exited(id, ExitStatus::Exited { code: 203 });
-                }
-            },
+            }
             (Role::StopPost, UnitState::Stopping(_), Err(why)) => {
                 self.emit(id, EventKind::Error, Some(format!("ExecStopPost could not start: {why}")));
                 self.run_stop_post(id);
@@ -1535,7 +1543,7 @@ impl Units {
     }
 
     fn on_members(&mut self, id: UnitId, live: usize) {
-        if let UnitState::Cgroup { exited } = self.slots[id.0].state {
+        if let UnitState::Cgroup { exited, .. } = self.slots[id.0].state {
             if live == 0 {
                 // The last process of a run without a main one is gone: it ends as its main would have.
                 self.run_ended(id, RunEnd::Exited(exited.unwrap_or(ExitStatus::Exited { code: 0 })));
@@ -1632,11 +1640,17 @@ impl Units {
     /// (the unit still starting), then it is ready.
     fn run_post(&mut self, id: UnitId, index: usize) {
         let s = &mut self.slots[id.0];
-        let UnitState::Running { ready, .. } = &mut s.state else { return };
+        if !matches!(s.state, UnitState::Running { .. } | UnitState::Cgroup { .. }) {
+            return;
+        }
         let posts = &s.unit.service.exec_start_post;
         let Some(command) = posts.get(index).cloned() else {
             s.post = None;
-            *ready = Readiness::Ready;
+            match &mut s.state {
+                UnitState::Running { ready, .. } => *ready = Readiness::Ready,
+                UnitState::Cgroup { ready, .. } => *ready = true,
+                _ => {}
+            }
             self.publish(id, None);
             return;
         };
@@ -1656,16 +1670,21 @@ impl Units {
             return;
         }
         // A failed ExecStartPost= fails the start: the main process is stopped, and Restart= decides.
-        let UnitState::Running { pid, .. } = self.slots[id.0].state else { return };
+        let main = match self.slots[id.0].state {
+            UnitState::Running { pid, .. } => Some(pid),
+            UnitState::Cgroup { .. } => None,
+            _ => return,
+        };
         self.enter(
             id,
             UnitState::Stopping(Stop {
                 stage: StopStage::WaitOrder,
-                main: Some(pid),
+                main,
                 ending: RunEnd::PostFailed(status),
                 then: Then::Policy,
                 escalated: false,
-                remained: false,
+                // Without a main process ExecStop= still runs, then the whole unit is signalled.
+                remained: main.is_none(),
                 post: None,
             }),
         );
@@ -1960,7 +1979,9 @@ impl Units {
             }
             (Role::Reload, _) => self.reload_exited(id, pid, status),
             // A pre-start or stop command that outlived its step (a stop interrupted it): one less to wait for.
-            (Role::Post, UnitState::Running { .. }) if self.slots[id.0].post.is_some_and(|(_, p)| p == Some(pid)) => {
+            (Role::Post, UnitState::Running { .. } | UnitState::Cgroup { .. })
+                if self.slots[id.0].post.is_some_and(|(_, p)| p == Some(pid)) =>
+            {
                 self.post_exited(id, status)
             }
             (Role::StopPost, UnitState::Stopping(stop)) if stop.post.is_some() => {
@@ -2141,12 +2162,17 @@ impl Units {
     /// run ends once no process of the unit is left, which is asked now and
     /// at every drain hint.
     fn without_main(&mut self, id: UnitId, exited: Option<ExitStatus>, why: Option<String>) {
-        self.enter(id, UnitState::Cgroup { exited });
+        // A forking service's ExecStartPost= runs once it counts as started, main pid or not.
+        let posts = exited.is_none() && !self.slots[id.0].unit.service.exec_start_post.is_empty();
+        self.enter(id, UnitState::Cgroup { exited, ready: !posts });
         if let Some(why) = &why {
             self.note(id, &format!("{why}; active while any of its processes is left"));
         }
         self.publish(id, why.map(|w| format!("{w}: active while its processes last")));
         self.out.push(Effect::CheckDrained { unit: id });
+        if posts {
+            self.run_post(id, 0);
+        }
     }
 
     /// OOMPolicy=: what the kernel's OOM killer killing a process of the
@@ -2202,7 +2228,7 @@ impl Units {
                     s.state,
                     UnitState::Running { ready: Readiness::Ready, .. }
                         | UnitState::Remaining
-                        | UnitState::Cgroup { .. }
+                        | UnitState::Cgroup { ready: true, .. }
                 );
                 let by_target = unit.starts_at_boot
                     && unit.install.wanted_by.iter().chain(&unit.install.required_by).any(|t| t.ends_with(".target"));
