@@ -69,11 +69,22 @@ fn a_forking_daemon_without_a_pid_file_gets_its_main_pid_guessed_or_none() {
     let two = "[Service]\nType=forking\nExecStart=/bin/sh -c 'sleep 323 & sleep 324 & exit 0'\n";
     // GuessMainPID=no: no main pid even with one process.
     let unguessed = "[Service]\nType=forking\nGuessMainPID=no\nExecStart=/bin/sh -c 'sleep 325 & exit 0'\n";
-    let d = Daemon::start(&[("one.service", one), ("two.service", two), ("unguessed.service", unguessed)]);
+    // A daemon with a worker of its own: the worker's parent is the daemon, not aikore, so the daemon is guessed.
+    let workers = "[Service]\nType=forking\nExecStart=/bin/sh -c 'sh -c \"sleep 333 & exec sleep 334\" & exit 0'\n";
+    let d = Daemon::start(&[
+        ("one.service", one),
+        ("two.service", two),
+        ("unguessed.service", unguessed),
+        ("workers.service", workers),
+    ]);
     let one = d.wait_status("one", "started");
     let pid = one["pid"].as_i64().expect("a guessed main pid") as i32;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     assert_eq!(String::from_utf8_lossy(&cmdline), "sleep\x00322\x00", "the daemon the starter left");
+    let workers = d.wait_status("workers", "started");
+    let pid = workers["pid"].as_i64().expect("a guessed main pid") as i32;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert_eq!(String::from_utf8_lossy(&cmdline), "sleep\x00334\x00", "the daemon, not its worker");
     let two = d.wait_status("two", "started");
     assert!(two["pid"].is_null(), "{two}");
     let unguessed = d.wait_status("unguessed", "started");

@@ -637,13 +637,20 @@ impl ProcessControl for HostProcesses {
                 pid
             }
             None => {
+                // systemd's guess (unit_search_main_pid): of the unit's processes, the one whose
+                // parent is the manager, i.e. the daemon the starter left to be re-parented to us
+                // (its own workers are its children, not ours).
+                let me = std::process::id() as i32;
                 let left: Vec<i32> = self.unit_pids(&unit.name).into_iter().filter(|p| forking::alive(*p)).collect();
-                match left[..] {
+                let ours: Vec<i32> =
+                    left.iter().copied().filter(|p| crate::sys::proc::stat(*p).is_some_and(|s| s.ppid == me)).collect();
+                match ours[..] {
                     [pid] => pid,
                     _ => {
                         return Err(PidFileError::NoMain(format!(
-                            "Type=forking without PIDFile=: {} processes are left, so the main one cannot be told \
-                             (GuessMainPID=)",
+                            "Type=forking without PIDFile=: {} of its {} processes are aikore's children, so the \
+                             main one cannot be told (GuessMainPID=)",
+                            ours.len(),
                             left.len()
                         )))
                     }
