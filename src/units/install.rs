@@ -68,6 +68,16 @@ fn load(dirs: &[PathBuf], name: &str) -> Result<Unit, String> {
     })
 }
 
+/// The unit an alias (`Alias=`, or a link under another name) stands for, as
+/// `systemctl enable` follows one; any other name as it is.
+fn real_name(dirs: &[PathBuf], name: &str) -> String {
+    if unit_file(dirs, name).is_some_and(|p| p.symlink_metadata().is_ok_and(|m| !m.file_type().is_symlink())) {
+        return name.to_string();
+    }
+    let loaded = super::load_dirs(dirs);
+    loaded.units.into_iter().find(|u| u.aliases.iter().any(|a| a == name)).map_or_else(|| name.to_string(), |u| u.name)
+}
+
 /// The link dirs a unit's [Install] names: `multi-user.target.wants`, `web.service.requires`.
 fn link_dirs(unit: &Unit) -> Vec<String> {
     let dir = |owner: &str, kind: &str| {
@@ -88,6 +98,7 @@ fn link_dirs(unit: &Unit) -> Vec<String> {
 /// was enabled already.
 pub fn enable(dirs: &[PathBuf], name: &str) -> Result<Vec<String>, String> {
     let user_dir = dirs.last().ok_or("no units dir")?;
+    let name = &real_name(dirs, name);
     let mut done = Vec::new();
     let mut seen = BTreeSet::new();
     enable_one(dirs, user_dir, name, &mut seen, &mut done, true)?;
@@ -152,6 +163,7 @@ fn enable_one(
 /// aikore's to remove: it is reported as an error.
 pub fn disable(dirs: &[PathBuf], name: &str) -> Result<Vec<String>, String> {
     let user_dir = dirs.last().ok_or("no units dir")?;
+    let name = &real_name(dirs, name);
     let mut names = vec![name.to_string()];
     if let Ok(unit) = load(dirs, name) {
         if let Some(instance) = unit.install.default_instance.as_ref().filter(|_| is_template_name(name)) {
@@ -252,6 +264,21 @@ mod tests {
         assert_eq!(boot(&dirs), [("helper".into(), false), ("plain".into(), true), ("web".into(), false)]);
         assert!(enable(&dirs, "plain").unwrap_err().contains("static"));
         assert!(enable(&dirs, "ghost").unwrap_err().contains("no unit file"));
+    }
+
+    #[test]
+    fn enable_and_disable_follow_an_alias() {
+        let user = tempfile::tempdir().expect("tempdir");
+        let dirs = vec![user.path().to_path_buf()];
+        write(
+            user.path(),
+            "ssh.service",
+            "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n",
+        );
+        let made = enable(&dirs, "sshd").expect("enable by the alias");
+        assert_eq!(made.len(), 1, "{made:?}");
+        assert!(user.path().join("multi-user.target.wants/ssh.service").symlink_metadata().is_ok());
+        assert_eq!(disable(&dirs, "sshd").expect("disable by the alias").len(), 1);
     }
 
     #[test]
