@@ -686,6 +686,8 @@ impl Daemon {
         if let Some(root) = self.cgroups {
             root.remove();
         }
+        // SuccessActionExitStatus=/FailureActionExitStatus=: the exit status a unit asked for.
+        let code = crate::supervisor::requested_exit_status().unwrap_or(code);
         tracing::info!(code, "aikore stopped");
         code
     }

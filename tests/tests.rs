@@ -28,6 +28,7 @@ mod seccomp;
 mod service_types;
 mod state;
 mod systemctl;
+mod systemd_keys;
 mod termination;
 mod units_corpus;
 mod units_parse;

@@ -320,5 +320,7 @@ pub fn prepare(unit: &Unit, ctx: &InstanceContext) -> Result<Prepared, String> {
         main_wrapper,
         vnc_port,
         failure_patterns: failure_patterns(unit, &headers),
+        // The supervisor draws RuntimeRandomizedExtraSec='s share itself.
+        runtime_extra: Default::default(),
     })
 }

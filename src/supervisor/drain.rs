@@ -31,11 +31,12 @@ use tokio::sync::mpsc;
 use super::members::process_group_of;
 use super::DrainHint;
 
-/// Watches the `cgroup.events` of every unit cgroup for `populated 0`.
+/// Watches the `cgroup.events` of every unit cgroup for `populated 0`, and
+/// its `memory.events` for OOM kills ([`DrainHint::Oom`]).
 pub struct CgroupWatcher {
     inotify: Arc<Inotify>,
-    /// Which unit (and cgroup dir) each watch belongs to; shared with the
-    /// thread that reads the events.
+    /// Which unit (and cgroup dir, or its `memory.events` file) each watch
+    /// belongs to; shared with the thread that reads the events.
     watches: Arc<Mutex<HashMap<WatchDescriptor, (String, PathBuf)>>>,
 }
 
@@ -71,6 +72,13 @@ impl CgroupWatcher {
                     continue;
                 }
                 let Some((unit, dir)) = table.get(&event.wd) else { continue };
+                if dir.file_name().is_some_and(|f| f == "memory.events") {
+                    // Not a drain: an OOM kill (or another memory event) in the unit's cgroup.
+                    if hints.send(DrainHint::Oom(unit.clone())).is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 if cgroup_is_empty(dir) && hints.send(DrainHint::Unit(unit.clone())).is_err() {
                     // The engine is gone; nobody is left to tell.
                     return;
@@ -87,6 +95,11 @@ impl CgroupWatcher {
         let mut table = self.watches.lock().unwrap_or_else(|p| p.into_inner());
         let wd = self.inotify.add_watch(&dir.join("cgroup.events"), AddWatchFlags::IN_MODIFY)?;
         table.insert(wd, (unit.to_string(), dir.to_path_buf()));
+        // OOMPolicy=: memory.events changes when the OOM killer kills in the cgroup (no memory controller: no file).
+        let events = dir.join("memory.events");
+        if let Ok(wd) = self.inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
+            table.insert(wd, (unit.to_string(), events));
+        }
         Ok(())
     }
 }

@@ -163,6 +163,13 @@ impl<C: ProcessControl> Engine<C> {
                             self.feed(Input::Notify { unit, message, sender: Sender { pid, member } });
                         }
                     }
+                    DrainHint::Oom(name) => {
+                        if let Some(unit) = self.units.id(&name) {
+                            // Counted here, where the OS is; what it means is the machine's (OOMPolicy=).
+                            let kills = self.ctl.oom_kills(&name);
+                            self.feed(Input::OomKills { unit, kills });
+                        }
+                    }
                     hint => self.feed(Input::Hint(hint)),
                 }
             }
@@ -345,6 +352,10 @@ impl<C: ProcessControl> Engine<C> {
                 }
                 None
             }
+            Effect::EndContainer { why } => {
+                super::end_container(&why, None);
+                None
+            }
             Effect::ShutdownDone { clean } => {
                 if let Some(reply) = self.shutdown.take() {
                     let _ = reply.send(ShutdownReport { clean });
@@ -357,10 +368,10 @@ impl<C: ProcessControl> Engine<C> {
 }
 
 /// A drain hint naming a unit once is enough per batch, and `Any` covers
-/// every unit; notifications are all kept, in order, after them.
+/// every unit; notifications and OOM notices are all kept, in order, after them.
 fn dedup_hints(hints: Vec<DrainHint>) -> Vec<DrainHint> {
     let (notices, drains): (Vec<DrainHint>, Vec<DrainHint>) =
-        hints.into_iter().partition(|h| matches!(h, DrainHint::Notify { .. }));
+        hints.into_iter().partition(|h| matches!(h, DrainHint::Notify { .. } | DrainHint::Oom(_)));
     let mut out = if drains.contains(&DrainHint::Any) {
         vec![DrainHint::Any]
     } else {

@@ -88,6 +88,8 @@ struct Kernel {
     /// or a refusal. A forked daemon is a process of its unit the machine did not spawn.
     pid_files: HashMap<String, (usize, Result<i32, PidFileError>)>,
     pid_file_reads: usize,
+    /// RuntimeRandomizedExtraSec=: the share each unit's begin-run draws.
+    runtime_extra: HashMap<String, Duration>,
 }
 
 /// How the fake kernel tells the machine about processes it did not spawn.
@@ -292,6 +294,7 @@ impl Sim {
                     env: vec![("RUN_ENV".into(), u.name.clone())],
                     default_exec_start,
                     port: Some(FAKE_PORT),
+                    runtime_extra: self.kernel.runtime_extra.get(&u.name).copied().unwrap_or_default(),
                     ..Prepared::default()
                 };
                 Some(Input::RunBegun { unit, result: Ok(prepared) })
@@ -390,6 +393,10 @@ impl Sim {
             }
             Effect::ShutdownDone { clean } => {
                 self.shutdown = Some(clean);
+                None
+            }
+            Effect::EndContainer { why } => {
+                self.record(Action::Note { unit: "(container)".into(), text: why });
                 None
             }
         }
@@ -1326,6 +1333,7 @@ fn said(h: &Sim, effect: &Effect) -> String {
         Effect::Warn { text, .. } => format!("warn {text}"),
         Effect::Reply { result, .. } => format!("reply {result:?}"),
         Effect::ShutdownDone { clean } => format!("shutdown-done clean={clean}"),
+        Effect::EndContainer { why } => format!("end-container {why}"),
     }
 }
 
@@ -1915,4 +1923,323 @@ fn a_oneshot_runs_its_exec_start_post_after_its_commands_before_it_remains() {
     assert_eq!(post.argv, ["/bin/after"]);
     h.exit(post.pid, code(0));
     h.wait_status("setup", Status::Started);
+}
+
+// ---- issue 14: aliases, GuessMainPID=, ExitType=, OOMPolicy=, StopWhenUnneeded=, propagation ----
+
+/// One input into the machine itself (no answers fed back): `name`'s state after it, and what it asked for.
+fn step_unit(h: &mut Sim, name: &str, input: Input) -> (UnitState, Vec<String>) {
+    let effects = h.units.step(input, h.clock());
+    let said = effects.iter().map(|e| said(h, e)).collect();
+    (h.units.state(h.id(name)).clone(), said)
+}
+
+/// Units through `units::resolve_aliases`, as the loader hands them over.
+fn loaded(mut units: Vec<Unit>) -> Vec<Unit> {
+    let diagnostics = crate::units::resolve_aliases(&mut units, &[]);
+    assert!(diagnostics.is_empty(), "{diagnostics:?}");
+    units
+}
+
+#[test]
+fn an_alias_addresses_the_unit_in_commands_and_dependencies() {
+    let mut h = Sim::new(loaded(vec![
+        service("ssh", "[Install]\nAlias=sshd.service\n"),
+        unit("web.service", "[Unit]\nRequires=sshd.service\nAfter=sshd.service\n[Service]\nExecStart=/bin/web\n"),
+    ]));
+    assert_eq!(h.names(), ["ssh", "web"], "an alias is not a second unit");
+    h.start("web").unwrap();
+    h.wait_status("web", Status::Started);
+    assert_eq!(h.snapshot("ssh").status, Status::Started, "Requires=sshd.service pulled in ssh");
+    h.obey("ssh");
+    h.obey("web");
+    assert_eq!(h.stop("sshd"), Ok(Status::Stopping));
+    h.wait_status("ssh", Status::Stopped);
+    assert_eq!(h.wait_status("web", Status::Stopped).status, Status::Stopped, "web requires ssh by its alias");
+    assert_eq!(h.start("sshd"), Ok(Status::Starting));
+    h.wait_status("ssh", Status::Started);
+    assert_eq!(h.start("nope"), Err(CommandError::NoSuchUnit("nope".into())));
+}
+
+#[test]
+fn transitions_of_a_forking_service_without_a_main_pid() {
+    // GuessMainPID=no: the starter's clean exit makes it active with no main pid at once.
+    let mut h = Sim::new(vec![service("fork", "Type=forking\nGuessMainPID=no\n")]);
+    h.start("fork").unwrap();
+    let fork = h.id("fork");
+    let starter = h.main_pid("fork");
+    h.add_leftover("fork", 777);
+    // The starter is gone, as the reaper saw it (fed to the machine by hand below).
+    h.kernel.live.get_mut("fork").expect("spawned").remove(&starter);
+    let (state, effects) = step_unit(&mut h, "fork", Input::Exit { pid: starter, status: code(0) });
+    assert_eq!(state, UnitState::Cgroup { exited: None, ready: true });
+    assert_eq!(
+        effects,
+        [
+            "note [aikore] GuessMainPID=no and no PIDFile=: no main process; active while any of its processes is left",
+            "emit state started GuessMainPID=no and no PIDFile=: no main process: active while its processes last",
+            "check-drained fork",
+        ]
+    );
+    assert_eq!(h.kernel.pid_file_reads, 0, "nothing to guess");
+    let (state, effects) = step_unit(&mut h, "fork", Input::Members { unit: fork, live: 1 });
+    assert_eq!((state, effects), (UnitState::Cgroup { exited: None, ready: true }, vec![]), "waits for the next hint");
+    h.settle();
+    assert_eq!(h.snapshot("fork").pid, None);
+    // The daemon's last process ends: the run ends clean, as systemd's "service is gone".
+    h.remove_leftover("fork", 777);
+    assert_eq!(h.wait_status("fork", Status::Stopped).detail.as_deref(), Some("exited with code 0"));
+
+    // GuessMainPID=yes (the default) with several processes left: no main pid either.
+    let mut h = Sim::new(vec![service("many", "Type=forking\n")]);
+    h.kernel.pid_files.insert("many".into(), (0, Err(PidFileError::NoMain("2 processes are left".into()))));
+    h.start("many").unwrap();
+    h.add_leftover("many", 801);
+    h.add_leftover("many", 802);
+    h.exit(h.main_pid("many"), code(0));
+    assert_eq!(h.snapshot("many").status, Status::Started);
+    h.obey("many");
+    h.stop("many").unwrap();
+    h.wait_status("many", Status::Stopped);
+    assert!(h.unit_signals("many").iter().any(|(_, s)| *s == TERM), "no main pid: the whole unit is signalled");
+}
+
+#[test]
+fn exit_type_cgroup_keeps_the_unit_up_until_its_last_process_ends() {
+    let mut h = Sim::new(vec![service("cg", "ExitType=cgroup\nRestart=no\n"), service("main", "Restart=no\n")]);
+    for name in ["cg", "main"] {
+        h.start(name).unwrap();
+        h.add_leftover(name, if name == "cg" { 901 } else { 902 });
+        h.exit(h.main_pid(name), code(0));
+    }
+    assert_eq!(h.snapshot("cg").status, Status::Started, "ExitType=cgroup: a child is left");
+    assert_eq!(h.snapshot("cg").pid, None);
+    assert_ne!(h.snapshot("main").status, Status::Started, "ExitType=main: its leftovers are stopped");
+    h.remove_leftover("cg", 901);
+    assert_eq!(h.wait_status("cg", Status::Stopped).detail.as_deref(), Some("exited with code 0"));
+    // A failing main process ends the run at once, as with ExitType=main.
+    h.start("cg").unwrap();
+    h.add_leftover("cg", 903);
+    h.obey("cg");
+    h.exit(h.main_pid("cg"), code(4));
+    assert_eq!(h.wait_status("cg", Status::Error).detail.as_deref(), Some("exited with code 4"));
+}
+
+#[test]
+fn transitions_of_an_oom_kill_per_oom_policy() {
+    let rows: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "OOMPolicy=continue\n",
+            vec!["note [aikore] the kernel's OOM killer killed 1 process(es) of this unit; OOMPolicy=continue"],
+        ),
+        (
+            "OOMPolicy=kill\n",
+            vec![
+                "note [aikore] the kernel's OOM killer killed 1 process(es) of this unit; OOMPolicy=kill",
+                "signal a SIGKILL",
+            ],
+        ),
+        // The default is stop, as in systemd.
+        (
+            "TimeoutStopSec=5s\n",
+            vec![
+                "note [aikore] the kernel's OOM killer killed 1 process(es) of this unit; OOMPolicy=stop",
+                "emit state stopping -",
+                "arm StopTimeout a +5000ms",
+                "signal pid 101 SIGTERM",
+                "signal a SIGCONT",
+                "check-drained a",
+            ],
+        ),
+    ];
+    for (extra, expected) in rows {
+        let (mut h, pid) = running(&format!("KillMode=mixed\n{extra}"));
+        assert_eq!(pid, 101);
+        let a = h.id("a");
+        let (state, effects) = step_raw(&mut h, vec![Input::OomKills { unit: a, kills: 1 }]);
+        assert_eq!(effects, expected, "{extra}");
+        if extra.starts_with("TimeoutStopSec") {
+            let UnitState::Stopping(stop) = state else { panic!("{state:?}") };
+            assert_eq!((stop.ending, stop.then), (RunEnd::OomKill, Then::Policy));
+        }
+        // The same count again (another memory event) is not another kill.
+        let (_, effects) = step_raw(&mut h, vec![Input::OomKills { unit: a, kills: 1 }]);
+        assert!(effects.is_empty(), "{effects:?}");
+    }
+    // Through to the end: the run ends with the oom-kill result.
+    let (mut h, pid) = running("Restart=no\n");
+    let a = h.id("a");
+    h.input(Input::OomKills { unit: a, kills: 1 });
+    h.exit(pid, signaled(TERM));
+    let snap = h.wait_status("a", Status::Error);
+    assert!(snap.detail.as_deref().is_some_and(|d| d.contains("OOM killer")), "{:?}", snap.detail);
+}
+
+#[test]
+fn stop_when_unneeded_stops_a_unit_once_its_last_dependent_is_down() {
+    let mut h = Sim::new(vec![
+        service("helper", "[Unit]\nStopWhenUnneeded=yes\n"),
+        unit("app.service", "[Unit]\nWants=helper.service\nAfter=helper.service\n[Service]\nExecStart=/bin/app\n"),
+        unit("other.service", "[Unit]\nRequires=helper.service\n[Service]\nExecStart=/bin/other\n"),
+    ]);
+    h.obey("helper");
+    h.obey("app");
+    h.obey("other");
+    h.start("app").unwrap();
+    h.start("other").unwrap();
+    h.wait_status("app", Status::Started);
+    assert_eq!(h.snapshot("helper").status, Status::Started);
+    h.stop("app").unwrap();
+    h.wait_status("app", Status::Stopped);
+    assert_eq!(h.snapshot("helper").status, Status::Started, "other still requires it");
+    h.stop("other").unwrap();
+    h.wait_status("other", Status::Stopped);
+    h.wait_status("helper", Status::Stopped);
+    // Started on its own, nothing needs it: stopped at once, as systemd does.
+    h.start("helper").unwrap();
+    h.wait_status("helper", Status::Stopped);
+    assert_eq!(h.mains("helper").len(), 2);
+}
+
+#[test]
+fn reloads_and_stops_propagate() {
+    let mut h = Sim::new(loaded(vec![
+        service("a", "ExecReload=/bin/reload-a\n[Unit]\nPropagatesStopTo=c.service\n"),
+        service("b", "ExecReload=/bin/reload-b\n[Unit]\nReloadPropagatedFrom=a.service\n"),
+        service("c", ""),
+    ]));
+    for name in ["a", "b", "c"] {
+        h.start(name).unwrap();
+        h.obey(name);
+    }
+    h.input(Input::Command { cmd: Cmd::Reload("a".into()), reply: None });
+    let reloads: Vec<String> = ["a", "b"]
+        .iter()
+        .flat_map(|n| h.spawns(n))
+        .filter(|s| s.role == Role::Reload)
+        .map(|s| s.argv.join(" "))
+        .collect();
+    assert_eq!(reloads, ["/bin/reload-a", "/bin/reload-b"]);
+    assert!(h.spawns("c").iter().all(|s| s.role != Role::Reload));
+    h.stop("a").unwrap();
+    h.wait_status("a", Status::Stopped);
+    assert_eq!(h.wait_status("c", Status::Stopped).status, Status::Stopped, "PropagatesStopTo=c");
+    assert_eq!(h.snapshot("b").status, Status::Started, "a reload is not a stop");
+}
+
+#[test]
+fn timeout_failure_modes_choose_what_a_timed_out_start_or_stop_sends() {
+    let abrt = Signal::SIGABRT;
+    // (unit file extra, what the unit is sent after the start, seconds from the start).
+    let rows: Vec<(&str, Vec<(u64, Signal)>)> = vec![
+        ("TimeoutStartFailureMode=kill\n", vec![(2, KILL)]),
+        ("TimeoutStartFailureMode=abort\nTimeoutAbortSec=3s\n", vec![(2, abrt), (5, KILL)]),
+        ("TimeoutStartFailureMode=terminate\n", vec![(2, TERM), (12, KILL)]),
+    ];
+    for (extra, expected) in rows {
+        let mut h =
+            Sim::new(vec![service("n", &format!("Type=notify\nTimeoutStartSec=2s\nTimeoutStopSec=10s\n{extra}"))]);
+        h.start("n").unwrap();
+        let started = h.now();
+        h.wait_status("n", Status::Error);
+        let sent: Vec<(u64, Signal)> =
+            h.unit_signals("n").into_iter().map(|(at, s)| ((at - started).as_secs(), s)).collect();
+        assert_eq!(sent, expected, "{extra}");
+    }
+
+    // TimeoutStopFailureMode=abort: SIGABRT after TimeoutStopSec, SIGKILL after TimeoutAbortSec.
+    let mut h = Sim::new(vec![service("s", "TimeoutStopSec=4s\nTimeoutAbortSec=2s\nTimeoutStopFailureMode=abort\n")]);
+    h.start("s").unwrap();
+    let stop_at = h.now();
+    h.stop("s").unwrap();
+    h.wait_status("s", Status::Stopped);
+    let sent: Vec<(u64, Signal)> =
+        h.unit_signals("s").into_iter().map(|(at, s)| ((at - stop_at).as_secs(), s)).collect();
+    assert_eq!(sent, [(0, TERM), (4, abrt), (6, KILL)]);
+
+    // A hanging ExecStop=: terminate sends KillSignal= and waits again; kill sends SIGKILL at once.
+    for (mode, expected) in [("terminate", vec![(3, TERM), (6, KILL)]), ("kill", vec![(3, KILL)])] {
+        let extra = format!("ExecStop=/bin/hang\nTimeoutStopSec=3s\nTimeoutStopFailureMode={mode}\n");
+        let mut h = Sim::new(vec![service("x", &extra)]);
+        h.start("x").unwrap();
+        let stop_at = h.now();
+        h.stop("x").unwrap();
+        h.wait_status("x", Status::Stopped);
+        let sent: Vec<(u64, Signal)> =
+            h.unit_signals("x").into_iter().map(|(at, s)| ((at - stop_at).as_secs(), s)).collect();
+        assert_eq!(sent, expected, "{mode}");
+    }
+}
+
+#[test]
+fn start_limit_action_ends_the_container_once_the_limit_is_hit() {
+    let mut h = Sim::new(vec![
+        unit(
+            "crashy.service",
+            "[Unit]\nStartLimitBurst=2\nStartLimitIntervalSec=1min\nStartLimitAction=exit\n\
+             [Service]\nExecStart=/bin/crashy\nRestart=on-failure\nRestartSec=100ms\n",
+        ),
+        service("calm", "StartLimitBurst=2\nRestart=on-failure\nRestartSec=100ms\n"),
+    ]);
+    for name in ["crashy", "calm"] {
+        h.start(name).unwrap();
+        for run in 1..=2 {
+            h.wait_spawns(name, run);
+            h.exit(h.main_pid(name), code(1));
+        }
+        h.wait_status(name, Status::Failed);
+    }
+    let ends: Vec<String> = h
+        .actions()
+        .into_iter()
+        .filter_map(|(_, a)| match a {
+            Action::Note { unit, text } if unit == "(container)" => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends, ["crashy hit its start limit: StartLimitAction=exit"], "calm has no StartLimitAction=");
+}
+
+#[test]
+fn restart_mode_normal_passes_through_error_before_restarting() {
+    for (extra, expected) in [
+        ("RestartMode=normal\n", vec![Status::Error, Status::Restarting, Status::Starting, Status::Started]),
+        ("", vec![Status::Restarting, Status::Starting, Status::Started]),
+    ] {
+        let mut h = Sim::new(vec![service("a", &format!("Restart=on-failure\nRestartSec=1s\n{extra}"))]);
+        h.start("a").unwrap();
+        h.events();
+        h.exit(h.main_pid("a"), code(3));
+        h.wait_spawns("a", 2);
+        let statuses: Vec<Status> =
+            h.events().into_iter().filter(|e| e.event == EventKind::State).map(|e| e.status).collect();
+        let mut seen = statuses.clone();
+        seen.dedup();
+        assert_eq!(seen, expected, "{extra:?}: {statuses:?}");
+    }
+}
+
+#[test]
+fn runtime_randomized_extra_sec_lengthens_runtime_max_by_the_runs_draw() {
+    let mut h = Sim::new(vec![service("job", "RuntimeMaxSec=10s\nRuntimeRandomizedExtraSec=5s\nRestart=no\n")]);
+    h.kernel.runtime_extra.insert("job".into(), Duration::from_millis(3250));
+    h.obey("job");
+    h.start("job").unwrap();
+    let started = h.now();
+    h.wait_status("job", Status::Error);
+    let stopped = h.unit_signals("job").first().map(|(at, _)| *at - started);
+    assert_eq!(stopped, Some(Duration::from_millis(13_250)));
+}
+
+#[test]
+fn a_forking_service_without_a_main_pid_runs_its_exec_start_post_first() {
+    let mut h = Sim::new(vec![service("fork", "Type=forking\nGuessMainPID=no\nExecStartPost=/bin/post\n")]);
+    h.start("fork").unwrap();
+    h.add_leftover("fork", 777);
+    h.exit(h.main_pid("fork"), code(0));
+    let post = h.spawns("fork").into_iter().find(|s| s.role == Role::Post).expect("ExecStartPost= ran");
+    assert_eq!(h.snapshot("fork").status, Status::Starting, "not started before its ExecStartPost= ends");
+    h.exit(post.pid, code(0));
+    assert_eq!(h.snapshot("fork").status, Status::Started);
+    assert_eq!(h.units.state(h.id("fork")), &UnitState::Cgroup { exited: None, ready: true });
 }

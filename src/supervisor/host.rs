@@ -210,6 +210,13 @@ impl HostProcesses {
                 // Watched from its creation, before any process is in it, so no emptying is missed.
                 self.watch_cgroup(&unit.name, &cg);
                 self.runs.entry(unit.name.clone()).or_default().cgroup_oom_base = cg.oom_kills().unwrap_or(0);
+                if unit.service.oom_policy == crate::units::OomPolicy::Kill {
+                    // OOMPolicy=kill: the kernel kills every process of the cgroup at once on an OOM kill.
+                    if let Err(e) = std::fs::write(cg.path().join("memory.oom.group"), "1") {
+                        let why = format!("OOMPolicy=kill: memory.oom.group not set ({e}); aikore kills the rest");
+                        self.logs.note(&unit.name, &why);
+                    }
+                }
                 // Resource keys (issue 14): each one not applied is said at every start.
                 for why in cg.apply_resources(unit.service.memory_max, &unit.service.exec.resources) {
                     tracing::warn!(unit = %unit.name, "{why}");
@@ -322,6 +329,17 @@ fn resolve_user(unit: &Unit) -> Result<Identity, String> {
     Ok(Identity { uid, gid, groups, env })
 }
 
+/// A uniformly drawn duration in `[0, max]`; the hasher's per-instance keys
+/// come from the OS's randomness, which is all a jitter needs.
+fn random_share(max: std::time::Duration) -> std::time::Duration {
+    use std::hash::BuildHasher;
+    if max.is_zero() {
+        return max;
+    }
+    let draw = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    max.mul_f64(draw as f64 / u64::MAX as f64)
+}
+
 impl ProcessControl for HostProcesses {
     fn begin_run(&mut self, unit: &Unit, fresh: bool) -> Result<Prepared, OsError> {
         let retention = crate::logs::RetentionOverride {
@@ -351,7 +369,8 @@ impl ProcessControl for HostProcesses {
         if unit.instance.is_some() {
             let hooks =
                 self.config.hooks.as_ref().ok_or_else(|| OsError::Refused("instances are not configured".into()))?;
-            let prepared = hooks.prepare(unit).map_err(OsError::Refused)?;
+            let mut prepared = hooks.prepare(unit).map_err(OsError::Refused)?;
+            prepared.runtime_extra = random_share(unit.service.runtime_randomized_extra);
             if prepared.vnc_port.is_some() {
                 self.displays.insert(unit.name.clone());
             }
@@ -391,7 +410,8 @@ impl ProcessControl for HostProcesses {
         if let Some(watchdog) = unit.service.watchdog {
             env.push(("WATCHDOG_USEC".to_string(), watchdog.as_micros().to_string()));
         }
-        Ok(Prepared { ready, env, ..Prepared::default() })
+        let runtime_extra = random_share(unit.service.runtime_randomized_extra);
+        Ok(Prepared { ready, env, runtime_extra, ..Prepared::default() })
     }
 
     fn spawn(
@@ -646,12 +666,20 @@ impl ProcessControl for HostProcesses {
                 pid
             }
             None => {
+                // systemd's guess (unit_search_main_pid): of the unit's processes, the one whose
+                // parent is the manager, i.e. the daemon the starter left to be re-parented to us
+                // (its own workers are its children, not ours).
+                let me = std::process::id() as i32;
                 let left: Vec<i32> = self.unit_pids(&unit.name).into_iter().filter(|p| forking::alive(*p)).collect();
-                match left[..] {
+                let ours: Vec<i32> =
+                    left.iter().copied().filter(|p| crate::sys::proc::stat(*p).is_some_and(|s| s.ppid == me)).collect();
+                match ours[..] {
                     [pid] => pid,
                     _ => {
-                        return Err(PidFileError::Refused(format!(
-                            "Type=forking without PIDFile=: {} processes are left, so the main one cannot be told;                              set PIDFile=",
+                        return Err(PidFileError::NoMain(format!(
+                            "Type=forking without PIDFile=: {} of its {} processes are aikore's children, so the \
+                             main one cannot be told (GuessMainPID=)",
+                            ours.len(),
                             left.len()
                         )))
                     }
@@ -681,6 +709,14 @@ impl ProcessControl for HostProcesses {
             self.pid_files.insert(unit.name.clone(), path.clone());
         }
         Ok(pid)
+    }
+
+    fn oom_kills(&mut self, unit: &str) -> u64 {
+        let base = self.runs.get(unit).map_or(0, |facts| facts.cgroup_oom_base);
+        match self.members.get(unit) {
+            Some(Membership::Cgroup(cg)) => cg.oom_kills().unwrap_or(0).saturating_sub(base),
+            _ => 0,
+        }
     }
 
     fn is_member(&mut self, unit: &str, pid: i32) -> bool {
@@ -733,4 +769,19 @@ fn unset_matches(unset: &[String], name: &str, value: &str) -> bool {
         Some((n, v)) => n == name && v == value,
         None => u == name,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::random_share;
+    use std::time::Duration;
+
+    #[test]
+    fn a_random_share_stays_within_its_bound_and_varies() {
+        assert_eq!(random_share(Duration::ZERO), Duration::ZERO);
+        let max = Duration::from_secs(30);
+        let draws: Vec<Duration> = (0..32).map(|_| random_share(max)).collect();
+        assert!(draws.iter().all(|d| *d <= max), "{draws:?}");
+        assert!(draws.iter().any(|d| *d != draws[0]), "32 draws all equal: {draws:?}");
+    }
 }

@@ -25,7 +25,7 @@ use super::state::{
 use super::{CommandError, DrainHint, EventKind, OsError, Prepared, ReadyTarget, Role, UnitEvent, UnitSnapshot};
 use crate::failure::{classify, Evidence, Failure, FailureClass};
 use crate::init::ExitStatus;
-use crate::units::{ExecCommand, KillMode, NotifyAccess, ServiceType, Unit, UnitKind};
+use crate::units::{ExecCommand, KillMode, NotifyAccess, OomPolicy, ServiceType, TimeoutMode, Unit, UnitKind};
 
 fn access_name(access: NotifyAccess) -> &'static str {
     match access {
@@ -152,6 +152,11 @@ pub enum Input {
         unit: UnitId,
         result: Result<i32, PidFileError>,
     },
+    /// OOM kills in the unit's cgroup since its run began (answering [`DrainHint::Oom`]).
+    OomKills {
+        unit: UnitId,
+        kills: u64,
+    },
 }
 
 /// Who sent an sd_notify datagram, as the kernel and the OS side tell it.
@@ -168,8 +173,12 @@ pub struct Sender {
 pub enum PidFileError {
     /// Not written yet (or naming a pid that is gone): asked again until TimeoutStartSec.
     NotYet,
-    /// It cannot be trusted or there is none to find: the start fails.
+    /// It cannot be trusted: the start fails.
     Refused(String),
+    /// Without PIDFile=, no one process can be told the main one (none or
+    /// several left, or GuessMainPID=no): systemd runs the unit without a
+    /// main pid, active while any of its processes is left.
+    NoMain(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +268,10 @@ pub enum Effect {
     /// Every unit is down after a shutdown; `clean` when none needed SIGKILL.
     ShutdownDone {
         clean: bool,
+    },
+    /// StartLimitAction=: end the container (aikore's ordered shutdown).
+    EndContainer {
+        why: String,
     },
 }
 
@@ -397,6 +410,15 @@ pub enum UnitState {
     },
     /// A `Type=oneshot` with `RemainAfterExit=yes` whose commands succeeded: active, no process.
     Remaining,
+    /// Active without a main process, until every process of the unit is
+    /// gone: a `Type=forking` service whose main pid cannot be told
+    /// (GuessMainPID=), or one with `ExitType=cgroup` whose main process
+    /// exited cleanly (`exited`: how, for the run's end). `ready` once its
+    /// ExecStartPost= commands are done (a forking service's).
+    Cgroup {
+        exited: Option<ExitStatus>,
+        ready: bool,
+    },
     /// Waiting out the restart delay.
     Backoff,
     Stopping(Stop),
@@ -429,7 +451,10 @@ impl UnitState {
             UnitState::WaitDeps { .. } | UnitState::Starting(_) => Status::Starting,
             UnitState::Running { ready: Readiness::Waiting, .. } => Status::Starting,
             UnitState::Running { ready: Readiness::Stalled, .. } => Status::Stalled,
-            UnitState::Running { ready: Readiness::Ready, .. } | UnitState::Remaining => Status::Started,
+            UnitState::Running { ready: Readiness::Ready, .. }
+            | UnitState::Remaining
+            | UnitState::Cgroup { ready: true, .. } => Status::Started,
+            UnitState::Cgroup { ready: false, .. } => Status::Starting,
             UnitState::Backoff => Status::Restarting,
             UnitState::Stopping(_) | UnitState::Finishing(_) => Status::Stopping,
         }
@@ -473,6 +498,7 @@ impl UnitState {
         match self {
             UnitState::WaitDeps { .. } | UnitState::Starting(_) | UnitState::Backoff => true,
             UnitState::Running { ready, .. } => *ready == Readiness::Waiting,
+            UnitState::Cgroup { ready, .. } => !*ready,
             UnitState::Stopping(stop) => stop.then == Then::Policy,
             UnitState::Finishing(Finish { end: FinishEnd::Run { then, .. }, .. }) => *then == Then::Policy,
             UnitState::Finishing(Finish { end: FinishEnd::BeginFailed { .. }, .. }) => true,
@@ -543,6 +569,10 @@ struct Slot {
     reloading: bool,
     /// The ExecStartPost= command running (its index and pid once spawned).
     post: Option<(usize, Option<i32>)>,
+    /// The OOM kills of this run already acted on (OOMPolicy=).
+    oom_seen: u64,
+    /// TimeoutStopFailureMode=abort: WatchdogSignal= was sent when the stop timed out; the next timeout kills.
+    abort_sent: bool,
 }
 
 struct ShutdownJob {
@@ -571,6 +601,15 @@ fn stop_signal(unit: &Unit, then: Then) -> Signal {
     }
 }
 
+/// What TimeoutStartFailureMode=/TimeoutStopFailureMode= send instead of the usual (None: terminate, the usual).
+fn timeout_signal(unit: &Unit, mode: TimeoutMode) -> Option<Signal> {
+    match mode {
+        TimeoutMode::Terminate => None,
+        TimeoutMode::Abort => Some(Signal::try_from(unit.service.watchdog_signal).unwrap_or(Signal::SIGABRT)),
+        TimeoutMode::Kill => Some(Signal::SIGKILL),
+    }
+}
+
 /// FinalKillSignal=: what a stop escalates to after TimeoutStopSec.
 fn final_kill_signal(unit: &Unit) -> Signal {
     Signal::try_from(unit.service.final_kill_signal).unwrap_or(Signal::SIGKILL)
@@ -581,6 +620,8 @@ pub struct Units {
     slots: Vec<Slot>,
     /// The live units by name (name order is the order of snapshots and of job scans).
     index: BTreeMap<String, UnitId>,
+    /// Alias=: other names a command may address a unit by.
+    aliases: BTreeMap<String, UnitId>,
     last_epoch: Epoch,
     /// The last `seq` handed out; one counter for all units, so a unit removed
     /// and re-added under the same name never repeats a number a page has seen.
@@ -595,6 +636,7 @@ impl Units {
         let mut this = Units {
             slots: Vec::new(),
             index: BTreeMap::new(),
+            aliases: BTreeMap::new(),
             last_epoch: 0,
             last_seq: 0,
             shutdown: None,
@@ -627,7 +669,9 @@ impl Units {
             Input::PortHolder { unit, holder } => self.on_port_holder(unit, holder),
             Input::Notify { unit, message, sender } => self.on_notify(unit, &message, sender),
             Input::PidFile { unit, result } => self.on_pid_file(unit, result),
+            Input::OomKills { unit, kills } => self.on_oom(unit, kills),
         }
+        self.stop_unneeded();
         self.advance();
         if let Some(job) = self.shutdown.as_mut() {
             if !job.done && self.slots.iter().all(|s| s.state.is_inactive()) {
@@ -704,9 +748,12 @@ impl Units {
                 self.request_restart(id)?;
                 Ok(Answer::Status(self.slots[id.0].state.status()))
             }),
-            Cmd::Reload(name) => match self.lookup(&name).and_then(|id| self.request_reload(id, reply)) {
+            Cmd::Reload(name) => match self.lookup(&name).and_then(|id| self.request_reload(id, reply).map(|_| id)) {
                 // The reply comes when the commands finish.
-                Ok(()) => return,
+                Ok(id) => {
+                    self.propagate_reload(id);
+                    return;
+                }
                 Err(e) => Err(e),
             },
             Cmd::ResetFailed(name) => self.lookup(&name).map(|id| {
@@ -742,8 +789,11 @@ impl Units {
         }
     }
 
+    /// A unit by its name or one of its aliases (Alias=).
     fn lookup(&self, name: &str) -> Result<UnitId, CommandError> {
-        self.id(name).ok_or_else(|| CommandError::NoSuchUnit(name.to_string()))
+        self.id(name)
+            .or_else(|| self.aliases.get(name).copied().filter(|id| self.index.values().any(|live| live == id)))
+            .ok_or_else(|| CommandError::NoSuchUnit(name.to_string()))
     }
 
     fn live_ids(&self) -> Vec<UnitId> {
@@ -821,7 +871,27 @@ impl Units {
         Ok(())
     }
 
+    /// A stop job for the unit, and for the units it propagates stops to
+    /// (PropagatesStopTo=, StopPropagatedFrom=) when this one was not
+    /// already on its way down (so a loop of them ends).
     fn request_stop(&mut self, id: UnitId) {
+        let state = &self.slots[id.0].state;
+        let already = state.is_inactive() || state.is_stopping_job();
+        self.stop_one(id);
+        if already {
+            return;
+        }
+        for name in self.slots[id.0].unit.relations.propagates_stop_to.clone() {
+            if let Some(other) = self.id(&name) {
+                if !self.slots[other.0].state.is_inactive() {
+                    self.note(other, &format!("stopped with {} (PropagatesStopTo=)", self.slots[id.0].unit.name));
+                }
+                self.request_stop(other);
+            }
+        }
+    }
+
+    fn stop_one(&mut self, id: UnitId) {
         let s = &mut self.slots[id.0];
         if s.state.can_stop().is_err() {
             return;
@@ -864,11 +934,12 @@ impl Units {
                 self.publish(id, Some("stopped".into()));
                 return;
             }
-            UnitState::Inactive(_) | UnitState::Running { .. } | UnitState::Remaining => {}
+            UnitState::Inactive(_) | UnitState::Running { .. } | UnitState::Remaining | UnitState::Cgroup { .. } => {}
         }
         let (main, remained) = match s.state {
             UnitState::Running { pid, .. } => (Some(pid), false),
-            UnitState::Remaining => (None, true),
+            // No main process: ExecStop= still runs, then the kill signal goes to the whole unit.
+            UnitState::Remaining | UnitState::Cgroup { .. } => (None, true),
             _ => return,
         };
         let name = s.unit.name.clone();
@@ -944,7 +1015,9 @@ impl Units {
         if s.unit.service.exec_reload.is_empty() {
             return Err(refuse("it has no ExecReload=".into()));
         }
-        s.state.can_reload().map_err(|e| refuse(e.to_string()))?;
+        if !matches!(s.state, UnitState::Cgroup { .. }) {
+            s.state.can_reload().map_err(|e| refuse(e.to_string()))?;
+        }
         if s.reload.is_some() {
             return Err(refuse("a reload is already running".into()));
         }
@@ -1016,12 +1089,19 @@ impl Units {
                 seq: 0,
                 reloading: false,
                 post: None,
+                oom_seen: 0,
+                abort_sent: false,
             });
             self.index.insert(name, id);
             self.emit(id, EventKind::Config, Some("unit added".into()));
         }
         self.mark_cycles();
         self.drop_removed();
+        self.aliases = self
+            .index
+            .values()
+            .flat_map(|id| self.slots[id.0].unit.aliases.iter().map(move |alias| (alias.clone(), *id)))
+            .collect();
     }
 
     /// Units on an ordering cycle cannot be started in any order: refuse them, naming the cycle.
@@ -1151,6 +1231,10 @@ impl Units {
             self.enter(id, UnitState::Inactive(Outcome::Failed));
             self.note(id, &why);
             self.publish(id, Some(why));
+            if let Some(action) = &unit.relations.start_limit_action {
+                let why = format!("{} hit its start limit: StartLimitAction={action}", unit.name);
+                self.out.push(Effect::EndContainer { why });
+            }
             return;
         }
         s.state = UnitState::Starting(StartStep::Begin);
@@ -1164,6 +1248,7 @@ impl Units {
         match result {
             Ok(prepared) => {
                 self.slots[id.0].prepared = prepared;
+                self.slots[id.0].oom_seen = 0;
                 self.run_pre_or_main(id, 0);
             }
             Err(why) => {
@@ -1289,17 +1374,21 @@ impl Units {
                     }
                 }
             }
-            (Role::Post, UnitState::Running { .. }, result) if self.slots[id.0].post.is_some() => match result {
-                Ok(pid) => {
-                    if let Some((_, p)) = self.slots[id.0].post.as_mut() {
-                        *p = Some(pid);
+            (Role::Post, UnitState::Running { .. } | UnitState::Cgroup { .. }, result)
+                if self.slots[id.0].post.is_some() =>
+            {
+                match result {
+                    Ok(pid) => {
+                        if let Some((_, p)) = self.slots[id.0].post.as_mut() {
+                            *p = Some(pid);
+                        }
+                    }
+                    Err(why) => {
+                        self.emit(id, EventKind::Error, Some(format!("ExecStartPost could not start: {why}")));
+                        self.post_exited(id, ExitStatus::Exited { code: 203 });
                     }
                 }
-                Err(why) => {
-                    self.emit(id, EventKind::Error, Some(format!("ExecStartPost could not start: {why}")));
-                    self.post_exited(id, ExitStatus::Exited { code: 203 });
-                }
-            },
+            }
             (Role::StopPost, UnitState::Stopping(_), Err(why)) => {
                 self.emit(id, EventKind::Error, Some(format!("ExecStopPost could not start: {why}")));
                 self.run_stop_post(id);
@@ -1454,6 +1543,13 @@ impl Units {
     }
 
     fn on_members(&mut self, id: UnitId, live: usize) {
+        if let UnitState::Cgroup { exited, .. } = self.slots[id.0].state {
+            if live == 0 {
+                // The last process of a run without a main one is gone: it ends as its main would have.
+                self.run_ended(id, RunEnd::Exited(exited.unwrap_or(ExitStatus::Exited { code: 0 })));
+            }
+            return;
+        }
         let s = &mut self.slots[id.0];
         let UnitState::Stopping(stop) = &mut s.state else { return };
         match stop.stage {
@@ -1544,11 +1640,17 @@ impl Units {
     /// (the unit still starting), then it is ready.
     fn run_post(&mut self, id: UnitId, index: usize) {
         let s = &mut self.slots[id.0];
-        let UnitState::Running { ready, .. } = &mut s.state else { return };
+        if !matches!(s.state, UnitState::Running { .. } | UnitState::Cgroup { .. }) {
+            return;
+        }
         let posts = &s.unit.service.exec_start_post;
         let Some(command) = posts.get(index).cloned() else {
             s.post = None;
-            *ready = Readiness::Ready;
+            match &mut s.state {
+                UnitState::Running { ready, .. } => *ready = Readiness::Ready,
+                UnitState::Cgroup { ready, .. } => *ready = true,
+                _ => {}
+            }
             self.publish(id, None);
             return;
         };
@@ -1568,16 +1670,21 @@ impl Units {
             return;
         }
         // A failed ExecStartPost= fails the start: the main process is stopped, and Restart= decides.
-        let UnitState::Running { pid, .. } = self.slots[id.0].state else { return };
+        let main = match self.slots[id.0].state {
+            UnitState::Running { pid, .. } => Some(pid),
+            UnitState::Cgroup { .. } => None,
+            _ => return,
+        };
         self.enter(
             id,
             UnitState::Stopping(Stop {
                 stage: StopStage::WaitOrder,
-                main: Some(pid),
+                main,
                 ending: RunEnd::PostFailed(status),
                 then: Then::Policy,
                 escalated: false,
-                remained: false,
+                // Without a main process ExecStop= still runs, then the whole unit is signalled.
+                remained: main.is_none(),
                 post: None,
             }),
         );
@@ -1587,7 +1694,10 @@ impl Units {
     }
 
     fn check_drained(&mut self, id: UnitId) {
-        if matches!(self.slots[id.0].state, UnitState::Stopping(Stop { stage: StopStage::Draining { .. }, .. })) {
+        if matches!(
+            self.slots[id.0].state,
+            UnitState::Stopping(Stop { stage: StopStage::Draining { .. }, .. }) | UnitState::Cgroup { .. }
+        ) {
             self.out.push(Effect::CheckDrained { unit: id });
         }
     }
@@ -1604,8 +1714,8 @@ impl Units {
                     self.check_drained(id);
                 }
             }
-            // The driver turns these into `Input::Notify`.
-            DrainHint::Notify { .. } => {}
+            // The driver turns these into `Input::Notify` and `Input::OomKills`.
+            DrainHint::Notify { .. } | DrainHint::Oom(_) => {}
         }
     }
 
@@ -1618,7 +1728,7 @@ impl Units {
         let (ending, then) = (stop.ending.clone(), stop.then);
         let clean = ending.is_clean_with(&self.slots[id.0].unit.service.success_exit);
         match &ending {
-            RunEnd::Exited(_) | RunEnd::PreFailed(_) | RunEnd::PostFailed(_) if !clean => {
+            RunEnd::Exited(_) | RunEnd::PreFailed(_) | RunEnd::PostFailed(_) | RunEnd::OomKill if !clean => {
                 self.slots[id.0].state =
                     UnitState::Finishing(Finish { end: FinishEnd::Run { ending, then }, awaiting: Awaiting::Evidence });
                 self.out.push(Effect::GatherEvidence { unit: id });
@@ -1724,6 +1834,7 @@ impl Units {
         self.out.push(Effect::EndRun { unit: id });
         let now = self.now.at;
         let s = &mut self.slots[id.0];
+        s.abort_sent = false;
         let ran_for = s.run_started.take().map(|t| now.saturating_duration_since(t)).unwrap_or_default();
         let service = Arc::clone(&s.unit);
         let service = &service.service;
@@ -1759,6 +1870,14 @@ impl Units {
                 self.publish(id, Some(detail));
             }
             Then::Policy if !shutting_down && should_restart(service, &ending) => {
+                if service.restart_mode_normal {
+                    // RestartMode=normal: through failed (error) or stopped first, as systemd 254 shows it, so
+                    // OnFailure=/OnSuccess= run and what is bound to the unit stops; then the restart.
+                    let s = &mut self.slots[id.0];
+                    s.announced = if clean { Status::Stopped } else { Status::Error };
+                    s.detail = Some(told(ending.describe()));
+                    self.emit(id, EventKind::State, Some(told(ending.describe())));
+                }
                 let s = &mut self.slots[id.0];
                 let delay = restart_delay(service, s.consecutive_failures);
                 s.consecutive_failures = s.consecutive_failures.saturating_add(1);
@@ -1799,7 +1918,14 @@ impl Units {
         let state = self.slots[id.0].state.clone();
         match (role, state) {
             (Role::Main, UnitState::Running { pid: main, .. }) if main == pid => {
-                self.run_ended(id, RunEnd::Exited(status))
+                let service = &self.slots[id.0].unit.service;
+                if service.exit_type_cgroup && RunEnd::Exited(status).is_clean_with(&service.success_exit) {
+                    // ExitType=cgroup: the run lasts while any process of the unit is left.
+                    self.note(id, &format!("main process {status}; ExitType=cgroup: active while its processes last"));
+                    self.without_main(id, Some(status), None);
+                } else {
+                    self.run_ended(id, RunEnd::Exited(status))
+                }
             }
             (Role::Main, UnitState::Starting(StartStep::Oneshot { index, pid: current })) if current == pid => {
                 let service = &self.slots[id.0].unit.service;
@@ -1816,7 +1942,11 @@ impl Units {
                 }
             }
             (Role::Main, UnitState::Starting(StartStep::Forking { pid: current })) if current == pid => {
-                if status.success() {
+                let service = &self.slots[id.0].unit.service;
+                if status.success() && service.pid_file.is_none() && !service.guess_main_pid {
+                    let why = "GuessMainPID=no and no PIDFile=: no main process".to_string();
+                    self.without_main(id, None, Some(why));
+                } else if status.success() {
                     self.slots[id.0].state = UnitState::Starting(StartStep::PidFile);
                     self.out.push(Effect::ReadPidFile { unit: id });
                 } else {
@@ -1849,7 +1979,9 @@ impl Units {
             }
             (Role::Reload, _) => self.reload_exited(id, pid, status),
             // A pre-start or stop command that outlived its step (a stop interrupted it): one less to wait for.
-            (Role::Post, UnitState::Running { .. }) if self.slots[id.0].post.is_some_and(|(_, p)| p == Some(pid)) => {
+            (Role::Post, UnitState::Running { .. } | UnitState::Cgroup { .. })
+                if self.slots[id.0].post.is_some_and(|(_, p)| p == Some(pid)) =>
+            {
                 self.post_exited(id, status)
             }
             (Role::StopPost, UnitState::Stopping(stop)) if stop.post.is_some() => {
@@ -1981,8 +2113,11 @@ impl Units {
     }
 
     fn arm_runtime_max(&mut self, id: UnitId) {
-        if let Some(max) = self.slots[id.0].unit.service.runtime_max {
-            self.arm(id, TimerKind::RuntimeMax, max);
+        let s = &self.slots[id.0];
+        if let Some(max) = s.unit.service.runtime_max {
+            // RuntimeRandomizedExtraSec=: the run's share was drawn at begin-run.
+            let extra = s.prepared.runtime_extra;
+            self.arm(id, TimerKind::RuntimeMax, max + extra);
         }
     }
 
@@ -2019,6 +2154,126 @@ impl Units {
             // The epoch stays that of the start, so TimeoutStartSec= still bounds the wait.
             Err(PidFileError::NotYet) => self.arm(id, TimerKind::PidFileRetry, PID_FILE_RETRY),
             Err(PidFileError::Refused(why)) => self.run_ended(id, RunEnd::SpawnFailed(why)),
+            Err(PidFileError::NoMain(why)) => self.without_main(id, None, Some(why)),
+        }
+    }
+
+    /// Active without a main process (GuessMainPID=, ExitType=cgroup): the
+    /// run ends once no process of the unit is left, which is asked now and
+    /// at every drain hint.
+    fn without_main(&mut self, id: UnitId, exited: Option<ExitStatus>, why: Option<String>) {
+        // A forking service's ExecStartPost= runs once it counts as started, main pid or not.
+        let posts = exited.is_none() && !self.slots[id.0].unit.service.exec_start_post.is_empty();
+        self.enter(id, UnitState::Cgroup { exited, ready: !posts });
+        if let Some(why) = &why {
+            self.note(id, &format!("{why}; active while any of its processes is left"));
+        }
+        self.publish(id, why.map(|w| format!("{w}: active while its processes last")));
+        self.out.push(Effect::CheckDrained { unit: id });
+        if posts {
+            self.run_post(id, 0);
+        }
+    }
+
+    /// OOMPolicy=: what the kernel's OOM killer killing a process of the
+    /// unit does to it. `kills` counts this run's OOM kills so far.
+    fn on_oom(&mut self, id: UnitId, kills: u64) {
+        let s = &mut self.slots[id.0];
+        if kills <= s.oom_seen || s.state.is_inactive() {
+            return;
+        }
+        let new = kills - s.oom_seen;
+        s.oom_seen = kills;
+        let policy = s.unit.service.oom_policy;
+        let ending = matches!(s.state, UnitState::Stopping(_) | UnitState::Finishing(_));
+        self.note(
+            id,
+            &format!("the kernel's OOM killer killed {new} process(es) of this unit; OOMPolicy={}", policy.as_str()),
+        );
+        match policy {
+            OomPolicy::Continue => {}
+            OomPolicy::Kill => {
+                // What memory.oom.group=1 makes the kernel do, done here too where it could not be set.
+                self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGKILL });
+                self.check_drained(id);
+            }
+            OomPolicy::Stop if ending => {}
+            OomPolicy::Stop => {
+                self.request_stop(id);
+                if let UnitState::Stopping(stop) = &mut self.slots[id.0].state {
+                    // Restart= decides, as after any failure; the result is oom-kill.
+                    stop.ending = RunEnd::OomKill;
+                    stop.then = Then::Policy;
+                }
+            }
+        }
+    }
+
+    /// StopWhenUnneeded=yes: an active unit no active unit needs any more
+    /// (Requires=, Requisite=, Wants=, BindsTo=, Upholds=) is stopped, as
+    /// systemd does. One enabled under a target counts as needed by it
+    /// (aikore's targets are reached at boot and never left).
+    fn stop_unneeded(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let unneeded: Vec<UnitId> = self
+            .index
+            .values()
+            .copied()
+            .filter(|id| {
+                let s = &self.slots[id.0];
+                let unit = &s.unit;
+                let active = matches!(
+                    s.state,
+                    UnitState::Running { ready: Readiness::Ready, .. }
+                        | UnitState::Remaining
+                        | UnitState::Cgroup { ready: true, .. }
+                );
+                let by_target = unit.starts_at_boot
+                    && unit.install.wanted_by.iter().chain(&unit.install.required_by).any(|t| t.ends_with(".target"));
+                unit.relations.stop_when_unneeded && active && !by_target
+            })
+            .filter(|id| {
+                let name = &self.slots[id.0].unit.name;
+                !self.index.values().any(|other| {
+                    let o = &self.slots[other.0];
+                    let r = &o.unit.relations;
+                    let pins = [&o.unit.requires, &o.unit.wants, &r.requisite, &r.binds_to, &r.upholds]
+                        .iter()
+                        .any(|list| list.contains(name));
+                    other != id && pins && !o.state.is_inactive()
+                })
+            })
+            .collect();
+        for id in unneeded {
+            self.note(id, "no active unit needs it any more (StopWhenUnneeded=yes); stopping it");
+            self.request_stop(id);
+        }
+    }
+
+    /// PropagatesReloadTo= (and ReloadPropagatedFrom=): the units a reload
+    /// of `id` reaches are reloaded too, if they are active and can reload;
+    /// in turn their own, once each.
+    fn propagate_reload(&mut self, id: UnitId) {
+        let mut done = vec![id];
+        let mut todo: Vec<UnitId> = vec![id];
+        while let Some(from) = todo.pop() {
+            let from_name = self.slots[from.0].unit.name.clone();
+            for name in self.slots[from.0].unit.relations.propagates_reload_to.clone() {
+                let Some(to) = self.id(&name) else { continue };
+                if done.contains(&to) || self.slots[to.0].state.status() != Status::Started {
+                    continue;
+                }
+                done.push(to);
+                match self.request_reload(to, None) {
+                    Ok(()) => {
+                        self.note(to, &format!("reloaded with {from_name} (PropagatesReloadTo=)"));
+                        todo.push(to);
+                    }
+                    Err(e) => self.note(to, &format!("reload propagated from {from_name} not done: {e}")),
+                }
+            }
         }
     }
 
@@ -2076,6 +2331,12 @@ impl Units {
                 *ready = Readiness::Stalled;
                 self.publish(id, Some("no answer on its port yet".into()));
             }
+            (TimerKind::StartTimeout, UnitState::Running { pid, ready: Readiness::Waiting })
+                if s.unit.service.timeout_start_failure_mode != TimeoutMode::Terminate =>
+            {
+                let pid = *pid;
+                self.timed_out_start(id, Some(pid));
+            }
             (TimerKind::StartTimeout, UnitState::Running { pid, ready: Readiness::Waiting }) => {
                 let pid = *pid;
                 self.enter(
@@ -2124,7 +2385,17 @@ impl Units {
                     UnitState::Starting(StartStep::Oneshot { pid, .. } | StartStep::Forking { pid }) => Some(*pid),
                     _ => None,
                 };
-                let signal = kill_signal(&s.unit);
+                let signal = match timeout_signal(&s.unit, s.unit.service.timeout_start_failure_mode) {
+                    Some(signal) => signal,
+                    None => kill_signal(&s.unit),
+                };
+                if s.unit.service.timeout_start_failure_mode != TimeoutMode::Terminate {
+                    if let Some(pid) = starter {
+                        self.out.push(Effect::Signal { target: Target::Group(pid), signal });
+                    }
+                    self.timed_out_start(id, None);
+                    return;
+                }
                 s.state = UnitState::Stopping(Stop {
                     stage: StopStage::Draining { sigkill_sent: false },
                     main: None,
@@ -2158,9 +2429,21 @@ impl Units {
             }
             (TimerKind::StopTimeout, UnitState::Stopping(stop)) => match stop.stage {
                 StopStage::SpawnCmd { .. } | StopStage::Command { .. } => {
-                    // ExecStop took all the time: go straight to SIGKILL, then give up later.
+                    // TimeoutStopFailureMode=: terminate sends KillSignal= and waits TimeoutStopSec again
+                    // (systemd), abort WatchdogSignal=, kill SIGKILL at once.
+                    let mode = s.unit.service.timeout_stop_failure_mode;
                     self.note(id, "ExecStop timed out");
-                    self.escalate(id);
+                    match mode {
+                        TimeoutMode::Terminate => self.send_kill_signal(id, false),
+                        TimeoutMode::Abort => self.abort_stop(id),
+                        TimeoutMode::Kill => self.escalate(id),
+                    }
+                }
+                StopStage::Draining { sigkill_sent: false }
+                    if s.unit.service.timeout_stop_failure_mode == TimeoutMode::Abort && !s.abort_sent =>
+                {
+                    self.note(id, "still running after TimeoutStopSec; TimeoutStopFailureMode=abort");
+                    self.abort_stop(id);
                 }
                 StopStage::Draining { sigkill_sent: false } => {
                     self.note(id, "still running after TimeoutStopSec; sending SIGKILL");
@@ -2176,6 +2459,63 @@ impl Units {
             },
             _ => {}
         }
+    }
+
+    /// A start that timed out, by TimeoutStartFailureMode=abort (WatchdogSignal=,
+    /// bounded by TimeoutAbortSec=) or kill (SIGKILL): straight to signals, as systemd.
+    fn timed_out_start(&mut self, id: UnitId, main: Option<i32>) {
+        let service = &self.slots[id.0].unit.service;
+        let mode = service.timeout_start_failure_mode;
+        let signal = timeout_signal(&self.slots[id.0].unit, mode).unwrap_or(Signal::SIGKILL);
+        let timeout = if mode == TimeoutMode::Kill {
+            Some(KILL_GRACE)
+        } else {
+            service.timeout_abort.unwrap_or(service.timeout_stop)
+        };
+        let killed = mode == TimeoutMode::Kill;
+        self.enter(
+            id,
+            UnitState::Stopping(Stop {
+                stage: StopStage::Draining { sigkill_sent: killed },
+                main,
+                ending: RunEnd::StartTimeout,
+                then: Then::Policy,
+                escalated: killed,
+                remained: false,
+                post: None,
+            }),
+        );
+        let how = if killed {
+            "killing it (TimeoutStartFailureMode=kill)"
+        } else {
+            "aborting it (TimeoutStartFailureMode=abort)"
+        };
+        self.note(id, &format!("not started within TimeoutStartSec; {how}"));
+        self.publish(id, Some(format!("not started within TimeoutStartSec; {how}")));
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal });
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
+        if let Some(timeout) = timeout {
+            self.arm(id, TimerKind::StopTimeout, timeout);
+        }
+        self.out.push(Effect::CheckDrained { unit: id });
+    }
+
+    /// TimeoutStopFailureMode=abort: WatchdogSignal= to the unit, then after
+    /// TimeoutAbortSec= (TimeoutStopSec= when unset) the final kill.
+    fn abort_stop(&mut self, id: UnitId) {
+        let s = &mut self.slots[id.0];
+        s.abort_sent = true;
+        let signal = timeout_signal(&s.unit, TimeoutMode::Abort).unwrap_or(Signal::SIGABRT);
+        let timeout = s.unit.service.timeout_abort.unwrap_or(s.unit.service.timeout_stop);
+        if let UnitState::Stopping(stop) = &mut s.state {
+            stop.stage = StopStage::Draining { sigkill_sent: false };
+        }
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal });
+        self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGCONT });
+        if let Some(timeout) = timeout {
+            self.arm(id, TimerKind::StopTimeout, timeout);
+        }
+        self.check_drained(id);
     }
 
     fn escalate(&mut self, id: UnitId) {

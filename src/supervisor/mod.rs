@@ -75,6 +75,9 @@ pub struct Prepared {
     pub vnc_port: Option<u16>,
     /// Extra tells for the failure classifier (a blueprint's `# aikore.failure = class: regex`).
     pub failure_patterns: Vec<crate::failure::Pattern>,
+    /// RuntimeRandomizedExtraSec=: this run's random share of it, added to
+    /// RuntimeMaxSec= (drawn here: the machine has no randomness of its own).
+    pub runtime_extra: std::time::Duration,
 }
 
 /// What a higher layer adds to the runs of its units (today `instances`:
@@ -118,6 +121,11 @@ pub trait ProcessControl: Send + 'static {
     /// without an exit the engine sees (a descendant it did not spawn ended),
     /// a [`DrainHint`] must follow. Called again on every check; must be idempotent.
     fn watch_drain(&mut self, _unit: &str) {}
+    /// OOM kills in the unit's cgroup since its run began (`memory.events`
+    /// `oom_kill`); 0 without a cgroup (OOMPolicy= then sees none).
+    fn oom_kills(&mut self, _unit: &str) -> u64 {
+        0
+    }
     /// The engine handled one batch of inputs: facts gathered for it (a /proc
     /// sweep shared by the units it signalled) are stale from here on.
     fn batch_done(&mut self) {}
@@ -268,6 +276,40 @@ pub struct UnitSnapshot {
     pub unit: Arc<Unit>,
 }
 
+/// The exit status a unit's `SuccessActionExitStatus=`/`FailureActionExitStatus=`
+/// asked aikore to end with (-1: none). One daemon per process, as PID 1.
+static REQUESTED_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// What a unit's action asked the daemon's exit status to be, if anything.
+pub fn requested_exit_status() -> Option<i32> {
+    let code = REQUESTED_EXIT.load(std::sync::atomic::Ordering::SeqCst);
+    (code >= 0).then_some(code)
+}
+
+/// A unit's SuccessAction=/FailureAction=/StartLimitAction= ends the container:
+/// aikore's own SIGTERM path (every unit stopped in order), ending with
+/// `exit_status` when the unit gave one (`*ActionExitStatus=`).
+pub fn end_container(why: &str, exit_status: Option<u8>) {
+    if let Some(code) = exit_status {
+        // The first action's status wins, as systemd keeps the first exit request.
+        let _ = REQUESTED_EXIT.compare_exchange(
+            -1,
+            i32::from(code),
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+    tracing::warn!(reason = %why, "a unit's action ends the container: ordered shutdown");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
+}
+
+impl UnitSnapshot {
+    /// Whether `name` addresses this unit: its own name or one of its aliases (Alias=).
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.name == name || self.unit.aliases.iter().any(|a| a == name)
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CommandError {
     #[error("no unit named {0:?}")]
@@ -411,4 +453,7 @@ pub enum DrainHint {
     /// channel from the OS side ([`notify`]).
     /// `pid`: the sender, as the kernel tells it (SCM_CREDENTIALS).
     Notify { unit: String, message: String, pid: Option<i32> },
+    /// Not about draining either: the unit cgroup's `memory.events` changed
+    /// (an OOM kill moves its `oom_kill`); the driver asks for the count.
+    Oom(String),
 }

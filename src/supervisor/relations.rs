@@ -18,8 +18,9 @@
 //!   `stopped` after a run / `failed` or `error` ends the container: aikore
 //!   sends itself SIGTERM, its ordered shutdown.
 //!
-//! `Requisite=` needs the engine (a start must fail before it begins) and is
-//! parsed only.
+//! `Requisite=`, `StopWhenUnneeded=`, `PropagatesReloadTo=`/`PropagatesStopTo=`
+//! and `StartLimitAction=` are the machine's (`machine.rs`): they act inside a
+//! start, a stop or a reload job, not after the events.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,8 +34,9 @@ use crate::units::Unit;
 pub enum Action {
     Start(String),
     Stop(String),
-    /// SuccessAction=/FailureAction=: aikore's ordered shutdown (the reason).
-    Exit(String),
+    /// SuccessAction=/FailureAction=: aikore's ordered shutdown (the reason, and
+    /// the exit status `*ActionExitStatus=` asks for with `exit`/`exit-force`).
+    Exit(String, Option<u8>),
 }
 
 fn up(status: Option<&Status>) -> bool {
@@ -79,13 +81,15 @@ pub fn decide(
         Status::Stopped | Status::Error | Status::Failed if was_up => {
             let list = if now == Status::Stopped { &rel.on_success } else { &rel.on_failure };
             actions.extend(list.iter().filter(|n| defs.contains_key(*n)).map(|n| Action::Start(n.clone())));
-            let (key, action) = if now == Status::Stopped {
-                ("SuccessAction", &rel.success_action)
+            let (key, action, status) = if now == Status::Stopped {
+                ("SuccessAction", &rel.success_action, rel.success_action_exit_status)
             } else {
-                ("FailureAction", &rel.failure_action)
+                ("FailureAction", &rel.failure_action, rel.failure_action_exit_status)
             };
             if let Some(action) = action {
-                actions.push(Action::Exit(format!("{unit} ended {}: {key}={action}", now.as_str())));
+                // systemd propagates an exit status only with exit and exit-force.
+                let status = status.filter(|_| action.starts_with("exit"));
+                actions.push(Action::Exit(format!("{unit} ended {}: {key}={action}", now.as_str()), status));
             }
             for other in defs.values() {
                 let r = &other.relations;
@@ -140,12 +144,11 @@ async fn run(handle: SupervisorHandle, mut events: broadcast::Receiver<UnitEvent
             let (verb, name, result) = match &action {
                 Action::Start(name) => ("start", name, handle.start(name).await),
                 Action::Stop(name) => ("stop", name, handle.stop(name).await),
-                Action::Exit(why) => {
+                Action::Exit(why, status) => {
                     if !exiting {
                         exiting = true;
-                        tracing::warn!(reason = %why, "a unit's action ends the container: ordered shutdown");
                         // The daemon's own SIGTERM path: stop every unit in order, then exit.
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
+                        super::end_container(why, *status);
                     }
                     continue;
                 }
@@ -191,15 +194,19 @@ mod tests {
 
     #[test]
     fn success_and_failure_actions_end_the_container() {
-        let d = defs(&[("batch", "SuccessAction=exit\nFailureAction=poweroff")]);
+        let d = defs(&[(
+            "batch",
+            "SuccessAction=exit\nFailureAction=poweroff\nSuccessActionExitStatus=7\nFailureActionExitStatus=9",
+        )]);
         let s = statuses(&[("batch", Status::Stopped)]);
         assert_eq!(
             decide(&d, &s, "batch", Some(Status::Started), Status::Stopped),
-            [Action::Exit("batch ended stopped: SuccessAction=exit".into())]
+            [Action::Exit("batch ended stopped: SuccessAction=exit".into(), Some(7))]
         );
+        // An exit status goes with exit and exit-force only.
         assert_eq!(
             decide(&d, &s, "batch", Some(Status::Started), Status::Failed),
-            [Action::Exit("batch ended failed: FailureAction=poweroff".into())]
+            [Action::Exit("batch ended failed: FailureAction=poweroff".into(), None)]
         );
         let d = defs(&[("quiet", "SuccessAction=none")]);
         assert!(decide(&d, &s, "quiet", Some(Status::Started), Status::Stopped).is_empty());

@@ -83,6 +83,8 @@ pub enum RunEnd {
     Watchdog,
     /// RuntimeMaxSec= passed.
     RuntimeMax,
+    /// The kernel's OOM killer killed a process of the unit and OOMPolicy=stop stopped it.
+    OomKill,
 }
 
 impl RunEnd {
@@ -113,7 +115,7 @@ impl RunEnd {
     /// as opposed to exiting with a code.
     fn is_abnormal(&self) -> bool {
         match self {
-            RunEnd::StartTimeout | RunEnd::Watchdog | RunEnd::RuntimeMax => true,
+            RunEnd::StartTimeout | RunEnd::Watchdog | RunEnd::RuntimeMax | RunEnd::OomKill => true,
             RunEnd::Exited(ExitStatus::Signaled { .. }) => !self.is_clean(),
             _ => false,
         }
@@ -129,6 +131,7 @@ impl RunEnd {
             RunEnd::SpawnFailed(why) => format!("could not start: {why}"),
             RunEnd::Watchdog => "watchdog timeout (no WATCHDOG=1 within WatchdogSec)".into(),
             RunEnd::RuntimeMax => "ran longer than RuntimeMaxSec".into(),
+            RunEnd::OomKill => "stopped: the OOM killer killed one of its processes (OOMPolicy=stop)".into(),
         }
     }
 }
@@ -143,6 +146,7 @@ pub fn result_env(end: &RunEnd) -> Vec<(String, String)> {
         RunEnd::Exited(ExitStatus::Signaled { .. }) => "signal",
         RunEnd::StartTimeout | RunEnd::RuntimeMax => "timeout",
         RunEnd::Watchdog => "watchdog",
+        RunEnd::OomKill => "oom-kill",
         RunEnd::SpawnFailed(_) => "resources",
     };
     let mut env = vec![("SERVICE_RESULT".to_string(), result.to_string())];

@@ -35,6 +35,44 @@ pub const UNIT_KEYS: &[&str] = &[
     "AssertVirtualization",
     "AssertACPower",
     "AssertSecurity",
+    "ConditionCredential",
+    "ConditionFirstBoot",
+    "ConditionNeedsUpdate",
+    "ConditionArchitecture",
+    "ConditionKernelVersion",
+    "ConditionOSRelease",
+    "ConditionHost",
+    "ConditionUser",
+    "ConditionGroup",
+    "ConditionCPUs",
+    "ConditionMemory",
+    "ConditionPathExistsGlob",
+    "ConditionControlGroupController",
+    "ConditionCPUFeature",
+    "ConditionMemoryPressure",
+    "ConditionCPUPressure",
+    "ConditionIOPressure",
+    "AssertCredential",
+    "AssertFirstBoot",
+    "AssertNeedsUpdate",
+    "AssertArchitecture",
+    "AssertKernelVersion",
+    "AssertOSRelease",
+    "AssertHost",
+    "AssertUser",
+    "AssertGroup",
+    "AssertCPUs",
+    "AssertMemory",
+    "AssertPathExistsGlob",
+    "AssertControlGroupController",
+    "AssertCPUFeature",
+    "AssertMemoryPressure",
+    "AssertCPUPressure",
+    "AssertIOPressure",
+    "ConditionFirmware",
+    "ConditionPathIsEncrypted",
+    "AssertFirmware",
+    "AssertPathIsEncrypted",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +97,40 @@ pub enum Test {
     ACPower,
     /// See [`security_holds`].
     Security,
+    /// A credential passed to the service manager (aikore): see [`super::checks_host::credential_holds`].
+    Credential,
+    /// See [`super::checks_host::first_boot`].
+    FirstBoot,
+    /// See [`super::checks_host::needs_update`].
+    NeedsUpdate,
+    Architecture,
+    /// Glob or `<`, `<=`, `=`, `!=`, `>=`, `>` and a version, against `uname -r`.
+    KernelVersion,
+    /// `KEY=VALUE` (or another operator) against os-release.
+    OSRelease,
+    /// The host name (a glob) or the machine ID.
+    Host,
+    /// The manager's user: a name, a uid or `@system`.
+    User,
+    /// The manager's group or one of its supplementary groups.
+    Group,
+    /// An operator and a number, against the CPUs in aikore's affinity mask.
+    CPUs,
+    /// An operator and a size, against the memory aikore may use.
+    Memory,
+    PathExistsGlob,
+    /// Controllers (or `v1`/`v2`) the cgroup hierarchy offers.
+    ControlGroupController,
+    /// A flag of /proc/cpuinfo.
+    CPUFeature,
+    /// A threshold of the host's PSI (`/proc/pressure/*`), optionally over `/10sec`, `/1min` or `/5min`.
+    MemoryPressure,
+    CPUPressure,
+    IOPressure,
+    /// `uefi`, `device-tree`, `device-tree-compatible(X)`, `smbios-field(NAME OP VALUE)`.
+    Firmware,
+    /// The block device under the path is dm-crypt (itself or below it).
+    PathIsEncrypted,
 }
 
 impl Test {
@@ -78,6 +150,25 @@ impl Test {
             "Virtualization" => Test::Virtualization,
             "ACPower" => Test::ACPower,
             "Security" => Test::Security,
+            "Credential" => Test::Credential,
+            "FirstBoot" => Test::FirstBoot,
+            "NeedsUpdate" => Test::NeedsUpdate,
+            "Architecture" => Test::Architecture,
+            "KernelVersion" => Test::KernelVersion,
+            "OSRelease" => Test::OSRelease,
+            "Host" => Test::Host,
+            "User" => Test::User,
+            "Group" => Test::Group,
+            "CPUs" => Test::CPUs,
+            "Memory" => Test::Memory,
+            "PathExistsGlob" => Test::PathExistsGlob,
+            "ControlGroupController" => Test::ControlGroupController,
+            "CPUFeature" => Test::CPUFeature,
+            "MemoryPressure" => Test::MemoryPressure,
+            "CPUPressure" => Test::CPUPressure,
+            "IOPressure" => Test::IOPressure,
+            "Firmware" => Test::Firmware,
+            "PathIsEncrypted" => Test::PathIsEncrypted,
             _ => return None,
         })
     }
@@ -126,6 +217,7 @@ impl Check {
             Test::Virtualization => virtualization_holds(&self.arg, &detect_container(), &detect_vm()),
             Test::ACPower => parse_bool(&self.arg) == Some(on_ac_power(Path::new("/sys/class/power_supply"))),
             Test::Security => security_holds(&self.arg),
+            test => super::checks_host::holds(test, &self.arg),
         }
     }
 
@@ -198,12 +290,15 @@ fn validate(test: Test, arg: &str) -> Result<(), String> {
         }
         Test::Security if SECURITY.contains(&arg) => Ok(()),
         Test::Security => Err(format!("unknown security technology '{arg}' (one of {})", SECURITY.join(", "))),
+        Test::PathExistsGlob if !arg.starts_with('/') => Err(format!("'{arg}' must be an absolute path")),
+        Test::PathExistsGlob => Ok(()),
+        test if super::checks_host::HOST_TESTS.contains(&test) => super::checks_host::validate(test, arg),
         _ if !arg.starts_with('/') => Err(format!("'{arg}' must be an absolute path")),
         _ => Ok(()),
     }
 }
 
-fn parse_bool(s: &str) -> Option<bool> {
+pub(super) fn parse_bool(s: &str) -> Option<bool> {
     match s.to_ascii_lowercase().as_str() {
         "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
         "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
@@ -449,6 +544,9 @@ impl Checks {
             }
         }
         validate(test, rest)?;
+        if test == Test::FirstBoot {
+            super::checks_host::note_first_boot();
+        }
         list.push(Check { key: key.to_string(), test, trigger, negate, arg: rest.to_string() });
         Ok(())
     }

@@ -215,6 +215,7 @@ mod tests {
             install: Default::default(),
             starts_at_boot: true,
             template: None,
+            aliases: Vec::new(),
             start_limit_interval: Duration::from_secs(10),
             start_limit_burst: 5,
             conditions: Vec::new(),

@@ -19,21 +19,22 @@ use super::{is_valid_service_name, Unit};
 pub struct Links {
     /// Units linked under a target: started at boot.
     pub boot: BTreeSet<String>,
-    /// `(from, "Wants" | "Requires", to)`: links under a service's `.wants/` or `.requires/`.
+    /// `(from, "Wants" | "Requires" | "Upholds", to)`: links under a service's `.wants/`, `.requires/` or `.upholds/`.
     pub edges: Vec<(String, &'static str, String)>,
 }
 
-/// Reads every `*.wants/` and `*.requires/` dir directly in `dirs`.
+/// Reads every `*.wants/`, `*.requires/` and `*.upholds/` dir directly in `dirs`.
 pub fn read_links(dirs: &[PathBuf]) -> Links {
     let mut links = Links::default();
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
         for entry in entries.flatten() {
             let dir_name = entry.file_name().to_string_lossy().into_owned();
-            let (owner, key) = match (dir_name.strip_suffix(".wants"), dir_name.strip_suffix(".requires")) {
-                (Some(o), _) => (o.to_string(), "Wants"),
-                (_, Some(o)) => (o.to_string(), "Requires"),
-                _ => continue,
+            let kinds = [(".wants", "Wants"), (".requires", "Requires"), (".upholds", "Upholds")];
+            let Some((owner, key)) =
+                kinds.iter().find_map(|(suffix, key)| Some((dir_name.strip_suffix(suffix)?.to_string(), *key)))
+            else {
+                continue;
             };
             let Ok(linked) = std::fs::read_dir(entry.path()) else { continue };
             for link in linked.flatten() {
@@ -67,6 +68,16 @@ fn load(dirs: &[PathBuf], name: &str) -> Result<Unit, String> {
     })
 }
 
+/// The unit an alias (`Alias=`, or a link under another name) stands for, as
+/// `systemctl enable` follows one; any other name as it is.
+fn real_name(dirs: &[PathBuf], name: &str) -> String {
+    if unit_file(dirs, name).is_some_and(|p| p.symlink_metadata().is_ok_and(|m| !m.file_type().is_symlink())) {
+        return name.to_string();
+    }
+    let loaded = super::load_dirs(dirs);
+    loaded.units.into_iter().find(|u| u.aliases.iter().any(|a| a == name)).map_or_else(|| name.to_string(), |u| u.name)
+}
+
 /// The link dirs a unit's [Install] names: `multi-user.target.wants`, `web.service.requires`.
 fn link_dirs(unit: &Unit) -> Vec<String> {
     let dir = |owner: &str, kind: &str| {
@@ -77,7 +88,8 @@ fn link_dirs(unit: &Unit) -> Vec<String> {
         }
     };
     let wants = unit.install.wanted_by.iter().map(|o| dir(o, "wants"));
-    wants.chain(unit.install.required_by.iter().map(|o| dir(o, "requires"))).collect()
+    let upholds = unit.install.upheld_by.iter().map(|o| dir(o, "upholds"));
+    wants.chain(unit.install.required_by.iter().map(|o| dir(o, "requires"))).chain(upholds).collect()
 }
 
 /// `aikore enable NAME`: links NAME (and its Also= units) as its [Install]
@@ -86,6 +98,7 @@ fn link_dirs(unit: &Unit) -> Vec<String> {
 /// was enabled already.
 pub fn enable(dirs: &[PathBuf], name: &str) -> Result<Vec<String>, String> {
     let user_dir = dirs.last().ok_or("no units dir")?;
+    let name = &real_name(dirs, name);
     let mut done = Vec::new();
     let mut seen = BTreeSet::new();
     enable_one(dirs, user_dir, name, &mut seen, &mut done, true)?;
@@ -150,6 +163,7 @@ fn enable_one(
 /// aikore's to remove: it is reported as an error.
 pub fn disable(dirs: &[PathBuf], name: &str) -> Result<Vec<String>, String> {
     let user_dir = dirs.last().ok_or("no units dir")?;
+    let name = &real_name(dirs, name);
     let mut names = vec![name.to_string()];
     if let Ok(unit) = load(dirs, name) {
         if let Some(instance) = unit.install.default_instance.as_ref().filter(|_| is_template_name(name)) {
@@ -176,7 +190,7 @@ pub fn disable(dirs: &[PathBuf], name: &str) -> Result<Vec<String>, String> {
     Ok(done)
 }
 
-/// Every `*.wants/NAME.service` and `*.requires/NAME.service` in `dirs`.
+/// Every `*.wants/NAME.service`, `*.requires/NAME.service` and `*.upholds/NAME.service` in `dirs`.
 fn links_of(dirs: &[PathBuf], name: &str) -> Vec<PathBuf> {
     let file = format!("{name}.service");
     let mut found = Vec::new();
@@ -184,7 +198,7 @@ fn links_of(dirs: &[PathBuf], name: &str) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
         for entry in entries.flatten() {
             let dir_name = entry.file_name().to_string_lossy().into_owned();
-            if dir_name.ends_with(".wants") || dir_name.ends_with(".requires") {
+            if [".wants", ".requires", ".upholds"].iter().any(|suffix| dir_name.ends_with(suffix)) {
                 let link = entry.path().join(&file);
                 if link.symlink_metadata().is_ok() {
                     found.push(link);
@@ -250,6 +264,41 @@ mod tests {
         assert_eq!(boot(&dirs), [("helper".into(), false), ("plain".into(), true), ("web".into(), false)]);
         assert!(enable(&dirs, "plain").unwrap_err().contains("static"));
         assert!(enable(&dirs, "ghost").unwrap_err().contains("no unit file"));
+    }
+
+    #[test]
+    fn enable_and_disable_follow_an_alias() {
+        let user = tempfile::tempdir().expect("tempdir");
+        let dirs = vec![user.path().to_path_buf()];
+        write(
+            user.path(),
+            "ssh.service",
+            "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n",
+        );
+        let made = enable(&dirs, "sshd").expect("enable by the alias");
+        assert_eq!(made.len(), 1, "{made:?}");
+        assert!(user.path().join("multi-user.target.wants/ssh.service").symlink_metadata().is_ok());
+        assert_eq!(disable(&dirs, "sshd").expect("disable by the alias").len(), 1);
+    }
+
+    #[test]
+    fn upheld_by_links_make_the_other_unit_uphold_this_one() {
+        let user = tempfile::tempdir().expect("tempdir");
+        let dirs = vec![user.path().to_path_buf()];
+        write(user.path(), "keeper.service", "[Service]\nExecStart=/bin/true\n");
+        write(user.path(), "kept.service", "[Service]\nExecStart=/bin/true\n[Install]\nUpheldBy=keeper.service\n");
+        let kept = |dirs: &[PathBuf]| {
+            load_dirs(dirs).units.into_iter().find(|u| u.name == "keeper").map(|u| u.relations.upholds)
+        };
+        assert_eq!(kept(&dirs), Some(vec![]));
+        let made = enable(&dirs, "kept").expect("enable");
+        assert_eq!(made.len(), 1, "{made:?}");
+        assert!(user.path().join("keeper.service.upholds/kept.service").symlink_metadata().is_ok());
+        assert_eq!(kept(&dirs), Some(vec!["kept".to_string()]), "keeper upholds kept once enabled");
+        let loaded = load_dirs(&dirs);
+        assert!(loaded.units.iter().find(|u| u.name == "kept").is_some_and(|u| !u.starts_at_boot));
+        disable(&dirs, "kept").expect("disable");
+        assert_eq!(kept(&dirs), Some(vec![]));
     }
 
     #[test]

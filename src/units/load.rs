@@ -39,6 +39,8 @@ pub fn load_dirs_with(dirs: &[PathBuf], requested: &BTreeSet<String>) -> LoadedU
     let mut by_name: BTreeMap<String, Unit> = BTreeMap::new();
     let mut templates: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut diagnostics = Vec::new();
+    // (alias, unit) from links to a unit file under another name.
+    let mut linked: Vec<(String, String)> = Vec::new();
     for dir in dirs {
         let files = match unit_files(dir) {
             Ok(files) => files,
@@ -49,6 +51,7 @@ pub fn load_dirs_with(dirs: &[PathBuf], requested: &BTreeSet<String>) -> LoadedU
         };
         // A later dir's link to /dev/null masks the unit (`systemctl mask`).
         for name in masked_names(dir) {
+            linked.retain(|(alias, _)| *alias != name);
             by_name.remove(&name);
             templates.remove(&name);
         }
@@ -63,9 +66,10 @@ pub fn load_dirs_with(dirs: &[PathBuf], requested: &BTreeSet<String>) -> LoadedU
                 continue;
             }
             seen_here.insert(name.clone(), path.clone());
-            if is_alias(&path) {
+            if let Some(target) = alias_target(&path) {
                 // systemd's alias (`dbus-org.freedesktop.login1.service` -> `systemd-logind.service`):
                 // the same unit under another name, not a second unit running the same command.
+                linked.push((name, target));
                 continue;
             }
             match parse_unit_file(&path) {
@@ -101,7 +105,11 @@ pub fn load_dirs_with(dirs: &[PathBuf], requested: &BTreeSet<String>) -> LoadedU
     instantiate(&mut by_name, &templates, wanted, &mut diagnostics);
     for (from, key, to) in &links.edges {
         if let Some(unit) = by_name.get_mut(from) {
-            let list = if *key == "Requires" { &mut unit.requires } else { &mut unit.wants };
+            let list = match *key {
+                "Requires" => &mut unit.requires,
+                "Upholds" => &mut unit.relations.upholds,
+                _ => &mut unit.wants,
+            };
             if !list.contains(to) {
                 list.push(to.clone());
             }
@@ -112,7 +120,14 @@ pub fn load_dirs_with(dirs: &[PathBuf], requested: &BTreeSet<String>) -> LoadedU
             unit.starts_at_boot = true;
         }
     }
-    let units: Vec<Unit> = by_name.into_values().collect();
+    let mut units: Vec<Unit> = by_name.into_values().collect();
+    diagnostics.extend(resolve_aliases(&mut units, &linked));
+    for unit in units.iter_mut() {
+        // Enabled under an alias's name (`multi-user.target.wants/sshd.service`).
+        if unit.aliases.iter().any(|a| links.boot.contains(a)) {
+            unit.starts_at_boot = true;
+        }
+    }
     let template_names: BTreeSet<String> = templates.keys().cloned().collect();
     diagnostics.extend(check_graph_with(&units, &template_names));
     LoadedUnits { units, diagnostics, templates }
@@ -176,15 +191,117 @@ fn instantiate(
 }
 
 /// A link to another unit file of a different name (not a template
-/// instance's link to its template, which is how systemd spells those).
-fn is_alias(path: &Path) -> bool {
-    let Ok(target) = std::fs::read_link(path) else { return false };
-    let (Some(own), Some(to)) = (path.file_name(), target.file_name()) else { return false };
-    let own = own.to_string_lossy();
-    let to = to.to_string_lossy();
-    own != to
+/// instance's link to its template, which is how systemd spells those):
+/// the name of the unit it is an alias of.
+fn alias_target(path: &Path) -> Option<String> {
+    let target = std::fs::read_link(path).ok()?;
+    let own = path.file_name()?.to_string_lossy().into_owned();
+    let to = target.file_name()?.to_string_lossy().into_owned();
+    let alias = own != to
         && to.ends_with(".service")
-        && template_of(own.trim_end_matches(".service")).is_none_or(|t| format!("{t}.service") != to)
+        && template_of(own.trim_end_matches(".service")).is_none_or(|t| format!("{t}.service") != to);
+    alias.then(|| to.trim_end_matches(".service").to_string())
+}
+
+/// Gives every unit the names it answers to (its `Alias=` names and the
+/// links to its file), and makes every reference to an alias (After=,
+/// Requires=, Wants=, the relations) name the unit itself, as systemd
+/// resolves an alias to the one unit. An `Alias=` that is another unit's name
+/// or alias is an error at its line, and is not used; the other side of a
+/// `ReloadPropagatedFrom=`/`StopPropagatedFrom=` is written into the unit it
+/// names, so the supervisor reads one list.
+pub fn resolve_aliases(units: &mut [Unit], linked: &[(String, String)]) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let names: BTreeSet<String> = units.iter().map(|u| u.name.clone()).collect();
+    // alias -> (unit, its file, the line of Alias=; 0 for a link).
+    let mut owner: BTreeMap<String, (String, PathBuf, usize)> = BTreeMap::new();
+    for (alias, target) in linked {
+        if let Some(unit) = units.iter().find(|u| &u.name == target) {
+            if !names.contains(alias) {
+                owner.entry(alias.clone()).or_insert((unit.name.clone(), unit.path.clone(), 0));
+            }
+        }
+    }
+    for unit in units.iter() {
+        for (alias, line) in &unit.install.alias {
+            if *alias == unit.name {
+                continue;
+            }
+            let clash = if names.contains(alias) {
+                Some(format!("Alias={alias}.service: '{alias}' is the name of another unit"))
+            } else {
+                match owner.get(alias) {
+                    Some((other, path, _)) if *other != unit.name => Some(format!(
+                        "Alias={alias}.service: '{alias}' is already an alias of '{other}' ({})",
+                        path.display()
+                    )),
+                    _ => None,
+                }
+            };
+            match clash {
+                Some(message) => diagnostics.push(Diagnostic {
+                    path: unit.path.clone(),
+                    line: *line,
+                    severity: Severity::Error,
+                    message,
+                }),
+                None => {
+                    owner.insert(alias.clone(), (unit.name.clone(), unit.path.clone(), *line));
+                }
+            }
+        }
+    }
+    let real = |name: &String| owner.get(name).map_or_else(|| name.clone(), |(unit, _, _)| unit.clone());
+    for unit in units.iter_mut() {
+        unit.aliases = owner.iter().filter(|(_, (u, _, _))| *u == unit.name).map(|(a, _)| a.clone()).collect();
+        let rel = &mut unit.relations;
+        let lists = [
+            &mut unit.after,
+            &mut unit.before,
+            &mut unit.requires,
+            &mut unit.wants,
+            &mut rel.requisite,
+            &mut rel.binds_to,
+            &mut rel.part_of,
+            &mut rel.upholds,
+            &mut rel.conflicts,
+            &mut rel.on_failure,
+            &mut rel.on_success,
+            &mut rel.propagates_reload_to,
+            &mut rel.reload_propagated_from,
+            &mut rel.propagates_stop_to,
+            &mut rel.stop_propagated_from,
+        ];
+        for list in lists {
+            let mut resolved: Vec<String> = Vec::with_capacity(list.len());
+            for name in list.iter().map(real) {
+                if !resolved.contains(&name) {
+                    resolved.push(name);
+                }
+            }
+            *list = resolved;
+        }
+    }
+    // X's ReloadPropagatedFrom=Y is Y's PropagatesReloadTo=X (and the same for stops).
+    let mut reloads: Vec<(String, String)> = Vec::new();
+    let mut stops: Vec<(String, String)> = Vec::new();
+    for unit in units.iter() {
+        reloads.extend(unit.relations.reload_propagated_from.iter().map(|from| (from.clone(), unit.name.clone())));
+        stops.extend(unit.relations.stop_propagated_from.iter().map(|from| (from.clone(), unit.name.clone())));
+    }
+    for unit in units.iter_mut() {
+        for (from, to) in &reloads {
+            if *from == unit.name && !unit.relations.propagates_reload_to.contains(to) {
+                unit.relations.propagates_reload_to.push(to.clone());
+            }
+        }
+        for (from, to) in &stops {
+            if *from == unit.name && !unit.relations.propagates_stop_to.contains(to) {
+                unit.relations.propagates_stop_to.push(to.clone());
+            }
+        }
+    }
+    diagnostics
 }
 
 /// The names of the unit files in `dir` that are links to /dev/null.
@@ -262,6 +379,7 @@ pub fn check_paths(paths: &[PathBuf]) -> Vec<Diagnostic> {
             Err(diags) => diagnostics.extend(diags),
         }
     }
+    diagnostics.extend(resolve_aliases(&mut units, &[]));
     diagnostics.extend(check_graph_with(&units, &templates));
     diagnostics
 }
@@ -334,6 +452,49 @@ mod tests {
         assert_eq!(names, ["getty@tty1", "systemd-logind"]);
         let argv = loaded.units[0].service.exec_start.as_ref().map(|c| c.argv.clone());
         assert_eq!(argv, Some(vec!["/bin/echo".to_string(), "tty1".to_string()]));
+    }
+
+    #[test]
+    fn aliases_name_the_unit_in_dependencies_and_a_collision_is_an_error_at_its_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "ssh.service", "[Service]\nExecStart=/bin/true\n[Install]\nAlias=sshd.service\n");
+        write(
+            dir.path(),
+            "web.service",
+            "[Unit]\nRequires=sshd.service\nAfter=logind.service\n[Service]\nExecStart=/bin/true\n",
+        );
+        write(dir.path(), "systemd-logind.service", SVC);
+        std::os::unix::fs::symlink("systemd-logind.service", dir.path().join("logind.service")).expect("link");
+        let loaded = load_dirs(&[dir.path().to_path_buf()]);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        let names: Vec<&str> = loaded.units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["ssh", "systemd-logind", "web"], "an alias is not a unit");
+        assert_eq!(loaded.units[0].aliases, ["sshd"]);
+        assert_eq!(loaded.units[1].aliases, ["logind"], "a link under another name is an alias too");
+        assert_eq!(loaded.units[2].requires, ["ssh"]);
+        assert_eq!(loaded.units[2].after, ["systemd-logind"]);
+
+        // Taken by another unit's name, or by another unit's alias (the first file in name order keeps it): an
+        // error at the Alias= line.
+        write(
+            dir.path(),
+            "zz.service",
+            "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n[Install]\nAlias=web.service sshd.service\n",
+        );
+        let loaded = load_dirs(&[dir.path().to_path_buf()]);
+        let errors: Vec<String> = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].ends_with("zz.service:6: Alias=web.service: 'web' is the name of another unit"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("zz.service:6: Alias=sshd.service: 'sshd' is already an alias of 'ssh'"),
+            "{errors:?}"
+        );
+        assert!(check_paths(&[dir.path().join("zz.service"), dir.path().join("web.service")])
+            .iter()
+            .any(|d| d.severity == Severity::Error && d.line == 6));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod checks;
+mod checks_host;
 pub mod corpus;
 mod credentials;
 mod env_name;
@@ -42,7 +43,7 @@ pub use exec::{
 pub use expand::{expand_vars, parse_env_file};
 pub use gpus::{GpuId, GpuSpec, InstanceLimits};
 pub use graph::{check_graph, dependency_tree, find_cycle, start_order, DependencyNode};
-pub use load::{check_paths, load_dirs, load_dirs_with, LoadedUnits};
+pub use load::{check_paths, load_dirs, load_dirs_with, resolve_aliases, LoadedUnits};
 pub use name::{is_valid_service_name, template_of};
 pub use namespaces::{BindPath, NamespaceConfig, ProtectProc, TmpfsMount};
 pub use quote::{is_valid_env_name, split_command_line};
@@ -342,6 +343,57 @@ pub struct ServiceConfig {
     pub log_max_file_size: Option<u64>,
     pub log_max_files: Option<u32>,
     pub log_compress: Option<bool>,
+    /// GuessMainPID=: a `Type=forking` service without PIDFile= takes the one
+    /// process left as its main one (yes, the default); no: it has none and is
+    /// active while any of its processes is left.
+    pub guess_main_pid: bool,
+    /// OOMPolicy=: what an OOM kill of one of its processes does to the unit.
+    pub oom_policy: OomPolicy,
+    /// ExitType=cgroup: the run lasts until its last process is gone, not its main one.
+    pub exit_type_cgroup: bool,
+    /// TimeoutStartFailureMode=, TimeoutStopFailureMode=: what a start or stop that timed out sends.
+    pub timeout_start_failure_mode: TimeoutMode,
+    pub timeout_stop_failure_mode: TimeoutMode,
+    /// RestartMode=normal (systemd 254): an automatic restart passes through
+    /// failed (or stopped), so OnFailure=/OnSuccess= and BindsTo= see it;
+    /// `direct`, aikore's default as systemd 252 behaves, goes straight to restarting.
+    pub restart_mode_normal: bool,
+    /// RuntimeRandomizedExtraSec=: RuntimeMaxSec= is longer by a random share of this, drawn per run.
+    pub runtime_randomized_extra: Duration,
+}
+
+/// TimeoutStartFailureMode=/TimeoutStopFailureMode= (systemd's default: terminate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeoutMode {
+    /// KillSignal= (a start), FinalKillSignal= once the kill signal was sent (a stop).
+    #[default]
+    Terminate,
+    /// WatchdogSignal= (SIGABRT, for a core dump), bounded by TimeoutAbortSec=, then FinalKillSignal=.
+    Abort,
+    /// SIGKILL at once.
+    Kill,
+}
+
+/// OOMPolicy=: systemd's default for services is `stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OomPolicy {
+    /// Logged, nothing more.
+    Continue,
+    /// The unit is stopped, with result `oom-kill`.
+    #[default]
+    Stop,
+    /// Every process of the unit is killed (the kernel does it with `memory.oom.group=1`).
+    Kill,
+}
+
+impl OomPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OomPolicy::Continue => "continue",
+            OomPolicy::Stop => "stop",
+            OomPolicy::Kill => "kill",
+        }
+    }
 }
 
 impl Default for ServiceConfig {
@@ -394,6 +446,13 @@ impl Default for ServiceConfig {
             log_max_file_size: None,
             log_max_files: None,
             log_compress: None,
+            guess_main_pid: true,
+            oom_policy: OomPolicy::Stop,
+            exit_type_cgroup: false,
+            timeout_start_failure_mode: TimeoutMode::Terminate,
+            timeout_stop_failure_mode: TimeoutMode::Terminate,
+            restart_mode_normal: false,
+            runtime_randomized_extra: Duration::ZERO,
         }
     }
 }
@@ -507,11 +566,25 @@ pub struct Relations {
     pub conflicts: Vec<String>,
     pub on_failure: Vec<String>,
     pub on_success: Vec<String>,
+    /// PropagatesReloadTo= (and the other side's ReloadPropagatedFrom=, folded in by `load`):
+    /// a reload of this unit reloads these too.
+    pub propagates_reload_to: Vec<String>,
+    pub reload_propagated_from: Vec<String>,
+    /// PropagatesStopTo= (and StopPropagatedFrom=): a stop or restart of this unit stops or restarts these too.
+    pub propagates_stop_to: Vec<String>,
+    pub stop_propagated_from: Vec<String>,
+    /// StopWhenUnneeded=yes: stopped once no active unit Requires=/Requisite=/Wants=/BindsTo=/Upholds= it.
+    pub stop_when_unneeded: bool,
+    /// SuccessActionExitStatus=/FailureActionExitStatus=: aikore's exit status when that action is `exit`/`exit-force`.
+    pub success_action_exit_status: Option<u8>,
+    pub failure_action_exit_status: Option<u8>,
+    /// StartLimitAction= other than `none`: hitting the start limit ends the container as SuccessAction= does.
+    pub start_limit_action: Option<String>,
 }
 
 impl Relations {
     /// `(key, names)` for every relation, in systemd's order.
-    pub fn all(&self) -> [(&'static str, &[String]); 7] {
+    pub fn all(&self) -> [(&'static str, &[String]); 11] {
         [
             ("Requisite", &self.requisite),
             ("BindsTo", &self.binds_to),
@@ -520,6 +593,10 @@ impl Relations {
             ("Conflicts", &self.conflicts),
             ("OnFailure", &self.on_failure),
             ("OnSuccess", &self.on_success),
+            ("PropagatesReloadTo", &self.propagates_reload_to),
+            ("ReloadPropagatedFrom", &self.reload_propagated_from),
+            ("PropagatesStopTo", &self.propagates_stop_to),
+            ("StopPropagatedFrom", &self.stop_propagated_from),
         ]
     }
 }
@@ -530,14 +607,21 @@ impl Relations {
 pub struct InstallConfig {
     pub wanted_by: Vec<String>,
     pub required_by: Vec<String>,
+    /// UpheldBy=: `aikore enable` links the unit into `<unit>.upholds/`.
+    pub upheld_by: Vec<String>,
     pub also: Vec<String>,
     pub default_instance: Option<String>,
+    /// Alias=: further names of the unit (without `.service`), with the line each was written on.
+    pub alias: Vec<(String, usize)>,
 }
 
 impl InstallConfig {
     /// Whether `aikore enable` has anything to link.
     pub fn is_installable(&self) -> bool {
-        !self.wanted_by.is_empty() || !self.required_by.is_empty() || !self.also.is_empty()
+        !self.wanted_by.is_empty()
+            || !self.required_by.is_empty()
+            || !self.upheld_by.is_empty()
+            || !self.also.is_empty()
     }
 }
 
@@ -565,6 +649,9 @@ pub struct Unit {
     pub starts_at_boot: bool,
     /// `echo@` for `echo@a`: the template this unit was instantiated from.
     pub template: Option<String>,
+    /// The names the unit answers to besides its own, once loaded (`load`):
+    /// its `Alias=` names and the links to its file under another name.
+    pub aliases: Vec<String>,
     pub start_limit_interval: Duration,
     pub start_limit_burst: u32,
     /// ConditionPathExists=: every one must hold or the start is skipped

@@ -109,6 +109,7 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
         install: InstallConfig::default(),
         starts_at_boot: true,
         template: super::name::template_of(&name).map(str::to_string),
+        aliases: Vec::new(),
         name,
         // systemd's DefaultStartLimitIntervalSec= and DefaultStartLimitBurst=.
         start_limit_interval: Duration::from_secs(10),
@@ -267,7 +268,9 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
     }
     if kind == UnitKind::Service {
         // A unit that says when to start (WantedBy=...) starts at boot only once enabled (load.rs).
-        unit.starts_at_boot = unit.install.wanted_by.is_empty() && unit.install.required_by.is_empty();
+        unit.starts_at_boot = unit.install.wanted_by.is_empty()
+            && unit.install.required_by.is_empty()
+            && unit.install.upheld_by.is_empty();
     }
     if kind == UnitKind::Instance && !blueprint_seen {
         let line = section_line(&doc.sections, "Instance");
@@ -397,6 +400,15 @@ impl<'a> Resolver<'a> {
             "OnFailure" => self.deps(&mut unit.relations.on_failure, entry),
             "OnSuccess" => self.deps(&mut unit.relations.on_success, entry),
             "JoinsNamespaceOf" => self.deps(&mut unit.service.exec.ns.joins_namespace_of, entry),
+            "PropagatesReloadTo" => self.deps(&mut unit.relations.propagates_reload_to, entry),
+            "ReloadPropagatedFrom" => self.deps(&mut unit.relations.reload_propagated_from, entry),
+            "PropagatesStopTo" => self.deps(&mut unit.relations.propagates_stop_to, entry),
+            "StopPropagatedFrom" => self.deps(&mut unit.relations.stop_propagated_from, entry),
+            "StopWhenUnneeded" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    unit.relations.stop_when_unneeded = b;
+                }
+            }
             "SuccessAction" => {
                 if let Some(a) = self.value(entry, parse_action) {
                     unit.relations.success_action = a;
@@ -405,6 +417,24 @@ impl<'a> Resolver<'a> {
             "FailureAction" => {
                 if let Some(a) = self.value(entry, parse_action) {
                     unit.relations.failure_action = a;
+                }
+            }
+            "StartLimitAction" => {
+                if let Some(a) = self.value(entry, parse_action) {
+                    unit.relations.start_limit_action = a;
+                }
+            }
+            "SuccessActionExitStatus" | "FailureActionExitStatus" => {
+                let parse = |v: &str| match v {
+                    "" => Ok(None),
+                    v => v.parse::<u8>().map(Some).map_err(|_| "expected an exit status 0-255".to_string()),
+                };
+                if let Some(status) = self.value(entry, parse) {
+                    if entry.key == "SuccessActionExitStatus" {
+                        unit.relations.success_action_exit_status = status;
+                    } else {
+                        unit.relations.failure_action_exit_status = status;
+                    }
                 }
             }
             "RefuseManualStart" | "RefuseManualStop" => {
@@ -487,12 +517,32 @@ impl<'a> Resolver<'a> {
         let list = match entry.key.as_str() {
             "WantedBy" => &mut install.wanted_by,
             "RequiredBy" => &mut install.required_by,
+            "UpheldBy" => &mut install.upheld_by,
             "Also" => &mut install.also,
             "DefaultInstance" => {
                 install.default_instance = non_empty(&entry.value);
                 if let Some(i) = &install.default_instance {
                     if !is_valid_service_name(&format!("x@{i}")) {
                         self.error(entry.line, format!("invalid DefaultInstance={i}: not a valid instance name"));
+                    }
+                }
+                return;
+            }
+            "Alias" => {
+                if entry.value.is_empty() {
+                    install.alias.clear();
+                }
+                for word in entry.value.split_whitespace() {
+                    match word.strip_suffix(".service") {
+                        Some(name) if is_valid_service_name(name) || (self.in_template && is_template_name(name)) => {
+                            if !install.alias.iter().any(|(n, _)| n == name) {
+                                install.alias.push((name.to_string(), entry.line));
+                            }
+                        }
+                        _ => self.error(
+                            entry.line,
+                            format!("invalid Alias={word}: an alias of a service is a .service name"),
+                        ),
                     }
                 }
                 return;
@@ -589,6 +639,11 @@ impl<'a> Resolver<'a> {
                     svc.permissions_start_only = b;
                 }
             }
+            "RuntimeRandomizedExtraSec" => {
+                if let Some(t) = self.value(entry, parse_timeout) {
+                    svc.runtime_randomized_extra = t.unwrap_or_default();
+                }
+            }
             "RuntimeMaxSec" => {
                 if let Some(t) = self.value(entry, parse_timeout) {
                     svc.runtime_max = t;
@@ -662,6 +717,57 @@ impl<'a> Resolver<'a> {
                     svc.remain_after_exit = b;
                 }
             }
+            "TimeoutStartFailureMode" | "TimeoutStopFailureMode" => {
+                let parse = |v: &str| match v {
+                    "terminate" | "" => Ok(super::TimeoutMode::Terminate),
+                    "abort" => Ok(super::TimeoutMode::Abort),
+                    "kill" => Ok(super::TimeoutMode::Kill),
+                    _ => Err("expected terminate, abort or kill".to_string()),
+                };
+                if let Some(mode) = self.value(entry, parse) {
+                    if entry.key == "TimeoutStartFailureMode" {
+                        svc.timeout_start_failure_mode = mode;
+                    } else {
+                        svc.timeout_stop_failure_mode = mode;
+                    }
+                }
+            }
+            "RestartMode" => {
+                let parse = |v: &str| match v {
+                    "normal" => Ok(true),
+                    "direct" | "" => Ok(false),
+                    _ => Err("expected normal or direct".to_string()),
+                };
+                if let Some(normal) = self.value(entry, parse) {
+                    svc.restart_mode_normal = normal;
+                }
+            }
+            "GuessMainPID" => {
+                if let Some(b) = self.value(entry, parse_bool) {
+                    svc.guess_main_pid = b;
+                }
+            }
+            "OOMPolicy" => {
+                let parse = |v: &str| match v {
+                    "continue" => Ok(super::OomPolicy::Continue),
+                    "stop" | "" => Ok(super::OomPolicy::Stop),
+                    "kill" => Ok(super::OomPolicy::Kill),
+                    _ => Err("expected continue, stop or kill".to_string()),
+                };
+                if let Some(p) = self.value(entry, parse) {
+                    svc.oom_policy = p;
+                }
+            }
+            "ExitType" => {
+                let parse = |v: &str| match v {
+                    "main" | "" => Ok(false),
+                    "cgroup" => Ok(true),
+                    _ => Err("expected main or cgroup".to_string()),
+                };
+                if let Some(cgroup) = self.value(entry, parse) {
+                    svc.exit_type_cgroup = cgroup;
+                }
+            }
             "WatchdogSec" => {
                 if let Some(t) = self.value(entry, parse_timeout) {
                     svc.watchdog = t;
@@ -713,6 +819,12 @@ impl<'a> Resolver<'a> {
             "ReadyCheck" => {
                 if let Some(r) = self.value(entry, parse_ready_check) {
                     svc.ready_check = r;
+                }
+            }
+            // The [Service] spelling systemd still reads.
+            "StartLimitAction" => {
+                if let Some(a) = self.value(entry, parse_action) {
+                    unit.relations.start_limit_action = a;
                 }
             }
             "StartLimitIntervalSec" | "StartLimitInterval" | "StartLimitBurst" => self.start_limit(unit, entry),

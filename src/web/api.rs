@@ -81,7 +81,7 @@ pub(super) async fn find_unit(state: &AppState, name: &str) -> ApiResult<UnitSna
         .snapshot()
         .await?
         .into_iter()
-        .find(|u| u.name == name)
+        .find(|u| u.answers_to(name))
         .ok_or_else(|| ApiError::not_found(format!("no unit named {name:?}")))
 }
 
@@ -98,6 +98,9 @@ async fn unit_action(
     Path((name, verb)): Path<(String, String)>,
 ) -> ApiResult<Json<UnitActionReply>> {
     let name = checked_name(&name)?;
+    // An alias (Alias=) acts on the unit itself, and the reply names it.
+    let real = state.supervisor.snapshot().await?.into_iter().find(|u| u.answers_to(name)).map(|u| u.name);
+    let name = real.as_deref().unwrap_or(name);
     super::systemctl::before_action(&state, name, &verb).await?;
     let action = UnitVerb::parse(&verb)
         .ok_or_else(|| ApiError::not_found(format!("unknown action {verb:?}: use start, stop, restart or reload")))?;

@@ -110,6 +110,16 @@ fn property_list(snap: &UnitSnapshot, unit: &Unit, file_state: &str) -> Vec<(Str
     let suffix = if unit.kind == UnitKind::Instance { "instance" } else { "service" };
     let mut p: Vec<(&str, String)> = vec![
         ("Id", format!("{}.{suffix}", unit.name)),
+        (
+            "Names",
+            std::iter::once(&unit.name)
+                .chain(&unit.aliases)
+                .map(|n| format!("{n}.{suffix}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        ("OOMPolicy", s.oom_policy.as_str().into()),
+        ("StopWhenUnneeded", if unit.relations.stop_when_unneeded { "yes" } else { "no" }.into()),
         ("Description", unit.description.clone()),
         ("LoadState", "loaded".into()),
         ("ActiveState", units::active_state_of(snap.status.as_str()).into()),

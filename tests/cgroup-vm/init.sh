@@ -53,6 +53,15 @@ check no_new_privs_in_proc 'grep -q "NoNewPrivs:.1" /proc/$L/status' "$(grep NoN
 check protect_system_strict_is_read_only '! touch /proc/$L/root/aikore-probe 2>/dev/null' "/ is writable in the unit"
 check private_tmp_hides_the_hosts '[ -e /tmp/daemon.log ] && [ ! -e /proc/$L/root/tmp/daemon.log ]' "$(ls /proc/$L/root/tmp)"
 
+# OOMPolicy= (issue 14): a worker OOM-killed while the main process lives stops the unit (the default, stop),
+# kills all of it (kill: memory.oom.group=1) or neither (continue).
+wait_for 'aikore status oomstop | grep -q "failure: *oom-kill"' 60
+check oom_policy_stop_stops_the_unit 'aikore status oomstop | grep -q "status: *error"' "$(aikore status oomstop)"
+wait_for 'grep -q "OOMPolicy=continue" /data/logs/oomcontinue.log' 60
+check oom_policy_continue_keeps_it_running 'aikore status oomcontinue | grep -q "status: *started"' "$(aikore status oomcontinue; cat /data/logs/oomcontinue.log)"
+wait_for 'aikore status oomkill | grep -q "failure: *oom-kill"' 60
+check oom_policy_kill_ends_the_whole_unit 'aikore status oomkill | grep -q "status: *error" && ! grep -q "oom.group not set" /data/logs/oomkill.log' "$(aikore status oomkill; cat /data/logs/oomkill.log)"
+
 if [ $failed -gt 0 ]; then
   echo "--- daemon log ($(wc -c < /tmp/daemon.log) bytes)"; tail -n 40 /tmp/daemon.log
   for f in /data/logs/*; do echo "--- $f"; tail -n 10 "$f"; done
