@@ -142,10 +142,15 @@ impl UnitCgroup {
         Ok(file.into())
     }
 
+    /// Every process of the unit, those in child cgroups (`Delegate=`) included.
     pub fn pids(&self) -> Vec<i32> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        let mut pids = Vec::new();
+        for dir in subtree(&self.dir) {
+            if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        pids
     }
 
     pub fn kill_all(&self) {
@@ -186,8 +191,11 @@ impl UnitCgroup {
         events.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
     }
 
+    /// Removes the cgroup and any child cgroups a delegated unit made, deepest first.
     pub fn remove(&self) {
-        let _ = fs::remove_dir(&self.dir);
+        for dir in subtree(&self.dir).iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
     }
 
     /// Writes MemoryMax= and the other resource keys into this cgroup's
@@ -257,6 +265,20 @@ impl UnitCgroup {
         }
         problems
     }
+}
+
+/// `dir` and every cgroup below it, parents before children.
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < all.len() {
+        if let Ok(entries) = fs::read_dir(&all[i]) {
+            // Only directories are child cgroups; a symlink is not followed (a delegated user could make one).
+            all.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+        i += 1;
+    }
+    all
 }
 
 /// The controllers resource control uses: memory (MemoryMax=, MemoryHigh=,

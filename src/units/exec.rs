@@ -78,6 +78,12 @@ pub const SERVICE_KEYS: &[&str] = &[
     "IOSchedulingClass",
     "IOSchedulingPriority",
     "IgnoreSIGPIPE",
+    // units/cgroup_access.rs.
+    "DeviceAllow",
+    "DevicePolicy",
+    "IPAddressAllow",
+    "IPAddressDeny",
+    "Delegate",
 ];
 
 /// Resource keys an `.instance` file may set (keys.rs holds the allow-list; a test keeps them in step): they only restrict what the
@@ -269,6 +275,8 @@ pub struct Resources {
     pub tasks_max: Option<Option<TasksMax>>,
     /// `io.weight` `default N`.
     pub io_weight: Option<u64>,
+    /// DeviceAllow=, IPAddressAllow= and friends, Delegate= (units/cgroup_access.rs).
+    pub access: super::cgroup_access::CgroupAccess,
 }
 
 impl Resources {
@@ -351,6 +359,9 @@ impl ExecConfig {
         }
         if super::seccomp::KEYS.contains(&key) {
             return self.seccomp.apply(key, value).map(|()| None);
+        }
+        if super::cgroup_access::KEYS.contains(&key) {
+            return self.resources.access.apply(key, value).map(|()| None);
         }
         if let Some(kind) = DirKind::from_key(key) {
             return self.apply_directory(kind, key.ends_with("Mode"), value).map(|()| None);

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod cgroup_access;
 mod checks;
 pub mod corpus;
 mod credentials;
