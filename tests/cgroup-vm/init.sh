@@ -72,7 +72,7 @@ check ip_allow_localhost_connects 'grep -q "tcp 127.0.0.1 ok" $L/fenced.log && g
 check ip_deny_any_refuses_another_address 'grep -q "tcp 10.9.9.9 timed out" $L/fenced.log && grep -q "udp 10.9.9.9 Operation not permitted" $L/fenced.log' "$(cat $L/fenced.log)"
 D=$(ls -d $C/aikore-*[0-9a-f])/delegated
 check delegate_hands_the_cgroup_to_user '[ "$(stat -c %U $D $D/cgroup.procs $D/cgroup.subtree_control $D/cgroup.threads | sort -u)" = nobody ]' "$(ls -l $D | head -5)"
-check delegated_unit_moved_into_its_child '[ "$(wc -l < $D/payload/cgroup.procs)" = 3 ] && [ -z "$(cat $D/cgroup.procs)" ] && grep -qw pids $D/cgroup.subtree_control && grep -q enabled $L/delegated.log' "$(cat $L/delegated.log; cat $D/payload/cgroup.procs)"
+check delegated_unit_moved_into_its_child '[ "$(wc -l < $D/payload/cgroup.procs)" = 3 ] && [ -z "$(cat $D/cgroup.procs)" ] && grep -qw pids $D/cgroup.subtree_control && grep -q moved $L/delegated.log && grep -q enabled $L/delegated.log' "$(cat $L/delegated.log; cat $D/payload/cgroup.procs)"
 sub=$(cat $D/payload/cgroup.procs 2>/dev/null)
 aikore stop delegated --wait --timeout 30 > /tmp/stop.out 2>&1
 alive=""; for p in $sub; do [ -d /proc/$p ] && alive="$alive $p"; done
