@@ -170,10 +170,34 @@ fn a_delegated_unit_owns_its_cgroup_and_stop_still_kills_its_children() {
     assert_eq!(pids.len(), 3, "sh and two sleeps: {pids:?}");
 
     assert!(std::fs::read_to_string(dir.join("cgroup.procs")).unwrap().trim().is_empty());
+    // aikore still sees them all.
+    let status = d.cli(&["status", "deleg"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("tasks:     3"), "{status}");
     let out = d.cli(&["stop", "deleg", "--wait", "--timeout", "30"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     d.wait_until("every process of the child cgroup gone", |_| {
         pids.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
     });
     d.wait_until("both cgroups removed", |_| !dir.exists());
+}
+
+/// Without a cgroup of its own (AIKORE_CGROUP=off, or no writable cgroup v2)
+/// the unit still runs, and its log says which keys are not enforced.
+#[test]
+fn without_a_unit_cgroup_the_keys_are_said_not_enforced() {
+    let mut options = crate::harness::Options::default();
+    options.env.push(("AIKORE_CGROUP".into(), "off".into()));
+    let unit = "[Service]\nDevicePolicy=closed\nIPAddressDeny=any\nExecStart=/bin/sleep 1000\n";
+    let d = Daemon::start_with(&[("open.service", unit)], options);
+    d.wait_status("open", "started");
+    let log = d.unit_log("open");
+    assert!(
+        log.contains(
+            "DevicePolicy=, DeviceAllow=, IPAddressAllow=, IPAddressDeny= and Delegate= are not enforced: they need \
+             the unit's own cgroup, and there is no writable cgroup v2"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("MemoryMax= and the other resource keys"), "no such key in this unit: {log}");
 }

@@ -144,13 +144,7 @@ impl UnitCgroup {
 
     /// Every process of the unit, those in child cgroups (`Delegate=`) included.
     pub fn pids(&self) -> Vec<i32> {
-        let mut pids = Vec::new();
-        for dir in subtree(&self.dir) {
-            if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
-                pids.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-            }
-        }
-        pids
+        subtree_pids(&self.dir).unwrap_or_default()
     }
 
     pub fn kill_all(&self) {
@@ -265,6 +259,21 @@ impl UnitCgroup {
         }
         problems
     }
+}
+
+/// The processes of the cgroup at `dir` and of every cgroup below it (a
+/// delegated unit's children); None when `dir` is not a cgroup.
+pub fn subtree_pids(dir: &Path) -> Option<Vec<i32>> {
+    let mut pids = Vec::new();
+    for (i, cgroup) in subtree(dir).into_iter().enumerate() {
+        match fs::read_to_string(cgroup.join("cgroup.procs")) {
+            Ok(s) => pids.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
+            Err(_) if i == 0 => return None,
+            // A child removed meanwhile.
+            Err(_) => {}
+        }
+    }
+    Some(pids)
 }
 
 /// `dir` and every cgroup below it, parents before children.

@@ -227,7 +227,9 @@ impl HostProcesses {
                 self.marked(unit, main_pid)
             }
             None => {
-                if unit.service.memory_max.is_some() || !unit.service.exec.resources.is_empty() {
+                let resources =
+                    crate::units::Resources { access: Default::default(), ..unit.service.exec.resources.clone() };
+                if unit.service.memory_max.is_some() || !resources.is_empty() {
                     self.logs.note(
                         &unit.name,
                         "MemoryMax= and the other resource keys are not enforced: no writable cgroup v2 \
