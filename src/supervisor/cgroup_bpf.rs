@@ -458,7 +458,10 @@ pub fn apply(dir: &Path, access: &CgroupAccess) -> (Option<Attached>, Vec<String
             Err(e) => {
                 let why = match e.raw_os_error() {
                     Some(libc::EPERM) | Some(libc::EACCES) => {
-                        format!("{e}: the kernel refuses BPF to aikore (an unprivileged container, or no CAP_BPF)")
+                        format!(
+                            "{e}: the kernel refuses BPF to aikore (an unprivileged container without CAP_BPF and \
+                             CAP_SYS_ADMIN), or a program attached above without BPF_F_ALLOW_MULTI"
+                        )
                     }
                     _ => e.to_string(),
                 };
