@@ -53,7 +53,7 @@ fn a_unit_gets_eperm_for_devices_and_addresses_it_does_not_list() {
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || for _ in listener.incoming() {});
     let unit = format!(
-        "[Service]\nDevicePolicy=strict\nDeviceAllow=/dev/zero r\nIPAddressDeny=any\nIPAddressAllow=127.0.0.1\n\
+        "[Service]\nDevicePolicy=strict\nDeviceAllow=/dev/zero r\nIPAddressDeny=any\nIPAddressAllow=127.0.0.1\nIPAccounting=yes\n\
          ExecStart={} -u {} {port}\n",
         python.trim(),
         probe.display()
@@ -62,7 +62,7 @@ fn a_unit_gets_eperm_for_devices_and_addresses_it_does_not_list() {
     d.wait_until("the probe's last line", |d| d.unit_log("probe").contains("probe done"));
     let log = d.unit_log("probe");
     let devices_said = log.contains("DevicePolicy= and DeviceAllow= are not enforced")
-        || log.contains("DevicePolicy=, DeviceAllow=, IPAddressAllow=, IPAddressDeny= and Delegate= are not enforced");
+        || log.contains("IPAccounting= and Delegate= are not enforced");
     if devices_said {
         eprintln!("PRECONDITION: no cgroup BPF for aikore here; the unit's log says so:\n{log}");
         assert!(
@@ -82,6 +82,13 @@ fn a_unit_gets_eperm_for_devices_and_addresses_it_does_not_list() {
     ] {
         assert!(log.contains(line), "{line:?} missing:\n{log}");
     }
+    // IPAccounting=: what passed (the connect to 127.0.0.1 and its UDP datagram), in both directions.
+    let status = d.cli(&["status", "probe"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    let ip = status.lines().find_map(|l| l.trim().strip_prefix("ip:")).unwrap_or_else(|| panic!("{status}"));
+    let packets: Vec<u64> = ip.split(['(', ' ']).filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(packets.len(), 2, "{ip}");
+    assert!(packets[0] >= 1 && packets[1] >= 2, "in: SYN-ACK at least; out: SYN and the datagram: {ip}");
 }
 
 #[test]
@@ -194,8 +201,8 @@ fn without_a_unit_cgroup_the_keys_are_said_not_enforced() {
     let log = d.unit_log("open");
     assert!(
         log.contains(
-            "DevicePolicy=, DeviceAllow=, IPAddressAllow=, IPAddressDeny= and Delegate= are not enforced: they need \
-             the unit's own cgroup, and there is no writable cgroup v2"
+            "DevicePolicy=, DeviceAllow=, IPAddressAllow=, IPAddressDeny=, IPAccounting= and Delegate= are not \
+             enforced: they need the unit's own cgroup, and there is no writable cgroup v2"
         ),
         "{log}"
     );

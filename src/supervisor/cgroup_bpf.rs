@@ -38,6 +38,14 @@ pub struct Insn {
 
 // Opcodes (linux/bpf.h, linux/bpf_common.h): class | op | source.
 const LDX_MEM_W: u8 = 0x61;
+const ST_MEM_W: u8 = 0x62;
+/// `lock *(u64 *)(dst + off) += src` (BPF_STX | BPF_ATOMIC | BPF_DW, imm BPF_ADD).
+const ATOMIC_ADD64: u8 = 0xdb;
+/// A 64-bit immediate over two instructions; with src = BPF_PSEUDO_MAP_FD the imm is a map fd.
+const LD_IMM64: u8 = 0x18;
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+const MOV64_K: u8 = 0xb7;
+const JEQ64_K: u8 = 0x15;
 const MOV64_X: u8 = 0xbf;
 const ADD64_K: u8 = 0x07;
 const MOV32_K: u8 = 0xb4;
@@ -61,6 +69,7 @@ const R5: u8 = 5;
 const R6: u8 = 6;
 const R7: u8 = 7;
 const R8: u8 = 8;
+const R9: u8 = 9;
 const R10: u8 = 10;
 
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
@@ -68,7 +77,11 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 }
 
 // bpf(2) commands, program and attach types, flags and helpers (linux/bpf.h).
+const BPF_MAP_CREATE: libc::c_int = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
 const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_PROG_ATTACH: libc::c_int = 8;
 const BPF_PROG_DETACH: libc::c_int = 9;
 const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
@@ -178,7 +191,10 @@ const MATCH_DENY: i32 = 2;
 /// egress the destination): allowed when an `IPAddressAllow=` prefix
 /// matches, else denied when an `IPAddressDeny=` prefix matches, else allowed
 /// (systemd's order). Packets neither IPv4 nor IPv6 pass.
-pub fn ip_program(allow: &[IpPrefix], deny: &[IpPrefix], ingress: bool) -> Vec<Insn> {
+///
+/// With `counters` (`IPAccounting=`: an array map of [`Counter`]s, entry 0
+/// ingress, 1 egress), the packets that pass are added to this direction's entry.
+pub fn ip_program(allow: &[IpPrefix], deny: &[IpPrefix], ingress: bool, counters: Option<i32>) -> Vec<Insn> {
     let mut p = vec![insn(MOV64_X, R6, R1, 0, 0), insn(LDX_MEM_W, R7, R6, SKB_PROTOCOL, 0), insn(MOV32_K, R8, 0, 0, 0)];
     // (ethertype, address offset in the header, address size)
     let families: [(u16, i32, i32, bool); 2] =
@@ -228,9 +244,113 @@ pub fn ip_program(allow: &[IpPrefix], deny: &[IpPrefix], ingress: bool) -> Vec<I
         insn(AND32_K, R1, 0, 0, MATCH_DENY),
         insn(JEQ32_K, R1, 0, 1, 0),
         insn(MOV32_K, R0, 0, 0, 0),
-        insn(EXIT, 0, 0, 0, 0),
     ]);
+    if let Some(map) = counters {
+        // The jumps above land here with the verdict in r0; r9 keeps it across the call.
+        p.extend([
+            insn(MOV64_X, R9, R0, 0, 0),
+            insn(JEQ32_K, R9, 0, 11, 0),
+            insn(ST_MEM_W, R10, 0, -4, i32::from(!ingress)),
+            insn(LD_IMM64, R1, BPF_PSEUDO_MAP_FD, 0, map),
+            insn(0, 0, 0, 0, 0),
+            insn(MOV64_X, R2, R10, 0, 0),
+            insn(ADD64_K, R2, 0, 0, -4),
+            insn(CALL, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
+            insn(JEQ64_K, R0, 0, 4, 0),
+            // skb->len: the packet's bytes from the network header on.
+            insn(LDX_MEM_W, R1, R6, 0, 0),
+            insn(ATOMIC_ADD64, R0, R1, 0, 0),
+            insn(MOV64_K, R1, 0, 0, 1),
+            insn(ATOMIC_ADD64, R0, R1, 8, 0),
+            insn(MOV64_X, R0, R9, 0, 0),
+        ]);
+    }
+    p.push(insn(EXIT, 0, 0, 0, 0));
     p
+}
+
+/// One entry of the `IPAccounting=` map, as the program adds to it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+/// A unit's IP traffic that passed its programs since its run started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IpCounters {
+    pub ingress: Counter,
+    pub egress: Counter,
+}
+
+/// `union bpf_attr` for BPF_MAP_CREATE, up to `map_flags`.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// `union bpf_attr` for BPF_MAP_LOOKUP_ELEM.
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn counters_map() -> io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: std::mem::size_of::<Counter>() as u32,
+        max_entries: 2,
+        map_flags: 0,
+    };
+    // SAFETY: MapCreateAttr is the kernel's BPF_MAP_CREATE layout; it holds no pointers.
+    let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr) }?;
+    // SAFETY: a successful BPF_MAP_CREATE returns a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn read_counter(map: &OwnedFd, key: u32) -> io::Result<Counter> {
+    let mut value = Counter::default();
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: &mut value as *mut Counter as u64,
+        ..MapElemAttr::default()
+    };
+    // SAFETY: MapElemAttr is the kernel's BPF_MAP_LOOKUP_ELEM layout; `key` and `value` live
+    // across the call and have the map's key and value sizes.
+    unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) }?;
+    Ok(value)
+}
+
+/// The `IPAccounting=` maps of the units' current runs, by unit name: read by
+/// `aikore status` (the web layer) while the supervisor owns the programs.
+static COUNTERS: std::sync::Mutex<Vec<(String, std::sync::Arc<OwnedFd>)>> = std::sync::Mutex::new(Vec::new());
+
+/// The unit's IP counters, when its current run has `IPAccounting=` enforced.
+pub fn ip_counters(unit: &str) -> Option<IpCounters> {
+    let map = COUNTERS.lock().ok()?.iter().find(|(u, _)| u == unit).map(|(_, m)| m.clone())?;
+    Some(IpCounters { ingress: read_counter(&map, 0).ok()?, egress: read_counter(&map, 1).ok()? })
+}
+
+fn register_counters(unit: &str, map: Option<std::sync::Arc<OwnedFd>>) {
+    if let Ok(mut all) = COUNTERS.lock() {
+        all.retain(|(u, _)| u != unit);
+        if let Some(map) = map {
+            all.push((unit.to_string(), map));
+        }
+    }
 }
 
 /// `union bpf_attr` for BPF_PROG_LOAD, up to `expected_attach_type`.
@@ -331,6 +451,7 @@ fn attach_cmd(cmd: libc::c_int, cgroup: &OwnedFd, prog: &OwnedFd, attach_type: u
 /// when the same cgroup is reused for a new run.
 #[derive(Debug)]
 pub struct Attached {
+    unit: String,
     cgroup: OwnedFd,
     progs: Vec<(OwnedFd, u32)>,
 }
@@ -338,6 +459,7 @@ pub struct Attached {
 impl Attached {
     /// Detaches every program (a removed cgroup took them already: errors are moot).
     pub fn detach(self) {
+        register_counters(&self.unit, None);
         for (prog, attach_type) in &self.progs {
             let _ = attach_cmd(BPF_PROG_DETACH, &self.cgroup, prog, attach_type.to_owned(), 0);
         }
@@ -417,8 +539,19 @@ pub fn resolve_devices(access: &CgroupAccess, proc_devices: &str) -> (Vec<Device
 /// Builds, loads and attaches the programs `access` asks for to the cgroup
 /// at `dir`. Returns what was attached and one line per key that is not
 /// (fully) enforced, for the unit's log.
-pub fn apply(dir: &Path, access: &CgroupAccess) -> (Option<Attached>, Vec<String>) {
+pub fn apply(unit: &str, dir: &Path, access: &CgroupAccess) -> (Option<Attached>, Vec<String>) {
     let mut problems = Vec::new();
+    let counters = if access.ip_accounting {
+        match counters_map() {
+            Ok(map) => Some(std::sync::Arc::new(map)),
+            Err(e) => {
+                problems.push(format!("IPAccounting= is not enforced: creating the BPF map failed ({e})"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut programs: Vec<(&str, u32, u32, Vec<Insn>)> = Vec::new();
     if access.filters_devices() {
         let devices = fs::read_to_string("/proc/devices").unwrap_or_default();
@@ -428,7 +561,8 @@ pub fn apply(dir: &Path, access: &CgroupAccess) -> (Option<Attached>, Vec<String
     }
     if access.filters_ip() {
         for (ingress, attach) in [(true, BPF_CGROUP_INET_INGRESS), (false, BPF_CGROUP_INET_EGRESS)] {
-            let prog = ip_program(&access.ip_allow, &access.ip_deny, ingress);
+            let map = counters.as_ref().map(|m| m.as_raw_fd());
+            let prog = ip_program(&access.ip_allow, &access.ip_deny, ingress, map);
             programs.push(("IPAddressDeny", BPF_PROG_TYPE_CGROUP_SKB, attach, prog));
         }
     }
@@ -437,7 +571,8 @@ pub fn apply(dir: &Path, access: &CgroupAccess) -> (Option<Attached>, Vec<String
     }
     let what = |key: &str| match key {
         "DeviceAllow" => "DevicePolicy= and DeviceAllow= are",
-        _ => "IPAddressAllow= and IPAddressDeny= are",
+        _ if access.ip_deny.is_empty() => "IPAccounting= is",
+        _ => "IPAddressAllow=, IPAddressDeny= and IPAccounting= are",
     };
     let cgroup = match fs::File::open(dir) {
         Ok(f) => OwnedFd::from(f),
@@ -446,7 +581,8 @@ pub fn apply(dir: &Path, access: &CgroupAccess) -> (Option<Attached>, Vec<String
             return (None, problems);
         }
     };
-    let mut attached = Attached { cgroup, progs: Vec::new() };
+    let mut attached = Attached { unit: unit.to_string(), cgroup, progs: Vec::new() };
+    let mut ip_attached = 0;
     for (key, prog_type, attach_type, insns) in programs {
         let name = if key == "DeviceAllow" { "aikore_devices" } else { "aikore_ip" };
         let expected = if prog_type == BPF_PROG_TYPE_CGROUP_SKB { attach_type } else { 0 };
@@ -454,7 +590,10 @@ pub fn apply(dir: &Path, access: &CgroupAccess) -> (Option<Attached>, Vec<String
             attach_cmd(BPF_PROG_ATTACH, &attached.cgroup, &prog, attach_type, BPF_F_ALLOW_MULTI).map(|()| prog)
         });
         match result {
-            Ok(prog) => attached.progs.push((prog, attach_type)),
+            Ok(prog) => {
+                ip_attached += usize::from(prog_type == BPF_PROG_TYPE_CGROUP_SKB);
+                attached.progs.push((prog, attach_type));
+            }
             Err(e) => {
                 let why = match e.raw_os_error() {
                     Some(libc::EPERM) | Some(libc::EACCES) => {
@@ -472,6 +611,8 @@ pub fn apply(dir: &Path, access: &CgroupAccess) -> (Option<Attached>, Vec<String
             }
         }
     }
+    // Counters only when both directions count.
+    register_counters(unit, counters.filter(|_| ip_attached == 2));
     (Some(attached), problems)
 }
 
@@ -695,8 +836,8 @@ mod tests {
     #[test]
     fn ip_program_allow_wins_over_deny() {
         let a = access(&[("IPAddressDeny", "any"), ("IPAddressAllow", "localhost 192.168.0.0/16 fd00::/8")]);
-        let egress = ip_program(&a.ip_allow, &a.ip_deny, false);
-        let ingress = ip_program(&a.ip_allow, &a.ip_deny, true);
+        let egress = ip_program(&a.ip_allow, &a.ip_deny, false, None);
+        let ingress = ip_program(&a.ip_allow, &a.ip_deny, true, None);
         let here = [10, 0, 0, 1];
         let out = |dst: [u8; 4]| run_ip(&egress, 0x0800, &v4_header(here, dst));
         assert_eq!(out([127, 0, 0, 1]), 1);
@@ -720,7 +861,7 @@ mod tests {
     #[test]
     fn ip_program_shape_without_an_allow_list() {
         let a = access(&[("IPAddressDeny", "10.0.0.0/8")]);
-        let p = ip_program(&a.ip_allow, &a.ip_deny, false);
+        let p = ip_program(&a.ip_allow, &a.ip_deny, false, None);
         // 3 setup, IPv4 only: family jump, 6 load, bail jump, one prefix (3 + or), 9 to decide.
         assert_eq!(p.len(), 3 + 1 + 6 + 1 + 4 + 9);
         assert_eq!(run_ip(&p, 0x0800, &v4_header([1, 1, 1, 1], [10, 2, 3, 4])), 0);
@@ -728,8 +869,33 @@ mod tests {
         assert_eq!(run_ip(&p, 0x86dd, &v6_header("::1".parse().unwrap(), "::1".parse().unwrap())), 1);
         // `any` is a prefix of length 0: no compare, just the `or`.
         let a = access(&[("IPAddressDeny", "any")]);
-        let p = ip_program(&a.ip_allow, &a.ip_deny, false);
+        let p = ip_program(&a.ip_allow, &a.ip_deny, false, None);
         assert_eq!(run_ip(&p, 0x0800, &v4_header([1, 1, 1, 1], [11, 2, 3, 4])), 0);
+    }
+
+    #[test]
+    fn ip_accounting_counts_what_passes_in_this_directions_entry() {
+        let a = access(&[("IPAccounting", "yes")]);
+        for (ingress, key) in [(true, 0), (false, 1)] {
+            let p = ip_program(&a.ip_allow, &a.ip_deny, ingress, Some(7));
+            let keep = p.iter().position(|i| *i == insn(MOV64_X, R9, R0, 0, 0)).expect("the verdict kept in r9");
+            let restore = p.len() - 2;
+            assert_eq!(p[restore], insn(MOV64_X, R0, R9, 0, 0));
+            assert_eq!(p[restore + 1], insn(EXIT, 0, 0, 0, 0));
+            // A dropped packet skips to the restore; so does a failed lookup.
+            assert_eq!(p[keep + 1].code, JEQ32_K);
+            assert_eq!(keep + 1 + 1 + p[keep + 1].off as usize, restore);
+            let lookup = p.iter().position(|i| i.code == JEQ64_K).unwrap();
+            assert_eq!(lookup + 1 + p[lookup].off as usize, restore);
+            assert_eq!(p[keep + 2], insn(ST_MEM_W, R10, 0, -4, key), "ingress counts in 0, egress in 1");
+            assert_eq!(p[keep + 3], insn(LD_IMM64, R1, BPF_PSEUDO_MAP_FD, 0, 7));
+            assert_eq!(p.iter().filter(|i| i.code == ATOMIC_ADD64).count(), 2, "bytes and packets");
+            // Without a deny list: no family blocks, every packet passes.
+            assert!(!p.iter().any(|i| i.imm == BPF_FUNC_SKB_LOAD_BYTES && i.code == CALL));
+            // The decision's jumps land on the accounting block, not past it.
+            let decide = p.iter().position(|i| *i == insn(JNE32_K, R1, 0, 4, 0)).unwrap();
+            assert_eq!(decide + 1 + 4, keep);
+        }
     }
 
     #[test]

@@ -238,7 +238,7 @@ impl HostProcesses {
                 }
                 let access = &unit.service.exec.resources.access;
                 if *access != crate::units::cgroup_access::CgroupAccess::default() {
-                    let why = "DevicePolicy=, DeviceAllow=, IPAddressAllow=, IPAddressDeny= and Delegate= are not \
+                    let why = "DevicePolicy=, DeviceAllow=, IPAddressAllow=, IPAddressDeny=, IPAccounting= and Delegate= are not \
                                enforced: they need the unit's own cgroup, and there is no writable cgroup v2";
                     tracing::warn!(unit = %unit.name, "{why}");
                     self.logs.note(&unit.name, why);
@@ -258,7 +258,7 @@ impl HostProcesses {
         if let Some(old) = self.bpf.remove(&unit.name) {
             old.detach();
         }
-        let (attached, mut problems) = super::cgroup_bpf::apply(cg.path(), access);
+        let (attached, mut problems) = super::cgroup_bpf::apply(&unit.name, cg.path(), access);
         if let Some(attached) = attached {
             self.bpf.insert(unit.name.clone(), attached);
         }

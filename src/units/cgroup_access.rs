@@ -1,6 +1,6 @@
 //! The cgroup access keys of systemd.resource-control(5) as typed values:
 //! `DeviceAllow=`/`DevicePolicy=` (a device allow-list), `IPAddressAllow=`/
-//! `IPAddressDeny=` (an IP firewall) and `Delegate=` (the
+//! `IPAddressDeny=`/`IPAccounting=` (an IP firewall and its counters) and `Delegate=` (the
 //! unit's cgroup handed to its user). No system calls here: device paths and
 //! `char-NAME` classes are resolved at start by `supervisor::cgroup_bpf`,
 //! which also builds and attaches the BPF programs.
@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 /// [Service] keys this module parses.
-pub const KEYS: &[&str] = &["DeviceAllow", "DevicePolicy", "IPAddressAllow", "IPAddressDeny", "Delegate"];
+pub const KEYS: &[&str] =
+    &["DeviceAllow", "DevicePolicy", "IPAddressAllow", "IPAddressDeny", "IPAccounting", "Delegate"];
 
 /// `DevicePolicy=`: what a unit may open besides its `DeviceAllow=` list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,6 +113,8 @@ pub struct CgroupAccess {
     pub device_allow: Vec<DeviceRule>,
     pub ip_allow: Vec<IpPrefix>,
     pub ip_deny: Vec<IpPrefix>,
+    /// `IPAccounting=`: count the bytes and packets that pass, per direction.
+    pub ip_accounting: bool,
     pub delegate: Delegate,
 }
 
@@ -121,9 +124,10 @@ impl CgroupAccess {
         self.device_policy != DevicePolicy::Auto || !self.device_allow.is_empty()
     }
 
-    /// Whether an IP program is needed: an allow list alone denies nothing.
+    /// Whether an IP program is needed: a deny list (an allow list alone
+    /// denies nothing), or counters.
     pub fn filters_ip(&self) -> bool {
-        !self.ip_deny.is_empty()
+        !self.ip_deny.is_empty() || self.ip_accounting
     }
 
     /// Applies one key of [`KEYS`]; an empty value resets the key, as in systemd.
@@ -149,6 +153,7 @@ impl CgroupAccess {
                     list.extend(parse_address(word)?);
                 }
             }
+            "IPAccounting" => self.ip_accounting = !value.is_empty() && super::resolve::parse_bool(value)?,
             "Delegate" => {
                 self.delegate = match value {
                     "" => Delegate::No,
@@ -343,6 +348,9 @@ mod tests {
         assert!(!a.filters_ip(), "an allow list without a deny list changes nothing");
         let a = parsed(&[("IPAddressDeny", "any"), ("IPAddressDeny", "")]).unwrap();
         assert!(a.ip_deny.is_empty());
+        assert!(parsed(&[("IPAccounting", "yes")]).unwrap().filters_ip(), "counters need the program");
+        assert!(!parsed(&[("IPAccounting", "yes"), ("IPAccounting", "")]).unwrap().ip_accounting);
+        assert!(parsed(&[("IPAccounting", "maybe")]).unwrap_err().contains("expected yes or no"));
         for bad in ["anywhere", "10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/x"] {
             let err = parsed(&[("IPAddressDeny", bad)]).unwrap_err();
             assert!(err.contains("expected any, localhost"), "{bad}: {err}");

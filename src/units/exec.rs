@@ -83,6 +83,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "DevicePolicy",
     "IPAddressAllow",
     "IPAddressDeny",
+    "IPAccounting",
     "Delegate",
 ];
 

@@ -237,13 +237,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "IOWeight", Implemented),
     (Section::Service, "IOWriteBandwidthMax", RESOURCES),
     (Section::Service, "IOWriteIOPSMax", RESOURCES),
-    (
-        Section::Service,
-        "IPAccounting",
-        NotYet(
-            "per-unit IP byte and packet counters are not kept yet; IPAddressAllow= and IPAddressDeny= are enforced",
-        ),
-    ),
+    (Section::Service, "IPAccounting", Implemented),
     (Section::Service, "IPAddressAllow", Implemented),
     (Section::Service, "IPAddressDeny", Implemented),
     (Section::Service, "IPCNamespacePath", SANDBOX),
