@@ -89,6 +89,18 @@ fn a_unit_gets_eperm_for_devices_and_addresses_it_does_not_list() {
     let packets: Vec<u64> = ip.split(['(', ' ']).filter_map(|w| w.parse().ok()).collect();
     assert_eq!(packets.len(), 2, "{ip}");
     assert!(packets[0] >= 1 && packets[1] >= 2, "in: SYN-ACK at least; out: SYN and the datagram: {ip}");
+    let (_, metrics) = d.get("/metrics");
+    let metrics = metrics.as_str().map(String::from).unwrap_or_else(|| metrics.to_string());
+    let egress = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("aikore_unit_ip_packets_total{")
+                && l.contains("direction=\"egress\"")
+                && l.contains("unit=\"probe\"")
+        })
+        .unwrap_or_else(|| panic!("no egress packet counter:\n{metrics}"));
+    let value: f64 = egress.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value >= 2.0, "{egress}");
 }
 
 #[test]

@@ -72,6 +72,8 @@ check ip_allow_localhost_connects 'grep -q "tcp 127.0.0.1 ok" $L/fenced.log && g
 check ip_deny_any_refuses_another_address 'grep -q "tcp 10.9.9.9 timed out" $L/fenced.log && grep -q "udp 10.9.9.9 Operation not permitted" $L/fenced.log' "$(cat $L/fenced.log)"
 ipline=$(aikore status fenced | grep "ip:")
 check ip_accounting_in_status 'echo "$ipline" | grep -q "in ([1-9][0-9]* packets), .* out ([1-9][0-9]* packets)"' "$ipline"
+ipm=$(wget -qO- --header "Authorization: Bearer vmtoken" http://127.0.0.1:9000/metrics | grep "aikore_unit_ip_packets_total.*fenced")
+check ip_accounting_in_metrics 'echo "$ipm" | grep -q "direction=.egress.*} [1-9]"' "$ipm"
 D=$(ls -d $C/aikore-*[0-9a-f])/delegated
 check delegate_hands_the_cgroup_to_user '[ "$(stat -c %U $D $D/cgroup.procs $D/cgroup.subtree_control $D/cgroup.threads | sort -u)" = nobody ]' "$(ls -l $D | head -5)"
 check delegated_unit_moved_into_its_child '[ "$(wc -l < $D/payload/cgroup.procs)" = 3 ] && [ -z "$(cat $D/cgroup.procs)" ] && grep -qw pids $D/cgroup.subtree_control && grep -q moved $L/delegated.log && grep -q enabled $L/delegated.log' "$(cat $L/delegated.log; cat $D/payload/cgroup.procs)"
