@@ -405,6 +405,18 @@ pub struct UnitProcesses {
     pub cpu_seconds: Option<f64>,
     pub memory_bytes: Option<u64>,
     pub processes: Vec<ProcessInfo>,
+    /// `IPAccounting=`: what passed the unit's IP programs in its current run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpTraffic>,
+}
+
+/// Bytes and packets in each direction (`IPAccounting=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpTraffic {
+    pub ingress_bytes: u64,
+    pub ingress_packets: u64,
+    pub egress_bytes: u64,
+    pub egress_packets: u64,
 }
 
 /// `POST /api/v1/units/{name}/kill?signal=S` (`aikore kill`): who got the signal.

@@ -7,6 +7,7 @@ mod harness;
 mod api;
 #[path = "attacks/mod.rs"]
 mod attacks;
+mod cgroup_access;
 mod check;
 mod deployed;
 mod environment;

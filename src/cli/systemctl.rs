@@ -134,6 +134,16 @@ pub(super) fn print_processes(client: &Client, name: &str) -> Result<(), Failure
         println!("  cpu:       {cpu:.3}s");
     }
     println!("  tasks:     {}", v.tasks);
+    if let Some(ip) = v.ip {
+        // systemctl's "IP: 1.2K in, 3.4K out", with the packets.
+        println!(
+            "  ip:        {} in ({} packets), {} out ({} packets)",
+            human_bytes(ip.ingress_bytes),
+            ip.ingress_packets,
+            human_bytes(ip.egress_bytes),
+            ip.egress_packets
+        );
+    }
     if !v.processes.is_empty() {
         println!("  processes:");
         for line in process_tree(&v.processes) {

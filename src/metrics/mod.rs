@@ -375,6 +375,14 @@ impl Metrics {
             "aikore_unit_leak_restarts_total",
             "Restarts because MemoryRestartAbove= or GPUMemoryRestartAbove= stayed exceeded.",
         );
+        let mut ip_bytes = Family::counter(
+            "aikore_unit_ip_bytes_total",
+            "IP bytes that passed the unit's cgroup in its current run (IPAccounting=), per direction.",
+        );
+        let mut ip_packets = Family::counter(
+            "aikore_unit_ip_packets_total",
+            "IP packets that passed the unit's cgroup in its current run (IPAccounting=), per direction.",
+        );
 
         let names: HashSet<&str> = units.iter().map(|u| u.name.as_str()).collect();
         sampler.retain(&names);
@@ -392,6 +400,12 @@ impl Metrics {
             memory.add(&labels, usage.memory_bytes as f64);
             processes.add(&labels, usage.pids.len() as f64);
             log_bytes.add(&labels, self.logs.bytes_written(&u.name) as f64);
+            if let Some(ip) = crate::supervisor::cgroup_bpf::ip_counters(&u.name) {
+                for (direction, c) in [("ingress", ip.ingress), ("egress", ip.egress)] {
+                    ip_bytes.add(&[labels[0], labels[1], ("direction", direction)], c.bytes as f64);
+                    ip_packets.add(&[labels[0], labels[1], ("direction", direction)], c.packets as f64);
+                }
+            }
             if !gpus.is_empty() {
                 pids.push((u.name.clone(), usage.pids.iter().filter_map(|p| u32::try_from(*p).ok()).collect()));
             }
@@ -423,9 +437,20 @@ impl Metrics {
                 leak_restarts.add(&[("unit", &unit)], n as f64);
             }
         }
-        for family in
-            [state, restarts, last_start, cpu, memory, processes, log_bytes, gpu_memory, pinned, leak_restarts]
-        {
+        for family in [
+            state,
+            restarts,
+            last_start,
+            cpu,
+            memory,
+            processes,
+            log_bytes,
+            gpu_memory,
+            pinned,
+            leak_restarts,
+            ip_bytes,
+            ip_packets,
+        ] {
             family.finish_into(out);
         }
 

@@ -191,9 +191,9 @@ impl UnitSampler {
     pub fn sample(&mut self, unit: &str, main_pid: Option<i32>) -> UnitUsage {
         let account = self.accounts.entry(unit.to_string()).or_default();
         let cgroup = self.cgroup_root.as_ref().map(|root| root.join(unit));
-        let procs = cgroup.as_ref().and_then(|dir| fs::read_to_string(dir.join("cgroup.procs")).ok());
-        if let (Some(dir), Some(procs)) = (cgroup, procs) {
-            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        // Child cgroups included: a Delegate= unit moves its processes into its own.
+        let procs = cgroup.as_ref().and_then(|dir| crate::supervisor::cgroup::subtree_pids(dir));
+        if let (Some(dir), Some(pids)) = (cgroup, procs) {
             let usec = cgroup_usage_usec(&dir);
             let current = read_u64(&dir.join("memory.current"));
             // With the cpu and memory controllers the kernel has the totals:

@@ -142,10 +142,9 @@ impl UnitCgroup {
         Ok(file.into())
     }
 
+    /// Every process of the unit, those in child cgroups (`Delegate=`) included.
     pub fn pids(&self) -> Vec<i32> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        subtree_pids(&self.dir).unwrap_or_default()
     }
 
     pub fn kill_all(&self) {
@@ -186,8 +185,11 @@ impl UnitCgroup {
         events.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
     }
 
+    /// Removes the cgroup and any child cgroups a delegated unit made, deepest first.
     pub fn remove(&self) {
-        let _ = fs::remove_dir(&self.dir);
+        for dir in subtree(&self.dir).iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
     }
 
     /// Writes MemoryMax= and the other resource keys into this cgroup's
@@ -257,6 +259,35 @@ impl UnitCgroup {
         }
         problems
     }
+}
+
+/// The processes of the cgroup at `dir` and of every cgroup below it (a
+/// delegated unit's children); None when `dir` is not a cgroup.
+pub fn subtree_pids(dir: &Path) -> Option<Vec<i32>> {
+    let mut pids = Vec::new();
+    for (i, cgroup) in subtree(dir).into_iter().enumerate() {
+        match fs::read_to_string(cgroup.join("cgroup.procs")) {
+            Ok(s) => pids.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
+            Err(_) if i == 0 => return None,
+            // A child removed meanwhile.
+            Err(_) => {}
+        }
+    }
+    Some(pids)
+}
+
+/// `dir` and every cgroup below it, parents before children.
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < all.len() {
+        if let Ok(entries) = fs::read_dir(&all[i]) {
+            // Only directories are child cgroups; a symlink is not followed (a delegated user could make one).
+            all.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+        i += 1;
+    }
+    all
 }
 
 /// The controllers resource control uses: memory (MemoryMax=, MemoryHigh=,

@@ -63,6 +63,8 @@ pub struct HostProcesses {
     exec_runs: HashMap<String, super::exec::RunDirs>,
     /// The NOTIFY_SOCKET readers of `Type=notify` runs, stopped at `end_run`.
     notifiers: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// The BPF programs (DeviceAllow=, IPAddressDeny=) on each unit's cgroup for its current run.
+    bpf: HashMap<String, super::cgroup_bpf::Attached>,
 }
 
 /// What the failure classifier needs from a run that the run's end cannot
@@ -131,6 +133,7 @@ impl HostProcesses {
             runs: HashMap::new(),
             exec_runs: HashMap::new(),
             notifiers: HashMap::new(),
+            bpf: HashMap::new(),
         }
     }
 
@@ -218,7 +221,9 @@ impl HostProcesses {
                     }
                 }
                 // Resource keys (issue 14): each one not applied is said at every start.
-                for why in cg.apply_resources(unit.service.memory_max, &unit.service.exec.resources) {
+                let mut problems = cg.apply_resources(unit.service.memory_max, &unit.service.exec.resources);
+                problems.extend(self.apply_access(unit, &cg));
+                for why in problems {
                     tracing::warn!(unit = %unit.name, "{why}");
                     self.logs.note(&unit.name, &why);
                 }
@@ -229,18 +234,52 @@ impl HostProcesses {
                 self.marked(unit, main_pid)
             }
             None => {
-                if unit.service.memory_max.is_some() || !unit.service.exec.resources.is_empty() {
+                let resources =
+                    crate::units::Resources { access: Default::default(), ..unit.service.exec.resources.clone() };
+                if unit.service.memory_max.is_some() || !resources.is_empty() {
                     self.logs.note(
                         &unit.name,
                         "MemoryMax= and the other resource keys are not enforced: no writable cgroup v2 \
                          (tracking by process group)",
                     );
                 }
+                let access = &unit.service.exec.resources.access;
+                if *access != crate::units::cgroup_access::CgroupAccess::default() {
+                    let why = "DevicePolicy=, DeviceAllow=, IPAddressAllow=, IPAddressDeny=, IPAccounting= and Delegate= are not \
+                               enforced: they need the unit's own cgroup, and there is no writable cgroup v2";
+                    tracing::warn!(unit = %unit.name, "{why}");
+                    self.logs.note(&unit.name, why);
+                }
                 self.marked(unit, main_pid)
             }
         };
         self.members.insert(unit.name.clone(), membership.clone());
         membership
+    }
+
+    /// DeviceAllow=, IPAddressDeny= and friends, Delegate= on the unit's new
+    /// cgroup (supervisor/cgroup_bpf.rs); the lines for what is not enforced.
+    fn apply_access(&mut self, unit: &Unit, cg: &super::cgroup::UnitCgroup) -> Vec<String> {
+        use crate::units::cgroup_access::Delegate;
+        let access = &unit.service.exec.resources.access;
+        if let Some(old) = self.bpf.remove(&unit.name) {
+            old.detach();
+        }
+        let (attached, mut problems) = super::cgroup_bpf::apply(&unit.name, cg.path(), access);
+        if let Some(attached) = attached {
+            self.bpf.insert(unit.name.clone(), attached);
+        }
+        if access.delegate != Delegate::No {
+            // The unit's User= (an instance never has Delegate=: keys.rs keeps it out of .instance files).
+            match resolve_user(unit) {
+                Ok(id) => {
+                    let owner = id.uid.map(|uid| (uid, id.gid.unwrap_or(uid)));
+                    problems.extend(super::cgroup_bpf::delegate(cg.path(), &access.delegate, owner));
+                }
+                Err(e) => problems.push(format!("Delegate= is not enforced: {e}")),
+            }
+        }
+        problems
     }
 
     /// The unit's live processes now.
@@ -633,6 +672,9 @@ impl ProcessControl for HostProcesses {
         self.known.forget(unit);
         if self.draining.remove(unit) && self.draining.is_empty() {
             self.armed.store(false, Ordering::SeqCst);
+        }
+        if let Some(programs) = self.bpf.remove(unit) {
+            programs.detach();
         }
         if let Some(Membership::Cgroup(cg)) = self.members.remove(unit) {
             cg.remove();

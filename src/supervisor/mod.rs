@@ -3,6 +3,7 @@
 //! goes out on a broadcast channel to the store, logs and web.
 
 pub mod cgroup;
+pub mod cgroup_bpf;
 pub mod credentials;
 pub mod drain;
 pub mod dynamic_user;

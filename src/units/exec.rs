@@ -7,8 +7,9 @@
 
 use std::path::PathBuf;
 
-/// [Service] keys this module parses (they are `Implemented` in `keys`).
-pub const SERVICE_KEYS: &[&str] = &[
+/// [Service] keys this module parses itself; [`service_keys`] adds those
+/// it hands to `seccomp`, `namespaces` and `cgroup_access`.
+const SERVICE_KEYS: &[&str] = &[
     "LimitCPU",
     "LimitFSIZE",
     "LimitDATA",
@@ -62,17 +63,6 @@ pub const SERVICE_KEYS: &[&str] = &[
     "AllowedCPUs",
     "TasksMax",
     "IOWeight",
-    // units/seccomp.rs.
-    "LockPersonality",
-    "RestrictRealtime",
-    "RestrictSUIDSGID",
-    "RestrictNamespaces",
-    "MemoryDenyWriteExecute",
-    "SystemCallArchitectures",
-    "RestrictAddressFamilies",
-    "SystemCallFilter",
-    "SystemCallErrorNumber",
-    "SystemCallLog",
     "LoadCredential",
     "SetCredential",
     "UnsetEnvironment",
@@ -81,22 +71,13 @@ pub const SERVICE_KEYS: &[&str] = &[
     "IOSchedulingClass",
     "IOSchedulingPriority",
     "IgnoreSIGPIPE",
-    // units/namespaces.rs.
-    "PrivateDevices",
-    "ProtectProc",
-    "ProcSubset",
-    "PrivateNetwork",
-    "PrivateIPC",
-    "PrivateUsers",
-    "PrivateMounts",
-    "RemoveIPC",
-    "ExecPaths",
-    "NoExecPaths",
-    "BindPaths",
-    "BindReadOnlyPaths",
-    "TemporaryFileSystem",
-    "DynamicUser",
 ];
+
+/// Every [Service] key of the execution context (they are `Implemented` in `keys`).
+pub fn service_keys() -> impl Iterator<Item = &'static str> {
+    let parts = [SERVICE_KEYS, super::seccomp::KEYS, super::namespaces::KEYS, super::cgroup_access::KEYS];
+    parts.into_iter().flatten().copied()
+}
 
 /// Resource keys an `.instance` file may set (keys.rs holds the allow-list; a test keeps them in step): they only restrict what the
 /// instance user's processes get (unlike `Limit*=`, which can raise a hard
@@ -287,6 +268,8 @@ pub struct Resources {
     pub tasks_max: Option<Option<TasksMax>>,
     /// `io.weight` `default N`.
     pub io_weight: Option<u64>,
+    /// DeviceAllow=, IPAddressAllow= and friends, Delegate= (units/cgroup_access.rs).
+    pub access: super::cgroup_access::CgroupAccess,
 }
 
 impl Resources {
@@ -359,7 +342,7 @@ impl ExecConfig {
         self.directories.iter().find(|d| d.kind == kind)
     }
 
-    /// Applies one [Service] key of [`SERVICE_KEYS`]. `Ok(Some(w))` is a warning.
+    /// Applies one [Service] key of [`service_keys`]. `Ok(Some(w))` is a warning.
     pub fn apply(&mut self, key: &str, value: &str) -> Result<Option<String>, String> {
         let value = value.trim();
         if let Some(&(key, resource, unit)) = LIMITS.iter().find(|(k, _, _)| *k == key) {
@@ -375,6 +358,9 @@ impl ExecConfig {
         }
         if super::namespaces::KEYS.contains(&key) {
             return self.ns.apply(key, value).map(|()| None);
+        }
+        if super::cgroup_access::KEYS.contains(&key) {
+            return self.resources.access.apply(key, value).map(|()| None);
         }
         if let Some(kind) = DirKind::from_key(key) {
             return self.apply_directory(kind, key.ends_with("Mode"), value).map(|()| None);
@@ -1049,9 +1035,9 @@ mod tests {
     #[test]
     fn keys_are_implemented_and_instances_get_only_the_restricting_ones() {
         use super::super::keys::{classify_key, instance_may_set, KeyClass, Section};
-        for key in SERVICE_KEYS {
+        for key in service_keys() {
             assert_eq!(classify_key(Section::Service, key), KeyClass::Implemented, "{key}");
-            assert_eq!(instance_may_set(Section::Service, key).is_ok(), INSTANCE_SERVICE_KEYS.contains(key), "{key}");
+            assert_eq!(instance_may_set(Section::Service, key).is_ok(), INSTANCE_SERVICE_KEYS.contains(&key), "{key}");
         }
         for key in super::super::checks::UNIT_KEYS {
             assert_eq!(classify_key(Section::Unit, key), KeyClass::Implemented, "{key}");
@@ -1061,7 +1047,7 @@ mod tests {
 
     #[test]
     fn every_key_is_handled() {
-        for key in SERVICE_KEYS {
+        for key in service_keys() {
             let err = ExecConfig::default().apply(key, "").err();
             assert!(!err.as_deref().unwrap_or("").contains("not an execution key"), "{key}: {err:?}");
         }

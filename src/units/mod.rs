@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod cgroup_access;
 mod checks;
 mod checks_host;
 pub mod corpus;

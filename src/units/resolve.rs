@@ -834,7 +834,7 @@ impl<'a> Resolver<'a> {
                     unit.relations.failure_action = a;
                 }
             }
-            k if super::exec::SERVICE_KEYS.contains(&k) => match svc.exec.apply(k, &entry.value) {
+            k if super::exec::service_keys().any(|e| e == k) => match svc.exec.apply(k, &entry.value) {
                 Ok(Some(warning)) => self.warn(entry.line, warning),
                 Ok(None) => {}
                 Err(e) => self.error(entry.line, format!("invalid {k}={}: {e}", entry.value)),

@@ -235,6 +235,12 @@ async fn processes(State(state): State<AppState>, Path(name): Path<String>) -> A
         .await
         .map_err(ApiError::internal)?
     };
+    let ip = crate::supervisor::cgroup_bpf::ip_counters(&snap.name).map(|c| crate::api::IpTraffic {
+        ingress_bytes: c.ingress.bytes,
+        ingress_packets: c.ingress.packets,
+        egress_bytes: c.egress.bytes,
+        egress_packets: c.egress.packets,
+    });
     Ok(Json(UnitProcesses {
         unit: snap.name,
         main_pid: snap.pid,
@@ -242,6 +248,7 @@ async fn processes(State(state): State<AppState>, Path(name): Path<String>) -> A
         cpu_seconds: usage.map(|u| u.0),
         memory_bytes: usage.map(|u| u.1),
         processes: procs,
+        ip,
     }))
 }
 

@@ -11,6 +11,10 @@ ip link set lo up
 echo "VM: kernel $(uname -r); cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 echo "+memory +cpu +cpuset +io +pids" > /sys/fs/cgroup/cgroup.subtree_control
 mkdir /sys/fs/cgroup/container
+# Listeners for IPAddressAllow=/IPAddressDeny=: one on localhost, one on another local address.
+ip addr add 10.9.9.9/32 dev lo
+mkdir -p /tmp/www
+httpd -p 127.0.0.1:8082 -h /tmp/www && httpd -p 10.9.9.9:8081 -h /tmp/www
 export AIKORE_API_TOKEN=vmtoken AIKORE_URL=http://127.0.0.1:9000 AIKORE_LOG=info HOME=/root PATH=/bin
 container /bin/aikore serve --data-dir /data --units-dir /units --listen 127.0.0.1:9000 > /tmp/daemon.log 2>&1 &
 
@@ -61,6 +65,31 @@ wait_for 'grep -q "OOMPolicy=continue" /data/logs/oomcontinue.log' 60
 check oom_policy_continue_keeps_it_running 'aikore status oomcontinue | grep -q "status: *started"' "$(aikore status oomcontinue; cat /data/logs/oomcontinue.log)"
 wait_for 'aikore status oomkill | grep -q "failure: *oom-kill"' 60
 check oom_policy_kill_ends_the_whole_unit 'aikore status oomkill | grep -q "status: *error" && ! grep -q "oom.group not set" /data/logs/oomkill.log' "$(aikore status oomkill; cat /data/logs/oomkill.log)"
+# DevicePolicy=/DeviceAllow=, IPAddressAllow=/IPAddressDeny=, Delegate= (cgroup BPF programs and delegation).
+L=/data/logs
+wait_for 'grep -q fenced-done $L/fenced.log && grep -q delegated-done $L/delegated.log && grep -q "/dev/null:" $L/devstrict.log' 30
+check kmsg_readable_outside_a_unit '[ "$(dd if=/dev/kmsg bs=8192 count=1 2>/dev/null | wc -c)" -gt 0 ]' "the VM's init cannot read /dev/kmsg"
+check device_closed_writes_dev_null 'grep -q null-written $L/devclosed.log' "$(cat $L/devclosed.log)"
+check device_closed_keeps_pseudo_devices 'grep -qx 1 $L/devclosed.log' "$(cat $L/devclosed.log)"
+check device_closed_refuses_kmsg 'grep -q "/dev/kmsg: Operation not permitted" $L/devclosed.log' "$(cat $L/devclosed.log)"
+check device_allow_read_only_reads 'grep -q "zero-read 3" $L/devstrict.log' "$(cat $L/devstrict.log)"
+check device_allow_read_only_refuses_write 'grep -q "can.t create /dev/zero: Operation not permitted" $L/devstrict.log' "$(cat $L/devstrict.log)"
+check device_strict_refuses_dev_null 'grep -q "can.t create /dev/null: Operation not permitted" $L/devstrict.log' "$(cat $L/devstrict.log)"
+check listener_reachable_outside_a_unit 'connect 10.9.9.9 8081 | grep -q "tcp 10.9.9.9 ok"' "$(connect 10.9.9.9 8081)"
+check ip_allow_localhost_connects 'grep -q "tcp 127.0.0.1 ok" $L/fenced.log && grep -q "udp 127.0.0.1 ok" $L/fenced.log' "$(cat $L/fenced.log)"
+check ip_deny_any_refuses_another_address 'grep -q "tcp 10.9.9.9 timed out" $L/fenced.log && grep -q "udp 10.9.9.9 Operation not permitted" $L/fenced.log' "$(cat $L/fenced.log)"
+ipline=$(aikore status fenced | grep "ip:")
+check ip_accounting_in_status 'echo "$ipline" | grep -q "in ([1-9][0-9]* packets), .* out ([1-9][0-9]* packets)"' "$ipline"
+ipm=$(wget -qO- --header "Authorization: Bearer vmtoken" http://127.0.0.1:9000/metrics | grep "aikore_unit_ip_packets_total.*fenced")
+check ip_accounting_in_metrics 'echo "$ipm" | grep -q "direction=.egress.*} [1-9]"' "$ipm"
+D=$(ls -d $C/aikore-*[0-9a-f])/delegated
+check delegate_hands_the_cgroup_to_user '[ "$(stat -c %U $D $D/cgroup.procs $D/cgroup.subtree_control $D/cgroup.threads | sort -u)" = nobody ]' "$(ls -l $D | head -5)"
+check delegated_unit_moved_into_its_child '[ "$(wc -l < $D/payload/cgroup.procs)" = 3 ] && [ -z "$(cat $D/cgroup.procs)" ] && grep -qw pids $D/cgroup.subtree_control && grep -q moved $L/delegated.log && grep -q enabled $L/delegated.log' "$(cat $L/delegated.log; cat $D/payload/cgroup.procs)"
+sub=$(cat $D/payload/cgroup.procs 2>/dev/null)
+aikore stop delegated --wait --timeout 30 > /tmp/stop.out 2>&1
+alive=""; for p in $sub; do [ -d /proc/$p ] && alive="$alive $p"; done
+check stop_kills_the_delegated_subtree '[ -n "$sub" ] && [ -z "$alive" ]' "still alive:$alive ($(cat /tmp/stop.out))"
+check delegated_cgroup_removed '[ ! -d $D ]' "$(ls $D 2>&1 | head -3)"
 
 if [ $failed -gt 0 ]; then
   echo "--- daemon log ($(wc -c < /tmp/daemon.log) bytes)"; tail -n 40 /tmp/daemon.log

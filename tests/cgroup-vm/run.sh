@@ -11,7 +11,7 @@
 # that the units' logs say so.
 #
 # Needs qemu-system-x86_64, a static busybox, gcc and apt (to fetch the
-# kernel package); AIKORE_BIN (default target/debug/aikore). KVM is used
+# kernel package); AIKORE_BIN (default target/debug/aikore), AIKORE_VM_LOG. KVM is used
 # where it works (AIKORE_VM_ACCEL=kvm), TCG otherwise. Prints
 # "N passed, N failed" and exits non-zero on any failure.
 set -euo pipefail
@@ -44,6 +44,7 @@ mkdir -p "$root"/{bin,etc,proc,sys,dev,tmp,run,data,root,var/tmp,var/lib,lib/x86
 cp "$busybox" "$root/bin/busybox"
 gcc -static -O1 -o "$root/bin/hog" hog.c
 gcc -static -O1 -o "$root/bin/container" container.c
+gcc -static -O1 -o "$root/bin/connect" connect.c
 strip -o "$root/bin/aikore" "$bin"
 # aikore's shared libraries, at the paths its loader looks at.
 ldd "$bin" | awk '/=> \// {print $3} /^[ \t]*\/lib/ {print $1}' | while read -r lib; do
@@ -62,6 +63,8 @@ log=$work/console.log
 timeout 600 qemu-system-x86_64 -accel "$accel" -cpu max -m 2048 -smp 2 -nographic -no-reboot \
   -kernel "$kernel" -initrd "$work/initrd" -append "console=ttyS0 rdinit=/init panic=-1 quiet" \
   > "$log" 2>&1 || true
+# AIKORE_VM_LOG=path keeps the whole console (the daemon's and the units' logs on a failure).
+[ -z "${AIKORE_VM_LOG:-}" ] || cp "$log" "$AIKORE_VM_LOG"
 grep -a -E '^(VM:|PASS|FAIL|RESULT|---)' "$log" || true
 result=$(grep -a '^RESULT ' "$log" | tail -1)
 if [ -z "$result" ]; then
