@@ -43,12 +43,12 @@ const ENGINE: Support = NotYet("the supervisor does not act on this one yet (doc
 const PROCESS: Support = NotYet("this process property is not applied yet (docs/exec.md lists those that are)");
 const SANDBOX: Support = NotYet("this sandbox option is not applied yet (docs/exec.md lists those that are)");
 const RESOURCES: Support = NotYet("this resource key is not applied yet (docs/exec.md lists those that are)");
-const FILTERS: Support =
-    NotYet("seccomp and BPF filters: not implemented (the container runtime's seccomp profile applies)");
+const FILTERS: Support = NotYet(
+    "this BPF program or filter is not implemented (SystemCallFilter=, DeviceAllow= and IPAddressDeny= are: docs/exec.md)",
+);
 const CREDENTIALS: Support =
     NotYet("encrypted and imported credentials need systemd-creds (a TPM2 or host key): not implemented");
 const LOGGING: Support = NotYet("every line goes to the unit's log; no levels, rate limits or syslog fields");
-const NOT_YET: Support = NotYet("not implemented");
 
 /// Every [Unit], [Service] and [Install] key aikore accepts, with its support.
 const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
