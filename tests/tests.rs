@@ -8,6 +8,7 @@ mod api;
 #[path = "attacks/mod.rs"]
 mod attacks;
 mod check;
+mod dbus_type;
 mod deployed;
 mod environment;
 mod exec;

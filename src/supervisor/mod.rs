@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod credentials;
+pub mod dbus;
 pub mod drain;
 pub mod dynamic_user;
 mod engine;
