@@ -2,7 +2,7 @@
 //! dbus-daemon with its stock system policy, on a socket of the test's own,
 //! itself run as a Type=dbus unit owning `org.freedesktop.DBus`), Debian's
 //! avahi-daemon from its own shipped unit file, and units whose name appears
-//! late or never.
+//! late, never, or goes away while they run.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -31,6 +31,44 @@ fn has_owner(address: &str, name: &str) -> bool {
     assert!(out.status.success(), "dbus-send: {text}{}", String::from_utf8_lossy(&out.stderr));
     text.contains("boolean true")
 }
+
+/// A bus client of the test's own (Python, marshalling by hand as the
+/// specification says, independent of aikore's): takes `name` with
+/// `RequestName`, gives it back with `ReleaseName` once `gate` exists, and
+/// keeps running.
+const CLAIMER: &str = r#"
+import os, socket, struct, sys, time
+path, name, gate = sys.argv[1:4]
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+s.sendall(b"\0AUTH EXTERNAL " + str(os.geteuid()).encode().hex().encode() + b"\r\n")
+assert s.recv(512).startswith(b"OK ")
+s.sendall(b"BEGIN\r\n")
+def pad(b, n):
+    return b + b"\0" * (-len(b) % n)
+def string(v):
+    return struct.pack("<I", len(v)) + v.encode() + b"\0"
+serial = 0
+def call(member, sig="", body=b""):
+    global serial
+    serial += 1
+    fields = b""
+    bus = "org.freedesktop.DBus"
+    for code, t, v in [(1, "o", "/org/freedesktop/DBus"), (6, "s", bus), (2, "s", bus), (3, "s", member), (8, "g", sig)]:
+        if t == "g" and not sig:
+            continue
+        value = bytes([len(v)]) + v.encode() + b"\0" if t == "g" else string(v)
+        fields = pad(fields, 8) + bytes([code, 1, ord(t), 0]) + value
+    head = b"l\1\0\1" + struct.pack("<III", len(body), serial, len(fields)) + fields
+    s.sendall(pad(head, 8) + body)
+    time.sleep(0.2)
+call("Hello")
+call("RequestName", "su", pad(string(name), 4) + struct.pack("<I", 0))
+while not os.path.exists(gate):
+    time.sleep(0.1)
+call("ReleaseName", "s", string(name))
+time.sleep(1000)
+"#;
 
 fn options(address: &str) -> Options {
     let mut options = Options::default();
@@ -63,10 +101,28 @@ fn debian_avahi_daemon_is_started_from_its_own_unit_file_once_its_bus_name_appea
          [Install]\nWantedBy=multi-user.target\n",
         go.display()
     );
+    let claimer = dir.path().join("claimer.py");
+    std::fs::write(&claimer, CLAIMER).unwrap();
+    std::fs::set_permissions(&claimer, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let release = dir.path().join("release");
+    let claims = format!(
+        "[Service]\nType=dbus\nBusName=org.freedesktop.Avahi\n\
+         ExecStart={} {} {} org.freedesktop.Avahi {}\n[Install]\nWantedBy=multi-user.target\n",
+        tool("/usr/bin/python3"),
+        claimer.display(),
+        socket.display(),
+        release.display()
+    );
     let never = "[Service]\nType=dbus\nBusName=org.example.Never\nTimeoutStartSec=3s\nExecStart=/bin/sleep 1000\n\
                  [Install]\nWantedBy=multi-user.target\n";
     let d = Daemon::start_with(
-        &[("bus.service", &bus), ("avahi-daemon.service", &avahi), ("late.service", &late), ("never.service", never)],
+        &[
+            ("bus.service", &bus),
+            ("avahi-daemon.service", &avahi),
+            ("late.service", &late),
+            ("never.service", never),
+            ("claims.service", &claims),
+        ],
         options(&address),
     );
     d.wait_status("bus", "started");
@@ -103,6 +159,18 @@ fn debian_avahi_daemon_is_started_from_its_own_unit_file_once_its_bus_name_appea
     assert!(has_owner(&address, "org.freedesktop.Avahi"));
     d.post("/api/v1/units/late/stop");
     d.wait_status("late", "stopped");
+
+    // Released while running: stopped, as systemd does (a clean end: Restart=no leaves it down).
+    d.post("/api/v1/units/claims/start");
+    let u = d.wait_status("claims", "started");
+    let pid = u["pid"].as_i64().unwrap();
+    assert!(has_owner(&address, "org.freedesktop.Avahi"));
+    std::fs::write(&release, "").unwrap();
+    let u = d.wait_status("claims", "stopped");
+    assert!(u["pid"].is_null(), "{u}");
+    assert!(std::fs::metadata(format!("/proc/{pid}")).is_err(), "the claimer still runs");
+    let log = d.unit_log("claims");
+    assert!(log.contains("org.freedesktop.Avahi was released on the system bus; stopping it"), "{log}");
 
     // A process that never claims its name fails at TimeoutStartSec=, and is stopped.
     d.post("/api/v1/units/never/start");
