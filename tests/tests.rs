@@ -9,6 +9,7 @@ mod api;
 mod attacks;
 mod cgroup_access;
 mod check;
+mod dbus_type;
 mod deployed;
 mod environment;
 mod exec;

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::dbus::{self, BusEvent};
 use super::machine::{Answer, Cmd, Effect, Epoch, Input, Now, ReplyTo, Sender, Target, TimerKind, UnitId, Units};
 use super::{
     ready, Command, CommandError, DrainHint, EventKind, ExitReport, ProcessControl, Reply, ShutdownReport, Status,
@@ -25,10 +26,12 @@ use super::{
 use crate::clock::now_ms;
 use crate::units::Unit;
 
-/// A readiness probe's report.
+/// A readiness probe's report, or a `Type=dbus` watch's news.
 struct ProbeDone {
     unit: UnitId,
     epoch: Epoch,
+    /// None: a probe succeeded (and ended); Some: the bus watch (still running) saw this.
+    bus: Option<BusEvent>,
 }
 
 /// A reply the machine will answer later (or at once) by [`ReplyTo`].
@@ -146,6 +149,9 @@ impl<C: ProcessControl> Engine<C> {
                 self.feed(Input::Exit { pid, status });
             }
             match woken {
+                Some(Woken::Probe(ProbeDone { unit, epoch, bus: Some(event) })) => {
+                    self.feed(Input::Bus { unit, epoch, event });
+                }
                 Some(Woken::Probe(done)) => {
                     self.probes.remove(&done.unit);
                     self.feed(Input::Ready { unit: done.unit, epoch: done.epoch });
@@ -273,8 +279,18 @@ impl<C: ProcessControl> Engine<C> {
                 let done = self.probes_tx.clone();
                 let task = tokio::spawn(async move {
                     ready::wait_ready(&target).await;
-                    let _ = done.send(ProbeDone { unit, epoch });
+                    let _ = done.send(ProbeDone { unit, epoch, bus: None });
                 });
+                if let Some(old) = self.probes.insert(unit, task.abort_handle()) {
+                    old.abort();
+                }
+                None
+            }
+            Effect::WatchBus { unit, name, epoch } => {
+                let done = self.probes_tx.clone();
+                let report = move |event| done.send(ProbeDone { unit, epoch, bus: Some(event) }).is_ok();
+                // Read at each start, so a unit started after the bus moved sees the current address.
+                let task = tokio::spawn(dbus::watch(dbus::system_bus_address(), name, report));
                 if let Some(old) = self.probes.insert(unit, task.abort_handle()) {
                     old.abort();
                 }

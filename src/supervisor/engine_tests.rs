@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use super::dedup_hints;
 use crate::init::ExitStatus;
+use crate::supervisor::dbus::BusEvent;
 use crate::supervisor::machine::{
     Answer, Cmd, Effect, Epoch, Input, Now, Outcome, PidFileError, Readiness, ReplyTo, Sender, StopStage, Target, Then,
     TimerKind, UnitId, UnitState, Units,
@@ -343,6 +344,11 @@ impl Sim {
                 self.probes.insert(unit, epoch);
                 None
             }
+            Effect::WatchBus { unit, name, epoch } => {
+                self.record(Action::Note { unit: self.name(unit), text: format!("watch-bus {name}") });
+                self.probes.insert(unit, epoch);
+                None
+            }
             Effect::CheckDrained { unit } => {
                 let name = self.name(unit);
                 self.kernel.watched.insert(name.clone());
@@ -496,6 +502,21 @@ impl Sim {
         let id = self.id(name);
         let epoch = self.probes.remove(&id).unwrap_or_else(|| panic!("{name} has no probe running"));
         self.input(Input::Ready { unit: id, epoch });
+    }
+
+    /// The unit's bus watch reports (the watch goes on, as the real one does).
+    fn bus(&mut self, name: &str, event: BusEvent) {
+        let id = self.id(name);
+        let epoch = *self.probes.get(&id).unwrap_or_else(|| panic!("{name} has no bus watch running"));
+        self.input(Input::Bus { unit: id, epoch, event });
+    }
+
+    fn notes(&self, name: &str) -> Vec<String> {
+        let notes = self.actions().into_iter().filter_map(|(_, a)| match a {
+            Action::Note { unit, text } if unit == name => Some(text),
+            _ => None,
+        });
+        notes.collect()
     }
 
     // ---- time ----------------------------------------------------------------
@@ -1323,6 +1344,7 @@ fn said(h: &Sim, effect: &Effect) -> String {
             format!("arm {kind:?} {} +{}ms", name(unit), at.duration_since(h.now).as_millis())
         }
         Effect::Probe { unit, .. } => format!("probe {}", name(unit)),
+        Effect::WatchBus { unit, name: bus, .. } => format!("watch-bus {} {bus}", name(unit)),
         Effect::CheckDrained { unit } => format!("check-drained {}", name(unit)),
         Effect::GatherEvidence { unit } => format!("gather-evidence {}", name(unit)),
         Effect::ReadPidFile { unit } => format!("read-pid-file {}", name(unit)),
@@ -2242,4 +2264,48 @@ fn a_forking_service_without_a_main_pid_runs_its_exec_start_post_first() {
     h.exit(post.pid, code(0));
     assert_eq!(h.snapshot("fork").status, Status::Started);
     assert_eq!(h.units.state(h.id("fork")), &UnitState::Cgroup { exited: None, ready: true });
+}
+
+#[test]
+fn a_dbus_service_is_started_once_its_name_is_owned_and_stopped_when_it_is_released() {
+    let mut h = Sim::new(vec![service("av", "Type=dbus\nBusName=org.example.Av\nRestart=on-failure\n")]);
+    h.obey("av");
+    h.start("av").unwrap();
+    let snap = h.snapshot("av");
+    assert_eq!(
+        (snap.status, snap.detail.as_deref()),
+        (Status::Starting, Some("waiting for org.example.Av on the system bus"))
+    );
+    assert!(h.notes("av").contains(&"watch-bus org.example.Av".to_string()), "{:?}", h.notes("av"));
+    // Not there yet, and the bus not reachable for a while: still starting, and the log says why.
+    h.bus("av", BusEvent::Released);
+    h.bus("av", BusEvent::Unreachable("cannot connect to the system bus /x: No such file".into()));
+    assert_eq!(h.snapshot("av").status, Status::Starting);
+    assert!(
+        h.notes("av").iter().any(|n| n.contains("waiting for org.example.Av: cannot connect")),
+        "{:?}",
+        h.notes("av")
+    );
+    h.bus("av", BusEvent::Owned);
+    let snap = h.wait_status("av", Status::Started);
+    assert_eq!(snap.detail, None);
+    // Released while running: stopped as a clean end, so Restart=on-failure leaves it down.
+    h.bus("av", BusEvent::Released);
+    let snap = h.wait_status("av", Status::Stopped);
+    assert!(snap.pid.is_none(), "{snap:?}");
+    assert!(h.notes("av").iter().any(|n| n.contains("org.example.Av was released")), "{:?}", h.notes("av"));
+    assert_eq!(h.mains("av").len(), 1, "not restarted");
+    assert_eq!(h.unit_signals("av").first().map(|(_, s)| *s), Some(Signal::SIGTERM));
+}
+
+#[test]
+fn a_dbus_service_whose_name_never_appears_fails_at_timeout_start_sec() {
+    let mut h = Sim::new(vec![service("quiet", "Type=dbus\nBusName=org.example.Quiet\nTimeoutStartSec=4s\n")]);
+    h.obey("quiet");
+    h.start("quiet").unwrap();
+    let started = h.now();
+    h.bus("quiet", BusEvent::Released);
+    let snap = h.wait_status("quiet", Status::Error);
+    assert_eq!(snap.detail.as_deref(), Some("did not become ready within TimeoutStartSec"));
+    assert_eq!(h.unit_signals("quiet").first().map(|(t, _)| *t - started), Some(Duration::from_secs(4)));
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
+use super::dbus::BusEvent;
 use super::state::{
     describe_stop_exit, restart_delay, should_restart, RunEnd, StartLimit, Status, BACKOFF_RESET_AFTER,
 };
@@ -157,6 +158,12 @@ pub enum Input {
         unit: UnitId,
         kills: u64,
     },
+    /// What the system bus says of a `Type=dbus` service's BusName= (from [`Effect::WatchBus`]).
+    Bus {
+        unit: UnitId,
+        epoch: Epoch,
+        event: BusEvent,
+    },
 }
 
 /// Who sent an sd_notify datagram, as the kernel and the OS side tell it.
@@ -227,6 +234,13 @@ pub enum Effect {
     Probe {
         unit: UnitId,
         target: ReadyTarget,
+        epoch: Epoch,
+    },
+    /// Follow who owns `name` on the system bus; each change comes back as
+    /// [`Input::Bus`]. Ends with the run.
+    WatchBus {
+        unit: UnitId,
+        name: String,
         epoch: Epoch,
     },
     /// Watch for the unit's processes to end, and count them now. Answer: [`Input::Members`].
@@ -670,6 +684,7 @@ impl Units {
             Input::Notify { unit, message, sender } => self.on_notify(unit, &message, sender),
             Input::PidFile { unit, result } => self.on_pid_file(unit, result),
             Input::OomKills { unit, kills } => self.on_oom(unit, kills),
+            Input::Bus { unit, epoch, event } => self.on_bus(unit, epoch, event),
         }
         self.stop_unneeded();
         self.advance();
@@ -1437,12 +1452,24 @@ impl Units {
         let ready = s.prepared.ready.clone();
         let unit = Arc::clone(&s.unit);
         let notifies = unit.service.service_type.notifies();
+        // Type=dbus: started once BusName= has an owner (the parser makes sure there is a name).
+        let bus = unit.service.bus_name.clone().filter(|_| unit.service.service_type == ServiceType::Dbus);
         let posts = !unit.service.exec_start_post.is_empty();
-        let readiness = if ready.is_some() || notifies || posts { Readiness::Waiting } else { Readiness::Ready };
+        let waits = ready.is_some() || notifies || bus.is_some() || posts;
+        let readiness = if waits { Readiness::Waiting } else { Readiness::Ready };
         self.enter(id, UnitState::Running { pid, ready: readiness });
         self.arm_runtime_max(id);
         self.note(id, &format!("started {argv}, pid {pid}"));
         match ready {
+            None if bus.is_some() => {
+                let name = bus.unwrap_or_default();
+                self.publish(id, Some(format!("waiting for {name} on the system bus")));
+                let epoch = self.slots[id.0].epoch;
+                self.out.push(Effect::WatchBus { unit: id, name, epoch });
+                if let Some(timeout) = unit.service.timeout_start {
+                    self.arm(id, TimerKind::StartTimeout, timeout);
+                }
+            }
             None if notifies => {
                 self.publish(id, Some("waiting for READY=1".into()));
                 if let Some(timeout) = unit.service.timeout_start {
@@ -2274,6 +2301,47 @@ impl Units {
                     Err(e) => self.note(to, &format!("reload propagated from {from_name} not done: {e}")),
                 }
             }
+        }
+    }
+
+    /// A `Type=dbus` service's name: owned makes a starting one started;
+    /// released stops a running one, as systemd does (a clean end:
+    /// `Restart=always` or `on-success` bring it back, `on-failure` does not).
+    fn on_bus(&mut self, id: UnitId, epoch: Epoch, event: BusEvent) {
+        let s = &self.slots[id.0];
+        if s.epoch != epoch {
+            return;
+        }
+        let UnitState::Running { pid, ready } = s.state else { return };
+        let name = s.unit.service.bus_name.clone().unwrap_or_default();
+        match event {
+            BusEvent::Owned if ready == Readiness::Waiting && s.post.is_none() => {
+                self.note(id, &format!("{name} appeared on the system bus"));
+                self.run_post(id, 0);
+            }
+            BusEvent::Unreachable(why) if ready == Readiness::Waiting => {
+                self.note(id, &format!("waiting for {name}: {why}"));
+                self.publish(id, Some(format!("waiting for {name}: the system bus is unreachable")));
+            }
+            BusEvent::Unreachable(why) => self.note(id, &format!("no longer watching {name}: {why}")),
+            BusEvent::Released if ready == Readiness::Ready => {
+                self.enter(
+                    id,
+                    UnitState::Stopping(Stop {
+                        stage: StopStage::WaitOrder,
+                        main: Some(pid),
+                        ending: RunEnd::Requested,
+                        then: Then::Policy,
+                        escalated: false,
+                        remained: false,
+                        post: None,
+                    }),
+                );
+                self.note(id, &format!("{name} was released on the system bus; stopping it"));
+                self.publish(id, Some(format!("{name} released; stopping it")));
+                self.begin_stop(id);
+            }
+            _ => {}
         }
     }
 

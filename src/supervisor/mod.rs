@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod cgroup_bpf;
 pub mod credentials;
+pub mod dbus;
 pub mod drain;
 pub mod dynamic_user;
 mod engine;

@@ -181,7 +181,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "BlockIOReadBandwidth", RESOURCES),
     (Section::Service, "BlockIOWeight", RESOURCES),
     (Section::Service, "BlockIOWriteBandwidth", RESOURCES),
-    (Section::Service, "BusName", DBUS),
+    (Section::Service, "BusName", Implemented),
     (Section::Service, "BusPolicy", DBUS),
     (Section::Service, "CPUAccounting", ACCOUNTING),
     (Section::Service, "CPUAffinity", PROCESS),

@@ -210,8 +210,8 @@ pub enum KillMode {
 /// three); `oneshot` runs its ExecStart= commands in turn and is started
 /// once they all succeeded; `notify` (and `notify-reload`) is started at
 /// `READY=1` on its NOTIFY_SOCKET; `forking` is started once its starter
-/// exited 0 and (with `PIDFile=`) the main pid was read; `dbus` is not
-/// implemented and supervised as `simple`.
+/// exited 0 and (with `PIDFile=`) the main pid was read; `dbus` is started
+/// once its `BusName=` has an owner on the system bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ServiceType {
     #[default]
@@ -288,6 +288,8 @@ pub struct ServiceConfig {
     pub reload_signal: i32,
     /// PIDFile=: a `Type=forking` service's main pid is read from it once the starter exited.
     pub pid_file: Option<PathBuf>,
+    /// BusName=: a `Type=dbus` service is started once this name has an owner on the system bus.
+    pub bus_name: Option<String>,
     /// SuccessExitStatus=: exit codes and signals that count as a clean end besides 0 and SIGHUP/INT/TERM/PIPE.
     pub success_exit: ExitSet,
     /// RestartPreventExitStatus=: never restart after these, whatever Restart= says.
@@ -410,6 +412,7 @@ impl Default for ServiceConfig {
             runtime_max: None,
             reload_signal: libc::SIGHUP,
             pid_file: None,
+            bus_name: None,
             success_exit: ExitSet::default(),
             restart_prevent: ExitSet::default(),
             restart_force: ExitSet::default(),

@@ -245,6 +245,11 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
             );
         }
     }
+    if kind == UnitKind::Service && unit.service.service_type == ServiceType::Dbus && unit.service.bus_name.is_none() {
+        // systemd refuses it too: nothing would ever say such a service started.
+        let line = doc.entries.iter().rev().find(|e| e.section == "Service" && e.key == "Type").map_or(0, |e| e.line);
+        cx.error(line, "Type=dbus needs BusName= (the name whose owner on the system bus makes it started)".into());
+    }
     if let (Some(line), KillMode::Process) = (kill_mode_line, unit.service.kill_mode) {
         cx.warn(
             line,
@@ -621,16 +626,6 @@ impl<'a> Resolver<'a> {
             }
             "Type" => {
                 if let Some(t) = self.value(entry, parse_service_type) {
-                    if t == ServiceType::Dbus {
-                        self.warn(
-                            entry.line,
-                            format!(
-                                "Type={} is not implemented by aikore: supervised as Type=simple, so the \
-                                 main process must stay in the foreground",
-                                t.as_str()
-                            ),
-                        );
-                    }
                     svc.service_type = t;
                 }
             }
@@ -663,6 +658,13 @@ impl<'a> Resolver<'a> {
                     _ => Err("valid values: none, main, exec, all".to_string()),
                 }) {
                     svc.notify_access = Some(a);
+                }
+            }
+            "BusName" => {
+                if entry.value.is_empty() {
+                    svc.bus_name = None;
+                } else if let Some(name) = self.value(entry, parse_bus_name) {
+                    svc.bus_name = Some(name);
                 }
             }
             "PIDFile" => {
@@ -987,6 +989,22 @@ fn parse_restart(v: &str) -> Result<RestartPolicy, String> {
 /// TimeoutStartSec=/TimeoutStopSec=: `0` and `infinity` both disable the timeout.
 fn parse_timeout(v: &str) -> Result<Option<Duration>, String> {
     Ok(parse_timespan(v)?.filter(|d| !d.is_zero()))
+}
+
+/// A well-known D-Bus name (the specification's rule): two or more
+/// dot-separated elements of `[A-Za-z0-9_-]`, none empty or starting with a
+/// digit, at most 255 bytes. Unique names (`:1.4`) are the bus's to hand out.
+fn parse_bus_name(v: &str) -> Result<String, String> {
+    let element_ok = |e: &str| {
+        !e.is_empty()
+            && !e.starts_with(|c: char| c.is_ascii_digit())
+            && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if v.len() <= 255 && v.split('.').count() >= 2 && v.split('.').all(element_ok) {
+        Ok(v.to_string())
+    } else {
+        Err("not a well-known D-Bus name (like org.freedesktop.Avahi)".to_string())
+    }
 }
 
 fn parse_service_type(v: &str) -> Result<ServiceType, String> {

@@ -641,3 +641,21 @@ fn exit_sets_take_codes_names_and_signals() {
     assert!(parse_exit_set("256").is_err());
     assert!(parse_exit_set("DATAERROR").is_err());
 }
+
+#[test]
+fn type_dbus_takes_its_bus_name_and_needs_one() {
+    let (u, w) = ok("avahi.service", "[Service]\nType=dbus\nBusName=org.freedesktop.Avahi\nExecStart=/bin/true\n");
+    assert_eq!(u.service.service_type, ServiceType::Dbus);
+    assert_eq!(u.service.bus_name.as_deref(), Some("org.freedesktop.Avahi"));
+    assert!(warnings(&w).iter().all(|t| !t.contains("Type=") && !t.contains("BusName")), "{w:?}");
+    assert_eq!(
+        errors("x.service", "[Unit]\nDescription=x\n[Service]\nType=dbus\nExecStart=/bin/true\n"),
+        ["4: Type=dbus needs BusName= (the name whose owner on the system bus makes it started)"]
+    );
+    for bad in ["org", ":1.4", "org..x", "org.1x", "org.x'y", "org.x,arg0='z'"] {
+        let text = format!("[Service]\nType=dbus\nBusName={bad}\nExecStart=/bin/true\n");
+        let e = errors("x.service", &text);
+        let want = format!("3: invalid BusName={bad}: not a well-known D-Bus name");
+        assert!(e.iter().any(|e| e.starts_with(&want)), "{e:?}");
+    }
+}
