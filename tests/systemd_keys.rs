@@ -226,3 +226,37 @@ fn restart_mode_normal_lets_on_failure_see_each_crash() {
     d.wait_until("direct restarting", |d| d.unit("direct")["restarts"].as_u64() >= Some(1));
     assert_eq!(d.unit("alert2")["status"], "stopped", "no OnFailure= for a restart in direct mode");
 }
+
+/// The pids of live processes whose command line is exactly `argv`.
+fn processes(argv: &[&str]) -> Vec<i32> {
+    let want = argv.join("\0") + "\0";
+    let entries = std::fs::read_dir("/proc").unwrap().flatten();
+    let pids = entries.filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
+    pids.filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())).collect()
+}
+
+#[test]
+fn kill_mode_process_leaves_what_the_main_process_started_running_across_a_restart() {
+    // sshd's and cron's habit: a restart must not end the sessions or jobs they started.
+    let unit = "[Service]\nKillMode=process\nExecStart=/bin/sh -c 'sleep 31337 & exec sleep 31338'\n";
+    let d = Daemon::start(&[("sessions.service", unit)]);
+    d.wait_status("sessions", "started");
+    d.wait_until("the session process", |_| processes(&["sleep", "31337"]).len() == 1);
+    let session = processes(&["sleep", "31337"]);
+    let first = d.unit("sessions")["pid"].as_i64().unwrap();
+    let restarted = d.cli(&["restart", "sessions", "--wait", "--timeout", "60"]);
+    assert_eq!(restarted.status.code(), Some(0), "{}", out(&restarted));
+    let second = d.unit("sessions")["pid"].as_i64().unwrap();
+    assert_ne!(first, second, "a new main process");
+    assert!(!std::path::Path::new(&format!("/proc/{first}")).exists(), "the old main process is gone");
+    assert!(session.iter().all(|p| std::path::Path::new(&format!("/proc/{p}")).exists()), "the session was killed");
+    // The new run started one of its own; both stay after a stop.
+    let stopped = d.cli(&["stop", "sessions", "--wait", "--timeout", "60"]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", out(&stopped));
+    assert_eq!(d.unit("sessions")["status"], "stopped");
+    let left = processes(&["sleep", "31337"]);
+    assert_eq!(left.len(), 2, "{left:?}");
+    for pid in left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}

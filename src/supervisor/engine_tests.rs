@@ -987,6 +987,40 @@ fn kill_mode_chooses_whom_the_kill_signal_reaches() {
 }
 
 #[test]
+fn kill_mode_process_signals_the_main_process_alone_and_leaves_the_rest_running() {
+    // As sshd's unit: a restart must not take the sessions it started with it.
+    let text = "[Service]\nExecStart=/bin/sshd\nKillMode=process\nTimeoutStopSec=5s\n";
+    let (sshd, warnings) = parse_unit_str(Path::new("sshd.service"), text).expect("parses");
+    assert!(warnings[0].message.contains("what it started keeps running"), "{warnings:?}");
+    let mut h = Sim::new(vec![sshd]);
+    h.start("sshd").unwrap();
+    h.wait_status("sshd", Status::Started);
+    let first = h.main_pid("sshd");
+    h.add_leftover("sshd", 9001);
+    h.restart("sshd").unwrap();
+    h.exit(first, signaled(TERM));
+    h.wait_status("sshd", Status::Started);
+    assert_ne!(h.main_pid("sshd"), first, "a new run");
+    assert!(h.unit_signals("sshd").is_empty(), "nothing but the main process was signalled");
+    assert!(h.kernel.live["sshd"].contains(&9001), "the session survives");
+    assert!(h.notes("sshd").iter().any(|n| n.contains("1 other process(es) of the unit left running")));
+    // A main process that ignores TERM gets the final SIGKILL alone.
+    let second = h.main_pid("sshd");
+    h.stop("sshd").unwrap();
+    h.sleep(Duration::from_secs(6));
+    assert!(h.actions().iter().any(|(_, a)| *a == Action::SignalProcess { pid: second, signal: KILL }));
+    h.wait_status("sshd", Status::Stopped);
+    assert!(h.unit_signals("sshd").is_empty());
+    assert!(h.kernel.live["sshd"].contains(&9001));
+    // And a main process that ends by itself leaves the rest too.
+    h.start("sshd").unwrap();
+    h.wait_status("sshd", Status::Started);
+    h.exit(h.main_pid("sshd"), code(0));
+    h.wait_status("sshd", Status::Stopped);
+    assert!(h.unit_signals("sshd").is_empty() && h.kernel.live["sshd"].contains(&9001));
+}
+
+#[test]
 fn leftover_processes_are_killed_before_a_restart() {
     let mut h = Sim::new(vec![service("forker", "Restart=on-failure\nRestartSec=100ms\n")]);
     h.start("forker").unwrap();

@@ -1580,6 +1580,11 @@ impl Units {
         let s = &mut self.slots[id.0];
         let UnitState::Stopping(stop) = &mut s.state else { return };
         match stop.stage {
+            StopStage::Exited if live > 0 && s.unit.service.kill_mode == KillMode::Process => {
+                // systemd's KillMode=process: what the main process started is left running.
+                stop.stage = StopStage::Draining { sigkill_sent: false };
+                self.drained(id, live);
+            }
             StopStage::Exited if live > 0 => {
                 stop.stage = StopStage::Draining { sigkill_sent: false };
                 let signal = kill_signal(&s.unit);
@@ -1617,7 +1622,11 @@ impl Units {
             stop.stage = StopStage::Draining { sigkill_sent: true };
             self.out.push(Effect::Signal { target: Target::Unit(id), signal: Signal::SIGKILL });
         }
-        if busy || live > 0 {
+        if main_gone && live > 0 && s.unit.service.kill_mode == KillMode::Process {
+            // KillMode=process: the run ends with its main process; the rest stay, as under systemd.
+            let text = format!("KillMode=process: {live} other process(es) of the unit left running");
+            self.note(id, &text);
+        } else if busy || live > 0 {
             // The next exit of ours or DrainHint checks again; TimeoutStopSec bounds the wait.
             return;
         }
@@ -2587,8 +2596,14 @@ impl Units {
     }
 
     fn escalate(&mut self, id: UnitId) {
-        let signal = final_kill_signal(&self.slots[id.0].unit);
-        self.out.push(Effect::Signal { target: Target::Unit(id), signal });
+        let s = &self.slots[id.0];
+        let signal = final_kill_signal(&s.unit);
+        let target = match (&s.state, s.unit.service.kill_mode) {
+            // KillMode=process: the final signal too goes to the main process alone.
+            (UnitState::Stopping(Stop { main: Some(pid), .. }), KillMode::Process) => Target::Process(*pid),
+            _ => Target::Unit(id),
+        };
+        self.out.push(Effect::Signal { target, signal });
         if let UnitState::Stopping(stop) = &mut self.slots[id.0].state {
             stop.escalated = true;
             stop.stage = StopStage::Draining { sigkill_sent: true };

@@ -250,11 +250,17 @@ pub fn parse_unit_named(path: &Path, name: &str, text: &str) -> Result<(Unit, Ve
         let line = doc.entries.iter().rev().find(|e| e.section == "Service" && e.key == "Type").map_or(0, |e| e.line);
         cx.error(line, "Type=dbus needs BusName= (the name whose owner on the system bus makes it started)".into());
     }
-    if let (Some(line), KillMode::Process) = (kill_mode_line, unit.service.kill_mode) {
+    if let (Some(line), KillMode::Process, UnitKind::Instance) = (kill_mode_line, unit.service.kill_mode, kind) {
+        // The app's code is a stranger's: nothing of it may outlive a stop (docs/security.md).
+        cx.error(
+            line,
+            "KillMode=process is not allowed in an .instance file: an instance's processes all end with it".into(),
+        );
+    } else if let (Some(line), KillMode::Process) = (kill_mode_line, unit.service.kill_mode) {
         cx.warn(
             line,
-            "KillMode=process: KillSignal= goes to the main process only; unlike systemd, aikore still \
-             waits for the unit's other processes and SIGKILLs them after TimeoutStopSec"
+            "KillMode=process: a stop signals the main process only; what it started keeps running after \
+             the unit stops, as under systemd (aikore ends it when the container stops)"
                 .to_string(),
         );
     }

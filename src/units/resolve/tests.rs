@@ -570,6 +570,13 @@ fn instance_files_cannot_set_identity_or_commands() {
             "{errs:?}"
         );
     }
+    // Nothing of an app outlives its stop: KillMode=process is a .service's habit only.
+    let errs = errors("x.instance", "[Instance]\nBlueprint=a\n[Service]\nKillMode=process\n");
+    assert_eq!(
+        errs,
+        ["4: KillMode=process is not allowed in an .instance file: an instance's processes all end with it"]
+    );
+    assert!(ok("x.instance", "[Instance]\nBlueprint=a\n[Service]\nKillMode=mixed\n").1.is_empty());
     let (unit, _) = ok("x.instance", "[Instance]\nBlueprint=a\n[Service]\nRestart=always\nEnvironment=A=1\n");
     assert_eq!(unit.service.environment, [("A".to_string(), "1".to_string())]);
     // Operator-written .service files keep full power.
