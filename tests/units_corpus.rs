@@ -1,7 +1,8 @@
 //! Debian's own unit files through `aikore check` (issue 14): every
 //! `.service` under /lib/systemd/system of a Debian 12 box with common server
-//! packages (`.ci/run` installs them) must pass, and the test prints how many
-//! of their key uses aikore implements.
+//! packages (`.ci/run` installs them) must pass with no warning but for keys
+//! meaningless in a container, and the test prints how many of their key
+//! uses aikore implements (none is left "not implemented yet").
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,6 +54,20 @@ fn debian_units_pass_check_and_key_uses_are_counted() {
     let errors: Vec<&str> = stderr.lines().filter(|l| !l.contains(": warning: ")).collect();
     assert_eq!(out.status.code(), Some(0), "aikore check rejects Debian's units:\n{}", errors.join("\n"));
     assert!(errors.is_empty(), "{errors:#?}");
+    // The issue's rule: the only warnings are for keys docs/units.md lists as
+    // meaningless in a container, plus what systemd itself would say
+    // (a reference to a unit that is not there) and what the issue asks for
+    // (KillMode=process leaves processes behind). A terminal (`tty`) for
+    // stdio is the console keys' case: a container has none to give.
+    let allowed = |w: &str| {
+        w.contains("is ignored: it has no meaning in a container")
+            || w.starts_with("KillMode=process: ")
+            || (w.starts_with("Standard") && w.contains("=tty"))
+            || (w.contains(": no unit named '") && w.ends_with("' is loaded"))
+    };
+    let other: Vec<&str> =
+        stderr.lines().filter_map(|l| l.split_once(": warning: ").map(|(_, w)| w)).filter(|w| !allowed(w)).collect();
+    assert!(other.is_empty(), "warnings beyond the meaningless keys:\n{}", other.join("\n"));
     let masked = files.iter().filter(|f| std::fs::canonicalize(f).is_ok_and(|p| p == Path::new("/dev/null"))).count();
 
     let uses = key_uses(&files).expect("read the corpus");
@@ -70,7 +85,7 @@ fn debian_units_pass_check_and_key_uses_are_counted() {
         uses.by_key.iter().filter(|(_, (_, what))| *what == "not implemented yet").collect();
     missing.sort_by_key(|(_, (n, _))| std::cmp::Reverse(*n));
     let top: Vec<String> = missing.iter().take(15).map(|(k, (n, _))| format!("{k} {n}")).collect();
-    println!("most used keys not implemented yet: {}", top.join(", "));
+    assert_eq!(uses.not_yet, 0, "keys of the corpus aikore does not implement yet: {}", top.join(", "));
     // What the count could not have been before issue 14: the keys parsed here since.
     for key in ["[Install] WantedBy", "[Service] TimeoutSec", "[Install] Also"] {
         assert_eq!(uses.by_key.get(key).map(|(_, what)| *what), Some("implemented"), "{key}");
