@@ -2343,3 +2343,34 @@ fn a_dbus_service_whose_name_never_appears_fails_at_timeout_start_sec() {
     assert_eq!(snap.detail.as_deref(), Some("did not become ready within TimeoutStartSec"));
     assert_eq!(h.unit_signals("quiet").first().map(|(t, _)| *t - started), Some(Duration::from_secs(4)));
 }
+
+#[test]
+fn timeout_start_sec_covers_exec_start_pre_and_the_main_start_as_one_deadline() {
+    // A hanging ExecStartPre= fails the start at TimeoutStartSec=.
+    let mut h = Sim::new(vec![service("pre", "ExecStartPre=/bin/hang\nTimeoutStartSec=3s\n")]);
+    h.obey("pre");
+    h.start("pre").unwrap();
+    let started = h.now();
+    let pre = h.spawns("pre").into_iter().find(|s| s.role == Role::Pre).expect("ExecStartPre= ran");
+    let snap = h.wait_status("pre", Status::Error);
+    assert_eq!(snap.detail.as_deref(), Some("did not become ready within TimeoutStartSec"));
+    let signalled = h.actions().into_iter().find_map(|(t, a)| match a {
+        Action::SignalGroup { pgid, .. } if pgid == pre.pid => Some(t - started),
+        _ => None,
+    });
+    assert_eq!(signalled, Some(Duration::from_secs(3)));
+    assert!(h.mains("pre").is_empty(), "the main process never started");
+
+    // 2 s of ExecStartPre= leave a notify service 1 s of its 3 s for READY=1.
+    let mut h = Sim::new(vec![service("late", "Type=notify\nExecStartPre=/bin/prep\nTimeoutStartSec=3s\n")]);
+    h.obey("late");
+    h.start("late").unwrap();
+    let started = h.now();
+    let pre = h.spawns("late").into_iter().find(|s| s.role == Role::Pre).expect("ExecStartPre= ran");
+    h.sleep(Duration::from_secs(2));
+    h.exit(pre.pid, code(0));
+    assert_eq!(h.mains("late").len(), 1);
+    h.wait_status("late", Status::Error);
+    let stopped = h.unit_signals("late").first().map(|(t, _)| *t - started);
+    assert_eq!(stopped, Some(Duration::from_secs(3)), "one deadline for the whole start");
+}

@@ -587,6 +587,10 @@ struct Slot {
     oom_seen: u64,
     /// TimeoutStopFailureMode=abort: WatchdogSignal= was sent when the stop timed out; the next timeout kills.
     abort_sent: bool,
+    /// When TimeoutStartSec= runs out for this start: set by its first
+    /// ExecCondition=/ExecStartPre= command, so one deadline covers them and
+    /// the main process's start, as in systemd.
+    start_deadline: Option<Instant>,
 }
 
 struct ShutdownJob {
@@ -1096,6 +1100,7 @@ impl Units {
                 consecutive_failures: 0,
                 start_limit: StartLimit::default(),
                 run_started: None,
+                start_deadline: None,
                 since_ms: self.now.wall_ms,
                 started_ms: None,
                 last_exit: None,
@@ -1264,6 +1269,7 @@ impl Units {
             Ok(prepared) => {
                 self.slots[id.0].prepared = prepared;
                 self.slots[id.0].oom_seen = 0;
+                self.slots[id.0].start_deadline = None;
                 self.run_pre_or_main(id, 0);
             }
             Err(why) => {
@@ -1295,6 +1301,9 @@ impl Units {
             };
             self.publish(id, Some(step));
             self.out.push(Effect::Spawn { unit: id, role: Role::Pre, command: command.clone(), env });
+            if index == 0 {
+                self.slots[id.0].start_deadline = unit.service.timeout_start.map(|t| self.now.at + t);
+            }
             return;
         }
         if unit.service.service_type == ServiceType::Oneshot {
@@ -1352,6 +1361,9 @@ impl Units {
         match (role, state, result) {
             (Role::Pre, UnitState::Starting(StartStep::SpawnPre { index }), Ok(pid)) => {
                 self.enter(id, UnitState::Starting(StartStep::Pre { index, pid }));
+                if let Some(timeout) = self.slots[id.0].unit.service.timeout_start {
+                    self.arm_start_timeout(id, timeout);
+                }
             }
             (Role::Main, UnitState::Starting(StartStep::SpawnMain { argv }), Ok(pid)) => {
                 self.main_spawned(id, pid, argv)
@@ -1363,7 +1375,7 @@ impl Units {
                     // TimeoutStartSec= covers all of a oneshot's commands: one timer, kept across them.
                     self.enter(id, UnitState::Starting(StartStep::Oneshot { index, pid }));
                     if let Some(timeout) = self.slots[id.0].unit.service.timeout_start {
-                        self.arm(id, TimerKind::StartTimeout, timeout);
+                        self.arm_start_timeout(id, timeout);
                     }
                 } else {
                     self.slots[id.0].state = UnitState::Starting(StartStep::Oneshot { index, pid });
@@ -1445,7 +1457,7 @@ impl Units {
             self.note(id, &format!("started {argv}, pid {pid}; waiting for it to fork and exit"));
             self.publish(id, Some("waiting for the starter to fork".into()));
             if let Some(timeout) = timeout {
-                self.arm(id, TimerKind::StartTimeout, timeout);
+                self.arm_start_timeout(id, timeout);
             }
             return;
         }
@@ -1467,13 +1479,13 @@ impl Units {
                 let epoch = self.slots[id.0].epoch;
                 self.out.push(Effect::WatchBus { unit: id, name, epoch });
                 if let Some(timeout) = unit.service.timeout_start {
-                    self.arm(id, TimerKind::StartTimeout, timeout);
+                    self.arm_start_timeout(id, timeout);
                 }
             }
             None if notifies => {
                 self.publish(id, Some("waiting for READY=1".into()));
                 if let Some(timeout) = unit.service.timeout_start {
-                    self.arm(id, TimerKind::StartTimeout, timeout);
+                    self.arm_start_timeout(id, timeout);
                 }
             }
             None if posts => self.run_post(id, 0),
@@ -1485,7 +1497,7 @@ impl Units {
                 if let Some(instance) = &unit.instance {
                     self.arm(id, TimerKind::Stall, instance.stall_after);
                 } else if let Some(timeout) = unit.service.timeout_start {
-                    self.arm(id, TimerKind::StartTimeout, timeout);
+                    self.arm_start_timeout(id, timeout);
                 }
             }
         }
@@ -2455,11 +2467,15 @@ impl Units {
             }
             (
                 TimerKind::StartTimeout,
-                UnitState::Starting(StartStep::Oneshot { .. } | StartStep::Forking { .. } | StartStep::PidFile),
+                UnitState::Starting(
+                    StartStep::Pre { .. } | StartStep::Oneshot { .. } | StartStep::Forking { .. } | StartStep::PidFile,
+                ),
             ) => {
                 // Half-started: nothing depends on it yet, so no ordering or ExecStop= to go through.
                 let starter = match &s.state {
-                    UnitState::Starting(StartStep::Oneshot { pid, .. } | StartStep::Forking { pid }) => Some(*pid),
+                    UnitState::Starting(
+                        StartStep::Pre { pid, .. } | StartStep::Oneshot { pid, .. } | StartStep::Forking { pid },
+                    ) => Some(*pid),
                     _ => None,
                 };
                 let signal = match timeout_signal(&s.unit, s.unit.service.timeout_start_failure_mode) {
@@ -2661,6 +2677,14 @@ impl Units {
     fn enter(&mut self, id: UnitId, state: UnitState) {
         self.slots[id.0].state = state;
         self.bump_epoch(id);
+    }
+
+    /// TimeoutStartSec= from now, or what is left of it when the start's
+    /// ExecStartPre= commands already began it.
+    fn arm_start_timeout(&mut self, id: UnitId, timeout: Duration) {
+        let s = &self.slots[id.0];
+        let at = s.start_deadline.unwrap_or(self.now.at + timeout);
+        self.out.push(Effect::ArmTimer { unit: id, kind: TimerKind::StartTimeout, at, epoch: s.epoch });
     }
 
     fn arm(&mut self, id: UnitId, kind: TimerKind, after: Duration) {
