@@ -31,7 +31,6 @@ const SERVICE_KEYS: &[&str] = &[
     "StandardInput",
     "StandardOutput",
     "StandardError",
-    "SyslogIdentifier",
     "RuntimeDirectory",
     "StateDirectory",
     "CacheDirectory",
@@ -289,7 +288,6 @@ pub struct ExecConfig {
     pub stdout: Output,
     /// None (`inherit`, the default): wherever stdout goes.
     pub stderr: Option<Output>,
-    pub syslog_identifier: Option<String>,
     /// `WorkingDirectory=-/path`: a missing dir is not an error (the process starts in `/`).
     pub working_directory_optional: bool,
     /// `WorkingDirectory=~`: the User='s home.
@@ -447,10 +445,6 @@ impl ExecConfig {
                 let (out, warning) = parse_output(value, true)?;
                 self.stderr = Some(out);
                 return Ok(warning);
-            }
-            "SyslogIdentifier" => {
-                self.syslog_identifier =
-                    (!value.is_empty()).then(|| value.chars().filter(|c| !c.is_control()).take(64).collect());
             }
             "RuntimeDirectoryPreserve" => {
                 self.runtime_preserve = match value {

@@ -48,6 +48,9 @@ const FILTERS: Support = NotYet(
 );
 const CREDENTIALS: Support =
     NotYet("encrypted and imported credentials need systemd-creds (a TPM2 or host key): not implemented");
+const JOURNAL: Support = Meaningless(
+    "aikore keeps one log per unit, not a journal of tagged entries: every line is in the unit's log whatever its tag",
+);
 const LOGGING: Support = NotYet("every line goes to the unit's log; no levels, rate limits or syslog fields");
 
 /// Every [Unit], [Service] and [Install] key aikore accepts, with its support.
@@ -381,7 +384,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "SupplementaryGroups", Implemented),
     (Section::Service, "SysVStartPriority", OBSOLETE),
     (Section::Service, "SyslogFacility", LOGGING),
-    (Section::Service, "SyslogIdentifier", Implemented),
+    (Section::Service, "SyslogIdentifier", JOURNAL),
     (Section::Service, "SyslogLevel", LOGGING),
     (Section::Service, "SyslogLevelPrefix", LOGGING),
     (Section::Service, "SystemCallArchitectures", Implemented),

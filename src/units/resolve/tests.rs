@@ -373,7 +373,7 @@ Also=helper.service
     assert!(!u.starts_at_boot, "WantedBy= waits for aikore enable");
     let text: Vec<String> = warnings(&w);
     assert!(
-        text.iter().any(|t| t.starts_with("12: KillMode=process: KillSignal= goes to the main process only")),
+        text.iter().any(|t| t.starts_with("12: KillMode=process: a stop signals the main process only")),
         "{text:?}"
     );
     assert!(!text.iter().any(|t| t.contains("ExecStart=")), "a oneshot runs every ExecStart=: {text:?}");
