@@ -643,6 +643,11 @@ impl Daemon {
         if let Err(e) = self.supervisor.start_all().await {
             tracing::error!(error = %e, "starting the units failed");
         }
+        // What only the boot used (its code, its heap) is given back once the starts settled (issue 15).
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let _ = tokio::task::spawn_blocking(crate::sys::memory::release_boot_pages).await;
+        });
         tokio::pin!(shutdown);
         let engine_ended = loop {
             tokio::select! {

@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::machine::{Answer, Cmd, Effect, Epoch, Input, Now, ReplyTo, Sender, Target, TimerKind, UnitId, Units};
+use super::spawner::{SpawnReport, Spawning};
 use super::{
     ready, Command, CommandError, DrainHint, EventKind, ExitReport, ProcessControl, Reply, ShutdownReport, Status,
     UnitEvent,
@@ -57,6 +58,10 @@ pub struct Engine<C: ProcessControl> {
     replies: HashMap<ReplyTo, Pending>,
     last_reply: u64,
     shutdown: Option<oneshot::Sender<ShutdownReport>>,
+    /// Spawns running off this thread (`ProcessControl::start_spawn`), by ticket.
+    spawning: HashMap<u64, (UnitId, super::Role)>,
+    last_ticket: u64,
+    spawn_reports: Option<mpsc::UnboundedReceiver<SpawnReport>>,
     /// The shutdown finished: the run loop returns after this batch.
     finished: bool,
 }
@@ -81,8 +86,12 @@ impl<C: ProcessControl> Engine<C> {
             replies: HashMap::new(),
             last_reply: 0,
             shutdown: None,
+            spawning: HashMap::new(),
+            last_ticket: 0,
+            spawn_reports: None,
             finished: false,
         };
+        engine.spawn_reports = engine.ctl.spawn_reports();
         engine.apply(effects);
         engine
     }
@@ -100,6 +109,7 @@ impl<C: ProcessControl> Engine<C> {
         let mut commands_open = true;
         let mut batch_exits: Vec<ExitReport> = Vec::new();
         let mut pending_hints: Vec<DrainHint> = Vec::new();
+        let mut reports: Vec<SpawnReport> = Vec::new();
         enum Woken {
             Probe(ProbeDone),
             Timers,
@@ -107,6 +117,9 @@ impl<C: ProcessControl> Engine<C> {
         }
         loop {
             let next_timer = self.timers.keys().next().map(|(at, _)| *at);
+            // While spawns are out, commands and timers wait: the machine then never
+            // sees a unit between its Spawn effect and the answer, as with a direct call.
+            let settled = self.spawning.is_empty();
             // Only received here; handled below, after the exits.
             let woken = tokio::select! {
                 biased;
@@ -118,11 +131,15 @@ impl<C: ProcessControl> Engine<C> {
                     pending_hints.push(hint);
                     None
                 }
+                Some(report) = next_report(&mut self.spawn_reports) => {
+                    reports.push(report);
+                    None
+                }
                 Some(done) = self.probes_rx.recv() => Some(Woken::Probe(done)),
-                _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
+                _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() && settled => {
                     Some(Woken::Timers)
                 }
-                command = commands.recv(), if commands_open => match command {
+                command = commands.recv(), if commands_open && settled => match command {
                     Some(command) => Some(Woken::Command(command)),
                     None if self.units.shutting_down() => {
                         commands_open = false;
@@ -141,6 +158,16 @@ impl<C: ProcessControl> Engine<C> {
             }
             while let Ok(hint) = hints.try_recv() {
                 pending_hints.push(hint);
+            }
+            // Spawn reports before exits: an exit on `exits` was sent after its
+            // spawn's report (spawner.rs), so the machine knows the pid first.
+            if let Some(rx) = self.spawn_reports.as_mut() {
+                while let Ok(report) = rx.try_recv() {
+                    reports.push(report);
+                }
+            }
+            for report in std::mem::take(&mut reports) {
+                self.on_spawn_report(report);
             }
             for (pid, status) in std::mem::take(&mut batch_exits) {
                 self.feed(Input::Exit { pid, status });
@@ -170,6 +197,17 @@ impl<C: ProcessControl> Engine<C> {
             if self.finished {
                 return;
             }
+        }
+    }
+
+    fn on_spawn_report(&mut self, report: SpawnReport) {
+        match report {
+            SpawnReport::Done(done) => {
+                let Some((unit, role)) = self.spawning.remove(&done.ticket) else { return };
+                let result = self.ctl.finish_spawn(done);
+                self.feed(Input::Spawned { unit, role, result });
+            }
+            SpawnReport::Exit((pid, status)) => self.feed(Input::Exit { pid, status }),
         }
     }
 
@@ -239,8 +277,14 @@ impl<C: ProcessControl> Engine<C> {
                 Some(Input::RunBegun { unit, result })
             }
             Effect::Spawn { unit, role, command, env } => {
-                let result = self.ctl.spawn(self.units.unit(unit), role, &command, &env);
-                Some(Input::Spawned { unit, role, result })
+                self.last_ticket += 1;
+                match self.ctl.start_spawn(self.units.unit(unit), role, &command, &env, self.last_ticket) {
+                    Spawning::Now(result) => Some(Input::Spawned { unit, role, result }),
+                    Spawning::Later => {
+                        self.spawning.insert(self.last_ticket, (unit, role));
+                        None
+                    }
+                }
             }
             Effect::Signal { target, signal } => {
                 match target {
@@ -353,6 +397,14 @@ impl<C: ProcessControl> Engine<C> {
                 None
             }
         }
+    }
+}
+
+/// The next spawn report; never, without a spawner.
+async fn next_report(rx: &mut Option<mpsc::UnboundedReceiver<SpawnReport>>) -> Option<SpawnReport> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
