@@ -60,6 +60,9 @@ pub struct Engine<C: ProcessControl> {
     shutdown: Option<oneshot::Sender<ShutdownReport>>,
     /// Spawns running off this thread (`ProcessControl::start_spawn`), by ticket.
     spawning: HashMap<u64, (UnitId, super::Role)>,
+    /// Per unit with a spawn out: the effects that came after it, applied
+    /// once its answer was fed (a direct call would have answered first).
+    held: HashMap<UnitId, Vec<Effect>>,
     last_ticket: u64,
     spawn_reports: Option<mpsc::UnboundedReceiver<SpawnReport>>,
     /// The shutdown finished: the run loop returns after this batch.
@@ -87,6 +90,7 @@ impl<C: ProcessControl> Engine<C> {
             last_reply: 0,
             shutdown: None,
             spawning: HashMap::new(),
+            held: HashMap::new(),
             last_ticket: 0,
             spawn_reports: None,
             finished: false,
@@ -205,7 +209,9 @@ impl<C: ProcessControl> Engine<C> {
             SpawnReport::Done(done) => {
                 let Some((unit, role)) = self.spawning.remove(&done.ticket) else { return };
                 let result = self.ctl.finish_spawn(done);
+                let held = self.held.remove(&unit).unwrap_or_default();
                 self.feed(Input::Spawned { unit, role, result });
+                self.apply(held);
             }
             SpawnReport::Exit((pid, status)) => self.feed(Input::Exit { pid, status }),
         }
@@ -258,6 +264,10 @@ impl<C: ProcessControl> Engine<C> {
 
     fn apply(&mut self, effects: Vec<Effect>) {
         for effect in effects {
+            if let Some(held) = effect_unit(&effect).and_then(|unit| self.held.get_mut(&unit)) {
+                held.push(effect);
+                continue;
+            }
             if let Some(answer) = self.apply_one(effect) {
                 // Answered at once, before the effects after it: as if the machine had called the OS itself.
                 self.feed(answer);
@@ -282,6 +292,7 @@ impl<C: ProcessControl> Engine<C> {
                     Spawning::Now(result) => Some(Input::Spawned { unit, role, result }),
                     Spawning::Later => {
                         self.spawning.insert(self.last_ticket, (unit, role));
+                        self.held.insert(unit, Vec::new());
                         None
                     }
                 }
@@ -397,6 +408,26 @@ impl<C: ProcessControl> Engine<C> {
                 None
             }
         }
+    }
+}
+
+/// The unit an effect acts on, where it names one by id.
+fn effect_unit(effect: &Effect) -> Option<UnitId> {
+    match effect {
+        Effect::CheckConditions { unit }
+        | Effect::BeginRun { unit, .. }
+        | Effect::Spawn { unit, .. }
+        | Effect::Signal { target: Target::Unit(unit), .. }
+        | Effect::ArmTimer { unit, .. }
+        | Effect::Probe { unit, .. }
+        | Effect::CheckDrained { unit }
+        | Effect::ReadPidFile { unit }
+        | Effect::GatherEvidence { unit }
+        | Effect::FindPortHolder { unit, .. }
+        | Effect::EndRun { unit }
+        | Effect::Note { unit, .. }
+        | Effect::Warn { unit, .. } => Some(*unit),
+        Effect::Signal { .. } | Effect::Emit(_) | Effect::Reply { .. } | Effect::ShutdownDone { .. } => None,
     }
 }
 

@@ -167,7 +167,11 @@ fn run(job: SpawnJob, reports: &mpsc::UnboundedSender<SpawnReport>) {
             slot.early = Some((pid, status));
         }
     });
-    let result = spawn_in(&spec, &context, procs_fd.as_ref(), route);
+    // A panic here would leave the engine waiting for this report forever
+    // (it holds commands back while a spawn is out): it becomes a failed spawn.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| spawn_in(&spec, &context, procs_fd.as_ref(), route)))
+            .unwrap_or_else(|_| Err(SpawnError::Io(std::io::Error::other("the spawn panicked"))));
     // Child-side fds and the plan are dropped here, off the engine's thread.
     drop((spec, context, procs_fd));
     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
