@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 N="${N:-100}"
-REPS="${REPS:-3}"
+REPS="${REPS:-5}"
 TIMEOUT="${TIMEOUT:-60}"
 PEERS="${PEERS:-aikore s6 runit}"
 

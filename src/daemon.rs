@@ -92,6 +92,30 @@ fn stop_leftovers(data_dir: &std::path::Path, cgroups: Option<&CgroupRoot>, grac
     to_each(&find(), Signal::SIGKILL);
 }
 
+/// What only the boot used (its code pages, its free heap) is given back
+/// once the starts settled: no unit event for [`BOOT_QUIET`], or
+/// [`BOOT_SETTLE_CAP`] after the boot whatever happens (a crash-looping
+/// unit never goes quiet). Issue 15: an idle daemon's memory was mostly
+/// code that only the boot ran (`sys::memory`).
+async fn give_back_boot_pages(mut events: tokio::sync::broadcast::Receiver<crate::supervisor::UnitEvent>) {
+    const BOOT_QUIET: Duration = Duration::from_secs(2);
+    const BOOT_SETTLE_CAP: Duration = Duration::from_secs(60);
+    let cap = tokio::time::Instant::now() + BOOT_SETTLE_CAP;
+    loop {
+        let quiet = (tokio::time::Instant::now() + BOOT_QUIET).min(cap);
+        match tokio::time::timeout_at(quiet, events.recv()).await {
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            // Quiet long enough, past the cap, or the engine is gone.
+            Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break,
+        }
+        if tokio::time::Instant::now() >= cap {
+            break;
+        }
+    }
+    drop(events);
+    let _ = tokio::task::spawn_blocking(crate::sys::memory::release_boot_pages).await;
+}
+
 /// Debug builds only: resolves once the file named by
 /// `AIKORE_TEST_PANIC_ENGINE` exists, and the engine task then panics, so a
 /// test can see the daemon notice a dead engine. Pending forever otherwise,
@@ -639,10 +663,12 @@ impl Daemon {
         tracing::info!(listen = %self.settings.listen, data_dir = %self.settings.data_dir.display(), "aikore is up");
         let serving = crate::web::serve(self.listener, self.web, self.stages.web.clone());
         self.background.web = Some(self.stages.tasks.spawn(serving));
+        let boot_events = self.supervisor.subscribe();
         // Only a dead engine refuses this, and the loop below sees that at once.
         if let Err(e) = self.supervisor.start_all().await {
             tracing::error!(error = %e, "starting the units failed");
         }
+        tokio::spawn(give_back_boot_pages(boot_events));
         tokio::pin!(shutdown);
         let engine_ended = loop {
             tokio::select! {

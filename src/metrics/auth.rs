@@ -5,9 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus::proto::MetricFamily;
-
-use super::family::Family;
+use super::family::{Family, Written};
 
 /// The kinds, in the order they are exposed (each always present, from 0).
 pub const KINDS: [&str; 4] = ["password", "bearer", "setup_code", "rate_limited"];
@@ -25,7 +23,7 @@ pub fn count(kind: &str) -> u64 {
     KINDS.iter().position(|k| *k == kind).map(|i| COUNTS[i].load(Ordering::Relaxed)).unwrap_or(0)
 }
 
-pub(crate) fn families(out: &mut Vec<MetricFamily>) {
+pub(crate) fn families(out: &mut Vec<Written>) {
     let mut f = Family::counter(
         "aikore_auth_failures_total",
         "Refused credentials since aikore started: wrong passwords, bad bearer tokens, wrong setup codes, rate-limited attempts.",

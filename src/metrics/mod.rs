@@ -18,13 +18,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use prometheus::proto::MetricFamily;
-use prometheus::{Encoder, Opts, Registry, TextEncoder};
+use prometheus::{Opts, Registry};
 use tokio::sync::broadcast;
 
 pub use crate::gpu::{GpuSample, Gpus};
 pub use events::{exit_code_label, EventMetrics, READY_BUCKETS};
-use family::Family;
+use family::{Family, Written};
 pub use host::{HostCollector, HostSample};
 use units::UnitSampler;
 
@@ -326,7 +325,10 @@ impl Metrics {
     }
 
     fn render_blocking(&self, units: &[UnitSnapshot]) -> Result<String, MetricsError> {
-        let mut families = self.registry.gather();
+        let mut families = Vec::with_capacity(64);
+        for family in self.registry.gather() {
+            families.push(Written::encoded(&family)?);
+        }
         {
             let mut collectors = self.collectors.lock().unwrap_or_else(|p| p.into_inner());
             let collectors = &mut *collectors;
@@ -340,9 +342,11 @@ impl Metrics {
             gpu_health_families(&collectors.gpus, &gpus, &mut families);
         }
         families.sort_by(|a, b| a.name().cmp(b.name()));
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&families, &mut out)?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        let mut out = String::with_capacity(families.iter().map(|f| f.text.len()).sum());
+        for family in &families {
+            out.push_str(&family.text);
+        }
+        Ok(out)
     }
 
     fn unit_families(
@@ -350,7 +354,7 @@ impl Metrics {
         sampler: &mut UnitSampler,
         units: &[UnitSnapshot],
         gpus: &[GpuSample],
-        out: &mut Vec<MetricFamily>,
+        out: &mut Vec<Written>,
     ) {
         let mut state = Family::gauge("aikore_unit_state", "1 for the unit's current state, 0 for the others.");
         let mut restarts = Family::counter("aikore_unit_restarts_total", "Automatic restarts since aikore started.");
@@ -525,7 +529,7 @@ fn gpu_views(shared: &Gpus, samples: Vec<GpuSample>) -> Vec<GpuView> {
         .collect()
 }
 
-fn supervisor_families(out: &mut Vec<MetricFamily>) {
+fn supervisor_families(out: &mut Vec<Written>) {
     let reaper = crate::init::reaper();
     let mut children = Family::counter(
         "aikore_reaped_children_total",
@@ -541,8 +545,8 @@ fn supervisor_families(out: &mut Vec<MetricFamily>) {
     orphans.finish_into(out);
 }
 
-fn host_families(host: &HostSample, out: &mut Vec<MetricFamily>) {
-    let single = |name: &str, help: &str, value: f64, out: &mut Vec<MetricFamily>| {
+fn host_families(host: &HostSample, out: &mut Vec<Written>) {
+    let single = |name: &str, help: &str, value: f64, out: &mut Vec<Written>| {
         let mut f = Family::gauge(name, help);
         f.add(&[], value);
         f.finish_into(out);
@@ -586,7 +590,7 @@ fn host_families(host: &HostSample, out: &mut Vec<MetricFamily>) {
 }
 
 /// `aikore_gpu_healthy{gpu}` and why not (`aikore_gpu_unhealthy_info{gpu,reason}`).
-fn gpu_health_families(shared: &Gpus, gpus: &[GpuSample], out: &mut Vec<MetricFamily>) {
+fn gpu_health_families(shared: &Gpus, gpus: &[GpuSample], out: &mut Vec<Written>) {
     let mut healthy = Family::gauge(
         "aikore_gpu_healthy",
         "1 while the GPU takes new work; 0 after it fell off the bus, a critical Xid, new uncorrected ECC errors or while a remap is pending.",
@@ -604,7 +608,7 @@ fn gpu_health_families(shared: &Gpus, gpus: &[GpuSample], out: &mut Vec<MetricFa
     reason.finish_into(out);
 }
 
-fn gpu_families(gpus: &[GpuSample], out: &mut Vec<MetricFamily>) {
+fn gpu_families(gpus: &[GpuSample], out: &mut Vec<Written>) {
     type Reading = fn(&GpuSample) -> Option<f64>;
     let simple: [(&str, &str, bool, Reading); 9] = [
         ("aikore_gpu_utilization_ratio", "Share of time the GPU was busy (0..1).", false, |g| g.utilization_ratio),

@@ -6,9 +6,6 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc};
 
-use prometheus::proto::MetricFamily;
-use prometheus::{Encoder, TextEncoder};
-
 use super::*;
 use crate::logs::LogConfig;
 use crate::units::parse_unit_str;
@@ -174,10 +171,8 @@ fn fake_gpu(index: u32, processes: &[(u32, u64)]) -> GpuSample {
     }
 }
 
-fn encode(families: &[MetricFamily]) -> String {
-    let mut out = Vec::new();
-    TextEncoder::new().encode(families, &mut out).unwrap();
-    String::from_utf8(out).unwrap()
+fn encode(families: &[Written]) -> String {
+    families.iter().map(|f| f.text.as_str()).collect()
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //! sum. [`CpuAccount`] turns those readings into a monotonic total.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 /// One unit's usage at scrape time.
@@ -150,6 +150,61 @@ pub struct UnitSampler {
     ticks_per_second: f64,
     page_size: u64,
     accounts: HashMap<String, CpuAccount>,
+    /// Each unit's cgroup files, kept open between scrapes.
+    cgroups: HashMap<String, CgroupFiles>,
+    /// One read buffer for every file of a scrape.
+    buf: Vec<u8>,
+}
+
+/// procfs and cgroupfs files make their text anew on every read at offset
+/// 0, so an fd kept open re-reads them with one `pread`: no path walk, no
+/// open and close per scrape (issue 15: a scrape of 100 units read ~600
+/// paths). An fd of a process that ended, or of a cgroup removed at the end
+/// of its run, fails its read; it is then opened again by path.
+#[derive(Default)]
+struct CgroupFiles {
+    procs: Option<File>,
+    cpu_stat: Option<File>,
+    memory_current: Option<File>,
+    /// `memory.current` is missing (no memory controller: a hybrid v1/v2
+    /// host): not looked up again. The controllers a unit cgroup gets are
+    /// the ones aikore's subtree delegates, set once at boot.
+    no_memory_file: bool,
+    /// `/proc/<pid>/statm` (or `stat`) of the processes the last scrape
+    /// found in the cgroup: rebuilt each scrape, so an ended one is dropped.
+    stats: HashMap<i32, File>,
+}
+
+/// Reads `file` whole from offset 0 into `buf` (cleared first).
+fn pread_all(file: &File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read_at(&mut chunk, offset)?;
+        buf.extend_from_slice(&chunk[..n]);
+        // A short read is the whole text: these files are made in one go.
+        if n < chunk.len() {
+            return Ok(());
+        }
+        offset += n as u64;
+    }
+}
+
+/// Reads the file kept in `slot`, opening `path` when there is none or the
+/// kept one went stale. None: the file cannot be read now.
+fn read_kept<'b>(slot: &mut Option<File>, path: impl FnOnce() -> PathBuf, buf: &'b mut Vec<u8>) -> Option<&'b str> {
+    if let Some(file) = slot.as_ref() {
+        if pread_all(file, buf).is_ok() {
+            return std::str::from_utf8(buf).ok();
+        }
+    }
+    *slot = None;
+    let file = File::open(path()).ok()?;
+    pread_all(&file, buf).ok()?;
+    *slot = Some(file);
+    std::str::from_utf8(buf).ok()
 }
 
 fn sysconf_or(name: libc::c_int, fallback: u64) -> u64 {
@@ -162,15 +217,6 @@ fn sysconf_or(name: libc::c_int, fallback: u64) -> u64 {
     }
 }
 
-fn read_u64(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn cgroup_usage_usec(dir: &Path) -> Option<u64> {
-    let stat = fs::read_to_string(dir.join("cpu.stat")).ok()?;
-    stat.lines().find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
-}
-
 impl UnitSampler {
     pub fn new(cgroup_root: Option<PathBuf>) -> UnitSampler {
         UnitSampler {
@@ -179,44 +225,49 @@ impl UnitSampler {
             ticks_per_second: sysconf_or(libc::_SC_CLK_TCK, 100) as f64,
             page_size: sysconf_or(libc::_SC_PAGESIZE, 4096),
             accounts: HashMap::new(),
+            cgroups: HashMap::new(),
+            buf: Vec::with_capacity(4096),
         }
     }
 
     /// Forgets units no longer defined, so a reload does not leak accounts.
     pub fn retain(&mut self, names: &HashSet<&str>) {
         self.accounts.retain(|name, _| names.contains(name.as_str()));
+        self.cgroups.retain(|name, _| names.contains(name.as_str()));
+    }
+
+    /// The processes' stats through the fds kept in `kept` (those read are
+    /// kept again); `only_memory`: statm is enough (the cgroup has the CPU
+    /// time), and cheaper for the kernel to make.
+    fn stats(&mut self, pids: &[i32], only_memory: bool, kept: &mut HashMap<i32, File>) -> Vec<ProcStat> {
+        let mut last = std::mem::take(kept);
+        let mut out = Vec::with_capacity(pids.len());
+        let name = if only_memory { "statm" } else { "stat" };
+        for &pid in pids {
+            let mut slot = last.remove(&pid);
+            let Some(text) = read_kept(&mut slot, || PathBuf::from(format!("/proc/{pid}/{name}")), &mut self.buf)
+            else {
+                continue;
+            };
+            let stat = if only_memory { parse_statm(pid, text) } else { parse_stat(pid, text) };
+            if let (Some(stat), Some(file)) = (stat, slot) {
+                kept.insert(pid, file);
+                if !stat.zombie {
+                    out.push(stat);
+                }
+            }
+        }
+        out
     }
 
     /// Reads one unit: its cgroup when it has one, else its main pid's tree.
     pub fn sample(&mut self, unit: &str, main_pid: Option<i32>) -> UnitUsage {
-        let account = self.accounts.entry(unit.to_string()).or_default();
-        let cgroup = self.cgroup_root.as_ref().map(|root| root.join(unit));
-        // Child cgroups included: a Delegate= unit moves its processes into its own.
-        let procs = cgroup.as_ref().and_then(|dir| crate::supervisor::cgroup::subtree_pids(dir));
-        if let (Some(dir), Some(pids)) = (cgroup, procs) {
-            let usec = cgroup_usage_usec(&dir);
-            let current = read_u64(&dir.join("memory.current"));
-            // With the cpu and memory controllers the kernel has the totals:
-            // three reads per unit, however many processes it has (issue 15:
-            // a scrape's cost grows with units, not processes). Each
-            // process's stat only where a controller is missing.
-            if let (Some(usec), Some(memory_bytes)) = (usec, current) {
-                account.observe_cgroup(usec);
-                return UnitUsage { pids, cpu_seconds: account.seconds(self.ticks_per_second), memory_bytes };
+        if let Some(dir) = self.cgroup_root.as_ref().map(|root| root.join(unit)) {
+            if let Some(usage) = self.sample_cgroup(unit, &dir) {
+                return usage;
             }
-            let stats: Vec<ProcStat> = pids.into_iter().filter_map(read_stat).filter(|s| !s.zombie).collect();
-            match usec {
-                Some(usec) => account.observe_cgroup(usec),
-                // No cpu controller file: fall back to the processes' own times.
-                None => account.observe_processes(&stats),
-            }
-            let rss = stats.iter().map(|s| s.rss_pages).sum::<u64>() * self.page_size;
-            return UnitUsage {
-                pids: stats.iter().map(|s| s.pid).collect(),
-                cpu_seconds: account.seconds(self.ticks_per_second),
-                memory_bytes: current.unwrap_or(rss),
-            };
         }
+        let account = self.accounts.entry(unit.to_string()).or_default();
         let stats = main_pid.map(descendants).unwrap_or_default();
         if stats.is_empty() {
             account.idle();
@@ -229,6 +280,69 @@ impl UnitSampler {
             memory_bytes: stats.iter().map(|s| s.rss_pages).sum::<u64>() * self.page_size,
         }
     }
+}
+
+impl UnitSampler {
+    /// None: the unit has no cgroup (now).
+    fn sample_cgroup(&mut self, unit: &str, dir: &Path) -> Option<UnitUsage> {
+        let mut files = self.cgroups.remove(unit).unwrap_or_default();
+        let Some(procs) = read_kept(&mut files.procs, || dir.join("cgroup.procs"), &mut self.buf) else {
+            // No cgroup now (the unit is stopped): nothing of its run stays open.
+            return None;
+        };
+        let mut pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.is_empty() {
+            // A Delegate= unit may have moved every process into cgroups of its own below.
+            pids = crate::supervisor::cgroup::subtree_pids(dir).unwrap_or_default();
+        }
+        let usec = read_kept(&mut files.cpu_stat, || dir.join("cpu.stat"), &mut self.buf)
+            .and_then(|stat| stat.lines().find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok()));
+        let current = if files.no_memory_file {
+            None
+        } else {
+            let read = read_kept(&mut files.memory_current, || dir.join("memory.current"), &mut self.buf)
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            files.no_memory_file = read.is_none();
+            read
+        };
+        let account = self.accounts.entry(unit.to_string()).or_default();
+        // With the cpu and memory controllers the kernel has the totals:
+        // three reads per unit, however many processes it has (issue 15:
+        // a scrape's cost grows with units, not processes). Each
+        // process's statm only where the memory controller is missing.
+        if let (Some(usec), Some(memory_bytes)) = (usec, current) {
+            account.observe_cgroup(usec);
+            let cpu_seconds = account.seconds(self.ticks_per_second);
+            files.stats.clear();
+            self.cgroups.insert(unit.to_string(), files);
+            return Some(UnitUsage { pids, cpu_seconds, memory_bytes });
+        }
+        let mut kept = std::mem::take(&mut files.stats);
+        let stats = self.stats(&pids, usec.is_some(), &mut kept);
+        files.stats = kept;
+        self.cgroups.insert(unit.to_string(), files);
+        let account = self.accounts.entry(unit.to_string()).or_default();
+        match usec {
+            Some(usec) => account.observe_cgroup(usec),
+            // No cpu controller file: fall back to the processes' own times.
+            None => account.observe_processes(&stats),
+        }
+        let rss = stats.iter().map(|s| s.rss_pages).sum::<u64>() * self.page_size;
+        Some(UnitUsage {
+            pids: stats.iter().map(|s| s.pid).collect(),
+            cpu_seconds: account.seconds(self.ticks_per_second),
+            memory_bytes: current.unwrap_or(rss),
+        })
+    }
+}
+
+/// Parses `/proc/<pid>/statm` (pages: size resident shared text lib data
+/// dt). A zombie has no memory map: all zeros.
+pub fn parse_statm(pid: i32, text: &str) -> Option<ProcStat> {
+    let mut fields = text.split_ascii_whitespace();
+    let size: u64 = fields.next()?.parse().ok()?;
+    let rss_pages: u64 = fields.next()?.parse().ok()?;
+    Some(ProcStat { pid, start_ticks: 0, cpu_ticks: 0, rss_pages, zombie: size == 0 })
 }
 
 #[cfg(test)]

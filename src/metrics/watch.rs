@@ -112,7 +112,13 @@ fn step(state: &mut WatchState, gpus: &Gpus, units: &[UnitSnapshot], listed_at: 
     state.sampler.retain(&names);
     let mut pids = Vec::new();
     let mut memory = HashMap::new();
-    for u in units.iter().filter(|u| is_running(u.status)) {
+    // Only what this pass uses is read (issue 15: a box of plain services
+    // pays nothing here): the pids of every running unit where there are
+    // GPUs to attribute, the memory of instances with a memory bound.
+    let needs = |u: &UnitSnapshot| {
+        !samples.is_empty() || u.unit.instance.as_ref().is_some_and(|i| i.limits.memory_restart_above.is_some())
+    };
+    for u in units.iter().filter(|u| is_running(u.status) && needs(u)) {
         let usage = state.sampler.sample(&u.name, u.pid);
         pids.push((u.name.clone(), usage.pids.iter().filter_map(|p| u32::try_from(*p).ok()).collect::<Vec<u32>>()));
         memory.insert(u.name.as_str(), usage.memory_bytes);

@@ -147,6 +147,10 @@ impl Store {
         // start anyway.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // SQLite's default page cache may grow to 2 MiB; the database is a few
+        // hundred KiB of rows read at boot and appended to after, so 256 KiB
+        // is plenty and caps what an idle daemon holds (issue 15).
+        conn.pragma_update(None, "cache_size", -256)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         schema::migrate(&mut conn)?;
         Ok(Store { conn, appends_since_prune: 0, event_retention: DEFAULT_EVENT_RETENTION })

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::dbus::{self, BusEvent};
 use super::machine::{Answer, Cmd, Effect, Epoch, Input, Now, ReplyTo, Sender, Target, TimerKind, UnitId, Units};
+use super::spawner::{SpawnReport, Spawning};
 use super::{
     ready, Command, CommandError, DrainHint, EventKind, ExitReport, ProcessControl, Reply, ShutdownReport, Status,
     UnitEvent,
@@ -60,6 +61,13 @@ pub struct Engine<C: ProcessControl> {
     replies: HashMap<ReplyTo, Pending>,
     last_reply: u64,
     shutdown: Option<oneshot::Sender<ShutdownReport>>,
+    /// Spawns running off this thread (`ProcessControl::start_spawn`), by ticket.
+    spawning: HashMap<u64, (UnitId, super::Role)>,
+    /// Per unit with a spawn out: the effects that came after it, applied
+    /// once its answer was fed (a direct call would have answered first).
+    held: HashMap<UnitId, Vec<Effect>>,
+    last_ticket: u64,
+    spawn_reports: Option<mpsc::UnboundedReceiver<SpawnReport>>,
     /// The shutdown finished: the run loop returns after this batch.
     finished: bool,
 }
@@ -84,8 +92,13 @@ impl<C: ProcessControl> Engine<C> {
             replies: HashMap::new(),
             last_reply: 0,
             shutdown: None,
+            spawning: HashMap::new(),
+            held: HashMap::new(),
+            last_ticket: 0,
+            spawn_reports: None,
             finished: false,
         };
+        engine.spawn_reports = engine.ctl.spawn_reports();
         engine.apply(effects);
         engine
     }
@@ -103,6 +116,7 @@ impl<C: ProcessControl> Engine<C> {
         let mut commands_open = true;
         let mut batch_exits: Vec<ExitReport> = Vec::new();
         let mut pending_hints: Vec<DrainHint> = Vec::new();
+        let mut reports: Vec<SpawnReport> = Vec::new();
         enum Woken {
             Probe(ProbeDone),
             Timers,
@@ -110,6 +124,9 @@ impl<C: ProcessControl> Engine<C> {
         }
         loop {
             let next_timer = self.timers.keys().next().map(|(at, _)| *at);
+            // While spawns are out, commands and timers wait: the machine then never
+            // sees a unit between its Spawn effect and the answer, as with a direct call.
+            let settled = self.spawning.is_empty();
             // Only received here; handled below, after the exits.
             let woken = tokio::select! {
                 biased;
@@ -121,11 +138,15 @@ impl<C: ProcessControl> Engine<C> {
                     pending_hints.push(hint);
                     None
                 }
+                Some(report) = next_report(&mut self.spawn_reports) => {
+                    reports.push(report);
+                    None
+                }
                 Some(done) = self.probes_rx.recv() => Some(Woken::Probe(done)),
-                _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
+                _ = tokio::time::sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() && settled => {
                     Some(Woken::Timers)
                 }
-                command = commands.recv(), if commands_open => match command {
+                command = commands.recv(), if commands_open && settled => match command {
                     Some(command) => Some(Woken::Command(command)),
                     None if self.units.shutting_down() => {
                         commands_open = false;
@@ -144,6 +165,16 @@ impl<C: ProcessControl> Engine<C> {
             }
             while let Ok(hint) = hints.try_recv() {
                 pending_hints.push(hint);
+            }
+            // Spawn reports before exits: an exit on `exits` was sent after its
+            // spawn's report (spawner.rs), so the machine knows the pid first.
+            if let Some(rx) = self.spawn_reports.as_mut() {
+                while let Ok(report) = rx.try_recv() {
+                    reports.push(report);
+                }
+            }
+            for report in std::mem::take(&mut reports) {
+                self.on_spawn_report(report);
             }
             for (pid, status) in std::mem::take(&mut batch_exits) {
                 self.feed(Input::Exit { pid, status });
@@ -183,6 +214,19 @@ impl<C: ProcessControl> Engine<C> {
             if self.finished {
                 return;
             }
+        }
+    }
+
+    fn on_spawn_report(&mut self, report: SpawnReport) {
+        match report {
+            SpawnReport::Done(done) => {
+                let Some((unit, role)) = self.spawning.remove(&done.ticket) else { return };
+                let result = self.ctl.finish_spawn(done);
+                let held = self.held.remove(&unit).unwrap_or_default();
+                self.feed(Input::Spawned { unit, role, result });
+                self.apply(held);
+            }
+            SpawnReport::Exit((pid, status)) => self.feed(Input::Exit { pid, status }),
         }
     }
 
@@ -233,6 +277,10 @@ impl<C: ProcessControl> Engine<C> {
 
     fn apply(&mut self, effects: Vec<Effect>) {
         for effect in effects {
+            if let Some(held) = effect_unit(&effect).and_then(|unit| self.held.get_mut(&unit)) {
+                held.push(effect);
+                continue;
+            }
             if let Some(answer) = self.apply_one(effect) {
                 // Answered at once, before the effects after it: as if the machine had called the OS itself.
                 self.feed(answer);
@@ -252,8 +300,15 @@ impl<C: ProcessControl> Engine<C> {
                 Some(Input::RunBegun { unit, result })
             }
             Effect::Spawn { unit, role, command, env } => {
-                let result = self.ctl.spawn(self.units.unit(unit), role, &command, &env);
-                Some(Input::Spawned { unit, role, result })
+                self.last_ticket += 1;
+                match self.ctl.start_spawn(self.units.unit(unit), role, &command, &env, self.last_ticket) {
+                    Spawning::Now(result) => Some(Input::Spawned { unit, role, result }),
+                    Spawning::Later => {
+                        self.spawning.insert(self.last_ticket, (unit, role));
+                        self.held.insert(unit, Vec::new());
+                        None
+                    }
+                }
             }
             Effect::Signal { target, signal } => {
                 match target {
@@ -380,6 +435,39 @@ impl<C: ProcessControl> Engine<C> {
                 None
             }
         }
+    }
+}
+
+/// The unit an effect acts on, where it names one by id.
+fn effect_unit(effect: &Effect) -> Option<UnitId> {
+    match effect {
+        Effect::CheckConditions { unit }
+        | Effect::BeginRun { unit, .. }
+        | Effect::Spawn { unit, .. }
+        | Effect::Signal { target: Target::Unit(unit), .. }
+        | Effect::ArmTimer { unit, .. }
+        | Effect::Probe { unit, .. }
+        | Effect::CheckDrained { unit }
+        | Effect::ReadPidFile { unit }
+        | Effect::GatherEvidence { unit }
+        | Effect::FindPortHolder { unit, .. }
+        | Effect::EndRun { unit }
+        | Effect::Note { unit, .. }
+        | Effect::WatchBus { unit, .. }
+        | Effect::Warn { unit, .. } => Some(*unit),
+        Effect::Signal { .. }
+        | Effect::Emit(_)
+        | Effect::Reply { .. }
+        | Effect::ShutdownDone { .. }
+        | Effect::EndContainer { .. } => None,
+    }
+}
+
+/// The next spawn report; never, without a spawner.
+async fn next_report(rx: &mut Option<mpsc::UnboundedReceiver<SpawnReport>>) -> Option<SpawnReport> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

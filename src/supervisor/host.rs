@@ -12,6 +12,7 @@ use super::cgroup::CgroupRoot;
 use super::drain::{CgroupWatcher, ProcSweep, UnitProcesses};
 use super::members::Membership;
 use super::spawn::{spawn_in, ProcessSpec};
+use super::spawner::{SpawnDone, SpawnJob, SpawnReport, Spawner, Spawning};
 use super::{DrainHint, ExitReport, OsError, Prepared, ProcessControl, ReadyTarget, Role, RunHooks};
 use crate::logs::LogHub;
 use crate::units::{expand_vars, parse_env_file, ExecCommand, Privilege, ReadyCheck, Unit};
@@ -65,6 +66,9 @@ pub struct HostProcesses {
     notifiers: HashMap<String, tokio::task::JoinHandle<()>>,
     /// The BPF programs (DeviceAllow=, IPAddressDeny=) on each unit's cgroup for its current run.
     bpf: HashMap<String, super::cgroup_bpf::Attached>,
+    /// Forks off the engine's thread (issue 15); its reports go to the engine.
+    spawner: Spawner,
+    spawn_reports: Option<mpsc::UnboundedReceiver<SpawnReport>>,
 }
 
 /// What the failure classifier needs from a run that the run's end cannot
@@ -116,7 +120,10 @@ impl HostProcesses {
             }
         }));
         let pids = super::members::PidRecord::new(&config.data_dir);
+        let (spawner, spawn_reports) = Spawner::new();
         HostProcesses {
+            spawner,
+            spawn_reports: Some(spawn_reports),
             config,
             logs,
             exits,
@@ -460,139 +467,60 @@ impl ProcessControl for HostProcesses {
         command: &ExecCommand,
         extra: &[(String, String)],
     ) -> Result<i32, OsError> {
-        // An instance always runs as the instance user (its file cannot say
-        // otherwise: the .instance allow-list); a service runs as its User=,
-        // else as root, systemd's default (docs/security.md).
-        let instance_dir = unit.instance.as_ref().and_then(|_| Some(self.config.hooks.as_ref()?.work_dir(&unit.name)));
-        let Identity { uid, gid, groups, env: user_env } = match (&instance_dir, self.config.default_identity) {
-            (Some(dir), Some((uid, gid))) => instance_identity(uid, gid, dir),
-            _ => match super::dynamic_user::for_unit(unit) {
-                // DynamicUser=: a transient id, no passwd entry; HOME=/ as systemd gives it.
-                Some(dynamic) => {
-                    let dynamic = dynamic.map_err(OsError::Refused)?;
-                    let env = vec![
-                        ("USER".to_string(), dynamic.name.clone()),
-                        ("LOGNAME".to_string(), dynamic.name),
-                        ("HOME".to_string(), "/".to_string()),
-                    ];
-                    Identity { uid: Some(dynamic.uid), gid: Some(dynamic.uid), groups: vec![dynamic.uid], env }
-                }
-                None => resolve_user(unit).map_err(OsError::Refused)?,
-            },
-        };
-        // The exec context (issue 14): directories, private /tmp, groups, limits, sandbox.
-        // PermissionsStartOnly=yes: the `+` prefix on every command but ExecStart=.
-        let privilege = match (unit.service.permissions_start_only, role) {
-            (true, Role::Main) | (false, _) => command.privilege,
-            (true, _) => Privilege::Full,
-        };
-        if unit.instance.is_some() && privilege != Privilege::Normal {
-            return Err(OsError::Refused("the '+', '!' and '!!' prefixes are not allowed in an instance".into()));
-        }
-        // `+`: none of the sandbox for this command.
-        let unsandboxed;
-        let exec_unit = match privilege {
-            Privilege::Full => {
-                let mut u = unit.clone();
-                let e = &mut u.service.exec;
-                e.no_new_privileges = Some(false);
-                e.capability_bounding_set = None;
-                e.ambient_capabilities = 0;
-                e.private_tmp = false;
-                e.protect_system = Default::default();
-                e.protect_home = Default::default();
-                e.read_write_paths.clear();
-                e.read_only_paths.clear();
-                e.inaccessible_paths.clear();
-                e.seccomp = Default::default();
-                e.ns = e.ns.without_file_system_sandbox();
-                e.supplementary_groups.clear();
-                unsandboxed = u;
-                &unsandboxed
-            }
-            Privilege::NoUser => {
-                let mut u = unit.clone();
-                u.service.exec.supplementary_groups.clear();
-                unsandboxed = u;
-                &unsandboxed
-            }
-            Privilege::Normal => unit,
-        };
-        super::exec::share_namespaces(unit, &mut self.exec_runs);
-        let run = self.exec_runs.entry(unit.name.clone()).or_default();
-        let for_process = super::exec::for_process(exec_unit, (uid, gid), &groups, unit.instance.is_some(), run)
-            .map_err(OsError::Refused)?;
-        let groups = for_process.groups;
-        let mut env = self.environment(unit, &user_env).map_err(OsError::Refused)?;
-        env.extend(for_process.env);
-        env.extend(extra.iter().cloned());
-        let env = {
-            // Re-run dedup with the extras applied last.
-            let mut merged: Vec<(String, String)> = Vec::with_capacity(env.len());
-            for (k, v) in env {
-                match merged.iter_mut().find(|(mk, _)| *mk == k) {
-                    Some(slot) => slot.1 = v,
-                    None => merged.push((k, v)),
-                }
-            }
-            merged.retain(|(k, v)| !unset_matches(&unit.service.exec.unset_environment, k, v));
-            merged
-        };
-        // The `:` prefix: the words as written.
-        let argv: Vec<String> = match command.no_expand {
-            true => command.argv.clone(),
-            false => command.argv.iter().map(|w| expand_vars(w, &env)).collect(),
-        };
-        // An instance works in its own dir unless told otherwise.
-        let cwd = unit.service.working_directory.clone().or_else(|| {
-            let hooks = self.config.hooks.as_ref()?;
-            unit.instance.as_ref().map(|_| hooks.work_dir(&unit.name))
-        });
-        // WorkingDirectory=~: the user's home (root's without User=).
-        let home = || env.iter().rev().find(|(k, _)| k == "HOME").map_or("/root".into(), |(_, v)| PathBuf::from(v));
-        let cwd = if unit.service.exec.working_directory_home { Some(home()) } else { cwd };
-        // `+`, `!`: this command runs as aikore's own user (root), without User=/Group= (and
-        // SupplementaryGroups=, whose groups belong to that user); directories above stay the user's.
-        let (uid, gid, groups) = match privilege {
-            Privilege::Normal => (uid, gid, groups),
-            Privilege::NoUser | Privilege::Full => (None, None, Vec::new()),
-        };
-        let argv0 = command.argv0.clone();
-        let (umask, nice) = (unit.service.umask, unit.service.nice);
-        let spec = ProcessSpec { argv, argv0, env, cwd, umask, nice, uid, gid, groups };
-        let membership = self.membership(unit, None);
-        let procs_fd = match &membership {
-            Membership::Cgroup(cg) => Some(cg.open_procs().map_err(|e| OsError::io("cgroup", e))?),
-            Membership::Marked { .. } => None,
-        };
-        let exits = self.exits.clone();
-        for note in &for_process.notes {
-            self.logs.note(&unit.name, note);
-        }
-        let spawned = spawn_in(
+        let job = self.prepare_spawn(unit, role, command, extra, 0)?;
+        let SpawnJob { unit, role, marked, spec, context, procs_fd, exits, .. } = job;
+        let result = spawn_in(
             &spec,
-            &for_process.context,
+            &context,
             procs_fd.as_ref(),
             Box::new(move |pid, status| {
                 let _ = exits.send((pid, status));
             }),
-        )
-        .map_err(|e| OsError::Spawn(e.to_string()))?;
+        );
+        self.finish_spawn(SpawnDone { ticket: 0, unit, role, marked, result })
+    }
+
+    fn start_spawn(
+        &mut self,
+        unit: &Unit,
+        role: Role,
+        command: &ExecCommand,
+        extra: &[(String, String)],
+        ticket: u64,
+    ) -> Spawning {
+        match self.prepare_spawn(unit, role, command, extra, ticket) {
+            Ok(job) => {
+                self.spawner.submit(job);
+                Spawning::Later
+            }
+            Err(e) => Spawning::Now(Err(e)),
+        }
+    }
+
+    fn spawn_reports(&mut self) -> Option<mpsc::UnboundedReceiver<SpawnReport>> {
+        self.spawn_reports.take()
+    }
+
+    fn finish_spawn(&mut self, done: SpawnDone) -> Result<i32, OsError> {
+        let SpawnDone { unit, role, marked, result, .. } = done;
+        let spawned = result.map_err(|e| OsError::Spawn(e.to_string()))?;
         // What the child could not apply as asked, at every start (issue 14).
         for note in &spawned.warnings {
-            tracing::warn!(unit = %unit.name, "{note}");
-            self.logs.note(&unit.name, note);
+            tracing::warn!(unit = %unit, "{note}");
+            self.logs.note(&unit, note);
         }
         if role == Role::Main {
-            self.membership(unit, Some(spawned.pid));
+            if let Some(Membership::Marked { pgid: pgid @ None, .. }) = self.members.get_mut(&unit) {
+                *pgid = Some(spawned.pid);
+            }
         }
-        self.pids.add(&unit.name, spawned.pid);
-        if let (Membership::Marked { .. }, Role::Main) = (&membership, role) {
+        self.pids.add(&unit, spawned.pid);
+        if marked && role == Role::Main {
             // The main process leads its own group (setsid): the unit's processes by the pgid rule.
-            self.known.set_main_group(&unit.name, spawned.pid);
+            self.known.set_main_group(&unit, spawned.pid);
         }
-        let capture = self.logs.attach(&unit.name, spawned.output);
-        let captures = &mut self.runs.entry(unit.name.clone()).or_default().captures;
+        let capture = self.logs.attach(&unit, spawned.output);
+        let captures = &mut self.runs.entry(unit).or_default().captures;
         captures.retain(|c| !c.is_finished());
         captures.push(capture);
         Ok(spawned.pid)
@@ -802,6 +730,140 @@ impl ProcessControl for HostProcesses {
             lines,
             ..Default::default()
         }
+    }
+}
+
+impl HostProcesses {
+    /// Everything a spawn needs that this thread must work out (identity,
+    /// environment, exec context, the cgroup to join): the fork itself can
+    /// then run anywhere.
+    fn prepare_spawn(
+        &mut self,
+        unit: &Unit,
+        role: Role,
+        command: &ExecCommand,
+        extra: &[(String, String)],
+        ticket: u64,
+    ) -> Result<SpawnJob, OsError> {
+        // An instance always runs as the instance user (its file cannot say
+        // otherwise: the .instance allow-list); a service runs as its User=,
+        // else as root, systemd's default (docs/security.md).
+        let instance_dir = unit.instance.as_ref().and_then(|_| Some(self.config.hooks.as_ref()?.work_dir(&unit.name)));
+        let Identity { uid, gid, groups, env: user_env } = match (&instance_dir, self.config.default_identity) {
+            (Some(dir), Some((uid, gid))) => instance_identity(uid, gid, dir),
+            _ => match super::dynamic_user::for_unit(unit) {
+                // DynamicUser=: a transient id, no passwd entry; HOME=/ as systemd gives it.
+                Some(dynamic) => {
+                    let dynamic = dynamic.map_err(OsError::Refused)?;
+                    let env = vec![
+                        ("USER".to_string(), dynamic.name.clone()),
+                        ("LOGNAME".to_string(), dynamic.name),
+                        ("HOME".to_string(), "/".to_string()),
+                    ];
+                    Identity { uid: Some(dynamic.uid), gid: Some(dynamic.uid), groups: vec![dynamic.uid], env }
+                }
+                None => resolve_user(unit).map_err(OsError::Refused)?,
+            },
+        };
+        // The exec context (issue 14): directories, private /tmp, groups, limits, sandbox.
+        // PermissionsStartOnly=yes: the `+` prefix on every command but ExecStart=.
+        let privilege = match (unit.service.permissions_start_only, role) {
+            (true, Role::Main) | (false, _) => command.privilege,
+            (true, _) => Privilege::Full,
+        };
+        if unit.instance.is_some() && privilege != Privilege::Normal {
+            return Err(OsError::Refused("the '+', '!' and '!!' prefixes are not allowed in an instance".into()));
+        }
+        // `+`: none of the sandbox for this command.
+        let unsandboxed;
+        let exec_unit = match privilege {
+            Privilege::Full => {
+                let mut u = unit.clone();
+                let e = &mut u.service.exec;
+                e.no_new_privileges = Some(false);
+                e.capability_bounding_set = None;
+                e.ambient_capabilities = 0;
+                e.private_tmp = false;
+                e.protect_system = Default::default();
+                e.protect_home = Default::default();
+                e.read_write_paths.clear();
+                e.read_only_paths.clear();
+                e.inaccessible_paths.clear();
+                e.seccomp = Default::default();
+                e.ns = e.ns.without_file_system_sandbox();
+                e.supplementary_groups.clear();
+                unsandboxed = u;
+                &unsandboxed
+            }
+            Privilege::NoUser => {
+                let mut u = unit.clone();
+                u.service.exec.supplementary_groups.clear();
+                unsandboxed = u;
+                &unsandboxed
+            }
+            Privilege::Normal => unit,
+        };
+        super::exec::share_namespaces(unit, &mut self.exec_runs);
+        let run = self.exec_runs.entry(unit.name.clone()).or_default();
+        let for_process = super::exec::for_process(exec_unit, (uid, gid), &groups, unit.instance.is_some(), run)
+            .map_err(OsError::Refused)?;
+        let groups = for_process.groups;
+        let mut env = self.environment(unit, &user_env).map_err(OsError::Refused)?;
+        env.extend(for_process.env);
+        env.extend(extra.iter().cloned());
+        let env = {
+            // Re-run dedup with the extras applied last.
+            let mut merged: Vec<(String, String)> = Vec::with_capacity(env.len());
+            for (k, v) in env {
+                match merged.iter_mut().find(|(mk, _)| *mk == k) {
+                    Some(slot) => slot.1 = v,
+                    None => merged.push((k, v)),
+                }
+            }
+            merged.retain(|(k, v)| !unset_matches(&unit.service.exec.unset_environment, k, v));
+            merged
+        };
+        // The `:` prefix: the words as written.
+        let argv: Vec<String> = match command.no_expand {
+            true => command.argv.clone(),
+            false => command.argv.iter().map(|w| expand_vars(w, &env)).collect(),
+        };
+        // An instance works in its own dir unless told otherwise.
+        let cwd = unit.service.working_directory.clone().or_else(|| {
+            let hooks = self.config.hooks.as_ref()?;
+            unit.instance.as_ref().map(|_| hooks.work_dir(&unit.name))
+        });
+        // WorkingDirectory=~: the user's home (root's without User=).
+        let home = || env.iter().rev().find(|(k, _)| k == "HOME").map_or("/root".into(), |(_, v)| PathBuf::from(v));
+        let cwd = if unit.service.exec.working_directory_home { Some(home()) } else { cwd };
+        // `+`, `!`: this command runs as aikore's own user (root), without User=/Group= (and
+        // SupplementaryGroups=, whose groups belong to that user); directories above stay the user's.
+        let (uid, gid, groups) = match privilege {
+            Privilege::Normal => (uid, gid, groups),
+            Privilege::NoUser | Privilege::Full => (None, None, Vec::new()),
+        };
+        let argv0 = command.argv0.clone();
+        let (umask, nice) = (unit.service.umask, unit.service.nice);
+        let spec = ProcessSpec { argv, argv0, env, cwd, umask, nice, uid, gid, groups };
+        let membership = self.membership(unit, None);
+        let procs_fd = match &membership {
+            Membership::Cgroup(cg) => Some(cg.open_procs().map_err(|e| OsError::io("cgroup", e))?),
+            Membership::Marked { .. } => None,
+        };
+        for note in &for_process.notes {
+            self.logs.note(&unit.name, note);
+        }
+        let marked = matches!(membership, Membership::Marked { .. });
+        Ok(SpawnJob {
+            ticket,
+            unit: unit.name.clone(),
+            role,
+            marked,
+            spec,
+            context: for_process.context,
+            procs_fd,
+            exits: self.exits.clone(),
+        })
     }
 }
 

@@ -22,6 +22,7 @@ pub mod reload;
 pub mod seccomp;
 pub mod sockets;
 pub mod spawn;
+pub mod spawner;
 pub mod state;
 
 use std::sync::Arc;
@@ -109,6 +110,28 @@ pub trait ProcessControl: Send + 'static {
         command: &ExecCommand,
         env: &[(String, String)],
     ) -> Result<i32, OsError>;
+    /// [`ProcessControl::spawn`], or its start on another thread (issue 15:
+    /// parallel starts): `Later` means a [`spawner::SpawnReport`] with this
+    /// `ticket` comes on the channel [`ProcessControl::spawn_reports`] gave.
+    fn start_spawn(
+        &mut self,
+        unit: &Unit,
+        role: Role,
+        command: &ExecCommand,
+        env: &[(String, String)],
+        _ticket: u64,
+    ) -> spawner::Spawning {
+        spawner::Spawning::Now(self.spawn(unit, role, command, env))
+    }
+    /// The channel of spawns finished off the engine's thread; taken once.
+    fn spawn_reports(&mut self) -> Option<mpsc::UnboundedReceiver<spawner::SpawnReport>> {
+        None
+    }
+    /// A spawn finished off the thread, made the answer `spawn` would have
+    /// given (its output captured, its pid recorded).
+    fn finish_spawn(&mut self, _done: spawner::SpawnDone) -> Result<i32, OsError> {
+        Err(OsError::Spawn("no spawner".into()))
+    }
     /// A process that is gone already is not an error (it may have ended since).
     fn signal_process(&mut self, pid: i32, signal: Signal);
     fn signal_group(&mut self, pgid: i32, signal: Signal);
