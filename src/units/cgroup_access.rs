@@ -124,6 +124,21 @@ impl CgroupAccess {
         self.device_policy != DevicePolicy::Auto || !self.device_allow.is_empty()
     }
 
+    /// `ProtectClock=yes`, as systemd adds it: `DeviceAllow=char-rtc r` joins a
+    /// device policy the unit already has (so the rtc devices may be read,
+    /// not written); a unit without one gets none, since an allow list alone
+    /// would close every other device.
+    pub fn with_protect_clock(&self) -> CgroupAccess {
+        let mut access = self.clone();
+        if access.filters_devices() {
+            access.device_allow.push(DeviceRule {
+                device: DeviceSpec::Class { kind: DeviceKind::Char, pattern: "rtc".to_string() },
+                access: ACCESS_READ,
+            });
+        }
+        access
+    }
+
     /// Whether an IP program is needed: a deny list (an allow list alone
     /// denies nothing), or counters.
     pub fn filters_ip(&self) -> bool {
