@@ -32,7 +32,8 @@ const LSM: Support = Meaningless("SELinux, AppArmor and SMACK labels are the con
 const LOGIN: Support = Meaningless("a container has no login sessions (PAM, utmp, logind)");
 const CONSOLE: Support = Meaningless("a container has no consoles or virtual terminals to hand out");
 const KEYRING: Support = Meaningless(
-    "aikore sets up no kernel keyrings: a process keeps the session keyring it inherits (systemd's KeyringMode=inherit)",
+    "aikore sets up no kernel keyrings: every unit keeps the session keyring aikore inherited (KeyringMode=inherit); \
+     container runtimes' default seccomp profiles refuse the keyring calls",
 );
 const REBOOT: Support = Meaningless(
     "a reboot action ends the container under aikore (its runtime restarts it): there is no reboot(2) to pass an argument to",
