@@ -300,6 +300,20 @@ mod tests {
     }
 
     #[test]
+    fn protect_clock_lets_a_device_policy_read_the_rtc_and_adds_none() {
+        let rtc = DeviceRule {
+            device: DeviceSpec::Class { kind: DeviceKind::Char, pattern: "rtc".to_string() },
+            access: ACCESS_READ,
+        };
+        let closed = parsed(&[("DevicePolicy", "closed")]).unwrap().with_protect_clock();
+        assert_eq!(closed.device_allow, std::slice::from_ref(&rtc));
+        let listed = parsed(&[("DeviceAllow", "/dev/null rw")]).unwrap().with_protect_clock();
+        assert_eq!(listed.device_allow.last(), Some(&rtc));
+        let none = CgroupAccess::default().with_protect_clock();
+        assert!(!none.filters_devices(), "no device program where the unit has none");
+    }
+
+    #[test]
     fn device_rules_of_debians_units() {
         let a = parsed(&[
             ("DevicePolicy", "closed"),

@@ -49,7 +49,6 @@ const FILTERS: Support =
 const CREDENTIALS: Support =
     NotYet("encrypted and imported credentials need systemd-creds (a TPM2 or host key): not implemented");
 const LOGGING: Support = NotYet("every line goes to the unit's log; no levels, rate limits or syslog fields");
-const NOT_YET: Support = NotYet("not implemented");
 
 /// Every [Unit], [Service] and [Install] key aikore accepts, with its support.
 const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
