@@ -199,6 +199,11 @@ fn debian_redis_server_runs_from_its_own_notify_unit_file_requiring_a_remaining_
     assert!(top("/proc").contains("hidepid=invisible"), "ProtectProc=invisible: {mountinfo}");
     let usr_lib = top("/usr/lib");
     assert!(top("/").contains("noexec") && usr_lib.contains(" - ") && !usr_lib.contains("noexec"), "{mountinfo}");
+    // ProtectKernelTunables=, ProtectControlGroups=, ProtectHostname= (tests/protect.rs checks each key).
+    let ro = |point: &str| top(point).split_whitespace().nth(5).is_some_and(|o| o.split(',').any(|o| o == "ro"));
+    assert!(ro("/sys") && ro("/proc/sys") && ro("/sys/fs/cgroup"), "{mountinfo}");
+    let uts = |pid: &dyn std::fmt::Display| std::fs::read_link(format!("/proc/{pid}/ns/uts")).unwrap();
+    assert_ne!(uts(&pid), uts(&"self"), "ProtectHostname=: its own UTS namespace");
     // Stopping what it requires takes redis down with it.
     d.post("/api/v1/units/redis-setup/stop");
     d.wait_status("redis-setup", "stopped");

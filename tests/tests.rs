@@ -23,6 +23,7 @@ mod metrics;
 mod namespaces;
 mod persistent;
 mod pid1;
+mod protect;
 mod proxy;
 mod quiesce;
 mod restart;

@@ -44,6 +44,8 @@ pub(super) const WARN_NO_PROC: u32 = 1002;
 pub(super) const WARN_NO_USERNS: u32 = 1003;
 /// Not a failure: the kernel refused a sysfs instance in the unit's network namespace.
 pub(super) const WARN_NO_SYSFS: u32 = 1004;
+/// Not a failure: the kernel refused a UTS namespace (ProtectHostname=).
+pub(super) const WARN_NO_UTS: u32 = 1005;
 /// Not a failure: `Limit*=` number (this + index) was above what may be
 /// raised, and was set to the hard limit the process has (systemd's
 /// `setrlimit_closest`).
@@ -237,6 +239,8 @@ pub struct ExecContext {
     userns: Option<super::namespaces::UserMaps>,
     /// What to say when the kernel refuses a new procfs instance.
     proc_note: String,
+    /// ProtectHostname=: a UTS namespace of the process's own.
+    new_uts: bool,
 }
 
 /// The inputs of [`ExecContext::prepare`] that come from outside the unit file.
@@ -320,10 +324,21 @@ impl ExecContext {
         if let Some(set) = cfg.capability_bounding_set {
             cx.cap_drop = !set & crate::units::ALL_CAPS;
         }
-        if cfg.ns.private_devices {
-            // As systemd: no device nodes to make, no raw I/O.
-            cx.cap_drop |= 1 << CAP_MKNOD | 1 << CAP_SYS_RAWIO;
+        // As systemd drops them: PrivateDevices=, no device nodes to make, no
+        // raw I/O; ProtectKernelModules=, no module loading; ProtectKernelLogs=,
+        // no kernel log; ProtectClock=, no clock or wake alarm to set.
+        let ns = &cfg.ns;
+        for (on, caps) in [
+            (ns.private_devices, 1 << CAP_MKNOD | 1 << CAP_SYS_RAWIO),
+            (ns.protect_kernel_modules, 1 << CAP_SYS_MODULE),
+            (ns.protect_kernel_logs, 1 << CAP_SYSLOG),
+            (ns.protect_clock, 1 << CAP_SYS_TIME | 1 << CAP_WAKE_ALARM),
+        ] {
+            if on {
+                cx.cap_drop |= caps;
+            }
         }
+        cx.new_uts = ns.protect_hostname;
         cx.ambient = cfg.ambient_capabilities;
         cx.keep_caps = cx.ambient != 0 && opts.changes_uid;
         cx.no_new_privs = cfg.no_new_privileges.unwrap_or(opts.instance);
@@ -387,6 +402,10 @@ impl ExecContext {
             WARN_NO_SYSFS => "PrivateNetwork=: /sys not remounted: the kernel refused a sysfs instance in the unit's \
                               network namespace (a container's read-only or masked /sys); /sys/class/net lists \
                               aikore's interfaces, /proc/net the unit's own"
+                .to_string(),
+            WARN_NO_UTS => "ProtectHostname=: the kernel refused a UTS namespace (unshare(CLONE_NEWUTS) needs \
+                            CAP_SYS_ADMIN in the container); the unit shares aikore's host name, and sethostname() \
+                            and setdomainname() are still refused"
                 .to_string(),
             WARN_NO_USERNS => {
                 "PrivateUsers= not applied: the kernel refused a user namespace (unshare(CLONE_NEWUSER); \
@@ -492,6 +511,10 @@ impl ExecContext {
             if libc::setns(fd, libc::CLONE_NEWIPC) < 0 {
                 return Err(STAGE_SETNS_IPC);
             }
+        }
+        if self.new_uts && libc::unshare(libc::CLONE_NEWUTS) < 0 {
+            // As systemd: the unit still runs, and the filter still refuses sethostname().
+            warn(WARN_NO_UTS);
         }
         if let Some(steps) = &self.mounts {
             // A new mount namespace whose changes never propagate back
@@ -709,9 +732,14 @@ enum Mode {
     Tmpfs(String),
 }
 
-/// capabilities(7) numbers PrivateDevices= drops.
+/// capabilities(7) numbers PrivateDevices=, ProtectKernelModules=,
+/// ProtectKernelLogs= and ProtectClock= drop.
+const CAP_SYS_MODULE: u32 = 16;
 const CAP_SYS_RAWIO: u32 = 17;
+const CAP_SYS_TIME: u32 = 25;
 const CAP_MKNOD: u32 = 27;
+const CAP_SYSLOG: u32 = 34;
+const CAP_WAKE_ALARM: u32 = 35;
 
 /// An empty directory under /run/aikore where a unit's new /dev or /proc is
 /// built in its own mount namespace before it is moved into place. One for
@@ -934,6 +962,73 @@ fn tmpfs_options(options: &str) -> (libc::c_ulong, String, bool) {
 /// API file systems ProtectSystem=strict leaves writable, as systemd does.
 const API_VFS: &[&str] = &["/dev", "/proc", "/sys"];
 
+/// What a read-only /sys leaves writable, as systemd's
+/// ProtectKernelTunables= table does (READWRITE_IMPLICIT):
+/// ProtectControlGroups= makes the cgroup tree read-only, not this key.
+const SYS_KEPT: &[&str] = &["/sys/fs/cgroup", "/sys/fs/selinux"];
+
+/// ProtectKernelTunables=, ProtectKernelModules=, ProtectKernelLogs=,
+/// ProtectControlGroups= and ProtectHostname=: systemd 252's tables
+/// (src/core/namespace.c). A path missing here is skipped, as there; so is
+/// what the unit's new /proc (ProcSubset=pid) or /dev (PrivateDevices=)
+/// does not have. The mounts below /sys (/sys/fs/bpf, /sys/kernel/debug,
+/// /sys/kernel/tracing, ...) become read-only with it, except [`SYS_KEPT`].
+fn protect_entries(cfg: &ExecConfig) -> Vec<(PathBuf, Mode)> {
+    let ns = &cfg.ns;
+    let proc = !ns.proc_subset_pid;
+    let mut list: Vec<(&str, Mode)> = Vec::new();
+    if ns.protect_kernel_tunables {
+        if proc {
+            for p in [
+                "/proc/acpi",
+                "/proc/apm",
+                "/proc/asound",
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/latency_stats",
+                "/proc/mtrr",
+                "/proc/scsi",
+                "/proc/sys",
+                "/proc/sysrq-trigger",
+                "/proc/timer_stats",
+            ] {
+                list.push((p, Mode::ReadOnly));
+            }
+            list.push(("/proc/kallsyms", Mode::Inaccessible));
+            list.push(("/proc/kcore", Mode::Inaccessible));
+        }
+        list.push(("/sys", Mode::ReadOnly));
+    }
+    if ns.protect_kernel_modules {
+        list.push(("/usr/lib/modules", Mode::Inaccessible));
+        // Without merged /usr, /lib/modules is a directory of its own.
+        let same = std::fs::canonicalize("/lib/modules").ok() == std::fs::canonicalize("/usr/lib/modules").ok();
+        if !same {
+            list.push(("/lib/modules", Mode::Inaccessible));
+        }
+    }
+    if ns.protect_kernel_logs {
+        if proc {
+            list.push(("/proc/kmsg", Mode::Inaccessible));
+        }
+        if !ns.private_devices {
+            list.push(("/dev/kmsg", Mode::Inaccessible));
+        }
+    }
+    if ns.protect_control_groups {
+        list.push(("/sys/fs/cgroup", Mode::ReadOnly));
+    }
+    if ns.protect_hostname && proc {
+        list.push(("/proc/sys/kernel/hostname", Mode::ReadOnly));
+        list.push(("/proc/sys/kernel/domainname", Mode::ReadOnly));
+    }
+    list.into_iter()
+        .filter(|(p, _)| Path::new(p).symlink_metadata().is_ok())
+        .map(|(p, mode)| (PathBuf::from(p), mode))
+        .collect()
+}
+
 fn under(path: &Path, root: &Path) -> bool {
     path.starts_with(root)
 }
@@ -987,6 +1082,7 @@ fn sandbox_steps(
     add(&cfg.read_only_paths, Mode::ReadOnly, "ReadOnlyPaths")?;
     add(&cfg.read_write_paths, Mode::ReadWrite, "ReadWritePaths")?;
     add(&cfg.inaccessible_paths, Mode::Inaccessible, "InaccessiblePaths")?;
+    entries.extend(protect_entries(cfg));
     if cfg.protect_system == ProtectSystem::Strict {
         // As systemd: the unit's own RuntimeDirectory=, StateDirectory=, ... stay writable.
         for (_, _, real) in unit_directories(cfg) {
@@ -1060,7 +1156,13 @@ fn sandbox_steps(
                 // Every mount at or below the path, as the recursive bind copied them.
                 for m in table.iter().filter(|m| under(&m.point, &path)) {
                     let is_top = m.point == path;
-                    if !is_top && (mode == Mode::ReadWrite || API_VFS.iter().any(|a| under(&m.point, Path::new(a)))) {
+                    // A read-only tree leaves the API file systems below it
+                    // (and, below /sys, SYS_KEPT) as they are, unless it is
+                    // itself inside one (ProtectKernelTunables=, ProtectControlGroups=).
+                    let kept = |list: &[&str]| {
+                        list.iter().any(|a| under(&m.point, Path::new(a)) && !under(&path, Path::new(a)))
+                    };
+                    if !is_top && (mode == Mode::ReadWrite || kept(API_VFS) || kept(SYS_KEPT)) {
                         continue;
                     }
                     steps.push(MountStep {
@@ -1678,6 +1780,87 @@ mod tests {
         let mut missing = ExecConfig::default();
         missing.apply("BindPaths", "/nonexistent/aikore").unwrap();
         assert!(sandbox_steps(&missing, None, &t).unwrap_err().contains("BindPaths="));
+    }
+
+    #[test]
+    fn protect_kernel_keys_drop_their_capabilities_and_make_the_kernels_files_read_only() {
+        let mut cfg = ExecConfig::default();
+        for key in [
+            "ProtectKernelTunables",
+            "ProtectKernelModules",
+            "ProtectKernelLogs",
+            "ProtectControlGroups",
+            "ProtectClock",
+        ] {
+            cfg.apply(key, "yes").unwrap();
+        }
+        let opts = Options {
+            changes_uid: false,
+            instance: false,
+            private_tmp: None,
+            namespaces: None,
+            identity: (None, None),
+        };
+        let (cx, _) = ExecContext::prepare(&cfg, &opts).unwrap();
+        assert_eq!(
+            cx.cap_drop,
+            1 << CAP_SYS_MODULE | 1 << CAP_SYSLOG | 1 << CAP_SYS_TIME | 1 << CAP_WAKE_ALARM,
+            "ProtectKernelTunables= and ProtectControlGroups= drop nothing"
+        );
+        assert!(!cx.new_uts);
+        assert!(cx.sandbox_note.contains("ProtectKernelTunables=, ProtectKernelModules="), "{}", cx.sandbox_note);
+
+        // A hybrid v1/v2 /sys/fs/cgroup below /sys, as on this project's dev box.
+        let t = table(&[
+            ("/", "rw"),
+            ("/proc", "rw,nosuid,nodev,noexec"),
+            ("/sys", "rw,nosuid,nodev,noexec"),
+            ("/sys/fs/cgroup", "rw,nosuid"),
+            ("/sys/fs/cgroup/memory", "rw,nosuid"),
+            ("/sys/kernel/debug", "rw"),
+        ]);
+        let mut tunables = ExecConfig::default();
+        tunables.apply("ProtectKernelTunables", "yes").unwrap();
+        let got = targets(&sandbox_steps(&tunables, None, &t).unwrap());
+        assert!(got.contains(&("/sys".to_string(), true)), "{got:?}");
+        assert!(got.contains(&("/proc/sys".to_string(), true)), "{got:?}");
+        assert!(got.contains(&("/sys/kernel/debug".to_string(), true)), "a mount below /sys too: {got:?}");
+        assert!(!got.iter().any(|(p, _)| p.starts_with("/sys/fs/cgroup")), "the cgroup tree is left: {got:?}");
+        let mut cgroups = tunables.clone();
+        cgroups.apply("ProtectControlGroups", "yes").unwrap();
+        let got = targets(&sandbox_steps(&cgroups, None, &t).unwrap());
+        assert!(got.contains(&("/sys/fs/cgroup".to_string(), true)), "{got:?}");
+        assert!(got.contains(&("/sys/fs/cgroup/memory".to_string(), true)), "its v1 mounts too: {got:?}");
+        // ProtectSystem=strict still leaves /sys and what is below it.
+        let mut strict = ExecConfig::default();
+        strict.apply("ProtectSystem", "strict").unwrap();
+        let got = targets(&sandbox_steps(&strict, None, &t).unwrap());
+        assert!(!got.iter().any(|(p, _)| p.starts_with("/sys")), "{got:?}");
+        // ProcSubset=pid has no /proc/sys to protect; PrivateDevices= no /dev/kmsg.
+        let mut subset = ExecConfig::default();
+        for (k, v) in [("ProtectKernelTunables", "yes"), ("ProtectKernelLogs", "yes"), ("ProcSubset", "pid")] {
+            subset.apply(k, v).unwrap();
+        }
+        subset.apply("PrivateDevices", "yes").unwrap();
+        let got: Vec<PathBuf> = protect_entries(&subset).into_iter().map(|(p, _)| p).collect();
+        assert!(!got.iter().any(|p| p.starts_with("/proc") || p == Path::new("/dev/kmsg")), "{got:?}");
+    }
+
+    #[test]
+    fn protect_hostname_asks_for_a_uts_namespace() {
+        let mut cfg = ExecConfig::default();
+        cfg.apply("ProtectHostname", "yes").unwrap();
+        assert!(!cfg.wants_mount_namespace(), "a UTS namespace alone");
+        let opts = Options {
+            changes_uid: false,
+            instance: false,
+            private_tmp: None,
+            namespaces: None,
+            identity: (None, None),
+        };
+        let (cx, _) = ExecContext::prepare(&cfg, &opts).unwrap();
+        assert!(cx.new_uts && cx.cap_drop == 0);
+        assert!(cx.describe_stage(WARN_NO_UTS).unwrap().starts_with("ProtectHostname=: the kernel refused"));
     }
 
     #[test]

@@ -269,6 +269,13 @@ impl HostProcesses {
     fn apply_access(&mut self, unit: &Unit, cg: &super::cgroup::UnitCgroup) -> Vec<String> {
         use crate::units::cgroup_access::Delegate;
         let access = &unit.service.exec.resources.access;
+        let clock;
+        let access = if unit.service.exec.ns.protect_clock {
+            clock = access.with_protect_clock();
+            &clock
+        } else {
+            access
+        };
         if let Some(old) = self.bpf.remove(&unit.name) {
             old.detach();
         }

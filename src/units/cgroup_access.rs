@@ -124,6 +124,21 @@ impl CgroupAccess {
         self.device_policy != DevicePolicy::Auto || !self.device_allow.is_empty()
     }
 
+    /// `ProtectClock=yes`, as systemd adds it: `DeviceAllow=char-rtc r` joins a
+    /// device policy the unit already has (so the rtc devices may be read,
+    /// not written); a unit without one gets none, since an allow list alone
+    /// would close every other device.
+    pub fn with_protect_clock(&self) -> CgroupAccess {
+        let mut access = self.clone();
+        if access.filters_devices() {
+            access.device_allow.push(DeviceRule {
+                device: DeviceSpec::Class { kind: DeviceKind::Char, pattern: "rtc".to_string() },
+                access: ACCESS_READ,
+            });
+        }
+        access
+    }
+
     /// Whether an IP program is needed: a deny list (an allow list alone
     /// denies nothing), or counters.
     pub fn filters_ip(&self) -> bool {
@@ -282,6 +297,20 @@ mod tests {
             a.apply(k, v)?;
         }
         Ok(a)
+    }
+
+    #[test]
+    fn protect_clock_lets_a_device_policy_read_the_rtc_and_adds_none() {
+        let rtc = DeviceRule {
+            device: DeviceSpec::Class { kind: DeviceKind::Char, pattern: "rtc".to_string() },
+            access: ACCESS_READ,
+        };
+        let closed = parsed(&[("DevicePolicy", "closed")]).unwrap().with_protect_clock();
+        assert_eq!(closed.device_allow, std::slice::from_ref(&rtc));
+        let listed = parsed(&[("DeviceAllow", "/dev/null rw")]).unwrap().with_protect_clock();
+        assert_eq!(listed.device_allow.last(), Some(&rtc));
+        let none = CgroupAccess::default().with_protect_clock();
+        assert!(!none.filters_devices(), "no device program where the unit has none");
     }
 
     #[test]

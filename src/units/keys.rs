@@ -31,8 +31,9 @@ const SOCKETS: Support = Meaningless("aikore has no .socket units and no file de
 const LSM: Support = Meaningless("SELinux, AppArmor and SMACK labels are the container runtime's to set");
 const LOGIN: Support = Meaningless("a container has no login sessions (PAM, utmp, logind)");
 const CONSOLE: Support = Meaningless("a container has no consoles or virtual terminals to hand out");
-const KERNEL: Support = Meaningless(
-    "an unprivileged container already cannot change the kernel's tunables, modules, log, clock or hostname",
+const KEYRING: Support = Meaningless(
+    "aikore sets up no kernel keyrings: every unit keeps the session keyring aikore inherited (KeyringMode=inherit); \
+     container runtimes' default seccomp profiles refuse the keyring calls",
 );
 const REBOOT: Support = Meaningless(
     "a reboot action ends the container under aikore (its runtime restarts it): there is no reboot(2) to pass an argument to",
@@ -247,7 +248,7 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "IgnoreSIGPIPE", Implemented),
     (Section::Service, "InaccessibleDirectories", Implemented),
     (Section::Service, "InaccessiblePaths", Implemented),
-    (Section::Service, "KeyringMode", KERNEL),
+    (Section::Service, "KeyringMode", KEYRING),
     (Section::Service, "KillMode", Implemented),
     (Section::Service, "KillSignal", Implemented),
     (Section::Service, "LimitAS", Implemented),
@@ -314,13 +315,13 @@ const SYSTEMD_KEYS: &[(Section, &str, Support)] = &[
     (Section::Service, "PrivateTmp", Implemented),
     (Section::Service, "PrivateUsers", Implemented),
     (Section::Service, "ProcSubset", Implemented),
-    (Section::Service, "ProtectClock", KERNEL),
-    (Section::Service, "ProtectControlGroups", KERNEL),
+    (Section::Service, "ProtectClock", Implemented),
+    (Section::Service, "ProtectControlGroups", Implemented),
     (Section::Service, "ProtectHome", Implemented),
-    (Section::Service, "ProtectHostname", KERNEL),
-    (Section::Service, "ProtectKernelLogs", KERNEL),
-    (Section::Service, "ProtectKernelModules", KERNEL),
-    (Section::Service, "ProtectKernelTunables", KERNEL),
+    (Section::Service, "ProtectHostname", Implemented),
+    (Section::Service, "ProtectKernelLogs", Implemented),
+    (Section::Service, "ProtectKernelModules", Implemented),
+    (Section::Service, "ProtectKernelTunables", Implemented),
     (Section::Service, "ProtectProc", Implemented),
     (Section::Service, "ProtectSystem", Implemented),
     (Section::Service, "ReadOnlyDirectories", Implemented),

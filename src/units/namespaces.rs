@@ -2,7 +2,8 @@
 //! `exec`: `PrivateDevices=`, `ProtectProc=`, `ProcSubset=`,
 //! `PrivateNetwork=`, `PrivateIPC=`, `PrivateUsers=`, `PrivateMounts=`,
 //! `RemoveIPC=`, `ExecPaths=`, `NoExecPaths=`, `BindPaths=`,
-//! `BindReadOnlyPaths=` and `TemporaryFileSystem=`, as typed values.
+//! `BindReadOnlyPaths=`, `TemporaryFileSystem=` and the `ProtectKernel*=`,
+//! `ProtectControlGroups=`, `ProtectClock=` and `ProtectHostname=` keys, as typed values.
 //! `supervisor::exec` turns them into mount steps and namespace calls.
 
 use std::path::PathBuf;
@@ -25,6 +26,12 @@ pub const KEYS: &[&str] = &[
     "BindReadOnlyPaths",
     "TemporaryFileSystem",
     "DynamicUser",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectClock",
+    "ProtectHostname",
 ];
 
 /// `ProtectProc=`: the `hidepid=` of the unit's own procfs instance.
@@ -88,6 +95,18 @@ pub struct NamespaceConfig {
     pub dynamic_user: bool,
     /// `[Unit] JoinsNamespaceOf=`: units whose running network and IPC namespaces this one shares.
     pub joins_namespace_of: Vec<String>,
+    /// `ProtectKernelTunables=`: /proc/sys, /sys, ... read-only.
+    pub protect_kernel_tunables: bool,
+    /// `ProtectKernelModules=`: CAP_SYS_MODULE, `@module`, /usr/lib/modules.
+    pub protect_kernel_modules: bool,
+    /// `ProtectKernelLogs=`: CAP_SYSLOG, syslog(2), /proc/kmsg, /dev/kmsg.
+    pub protect_kernel_logs: bool,
+    /// `ProtectControlGroups=`: /sys/fs/cgroup read-only.
+    pub protect_control_groups: bool,
+    /// `ProtectClock=`: CAP_SYS_TIME, CAP_WAKE_ALARM, `@clock`, the rtc devices read-only.
+    pub protect_clock: bool,
+    /// `ProtectHostname=`: a UTS namespace, sethostname/setdomainname refused.
+    pub protect_hostname: bool,
 }
 
 impl NamespaceConfig {
@@ -101,6 +120,10 @@ impl NamespaceConfig {
             || !self.no_exec_paths.is_empty()
             || !self.bind_paths.is_empty()
             || !self.temporary_fs.is_empty()
+            || self.protect_kernel_tunables
+            || self.protect_kernel_modules
+            || self.protect_kernel_logs
+            || self.protect_control_groups
     }
 
     /// The `+` prefix: no file system sandbox and no user namespace for this
@@ -134,6 +157,17 @@ impl NamespaceConfig {
         add(self.bind_paths.iter().any(|b| !b.read_only), "BindPaths=");
         add(self.bind_paths.iter().any(|b| b.read_only), "BindReadOnlyPaths=");
         add(!self.temporary_fs.is_empty(), "TemporaryFileSystem=");
+        add(self.protect_kernel_tunables, "ProtectKernelTunables=");
+        add(
+            self.protect_kernel_modules,
+            "ProtectKernelModules= (/usr/lib/modules; the capability and the calls are refused)",
+        );
+        add(
+            self.protect_kernel_logs,
+            "ProtectKernelLogs= (/proc/kmsg, /dev/kmsg; the capability and syslog(2) are refused)",
+        );
+        add(self.protect_control_groups, "ProtectControlGroups=");
+        add(self.protect_hostname, "ProtectHostname= (read-only /proc/sys/kernel/hostname)");
         keys
     }
 
@@ -147,6 +181,14 @@ impl NamespaceConfig {
             "PrivateMounts" => self.private_mounts = flag(value)?,
             "RemoveIPC" => self.remove_ipc = flag(value)?,
             "DynamicUser" => self.dynamic_user = flag(value)?,
+            // systemd 252's booleans (ProtectControlGroups=private/strict and
+            // ProtectHostname=private are systemd 257/258's).
+            "ProtectKernelTunables" => self.protect_kernel_tunables = flag(value)?,
+            "ProtectKernelModules" => self.protect_kernel_modules = flag(value)?,
+            "ProtectKernelLogs" => self.protect_kernel_logs = flag(value)?,
+            "ProtectControlGroups" => self.protect_control_groups = flag(value)?,
+            "ProtectClock" => self.protect_clock = flag(value)?,
+            "ProtectHostname" => self.protect_hostname = flag(value)?,
             "PrivateUsers" => {
                 // systemd 256's `self` and `identity` map other ranges; only yes/no here.
                 self.private_users = flag(value).map_err(|_| "expected yes or no".to_string())?
@@ -234,11 +276,26 @@ impl ExecConfig {
     /// `NoNewPrivileges=yes`, `RestrictSUIDSGID=yes`. `PrivateDevices=yes`:
     /// the `@raw-io` calls (ioperm, iopl, pciconfig_*, ...) refused with
     /// EPERM, since a private /dev leaves raw I/O as the way to the hardware.
+    /// `ProtectKernelModules=yes`: `@module`; `ProtectKernelLogs=yes`:
+    /// `syslog`; `ProtectClock=yes`: `@clock`; `ProtectHostname=yes`:
+    /// `sethostname`, `setdomainname`; each refused with EPERM, as systemd's
+    /// own filters for these keys do. (The capabilities they drop are in
+    /// `supervisor::exec`, the rtc devices of `ProtectClock=` in the device
+    /// program: [`super::cgroup_access::CgroupAccess::with_protect_clock`].)
     pub fn with_implied(&self) -> ExecConfig {
         let mut cfg = self.clone();
-        if cfg.ns.private_devices {
-            // The set and the errno are fixed strings the parser accepts.
-            let _ = super::syscall_filter::apply_filter(&mut cfg.seccomp.call_filter, "~@raw-io:EPERM");
+        let implied = [
+            (cfg.ns.private_devices, "~@raw-io:EPERM"),
+            (cfg.ns.protect_kernel_modules, "~@module:EPERM"),
+            (cfg.ns.protect_kernel_logs, "~syslog:EPERM"),
+            (cfg.ns.protect_clock, "~@clock:EPERM"),
+            (cfg.ns.protect_hostname, "~sethostname:EPERM setdomainname:EPERM"),
+        ];
+        for (on, entries) in implied {
+            if on {
+                // The sets, calls and errno are fixed strings the parser accepts.
+                let _ = super::syscall_filter::apply_filter(&mut cfg.seccomp.call_filter, entries);
+            }
         }
         if cfg.ns.dynamic_user {
             cfg.protect_system = ProtectSystem::Strict;
@@ -360,6 +417,40 @@ mod tests {
             panic!("still an allow list")
         };
         assert!(!allowed.contains(&libc::SYS_ioperm) && allowed.contains(&libc::SYS_read));
+    }
+
+    #[test]
+    fn protect_keys_refuse_their_calls_with_eperm() {
+        use crate::units::syscall_filter::{Action, CallFilter};
+        let mut cfg = ExecConfig::default();
+        for key in ["ProtectKernelModules", "ProtectKernelLogs", "ProtectClock", "ProtectHostname"] {
+            cfg.apply(key, "yes").unwrap();
+        }
+        assert!(cfg.ns.wants_mount_namespace(), "ProtectKernelModules= hides /usr/lib/modules");
+        let Some(CallFilter::Deny(denied)) = cfg.with_implied().seccomp.call_filter else {
+            panic!("the keys add a deny list")
+        };
+        let eperm = Some(&Some(Action::Errno(libc::EPERM as u16)));
+        for call in [
+            libc::SYS_init_module,
+            libc::SYS_finit_module,
+            libc::SYS_delete_module,
+            libc::SYS_syslog,
+            libc::SYS_clock_settime,
+            libc::SYS_settimeofday,
+            libc::SYS_adjtimex,
+            libc::SYS_sethostname,
+            libc::SYS_setdomainname,
+        ] {
+            assert_eq!(denied.get(&call), eperm, "call {call}");
+        }
+        assert!(!denied.contains_key(&libc::SYS_clock_gettime), "reading the clock stays");
+        let mut c = NamespaceConfig::default();
+        c.apply("ProtectClock", "yes").unwrap();
+        assert!(!c.wants_mount_namespace(), "ProtectClock= mounts nothing");
+        c.apply("ProtectClock", "").unwrap();
+        assert!(!c.protect_clock);
+        assert!(c.apply("ProtectControlGroups", "private").is_err(), "systemd 257's value");
     }
 
     #[test]
