@@ -1668,6 +1668,11 @@ pub fn for_process(
 mod tests {
     use super::*;
 
+    /// A service's options: no uid change, no private /tmp or namespaces.
+    fn plain_options() -> Options<'static> {
+        Options { changes_uid: false, instance: false, private_tmp: None, namespaces: None, identity: (None, None) }
+    }
+
     fn table(points: &[(&str, &str)]) -> Vec<MountEntry> {
         points
             .iter()
@@ -1794,13 +1799,7 @@ mod tests {
         ] {
             cfg.apply(key, "yes").unwrap();
         }
-        let opts = Options {
-            changes_uid: false,
-            instance: false,
-            private_tmp: None,
-            namespaces: None,
-            identity: (None, None),
-        };
+        let opts = plain_options();
         let (cx, _) = ExecContext::prepare(&cfg, &opts).unwrap();
         assert_eq!(
             cx.cap_drop,
@@ -1851,13 +1850,7 @@ mod tests {
         let mut cfg = ExecConfig::default();
         cfg.apply("ProtectHostname", "yes").unwrap();
         assert!(!cfg.wants_mount_namespace(), "a UTS namespace alone");
-        let opts = Options {
-            changes_uid: false,
-            instance: false,
-            private_tmp: None,
-            namespaces: None,
-            identity: (None, None),
-        };
+        let opts = plain_options();
         let (cx, _) = ExecContext::prepare(&cfg, &opts).unwrap();
         assert!(cx.new_uts && cx.cap_drop == 0);
         assert!(cx.describe_stage(WARN_NO_UTS).unwrap().starts_with("ProtectHostname=: the kernel refused"));
@@ -1867,13 +1860,7 @@ mod tests {
     fn private_devices_drop_mknod_and_rawio() {
         let mut cfg = ExecConfig::default();
         cfg.apply("PrivateDevices", "yes").unwrap();
-        let opts = Options {
-            changes_uid: false,
-            instance: false,
-            private_tmp: None,
-            namespaces: None,
-            identity: (None, None),
-        };
+        let opts = plain_options();
         let (cx, _) = ExecContext::prepare(&cfg, &opts).unwrap();
         assert_eq!(cx.cap_drop, 1 << CAP_MKNOD | 1 << CAP_SYS_RAWIO);
         assert!(cx.sandbox_note.starts_with("PrivateDevices= not applied"), "{}", cx.sandbox_note);
@@ -1899,13 +1886,7 @@ mod tests {
         let mut cfg = ExecConfig::default();
         cfg.apply("LimitNOFILE", "10").unwrap();
         cfg.apply("NoNewPrivileges", "yes").unwrap();
-        let opts = Options {
-            changes_uid: false,
-            instance: false,
-            private_tmp: None,
-            namespaces: None,
-            identity: (None, None),
-        };
+        let opts = plain_options();
         let (cx, _) = ExecContext::prepare(&cfg, &opts).unwrap();
         assert_eq!(cx.describe_stage(STAGE_RLIMIT).unwrap(), "LimitNOFILE= (setrlimit)");
         assert!(cx.describe_stage(STAGE_NNP).unwrap().starts_with("NoNewPrivileges="));
