@@ -2428,39 +2428,11 @@ impl Units {
             }
             (TimerKind::StartTimeout, UnitState::Running { pid, ready: Readiness::Waiting }) => {
                 let pid = *pid;
-                self.enter(
-                    id,
-                    UnitState::Stopping(Stop {
-                        stage: StopStage::WaitOrder,
-                        main: Some(pid),
-                        ending: RunEnd::StartTimeout,
-                        then: Then::Policy,
-                        escalated: false,
-                        remained: false,
-                        post: None,
-                    }),
-                );
-                self.note(id, "not ready within TimeoutStartSec; stopping it");
-                self.publish(id, Some("not ready within TimeoutStartSec; stopping it".into()));
-                self.begin_stop(id);
+                self.stop_for(id, pid, RunEnd::StartTimeout, "not ready within TimeoutStartSec; stopping it");
             }
             (TimerKind::RuntimeMax, UnitState::Running { pid, .. }) => {
                 let pid = *pid;
-                self.enter(
-                    id,
-                    UnitState::Stopping(Stop {
-                        stage: StopStage::WaitOrder,
-                        main: Some(pid),
-                        ending: RunEnd::RuntimeMax,
-                        then: Then::Policy,
-                        escalated: false,
-                        remained: false,
-                        post: None,
-                    }),
-                );
-                self.note(id, "ran longer than RuntimeMaxSec; stopping it");
-                self.publish(id, Some("ran longer than RuntimeMaxSec; stopping it".into()));
-                self.begin_stop(id);
+                self.stop_for(id, pid, RunEnd::RuntimeMax, "ran longer than RuntimeMaxSec; stopping it");
             }
             (TimerKind::PidFileRetry, UnitState::Starting(StartStep::PidFile)) => {
                 self.out.push(Effect::ReadPidFile { unit: id });
@@ -2609,6 +2581,24 @@ impl Units {
             self.arm(id, TimerKind::StopTimeout, timeout);
         }
         self.check_drained(id);
+    }
+
+    /// A running unit's own rule ends it (a timeout, RuntimeMaxSec=): the
+    /// ordered stop with ExecStop=, then Restart= decides.
+    fn stop_for(&mut self, id: UnitId, pid: i32, ending: RunEnd, why: &str) {
+        let stop = Stop {
+            stage: StopStage::WaitOrder,
+            main: Some(pid),
+            ending,
+            then: Then::Policy,
+            escalated: false,
+            remained: false,
+            post: None,
+        };
+        self.enter(id, UnitState::Stopping(stop));
+        self.note(id, why);
+        self.publish(id, Some(why.to_string()));
+        self.begin_stop(id);
     }
 
     fn escalate(&mut self, id: UnitId) {

@@ -1149,23 +1149,17 @@ fn parse_nice(v: &str) -> Result<i32, String> {
     }
 }
 
-/// systemd's bytes: a number with an optional K, M, G or T suffix (powers of
-/// 1024), or `infinity` (no limit). Percentages of RAM are not supported.
+/// MemoryMax= and the other byte limits: systemd's bytes (units::exec's
+/// one parser), a limit of 0 refused; empty or `infinity` is no limit.
 pub(crate) fn parse_memory_max(v: &str) -> Result<Option<u64>, String> {
     let v = v.trim();
-    if v == "infinity" || v.is_empty() {
+    if v.is_empty() {
         return Ok(None);
     }
-    let (digits, shift) = match v.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&v[..i], 10),
-        Some((i, 'M' | 'm')) => (&v[..i], 20),
-        Some((i, 'G' | 'g')) => (&v[..i], 30),
-        Some((i, 'T' | 't')) => (&v[..i], 40),
-        _ => (v, 0),
-    };
-    let err = || format!("'{v}' is not a size (bytes with an optional K, M, G or T suffix, or infinity)");
-    let n: u64 = digits.trim().parse().map_err(|_| err())?;
-    n.checked_mul(1u64 << shift).filter(|b| *b > 0).map(Some).ok_or_else(err)
+    match super::exec::parse_bytes_or_infinity(v)? {
+        Some(0) => Err(format!("'{v}': a limit of 0 bytes would stop everything; give a size or infinity")),
+        bytes => Ok(bytes),
+    }
 }
 
 /// LogMaxFileSize=: a size as for MemoryMax= (`infinity`: never rotate by
