@@ -3,11 +3,12 @@
 //! Every unit's processes write stdout and stderr into one pipe (so lines keep
 //! their order); [`LogHub::attach`] drains it into the unit's log. Each line
 //! goes, in order and under one lock, to `<dir>/<unit>.log` (size-rotated to
-//! `.log.1` and on, see [`retention`]), to a ring of the last lines, and to
-//! followers over a broadcast channel that never blocks the writer: a slow
-//! follower gets `Lagged`.
+//! `.log.1` and on, see [`retention`]) and to a ring of the last lines, which
+//! followers read as it fills ([`Follower`]): nothing waits on a follower,
+//! and one that falls further behind than the ring gets `Lagged`.
 
 mod capture;
+mod follow;
 pub mod retention;
 mod split;
 mod tailfile;
@@ -23,12 +24,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
 
 use unit::UnitLog;
 
+pub use follow::Follower;
 pub use retention::{Retention, RetentionOverride};
-pub use unit::FOLLOW_CAPACITY;
 
 /// Marks aikore's own lines in a unit's log, so they can't be mistaken for the
 /// program's output.
@@ -195,18 +195,19 @@ impl LogHub {
         }
     }
 
-    /// The last `tail` lines and a receiver of every line after them, with no
-    /// gap or duplicate between the two. A receiver that falls more than
-    /// [`FOLLOW_CAPACITY`] lines behind gets `RecvError::Lagged` and should
-    /// follow again. An invalid unit name gives no lines and a closed receiver.
-    pub fn follow(&self, unit: &str, tail: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
+    /// The last `tail` lines and a follower of every line after them, with
+    /// no gap or duplicate between the two. A follower that falls further
+    /// behind than the ring ([`LogConfig::ring_lines`]) gets
+    /// `RecvError::Lagged` and carries on. An invalid unit name gives no
+    /// lines and a closed follower.
+    pub fn follow(&self, unit: &str, tail: usize) -> (Vec<LogLine>, Follower) {
         match self.unit(unit) {
             Ok(log) => match log.tail(tail, true) {
-                (lines, Some(rx)) => (lines, rx),
+                (lines, Some((next_seq, wake))) => (lines, Follower::new(log, next_seq, wake)),
                 // tail() always subscribes when asked to.
-                (lines, None) => (lines, broadcast::channel(1).1),
+                (lines, None) => (lines, Follower::closed()),
             },
-            Err(_) => (Vec::new(), broadcast::channel(1).1),
+            Err(_) => (Vec::new(), Follower::closed()),
         }
     }
 

@@ -216,6 +216,48 @@ async fn unread_follower_does_not_stall_the_writer() {
     assert!(matches!(rx.try_recv(), Err(TryRecvError::Lagged(_))));
 }
 
+/// A follower reads the ring: past it, it is told exactly how many lines it
+/// missed and carries on from the oldest one the ring has, in order.
+#[tokio::test]
+async fn a_follower_behind_the_ring_is_told_how_many_lines_it_missed() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(d.path(), LogConfig { ring_lines: 5, ..LogConfig::default() });
+    h.note("u", "seen in the snapshot");
+    let (snapshot, mut rx) = h.follow("u", 1);
+    assert_eq!(texts(&snapshot), ["[aikore] seen in the snapshot"]);
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    for i in 1..=20 {
+        h.note("u", &format!("{i}"));
+    }
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Lagged(15))));
+    let mut got = Vec::new();
+    while let Ok(line) = rx.try_recv() {
+        got.push(line);
+    }
+    assert_eq!(texts(&got), ["[aikore] 16", "[aikore] 17", "[aikore] 18", "[aikore] 19", "[aikore] 20"]);
+    assert!(got.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    // One capture of more lines than the ring holds, at once: the ring
+    // never had the first ones, and the count says so.
+    capture(&h, "u", "seq 1 12").await;
+    assert!(matches!(rx.recv().await, Err(tokio::sync::broadcast::error::RecvError::Lagged(7))));
+    let batch = rx.recv_many().await.unwrap();
+    assert_eq!(texts(&batch), ["8", "9", "10", "11", "12"]);
+}
+
+/// A follower of a removed log ends instead of waiting forever.
+#[tokio::test]
+async fn a_follower_ends_when_its_log_is_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let h = hub(d.path(), LogConfig::default());
+    h.note("u", "x");
+    let (_, mut rx) = h.follow("u", 0);
+    let waiting = tokio::spawn(async move { rx.recv().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.remove("u").unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    assert!(matches!(end, Err(tokio::sync::broadcast::error::RecvError::Closed)));
+}
+
 #[tokio::test]
 async fn concurrent_attaches_write_whole_lines() {
     let d = tempfile::tempdir().unwrap();

@@ -1,24 +1,23 @@
 //! One unit's log: its file (with size rotation), the ring buffer of the live
-//! tail, and the broadcast channel to followers — all updated together under
-//! one lock so the three never disagree about order.
+//! tail, and the wake-up of followers — all updated together under one lock
+//! so the three never disagree about order.
+//!
+//! Followers read the ring itself: an append costs the writer one wake-up
+//! per pipe read whatever the number of followers and lines, and a follower
+//! that falls further behind than the ring is told how many lines it missed.
+//! Nothing is queued per follower, so a stalled one holds no memory.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 
 use super::retention::{self, Retention};
 use super::{tailfile, LogLine};
-
-/// Followers' channel capacity. Roughly one ring's worth: a follower that falls
-/// further behind than the whole live tail gets `Lagged` and should re-sync
-/// with a fresh `follow`; holding more would only grow memory for a client that
-/// isn't keeping up anyway (each slot can hold a line of up to max_line_bytes).
-pub const FOLLOW_CAPACITY: usize = 1024;
 
 /// One append's lines (one pipe read, or a note) as raw bytes: exactly what
 /// went to the file, each line followed by its `\n`. Lines become text
@@ -56,7 +55,8 @@ impl Block {
 /// in. The first `skip` lines of the front block have already left it.
 #[derive(Debug, Default)]
 struct Ring {
-    blocks: VecDeque<Block>,
+    /// Shared with followers, who decode their lines outside the lock.
+    blocks: VecDeque<Arc<Block>>,
     skip: usize,
     len: usize,
 }
@@ -67,7 +67,7 @@ impl Ring {
             return;
         }
         self.len += block.ends.len();
-        self.blocks.push_back(block);
+        self.blocks.push_back(Arc::new(block));
         while self.len > cap {
             let Some(front) = self.blocks.front() else { break };
             let live = front.ends.len() - self.skip;
@@ -123,6 +123,47 @@ impl Ring {
         }
         out
     }
+
+    /// Up to `max` lines from `seq` on, as (block, first index, end index)
+    /// runs to decode later; or, when the ring no longer holds `seq` (or
+    /// never got the lines after it), `Err` with the first seq it does hold.
+    fn from_seq(&self, seq: u64, max: usize) -> Result<Vec<(Arc<Block>, usize, usize)>, u64> {
+        let mut runs = Vec::new();
+        let mut next = seq;
+        let mut left = max;
+        for (index, b) in self.blocks.iter().enumerate() {
+            let first = b.first_seq + if index == 0 { self.skip as u64 } else { 0 };
+            let end_seq = b.first_seq + b.ends.len() as u64;
+            if end_seq <= next {
+                continue;
+            }
+            if first > next {
+                // Lines between went to the file only (the ring dropped
+                // them at once): whatever was read so far goes first.
+                return if runs.is_empty() { Err(first) } else { Ok(runs) };
+            }
+            if left == 0 {
+                break;
+            }
+            let from = (next - b.first_seq) as usize;
+            let to = b.ends.len().min(from + left);
+            runs.push((Arc::clone(b), from, to));
+            left -= to - from;
+            next = b.first_seq + to as u64;
+        }
+        Ok(runs)
+    }
+}
+
+/// What a follower gets from one look at the ring.
+pub(crate) enum Pull {
+    /// Lines from the asked seq on, oldest first (none: nothing new yet).
+    Lines(Vec<LogLine>),
+    /// The ring starts after the asked seq: the follower missed the lines
+    /// before this seq.
+    Missed(u64),
+    /// The log was removed.
+    Closed,
 }
 
 #[derive(Debug)]
@@ -151,10 +192,9 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct UnitLog {
     state: Mutex<State>,
-    /// Made by the first follower: a channel preallocates its
-    /// [`FOLLOW_CAPACITY`] slots (~80 KiB), which most units, never
-    /// followed, don't need (issue 15: memory per idle unit).
-    tx: std::sync::OnceLock<broadcast::Sender<LogLine>>,
+    /// Wakes followers after an append; made by the first follower, so a
+    /// unit nobody follows carries none (issue 15: memory per idle unit).
+    wake: std::sync::OnceLock<watch::Sender<()>>,
 }
 
 impl UnitLog {
@@ -174,12 +214,8 @@ impl UnitLog {
                 retention,
                 rotation_job: None,
             }),
-            tx: std::sync::OnceLock::new(),
+            wake: std::sync::OnceLock::new(),
         }
-    }
-
-    fn followers(&self) -> usize {
-        self.tx.get().map_or(0, broadcast::Sender::receiver_count)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -257,9 +293,10 @@ impl UnitLog {
             }
             let end = ends[last - 1] + 1;
             let ok = st.write_out(&bytes[start..end]);
-            // Lines the ring would drop again at once, with nobody following,
-            // are not even copied: only the file gets them.
-            let keep = if self.followers() > 0 { first } else { first.max(last.saturating_sub(ring_lines)) };
+            // Lines the ring would drop again at once are not even copied:
+            // only the file gets them (followers read the ring, so a flood
+            // tells them how many they missed).
+            let keep = first.max(last.saturating_sub(ring_lines));
             let from = if keep == 0 { 0 } else { ends[keep - 1] + 1 }.max(start);
             let block = Block {
                 bytes: bytes[from..end].to_vec(),
@@ -278,24 +315,47 @@ impl UnitLog {
         }
     }
 
-    /// Hands a written block to followers and the ring, after the file write
-    /// so a follower never sees a line the file (in order) doesn't have.
+    /// Puts a written block in the ring and wakes followers, after the file
+    /// write so a follower never sees a line the file (in order) doesn't have.
     fn publish(&self, st: &mut State, block: Block, ring_lines: usize) {
-        if let Some(tx) = self.tx.get().filter(|tx| tx.receiver_count() > 0) {
-            for i in 0..block.ends.len() {
-                // Err only means the last follower left meanwhile.
-                let _ = tx.send(block.log_line(i));
-            }
-        }
         st.ring.push(block, ring_lines);
+        self.wake_followers();
+    }
+
+    fn wake_followers(&self) {
+        if let Some(wake) = self.wake.get() {
+            wake.send_replace(());
+        }
+    }
+
+    /// Up to `max` lines from `seq` on, for a follower. Decoding happens
+    /// after the lock is released: the writer never waits on a follower's
+    /// UTF-8 work.
+    pub(crate) fn pull(&self, seq: u64, max: usize) -> Pull {
+        let runs = {
+            let st = self.lock();
+            if st.retired {
+                return Pull::Closed;
+            }
+            if seq >= st.next_seq {
+                return Pull::Lines(Vec::new());
+            }
+            match st.ring.from_seq(seq, max) {
+                Ok(runs) if runs.is_empty() => return Pull::Missed(st.next_seq),
+                Ok(runs) => runs,
+                Err(first) => return Pull::Missed(first),
+            }
+        };
+        Pull::Lines(runs.iter().flat_map(|(b, from, to)| (*from..*to).map(|i| b.log_line(i))).collect())
     }
 
     /// The last `n` lines: the ring, topped up from the files when it holds
-    /// fewer. Followers need the ring and the subscription taken together,
-    /// hence the optional subscribe under the same lock.
-    pub(crate) fn tail(&self, n: usize, subscribe: bool) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
+    /// fewer. A follower needs the lines and the seq it continues from taken
+    /// together, hence the optional subscription under the same lock: the
+    /// seq of the next line, and a receiver of wake-ups.
+    pub(crate) fn tail(&self, n: usize, subscribe: bool) -> (Vec<LogLine>, Option<(u64, watch::Receiver<()>)>) {
         let st = self.lock();
-        let rx = subscribe.then(|| self.tx.get_or_init(|| broadcast::channel(FOLLOW_CAPACITY).0).subscribe());
+        let rx = subscribe.then(|| (st.next_seq, self.wake.get_or_init(|| watch::channel(()).0).subscribe()));
         let ring_part = st.ring.last(n);
         let from_ring = ring_part.len();
         if from_ring == n {
@@ -342,6 +402,8 @@ impl UnitLog {
         st.retired = true;
         st.file = None;
         st.ring.clear();
+        // Followers see `retired` at their next look and end.
+        self.wake_followers();
         st.wait_rotation();
         for path in retention::all_files(&st.path)? {
             remove_if_exists(&path)?;

@@ -160,15 +160,21 @@ async fn unit_logs_stream(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let tail = tail_of(query)?;
     let unit = find_unit(&state, &name).await?;
-    let (backlog, receiver) = state.logs.follow(&unit.name, tail);
+    let (backlog, follower) = state.logs.follow(&unit.name, tail);
     let backlog = stream::iter(backlog.into_iter().map(|line| Ok(line_event(&line))));
-    let live = BroadcastStream::new(receiver).map(|item| match item {
-        Ok(line) => Ok(line_event(&line)),
-        // A follower that fell behind is told so, then carries on with new lines.
-        Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-            Ok(Event::default().event("lagged").data(n.to_string()))
-        }
-    });
+    // Every line ready at a wake-up goes out together, not one poll each.
+    let live = stream::unfold(follower, |mut follower| async move {
+        let events: Vec<Result<Event, Infallible>> = match follower.recv_many().await {
+            Ok(lines) => lines.iter().map(|line| Ok(line_event(line))).collect(),
+            // A follower that fell behind is told so, then carries on with new lines.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                vec![Ok(Event::default().event("lagged").data(n.to_string()))]
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((stream::iter(events), follower))
+    })
+    .flatten();
     Ok(Sse::new(backlog.chain(live)).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE)))
 }
 
