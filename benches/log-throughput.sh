@@ -66,20 +66,26 @@ declare -A SECS NOTE
 record() { SECS[$1]="${SECS[$1]:-} $2"; NOTE[$1]=${3:-}; log "$1: $2 s ${3:-}"; }
 median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+# Every peer starts with no dirty pages left by the one before: otherwise
+# the kernel's writeback throttling (a previous peer's 1 GiB still being
+# written out) lands on whoever runs next, and a peer's figure swings 5x.
+settle_io() { sync; }
+
 # now: epoch seconds with ns.
 now() { date +%s.%N; }
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2])-float(sys.argv[1]):.3f}')" "$1" "$2"; }
 
 bench_cat() {
     local t0 t1 out="$BENCH_TMP/cat.out"
+    settle_io
     t0=$(now); cat "$DATA" > "$out"; t1=$(now)
     [[ $(stat -c %s "$out") == "$DATA_BYTES" ]] || die "cat: short output"
     record "cat > file" "$(elapsed "$t0" "$t1")" "(no capture: the floor)"
-    rm -f "$out"
+    rm -f "$out"; settle_io
     t0=$(now); cat "$DATA" | "$PIPE_TO_FILE" "$out"; t1=$(now)
     [[ $(stat -c %s "$out") == "$DATA_BYTES" ]] || die "pipe-to-file: short output"
     record "pipe-to-file" "$(elapsed "$t0" "$t1")" "(the pipe's ceiling: 1 MiB reads to a file, nothing else)"
-    rm -f "$out"
+    rm -f "$out"; settle_io
     t0=$(now); cat "$DATA" | cat > "$out"; t1=$(now)
     [[ $(stat -c %s "$out") == "$DATA_BYTES" ]] || die "cat|cat: short output"
     record "cat | cat > file" "$(elapsed "$t0" "$t1")" "(a pipe, no line handling)"
@@ -99,6 +105,7 @@ ExecStart=/bin/sh $PRODUCE aikore
 Restart=no
 EOU
     port=$(free_port)
+    settle_io
     start_aikore "$data" "$units" "$port"
     local fpid="" fout="$BENCH_TMP/follower.out"
     if [[ -n $follow ]]; then
@@ -187,6 +194,7 @@ bench_supervisord() {
         # maxbytes=0: no rotation, so the whole output can be checked.
         printf '\n[program:flood]\ncommand=/bin/sh %s supd\nautorestart=false\nstartsecs=0\nredirect_stderr=true\nstdout_logfile=%s\nstdout_logfile_maxbytes=0\n' "$PRODUCE" "$out"
     } > "$dir/supervisord.conf"
+    settle_io
     start_supervisord "$dir/supervisord.conf"
     secs=$(python3 "$BENCH_DIR/logwait.py" "$START" "$TIMEOUT" "$MARKER" "$out") \
         || die "supervisord: no marker within ${TIMEOUT}s"
@@ -205,6 +213,7 @@ bench_s6() {
     # bytes can be counted.
     printf '#!/bin/sh\nexec s6-log -b n20 s268435455 %s\n' "$logdir" > "$scan/flood/log/run"
     chmod +x "$scan/flood/run" "$scan/flood/log/run"
+    settle_io
     start_s6 "$scan"
     secs=$(python3 "$BENCH_DIR/logwait.py" "$START" "$TIMEOUT" "$MARKER" "$logdir/current") \
         || die "s6-log: no marker within ${TIMEOUT}s"

@@ -127,7 +127,7 @@ impl Ring {
     /// Up to `max` lines from `seq` on, as (block, first index, end index)
     /// runs to decode later; or, when the ring no longer holds `seq` (or
     /// never got the lines after it), `Err` with the first seq it does hold.
-    fn from_seq(&self, seq: u64, max: usize) -> Result<Vec<(Arc<Block>, usize, usize)>, u64> {
+    fn runs_after(&self, seq: u64, max: usize) -> Result<Vec<(Arc<Block>, usize, usize)>, u64> {
         let mut runs = Vec::new();
         let mut next = seq;
         let mut left = max;
@@ -340,7 +340,7 @@ impl UnitLog {
             if seq >= st.next_seq {
                 return Pull::Lines(Vec::new());
             }
-            match st.ring.from_seq(seq, max) {
+            match st.ring.runs_after(seq, max) {
                 Ok(runs) if runs.is_empty() => return Pull::Missed(st.next_seq),
                 Ok(runs) => runs,
                 Err(first) => return Pull::Missed(first),
