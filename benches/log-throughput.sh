@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Log capture throughput: one unit writes SIZE_MB of LINE_BYTES-byte lines to
 # stdout; how long until the supervisor's log has the last line?
-# Peers on the same data, same run: `cat file > out` (no capture at all: cat
+# Two producers write the same bytes: `cat` of a cached file (the issue's
+# yardstick) and line-writer.c, a program that logs (4 KiB writes, like C's
+# stdio, Python or Node), whose write(2) costs the same into a file or a pipe;
+# its rows start with "app". Peers on the same data, same run: `cat file > out` (no capture at all: cat
 # copies in the kernel with copy_file_range), `cat file | pipe-to-file out`
 # (the ceiling of a capture through a pipe: 1 MiB pipe and reads, nothing
 # else), `cat file | cat > out` (a pipe, coreutils' buffers), supervisord's
@@ -25,6 +28,9 @@ case " $PEERS " in *" supervisord "*) need supervisord ;; esac
 need gcc
 PIPE_TO_FILE="$BENCH_TMP/pipe-to-file"
 gcc -O2 -Wall -o "$PIPE_TO_FILE" "$BENCH_DIR/pipe-to-file.c"
+LINE_WRITER="$BENCH_TMP/line-writer"
+gcc -O2 -Wall -o "$LINE_WRITER" "$BENCH_DIR/line-writer.c"
+APP_CHUNK=4096
 case " $PEERS " in *" s6 "*) need s6-svscan s6-log ;; esac
 
 DATA="$BENCH_TMP/data.txt"
@@ -45,7 +51,8 @@ DATA_LINES=$(wc -l < "$DATA")
 cat "$DATA" > /dev/null   # warm the page cache: we time capture, not disk reads
 log "data: $DATA_BYTES bytes, $DATA_LINES lines"
 
-# The producer every supervisor runs: stamp the start, then cat the data once.
+# The producer every supervisor runs: stamp the start, then write the data
+# once: cat, or line-writer when the second argument is "app".
 # (s6-supervise restarts a run script that exits: the `done` file makes
 # later runs sleep instead of writing the data again.)
 PRODUCE="$BENCH_TMP/produce.sh"
@@ -56,6 +63,7 @@ if [ -e "$BENCH_TMP/done.\$1" ]; then exec sleep infinity; fi
 while [ ! -e "$BENCH_TMP/go" ]; do sleep 0.02; done
 touch "$BENCH_TMP/done.\$1"
 date +%s.%N > "$START.tmp" && mv "$START.tmp" "$START"
+if [ "\$2" = app ]; then exec "$LINE_WRITER" $((DATA_LINES - 1)) $APP_CHUNK "$MARKER"; fi
 exec cat "$DATA"
 EOS
 chmod +x "$PRODUCE"
@@ -89,19 +97,27 @@ bench_cat() {
     t0=$(now); cat "$DATA" | cat > "$out"; t1=$(now)
     [[ $(stat -c %s "$out") == "$DATA_BYTES" ]] || die "cat|cat: short output"
     record "cat | cat > file" "$(elapsed "$t0" "$t1")" "(a pipe, no line handling)"
+    rm -f "$out"; settle_io
+    t0=$(now); "$LINE_WRITER" $((DATA_LINES - 1)) $APP_CHUNK "$MARKER" > "$out"; t1=$(now)
+    cmp -s "$out" "$DATA" || die "line-writer: output differs from the data"
+    record "app > file" "$(elapsed "$t0" "$t1")" "(line-writer: 4 KiB writes straight to the file)"
+    rm -f "$out"; settle_io
+    t0=$(now); "$LINE_WRITER" $((DATA_LINES - 1)) $APP_CHUNK "$MARKER" | "$PIPE_TO_FILE" "$out"; t1=$(now)
+    [[ $(stat -c %s "$out") == "$DATA_BYTES" ]] || die "app | pipe-to-file: short output"
+    record "app | pipe-to-file" "$(elapsed "$t0" "$t1")" "(line-writer into the pipe's ceiling)"
     rm -f "$out"
 }
 
 # bench_aikore [LABEL BINARY]: the binary under test, or another build of it
 # (AIKORE_BASE: e.g. main's, for a before/after in one run).
 bench_aikore() {
-    local label=${1:-aikore} AIKORE=${2:-$AIKORE} follow=${3:-}
+    local label=${1:-aikore} AIKORE=${2:-$AIKORE} follow=${3:-} mode=${4:-cat}
     local units="$BENCH_TMP/aikore-units" data="$BENCH_TMP/aikore-data" port secs
     rm -rf "$units" "$data" "$START" "$BENCH_TMP"/done.*; mkdir -p "$units"
     if [[ -n $follow ]]; then rm -f "$BENCH_TMP/go"; else touch "$BENCH_TMP/go"; fi
     write_unit "$units" flood <<EOU
 [Service]
-ExecStart=/bin/sh $PRODUCE aikore
+ExecStart=/bin/sh $PRODUCE aikore $mode
 Restart=no
 EOU
     port=$(free_port)
@@ -233,6 +249,7 @@ for r in $(seq 1 "$REPS"); do
             aikore)
                 bench_aikore
                 bench_aikore "aikore + follower" "$AIKORE" follow
+                bench_aikore "app | aikore" "$AIKORE" "" app
                 if [[ -n ${AIKORE_BASE:-} ]]; then bench_aikore "aikore (base)" "$AIKORE_BASE"; fi
                 ;;
             supervisord) bench_supervisord ;;
@@ -246,20 +263,25 @@ mb=$(python3 -c "print($DATA_BYTES/1e6)")
 echo
 echo "== log-throughput: $mb MB in $DATA_LINES lines, producer start -> last line in the log (median of $REPS) =="
 peers=()
-for k in "cat > file" "pipe-to-file" "cat | cat > file" aikore "aikore + follower" "aikore (base)" supervisord s6-log; do
+for k in "cat > file" "pipe-to-file" "cat | cat > file" aikore "aikore + follower" "aikore (base)" supervisord s6-log "app > file" "app | pipe-to-file" "app | aikore"; do
     [[ -n ${SECS[$k]:-} ]] && peers+=("$k")
 done
 for k in "${peers[@]}"; do SECS[$k]=$(median "${SECS[$k]}"); done
-printf '%-18s %8s %9s %10s  %s\n' capture seconds "MB/s" "x cat" note
+printf '%-18s %8s %9s %10s  %s\n' capture seconds "MB/s" "x floor" note
 for k in "${peers[@]}"; do
     rate=$(python3 -c "print(f'{$mb/max($(printf %s "${SECS[$k]}"),1e-3):.0f}')")
-    printf '%-18s %8s %9s %10s  %s\n' "$k" "${SECS[$k]}" "$rate" "$(ratio "${SECS["cat > file"]}" "${SECS[$k]}")" "${NOTE[$k]}"
+    floor="cat > file"
+    [[ $k == app* && -n ${SECS["app > file"]:-} ]] && floor="app > file"
+    printf '%-18s %8s %9s %10s  %s\n' "$k" "${SECS[$k]}" "$rate" "$(ratio "${SECS[$floor]}" "${SECS[$k]}")" "${NOTE[$k]}"
 done
-echo "(x cat = throughput relative to a plain 'cat file > out'; 1.00 = as fast, 0.10 = ten times slower)"
+echo "(x floor = throughput relative to the same producer writing the file itself: 'cat file > out', or 'app > file'"
+echo " for the app rows; 1.00 = as fast, 0.10 = ten times slower)"
 mbps() { python3 -c "print(f'{$mb/max(float(\"$1\"),1e-3):.0f}')"; }
 result "log capture, 1 GiB of ${LINE_BYTES}-B lines" "MB/s" "$(mbps "${SECS[aikore]}")" "cat > file" \
     "$(mbps "${SECS["cat > file"]}")" "(goal >= 0.8; the pipe's ceiling: $(mbps "${SECS[pipe-to-file]}") MB/s, cat | cat: $(mbps "${SECS["cat | cat > file"]}") MB/s)"
 result "log capture against the pipe's ceiling" "MB/s" "$(mbps "${SECS[aikore]}")" "pipe-to-file" \
     "$(mbps "${SECS[pipe-to-file]}")" "(a 1 MiB pipe read into a file, nothing else)"
+result "log capture of a program that logs (4 KiB writes)" "MB/s" "$(mbps "${SECS["app | aikore"]}")" "app > file" \
+    "$(mbps "${SECS["app > file"]}")" "(the same program writing the file itself; into the pipe's ceiling: $(mbps "${SECS["app | pipe-to-file"]}") MB/s)"
 result "log capture with a live follower" "MB/s" "$(mbps "${SECS["aikore + follower"]}")" "aikore alone" \
     "$(mbps "${SECS[aikore]}")" "(the follower streams over SSE meanwhile)"
