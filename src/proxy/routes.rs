@@ -174,9 +174,12 @@ fn proxy_settings(out: &mut String, port: u16, prefix: &str, options: &RenderOpt
 "
     );
     if gate == Gate::Fast {
-        // No Authorization on this path (the check requires none), and the
-        // cookies as a map over the request's strips them (nginx.conf).
-        out.push_str("        proxy_set_header Cookie $aikore_app_cookies;\n");
+        // The cookies as a map over the request's strips them (nginx.conf).
+        // No Authorization on this path: the check lets only an absent or
+        // empty one take it (NGINX refuses a second), and none is passed on.
+        out.push_str(
+            "        proxy_set_header Cookie $aikore_app_cookies;\n        proxy_set_header Authorization \"\";\n",
+        );
     } else {
         // The same login as the dashboard: NGINX asks aikore (nginx/nginx.conf).
         out.push_str("        auth_request /_aikore/auth;\n        error_page 401 = @aikore_login;\n");
@@ -714,6 +717,7 @@ mod tests {
             "if ($aikore_gate_pass != 1) { return 418; }",
             "proxy_pass http://aikore_app_a$aikore_app_rest;",
             "proxy_set_header Cookie $aikore_app_cookies;",
+            "proxy_set_header Authorization \"\";",
         ] {
             assert!(fast.contains(line), "{line}\n{fast}");
         }

@@ -851,6 +851,9 @@ fn the_gates_fast_path_is_nginx_checking_a_signed_cookie_of_its_scope() {
     let r = get_with(&p, "/app/e/x", &[("Cookie", &good), ("Authorization", &p.bearer())]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.json()["headers"]["authorization"].is_null(), "{}", r.text());
+    // Nor hidden behind an empty first one: NGINX refuses a second Authorization.
+    let r = get_with(&p, "/app/e/x", &[("Cookie", &good), ("Authorization", ""), ("Authorization", &p.bearer())]);
+    assert_eq!(r.status, 400, "{}", r.text());
 
     // A cookie aikore issued works alone too, while it lives (a busy box may
     // take longer than its 2 s between two requests: a few tries).
