@@ -337,6 +337,14 @@ fn port_gate(out: &mut String, name: &str, public: u16, api: std::net::SocketAdd
         proxy_set_header X-Aikore-Scope \"\";
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto $aikore_proto;
+        # The apps origin's cache (nginx/nginx.conf), this server its own
+        # scope: every request here reaches the one app.
+        proxy_cache aikore_auth;
+        proxy_cache_key \"port/{name}\\n$http_authorization\\n$http_cookie\";
+        proxy_cache_valid 204 2s;
+        proxy_cache_bypass $http_upgrade;
+        proxy_no_cache $http_upgrade;
+        proxy_ignore_headers X-Accel-Expires Expires Cache-Control Vary;
     }}
     location @aikore_login {{
         rewrite ^ /_aikore/denied last;
@@ -840,6 +848,8 @@ mod tests {
             "proxy_pass http://127.0.0.1:9001/api/v1/auth/check;",
             "proxy_set_header X-Original-URI /app/p$request_uri;",
             "proxy_set_header X-Aikore-Port 19009;",
+            "proxy_cache_key \"port/p\\n$http_authorization\\n$http_cookie\";",
+            "proxy_cache_bypass $http_upgrade;",
             "location = /_aikore/handshake {",
             "location / {\n        proxy_pass http://aikore_app_p;",
             "auth_request /_aikore/auth;",
