@@ -231,6 +231,7 @@ fn write_nginx_base(
     settings: &Settings,
     data: &DataDir,
     nginx_worker: Option<&crate::proxy::WorkerUser>,
+    gate_secret: &str,
 ) -> anyhow::Result<std::path::PathBuf> {
     let auth_cache = crate::proxy::make_auth_cache_dir(
         &settings.data_dir,
@@ -245,6 +246,7 @@ fn write_nginx_base(
         upstream: api_upstream(settings),
         worker_user: nginx_worker.cloned(),
         auth_cache: auth_cache.clone(),
+        gate_secret: gate_secret.to_string(),
     };
     crate::proxy::write_base_config(&settings.data_dir, &base).context("writing the NGINX config")?;
     if let Some(w) = nginx_worker {
@@ -588,7 +590,9 @@ impl Daemon {
         })
         .await?;
         let nginx_worker = crate::proxy::worker_user(settings.knobs.nginx_user.as_deref());
-        let auth_cache = write_nginx_base(&settings, &data, nginx_worker.as_ref())?;
+        // The login gate's fast-path cookies: NGINX checks what aikore signs (web::gate).
+        let gate_secret = crate::web::auth::random_token();
+        let auth_cache = write_nginx_base(&settings, &data, nginx_worker.as_ref(), &gate_secret)?;
 
         let (store, loaded) = open_state(&settings, &data).await?;
         // Logs are the daemon's: rotation renames in a dir the instance user cannot write.
@@ -627,7 +631,7 @@ impl Daemon {
         .with_metrics(metrics)
         .with_origins(origins)
         .with_knobs(&settings.knobs);
-        let web = with_local_credentials(web, &settings).await?;
+        let web = with_local_credentials(web, &settings, gate_secret).await?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
@@ -739,6 +743,7 @@ fn become_init() {
 async fn with_local_credentials(
     state: crate::web::AppState,
     settings: &Settings,
+    gate_secret: String,
 ) -> anyhow::Result<crate::web::AppState> {
     // xterm.js comes from npm (web/package-lock.json); without it the
     // dashboard works but its terminal cannot: say so once, with the fix.
@@ -752,7 +757,8 @@ async fn with_local_credentials(
     let cli_token = crate::web::auth::random_token();
     crate::config::write_secret(&settings.cli_token_path(), &cli_token)
         .with_context(|| format!("writing {}", settings.cli_token_path().display()))?;
-    let state = state.with_auth(crate::web::auth::Auth::from_env().with_api_token(cli_token));
+    let state =
+        state.with_auth(crate::web::auth::Auth::from_env().with_api_token(cli_token).with_gate_secret(gate_secret));
     state.auth.prepare_setup(&settings.data_dir, &state.store).await;
     crate::web::auth::migrate_public_settings(&state).await;
     Ok(state)

@@ -34,6 +34,9 @@ pub struct BaseConfig {
     pub worker_user: Option<WorkerUser>,
     /// The login gate's answer cache (`proxy_cache_path`): see [`make_auth_cache_dir`].
     pub auth_cache: PathBuf,
+    /// The login gate's signing secret: written to
+    /// `<prefix>/gate.conf`, mode 0600, which the base config includes.
+    pub gate_secret: String,
 }
 
 /// NGINX's worker identity, by name (the `user` directive takes names) and by id.
@@ -89,6 +92,17 @@ impl BaseConfig {
     }
 }
 
+/// The login gate's signing secret (crate::web::gate): its file under NGINX's prefix (`<data>/nginx/`), included by
+/// the base config; mode 0600, the daemon's.
+pub const GATE_SECRET_FILE: &str = "gate.conf";
+
+/// What `<data>/nginx/gate.conf` holds: the secret as an NGINX variable
+/// (hex only, so nothing in it can end the quoted string).
+pub fn gate_secret_conf(secret: &str) -> String {
+    let hex: String = secret.chars().filter(char::is_ascii_hexdigit).collect();
+    format!("# The login gate's signing secret (random at every start). Do not share.\nmap $host $aikore_gate_secret {{ default \"{hex}\"; }}")
+}
+
 /// AIKORE_MAX_BODY: `client_max_body_size` of instance routes (NGINX syntax:
 /// digits and an optional k/m/g). An invalid value falls back to the default, loudly.
 pub fn render_options(max_body: Option<&str>) -> routes::RenderOptions {
@@ -117,6 +131,9 @@ pub fn write_base_config(data_dir: &Path, config: &BaseConfig) -> std::io::Resul
     for dir in NGINX_TEMP_DIRS {
         std::fs::create_dir_all(prefix.join("tmp").join(dir))?;
     }
+    // Only NGINX's master (root, or the daemon's user) reads the secret: never
+    // its workers' user, the instance user, or an app.
+    crate::config::write_secret(&prefix.join(GATE_SECRET_FILE), &gate_secret_conf(&config.gate_secret))?;
     let path = prefix.join("nginx.conf");
     write_atomically(&path, config.render().as_bytes())?;
     Ok(path)
@@ -182,6 +199,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_gate_secret_file_holds_hex_only() {
+        let conf = gate_secret_conf("ab12\"; } evil {");
+        assert!(conf.contains("default \"ab12e\";"), "{conf}");
+    }
+
+    #[test]
     fn listens_where_aikore_bind_says() {
         let config = |addr: &str| BaseConfig {
             listen_addr: addr.parse().unwrap(),
@@ -190,6 +213,7 @@ mod tests {
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: None,
             auth_cache: "/tmp/aikore-auth-test".into(),
+            gate_secret: "ab".repeat(32),
         };
         assert!(config("0.0.0.0").render().contains("listen 0.0.0.0:9000;"));
         assert!(config("0.0.0.0").render().contains("listen 0.0.0.0:9100;"));
@@ -209,6 +233,7 @@ mod tests {
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: Some(WorkerUser { user: "abc".into(), group: "def".into(), uid: 1, gid: 2 }),
             auth_cache: "/tmp/aikore-auth-test".into(),
+            gate_secret: "ab".repeat(32),
         };
         let text = config.render();
         assert!(!text.contains("{{"), "{text}");
@@ -231,6 +256,7 @@ mod tests {
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: Some(nobody.clone()),
             auth_cache: "/tmp/aikore-auth-test".into(),
+            gate_secret: "ab".repeat(32),
         };
         assert!(config.render().contains(&format!("user nobody {group};")));
     }
@@ -251,6 +277,7 @@ mod tests {
             upstream: "127.0.0.1:9001".parse().unwrap(),
             worker_user: None,
             auth_cache: make_auth_cache_dir(data.path(), None, &format!("test-{}", std::process::id())).unwrap(),
+            gate_secret: "ab".repeat(32),
         };
         write_base_config(data.path(), &config).unwrap();
         let entries = [

@@ -149,7 +149,20 @@ pub const DEFAULT_MAX_BODY: &str = "50g";
 /// (a ComfyUI tab open overnight): one day before NGINX cuts them.
 const STREAM_TIMEOUT: &str = "24h";
 
-fn proxy_settings(out: &mut String, port: u16, prefix: &str, options: &RenderOptions) {
+/// How a proxied location meets the login gate (nginx/nginx.conf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// The fast path: NGINX checked the signed cookie itself; the app gets
+    /// the Cookie header without aikore's cookies (a map in the base config).
+    Fast,
+    /// The fast path's fallback: auth_request to aikore, whose answer may
+    /// carry a fresh fast-path cookie for this scope.
+    Slow,
+    /// auth_request only (noVNC, `port` instances' own servers).
+    Checked,
+}
+
+fn proxy_settings(out: &mut String, port: u16, prefix: &str, options: &RenderOptions, gate: Gate) {
     let _ = write!(
         out,
         "        proxy_http_version 1.1;
@@ -160,13 +173,28 @@ fn proxy_settings(out: &mut String, port: u16, prefix: &str, options: &RenderOpt
         proxy_set_header X-Real-IP $remote_addr;
 "
     );
-    // The same login as the dashboard: NGINX asks aikore (nginx/nginx.conf).
-    out.push_str("        auth_request /_aikore/auth;\n        error_page 401 = @aikore_login;\n");
-    // aikore's cookies and bearer never reach an app: the auth check answers
-    // with the Cookie and Authorization headers stripped of them.
-    out.push_str(
-        "        auth_request_set $aikore_cookie $upstream_http_x_aikore_cookie;\n        auth_request_set $aikore_authorization $upstream_http_x_aikore_authorization;\n        proxy_set_header Cookie $aikore_cookie;\n        proxy_set_header Authorization $aikore_authorization;\n",
-    );
+    if gate == Gate::Fast {
+        // The cookies as a map over the request's strips them (nginx.conf).
+        // No Authorization on this path: the check lets only an absent or
+        // empty one take it (NGINX refuses a second), and none is passed on.
+        out.push_str(
+            "        proxy_set_header Cookie $aikore_app_cookies;\n        proxy_set_header Authorization \"\";\n",
+        );
+    } else {
+        // The same login as the dashboard: NGINX asks aikore (nginx/nginx.conf).
+        out.push_str("        auth_request /_aikore/auth;\n        error_page 401 = @aikore_login;\n");
+        // aikore's cookies and bearer never reach an app: the auth check answers
+        // with the Cookie and Authorization headers stripped of them.
+        out.push_str(
+            "        auth_request_set $aikore_cookie $upstream_http_x_aikore_cookie;\n        auth_request_set $aikore_authorization $upstream_http_x_aikore_authorization;\n        proxy_set_header Cookie $aikore_cookie;\n        proxy_set_header Authorization $aikore_authorization;\n",
+        );
+    }
+    if gate == Gate::Slow {
+        // The browser's next requests to this scope take the fast path.
+        out.push_str(
+            "        auth_request_set $aikore_gate_cookie $upstream_http_x_aikore_gate;\n        add_header Set-Cookie $aikore_gate_cookie always;\n",
+        );
+    }
     if !prefix.is_empty() {
         let _ = writeln!(out, "        proxy_set_header X-Forwarded-Prefix {prefix};");
         // An app that redirects to its own absolute address stays under the prefix.
@@ -185,6 +213,57 @@ fn proxy_settings(out: &mut String, port: u16, prefix: &str, options: &RenderOpt
 ",
         options.max_body
     );
+}
+
+/// What a gated route proxies to: its `proxy_pass` line, the app's port
+/// and path prefix (for redirects), and its idle-stop waking page if any.
+struct Upstream<'a> {
+    pass: String,
+    port: u16,
+    prefix: &'a str,
+    wake: Option<&'a str>,
+}
+
+impl Upstream<'_> {
+    fn settings(&self, out: &mut String, options: &RenderOptions, gate: Gate) {
+        let start = out.len();
+        proxy_settings(out, self.port, self.prefix, options, gate);
+        if let Some(name) = self.wake {
+            // Just idle-stopped, before this route is swapped, or still
+            // starting: the waking page, not "not answering".
+            let settings = out.split_off(start).replace(
+                "error_page 502 504 =503 @aikore_unreachable;",
+                &format!("error_page 502 504 = @aikore_wake_{name};"),
+            );
+            out.push_str(&settings);
+        }
+    }
+}
+
+/// The body of a location behind the gate's fast path: a request with a
+/// valid cookie for `scope` goes straight to the app; any other goes to the
+/// named location `slow` (see [`slow_location`]), the same route behind
+/// auth_request. (An `if` holding only `return` is safe in NGINX; 418 is
+/// never an app's answer here: upstream errors are not intercepted.)
+fn fast_body(out: &mut String, scope: &str, slow: &str, upstream: &Upstream, options: &RenderOptions) {
+    let _ = write!(
+        out,
+        "        set $aikore_gate_scope {scope};
+        recursive_error_pages on;
+        error_page 418 = {slow};
+        if ($aikore_gate_pass != 1) {{ return 418; }}
+"
+    );
+    let _ = writeln!(out, "        {}", upstream.pass);
+    upstream.settings(out, options, Gate::Fast);
+}
+
+/// The fast path's fallback for `scope` (a named location: no URI part in
+/// its proxy_pass, which is why every route passes a variable or nothing).
+fn slow_location(out: &mut String, scope: &str, slow: &str, upstream: &Upstream, options: &RenderOptions) {
+    let _ = writeln!(out, "location {slow} {{\n        set $aikore_gate_scope {scope};\n        {}", upstream.pass);
+    upstream.settings(out, options, Gate::Slow);
+    out.push_str("}\n\n");
 }
 
 /// NGINX matched the location on the decoded `$uri`: `/app/comf%79/` and
@@ -255,8 +334,17 @@ fn port_gate(out: &mut String, name: &str, public: u16, api: std::net::SocketAdd
         proxy_set_header X-Original-URI /app/{name}$request_uri;
         proxy_set_header X-Aikore-Upgrade $http_upgrade;
         proxy_set_header X-Aikore-Request $request_id;
+        proxy_set_header X-Aikore-Scope \"\";
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto $aikore_proto;
+        # The apps origin's cache (nginx/nginx.conf), this server its own
+        # scope: every request here reaches the one app.
+        proxy_cache aikore_auth;
+        proxy_cache_key \"port/{name}\\n$http_authorization\\n$http_cookie\";
+        proxy_cache_valid 204 2s;
+        proxy_cache_bypass $http_upgrade;
+        proxy_no_cache $http_upgrade;
+        proxy_ignore_headers X-Accel-Expires Expires Cache-Control Vary;
     }}
     location @aikore_login {{
         rewrite ^ /_aikore/denied last;
@@ -305,7 +393,7 @@ fn port_server(out: &mut String, name: &str, public: u16, app: Option<u16>, opti
             port_gate(out, name, public, options.api);
             // No URI part: the raw request target goes to the app as sent.
             let _ = writeln!(out, "    location / {{\n        proxy_pass http://{};", upstream_name(name));
-            proxy_settings(out, app, "", options);
+            proxy_settings(out, app, "", options, Gate::Checked);
             out.push_str("    }\n");
         }
         None => {
@@ -386,20 +474,17 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
                 // The raw target did not start with the decoded prefix (an encoded name): refuse, do not guess.
                 out.push_str("        if ($aikore_app_rest = \"\") { return 400; }\n");
                 raw_name_check(&mut out, name);
-                let _ = writeln!(out, "        proxy_pass http://{}$aikore_app_rest;", upstream_name(name));
                 upstream(&mut upstreams, name, port);
-                let start = out.len();
-                proxy_settings(&mut out, port, &prefix, options);
-                if entry.wake {
-                    // Just idle-stopped, before this route is swapped, or still
-                    // starting: the waking page, not "not answering".
-                    let settings = out.split_off(start).replace(
-                        "error_page 502 504 =503 @aikore_unreachable;",
-                        &format!("error_page 502 504 = @aikore_wake_{name};"),
-                    );
-                    out.push_str(&settings);
-                }
-                out.push_str("}\n\n");
+                let route = Upstream {
+                    pass: format!("proxy_pass http://{}$aikore_app_rest;", upstream_name(name)),
+                    port,
+                    prefix: &prefix,
+                    wake: entry.wake.then_some(name.as_str()),
+                };
+                let (scope, slow) = (format!("app/{name}"), format!("@aikore_gate_app_{name}"));
+                fast_body(&mut out, &scope, &slow, &route, options);
+                out.push_str("}\n");
+                slow_location(&mut out, &scope, &slow, &route, options);
                 if entry.wake {
                     let _ = write!(
                         out,
@@ -472,7 +557,7 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
         match entry.vnc_port {
             Some(port) => {
                 let _ = writeln!(out, "        proxy_pass http://127.0.0.1:{port}/;");
-                proxy_settings(&mut out, port, "", options);
+                proxy_settings(&mut out, port, "", options, Gate::Checked);
                 routes.push(RouteInfo {
                     name: name.clone(),
                     path: format!("{prefix}/"),
@@ -505,19 +590,23 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
     let holder_port = slot_holder.and_then(|h| h.port);
     // Every running instance has its group (a `port` one's is its loopback app port).
     let holder_group = slot_holder.filter(|h| h.port.is_some()).map(|h| upstream_name(&h.name));
-    let slot_location = |out: &mut String, modifier: &str, path: &str, rest: &str, prefix: &str| {
+    // The slot's two fast-path fallbacks: /comfyui/ (its prefix stripped) and
+    // the absolute paths (passed as sent), one scope for all.
+    let slot_slow = |rest: &str| if rest.is_empty() { "@aikore_gate_slot" } else { "@aikore_gate_comfyui" };
+    let slot_upstream = |port: u16, rest: &str, prefix: &'static str| Upstream {
+        pass: format!("proxy_pass http://{}{rest};", holder_group.as_deref().expect("a holder with a port")),
+        port,
+        prefix,
+        wake: None,
+    };
+    let slot_location = |out: &mut String, modifier: &str, path: &str, rest: &str, prefix: &'static str| {
         let _ = writeln!(out, "location {modifier} {path} {{");
         match holder_port {
             Some(port) => {
                 if !rest.is_empty() {
                     let _ = writeln!(out, "        if ({rest} = \"\") {{ return 400; }}");
                 }
-                let _ = writeln!(
-                    out,
-                    "        proxy_pass http://{}{rest};",
-                    holder_group.as_deref().expect("a holder with a port")
-                );
-                proxy_settings(out, port, prefix, options);
+                fast_body(out, "slot", slot_slow(rest), &slot_upstream(port, rest, prefix), options);
             }
             None if slot_holder.is_some_and(|h| h.wake) => {
                 wake_settings(out, &slot_holder.expect("matched").name, options);
@@ -544,6 +633,12 @@ pub fn render(entries: &[RouteEntry], options: &RenderOptions) -> Rendered {
     }
     for path in COMFYUI_PREFIX {
         slot_location(&mut out, "^~", path, "", "");
+    }
+    if let Some(port) = holder_port {
+        out.push('\n');
+        for (rest, prefix) in [("$aikore_comfyui_rest", "/comfyui"), ("", "")] {
+            slow_location(&mut out, "slot", slot_slow(rest), &slot_upstream(port, rest, prefix), options);
+        }
     }
     if let Some(h) = slot_holder {
         routes.push(RouteInfo {
@@ -581,6 +676,12 @@ fn upstream(out: &mut String, name: &str, port: u16) {
 mod tests {
     use super::*;
 
+    /// The body of the location that starts with `head` (up to its closing brace).
+    fn block<'a>(text: &'a str, head: &str) -> &'a str {
+        let body = text.split(head).nth(1).unwrap_or_else(|| panic!("no {head}: {text}"));
+        &body[..body.find("\n}\n").unwrap_or(body.len())]
+    }
+
     fn entry(name: &str, port: Option<u16>, slot: bool) -> RouteEntry {
         RouteEntry {
             name: name.into(),
@@ -611,6 +712,53 @@ mod tests {
             r.routes,
             vec![RouteInfo { name: "a".into(), path: "/app/a/".into(), action: "proxy", port: Some(19001) }]
         );
+    }
+
+    #[test]
+    fn app_and_slot_routes_take_the_fast_path_and_fall_back_to_auth_request() {
+        let r = render(&[entry("a", Some(19001), true)], &RenderOptions::default());
+        let fast = block(&r.text, "location ^~ /app/a/ {");
+        for line in [
+            "set $aikore_gate_scope app/a;",
+            "error_page 418 = @aikore_gate_app_a;",
+            "recursive_error_pages on;",
+            "if ($aikore_gate_pass != 1) { return 418; }",
+            "proxy_pass http://aikore_app_a$aikore_app_rest;",
+            "proxy_set_header Cookie $aikore_app_cookies;",
+            "proxy_set_header Authorization \"\";",
+        ] {
+            assert!(fast.contains(line), "{line}\n{fast}");
+        }
+        assert!(!fast.contains("auth_request"), "{fast}");
+        // The checks that refuse an encoded name come first, the gate's after.
+        assert!(fast.find("return 400").unwrap() < fast.find("return 418").unwrap(), "{fast}");
+        let slow = block(&r.text, "location @aikore_gate_app_a {");
+        for line in [
+            "set $aikore_gate_scope app/a;",
+            "proxy_pass http://aikore_app_a$aikore_app_rest;",
+            "auth_request /_aikore/auth;",
+            "proxy_set_header Cookie $aikore_cookie;",
+            "add_header Set-Cookie $aikore_gate_cookie always;",
+            "X-Forwarded-Prefix /app/a;",
+        ] {
+            assert!(slow.contains(line), "{line}\n{slow}");
+        }
+        // The slot: one scope, two fallbacks (/comfyui/ strips its prefix).
+        let comfy = block(&r.text, "location ^~ /comfyui/ {");
+        assert!(
+            comfy.contains("error_page 418 = @aikore_gate_comfyui;") && comfy.contains("set $aikore_gate_scope slot;")
+        );
+        let prompt = block(&r.text, "location = /prompt {");
+        assert!(prompt.contains("error_page 418 = @aikore_gate_slot;"), "{prompt}");
+        assert!(block(&r.text, "location @aikore_gate_comfyui {")
+            .contains("proxy_pass http://aikore_app_a$aikore_comfyui_rest;"));
+        assert!(block(&r.text, "location @aikore_gate_slot {").contains("proxy_pass http://aikore_app_a;\n"));
+        assert_eq!(r.text.matches("location @aikore_gate_slot {").count(), 1);
+        // An idle-stop instance's fallback wakes it too.
+        let w = render(&[RouteEntry { wake: true, ..entry("w", Some(19002), false) }], &RenderOptions::default());
+        for head in ["location ^~ /app/w/ {", "location @aikore_gate_app_w {"] {
+            assert!(block(&w.text, head).contains("error_page 502 504 = @aikore_wake_w;"), "{}", w.text);
+        }
     }
 
     #[test]
@@ -656,8 +804,8 @@ mod tests {
     fn the_slot_holder_gets_comfyui_and_its_absolute_paths() {
         let r = render(&[entry("c", Some(19005), true)], &RenderOptions::default());
         assert!(r.text.contains("        proxy_pass http://aikore_app_c$aikore_comfyui_rest;"), "{}", r.text);
-        assert!(r.text.contains("location = /prompt {\n        proxy_pass http://aikore_app_c;"));
-        assert!(r.text.contains("location ^~ /api/ {\n        proxy_pass http://aikore_app_c;"));
+        assert!(block(&r.text, "location = /prompt {").contains("\n        proxy_pass http://aikore_app_c;\n"));
+        assert!(block(&r.text, "location ^~ /api/ {").contains("\n        proxy_pass http://aikore_app_c;\n"));
         assert!(r.text.contains("location = /ws {"));
         // Still at /app/c/ too.
         assert!(r.text.contains("location ^~ /app/c/ {"));
@@ -677,7 +825,7 @@ mod tests {
     #[test]
     fn two_slot_holders_first_by_name_wins_and_is_reported() {
         let r = render(&[entry("b", Some(2), true), entry("a", Some(1), true)], &RenderOptions::default());
-        assert!(r.text.contains("location = /prompt {\n        proxy_pass http://aikore_app_a;"));
+        assert!(block(&r.text, "location = /prompt {").contains("\n        proxy_pass http://aikore_app_a;\n"));
         assert_eq!(r.refused.len(), 1);
     }
 
@@ -700,6 +848,8 @@ mod tests {
             "proxy_pass http://127.0.0.1:9001/api/v1/auth/check;",
             "proxy_set_header X-Original-URI /app/p$request_uri;",
             "proxy_set_header X-Aikore-Port 19009;",
+            "proxy_cache_key \"port/p\\n$http_authorization\\n$http_cookie\";",
+            "proxy_cache_bypass $http_upgrade;",
             "location = /_aikore/handshake {",
             "location / {\n        proxy_pass http://aikore_app_p;",
             "auth_request /_aikore/auth;",
@@ -778,9 +928,8 @@ mod tests {
     #[test]
     fn the_slot_serves_comfyuis_progress_favicon() {
         let r = render(&[entry("c", Some(19005), true)], &RenderOptions::default());
-        assert!(r
-            .text
-            .contains("location ^~ /assets/images/favicon_progress_16x16/ {\n        proxy_pass http://aikore_app_c;"));
+        let favicon = block(&r.text, "location ^~ /assets/images/favicon_progress_16x16/ {");
+        assert!(favicon.contains("\n        proxy_pass http://aikore_app_c;\n"), "{favicon}");
     }
 
     #[test]

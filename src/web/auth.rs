@@ -117,6 +117,8 @@ pub struct Auth {
     setup_code: Mutex<Option<(String, Option<PathBuf>)>>,
     /// Serialises setup claims: exactly one wins.
     claim: tokio::sync::Mutex<()>,
+    /// Signs the gate's fast-path cookies (super::gate); NGINX holds the same.
+    gate_secret: String,
 }
 
 /// Bytes from the kernel's CSPRNG (getrandom(2); blocks only before the
@@ -198,7 +200,14 @@ impl Auth {
             limiter: Limiter::default(),
             setup_code: Mutex::new(None),
             claim: tokio::sync::Mutex::new(()),
+            gate_secret: random_token(),
         }
+    }
+
+    /// Signs fast-path cookies with `secret`: the one NGINX was given (`<data>/nginx/gate.conf`).
+    pub fn with_gate_secret(mut self, secret: String) -> Auth {
+        self.gate_secret = secret;
+        self
     }
 
     /// Also accepts `token` as a bearer: the local CLI's, from `<data>/cli.token`.
@@ -691,8 +700,13 @@ async fn check(State(state): State<AppState>, Extension(client): Extension<Clien
         return StatusCode::UNAUTHORIZED.into_response();
     }
     note_request(&state, &headers);
+    let gate = gate_cookie(&state, &headers).await;
     let mut response = StatusCode::NO_CONTENT.into_response();
     let h = response.headers_mut();
+    // NGINX sets it on the app's answer (and never caches an answer carrying one).
+    if let Some(v) = gate.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert("x-aikore-gate", v);
+    }
     if let Ok(v) = HeaderValue::from_str(&app_visible_cookies(&headers)) {
         h.insert("x-aikore-cookie", v);
     }
@@ -703,6 +717,32 @@ async fn check(State(state): State<AppState>, Extension(client): Extension<Clien
         }
     }
     response
+}
+
+/// The fast-path cookie for a request the gate let through (super::gate),
+/// for the scope of the NGINX location it came through (`X-Aikore-Scope`,
+/// which NGINX always sets itself). Only where NGINX could use it: no
+/// Authorization header (an app's own, or aikore's bearer, must reach the
+/// gate each time to be told apart) and no upgrade (a WebSocket must reach
+/// aikore: the idle-stop rule counts it). Given for the apps origin's
+/// cookie, or to anyone on a shared instance's own scope.
+async fn gate_cookie(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let scope = text("x-aikore-scope");
+    if !super::gate::valid_scope(scope)
+        || headers.contains_key(header::AUTHORIZATION)
+        || !text("x-aikore-upgrade").is_empty()
+    {
+        return None;
+    }
+    let allowed = state.auth.app_session_ok(headers)
+        || match scope.strip_prefix("app/") {
+            Some(name) => is_public(state, name).await,
+            None => false,
+        };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    let secure = !secure_attr(headers).is_empty();
+    allowed.then(|| super::gate::set_cookie(&state.auth.gate_secret, now, scope, secure))
 }
 
 /// The apps origin's rule for a request to `uri` (its original target):

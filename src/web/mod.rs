@@ -5,6 +5,7 @@
 mod api;
 pub mod auth;
 pub mod error;
+pub mod gate;
 mod instances;
 pub mod limit;
 mod metrics;

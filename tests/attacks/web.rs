@@ -725,3 +725,277 @@ fn oversize_bodies_get_413_missing_files_hide_paths_and_https_cookies_are_secure
         &doc["paths"]["/api/v1/instances"]["post"]["requestBody"]["content"]["application/json"]["schema"];
     assert_eq!(schema["$ref"], "#/components/schemas/InstanceCreate");
 }
+
+// ---- the login gate's fast path (issue 15: a cookie NGINX checks alone) ----
+
+/// Logged in on the dashboard and through the apps origin's handshake, as a
+/// browser: the apps origin's cookie pair (`aikore_app=...`).
+fn app_login(p: &Proxied) -> (String, String, String) {
+    let (session, csrf) = login(p.port, &[]);
+    let r = raw(p.port, "GET", "/app-login?next=%2F", &[("Cookie", &session)], b"").unwrap();
+    let target = location(&r).strip_prefix(&format!("http://127.0.0.1:{}", p.apps)).unwrap().to_string();
+    let app = set_cookie(&raw(p.apps, "GET", &target, &[], b"").unwrap(), "aikore_app").expect("the apps cookie");
+    (session, csrf, app.split(';').next().unwrap().to_string())
+}
+
+/// The signing secret NGINX was given, from `<data>/nginx/gate.conf` (which
+/// must be the daemon's own, mode 0600).
+fn gate_secret(p: &Proxied) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let path = p.d.data_dir.join("nginx/gate.conf");
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600, "gate.conf must be readable by its owner only");
+    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let secret = text.split("default \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    assert!(secret.len() >= 32, "{text}");
+    secret
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A gate cookie signed with `secret` for `scope`, valid until `expires`.
+fn signed(secret: &str, expires: u64, scope: &str) -> String {
+    format!("aikore_gate={}", aikore::web::gate::value(secret, expires, scope))
+}
+
+/// GET on the apps origin. Every target asked here has a route: a `404`
+/// is an NGINX worker of the config before it, which still accepts for a
+/// moment after a reload, and is asked again.
+fn get_with(p: &Proxied, target: &str, headers: &[(&str, &str)]) -> Response {
+    for _ in 0..50 {
+        let r = raw(p.apps, "GET", target, headers, b"").unwrap();
+        if r.status != 404 {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{target}: no route")
+}
+
+/// The app's view of a request: (status, its Cookie header, whether the gate
+/// set a fresh fast-path cookie, i.e. the request went through aikore).
+fn seen_by_app(p: &Proxied, target: &str, headers: &[(&str, &str)]) -> (u16, String, bool) {
+    let r = get_with(p, target, headers);
+    let cookie =
+        if r.status == 200 { r.json()["headers"]["cookie"].as_str().unwrap_or("").to_string() } else { String::new() };
+    (r.status, cookie, set_cookie(&r, "aikore_gate").is_some())
+}
+
+#[test]
+fn the_gates_fast_path_is_nginx_checking_a_signed_cookie_of_its_scope() {
+    let p: Proxied = start(&[("AIKORE_PASSWORD", PASSWORD)]);
+    p.echo_instance("e", "echo", json!({ "active_slot": "comfyui" }));
+    p.echo_instance("f", "echo", json!({}));
+    p.wait_served("/app/e/");
+    p.wait_served("/app/f/");
+    let (_, _, app) = app_login(&p);
+    let secret = gate_secret(&p);
+
+    // A request the gate lets through with the apps cookie gets the fast
+    // path's cookie: this scope's path, HttpOnly, alive 2 s at most.
+    let before = unix_now();
+    let r = get_with(&p, "/app/e/x", &[("Cookie", &app)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let issued = set_cookie(&r, "aikore_gate").expect("a fast-path cookie");
+    assert!(issued.contains("; Path=/app/e/; HttpOnly; SameSite=Lax; Max-Age=2"), "{issued}");
+    let value = issued.split(';').next().unwrap().strip_prefix("aikore_gate=").unwrap().to_string();
+    let expires: u64 = value.split('.').next().unwrap().parse().unwrap();
+    // NGINX accepts it while its clock's second is <= expires: under 2 s.
+    assert!(expires >= before && expires <= unix_now() + 1, "{expires} vs {before}");
+    assert_eq!(value, aikore::web::gate::value(&secret, expires, "app/e"), "signed with NGINX's secret");
+    // A bearer client gets none (it could never use one), nor does an upgrade.
+    let r = get_with(&p, "/app/e/x", &[("Authorization", &p.bearer())]);
+    assert!(r.status == 200 && set_cookie(&r, "aikore_gate").is_none());
+
+    // NGINX alone: a valid cookie with no credential at all passes, and aikore
+    // is not asked (no fresh cookie comes back).
+    let hour = unix_now() + 3600;
+    let good = signed(&secret, hour, "app/e");
+    assert_eq!(seen_by_app(&p, "/app/e/x", &[("Cookie", &good)]), (200, String::new(), false));
+    // Anything else in e's location is still e's.
+    assert_eq!(get_with(&p, "/app/e/%78?q=%2F", &[("Cookie", &good)]).status, 200);
+    // Forged, tampered, expired, another scope, another secret: refused (the
+    // slow path, where these carry no credential).
+    let sig = good.split('.').nth(1).unwrap();
+    for (cookie, target) in [
+        (format!("aikore_gate={}.{sig}", hour + 1), "/app/e/x"),
+        (format!("aikore_gate={hour}.AAAAAAAAAAAAAAAAAAAAAA"), "/app/e/x"),
+        (format!("aikore_gate={hour}.{}", &sig[..21]), "/app/e/x"),
+        (format!("aikore_gate={hour}"), "/app/e/x"),
+        (signed(&secret, unix_now() - 5, "app/e"), "/app/e/x"),
+        (signed(&secret, hour, "app/f"), "/app/e/x"),
+        (good.clone(), "/app/f/x"),
+        (good.clone(), "/comfyui/x"),
+        (good.clone(), "/prompt"),
+        (signed(&secret, hour, "slot"), "/app/e/x"),
+        (signed(&"0".repeat(secret.len()), hour, "app/e"), "/app/e/x"),
+        (signed(&secret, hour, "app/e/x"), "/app/e/x"),
+    ] {
+        let r = get_with(&p, target, &[("Cookie", &cookie)]);
+        assert_eq!(r.status, 401, "{cookie} on {target}: {}", r.text());
+    }
+    assert_eq!(seen_by_app(&p, "/app/f/x", &[("Cookie", &signed(&secret, hour, "app/f"))]).0, 200);
+    // The ComfyUI slot's paths share one scope.
+    let slot = signed(&secret, hour, "slot");
+    for target in ["/comfyui/x", "/prompt", "/api/queue"] {
+        assert_eq!(seen_by_app(&p, target, &[("Cookie", &slot)]), (200, String::new(), false), "{target}");
+    }
+    // What the gate must see itself takes the slow path: an upgrade, an
+    // Authorization header (aikore's bearer still never reaches the app).
+    let ws = [("Cookie", good.as_str()), ("Upgrade", "websocket"), ("Connection", "Upgrade")];
+    assert_eq!(get_with(&p, "/app/e/x", &ws).status, 401);
+    assert_eq!(get_with(&p, "/app/e/x", &[("Cookie", &good), ("Authorization", "Basic dTpw")]).status, 401);
+    let r = get_with(&p, "/app/e/x", &[("Cookie", &good), ("Authorization", &p.bearer())]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["headers"]["authorization"].is_null(), "{}", r.text());
+    // Nor hidden behind an empty first one: NGINX refuses a second Authorization.
+    let r = get_with(&p, "/app/e/x", &[("Cookie", &good), ("Authorization", ""), ("Authorization", &p.bearer())]);
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // A cookie aikore issued works alone too, while it lives (a busy box may
+    // take longer than its 2 s between two requests: a few tries).
+    let mut alone = false;
+    for _ in 0..20 {
+        let r = get_with(&p, "/app/e/x", &[("Cookie", &app)]);
+        let fresh = set_cookie(&r, "aikore_gate").unwrap();
+        let fresh = fresh.split(';').next().unwrap();
+        if seen_by_app(&p, "/app/e/x", &[("Cookie", fresh)]) == (200, String::new(), false) {
+            alone = true;
+            break;
+        }
+    }
+    assert!(alone, "an issued cookie never opened the fast path on its own");
+}
+
+#[test]
+fn on_the_fast_path_the_app_never_sees_aikores_cookies() {
+    let p: Proxied = start(&[("AIKORE_PASSWORD", PASSWORD)]);
+    p.echo_instance("e", "echo", json!({}));
+    p.wait_served("/app/e/");
+    let (session, _, app) = app_login(&p);
+    let secret = gate_secret(&p);
+    let gate = signed(&secret, unix_now() + 3600, "app/e");
+    let sig = gate.split('.').nth(1).unwrap().to_string();
+    for (cookies, want) in [
+        (vec![format!("{gate}; a=1")], "a=1"),
+        (vec![format!("a=1; {gate}")], "a=1"),
+        (vec![format!("a=1;{gate};b=2")], "a=1;b=2"),
+        (vec![format!("a=1; {session}; {gate}; b=2; {app}")], "a=1; b=2"),
+        (vec![format!("aikore_x=1;{gate};  c=3")], "c=3"),
+        (vec![format!("{app}; {gate}; {session}; aikore_y=2")], ""),
+        (vec![gate.clone()], ""),
+        (vec![format!("a=1; {gate}"), format!("{app}; b=2")], "a=1; b=2"),
+        (vec![format!("x=aikore_gate; {gate}; y=aikore_app")], "x=aikore_gate; y=aikore_app"),
+    ] {
+        let headers: Vec<(&str, &str)> = cookies.iter().map(|c| ("Cookie", c.as_str())).collect();
+        let r = get_with(&p, "/app/e/x", &headers);
+        assert_eq!(r.status, 200, "{cookies:?}: {}", r.text());
+        assert!(set_cookie(&r, "aikore_gate").is_none(), "{cookies:?} took the slow path");
+        let echoed = r.json()["headers"].clone();
+        assert_eq!(echoed["cookie"].as_str().unwrap_or(""), want, "{cookies:?}");
+        let all = echoed.to_string();
+        assert!(!all.contains(&sig) && !all.contains("aikore_gate=") && !all.contains("aikore_app="), "{all}");
+    }
+    // Any number of them in front (as browsers send them), four more further in.
+    let many = format!("aikore_a=1; {app}; aikore_b=2; a=1; aikore_c=3; {gate}; aikore_d=4");
+    let (status, cookie, slow) = seen_by_app(&p, "/app/e/x", &[("Cookie", &many)]);
+    assert_eq!((status, cookie.as_str(), slow), (200, "a=1", false));
+    // More than NGINX strips: the slow path, which strips them all.
+    let many = format!("a=1; aikore_a=1; {app}; aikore_b=2; b=2; aikore_c=3; {gate}; aikore_d=4");
+    let (status, cookie, slow) = seen_by_app(&p, "/app/e/x", &[("Cookie", &many)]);
+    assert_eq!((status, cookie.as_str(), slow), (200, "a=1; b=2", true));
+}
+
+#[test]
+fn logout_and_unsharing_close_the_fast_path_within_its_window() {
+    let p: Proxied = start(&[("AIKORE_PASSWORD", PASSWORD)]);
+    let port = p.port;
+    p.echo_instance("e", "echo", json!({}));
+    p.wait_served("/app/e/");
+    let (session, csrf, app) = app_login(&p);
+    let r = get_with(&p, "/app/e/x", &[("Cookie", &app)]);
+    let gate = set_cookie(&r, "aikore_gate").unwrap().split(';').next().unwrap().to_string();
+    let both = format!("{app}; {gate}");
+    let own = format!("http://127.0.0.1:{port}");
+    let r =
+        raw(port, "POST", "/logout", &[("Cookie", &session), ("X-CSRF-Token", &csrf), ("Origin", &own)], b"").unwrap();
+    assert_eq!(r.status, 303);
+    // The cookie dies within its 2 s; the slow path then refuses and gives no new one.
+    p.d.wait_until("the fast path to close after the logout", |_| {
+        get_with(&p, "/app/e/x", &[("Cookie", &both)]).status == 401
+    });
+    let r = get_with(&p, "/app/e/x", &[("Cookie", &both)]);
+    assert!(r.status == 401 && set_cookie(&r, "aikore_gate").is_none());
+
+    // A share gives anyone the fast path to that instance only; unsharing closes it.
+    let (code, body) = p.d.put_json("/api/v1/instances/e/public", json!({ "public": true }));
+    assert_eq!(code, 200, "{body}");
+    let r = get_with(&p, "/app/e/x", &[]);
+    assert_eq!(r.status, 200);
+    let shared = set_cookie(&r, "aikore_gate").expect("a shared instance's visitor gets the fast path too");
+    assert!(shared.contains("; Path=/app/e/;"), "{shared}");
+    let shared = shared.split(';').next().unwrap().to_string();
+    let secret = gate_secret(&p);
+    let expires: u64 = shared.strip_prefix("aikore_gate=").unwrap().split('.').next().unwrap().parse().unwrap();
+    assert_eq!(shared, signed(&secret, expires, "app/e"), "bound to e's scope");
+    let (code, body) = p.d.put_json("/api/v1/instances/e/public", json!({ "public": false }));
+    assert_eq!(code, 200, "{body}");
+    p.d.wait_until("the fast path to close after unsharing", |_| {
+        get_with(&p, "/app/e/x", &[("Cookie", &shared)]).status == 401
+    });
+}
+
+/// The idle-stop rule counts requests that reach aikore's gate. A browser on
+/// the fast path reaches it at least once per cookie (2 s at most), so an
+/// instance in use stays up; a client that never reaches it (a cookie made
+/// to last an hour, which aikore never issues) lets it idle-stop: the short
+/// life is what keeps the count.
+#[test]
+fn idle_stop_still_sees_an_instance_used_only_through_the_fast_path() {
+    let p: Proxied = start(&[("AIKORE_PASSWORD", PASSWORD)]);
+    let (code, body) = p.d.post_json("/api/v1/instances", json!({ "name": "idle", "blueprint": "echo" }));
+    assert_eq!(code, 201, "{body}");
+    let path = p.d.data_dir.join("units/idle.instance");
+    let text = std::fs::read_to_string(&path).unwrap().replacen("[Instance]\n", "[Instance]\nIdleStopSec=3\n", 1);
+    std::fs::write(&path, text).unwrap();
+    let (code, body) = p.d.post("/api/v1/reload");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = p.d.post("/api/v1/instances/idle/start");
+    assert_eq!(code, 200, "{body}");
+    p.d.wait_status("idle", "started");
+    p.wait_served("/app/idle/");
+    let (_, _, app) = app_login(&p);
+    let status = |p: &Proxied| p.d.get("/api/v1/instances/idle").1["status"].as_str().unwrap_or("").to_string();
+
+    // A browser using the app for well over IdleStopSec + the cookie's life,
+    // keeping the newest gate cookie as browsers do.
+    let mut gate = String::new();
+    let (mut fast, mut slow) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        let cookies = if gate.is_empty() { app.clone() } else { format!("{app}; {gate}") };
+        let r = get_with(&p, "/app/idle/x", &[("Cookie", &cookies)]);
+        assert_eq!(r.status, 200, "the instance stopped while in use: {}", r.text());
+        match set_cookie(&r, "aikore_gate") {
+            Some(c) => {
+                gate = c.split(';').next().unwrap().to_string();
+                slow += 1;
+            }
+            None => fast += 1,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(fast > slow, "most requests took the fast path ({fast} fast, {slow} through aikore)");
+    assert_eq!(status(&p), "started");
+
+    // Requests aikore never sees do not count: it idle-stops under them.
+    let forever = signed(&gate_secret(&p), unix_now() + 3600, "app/idle");
+    p.d.wait_until("idle stop under requests that never reach aikore", |_| {
+        let r = get_with(&p, "/app/idle/x", &[("Cookie", &forever)]);
+        assert!(r.status == 200 || r.status == 503 || r.status == 401, "{}", r.status);
+        status(&p) == "idle-stopped"
+    });
+}

@@ -74,8 +74,10 @@ test("an admin opening an app goes through the login and the handshake to the ap
   ]);
   const cookies = await context.cookies();
   const names = cookies.map((c) => c.name).sort();
-  assert.deepEqual(names.filter((n) => n.startsWith("aikore_")), ["aikore_app", "aikore_session"]);
+  // (and maybe the gate's fast-path cookie, aikore_gate: it lives 2 s, on the app's path only)
+  assert.deepEqual(names.filter((n) => n.startsWith("aikore_") && n !== "aikore_gate"), ["aikore_app", "aikore_session"]);
   for (const c of cookies.filter((c) => c.name.startsWith("aikore_"))) assert.equal(c.httpOnly, true, c.name);
+  for (const c of cookies.filter((c) => c.name === "aikore_gate")) assert.equal(c.path, "/app/t2/", JSON.stringify(c));
 });
 
 test("the hostile page can neither read the dashboard nor act as the admin", async () => {
