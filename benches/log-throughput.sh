@@ -281,7 +281,7 @@ result "log capture, 1 GiB of ${LINE_BYTES}-B lines" "MB/s" "$(mbps "${SECS[aiko
     "$(mbps "${SECS["cat > file"]}")" "(goal >= 0.8; the pipe's ceiling: $(mbps "${SECS[pipe-to-file]}") MB/s, cat | cat: $(mbps "${SECS["cat | cat > file"]}") MB/s)"
 result "log capture against the pipe's ceiling" "MB/s" "$(mbps "${SECS[aikore]}")" "pipe-to-file" \
     "$(mbps "${SECS[pipe-to-file]}")" "(a 1 MiB pipe read into a file, nothing else)"
-result "log capture of a program that logs (4 KiB writes)" "MB/s" "$(mbps "${SECS["app | aikore"]}")" "app > file" \
+result "log capture, a program's 4 KiB writes" "MB/s" "$(mbps "${SECS["app | aikore"]}")" "app > file" \
     "$(mbps "${SECS["app > file"]}")" "(the same program writing the file itself; into the pipe's ceiling: $(mbps "${SECS["app | pipe-to-file"]}") MB/s)"
 result "log capture with a live follower" "MB/s" "$(mbps "${SECS["aikore + follower"]}")" "aikore alone" \
     "$(mbps "${SECS[aikore]}")" "(the follower streams over SSE meanwhile)"
