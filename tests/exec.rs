@@ -180,8 +180,9 @@ fn directories_are_made_owned_and_the_runtime_one_removed_at_stop() {
     let meta = std::fs::metadata(&run).expect("RuntimeDirectory= made");
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (65534, 0o750));
     assert_eq!(std::fs::metadata(&state).unwrap().uid(), 65534);
-    let log = d.unit_log("dirs");
-    assert!(log.contains(&format!("rt={} st={}", run.display(), state.display())), "{log}");
+    // The echo came before the touch, but its capture is asynchronous.
+    let want = format!("rt={} st={}", run.display(), state.display());
+    d.wait_until("the echoed directories in the log", |d| d.unit_log("dirs").contains(&want));
 
     d.post("/api/v1/units/dirs/stop");
     d.wait_status("dirs", "stopped");
