@@ -33,7 +33,8 @@ need no setup: `aikore serve` writes a fresh token to <data-dir>/cli.token
 (--data-dir / AIKORE_DATA_DIR, default `data`, as for serve). So run the
 client as the daemon's user, from the same directory or with the same
 AIKORE_DATA_DIR. For a remote daemon, set AIKORE_API_TOKEN (sent as a bearer;
-it wins over the file) and AIKORE_URL.";
+it wins over the file) and AIKORE_URL. A daemon that takes a request and gives
+no answer in 30 s (AIKORE_CLIENT_TIMEOUT) ends the command with exit code 1.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -208,6 +209,17 @@ pub fn check(files: &[PathBuf]) -> i32 {
     }
 }
 
+/// A daemon that accepts but never answers (wedged, or its host swapping)
+/// must not hang a script's `aikore status` forever; systemctl gives up on
+/// a D-Bus call after 25 s. Every API answer is quick (`--wait` polls and
+/// `logs -f` streams, and neither limit applies to a body), so 30 s only ever
+/// ends a hang. AIKORE_CLIENT_TIMEOUT (seconds) changes it.
+fn answer_timeout() -> std::time::Duration {
+    let secs = std::env::var("AIKORE_CLIENT_TIMEOUT").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    std::time::Duration::from_secs(secs.filter(|s| *s > 0).unwrap_or(30))
+}
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Client {
     base: String,
     agent: ureq::Agent,
@@ -244,7 +256,12 @@ fn find_token(data_dir: &std::path::Path) -> (Option<String>, TokenSource) {
 
 impl Client {
     fn new(base: &str, data_dir: &std::path::Path) -> Client {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_recv_response(Some(answer_timeout()))
+            .build()
+            .new_agent();
         let (token, token_source) = find_token(data_dir);
         Client { base: base.trim_end_matches('/').to_string(), agent, token, token_source }
     }
@@ -288,8 +305,17 @@ impl Client {
                 req.call()
             }
         };
-        let mut response = result.map_err(|e| {
-            Failure::NotRunning(format!("cannot reach aikore at {} ({e}); is `aikore serve` running?", self.base))
+        let mut response = result.map_err(|e| match e {
+            ureq::Error::Timeout(ureq::Timeout::RecvResponse) => Failure::Api {
+                status: 0,
+                message: format!(
+                    "aikore at {} took the request ({method} {path}) but gave no answer in {} s; the daemon \
+                     is stuck: its own log may say why",
+                    self.base,
+                    answer_timeout().as_secs()
+                ),
+            },
+            e => Failure::NotRunning(format!("cannot reach aikore at {} ({e}); is `aikore serve` running?", self.base)),
         })?;
         let status = response.status().as_u16();
         if status >= 400 {

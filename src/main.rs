@@ -6,8 +6,14 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Serve(args) => serve(args, cli.data_dir),
-        Command::Check { files } => cli::check(&files),
-        other => cli::run_client(&cli.url, &cli.data_dir, other),
+        Command::Check { files } => {
+            die_on_closed_stdout();
+            cli::check(&files)
+        }
+        other => {
+            die_on_closed_stdout();
+            cli::run_client(&cli.url, &cli.data_dir, other)
+        }
     };
     std::process::exit(code);
 }
@@ -43,6 +49,18 @@ fn serve(args: cli::ServeArgs, data_dir: std::path::PathBuf) -> i32 {
     }
 }
 
+/// Rust ignores SIGPIPE, so `aikore status | head -1` or `| grep -q` made
+/// println! panic once the reader left. A command-line tool ends quietly
+/// there, as systemctl and coreutils do. Not for `serve`: the daemon writes to
+/// sockets and pipes whose far end may go at any time.
+fn die_on_closed_stdout() {
+    // SAFETY: restores the default disposition of one signal before any
+    // thread starts; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// glibc gives every thread that allocates under contention an arena of its
 /// own (up to 8 per core), each keeping freed memory for itself: a daemon of
 /// a dozen threads held several half-empty arenas. Two is plenty for a
@@ -64,8 +82,6 @@ fn limit_malloc_arenas() {
 /// sockets. Four keep log floods of several units and API requests apart;
 /// AIKORE_WORKER_THREADS overrides.
 fn worker_threads() -> usize {
-    // A supervisor's work is waiting on pipes and sockets: 4 busy threads
-    // serve many flooding units at once (benches/log-throughput.sh).
     const DEFAULT_MAX: usize = 4;
     if let Some(n) = std::env::var("AIKORE_WORKER_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
         if n > 0 {

@@ -1,6 +1,9 @@
 //! The JSON API and the CLI around it: bad input gets a 4xx JSON error, never
 //! a 500; the CLI says clearly when the daemon or the unit is missing.
 
+use std::os::fd::FromRawFd;
+use std::os::unix::process::ExitStatusExt;
+
 use crate::harness::{free_port, Daemon, BIN};
 
 #[test]
@@ -54,6 +57,55 @@ fn cli_reports_a_missing_daemon_and_a_missing_unit() {
     let out = d.cli(&["stop", "one"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("one:"));
+}
+
+#[test]
+fn cli_gives_up_on_a_daemon_that_takes_the_request_and_never_answers() {
+    // A listener that accepts and then says nothing: a wedged daemon.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let held = std::thread::spawn(move || listener.accept().map(|(conn, _)| conn));
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(BIN)
+        .args(["status"])
+        .env("AIKORE_URL", &url)
+        .env("AIKORE_API_TOKEN", "t")
+        .env("AIKORE_CLIENT_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr.contains("gave no answer in 2 s"), "{stderr}");
+    assert!(took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(20), "{took:?}");
+    drop(held.join().unwrap());
+}
+
+#[test]
+fn cli_output_into_a_closed_pipe_ends_quietly() {
+    // `aikore status | grep -q x` or `| head -1`: the reader leaves first.
+    let d = Daemon::start(&[("one.service", "[Service]\nExecStart=/bin/sleep 1000\n")]);
+    d.wait_status("one", "started");
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two descriptors it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fds[0] is ours and closed once; fds[1] is moved into an OwnedFd.
+    let write_end = unsafe {
+        libc::close(fds[0]);
+        std::os::fd::OwnedFd::from_raw_fd(fds[1])
+    };
+    for args in [&["status"][..], &["status", "one"], &["logs", "one"]] {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .env("AIKORE_URL", &d.url)
+            .env("AIKORE_API_TOKEN", &d.token)
+            .stdout(write_end.try_clone().unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {out:?}");
+    }
 }
 
 #[test]
