@@ -16,15 +16,39 @@ ip addr add 10.9.9.9/32 dev lo
 mkdir -p /tmp/www
 httpd -p 127.0.0.1:8082 -h /tmp/www && httpd -p 10.9.9.9:8081 -h /tmp/www
 export AIKORE_API_TOKEN=vmtoken AIKORE_URL=http://127.0.0.1:9000 AIKORE_LOG=info HOME=/root PATH=/bin
+# A client call that gets no answer fails (and the check with it) instead of hanging the VM.
+export AIKORE_CLIENT_TIMEOUT=20
 container /bin/aikore serve --data-dir /data --units-dir /units --listen 127.0.0.1:9000 > /tmp/daemon.log 2>&1 &
 
 passed=0; failed=0
 check() { # name, condition (shell), detail
   if eval "$2"; then echo "PASS $1"; passed=$((passed + 1)); else echo "FAIL $1: $3"; failed=$((failed + 1)); fi
 }
+# By the clock, not by tries: under a slow TCG one try can take seconds.
 wait_for() { # condition, seconds
-  i=0; while [ $i -lt $(($2 * 2)) ]; do eval "$1" && return 0; sleep 0.5; i=$((i + 1)); done; return 1
+  end=$(($(date +%s) + $2))
+  while [ "$(date +%s)" -lt $end ]; do eval "$1" && return 0; sleep 0.5; done; return 1
 }
+# What a hang looks like from inside, printed before the VM gives up.
+dump() {
+  echo "--- daemon log ($(wc -c < /tmp/daemon.log) bytes)"; tail -n 60 /tmp/daemon.log
+  echo "--- uptime $(cat /proc/uptime), load $(cat /proc/loadavg)"
+  echo "--- user processes: pid, state, wait channel, command"
+  for d in /proc/[0-9]*; do
+    cmd=$(tr '\0' ' ' < $d/cmdline 2>/dev/null | cut -c1-90)
+    [ -n "$cmd" ] && echo "${d#/proc/} $(cut -d' ' -f3 $d/stat 2>/dev/null) $(cat $d/wchan 2>/dev/null) $cmd"
+  done
+  for t in /proc/$(pidof aikore | awk '{print $NF}')/task/*; do
+    echo "--- aikore thread ${t##*/} $(cat $t/comm 2>/dev/null): $(cut -d' ' -f3 $t/stat 2>/dev/null) $(cat $t/wchan 2>/dev/null)"
+  done
+  # Tasks blocked in the kernel (D state), with their stacks.
+  echo w > /proc/sysrq-trigger; echo "--- blocked tasks"; dmesg | sed -n '/Show Blocked State/,$p' | tail -n 80
+  for f in /data/logs/*; do echo "--- $f"; tail -n 10 "$f"; done
+}
+# The host gives the VM 600 s; well before that, say what is stuck and end.
+(sleep 420; echo "FAIL watchdog: the checks did not finish in 420 s"; dump; echo "RESULT 0 passed, 1 failed"; poweroff -f) &
+watchdog=$!
+started=$(date +%s)
 wait_for 'wget -qO /tmp/health http://127.0.0.1:9000/healthz 2>/dev/null' 60
 check daemon_is_pid1_with_cgroups 'grep -q "\"pid1\":true" /tmp/health && grep -q "\"tracking\":\"cgroup\"" /tmp/health' "$(cat /tmp/health)"
 wait_for 'aikore status hog | grep -q "failure: *oom-kill"' 60
@@ -91,9 +115,8 @@ alive=""; for p in $sub; do [ -d /proc/$p ] && alive="$alive $p"; done
 check stop_kills_the_delegated_subtree '[ -n "$sub" ] && [ -z "$alive" ]' "still alive:$alive ($(cat /tmp/stop.out))"
 check delegated_cgroup_removed '[ ! -d $D ]' "$(ls $D 2>&1 | head -3)"
 
-if [ $failed -gt 0 ]; then
-  echo "--- daemon log ($(wc -c < /tmp/daemon.log) bytes)"; tail -n 40 /tmp/daemon.log
-  for f in /data/logs/*; do echo "--- $f"; tail -n 10 "$f"; done
-fi
+kill $watchdog 2>/dev/null
+[ $failed -eq 0 ] || dump
+echo "VM: the checks took $(($(date +%s) - started)) s"
 echo "RESULT $passed passed, $failed failed"
 poweroff -f

@@ -58,20 +58,43 @@ cp init.sh "$root/init"
 chmod +x "$root/init"
 (cd "$root" && find . | "$busybox" cpio -o -H newc > "$work/initrd" 2>/dev/null)
 
-log=$work/console.log
-# TCG on a busy 2-core box boots and runs this in about a minute; the cap is generous.
-timeout 600 qemu-system-x86_64 -accel "$accel" -cpu max -m 2048 -smp 2 -nographic -no-reboot \
-  -kernel "$kernel" -initrd "$work/initrd" -append "console=ttyS0 rdinit=/init panic=-1 quiet" \
-  > "$log" 2>&1 || true
-# AIKORE_VM_LOG=path keeps the whole console (the daemon's and the units' logs on a failure).
-[ -z "${AIKORE_VM_LOG:-}" ] || cp "$log" "$AIKORE_VM_LOG"
-grep -a -E '^(VM:|PASS|FAIL|RESULT|---)' "$log" || true
-result=$(grep -a '^RESULT ' "$log" | tail -1)
-if [ -z "$result" ]; then
-  echo "cgroup-vm: the VM gave no result; its console:" >&2
-  tail -n 60 "$log" >&2
-  echo "0 passed, 1 failed"
-  exit 1
+# One boot of the VM; prints its PASS/FAIL lines and returns its RESULT line
+# in $result (empty when the VM printed none).
+boot() {
+  log=$work/console.log
+  # TCG on a busy 2-core box boots and runs this in about a minute; init.sh's
+  # own watchdog ends a stuck run at 420 s, so the 600 s cap is for the boot.
+  timeout 600 qemu-system-x86_64 -accel "$accel" -cpu max -m 2048 -smp 2 -nographic -no-reboot \
+    -kernel "$kernel" -initrd "$work/initrd" -append "console=ttyS0 rdinit=/init panic=-1 quiet" \
+    > "$log" 2>&1 || true
+  # AIKORE_VM_LOG=path keeps the whole console (the daemon's and the units' logs on a failure).
+  [ -z "${AIKORE_VM_LOG:-}" ] || cp "$log" "$AIKORE_VM_LOG"
+  # The console's first line carries the BIOS's escape codes: VM: may not start it.
+  grep -a -E '^(PASS|FAIL|RESULT)|VM:' "$log" || true
+  result=$(grep -a '^RESULT ' "$log" | tail -1 || true)
+  if grep -a -q '^FAIL watchdog' "$log"; then
+    echo "cgroup-vm: the checks hung; what init.sh saw then:"
+    sed -n '/^FAIL watchdog/,$p' "$log" | grep -a -v '^PASS' | head -n 400
+    return 1
+  fi
+  if [ -z "$result" ]; then
+    echo "cgroup-vm: the VM gave no result; the end of its console:"
+    tail -n 150 "$log"
+    return 1
+  fi
+  if ! echo "$result" | grep -q ' 0 failed'; then
+    echo "cgroup-vm: what the VM printed after the checks:"
+    sed -n '/^--- daemon log/,$p' "$log" | head -n 300
+  fi
+}
+
+# A run that hangs (no RESULT, or init.sh's watchdog) has been seen once in
+# CI and never here: its diagnostics are printed above, and it gets one more
+# boot so a slow or wedged emulator alone does not fail the build. Failed
+# checks are never retried.
+if ! boot; then
+  echo "cgroup-vm: booting the VM once more after the hang above"
+  boot || { echo "0 passed, 1 failed"; exit 1; }
 fi
 passed=$(echo "$result" | awk '{print $2}')
 failed=$(echo "$result" | awk '{print $4}')
