@@ -76,9 +76,11 @@ fn a_failing_exec_start_pre_prevents_the_main_process() {
 fn exec_reload_runs_with_mainpid() {
     let d = Daemon::start(&[(
         "reloadable.service",
-        "[Service]\nExecStart=/bin/sh -c 'trap \"echo reloaded\" HUP; while :; do sleep 0.05; done'\nExecReload=/bin/kill -HUP $MAINPID\n",
+        "[Service]\nExecStart=/bin/sh -c 'trap \"echo reloaded\" HUP; echo trapped; while :; do sleep 0.05; done'\nExecReload=/bin/kill -HUP $MAINPID\n",
     )]);
     d.wait_status("reloadable", "started");
+    // A HUP before the shell's trap would end it (HUP's default).
+    d.wait_until("the trap", |d| d.unit_log("reloadable").contains("\ntrapped"));
     let (code, body) = d.post("/api/v1/units/reloadable/reload");
     assert_eq!(code, 200, "{body}");
     d.wait_until("the HUP", |d| d.unit_log("reloadable").contains("\nreloaded"));

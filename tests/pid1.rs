@@ -62,11 +62,13 @@ fn as_pid1_sigterm_stops_a_term_ignoring_unit_with_sigkill_after_its_timeout_and
     let mut d = Daemon::start_with(
         &[(
             "stubborn.service",
-            "[Service]\nExecStart=/bin/sh -c 'trap \"\" TERM; while :; do sleep 0.05; done'\nTimeoutStopSec=1s\n",
+            "[Service]\nExecStart=/bin/sh -c 'trap \"\" TERM; echo trapped; while :; do sleep 0.05; done'\nTimeoutStopSec=1s\n",
         )],
         in_pid_namespace(),
     );
     d.wait_status("stubborn", "started");
+    // `started` comes at exec: a TERM before the trap ends the shell at once.
+    d.wait_until("the trap", |d| d.unit_log("stubborn").contains("\ntrapped"));
     let init = namespace_init(&d);
     let began = Instant::now();
     // SAFETY: signalling the namespace's init, which we started.

@@ -122,12 +122,14 @@ fn exec_stop_runs_first_with_mainpid() {
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("order");
     let unit = format!(
-        "[Service]\nExecStart=/bin/sh -c 'trap \"echo got TERM >> {r}; exit 0\" TERM; while :; do sleep 0.05; done'\n\
+        "[Service]\nExecStart=/bin/sh -c 'trap \"echo got TERM >> {r}; exit 0\" TERM; echo trapped; while :; do sleep 0.05; done'\n\
          ExecStop=/bin/sh -c 'echo stopping $MAINPID >> {r}'\n",
         r = record.display()
     );
     let d = Daemon::start(&[("polite.service", &unit)]);
     let pid = d.wait_status("polite", "started")["pid"].as_i64().unwrap();
+    // A TERM before the trap would end the shell without its line.
+    d.wait_until("the trap", |d| d.unit_log("polite").contains("\ntrapped"));
     d.post("/api/v1/units/polite/stop");
     d.wait_status("polite", "stopped");
     let order = std::fs::read_to_string(&record).unwrap();
@@ -142,9 +144,10 @@ fn exec_stop_runs_first_with_mainpid() {
 fn kill_signal_is_honoured() {
     let d = Daemon::start(&[(
         "hup.service",
-        "[Service]\nExecStart=/bin/sh -c 'trap \"echo got HUP; exit 0\" HUP; while :; do sleep 0.05; done'\nKillSignal=SIGHUP\n",
+        "[Service]\nExecStart=/bin/sh -c 'trap \"echo got HUP; exit 0\" HUP; echo trapped; while :; do sleep 0.05; done'\nKillSignal=SIGHUP\n",
     )]);
     d.wait_status("hup", "started");
+    d.wait_until("the trap", |d| d.unit_log("hup").contains("\ntrapped"));
     d.post("/api/v1/units/hup/stop");
     d.wait_status("hup", "stopped");
     assert!(d.unit_output("hup").contains("got HUP"), "{}", d.unit_log("hup"));
