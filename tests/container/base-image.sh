@@ -60,7 +60,12 @@ EOF
 base_image() {
   local rootfs=$1 mirror=$2 log=$3 tag=$4
   shift 4
-  base_rootfs "$rootfs" "$mirror" "$log" || { tail -20 "$log"; return 1; }
+  # The mirror is the network: one failed fetch gets one more try.
+  if ! base_rootfs "$rootfs" "$mirror" "$log"; then
+    tail -5 "$log"; echo "debootstrap failed; trying once more" >&2
+    rm -rf "$rootfs"
+    base_rootfs "$rootfs" "$mirror" "$log" || { tail -20 "$log"; return 1; }
+  fi
   tar -C "$rootfs" --numeric-owner -cf - . | "$@" import --quiet --change 'CMD ["/bin/bash"]' - "$tag" >/dev/null || return 1
   rm -rf "$rootfs"
 }
