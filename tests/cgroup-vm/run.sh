@@ -35,7 +35,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The kernel: whatever linux-image-cloud-amd64 depends on now.
 kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
-(cd "$work" && apt-get download -q "$kpkg" >/dev/null 2>&1) || { echo "cgroup-vm: cannot download $kpkg" >&2; exit 1; }
+# The mirror is the network: one failed fetch gets one more try.
+(cd "$work" && apt-get download -q "$kpkg" >/dev/null 2>&1) || (sleep 5 && cd "$work" && apt-get download -q "$kpkg") \
+  || { echo "cgroup-vm: cannot download $kpkg" >&2; exit 1; }
 dpkg-deb -x "$work"/linux-image-*.deb "$work/kernel"
 kernel=$(ls "$work"/kernel/boot/vmlinuz-*)
 
