@@ -77,7 +77,16 @@ median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/
 # Every peer starts with no dirty pages left by the one before: otherwise
 # the kernel's writeback throttling (a previous peer's 1 GiB still being
 # written out) lands on whoever runs next, and a peer's figure swings 5x.
-settle_io() { sync; }
+# And with the data wholly in the page cache: a host that reclaims cold
+# pages on its own (DAMON's pageout on this project's dev VM dropped 10 % of
+# a cached 1 GiB file within 90 s) would make a peer read part of it from disk.
+settle_io() { sync; cat "$DATA" > /dev/null; }
+# DAMON's proactive pageout also lands on the peers' own writes: with it on,
+# `cat > file` took 0.27 to 2.09 s within one run here; with it off, 0.26 s
+# in most rounds. Said, not changed: it is the machine's setting.
+for k in /sys/kernel/mm/damon/admin/kdamonds/*/state; do
+    [[ -r $k && $(cat "$k") == on ]] && log "warning: DAMON is on ($k): page-cache figures will swing; 'echo off > $k' for the run, 'echo on' after"
+done
 
 # now: epoch seconds with ns.
 now() { date +%s.%N; }
