@@ -85,7 +85,9 @@ settle_io() { sync; cat "$DATA" > /dev/null; }
 # `cat > file` took 0.27 to 2.09 s within one run here; with it off, 0.26 s
 # in most rounds. Said, not changed: it is the machine's setting.
 for k in /sys/kernel/mm/damon/admin/kdamonds/*/state; do
-    [[ -r $k && $(cat "$k") == on ]] && log "warning: DAMON is on ($k): page-cache figures will swing; 'echo off > $k' for the run, 'echo on' after"
+    if [[ -r $k && $(cat "$k") == on ]]; then
+        log "warning: DAMON is on ($k): page-cache figures will swing; 'echo off > $k' for the run, 'echo on' after"
+    fi
 done
 
 # now: epoch seconds with ns.
