@@ -682,6 +682,13 @@ mod tests {
         &body[..body.find("\n}\n").unwrap_or(body.len())]
     }
 
+    /// Every line must be in the rendered text (shown whole when one is not).
+    fn assert_has_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+    }
+
     fn entry(name: &str, port: Option<u16>, slot: bool) -> RouteEntry {
         RouteEntry {
             name: name.into(),
@@ -718,31 +725,33 @@ mod tests {
     fn app_and_slot_routes_take_the_fast_path_and_fall_back_to_auth_request() {
         let r = render(&[entry("a", Some(19001), true)], &RenderOptions::default());
         let fast = block(&r.text, "location ^~ /app/a/ {");
-        for line in [
-            "set $aikore_gate_scope app/a;",
-            "error_page 418 = @aikore_gate_app_a;",
-            "recursive_error_pages on;",
-            "if ($aikore_gate_pass != 1) { return 418; }",
-            "proxy_pass http://aikore_app_a$aikore_app_rest;",
-            "proxy_set_header Cookie $aikore_app_cookies;",
-            "proxy_set_header Authorization \"\";",
-        ] {
-            assert!(fast.contains(line), "{line}\n{fast}");
-        }
+        assert_has_lines(
+            fast,
+            &[
+                "set $aikore_gate_scope app/a;",
+                "error_page 418 = @aikore_gate_app_a;",
+                "recursive_error_pages on;",
+                "if ($aikore_gate_pass != 1) { return 418; }",
+                "proxy_pass http://aikore_app_a$aikore_app_rest;",
+                "proxy_set_header Cookie $aikore_app_cookies;",
+                "proxy_set_header Authorization \"\";",
+            ],
+        );
         assert!(!fast.contains("auth_request"), "{fast}");
         // The checks that refuse an encoded name come first, the gate's after.
         assert!(fast.find("return 400").unwrap() < fast.find("return 418").unwrap(), "{fast}");
         let slow = block(&r.text, "location @aikore_gate_app_a {");
-        for line in [
-            "set $aikore_gate_scope app/a;",
-            "proxy_pass http://aikore_app_a$aikore_app_rest;",
-            "auth_request /_aikore/auth;",
-            "proxy_set_header Cookie $aikore_cookie;",
-            "add_header Set-Cookie $aikore_gate_cookie always;",
-            "X-Forwarded-Prefix /app/a;",
-        ] {
-            assert!(slow.contains(line), "{line}\n{slow}");
-        }
+        assert_has_lines(
+            slow,
+            &[
+                "set $aikore_gate_scope app/a;",
+                "proxy_pass http://aikore_app_a$aikore_app_rest;",
+                "auth_request /_aikore/auth;",
+                "proxy_set_header Cookie $aikore_cookie;",
+                "add_header Set-Cookie $aikore_gate_cookie always;",
+                "X-Forwarded-Prefix /app/a;",
+            ],
+        );
         // The slot: one scope, two fallbacks (/comfyui/ strips its prefix).
         let comfy = block(&r.text, "location ^~ /comfyui/ {");
         assert!(
@@ -844,23 +853,24 @@ mod tests {
         assert!(r.upstreams.contains("upstream aikore_app_p {\n    server 127.0.0.1:41009 max_fails=0;"));
         let server =
             r.upstreams.split("server {\n    listen 127.0.0.1:19009;").nth(1).expect("a server on the public port");
-        for line in [
-            "proxy_pass http://127.0.0.1:9001/api/v1/auth/check;",
-            "proxy_set_header X-Original-URI /app/p$request_uri;",
-            "proxy_set_header X-Aikore-Port 19009;",
-            "proxy_cache_key \"port/p\\n$http_authorization\\n$http_cookie\";",
-            "proxy_cache_bypass $http_upgrade;",
-            "location = /_aikore/handshake {",
-            "location / {\n        proxy_pass http://aikore_app_p;",
-            "auth_request /_aikore/auth;",
-            "error_page 401 = @aikore_login;",
-            "proxy_set_header Cookie $aikore_cookie;",
-            "proxy_set_header Authorization $aikore_authorization;",
-            "proxy_set_header Upgrade $http_upgrade;",
-            "location @aikore_unreachable {",
-        ] {
-            assert!(server.contains(line), "{line}\n{server}");
-        }
+        assert_has_lines(
+            server,
+            &[
+                "proxy_pass http://127.0.0.1:9001/api/v1/auth/check;",
+                "proxy_set_header X-Original-URI /app/p$request_uri;",
+                "proxy_set_header X-Aikore-Port 19009;",
+                "proxy_cache_key \"port/p\\n$http_authorization\\n$http_cookie\";",
+                "proxy_cache_bypass $http_upgrade;",
+                "location = /_aikore/handshake {",
+                "location / {\n        proxy_pass http://aikore_app_p;",
+                "auth_request /_aikore/auth;",
+                "error_page 401 = @aikore_login;",
+                "proxy_set_header Cookie $aikore_cookie;",
+                "proxy_set_header Authorization $aikore_authorization;",
+                "proxy_set_header Upgrade $http_upgrade;",
+                "location @aikore_unreachable {",
+            ],
+        );
         assert!(!r.text.contains("listen"), "no server inside the apps origin's: {}", r.text);
     }
 
