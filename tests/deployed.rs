@@ -591,6 +591,26 @@ fn idle_soak_no_reloads_little_cpu_few_rows_then_one_reload_per_change() {
     let grown = String::from_utf8_lossy(grown.get(log_before as usize..).unwrap_or_default()).into_owned();
     assert_eq!(log_after, log_before, "nginx.log grew while idle: {grown}");
 
+    // The CLI as a health check or a cron line uses it, piped into a reader
+    // that stops early: quiet (no panic), grep's answer is the pipeline's,
+    // and reading status changes nothing NGINX serves.
+    for (line, want) in [
+        ("aikore status soak-a | grep -q 'status: *started'", 0),
+        ("aikore status soak-a | grep -q 'status: *failed'", 1),
+        ("aikore status | head -1 | grep -q NAME", 0),
+    ] {
+        let out = Command::new("sh")
+            .args(["-c", &line.replace("aikore", BIN)])
+            .env("AIKORE_URL", &d.url)
+            .env("AIKORE_API_TOKEN", &d.token)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(want), "{line}: {stderr}");
+        assert!(stderr.is_empty(), "{line}: {stderr}");
+    }
+    assert_eq!(reloads(&d), reloads_before, "the CLI's reads reloaded NGINX");
+
     // One change: exactly one reload (and it is not followed by more).
     d.post("/api/v1/instances/soak-b/stop");
     d.wait_status("soak-b", "stopped");
