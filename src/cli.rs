@@ -223,6 +223,8 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 struct Client {
     base: String,
     agent: ureq::Agent,
+    /// How long the agent waits for an answer (said in its timeout error).
+    answer_timeout: std::time::Duration,
     token: Option<String>,
     /// Where the token came from (or was looked for), for the hint on a 401.
     token_source: TokenSource,
@@ -256,14 +258,15 @@ fn find_token(data_dir: &std::path::Path) -> (Option<String>, TokenSource) {
 
 impl Client {
     fn new(base: &str, data_dir: &std::path::Path) -> Client {
+        let answer_timeout = answer_timeout();
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_recv_response(Some(answer_timeout()))
+            .timeout_recv_response(Some(answer_timeout))
             .build()
             .new_agent();
         let (token, token_source) = find_token(data_dir);
-        Client { base: base.trim_end_matches('/').to_string(), agent, token, token_source }
+        Client { base: base.trim_end_matches('/').to_string(), agent, answer_timeout, token, token_source }
     }
 
     /// What to do about a 401, given where the token came from.
@@ -312,7 +315,7 @@ impl Client {
                     "aikore at {} took the request ({method} {path}) but gave no answer in {} s; the daemon \
                      is stuck: its own log may say why",
                     self.base,
-                    answer_timeout().as_secs()
+                    self.answer_timeout.as_secs()
                 ),
             },
             e => Failure::NotRunning(format!("cannot reach aikore at {} ({e}); is `aikore serve` running?", self.base)),
